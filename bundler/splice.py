@@ -1,0 +1,313 @@
+"""Splice a GGUF into a stub: a streamed copy that hashes as it goes, written atomically.
+
+The layout (docs/format.md, runtime/embedded.py) is
+
+    [stub head][pad + HEAD record][GGUF, 64 KiB aligned][stub tail][trailer]
+
+The stub is cut where its payload archive begins, so the archive stays at the END of the
+file. That matters for PyInstaller: its bootloader scans its own file backward from the end
+for the archive cookie ("MEI\\014\\013\\012\\013\\016") and computes the archive start as
+cookie_pos + cookie_size - package_length. Everything in the archive is relative to that
+start, so inserting bytes before the archive needs no change to it, and the scan stays short
+(a GGUF after the archive would be scanned through at every start). For a zip (.pyz), zip
+readers locate entries relative to the end-of-central-directory record and account for any
+data prepended to the archive (the self-extracting-zip rule), so inserting before the zip
+needs no offset rewrite either; the trailer becomes the zip comment, so the file is still
+a valid zip whose last bytes are the trailer.
+
+What must be patched is the container around the archive: on ELF, PyInstaller puts the
+archive in a `pydata` section and the section-header table follows it, so e_shoff and the
+sh_offset of every section at or after the cut move by the inserted length.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import struct
+import tempfile
+import time
+from dataclasses import dataclass
+
+from runtime.embedded import (GGUF_ALIGN_BYTES, HEAD_BYTES, BundleError, Trailer,
+                              encode_head, encode_trailer, read_trailer)
+
+PYI_COOKIE_MAGIC = b"MEI\014\013\012\013\016"
+PYI_COOKIE_FORMAT = "!8sIIII64s"  # magic, package length, TOC offset, TOC length, pyvers, pylib
+PYI_COOKIE_BYTES = struct.calcsize(PYI_COOKIE_FORMAT)
+ZIP_EOCD_MAGIC = b"PK\005\006"
+ZIP_EOCD_BYTES = 22
+ZIP64_LOCATOR_MAGIC = b"PK\006\007"
+# PE images (and the Windows loader's file mapping of them) are limited to 4 GiB.
+PE_MAX_BYTES = 4 * 1024**3 - 1
+COPY_CHUNK_BYTES = 8 * 1024 * 1024
+# Room to leave on the disk beyond the bundle itself (filesystem metadata, other writers).
+DISK_MARGIN_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where to cut a stub and how to patch it; computed before anything is written."""
+    kind: str  # "elf", "pe", "zip" (other executables: "raw")
+    head: bytes  # stub bytes before the GGUF (already patched)
+    tail: bytes  # stub bytes after the GGUF (already patched)
+
+
+@dataclass(frozen=True)
+class SpliceResult:
+    path: str
+    sha256: str
+    gguf_offset: int
+    gguf_size: int
+    bundle_bytes: int
+    seconds: float
+
+
+def align_up(n: int, align: int = GGUF_ALIGN_BYTES) -> int:
+    return (n + align - 1) // align * align
+
+
+def executable_kind(data: bytes) -> str:
+    if data[:4] == b"\x7fELF":
+        return "elf"
+    if data[:2] == b"MZ":
+        return "pe"
+    if data[:4] in (b"\xcf\xfa\xed\xfe", b"\xce\xfa\xed\xfe", b"\xfe\xed\xfa\xcf",
+                    b"\xfe\xed\xfa\xce", b"\xca\xfe\xba\xbe"):
+        return "macho"
+    return "raw"
+
+
+def plan_exe(stub: bytes, gguf_block_bytes_fn) -> Layout:
+    """Cut a PyInstaller onefile executable before its archive; patch ELF headers.
+
+    `gguf_block_bytes_fn(cut)` returns how many bytes will be inserted at `cut` (pad + GGUF).
+    """
+    kind = executable_kind(stub)
+    if kind == "macho":
+        raise BundleError(
+            "macOS executables are not supported as stubs yet: inserting the model moves "
+            "__LINKEDIT and breaks the code signature (see docs/format.md); use --format pyz")
+    cookie_pos = stub.rfind(PYI_COOKIE_MAGIC)
+    if cookie_pos < 0 or cookie_pos + PYI_COOKIE_BYTES > len(stub):
+        raise BundleError("the stub is not a PyInstaller onefile executable (no archive cookie "
+                          "found); build one with `chatfile stub --format exe`")
+    _, pkg_bytes, *_ = struct.unpack_from(PYI_COOKIE_FORMAT, stub, cookie_pos)
+    cut = cookie_pos + PYI_COOKIE_BYTES - pkg_bytes
+    if not 0 < cut <= cookie_pos:
+        raise BundleError(f"the stub's PyInstaller cookie is inconsistent (archive length "
+                          f"{pkg_bytes} at cookie offset {cookie_pos})")
+    inserted = gguf_block_bytes_fn(cut)
+    data = bytearray(stub)
+    if kind == "elf":
+        _patch_elf(data, cut, inserted)
+    elif kind == "pe":
+        _check_pe(data, cut)
+    return Layout(kind=kind, head=bytes(data[:cut]), tail=bytes(data[cut:]))
+
+
+def _patch_elf(data: bytearray, cut: int, inserted: int) -> None:
+    """Move every file offset at or after `cut` by `inserted` bytes (section headers)."""
+    ei_class, ei_data = data[4], data[5]
+    if ei_class not in (1, 2) or ei_data not in (1, 2):
+        raise BundleError("the stub is a malformed ELF file (bad class or byte order)")
+    e = "<" if ei_data == 1 else ">"
+    if ei_class == 2:  # ELF64
+        phoff, shoff = struct.unpack_from(e + "QQ", data, 0x20)
+        phentsize, phnum, shentsize, shnum = struct.unpack_from(e + "HHHH", data, 0x36)
+        ph_fmt, sh_off_at, sh_off_fmt, shoff_at, shoff_fmt = e + "IIQQQQQQ", 0x18, e + "Q", 0x28, e + "Q"
+    else:  # ELF32
+        phoff, shoff = struct.unpack_from(e + "II", data, 0x1C)
+        phentsize, phnum, shentsize, shnum = struct.unpack_from(e + "HHHH", data, 0x2A)
+        ph_fmt, sh_off_at, sh_off_fmt, shoff_at, shoff_fmt = e + "IIIIIIII", 0x10, e + "I", 0x20, e + "I"
+    # Loaded segments must end before the cut: the kernel maps them by file offset.
+    for i in range(phnum):
+        at = phoff + i * phentsize
+        if at + phentsize > len(data):
+            raise BundleError("the stub is a malformed ELF file (program headers past the end)")
+        fields = struct.unpack_from(ph_fmt, data, at)
+        if ei_class == 2:
+            p_offset, p_filesz = fields[2], fields[5]
+        else:
+            p_offset, p_filesz = fields[1], fields[4]
+        if p_filesz and p_offset < cut < p_offset + p_filesz:
+            raise BundleError("the stub's archive lies inside a loaded ELF segment; cannot "
+                              "insert a model there")
+    if shoff >= cut:
+        struct.pack_into(shoff_fmt, data, shoff_at, shoff + inserted)
+    if shoff and shnum:
+        if shoff + shnum * shentsize > len(data):
+            raise BundleError("the stub is a malformed ELF file (section headers past the end)")
+        for i in range(shnum):
+            at = shoff + i * shentsize + sh_off_at
+            (sh_offset,) = struct.unpack_from(sh_off_fmt, data, at)
+            if sh_offset >= cut:
+                struct.pack_into(sh_off_fmt, data, at, sh_offset + inserted)
+
+
+def _check_pe(data: bytearray, cut: int) -> None:
+    """A PE needs no patch (the archive is overlay data) unless it is Authenticode-signed."""
+    if len(data) < 0x40:
+        raise BundleError("the stub is a malformed PE file")
+    (lfanew,) = struct.unpack_from("<I", data, 0x3C)
+    if data[lfanew:lfanew + 4] != b"PE\0\0":
+        raise BundleError("the stub is a malformed PE file (no PE signature)")
+    opt = lfanew + 24
+    (magic,) = struct.unpack_from("<H", data, opt)
+    dirs = opt + (96 if magic == 0x10B else 112)
+    _cert_off, cert_size = struct.unpack_from("<II", data, dirs + 4 * 8)
+    if cert_size:
+        raise BundleError("the stub executable is signed (Authenticode); splice into an unsigned "
+                          "stub and sign the finished bundle instead")
+
+
+def plan_pyz(stub: bytes, trailer_bytes: int) -> Layout:
+    """Cut a shebang + zip stub before the zip; make the trailer the zip comment."""
+    eocd = stub.rfind(ZIP_EOCD_MAGIC, max(0, len(stub) - 65535 - ZIP_EOCD_BYTES))
+    if eocd < 0:
+        raise BundleError("the stub is not a zip application (no end-of-central-directory "
+                          "record); build one with `chatfile stub --format pyz`")
+    if stub.rfind(ZIP64_LOCATOR_MAGIC, max(0, eocd - 20), eocd) >= 0:
+        raise BundleError("the stub is a zip64 archive, which is not supported as a stub")
+    first = stub.find(b"PK\003\004")
+    if first < 0 or first > eocd:
+        raise BundleError("the stub zip has no entries")
+    data = bytearray(stub[:eocd + ZIP_EOCD_BYTES])  # drop any old comment
+    struct.pack_into("<H", data, eocd + 20, trailer_bytes)
+    return Layout(kind="zip", head=bytes(data[:first]), tail=bytes(data[first:]))
+
+
+def _check_gguf(path: str) -> int:
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+            size = os.fstat(f.fileno()).st_size
+    except OSError as e:
+        raise BundleError(f"cannot read model {path}: {e.strerror or e}") from None
+    if magic != b"GGUF":
+        raise BundleError(f"{path} is not a GGUF file (magic {magic!r}, expected b'GGUF')")
+    return size
+
+
+def splice(stub_path, gguf_path, out_path, *, fmt: str = "exe", args=(), title: str = "",
+           force: bool = False, progress=None, chunk_bytes: int = COPY_CHUNK_BYTES,
+           fsync: bool = True) -> SpliceResult:
+    """Write `out_path` = stub + GGUF + trailer. Never leaves a partial file at `out_path`.
+
+    progress(done_bytes, total_bytes) is called as the GGUF is copied.
+    """
+    t0 = time.perf_counter()
+    stub_path, gguf_path, out_path = map(os.fspath, (stub_path, gguf_path, out_path))
+    if fmt not in ("exe", "pyz"):
+        raise BundleError(f"unknown format {fmt!r} (expected exe or pyz)")
+    gguf_size = _check_gguf(gguf_path)
+    if os.path.isdir(out_path):
+        raise BundleError(f"{out_path} is a directory; give the bundle's file name with -o")
+    if os.path.lexists(out_path) and not force:
+        raise BundleError(f"{out_path} already exists; use --force to overwrite it")
+    try:
+        if read_trailer(stub_path) is not None:
+            raise BundleError(f"{stub_path} already carries a model; use a bare stub")
+        with open(stub_path, "rb") as f:
+            stub = f.read()
+    except OSError as e:
+        raise BundleError(f"cannot read stub {stub_path}: {e.strerror or e}") from None
+
+    # The trailer's length does not depend on the digest (always 64 hex digits), so the
+    # whole layout is known before the GGUF is read.
+    draft = Trailer(gguf_offset=0, gguf_size=gguf_size, sha256="0" * 64, args=tuple(args),
+                    title=title, format=fmt)
+
+    def block_bytes(cut: int) -> int:
+        return align_up(cut + HEAD_BYTES) - cut + gguf_size
+
+    if fmt == "exe":
+        layout = plan_exe(stub, block_bytes)
+    else:
+        if executable_kind(stub) != "raw" or not stub.startswith(b"#!"):
+            raise BundleError(f"{stub_path} is not a .pyz stub (it should start with '#!')")
+        layout = plan_pyz(stub, 0)  # trailer length patched below, once the offset is known
+    gguf_offset = align_up(len(layout.head) + HEAD_BYTES)
+    draft = Trailer(gguf_offset=gguf_offset, gguf_size=gguf_size, sha256="0" * 64,
+                    args=tuple(args), title=title, format=fmt)
+    trailer_len = len(encode_trailer(draft))
+    if fmt == "pyz":
+        layout = plan_pyz(stub, trailer_len)
+    bundle_bytes = gguf_offset + gguf_size + len(layout.tail) + trailer_len
+
+    if layout.kind == "pe" and bundle_bytes > PE_MAX_BYTES:
+        raise BundleError(
+            f"a Windows executable cannot exceed 4 GiB, and this bundle would be "
+            f"{bundle_bytes / 1024**3:.2f} GiB. Ship the model beside a bare stub and start it "
+            "with `-m model.gguf`, or use --format pyz.")
+    out_dir = os.path.dirname(os.path.abspath(out_path))
+    if not os.path.isdir(out_dir):
+        raise BundleError(f"the output directory {out_dir} does not exist")
+    free_bytes = shutil.disk_usage(out_dir).free
+    if free_bytes < bundle_bytes + DISK_MARGIN_BYTES:
+        raise BundleError(f"not enough free disk space in {out_dir}: the bundle needs "
+                          f"{_mib(bundle_bytes + DISK_MARGIN_BYTES)}, {_mib(free_bytes)} free")
+
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{os.path.basename(out_path)}.",
+                               suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(layout.head)
+            pad = gguf_offset - len(layout.head)
+            out.write(b"\0" * (pad - HEAD_BYTES))
+            out.write(encode_head(gguf_offset, gguf_size, bundle_bytes))
+            digest = _copy_hashing(gguf_path, out, gguf_size, chunk_bytes, progress)
+            out.write(layout.tail)
+            trailer = Trailer(gguf_offset=gguf_offset, gguf_size=gguf_size, sha256=digest,
+                              args=tuple(args), title=title, format=fmt)
+            encoded = encode_trailer(trailer)
+            assert len(encoded) == trailer_len  # the layout above depended on it
+            out.write(encoded)
+            out.flush()
+            if out.tell() != bundle_bytes:
+                raise BundleError(f"internal error: wrote {out.tell()} bytes, planned "
+                                  f"{bundle_bytes}")
+            if fsync:
+                os.fsync(out.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
+        if os.path.lexists(out_path) and not force:  # appeared while we were copying
+            raise BundleError(f"{out_path} already exists; use --force to overwrite it")
+        os.replace(tmp, out_path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return SpliceResult(path=out_path, sha256=digest, gguf_offset=gguf_offset,
+                        gguf_size=gguf_size, bundle_bytes=bundle_bytes,
+                        seconds=time.perf_counter() - t0)
+
+
+def _copy_hashing(src_path: str, out, size: int, chunk_bytes: int, progress) -> str:
+    h = hashlib.sha256()
+    done = 0
+    buf = bytearray(chunk_bytes)
+    view = memoryview(buf)
+    with open(src_path, "rb", buffering=0) as src:
+        while True:
+            n = src.readinto(buf)
+            if not n:
+                break
+            h.update(view[:n])
+            out.write(view[:n])
+            done += n
+            if done > size:
+                break
+            if progress is not None:
+                progress(done, size)
+    if done != size:
+        raise BundleError(f"{src_path} changed size while it was being copied "
+                          f"({size} bytes expected, {done} read)")
+    return h.hexdigest()
+
+
+def _mib(n: int) -> str:
+    return f"{n / 1024**2:.1f} MiB"

@@ -1,0 +1,181 @@
+"""Build the model-free runtime ("stub") once, and cache it per version/platform/format.
+
+exe: PyInstaller onefile from build/chatfile.spec (runtime/ + its dependencies only).
+pyz: shiv, from a site-packages assembled OFFLINE out of the distributions installed in
+     this Python (build/shiv.json names them) plus runtime/ from this checkout.
+
+The cache key includes a hash of every file under runtime/ and of the build settings, so
+editing the runtime rebuilds the stub, and bundling afterwards is just a byte splice.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from runtime.embedded import BundleError
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILD_DIR = ROOT / "build"
+RUNTIME_DIR = ROOT / "runtime"
+SPEC = BUILD_DIR / "chatfile.spec"
+SHIV_SETTINGS = BUILD_DIR / "shiv.json"
+
+
+def chatfile_version() -> str:
+    try:
+        return importlib.metadata.version("chatfile")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+src"
+
+
+def cache_dir() -> Path:
+    """$CHATFILE_CACHE_DIR, else the platform's user cache directory, + chatfile/stubs."""
+    if os.environ.get("CHATFILE_CACHE_DIR"):
+        return Path(os.environ["CHATFILE_CACHE_DIR"]) / "stubs"
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Caches"
+    else:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "chatfile" / "stubs"
+
+
+def sources_hash() -> str:
+    """sha256 over runtime/ sources and the build settings (paths and contents)."""
+    h = hashlib.sha256()
+    files = [p for p in sorted(RUNTIME_DIR.rglob("*"))
+             if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"]
+    files += [p for p in (SPEC, SHIV_SETTINGS, BUILD_DIR / "entry.py") if p.is_file()]
+    for p in files:
+        h.update(str(p.relative_to(ROOT)).encode() + b"\0")
+        h.update(p.read_bytes())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def platform_tag() -> str:
+    # The stub embeds (exe) or needs (pyz, for NumPy's binary wheels) this Python's version.
+    return (f"{sys.platform}-{platform.machine().lower()}-"
+            f"py{sys.version_info.major}{sys.version_info.minor}")
+
+
+def cached_stub_path(fmt: str) -> Path:
+    suffix = ".exe" if fmt == "exe" and sys.platform == "win32" else ("" if fmt == "exe" else ".pyz")
+    name = f"chatfile-{chatfile_version()}-{platform_tag()}-{fmt}-{sources_hash()}{suffix}"
+    return cache_dir() / name
+
+
+def get_stub(fmt: str, log=None) -> Path:
+    """The cached stub for this runtime, building it first if needed."""
+    path = cached_stub_path(fmt)
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    build_stub(fmt, path, log=log)
+    return path
+
+
+def build_stub(fmt: str, out: str | os.PathLike, log=None) -> float:
+    """Build a stub at `out` (atomically); return the build time in seconds."""
+    out = Path(out).resolve()
+    if fmt not in ("exe", "pyz"):
+        raise BundleError(f"unknown stub format {fmt!r} (expected exe or pyz)")
+    if out.is_dir():
+        raise BundleError(f"{out} is a directory; give the stub's file name with -o")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="chatfile-stub-") as work:
+        built = (_build_exe if fmt == "exe" else _build_pyz)(Path(work), log)
+        tmp = out.parent / f".{out.name}.{os.getpid()}.part"
+        try:
+            shutil.copyfile(built, tmp)
+            os.chmod(tmp, 0o755)
+            os.replace(tmp, out)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    return time.perf_counter() - t0
+
+
+def _run(cmd: list[str], what: str, log, env=None) -> None:
+    if log:
+        log(f"{what}: {' '.join(cmd)}")
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env=env, cwd=str(ROOT))
+    if proc.returncode:
+        tail = "\n".join(proc.stdout.splitlines()[-25:])
+        raise BundleError(f"{what} failed (exit {proc.returncode}):\n{tail}")
+
+
+def _build_exe(work: Path, log) -> Path:
+    if not SPEC.is_file():
+        raise BundleError(f"{SPEC} is missing: building stubs needs a source checkout of chatfile")
+    try:
+        import PyInstaller  # noqa: F401
+    except ImportError:
+        raise BundleError("PyInstaller is not installed: pip install 'chatfile[build]'") from None
+    env = dict(os.environ, CHATFILE_STUB_NAME="chatfile-stub")
+    _run([sys.executable, "-m", "PyInstaller", "--noconfirm", "--log-level", "WARN",
+          "--distpath", str(work / "dist"), "--workpath", str(work / "build"), str(SPEC)],
+         "PyInstaller", log, env=env)
+    name = "chatfile-stub.exe" if sys.platform == "win32" else "chatfile-stub"
+    built = work / "dist" / name
+    if not built.is_file():
+        raise BundleError(f"PyInstaller finished but {built} is missing")
+    return built
+
+
+def _build_pyz(work: Path, log) -> Path:
+    try:
+        import shiv  # noqa: F401
+    except ImportError:
+        raise BundleError("shiv is not installed: pip install 'chatfile[build]'") from None
+    settings = json.loads(SHIV_SETTINGS.read_text())
+    site = work / "site-packages"
+    _copy_runtime(site / "runtime")
+    excluded = tuple(settings.get("exclude_prefixes", ()))
+    for dist_name in settings["distributions"]:
+        _copy_distribution(dist_name, site, excluded)
+    out = work / "chatfile-stub.pyz"
+    cmd = [sys.executable, "-m", "shiv", "--site-packages", str(site),
+           "-e", settings["entry_point"], "-p", settings["python"], "-o", str(out)]
+    cmd.append("--compressed" if settings.get("compressed", True) else "--uncompressed")
+    if settings.get("reproducible"):
+        cmd.append("--reproducible")
+    _run(cmd, "shiv", log)
+    return out
+
+
+def _copy_runtime(dst: Path) -> None:
+    shutil.copytree(RUNTIME_DIR, dst, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+
+
+def _copy_distribution(name: str, site: Path, excluded: tuple[str, ...]) -> None:
+    """Copy an installed distribution's files (per its RECORD) into `site`."""
+    try:
+        dist = importlib.metadata.distribution(name)
+    except importlib.metadata.PackageNotFoundError:
+        raise BundleError(f"{name} is not installed in {sys.executable}; the .pyz stub is "
+                          "assembled from installed packages (pip install chatfile)") from None
+    for f in dist.files or ():
+        rel = str(f).replace("\\", "/")
+        if rel.startswith("..") or "__pycache__" in rel or rel.endswith(".pyc"):
+            continue  # scripts in bin/ and byte-code: not importable payload
+        if any(rel.startswith(p) for p in excluded):
+            continue
+        src = Path(f.locate())
+        if not src.is_file():
+            continue
+        target = site / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, target)

@@ -1,0 +1,221 @@
+"""Entry point of a bundle (PyInstaller executable or shiv .pyz) and of `python -m runtime`.
+
+A bundle reads the trailer of its own file (see runtime/embedded.py), then behaves like
+`chatfile run` on the embedded GGUF with the defaults baked in at bundle time, the user's
+command-line args applied on top. Only the standard library and runtime.embedded are
+imported before we know what to do, so `--help`, `--verify` and errors are instant.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import zipfile
+
+from runtime.embedded import BundleError, Trailer, extract, read_trailer, verify
+
+NO_MODEL_HELP = ("this is a chatfile runtime without a model; use -m model.gguf or "
+                 "`chatfile bundle` to make one that carries a model.")
+
+HELP = """usage: {prog} [options]
+
+Chat with the language model inside this file: starts a local server and opens the chat
+page in your browser. Close this window (or press Ctrl+C) to stop.
+
+bundle options:
+  --port N          port to listen on (default: the baked default or 8080)
+  --host HOST       address to listen on (default 127.0.0.1)
+  --no-browser      do not open the browser
+  --api-key KEY     require this key for API requests
+  --cli             chat in the terminal instead (reads stdin when piped)
+  -m, --model PATH  use another GGUF file instead of the embedded one
+  --info            print the embedded model's metadata summary and sha256
+  --verify          re-hash the embedded model against the sha256 in the bundle
+  --extract OUT     write the embedded GGUF to OUT (byte-identical)
+  -h, --help        show this help
+
+Any other `chatfile run` option (--ctx, --threads, --temp, --system, --chat-template,
+--cors) is passed through. Baked-in defaults of this bundle: {baked}
+"""
+
+# Flags that only make sense for the server; dropped when --cli turns a run into a chat.
+_SERVER_FLAGS_WITH_VALUE = {"--host", "--port", "--api-key", "--cors"}
+_SERVER_FLAGS = {"--no-browser"}
+
+
+def bundle_path() -> str | None:
+    """The file this process was started from, if it can carry a trailer."""
+    if getattr(sys, "frozen", False):
+        return sys.executable  # PyInstaller: the bootloader's own file
+    argv0 = sys.argv[0] if sys.argv else ""
+    if argv0 and os.path.isfile(argv0) and zipfile.is_zipfile(argv0):
+        return os.path.abspath(argv0)  # a zipapp (shiv) run as `./x.pyz` or `python3 x.pyz`
+    return None
+
+
+def _split_own_flags(argv: list[str]) -> tuple[dict, list[str]]:
+    """Pull this entry point's own flags out of argv; return them and the rest, in order."""
+    own = {"cli": False, "model": None, "info": False, "verify": False, "extract": None,
+           "help": False}
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        name, eq, val = a.partition("=")
+        if a in ("-h", "--help"):
+            own["help"] = True
+        elif a in ("--cli", "--info", "--verify"):
+            own[a[2:]] = True
+        elif name in ("-m", "--model", "--extract"):
+            key = "model" if name in ("-m", "--model") else "extract"
+            if eq:
+                own[key] = val
+            elif i + 1 < len(argv):
+                i += 1
+                own[key] = argv[i]
+            else:
+                raise SystemExit(f"chatfile: error: {name} needs a value")
+        else:
+            rest.append(a)
+        i += 1
+    return own, rest
+
+
+def _drop_server_flags(args: list[str]) -> list[str]:
+    out, i = [], 0
+    while i < len(args):
+        name = args[i].partition("=")[0]
+        if name in _SERVER_FLAGS:
+            pass
+        elif name in _SERVER_FLAGS_WITH_VALUE:
+            if "=" not in args[i]:
+                i += 1  # skip the value too
+        else:
+            out.append(args[i])
+        i += 1
+    return out
+
+
+def _progress(label: str):
+    """A plain-text progress callback for stderr (no dependencies)."""
+    state = {"last": -1}
+
+    def report(done: int, total: int) -> None:
+        pct = 100 if total == 0 else done * 100 // total
+        if pct != state["last"]:
+            state["last"] = pct
+            bar = "#" * (pct // 4)
+            sys.stderr.write(f"\r{label} [{bar:<25}] {pct:3d}%")
+            if done >= total:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+    return report
+
+
+def _runtime_cli(argv: list[str]) -> int:
+    try:
+        from runtime import cli
+    except ImportError as e:  # a broken build; say so instead of a traceback
+        print(f"chatfile: error: the runtime is incomplete ({e})", file=sys.stderr)
+        return 2
+    return cli.main(argv) or 0
+
+
+def _model_args(path: str, trailer: Trailer | None) -> list[str]:
+    if trailer is None:
+        return [path]
+    out = [path, "--gguf-offset", str(trailer.gguf_offset), "--gguf-size", str(trailer.gguf_size)]
+    if trailer.title:
+        out += ["--title", trailer.title]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "chatfile"
+    try:
+        own, user_args = _split_own_flags(argv)
+    except SystemExit as e:
+        print(e, file=sys.stderr)
+        return 2
+    path = bundle_path()
+    try:
+        trailer = read_trailer(path) if path else None
+    except BundleError as e:
+        print(f"chatfile: error: {e}", file=sys.stderr)
+        return 2
+    baked = list(trailer.args) if trailer else []
+
+    if own["help"]:
+        print(HELP.format(prog=prog, baked=" ".join(baked) or "(none)"))
+        if trailer is None:
+            print(NO_MODEL_HELP)
+        return 0
+
+    if own["model"]:
+        model_path, model_trailer = own["model"], None
+    elif trailer is not None:
+        model_path, model_trailer = path, trailer
+    else:
+        print(f"chatfile: {NO_MODEL_HELP}\nRun with --help for the options.", file=sys.stderr)
+        return 2
+
+    if own["verify"] or own["extract"] or (own["info"] and not own["model"]):
+        if model_trailer is None:
+            print("chatfile: error: --verify, --info and --extract need an embedded model; "
+                  f"{NO_MODEL_HELP}", file=sys.stderr)
+            return 2
+    try:
+        if own["verify"]:
+            ok = verify(path, trailer, _progress("verifying"))
+            if ok:
+                print(f"OK: the embedded model matches sha256 {trailer.sha256}")
+                return 0
+            print(f"FAILED: the embedded model in {path} does not match its sha256 "
+                  f"{trailer.sha256}: the bundle is corrupt; copy or download it again.",
+                  file=sys.stderr)
+            return 1
+        if own["extract"]:
+            digest = extract(path, trailer, own["extract"], _progress("extracting"))
+            print(f"wrote {own['extract']} ({trailer.gguf_size} bytes, sha256 {digest})")
+            return 0
+    except BundleError as e:
+        print(f"chatfile: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"chatfile: error: {e}", file=sys.stderr)
+        return 1
+
+    model = _model_args(model_path, model_trailer)
+    if own["info"]:
+        code = _runtime_cli(["info", *model])
+        if model_trailer is not None:
+            print(f"sha256: {model_trailer.sha256}")
+            print(f"embedded at offset {model_trailer.gguf_offset}, "
+                  f"{model_trailer.gguf_size} bytes")
+            print(f"baked-in args: {' '.join(baked) or '(none)'}")
+        return code
+    if own["cli"]:
+        return _runtime_cli(["chat", *model, *_drop_server_flags(baked + user_args)])
+    print("chatfile: starting; the chat page opens in your browser. "
+          "Close this window (or press Ctrl+C) to stop.", file=sys.stderr)
+    return _runtime_cli(["run", *model, *baked, *user_args])
+
+
+def _entry() -> None:
+    """Console entry: exit with main's code; keep a double-clicked window open on error."""
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        code = 130
+    if code not in (0, 130) and getattr(sys, "frozen", False) and len(sys.argv) == 1:
+        # Started by a double-click: the window would vanish before the error is read.
+        try:
+            if sys.stdin is not None and sys.stdin.isatty():
+                input("press Enter to close this window")
+        except (EOFError, OSError):
+            pass
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    _entry()

@@ -1,0 +1,172 @@
+"""Architectures as switches on one llama-shaped forward pass.
+
+Every supported model is llama with a few differences. `ArchConfig` holds the numbers
+(sizes, rope) and the switches (biases, norms, softcaps, sliding windows, scales, fused
+tensors, experts), read from GGUF metadata with llama.cpp's key names. model.py has one
+forward pass that reads these switches; nothing else differs per architecture.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from runtime.gguf import GGUFError
+
+
+@dataclass(frozen=True)
+class ArchDefaults:
+    rope_style: str = "norm"  # "norm": rotate pairs (2i, 2i+1); "neox": pairs (i, i + n_rot/2)
+    activation: str = "silu"  # FFN gate activation: "silu" or "gelu" (tanh approximation)
+    post_norms: bool = False  # norm the attention and FFN outputs before the residual add
+    qk_norm: bool = False  # RMS-norm each head of q and k before rope
+    embed_scale_sqrt: bool = False  # multiply embeddings by sqrt(n_embd) (Gemma)
+    swa_pattern: int = 0  # with n: layer il uses the sliding window iff il % n < n - 1
+    rope_base_local: float | None = None  # rope base of sliding-window layers (Gemma 3)
+    fused_qkv: bool = False  # one attn_qkv tensor instead of attn_q/k/v (Phi-3)
+    fused_gate_up: bool = False  # ffn_up holds [gate; up] (Phi-3)
+
+
+# The table of differences. llama covers Mistral, Mixtral (experts come from metadata),
+# Granite-Code and Llama 3.x; granite's scales come from metadata.
+ARCHS: dict[str, ArchDefaults] = {
+    "llama": ArchDefaults(),
+    "granite": ArchDefaults(),
+    "qwen2": ArchDefaults(rope_style="neox"),
+    "qwen3": ArchDefaults(rope_style="neox", qk_norm=True),
+    "phi3": ArchDefaults(rope_style="neox", fused_qkv=True, fused_gate_up=True),
+    "gemma2": ArchDefaults(rope_style="neox", activation="gelu", post_norms=True,
+                           embed_scale_sqrt=True, swa_pattern=2),
+    "gemma3": ArchDefaults(rope_style="neox", activation="gelu", post_norms=True, qk_norm=True,
+                           embed_scale_sqrt=True, swa_pattern=6, rope_base_local=10000.0),
+}
+
+
+@dataclass(frozen=True)
+class ArchConfig:
+    arch: str
+    n_layer: int
+    n_embd: int
+    n_head: int
+    n_head_kv: int
+    head_dim: int  # of q and k
+    head_dim_v: int
+    n_ff: int
+    n_vocab: int
+    n_ctx_train: int
+    norm_eps: float
+    n_rot: int  # rotated dimensions of each head (a prefix of head_dim)
+    rope_base: float
+    rope_base_local: float
+    rope_freq_scale: float  # linear rope scaling: positions are multiplied by this
+    rope_style: str
+    rope_attn_factor: float  # multiplies cos and sin (LongRoPE's attention factor)
+    rope_ctx_orig: int  # LongRoPE picks long factors above this context
+    activation: str
+    post_norms: bool
+    qk_norm: bool
+    softcap_attn: float  # 0 = off
+    softcap_final: float
+    swa_window: int  # 0 = no sliding window anywhere
+    swa_pattern: int
+    embed_scale: float
+    residual_scale: float
+    attn_scale: float
+    logit_scale: float  # logits are divided by this (Granite)
+    fused_qkv: bool
+    fused_gate_up: bool
+    n_expert: int
+    n_expert_used: int
+
+    def is_swa(self, layer: int) -> bool:
+        if not self.swa_window or not self.swa_pattern:
+            return False
+        return layer % self.swa_pattern < self.swa_pattern - 1
+
+    @property
+    def kv_dim(self) -> int:
+        return self.n_head_kv * self.head_dim
+
+
+def supported() -> list[str]:
+    return sorted(ARCHS)
+
+
+def config_from_metadata(md: dict, n_vocab: int) -> ArchConfig:
+    arch = md.get("general.architecture")
+    if not isinstance(arch, str):
+        raise GGUFError("general.architecture is missing: is this a model file?")
+    if arch not in ARCHS:
+        raise GGUFError(
+            f"unsupported architecture {arch!r}; supported: {', '.join(supported())}")
+    d = ARCHS[arch]
+
+    def get(key, default=None, kind=(int, float)):
+        v = md.get(f"{arch}.{key}", default)
+        if isinstance(v, list):  # per-layer arrays: llama.cpp allows them; we need them equal
+            if not v or any(x != v[0] for x in v):
+                raise GGUFError(f"{arch}.{key} varies per layer, which is not supported")
+            v = v[0]
+        if v is None:
+            raise GGUFError(f"required key {arch}.{key} is missing")
+        if not isinstance(v, kind) or isinstance(v, bool) and kind != bool:
+            raise GGUFError(f"{arch}.{key} has the wrong type: {v!r}")
+        return v
+
+    n_embd = get("embedding_length")
+    n_head = get("attention.head_count")
+    n_head_kv = get("attention.head_count_kv", n_head)
+    n_layer = get("block_count")
+    for name, v in (("embedding_length", n_embd), ("attention.head_count", n_head),
+                    ("attention.head_count_kv", n_head_kv), ("block_count", n_layer)):
+        if not 0 < v <= 1 << 20:
+            raise GGUFError(f"{arch}.{name} = {v} is out of range")
+    if n_head % n_head_kv:
+        raise GGUFError(f"head count {n_head} is not a multiple of the kv head count {n_head_kv}")
+    head_dim = get("attention.key_length", n_embd // n_head)
+    head_dim_v = get("attention.value_length", head_dim)
+    n_rot = get("rope.dimension_count", head_dim)
+    if n_rot > head_dim or n_rot % 2:
+        raise GGUFError(f"rope dimension count {n_rot} does not fit head size {head_dim}")
+    scaling_type = md.get(f"{arch}.rope.scaling.type", "none")
+    scaling_factor = float(get("rope.scaling.factor", 1.0))
+    freq_scale = 1.0
+    if scaling_type == "linear" and scaling_factor > 0:
+        freq_scale = 1.0 / scaling_factor
+    elif scaling_type not in ("none", "linear", "longrope", None):
+        # yarn and friends change attention too; refuse rather than answer wrongly.
+        raise GGUFError(f"rope scaling type {scaling_type!r} is not supported")
+
+    attn_scale = float(get("attention.scale", 0.0))
+    if not attn_scale:
+        attn_scale = 1.0 / math.sqrt(head_dim)
+        # Gemma 27B scales queries by n_embd / n_head instead of the head size, as
+        # llama.cpp does; the smaller Gemmas use the head size.
+        if arch == "gemma2" and n_layer == 46 or arch == "gemma3" and n_layer == 62:
+            attn_scale = 1.0 / math.sqrt(n_embd / n_head)
+
+    embed_scale = math.sqrt(n_embd) if d.embed_scale_sqrt else float(get("embedding_scale", 1.0))
+    n_expert = get("expert_count", 0)
+    n_expert_used = get("expert_used_count", 0)
+    if n_expert and not 0 < n_expert_used <= n_expert:
+        raise GGUFError(f"expert_used_count {n_expert_used} does not fit expert_count {n_expert}")
+
+    rope_base = float(get("rope.freq_base", 10000.0))
+    return ArchConfig(
+        arch=arch, n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_head_kv=n_head_kv,
+        head_dim=head_dim, head_dim_v=head_dim_v, n_ff=get("feed_forward_length", 0),
+        n_vocab=n_vocab, n_ctx_train=get("context_length", 2048),
+        norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-5)),
+        n_rot=n_rot, rope_base=rope_base,
+        rope_base_local=d.rope_base_local or rope_base,
+        rope_freq_scale=freq_scale, rope_style=d.rope_style,
+        rope_attn_factor=float(get("rope.scaling.attn_factor", 1.0)),
+        rope_ctx_orig=get("rope.scaling.original_context_length", 0),
+        activation=d.activation, post_norms=d.post_norms, qk_norm=d.qk_norm,
+        softcap_attn=float(get("attn_logit_softcapping", 0.0)),
+        softcap_final=float(get("final_logit_softcapping", 0.0)),
+        swa_window=get("attention.sliding_window", 0), swa_pattern=d.swa_pattern,
+        embed_scale=embed_scale, residual_scale=float(get("residual_scale", 1.0)),
+        attn_scale=attn_scale, logit_scale=float(get("logit_scale", 1.0)),
+        fused_qkv=d.fused_qkv, fused_gate_up=d.fused_gate_up,
+        n_expert=n_expert, n_expert_used=n_expert_used,
+    )

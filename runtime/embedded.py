@@ -1,0 +1,247 @@
+"""The bundle trailer: the one definition of how a GGUF is found inside a chatfile bundle.
+
+This is the door between `bundler/` (which writes bundles) and `runtime/` (which reads
+them); `docs/format.md` describes the same layout in prose. A bundle is
+
+    [stub head][pad, ending with a HEAD record][GGUF][stub tail][TRAILER]
+
+where the GGUF starts on a 64 KiB boundary so the runtime can mmap it in place (64 KiB
+is the mmap granularity on Windows and a multiple of every page size we know).
+
+TRAILER, the last bytes of the file:
+
+    payload   payload_len bytes of UTF-8 JSON (see `Trailer`)
+    footer    FOOTER_FORMAT = "<IIII8s", 24 bytes:
+              payload_len u32 | payload_crc32 u32 | version u32 | reserved u32 (0) |
+              magic b"CHATFILE"  (the magic is the very last 8 bytes of the file)
+
+HEAD, the 32 bytes just before the GGUF: b"CHFHEAD\\0" | gguf_offset u64 | gguf_size u64 |
+bundle_bytes u64. It exists so that a bundle whose end was cut off (an interrupted copy
+or download) can still say "truncated" instead of "no model": the trailer is gone then,
+but the head record, near the start, survives.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import zlib
+from dataclasses import dataclass, field
+
+MAGIC = b"CHATFILE"
+VERSION = 1
+FOOTER_FORMAT = "<IIII8s"
+FOOTER_BYTES = struct.calcsize(FOOTER_FORMAT)  # 24
+# A zip comment holds at most 65535 bytes and the pyz trailer lives in the zip comment.
+MAX_TRAILER_BYTES = 65535
+GGUF_ALIGN_BYTES = 64 * 1024
+
+HEAD_MAGIC = b"CHFHEAD\0"
+HEAD_FORMAT = "<8sQQQ"
+HEAD_BYTES = struct.calcsize(HEAD_FORMAT)  # 32
+# Where to look for a HEAD record when the trailer is missing: the GGUF starts right after
+# the stub head, which is at most a few MiB for every stub we build.
+_HEAD_SEARCH_BYTES = 64 * 1024 * 1024
+
+_HASH_CHUNK_BYTES = 4 * 1024 * 1024
+
+
+class BundleError(ValueError):
+    """A bundle is present but unusable (corrupt, truncated, or from a newer chatfile)."""
+
+
+@dataclass(frozen=True)
+class Trailer:
+    gguf_offset: int  # absolute byte position of the GGUF's first byte; a multiple of 64 KiB
+    gguf_size: int  # exact length of the GGUF in bytes
+    sha256: str  # lowercase hex digest of the GGUF bytes
+    args: tuple[str, ...] = ()  # default command-line args, applied before the user's
+    title: str = ""  # shown in the page title / banner; "" means "use the model name"
+    format: str = "exe"  # "exe" or "pyz": how the stub was made
+    extra: dict = field(default_factory=dict)  # unknown payload keys, kept for round trips
+    trailer_bytes: int = 0  # length of the whole trailer (payload + footer) as read
+
+    def payload(self) -> dict:
+        out = dict(self.extra)
+        out.update(gguf_offset=self.gguf_offset, gguf_size=self.gguf_size, sha256=self.sha256,
+                   args=list(self.args), title=self.title, format=self.format)
+        return out
+
+
+def encode_trailer(trailer: Trailer) -> bytes:
+    """The trailer bytes (JSON payload + fixed footer) to append as the file's last bytes."""
+    payload = json.dumps(trailer.payload(), sort_keys=True, ensure_ascii=False,
+                         separators=(",", ":")).encode("utf-8")
+    out = payload + struct.pack(FOOTER_FORMAT, len(payload), zlib.crc32(payload), VERSION, 0,
+                                MAGIC)
+    if len(out) > MAX_TRAILER_BYTES:
+        raise BundleError(f"trailer is {len(out)} bytes, more than the {MAX_TRAILER_BYTES} "
+                          "allowed: shorten --args or --title")
+    return out
+
+
+def encode_head(gguf_offset: int, gguf_size: int, bundle_bytes: int) -> bytes:
+    return struct.pack(HEAD_FORMAT, HEAD_MAGIC, gguf_offset, gguf_size, bundle_bytes)
+
+
+def write_trailer(f, trailer: Trailer) -> int:
+    """Append the trailer to the open binary file `f`; return the number of bytes written."""
+    data = encode_trailer(trailer)
+    f.write(data)
+    return len(data)
+
+
+def decode_trailer(data: bytes, file_bytes: int, where: str = "bundle") -> Trailer | None:
+    """Decode a trailer from the last bytes `data` of a file of `file_bytes` bytes.
+
+    `data` must hold at least the whole trailer (callers pass the last 64 KiB). Returns None
+    when the magic is absent: the file is not a bundle.
+    """
+    if len(data) < FOOTER_BYTES or data[-8:] != MAGIC:
+        return None
+    payload_len, crc, version, _reserved, _magic = struct.unpack(FOOTER_FORMAT,
+                                                                 data[-FOOTER_BYTES:])
+    if version != VERSION:
+        raise BundleError(f"{where} has trailer format version {version}; this chatfile reads "
+                          f"version {VERSION} (made by a newer chatfile?)")
+    total = payload_len + FOOTER_BYTES
+    if total > len(data) or total > file_bytes:
+        raise BundleError(f"{where} is corrupt or truncated: its trailer claims {payload_len} "
+                          "payload bytes, more than the file holds")
+    payload = data[-total:-FOOTER_BYTES]
+    if zlib.crc32(payload) != crc:
+        raise BundleError(f"{where} is corrupt: the trailer checksum does not match")
+    try:
+        fields = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise BundleError(f"{where} is corrupt: unreadable trailer payload ({e})") from None
+    if not isinstance(fields, dict):
+        raise BundleError(f"{where} is corrupt: trailer payload is not a JSON object")
+    try:
+        off, size, digest = fields.pop("gguf_offset"), fields.pop("gguf_size"), fields.pop("sha256")
+        args, title = fields.pop("args", []), fields.pop("title", "")
+        fmt = fields.pop("format", "exe")
+    except KeyError as e:
+        raise BundleError(f"{where} is corrupt: trailer lacks {e.args[0]!r}") from None
+    ok = (isinstance(off, int) and isinstance(size, int) and not isinstance(off, bool)
+          and off >= 0 and size >= 0 and isinstance(digest, str) and len(digest) == 64
+          and all(c in "0123456789abcdef" for c in digest)
+          and isinstance(args, list) and all(isinstance(a, str) for a in args)
+          and isinstance(title, str) and isinstance(fmt, str))
+    if not ok:
+        raise BundleError(f"{where} is corrupt: trailer fields have the wrong types")
+    if off % GGUF_ALIGN_BYTES:
+        raise BundleError(f"{where} is corrupt: GGUF offset {off} is not 64 KiB aligned")
+    trailer_start = file_bytes - total
+    if off + size > trailer_start:
+        raise BundleError(f"{where} is truncated or corrupt: the embedded model ({size} bytes at "
+                          f"offset {off}) extends past the end of the data ({trailer_start} bytes)")
+    return Trailer(gguf_offset=off, gguf_size=size, sha256=digest, args=tuple(args),
+                   title=title, format=fmt, extra=fields, trailer_bytes=total)
+
+
+def read_trailer(path: str | os.PathLike) -> Trailer | None:
+    """The trailer of the bundle at `path`, or None when `path` carries no model.
+
+    Raises BundleError when a bundle is recognisable but damaged: a bad trailer, a GGUF
+    extent past the end, a missing GGUF magic, or a HEAD record with no trailer (cut off).
+    """
+    path = os.fspath(path)
+    where = f"bundle {path}"
+    try:
+        with open(path, "rb") as f:
+            file_bytes = os.fstat(f.fileno()).st_size
+            tail_bytes = min(file_bytes, MAX_TRAILER_BYTES + FOOTER_BYTES)
+            f.seek(file_bytes - tail_bytes)
+            tail = f.read(tail_bytes)
+            trailer = decode_trailer(tail, file_bytes, where)
+            if trailer is None:
+                head = _find_head(f, file_bytes)
+                if head is not None:
+                    _, off, size, expected = head
+                    raise BundleError(
+                        f"{where} is truncated or corrupt: it should be {expected} bytes but is "
+                        f"{file_bytes}, and its trailer is missing. Copy or download it again.")
+                return None
+            f.seek(trailer.gguf_offset)
+            if f.read(4) != b"GGUF":
+                raise BundleError(f"{where} is corrupt: no GGUF magic at offset "
+                                  f"{trailer.gguf_offset}")
+            return trailer
+    except OSError as e:
+        raise BundleError(f"cannot read {path}: {e.strerror or e}") from None
+
+
+def _find_head(f, file_bytes: int):
+    """The HEAD record (as a tuple) just before some 64 KiB boundary near the start, if any."""
+    limit = min(file_bytes, _HEAD_SEARCH_BYTES)
+    pos = GGUF_ALIGN_BYTES
+    while pos <= limit:
+        f.seek(pos - HEAD_BYTES)
+        rec = f.read(HEAD_BYTES)
+        if len(rec) == HEAD_BYTES and rec[:8] == HEAD_MAGIC:
+            fields = struct.unpack(HEAD_FORMAT, rec)
+            if fields[1] == pos:  # the record names the boundary it sits before
+                return fields
+        pos += GGUF_ALIGN_BYTES
+    return None
+
+
+def hash_range(path: str | os.PathLike, offset: int, size: int, progress=None) -> str:
+    """sha256 hex digest of `size` bytes of `path` from `offset`; progress(done, total)."""
+    h = hashlib.sha256()
+    done = 0
+    with open(path, "rb") as f:
+        f.seek(offset)
+        while done < size:
+            chunk = f.read(min(_HASH_CHUNK_BYTES, size - done))
+            if not chunk:
+                raise BundleError(f"{path} is truncated: the embedded model ends after {done} "
+                                  f"of {size} bytes")
+            h.update(chunk)
+            done += len(chunk)
+            if progress is not None:
+                progress(done, size)
+    return h.hexdigest()
+
+
+def verify(path: str | os.PathLike, trailer: Trailer, progress=None) -> bool:
+    """Re-hash the embedded GGUF and compare it with the trailer's sha256."""
+    return hash_range(path, trailer.gguf_offset, trailer.gguf_size, progress) == trailer.sha256
+
+
+def extract(path: str | os.PathLike, trailer: Trailer, out_path: str | os.PathLike,
+            progress=None) -> str:
+    """Copy the embedded GGUF to `out_path` atomically (temp file + rename); return its sha256.
+
+    Refuses (BundleError) and leaves nothing behind when the bytes do not match the trailer.
+    """
+    out_path = os.fspath(out_path)
+    directory = os.path.dirname(os.path.abspath(out_path))
+    tmp = os.path.join(directory, f".{os.path.basename(out_path)}.{os.getpid()}.part")
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as src, open(tmp, "wb") as dst:
+            src.seek(trailer.gguf_offset)
+            done = 0
+            while done < trailer.gguf_size:
+                chunk = src.read(min(_HASH_CHUNK_BYTES, trailer.gguf_size - done))
+                if not chunk:
+                    raise BundleError(f"{path} is truncated: the embedded model ends early")
+                h.update(chunk)
+                dst.write(chunk)
+                done += len(chunk)
+                if progress is not None:
+                    progress(done, trailer.gguf_size)
+        if h.hexdigest() != trailer.sha256:
+            raise BundleError(f"{path} is corrupt: the embedded model's sha256 does not match "
+                              "its trailer; nothing was extracted")
+        os.replace(tmp, out_path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return h.hexdigest()

@@ -1,0 +1,312 @@
+"""One inference worker: a request queue, a prompt cache, token-by-token generation.
+
+The model is single-threaded NumPy that already uses every core for its matmuls, so
+serving two requests at once would only make both slower. The engine therefore owns ONE
+worker thread and ONE KV-cache `Session`; requests wait in a bounded queue (a full queue
+is refused at once, so the server can answer 503 instead of piling up work).
+
+Prompt cache: the session keeps the tokens of the previous request (prompt + reply).
+A new prompt rewinds the session to the longest common prefix and evaluates only the
+rest, so the second turn of a chat prefills just the new message.
+
+Every request gets its own event queue. The worker puts `Event`s on it: one per
+generated token (with the text that token released, possibly empty while a stop string
+is still undecided), then exactly one final event ("done" or "error"). The worker never
+dies on a request's error: the exception travels back to the request as an error event.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+try:
+    from runtime.model import ContextOverflowError
+except ImportError:  # model.py not written yet: the same contract, a ValueError.
+    class ContextOverflowError(ValueError):
+        pass
+
+
+class EngineBusy(RuntimeError):
+    """The request queue is full; the server answers 503."""
+
+
+class Cancelled(Exception):
+    """Internal: the request's cancel event was set."""
+
+
+@dataclass
+class Timings:
+    cached_n: int = 0        # prompt tokens reused from the previous request
+    prompt_n: int = 0        # prompt tokens evaluated for this request
+    prompt_ms: float = 0.0
+    predicted_n: int = 0     # tokens generated
+    predicted_ms: float = 0.0
+
+    def as_dict(self) -> dict:
+        prompt_per_s = 1e3 * self.prompt_n / self.prompt_ms if self.prompt_ms > 0 else 0.0
+        pred_per_s = 1e3 * self.predicted_n / self.predicted_ms if self.predicted_ms > 0 else 0.0
+        return {
+            "cache_n": self.cached_n,
+            "prompt_n": self.prompt_n,
+            "prompt_ms": round(self.prompt_ms, 3),
+            "prompt_per_token_ms": round(self.prompt_ms / self.prompt_n, 3) if self.prompt_n else 0.0,
+            "prompt_per_second": round(prompt_per_s, 3),
+            "predicted_n": self.predicted_n,
+            "predicted_ms": round(self.predicted_ms, 3),
+            "predicted_per_token_ms": (round(self.predicted_ms / self.predicted_n, 3)
+                                       if self.predicted_n else 0.0),
+            "predicted_per_second": round(pred_per_s, 3),
+        }
+
+
+@dataclass
+class Event:
+    """What the worker reports. kind: "token" | "done" | "error"."""
+    kind: str
+    text: str = ""
+    token: int | None = None
+    # n_probs: [(id, prob), ...] best first, for the distribution this token came from.
+    probs: list | None = None
+    prob: float | None = None          # probability of the chosen token (when n_probs)
+    finish_reason: str | None = None   # "stop" | "length" | "cancelled"
+    stopped_eos: bool = False
+    stopped_word: bool = False
+    stopped_limit: bool = False
+    stopping_word: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    timings: Timings | None = None
+    error: BaseException | None = None
+
+
+@dataclass
+class Request:
+    prompt_ids: list
+    params: object = None              # runtime.sampling.SamplingParams; None -> defaults
+    max_tokens: int = -1               # -1: until end of generation or context full
+    stop: list = field(default_factory=list)
+    n_probs: int = 0
+    cache_prompt: bool = True
+    cancel: threading.Event = field(default_factory=threading.Event)
+    events: queue.Queue = field(default_factory=queue.Queue)
+
+    def iter_events(self, poll_s: float = 0.5):
+        """Yield events until the final one. Blocking; the server calls this."""
+        while True:
+            try:
+                ev = self.events.get(timeout=poll_s)
+            except queue.Empty:
+                continue
+            yield ev
+            if ev.kind != "token":
+                return
+
+
+def top_probs(logits: np.ndarray, n: int) -> tuple[list, np.ndarray]:
+    """Softmax of the raw logits; the n most likely (id, prob), best first."""
+    x = logits.astype(np.float64)
+    x = np.exp(x - x.max())
+    p = x / x.sum()
+    n = min(n, p.shape[0])
+    idx = np.argpartition(-p, n - 1)[:n]
+    idx = idx[np.argsort(-p[idx], kind="stable")]
+    return [(int(i), float(p[i])) for i in idx], p
+
+
+def _stop_hold_len(text: str, stops: list) -> int:
+    """Length of the longest suffix of `text` that is a proper prefix of a stop string:
+    that much text must be held back, since the next token may complete the stop."""
+    best = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), best, -1):
+            if text.endswith(s[:k]):
+                best = k
+                break
+    return best
+
+
+def _next_tokens(session, logits: np.ndarray, sampler, history: list, room_tok: int) -> list:
+    """Choose the next token(s) after `logits`.
+
+    The single place where prompt-lookup speculation plugs in. Contract: returns
+    k >= 1 tokens to emit in order; the session must already hold all of them except
+    the last (the engine evaluates the last one when it continues). `room_tok` is how
+    many more positions the session can take, so a speculator drafts at most that many.
+    Without speculation: one sampled token, session untouched.
+    """
+    return [sampler.sample(logits, history)]
+
+
+def _make_sampler(params):
+    from runtime.sampling import Sampler, SamplingParams
+    return Sampler(params if params is not None else SamplingParams())
+
+
+class Engine:
+    def __init__(self, model, n_ctx: int, *, max_queue: int = 16, sampler_factory=None):
+        self.model = model
+        self.n_ctx = int(n_ctx)
+        self.session = model.session(self.n_ctx)
+        self.eog_ids = frozenset(getattr(model, "eog_ids", ()) or ())
+        self._make_sampler = sampler_factory or _make_sampler
+        self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
+        self.busy = threading.Event()     # set while a request is being served
+        self._thread = threading.Thread(target=self._run, name="chatfile-engine", daemon=True)
+        self._thread.start()
+
+    # ---- the request side -------------------------------------------------------------
+    def submit(self, req: Request) -> Request:
+        """Queue a request. Raises ContextOverflowError (prompt too long), ValueError
+        (empty prompt or bad token ids) or EngineBusy (queue full), before any work."""
+        ids = req.prompt_ids
+        if not ids:
+            raise ValueError("the prompt is empty (no tokens)")
+        n_vocab = getattr(self.model, "n_vocab", None)
+        if n_vocab is not None and any((not isinstance(t, int)) or t < 0 or t >= n_vocab for t in ids):
+            raise ValueError(f"prompt token ids must be integers in [0, {n_vocab})")
+        if len(ids) > self.n_ctx:
+            raise ContextOverflowError(
+                f"the prompt is {len(ids)} tokens, more than the context size of {self.n_ctx} "
+                f"tokens; shorten it or start the server with a larger context")
+        try:
+            self._queue.put_nowait(req)
+        except queue.Full:
+            raise EngineBusy("the server is busy: too many requests are waiting") from None
+        return req
+
+    def queued(self) -> int:
+        return self._queue.qsize()
+
+    # ---- the worker side --------------------------------------------------------------
+    def _run(self):
+        while True:
+            req = self._queue.get()
+            if req.cancel.is_set():
+                req.events.put(Event("done", finish_reason="cancelled"))
+                continue
+            self.busy.set()
+            try:
+                self._serve(req)
+            except Cancelled:
+                req.events.put(Event("done", finish_reason="cancelled"))
+            except BaseException as e:  # noqa: BLE001 - the worker must survive anything
+                # A failed eval may have left the cache half-written: start clean next time.
+                try:
+                    self.session.rewind(0)
+                except Exception:
+                    pass
+                req.events.put(Event("error", error=e))
+            finally:
+                self.busy.clear()
+
+    def _prefill(self, req: Request, t: Timings) -> np.ndarray:
+        ids = list(req.prompt_ids)
+        s = self.session
+        if req.cache_prompt:
+            kept = s.reuse_prefix(ids)
+        else:
+            s.rewind(0)
+            kept = 0
+        # At least the last prompt token must be evaluated to get its logits.
+        if kept >= len(ids):
+            kept = len(ids) - 1
+            s.rewind(kept)
+        t.cached_n = kept
+        rest = ids[kept:]
+        t0 = time.perf_counter()
+        # Evaluate in chunks so a cancel during a long prefill is noticed.
+        chunk = 256
+        logits = None
+        for i in range(0, len(rest), chunk):
+            if req.cancel.is_set():
+                raise Cancelled()
+            logits = s.eval(rest[i:i + chunk])
+        t.prompt_ms = 1e3 * (time.perf_counter() - t0)
+        t.prompt_n = len(rest)
+        return logits
+
+    def _serve(self, req: Request):
+        t = Timings()
+        logits = self._prefill(req, t)
+        sampler = self._make_sampler(req.params)
+        history = list(req.prompt_ids)
+        decoder = self.model.tokenizer.decoder()
+        stops = [s for s in (req.stop or []) if s]
+        max_tokens = req.max_tokens if req.max_tokens is not None and req.max_tokens >= 0 else None
+        held = ""          # text not yet released: it might begin a stop string
+        n_gen = 0
+        t_gen = time.perf_counter()
+
+        def finish(reason, **kw):
+            t.predicted_n = n_gen
+            t.predicted_ms = 1e3 * (time.perf_counter() - t_gen)
+            req.events.put(Event("done", finish_reason=reason, timings=t,
+                                 prompt_tokens=len(req.prompt_ids), completion_tokens=n_gen, **kw))
+
+        if max_tokens == 0:
+            finish("length", stopped_limit=True)
+            return
+        while True:
+            if req.cancel.is_set():
+                raise Cancelled()
+            room_tok = self.n_ctx - len(self.session.tokens)
+            toks = _next_tokens(self.session, logits, sampler, history, room_tok)
+            dist = top_probs(logits, req.n_probs) if req.n_probs > 0 else None
+            for tok in toks:
+                n_gen += 1
+                history.append(tok)
+                if tok in self.eog_ids:
+                    tail = held + decoder.flush()
+                    if tail:
+                        req.events.put(Event("token", text=tail))
+                    finish("stop", stopped_eos=True)
+                    return
+                held += decoder.push(tok)
+                probs = prob = None
+                if dist is not None:
+                    probs, p = dist
+                    prob = float(p[tok])
+                    dist = None  # only the first of a speculated run has a distribution here
+                if stops:
+                    hit = min(((held.find(s), s) for s in stops if s in held), default=None)
+                    if hit is not None:
+                        idx, word = hit
+                        req.events.put(Event("token", text=held[:idx], token=tok, probs=probs, prob=prob))
+                        finish("stop", stopped_word=True, stopping_word=word)
+                        return
+                    keep = _stop_hold_len(held, stops)
+                else:
+                    keep = 0
+                out, held = held[:len(held) - keep], held[len(held) - keep:]
+                req.events.put(Event("token", text=out, token=tok, probs=probs, prob=prob))
+                if max_tokens is not None and n_gen >= max_tokens:
+                    self._flush_tail(req, decoder, held, stops)
+                    finish("length", stopped_limit=True)
+                    return
+            # Continue: the last chosen token must be evaluated, if the context has room.
+            if len(self.session.tokens) >= self.n_ctx:
+                self._flush_tail(req, decoder, held, stops)
+                finish("length", stopped_limit=True)
+                return
+            logits = self.session.eval([toks[-1]])
+
+    @staticmethod
+    def _flush_tail(req, decoder, held, stops):
+        """At a length stop: release held text (it never completed a stop string)."""
+        tail = held + decoder.flush()
+        for s in stops:
+            i = tail.find(s)
+            if i >= 0:
+                tail = tail[:i]
+        if tail:
+            req.events.put(Event("token", text=tail))
+
+    # ---- convenience for the terminal and tests ----------------------------------------
+    def run(self, req: Request):
+        """Submit and yield events until the final one."""
+        self.submit(req)
+        yield from req.iter_events()

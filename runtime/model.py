@@ -1,0 +1,572 @@
+"""The model: weights, one forward pass, and a KV-cache session.
+
+Data layout, explained once:
+- A weight matrix is stored as ggml stores it, [n_out, n_in] row-major, and applied as
+  `x @ W.T`. NumPy hands that to BLAS as a transposed operand, so no copy is made.
+- q, k and v are fused into one [n_q + 2·n_kv, n_embd] matrix at load (and gate/up into
+  one [2·n_ff, n_embd]), so each block makes two big matmuls instead of five small ones.
+- Activations are float32 [n_tokens, n_embd]. Heads are split as [n_tokens, n_head, head_dim].
+- The KV cache is preallocated per layer as [n_head_kv, n_ctx, head_dim], so that the
+  first S positions of a head are one contiguous slab for the attention matmul.
+- Query head h reads kv head h // (n_head / n_head_kv) (grouped-query attention).
+
+Weights are either dequantized once into resident float32 matrices ("f32" mode, fastest),
+or kept as the GGUF's own quantized blocks and dequantized in row chunks at every use
+("quant" mode), for models that do not fit the RAM budget.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from runtime import archs, gguf, quants
+from runtime.archs import ArchConfig
+from runtime.gguf import GGUFError
+
+# Prefill runs in micro-batches of this many tokens: big enough for BLAS to run at full
+# speed, small enough that the [n_head, T, S] attention scores stay a few tens of MB.
+UBATCH_TOK = 256
+# Quantized-mode matmuls dequantize this many weight bytes (as float32) at a time.
+QUANT_CHUNK_BYTES = 8 << 20
+
+
+class ContextOverflowError(ValueError):
+    """More tokens than the session's context holds."""
+
+
+# ---------------------------------------------------------------------------------------
+# Weights
+
+
+class QuantMatrix:
+    """A [n_out, n_in] weight kept in its GGUF blocks; `x @ W.T` dequantizes row chunks."""
+
+    def __init__(self, raw: np.ndarray, ggml_type: int, shape: tuple[int, int]):
+        self.raw, self.ggml_type, self.shape = raw, ggml_type, shape
+        self.row_bytes = quants.quantized_row_bytes(ggml_type, shape[1])
+        self.rows_per_chunk = max(1, QUANT_CHUNK_BYTES // (4 * shape[1]))
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        raw = self.raw[start * self.row_bytes: stop * self.row_bytes]
+        return quants.dequantize(raw, self.ggml_type, (stop - start, self.shape[1]))
+
+    def matmul_t(self, x: np.ndarray) -> np.ndarray:
+        # [T, n_in] -> [T, n_out], one chunk of dequantized rows at a time
+        out = np.empty((x.shape[0], self.shape[0]), dtype=np.float32)
+        for r0 in range(0, self.shape[0], self.rows_per_chunk):
+            r1 = min(r0 + self.rows_per_chunk, self.shape[0])
+            np.matmul(x, self.rows(r0, r1).T, out=out[:, r0:r1])
+        return out
+
+
+def linear(x: np.ndarray, w, bias: np.ndarray | None = None) -> np.ndarray:
+    # [T, n_in] -> [T, n_out]
+    y = x @ w.T if isinstance(w, np.ndarray) else w.matmul_t(x)
+    if bias is not None:
+        y += bias
+    return y
+
+
+@dataclass
+class Layer:
+    attn_norm: np.ndarray
+    wqkv: object  # [n_q + 2·n_kv, n_embd]
+    bqkv: np.ndarray | None
+    wo: object  # [n_embd, n_head·head_dim_v]
+    ffn_norm: np.ndarray
+    w_gate_up: object | None  # [2·n_ff, n_embd]; None for experts
+    w_down: object | None  # [n_embd, n_ff]
+    q_norm: np.ndarray | None = None
+    k_norm: np.ndarray | None = None
+    post_attn_norm: np.ndarray | None = None
+    post_ffn_norm: np.ndarray | None = None
+    router: np.ndarray | None = None  # [n_expert, n_embd]
+    experts_gate_up: list | None = None  # per expert [2·n_ff, n_embd]
+    experts_down: list | None = None  # per expert [n_embd, n_ff]
+
+
+def _ram_available_bytes() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 << 30
+
+
+class _WeightLoader:
+    """Turns tensor names into resident float32 arrays or QuantMatrix objects."""
+
+    def __init__(self, g: gguf.GGUFFile, mode: str, progress: Callable[[float], None] | None):
+        self.g, self.mode, self.progress = g, mode, progress
+        self.total_bytes = sum(t.n_bytes for t in g.tensors.values()) or 1
+        self.done_bytes = 0
+
+    def has(self, name: str) -> bool:
+        return name in self.g.tensors
+
+    def info(self, name: str) -> gguf.TensorInfo:
+        try:
+            return self.g.tensors[name]
+        except KeyError:
+            raise GGUFError(f"tensor {name!r} is missing") from None
+
+    def _tick(self, n_bytes: int) -> None:
+        self.done_bytes += n_bytes
+        if self.progress:
+            self.progress(min(self.done_bytes / self.total_bytes, 1.0))
+
+    def f32(self, name: str, shape: tuple | None = None) -> np.ndarray:
+        t = self.info(name)
+        if shape is not None and t.shape != tuple(shape):
+            raise GGUFError(f"tensor {name!r} has shape {t.shape}, expected {tuple(shape)}")
+        a = quants.dequantize(self.g.raw(name), t.ggml_type, t.shape, name=name)
+        self._tick(t.n_bytes)
+        return a
+
+    def optional(self, name: str, shape: tuple | None = None) -> np.ndarray | None:
+        return self.f32(name, shape) if self.has(name) else None
+
+    def matrix(self, names: Sequence[str], n_in: int, rows: Sequence[int]):
+        """Rows of several [r_i, n_in] tensors stacked into one matrix."""
+        for name, r in zip(names, rows):
+            t = self.info(name)
+            if t.shape != (r, n_in):
+                raise GGUFError(f"tensor {name!r} has shape {t.shape}, expected {(r, n_in)}")
+        if self.mode == "quant" and len(names) == 1:
+            t = self.info(names[0])
+            _check_supported(t.ggml_type, names[0])
+            self._tick(t.n_bytes)
+            return QuantMatrix(self.g.raw(names[0]), t.ggml_type, t.shape)
+        if self.mode == "quant":
+            return _StackedQuant([self.matrix([n], n_in, [r]) for n, r in zip(names, rows)])
+        out = np.empty((sum(rows), n_in), dtype=np.float32)
+        r0 = 0
+        for name, r in zip(names, rows):
+            t = self.info(name)
+            quants.dequantize_into(self.g.raw(name), t.ggml_type, out[r0:r0 + r])
+            self._tick(t.n_bytes)
+            r0 += r
+        return out
+
+
+class _StackedQuant:
+    """Several QuantMatrix objects used as one matrix stacked by rows (fused q/k/v)."""
+
+    def __init__(self, parts: list[QuantMatrix]):
+        self.parts = parts
+        self.shape = (sum(p.shape[0] for p in parts), parts[0].shape[1])
+
+    def matmul_t(self, x: np.ndarray) -> np.ndarray:
+        return np.concatenate([p.matmul_t(x) for p in self.parts], axis=1)
+
+
+# ---------------------------------------------------------------------------------------
+# The forward pass and its pieces
+
+
+def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+    # [..., d] -> [..., d]; normalizes over the last axis
+    ms = np.mean(np.square(x), axis=-1, keepdims=True)
+    return x / np.sqrt(ms + eps) * w
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    return x / (1.0 + np.exp(-x))
+
+
+def gelu(x: np.ndarray) -> np.ndarray:
+    # tanh approximation, as ggml_gelu
+    return 0.5 * x * (1.0 + np.tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)))
+
+
+@dataclass
+class RopeTable:
+    cos: np.ndarray  # [n_ctx, n_rot/2]
+    sin: np.ndarray
+
+
+def rope_table(cfg: ArchConfig, base: float, n_ctx: int, freq_factors: np.ndarray | None,
+               freq_scale: float) -> RopeTable:
+    half = cfg.n_rot // 2
+    inv_freq = base ** (-np.arange(half, dtype=np.float64) * 2.0 / cfg.n_rot)
+    if freq_factors is not None:
+        inv_freq = inv_freq / freq_factors.astype(np.float64)
+    angles = np.outer(np.arange(n_ctx, dtype=np.float64) * freq_scale, inv_freq)
+    m = cfg.rope_attn_factor
+    return RopeTable((np.cos(angles) * m).astype(np.float32), (np.sin(angles) * m).astype(np.float32))
+
+
+def apply_rope(x: np.ndarray, table: RopeTable, pos0: int, style: str, n_rot: int) -> np.ndarray:
+    # x: [T, n_heads, head_dim]; rotates the first n_rot dims of each head in place
+    T = x.shape[0]
+    cos = table.cos[pos0:pos0 + T, None, :]  # [T, 1, n_rot/2]
+    sin = table.sin[pos0:pos0 + T, None, :]
+    if style == "neox":  # pairs (i, i + n_rot/2)
+        a = x[..., : n_rot // 2].copy()
+        b = x[..., n_rot // 2: n_rot].copy()
+        x[..., : n_rot // 2] = a * cos - b * sin
+        x[..., n_rot // 2: n_rot] = a * sin + b * cos
+    else:  # pairs (2i, 2i+1)
+        a = x[..., 0:n_rot:2].copy()
+        b = x[..., 1:n_rot:2].copy()
+        x[..., 0:n_rot:2] = a * cos - b * sin
+        x[..., 1:n_rot:2] = a * sin + b * cos
+    return x
+
+
+def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, pos0: int, cfg: ArchConfig,
+              window: int) -> np.ndarray:
+    """q: [T, n_head, hd] at positions pos0.., k/v: [n_kv, S, hd] for positions 0..S-1."""
+    T, n_head, hd = q.shape
+    n_kv, S, hd_v = v.shape
+    g = n_head // n_kv
+    # [T, n_head, hd] -> [n_kv, g·T, hd]: query heads grouped under their kv head
+    qg = q.reshape(T, n_kv, g, hd).transpose(1, 2, 0, 3).reshape(n_kv, g * T, hd)
+    scores = np.matmul(qg, k.transpose(0, 2, 1))  # [n_kv, g·T, S]
+    scores *= cfg.attn_scale
+    if cfg.softcap_attn:
+        scores = np.tanh(scores / cfg.softcap_attn) * cfg.softcap_attn
+    qpos = np.arange(pos0, pos0 + T)[:, None]
+    kpos = np.arange(S)[None, :]
+    blocked = kpos > qpos  # causal
+    if window:
+        blocked |= qpos - kpos >= window
+    scores = scores.reshape(n_kv, g, T, S)
+    scores[:, :, blocked] = -np.inf
+    scores -= scores.max(axis=-1, keepdims=True)
+    np.exp(scores, out=scores)
+    scores /= scores.sum(axis=-1, keepdims=True)
+    out = np.matmul(scores.reshape(n_kv, g * T, S), v)  # [n_kv, g·T, hd_v]
+    # -> [T, n_head·hd_v], heads back in their original order
+    return out.reshape(n_kv, g, T, hd_v).transpose(2, 0, 1, 3).reshape(T, n_head * hd_v)
+
+
+def feed_forward(h: np.ndarray, w_gate_up, w_down, activation: str) -> np.ndarray:
+    # [T, n_embd] -> [T, 2·n_ff] -> [T, n_ff] -> [T, n_embd]
+    gu = linear(h, w_gate_up)
+    n_ff = gu.shape[1] // 2
+    act = silu if activation == "silu" else gelu
+    return linear(act(gu[:, :n_ff]) * gu[:, n_ff:], w_down)
+
+
+def moe(h: np.ndarray, layer: Layer, cfg: ArchConfig) -> np.ndarray:
+    """Mixtral routing: softmax over experts, keep the top k, renormalize their weights."""
+    logits = h @ layer.router.T  # [T, n_expert]
+    p = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    p /= p.sum(axis=-1, keepdims=True)
+    top = np.argsort(-p, axis=-1, kind="stable")[:, : cfg.n_expert_used]  # [T, k]
+    w = np.take_along_axis(p, top, axis=-1)
+    w /= w.sum(axis=-1, keepdims=True)
+    out = np.zeros_like(h)
+    for e in np.unique(top):  # each expert once, over the tokens routed to it
+        rows, slot = np.nonzero(top == e)
+        y = feed_forward(h[rows], layer.experts_gate_up[e], layer.experts_down[e], cfg.activation)
+        out[rows] += y * w[rows, slot][:, None]
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Model
+
+
+class Model:
+    """A loaded GGUF. See docs/architecture.md for the interface others rely on."""
+
+    def __init__(self):  # use Model.load
+        self.tokenizer = None
+        self.chat_template: str | None = None
+
+    @classmethod
+    def load(cls, path, offset: int = 0, vocab_only: bool = False, *, size: int | None = None,
+             progress: Callable[[float], None] | None = None, mode: str = "auto",
+             ram_budget_bytes: int | None = None, chat_template: str | None = None) -> "Model":
+        """Open the GGUF at byte `offset` of `path`. mode: "f32", "quant" or "auto"."""
+        from runtime.tokenizer import Tokenizer
+
+        g = gguf.read(path, offset=offset, size=size, vocab_only=vocab_only)
+        m = cls()
+        m.gguf, m.path, m.metadata = g, os.fspath(path), g.metadata
+        m.arch = g.metadata.get("general.architecture", "unknown")
+        m.name = str(g.metadata.get("general.name") or os.path.basename(m.path))
+        m.tokenizer = Tokenizer.from_metadata(g.metadata)
+        m.eog_ids = m.tokenizer.eog_ids
+        m.chat_template = chat_template or g.metadata.get("tokenizer.chat_template")
+        if vocab_only:
+            m.n_vocab = m.tokenizer.n_vocab
+            m.cfg = None
+            m.n_ctx_train = int(g.metadata.get(f"{m.arch}.context_length", 0) or 0)
+            return m
+        embd = g.tensors.get("token_embd.weight")
+        if embd is None or len(embd.shape) != 2:
+            raise GGUFError("tensor 'token_embd.weight' is missing or not a matrix")
+        m.n_vocab = embd.shape[0]
+        if m.tokenizer.n_vocab > m.n_vocab:
+            raise GGUFError(f"the vocabulary has {m.tokenizer.n_vocab} tokens but the "
+                            f"embedding has only {m.n_vocab} rows")
+        m.cfg = archs.config_from_metadata(g.metadata, m.n_vocab)
+        m.n_ctx_train = m.cfg.n_ctx_train
+        m.mode = mode if mode != "auto" else m._choose_mode(ram_budget_bytes)
+        m._load_weights(progress)
+        return m
+
+    def _choose_mode(self, ram_budget_bytes: int | None) -> str:
+        n_params = sum(t.n_elements for t in self.gguf.tensors.values())
+        budget = ram_budget_bytes if ram_budget_bytes is not None else _ram_available_bytes() * 0.6
+        return "f32" if n_params * 4 <= budget else "quant"
+
+    def _load_weights(self, progress) -> None:
+        c, L = self.cfg, _WeightLoader(self.gguf, self.mode, progress)
+        n_q, n_kv = c.n_head * c.head_dim, c.n_head_kv * c.head_dim
+        n_v = c.n_head_kv * c.head_dim_v
+        embd = L.info("token_embd.weight")
+        if embd.shape[1] != c.n_embd:
+            raise GGUFError(f"token_embd.weight has {embd.shape[1]} columns, expected {c.n_embd}")
+        tied = not L.has("output.weight")
+        # The embedding is only gathered row by row, so it stays quantized unless the
+        # output head shares it (tied) and f32 mode wants it resident anyway.
+        self.embd = QuantMatrix(self.gguf.raw("token_embd.weight"), embd.ggml_type, embd.shape)
+        _check_supported(embd.ggml_type, "token_embd.weight")
+        self.layers = []
+        for i in range(c.n_layer):
+            p = f"blk.{i}."
+            if L.has(p + "attn_qkv.weight"):
+                wqkv = L.matrix([p + "attn_qkv.weight"], c.n_embd, [n_q + n_kv + n_v])
+            else:
+                wqkv = L.matrix([p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight"],
+                                c.n_embd, [n_q, n_kv, n_v])
+            biases = [L.optional(p + f"attn_{x}.bias", (n,)) for x, n in
+                      (("q", n_q), ("k", n_kv), ("v", n_v))]
+            bqkv = np.concatenate(biases) if all(b is not None for b in biases) else None
+            layer = Layer(
+                attn_norm=L.f32(p + "attn_norm.weight", (c.n_embd,)),
+                wqkv=wqkv, bqkv=bqkv,
+                wo=L.matrix([p + "attn_output.weight"], c.n_head * c.head_dim_v, [c.n_embd]),
+                ffn_norm=L.f32(p + "ffn_norm.weight", (c.n_embd,)),
+                w_gate_up=None, w_down=None,
+            )
+            if c.qk_norm:
+                layer.q_norm = L.f32(p + "attn_q_norm.weight", (c.head_dim,))
+                layer.k_norm = L.f32(p + "attn_k_norm.weight", (c.head_dim,))
+            if c.post_norms:
+                layer.post_attn_norm = L.f32(p + "post_attention_norm.weight", (c.n_embd,))
+                layer.post_ffn_norm = L.f32(p + "post_ffw_norm.weight", (c.n_embd,))
+            if c.n_expert:
+                self._load_experts(L, p, layer)
+            else:
+                if L.has(p + "ffn_gate.weight"):
+                    layer.w_gate_up = L.matrix([p + "ffn_gate.weight", p + "ffn_up.weight"],
+                                               c.n_embd, [c.n_ff, c.n_ff])
+                else:  # Phi-3: ffn_up already holds [gate; up]
+                    layer.w_gate_up = L.matrix([p + "ffn_up.weight"], c.n_embd, [2 * c.n_ff])
+                layer.w_down = L.matrix([p + "ffn_down.weight"], c.n_ff, [c.n_embd])
+            self.layers.append(layer)
+        self.output_norm = L.f32("output_norm.weight", (c.n_embd,))
+        head = "token_embd.weight" if tied else "output.weight"
+        self.output = L.matrix([head], c.n_embd, [self.n_vocab])
+        self.rope_freqs = L.optional("rope_freqs.weight", (c.n_rot // 2,))
+        self.rope_long = L.optional("rope_factors_long.weight", (c.n_rot // 2,))
+        self.rope_short = L.optional("rope_factors_short.weight", (c.n_rot // 2,))
+        if progress:
+            progress(1.0)
+
+    def _load_experts(self, L: _WeightLoader, p: str, layer: Layer) -> None:
+        c = self.cfg
+        layer.router = L.f32(p + "ffn_gate_inp.weight", (c.n_expert, c.n_embd))
+        gate = L.f32(p + "ffn_gate_exps.weight", (c.n_expert, c.n_ff, c.n_embd))
+        up = L.f32(p + "ffn_up_exps.weight", (c.n_expert, c.n_ff, c.n_embd))
+        down = L.f32(p + "ffn_down_exps.weight", (c.n_expert, c.n_embd, c.n_ff))
+        layer.experts_gate_up = [np.concatenate([gate[e], up[e]]) for e in range(c.n_expert)]
+        layer.experts_down = [np.ascontiguousarray(down[e]) for e in range(c.n_expert)]
+
+    # -- text -------------------------------------------------------------------------
+
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
+        return self.tokenizer.tokenize(text, add_special=add_special, parse_special=parse_special)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.detokenize(ids)
+
+    def chat_prompt(self, messages: list[dict], add_generation_prompt: bool = True,
+                    tools=None) -> str:
+        from runtime import chat_template
+        template = self.chat_template or chat_template.fallback_template(
+            self.arch, self._special_texts())
+        tok = self.tokenizer
+        bos = tok.token_text(tok.bos_id) if tok.bos_id is not None else ""
+        eos = tok.token_text(tok.eos_id) if tok.eos_id is not None else ""
+        return chat_template.render(template, messages, add_generation_prompt=add_generation_prompt,
+                                    bos_token=bos, eos_token=eos, tools=tools)
+
+    def _special_texts(self) -> set[str]:
+        tok = self.tokenizer
+        return {tok.token_text(i) for i in range(tok.n_vocab) if tok.is_control(i)}
+
+    def fim_prompt(self, prefix: str, suffix: str) -> list[int]:
+        return self.tokenizer.fim_prompt(prefix, suffix)
+
+    # -- inference --------------------------------------------------------------------
+
+    def session(self, n_ctx: int | None = None) -> "Session":
+        if self.cfg is None:
+            raise ValueError("this model was loaded with vocab_only=True and cannot run")
+        return Session(self, n_ctx or min(self.n_ctx_train, 4096))
+
+    def logits(self, ids: Sequence[int]) -> np.ndarray:
+        """float32 [len(ids), n_vocab]: every position of a fresh sequence from position 0."""
+        return self.session(max(len(ids), 1)).eval(ids, all_logits=True)
+
+    def generate(self, ids: Sequence[int], max_tokens: int, temperature: float = 0.0,
+                 top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
+                 repeat_penalty: float = 1.0, seed: int | None = None,
+                 n_ctx: int | None = None) -> Iterator[int]:
+        from runtime.sampling import Sampler, SamplingParams
+        ids = list(ids)
+        sampler = Sampler(SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p,
+                                         min_p=min_p, repeat_penalty=repeat_penalty, seed=seed))
+        s = self.session(n_ctx or min(max(len(ids) + max_tokens, 1), self.n_ctx_train or 1 << 30))
+        logits = s.eval(ids)
+        history = list(ids)
+        for _ in range(max_tokens):
+            tok = sampler.sample(logits, history)
+            yield tok
+            if tok in self.eog_ids or len(s.tokens) >= s.n_ctx:
+                return
+            history.append(tok)
+            logits = s.eval([tok])
+
+    def check_ids(self, ids: Sequence[int]) -> np.ndarray:
+        a = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if a.size and (a.min() < 0 or a.max() >= self.n_vocab):
+            bad = int(a[(a < 0) | (a >= self.n_vocab)][0])
+            raise ValueError(f"token id {bad} is out of range: the vocabulary has {self.n_vocab} tokens")
+        return a
+
+
+class Session:
+    """One sequence with a preallocated KV cache. Tokens can be added and rewound."""
+
+    def __init__(self, model: Model, n_ctx: int):
+        c = model.cfg
+        if n_ctx <= 0:
+            raise ValueError(f"n_ctx must be positive, got {n_ctx}")
+        self.model, self.cfg, self.n_ctx = model, c, n_ctx
+        self.tokens: list[int] = []
+        self.k = [np.zeros((c.n_head_kv, n_ctx, c.head_dim), np.float32) for _ in range(c.n_layer)]
+        self.v = [np.zeros((c.n_head_kv, n_ctx, c.head_dim_v), np.float32) for _ in range(c.n_layer)]
+        factors = model.rope_freqs
+        if model.rope_long is not None:  # LongRoPE: long factors only past the original context
+            factors = model.rope_long if c.rope_ctx_orig and n_ctx > c.rope_ctx_orig else model.rope_short
+        self.rope_global = rope_table(c, c.rope_base, n_ctx, factors, c.rope_freq_scale)
+        self.rope_local = (self.rope_global if c.rope_base_local == c.rope_base else
+                           rope_table(c, c.rope_base_local, n_ctx, None, 1.0))
+
+    @property
+    def n_past(self) -> int:
+        return len(self.tokens)
+
+    def rewind(self, n: int) -> None:
+        """Keep the first n tokens; the cache past them is simply overwritten later."""
+        if not 0 <= n <= len(self.tokens):
+            raise ValueError(f"cannot rewind to {n}: the session holds {len(self.tokens)} tokens")
+        del self.tokens[n:]
+
+    def reuse_prefix(self, ids: Sequence[int]) -> int:
+        """Rewind to the longest common prefix with `ids`; return how many tokens are kept.
+
+        At least one token of `ids` is left to evaluate, so that there are logits to sample.
+        """
+        n = 0
+        limit = min(len(self.tokens), len(ids) - 1)
+        while n < limit and self.tokens[n] == ids[n]:
+            n += 1
+        self.rewind(n)
+        return n
+
+    def eval(self, ids: Sequence[int], all_logits: bool = False) -> np.ndarray:
+        """Append ids; return logits [n_vocab] of the last one, or [len(ids), n_vocab]."""
+        a = self.model.check_ids(ids)
+        if a.size == 0:
+            raise ValueError("eval needs at least one token")
+        if self.n_past + a.size > self.n_ctx:
+            raise ContextOverflowError(
+                f"context overflow: {self.n_past} + {a.size} tokens exceed the context of {self.n_ctx}")
+        outs = []
+        for i in range(0, a.size, UBATCH_TOK):
+            chunk = a[i:i + UBATCH_TOK]
+            last_only = not all_logits and i + UBATCH_TOK < a.size
+            if last_only:  # an inner chunk: its logits are never used
+                self._forward(chunk, head=False)
+            else:
+                outs.append(self._forward(chunk, head=True, last_only=not all_logits))
+        return np.concatenate(outs) if all_logits else outs[-1][-1]
+
+    def _forward(self, ids: np.ndarray, head: bool, last_only: bool = False):
+        """The forward pass over new tokens `ids` at positions n_past.. ."""
+        c, m = self.cfg, self.model
+        T, pos0 = ids.size, self.n_past
+        S = pos0 + T
+        n_q, n_kv = c.n_head * c.head_dim, c.n_head_kv * c.head_dim
+        x = _gather(m.embd, ids)  # [T] -> [T, n_embd]
+        if c.embed_scale != 1.0:
+            x *= c.embed_scale  # [T, n_embd]
+        for il, L in enumerate(m.layers):
+            swa = c.is_swa(il)
+            h = rms_norm(x, L.attn_norm, c.norm_eps)
+            qkv = linear(h, L.wqkv, L.bqkv)  # [T, n_embd] -> [T, n_q + 2·n_kv]
+            q = qkv[:, :n_q].reshape(T, c.n_head, c.head_dim)
+            k = qkv[:, n_q:n_q + n_kv].reshape(T, c.n_head_kv, c.head_dim)
+            v = qkv[:, n_q + n_kv:].reshape(T, c.n_head_kv, c.head_dim_v)
+            if c.qk_norm:
+                q = rms_norm(q, L.q_norm, c.norm_eps)
+                k = rms_norm(k, L.k_norm, c.norm_eps)
+            else:
+                q, k = q.copy(), k.copy()
+            rope = self.rope_local if swa else self.rope_global
+            apply_rope(q, rope, pos0, c.rope_style, c.n_rot)
+            apply_rope(k, rope, pos0, c.rope_style, c.n_rot)
+            self.k[il][:, pos0:S] = k.transpose(1, 0, 2)  # [T, n_kv, hd] -> [n_kv, T, hd]
+            self.v[il][:, pos0:S] = v.transpose(1, 0, 2)
+            att = attention(q, self.k[il][:, :S], self.v[il][:, :S], pos0, c,
+                            c.swa_window if swa else 0)  # [T, n_head·hd_v]
+            o = linear(att, L.wo)  # [T, n_embd]
+            if c.post_norms:
+                o = rms_norm(o, L.post_attn_norm, c.norm_eps)
+            x = x + o * c.residual_scale if c.residual_scale != 1.0 else x + o
+            h = rms_norm(x, L.ffn_norm, c.norm_eps)
+            f = moe(h, L, c) if c.n_expert else feed_forward(h, L.w_gate_up, L.w_down, c.activation)
+            if c.post_norms:
+                f = rms_norm(f, L.post_ffn_norm, c.norm_eps)
+            x = x + f * c.residual_scale if c.residual_scale != 1.0 else x + f
+        self.tokens.extend(int(t) for t in ids)
+        if not head:
+            return None
+        if last_only:
+            x = x[-1:]  # only the last position goes through the (large) output head
+        x = rms_norm(x, m.output_norm, c.norm_eps)
+        logits = linear(x, m.output)  # [T, n_embd] -> [T, n_vocab]
+        if c.logit_scale != 1.0:
+            logits /= c.logit_scale
+        if c.softcap_final:
+            logits = np.tanh(logits / c.softcap_final) * c.softcap_final
+        return logits.astype(np.float32, copy=False)
+
+
+def _check_supported(ggml_type: int, name: str) -> None:
+    if ggml_type not in quants.SUPPORTED_TYPES:
+        raise quants.UnsupportedTypeError(
+            f"tensor {name!r} has type {gguf.type_name(ggml_type)}, which chatfile cannot "
+            f"dequantize yet")
+
+
+def _gather(embd: QuantMatrix, ids: np.ndarray) -> np.ndarray:
+    """Rows `ids` of a quantized [n_vocab, n_embd] matrix, dequantized: [T] -> [T, n_embd]."""
+    rb = embd.row_bytes
+    raw = embd.raw.reshape(-1, rb)[ids]  # [T, row_bytes] gathered blocks
+    return quants.dequantize(raw.reshape(-1), embd.ggml_type, (ids.size, embd.shape[1]))

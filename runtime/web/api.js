@@ -1,0 +1,155 @@
+/* chatfile page: talking to the chatfile server (llama-server / OpenAI compatible).
+ *
+ * The API key, when one is needed, only ever travels in the Authorization header:
+ * never in a URL and never in a console message.
+ *
+ * Exposes window.ChatApi.
+ */
+(function () {
+  "use strict";
+
+  /* The server answered with an error body {"error": {message, type, code}}. */
+  function ApiError(status, message, type, code) {
+    this.name = "ApiError";
+    this.status = status;
+    this.message = message;
+    this.type = type || "";
+    this.code = code;
+  }
+  ApiError.prototype = Object.create(Error.prototype);
+
+  /* fetch() itself failed: nothing is listening at the page's origin. */
+  function ServerGoneError() {
+    this.name = "ServerGoneError";
+    this.message = "The chatfile server is not running.";
+  }
+  ServerGoneError.prototype = Object.create(Error.prototype);
+
+  var apiKey = "";
+
+  function headers(json) {
+    var h = {};
+    if (json) h["Content-Type"] = "application/json";
+    if (apiKey) h["Authorization"] = "Bearer " + apiKey;
+    return h;
+  }
+
+  async function request(path, options) {
+    options = options || {};
+    var init = { method: options.method || "GET", headers: headers(options.body !== undefined), signal: options.signal };
+    if (options.body !== undefined) init.body = JSON.stringify(options.body);
+    var resp;
+    try {
+      resp = await fetch(path, init);
+    } catch (e) {
+      if (e && e.name === "AbortError") throw e;
+      throw new ServerGoneError();
+    }
+    return resp;
+  }
+
+  async function errorFrom(resp) {
+    var text = "";
+    try { text = await resp.text(); } catch (e) { /* body lost: status is enough */ }
+    var err = null;
+    try { err = JSON.parse(text).error; } catch (e) { /* not JSON */ }
+    if (err && typeof err === "object") {
+      return new ApiError(resp.status, String(err.message || "Error " + resp.status), err.type, err.code);
+    }
+    if (typeof err === "string") return new ApiError(resp.status, err);
+    return new ApiError(resp.status, "The server answered " + resp.status + " " + resp.statusText);
+  }
+
+  async function getJson(path) {
+    var resp = await request(path);
+    if (!resp.ok) throw await errorFrom(resp);
+    return resp.json();
+  }
+
+  /* -> {status: "ok"} or {status: "loading", progress}; 503 is a normal answer here. */
+  async function health() {
+    var resp = await request("health");
+    var body = {};
+    try { body = await resp.json(); } catch (e) { /* empty body */ }
+    if (resp.status === 503) return { status: "loading", progress: Number(body.progress) || 0 };
+    if (!resp.ok) throw await errorFrom(resp);
+    return { status: body.status || "ok" };
+  }
+
+  /* Number of tokens in `text`, or null when the server can't tell us. */
+  async function countTokens(text) {
+    var resp = await request("tokenize", { method: "POST", body: { content: text } });
+    if (resp.status === 401) throw await errorFrom(resp);
+    if (!resp.ok) return null;
+    var body = await resp.json();
+    return Array.isArray(body.tokens) ? body.tokens.length : null;
+  }
+
+  /* Streams a chat completion. Calls onDelta(text) for each piece of content and
+   * resolves to {finishReason, usage, timings, chunks}. Rejects with ApiError,
+   * ServerGoneError or (on Stop) an AbortError. */
+  async function streamChat(body, onDelta, signal) {
+    var resp = await request("v1/chat/completions", { method: "POST", body: body, signal: signal });
+    if (!resp.ok) throw await errorFrom(resp);
+    var reader = resp.body.getReader();
+    var decoder = new TextDecoder();
+    var pending = "";
+    var result = { finishReason: null, usage: null, timings: null, chunks: 0 };
+    var done = false;
+
+    function handleEvent(data) {
+      if (data === "[DONE]") { done = true; return; }
+      var chunk;
+      try { chunk = JSON.parse(data); } catch (e) { return; }
+      if (chunk.error) {
+        var err = chunk.error;
+        throw new ApiError(Number(err.code) || 500, String(err.message || "Generation failed"), err.type, err.code);
+      }
+      if (chunk.usage) result.usage = chunk.usage;
+      if (chunk.timings) result.timings = chunk.timings;
+      var choice = chunk.choices && chunk.choices[0];
+      if (!choice) return;
+      var piece = choice.delta && choice.delta.content;
+      if (typeof piece === "string" && piece) {
+        result.chunks += 1;
+        onDelta(piece);
+      }
+      if (choice.finish_reason) result.finishReason = choice.finish_reason;
+    }
+
+    while (!done) {
+      var step;
+      try {
+        step = await reader.read();
+      } catch (e) {
+        if (e && e.name === "AbortError") throw e;
+        if (signal && signal.aborted) { var ab = new Error("aborted"); ab.name = "AbortError"; throw ab; }
+        throw new ServerGoneError();
+      }
+      if (step.done) break;
+      pending += decoder.decode(step.value, { stream: true });
+      // SSE events end with a blank line; keep the unfinished tail for the next read.
+      var events = pending.split(/\r?\n\r?\n/);
+      pending = events.pop();
+      for (var k = 0; k < events.length && !done; k++) {
+        events[k].split(/\r?\n/).forEach(function (line) {
+          if (line.indexOf("data:") === 0) handleEvent(line.slice(5).trim());
+        });
+      }
+    }
+    if (!done && pending.trim().indexOf("data:") === 0) handleEvent(pending.trim().slice(5).trim());
+    try { reader.cancel(); } catch (e) { /* already closed */ }
+    return result;
+  }
+
+  window.ChatApi = {
+    ApiError: ApiError,
+    ServerGoneError: ServerGoneError,
+    setApiKey: function (k) { apiKey = k || ""; },
+    hasApiKey: function () { return !!apiKey; },
+    health: health,
+    props: function () { return getJson("props"); },
+    countTokens: countTokens,
+    streamChat: streamChat,
+  };
+})();

@@ -1,0 +1,751 @@
+/* chatfile page: the chat UI. Depends on markdown.js, store.js and api.js.
+ *
+ * All text from the model, the user or an imported file reaches the DOM through
+ * textContent or ChatMarkdown.render (which only creates Text nodes for text).
+ */
+(function () {
+  "use strict";
+
+  var Md = window.ChatMarkdown, Store = window.ChatStore, Api = window.ChatApi;
+
+  // The chat template adds role markers around every message; llama.cpp's templates
+  // use 3 to 8 tokens per message, so we reserve a little more than that.
+  var PER_MESSAGE_OVERHEAD_TOK = 8;
+  var PROMPT_OVERHEAD_TOK = 8; // BOS plus the assistant header of the generation prompt
+  var HEALTH_POLL_MS = 400;
+  var SERVER_GONE_POLL_MS = 2000;
+  var TITLE_FROM_MESSAGE_CHARS = 40;
+  var MSG_SERVER_GONE = "The chatfile server is not running. Start it again (for example `chatfile run`), then reload this page.";
+  var MSG_CONTEXT_FULL = "The conversation no longer fits in the model's context. Start a new chat, or edit your message to make it shorter.";
+  var MSG_DROPPED = "Older messages were left out to fit the context.";
+  var EXAMPLES = [
+    "Explain what a GGUF file is in two sentences.",
+    "Write a haiku about running a model on a laptop.",
+    "Give me three ideas for a weekend project in Python.",
+    "What is the difference between temperature and top-p?",
+  ];
+
+  var state = {
+    props: null,
+    nCtx: 0,
+    defaults: { systemPrompt: "", temperature: 0.8, topP: 0.95, maxTokens: 512, seed: "" },
+    settings: {},
+    convs: [],
+    currentId: null,
+    busy: false,
+    controller: null,
+    tokenCache: new Map(), // message text -> token count (from /tokenize)
+    renderQueued: false,
+  };
+
+  function $(id) { return document.getElementById(id); }
+
+  /* ---------- small helpers ---------- */
+
+  function show(elm, on) { elm.hidden = !on; }
+
+  function setNotice(text) {
+    $("notice").textContent = text || "";
+    show($("notice"), !!text);
+  }
+
+  function setError(text) {
+    $("error").textContent = text || "";
+    show($("error"), !!text);
+  }
+
+  function sleep(ms) { return new Promise(function (r) { setTimeout(r, ms); }); }
+
+  function button(label, testid, aria, onClick) {
+    var b = document.createElement("button");
+    b.type = "button";
+    b.textContent = label;
+    if (testid) b.setAttribute("data-testid", testid);
+    if (aria) b.setAttribute("aria-label", aria);
+    b.addEventListener("click", onClick);
+    return b;
+  }
+
+  function download(filename, text, mime) {
+    var blob = new Blob([text], { type: mime });
+    var url = URL.createObjectURL(blob);
+    var a = document.createElement("a");
+    a.href = url;
+    a.download = filename;
+    document.body.appendChild(a);
+    a.click();
+    a.remove();
+    setTimeout(function () { URL.revokeObjectURL(url); }, 10000);
+  }
+
+  function fileStem(title) {
+    return (title.replace(/[^A-Za-z0-9 _-]+/g, "").trim().replace(/\s+/g, "-").slice(0, 50) || "chat").toLowerCase();
+  }
+
+  /* ---------- dialogs ---------- */
+
+  /* A small modal: asks for text (or, with confirmOnly, just OK/Cancel).
+   * Resolves to the string, true, or null when cancelled. */
+  function ask(message, opts) {
+    opts = opts || {};
+    var dlg = $("ask-dialog"), input = $("ask-input");
+    $("ask-message").textContent = message;
+    input.type = opts.password ? "password" : "text";
+    input.value = opts.value || "";
+    show(input, !opts.confirmOnly);
+    $("ask-ok").textContent = opts.okLabel || "OK";
+    return new Promise(function (resolve) {
+      function finish(result) {
+        $("ask-ok").removeEventListener("click", onOk);
+        $("ask-cancel").removeEventListener("click", onCancel);
+        input.removeEventListener("keydown", onKey);
+        dlg.removeEventListener("cancel", onCancel);
+        if (dlg.open) dlg.close();
+        resolve(result);
+      }
+      function onOk() { finish(opts.confirmOnly ? true : input.value); }
+      function onCancel(e) { if (e) e.preventDefault(); finish(null); }
+      function onKey(e) { if (e.key === "Enter") { e.preventDefault(); onOk(); } }
+      $("ask-ok").addEventListener("click", onOk);
+      $("ask-cancel").addEventListener("click", onCancel);
+      input.addEventListener("keydown", onKey);
+      dlg.addEventListener("cancel", onCancel);
+      dlg.showModal();
+      if (opts.confirmOnly) $("ask-ok").focus(); else { input.focus(); input.select(); }
+    });
+  }
+
+  /* Runs fn(); on a 401 asks once for the API key, stores it and tries again. */
+  async function withAuth(fn) {
+    for (var attempt = 0; ; attempt++) {
+      try {
+        return await fn();
+      } catch (e) {
+        if (!(e instanceof Api.ApiError) || e.status !== 401 || attempt >= 2) throw e;
+        var key = await ask(attempt === 0
+          ? "This chatfile server needs an API key. Enter it to continue (it is kept in this browser only)."
+          : "That key was not accepted. Enter the API key again:", { password: true, okLabel: "Use key" });
+        if (!key) throw e;
+        Api.setApiKey(key.trim());
+        Store.saveApiKey(key.trim());
+      }
+    }
+  }
+
+  /* ---------- settings ---------- */
+
+  function effectiveSettings() {
+    var s = {}, d = state.defaults, saved = state.settings;
+    Object.keys(d).forEach(function (k) { s[k] = saved[k] !== undefined ? saved[k] : d[k]; });
+    return s;
+  }
+
+  function openSettings() {
+    var s = effectiveSettings();
+    $("set-system").value = s.systemPrompt;
+    $("set-temperature").value = s.temperature;
+    $("set-top-p").value = s.topP;
+    $("set-max-tokens").value = s.maxTokens;
+    $("set-seed").value = s.seed;
+    show($("settings-error"), false);
+    $("settings-dialog").showModal();
+  }
+
+  function readSettingsForm() {
+    function num(id, lo, hi, integer) {
+      var raw = $(id).value.trim();
+      var v = Number(raw);
+      if (raw === "" || !isFinite(v) || v < lo || v > hi || (integer && Math.floor(v) !== v)) {
+        throw new Error($(id).parentNode.firstChild.textContent.trim() + " must be " +
+          (integer ? "a whole number" : "a number") + " from " + lo + " to " + hi + ".");
+      }
+      return v;
+    }
+    var seedRaw = $("set-seed").value.trim();
+    var seed = "";
+    if (seedRaw !== "") {
+      seed = Number(seedRaw);
+      if (!isFinite(seed) || Math.floor(seed) !== seed) throw new Error("Seed must be a whole number, or blank for random.");
+    }
+    return {
+      systemPrompt: $("set-system").value,
+      temperature: num("set-temperature", 0, 5, false),
+      topP: num("set-top-p", 0, 1, false),
+      maxTokens: num("set-max-tokens", 1, 1000000, true),
+      seed: seed,
+    };
+  }
+
+  function saveSettingsFromForm() {
+    try {
+      state.settings = readSettingsForm();
+    } catch (e) {
+      $("settings-error").textContent = e.message;
+      show($("settings-error"), true);
+      return;
+    }
+    Store.saveSettings(state.settings);
+    $("settings-dialog").close();
+    updateContextUse();
+  }
+
+  /* ---------- conversations ---------- */
+
+  function current() {
+    for (var i = 0; i < state.convs.length; i++) if (state.convs[i].id === state.currentId) return state.convs[i];
+    return null;
+  }
+
+  function persist() {
+    if (!Store.saveConversations(state.convs)) setNotice("This browser's storage is full: new messages are not being saved.");
+    Store.saveCurrentId(state.currentId);
+  }
+
+  function newConversation() {
+    var c = current();
+    if (c && c.messages.length === 0) return c; // reuse the empty one
+    c = { id: Store.newId(), title: "New chat", created: Date.now(), updated: Date.now(), messages: [] };
+    state.convs.unshift(c);
+    state.currentId = c.id;
+    persist();
+    return c;
+  }
+
+  function selectConversation(id) {
+    if (state.busy) stop();
+    state.currentId = id;
+    persist();
+    setNotice("");
+    setError("");
+    $("tps").textContent = "";
+    renderAll();
+    closeSidebar();
+  }
+
+  async function renameCurrent() {
+    var c = current();
+    if (!c) return;
+    var name = await ask("New name for this chat:", { value: c.title, okLabel: "Rename" });
+    if (name == null) return;
+    c.title = Store.cleanTitle(name);
+    c.updated = Date.now();
+    persist();
+    renderAll();
+  }
+
+  async function deleteCurrent() {
+    var c = current();
+    if (!c) return;
+    var ok = await ask("Delete \u201c" + c.title + "\u201d? This cannot be undone.", { confirmOnly: true, okLabel: "Delete" });
+    if (!ok) return;
+    if (state.busy) stop();
+    state.convs = state.convs.filter(function (x) { return x.id !== c.id; });
+    state.currentId = state.convs.length ? state.convs[0].id : null;
+    persist();
+    renderAll();
+  }
+
+  function exportCurrent(kind) {
+    var c = current();
+    if (!c) return;
+    if (kind === "json") download(fileStem(c.title) + ".json", Store.exportJson(c), "application/json");
+    else download(fileStem(c.title) + ".md", Store.exportMarkdown(c), "text/markdown");
+  }
+
+  function importFile(file) {
+    var reader = new FileReader();
+    reader.onload = function () {
+      try {
+        var conv = Store.parseImport(String(reader.result));
+        state.convs.unshift(conv);
+        state.currentId = conv.id;
+        persist();
+        setError("");
+        renderAll();
+        closeSidebar();
+      } catch (e) {
+        setError("Import failed: " + e.message);
+      }
+    };
+    reader.onerror = function () { setError("Import failed: the file could not be read."); };
+    reader.readAsText(file);
+  }
+
+  /* ---------- rendering ---------- */
+
+  var ROLE_LABELS = { user: "You", assistant: "Assistant", system: "System" };
+
+  function renderBody(body, m) {
+    if (m.role === "assistant") body.replaceChildren(Md.render(m.content));
+    else body.textContent = m.content; // user and system text is shown exactly as typed
+  }
+
+  function messageEl(c, m, index) {
+    var wrap = document.createElement("article");
+    wrap.className = "msg msg-" + m.role;
+    wrap.setAttribute("data-testid", "message");
+    wrap.setAttribute("data-role", m.role);
+    wrap.setAttribute("data-index", String(index));
+
+    var role = document.createElement("div");
+    role.className = "msg-role";
+    role.textContent = ROLE_LABELS[m.role];
+    wrap.appendChild(role);
+
+    var body = document.createElement("div");
+    body.className = "msg-body";
+    body.setAttribute("data-testid", "message-body");
+    renderBody(body, m);
+    wrap.appendChild(body);
+
+    if (m.stopped) {
+      var note = document.createElement("div");
+      note.className = "msg-note";
+      note.setAttribute("data-testid", "stopped-note");
+      note.textContent = "(stopped)";
+      wrap.appendChild(note);
+    }
+
+    var actions = document.createElement("div");
+    actions.className = "msg-actions";
+    var isLast = index === c.messages.length - 1;
+    if (m.role === "user") {
+      actions.appendChild(button("Edit", "edit", "Edit this message and send it again", function () { startEdit(wrap, c, index); }));
+    }
+    if (m.role === "assistant") {
+      actions.appendChild(button("Copy", "copy-message", "Copy this reply", function () { Md.copyText(m.content); }));
+      if (isLast) actions.appendChild(button("Regenerate", "regenerate", "Regenerate this reply", regenerate));
+    }
+    wrap.appendChild(actions);
+    return wrap;
+  }
+
+  function welcomeEl() {
+    var w = document.createElement("div");
+    w.className = "welcome";
+    w.setAttribute("data-testid", "welcome");
+    var h = document.createElement("h2");
+    h.textContent = "Chat with " + (state.props && state.props.model_name ? state.props.model_name : "your model");
+    var p = document.createElement("p");
+    p.textContent = "Everything runs on this computer; nothing leaves it. Try one of these:";
+    var list = document.createElement("div");
+    list.className = "examples";
+    EXAMPLES.forEach(function (text) {
+      list.appendChild(button(text, "example", "Send the example: " + text, function () { send(text); }));
+    });
+    w.appendChild(h);
+    w.appendChild(p);
+    w.appendChild(list);
+    return w;
+  }
+
+  function renderMessages() {
+    var box = $("messages"), c = current();
+    box.replaceChildren();
+    if (!c || c.messages.length === 0) { box.appendChild(welcomeEl()); return; }
+    c.messages.forEach(function (m, i) { box.appendChild(messageEl(c, m, i)); });
+    box.scrollTop = box.scrollHeight;
+  }
+
+  function renderSidebar() {
+    var list = $("conv-list");
+    list.replaceChildren();
+    state.convs.slice().sort(function (a, b) { return b.updated - a.updated; }).forEach(function (c) {
+      var li = document.createElement("li");
+      li.className = "conv-item";
+      li.setAttribute("data-testid", "conv-item");
+      var b = button(c.title, "conv-open", "Open chat: " + c.title, function () { selectConversation(c.id); });
+      if (c.id === state.currentId) { li.classList.add("active"); b.setAttribute("aria-current", "true"); }
+      li.appendChild(b);
+      list.appendChild(li);
+    });
+  }
+
+  function renderHeader() {
+    var c = current();
+    $("conv-title").textContent = c ? c.title : "New chat";
+    ["rename-btn", "export-json-btn", "export-md-btn", "delete-btn"].forEach(function (id) { $(id).disabled = !c; });
+  }
+
+  function renderAll() {
+    renderHeader();
+    renderSidebar();
+    renderMessages();
+    updateButtons();
+    updateContextUse();
+  }
+
+  function updateButtons() {
+    show($("send-btn"), !state.busy);
+    show($("stop-btn"), state.busy);
+    document.querySelectorAll("[data-testid=regenerate],[data-testid=edit]").forEach(function (b) { b.disabled = state.busy; });
+  }
+
+  /* Re-render the streaming bubble at most once per frame. */
+  function queueStreamRender(bodyEl, m) {
+    if (state.renderQueued) return;
+    state.renderQueued = true;
+    requestAnimationFrame(function () {
+      state.renderQueued = false;
+      renderBody(bodyEl, m);
+      var box = $("messages");
+      if (box.scrollHeight - box.scrollTop - box.clientHeight < 120) box.scrollTop = box.scrollHeight;
+    });
+  }
+
+  /* ---------- editing ---------- */
+
+  function startEdit(wrap, c, index) {
+    if (state.busy) return;
+    var body = wrap.querySelector(".msg-body");
+    var ta = document.createElement("textarea");
+    ta.className = "edit-input";
+    ta.setAttribute("data-testid", "edit-input");
+    ta.setAttribute("aria-label", "Edit message");
+    ta.value = c.messages[index].content;
+    var row = document.createElement("div");
+    row.className = "edit-buttons";
+    function submit() {
+      var text = ta.value;
+      if (!text.trim()) return;
+      // Editing rewinds the chat: everything after this message is dropped.
+      c.messages = c.messages.slice(0, index);
+      c.messages.push({ role: "user", content: text });
+      c.updated = Date.now();
+      persist();
+      renderAll();
+      generate(c);
+    }
+    row.appendChild(button("Cancel", "edit-cancel", "Cancel editing", renderMessages));
+    row.appendChild(button("Send", "edit-send", "Send the edited message", submit));
+    ta.addEventListener("keydown", function (e) {
+      if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); submit(); }
+      if (e.key === "Escape") { e.preventDefault(); renderMessages(); }
+    });
+    body.replaceChildren(ta, row);
+    wrap.querySelector(".msg-actions").hidden = true;
+    ta.focus();
+  }
+
+  /* ---------- context budget ---------- */
+
+  async function tokenCount(text) {
+    if (state.tokenCache.has(text)) return state.tokenCache.get(text);
+    var n = null;
+    try { n = await withAuth(function () { return Api.countTokens(text); }); } catch (e) { n = null; }
+    // No /tokenize answer: about 3 characters per token is a safe over-estimate for most vocabularies.
+    if (n == null) return Math.ceil(text.length / 3) + 1;
+    state.tokenCache.set(text, n);
+    return n;
+  }
+
+  /* The messages to send, oldest turns dropped to fit. See docs/page.md.
+   * -> {messages, dropped, promptTok, fits} */
+  async function fitContext(c, settings) {
+    var pinned = [], history = c.messages.slice();
+    if (history.length && history[0].role === "system") pinned.push(history.shift());
+    else if (settings.systemPrompt.trim()) pinned.push({ role: "system", content: settings.systemPrompt });
+    var latest = history.pop(); // the user message we are answering
+
+    var counts = await Promise.all(history.map(function (m) { return tokenCount(m.content); }));
+    var pinnedTok = PROMPT_OVERHEAD_TOK;
+    var all = pinned.concat([latest]);
+    for (var i = 0; i < all.length; i++) pinnedTok += (await tokenCount(all[i].content)) + PER_MESSAGE_OVERHEAD_TOK;
+
+    if (!state.nCtx) {
+      return { messages: pinned.concat(history, [latest]), dropped: 0, promptTok: null, fits: true };
+    }
+    // Reserve room for the reply; capped at half the context so a large max-tokens
+    // setting doesn't block every message (the server stops at the context end anyway).
+    var reserveTok = Math.min(settings.maxTokens, Math.floor(state.nCtx / 2));
+    var budget = state.nCtx - reserveTok;
+    if (pinnedTok > budget) return { messages: [], dropped: history.length, promptTok: pinnedTok, fits: false };
+
+    var used = pinnedTok, keepFrom = history.length;
+    for (var k = history.length - 1; k >= 0; k--) {
+      var cost = counts[k] + PER_MESSAGE_OVERHEAD_TOK;
+      if (used + cost > budget) break;
+      used += cost;
+      keepFrom = k;
+    }
+    // Start the kept history on a user turn, so roles still alternate after the cut.
+    while (keepFrom < history.length && history[keepFrom].role !== "user") {
+      used -= counts[keepFrom] + PER_MESSAGE_OVERHEAD_TOK;
+      keepFrom += 1;
+    }
+    var kept = history.slice(keepFrom).map(function (m) { return { role: m.role, content: m.content }; });
+    return {
+      messages: pinned.map(function (m) { return { role: m.role, content: m.content }; })
+        .concat(kept, [{ role: latest.role, content: latest.content }]),
+      dropped: keepFrom,
+      promptTok: used,
+      fits: true,
+    };
+  }
+
+  /* Shows roughly how much of the context the current chat fills. */
+  var ctxSeq = 0;
+  async function updateContextUse(exactTok) {
+    var seq = ++ctxSeq;
+    if (!state.nCtx) { $("ctx").textContent = ""; return; }
+    var total = exactTok;
+    if (total == null) {
+      var c = current();
+      if (!c || !c.messages.length) { $("ctx").textContent = "context 0 / " + state.nCtx; return; }
+      var s = effectiveSettings();
+      total = PROMPT_OVERHEAD_TOK;
+      var msgs = c.messages.slice();
+      if (!(msgs.length && msgs[0].role === "system") && s.systemPrompt.trim()) msgs.unshift({ content: s.systemPrompt });
+      for (var i = 0; i < msgs.length; i++) total += (await tokenCount(msgs[i].content)) + PER_MESSAGE_OVERHEAD_TOK;
+      if (seq !== ctxSeq) return; // a newer update started meanwhile
+      total = "~" + total;
+    }
+    $("ctx").textContent = "context " + total + " / " + state.nCtx;
+  }
+
+  /* ---------- sending and streaming ---------- */
+
+  function send(text) {
+    if (state.busy) return;
+    if (!text.trim()) return;
+    var c = current() || newConversation();
+    c.messages.push({ role: "user", content: text });
+    if (c.title === "New chat") c.title = Store.cleanTitle(text.split("\n")[0].slice(0, TITLE_FROM_MESSAGE_CHARS));
+    c.updated = Date.now();
+    $("input").value = "";
+    autosize();
+    persist();
+    renderAll();
+    generate(c);
+  }
+
+  function regenerate() {
+    var c = current();
+    if (!c || state.busy) return;
+    while (c.messages.length && c.messages[c.messages.length - 1].role === "assistant") c.messages.pop();
+    if (!c.messages.length) return;
+    persist();
+    renderAll();
+    generate(c);
+  }
+
+  function stop() {
+    if (state.controller) state.controller.abort();
+  }
+
+  function describeError(e) {
+    if (e instanceof Api.ServerGoneError) return MSG_SERVER_GONE;
+    if (e instanceof Api.ApiError) {
+      if (e.status === 400 && /context|too long|exceed/i.test(e.message + " " + e.type + " " + e.code)) {
+        return MSG_CONTEXT_FULL + " (Server: " + e.message + ")";
+      }
+      if (e.status === 401) return "This server needs an API key; reload the page to enter it.";
+      if (e.status === 503) return "The model is busy or still loading; try again in a moment. (" + e.message + ")";
+      return "The server reported an error: " + e.message;
+    }
+    return "Something went wrong: " + (e && e.message ? e.message : String(e));
+  }
+
+  async function generate(c) {
+    var settings = effectiveSettings();
+    setError("");
+    setNotice("");
+    state.busy = true;
+    state.controller = new AbortController();
+    updateButtons();
+    var controller = state.controller;
+    var msg = null;
+    try {
+      var plan = await fitContext(c, settings);
+      if (controller.signal.aborted) return;
+      if (!plan.fits) { setError(MSG_CONTEXT_FULL); return; }
+      if (plan.dropped > 0) setNotice(MSG_DROPPED);
+
+      msg = { role: "assistant", content: "" };
+      c.messages.push(msg);
+      renderAll();
+      var bodyEl = $("messages").lastElementChild.querySelector(".msg-body");
+      $("messages").lastElementChild.classList.add("streaming");
+
+      var request = {
+        messages: plan.messages,
+        stream: true,
+        temperature: settings.temperature,
+        top_p: settings.topP,
+        max_tokens: settings.maxTokens,
+      };
+      if (settings.seed !== "") request.seed = settings.seed;
+
+      var firstAt = 0, lastAt = 0;
+      var result = await withAuth(function () {
+        return Api.streamChat(request, function (piece) {
+          lastAt = performance.now();
+          if (!firstAt) firstAt = lastAt;
+          msg.content += piece;
+          queueStreamRender(bodyEl, msg);
+        }, controller.signal);
+      });
+      showSpeed(result, firstAt, lastAt);
+      if (result.usage && result.usage.total_tokens) updateContextUse(result.usage.total_tokens);
+      if (result.finishReason === "length") setNotice("The reply stopped at the max-tokens limit (see Settings).");
+      if (plan.dropped > 0 && result.finishReason !== "length") setNotice(MSG_DROPPED);
+    } catch (e) {
+      if (e && e.name === "AbortError") {
+        if (msg) msg.stopped = true;
+      } else {
+        setError(describeError(e));
+        // Keep the user's message; drop an empty reply so Regenerate/Edit can retry.
+        if (msg && !msg.content) c.messages.splice(c.messages.indexOf(msg), 1);
+      }
+    } finally {
+      if (state.controller === controller) state.controller = null;
+      state.busy = false;
+      c.updated = Date.now();
+      persist();
+      if (c === current()) {
+        renderAll();
+      } else {
+        renderSidebar();
+      }
+    }
+  }
+
+  function showSpeed(result, firstAt, lastAt) {
+    var perS = null;
+    if (result.timings && result.timings.predicted_per_second) {
+      perS = Number(result.timings.predicted_per_second);
+    } else if (firstAt && lastAt > firstAt) {
+      // Time from the first piece to the last covers (pieces - 1) tokens.
+      var n = result.usage && result.usage.completion_tokens ? result.usage.completion_tokens : result.chunks;
+      if (n > 1) perS = (n - 1) / ((lastAt - firstAt) / 1000);
+    }
+    $("tps").textContent = perS ? perS.toFixed(1) + " tokens/s" : "";
+  }
+
+  /* ---------- layout: phone sidebar, textarea ---------- */
+
+  function openSidebar() {
+    document.body.classList.add("sidebar-open");
+    show($("scrim"), true);
+    $("menu-btn").setAttribute("aria-expanded", "true");
+  }
+
+  function closeSidebar() {
+    document.body.classList.remove("sidebar-open");
+    show($("scrim"), false);
+    $("menu-btn").setAttribute("aria-expanded", "false");
+  }
+
+  function autosize() {
+    var ta = $("input");
+    ta.style.height = "auto";
+    ta.style.height = Math.min(ta.scrollHeight, 200) + "px";
+  }
+
+  /* ---------- start-up ---------- */
+
+  async function waitForServer() {
+    var text = $("loading-text"), bar = $("load-progress");
+    for (;;) {
+      try {
+        var h = await Api.health();
+        if (h.status !== "loading") return;
+        text.textContent = "Loading the model… " + Math.round(h.progress * 100) + "%";
+        bar.value = h.progress;
+        await sleep(HEALTH_POLL_MS);
+      } catch (e) {
+        if (e instanceof Api.ServerGoneError) {
+          text.textContent = MSG_SERVER_GONE;
+          bar.removeAttribute("value");
+          await sleep(SERVER_GONE_POLL_MS);
+        } else {
+          return; // e.g. 401: /props will ask for the key
+        }
+      }
+    }
+  }
+
+  async function loadProps() {
+    try {
+      var p = await withAuth(Api.props);
+      state.props = p;
+      state.nCtx = Number(p.n_ctx) || 0;
+      var g = p.default_generation_settings || {};
+      if (typeof g.temperature === "number") state.defaults.temperature = g.temperature;
+      if (typeof g.top_p === "number") state.defaults.topP = g.top_p;
+      if (typeof g.n_predict === "number" && g.n_predict > 0) state.defaults.maxTokens = g.n_predict;
+      if (typeof p.system_prompt === "string") state.defaults.systemPrompt = p.system_prompt;
+      $("model-name").textContent = p.model_name ? String(p.model_name) : "";
+      document.title = p.title ? String(p.title) : (p.model_name ? p.model_name + " \u2014 chatfile" : "chatfile");
+    } catch (e) {
+      setError(describeError(e));
+    }
+  }
+
+  function wireEvents() {
+    $("send-btn").addEventListener("click", function () { send($("input").value); });
+    $("stop-btn").addEventListener("click", stop);
+    $("input").addEventListener("keydown", function (e) {
+      if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+        e.preventDefault();
+        send($("input").value);
+      }
+    });
+    $("input").addEventListener("input", autosize);
+    document.addEventListener("keydown", function (e) {
+      if (e.key === "Escape" && state.busy && !document.querySelector("dialog[open]")) stop();
+    });
+    $("new-chat").addEventListener("click", function () {
+      if (state.busy) stop();
+      newConversation();
+      setNotice(""); setError("");
+      renderAll();
+      closeSidebar();
+      $("input").focus();
+    });
+    $("rename-btn").addEventListener("click", renameCurrent);
+    $("delete-btn").addEventListener("click", deleteCurrent);
+    $("export-json-btn").addEventListener("click", function () { exportCurrent("json"); });
+    $("export-md-btn").addEventListener("click", function () { exportCurrent("md"); });
+    $("import-btn").addEventListener("click", function () { $("import-file").click(); });
+    $("import-file").addEventListener("change", function () {
+      var f = this.files && this.files[0];
+      if (f) importFile(f);
+      this.value = "";
+    });
+    $("settings-btn").addEventListener("click", openSettings);
+    $("settings-save").addEventListener("click", saveSettingsFromForm);
+    $("settings-cancel").addEventListener("click", function () { $("settings-dialog").close(); });
+    $("settings-reset").addEventListener("click", function () {
+      var d = state.defaults;
+      $("set-system").value = d.systemPrompt;
+      $("set-temperature").value = d.temperature;
+      $("set-top-p").value = d.topP;
+      $("set-max-tokens").value = d.maxTokens;
+      $("set-seed").value = d.seed;
+    });
+    $("menu-btn").addEventListener("click", function () {
+      if (document.body.classList.contains("sidebar-open")) closeSidebar(); else openSidebar();
+    });
+    $("close-sidebar").addEventListener("click", closeSidebar);
+    $("scrim").addEventListener("click", closeSidebar);
+  }
+
+  async function start() {
+    Api.setApiKey(Store.loadApiKey());
+    state.settings = Store.loadSettings();
+    state.convs = Store.loadConversations();
+    var saved = Store.loadCurrentId();
+    state.currentId = state.convs.some(function (c) { return c.id === saved; }) ? saved : (state.convs[0] ? state.convs[0].id : null);
+    wireEvents();
+    await waitForServer();
+    await loadProps();
+    show($("loading"), false);
+    show($("app"), true);
+    document.body.setAttribute("data-ready", "true");
+    renderAll();
+    $("input").focus();
+  }
+
+  start();
+})();

@@ -1,0 +1,296 @@
+/* chatfile page: a small Markdown renderer that builds DOM nodes.
+ *
+ * Safety rule: text from the model or the user never goes through an HTML parser.
+ * Every piece of text becomes a Text node (createTextNode / textContent), which is
+ * the DOM form of "escape first": `<script>` stays the seven characters `<script>`.
+ * Formatting (bold, code, links, ...) is recognised in the plain text and turned
+ * into elements we create ourselves. Links are kept only for http, https and mailto.
+ *
+ * Exposes window.ChatMarkdown = { render(text) -> DocumentFragment, safeUrl(url) }.
+ */
+(function () {
+  "use strict";
+
+  var SAFE_PROTOCOLS = { "http:": true, "https:": true, "mailto:": true };
+
+  /* Returns a normalised href when `raw` is an absolute http(s)/mailto URL, else null.
+   * The prefix test runs on the raw text, before the URL parser strips tabs or
+   * newlines, so "java\tscript:" and relative URLs are both refused. */
+  function safeUrl(raw) {
+    var s = String(raw || "").trim();
+    if (!/^(https?:\/\/[^\s]|mailto:[^\s])/i.test(s)) return null;
+    var url;
+    try { url = new URL(s); } catch (e) { return null; }
+    return SAFE_PROTOCOLS[url.protocol] ? url.href : null;
+  }
+
+  function el(tag, className) {
+    var node = document.createElement(tag);
+    if (className) node.className = className;
+    return node;
+  }
+
+  /* ---------- inline formatting ---------- */
+
+  // Sticky regexes: each is tried exactly at position i (lastIndex = i).
+  var RE_ESCAPE = /\\([\\`*_{}\[\]()#+\-.!~>|])/y;
+  var RE_CODE = /(`+)([\s\S]*?[^`])\1(?!`)/y;
+  var RE_STRONG = /(\*\*|__)(?=\S)([\s\S]*?\S)\1/y;
+  var RE_EM = /([*_])(?=[^\s*_])([\s\S]*?[^\s\\])\1(?![*_])/y;
+  var RE_DEL = /~~(?=\S)([\s\S]*?\S)~~/y;
+  var RE_LINK = /\[([^\[\]\n]*)\]\(\s*<?([^\s()<>]*)>?(?:\s+"[^"\n]*")?\s*\)/y;
+  var RE_AUTOLINK = /(?:https?:\/\/|mailto:)[^\s<>()"'`]*[^\s<>()"'`.,;:!?*_~]/iy;
+
+  function at(re, src, i) {
+    re.lastIndex = i;
+    return re.exec(src);
+  }
+
+  function isWordChar(ch) {
+    return !!ch && /[A-Za-z0-9]/.test(ch);
+  }
+
+  function makeLink(href, parent) {
+    var a = el("a");
+    a.href = href;
+    a.target = "_blank";
+    a.rel = "noopener noreferrer";
+    parent.appendChild(a);
+    return a;
+  }
+
+  /* Appends the inline content of `src` to `parent`. `inLink` stops links nesting. */
+  function renderInline(src, parent, inLink) {
+    var buf = "";
+    function flush() {
+      if (buf) { parent.appendChild(document.createTextNode(buf)); buf = ""; }
+    }
+    var i = 0, m, node;
+    while (i < src.length) {
+      var c = src[i];
+      if (c === "\\" && (m = at(RE_ESCAPE, src, i))) {
+        buf += m[1]; i += m[0].length; continue;
+      }
+      if (c === "`" && (m = at(RE_CODE, src, i))) {
+        flush();
+        node = el("code");
+        // One space of padding on each side lets a code span hold a backtick.
+        node.textContent = m[2].replace(/^ ([\s\S]*) $/, "$1");
+        parent.appendChild(node);
+        i += m[0].length; continue;
+      }
+      if ((c === "*" || c === "_") && (m = at(RE_STRONG, src, i)) &&
+          !(c === "_" && (isWordChar(src[i - 1]) || isWordChar(src[i + m[0].length])))) {
+        flush();
+        node = el("strong");
+        renderInline(m[2], node, inLink);
+        parent.appendChild(node);
+        i += m[0].length; continue;
+      }
+      // Underscores inside words (snake_case) are not emphasis.
+      if ((c === "*" || c === "_") && (m = at(RE_EM, src, i)) &&
+          !(c === "_" && (isWordChar(src[i - 1]) || isWordChar(src[i + m[0].length])))) {
+        flush();
+        node = el("em");
+        renderInline(m[2], node, inLink);
+        parent.appendChild(node);
+        i += m[0].length; continue;
+      }
+      if (c === "~" && (m = at(RE_DEL, src, i))) {
+        flush();
+        node = el("del");
+        renderInline(m[1], node, inLink);
+        parent.appendChild(node);
+        i += m[0].length; continue;
+      }
+      if (c === "[" && !inLink && (m = at(RE_LINK, src, i))) {
+        var href = safeUrl(m[2]);
+        if (href) {
+          flush();
+          renderInline(m[1] || m[2], makeLink(href, parent), true);
+          i += m[0].length; continue;
+        }
+        // Unsafe or relative target: the whole thing stays visible as plain text.
+        buf += m[0]; i += m[0].length; continue;
+      }
+      if ((c === "h" || c === "H" || c === "m" || c === "M") && !inLink &&
+          !isWordChar(src[i - 1]) && (m = at(RE_AUTOLINK, src, i))) {
+        var auto = safeUrl(m[0]);
+        if (auto) {
+          flush();
+          makeLink(auto, parent).textContent = m[0];
+          i += m[0].length; continue;
+        }
+      }
+      buf += c; i += 1;
+    }
+    flush();
+  }
+
+  /* ---------- blocks ---------- */
+
+  var RE_FENCE = /^ {0,3}(`{3,}|~{3,})\s*([^`\s]*)[^`]*$/;
+  var RE_HEADING = /^ {0,3}(#{1,6})\s+(.*?)\s*#*\s*$/;
+  var RE_HR = /^ {0,3}([-*_])(\s*\1){2,}\s*$/;
+  var RE_ITEM = /^(\s*)([-*+]|\d{1,9}[.)])\s+(.*)$/;
+  var RE_QUOTE = /^ {0,3}>\s?(.*)$/;
+
+  function codeBlock(code, lang) {
+    var wrap = el("div", "code-block");
+    var head = el("div", "code-head");
+    var label = el("span", "code-lang");
+    label.textContent = lang || "code";
+    var copy = el("button", "copy-code");
+    copy.type = "button";
+    copy.textContent = "Copy";
+    copy.setAttribute("aria-label", "Copy code");
+    copy.setAttribute("data-testid", "copy-code");
+    var pre = el("pre");
+    var codeEl = el("code");
+    codeEl.textContent = code;
+    pre.appendChild(codeEl);
+    copy.addEventListener("click", function () {
+      copyText(code).then(function () {
+        copy.textContent = "Copied";
+        setTimeout(function () { copy.textContent = "Copy"; }, 1500);
+      });
+    });
+    head.appendChild(label);
+    head.appendChild(copy);
+    wrap.appendChild(head);
+    wrap.appendChild(pre);
+    return wrap;
+  }
+
+  /* Clipboard API where allowed (localhost is a secure context), else a hidden textarea. */
+  function copyText(text) {
+    if (navigator.clipboard && window.isSecureContext) {
+      return navigator.clipboard.writeText(text).catch(function () { return legacyCopy(text); });
+    }
+    return Promise.resolve(legacyCopy(text));
+  }
+
+  function legacyCopy(text) {
+    var ta = el("textarea");
+    ta.value = text;
+    ta.setAttribute("readonly", "");
+    ta.style.position = "fixed";
+    ta.style.opacity = "0";
+    document.body.appendChild(ta);
+    ta.select();
+    try { document.execCommand("copy"); } catch (e) { /* nothing more we can do */ }
+    document.body.removeChild(ta);
+  }
+
+  /* Lines of one paragraph keep their line breaks: models use single newlines on purpose. */
+  function paragraph(lines) {
+    var p = el("p");
+    lines.forEach(function (line, k) {
+      if (k > 0) p.appendChild(el("br"));
+      renderInline(line, p, false);
+    });
+    return p;
+  }
+
+  function indentWidth(ws) {
+    return ws.replace(/\t/g, "    ").length;
+  }
+
+  /* Builds nested <ul>/<ol> from consecutive list lines; deeper indent = nested list. */
+  function list(lines, start) {
+    var root = null;
+    var stack = []; // {indent, listEl, lastItem}
+    var i = start;
+    while (i < lines.length) {
+      var line = lines[i];
+      var m = RE_ITEM.exec(line);
+      if (!m) {
+        // A non-blank, indented line continues the previous item's text.
+        if (stack.length && /^\s+\S/.test(line) && !RE_FENCE.test(line)) {
+          var top = stack[stack.length - 1];
+          top.lastItem.appendChild(el("br"));
+          renderInline(line.trim(), top.lastItem, false);
+          i += 1; continue;
+        }
+        break;
+      }
+      var indent = indentWidth(m[1]);
+      var ordered = /\d/.test(m[2]);
+      while (stack.length && indent < stack[stack.length - 1].indent) stack.pop();
+      var level = stack[stack.length - 1];
+      if (!level || indent > level.indent) {
+        var listEl = el(ordered ? "ol" : "ul");
+        if (ordered) {
+          var n = parseInt(m[2], 10);
+          if (n !== 1) listEl.start = n;
+        }
+        if (level) level.lastItem.appendChild(listEl); else root = listEl;
+        level = { indent: indent, listEl: listEl, lastItem: null };
+        stack.push(level);
+      }
+      var li = el("li");
+      renderInline(m[3], li, false);
+      level.listEl.appendChild(li);
+      level.lastItem = li;
+      i += 1;
+    }
+    return { node: root, next: i };
+  }
+
+  function render(text) {
+    var frag = document.createDocumentFragment();
+    var lines = String(text == null ? "" : text).replace(/\r\n?/g, "\n").split("\n");
+    var para = [];
+    function endPara() {
+      if (para.length) { frag.appendChild(paragraph(para)); para = []; }
+    }
+    var i = 0, m;
+    while (i < lines.length) {
+      var line = lines[i];
+      if ((m = RE_FENCE.exec(line))) {
+        endPara();
+        var fence = m[1], lang = m[2], body = [];
+        i += 1;
+        // An unclosed fence (still streaming) runs to the end of the text.
+        while (i < lines.length) {
+          var close = new RegExp("^ {0,3}" + fence[0] + "{" + fence.length + ",}\\s*$");
+          if (close.test(lines[i])) { i += 1; break; }
+          body.push(lines[i]);
+          i += 1;
+        }
+        frag.appendChild(codeBlock(body.join("\n"), lang));
+        continue;
+      }
+      if (/^\s*$/.test(line)) { endPara(); i += 1; continue; }
+      if ((m = RE_HEADING.exec(line))) {
+        endPara();
+        var h = el("h" + m[1].length);
+        renderInline(m[2], h, false);
+        frag.appendChild(h);
+        i += 1; continue;
+      }
+      if (RE_HR.test(line)) { endPara(); frag.appendChild(el("hr")); i += 1; continue; }
+      if (RE_ITEM.test(line)) {
+        endPara();
+        var res = list(lines, i);
+        frag.appendChild(res.node);
+        i = res.next; continue;
+      }
+      if (RE_QUOTE.test(line)) {
+        endPara();
+        var quoted = [];
+        while (i < lines.length && (m = RE_QUOTE.exec(lines[i]))) { quoted.push(m[1]); i += 1; }
+        var bq = el("blockquote");
+        bq.appendChild(render(quoted.join("\n")));
+        frag.appendChild(bq);
+        continue;
+      }
+      para.push(line);
+      i += 1;
+    }
+    endPara();
+    return frag;
+  }
+
+  window.ChatMarkdown = { render: render, safeUrl: safeUrl, copyText: copyText };
+})();

@@ -1,0 +1,142 @@
+/* chatfile page: conversations and settings kept in localStorage.
+ *
+ * Everything read back (from storage or from an imported file) is treated as plain
+ * data: strings are coerced with String(), unknown fields are dropped, so a crafted
+ * file can't smuggle anything but text into the page.
+ *
+ * Exposes window.ChatStore.
+ */
+(function () {
+  "use strict";
+
+  var KEY_CONVS = "chatfile.conversations";
+  var KEY_CURRENT = "chatfile.current";
+  var KEY_SETTINGS = "chatfile.settings";
+  var KEY_API = "chatfile.apiKey";
+  var ROLES = { system: true, user: true, assistant: true };
+  var TITLE_MAX_CHARS = 80;
+
+  function readJson(key, fallback) {
+    try {
+      var raw = localStorage.getItem(key);
+      return raw == null ? fallback : JSON.parse(raw);
+    } catch (e) {
+      return fallback;
+    }
+  }
+
+  function writeJson(key, value) {
+    try {
+      localStorage.setItem(key, JSON.stringify(value));
+      return true;
+    } catch (e) {
+      // Quota exceeded or storage disabled: the chat still works, it just won't persist.
+      return false;
+    }
+  }
+
+  function newId() {
+    return Date.now().toString(36) + Math.random().toString(36).slice(2, 8);
+  }
+
+  function cleanMessage(m) {
+    if (!m || typeof m !== "object") return null;
+    var role = String(m.role);
+    if (!ROLES[role]) return null;
+    var content = m.content;
+    // OpenAI-style content parts: keep only their text.
+    if (Array.isArray(content)) {
+      content = content.map(function (part) {
+        return part && typeof part === "object" && part.text != null ? String(part.text) : "";
+      }).join("");
+    }
+    var out = { role: role, content: content == null ? "" : String(content) };
+    if (m.stopped === true) out.stopped = true;
+    return out;
+  }
+
+  function cleanTitle(t) {
+    var s = String(t == null ? "" : t).replace(/\s+/g, " ").trim();
+    return s.slice(0, TITLE_MAX_CHARS) || "New chat";
+  }
+
+  function cleanConversation(c) {
+    if (!c || typeof c !== "object" || !Array.isArray(c.messages)) return null;
+    var now = Date.now();
+    return {
+      id: typeof c.id === "string" && /^[a-z0-9]{1,40}$/.test(c.id) ? c.id : newId(),
+      title: cleanTitle(c.title),
+      created: Number(c.created) || now,
+      updated: Number(c.updated) || now,
+      messages: c.messages.map(cleanMessage).filter(Boolean),
+    };
+  }
+
+  function loadConversations() {
+    var list = readJson(KEY_CONVS, []);
+    if (!Array.isArray(list)) return [];
+    return list.map(cleanConversation).filter(Boolean);
+  }
+
+  function saveConversations(list) {
+    return writeJson(KEY_CONVS, list);
+  }
+
+  /* Parses an exported (or hand-made) JSON conversation. Accepts {title, messages}
+   * or a bare array of messages. Throws Error with a readable message. */
+  function parseImport(text) {
+    var data;
+    try {
+      data = JSON.parse(text);
+    } catch (e) {
+      throw new Error("That file is not valid JSON.");
+    }
+    if (Array.isArray(data)) data = { title: "Imported chat", messages: data };
+    var conv = cleanConversation(data);
+    if (!conv) throw new Error("That file has no \"messages\" list, so it isn't a chatfile conversation.");
+    conv.id = newId(); // never overwrite an existing chat
+    conv.updated = Date.now();
+    return conv;
+  }
+
+  function exportJson(conv) {
+    return JSON.stringify({
+      format: "chatfile-conversation",
+      version: 1,
+      title: conv.title,
+      created: conv.created,
+      messages: conv.messages.map(function (m) { return { role: m.role, content: m.content }; }),
+    }, null, 2);
+  }
+
+  var ROLE_NAMES = { system: "System", user: "User", assistant: "Assistant" };
+
+  function exportMarkdown(conv) {
+    var parts = ["# " + conv.title, ""];
+    conv.messages.forEach(function (m) {
+      parts.push("**" + ROLE_NAMES[m.role] + ":**", "", m.content, "");
+    });
+    return parts.join("\n");
+  }
+
+  function loadSettings() {
+    var s = readJson(KEY_SETTINGS, null);
+    return s && typeof s === "object" ? s : {};
+  }
+
+  window.ChatStore = {
+    newId: newId,
+    loadConversations: loadConversations,
+    saveConversations: saveConversations,
+    loadCurrentId: function () { return readJson(KEY_CURRENT, null); },
+    saveCurrentId: function (id) { writeJson(KEY_CURRENT, id); },
+    loadSettings: loadSettings,
+    saveSettings: function (s) { return writeJson(KEY_SETTINGS, s); },
+    loadApiKey: function () { try { return localStorage.getItem(KEY_API) || ""; } catch (e) { return ""; } },
+    saveApiKey: function (k) { try { localStorage.setItem(KEY_API, k); } catch (e) { /* not persisted */ } },
+    parseImport: parseImport,
+    exportJson: exportJson,
+    exportMarkdown: exportMarkdown,
+    cleanTitle: cleanTitle,
+  };
+})();
