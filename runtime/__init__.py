@@ -1,5 +1,5 @@
 """chatfile's runtime: everything that ships inside a bundle. See docs/architecture.md."""
-from runtime.gguf import GGUFError
+from runtime.errors import GGUFError
 
 __all__ = ["GGUFError", "Model"]
 

@@ -98,14 +98,17 @@ def _drop_server_flags(args: list[str]) -> list[str]:
 def _progress(label: str):
     """A plain-text progress callback for stderr (no dependencies)."""
     state = {"last": -1}
+    # Redraw in place on a terminal; a pipe or log file gets 25% steps only.
+    step = 1 if sys.stderr.isatty() else 25
 
     def report(done: int, total: int) -> None:
         pct = 100 if total == 0 else done * 100 // total
-        if pct != state["last"]:
+        if pct // step != state["last"] // step or (pct == 100 and state["last"] != 100):
             state["last"] = pct
             bar = "#" * (pct // 4)
-            sys.stderr.write(f"\r{label} [{bar:<25}] {pct:3d}%")
-            if done >= total:
+            sys.stderr.write(f"\r{label} [{bar:<25}] {pct:3d}%" if step == 1
+                             else f"{label} [{bar:<25}] {pct:3d}%\n")
+            if done >= total and step == 1:
                 sys.stderr.write("\n")
             sys.stderr.flush()
     return report
@@ -120,11 +123,11 @@ def _runtime_cli(argv: list[str]) -> int:
     return cli.main(argv) or 0
 
 
-def _model_args(path: str, trailer: Trailer | None) -> list[str]:
+def _model_args(path: str, trailer: Trailer | None, title: bool = True) -> list[str]:
     if trailer is None:
         return [path]
     out = [path, "--gguf-offset", str(trailer.gguf_offset), "--gguf-size", str(trailer.gguf_size)]
-    if trailer.title:
+    if trailer.title and title:
         out += ["--title", trailer.title]
     return out
 
@@ -187,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
 
     model = _model_args(model_path, model_trailer)
     if own["info"]:
-        code = _runtime_cli(["info", *model])
+        code = _runtime_cli(["info", *_model_args(model_path, model_trailer, title=False)])
         if model_trailer is not None:
             print(f"sha256: {model_trailer.sha256}")
             print(f"embedded at offset {model_trailer.gguf_offset}, "
@@ -196,8 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         return code
     if own["cli"]:
         return _runtime_cli(["chat", *model, *_drop_server_flags(baked + user_args)])
-    print("chatfile: starting; the chat page opens in your browser. "
-          "Close this window (or press Ctrl+C) to stop.", file=sys.stderr)
+    # The server prints the URL and "close this window (or press Ctrl+C) to stop".
     return _runtime_cli(["run", *model, *baked, *user_args])
 
 

@@ -141,6 +141,25 @@ def _next_tokens(session, logits: np.ndarray, sampler, history: list, room_tok: 
     return [sampler.sample(logits, history)]
 
 
+def tokenize_prompt(model, text: str, add_special: bool = True) -> list:
+    """Token ids of text that may contain special tokens (a rendered chat template)."""
+    ids = model.tokenize(text, add_special=add_special, parse_special=True)
+    bos = getattr(model.tokenizer, "bos_id", None)
+    # A template that writes bos_token itself, plus the tokenizer's own BOS: keep one.
+    if bos is not None and len(ids) >= 2 and ids[0] == bos and ids[1] == bos:
+        ids = ids[1:]
+    return ids
+
+
+def chat_prompt_ids(model, messages: list, tools: list | None = None) -> tuple[str, list]:
+    """The rendered chat prompt and its ids; raises the template's TemplateError."""
+    if tools:
+        text = model.chat_prompt(messages, add_generation_prompt=True, tools=tools)
+    else:
+        text = model.chat_prompt(messages, add_generation_prompt=True)
+    return text, tokenize_prompt(model, text)
+
+
 def _make_sampler(params):
     from runtime.sampling import Sampler, SamplingParams
     return Sampler(params if params is not None else SamplingParams())
@@ -166,8 +185,11 @@ class Engine:
         if not ids:
             raise ValueError("the prompt is empty (no tokens)")
         n_vocab = getattr(self.model, "n_vocab", None)
-        if n_vocab is not None and any((not isinstance(t, int)) or t < 0 or t >= n_vocab for t in ids):
-            raise ValueError(f"prompt token ids must be integers in [0, {n_vocab})")
+        if n_vocab is not None:
+            bad = [t for t in ids if not isinstance(t, int) or not 0 <= t < n_vocab]
+            if bad:
+                raise ValueError(f"prompt token id {bad[0]!r} is out of range: "
+                                 f"ids must be integers in [0, {n_vocab})")
         if len(ids) > self.n_ctx:
             raise ContextOverflowError(
                 f"the prompt is {len(ids)} tokens, more than the context size of {self.n_ctx} "
@@ -260,9 +282,7 @@ class Engine:
                 n_gen += 1
                 history.append(tok)
                 if tok in self.eog_ids:
-                    tail = held + decoder.flush()
-                    if tail:
-                        req.events.put(Event("token", text=tail))
+                    self._flush_tail(req, decoder, held, stops)
                     finish("stop", stopped_eos=True)
                     return
                 held += decoder.push(tok)
@@ -296,7 +316,7 @@ class Engine:
 
     @staticmethod
     def _flush_tail(req, decoder, held, stops):
-        """At a length stop: release held text (it never completed a stop string)."""
+        """At the end: release the held text, cut at a stop string the flush completed."""
         tail = held + decoder.flush()
         for s in stops:
             i = tail.find(s)

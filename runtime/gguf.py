@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
+from runtime.errors import GGUFError
+
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4
@@ -50,10 +52,6 @@ _NUMPY_DTYPES = {
     GGUFValueType.FLOAT32: "<f4", GGUFValueType.FLOAT64: "<f8",
     GGUFValueType.BOOL: "<u1",
 }
-
-
-class GGUFError(ValueError):
-    """The file is not a GGUF we can read; the message says what is wrong and where."""
 
 
 @dataclass(frozen=True)
@@ -216,12 +214,10 @@ def read(path: str | os.PathLike, offset: int = 0, size: int | None = None,
         os.close(fd)
     try:
         return _parse(path, mm, offset, end)
-    except GGUFError:
-        mm.close()
-        raise
     except (OverflowError, MemoryError, struct.error) as e:  # defensive: should be unreachable
-        mm.close()
         raise GGUFError(f"malformed GGUF header in {path}: {e}") from None
+    # On errors the map is left to the garbage collector: views made while parsing may
+    # still hold it, and closing it under them raises BufferError.
 
 
 def _parse(path: str, mm: mmap.mmap, offset: int, end: int) -> GGUFFile:

@@ -113,9 +113,11 @@ class _WeightLoader:
 
     def info(self, name: str) -> gguf.TensorInfo:
         try:
-            return self.g.tensors[name]
+            t = self.g.tensors[name]
         except KeyError:
             raise GGUFError(f"tensor {name!r} is missing") from None
+        _check_supported(t.ggml_type, name)
+        return t
 
     def _tick(self, n_bytes: int) -> None:
         self.done_bytes += n_bytes
@@ -440,6 +442,26 @@ class Model:
                 return
             history.append(tok)
             logits = s.eval([tok])
+
+    def bytes_read_per_token(self) -> int:
+        """Weight bytes one decode step reads: every layer matrix and the output head."""
+        def nbytes(w) -> int:
+            if w is None:
+                return 0
+            if isinstance(w, np.ndarray):
+                return w.nbytes
+            if isinstance(w, QuantMatrix):
+                return w.raw.nbytes
+            if isinstance(w, list):
+                return sum(nbytes(x) for x in w)
+            return sum(nbytes(p) for p in w.parts)
+        total = nbytes(self.output)
+        for L in self.layers:
+            experts = nbytes(L.experts_gate_up) + nbytes(L.experts_down)
+            if experts:  # only the routed experts are read
+                experts = experts * self.cfg.n_expert_used // self.cfg.n_expert
+            total += nbytes(L.wqkv) + nbytes(L.wo) + nbytes(L.w_gate_up) + nbytes(L.w_down) + experts
+        return total
 
     def check_ids(self, ids: Sequence[int]) -> np.ndarray:
         a = np.asarray(ids, dtype=np.int64).reshape(-1)

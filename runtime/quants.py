@@ -11,19 +11,21 @@ A quantized row is a run of fixed-size blocks; each block packs `block_size` wei
   runs one long inner loop instead of millions of 16- or 32-element ones.
 * Codes become signed int8 before they meet a float, so `d * q` is a single product.
 
-Exactness. A fp16 scale has 11 significant bits; multiplied by a sub-block scale of at
-most 8 bits and a code of at most 8 bits the product has at most 27 bits, and in every
-type here except IQ4_XS at most 22, so `d*sc*q` is exact in float32 whatever the order.
-Where an offset follows (Q4_1, Q5_1, Q2_K, Q4_K, Q5_K) ggml rounds once, in the final add
-or subtract, and so do we. IQ4_XS (`d*sc` then `*kvalue`) may round once, as ggml does.
-The result therefore equals gguf-py's reference dequantizer bit for bit.
+Exactness. A fp16 scale has an 11-bit significand; times a sub-block scale (|sc| <= 128)
+and a code (|q| <= 128, and |sc*q| <= 2**12 in every type here: the worst is Q6_K, 128*32)
+the product stays below 2**24, so `d*sc*q` is exact in float32 whatever the order. The
+only rounding is the final add or subtract of an offset (Q4_1, Q5_1, Q2_K, Q4_K, Q5_K),
+which ggml and gguf-py do last too. So the result equals gguf-py's reference
+dequantizer bit for bit, including inf/NaN from garbage scales.
 
-Rows are processed in chunks of about a megabyte of output so the temporaries stay in L2;
-`threads=2` splits the chunks over a small pool (NumPy releases the GIL inside its loops).
+Rows are processed in chunks of CHUNK_ELEMENTS weights; temporaries live in per-thread
+scratch buffers (a few MiB per thread) reused from chunk to chunk. `threads=2` splits the
+chunks over a small pool (NumPy releases the GIL inside its loops).
 """
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
@@ -32,21 +34,44 @@ from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType as T
 
 from runtime.gguf import GGUFError
 
-QK_K = 256  # weights per K-quant super-block
 # ggml's non-linear 4-bit grid (ggml-common.h kvalues_iq4nl), shared by IQ4_NL and IQ4_XS.
 IQ4NL_KVALUES = np.array(
     [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=np.int8)
 
-# ~1 MiB of float32 output per chunk: measured fastest on a 512 KiB-L2 box (smaller chunks
-# pay NumPy's per-call overhead, bigger ones spill the temporaries out of cache).
+# Weights per chunk (1 MiB of float32 output). Measured on the 2-core dev box: 2**15-2**16
+# lose 30-60% to NumPy's per-call overhead (a K-quant chunk makes ~40 calls); 2**18 to
+# 2**19 were equal within noise; 2**20 was slower again.
 CHUNK_ELEMENTS = 1 << 18
 
 _LO4 = np.uint64(0x0F0F0F0F0F0F0F0F)
 _LO2 = np.uint64(0x0303030303030303)
 _LO1 = np.uint64(0x0101010101010101)
 _HI1 = np.uint64(0x8080808080808080)
-_SEVEN_F = np.uint64(0x7F7F7F7F7F7F7F7F)
-_BIT_PER_BYTE = np.uint64(0x8040201008040201)  # byte i keeps bit i
+
+
+class _Arena(threading.local):
+    """Per-thread scratch buffers reused from chunk to chunk. Fresh temporaries of a few
+    hundred KiB cost page faults on every chunk (glibc hands them back to the kernel),
+    which measured as slow as the arithmetic itself."""
+
+    def __init__(self):
+        self.bufs: dict[str, np.ndarray] = {}
+
+
+_ARENA = _Arena()
+
+
+def _buf(key: str, shape, dtype=np.uint8) -> np.ndarray:
+    """A scratch array of `shape`, reused across calls with the same key (in one thread);
+    its contents are garbage. Keys must differ between arrays alive at the same time."""
+    dtype = np.dtype(dtype)
+    n = dtype.itemsize
+    for s in shape:
+        n *= s
+    b = _ARENA.bufs.get(key)
+    if b is None or b.size < n:
+        b = _ARENA.bufs[key] = np.empty(n, dtype=np.uint8)
+    return b[:n].view(dtype).reshape(shape)
 
 
 class UnsupportedTypeError(GGUFError):
@@ -60,25 +85,52 @@ def _type_name(ggml_type: int) -> str:
         return f"unknown type {ggml_type}"
 
 
-def _u64(n_bytes_per_block: int, nb: int) -> tuple[np.ndarray, np.ndarray]:
-    """A scratch buffer as (nb, n) uint8 and its uint64 view."""
-    buf = np.empty((nb, n_bytes_per_block), dtype=np.uint8)
-    return buf, buf.view(np.uint64)
-
-
-def _gather(raw: np.ndarray, nb: int, stride: int, offset: int, n_bytes: int) -> np.ndarray:
+def _gather(raw: np.ndarray, nb: int, stride: int, offset: int, n_bytes: int,
+            key: str) -> np.ndarray:
     """Bytes [offset, offset+n_bytes) of every block, copied contiguous as (nb, n_bytes).
 
-    The copy goes through a void dtype of n_bytes so NumPy does one memcpy per block
+    The copy goes through a void dtype of n_bytes, so NumPy does one memcpy per block
     instead of one loop iteration per byte."""
     src = np.ndarray((nb,), dtype=f"V{n_bytes}", buffer=raw, offset=offset, strides=(stride,))
-    dst = np.empty((nb, n_bytes), dtype=np.uint8)
+    dst = _buf(key, (nb, n_bytes))
     np.copyto(dst.view(f"V{n_bytes}").reshape(nb), src)
     return dst
 
 
+def _place(dst: np.ndarray, slot_bytes: int, slots, src: np.ndarray) -> None:
+    """Copy src (nb, k*slot_bytes) into dst's slots `slots` (a slice over the (nb, n)
+    slot_bytes-wide slots), again as whole-slot memcpys."""
+    if isinstance(slots, int):
+        slots = slice(slots, slots + 1)
+    d = dst.reshape(dst.shape[0], -1).view(f"V{slot_bytes}")
+    s = src.reshape(src.shape[0], -1).view(f"V{slot_bytes}")
+    np.copyto(d[:, slots], s)
+
+
+def _f16_bits_to_f32(h: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """IEEE half bits (uint16) -> float32, bit-exact (NaN payloads kept).
+
+    NumPy's own half->float cast is a scalar loop (~2-3 ns/value here); this is a few
+    vector ops: put the 15 magnitude bits where a float32's go, which gives the value
+    times 2**-112 for normal and subnormal halves alike, then scale exactly by 2**112."""
+    w = out.view(np.uint32)
+    np.bitwise_and(h, np.uint16(0x7FFF), out=w, casting="unsafe")
+    w <<= np.uint32(13)
+    out *= np.float32(2.0 ** 112)
+    big = out >= np.float32(65536.0)  # half exponent 31: inf or NaN (max finite is 65504)
+    if big.any():
+        np.bitwise_or(w, np.uint32(0x7F800000), out=w, where=big)
+    sign = _buf("f16sign", out.shape, np.uint32)
+    np.bitwise_and(h, np.uint16(0x8000), out=sign, casting="unsafe")
+    sign <<= np.uint32(16)
+    w |= sign
+    return out
+
+
 def _f16(raw: np.ndarray, nb: int, stride: int, offset: int) -> np.ndarray:
-    """The fp16 field at `offset` of every block, as float32 (nb,)."""
+    """The fp16 field at `offset` of every block, as float32 (nb,).
+
+    One value per block: NumPy's cast beats _f16_bits_to_f32's op overhead here."""
     return np.ndarray((nb,), dtype="<f2", buffer=raw, offset=offset, strides=(stride,)).astype(np.float32)
 
 
@@ -88,15 +140,6 @@ def _scale(out: np.ndarray, codes: np.ndarray, scale: np.ndarray) -> None:
     np.multiply(out, scale[..., None], out=out)
 
 
-def _spread_bits(b: np.ndarray) -> np.ndarray:
-    """uint64 (…) holding one byte b per word -> byte i of the result is bit i of b (0/1)."""
-    t = (b * _LO1) & _BIT_PER_BYTE  # byte i keeps only bit i of b
-    t += _SEVEN_F  # a nonzero byte (<= 0x80) now has its top bit set; no carries cross bytes
-    t &= _HI1
-    t >>= np.uint64(7)
-    return t
-
-
 # ---- kernels: (raw uint8 1-D of nb blocks, out float32 1-D of nb*block_size, nb) ----
 
 def _f32(raw, out, nb):
@@ -104,7 +147,7 @@ def _f32(raw, out, nb):
 
 
 def _f16_kernel(raw, out, nb):
-    np.copyto(out, raw.view("<f2"))
+    _f16_bits_to_f32(raw.view("<u2"), out)
 
 
 def _bf16(raw, out, nb):
@@ -115,27 +158,44 @@ def _bf16(raw, out, nb):
 
 
 def _q8_0(raw, out, nb):
-    # block: d fp16 | qs int8[32]
+    # block: d fp16 | qs int8[32]; w = d * q
     d = _f16(raw, nb, 34, 0)
     qs = np.ndarray((nb, 32), dtype=np.int8, buffer=raw, offset=2, strides=(34, 1))
     _scale(out.reshape(nb, 32), qs, d)
 
 
-def _nibbles(qs: np.ndarray, nb: int) -> np.ndarray:
-    """qs (nb, 16) uint8 -> (nb, 32) uint8 codes: low nibbles then high nibbles (ggml's
-    order for the 32-weight blocks)."""
-    q = qs.view(np.uint64)  # (nb, 2)
-    codes, c = _u64(32, nb)
-    np.bitwise_and(q, _LO4, out=c[:, 0:2])
-    np.right_shift(q, np.uint64(4), out=c[:, 2:4])
-    c[:, 2:4] &= _LO4
+def _nibbles16(raw, nb, stride, offset) -> np.ndarray:
+    """16 packed bytes per block -> (nb, 32) uint8: low nibbles, then high nibbles (the
+    order of ggml's 32-weight blocks)."""
+    q = _gather(raw, nb, stride, offset, 16, "q")
+    codes = _buf("codes", (nb, 32))
+    _place(codes, 16, 0, q)
+    q64 = q.view(np.uint64)
+    q64 >>= np.uint64(4)
+    _place(codes, 16, 1, q)
+    codes.view(np.uint64)[...] &= _LO4
     return codes
+
+
+def _fifth_bits(raw, nb, stride, offset) -> np.ndarray:
+    """The u32 bit-field at `offset` (bit j for weight j) -> (nb, 32) uint8, 16 where
+    the bit is set, else 0: the weights' 5th bits, in place. Each of the 4 bytes is
+    spread over a uint64 word, one bit per byte, with a multiply and masks."""
+    qh = _gather(raw, nb, stride, offset, 4, "qh")
+    h = _buf("hbits", (nb, 4), np.uint64)
+    np.copyto(h, qh)
+    h *= _LO1  # the byte in every byte of the word
+    h &= np.uint64(0x8040201008040201)  # byte i keeps bit i
+    h += np.uint64(0x7F7F7F7F7F7F7F7F)  # a nonzero byte (<= 0x80) gets its top bit; no carries
+    h &= _HI1
+    h >>= np.uint64(3)  # 0x80 -> 0x10
+    return h.view(np.uint8)
 
 
 def _q4_0(raw, out, nb):
     # block: d fp16 | qs[16]; w = d * (nibble - 8)
     d = _f16(raw, nb, 18, 0)
-    codes = _nibbles(_gather(raw, nb, 18, 2, 16), nb)
+    codes = _nibbles16(raw, nb, 18, 2)
     c = codes.view(np.uint64)
     c += np.uint64(0x7878787878787878)  # nibble + 0x78 <= 0x87: no carry between bytes
     c ^= _HI1  # as int8 that is nibble + 0x78 - 0x80 = nibble - 8
@@ -147,26 +207,18 @@ def _q4_1(raw, out, nb):
     d = _f16(raw, nb, 20, 0)
     m = _f16(raw, nb, 20, 2)
     o = out.reshape(nb, 32)
-    _scale(o, _nibbles(_gather(raw, nb, 20, 4, 16), nb), d)
+    _scale(o, _nibbles16(raw, nb, 20, 4), d)
     o += m[:, None]
-
-
-def _fifth_bits(qh: np.ndarray) -> np.ndarray:
-    """qh (nb, 4) uint8 bit-fields -> (nb, 4) uint64: byte j of word k is bit 8k+j (0/1)."""
-    return _spread_bits(qh.astype(np.uint64))
 
 
 def _q5_0(raw, out, nb):
     # block: d fp16 | qh u32 (bit j = 5th bit of weight j) | qs[16]; w = d * (q - 16)
     d = _f16(raw, nb, 22, 0)
-    body = _gather(raw, nb, 22, 2, 20)
-    codes = _nibbles(np.ascontiguousarray(body[:, 4:]), nb)
+    codes = _nibbles16(raw, nb, 22, 6)
+    codes |= _fifth_bits(raw, nb, 22, 2)
     c = codes.view(np.uint64)
-    hb = _fifth_bits(body[:, :4])
-    # q - 16 as int8: nibble when the 5th bit is set, else nibble - 16 = nibble | 0xF0.
-    hb ^= _LO1
-    hb *= np.uint64(0xF0)
-    c |= hb
+    c += np.uint64(0x7070707070707070)  # q + 0x70 <= 0x8F: no carry between bytes
+    c ^= _HI1  # as int8: q - 16
     _scale(out.reshape(nb, 32), codes.view(np.int8), d)
 
 
@@ -174,12 +226,8 @@ def _q5_1(raw, out, nb):
     # block: d fp16 | m fp16 | qh u32 | qs[16]; w = d * q + m
     d = _f16(raw, nb, 24, 0)
     m = _f16(raw, nb, 24, 2)
-    body = _gather(raw, nb, 24, 4, 20)
-    codes = _nibbles(np.ascontiguousarray(body[:, 4:]), nb)
-    c = codes.view(np.uint64)
-    hb = _fifth_bits(body[:, :4])
-    hb <<= np.uint64(4)
-    c |= hb
+    codes = _nibbles16(raw, nb, 24, 8)
+    codes |= _fifth_bits(raw, nb, 24, 4)
     o = out.reshape(nb, 32)
     _scale(o, codes, d)
     o += m[:, None]
@@ -192,58 +240,75 @@ def _q6_k(raw, out, nb):
     d = _f16(raw, nb, 210, 208)
     sc = np.ndarray((nb, 16), dtype=np.int8, buffer=raw, offset=192, strides=(210, 1))
     dl = d[:, None] * sc  # (nb, 16), exact
-    body = _gather(raw, nb, 210, 0, 192)
-    ql = body[:, :128].view(np.uint64).reshape(nb, 2, 2, 4)  # half, ql[0:32]/ql[32:64]
-    qh = body[:, 128:].view(np.uint64).reshape(nb, 2, 1, 4)  # half
-    codes, c = _u64(256, nb)
-    c = c.reshape(nb, 2, 4, 4)  # half, k, 32 weights as 4 words
-    np.bitwise_and(ql, _LO4, out=c[:, :, 0:2])
-    np.right_shift(ql, np.uint64(4), out=c[:, :, 2:4])
-    c[:, :, 2:4] &= _LO4
-    tmp = np.empty((nb, 2, 1, 4), dtype=np.uint64)
+    body = _gather(raw, nb, 210, 0, 192, "body")
+    ql, qh = body[:, :128], body[:, 128:]
+    codes = _buf("codes", (nb, 256))  # 8 slots of 32 bytes: (half, k)
+    _place(codes, 64, slice(0, 4, 2), ql)  # k = 0, 1 of each half: low nibbles
+    ql.view(np.uint64)[...] >>= np.uint64(4)
+    _place(codes, 64, slice(1, 4, 2), ql)  # k = 2, 3: high nibbles
+    c = codes.view(np.uint64)
+    c &= _LO4
+    hq = _buf("hq", (nb, 256))
+    t = _buf("t", (nb, 64))
+    t64, qh64 = t.view(np.uint64), qh.view(np.uint64)
     for k in range(4):
-        np.right_shift(qh, np.uint64(2 * k), out=tmp)
-        tmp &= _LO2
-        tmp <<= np.uint64(4)
-        c[:, :, k:k + 1] |= tmp
+        # bits 2k, 2k+1 of qh moved to bits 4, 5
+        if k < 2:
+            np.left_shift(qh64, np.uint64(4 - 2 * k), out=t64)
+        else:
+            np.right_shift(qh64, np.uint64(2 * k - 4), out=t64)
+        _place(hq, 32, slice(k, 8, 4), t)
+    h64 = hq.view(np.uint64)
+    h64 &= np.uint64(0x3030303030303030)
+    c |= h64
     c += np.uint64(0x6060606060606060)  # q + 0x60 <= 0x9F: no carry between bytes
     c ^= _HI1  # as int8: q - 32
     _scale(out.reshape(nb, 16, 16), codes.view(np.int8).reshape(nb, 16, 16), dl)
 
 
-def _k_scale_min(sc12: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Q4_K/Q5_K 12-byte scales (nb, 12) -> 6-bit scales and mins, each (nb, 8) uint8.
-
-    Sub-block j < 4: scale = s[j] & 63, min = s[j+4] & 63. j >= 4: scale =
-    (s[j+4] & 15) | (s[j-4] >> 6) << 4, min = (s[j+4] >> 4) | (s[j] >> 6) << 4."""
-    a, b, c = sc12[:, 0:4], sc12[:, 4:8], sc12[:, 8:12]
-    scale = np.empty((sc12.shape[0], 8), dtype=np.uint8)
-    mins = np.empty_like(scale)
-    np.bitwise_and(a, 63, out=scale[:, :4])
-    np.bitwise_and(b, 63, out=mins[:, :4])
-    scale[:, 4:] = (c & 15) | ((a >> 6) << 4)
-    mins[:, 4:] = (c >> 4) | ((b >> 6) << 4)
-    return scale, mins
-
-
 def _k_dl_ml(raw, nb, stride):
-    """d*scale and dmin*min per 32-weight sub-block, (nb, 8) float32 each, exact."""
+    """d*scale and dmin*min per 32-weight sub-block, each (nb, 8) float32 (exact), for
+    Q4_K/Q5_K. The 12 scale bytes are three u32 words a, b, c, four 6-bit values each:
+    sub-block j < 4 has scale a[j] & 63 and min b[j] & 63; j >= 4 has scale
+    (c[j-4] & 15) | (a[j-4] >> 6) << 4 and min (c[j-4] >> 4) | (b[j-4] >> 6) << 4.
+    Done on whole words so each NumPy call covers all blocks."""
     d = _f16(raw, nb, stride, 0)
     dmin = _f16(raw, nb, stride, 2)
-    scale, mins = _k_scale_min(np.ndarray((nb, 12), np.uint8, buffer=raw, offset=4, strides=(stride, 1)))
-    return d[:, None] * scale, dmin[:, None] * mins
+    w = np.ndarray((3, nb), "<u4", buffer=raw, offset=4, strides=(4, stride))
+    a, b, c = w.astype(np.uint32)
+    lo6, lo4, hi2 = np.uint32(0x3F3F3F3F), np.uint32(0x0F0F0F0F), np.uint32(0x30303030)
+    sm = np.empty((nb, 4), dtype=np.uint32)  # scale lo/hi words, min lo/hi words
+    np.bitwise_and(a, lo6, out=sm[:, 0])
+    np.bitwise_and(b, lo6, out=sm[:, 2])
+    a >>= np.uint32(2)
+    a &= hi2
+    b >>= np.uint32(2)
+    b &= hi2
+    np.bitwise_and(c, lo4, out=sm[:, 1])
+    sm[:, 1] |= a
+    c >>= np.uint32(4)
+    c &= lo4
+    np.bitwise_or(c, b, out=sm[:, 3])
+    sm8 = sm.view(np.uint8).reshape(nb, 2, 8)
+    return d[:, None] * sm8[:, 0], dmin[:, None] * sm8[:, 1]
+
+
+def _k_nibbles(raw, nb, stride, offset) -> np.ndarray:
+    """Q4_K/Q5_K qs[128] -> (nb, 256) uint8: qs[32j:32j+32] low nibbles are sub-block 2j,
+    high nibbles sub-block 2j+1."""
+    q = _gather(raw, nb, stride, offset, 128, "q")
+    codes = _buf("codes", (nb, 256))
+    _place(codes, 32, slice(0, 8, 2), q)
+    q.view(np.uint64)[...] >>= np.uint64(4)
+    _place(codes, 32, slice(1, 8, 2), q)
+    codes.view(np.uint64)[...] &= _LO4
+    return codes
 
 
 def _q4_k(raw, out, nb):
-    # block: d fp16 | dmin fp16 | scales[12] | qs[128]; qs[32j:32j+32] holds sub-block 2j
-    # in its low nibbles and 2j+1 in its high ones; w = d*sc*q - dmin*m.
+    # block: d fp16 | dmin fp16 | scales[12] | qs[128]; w = d*sc*q - dmin*m.
     dl, ml = _k_dl_ml(raw, nb, 144)
-    q = _gather(raw, nb, 144, 16, 128).view(np.uint64).reshape(nb, 4, 1, 4)
-    codes, c = _u64(256, nb)
-    c = c.reshape(nb, 4, 2, 4)
-    np.bitwise_and(q, _LO4, out=c[:, :, 0:1])
-    np.right_shift(q, np.uint64(4), out=c[:, :, 1:2])
-    c[:, :, 1:2] &= _LO4
+    codes = _k_nibbles(raw, nb, 144, 16)
     o = out.reshape(nb, 8, 32)
     _scale(o, codes.reshape(nb, 8, 32), dl)
     o -= ml[..., None]
@@ -253,85 +318,106 @@ def _q5_k(raw, out, nb):
     # block: d | dmin | scales[12] | qh[32] | qs[128]; like Q4_K, and sub-block j takes its
     # 5th bits from bit j of qh[0:32].
     dl, ml = _k_dl_ml(raw, nb, 176)
-    body = _gather(raw, nb, 176, 16, 160)
-    qh = body[:, :32].view(np.uint64).reshape(nb, 1, 4)
-    q = body[:, 32:].view(np.uint64).reshape(nb, 4, 1, 4)
-    codes, c = _u64(256, nb)
-    c4 = c.reshape(nb, 4, 2, 4)
-    np.bitwise_and(q, _LO4, out=c4[:, :, 0:1])
-    np.right_shift(q, np.uint64(4), out=c4[:, :, 1:2])
-    c4[:, :, 1:2] &= _LO4
-    c8 = c.reshape(nb, 8, 4)
-    tmp = np.empty((nb, 1, 4), dtype=np.uint64)
-    for j in range(8):
-        np.right_shift(qh, np.uint64(j), out=tmp)
-        tmp &= _LO1
-        tmp <<= np.uint64(4)
-        c8[:, j:j + 1] |= tmp
+    codes = _k_nibbles(raw, nb, 176, 48)
+    qh = _gather(raw, nb, 176, 16, 32, "qh")
+    qh64 = qh.view(np.uint64)
+    hq = _buf("hq", (nb, 256))
+    t = _buf("t", (nb, 32))
+    t64 = t.view(np.uint64)
+    for j in range(8):  # bit j of qh moved to bit 4
+        if j <= 4:
+            np.left_shift(qh64, np.uint64(4 - j), out=t64)
+        else:
+            np.right_shift(qh64, np.uint64(j - 4), out=t64)
+        _place(hq, 32, j, t)
+    h64 = hq.view(np.uint64)
+    h64 &= np.uint64(0x1010101010101010)
+    codes.view(np.uint64)[...] |= h64
     o = out.reshape(nb, 8, 32)
     _scale(o, codes.reshape(nb, 8, 32), dl)
     o -= ml[..., None]
 
 
+def _two_bit_planes(raw, nb, stride, offset) -> np.ndarray:
+    """Q2_K/Q3_K qs[64] -> (nb, 256) uint8: weight 128i + 32s + l is
+    (qs[32i+l] >> 2s) & 3."""
+    q = _gather(raw, nb, stride, offset, 64, "q")
+    q64 = q.view(np.uint64)
+    codes = _buf("codes", (nb, 256))
+    t = _buf("t", (nb, 64))
+    for s in range(4):
+        np.right_shift(q64, np.uint64(2 * s), out=t.view(np.uint64))
+        _place(codes, 32, slice(s, 8, 4), t)
+    codes.view(np.uint64)[...] &= _LO2
+    return codes
+
+
 def _q3_k(raw, out, nb):
-    # block: hmask[32] | qs[64] | scales[12] | d fp16. Weight 128i + 32s + l (i<2, s<4):
-    # low 2 bits (qs[32i+l] >> 2s) & 3, minus 4 unless bit (4i+s) of hmask[l] is set.
+    # block: hmask[32] | qs[64] | scales[12] | d fp16. Weight 32k + l (k = 4i + s):
+    # 2-bit code from qs (see _two_bit_planes), minus 4 unless bit k of hmask[l] is set.
     # Scales: 16 6-bit values, low nibbles from bytes 0..7, high 2 bits from bytes 8..11.
     d = _f16(raw, nb, 110, 108)
-    s = np.ndarray((nb, 12), np.uint8, buffer=raw, offset=96, strides=(110, 1))
-    sc = np.empty((nb, 4, 4), dtype=np.uint8)  # [group of 4][scale] -> scale index 4g + t
+    s = _gather(raw, nb, 110, 96, 12, "s")
+    sc = np.empty((nb, 4, 4), dtype=np.uint8)  # [group g][t] -> scale index 4g + t
     lo, hi = s[:, :8], s[:, 8:12]
-    sc[:, 0:2] = (lo & 15).reshape(nb, 2, 4)
-    sc[:, 2:4] = (lo >> 4).reshape(nb, 2, 4)
+    np.bitwise_and(lo, 15, out=sc[:, 0:2].reshape(nb, 8))
+    np.right_shift(lo, 4, out=sc[:, 2:4].reshape(nb, 8))
     for g in range(4):
         sc[:, g] |= ((hi >> (2 * g)) & 3) << 4
     dl = d[:, None] * (sc.reshape(nb, 16).view(np.int8) - np.int8(32))  # (nb, 16), exact
-    body = _gather(raw, nb, 110, 0, 96)
-    hm = body[:, :32].view(np.uint64).reshape(nb, 1, 1, 4)
-    qs = body[:, 32:].view(np.uint64).reshape(nb, 2, 1, 4)
-    codes, c = _u64(256, nb)
-    c = c.reshape(nb, 2, 4, 4)
-    tmp = np.empty((nb, 2, 1, 4), dtype=np.uint64)
-    for sft in range(4):
-        np.right_shift(qs, np.uint64(2 * sft), out=c[:, :, sft:sft + 1])
-    c &= _LO2
-    for i in range(2):
-        for sft in range(4):
-            # 0xFC (= -4 with the low 2 bits clear) where the hmask bit is NOT set.
-            np.right_shift(hm, np.uint64(4 * i + sft), out=tmp[:, i:i + 1])
-            t = tmp[:, i:i + 1]
-            t &= _LO1
-            t ^= _LO1
-            t *= np.uint64(0xFC)
-            c[:, i:i + 1, sft:sft + 1] |= t
+    codes = _two_bit_planes(raw, nb, 110, 32)
+    hm = _gather(raw, nb, 110, 0, 32, "hm")
+    hm64 = hm.view(np.uint64)
+    hm64 ^= np.uint64(0xFFFFFFFFFFFFFFFF)  # we need the bits that are NOT set
+    hq = _buf("hq", (nb, 256))
+    t = _buf("t", (nb, 32))
+    t64 = t.view(np.uint64)
+    for k in range(8):  # bit k of hmask moved to bit 2
+        if k <= 2:
+            np.left_shift(hm64, np.uint64(2 - k), out=t64)
+        else:
+            np.right_shift(hm64, np.uint64(k - 2), out=t64)
+        _place(hq, 32, k, t)
+    h64 = hq.view(np.uint64)
+    h64 &= np.uint64(0x0404040404040404)
+    h64 *= np.uint64(0x3F)  # 0x04 -> 0xFC, which is -4 with the low 2 bits clear
+    c = codes.view(np.uint64)
+    c |= h64
     _scale(out.reshape(nb, 16, 16), codes.view(np.int8).reshape(nb, 16, 16), dl)
 
 
 def _q2_k(raw, out, nb):
     # block: scales[16] (low nibble scale, high nibble min) | qs[64] | d | dmin.
-    # Weight 128i + 32s + l: (qs[32i+l] >> 2s) & 3; sub-blocks of 16; w = d*sc*q - dmin*m.
+    # Sub-blocks of 16; w = d*sc*q - dmin*m.
     d = _f16(raw, nb, 84, 80)
     dmin = _f16(raw, nb, 84, 82)
-    s = np.ndarray((nb, 16), np.uint8, buffer=raw, offset=0, strides=(84, 1))
+    s = _gather(raw, nb, 84, 0, 16, "s")
     dl = d[:, None] * (s & 15)
     ml = dmin[:, None] * (s >> 4)
-    qs = _gather(raw, nb, 84, 16, 64).view(np.uint64).reshape(nb, 2, 1, 4)
-    codes, c = _u64(256, nb)
-    c = c.reshape(nb, 2, 4, 4)
-    for sft in range(4):
-        np.right_shift(qs, np.uint64(2 * sft), out=c[:, :, sft:sft + 1])
-    c &= _LO2
+    codes = _two_bit_planes(raw, nb, 84, 16)
     o = out.reshape(nb, 16, 16)
     _scale(o, codes.reshape(nb, 16, 16), dl)
     o -= ml[..., None]
 
 
+_KVALUES_F32 = IQ4NL_KVALUES.astype(np.float32)
+
+
+def _lookup(codes: np.ndarray, out: np.ndarray) -> None:
+    """out = kvalues[codes] (as float32). np.take wants intp indices and would make a
+    fresh copy of them otherwise."""
+    idx = _buf("idx", codes.shape, np.intp)
+    np.copyto(idx, codes)
+    np.take(_KVALUES_F32, idx, out=out, mode="clip")
+
+
 def _iq4_nl(raw, out, nb):
     # block: d fp16 | qs[16]; w = d * kvalues[nibble], nibbles ordered as in Q4_0.
     d = _f16(raw, nb, 18, 0)
-    codes = _nibbles(_gather(raw, nb, 18, 2, 16), nb)
-    kv = np.take(IQ4NL_KVALUES, codes, mode="clip")
-    _scale(out.reshape(nb, 32), kv, d)
+    codes = _nibbles16(raw, nb, 18, 2)
+    o = out.reshape(nb, 32)
+    _lookup(codes, o)
+    o *= d[:, None]
 
 
 def _iq4_xs(raw, out, nb):
@@ -340,21 +426,22 @@ def _iq4_xs(raw, out, nb):
     # qs[16j:16j+16] low nibbles then high nibbles; w = d*sc * kvalues[nibble].
     d = _f16(raw, nb, 136, 0)
     sh = np.ndarray((nb, 1), "<u2", buffer=raw, offset=2, strides=(136, 2)).astype(np.uint16)
-    sl = np.ndarray((nb, 4), np.uint8, buffer=raw, offset=4, strides=(136, 1))
+    sl = _gather(raw, nb, 136, 4, 4, "sl")
     sc = np.empty((nb, 4, 2), dtype=np.uint8)
-    sc[:, :, 0] = sl & 15
-    sc[:, :, 1] = sl >> 4
+    np.bitwise_and(sl, 15, out=sc[:, :, 0])
+    np.right_shift(sl, 4, out=sc[:, :, 1])
     shifts = np.arange(0, 16, 2, dtype=np.uint16)
     sc = sc.reshape(nb, 8) | (((sh >> shifts) & 3).astype(np.uint8) << 4)
     dl = d[:, None] * (sc.view(np.int8) - np.int8(32))
-    q = _gather(raw, nb, 136, 8, 128).view(np.uint64).reshape(nb, 8, 1, 2)
-    codes, c = _u64(256, nb)
-    c = c.reshape(nb, 8, 2, 2)
-    np.bitwise_and(q, _LO4, out=c[:, :, 0:1])
-    np.right_shift(q, np.uint64(4), out=c[:, :, 1:2])
-    c[:, :, 1:2] &= _LO4
-    kv = np.take(IQ4NL_KVALUES, codes, mode="clip")
-    _scale(out.reshape(nb, 8, 32), kv.reshape(nb, 8, 32), dl)
+    q = _gather(raw, nb, 136, 8, 128, "q")
+    codes = _buf("codes", (nb, 256))
+    _place(codes, 16, slice(0, 16, 2), q)
+    q.view(np.uint64)[...] >>= np.uint64(4)
+    _place(codes, 16, slice(1, 16, 2), q)
+    codes.view(np.uint64)[...] &= _LO4
+    o = out.reshape(nb, 8, 32)
+    _lookup(codes.reshape(nb, 8, 32), o)
+    o *= dl[..., None]
 
 
 _KERNELS: dict[int, Callable[[np.ndarray, np.ndarray, int], None]] = {
@@ -411,6 +498,8 @@ def dequantize_into(raw: np.ndarray, ggml_type: int, out: np.ndarray, *,
     if n_cols % block_size:
         raise GGUFError(f"{_type_name(ggml_type)} tensor{where}: row length {n_cols} is not a "
                         f"multiple of the block size {block_size}")
+    if isinstance(raw, (bytes, bytearray, memoryview)):
+        raw = np.frombuffer(raw, dtype=np.uint8)
     raw = np.asarray(raw)
     if raw.dtype != np.uint8:
         raise TypeError(f"dequantize{where}: raw must be a uint8 array, got {raw.dtype}")

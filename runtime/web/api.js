@@ -66,23 +66,39 @@
     return resp.json();
   }
 
-  /* -> {status: "ok"} or {status: "loading", progress}; 503 is a normal answer here. */
+  /* -> {status: "ok"}, {status: "loading", progress} or {status: "error", message};
+   * 503 is a normal answer here. */
   async function health() {
     var resp = await request("health");
     var body = {};
     try { body = await resp.json(); } catch (e) { /* empty body */ }
+    if (resp.status === 503 && body.status === "error") {
+      return { status: "error", message: String(body.message || (body.error && body.error.message) || "unknown error") };
+    }
     if (resp.status === 503) return { status: "loading", progress: Number(body.progress) || 0 };
     if (!resp.ok) throw await errorFrom(resp);
     return { status: body.status || "ok" };
   }
 
   /* Number of tokens in `text`, or null when the server can't tell us. */
-  async function countTokens(text) {
-    var resp = await request("tokenize", { method: "POST", body: { content: text } });
+  async function countTokens(text, addSpecial) {
+    var body = { content: text };
+    if (addSpecial) body.add_special = true;
+    var resp = await request("tokenize", { method: "POST", body: body });
     if (resp.status === 401) throw await errorFrom(resp);
     if (!resp.ok) return null;
     var body = await resp.json();
     return Array.isArray(body.tokens) ? body.tokens.length : null;
+  }
+
+  /* The prompt text the server's chat template makes of `messages`, or null when the
+   * server has no /apply-template (then the page estimates instead). */
+  async function applyTemplate(messages) {
+    var resp = await request("apply-template", { method: "POST", body: { messages: messages } });
+    if (resp.status === 401) throw await errorFrom(resp);
+    if (!resp.ok) return null;
+    var body = await resp.json();
+    return typeof body.prompt === "string" ? body.prompt : null;
   }
 
   /* Streams a chat completion. Calls onDelta(text) for each piece of content and
@@ -150,6 +166,7 @@
     health: health,
     props: function () { return getJson("props"); },
     countTokens: countTokens,
+    applyTemplate: applyTemplate,
     streamChat: streamChat,
   };
 })();

@@ -36,6 +36,7 @@
     controller: null,
     tokenCache: new Map(), // message text -> token count (from /tokenize)
     renderQueued: false,
+    usage: null, // {id, n, tok}: usage.total_tokens of the last reply in chat `id` (n messages)
   };
 
   function $(id) { return document.getElementById(id); }
@@ -148,6 +149,7 @@
     $("set-max-tokens").value = s.maxTokens;
     $("set-seed").value = s.seed;
     show($("settings-error"), false);
+    closeSidebar();
     $("settings-dialog").showModal();
   }
 
@@ -311,6 +313,8 @@
     var isLast = index === c.messages.length - 1;
     if (m.role === "user") {
       actions.appendChild(button("Edit", "edit", "Edit this message and send it again", function () { startEdit(wrap, c, index); }));
+      // A message left without a reply (error, context full): offer to try again.
+      if (isLast) actions.appendChild(button("Retry", "regenerate", "Send this message again", regenerate));
     }
     if (m.role === "assistant") {
       actions.appendChild(button("Copy", "copy-message", "Copy this reply", function () { Md.copyText(m.content); }));
@@ -429,76 +433,120 @@
 
   /* ---------- context budget ---------- */
 
+  function plain(msgs) {
+    return msgs.map(function (m) { return { role: m.role, content: m.content }; });
+  }
+
+  /* Tokens in one message's text (cached), estimated when /tokenize is unavailable. */
   async function tokenCount(text) {
     if (state.tokenCache.has(text)) return state.tokenCache.get(text);
     var n = null;
-    try { n = await withAuth(function () { return Api.countTokens(text); }); } catch (e) { n = null; }
+    try { n = await withAuth(function () { return Api.countTokens(text, false); }); } catch (e) { n = null; }
     // No /tokenize answer: about 3 characters per token is a safe over-estimate for most vocabularies.
     if (n == null) return Math.ceil(text.length / 3) + 1;
     state.tokenCache.set(text, n);
     return n;
   }
 
-  /* The messages to send, oldest turns dropped to fit. See docs/page.md.
-   * -> {messages, dropped, promptTok, fits} */
-  async function fitContext(c, settings) {
-    var pinned = [], history = c.messages.slice();
-    if (history.length && history[0].role === "system") pinned.push(history.shift());
-    else if (settings.systemPrompt.trim()) pinned.push({ role: "system", content: settings.systemPrompt });
-    var latest = history.pop(); // the user message we are answering
-
-    var counts = await Promise.all(history.map(function (m) { return tokenCount(m.content); }));
-    var pinnedTok = PROMPT_OVERHEAD_TOK;
-    var all = pinned.concat([latest]);
-    for (var i = 0; i < all.length; i++) pinnedTok += (await tokenCount(all[i].content)) + PER_MESSAGE_OVERHEAD_TOK;
-
-    if (!state.nCtx) {
-      return { messages: pinned.concat(history, [latest]), dropped: 0, promptTok: null, fits: true };
+  /* Exact prompt size of `msgs`: the server renders its chat template (/apply-template)
+   * and counts the result (/tokenize). null when the server can't do either. */
+  async function promptTokens(msgs) {
+    var key = "\u0000prompt:" + JSON.stringify(msgs);
+    if (state.tokenCache.has(key)) return state.tokenCache.get(key);
+    try {
+      var text = await withAuth(function () { return Api.applyTemplate(msgs); });
+      if (text == null) return null;
+      var n = await withAuth(function () { return Api.countTokens(text, true); });
+      if (n != null) state.tokenCache.set(key, n);
+      return n;
+    } catch (e) {
+      return null;
     }
+  }
+
+  /* The conversation as it would be sent: the chat's own system message, or the
+   * settings' system prompt when it has none. -> {pinned: [system?], rest: [...]} */
+  function withSystem(c, settings) {
+    var rest = c.messages.slice();
+    var pinned = [];
+    if (rest.length && rest[0].role === "system") pinned.push(rest.shift());
+    else if (settings.systemPrompt.trim()) pinned.push({ role: "system", content: settings.systemPrompt });
+    return { pinned: pinned, rest: rest };
+  }
+
+  /* The messages to send, oldest turns dropped to fit. See docs/page.md.
+   * -> {messages, dropped, fits} */
+  async function fitContext(c, settings) {
+    var parts = withSystem(c, settings);
+    var pinned = plain(parts.pinned), history = plain(parts.rest);
+    var latest = history.pop(); // the user message we are answering
+    function build(keepFrom) { return pinned.concat(history.slice(keepFrom), [latest]); }
+
+    if (!state.nCtx) return { messages: build(0), dropped: 0, fits: true };
     // Reserve room for the reply; capped at half the context so a large max-tokens
     // setting doesn't block every message (the server stops at the context end anyway).
     var reserveTok = Math.min(settings.maxTokens, Math.floor(state.nCtx / 2));
     var budget = state.nCtx - reserveTok;
-    if (pinnedTok > budget) return { messages: [], dropped: history.length, promptTok: pinnedTok, fits: false };
 
-    var used = pinnedTok, keepFrom = history.length;
-    for (var k = history.length - 1; k >= 0; k--) {
-      var cost = counts[k] + PER_MESSAGE_OVERHEAD_TOK;
-      if (used + cost > budget) break;
-      used += cost;
-      keepFrom = k;
+    var all = build(0);
+    var counts = await Promise.all(all.map(function (m) { return tokenCount(m.content); }));
+    var exact = await promptTokens(all);
+    if (exact != null && exact <= budget) return { messages: all, dropped: 0, fits: true };
+
+    // Per-message template cost: measured from the exact count when we have it.
+    var textTok = counts.reduce(function (x, y) { return x + y; }, 0);
+    var perMsg = exact != null
+      ? Math.max(0, Math.ceil((exact - textTok) / all.length))
+      : PER_MESSAGE_OVERHEAD_TOK;
+    var base = exact != null ? 0 : PROMPT_OVERHEAD_TOK;
+    var histCounts = counts.slice(pinned.length, pinned.length + history.length);
+
+    function estimate(keepFrom) {
+      var n = base + (pinned.length + 1) * perMsg;
+      pinned.concat([latest]).forEach(function (m, k) {
+        n += k < pinned.length ? counts[k] : counts[counts.length - 1];
+      });
+      for (var k = keepFrom; k < history.length; k++) n += histCounts[k] + perMsg;
+      return n;
     }
     // Start the kept history on a user turn, so roles still alternate after the cut.
-    while (keepFrom < history.length && history[keepFrom].role !== "user") {
-      used -= counts[keepFrom] + PER_MESSAGE_OVERHEAD_TOK;
-      keepFrom += 1;
+    function nextUserTurn(k) {
+      while (k < history.length && history[k].role !== "user") k += 1;
+      return k;
     }
-    var kept = history.slice(keepFrom).map(function (m) { return { role: m.role, content: m.content }; });
-    return {
-      messages: pinned.map(function (m) { return { role: m.role, content: m.content }; })
-        .concat(kept, [{ role: latest.role, content: latest.content }]),
-      dropped: keepFrom,
-      promptTok: used,
-      fits: true,
-    };
+
+    var keepFrom = 0;
+    while (keepFrom < history.length && estimate(keepFrom) > budget) keepFrom += 1;
+    keepFrom = nextUserTurn(keepFrom);
+    // The estimate picked a cut; the exact count has the last word.
+    for (;;) {
+      var size = await promptTokens(build(keepFrom));
+      if (size == null) size = estimate(keepFrom);
+      if (size <= budget) return { messages: build(keepFrom), dropped: keepFrom, fits: true };
+      if (keepFrom >= history.length) return { messages: [], dropped: keepFrom, fits: false };
+      keepFrom = nextUserTurn(keepFrom + 1);
+    }
   }
 
-  /* Shows roughly how much of the context the current chat fills. */
+  /* Shows how much of the context the current chat fills (before the next reply). */
   var ctxSeq = 0;
   async function updateContextUse(exactTok) {
     var seq = ++ctxSeq;
     if (!state.nCtx) { $("ctx").textContent = ""; return; }
-    var total = exactTok;
+    var total = exactTok, c = current();
+    var u = state.usage;
+    if (total == null && c && u && u.id === c.id && u.n === c.messages.length) total = u.tok;
     if (total == null) {
-      var c = current();
       if (!c || !c.messages.length) { $("ctx").textContent = "context 0 / " + state.nCtx; return; }
-      var s = effectiveSettings();
-      total = PROMPT_OVERHEAD_TOK;
-      var msgs = c.messages.slice();
-      if (!(msgs.length && msgs[0].role === "system") && s.systemPrompt.trim()) msgs.unshift({ content: s.systemPrompt });
-      for (var i = 0; i < msgs.length; i++) total += (await tokenCount(msgs[i].content)) + PER_MESSAGE_OVERHEAD_TOK;
+      var parts = withSystem(c, effectiveSettings());
+      var msgs = plain(parts.pinned.concat(parts.rest));
+      total = await promptTokens(msgs);
+      if (total == null) {
+        total = PROMPT_OVERHEAD_TOK;
+        for (var i = 0; i < msgs.length; i++) total += (await tokenCount(msgs[i].content)) + PER_MESSAGE_OVERHEAD_TOK;
+        total = "~" + total;
+      }
       if (seq !== ctxSeq) return; // a newer update started meanwhile
-      total = "~" + total;
     }
     $("ctx").textContent = "context " + total + " / " + state.nCtx;
   }
@@ -573,6 +621,7 @@
         temperature: settings.temperature,
         top_p: settings.topP,
         max_tokens: settings.maxTokens,
+        stream_options: { include_usage: true },
       };
       if (settings.seed !== "") request.seed = settings.seed;
 
@@ -586,7 +635,10 @@
         }, controller.signal);
       });
       showSpeed(result, firstAt, lastAt);
-      if (result.usage && result.usage.total_tokens) updateContextUse(result.usage.total_tokens);
+      // The server's own count of what this turn used; shown until the chat changes.
+      if (result.usage && result.usage.total_tokens) {
+        state.usage = { id: c.id, n: c.messages.length, tok: result.usage.total_tokens };
+      }
       if (result.finishReason === "length") setNotice("The reply stopped at the max-tokens limit (see Settings).");
       if (plan.dropped > 0 && result.finishReason !== "length") setNotice(MSG_DROPPED);
     } catch (e) {
@@ -649,7 +701,13 @@
     for (;;) {
       try {
         var h = await Api.health();
-        if (h.status !== "loading") return;
+        if (h.status === "error") {
+          // Loading failed for good (bad file, out of memory): say why, stop polling.
+          text.textContent = "The model failed to load: " + h.message;
+          bar.hidden = true;
+          return false;
+        }
+        if (h.status !== "loading") return true;
         text.textContent = "Loading the model… " + Math.round(h.progress * 100) + "%";
         bar.value = h.progress;
         await sleep(HEALTH_POLL_MS);
@@ -659,7 +717,7 @@
           bar.removeAttribute("value");
           await sleep(SERVER_GONE_POLL_MS);
         } else {
-          return; // e.g. 401: /props will ask for the key
+          return true; // e.g. 401: /props will ask for the key
         }
       }
     }
@@ -671,6 +729,7 @@
       state.props = p;
       state.nCtx = Number(p.n_ctx) || 0;
       var g = p.default_generation_settings || {};
+      if (g.params && typeof g.params === "object") g = g.params; // llama-server's newer layout
       if (typeof g.temperature === "number") state.defaults.temperature = g.temperature;
       if (typeof g.top_p === "number") state.defaults.topP = g.top_p;
       if (typeof g.n_predict === "number" && g.n_predict > 0) state.defaults.maxTokens = g.n_predict;
@@ -738,7 +797,7 @@
     var saved = Store.loadCurrentId();
     state.currentId = state.convs.some(function (c) { return c.id === saved; }) ? saved : (state.convs[0] ? state.convs[0].id : null);
     wireEvents();
-    await waitForServer();
+    if (!(await waitForServer())) return;
     await loadProps();
     show($("loading"), false);
     show($("app"), true);

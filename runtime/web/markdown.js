@@ -218,6 +218,8 @@
       var ordered = /\d/.test(m[2]);
       while (stack.length && indent < stack[stack.length - 1].indent) stack.pop();
       var level = stack[stack.length - 1];
+      // "- a" followed by "1. b" at the top level: a new list, not one mixed list.
+      if (stack.length === 1 && indent === level.indent && ordered !== level.ordered) break;
       if (!level || indent > level.indent) {
         var listEl = el(ordered ? "ol" : "ul");
         if (ordered) {
@@ -225,7 +227,7 @@
           if (n !== 1) listEl.start = n;
         }
         if (level) level.lastItem.appendChild(listEl); else root = listEl;
-        level = { indent: indent, listEl: listEl, lastItem: null };
+        level = { indent: indent, listEl: listEl, lastItem: null, ordered: ordered };
         stack.push(level);
       }
       var li = el("li");

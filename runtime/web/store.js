@@ -39,24 +39,33 @@
     return Date.now().toString(36) + Math.random().toString(36).slice(2, 8);
   }
 
+  /* Any JSON value as text. String(obj) is not safe here: an object whose "toString"
+   * is not a function makes String() throw. */
+  function asText(v) {
+    if (typeof v === "string") return v;
+    if (v == null) return "";
+    if (typeof v === "number" || typeof v === "boolean") return String(v);
+    try { return JSON.stringify(v) || ""; } catch (e) { return ""; }
+  }
+
   function cleanMessage(m) {
     if (!m || typeof m !== "object") return null;
-    var role = String(m.role);
-    if (!ROLES[role]) return null;
+    var role = typeof m.role === "string" ? m.role : "";
+    if (!Object.prototype.hasOwnProperty.call(ROLES, role)) return null;
     var content = m.content;
     // OpenAI-style content parts: keep only their text.
     if (Array.isArray(content)) {
       content = content.map(function (part) {
-        return part && typeof part === "object" && part.text != null ? String(part.text) : "";
+        return part && typeof part === "object" && part.text != null ? asText(part.text) : "";
       }).join("");
     }
-    var out = { role: role, content: content == null ? "" : String(content) };
+    var out = { role: role, content: asText(content) };
     if (m.stopped === true) out.stopped = true;
     return out;
   }
 
   function cleanTitle(t) {
-    var s = String(t == null ? "" : t).replace(/\s+/g, " ").trim();
+    var s = asText(t).replace(/\s+/g, " ").trim();
     return s.slice(0, TITLE_MAX_CHARS) || "New chat";
   }
 

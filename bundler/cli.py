@@ -1,0 +1,136 @@
+"""The `chatfile` command: `bundle` and `stub` live here; run/chat/info/bench go to runtime.cli."""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import time
+
+from runtime.embedded import BundleError
+
+OWN_COMMANDS = ("bundle", "stub")
+
+
+class ProgressBar:
+    """Plain-text progress on stderr: redrawn in place on a terminal, a few lines otherwise."""
+
+    def __init__(self, label: str, stream=None):
+        self.label = label
+        self.stream = stream or sys.stderr
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.last_pct = -1
+        self.t0 = time.perf_counter()
+
+    def __call__(self, done: int, total: int) -> None:
+        pct = 100 if total <= 0 else done * 100 // total
+        step = 1 if self.tty else 25  # a log file gets 0/25/50/75/100 only
+        if pct == self.last_pct or (pct < 100 and pct // step == self.last_pct // step):
+            return
+        self.last_pct = pct
+        elapsed_s = time.perf_counter() - self.t0
+        rate = done / elapsed_s / 1024**2 if elapsed_s > 0 else 0.0
+        bar = "#" * (pct * 30 // 100)
+        line = f"{self.label} [{bar:<30}] {pct:3d}% {done / 1024**2:8.1f} MiB {rate:7.1f} MiB/s"
+        if self.tty:
+            self.stream.write("\r" + line + ("\n" if pct >= 100 else ""))
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+def _default_output(model: str, fmt: str) -> str:
+    stem = os.path.splitext(os.path.basename(model))[0]
+    if fmt == "pyz":
+        return stem + ".pyz"
+    return stem + (".exe" if sys.platform == "win32" else ".chatfile")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="chatfile",
+        description="Bundle a GGUF model into one double-clickable file, or run one.",
+        epilog="Also: chatfile run|chat|info|bench MODEL ... (see chatfile run --help).")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    b = sub.add_parser("bundle", help="make one executable file that carries MODEL")
+    b.add_argument("model", help="the GGUF file to embed")
+    b.add_argument("-o", "--output", help="the bundle to write (default: next to here, "
+                                          "named after the model)")
+    b.add_argument("--format", choices=("exe", "pyz"), default="exe",
+                   help="exe: PyInstaller executable (default); pyz: zipapp for python3")
+    b.add_argument("--stub", help="use this stub instead of the cached/built one")
+    b.add_argument("--args", default="", help='default run args baked in, e.g. "--ctx 4096"')
+    b.add_argument("--title", default="", help="title shown in the chat page")
+    b.add_argument("--force", action="store_true", help="overwrite an existing output")
+    s = sub.add_parser("stub", help="build the model-free runtime (cached by `bundle`)")
+    s.add_argument("--format", choices=("exe", "pyz"), default="exe")
+    s.add_argument("-o", "--output", help="where to write it (default: the stub cache)")
+    return p
+
+
+def cmd_bundle(a) -> int:
+    from bundler import splice, stub
+
+    try:
+        baked = shlex.split(a.args)
+    except ValueError as e:
+        print(f"chatfile: error: cannot parse --args {a.args!r}: {e}", file=sys.stderr)
+        return 2
+    out = a.output or _default_output(a.model, a.format)
+    if os.path.lexists(out) and not a.force:  # before a possibly long stub build
+        print(f"chatfile: error: {out} already exists; use --force to overwrite it",
+              file=sys.stderr)
+        return 1
+    if a.stub:
+        stub_path = a.stub
+    else:
+        cached = stub.cached_stub_path(a.format)
+        if not cached.is_file():
+            print(f"building the {a.format} runtime stub once (cached in {cached.parent}); "
+                  "this takes a minute or two...", file=sys.stderr)
+        t0 = time.perf_counter()
+        stub_path = stub.get_stub(a.format, log=None)
+        if time.perf_counter() - t0 > 1:
+            print(f"stub built in {time.perf_counter() - t0:.1f} s: {stub_path}", file=sys.stderr)
+    result = splice.splice(stub_path, a.model, out, fmt=a.format, args=baked, title=a.title,
+                           force=a.force, progress=ProgressBar("bundling"))
+    print(f"wrote {result.path} ({result.bundle_bytes / 1024**2:.1f} MiB) in "
+          f"{result.seconds:.2f} s")
+    print(f"model sha256: {result.sha256}")
+    print(f"run it: {os.path.join('.', result.path) if not os.path.dirname(result.path) else result.path}"
+          + (" (needs python3 on the target)" if a.format == "pyz" else ""))
+    return 0
+
+
+def cmd_stub(a) -> int:
+    from bundler import stub
+
+    out = a.output or str(stub.cached_stub_path(a.format))
+    print(f"building the {a.format} stub -> {out}", file=sys.stderr)
+    seconds = stub.build_stub(a.format, out, log=lambda m: print(m, file=sys.stderr))
+    print(f"built {out} ({os.path.getsize(out) / 1024**2:.1f} MiB) in {seconds:.1f} s")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and not argv[0].startswith("-") and argv[0] not in OWN_COMMANDS:
+        from runtime import cli as runtime_cli  # run, chat, info, bench
+        return runtime_cli.main(argv) or 0
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    if a.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return cmd_bundle(a) if a.command == "bundle" else cmd_stub(a)
+    except BundleError as e:
+        print(f"chatfile: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("chatfile: interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

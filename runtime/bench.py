@@ -1,0 +1,164 @@
+"""`chatfile bench`: load time, prefill and decode speed, time to first token, peak RSS.
+
+With --against-llama-cpp the same measurements run on llama.cpp (llama-cpp-python, the
+optional `chatfile[bench]` extra) on the same file with the same thread count, in a child
+process so that each side's peak RSS is its own. Timings are printed, never asserted.
+
+The prompt is code: this package's own source, tokenized and cut to --prompt-tokens.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def code_prompt_text() -> str:
+    here = Path(__file__).resolve().parent
+    return "\n\n".join((here / name).read_text() for name in ("model.py", "gguf.py", "sampling.py"))
+
+
+def bench_chatfile(path: str, n_prompt: int, n_gen: int, mode: str, offset=0, size=None) -> dict:
+    import numpy as np
+    from runtime.model import Model
+
+    t0 = time.perf_counter()
+    model = Model.load(path, offset=offset, size=size, mode=mode)
+    load_s = time.perf_counter() - t0
+    ids = model.tokenize(code_prompt_text())[:n_prompt]
+    s = model.session(len(ids) + n_gen + 1)
+    t0 = time.perf_counter()
+    logits = s.eval(ids)
+    prefill_s = time.perf_counter() - t0
+    tok = int(np.argmax(logits))
+    ttft_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(n_gen):
+        tok = int(np.argmax(s.eval([tok])))  # end tokens are ignored: always n_gen steps
+    decode_s = time.perf_counter() - t0
+    weight_bytes = model.bytes_read_per_token()
+    return {
+        "impl": "chatfile", "mode": model.mode, "n_prompt": len(ids), "n_gen": n_gen,
+        "load_s": load_s, "prefill_tok_s": len(ids) / prefill_s, "decode_tok_s": n_gen / decode_s,
+        "ttft_s": ttft_s, "peak_rss_mb": _peak_rss_mb(),
+        "decode_gb_s": weight_bytes * n_gen / decode_s / 1e9,
+    }
+
+
+def bench_llama_cpp(path: str, n_prompt: int, n_gen: int, threads: int) -> dict:
+    """Runs inside a child process (see run_bench)."""
+    import numpy as np
+    from llama_cpp import Llama
+
+    t0 = time.perf_counter()
+    llm = Llama(model_path=path, n_ctx=n_prompt + n_gen + 16, n_threads=threads,
+                n_threads_batch=threads, n_batch=512, verbose=False)
+    load_s = time.perf_counter() - t0
+    ids = llm.tokenize(code_prompt_text().encode(), add_bos=True, special=False)[:n_prompt]
+    t0 = time.perf_counter()
+    llm.eval(ids)
+    prefill_s = time.perf_counter() - t0
+    tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+    ttft_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(n_gen):
+        llm.eval([tok])
+        tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+    decode_s = time.perf_counter() - t0
+    return {
+        "impl": "llama.cpp", "n_prompt": len(ids), "n_gen": n_gen, "load_s": load_s,
+        "prefill_tok_s": len(ids) / prefill_s, "decode_tok_s": n_gen / decode_s,
+        "ttft_s": ttft_s, "peak_rss_mb": _peak_rss_mb(),
+    }
+
+
+ROWS = [("load_s", "load (s)", "{:.2f}"), ("prefill_tok_s", "prefill (tok/s)", "{:.1f}"),
+        ("decode_tok_s", "decode (tok/s)", "{:.1f}"), ("ttft_s", "time to first token (s)", "{:.2f}"),
+        ("peak_rss_mb", "peak RSS (MB)", "{:.0f}"), ("decode_gb_s", "decode weight reads (GB/s)", "{:.1f}")]
+
+
+def format_table(ours: dict, ref: dict | None, threads: int) -> str:
+    head = f"| measure ({threads} threads, {ours['n_prompt']}-token prompt, {ours['n_gen']} new) | chatfile |"
+    lines = [head + (" llama.cpp | ratio |" if ref else ""), "|---|---|" + ("---|---|" if ref else "")]
+    for key, label, fmt in ROWS:
+        if key not in ours:
+            continue
+        row = f"| {label} | {fmt.format(ours[key])} |"
+        if ref:
+            if key in ref:
+                ratio = ours[key] / ref[key] if ref[key] else float("nan")
+                row += f" {fmt.format(ref[key])} | {ratio:.2f}× |"
+            else:
+                row += " – | – |"
+        lines.append(row)
+    return "\n".join(lines)
+
+
+def run_bench(args) -> int:
+    threads = args.threads or os.cpu_count() or 1
+    ref = None
+    if args.against_llama_cpp:
+        # First, in a child, so its memory is not counted in ours.
+        cmd = [sys.executable, "-m", "runtime.bench", "--llama-cpp-child", args.model,
+               str(args.prompt_tokens), str(args.gen_tokens), str(threads)]
+        r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if r.returncode != 0:
+            print("llama.cpp comparison failed (is the optional extra installed? "
+                  "pip install 'chatfile[bench]'):\n" + r.stderr[-1500:], file=sys.stderr)
+            return 1
+        ref = json.loads(r.stdout.strip().splitlines()[-1])
+    if getattr(args, "gguf_offset", 0) and args.against_llama_cpp:
+        print("note: llama.cpp cannot read a GGUF inside a bundle", file=sys.stderr)
+    ours = bench_chatfile(args.model, args.prompt_tokens, args.gen_tokens, args.mode,
+                          getattr(args, "gguf_offset", 0), getattr(args, "gguf_size", None))
+    print(format_table(ours, ref, threads))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"threads": threads, "chatfile": ours, "llama.cpp": ref}, indent=2))
+    if args.plot:
+        plot_prefill_curve(args, threads, args.plot)
+    return 0
+
+
+def plot_prefill_curve(args, threads: int, out: str) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("--plot needs matplotlib (pip install 'chatfile[bench]')", file=sys.stderr)
+        return
+    lengths = [32, 64, 128, 256, 512]
+    ours = [bench_chatfile(args.model, n, 1, args.mode)["prefill_tok_s"] for n in lengths]
+    plt.figure(figsize=(6, 4))
+    plt.plot(lengths, ours, marker="o", label="chatfile")
+    if args.against_llama_cpp:
+        ref = []
+        for n in lengths:
+            r = subprocess.run([sys.executable, "-m", "runtime.bench", "--llama-cpp-child", args.model,
+                                str(n), "1", str(threads)], stdout=subprocess.PIPE, text=True)
+            ref.append(json.loads(r.stdout.strip().splitlines()[-1])["prefill_tok_s"])
+        plt.plot(lengths, ref, marker="s", label="llama.cpp")
+    plt.xlabel("prompt length (tokens)")
+    plt.ylabel("prefill tok/s")
+    plt.legend()
+    plt.title(f"{os.path.basename(args.model)}, {threads} threads")
+    plt.savefig(out)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 6 and sys.argv[1] == "--llama-cpp-child":
+        from runtime.cli import set_threads
+        set_threads(int(sys.argv[5]))
+        res = bench_llama_cpp(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
+        print(json.dumps(res))
+    else:
+        print("usage: chatfile bench MODEL", file=sys.stderr)
+        sys.exit(2)

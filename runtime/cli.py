@@ -1,0 +1,127 @@
+"""The runtime's commands: run (server + page), chat (terminal), info, bench.
+
+`chatfile` (bundler/cli.py) hands these subcommands here, and a bundle's entry point
+(runtime/__main__.py) calls `main()` with the model's place inside its own file through
+the hidden flags --gguf-offset/--gguf-size.
+
+NumPy is imported only after the arguments are parsed, because the BLAS thread count
+(--threads) must be in the environment before NumPy loads its BLAS.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="path of a GGUF model file")
+    # The GGUF inside a bigger file (a bundle); not for people.
+    p.add_argument("--gguf-offset", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--gguf-size", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads for matrix products (default: all cores)")
+
+
+def _add_session_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ctx", type=int, default=4096, metavar="N", help="context size in tokens")
+    p.add_argument("--chat-template", metavar="FILE", help="a Jinja chat template to use instead of the model's")
+    p.add_argument("--system", metavar="TEXT", help="default system prompt")
+    p.add_argument("--temp", type=float, default=None, metavar="T",
+                   help="default sampling temperature (requests may override it)")
+    p.add_argument("--mode", choices=("auto", "f32", "quant"), default="auto",
+                   help="weights resident as float32, or kept quantized (auto: by free RAM)")
+    p.add_argument("--title", default=None, help=argparse.SUPPRESS)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="chatfile", description="Chat with a GGUF model, offline.")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("run", help="start the chat server and open the chat page")
+    _add_model_args(p)
+    _add_session_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080; the next free one if busy)")
+    p.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    p.add_argument("--api-key", metavar="KEY", help="require 'Authorization: Bearer KEY' on the API")
+    p.add_argument("--cors", action="store_true", help="allow cross-origin requests")
+
+    p = sub.add_parser("chat", help="chat in the terminal (or answer piped stdin and exit)")
+    _add_model_args(p)
+    _add_session_args(p)
+    p.add_argument("--max-tokens", type=int, default=1024, metavar="N")
+
+    p = sub.add_parser("info", help="describe a GGUF model")
+    _add_model_args(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("bench", help="measure load, prefill and decode speed")
+    _add_model_args(p)
+    p.add_argument("--prompt-tokens", type=int, default=512)
+    p.add_argument("--gen-tokens", type=int, default=128)
+    p.add_argument("--mode", choices=("auto", "f32", "quant"), default="auto")
+    p.add_argument("--against-llama-cpp", action="store_true",
+                   help="also run llama.cpp (pip install 'chatfile[bench]') on the same file")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--plot", metavar="FILE", help="plot tok/s against prompt length (needs matplotlib)")
+    return ap
+
+
+def set_threads(n: int | None) -> None:
+    """Set the BLAS thread count. Only effective before NumPy is first imported."""
+    if n is None:
+        return
+    if n <= 0:
+        raise SystemExit("error: --threads must be positive")
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(n)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    set_threads(args.threads)
+    try:
+        return _dispatch(args)
+    except KeyboardInterrupt:
+        print("\nstopped", file=sys.stderr)
+        return 130
+    except (OSError, ValueError) as e:  # GGUFError, TemplateError, ... are ValueErrors
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+def _dispatch(args) -> int:
+    if args.command == "info":
+        from runtime.info import print_info
+        return print_info(args.model, offset=args.gguf_offset, size=args.gguf_size, as_json=args.json)
+    if args.command == "bench":
+        from runtime.bench import run_bench
+        return run_bench(args)
+    template = None
+    if args.chat_template:
+        from runtime.chat_template import load_template_file
+        template = load_template_file(args.chat_template)
+    if args.command == "run":
+        from runtime.server import serve
+        serve(args.model, gguf_offset=args.gguf_offset, gguf_size=args.gguf_size,
+              host=args.host, port=args.port, api_key=args.api_key, n_ctx=args.ctx,
+              threads=args.threads, chat_template=template, system=args.system,
+              title=args.title, cors=args.cors, open_browser=not args.no_browser,
+              temperature=args.temp, mode=args.mode)
+        return 0
+    if args.command == "chat":
+        from runtime.model import Model
+        from runtime.sampling import SamplingParams
+        from runtime.terminal import chat
+        model = Model.load(args.model, offset=args.gguf_offset, size=args.gguf_size,
+                           mode=args.mode, chat_template=template)
+        params = SamplingParams(temperature=0.0 if args.temp is None else args.temp)
+        return chat(model, n_ctx=args.ctx, system=args.system, params=params,
+                    max_tokens=args.max_tokens) or 0
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

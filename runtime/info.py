@@ -1,0 +1,60 @@
+"""`chatfile info`: what is in a GGUF, read from its header alone (no weights loaded)."""
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+
+from runtime import archs, gguf
+
+
+def describe(path, offset: int = 0, size: int | None = None) -> dict:
+    g = gguf.read(path, offset=offset, size=size, vocab_only=True)
+    md = g.metadata
+    arch = md.get("general.architecture", "unknown")
+    n_params = sum(t.n_elements for t in g.tensors.values())
+    types = Counter()
+    type_bytes = Counter()
+    for t in g.tensors.values():
+        types[t.type_name] += 1
+        type_bytes[t.type_name] += t.n_bytes
+    return {
+        "name": md.get("general.name") or os.path.basename(os.fspath(path)),
+        "arch": arch,
+        "arch_supported": arch in archs.ARCHS,
+        "parameters": n_params,
+        "tensors": len(g.tensors),
+        "tensor_types": {k: {"tensors": types[k], "bytes": type_bytes[k]} for k in sorted(types)},
+        "context_length": md.get(f"{arch}.context_length"),
+        "vocab_type": md.get("tokenizer.ggml.model"),
+        "vocab_size": len(md.get("tokenizer.ggml.tokens", [])),
+        "chat_template": "tokenizer.chat_template" in md,
+        "gguf_bytes": g.size,
+        "gguf_version": g.version,
+    }
+
+
+def _human_count(n: int) -> str:
+    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= div:
+            return f"{n / div:.2f}{unit}"
+    return str(n)
+
+
+def print_info(path, offset: int = 0, size: int | None = None, as_json: bool = False) -> int:
+    d = describe(path, offset, size)
+    if as_json:
+        print(json.dumps(d, indent=2))
+        return 0
+    print(f"name:           {d['name']}")
+    support = "" if d["arch_supported"] else f"  (not supported; supported: {', '.join(archs.supported())})"
+    print(f"architecture:   {d['arch']}{support}")
+    print(f"parameters:     {_human_count(d['parameters'])} ({d['parameters']:,})")
+    print(f"context length: {d['context_length']}")
+    print(f"vocabulary:     {d['vocab_type']}, {d['vocab_size']:,} tokens")
+    print(f"chat template:  {'yes' if d['chat_template'] else 'no (a built-in one will be used)'}")
+    print(f"file:           {d['gguf_bytes']:,} bytes, GGUF v{d['gguf_version']}")
+    print("tensor types:")
+    for name, v in d["tensor_types"].items():
+        print(f"  {name:8s} {v['tensors']:5d} tensors {v['bytes'] / 1e6:10.1f} MB")
+    return 0

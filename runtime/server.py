@@ -1,0 +1,1124 @@
+"""The HTTP server: OpenAI- and llama-server-compatible API, plus the offline chat page.
+
+Bottle on the standard library's wsgiref with one thread per connection: nothing outside
+the stdlib and Bottle, so it runs unchanged inside a PyInstaller executable. The socket
+is bound at once and the model loads in a background thread, so the page can show load
+progress from /health. All inference goes through the one `Engine` worker; /health and
+the static files never touch it, so they answer while a reply is being generated.
+
+Every error, from a bad JSON body to an unknown route, is answered as JSON in OpenAI's
+shape {"error": {"message", "type", "code"}}; never an HTML page, never a traceback.
+"""
+from __future__ import annotations
+
+import hmac
+import io
+import json
+import math
+import os
+import socketserver
+import sys
+import threading
+import time
+import uuid
+import webbrowser
+from dataclasses import dataclass, field
+from pathlib import Path
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+
+import bottle
+
+from runtime.engine import (ContextOverflowError, Engine, EngineBusy, Request, chat_prompt_ids,
+                            tokenize_prompt)
+
+WEB_DIR = Path(__file__).resolve().parent / "web"
+PORT_TRIES = 20            # a busy port: try the next ones
+DRAIN_LIMIT_BYTES = 64 << 20   # read (and drop) at most this much of a refused body
+SOCKET_TIMEOUT_S = 120     # a client that stalls mid-request is dropped after this
+MAX_STOP_STRINGS = 16
+MAX_N_PROBS = 100
+INT32_MAX = 2**31 - 1
+ROLES = ("system", "developer", "user", "assistant", "tool")
+
+# Paths of the API: a wrong method on them is 405, anything else unknown is 404.
+API_POST = ("/v1/chat/completions", "/v1/completions", "/completion", "/completions",
+            "/tokenize", "/detokenize", "/apply-template", "/infill", "/chat/completions")
+API_GET = ("/v1/models", "/models", "/props", "/health", "/v1/health", "/slots")
+
+_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
+                403: "permission_error", 404: "not_found_error", 405: "invalid_request_error",
+                413: "invalid_request_error", 500: "server_error", 503: "unavailable_error"}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, type_: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type_ or _ERROR_TYPES.get(status, "invalid_request_error")
+
+
+def error_body(status: int, message: str, type_: str | None = None) -> dict:
+    return {"error": {"message": message,
+                      "type": type_ or _ERROR_TYPES.get(status, "invalid_request_error"),
+                      "code": status}}
+
+
+def _json_bytes(obj) -> bytes:
+    return json.dumps(obj, ensure_ascii=False).encode("utf-8")
+
+
+# ---- the server's state ------------------------------------------------------------------
+
+@dataclass
+class State:
+    model_path: str
+    n_ctx: int
+    api_key: str | None = None
+    system: str | None = None
+    title: str | None = None
+    cors: bool = False
+    max_body_bytes: int = 1 << 20
+    temperature: float | None = None   # the default for requests that don't say
+    model: object = None
+    engine: Engine | None = None
+    progress: float = 0.0
+    error: str | None = None
+    model_id: str = ""
+    created: int = field(default_factory=lambda: int(time.time()))
+
+
+# ---- request body: size limit, chunked encoding, JSON -------------------------------------
+
+def _drain(inp, n_bytes: int) -> None:
+    """Read and drop a refused body, so that closing the socket doesn't reset the
+    connection before the client has read our 413."""
+    left = min(n_bytes, DRAIN_LIMIT_BYTES)
+    try:
+        while left > 0:
+            chunk = inp.read(min(left, 1 << 16))
+            if not chunk:
+                return
+            left -= len(chunk)
+    except OSError:
+        pass
+
+
+def _read_chunked(inp, max_bytes: int) -> bytes:
+    out = bytearray()
+    total = 0          # bytes announced so far; past max_bytes we only drain
+    while True:
+        line = inp.readline(1024)
+        if not line.endswith(b"\n"):
+            raise ApiError(400, "malformed chunked request body")
+        try:
+            size = int(line.split(b";", 1)[0].strip(), 16)
+        except ValueError:
+            raise ApiError(400, "malformed chunked request body") from None
+        if size < 0:
+            raise ApiError(400, "malformed chunked request body")
+        if size == 0:
+            while inp.readline(1024) not in (b"\r\n", b"\n", b""):
+                pass  # trailers: ignored
+            if total > max_bytes:
+                raise ApiError(413, f"the request body is larger than {max_bytes} bytes")
+            return bytes(out)
+        total += size
+        if total > max_bytes:
+            # Too big: read the rest and drop it (up to a bound), so the client can
+            # finish sending and then read our 413 instead of a connection reset.
+            if total > DRAIN_LIMIT_BYTES:
+                raise ApiError(413, f"the request body is larger than {max_bytes} bytes")
+            _drain(inp, size)
+            out.clear()
+        else:
+            data = inp.read(size)
+            if len(data) != size:
+                raise ApiError(400, "the chunked request body ended early")
+            out += data
+        inp.readline(16)  # the CRLF after each chunk
+
+
+def read_body(environ, max_bytes: int) -> bytes:
+    inp = environ["wsgi.input"]
+    if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+        return _read_chunked(inp, max_bytes)
+    cl = (environ.get("CONTENT_LENGTH") or "").strip()
+    if not cl:
+        return b""
+    if not cl.isdigit():
+        raise ApiError(400, "invalid Content-Length header")
+    n = int(cl)
+    if n > max_bytes:
+        _drain(inp, n)
+        raise ApiError(413, f"the request body is {n} bytes, more than the limit of {max_bytes}")
+    data = inp.read(n) if n else b""
+    if len(data) != n:
+        raise ApiError(400, "the request body is shorter than its Content-Length")
+    return data
+
+
+def _no_constants(name):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json(raw: bytes) -> dict:
+    if not raw.strip():
+        raise ApiError(400, "the request body is empty; send a JSON object")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ApiError(400, f"the request body is not valid UTF-8 (byte {e.start})") from None
+    try:
+        obj = json.loads(text, parse_constant=_no_constants)
+    except RecursionError:
+        raise ApiError(400, "the JSON body is nested too deeply") from None
+    except ValueError as e:
+        raise ApiError(400, f"the request body is not valid JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    try:  # "\ud800" parses into a lone surrogate, which no tokenizer can encode
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(400, "the request contains an invalid \\u escape (a lone surrogate)") from None
+    except RecursionError:
+        raise ApiError(400, "the JSON body is nested too deeply") from None
+    return obj
+
+
+# ---- field validation ---------------------------------------------------------------------
+
+_MISSING = object()
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+
+
+def get_int(body, key, default, lo=None, hi=None):
+    v = body.get(key, _MISSING)
+    if v is _MISSING or v is None:
+        return default
+    if isinstance(v, float) and v.is_integer() and abs(v) < 2**53:
+        v = int(v)
+    if not _is_int(v):
+        raise ApiError(400, f"'{key}' must be an integer")
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        raise ApiError(400, f"'{key}' must be between {lo} and {hi}, got {v}")
+    return v
+
+
+def get_num(body, key, default, lo=None, hi=None):
+    v = body.get(key, _MISSING)
+    if v is _MISSING or v is None:
+        return default
+    if not _is_num(v):
+        raise ApiError(400, f"'{key}' must be a number")
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        raise ApiError(400, f"'{key}' must be between {lo} and {hi}, got {v}")
+    return float(v)
+
+
+def get_bool(body, key, default):
+    v = body.get(key, _MISSING)
+    if v is _MISSING or v is None:
+        return default
+    if not isinstance(v, bool):
+        raise ApiError(400, f"'{key}' must be true or false")
+    return v
+
+
+def get_str(body, key, default=_MISSING):
+    v = body.get(key, _MISSING)
+    if v is _MISSING or v is None:
+        if default is _MISSING:
+            raise ApiError(400, f"'{key}' is required")
+        return default
+    if not isinstance(v, str):
+        raise ApiError(400, f"'{key}' must be a string")
+    return v
+
+
+def get_stop(body) -> list:
+    v = body.get("stop")
+    if v is None:
+        return []
+    if isinstance(v, str):
+        v = [v]
+    if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
+        raise ApiError(400, "'stop' must be a string or a list of strings")
+    if len(v) > MAX_STOP_STRINGS:
+        raise ApiError(400, f"at most {MAX_STOP_STRINGS} stop strings are supported")
+    return [s for s in v if s]
+
+
+def get_max_tokens(body, keys, n_ctx, allow_unlimited=False):
+    """max_tokens / n_predict: capped at the context size. -1 (llama) = until done."""
+    for key in keys:
+        if body.get(key) is not None:
+            lo = -1 if allow_unlimited else 0
+            v = get_int(body, key, None, lo=lo, hi=INT32_MAX)
+            return -1 if v < 0 else min(v, n_ctx)
+    return -1
+
+
+def sampling_params(body, *, openai: bool, default_temp: float | None = None):
+    from runtime.sampling import SamplingParams
+    d = SamplingParams()
+    if default_temp is not None:
+        d.temperature = default_temp
+    seed = get_int(body, "seed", None, lo=-(2**63), hi=2**64 - 1)
+    if seed is not None and (seed == -1 or seed < 0) and not openai:
+        seed = None  # llama-server: -1 = random
+    elif seed is not None:
+        seed = seed % 2**64  # numpy wants a non-negative seed
+    return SamplingParams(
+        temperature=get_num(body, "temperature", d.temperature, *((0, 2) if openai else (None, None))),
+        top_k=get_int(body, "top_k", d.top_k, lo=-1, hi=INT32_MAX),
+        top_p=get_num(body, "top_p", d.top_p, 0, 1),
+        min_p=get_num(body, "min_p", d.min_p, 0, 1),
+        repeat_penalty=get_num(body, "repeat_penalty", d.repeat_penalty, 0, 1e4),
+        repeat_last_n=get_int(body, "repeat_last_n", d.repeat_last_n, lo=-1, hi=INT32_MAX),
+        presence_penalty=get_num(body, "presence_penalty", d.presence_penalty, -2, 2),
+        frequency_penalty=get_num(body, "frequency_penalty", d.frequency_penalty, -2, 2),
+        seed=seed,
+    )
+
+
+def check_n(body):
+    if get_int(body, "n", 1) != 1:
+        raise ApiError(400, "only n=1 is supported")
+    if get_int(body, "best_of", 1) != 1:
+        raise ApiError(400, "only best_of=1 is supported")
+    v = body.get("model")
+    if v is not None and not isinstance(v, str):
+        raise ApiError(400, "'model' must be a string")
+
+
+def _content_text(content, where: str) -> str:
+    if isinstance(content, str):
+        return content
+    if content is None:
+        return ""
+    if isinstance(content, list):
+        parts = []
+        for p in content:
+            if not isinstance(p, dict):
+                raise ApiError(400, f"{where}: each content part must be an object")
+            if p.get("type") != "text":
+                raise ApiError(400, f"{where}: only text content parts are supported, "
+                                    f"got type {str(p.get('type'))[:40]!r}")
+            if not isinstance(p.get("text"), str):
+                raise ApiError(400, f"{where}: a text part needs a 'text' string")
+            parts.append(p["text"])
+        return "\n".join(parts)
+    raise ApiError(400, f"{where}: 'content' must be a string or a list of text parts")
+
+
+def get_messages(body, system: str | None) -> list:
+    msgs = body.get("messages", _MISSING)
+    if msgs is _MISSING or msgs is None:
+        raise ApiError(400, "'messages' is required")
+    if not isinstance(msgs, list) or not msgs:
+        raise ApiError(400, "'messages' must be a non-empty list")
+    out = []
+    for i, m in enumerate(msgs):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise ApiError(400, f"{where} must be an object")
+        role = m.get("role")
+        if not isinstance(role, str):
+            raise ApiError(400, f"{where}: 'role' is required and must be a string")
+        if role not in ROLES:
+            raise ApiError(400, f"{where}: unknown role {role[:40]!r}; use one of {', '.join(ROLES)}")
+        if "content" not in m and role != "assistant":
+            raise ApiError(400, f"{where}: 'content' is required")
+        msg = dict(m)
+        msg["content"] = _content_text(m.get("content"), where)
+        if "name" in msg and not isinstance(msg["name"], str):
+            raise ApiError(400, f"{where}: 'name' must be a string")
+        out.append(msg)
+    if system and not any(m["role"] in ("system", "developer") for m in out):
+        out.insert(0, {"role": "system", "content": system})
+    return out
+
+
+# ---- model helpers ---------------------------------------------------------------------
+
+def get_tools(body) -> list | None:
+    tools = body.get("tools")
+    if tools is None:
+        return None
+    if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+        raise ApiError(400, "'tools' must be a list of objects")
+    return tools or None
+
+
+def chat_ids(model, messages, tools=None) -> tuple[str, list]:
+    from runtime.chat_template import TemplateError
+    try:
+        return chat_prompt_ids(model, messages, tools)
+    except TemplateError as e:
+        raise ApiError(400, f"the chat template refused these messages: {e}") from None
+
+
+def prompt_ids(model, prompt, key="prompt") -> list:
+    """llama-server's prompt: a string, token ids, or a list mixing both."""
+    if isinstance(prompt, str):
+        return tokenize_prompt(model, prompt)
+    if isinstance(prompt, list) and prompt:
+        if len(prompt) == 1 and isinstance(prompt[0], list):
+            prompt = prompt[0]  # [[ids]]: one prompt given as a batch of one
+        ids = []
+        for i, p in enumerate(prompt):
+            if _is_int(p):
+                if not 0 <= p < model.n_vocab:
+                    raise ApiError(400, f"'{key}': token id {p} is out of range "
+                                        f"[0, {model.n_vocab})")
+                ids.append(p)
+            elif isinstance(p, str):
+                ids += tokenize_prompt(model, p, add_special=(i == 0))
+            else:
+                raise ApiError(400, f"'{key}' must be a string, or a list of token ids and strings")
+        return ids
+    raise ApiError(400, f"'{key}' must be a non-empty string or list of token ids")
+
+
+def template_in_effect(model) -> str:
+    """The model's template, or the built-in fallback that chat_prompt uses without one."""
+    if model.chat_template:
+        return model.chat_template
+    try:
+        from runtime.chat_template import fallback_template
+        specials = {model.tokenizer.token_text(i) for i in range(model.tokenizer.n_vocab)
+                    if model.tokenizer.is_control(i)}
+        return fallback_template(model.arch, specials)
+    except Exception:  # noqa: BLE001 - informational only
+        return ""
+
+
+def piece(model, tok: int) -> tuple[str, list]:
+    b = model.tokenizer.token_to_piece(tok)
+    if isinstance(b, str):
+        b = b.encode("utf-8")
+    return b.decode("utf-8", "replace"), list(b)
+
+
+def _logprob(p: float) -> float:
+    return math.log(p) if p > 0 else -1e30
+
+
+# ---- the app --------------------------------------------------------------------------
+
+class _App(bottle.Bottle):
+    def default_error_handler(self, res):
+        # Bottle's own errors (404 route, 405 method, 500 catch-all) as JSON.
+        status = res.status_code
+        msg = {404: f"not found: {bottle.request.path}",
+               405: f"method {bottle.request.method} is not allowed on {bottle.request.path}",
+               500: "internal server error"}.get(status, str(res.body or res.status_line))
+        bottle.response.content_type = "application/json"
+        return _json_bytes(error_body(status, msg))
+
+
+def build_app(st: State) -> bottle.Bottle:
+    app = _App()
+    app.config["catchall"] = True
+
+    def fail(status, message, type_=None, headers=None):
+        r = bottle.HTTPResponse(_json_bytes(error_body(status, message, type_)), status=status,
+                                headers=headers or {})
+        r.content_type = "application/json"
+        return r
+
+    def ok(obj, status=200):
+        bottle.response.content_type = "application/json"
+        bottle.response.status = status
+        return _json_bytes(obj)
+
+    def check_auth():
+        if not st.api_key:
+            return
+        got = bottle.request.get_header("Authorization", "")
+        token = got[7:].strip() if got[:7].lower() == "bearer " else ""
+        token = token or bottle.request.get_header("X-Api-Key", "")
+        if not hmac.compare_digest(token.encode("utf-8", "replace"), st.api_key.encode("utf-8")):
+            raise ApiError(401, "invalid or missing API key: send 'Authorization: Bearer KEY'")
+
+    def need_model():
+        if st.error:
+            raise ApiError(503, f"the model failed to load: {st.error}")
+        if st.engine is None:
+            raise ApiError(503, f"the model is still loading ({st.progress:.0%})")
+        return st.model
+
+    def api(fn):
+        """Auth, loading state, JSON body; ApiError and friends -> an error response."""
+        def wrapper(*a, **kw):
+            try:
+                check_auth()
+                model = need_model()
+                body = {}
+                if bottle.request.method == "POST":
+                    body = parse_json(bottle.request.environ.get("chatfile.body", b""))
+                return fn(model, body, *a, **kw)
+            except ApiError as e:
+                return fail(e.status, e.message, e.type)
+            except ContextOverflowError as e:
+                return fail(400, str(e), "invalid_request_error")
+            except EngineBusy as e:
+                return fail(503, str(e), "unavailable_error")
+        wrapper.__name__ = fn.__name__
+        return wrapper
+
+    def submit(req: Request) -> Request:
+        try:
+            return st.engine.submit(req)
+        except (ContextOverflowError, EngineBusy):
+            raise
+        except ValueError as e:
+            raise ApiError(400, str(e)) from None
+
+    def collect(req: Request):
+        """Wait for a whole reply: (text, token events, final event)."""
+        text, toks = [], []
+        for ev in req.iter_events():
+            if ev.kind == "token":
+                text.append(ev.text)
+                if ev.token is not None:
+                    toks.append(ev)
+            elif ev.kind == "error":
+                raise _worker_error(ev.error)
+            else:
+                return "".join(text), toks, ev
+        raise ApiError(500, "the inference worker stopped unexpectedly")
+
+    def _worker_error(e):
+        if isinstance(e, ContextOverflowError):
+            return ApiError(400, str(e))
+        return ApiError(500, f"inference failed: {type(e).__name__}: {e}")
+
+    def sse(gen_fn, req: Request):
+        """Stream Server-Sent Events; a client that goes away cancels the request."""
+        bottle.response.content_type = "text/event-stream"
+        bottle.response.set_header("Cache-Control", "no-cache")
+        bottle.response.set_header("X-Accel-Buffering", "no")
+
+        def stream():
+            try:
+                for obj in gen_fn(req):
+                    yield obj if isinstance(obj, bytes) else b"data: " + _json_bytes(obj) + b"\n\n"
+            except ApiError as e:
+                yield b"data: " + _json_bytes(error_body(e.status, e.message, e.type)) + b"\n\n"
+            except (OSError, GeneratorExit):
+                raise
+            except Exception as e:  # noqa: BLE001 - headers are sent: report in-band
+                msg = f"internal error: {type(e).__name__}: {e}"
+                yield b"data: " + _json_bytes(error_body(500, msg)) + b"\n\n"
+            finally:
+                req.cancel.set()   # normal end: harmless; disconnect: stops the worker
+        return stream()
+
+    # -- OpenAI: chat completions ----------------------------------------------------
+    def oai_logprobs(model, ev, n):
+        tok_s, tok_b = piece(model, ev.token)
+        tops = []
+        for tid, p in (ev.probs or [])[:n]:
+            s, b = piece(model, tid)
+            tops.append({"token": s, "logprob": _logprob(p), "bytes": b})
+        return {"token": tok_s, "logprob": _logprob(ev.prob or 0.0), "bytes": tok_b,
+                "top_logprobs": tops}
+
+    @app.post("/v1/chat/completions")
+    @app.post("/chat/completions")
+    @api
+    def chat_completions(model, body):
+        check_n(body)
+        messages = get_messages(body, st.system)
+        stream = get_bool(body, "stream", False)
+        want_lp = get_bool(body, "logprobs", False)
+        top_lp = get_int(body, "top_logprobs", 0, lo=0, hi=20)
+        opts = body.get("stream_options")
+        if opts is not None and not isinstance(opts, dict):
+            raise ApiError(400, "'stream_options' must be an object")
+        include_usage = get_bool(opts or {}, "include_usage", False)
+        req = Request(
+            prompt_ids=chat_ids(model, messages, get_tools(body))[1],
+            params=sampling_params(body, openai=True, default_temp=st.temperature),
+            max_tokens=get_max_tokens(body, ("max_completion_tokens", "max_tokens"), st.n_ctx),
+            stop=get_stop(body), n_probs=max(top_lp, 1) if want_lp else 0,
+            cache_prompt=get_bool(body, "cache_prompt", True))
+        cid, created = "chatcmpl-" + uuid.uuid4().hex[:24], int(time.time())
+        base = {"id": cid, "created": created, "model": st.model_id, "system_fingerprint": "chatfile"}
+        submit(req)
+
+        def usage(final):
+            return {"prompt_tokens": final.prompt_tokens, "completion_tokens": final.completion_tokens,
+                    "total_tokens": final.prompt_tokens + final.completion_tokens}
+
+        if not stream:
+            text, toks, final = collect(req)
+            choice = {"index": 0, "message": {"role": "assistant", "content": text},
+                      "logprobs": None, "finish_reason": final.finish_reason}
+            if want_lp:
+                choice["logprobs"] = {"content": [oai_logprobs(model, e, top_lp) for e in toks]}
+            return ok({**base, "object": "chat.completion", "choices": [choice],
+                       "usage": usage(final), "timings": final.timings.as_dict()})
+
+        def chunks(req):
+            head = {**base, "object": "chat.completion.chunk"}
+            yield {**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                        "logprobs": None, "finish_reason": None}]}
+            for ev in req.iter_events():
+                if ev.kind == "token":
+                    if not ev.text and not (want_lp and ev.token is not None):
+                        continue
+                    lp = ({"content": [oai_logprobs(model, ev, top_lp)]}
+                          if want_lp and ev.token is not None else None)
+                    yield {**head, "choices": [{"index": 0, "delta": {"content": ev.text},
+                                                "logprobs": lp, "finish_reason": None}]}
+                elif ev.kind == "error":
+                    raise _worker_error(ev.error)
+                else:
+                    last = {**head, "choices": [{"index": 0, "delta": {}, "logprobs": None,
+                                                 "finish_reason": ev.finish_reason}]}
+                    if ev.timings is not None:
+                        last["timings"] = ev.timings.as_dict()
+                    yield last
+                    if include_usage:
+                        yield {**head, "choices": [], "usage": usage(ev)}
+                    yield b"data: [DONE]\n\n"
+        return sse(chunks, req)
+
+    # -- OpenAI: completions -----------------------------------------------------------
+    @app.post("/v1/completions")
+    @api
+    def completions(model, body):
+        check_n(body)
+        if "prompt" not in body:
+            raise ApiError(400, "'prompt' is required")
+        prompt = body["prompt"]
+        if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+            if len(prompt) != 1:
+                raise ApiError(400, "only one prompt per request is supported")
+            prompt = prompt[0]
+        if get_bool(body, "echo", False):
+            raise ApiError(400, "'echo' is not supported")
+        if body.get("suffix") is not None and not isinstance(body.get("suffix"), str):
+            raise ApiError(400, "'suffix' must be a string")
+        n_lp = get_int(body, "logprobs", 0, lo=0, hi=5)
+        stream = get_bool(body, "stream", False)
+        opts = body.get("stream_options")
+        if opts is not None and not isinstance(opts, dict):
+            raise ApiError(400, "'stream_options' must be an object")
+        include_usage = get_bool(opts or {}, "include_usage", False)
+        req = Request(prompt_ids=prompt_ids(model, prompt),
+                      params=sampling_params(body, openai=True, default_temp=st.temperature),
+                      max_tokens=get_max_tokens(body, ("max_tokens",), st.n_ctx),
+                      stop=get_stop(body), n_probs=n_lp,
+                      cache_prompt=get_bool(body, "cache_prompt", True))
+        if body.get("max_tokens") is None:
+            req.max_tokens = min(16, st.n_ctx)  # OpenAI's documented default for completions
+        base = {"id": "cmpl-" + uuid.uuid4().hex[:24], "object": "text_completion",
+                "created": int(time.time()), "model": st.model_id, "system_fingerprint": "chatfile"}
+        submit(req)
+
+        def logprobs_of(toks):
+            if not n_lp:
+                return None
+            out = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+            off = 0
+            for ev in toks:
+                s = piece(model, ev.token)[0]
+                out["tokens"].append(s)
+                out["token_logprobs"].append(_logprob(ev.prob or 0.0))
+                out["top_logprobs"].append({piece(model, t)[0]: _logprob(p) for t, p in ev.probs or []})
+                out["text_offset"].append(off)
+                off += len(s)
+            return out
+
+        def usage(final):
+            return {"prompt_tokens": final.prompt_tokens, "completion_tokens": final.completion_tokens,
+                    "total_tokens": final.prompt_tokens + final.completion_tokens}
+
+        if not stream:
+            text, toks, final = collect(req)
+            return ok({**base, "choices": [{"index": 0, "text": text, "logprobs": logprobs_of(toks),
+                                            "finish_reason": final.finish_reason}],
+                       "usage": usage(final), "timings": final.timings.as_dict()})
+
+        def chunks(req):
+            for ev in req.iter_events():
+                if ev.kind == "token":
+                    if ev.text or (n_lp and ev.token is not None):
+                        lp = logprobs_of([ev]) if ev.token is not None else None
+                        yield {**base, "choices": [{"index": 0, "text": ev.text, "logprobs": lp,
+                                                    "finish_reason": None}]}
+                elif ev.kind == "error":
+                    raise _worker_error(ev.error)
+                else:
+                    yield {**base, "choices": [{"index": 0, "text": "", "logprobs": None,
+                                                "finish_reason": ev.finish_reason}]}
+                    if include_usage:
+                        yield {**base, "choices": [], "usage": usage(ev)}
+                    yield b"data: [DONE]\n\n"
+        return sse(chunks, req)
+
+    @app.get("/v1/models")
+    @app.get("/models")
+    @api
+    def models(model, body):
+        return ok({"object": "list", "data": [{
+            "id": st.model_id, "object": "model", "created": st.created, "owned_by": "chatfile",
+            "meta": {"n_vocab": model.n_vocab, "n_ctx_train": model.n_ctx_train,
+                     "n_ctx": st.n_ctx, "arch": model.arch}}]})
+
+    # -- llama-server: /completion and /infill ----------------------------------------
+    def llama_request(model, body, ids) -> tuple[Request, bool]:
+        n_probs = get_int(body, "n_probs", 0, lo=0, hi=MAX_N_PROBS)
+        req = Request(prompt_ids=ids, params=sampling_params(body, openai=False, default_temp=st.temperature),
+                      max_tokens=get_max_tokens(body, ("n_predict", "max_tokens"), st.n_ctx,
+                                                allow_unlimited=True),
+                      stop=get_stop(body), n_probs=n_probs,
+                      cache_prompt=get_bool(body, "cache_prompt", True))
+        return req, get_bool(body, "stream", False)
+
+    def completion_probs(model, ev, n):
+        s, b = piece(model, ev.token)
+        tops = []
+        for tid, p in (ev.probs or [])[:n]:
+            ts, tb = piece(model, tid)
+            tops.append({"id": tid, "token": ts, "bytes": tb, "logprob": _logprob(p)})
+        return {"id": ev.token, "token": s, "bytes": b, "logprob": _logprob(ev.prob or 0.0),
+                "top_logprobs": tops}
+
+    def final_fields(req, final):
+        return {"model": st.model_id, "tokens_predicted": final.completion_tokens,
+                "tokens_evaluated": final.prompt_tokens,
+                "tokens_cached": final.timings.cached_n + final.timings.prompt_n + final.completion_tokens,
+                "stop": True, "stop_type": ("eos" if final.stopped_eos else "word" if final.stopped_word
+                                            else "limit" if final.stopped_limit else "none"),
+                "stopped_eos": final.stopped_eos, "stopped_word": final.stopped_word,
+                "stopped_limit": final.stopped_limit, "stopping_word": final.stopping_word,
+                "truncated": False, "id_slot": 0, "timings": final.timings.as_dict()}
+
+    def llama_reply(model, req, stream):
+        submit(req)
+        if not stream:
+            text, toks, final = collect(req)
+            out = {"content": text, "tokens": [e.token for e in toks], **final_fields(req, final)}
+            if req.n_probs:
+                out["completion_probabilities"] = [completion_probs(model, e, req.n_probs) for e in toks]
+            return ok(out)
+
+        def chunks(req):
+            for ev in req.iter_events():
+                if ev.kind == "token":
+                    if not ev.text and ev.token is None:
+                        continue
+                    c = {"content": ev.text, "tokens": [] if ev.token is None else [ev.token],
+                         "stop": False, "id_slot": 0}
+                    if req.n_probs and ev.token is not None:
+                        c["completion_probabilities"] = [completion_probs(model, ev, req.n_probs)]
+                    yield c
+                elif ev.kind == "error":
+                    raise _worker_error(ev.error)
+                else:
+                    yield {"content": "", "tokens": [], **final_fields(req, ev)}
+        return sse(chunks, req)
+
+    @app.post("/completion")
+    @app.post("/completions")
+    @api
+    def completion(model, body):
+        if "prompt" not in body:
+            raise ApiError(400, "'prompt' is required")
+        req, stream = llama_request(model, body, prompt_ids(model, body["prompt"]))
+        return llama_reply(model, req, stream)
+
+    @app.post("/infill")
+    @api
+    def infill(model, body):
+        prefix = get_str(body, "input_prefix", "")
+        suffix = get_str(body, "input_suffix", "")
+        extra = body.get("input_extra")
+        if extra is not None and not isinstance(extra, list):
+            raise ApiError(400, "'input_extra' must be a list")
+        prompt = get_str(body, "prompt", "")
+        try:
+            ids = list(model.fim_prompt(prefix, suffix))
+        except ValueError as e:
+            raise ApiError(400, f"this model cannot fill in the middle: {e}") from None
+        if prompt:
+            ids += model.tokenize(prompt, add_special=False, parse_special=False)
+        req, stream = llama_request(model, body, ids)
+        return llama_reply(model, req, stream)
+
+    # -- llama-server: tokens and templates --------------------------------------------
+    @app.post("/tokenize")
+    @api
+    def tokenize(model, body):
+        content = get_str(body, "content")
+        add_special = get_bool(body, "add_special", False)
+        parse_special = get_bool(body, "parse_special", True)
+        with_pieces = get_bool(body, "with_pieces", False)
+        ids = model.tokenize(content, add_special=add_special, parse_special=parse_special)
+        if not with_pieces:
+            return ok({"tokens": ids})
+        toks = []
+        for t in ids:
+            b = model.tokenizer.token_to_piece(t)
+            b = b.encode("utf-8") if isinstance(b, str) else b
+            try:
+                p = b.decode("utf-8")
+            except UnicodeDecodeError:
+                p = list(b)
+            toks.append({"id": t, "piece": p})
+        return ok({"tokens": toks})
+
+    @app.post("/detokenize")
+    @api
+    def detokenize(model, body):
+        toks = body.get("tokens", _MISSING)
+        if toks is _MISSING:
+            raise ApiError(400, "'tokens' is required")
+        if not isinstance(toks, list) or not all(_is_int(t) for t in toks):
+            raise ApiError(400, "'tokens' must be a list of integer token ids")
+        bad = [t for t in toks if not 0 <= t < model.n_vocab]
+        if bad:
+            raise ApiError(400, f"token id {bad[0]} is out of range [0, {model.n_vocab})")
+        return ok({"content": model.detokenize(toks)})
+
+    @app.post("/apply-template")
+    @api
+    def apply_template(model, body):
+        text, _ = chat_ids(model, get_messages(body, st.system), get_tools(body))
+        return ok({"prompt": text})
+
+    @app.get("/props")
+    @api
+    def props(model, body):
+        from runtime.sampling import SamplingParams
+        d = SamplingParams()
+        if st.temperature is not None:
+            d.temperature = st.temperature
+        return ok({
+            "model_name": st.model_id, "model_path": st.model_path, "n_ctx": st.n_ctx,
+            "chat_template": template_in_effect(model), "total_slots": 1,
+            "title": st.title or st.model_id, "system_prompt": st.system or "",
+            "default_generation_settings": {
+                "n_ctx": st.n_ctx, "model": st.model_id,
+                "params": {"temperature": d.temperature, "top_k": d.top_k, "top_p": d.top_p,
+                           "min_p": d.min_p, "repeat_penalty": d.repeat_penalty,
+                           "repeat_last_n": d.repeat_last_n, "n_predict": -1}},
+            "build_info": "chatfile"})
+
+    @app.get("/slots")
+    @api
+    def slots(model, body):
+        """llama-server's slot view: is the one worker busy, how full is its cache."""
+        eng = st.engine
+        return ok([{"id": 0, "n_ctx": st.n_ctx, "is_processing": eng.busy.is_set(),
+                    "n_past": len(eng.session.tokens), "queued": eng.queued()}])
+
+    # -- health, the page, and everything else ----------------------------------------
+    @app.get("/health")
+    @app.get("/v1/health")
+    def health():
+        if st.error:
+            return _health(503, {"status": "error", "message": st.error,
+                                 **error_body(503, f"the model failed to load: {st.error}")})
+        if st.engine is None:
+            return _health(503, {"status": "loading", "progress": round(st.progress, 4),
+                                 **error_body(503, "loading model")})
+        return _health(200, {"status": "ok"})
+
+    def _health(status, obj):
+        r = bottle.HTTPResponse(_json_bytes(obj), status=status)
+        r.content_type = "application/json"
+        r.set_header("Cache-Control", "no-store")
+        return r
+
+    def static(rel: str):
+        root = WEB_DIR.resolve()
+        parts = rel.replace("\\", "/").split("/")
+        if "\x00" in rel or any(p in ("..", ".") for p in parts) or rel.startswith("/"):
+            return fail(404, f"not found: /{rel}")
+        path = (root / rel).resolve()
+        try:
+            path.relative_to(root)
+        except ValueError:
+            return fail(404, f"not found: /{rel}")
+        if not path.is_file():
+            if rel == "index.html":
+                return fail(404, "the chat page is not installed in this build")
+            return fail(404, f"not found: /{rel}")
+        r = bottle.static_file(str(path.relative_to(root)), root=str(root))
+        if isinstance(r, bottle.HTTPError):
+            return fail(r.status_code, f"cannot read /{rel}")
+        r.set_header("Cache-Control", "no-cache")
+        return r
+
+    @app.get("/")
+    def index():
+        return static("index.html")
+
+    @app.get("/<rel:path>")
+    def static_or_404(rel):
+        if "/" + rel in API_POST:
+            return fail(405, f"use POST for /{rel}", headers={"Allow": "POST"})
+        return static(rel)
+
+    @app.route("/<rel:path>", method=["POST", "PUT", "DELETE", "PATCH", "OPTIONS"])
+    @app.route("/", method=["POST", "PUT", "DELETE", "PATCH", "OPTIONS"])
+    def other_methods(rel=""):
+        path = "/" + rel
+        if bottle.request.method == "OPTIONS" and st.cors:
+            return bottle.HTTPResponse(status=204)
+        if path in API_POST:
+            return fail(405, f"method {bottle.request.method} is not allowed on {path}",
+                        headers={"Allow": "POST"})
+        if path in API_GET or path == "/" or (WEB_DIR / rel).is_file():
+            return fail(405, f"method {bottle.request.method} is not allowed on {path}",
+                        headers={"Allow": "GET, HEAD"})
+        return fail(404, f"not found: {path}")
+
+    return app
+
+
+# ---- WSGI glue: body limit, CORS, last-resort error catching ----------------------------
+
+def wrap_app(app, st: State):
+    cors_headers = [("Access-Control-Allow-Origin", "*"),
+                    ("Access-Control-Allow-Headers", "Authorization, Content-Type, X-Api-Key"),
+                    ("Access-Control-Allow-Methods", "GET, POST, OPTIONS")]
+
+    def respond(start_response, status, obj):
+        data = _json_bytes(obj)
+        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
+        if st.cors:
+            headers += cors_headers
+        start_response(f"{status} {_reason(status)}", headers)
+        return [data]
+
+    def wsgi(environ, start_response):
+        try:
+            body = read_body(environ, st.max_body_bytes)
+        except ApiError as e:
+            return respond(start_response, e.status, error_body(e.status, e.message, e.type))
+        except (OSError, ValueError):
+            return respond(start_response, 400, error_body(400, "could not read the request body"))
+        environ["chatfile.body"] = body
+        environ["wsgi.input"] = io.BytesIO(body)
+        environ["CONTENT_LENGTH"] = str(len(body))
+
+        def start(status, headers, exc_info=None):
+            if st.cors:
+                headers = list(headers) + cors_headers
+            return start_response(status, headers, exc_info)
+        try:
+            return app(environ, start)
+        except Exception:  # noqa: BLE001 - Bottle already catches; this is the last net
+            return respond(start_response, 500, error_body(500, "internal server error"))
+    return wsgi
+
+
+def _reason(status: int) -> str:
+    from http import HTTPStatus
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+class _Handler(WSGIRequestHandler):
+    timeout = SOCKET_TIMEOUT_S
+    # Errors raised before the app runs (bad request line, huge headers) also as JSON.
+    error_content_type = "application/json"
+    error_message_format = ('{"error": {"message": "%(message)s", "type": "invalid_request_error", '
+                            '"code": %(code)d}}')
+
+    def log_message(self, format, *args):  # noqa: A002 - quiet: the console is the user's
+        pass
+
+    def parse_request(self):
+        # curl sends "Expect: 100-continue" for bodies over 1 KiB and then waits a second
+        # for a go-ahead that wsgiref never gives; give it.
+        ok = super().parse_request()
+        if (ok and self.request_version >= "HTTP/1.1"
+                and self.headers.get("Expect", "").lower() == "100-continue"):
+            self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        return ok
+
+
+class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+    # SO_REUSEADDR on Windows would let two servers share a port; only use it elsewhere.
+    allow_reuse_address = os.name != "nt"
+
+    def server_bind(self):
+        # HTTPServer.server_bind calls socket.getfqdn, which can stall on DNS for seconds.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
+        self.setup_environ()
+
+
+def bind(host: str, port: int) -> tuple[_ThreadingServer, int]:
+    """Bind host:port, or the next free port up to PORT_TRIES above it. port 0: any."""
+    last = None
+    tries = 1 if port == 0 else PORT_TRIES + 1
+    for p in range(port, port + tries):
+        try:
+            srv = _ThreadingServer((host, p), _Handler)
+        except OSError as e:
+            last = e
+            continue
+        return srv, srv.server_address[1]
+    raise OSError(f"cannot listen on {host} ports {port}..{port + tries - 1}: {last}")
+
+
+def _display_host(host: str) -> str:
+    if host in ("0.0.0.0", "::", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+def _load(st: State, path, offset, size, chat_template, n_ctx, mode, log):
+    try:
+        from runtime.model import Model
+        tmpl = None
+        if chat_template and ("{{" in chat_template or "{%" in chat_template):
+            tmpl = chat_template    # the template's text (runtime.cli reads the file)
+        elif chat_template:
+            try:
+                tmpl = Path(chat_template).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as e:
+                raise ValueError(f"cannot read the chat template file {chat_template}: {e}") from None
+
+        def progress(frac):
+            st.progress = max(0.0, min(1.0, float(frac)))
+        kw = {"size": size, "progress": progress, "mode": mode}
+        if tmpl is not None:
+            kw["chat_template"] = tmpl
+        model = Model.load(path, offset, **kw)
+        n = n_ctx
+        if model.n_ctx_train and n > model.n_ctx_train:
+            log(f"chatfile: the model was trained with a context of {model.n_ctx_train} tokens; "
+                f"using that instead of {n}")
+            n = model.n_ctx_train
+        st.n_ctx = n
+        st.model = model
+        st.model_id = str(getattr(model, "name", "") or Path(str(path)).stem)
+        st.engine = Engine(model, n)
+        st.progress = 1.0
+        log(f"chatfile: model {st.model_id} loaded ({model.arch}, context {n} tokens)")
+    except Exception as e:  # noqa: BLE001 - any load failure is reported, not raised
+        st.error = f"{type(e).__name__}: {e}" if not str(e) else str(e)
+        log(f"chatfile: error: the model failed to load: {st.error}")
+
+
+class Server:
+    """A bound server; `serve()` is the usual entry, tests may drive this directly."""
+
+    def __init__(self, model_path, *, gguf_offset=0, gguf_size=None, host="127.0.0.1",
+                 port=8080, api_key=None, n_ctx=4096, threads=None, chat_template=None,
+                 system=None, title=None, cors=False, max_body_bytes=1 << 20, temperature=None,
+                 mode="auto", log=None):
+        self.log = log or (lambda msg: print(msg, flush=True))
+        self.state = State(model_path=os.fspath(model_path), n_ctx=int(n_ctx), api_key=api_key or None,
+                           system=system or None, title=title, cors=cors,
+                           max_body_bytes=int(max_body_bytes), temperature=temperature)
+        self.state.model_id = Path(os.fspath(model_path)).stem
+        self.httpd, self.port = bind(host, port)
+        if port and self.port != port:
+            self.log(f"chatfile: port {port} is busy; using {self.port} instead")
+        self.url = f"http://{_display_host(host)}:{self.port}/"
+        self.httpd.set_app(wrap_app(build_app(self.state), self.state))
+        self._loader = threading.Thread(
+            target=_load, name="chatfile-load", daemon=True,
+            args=(self.state, model_path, gguf_offset, gguf_size, chat_template, int(n_ctx),
+                  mode, self.log))
+
+    def start_loading(self):
+        self._loader.start()
+
+    def serve_forever(self):
+        self.httpd.serve_forever(poll_interval=0.2)
+
+    def shutdown(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def serve(model_path, *, gguf_offset=0, gguf_size=None, host="127.0.0.1", port=8080,
+          api_key=None, n_ctx=4096, threads=None, chat_template=None, system=None, title=None,
+          cors=False, open_browser=True, max_body_bytes=1 << 20, ready=None, temperature=None,
+          mode="auto") -> int:
+    """Serve until Ctrl+C. `ready(url)` is called once the socket is listening.
+
+    chat_template: a template file's path, or the template's text. threads: the BLAS
+    thread count must be set before NumPy loads, which runtime.cli does; kept here for
+    callers that pass it. temperature: the default for requests that don't set one."""
+    try:
+        srv = Server(model_path, gguf_offset=gguf_offset, gguf_size=gguf_size, host=host,
+                     port=port, api_key=api_key, n_ctx=n_ctx, threads=threads,
+                     chat_template=chat_template, system=system, title=title, cors=cors,
+                     max_body_bytes=max_body_bytes, temperature=temperature, mode=mode)
+    except OSError as e:
+        print(f"chatfile: error: {e}", file=sys.stderr, flush=True)
+        return 1
+    srv.start_loading()
+    print(f"chatfile: listening on {srv.url}", flush=True)
+    if api_key:
+        print("chatfile: API requests need 'Authorization: Bearer <key>'", flush=True)
+    print("chatfile: close this window (or press Ctrl+C) to stop.", flush=True)
+    if ready is not None:
+        ready(srv.url)
+    if open_browser:
+        threading.Thread(target=_open_browser, args=(srv.url,), daemon=True).start()
+    try:
+        srv.serve_forever()
+    except KeyboardInterrupt:
+        print("chatfile: stopped.", flush=True)
+    finally:
+        srv.httpd.server_close()
+    return 0
+
+
+def _open_browser(url):
+    try:
+        webbrowser.open(url)
+    except Exception:  # noqa: BLE001 - no browser is fine: the URL is printed
+        pass
+
+
+def main(argv=None) -> int:
+    """`python3 -m runtime.server MODEL [options]`: the server alone, without runtime.cli."""
+    import argparse
+    ap = argparse.ArgumentParser(prog="python3 -m runtime.server")
+    ap.add_argument("model")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8080)
+    ap.add_argument("--api-key")
+    ap.add_argument("--ctx", type=int, default=4096)
+    ap.add_argument("--temp", type=float)
+    ap.add_argument("--system")
+    ap.add_argument("--title")
+    ap.add_argument("--chat-template")
+    ap.add_argument("--cors", action="store_true")
+    ap.add_argument("--no-browser", action="store_true")
+    ap.add_argument("--gguf-offset", type=int, default=0)
+    ap.add_argument("--gguf-size", type=int)
+    a = ap.parse_args(argv)
+    return serve(a.model, gguf_offset=a.gguf_offset, gguf_size=a.gguf_size, host=a.host,
+                 port=a.port, api_key=a.api_key, n_ctx=a.ctx, chat_template=a.chat_template,
+                 system=a.system, title=a.title, cors=a.cors, open_browser=not a.no_browser,
+                 temperature=a.temp)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

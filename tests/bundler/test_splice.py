@@ -1,0 +1,238 @@
+"""Splicing a tiny GGUF into fake stubs: layout, ELF patching, atomicity and refusals."""
+import os
+import shutil
+import stat
+import struct
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from bundler import splice as splice_mod
+from bundler.splice import PYI_COOKIE_FORMAT, PYI_COOKIE_MAGIC, splice
+from runtime import gguf
+from runtime.embedded import GGUF_ALIGN_BYTES, BundleError, extract, read_trailer, verify
+
+MODEL = Path(__file__).resolve().parents[1] / "fixtures" / "models" / "tiny-llama-q8_0.gguf"
+
+
+def fake_pyinstaller_package(body=b"fake PKG contents " * 50) -> bytes:
+    """Bytes shaped like a PyInstaller CArchive: data, then the cookie with its total length."""
+    total = len(body) + struct.calcsize(PYI_COOKIE_FORMAT)
+    return body + struct.pack(PYI_COOKIE_FORMAT, PYI_COOKIE_MAGIC, total, 0, 0, 311,
+                              b"libpython3.11.so")
+
+
+@pytest.fixture
+def elf_stub(tmp_path):
+    """A copy of /bin/true with the fake package in a `pydata` section, as PyInstaller does."""
+    true = shutil.which("true")
+    objcopy = shutil.which("objcopy")
+    if not sys.platform.startswith("linux") or not true or not objcopy:
+        pytest.skip("needs Linux with /bin/true and objcopy (binutils) to make an ELF stub")
+    pkg = tmp_path / "pkg"
+    pkg.write_bytes(fake_pyinstaller_package())
+    stub = tmp_path / "stub"
+    shutil.copyfile(os.path.realpath(true), stub)
+    subprocess.run([objcopy, "--add-section", f"pydata={pkg}", str(stub)], check=True)
+    os.chmod(stub, 0o755)
+    return stub
+
+
+def elf64_sections(data: bytes):
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
+    secs = []
+    for i in range(shnum):
+        name, typ, _flags, _addr, off, size = struct.unpack_from("<IIQQQQ", data, shoff + i * shentsize)
+        secs.append((name, typ, off, size))
+    strtab_off, strtab_size = secs[shstrndx][2], secs[shstrndx][3]
+    strtab = data[strtab_off:strtab_off + strtab_size]
+    return shoff, {strtab[n:strtab.index(b"\0", n)].decode(): (typ, off, size)
+                   for n, typ, off, size in secs}
+
+
+def test_elf_layout(elf_stub, tmp_path):
+    out = tmp_path / "bundle"
+    r = splice(elf_stub, MODEL, out, args=["--ctx", "256"], title="Tiny")
+    data, stub = out.read_bytes(), elf_stub.read_bytes()
+    model = MODEL.read_bytes()
+    t = read_trailer(out)
+    # the GGUF is page aligned, in place, and described by the trailer
+    assert t.gguf_offset % GGUF_ALIGN_BYTES == 0 and t.gguf_offset == r.gguf_offset
+    assert (t.gguf_size, t.args, t.title, t.format) == (len(model), ("--ctx", "256"), "Tiny", "exe")
+    assert data[t.gguf_offset:t.gguf_offset + t.gguf_size] == model
+    assert len(data) == r.bundle_bytes
+    # e_shoff and every section offset after the cut moved by exactly the inserted block
+    old_shoff, old = elf64_sections(stub)
+    new_shoff, new = elf64_sections(data)
+    inserted = new["pydata"][1] - old["pydata"][1]
+    assert inserted == t.gguf_offset - old["pydata"][1] + t.gguf_size
+    assert new_shoff == old_shoff + inserted
+    for name, (typ, off, size) in old.items():
+        moved = off + inserted if off >= old["pydata"][1] else off
+        assert new[name] == (typ, moved, size), name
+    pyd_off, pyd_size = new["pydata"][1], new["pydata"][2]
+    assert data[pyd_off:pyd_off + pyd_size] == fake_pyinstaller_package()
+    # the cookie is still near the end, so a backward scan finds it quickly
+    assert len(data) - data.rfind(PYI_COOKIE_MAGIC) < 4096
+    # the patched executable still runs (the kernel ignores what we inserted)
+    assert subprocess.run([str(out)]).returncode == 0
+    assert os.stat(out).st_mode & stat.S_IXUSR
+
+
+def test_gguf_reads_in_place_and_extracts_identically(elf_stub, tmp_path):
+    out = tmp_path / "bundle"
+    splice(elf_stub, MODEL, out)
+    t = read_trailer(out)
+    inside = gguf.read(out, offset=t.gguf_offset, size=t.gguf_size)
+    alone = gguf.read(MODEL)
+    assert inside.metadata == alone.metadata
+    assert inside.tensors.keys() == alone.tensors.keys()
+    name = next(iter(alone.tensors))
+    assert bytes(inside.raw(name)) == bytes(alone.raw(name))
+    assert verify(out, t)
+    x = tmp_path / "x.gguf"
+    extract(out, t, x)
+    assert x.read_bytes() == MODEL.read_bytes()
+
+
+def test_existing_output_needs_force(elf_stub, tmp_path):
+    out = tmp_path / "bundle"
+    out.write_bytes(b"precious")
+    with pytest.raises(BundleError, match="--force"):
+        splice(elf_stub, MODEL, out)
+    assert out.read_bytes() == b"precious"
+    splice(elf_stub, MODEL, out, force=True)
+    assert read_trailer(out) is not None
+
+
+def test_failure_mid_copy_leaves_nothing(elf_stub, tmp_path):
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    calls = []
+
+    def boom(done, total):
+        calls.append(done)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the user pressing Ctrl+C mid-copy
+
+    with pytest.raises(KeyboardInterrupt):
+        splice(elf_stub, MODEL, out_dir / "bundle", progress=boom, chunk_bytes=4096)
+    assert calls and calls[-1] < MODEL.stat().st_size  # it really stopped mid-copy
+    assert list(out_dir.iterdir()) == []
+
+
+def test_disk_space_is_checked(elf_stub, tmp_path, monkeypatch):
+    monkeypatch.setattr(splice_mod.shutil, "disk_usage",
+                        lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(BundleError, match="not enough free disk space"):
+        splice(elf_stub, MODEL, tmp_path / "bundle")
+    assert not (tmp_path / "bundle").exists()
+
+
+def fake_pe_stub(path):
+    """A minimal PE header (no sections) followed by a fake PyInstaller package overlay."""
+    hdr = bytearray(0x200)
+    hdr[:2] = b"MZ"
+    struct.pack_into("<I", hdr, 0x3C, 0x80)
+    hdr[0x80:0x84] = b"PE\0\0"
+    struct.pack_into("<H", hdr, 0x80 + 24, 0x20B)  # PE32+ optional header, no certificate
+    path.write_bytes(bytes(hdr) + fake_pyinstaller_package())
+
+
+def test_windows_exe_over_4gib_is_refused(tmp_path, monkeypatch):
+    stub = tmp_path / "stub.exe"
+    fake_pe_stub(stub)
+    monkeypatch.setattr(splice_mod, "_check_gguf", lambda p: 5 * 1024**3)  # a "5 GiB model"
+    with pytest.raises(BundleError, match="4 GiB.*-m model.gguf"):
+        splice(stub, MODEL, tmp_path / "big.exe")
+    assert list(tmp_path.iterdir()) == [stub]
+
+
+def test_small_pe_is_spliced_as_overlay(tmp_path):
+    stub = tmp_path / "stub.exe"
+    fake_pe_stub(stub)
+    out = tmp_path / "b.exe"
+    splice(stub, MODEL, out)
+    data = out.read_bytes()
+    assert data[:0x200] == stub.read_bytes()[:0x200]  # headers untouched
+    t = read_trailer(out)
+    assert data[t.gguf_offset:t.gguf_offset + 4] == b"GGUF"
+    assert data[-len(fake_pyinstaller_package()) - t.trailer_bytes:-t.trailer_bytes] == \
+        fake_pyinstaller_package()
+
+
+def test_signed_pe_is_refused(tmp_path):
+    stub = tmp_path / "stub.exe"
+    fake_pe_stub(stub)
+    data = bytearray(stub.read_bytes())
+    struct.pack_into("<II", data, 0x80 + 24 + 112 + 32, 0x1000, 0x100)  # certificate table
+    stub.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="signed"):
+        splice(stub, MODEL, tmp_path / "b.exe")
+
+
+def test_refusals(tmp_path, elf_stub):
+    not_stub = tmp_path / "plain"
+    shutil.copyfile(shutil.which("true") or sys.executable, not_stub)
+    with pytest.raises(BundleError, match="not a PyInstaller"):
+        splice(not_stub, MODEL, tmp_path / "o1")
+    macho = tmp_path / "macho"
+    macho.write_bytes(b"\xcf\xfa\xed\xfe" + fake_pyinstaller_package())
+    with pytest.raises(BundleError, match="macOS"):
+        splice(macho, MODEL, tmp_path / "o2")
+    with pytest.raises(BundleError, match="not a GGUF"):
+        splice(elf_stub, elf_stub, tmp_path / "o3")
+    done = tmp_path / "done"
+    splice(elf_stub, MODEL, done)
+    with pytest.raises(BundleError, match="already carries a model"):
+        splice(done, MODEL, tmp_path / "o4")
+    with pytest.raises(BundleError, match="directory"):
+        splice(elf_stub, MODEL, tmp_path)
+    assert not any((tmp_path / n).exists() for n in ("o1", "o2", "o3", "o4"))
+
+
+@pytest.fixture
+def pyz_stub(tmp_path):
+    """A shebang + zip application, like shiv makes: its __main__ prints the trailer title."""
+    stub = tmp_path / "stub.pyz"
+    with open(stub, "wb") as f:
+        f.write(b"#!/usr/bin/env python3\n")
+        with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as z:
+            z.writestr("__main__.py", "import sys, helper\n"
+                       "from runtime.embedded import read_trailer\n"
+                       "print(helper.VALUE, read_trailer(sys.argv[0]).title)\n")
+            z.writestr("helper.py", "VALUE = 'zipimport-ok'\n")
+    return stub
+
+
+def test_pyz_layout_and_zip_still_valid(pyz_stub, tmp_path):
+    out = tmp_path / "b.pyz"
+    splice(pyz_stub, MODEL, out, fmt="pyz", title="Zippy")
+    data = out.read_bytes()
+    t = read_trailer(out)
+    assert data.startswith(b"#!/usr/bin/env python3\n")
+    assert t.gguf_offset % GGUF_ALIGN_BYTES == 0 and t.format == "pyz"
+    assert data[t.gguf_offset:t.gguf_offset + t.gguf_size] == MODEL.read_bytes()
+    with zipfile.ZipFile(out) as z:  # zipfile accounts for the prepended shebang + GGUF
+        assert z.testzip() is None
+        assert z.read("helper.py") == b"VALUE = 'zipimport-ok'\n"
+        assert z.comment == data[-t.trailer_bytes:]  # the trailer IS the zip comment
+    # zipimport finds the end record and the entries; the trailer reads back inside it
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=str(root))
+    proc = subprocess.run([sys.executable, str(out)], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["zipimport-ok", "Zippy"]
+
+
+def test_pyz_needs_a_zip_stub(tmp_path, elf_stub):
+    with pytest.raises(BundleError, match="not a .pyz stub"):
+        splice(elf_stub, MODEL, tmp_path / "o.pyz", fmt="pyz")
+    fake = tmp_path / "fake.pyz"
+    fake.write_bytes(b"#!/usr/bin/env python3\nprint('not a zip')\n")
+    with pytest.raises(BundleError, match="not a zip application"):
+        splice(fake, MODEL, tmp_path / "o.pyz", fmt="pyz")

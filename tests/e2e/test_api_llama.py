@@ -1,0 +1,362 @@
+"""llama-server's own API over raw HTTP: /completion, /tokenize, /detokenize,
+/apply-template, /infill, /props, /health, /slots, the prompt cache and cancellation.
+
+Expected texts come from our Model's greedy generation in this process; expected
+probabilities from a softmax of Model.logits. A few in-process tests at the end drive
+the WSGI app with a fake model, for the /infill path the tiny models cannot take.
+"""
+import io
+import json
+import math
+import socket
+import threading
+import time
+import urllib.parse
+
+import numpy as np
+import pytest
+
+from tests.e2e.conftest import TINY as TINY_PATH, http_request, post_json, sse_events
+
+
+def greedy(model, ids, n):
+    out = []
+    for t in model.generate(ids, n, temperature=0.0, n_ctx=model.n_ctx_train):
+        if t in model.eog_ids:
+            break
+        out.append(t)
+    return out
+
+
+def ids_of(model, text):
+    return model.tokenize(text, add_special=True, parse_special=True)
+
+
+PROMPT = "In a hole in the ground there lived"
+
+
+def test_completion_string_and_token_prompts(tiny_server, tiny_model):
+    ids = ids_of(tiny_model, PROMPT)
+    ref = greedy(tiny_model, ids, 12)
+    status, r = post_json(tiny_server.url + "/completion",
+                          {"prompt": PROMPT, "n_predict": 12, "temperature": 0})
+    assert status == 200
+    assert r["content"] == tiny_model.detokenize(ref)
+    assert r["tokens"] == ref
+    assert r["tokens_evaluated"] == len(ids)
+    assert r["tokens_predicted"] == len(ref) + r["stopped_eos"]
+    assert r["stop"] is True and r["stopped_limit"] == (len(ref) == 12)
+    t = r["timings"]
+    assert t["predicted_n"] == r["tokens_predicted"] and t["predicted_ms"] > 0
+    assert t["predicted_per_second"] == pytest.approx(1e3 * t["predicted_n"] / t["predicted_ms"], rel=0.01)
+    status, r2 = post_json(tiny_server.url + "/completion",
+                           {"prompt": ids, "n_predict": 12, "temperature": 0})
+    assert status == 200 and r2["content"] == r["content"]
+
+
+def test_completion_stream(tiny_server, tiny_model):
+    body = {"prompt": PROMPT, "n_predict": 8, "temperature": 0}
+    _, full = post_json(tiny_server.url + "/completion", body)
+    status, headers, data = http_request("POST", tiny_server.url + "/completion", {**body, "stream": True})
+    assert status == 200 and headers["content-type"].startswith("text/event-stream")
+    evs = sse_events(data)
+    assert all(not e["stop"] for e in evs[:-1]) and evs[-1]["stop"] is True
+    assert "".join(e["content"] for e in evs) == full["content"]
+    assert evs[-1]["tokens_predicted"] == full["tokens_predicted"]
+
+
+def test_n_probs_match_model_logits(tiny_server, tiny_model):
+    ids = ids_of(tiny_model, PROMPT)
+    status, r = post_json(tiny_server.url + "/completion",
+                          {"prompt": PROMPT, "n_predict": 3, "temperature": 0, "n_probs": 5,
+                           "cache_prompt": False})
+    assert status == 200
+    probs = r["completion_probabilities"]
+    assert len(probs) == len(r["tokens"]) and len(probs) >= 1
+    for p in probs:
+        lps = [t["logprob"] for t in p["top_logprobs"]]
+        assert len(lps) == 5 and lps == sorted(lps, reverse=True)
+        assert p["id"] == p["top_logprobs"][0]["id"]        # greedy takes the best
+        assert p["logprob"] == pytest.approx(lps[0])
+    # The first distribution is the softmax of the model's last-position logits.
+    logits = tiny_model.logits(ids)[-1].astype(np.float64)
+    ref = np.exp(logits - logits.max())
+    ref /= ref.sum()
+    top = np.argsort(-ref)[:5]
+    first = probs[0]["top_logprobs"]
+    assert [t["id"] for t in first][:2] == list(top[:2])
+    for t in first:
+        assert math.exp(t["logprob"]) == pytest.approx(ref[t["id"]], abs=1e-4)
+
+
+def test_stop_string_from_real_output(tiny_server, tiny_model):
+    body = {"prompt": PROMPT, "n_predict": 24, "temperature": 0}
+    _, r = post_json(tiny_server.url + "/completion", body)
+    text = r["content"]
+    # A stop string taken from the middle of the actual greedy output, so it must trigger.
+    stop = next((text[i:i + 3] for i in range(3, len(text) - 3)
+                 if text[i:i + 3].strip() and "\ufffd" not in text[i:i + 3]), None)
+    if stop is None:
+        pytest.skip(f"the greedy output has no usable 3-char substring: {text!r}")
+    cut = text.index(stop)
+    status, r2 = post_json(tiny_server.url + "/completion", {**body, "stop": [stop, "\x00never"]})
+    assert status == 200
+    assert r2["content"] == text[:cut]
+    assert r2["stopped_word"] is True and r2["stopping_word"] == stop
+    # streamed: no piece of the stop string may have been sent
+    _, _, data = http_request("POST", tiny_server.url + "/completion", {**body, "stop": stop, "stream": True})
+    evs = sse_events(data)
+    assert "".join(e["content"] for e in evs) == text[:cut]
+    assert evs[-1]["stopping_word"] == stop
+
+
+def test_tokenize_detokenize_round_trip(tiny_server, tiny_model):
+    # (no space before a character the 512-token vocab lacks: SPM's byte fallback then
+    # spells the space as U+2581, exactly as llama.cpp does)
+    text = "world, numbers 12345 and symbols!"
+    status, r = post_json(tiny_server.url + "/tokenize", {"content": text})
+    assert status == 200
+    assert r["tokens"] == tiny_model.tokenize(text, add_special=False, parse_special=True)
+    status, r2 = post_json(tiny_server.url + "/tokenize", {"content": text, "add_special": True,
+                                                          "with_pieces": True})
+    pieces = r2["tokens"]
+    assert pieces[0]["id"] == tiny_model.tokenizer.bos_id
+    assert [p["id"] for p in pieces[1:]] == r["tokens"]
+    assert all(isinstance(p["piece"], (str, list)) for p in pieces)
+    status, d = post_json(tiny_server.url + "/detokenize", {"tokens": r["tokens"]})
+    assert status == 200
+    assert d["content"].lstrip(" ") == text      # SPM may keep the space it prefixed
+
+
+def test_apply_template(tiny_server, tiny_model):
+    msgs = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi there"}]
+    status, r = post_json(tiny_server.url + "/apply-template", {"messages": msgs})
+    assert status == 200
+    assert r["prompt"] == tiny_model.chat_prompt(msgs, add_generation_prompt=True)
+    assert "Hi there" in r["prompt"] and "Be kind." in r["prompt"]
+
+
+def test_infill_without_fim_tokens_is_a_clear_400(tiny_server):
+    status, r = post_json(tiny_server.url + "/infill", {"input_prefix": "def f(", "input_suffix": "):"})
+    assert status == 400
+    assert "fill in the middle" in r["error"]["message"]
+
+
+def test_props_and_health(tiny_server, tiny_model):
+    status, _, data = http_request("GET", tiny_server.url + "/props")
+    p = json.loads(data)
+    assert status == 200
+    assert p["n_ctx"] == tiny_model.n_ctx_train == 256     # --ctx 4096 capped at training
+    assert p["total_slots"] == 1 and p["model_name"] == tiny_model.name
+    assert "<|im_start|>" in p["chat_template"]             # the ChatML fallback
+    assert p["default_generation_settings"]["n_ctx"] == 256
+    status, _, data = http_request("GET", tiny_server.url + "/health")
+    assert status == 200 and json.loads(data) == {"status": "ok"}
+
+
+def test_prompt_cache_prefills_only_new_tokens(tiny_server):
+    rng = np.random.default_rng(7)
+    base = [1] + [int(x) for x in rng.integers(3, 500, 180)]
+    url = tiny_server.url + "/completion"
+    _, r1 = post_json(url, {"prompt": base, "n_predict": 0, "cache_prompt": False})
+    extra = [int(x) for x in rng.integers(3, 500, 4)]
+    _, r2 = post_json(url, {"prompt": base + extra, "n_predict": 0})
+    t1, t2 = r1["timings"], r2["timings"]
+    assert t1["prompt_n"] == len(base) and t1["cache_n"] == 0
+    assert t2["cache_n"] == len(base) and t2["prompt_n"] == len(extra)
+    assert t2["prompt_ms"] < t1["prompt_ms"]
+    # cached or not, the continuation is the same
+    _, a = post_json(url, {"prompt": base + extra, "n_predict": 6, "temperature": 0})
+    _, b = post_json(url, {"prompt": base + extra, "n_predict": 6, "temperature": 0,
+                           "cache_prompt": False})
+    assert a["timings"]["cache_n"] > 0 and a["content"] == b["content"]
+
+
+def _slots(url):
+    status, _, data = http_request("GET", url + "/slots")
+    assert status == 200
+    return json.loads(data)[0]
+
+
+def test_cancel_on_disconnect_frees_the_worker(tiny_server):
+    url = tiny_server.url
+    prompt = [1, 50, 60, 70]
+    u = urllib.parse.urlsplit(url)
+    body = json.dumps({"prompt": prompt, "n_predict": 240, "temperature": 1.0, "seed": 3,
+                       "stream": True, "cache_prompt": False}).encode()
+    s = socket.create_connection((u.hostname, u.port), timeout=30)
+    s.sendall(b"POST /completion HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    got = b""
+    while got.count(b"data: ") < 3:         # headers, then two chunks
+        chunk = s.recv(4096)
+        assert chunk, "the server closed the stream early"
+        got += chunk
+    s.close()
+    t_close = time.monotonic()
+    deadline = t_close + 10
+    while _slots(url)["is_processing"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    slot = _slots(url)
+    assert not slot["is_processing"]
+    # it stopped within a few tokens of the disconnect, far from the 240 asked for
+    assert slot["n_past"] <= len(prompt) + 30, slot
+    t0 = time.monotonic()
+    status, r = post_json(url + "/completion", {"prompt": "Hi", "n_predict": 4, "temperature": 0})
+    assert status == 200 and r["tokens_predicted"] >= 1
+    assert time.monotonic() - t0 < 5
+
+
+def test_health_answers_while_generating(tiny_server):
+    url = tiny_server.url
+    result = {}
+
+    def long_request():
+        result["r"] = post_json(url + "/completion", {"prompt": [1, 9, 8, 7], "n_predict": 200,
+                                                      "temperature": 1.0, "seed": 1,
+                                                      "cache_prompt": False})
+    th = threading.Thread(target=long_request)
+    th.start()
+    seen_busy, worst_s = False, 0.0
+    while th.is_alive():
+        t0 = time.monotonic()
+        status, _, _ = http_request("GET", url + "/health", timeout=5)
+        worst_s = max(worst_s, time.monotonic() - t0)
+        assert status == 200
+        seen_busy = seen_busy or _slots(url)["is_processing"]
+        time.sleep(0.01)
+    th.join()
+    assert result["r"][0] == 200
+    assert seen_busy, "the generation finished before /health could be asked"
+    assert worst_s < 1.0
+
+
+# ---- in-process: the WSGI app with a fake model (the /infill success path) ----------------
+
+def _wsgi_call(app, method, path, body=None):
+    from wsgiref.util import setup_testing_defaults
+    raw = b"" if body is None else json.dumps(body).encode()
+    env = {"REQUEST_METHOD": method, "PATH_INFO": path, "wsgi.input": io.BytesIO(raw),
+           "CONTENT_LENGTH": str(len(raw)), "CONTENT_TYPE": "application/json"}
+    setup_testing_defaults(env)
+    out = {}
+
+    def start_response(status, headers, exc_info=None):
+        out["status"] = int(status.split()[0])
+    data = b"".join(app(env, start_response))
+    return out["status"], json.loads(data)
+
+
+def test_infill_builds_the_fim_prompt_in_process():
+    from runtime import server
+    from runtime.engine import Engine
+    from tests.runtime.test_engine import FakeModel
+
+    class FimModel(FakeModel):
+        name, arch, n_ctx_train, chat_template = "fake", "fake", 64, "x"
+        seen = None
+
+        def fim_prompt(self, prefix, suffix):
+            FimModel.seen = (prefix, suffix)
+            return [0, 1]              # 'a' 'b': greedy then walks c d e ...
+
+        def tokenize(self, text, add_special=True, parse_special=False):
+            return [ord(c) - 97 for c in text]
+
+    model = FimModel()
+    st = server.State(model_path="fake.gguf", n_ctx=64, model=model, model_id="fake")
+    st.engine = Engine(model, 64)
+    app = server.wrap_app(server.build_app(st), st)
+    status, r = _wsgi_call(app, "POST", "/infill", {"input_prefix": "P", "input_suffix": "S",
+                                                    "n_predict": 3, "temperature": 0})
+    assert status == 200, r
+    assert FimModel.seen == ("P", "S")
+    assert r["content"] == "cde" and r["tokens_evaluated"] == 2
+    # a prompt after the middle marker is appended: ... 'b' then 'x' -> y z
+    status, r = _wsgi_call(app, "POST", "/infill", {"input_prefix": "P", "input_suffix": "S",
+                                                    "prompt": "x", "temperature": 0})
+    assert r["content"] == "yz" and r["stopped_eos"] is True
+
+
+def _fake_state(**kw):
+    from runtime import server
+    st = server.State(model_path="fake.gguf", n_ctx=64, model_id="fake", **kw)
+    return st, server.wrap_app(server.build_app(st), st)
+
+
+def test_loading_state_in_process():
+    st, app = _fake_state()
+    st.progress = 0.42
+    status, r = _wsgi_call(app, "GET", "/health")
+    assert status == 503 and r["status"] == "loading" and r["progress"] == 0.42
+    status, r = _wsgi_call(app, "POST", "/completion", {"prompt": "x"})
+    assert status == 503 and r["error"]["type"] == "unavailable_error"
+    assert "loading" in r["error"]["message"]
+    st.error = "not a GGUF file"
+    status, r = _wsgi_call(app, "GET", "/health")
+    assert status == 503 and r["status"] == "error" and r["message"] == "not a GGUF file"
+    status, r = _wsgi_call(app, "GET", "/v1/models")
+    assert status == 503 and "not a GGUF file" in r["error"]["message"]
+
+
+def test_cors_only_when_enabled():
+    from wsgiref.util import setup_testing_defaults
+    for cors in (False, True):
+        st, app = _fake_state(cors=cors)
+        for method in ("GET", "OPTIONS"):
+            env = {"REQUEST_METHOD": method, "PATH_INFO": "/health" if method == "GET" else "/completion",
+                   "wsgi.input": io.BytesIO(b"")}
+            setup_testing_defaults(env)
+            seen = {}
+
+            def start_response(status, headers, exc_info=None):
+                seen["status"] = int(status.split()[0])
+                seen["headers"] = {k.lower(): v for k, v in headers}
+            b"".join(app(env, start_response))
+            assert ("access-control-allow-origin" in seen["headers"]) == cors
+            if method == "OPTIONS":
+                assert seen["status"] == (204 if cors else 405)
+
+
+def test_busy_port_moves_to_the_next_free_one():
+    from runtime import server
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        busy = s.getsockname()[1]
+        srv, port = server.bind("127.0.0.1", busy)
+        srv.server_close()
+    assert port != busy and busy < port <= busy + server.PORT_TRIES
+
+
+def test_unloadable_model_reports_the_error(tmp_path, server_factory):
+    bad = tmp_path / "not-a-model.gguf"
+    bad.write_bytes(b"this is not a GGUF file at all" * 10)
+    h = server_factory(bad, wait_healthy=False)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        status, _, data = http_request("GET", h.url + "/health")
+        r = json.loads(data)
+        if r.get("status") == "error":
+            break
+        time.sleep(0.05)
+    assert status == 503 and r["status"] == "error" and r["message"]
+    assert r["error"]["code"] == 503
+    status, r2 = post_json(h.url + "/completion", {"prompt": "x"})
+    assert status == 503 and r["message"] in r2["error"]["message"]
+    assert "failed to load" in h.output()
+    assert "Traceback" not in h.output()
+
+
+def test_default_system_prompt_and_title(server_factory, tiny_model):
+    h = server_factory(TINY_PATH, "--system", "You are a pirate.", "--title", "Pirate chat")
+    user = [{"role": "user", "content": "Hi"}]
+    _, r = post_json(h.url + "/apply-template", {"messages": user})
+    assert r["prompt"] == tiny_model.chat_prompt(
+        [{"role": "system", "content": "You are a pirate."}] + user)
+    own = [{"role": "system", "content": "Be formal."}] + user
+    _, r = post_json(h.url + "/apply-template", {"messages": own})
+    assert r["prompt"] == tiny_model.chat_prompt(own)       # the request's own system wins
+    _, _, data = http_request("GET", h.url + "/props")
+    p = json.loads(data)
+    assert p["title"] == "Pirate chat" and p["system_prompt"] == "You are a pirate."

@@ -1,0 +1,145 @@
+"""The OpenAI-compatible API, driven by the real `openai` client against the real server.
+
+Reference for every greedy reply: our own Model's greedy generation on the same prompt
+ids, in this process (Model itself is tested against llama.cpp elsewhere).
+"""
+import pytest
+
+from tests.e2e.conftest import post_json
+
+openai = pytest.importorskip("openai", reason="the openai client is not installed")
+
+
+@pytest.fixture(scope="module")
+def client(tiny_server):
+    return openai.OpenAI(base_url=tiny_server.url + "/v1", api_key="x", max_retries=0, timeout=60)
+
+
+def reference(model, ids, max_tokens):
+    """Greedy ids up to the first end-of-generation token (excluded), and their text."""
+    out = []
+    for t in model.generate(ids, max_tokens, temperature=0.0, n_ctx=model.n_ctx_train):
+        if t in model.eog_ids:
+            break
+        out.append(t)
+    return out, model.detokenize(out)
+
+
+def chat_ids(model, messages):
+    from runtime.engine import chat_prompt_ids
+    return chat_prompt_ids(model, messages)[1]
+
+
+MSGS = [{"role": "user", "content": "Tell me a story about a cat."}]
+
+
+def test_models_list(client, tiny_server, tiny_model):
+    models = client.models.list()
+    assert len(models.data) == 1
+    assert models.data[0].id == tiny_model.name
+
+
+def test_chat_completion_matches_model_greedy(client, tiny_model):
+    r = client.chat.completions.create(model="x", messages=MSGS, temperature=0, max_tokens=24)
+    ids = chat_ids(tiny_model, MSGS)
+    ref_ids, ref_text = reference(tiny_model, ids, 24)
+    c = r.choices[0]
+    assert r.object == "chat.completion" and r.id.startswith("chatcmpl-")
+    assert c.message.role == "assistant"
+    assert c.message.content == ref_text
+    assert r.usage.prompt_tokens == len(ids)
+    # completion_tokens counts the end token too when the model stopped on one
+    assert r.usage.completion_tokens == len(ref_ids) + (c.finish_reason == "stop")
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    assert c.finish_reason == ("length" if len(ref_ids) == 24 else "stop")
+
+
+def test_greedy_is_deterministic(client):
+    a = client.chat.completions.create(model="x", messages=MSGS, temperature=0, max_tokens=16)
+    b = client.chat.completions.create(model="x", messages=MSGS, temperature=0, max_tokens=16)
+    assert a.choices[0].message.content == b.choices[0].message.content
+    assert a.choices[0].message.content
+
+
+def test_seeded_sampling_is_reproducible(client):
+    kw = dict(model="x", messages=MSGS, temperature=1.0, max_tokens=16, seed=1234)
+    a = client.chat.completions.create(**kw).choices[0].message.content
+    b = client.chat.completions.create(**kw).choices[0].message.content
+    assert a == b
+
+
+def test_streaming_chat_equals_non_streaming(client, tiny_model):
+    msgs = [{"role": "system", "content": "You are terse."},
+            {"role": "user", "content": [{"type": "text", "text": "Name three colours."}]}]
+    full = client.chat.completions.create(model="x", messages=msgs, temperature=0, max_tokens=20)
+    chunks = list(client.chat.completions.create(model="x", messages=msgs, temperature=0,
+                                                 max_tokens=20, stream=True,
+                                                 stream_options={"include_usage": True}))
+    assert all(ch.object == "chat.completion.chunk" for ch in chunks)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    assert text == full.choices[0].message.content
+    finals = [ch for ch in chunks if ch.choices and ch.choices[0].finish_reason]
+    assert len(finals) == 1 and finals[0].choices[0].finish_reason == full.choices[0].finish_reason
+    assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens == full.usage.total_tokens
+    assert len({ch.id for ch in chunks}) == 1
+
+
+def test_max_tokens_gives_length(client, tiny_model):
+    ids = chat_ids(tiny_model, MSGS)
+    ref_ids, ref_text = reference(tiny_model, ids, 3)
+    assert len(ref_ids) == 3, "precondition: no end token in the first 3 greedy tokens"
+    r = client.chat.completions.create(model="x", messages=MSGS, temperature=0,
+                                       max_completion_tokens=3)
+    assert r.choices[0].finish_reason == "length"
+    assert r.usage.completion_tokens == 3
+    assert r.choices[0].message.content == ref_text
+
+
+def test_completions_match_model_greedy_and_tokenize(client, tiny_server, tiny_model):
+    prompt = "Once upon a time"
+    r = client.completions.create(model="x", prompt=prompt, max_tokens=12, temperature=0)
+    status, tok = post_json(tiny_server.url + "/tokenize", {"content": prompt, "add_special": True})
+    assert status == 200
+    ids = tok["tokens"]
+    assert r.usage.prompt_tokens == len(ids)
+    ref_ids, ref_text = reference(tiny_model, ids, 12)
+    assert r.choices[0].text == ref_text
+    assert r.object == "text_completion"
+    assert r.usage.completion_tokens == len(ref_ids) + (r.choices[0].finish_reason == "stop")
+
+
+def test_completions_stream_and_token_prompt(client, tiny_model):
+    prompt = "The quick brown fox"
+    full = client.completions.create(model="x", prompt=prompt, max_tokens=10, temperature=0)
+    parts = list(client.completions.create(model="x", prompt=prompt, max_tokens=10,
+                                           temperature=0, stream=True))
+    assert "".join(p.choices[0].text for p in parts if p.choices) == full.choices[0].text
+    ids = tiny_model.tokenize(prompt, add_special=True, parse_special=True)
+    by_ids = client.completions.create(model="x", prompt=ids, max_tokens=10, temperature=0)
+    assert by_ids.choices[0].text == full.choices[0].text
+
+
+def test_chat_logprobs(client, tiny_model):
+    r = client.chat.completions.create(model="x", messages=MSGS, temperature=0, max_tokens=4,
+                                       logprobs=True, top_logprobs=3)
+    content = r.choices[0].logprobs.content
+    assert len(content) == 4
+    for lp in content:
+        tops = [t.logprob for t in lp.top_logprobs]
+        assert len(tops) == 3 and tops == sorted(tops, reverse=True)
+        # greedy: the chosen token is the most likely one
+        assert lp.token == lp.top_logprobs[0].token and lp.logprob == pytest.approx(tops[0])
+    assert "".join(lp.token for lp in content) .strip() == r.choices[0].message.content.strip()
+
+
+def test_errors_come_back_as_openai_errors(client):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="x", messages=[{"role": "wizard", "content": "hi"}])
+    assert "role" in str(e.value)
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="x", messages=MSGS, n=2)
+    assert "n=1" in str(e.value)
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="x", messages=[{"role": "user", "content": "word " * 400}])
+    assert "context" in str(e.value)

@@ -1,0 +1,211 @@
+"""Real bundles: build an exe stub (PyInstaller) and a pyz stub (shiv) once per session,
+splice the tiny fixture model in, and drive each bundle as a user would.
+
+The greedy reply over HTTP must equal what the unbundled runtime (`python3 -m runtime.cli
+run`) gives for the same request on the same GGUF: the bundle changes packaging, never
+answers.
+"""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = ROOT / "tests" / "fixtures" / "models" / "tiny-llama-q8_0.gguf"
+REQUEST = {"messages": [{"role": "user", "content": "Say hello."}], "temperature": 0,
+           "max_tokens": 12, "seed": 1}
+START_TIMEOUT_S = 120
+
+pytestmark = pytest.mark.slow
+
+
+def _need(module, why):
+    try:
+        __import__(module)
+    except ImportError:
+        pytest.skip(f"{module} is not installed: {why}")
+
+
+def _need_runtime():
+    for mod in ("runtime.cli", "runtime.server"):
+        if not (ROOT / (mod.replace(".", "/") + ".py")).is_file():
+            pytest.skip(f"{mod} does not exist yet: bundles cannot serve")
+
+
+@pytest.fixture(scope="session")
+def stubs(tmp_path_factory):
+    """{"exe": path, "pyz": path}, each built once for the session (skipped if impossible)."""
+    from bundler.stub import build_stub
+    d = tmp_path_factory.mktemp("stubs")
+    out, times = {}, {}
+    for fmt, module in (("exe", "PyInstaller"), ("pyz", "shiv")):
+        try:
+            __import__(module)
+        except ImportError:
+            continue
+        path = d / f"stub-{fmt}"
+        times[fmt] = build_stub(fmt, path)
+        out[fmt] = path
+    print(f"\nstub build times (s): {times}")
+    return out
+
+
+@pytest.fixture(scope="session")
+def bundles(stubs, tmp_path_factory):
+    from bundler.splice import splice
+    d = tmp_path_factory.mktemp("bundles")
+    out = {}
+    for fmt, stub in stubs.items():
+        path = d / f"tiny.{fmt}"
+        splice(stub, MODEL, path, fmt=fmt, args=["--ctx", "256"], title="Tiny bundle")
+        out[fmt] = path
+    return out
+
+
+def _bundle(bundles, fmt):
+    if fmt not in bundles:
+        pytest.skip(f"no {fmt} stub: {'PyInstaller' if fmt == 'exe' else 'shiv'} is not installed")
+    return bundles[fmt]
+
+
+def _cmd(path):
+    return [str(path)] if str(path).endswith(".exe") or not str(path).endswith(".pyz") \
+        else [sys.executable, str(path)]
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(tmp_path):
+    # shiv extracts site-packages under SHIV_ROOT; keep it inside the test's directory.
+    return dict(os.environ, SHIV_ROOT=str(tmp_path / "shiv"), PYTHONUNBUFFERED="1")
+
+
+def _serve_and_ask(cmd, tmp_path, cwd=None):
+    """Start a server process, wait for /health 200, POST REQUEST; return (reply, startup_s)."""
+    port = _free_port()
+    log = open(tmp_path / f"server-{port}.log", "w+")
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([*cmd, "--no-browser", "--port", str(port)], stdout=log,
+                            stderr=subprocess.STDOUT, env=_env(tmp_path), cwd=cwd or ROOT)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        while True:
+            if proc.poll() is not None:
+                log.seek(0)
+                pytest.fail(f"server exited with {proc.returncode}:\n{log.read()[-3000:]}")
+            try:
+                with urllib.request.urlopen(base + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except (urllib.error.URLError, OSError):
+                pass
+            if time.perf_counter() - t0 > START_TIMEOUT_S:
+                pytest.fail(f"no /health 200 within {START_TIMEOUT_S} s")
+            time.sleep(0.1)
+        startup_s = time.perf_counter() - t0
+        req = urllib.request.Request(base + "/v1/chat/completions", json.dumps(REQUEST).encode(),
+                                     {"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=120) as r:
+            reply = json.load(r)["choices"][0]["message"]["content"]
+        return reply, startup_s
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def reference_reply(tmp_path_factory):
+    _need_runtime()
+    reply, _ = _serve_and_ask([sys.executable, "-m", "runtime.cli", "run", str(MODEL),
+                               "--ctx", "256"], tmp_path_factory.mktemp("ref"))
+    return reply
+
+
+@pytest.mark.parametrize("fmt", ["exe", "pyz"])
+def test_bundle_answers_like_the_runtime(bundles, fmt, reference_reply, tmp_path):
+    reply, startup_s = _serve_and_ask(_cmd(_bundle(bundles, fmt)), tmp_path, cwd=tmp_path)
+    print(f"\n{fmt}: exec -> /health 200 in {startup_s:.2f} s")
+    assert reply == reference_reply
+
+
+@pytest.mark.parametrize("fmt", ["exe", "pyz"])
+def test_verify_extract_and_damage(bundles, fmt, tmp_path):
+    path = _bundle(bundles, fmt)
+    run = lambda p, *a: subprocess.run([*_cmd(p), *a], capture_output=True, text=True,  # noqa: E731
+                                       env=_env(tmp_path), cwd=tmp_path, timeout=120)
+    r = run(path, "--verify")
+    assert r.returncode == 0 and "OK" in r.stdout, r.stderr
+    out = tmp_path / "x.gguf"
+    r = run(path, "--extract", str(out))
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes() == MODEL.read_bytes()
+
+    from runtime.embedded import read_trailer
+    t = read_trailer(path)
+    flipped = tmp_path / ("flipped" + path.suffix)
+    data = bytearray(path.read_bytes())
+    data[t.gguf_offset + t.gguf_size // 2] ^= 0x01
+    flipped.write_bytes(bytes(data))
+    os.chmod(flipped, 0o755)
+    r = run(flipped, "--verify")
+    assert r.returncode == 1
+    assert "does not match" in r.stderr and "corrupt" in r.stderr
+
+    # An interrupted copy: the end (the trailer) is gone. The bundle must refuse to start.
+    cut = tmp_path / ("cut" + path.suffix)
+    cut.write_bytes(path.read_bytes()[:-t.trailer_bytes // 2])
+    os.chmod(cut, 0o755)
+    r = run(cut, "--no-browser", "--port", str(_free_port()))
+    assert r.returncode != 0
+    assert "truncated" in r.stderr or "corrupt" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("fmt", ["exe", "pyz"])
+def test_cli_with_piped_stdin(bundles, fmt, tmp_path):
+    _need_runtime()
+    path = _bundle(bundles, fmt)
+    r = subprocess.run([*_cmd(path), "--cli"], input="Say hello.\n", capture_output=True,
+                       text=True, env=_env(tmp_path), cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip(), "no answer printed"
+
+
+def test_bare_stub_explains_itself(stubs, tmp_path):
+    for fmt, stub in stubs.items():
+        cmd = [str(stub)] if fmt == "exe" else [sys.executable, str(stub)]
+        r = subprocess.run(cmd, capture_output=True, text=True, env=_env(tmp_path), timeout=120)
+        assert r.returncode == 2
+        assert "without a model" in r.stderr and "-m model.gguf" in r.stderr
+
+
+def test_bundle_command_caches_the_stub(stubs, tmp_path, monkeypatch):
+    """`chatfile bundle` reuses a cached stub: the second bundle is a splice, not a build."""
+    if "pyz" not in stubs:
+        pytest.skip("shiv is not installed")
+    from bundler import cli, stub as stub_mod
+    monkeypatch.setenv("CHATFILE_CACHE_DIR", str(tmp_path / "cache"))
+    cached = stub_mod.cached_stub_path("pyz")
+    cached.parent.mkdir(parents=True)
+    shutil.copyfile(stubs["pyz"], cached)
+    monkeypatch.setattr(stub_mod, "build_stub", lambda *a, **k: pytest.fail("rebuilt the stub"))
+    out = tmp_path / "b.pyz"
+    assert cli.main(["bundle", str(MODEL), "-o", str(out), "--format", "pyz"]) == 0
+    assert cli.main(["bundle", str(MODEL), "-o", str(out), "--format", "pyz"]) == 1  # no --force
+    assert cli.main(["bundle", str(MODEL), "-o", str(out), "--format", "pyz", "--force"]) == 0

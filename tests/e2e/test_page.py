@@ -1,0 +1,482 @@
+"""The offline chat page (runtime/web/) in a real headless Chromium against the real server.
+
+The server runs the tiny llama fixture: its replies are gibberish, but they are real
+tokens streamed by the real engine, so these tests drive the whole path from the
+textarea to the SSE stream and back into localStorage. Screenshots go to test-artifacts/.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = ROOT / "tests" / "fixtures" / "models" / "tiny-llama-q8_0.gguf"
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+TIMEOUT_MS = 20_000
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+if not os.path.exists(CHROMIUM):
+    pytest.skip(f"no Chromium at {CHROMIUM} (CI installs Debian's chromium)", allow_module_level=True)
+
+
+# ---------------------------------------------------------------------------------------
+# Server: `tiny_server` and `server_factory` come from tests/e2e/conftest.py.
+
+@pytest.fixture(scope="module")
+def server_url(tiny_server):
+    return tiny_server.url.rstrip("/") + "/"
+
+
+# ---------------------------------------------------------------------------------------
+# Browser
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, server_url):
+    """A fresh browser context (empty localStorage) with the page loaded and ready."""
+    ctx = browser.new_context(viewport={"width": 1280, "height": 800}, accept_downloads=True)
+    pg = ctx.new_page()
+    pg.set_default_timeout(TIMEOUT_MS)
+    errors = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    open_page(pg, server_url)
+    yield pg
+    ctx.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def open_page(pg, url):
+    pg.goto(url)
+    pg.wait_for_selector("body[data-ready=true]")
+
+
+def stored(pg):
+    return pg.evaluate("JSON.parse(localStorage.getItem('chatfile.conversations') || '[]')")
+
+
+def current_conv(pg):
+    cur = pg.evaluate("JSON.parse(localStorage.getItem('chatfile.current'))")
+    return next(c for c in stored(pg) if c["id"] == cur)
+
+
+def wait_idle(pg):
+    pg.wait_for_selector("[data-testid=send]:visible")
+    pg.wait_for_selector("[data-testid=stop]", state="hidden")
+
+
+def set_settings(pg, **fields):
+    pg.click("[data-testid=settings-button]")
+    for name, value in fields.items():
+        pg.fill(f"[data-testid=set-{name}]", str(value))
+    pg.click("[data-testid=settings-save]")
+    pg.wait_for_selector("[data-testid=settings-dialog]", state="hidden")
+
+
+def send(pg, text):
+    pg.fill("[data-testid=input]", text)
+    pg.press("[data-testid=input]", "Enter")
+
+
+def record_chat_requests(pg):
+    """Bodies of every POST to /v1/chat/completions the page makes."""
+    bodies = []
+    pg.on("request", lambda r: bodies.append(json.loads(r.post_data))
+          if r.method == "POST" and r.url.endswith("/v1/chat/completions") else None)
+    return bodies
+
+
+def stream_directly(url, body):
+    """The server's own answer to `body`, read from its SSE stream without the page."""
+    req = urllib.request.Request(url + "v1/chat/completions", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    text = []
+    with urllib.request.urlopen(req, timeout=60) as r:
+        for raw in r:
+            line = raw.decode().strip()
+            if not line.startswith("data:") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[5:])
+            for ch in chunk.get("choices", []):
+                text.append(ch.get("delta", {}).get("content") or "")
+    return "".join(text)
+
+
+def assistant_bodies(pg):
+    return pg.locator("[data-testid=message][data-role=assistant] [data-testid=message-body]")
+
+
+# ---------------------------------------------------------------------------------------
+# Tests
+
+def test_stream_shows_the_servers_greedy_reply(page, server_url):
+    assert page.text_content("[data-testid=model-name]").strip(), "the model's name is shown"
+    assert page.locator("[data-testid=example]").count() >= 3, "the first screen offers examples"
+    # 200 tokens: enough that even a fast machine streams them over several frames.
+    set_settings(page, temperature=0, **{"max-tokens": 200})
+    bodies = record_chat_requests(page)
+    # Record the reply's length at every DOM change: a streamed reply grows in steps.
+    page.evaluate("""() => {
+        window.__lens = [];
+        new MutationObserver(() => {
+            const b = document.querySelectorAll('[data-role=assistant] [data-testid=message-body]');
+            if (b.length) window.__lens.push(b[b.length - 1].textContent.length);
+        }).observe(document.getElementById('messages'), {subtree: true, childList: true, characterData: true});
+    }""")
+    send(page, "Hello there")
+    wait_idle(page)
+
+    assert len(bodies) == 1
+    sent = bodies[0]
+    assert sent["stream"] is True and sent["temperature"] == 0 and sent["max_tokens"] == 200
+    assert sent["messages"][-1] == {"role": "user", "content": "Hello there"}
+
+    conv = current_conv(page)
+    assert [m["role"] for m in conv["messages"]] == ["user", "assistant"]
+    reply = conv["messages"][1]["content"]
+    # Greedy decoding is deterministic: the same request sent straight to the server
+    # must stream the same text the page received and stored.
+    assert reply == stream_directly(server_url, sent)
+    assert reply.strip()
+    shown = assistant_bodies(page).last.text_content()
+    assert shown.strip(), "the reply is rendered"
+    lens = [n for n in page.evaluate("window.__lens") if n > 0]
+    assert len(set(lens)) >= 2, f"the reply should appear in several steps, saw lengths {lens}"
+    assert "tokens/s" in page.text_content("[data-testid=tps]")
+    ctx = page.text_content("[data-testid=ctx]")
+    props = json.load(urllib.request.urlopen(server_url + "props"))
+    assert ctx.endswith(f"/ {props['n_ctx']}"), ctx
+
+
+def test_stop_ends_a_long_reply(page):
+    # Greedy "Hello there" runs on to the end of the tiny model's context (no end token).
+    set_settings(page, temperature=0, **{"max-tokens": 100000})
+    # The tiny model writes hundreds of tokens a second; a slow network (Chromium's own
+    # throttling) makes the reply take many seconds, so Stop surely lands mid-stream.
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    cdp.send("Network.emulateNetworkConditions", {
+        "offline": False, "latency": 0, "downloadThroughput": 4000, "uploadThroughput": -1})
+    send(page, "Hello there")
+    body = assistant_bodies(page).last
+    page.wait_for_function(
+        "() => { const b = document.querySelectorAll('[data-role=assistant] [data-testid=message-body]');"
+        " return b.length && b[b.length-1].textContent.length > 0; }")
+    page.click("[data-testid=stop]")
+    wait_idle(page)
+    page.wait_for_selector("[data-testid=stopped-note]")
+    conv = current_conv(page)
+    assert conv["messages"][-1]["stopped"] is True
+    text_after_stop = conv["messages"][-1]["content"]
+    time.sleep(0.5)
+    assert current_conv(page)["messages"][-1]["content"] == text_after_stop, "no text after Stop"
+    assert body.text_content().strip()
+
+
+def test_regenerate_replaces_the_last_reply(page):
+    set_settings(page, temperature=0, **{"max-tokens": 8})
+    bodies = record_chat_requests(page)
+    send(page, "first question")
+    wait_idle(page)
+    first = current_conv(page)["messages"][1]["content"]
+    page.click("[data-testid=regenerate]")
+    wait_idle(page)
+    conv = current_conv(page)
+    assert len(bodies) == 2 and bodies[1]["messages"] == bodies[0]["messages"]
+    assert [m["role"] for m in conv["messages"]] == ["user", "assistant"]
+    # Temperature 0: regenerating the same conversation gives the same reply again.
+    assert conv["messages"][1]["content"] == first
+    assert page.locator("[data-testid=message]").count() == 2
+
+
+def test_edit_and_resend_truncates_after_the_message(page):
+    set_settings(page, temperature=0, **{"max-tokens": 6})
+    bodies = record_chat_requests(page)
+    send(page, "question one")
+    wait_idle(page)
+    send(page, "question two")
+    wait_idle(page)
+    assert page.locator("[data-testid=message]").count() == 4
+    page.locator("[data-testid=message][data-role=user]").first.locator("[data-testid=edit]").click()
+    page.fill("[data-testid=edit-input]", "question one, edited")
+    page.click("[data-testid=edit-send]")
+    wait_idle(page)
+    conv = current_conv(page)
+    assert [m["role"] for m in conv["messages"]] == ["user", "assistant"]
+    assert conv["messages"][0]["content"] == "question one, edited"
+    assert [m["content"] for m in bodies[-1]["messages"] if m["role"] == "user"] == ["question one, edited"]
+    assert page.locator("[data-testid=message]").count() == 2
+
+
+def test_conversations_persist_and_can_be_managed(page, server_url):
+    set_settings(page, temperature=0, **{"max-tokens": 4})
+    send(page, "remember me")
+    wait_idle(page)
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]")
+    items = page.locator("[data-testid=conv-item]")
+    assert items.count() == 1 and items.first.text_content().strip() == "remember me"
+    assert page.locator("[data-testid=message]").count() == 2
+    assert page.locator("[data-testid=message][data-role=user]").first.text_content().find("remember me") >= 0
+
+    # New: an empty chat with the first screen.
+    page.click("[data-testid=new-chat]")
+    page.wait_for_selector("[data-testid=welcome]")
+    assert items.count() == 2
+    # Rename it.
+    page.click("[data-testid=rename]")
+    page.fill("[data-testid=ask-input]", "Renamed chat")
+    page.click("[data-testid=ask-ok]")
+    assert page.text_content("[data-testid=conv-title]") == "Renamed chat"
+    assert "Renamed chat" in [c["title"] for c in stored(page)]
+    # Cancelling a delete keeps it; confirming removes it.
+    page.click("[data-testid=delete]")
+    page.click("[data-testid=ask-cancel]")
+    assert items.count() == 2
+    page.click("[data-testid=delete]")
+    page.click("[data-testid=ask-ok]")
+    assert items.count() == 1
+    assert [c["title"] for c in stored(page)] == ["remember me"]
+    # The remaining chat is selected again and can be opened from the sidebar.
+    page.locator("[data-testid=conv-open]").first.click()
+    assert page.locator("[data-testid=message]").count() == 2
+
+
+def test_export_json_and_markdown(page):
+    set_settings(page, temperature=0, **{"max-tokens": 4})
+    send(page, "export **this**")
+    wait_idle(page)
+    conv = current_conv(page)
+    with page.expect_download() as dl:
+        page.click("[data-testid=export-json]")
+    data = json.loads(Path(dl.value.path()).read_text(encoding="utf-8"))
+    assert dl.value.suggested_filename.endswith(".json")
+    assert data["title"] == conv["title"]
+    assert data["messages"] == [{"role": m["role"], "content": m["content"]} for m in conv["messages"]]
+
+    with page.expect_download() as dl:
+        page.click("[data-testid=export-md]")
+    md = Path(dl.value.path()).read_text(encoding="utf-8")
+    assert dl.value.suggested_filename.endswith(".md")
+    assert md.startswith("# " + conv["title"])
+    assert "export **this**" in md and conv["messages"][1]["content"] in md
+
+    # The exported JSON imports back as a new conversation with the same messages.
+    page.set_input_files("[data-testid=import-file]", files=[{
+        "name": "again.json", "mimeType": "application/json", "buffer": json.dumps(data).encode()}])
+    page.wait_for_function("() => document.querySelectorAll('[data-testid=conv-item]').length === 2")
+    assert [m["content"] for m in current_conv(page)["messages"]] == [m["content"] for m in data["messages"]]
+
+
+def test_settings_persist_across_reload(page):
+    set_settings(page, system="You are terse.", temperature="0.3", **{"top-p": "0.5", "max-tokens": "77", "seed": "42"})
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]")
+    page.click("[data-testid=settings-button]")
+    assert page.input_value("[data-testid=set-system]") == "You are terse."
+    assert float(page.input_value("[data-testid=set-temperature]")) == 0.3
+    assert float(page.input_value("[data-testid=set-top-p]")) == 0.5
+    assert page.input_value("[data-testid=set-max-tokens]") == "77"
+    assert page.input_value("[data-testid=set-seed]") == "42"
+    # A bad value is refused with a message, and the dialog stays open.
+    page.fill("[data-testid=set-temperature]", "-1")
+    page.click("[data-testid=settings-save]")
+    assert page.is_visible("[data-testid=settings-error]")
+    page.click("[data-testid=settings-cancel]")
+    # The saved settings go into the request.
+    bodies = record_chat_requests(page)
+    send(page, "hi")
+    wait_idle(page)
+    sent = bodies[0]
+    assert sent["messages"][0] == {"role": "system", "content": "You are terse."}
+    assert (sent["temperature"], sent["top_p"], sent["max_tokens"], sent["seed"]) == (0.3, 0.5, 77, 42)
+
+
+def test_enter_sends_and_shift_enter_makes_a_newline(page):
+    set_settings(page, temperature=0, **{"max-tokens": 2})
+    page.click("[data-testid=input]")
+    page.keyboard.type("line one")
+    page.keyboard.press("Shift+Enter")
+    page.keyboard.type("line two")
+    assert page.input_value("[data-testid=input]") == "line one\nline two"
+    assert page.locator("[data-testid=message]").count() == 0
+    page.keyboard.press("Enter")
+    wait_idle(page)
+    assert page.input_value("[data-testid=input]") == ""
+    assert current_conv(page)["messages"][0]["content"] == "line one\nline two"
+
+
+def test_example_prompt_is_clickable(page):
+    set_settings(page, temperature=0, **{"max-tokens": 2})
+    example = page.locator("[data-testid=example]").first
+    text = example.text_content()
+    example.click()
+    wait_idle(page)
+    assert current_conv(page)["messages"][0]["content"] == text
+
+
+def test_old_turns_are_dropped_to_fit_and_a_full_context_is_reported(page, server_url):
+    props = json.load(urllib.request.urlopen(server_url + "props"))
+    n_ctx = props["n_ctx"]
+    set_settings(page, temperature=0, **{"max-tokens": 8})
+    # A history about twice the context: the page must leave the oldest turns out.
+    turn = "word " * (n_ctx // 8)
+    history = []
+    for k in range(4):
+        history += [{"role": "user", "content": f"old question {k} {turn}"},
+                    {"role": "assistant", "content": f"old answer {k} {turn}"}]
+    page.set_input_files("[data-testid=import-file]", files=[{
+        "name": "long.json", "mimeType": "application/json",
+        "buffer": json.dumps({"title": "long", "messages": history}).encode()}])
+    page.wait_for_selector("[data-testid=message]")
+    bodies = record_chat_requests(page)
+    send(page, "the latest question")
+    wait_idle(page)
+    assert "left out to fit the context" in page.text_content("[data-testid=notice]")
+    sent = bodies[0]["messages"]
+    assert sent[-1] == {"role": "user", "content": "the latest question"}
+    assert len(sent) < len(history) + 1
+    assert all("old question 0" not in m["content"] for m in sent), "the oldest turn was dropped"
+    assert sent[0]["role"] == "user", "the kept history starts on a user turn"
+    assert not page.is_visible("[data-testid=error]"), "the server accepted what was sent"
+    assert current_conv(page)["messages"][-1]["role"] == "assistant"
+    # What was sent fits: count it with the server's own tokenizer.
+    joined = "".join(m["content"] for m in sent)
+    n_tok = len(json.load(urllib.request.urlopen(urllib.request.Request(
+        server_url + "tokenize", data=json.dumps({"content": joined}).encode(),
+        headers={"Content-Type": "application/json"})))["tokens"])
+    assert n_tok < n_ctx
+
+    # One message bigger than the whole context: nothing is sent, the page says why.
+    page.click("[data-testid=new-chat]")
+    send(page, "word " * (n_ctx * 2))
+    wait_idle(page)
+    assert "no longer fits" in page.text_content("[data-testid=error]")
+    assert len(bodies) == 1
+
+
+def test_server_errors_become_clear_messages(page):
+    # The server vanished: fetch() itself fails.
+    page.route("**/v1/chat/completions", lambda route: route.abort())
+    send(page, "anyone there?")
+    wait_idle(page)
+    assert "chatfile server is not running" in page.text_content("[data-testid=error]")
+    page.unroute("**/v1/chat/completions")
+    # The unanswered message can be sent again once the server is back.
+    set_settings(page, temperature=0, **{"max-tokens": 2})
+    page.click("[data-testid=regenerate]")
+    wait_idle(page)
+    assert [m["role"] for m in current_conv(page)["messages"]] == ["user", "assistant"]
+    assert not page.is_visible("[data-testid=error]")
+    # The server refuses the prompt as too long for the context (HTTP 400).
+    page.route("**/v1/chat/completions", lambda route: route.fulfill(
+        status=400, content_type="application/json",
+        body=json.dumps({"error": {"message": "the prompt is 999 tokens, more than the context size",
+                                   "type": "invalid_request_error", "code": 400}})))
+    page.click("[data-testid=new-chat]")
+    send(page, "again")
+    wait_idle(page)
+    assert "no longer fits" in page.text_content("[data-testid=error]")
+
+
+def test_load_progress_then_chat(browser, server_url):
+    ctx = browser.new_context(viewport={"width": 1280, "height": 800})
+    pg = ctx.new_page()
+    pg.set_default_timeout(TIMEOUT_MS)
+    calls = {"n": 0}
+
+    def health(route):
+        calls["n"] += 1
+        if calls["n"] <= 3:  # the first polls see a model still loading
+            route.fulfill(status=503, content_type="application/json",
+                          body=json.dumps({"status": "loading", "progress": 0.42}))
+        else:
+            route.continue_()
+    pg.route("**/health", health)
+    pg.goto(server_url)
+    pg.wait_for_selector("[data-testid=load-progress]:visible")
+    pg.wait_for_function("() => document.querySelector('[data-testid=load-progress]').value > 0.4")
+    assert "42%" in pg.text_content("[data-testid=loading-text]")
+    pg.wait_for_selector("body[data-ready=true]")
+    assert pg.is_visible("[data-testid=input]") and not pg.is_visible("[data-testid=loading]")
+    ctx.close()
+
+
+def test_api_key_is_asked_once_and_kept(browser, server_factory):
+    key = "page-test-key"
+    url = server_factory(MODEL, "--api-key", key).url.rstrip("/") + "/"
+    ctx = browser.new_context()
+    pg = ctx.new_page()
+    pg.set_default_timeout(TIMEOUT_MS)
+    urls, console = [], []
+    pg.on("request", lambda r: urls.append(r.url))
+    pg.on("console", lambda m: console.append(m.text))
+    pg.goto(url)
+    pg.wait_for_selector("[data-testid=ask-dialog][open]")
+    pg.fill("[data-testid=ask-input]", key)
+    pg.click("[data-testid=ask-ok]")
+    pg.wait_for_selector("body[data-ready=true]")
+    assert pg.text_content("[data-testid=model-name]").strip()
+    assert pg.evaluate("localStorage.getItem('chatfile.apiKey')") == key
+    set_settings(pg, temperature=0, **{"max-tokens": 2})
+    send(pg, "hi")
+    wait_idle(pg)
+    assert not pg.is_visible("[data-testid=error]")
+    # Reload: the stored key is used, no second question.
+    pg.reload()
+    pg.wait_for_selector("body[data-ready=true]")
+    assert not pg.is_visible("[data-testid=ask-dialog]")
+    assert all(key not in u for u in urls) and all(key not in c for c in console)
+    ctx.close()
+
+
+def test_screenshots_desktop_and_phone(browser, server_url):
+    ARTIFACTS.mkdir(exist_ok=True)
+    conv = {"title": "Markdown tour", "messages": [
+        {"role": "user", "content": "Show me some **markdown**, please."},
+        {"role": "assistant", "content":
+            "## A heading\n\nSome **bold**, *italic* and `inline code`, plus a "
+            "[link](https://example.com).\n\n- one\n- two\n  - nested\n\n1. first\n2. second\n\n"
+            "```python\ndef hello():\n    print(\"<b>hi</b>\")\n```\n\n> a quote"},
+    ]}
+    for name, size in (("desktop", (1280, 800)), ("phone", (390, 844))):
+        ctx = browser.new_context(viewport={"width": size[0], "height": size[1]})
+        pg = ctx.new_page()
+        pg.set_default_timeout(TIMEOUT_MS)
+        open_page(pg, server_url)
+        pg.screenshot(path=str(ARTIFACTS / f"page-{name}-welcome.png"))
+        pg.set_input_files("[data-testid=import-file]", files=[{
+            "name": "tour.json", "mimeType": "application/json", "buffer": json.dumps(conv).encode()}])
+        pg.wait_for_selector("[data-testid=copy-code]")
+        pg.screenshot(path=str(ARTIFACTS / f"page-{name}-chat.png"))
+        if name == "phone":
+            # The sidebar is hidden behind the menu button at phone width.
+            assert not pg.locator("[data-testid=sidebar]").is_visible()
+            pg.click("[data-testid=menu]")
+            pg.wait_for_function("() => document.querySelector('[data-testid=sidebar]').getBoundingClientRect().x >= 0")
+            pg.screenshot(path=str(ARTIFACTS / "page-phone-sidebar.png"))
+            pg.click("[data-testid=scrim]", position={"x": 370, "y": 400})
+            pg.wait_for_selector("[data-testid=sidebar]", state="hidden")
+        else:
+            assert pg.locator("[data-testid=sidebar]").bounding_box()["x"] == 0
+            pg.emulate_media(color_scheme="dark")
+            pg.screenshot(path=str(ARTIFACTS / "page-desktop-chat-dark.png"))
+            bg = pg.evaluate("() => getComputedStyle(document.body).backgroundColor")
+            assert bg != "rgb(255, 255, 255)", "dark mode follows the system setting"
+        # Nothing sticks out sideways at this width.
+        assert pg.evaluate("document.documentElement.scrollWidth") <= size[0]
+        ctx.close()

@@ -1,0 +1,286 @@
+"""Engine unit tests on a tiny fake model whose greedy continuation is known by design.
+
+The fake's logits put all the mass on `NEXT[last token]`, so the greedy output is a
+fixed walk through the alphabet; every expected value below follows from that table.
+The real model is exercised end to end in tests/e2e/.
+"""
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from runtime import engine as engine_mod
+from runtime.engine import ContextOverflowError, Engine, EngineBusy, Request, _stop_hold_len
+from runtime.sampling import SamplingParams
+
+V = 32
+EOS = 31
+LETTERS = "abcdefghijklmnopqrstuvwxyz"   # ids 0..25 are these letters
+SPACE = 26
+
+
+def piece(t):
+    return LETTERS[t] if t < 26 else (" " if t == SPACE else "")
+
+
+class FakeDecoder:
+    def push(self, t):
+        return piece(t)
+
+    def flush(self):
+        return ""
+
+
+class FakeTokenizer:
+    def decoder(self):
+        return FakeDecoder()
+
+
+class FakeSession:
+    def __init__(self, model, n_ctx):
+        self.model, self.n_ctx, self.tokens = model, n_ctx, []
+        self.evaluated = 0          # how many positions were computed, over the whole life
+
+    def eval(self, ids, all_logits=False):
+        if self.model.fail_on is not None and self.model.fail_on in ids:
+            raise RuntimeError("boom")
+        if len(self.tokens) + len(ids) > self.n_ctx:
+            raise ContextOverflowError("overflow")
+        if self.model.delay_s:
+            time.sleep(self.model.delay_s * len(ids))
+        self.tokens += list(ids)
+        self.evaluated += len(ids)
+        rows = [self.model.logits_after(t) for t in ids]
+        return np.stack(rows) if all_logits else rows[-1]
+
+    def rewind(self, n):
+        del self.tokens[n:]
+
+    def reuse_prefix(self, ids):
+        n = 0
+        while n < min(len(self.tokens), len(ids) - 1) and self.tokens[n] == ids[n]:
+            n += 1
+        self.rewind(n)
+        return n
+
+
+class FakeModel:
+    """Greedy after token t is NEXT[t]: letters walk a..z, then z -> EOS."""
+    n_vocab = V
+    eog_ids = frozenset({EOS})
+
+    def __init__(self, delay_s=0.0):
+        self.tokenizer = FakeTokenizer()
+        self.delay_s = delay_s
+        self.fail_on = None
+        self.sessions = []
+
+    def logits_after(self, t):
+        nxt = EOS if t == 25 else (t + 1) % 26 if t < 26 else 0
+        x = np.full(V, -10.0, np.float32)
+        x[nxt] = 10.0
+        x[(nxt + 1) % 26] = 9.0   # a clear runner-up, for n_probs
+        return x
+
+    def session(self, n_ctx):
+        s = FakeSession(self, n_ctx)
+        self.sessions.append(s)
+        return s
+
+
+GREEDY = SamplingParams(temperature=0.0)
+
+
+def run(eng, ids, **kw):
+    req = Request(prompt_ids=ids, params=kw.pop("params", GREEDY), **kw)
+    events = list(eng.run(req))
+    toks = [e for e in events if e.kind == "token"]
+    return "".join(e.text for e in toks), toks, events[-1]
+
+
+@pytest.fixture
+def eng():
+    return Engine(FakeModel(), n_ctx=64)
+
+
+def test_greedy_walk_stops_at_eos(eng):
+    text, toks, final = run(eng, [20])            # 'u' -> v w x y z EOS
+    assert text == "vwxyz"
+    assert final.kind == "done" and final.finish_reason == "stop" and final.stopped_eos
+    assert final.completion_tokens == 6           # five letters and the EOS
+    assert final.prompt_tokens == 1
+
+
+def test_max_tokens_gives_length(eng):
+    text, toks, final = run(eng, [0], max_tokens=3)
+    assert text == "bcd"
+    assert final.finish_reason == "length" and final.stopped_limit
+    assert final.timings.predicted_n == 3
+
+
+def test_max_tokens_zero_only_prefills(eng):
+    text, _, final = run(eng, [0, 1, 2], max_tokens=0)
+    assert text == "" and final.finish_reason == "length"
+    assert final.timings.prompt_n == 3
+
+
+def test_stop_string_across_tokens_is_trimmed(eng):
+    text, toks, final = run(eng, [0], stop=["ef"])    # b c d e f ...
+    assert text == "bcd"
+    assert final.finish_reason == "stop" and final.stopped_word and final.stopping_word == "ef"
+    # 'e' was held back (it could start "ef"), never sent and then taken back
+    assert "e" not in "".join(t.text for t in toks)
+
+
+def test_partial_stop_is_released(eng):
+    # "dx" starts with d but never completes: the held "d" must still come out.
+    text, _, final = run(eng, [0], stop=["dx"], max_tokens=5)
+    assert text == "bcdef"
+    assert final.finish_reason == "length"
+
+
+def test_earliest_stop_string_wins(eng):
+    text, _, final = run(eng, [0], stop=["fgh", "cd"])
+    assert text == "b" and final.stopping_word == "cd"
+
+
+def test_context_full_gives_length():
+    eng = Engine(FakeModel(), n_ctx=8)
+    text, _, final = run(eng, [0, 1, 2, 3, 4])        # room for 3 more positions
+    assert final.finish_reason == "length"
+    # 3 evaluated after the prompt plus the last sampled one, which needs no eval
+    assert text == "fghi"
+
+
+def test_prompt_longer_than_context_is_refused():
+    eng = Engine(FakeModel(), n_ctx=4)
+    with pytest.raises(ContextOverflowError, match="context"):
+        eng.submit(Request(prompt_ids=[0] * 5))
+    with pytest.raises(ValueError, match="empty"):
+        eng.submit(Request(prompt_ids=[]))
+    with pytest.raises(ValueError, match="range"):
+        eng.submit(Request(prompt_ids=[V]))
+
+
+def test_prompt_cache_evaluates_only_new_tokens(eng):
+    p1 = [SPACE] * 20
+    _, _, f1 = run(eng, p1, max_tokens=2)
+    assert f1.timings.cached_n == 0 and f1.timings.prompt_n == 20
+    p2 = p1 + [5, 7, 9]
+    _, _, f2 = run(eng, p2, max_tokens=2)
+    assert f2.timings.cached_n == 20 and f2.timings.prompt_n == 3
+    # The very same prompt again: all but the last token come from the cache.
+    _, _, f3 = run(eng, p2, max_tokens=2)
+    assert f3.timings.cached_n == 22 and f3.timings.prompt_n == 1
+    _, _, f4 = run(eng, p2, max_tokens=2, cache_prompt=False)
+    assert f4.timings.cached_n == 0 and f4.timings.prompt_n == 23
+
+
+def test_cancel_stops_generation_within_a_token_or_two():
+    model = FakeModel(delay_s=0.02)
+    eng = Engine(model, n_ctx=4096)
+    # SPACE -> a b ... z EOS: 27 tokens at 20 ms each, unless cancelled.
+    req = Request(prompt_ids=[SPACE], params=GREEDY, max_tokens=-1)
+    eng.submit(req)
+    seen = 0
+    for ev in req.iter_events():
+        if ev.kind == "token":
+            seen += 1
+            if seen == 2:
+                req.cancel.set()
+        else:
+            final = ev
+            break
+    assert final.finish_reason == "cancelled"
+    assert seen <= 4
+    # The worker is free again.
+    text, _, f = run(eng, [24])
+    assert text == "z" and f.finish_reason == "stop"
+
+
+def test_cancelled_before_start_is_skipped(eng):
+    req = Request(prompt_ids=[0], params=GREEDY)
+    req.cancel.set()
+    events = list(eng.run(req))
+    assert [e.kind for e in events] == ["done"] and events[0].finish_reason == "cancelled"
+
+
+def test_worker_error_comes_back_and_worker_survives(eng):
+    eng.model.fail_on = 3
+    _, _, final = run(eng, [0])       # b c d: eval of d (3) raises
+    assert final.kind == "error" and "boom" in str(final.error)
+    eng.model.fail_on = None
+    text, _, final = run(eng, [22])
+    assert text == "xyz" and final.finish_reason == "stop"
+
+
+def test_full_queue_is_refused():
+    model = FakeModel(delay_s=0.05)
+    eng = Engine(model, n_ctx=64, max_queue=2)
+    first = eng.submit(Request(prompt_ids=[0], params=GREEDY, max_tokens=20))
+    deadline = time.time() + 5
+    while not eng.busy.is_set() and time.time() < deadline:
+        time.sleep(0.005)
+    eng.submit(Request(prompt_ids=[0], params=GREEDY, max_tokens=1))
+    eng.submit(Request(prompt_ids=[0], params=GREEDY, max_tokens=1))
+    with pytest.raises(EngineBusy):
+        eng.submit(Request(prompt_ids=[0], params=GREEDY, max_tokens=1))
+    first.cancel.set()
+
+
+def test_n_probs_are_sorted_and_match_choice(eng):
+    _, toks, _ = run(eng, [0], max_tokens=3, n_probs=3)
+    for ev in toks:
+        ids = [i for i, _ in ev.probs]
+        ps = [p for _, p in ev.probs]
+        assert len(ev.probs) == 3
+        assert ps == sorted(ps, reverse=True) and 0 < sum(ps) <= 1 + 1e-9
+        assert ids[0] == ev.token and ev.prob == ps[0]
+        # runner-up is 1 logit below: p2/p1 == e^-1
+        assert ps[1] / ps[0] == pytest.approx(np.exp(-1.0), rel=1e-6)
+
+
+def test_requests_are_served_one_at_a_time():
+    model = FakeModel(delay_s=0.002)
+    eng = Engine(model, n_ctx=256)
+    results = {}
+
+    def client(i):
+        results[i] = run(eng, [i], max_tokens=5)[0]
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    expected = {i: "".join(LETTERS[(i + k) % 26] for k in range(1, 6)) for i in range(6)}
+    assert results == expected
+    assert len(model.sessions) == 1   # one session, shared by the queue
+
+
+def test_speculative_next_tokens_contract(monkeypatch):
+    """A speculator may return several tokens, having evaluated all but the last.
+    The output must be the same as without it."""
+    def spec(session, logits, sampler, history, room_tok):
+        t0 = sampler.sample(logits, history)
+        if room_tok < 2 or t0 >= 25:
+            return [t0]
+        l1 = session.eval([t0])
+        return [t0, sampler.sample(l1, history + [t0])]
+
+    ref_eng = Engine(FakeModel(), n_ctx=64)
+    ref = run(ref_eng, [3], stop=["kl"])
+    monkeypatch.setattr(engine_mod, "_next_tokens", spec)
+    eng = Engine(FakeModel(), n_ctx=64)
+    got = run(eng, [3], stop=["kl"])
+    assert got[0] == ref[0] == "efghij"
+    assert got[2].completion_tokens == ref[2].completion_tokens
+
+
+@pytest.mark.parametrize("text,stops,expected", [
+    ("hello", ["lo!"], 2), ("hello", ["x"], 0), ("hel", ["hello"], 3),
+    ("abc", ["c", "bcd"], 2), ("", ["abc"], 0), ("aaa", ["aab"], 2),
+])
+def test_stop_hold_len(text, stops, expected):
+    assert _stop_hold_len(text, stops) == expected

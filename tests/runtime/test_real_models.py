@@ -1,0 +1,62 @@
+"""The two real models agree with llama.cpp's F32 reference (TOLERANCES.md, "Real models").
+
+Qwen2.5-Coder-0.5B-Instruct (the default chat model) and Gemma-3-270M, both Q4_K_M, on
+every visible prompt: the last-position top-1, the 32-token greedy continuation up to the
+first near-tie, and the top-1 at every position of a 200-token prompt. If these fail, the
+model people chat with answers differently from llama.cpp on the same file.
+"""
+import json
+
+import numpy as np
+import pytest
+
+from runtime.model import Model
+from tests.conftest import FIXTURES
+
+pytestmark = pytest.mark.slow
+REAL = FIXTURES / "real"
+CASES = {"qwen": "qwen2.5-coder-0.5b-instruct", "gemma": "gemma-3-270m-q4_k_m"}
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def real(request):
+    path = request.getfixturevalue(f"{request.param}_gguf_path")
+    ref = json.loads((REAL / f"{CASES[request.param]}.json").read_text())
+    return Model.load(path, mode="f32"), ref
+
+
+def _prompts(ref):
+    return list(enumerate(ref["prompts"]))
+
+
+def test_last_position_top1_and_greedy(real):
+    model, ref = real
+    for i, p in _prompts(ref):
+        f32ref = np.load(REAL / p["f32ref_last_logits_file"])
+        std = float(f32ref.std())
+        s = model.session(len(p["ids"]) + 40)
+        logits = s.eval(p["ids"])
+        assert int(np.argmax(logits)) == int(np.argmax(f32ref)), f"prompt {i}: last top-1"
+        ours = []
+        for _ in range(len(p["f32ref_greedy_ids"])):
+            ours.append(int(np.argmax(logits)))
+            logits = s.eval([ours[-1]])
+        for step, (a, b) in enumerate(zip(ours, p["f32ref_greedy_ids"])):
+            if p["f32ref_greedy_margins"][step] < 0.01 * std:
+                break
+            assert a == b, f"prompt {i}, greedy step {step}: got {a}, reference {b}"
+
+
+def test_top1_at_every_position_of_a_long_prompt(real):
+    model, ref = real
+    ap = ref["all_positions"]
+    std = float(np.load(REAL / ref["prompts"][0]["f32ref_last_logits_file"]).std())
+    logits = model.logits(ap["ids"])
+    assert logits.shape == (len(ap["ids"]), model.n_vocab)
+    checked = 0
+    for pos, (top_ids, top_logits) in enumerate(zip(ap["f32ref_top20_ids"], ap["f32ref_top20_logits"])):
+        if top_logits[0] - top_logits[1] < 0.01 * std:
+            continue  # a near-tie
+        assert int(np.argmax(logits[pos])) == top_ids[0], f"position {pos}"
+        checked += 1
+    assert checked >= len(ap["ids"]) * 0.8
