@@ -18,7 +18,8 @@ sandbox alone lets ``'x' * 10**10`` or a loop nest of 10**10 iterations run:
   ``%``/``format`` widths, ``center``/``indent``/``replace``/``join``-style filters and str
   methods, big integers; and a budget on all output produced, including output captured
   by ``{% set %}`` blocks and macros;
-* a cap on call depth, so recursive macros fail cleanly long before Python's own limit.
+* a cap on call depth, so recursive macros fail cleanly long before Python's own limit;
+* on compiling: a size cap, a block-nesting cap, and a budget of work (profiler events).
 
 Every failure surfaces as ``TemplateError``.
 """

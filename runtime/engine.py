@@ -129,15 +129,19 @@ def _stop_hold_len(text: str, stops: list) -> int:
     return best
 
 
-def _next_tokens(session, logits: np.ndarray, sampler, history: list, room_tok: int) -> list:
+def _next_tokens(session, logits: np.ndarray, sampler, history: list, room_tok: int,
+                 speculate: bool = False) -> list:
     """Choose the next token(s) after `logits`.
 
-    The single place where prompt-lookup speculation plugs in. Contract: returns
-    k >= 1 tokens to emit in order; the session must already hold all of them except
-    the last (the engine evaluates the last one when it continues). `room_tok` is how
-    many more positions the session can take, so a speculator drafts at most that many.
-    Without speculation: one sampled token, session untouched.
+    Contract: returns k >= 1 tokens to emit in order; the session already holds all of
+    them except the last (the engine evaluates the last one when it continues).
+    `room_tok` is how many more positions the session can take. Greedy requests use
+    prompt-lookup speculation (runtime/speculate.py), which can return several tokens
+    from one batched forward pass; sampled requests take one token at a time.
     """
+    if speculate and getattr(sampler.params, "greedy", False):
+        from runtime.speculate import greedy_tokens
+        return greedy_tokens(session, logits, sampler, history, room_tok)
     return [sampler.sample(logits, history)]
 
 
@@ -166,8 +170,10 @@ def _make_sampler(params):
 
 
 class Engine:
-    def __init__(self, model, n_ctx: int, *, max_queue: int = 16, sampler_factory=None):
+    def __init__(self, model, n_ctx: int, *, max_queue: int = 16, sampler_factory=None,
+                 speculate: bool = True):
         self.model = model
+        self.speculate = speculate  # prompt-lookup speculation for greedy requests
         self.n_ctx = int(n_ctx)
         self.session = model.session(self.n_ctx)
         self.eog_ids = frozenset(getattr(model, "eog_ids", ()) or ())
@@ -276,7 +282,9 @@ class Engine:
             if req.cancel.is_set():
                 raise Cancelled()
             room_tok = self.n_ctx - len(self.session.tokens)
-            toks = _next_tokens(self.session, logits, sampler, history, room_tok)
+            # n_probs wants a distribution for every token: no speculation then.
+            toks = _next_tokens(self.session, logits, sampler, history, room_tok,
+                                self.speculate and not req.n_probs)
             dist = top_probs(logits, req.n_probs) if req.n_probs > 0 else None
             for tok in toks:
                 n_gen += 1

@@ -1,0 +1,68 @@
+"""Prompt-lookup speculation: more greedy tokens per read of the weights.
+
+Decoding one token reads every weight once; a batch of 8 tokens reads them once too and
+costs about twice as much. Chat answers and code edits repeat long runs of the prompt
+(names, lines of code), so we draft the next k tokens by finding the latest earlier
+occurrence of the last few tokens and copying what followed. One batched forward pass
+checks the whole draft: we keep the drafted tokens up to the first one the model would
+not have chosen itself, plus the model's own choice at that point.
+
+The output is the greedy output: every kept token is the argmax the model gives after
+exactly the tokens before it. (Batched and single-token matmuls round differently, so at
+a near-tie the two can differ; see TOLERANCES.md.) Only greedy sampling is sped up;
+with temperature > 0 tokens are drawn one at a time as usual.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+NGRAM_MAX = 4  # longest suffix we try to find earlier in the text
+NGRAM_MIN = 2  # a single repeated token is too weak a hint to be worth a batch
+DRAFT_MAX_TOK = 8  # a batch of 9 still costs about 2 single steps on this hardware
+
+
+def draft(history: list[int], k: int = DRAFT_MAX_TOK) -> list[int]:
+    """Up to k tokens that followed the latest earlier occurrence of history's suffix."""
+    n_hist = len(history)
+    if k <= 0 or n_hist < NGRAM_MIN + 1:
+        return []
+    h = np.asarray(history, dtype=np.int64)
+    for n in range(min(NGRAM_MAX, n_hist - 1), NGRAM_MIN - 1, -1):
+        suffix = h[-n:]
+        # Candidate starts: where the suffix's first token occurs, excluding the suffix itself.
+        starts = np.flatnonzero(h[: n_hist - n] == suffix[0])
+        for s in starts[::-1]:  # latest occurrence first: the most relevant context
+            if s + n < n_hist and np.array_equal(h[s:s + n], suffix):
+                follow = h[s + n: s + n + k]
+                if follow.size:
+                    return follow.tolist()
+    return []
+
+
+def greedy_tokens(session, logits: np.ndarray, sampler, history: list[int],
+                  room_tok: int, k: int = DRAFT_MAX_TOK) -> list[int]:
+    """The next greedy tokens after `logits`; the session ends up holding all but the last.
+
+    `history` is every token so far (prompt and output), which the session already holds.
+    `room_tok` is how many positions the session has left.
+    """
+    first = sampler.sample(logits, history)
+    # The batch holds `first` plus the draft, and the caller later evaluates the last
+    # returned token: that needs len(draft) + 2 free positions.
+    d = draft(history + [first], min(k, room_tok - 2))
+    if not d:
+        return [first]
+    n_before = len(session.tokens)
+    rows = session.eval([first] + d, all_logits=True)  # [1 + len(d), n_vocab]
+    out = [first]
+    for i, tok in enumerate(d):
+        choice = sampler.sample(rows[i], history + out)
+        if choice != tok:
+            out.append(choice)  # the model's own token where the draft went wrong
+            break
+        out.append(tok)
+    else:
+        out.append(sampler.sample(rows[len(d)], history + out))  # every draft token held
+    # Keep the accepted tokens; drop evaluated draft tokens past them.
+    session.rewind(n_before + len(out) - 1)
+    return out
