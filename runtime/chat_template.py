@@ -667,6 +667,7 @@ def _translate(exc: BaseException) -> TemplateError:
 
 
 MAX_BLOCK_DEPTH = 32
+MAX_TAGS = 2000  # block and expression tags in one template
 _BLOCK_TAGS = frozenset({"for", "if", "macro", "call", "filter", "with", "block",
                          "generation", "autoescape", "set"})
 
@@ -676,9 +677,16 @@ def _check_nesting(source: str) -> None:
     output goes through, spends seconds on such code (uninterruptibly) and then fails
     anyway. Real chat templates nest a handful of blocks deep."""
     depth = 0
+    n_tags = 0
     statement: list[tuple[str, str]] = []
     in_block = False
     for lineno, kind, value in _environment().lex(source):
+        if kind in ("block_begin", "variable_begin"):
+            # Real templates have under a hundred tags; thousands of them only make the
+            # compiler (uninterruptible C) spend seconds.
+            n_tags += 1
+            if n_tags > MAX_TAGS:
+                raise TemplateError(f"chat template has more than {MAX_TAGS} tags (line {lineno})")
         if kind == "block_begin":
             in_block, statement = True, []
         elif kind == "block_end" and in_block:

@@ -64,16 +64,8 @@ MODEL_FILES = [
 ]
 VOCAB_FILE = FIXTURES / "tokenizer" / "ggml-vocab-qwen2.gguf"
 # The vocab file costs ~0.5 s a case (150k strings parsed and tokenized), so it gets a
-# smaller share of the random cases to keep CI's 1000 cases near 30 s.
-VOCAB_WEIGHT = 0.04
-
-# Tokenizer errors that Model.load lets escape instead of a GGUFError; see
-# test_tokenizer_metadata_errors_are_gguferrors. Until that is fixed the random test counts
-# them separately (they are listed in its output) rather than failing on every seed.
-try:
-    from runtime.tokenizer import TokenizerError
-except ImportError:  # pragma: no cover - the tokenizer module is always there today
-    TokenizerError = None
+# smaller share of the random cases to keep CI's cases near 30 s.
+VOCAB_WEIGHT = 0.025
 
 # -- GGUF value types and a parser of our own (independent of runtime.gguf) --------------
 
@@ -351,7 +343,8 @@ def _stop_tracing_after_each_test():
 class Outcome:
     desc: str
     error: BaseException | None
-    elapsed_s: float
+    elapsed_s: float  # wall clock, reported
+    cpu_s: float  # CPU time of the process, checked against MAX_CASE_S
     rss_extra_bytes: int
     traced_peak_bytes: int
     file_bytes: int
@@ -366,8 +359,12 @@ class Outcome:
             out.append(f"raised {type(self.error).__name__}: {str(self.error)[:200]}")
         if isinstance(self.error, GGUFError) and not str(self.error).strip():
             out.append("GGUFError with an empty message")
-        if self.elapsed_s > MAX_CASE_S:
-            out.append(f"took {self.elapsed_s:.2f} s (limit {MAX_CASE_S} s)")
+        # CPU time, not wall time: other test processes share the 2 CI cores, and a
+        # runaway loop burns CPU either way (a true hang is caught by HANG_GUARD_S).
+        if self.cpu_s > MAX_CASE_S:
+            out.append(f"took {self.cpu_s:.2f} s of CPU (limit {MAX_CASE_S} s)")
+        if isinstance(self.error, _Hang):
+            out.append(f"hung: {self.error}")
         budget = self.file_bytes + MAX_EXTRA_BYTES
         for what, n in (("peak RSS", self.rss_extra_bytes), ("traced", self.traced_peak_bytes)):
             if n > budget:
@@ -379,7 +376,7 @@ def run_case(path: Path, desc: str, trace: bool) -> Outcome:
     error = None
     old = signal.signal(signal.SIGALRM, _raise_hang)
     signal.setitimer(signal.ITIMER_REAL, HANG_GUARD_S)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     try:
         with _Meter(trace) as meter:
             try:
@@ -390,10 +387,10 @@ def run_case(path: Path, desc: str, trace: bool) -> Outcome:
             except Exception as e:  # noqa: BLE001 - classifying what escapes is the point
                 error = e
     finally:
-        elapsed = time.perf_counter() - t0
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
-    return Outcome(desc, error, elapsed, meter.rss_extra_bytes, meter.traced_peak_bytes,
+    return Outcome(desc, error, elapsed, cpu, meter.rss_extra_bytes, meter.traced_peak_bytes,
                    path.stat().st_size)
 
 
@@ -594,8 +591,8 @@ def test_nested_arrays(tmp_path):
 
 
 @pytest.mark.parametrize("vtype,value", [(U32, 0), (U32, 3), (U32, 48), (U64, 2**63),
-                                         (U32, 2**31), (I32, -32), (STRING, b"32"),
-                                         (F32, 32.0), (BOOL, 1)])
+                                         (U32, 2**31), (U32, 2**32 - 1), (I32, -32),
+                                         (STRING, b"32"), (F32, 32.0), (BOOL, 0)])
 def test_bad_alignment(tmp_path, vtype, value):
     lay = layout(LLAMA)
     kvs = lay.kvs + [KV(b"general.alignment", vtype, value)]
@@ -631,8 +628,20 @@ def _set_kv(lay: Layout, key: bytes, vtype: int, value, etype=None) -> list:
     return [KV(key, vtype, value, etype) if kv.key == key else kv for kv in lay.kvs]
 
 
-# Metadata values of the wrong type or range, for keys the loader and the tokenizer read.
-WRONG_TYPES = [
+def _bug(reason: str):
+    return pytest.mark.xfail(strict=True, reason=reason)
+
+
+ESCAPES_TOKENIZER_ERROR = _bug(
+    "Model.load lets runtime.tokenizer.TokenizerError (a ValueError, not a GGUFError) "
+    "escape from Tokenizer.from_metadata")
+ESCAPES_TYPE_ERROR = _bug(
+    "the tokenizer does not check the types of its metadata: TypeError escapes Model.load")
+
+# Metadata values of the wrong type, range or presence, for keys the loader and the
+# tokenizer read. The contract is only "a valid load or a clear GGUFError": some of these
+# are harmless (an out-of-range special token id is ignored, as llama.cpp does).
+METADATA_CASES = [
     (b"general.architecture", U32, 7, None),
     (b"general.architecture", STRING, b"llama\0", None),
     (b"llama.block_count", STRING, b"2", None),
@@ -640,7 +649,10 @@ WRONG_TYPES = [
     (b"llama.block_count", U64, 2**63, None),
     (b"llama.block_count", I32, -1, None),
     (b"llama.block_count", ARRAY, [2, 3], U32),
-    (b"llama.embedding_length", F32, 256.0, None),
+    pytest.param(b"llama.embedding_length", F32, 256.0, None, marks=_bug(
+        "archs.config_from_metadata accepts a float for integer keys (kind=(int, float)); "
+        "np.empty then raises TypeError: 'float' object cannot be interpreted as an integer "
+        "in model._WeightLoader.matrix")),
     (b"llama.embedding_length", U32, 255, None),
     (b"llama.attention.head_count", U32, 0, None),
     (b"llama.attention.head_count_kv", U32, 3, None),
@@ -650,45 +662,41 @@ WRONG_TYPES = [
     (b"llama.rope.freq_base", STRING, b"10000", None),
     (b"llama.attention.layer_norm_rms_epsilon", STRING, b"x", None),
     (b"llama.context_length", STRING, b"256", None),
-    (b"tokenizer.ggml.tokens", ARRAY, [], STRING),
-    (b"tokenizer.ggml.tokens", STRING, b"abc", None),
-    (b"tokenizer.ggml.scores", ARRAY, [1.0, 2.0], F32),
-    (b"tokenizer.ggml.token_type", ARRAY, [1, 2], I32),
+    (b"tokenizer.ggml.scores", ARRAY, [b"a"] * 512, STRING),
     (b"tokenizer.ggml.bos_token_id", U32, 2**32 - 1, None),
     (b"tokenizer.ggml.eos_token_id", I32, -5, None),
     (b"tokenizer.ggml.unknown_token_id", U64, 2**64 - 1, None),
+    pytest.param(b"tokenizer.ggml.model", STRING, b"llamb", None, marks=ESCAPES_TOKENIZER_ERROR),
+    pytest.param(b"tokenizer.ggml.model", STRING, b"bert", None, marks=ESCAPES_TOKENIZER_ERROR),
+    pytest.param(b"tokenizer.ggml.model", U32, 1, None, marks=ESCAPES_TOKENIZER_ERROR),
+    pytest.param(b"tokenizer.ggml.tokens", ARRAY, [], STRING, marks=ESCAPES_TOKENIZER_ERROR),
+    pytest.param(b"tokenizer.ggml.tokens", STRING, b"abc", None, marks=ESCAPES_TOKENIZER_ERROR),
+    pytest.param(b"tokenizer.ggml.scores", ARRAY, [1.0, 2.0], F32, marks=ESCAPES_TOKENIZER_ERROR),
+    pytest.param(b"tokenizer.ggml.token_type", ARRAY, [1, 2], I32, marks=ESCAPES_TOKENIZER_ERROR),
+    pytest.param(b"tokenizer.ggml.token_type", ARRAY, [b"a"] * 512, STRING,
+                 marks=ESCAPES_TOKENIZER_ERROR),
+    pytest.param(b"tokenizer.ggml.tokens", ARRAY, [1, 2, 3], U32, marks=ESCAPES_TYPE_ERROR),
+    pytest.param(b"tokenizer.ggml.tokens", U64, 0, None, marks=ESCAPES_TYPE_ERROR),
+    pytest.param(b"tokenizer.ggml.scores", I8, 2, None, marks=ESCAPES_TYPE_ERROR),
+    pytest.param(b"tokenizer.ggml.token_type", F32, float("inf"), None, marks=ESCAPES_TYPE_ERROR),
+    pytest.param(b"tokenizer.ggml.pre", BOOL, 1, None, marks=ESCAPES_TYPE_ERROR),
+    pytest.param(b"tokenizer.ggml.pre", I16, 1, None, marks=ESCAPES_TYPE_ERROR),
 ]
 
 
-@pytest.mark.parametrize("key,vtype,value,etype", WRONG_TYPES,
-                         ids=[f"{k.decode()}={v!r}"[:60] for k, _, v, _ in WRONG_TYPES])
+def _case_id(p) -> str:
+    key, _, value, _ = p.values if hasattr(p, "values") else p
+    return f"{key.decode()}={value!r}"[:60]
+
+
+@pytest.mark.parametrize("key,vtype,value,etype", METADATA_CASES,
+                         ids=[_case_id(p) for p in METADATA_CASES])
 def test_wrong_metadata_type_or_range(tmp_path, key, vtype, value, etype):
-    lay = layout(LLAMA)
+    # tokenizer.ggml.pre is absent from the llama fixture; gemma3's has it.
+    lay = layout(LLAMA if any(kv.key == key for kv in layout(LLAMA).kvs) else MODEL_FILES[1])
+    assert any(kv.key == key for kv in lay.kvs), key
     o = run_bytes(tmp_path, "m.gguf", serialize(lay, kvs=_set_kv(lay, key, vtype, value, etype)),
-                  f"{key.decode()} = {value!r}")
-    # Some of these are harmless (an out-of-range special token id is ignored, as llama.cpp
-    # does); the contract is only: a valid load or a clear GGUFError.
-    assert not o.problems(), f"{o.desc}: {o.problems()}"
-
-
-# Metadata the tokenizer reads. Model.load passes its TokenizerError (a ValueError, not a
-# GGUFError) straight through; these are known escapes, listed for the lead.
-TOKENIZER_ESCAPES = [
-    (b"tokenizer.ggml.model", STRING, b"llamb", None),
-    (b"tokenizer.ggml.model", STRING, b"bert", None),
-    (b"tokenizer.ggml.model", U32, 1, None),
-    (b"tokenizer.ggml.tokens", ARRAY, [1, 2, 3], U32),
-    (b"tokenizer.ggml.scores", ARRAY, [b"a"] * 512, STRING),
-    (b"tokenizer.ggml.token_type", ARRAY, [b"a"] * 512, STRING),
-]
-
-
-@pytest.mark.parametrize("key,vtype,value,etype", TOKENIZER_ESCAPES,
-                         ids=[f"{k.decode()}={v!r}"[:50] for k, _, v, _ in TOKENIZER_ESCAPES])
-def test_tokenizer_metadata_errors_are_gguferrors(tmp_path, key, vtype, value, etype):
-    lay = layout(LLAMA)
-    kvs = _set_kv(lay, key, vtype, value, etype)
-    o = run_bytes(tmp_path, "tk.gguf", serialize(lay, kvs=kvs), f"{key.decode()} = {value!r}"[:80])
+                  f"{lay.path.name}: {key.decode()} = {value!r}"[:120])
     assert not o.problems(), f"{o.desc}: {o.problems()}"
 
 
@@ -736,15 +744,23 @@ def _random_value_of(rng: random.Random, vtype: int):
     bits = {"B": 8, "H": 16, "I": 32, "Q": 64}[_SCALAR_FMT[vtype][-1].upper()]
     signed = _SCALAR_FMT[vtype][-1].islower()
     lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
-    return rng.choice([lo, hi, 0, 1, 2, 3, 255, 256, 511, 512, 65536, rng.randint(lo, hi)])
+    v = rng.choice([lo, hi, 0, 1, 2, 3, 255, 256, 511, 512, 65536, rng.randint(lo, hi)])
+    return min(max(v, lo), hi)
 
 
-def mutate(rng: random.Random, lay: Layout) -> tuple[str, bytes]:
+# "bytes": damage to the encoding (flips, hostile integers, cuts, splices, alignment).
+# "metadata": well-encoded files whose key/values have the wrong type, range or presence.
+OPS = {
+    "bytes": ["flip_header", "flip_header", "flip_kv", "flip_tinfo", "flip_data",
+              "int_field", "int_field", "int_field", "truncate", "alignment", "splice"],
+    "metadata": ["kv_value", "kv_value", "kv_value", "kv_drop_or_dup"],
+}
+
+
+def mutate(rng: random.Random, lay: Layout, family: str = "bytes") -> tuple[str, bytes]:
     """One random mutation of the fixture: (description, bytes)."""
     data = lay.data
-    op = rng.choice(["flip_header", "flip_header", "flip_kv", "flip_tinfo", "flip_data",
-                     "int_field", "int_field", "int_field", "truncate", "kv_value",
-                     "kv_drop_or_dup", "alignment", "splice"])
+    op = rng.choice(OPS[family])
     if op == "flip_tinfo" and not lay.tinfos or op == "flip_data" and not lay.tensor_spans:
         op = "flip_header"
     if op.startswith("flip"):
@@ -808,28 +824,37 @@ def case_indices() -> list[int]:
     return list(range(N_CASES))
 
 
-def test_random_mutations(tmp_path, capsys):
-    outcomes, kinds, escapes = [], {}, []
+# Known bugs the metadata family finds (seed 20240508); each also has a targeted xfail above.
+METADATA_BUGS = (
+    "Model.load lets TypeError and TokenizerError escape for wrongly typed tokenizer "
+    "metadata (tokenizer.ggml.tokens/scores/token_type as a scalar, tokenizer.ggml.pre "
+    "as a number, tokenizer.ggml.model unknown)")
+
+
+@pytest.mark.parametrize("family", [
+    "bytes",
+    pytest.param("metadata", marks=pytest.mark.xfail(strict=True, reason=METADATA_BUGS)),
+])
+def test_random_mutations(tmp_path, capsys, family):
+    outcomes, kinds = [], {}
     t_start = time.perf_counter()
-    for i in case_indices():
-        rng = random.Random(f"{SEED}:{i}")
+    # Metadata cases are fewer: each is a well-formed file that loads all the way.
+    indices = case_indices() if family == "bytes" or ONLY else list(range(max(N_CASES // 4, 1)))
+    for i in indices:
+        rng = random.Random(f"{SEED}:{family}:{i}")
         path = _pick_file(rng)
         lay = layout(path)
-        desc, data = mutate(rng, lay)
+        desc, data = mutate(rng, lay, family)
         o = run_bytes(tmp_path, f"case{i}.gguf", data,
-                      f"case {i} (CHATFILE_FUZZ_SEED={SEED} CHATFILE_FUZZ_ONLY={i}) "
+                      f"{family} case {i} (CHATFILE_FUZZ_SEED={SEED} CHATFILE_FUZZ_ONLY={i}) "
                       f"{path.name}: {desc}", trace=not _is_vocab(lay))
         kinds[o.kind] = kinds.get(o.kind, 0) + 1
-        if TokenizerError is not None and type(o.error) is TokenizerError:
-            escapes.append(o)  # the known escape: see test_tokenizer_metadata_errors_are_gguferrors
-            o = replace(o, error=None)
         outcomes.append(o)
     total_s = time.perf_counter() - t_start
     with capsys.disabled():
-        print(f"\nfuzz: {len(outcomes)} cases in {total_s:.1f} s (seed {SEED}); outcomes {kinds}; "
-              f"max {max(o.elapsed_s for o in outcomes) * 1000:.0f} ms/case; peak extra RSS "
+        print(f"\nfuzz[{family}]: {len(outcomes)} cases in {total_s:.1f} s (seed {SEED}); "
+              f"outcomes {kinds}; max {max(o.elapsed_s for o in outcomes) * 1000:.0f} ms wall, "
+              f"{max(o.cpu_s for o in outcomes) * 1000:.0f} ms CPU per case; peak extra RSS "
               f"{max(o.rss_extra_bytes for o in outcomes) / 2**20:.1f} MB; peak traced "
               f"{max(o.traced_peak_bytes for o in outcomes) / 2**20:.1f} MB")
-        for o in escapes[:10]:
-            print(f"  known escape, TokenizerError: {o.desc}: {o.error}")
     _assert_clean(outcomes)
