@@ -32,6 +32,9 @@ from runtime.gguf import GGUFError
 UBATCH_TOK = 256
 # Quantized-mode matmuls dequantize this many weight bytes (as float32) at a time.
 QUANT_CHUNK_BYTES = 8 << 20
+# Dequantizing at load runs on every core: NumPy releases the GIL in its kernels, and
+# first-touch page faults of the new float32 matrices also spread over the cores.
+LOAD_THREADS = os.cpu_count() or 1
 
 
 class ContextOverflowError(ValueError):
@@ -152,7 +155,8 @@ class _WeightLoader:
         r0 = 0
         for name, r in zip(names, rows):
             t = self.info(name)
-            quants.dequantize_into(self.g.raw(name), t.ggml_type, out[r0:r0 + r])
+            quants.dequantize_into(self.g.raw(name), t.ggml_type, out[r0:r0 + r],
+                                   name=name, threads=LOAD_THREADS)
             self._tick(t.n_bytes)
             r0 += r
         return out

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
+import threading
 import time
 
 import pytest
@@ -86,6 +86,19 @@ def test_hostile_template_gets_a_json_error_and_the_server_lives(server_factory,
     tpl.write_text(_walk_template(marker) if text is None else text, encoding="utf-8")
     h = server_factory(TINY, "--chat-template", tpl)
 
+    # /health is polled while the attacks render (the slowest runs into the 2 s deadline):
+    # rendering happens on the request's thread and must not stall the others.
+    health_s, stop = [], threading.Event()
+
+    def poll_health():
+        while not stop.is_set():
+            t0 = time.monotonic()
+            st, _, _ = http_request("GET", h.url + "/health", timeout=5)
+            health_s.append((st, time.monotonic() - t0))
+            stop.wait(0.05)
+
+    poller = threading.Thread(target=poll_health, daemon=True)
+    poller.start()
     seen = []
     for content in messages:
         msgs = [{"role": "user", "content": content}]
@@ -101,6 +114,10 @@ def test_hostile_template_gets_a_json_error_and_the_server_lives(server_factory,
         t0 = time.monotonic()
         status, _, _ = http_request("GET", h.url + "/health", timeout=5)
         assert status == 200 and time.monotonic() - t0 < 1.0
+    stop.set()
+    poller.join(10)
+    assert health_s and all(st == 200 for st, _ in health_s), health_s
+    assert max(dt for _, dt in health_s) < 1.0, max(dt for _, dt in health_s)
     status, body = post_json(h.url + "/v1/completions",
                              {"prompt": "Hello", "max_tokens": 4, "temperature": 0}, timeout=30)
     assert status == 200 and body["choices"][0]["finish_reason"] in ("length", "stop"), body
