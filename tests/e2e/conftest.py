@@ -176,3 +176,34 @@ def tiny_model():
     """The same model loaded in this process: the honest reference for the server's output."""
     from runtime.model import Model
     return Model.load(TINY)
+
+
+# ---------------------------------------------------------------------------------------
+# Headless Chromium: Debian's package, driven by Playwright through executable_path
+# (browser downloads are impossible). One browser for the whole session.
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+
+
+def require_chromium():
+    """The Playwright module, or a visible skip when Playwright or Chromium is missing."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"no Chromium at {CHROMIUM} (CI installs Debian's chromium)", allow_module_level=True)
+    return sync_api
+
+
+@pytest.fixture(scope="session")
+def browser():
+    sync_api = require_chromium()
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def server_url(tiny_server):
+    return tiny_server.url.rstrip("/") + "/"

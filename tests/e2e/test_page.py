@@ -17,34 +17,18 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "tests" / "fixtures" / "models" / "tiny-llama-q8_0.gguf"
 ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 TIMEOUT_MS = 20_000
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-if not os.path.exists(CHROMIUM):
-    pytest.skip(f"no Chromium at {CHROMIUM} (CI installs Debian's chromium)", allow_module_level=True)
+from tests.e2e.conftest import require_chromium  # noqa: E402
+
+sync_api = require_chromium()
 
 
 # ---------------------------------------------------------------------------------------
 # Server: `tiny_server` and `server_factory` come from tests/e2e/conftest.py.
 
-@pytest.fixture(scope="module")
-def server_url(tiny_server):
-    return tiny_server.url.rstrip("/") + "/"
-
-
 # ---------------------------------------------------------------------------------------
 # Browser
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
 
 @pytest.fixture
 def page(browser, server_url):

@@ -17,9 +17,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 WEB = ROOT / "runtime" / "web"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 TIMEOUT_MS = 20_000
 
 PWN = "window.__pwned=1"
@@ -47,22 +44,9 @@ ALLOWED_TAGS = {"ARTICLE", "DIV", "SPAN", "P", "BR", "STRONG", "EM", "DEL", "COD
                 "A", "UL", "OL", "LI", "H1", "H2", "H3", "H4", "H5", "H6", "BLOCKQUOTE", "HR",
                 "BUTTON", "TEXTAREA"}
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-if not os.path.exists(CHROMIUM):
-    pytest.skip(f"no Chromium at {CHROMIUM} (CI installs Debian's chromium)", allow_module_level=True)
+from tests.e2e.conftest import require_chromium  # noqa: E402
 
-
-@pytest.fixture(scope="module")
-def server_url(tiny_server):  # tiny_server: tests/e2e/conftest.py
-    return tiny_server.url.rstrip("/") + "/"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
+sync_api = require_chromium()
 
 
 @pytest.fixture
