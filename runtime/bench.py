@@ -26,9 +26,37 @@ def code_prompt_text() -> str:
     return "\n\n".join((here / name).read_text() for name in ("model.py", "gguf.py", "sampling.py"))
 
 
-def bench_chatfile(path: str, n_prompt: int, n_gen: int, mode: str, offset=0, size=None) -> dict:
+_EDIT_CODE = """def moving_average(values, window):
+    result = []
+    total = 0.0
+    for i, value in enumerate(values):
+        total += value
+        if i >= window:
+            total -= values[i - window]
+        if i >= window - 1:
+            result.append(total / window)
+    return result
+"""
+# The prompts the speculative decode is measured on: a chat answer and a code edit.
+SPEC_PROMPTS = {
+    "chat": "What is a Python list comprehension? Explain briefly with two examples.",
+    "code edit": "Add type hints and a docstring to this function. Reply with the code only."
+                 "\n\n```python\n" + _EDIT_CODE + "```",
+}
+
+
+def spec_prompt_texts(model) -> dict[str, str]:
+    """The shipped prompts rendered with the model's chat template."""
+    return {name: model.chat_prompt([{"role": "user", "content": text}])
+            for name, text in SPEC_PROMPTS.items()}
+
+
+def bench_chatfile(path: str, n_prompt: int, n_gen: int, mode: str, offset=0, size=None,
+                   spec_texts: dict[str, str] | None = None) -> dict:
     import numpy as np
     from runtime.model import Model
+    from runtime.sampling import Sampler, SamplingParams
+    from runtime.speculate import greedy_tokens
 
     t0 = time.perf_counter()
     model = Model.load(path, offset=offset, size=size, mode=mode)
@@ -45,21 +73,38 @@ def bench_chatfile(path: str, n_prompt: int, n_gen: int, mode: str, offset=0, si
         tok = int(np.argmax(s.eval([tok])))  # end tokens are ignored: always n_gen steps
     decode_s = time.perf_counter() - t0
     weight_bytes = model.bytes_read_per_token()
-    return {
+    res = {
         "impl": "chatfile", "mode": model.mode, "n_prompt": len(ids), "n_gen": n_gen,
         "load_s": load_s, "prefill_tok_s": len(ids) / prefill_s, "decode_tok_s": n_gen / decode_s,
         "ttft_s": ttft_s, "peak_rss_mb": _peak_rss_mb(),
         "decode_gb_s": weight_bytes * n_gen / decode_s / 1e9,
     }
+    # Greedy decode as the server does it: with prompt-lookup speculation.
+    sampler = Sampler(SamplingParams(temperature=0))
+    for name, text in (spec_texts or {}).items():
+        ids = model.tokenize(text, parse_special=True)
+        s = model.session(len(ids) + n_gen + 16)
+        logits, hist, passes = s.eval(ids), list(ids), 0
+        t0 = time.perf_counter()
+        while len(hist) - len(ids) < n_gen:
+            toks = greedy_tokens(s, logits, sampler, hist, s.n_ctx - len(s.tokens))
+            hist += toks
+            passes += 1
+            logits = s.eval([toks[-1]])
+        n = len(hist) - len(ids)
+        res[f"spec_{name}_tok_s"] = n / (time.perf_counter() - t0)
+        res[f"spec_{name}_tok_per_pass"] = n / passes
+    return res
 
 
-def bench_llama_cpp(path: str, n_prompt: int, n_gen: int, threads: int) -> dict:
+def bench_llama_cpp(path: str, n_prompt: int, n_gen: int, threads: int,
+                    spec_texts: dict[str, str] | None = None) -> dict:
     """Runs inside a child process (see run_bench)."""
     import numpy as np
     from llama_cpp import Llama
 
     t0 = time.perf_counter()
-    llm = Llama(model_path=path, n_ctx=n_prompt + n_gen + 16, n_threads=threads,
+    llm = Llama(model_path=path, n_ctx=max(n_prompt + n_gen + 16, 2048), n_threads=threads,
                 n_threads_batch=threads, n_batch=512, verbose=False)
     load_s = time.perf_counter() - t0
     ids = llm.tokenize(code_prompt_text().encode(), add_bos=True, special=False)[:n_prompt]
@@ -73,21 +118,37 @@ def bench_llama_cpp(path: str, n_prompt: int, n_gen: int, threads: int) -> dict:
         llm.eval([tok])
         tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
     decode_s = time.perf_counter() - t0
-    return {
+    res = {
         "impl": "llama.cpp", "n_prompt": len(ids), "n_gen": n_gen, "load_s": load_s,
         "prefill_tok_s": len(ids) / prefill_s, "decode_tok_s": n_gen / decode_s,
         "ttft_s": ttft_s, "peak_rss_mb": _peak_rss_mb(),
     }
+    # llama.cpp's plain greedy decode on the same rendered prompts, for the ratio.
+    for name, text in (spec_texts or {}).items():
+        llm.reset()
+        ids = llm.tokenize(text.encode(), add_bos=False, special=True)
+        llm.eval(ids)
+        t0 = time.perf_counter()
+        for _ in range(n_gen):
+            tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            llm.eval([tok])
+        res[f"spec_{name}_tok_s"] = n_gen / (time.perf_counter() - t0)
+    return res
 
 
 ROWS = [("load_s", "load (s)", "{:.2f}"), ("prefill_tok_s", "prefill (tok/s)", "{:.1f}"),
         ("decode_tok_s", "decode (tok/s)", "{:.1f}"), ("ttft_s", "time to first token (s)", "{:.2f}"),
         ("peak_rss_mb", "peak RSS (MB)", "{:.0f}"), ("decode_gb_s", "decode weight reads (GB/s)", "{:.1f}")]
+ROWS += [(f"spec_{name}_tok_s", f"decode, {name} prompt, prompt lookup (tok/s)", "{:.1f}")
+         for name in SPEC_PROMPTS]
+ROWS += [(f"spec_{name}_tok_per_pass", f"  tokens per forward pass ({name})", "{:.2f}")
+         for name in SPEC_PROMPTS]
 
 
 def format_table(ours: dict, ref: dict | None, threads: int) -> str:
     head = f"| measure ({threads} threads, {ours['n_prompt']}-token prompt, {ours['n_gen']} new) | chatfile |"
-    lines = [head + (" llama.cpp | ratio |" if ref else ""), "|---|---|" + ("---|---|" if ref else "")]
+    lines = [head + (" llama.cpp | chatfile ÷ llama.cpp |" if ref else ""),
+             "|---|---|" + ("---|---|" if ref else "")]
     for key, label, fmt in ROWS:
         if key not in ours:
             continue
@@ -104,11 +165,20 @@ def format_table(ours: dict, ref: dict | None, threads: int) -> str:
 
 def run_bench(args) -> int:
     threads = args.threads or os.cpu_count() or 1
+    offset, size = getattr(args, "gguf_offset", 0), getattr(args, "gguf_size", None)
+    from runtime.model import Model
+    vocab = Model.load(args.model, offset=offset, size=size, vocab_only=True)
+    try:
+        spec_texts = spec_prompt_texts(vocab)
+    except ValueError as e:  # a template that cannot render: skip those rows, say why
+        print(f"note: no speculative-decode rows: {e}", file=sys.stderr)
+        spec_texts = {}
     ref = None
     if args.against_llama_cpp:
         # First, in a child, so its memory is not counted in ours.
-        cmd = [sys.executable, "-m", "runtime.bench", "--llama-cpp-child", args.model,
-               str(args.prompt_tokens), str(args.gen_tokens), str(threads)]
+        job = {"model": args.model, "n_prompt": args.prompt_tokens, "n_gen": args.gen_tokens,
+               "threads": threads, "spec_texts": spec_texts}
+        cmd = [sys.executable, "-m", "runtime.bench", "--llama-cpp-child", json.dumps(job)]
         r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         if r.returncode != 0:
             print("llama.cpp comparison failed (is the optional extra installed? "
@@ -118,7 +188,7 @@ def run_bench(args) -> int:
     if getattr(args, "gguf_offset", 0) and args.against_llama_cpp:
         print("note: llama.cpp cannot read a GGUF inside a bundle", file=sys.stderr)
     ours = bench_chatfile(args.model, args.prompt_tokens, args.gen_tokens, args.mode,
-                          getattr(args, "gguf_offset", 0), getattr(args, "gguf_size", None))
+                          offset, size, spec_texts)
     print(format_table(ours, ref, threads))
     if args.json:
         Path(args.json).write_text(json.dumps({"threads": threads, "chatfile": ours, "llama.cpp": ref}, indent=2))
@@ -142,8 +212,9 @@ def plot_prefill_curve(args, threads: int, out: str) -> None:
     if args.against_llama_cpp:
         ref = []
         for n in lengths:
-            r = subprocess.run([sys.executable, "-m", "runtime.bench", "--llama-cpp-child", args.model,
-                                str(n), "1", str(threads)], stdout=subprocess.PIPE, text=True)
+            job = {"model": args.model, "n_prompt": n, "n_gen": 1, "threads": threads}
+            r = subprocess.run([sys.executable, "-m", "runtime.bench", "--llama-cpp-child",
+                                json.dumps(job)], stdout=subprocess.PIPE, text=True)
             ref.append(json.loads(r.stdout.strip().splitlines()[-1])["prefill_tok_s"])
         plt.plot(lengths, ref, marker="s", label="llama.cpp")
     plt.xlabel("prompt length (tokens)")
@@ -154,10 +225,12 @@ def plot_prefill_curve(args, threads: int, out: str) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 6 and sys.argv[1] == "--llama-cpp-child":
+    if len(sys.argv) == 3 and sys.argv[1] == "--llama-cpp-child":
+        job = json.loads(sys.argv[2])
         from runtime.cli import set_threads
-        set_threads(int(sys.argv[5]))
-        res = bench_llama_cpp(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
+        set_threads(job["threads"])
+        res = bench_llama_cpp(job["model"], job["n_prompt"], job["n_gen"], job["threads"],
+                              job.get("spec_texts"))
         print(json.dumps(res))
     else:
         print("usage: chatfile bench MODEL", file=sys.stderr)
