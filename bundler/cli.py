@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return cmd_bundle(a) if a.command == "bundle" else cmd_stub(a)
-    except BundleError as e:
+    except (BundleError, OSError) as e:
         print(f"chatfile: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -21,6 +21,7 @@ sh_offset of every section at or after the cut move by the inserted length.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -248,8 +249,10 @@ def splice(stub_path, gguf_path, out_path, *, fmt: str = "exe", args=(), title: 
         raise BundleError(f"not enough free disk space in {out_dir}: the bundle needs "
                           f"{_mib(bundle_bytes + DISK_MARGIN_BYTES)}, {_mib(free_bytes)} free")
 
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{os.path.basename(out_path)}.",
-                               suffix=".part")
+    prefix = f".{os.path.basename(out_path)}."
+    _remove_stale_parts(out_dir, prefix)
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=prefix, suffix=PART_SUFFIX)
+    lock = _lock_while_writing(tmp)
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(layout.head)
@@ -275,15 +278,63 @@ def splice(stub_path, gguf_path, out_path, *, fmt: str = "exe", args=(), title: 
         if os.path.lexists(out_path) and not force:  # appeared while we were copying
             raise BundleError(f"{out_path} already exists; use --force to overwrite it")
         os.replace(tmp, out_path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError):
+            full = " (the disk is full)" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+            raise BundleError(f"could not write the bundle in {out_dir}: "
+                              f"{e.strerror or e}{full}; nothing was written") from None
         raise
+    finally:
+        if lock is not None:
+            os.close(lock)
     return SpliceResult(path=out_path, sha256=digest, gguf_offset=gguf_offset,
                         gguf_size=gguf_size, bundle_bytes=bundle_bytes,
                         seconds=time.perf_counter() - t0)
+
+
+PART_SUFFIX = ".part"
+
+
+def _lock_while_writing(tmp: str) -> int | None:
+    """Hold an advisory lock on the temp file while it is written, so that a later run
+    can tell a live temp file from one left by a killed run (kill -9 cleans up nothing)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no stale-file cleanup there
+        return None
+    lock = os.open(tmp, os.O_RDONLY)
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return lock
+
+
+def _remove_stale_parts(out_dir: str, prefix: str) -> None:
+    """Delete temp files of this target that no running bundler holds a lock on."""
+    try:
+        import fcntl
+    except ImportError:
+        return
+    for name in os.listdir(out_dir):
+        if not (name.startswith(prefix) and name.endswith(PART_SUFFIX)):
+            continue
+        path = os.path.join(out_dir, name)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # another bundler is writing it right now
+        finally:
+            os.close(fd)
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
 
 
 def _copy_hashing(src_path: str, out, size: int, chunk_bytes: int, progress) -> str:

@@ -464,8 +464,10 @@ def test_truncation_at_every_boundary(tmp_path, path):
     cuts = sorted({(pos, label) for pos, label in lay.boundaries if pos < len(lay.data)})
     cuts += [(0, "empty file"), (2, "inside magic"), (lay.header_end + 1, "inside padding")]
     assert len(cuts) > 20
+    # Peak RSS only: a cut file holds less than the whole one, and tracemalloc would
+    # double the time of these ~1700 parses (the random cases trace, and cut too).
     outcomes = [run_bytes(tmp_path, "cut.gguf", lay.data[:pos],
-                          f"{path.name} cut at {pos} ({label})", trace=not _is_vocab(lay))
+                          f"{path.name} cut at {pos} ({label})", trace=False)
                 for pos, label in cuts]
     _assert_clean(outcomes)
     # Nothing is missing except at the very end, so no cut may load.
@@ -500,7 +502,7 @@ def test_huge_counts_and_lengths(tmp_path, role, value):
 def test_huge_string_count_in_big_vocab(tmp_path):
     lay = layout(VOCAB_FILE)
     f = _fields(lay, "count", "tokenizer.ggml.tokens")[0]
-    for value in (len(lay.kvs) * 0 + 2**61, 151936 * 2, 151937):
+    for value in (2**61, 151936 * 2, 151937):
         _assert_gguferror(run_bytes(tmp_path, "v.gguf", with_field(lay.data, f, value),
                                     f"{f.label} = {value}", trace=False))
 
