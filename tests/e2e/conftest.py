@@ -207,3 +207,58 @@ def browser():
 @pytest.fixture(scope="module")
 def server_url(tiny_server):
     return tiny_server.url.rstrip("/") + "/"
+
+
+# ---------------------------------------------------------------------------------------
+# Bundles: stubs are expensive (PyInstaller: about a minute), so each is built at most
+# once per pytest session and shared by every bundle test.
+
+BUNDLE_MODEL = ROOT / "tests" / "fixtures" / "models" / "tiny-llama-q8_0.gguf"
+_STUBS: dict = {}
+_BUNDLES: dict = {}
+
+
+# ---------------------------------------------------------------------------- helpers
+
+def session_stub(tmp_path_factory, fmt: str) -> Path:
+    """A bare stub of `fmt`, built at most once per session (or skip: builder missing)."""
+    builder = {"exe": "PyInstaller", "pyz": "shiv"}[fmt]
+    try:
+        __import__(builder)
+    except ImportError:
+        pytest.skip(f"{builder} is not installed: cannot build a {fmt} stub")
+    base = tmp_path_factory.getbasetemp()
+    key = (str(base), fmt)
+    if key not in _STUBS:
+        from bundler.stub import build_stub
+        path = base / "shared-stubs" / f"stub-{fmt}"
+        path.parent.mkdir(exist_ok=True)
+        build_s = build_stub(fmt, path)
+        print(f"\nbuilt the {fmt} stub in {build_s:.1f} s ({path.stat().st_size} bytes)")
+        _STUBS[key] = path
+    return _STUBS[key]
+
+
+def session_bundle(tmp_path_factory, fmt: str) -> Path:
+    """The tiny fixture model bundled into a `fmt` stub, once per session."""
+    stub = session_stub(tmp_path_factory, fmt)
+    key = (str(tmp_path_factory.getbasetemp()), fmt)
+    if key not in _BUNDLES:
+        from bundler.splice import splice
+        d = tmp_path_factory.getbasetemp() / "shared-bundles"
+        d.mkdir(exist_ok=True)
+        path = d / f"tiny.{fmt}"
+        splice(stub, BUNDLE_MODEL, path, fmt=fmt, args=["--ctx", "256"], title="Tiny bundle",
+               force=True)
+        _BUNDLES[key] = path
+    return _BUNDLES[key]
+
+
+def bundle_cmd(path: Path, fmt: str) -> list[str]:
+    return [str(path)] if fmt == "exe" else [sys.executable, str(path)]
+
+
+def bundle_env(tmp_path_factory) -> dict:
+    # shiv extracts site-packages once per SHIV_ROOT; one per session keeps starts fast.
+    return dict(os.environ, SHIV_ROOT=str(tmp_path_factory.getbasetemp() / "shiv-root"),
+                PYTHONUNBUFFERED="1")

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from test_bundle_faults import MODEL, ROOT, bundle_cmd, bundle_env, session_bundle
+from tests.e2e.conftest import BUNDLE_MODEL as MODEL
+from tests.e2e.conftest import ROOT, bundle_cmd, bundle_env, session_bundle
 
 REQUEST = {"messages": [{"role": "user", "content": "Say hello."}], "temperature": 0,
            "max_tokens": 12, "seed": 1}

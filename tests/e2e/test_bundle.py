@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.conftest import session_stub
+
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "tests" / "fixtures" / "models" / "tiny-llama-q8_0.gguf"
 REQUEST = {"messages": [{"role": "user", "content": "Say hello."}], "temperature": 0,
@@ -43,18 +45,13 @@ def _need_runtime():
 @pytest.fixture(scope="session")
 def stubs(tmp_path_factory):
     """{"exe": path, "pyz": path}, each built once for the session (skipped if impossible)."""
-    from bundler.stub import build_stub
-    d = tmp_path_factory.mktemp("stubs")
-    out, times = {}, {}
+    out = {}
     for fmt, module in (("exe", "PyInstaller"), ("pyz", "shiv")):
         try:
             __import__(module)
         except ImportError:
             continue
-        path = d / f"stub-{fmt}"
-        times[fmt] = build_stub(fmt, path)
-        out[fmt] = path
-    print(f"\nstub build times (s): {times}")
+        out[fmt] = session_stub(tmp_path_factory, fmt)
     return out
 
 

@@ -7,9 +7,8 @@ What each fault must give (docs/reliability.md, "Bundles: faults and air gap"):
   file and no Python traceback; where chatfile's own code can run (the damage is after the
   stub's archive) the message says "corrupt" or "truncated".
 
-Stubs are expensive (PyInstaller: about a minute), so `session_stub` builds each at most
-once per pytest session, shares it with tests/e2e/test_airgap.py, and reuses the stubs that
-tests/e2e/test_bundle.py built if that module already ran in this session.
+Stubs are expensive (PyInstaller: about a minute), so `session_stub` (tests/e2e/conftest.py)
+builds each at most once per pytest session for every bundle test.
 """
 from __future__ import annotations
 
@@ -25,68 +24,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.conftest import bundle_cmd, bundle_env, session_bundle, session_stub
+
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "tests" / "fixtures" / "models" / "tiny-llama-q8_0.gguf"
 RUN_TIMEOUT_S = 60
 TRACEBACK = "Traceback (most recent call last)"
 
 pytestmark = pytest.mark.slow
-
-_STUBS: dict = {}
-_BUNDLES: dict = {}
-
-
-# ---------------------------------------------------------------------------- helpers
-
-def session_stub(tmp_path_factory, fmt: str) -> Path:
-    """A bare stub of `fmt`, built at most once per session (or skip: builder missing)."""
-    builder = {"exe": "PyInstaller", "pyz": "shiv"}[fmt]
-    try:
-        __import__(builder)
-    except ImportError:
-        pytest.skip(f"{builder} is not installed: cannot build a {fmt} stub")
-    base = tmp_path_factory.getbasetemp()
-    key = (str(base), fmt)
-    if key not in _STUBS:
-        # test_bundle.py's session fixture writes <basetemp>/stubs<N>/stub-<fmt> (atomically,
-        # so an existing file is complete): reuse it rather than build a second time.
-        found = sorted(base.glob(f"stubs*/stub-{fmt}"))
-        if found:
-            _STUBS[key] = found[0]
-        else:
-            from bundler.stub import build_stub
-            path = base / "shared-stubs" / f"stub-{fmt}"
-            path.parent.mkdir(exist_ok=True)
-            build_s = build_stub(fmt, path)
-            print(f"\nbuilt the {fmt} stub in {build_s:.1f} s ({path.stat().st_size} bytes)")
-            _STUBS[key] = path
-    return _STUBS[key]
-
-
-def session_bundle(tmp_path_factory, fmt: str) -> Path:
-    """The tiny fixture model bundled into a `fmt` stub, once per session."""
-    stub = session_stub(tmp_path_factory, fmt)
-    key = (str(tmp_path_factory.getbasetemp()), fmt)
-    if key not in _BUNDLES:
-        from bundler.splice import splice
-        d = tmp_path_factory.getbasetemp() / "shared-bundles"
-        d.mkdir(exist_ok=True)
-        path = d / f"tiny.{fmt}"
-        splice(stub, MODEL, path, fmt=fmt, args=["--ctx", "256"], title="Tiny bundle",
-               force=True)
-        _BUNDLES[key] = path
-    return _BUNDLES[key]
-
-
-def bundle_cmd(path: Path, fmt: str) -> list[str]:
-    return [str(path)] if fmt == "exe" else [sys.executable, str(path)]
-
-
-def bundle_env(tmp_path_factory) -> dict:
-    # shiv extracts site-packages once per SHIV_ROOT; one per session keeps starts fast.
-    return dict(os.environ, SHIV_ROOT=str(tmp_path_factory.getbasetemp() / "shiv-root"),
-                PYTHONUNBUFFERED="1")
-
 
 def free_port() -> int:
     with socket.socket() as s:
