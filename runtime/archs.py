@@ -100,7 +100,8 @@ def config_from_metadata(md: dict, n_vocab: int) -> ArchConfig:
             f"unsupported architecture {arch!r}; supported: {', '.join(supported())}")
     d = ARCHS[arch]
 
-    def get(key, default=None, kind=(int, float)):
+    def get(key, default=None, kind=int):
+        """A metadata value of this arch; kind=int refuses floats, kind=float takes both."""
         v = md.get(f"{arch}.{key}", default)
         if isinstance(v, list):  # per-layer arrays: llama.cpp allows them; we need them equal
             if not v or any(x != v[0] for x in v):
@@ -108,8 +109,10 @@ def config_from_metadata(md: dict, n_vocab: int) -> ArchConfig:
             v = v[0]
         if v is None:
             raise GGUFError(f"required key {arch}.{key} is missing")
-        if not isinstance(v, kind) or isinstance(v, bool) and kind != bool:
-            raise GGUFError(f"{arch}.{key} has the wrong type: {v!r}")
+        ok = (int, float) if kind is float else (int,)
+        if isinstance(v, bool) or not isinstance(v, ok):
+            raise GGUFError(f"{arch}.{key} must be {'a number' if kind is float else 'an integer'}, "
+                            f"got {v!r}")
         return v
 
     n_embd = get("embedding_length")
@@ -125,10 +128,18 @@ def config_from_metadata(md: dict, n_vocab: int) -> ArchConfig:
     head_dim = get("attention.key_length", n_embd // n_head)
     head_dim_v = get("attention.value_length", head_dim)
     n_rot = get("rope.dimension_count", head_dim)
+    n_ff = get("feed_forward_length", 0)
+    n_ctx_train = get("context_length", 2048)
+    swa_window = get("attention.sliding_window", 0)
+    for name, v, lo in (("attention.key_length", head_dim, 1), ("attention.value_length", head_dim_v, 1),
+                        ("feed_forward_length", n_ff, 0), ("context_length", n_ctx_train, 1),
+                        ("attention.sliding_window", swa_window, 0)):
+        if not lo <= v <= 1 << 24:
+            raise GGUFError(f"{arch}.{name} = {v} is out of range")
     if n_rot > head_dim or n_rot % 2:
         raise GGUFError(f"rope dimension count {n_rot} does not fit head size {head_dim}")
     scaling_type = md.get(f"{arch}.rope.scaling.type", "none")
-    scaling_factor = float(get("rope.scaling.factor", 1.0))
+    scaling_factor = float(get("rope.scaling.factor", 1.0, float))
     freq_scale = 1.0
     if scaling_type == "linear" and scaling_factor > 0:
         freq_scale = 1.0 / scaling_factor
@@ -136,7 +147,7 @@ def config_from_metadata(md: dict, n_vocab: int) -> ArchConfig:
         # yarn and friends change attention too; refuse rather than answer wrongly.
         raise GGUFError(f"rope scaling type {scaling_type!r} is not supported")
 
-    attn_scale = float(get("attention.scale", 0.0))
+    attn_scale = float(get("attention.scale", 0.0, float))
     if not attn_scale:
         attn_scale = 1.0 / math.sqrt(head_dim)
         # Gemma 27B scales queries by n_embd / n_head instead of the head size, as
@@ -144,29 +155,29 @@ def config_from_metadata(md: dict, n_vocab: int) -> ArchConfig:
         if arch == "gemma2" and n_layer == 46 or arch == "gemma3" and n_layer == 62:
             attn_scale = 1.0 / math.sqrt(n_embd / n_head)
 
-    embed_scale = math.sqrt(n_embd) if d.embed_scale_sqrt else float(get("embedding_scale", 1.0))
+    embed_scale = math.sqrt(n_embd) if d.embed_scale_sqrt else float(get("embedding_scale", 1.0, float))
     n_expert = get("expert_count", 0)
     n_expert_used = get("expert_used_count", 0)
     if n_expert and not 0 < n_expert_used <= n_expert:
         raise GGUFError(f"expert_used_count {n_expert_used} does not fit expert_count {n_expert}")
 
-    rope_base = float(get("rope.freq_base", 10000.0))
+    rope_base = float(get("rope.freq_base", 10000.0, float))
     return ArchConfig(
         arch=arch, n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_head_kv=n_head_kv,
-        head_dim=head_dim, head_dim_v=head_dim_v, n_ff=get("feed_forward_length", 0),
-        n_vocab=n_vocab, n_ctx_train=get("context_length", 2048),
-        norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-5)),
+        head_dim=head_dim, head_dim_v=head_dim_v, n_ff=n_ff,
+        n_vocab=n_vocab, n_ctx_train=n_ctx_train,
+        norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-5, float)),
         n_rot=n_rot, rope_base=rope_base,
         rope_base_local=d.rope_base_local or rope_base,
         rope_freq_scale=freq_scale, rope_style=d.rope_style,
-        rope_attn_factor=float(get("rope.scaling.attn_factor", 1.0)),
+        rope_attn_factor=float(get("rope.scaling.attn_factor", 1.0, float)),
         rope_ctx_orig=get("rope.scaling.original_context_length", 0),
         activation=d.activation, post_norms=d.post_norms, qk_norm=d.qk_norm,
-        softcap_attn=float(get("attn_logit_softcapping", 0.0)),
-        softcap_final=float(get("final_logit_softcapping", 0.0)),
-        swa_window=get("attention.sliding_window", 0), swa_pattern=d.swa_pattern,
-        embed_scale=embed_scale, residual_scale=float(get("residual_scale", 1.0)),
-        attn_scale=attn_scale, logit_scale=float(get("logit_scale", 1.0)),
+        softcap_attn=float(get("attn_logit_softcapping", 0.0, float)),
+        softcap_final=float(get("final_logit_softcapping", 0.0, float)),
+        swa_window=swa_window, swa_pattern=d.swa_pattern,
+        embed_scale=embed_scale, residual_scale=float(get("residual_scale", 1.0, float)),
+        attn_scale=attn_scale, logit_scale=float(get("logit_scale", 1.0, float)),
         fused_qkv=d.fused_qkv, fused_gate_up=d.fused_gate_up,
         n_expert=n_expert, n_expert_used=n_expert_used,
     )

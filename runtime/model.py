@@ -301,7 +301,11 @@ class Model:
         m.gguf, m.path, m.metadata = g, os.fspath(path), g.metadata
         m.arch = g.metadata.get("general.architecture", "unknown")
         m.name = str(g.metadata.get("general.name") or os.path.basename(m.path))
-        m.tokenizer = Tokenizer.from_metadata(g.metadata)
+        try:
+            m.tokenizer = Tokenizer.from_metadata(g.metadata)
+        except (ValueError, TypeError, KeyError, IndexError) as e:
+            # Wrong or missing tokenizer.* keys: the file, not the caller, is at fault.
+            raise GGUFError(f"bad tokenizer metadata in {m.path}: {e}") from None
         m.eog_ids = m.tokenizer.eog_ids
         m.chat_template = chat_template or g.metadata.get("tokenizer.chat_template")
         if vocab_only:

@@ -641,16 +641,6 @@ def _set_kv(lay: Layout, key: bytes, vtype: int, value, etype=None) -> list:
     return [KV(key, vtype, value, etype) if kv.key == key else kv for kv in lay.kvs]
 
 
-def _bug(reason: str):
-    return pytest.mark.xfail(strict=True, reason=reason)
-
-
-ESCAPES_TOKENIZER_ERROR = _bug(
-    "Model.load lets runtime.tokenizer.TokenizerError (a ValueError, not a GGUFError) "
-    "escape from Tokenizer.from_metadata")
-ESCAPES_TYPE_ERROR = _bug(
-    "the tokenizer does not check the types of its metadata: TypeError escapes Model.load")
-
 # Metadata values of the wrong type, range or presence, for keys the loader and the
 # tokenizer read. The contract is only "a valid load or a clear GGUFError": some of these
 # are harmless (an out-of-range special token id is ignored, as llama.cpp does).
@@ -662,10 +652,7 @@ METADATA_CASES = [
     (b"llama.block_count", U64, 2**63, None),
     (b"llama.block_count", I32, -1, None),
     (b"llama.block_count", ARRAY, [2, 3], U32),
-    pytest.param(b"llama.embedding_length", F32, 256.0, None, marks=_bug(
-        "archs.config_from_metadata accepts a float for integer keys (kind=(int, float)); "
-        "np.empty then raises TypeError: 'float' object cannot be interpreted as an integer "
-        "in model._WeightLoader.matrix")),
+    pytest.param(b"llama.embedding_length", F32, 256.0, None),
     (b"llama.embedding_length", U32, 255, None),
     (b"llama.attention.head_count", U32, 0, None),
     (b"llama.attention.head_count_kv", U32, 3, None),
@@ -679,21 +666,20 @@ METADATA_CASES = [
     (b"tokenizer.ggml.bos_token_id", U32, 2**32 - 1, None),
     (b"tokenizer.ggml.eos_token_id", I32, -5, None),
     (b"tokenizer.ggml.unknown_token_id", U64, 2**64 - 1, None),
-    pytest.param(b"tokenizer.ggml.model", STRING, b"llamb", None, marks=ESCAPES_TOKENIZER_ERROR),
-    pytest.param(b"tokenizer.ggml.model", STRING, b"bert", None, marks=ESCAPES_TOKENIZER_ERROR),
-    pytest.param(b"tokenizer.ggml.model", U32, 1, None, marks=ESCAPES_TOKENIZER_ERROR),
-    pytest.param(b"tokenizer.ggml.tokens", ARRAY, [], STRING, marks=ESCAPES_TOKENIZER_ERROR),
-    pytest.param(b"tokenizer.ggml.tokens", STRING, b"abc", None, marks=ESCAPES_TOKENIZER_ERROR),
-    pytest.param(b"tokenizer.ggml.scores", ARRAY, [1.0, 2.0], F32, marks=ESCAPES_TOKENIZER_ERROR),
-    pytest.param(b"tokenizer.ggml.token_type", ARRAY, [1, 2], I32, marks=ESCAPES_TOKENIZER_ERROR),
-    pytest.param(b"tokenizer.ggml.token_type", ARRAY, [b"a"] * 512, STRING,
-                 marks=ESCAPES_TOKENIZER_ERROR),
-    pytest.param(b"tokenizer.ggml.tokens", ARRAY, [1, 2, 3], U32, marks=ESCAPES_TYPE_ERROR),
-    pytest.param(b"tokenizer.ggml.tokens", U64, 0, None, marks=ESCAPES_TYPE_ERROR),
-    pytest.param(b"tokenizer.ggml.scores", I8, 2, None, marks=ESCAPES_TYPE_ERROR),
-    pytest.param(b"tokenizer.ggml.token_type", F32, float("inf"), None, marks=ESCAPES_TYPE_ERROR),
-    pytest.param(b"tokenizer.ggml.pre", BOOL, 1, None, marks=ESCAPES_TYPE_ERROR),
-    pytest.param(b"tokenizer.ggml.pre", I16, 1, None, marks=ESCAPES_TYPE_ERROR),
+    pytest.param(b"tokenizer.ggml.model", STRING, b"llamb", None),
+    pytest.param(b"tokenizer.ggml.model", STRING, b"bert", None),
+    pytest.param(b"tokenizer.ggml.model", U32, 1, None),
+    pytest.param(b"tokenizer.ggml.tokens", ARRAY, [], STRING),
+    pytest.param(b"tokenizer.ggml.tokens", STRING, b"abc", None),
+    pytest.param(b"tokenizer.ggml.scores", ARRAY, [1.0, 2.0], F32),
+    pytest.param(b"tokenizer.ggml.token_type", ARRAY, [1, 2], I32),
+    pytest.param(b"tokenizer.ggml.token_type", ARRAY, [b"a"] * 512, STRING),
+    pytest.param(b"tokenizer.ggml.tokens", ARRAY, [1, 2, 3], U32),
+    pytest.param(b"tokenizer.ggml.tokens", U64, 0, None),
+    pytest.param(b"tokenizer.ggml.scores", I8, 2, None),
+    pytest.param(b"tokenizer.ggml.token_type", F32, float("inf"), None),
+    pytest.param(b"tokenizer.ggml.pre", BOOL, 1, None),
+    pytest.param(b"tokenizer.ggml.pre", I16, 1, None),
 ]
 
 
@@ -837,16 +823,6 @@ def case_indices() -> list[int]:
     return list(range(N_CASES))
 
 
-FAMILY_BUGS = {
-    "bytes": (
-        "Model.load lets TokenizerError escape: bytes case 486 (seed 20240508) sets the "
-        "key/value count of ggml-vocab-qwen2.gguf to 0, and the empty metadata raises "
-        "TokenizerError('GGUF has no tokenizer (tokenizer.ggml.model is missing)')"),
-    "metadata": (
-        "Model.load lets TypeError and TokenizerError escape for wrongly typed tokenizer "
-        "metadata (tokenizer.ggml.tokens/scores/token_type as a scalar, tokenizer.ggml.pre "
-        "as a number, tokenizer.ggml.model unknown); see test_wrong_metadata_type_or_range"),
-}
 FAMILIES = {"bytes": None, "metadata": max(N_CASES // 4, 1)}  # metadata: each case loads fully
 
 
@@ -890,8 +866,7 @@ def test_random_mutations_are_bounded(fuzz_dir, capsys, family):
     _assert_clean(list(outcomes), "bounds")
 
 
-@pytest.mark.parametrize("family", [
-    pytest.param(f, marks=pytest.mark.xfail(strict=True, reason=FAMILY_BUGS[f])) for f in FAMILIES])
+@pytest.mark.parametrize("family", list(FAMILIES))
 def test_random_mutations_raise_only_gguferror(fuzz_dir, family):
     outcomes, _ = random_outcomes(family, fuzz_dir)
     _assert_clean(list(outcomes), "errors")
