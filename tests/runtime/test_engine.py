@@ -262,7 +262,7 @@ def test_requests_are_served_one_at_a_time():
 def test_speculative_next_tokens_contract(monkeypatch):
     """A speculator may return several tokens, having evaluated all but the last.
     The output must be the same as without it."""
-    def spec(session, logits, sampler, history, room_tok):
+    def spec(session, logits, sampler, history, room_tok, speculate=False):
         t0 = sampler.sample(logits, history)
         if room_tok < 2 or t0 >= 25:
             return [t0]
