@@ -87,14 +87,22 @@ def bench_chatfile(path: str, n_prompt: int, n_gen: int, mode: str, offset=0, si
         logits, hist, passes = s.eval(ids), list(ids), 0
         t0 = time.perf_counter()
         while len(hist) - len(ids) < n_gen:
-            toks = greedy_tokens(s, logits, sampler, hist, s.n_ctx - len(s.tokens))
+            toks, logits = greedy_tokens(s, logits, sampler, hist, s.n_ctx - len(s.tokens))
             hist += toks
             passes += 1
-            logits = s.eval([toks[-1]])
         n = len(hist) - len(ids)
         res[f"spec_{name}_tok_s"] = n / (time.perf_counter() - t0)
         res[f"spec_{name}_tok_per_pass"] = n / passes
     return res
+
+
+def _llama_last_logits(llm):
+    """llama.cpp's logits of the last evaluated token (without logits_all, which would
+    make its prefill compute the output head at every position)."""
+    import llama_cpp
+    import numpy as np
+    ptr = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
+    return np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),))
 
 
 def bench_llama_cpp(path: str, n_prompt: int, n_gen: int, threads: int,
@@ -111,12 +119,12 @@ def bench_llama_cpp(path: str, n_prompt: int, n_gen: int, threads: int,
     t0 = time.perf_counter()
     llm.eval(ids)
     prefill_s = time.perf_counter() - t0
-    tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+    tok = int(np.argmax(_llama_last_logits(llm)))
     ttft_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     for _ in range(n_gen):
         llm.eval([tok])
-        tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        tok = int(np.argmax(_llama_last_logits(llm)))
     decode_s = time.perf_counter() - t0
     res = {
         "impl": "llama.cpp", "n_prompt": len(ids), "n_gen": n_gen, "load_s": load_s,
@@ -130,7 +138,7 @@ def bench_llama_cpp(path: str, n_prompt: int, n_gen: int, threads: int,
         llm.eval(ids)
         t0 = time.perf_counter()
         for _ in range(n_gen):
-            tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            tok = int(np.argmax(_llama_last_logits(llm)))
             llm.eval([tok])
         res[f"spec_{name}_tok_s"] = n_gen / (time.perf_counter() - t0)
     return res

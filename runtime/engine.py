@@ -130,19 +130,22 @@ def _stop_hold_len(text: str, stops: list) -> int:
 
 
 def _next_tokens(session, logits: np.ndarray, sampler, history: list, room_tok: int,
-                 speculate: bool = False) -> list:
-    """Choose the next token(s) after `logits`.
+                 speculate: bool = False) -> tuple[list, np.ndarray | None]:
+    """Choose the next token(s) after `logits` and evaluate them.
 
-    Contract: returns k >= 1 tokens to emit in order; the session already holds all of
-    them except the last (the engine evaluates the last one when it continues).
-    `room_tok` is how many more positions the session can take. Greedy requests use
-    prompt-lookup speculation (runtime/speculate.py), which can return several tokens
-    from one batched forward pass; sampled requests take one token at a time.
+    Returns (tokens, the logits after the last of them); the session holds all of them.
+    The logits are None when the context had no room left to evaluate the token.
+    Greedy requests use prompt-lookup speculation (runtime/speculate.py), which can
+    return several tokens from one batched forward pass; sampled requests take one at
+    a time.
     """
     if speculate and getattr(sampler.params, "greedy", False):
         from runtime.speculate import greedy_tokens
         return greedy_tokens(session, logits, sampler, history, room_tok)
-    return [sampler.sample(logits, history)]
+    tok = sampler.sample(logits, history)
+    if room_tok < 1:
+        return [tok], None
+    return [tok], session.eval([tok])
 
 
 def tokenize_prompt(model, text: str, add_special: bool = True) -> list:
@@ -282,10 +285,10 @@ class Engine:
             if req.cancel.is_set():
                 raise Cancelled()
             room_tok = self.n_ctx - len(self.session.tokens)
-            # n_probs wants a distribution for every token: no speculation then.
-            toks = _next_tokens(self.session, logits, sampler, history, room_tok,
-                                self.speculate and not req.n_probs)
             dist = top_probs(logits, req.n_probs) if req.n_probs > 0 else None
+            # n_probs wants a distribution for every token: no speculation then.
+            toks, logits = _next_tokens(self.session, logits, sampler, history, room_tok,
+                                        self.speculate and not req.n_probs)
             for tok in toks:
                 n_gen += 1
                 history.append(tok)
@@ -315,12 +318,10 @@ class Engine:
                     self._flush_tail(req, decoder, held, stops)
                     finish("length", stopped_limit=True)
                     return
-            # Continue: the last chosen token must be evaluated, if the context has room.
-            if len(self.session.tokens) >= self.n_ctx:
+            if logits is None:  # the context is full: the last token could not be evaluated
                 self._flush_tail(req, decoder, held, stops)
                 finish("length", stopped_limit=True)
                 return
-            logits = self.session.eval([toks[-1]])
 
     @staticmethod
     def _flush_tail(req, decoder, held, stops):

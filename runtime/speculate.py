@@ -5,7 +5,8 @@ costs about twice as much. Chat answers and code edits repeat long runs of the p
 (names, lines of code), so we draft the next k tokens by finding the latest earlier
 occurrence of the last few tokens and copying what followed. One batched forward pass
 checks the whole draft: we keep the drafted tokens up to the first one the model would
-not have chosen itself, plus the model's own choice at that point.
+not have chosen itself; the logits at that point give the next round's first token, so
+every round costs exactly one forward pass.
 
 The output is the greedy output: every kept token is the argmax the model gives after
 exactly the tokens before it. (Batched and single-token matmuls round differently, so at
@@ -40,29 +41,25 @@ def draft(history: list[int], k: int = DRAFT_MAX_TOK) -> list[int]:
 
 
 def greedy_tokens(session, logits: np.ndarray, sampler, history: list[int],
-                  room_tok: int, k: int = DRAFT_MAX_TOK) -> list[int]:
-    """The next greedy tokens after `logits`; the session ends up holding all but the last.
+                  room_tok: int, k: int = DRAFT_MAX_TOK) -> tuple[list[int], np.ndarray | None]:
+    """The next greedy tokens after `logits`, evaluated: (tokens, logits after the last).
 
     `history` is every token so far (prompt and output), which the session already holds.
-    `room_tok` is how many positions the session has left.
+    `room_tok` is how many positions the session has left; with none, the one token is
+    returned unevaluated and the logits are None. One batched forward pass evaluates the
+    model's own next token together with a draft of the tokens after it; the draft is
+    kept up to its first token the model would not have chosen itself.
     """
     first = sampler.sample(logits, history)
-    # The batch holds `first` plus the draft, and the caller later evaluates the last
-    # returned token: that needs len(draft) + 2 free positions.
-    d = draft(history + [first], min(k, room_tok - 2))
-    if not d:
-        return [first]
+    if room_tok < 1:
+        return [first], None
+    d = draft(history + [first], min(k, room_tok - 1))
     n_before = len(session.tokens)
     rows = session.eval([first] + d, all_logits=True)  # [1 + len(d), n_vocab]
     out = [first]
     for i, tok in enumerate(d):
-        choice = sampler.sample(rows[i], history + out)
-        if choice != tok:
-            out.append(choice)  # the model's own token where the draft went wrong
-            break
+        if sampler.sample(rows[i], history + out) != tok:
+            break  # rows[i] already holds the model's own choice for the next round
         out.append(tok)
-    else:
-        out.append(sampler.sample(rows[len(d)], history + out))  # every draft token held
-    # Keep the accepted tokens; drop evaluated draft tokens past them.
-    session.rewind(n_before + len(out) - 1)
-    return out
+    session.rewind(n_before + len(out))  # drop evaluated draft tokens past the accepted ones
+    return out, rows[len(out) - 1]

@@ -40,12 +40,11 @@ def _speculative_greedy(m, ids, n):
     sampler = Sampler(SamplingParams(temperature=0))
     logits, out, hist, passes = s.eval(ids), [], list(ids), 0
     while len(out) < n:
-        toks = speculate.greedy_tokens(s, logits, sampler, hist, s.n_ctx - len(s.tokens))
+        toks, logits = speculate.greedy_tokens(s, logits, sampler, hist, s.n_ctx - len(s.tokens))
         passes += 1
         out += toks
         hist += toks
-        assert s.tokens == hist[:-1]  # the session holds everything but the last token
-        logits = s.eval([toks[-1]])
+        assert s.tokens == hist  # the session holds every returned token
     return out[:n], passes
 
 
@@ -94,4 +93,4 @@ def test_drafts_are_accepted_when_the_answer_repeats_the_prompt(qwen_gguf_path):
         if margins[step] < 0.01 * std:
             break
         assert a == b, f"step {step}: speculative {a}, plain {b}"
-    assert passes <= n * 0.6, f"{passes} forward passes for {n} tokens"
+    assert passes <= n * 0.5, f"{passes} forward passes for {n} tokens"
