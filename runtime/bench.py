@@ -26,7 +26,7 @@ def code_prompt_text() -> str:
     return "\n\n".join((here / name).read_text() for name in ("model.py", "gguf.py", "sampling.py"))
 
 
-_EDIT_CODE = """def moving_average(values, window):
+EDIT_CODE = """def moving_average(values, window):
     result = []
     total = 0.0
     for i, value in enumerate(values):
@@ -41,7 +41,7 @@ _EDIT_CODE = """def moving_average(values, window):
 SPEC_PROMPTS = {
     "chat": "What is a Python list comprehension? Explain briefly with two examples.",
     "code edit": "Add type hints and a docstring to this function. Reply with the code only."
-                 "\n\n```python\n" + _EDIT_CODE + "```",
+                 "\n\n```python\n" + EDIT_CODE + "```",
 }
 
 

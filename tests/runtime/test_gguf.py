@@ -105,72 +105,61 @@ def test_string_length_past_the_end(tmp_path):
         gguf.read(p)
 
 
-def _tensor_info_pos(data: bytes, name: str) -> int:
-    """Position just after a tensor info's name (where n_dims starts)."""
+def _field_pos(data: bytes, name: str, field: str) -> tuple[int, str]:
+    """Where a field of tensor `name`'s info sits, and its struct format.
+
+    A tensor info is: name (u64 length + bytes), n_dims u32, ne[n_dims] u64, type u32,
+    offset u64.
+    """
     key = struct.pack("<Q", len(name)) + name.encode()
-    pos = data.index(key)
-    return pos + len(key)
+    pos = data.index(key) + len(key)
+    n_dims = struct.unpack_from("<I", data, pos)[0]
+    return {"dim0": (pos + 4, "<Q"), "type": (pos + 4 + 8 * n_dims, "<I"),
+            "offset": (pos + 4 + 8 * n_dims + 4, "<Q")}[field]
+
+
+def _mutated(tmp_path, name: str, field: str, value=None, change=None):
+    """A copy of the tiny model with one field of one tensor info set (or changed)."""
+    data = bytearray(TINY.read_bytes())
+    pos, fmt = _field_pos(data, name, field)
+    if change is not None:
+        value = change(struct.unpack_from(fmt, data, pos)[0])
+    struct.pack_into(fmt, data, pos, value)
+    p = tmp_path / "x.gguf"
+    p.write_bytes(bytes(data))
+    return p
 
 
 def test_tensor_offset_past_the_end(tmp_path):
-    data = bytearray(TINY.read_bytes())
-    pos = _tensor_info_pos(data, "output.weight")
-    n_dims = struct.unpack_from("<I", data, pos)[0]
-    off_pos = pos + 4 + 8 * n_dims + 4
-    data[off_pos:off_pos + 8] = struct.pack("<Q", 1 << 40)
-    p = tmp_path / "x.gguf"
-    p.write_bytes(bytes(data))
+    p = _mutated(tmp_path, "output.weight", "offset", 1 << 40)
     with pytest.raises(runtime.GGUFError, match="output.weight.*past the end"):
         gguf.read(p)
 
 
 def test_unaligned_tensor_offset(tmp_path):
-    data = bytearray(TINY.read_bytes())
-    pos = _tensor_info_pos(data, "output.weight")
-    n_dims = struct.unpack_from("<I", data, pos)[0]
-    off_pos = pos + 4 + 8 * n_dims + 4
-    old = struct.unpack_from("<Q", data, off_pos)[0]
-    data[off_pos:off_pos + 8] = struct.pack("<Q", old + 1)
-    p = tmp_path / "x.gguf"
-    p.write_bytes(bytes(data))
+    p = _mutated(tmp_path, "output.weight", "offset", change=lambda old: old + 1)
     with pytest.raises(runtime.GGUFError, match="not aligned"):
         gguf.read(p)
 
 
 def test_overlapping_tensors(tmp_path):
-    # Point a small tensor at the data of the first (largest) one.
-    data = bytearray(TINY.read_bytes())
+    # Point the smallest tensor at the data of the first one (relative offset 0).
     g = gguf.read(TINY)
-    first = min(g.tensors.values(), key=lambda t: t.data_offset)  # relative offset 0
+    first = min(g.tensors.values(), key=lambda t: t.data_offset)
     small = min((t for t in g.tensors.values() if t is not first), key=lambda t: t.n_bytes)
-    pos = _tensor_info_pos(data, small.name)
-    off_pos = pos + 4 + 8 * len(small.shape) + 4
-    assert struct.unpack_from("<Q", data, off_pos)[0] == small.data_offset - first.data_offset
-    data[off_pos:off_pos + 8] = struct.pack("<Q", 0)
-    p = tmp_path / "x.gguf"
-    p.write_bytes(bytes(data))
+    p = _mutated(tmp_path, small.name, "offset", 0)
     with pytest.raises(runtime.GGUFError, match="overlap"):
         gguf.read(p)
 
 
 def test_dimension_product_overflow(tmp_path):
-    data = bytearray(TINY.read_bytes())
-    pos = _tensor_info_pos(data, "output.weight")
-    data[pos + 4:pos + 12] = struct.pack("<Q", (1 << 63) + 256)
-    p = tmp_path / "x.gguf"
-    p.write_bytes(bytes(data))
+    p = _mutated(tmp_path, "output.weight", "dim0", (1 << 63) + 256)
     with pytest.raises(runtime.GGUFError):
         gguf.read(p)
 
 
 def test_unknown_tensor_type(tmp_path):
-    data = bytearray(TINY.read_bytes())
-    pos = _tensor_info_pos(data, "output.weight")
-    n_dims = struct.unpack_from("<I", data, pos)[0]
-    type_pos = pos + 4 + 8 * n_dims
-    data[type_pos:type_pos + 4] = struct.pack("<I", 200)
-    p = tmp_path / "x.gguf"
-    p.write_bytes(bytes(data))
+    p = _mutated(tmp_path, "output.weight", "type", 200)
     with pytest.raises(runtime.GGUFError, match="output.weight.*unknown ggml type 200"):
         gguf.read(p)
 
@@ -178,13 +167,7 @@ def test_unknown_tensor_type(tmp_path):
 def test_known_but_unsupported_tensor_type_names_tensor_and_type(tmp_path):
     # Relabel a Q8_0 weight as I8 (a valid ggml type, 1 byte per element, so the extent
     # still fits): the file parses, and loading the weights must name tensor and type.
-    data = bytearray(TINY.read_bytes())
-    pos = _tensor_info_pos(data, "blk.0.attn_q.weight")
-    n_dims = struct.unpack_from("<I", data, pos)[0]
-    type_pos = pos + 4 + 8 * n_dims
-    data[type_pos:type_pos + 4] = struct.pack("<I", 24)  # I8
-    p = tmp_path / "x.gguf"
-    p.write_bytes(bytes(data))
+    p = _mutated(tmp_path, "blk.0.attn_q.weight", "type", 24)  # I8
     gguf.read(p)  # the header itself is fine
     with pytest.raises(runtime.GGUFError, match=r"blk\.0\.attn_q\.weight.*I8|I8.*blk\.0\.attn_q\.weight"):
         Model.load(p, mode="f32")

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from runtime import speculate
+from runtime.bench import EDIT_CODE
 from runtime.model import Model
 from runtime.sampling import Sampler, SamplingParams
 from tests.conftest import MODELS
@@ -66,25 +67,12 @@ def test_same_output_as_plain_greedy(name):
     assert passes <= n
 
 
-CODE = """def moving_average(values, window):
-    result = []
-    total = 0.0
-    for i, value in enumerate(values):
-        total += value
-        if i >= window:
-            total -= values[i - window]
-        if i >= window - 1:
-            result.append(total / window)
-    return result
-"""
-
-
 @pytest.mark.slow
 def test_drafts_are_accepted_when_the_answer_repeats_the_prompt(qwen_gguf_path):
     """A code edit copies most of the code: most tokens must come from accepted drafts."""
     m = Model.load(qwen_gguf_path)
     prompt = m.chat_prompt([{"role": "user", "content":
-                             "Add type hints to this function. Reply with the code only.\n\n" + CODE}])
+                             "Add type hints to this function. Reply with the code only.\n\n" + EDIT_CODE}])
     ids = m.tokenize(prompt, parse_special=True)
     n = 64
     plain, margins, std = _plain_greedy(m, ids, n)
