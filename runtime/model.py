@@ -16,7 +16,6 @@ or kept as the GGUF's own quantized blocks and dequantized in row chunks at ever
 """
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence

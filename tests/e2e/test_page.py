@@ -7,7 +7,6 @@ textarea to the SSE stream and back into localStorage. Screenshots go to test-ar
 from __future__ import annotations
 
 import json
-import os
 import time
 import urllib.request
 from pathlib import Path

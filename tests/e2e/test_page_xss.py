@@ -9,7 +9,6 @@ the renderer itself, not the CSP safety net behind it.
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 

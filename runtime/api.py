@@ -1,0 +1,365 @@
+"""The API's requests and errors: reading the body (size limit, chunked encoding, JSON),
+checking every field the routes take, and turning messages or prompts into token ids.
+
+Each getter returns a value of the right type and range or raises `ApiError(400, ...)`
+naming the field, so the routes in server.py read like the API documentation. Errors have
+OpenAI's shape, {"error": {"message", "type", "code"}}.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+from runtime.engine import chat_prompt_ids, tokenize_prompt
+
+DRAIN_LIMIT_BYTES = 64 << 20   # read (and drop) at most this much of a refused body
+MAX_STOP_STRINGS = 16
+MAX_N_PROBS = 100
+INT32_MAX = 2**31 - 1
+ROLES = ("system", "developer", "user", "assistant", "tool")
+
+_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
+                403: "permission_error", 404: "not_found_error", 405: "invalid_request_error",
+                413: "invalid_request_error", 500: "server_error", 503: "unavailable_error"}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, type_: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type_ or _ERROR_TYPES.get(status, "invalid_request_error")
+
+
+def error_body(status: int, message: str, type_: str | None = None) -> dict:
+    return {"error": {"message": message,
+                      "type": type_ or _ERROR_TYPES.get(status, "invalid_request_error"),
+                      "code": status}}
+
+
+def json_bytes(obj) -> bytes:
+    return json.dumps(obj, ensure_ascii=False).encode("utf-8")
+
+
+# ---- request body: size limit, chunked encoding, JSON -------------------------------------
+
+def _drain(inp, n_bytes: int) -> None:
+    """Read and drop a refused body, so that closing the socket doesn't reset the
+    connection before the client has read our 413."""
+    left = min(n_bytes, DRAIN_LIMIT_BYTES)
+    try:
+        while left > 0:
+            chunk = inp.read(min(left, 1 << 16))
+            if not chunk:
+                return
+            left -= len(chunk)
+    except OSError:
+        pass
+
+
+def _read_chunked(inp, max_bytes: int) -> bytes:
+    out = bytearray()
+    total = 0          # bytes announced so far; past max_bytes we only drain
+    while True:
+        line = inp.readline(1024)
+        if not line.endswith(b"\n"):
+            raise ApiError(400, "malformed chunked request body")
+        try:
+            size = int(line.split(b";", 1)[0].strip(), 16)
+        except ValueError:
+            raise ApiError(400, "malformed chunked request body") from None
+        if size < 0:
+            raise ApiError(400, "malformed chunked request body")
+        if size == 0:
+            while inp.readline(1024) not in (b"\r\n", b"\n", b""):
+                pass  # trailers: ignored
+            if total > max_bytes:
+                raise ApiError(413, f"the request body is larger than {max_bytes} bytes")
+            return bytes(out)
+        total += size
+        if total > max_bytes:
+            # Too big: read the rest and drop it (up to a bound), so the client can
+            # finish sending and then read our 413 instead of a connection reset.
+            if total > DRAIN_LIMIT_BYTES:
+                raise ApiError(413, f"the request body is larger than {max_bytes} bytes")
+            _drain(inp, size)
+            out.clear()
+        else:
+            data = inp.read(size)
+            if len(data) != size:
+                raise ApiError(400, "the chunked request body ended early")
+            out += data
+        inp.readline(16)  # the CRLF after each chunk
+
+
+def read_body(environ, max_bytes: int) -> bytes:
+    inp = environ["wsgi.input"]
+    if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+        return _read_chunked(inp, max_bytes)
+    cl = (environ.get("CONTENT_LENGTH") or "").strip()
+    if not cl:
+        return b""
+    if not cl.isdigit():
+        raise ApiError(400, "invalid Content-Length header")
+    n = int(cl)
+    if n > max_bytes:
+        _drain(inp, n)
+        raise ApiError(413, f"the request body is {n} bytes, more than the limit of {max_bytes}")
+    data = inp.read(n) if n else b""
+    if len(data) != n:
+        raise ApiError(400, "the request body is shorter than its Content-Length")
+    return data
+
+
+def _no_constants(name):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json(raw: bytes) -> dict:
+    if not raw.strip():
+        raise ApiError(400, "the request body is empty; send a JSON object")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ApiError(400, f"the request body is not valid UTF-8 (byte {e.start})") from None
+    try:
+        obj = json.loads(text, parse_constant=_no_constants)
+    except RecursionError:
+        raise ApiError(400, "the JSON body is nested too deeply") from None
+    except ValueError as e:
+        raise ApiError(400, f"the request body is not valid JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    try:  # "\ud800" parses into a lone surrogate, which no tokenizer can encode
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(400, "the request contains an invalid \\u escape (a lone surrogate)") from None
+    except RecursionError:
+        raise ApiError(400, "the JSON body is nested too deeply") from None
+    return obj
+
+
+# ---- field validation ---------------------------------------------------------------------
+
+MISSING = object()
+
+
+def is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_num(v) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+
+
+def get_int(body, key, default, lo=None, hi=None):
+    v = body.get(key, MISSING)
+    if v is MISSING or v is None:
+        return default
+    if isinstance(v, float) and v.is_integer() and abs(v) < 2**53:
+        v = int(v)
+    if not is_int(v):
+        raise ApiError(400, f"'{key}' must be an integer")
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        raise ApiError(400, f"'{key}' must be between {lo} and {hi}, got {v}")
+    return v
+
+
+def get_num(body, key, default, lo=None, hi=None):
+    v = body.get(key, MISSING)
+    if v is MISSING or v is None:
+        return default
+    if not is_num(v):
+        raise ApiError(400, f"'{key}' must be a number")
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        raise ApiError(400, f"'{key}' must be between {lo} and {hi}, got {v}")
+    return float(v)
+
+
+def get_bool(body, key, default):
+    v = body.get(key, MISSING)
+    if v is MISSING or v is None:
+        return default
+    if not isinstance(v, bool):
+        raise ApiError(400, f"'{key}' must be true or false")
+    return v
+
+
+def get_str(body, key, default=MISSING):
+    v = body.get(key, MISSING)
+    if v is MISSING or v is None:
+        if default is MISSING:
+            raise ApiError(400, f"'{key}' is required")
+        return default
+    if not isinstance(v, str):
+        raise ApiError(400, f"'{key}' must be a string")
+    return v
+
+
+def get_stop(body) -> list:
+    v = body.get("stop")
+    if v is None:
+        return []
+    if isinstance(v, str):
+        v = [v]
+    if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
+        raise ApiError(400, "'stop' must be a string or a list of strings")
+    if len(v) > MAX_STOP_STRINGS:
+        raise ApiError(400, f"at most {MAX_STOP_STRINGS} stop strings are supported")
+    return [s for s in v if s]
+
+
+def get_max_tokens(body, keys, n_ctx, allow_unlimited=False):
+    """max_tokens / n_predict: capped at the context size. -1 (llama) = until done."""
+    for key in keys:
+        if body.get(key) is not None:
+            lo = -1 if allow_unlimited else 0
+            v = get_int(body, key, None, lo=lo, hi=INT32_MAX)
+            return -1 if v < 0 else min(v, n_ctx)
+    return -1
+
+
+def sampling_params(body, *, openai: bool, default_temp: float | None = None):
+    from runtime.sampling import SamplingParams
+    d = SamplingParams()
+    if default_temp is not None:
+        d.temperature = default_temp
+    seed = get_int(body, "seed", None, lo=-(2**63), hi=2**64 - 1)
+    if seed is not None and (seed == -1 or seed < 0) and not openai:
+        seed = None  # llama-server: -1 = random
+    elif seed is not None:
+        seed = seed % 2**64  # numpy wants a non-negative seed
+    return SamplingParams(
+        temperature=get_num(body, "temperature", d.temperature, *((0, 2) if openai else (None, None))),
+        top_k=get_int(body, "top_k", d.top_k, lo=-1, hi=INT32_MAX),
+        top_p=get_num(body, "top_p", d.top_p, 0, 1),
+        min_p=get_num(body, "min_p", d.min_p, 0, 1),
+        repeat_penalty=get_num(body, "repeat_penalty", d.repeat_penalty, 0, 1e4),
+        repeat_last_n=get_int(body, "repeat_last_n", d.repeat_last_n, lo=-1, hi=INT32_MAX),
+        presence_penalty=get_num(body, "presence_penalty", d.presence_penalty, -2, 2),
+        frequency_penalty=get_num(body, "frequency_penalty", d.frequency_penalty, -2, 2),
+        seed=seed,
+    )
+
+
+def check_n(body):
+    if get_int(body, "n", 1) != 1:
+        raise ApiError(400, "only n=1 is supported")
+    if get_int(body, "best_of", 1) != 1:
+        raise ApiError(400, "only best_of=1 is supported")
+    v = body.get("model")
+    if v is not None and not isinstance(v, str):
+        raise ApiError(400, "'model' must be a string")
+
+
+def _content_text(content, where: str) -> str:
+    if isinstance(content, str):
+        return content
+    if content is None:
+        return ""
+    if isinstance(content, list):
+        parts = []
+        for p in content:
+            if not isinstance(p, dict):
+                raise ApiError(400, f"{where}: each content part must be an object")
+            if p.get("type") != "text":
+                raise ApiError(400, f"{where}: only text content parts are supported, "
+                                    f"got type {str(p.get('type'))[:40]!r}")
+            if not isinstance(p.get("text"), str):
+                raise ApiError(400, f"{where}: a text part needs a 'text' string")
+            parts.append(p["text"])
+        return "\n".join(parts)
+    raise ApiError(400, f"{where}: 'content' must be a string or a list of text parts")
+
+
+def get_messages(body, system: str | None) -> list:
+    msgs = body.get("messages", MISSING)
+    if msgs is MISSING or msgs is None:
+        raise ApiError(400, "'messages' is required")
+    if not isinstance(msgs, list) or not msgs:
+        raise ApiError(400, "'messages' must be a non-empty list")
+    out = []
+    for i, m in enumerate(msgs):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise ApiError(400, f"{where} must be an object")
+        role = m.get("role")
+        if not isinstance(role, str):
+            raise ApiError(400, f"{where}: 'role' is required and must be a string")
+        if role not in ROLES:
+            raise ApiError(400, f"{where}: unknown role {role[:40]!r}; use one of {', '.join(ROLES)}")
+        if "content" not in m and role != "assistant":
+            raise ApiError(400, f"{where}: 'content' is required")
+        msg = dict(m)
+        msg["content"] = _content_text(m.get("content"), where)
+        if "name" in msg and not isinstance(msg["name"], str):
+            raise ApiError(400, f"{where}: 'name' must be a string")
+        out.append(msg)
+    if system and not any(m["role"] in ("system", "developer") for m in out):
+        out.insert(0, {"role": "system", "content": system})
+    return out
+
+
+# ---- model helpers ---------------------------------------------------------------------
+
+def get_tools(body) -> list | None:
+    tools = body.get("tools")
+    if tools is None:
+        return None
+    if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+        raise ApiError(400, "'tools' must be a list of objects")
+    return tools or None
+
+
+def chat_ids(model, messages, tools=None) -> tuple[str, list]:
+    from runtime.chat_template import TemplateError
+    try:
+        return chat_prompt_ids(model, messages, tools)
+    except TemplateError as e:
+        raise ApiError(400, f"the chat template refused these messages: {e}") from None
+
+
+def prompt_ids(model, prompt, key="prompt") -> list:
+    """llama-server's prompt: a string, token ids, or a list mixing both."""
+    if isinstance(prompt, str):
+        return tokenize_prompt(model, prompt)
+    if isinstance(prompt, list) and prompt:
+        if len(prompt) == 1 and isinstance(prompt[0], list):
+            prompt = prompt[0]  # [[ids]]: one prompt given as a batch of one
+        ids = []
+        for i, p in enumerate(prompt):
+            if is_int(p):
+                if not 0 <= p < model.n_vocab:
+                    raise ApiError(400, f"'{key}': token id {p} is out of range "
+                                        f"[0, {model.n_vocab})")
+                ids.append(p)
+            elif isinstance(p, str):
+                ids += tokenize_prompt(model, p, add_special=(i == 0))
+            else:
+                raise ApiError(400, f"'{key}' must be a string, or a list of token ids and strings")
+        return ids
+    raise ApiError(400, f"'{key}' must be a non-empty string or list of token ids")
+
+
+def template_in_effect(model) -> str:
+    """The model's template, or the built-in fallback that chat_prompt uses without one."""
+    if model.chat_template:
+        return model.chat_template
+    try:
+        from runtime.chat_template import fallback_template
+        specials = {model.tokenizer.token_text(i) for i in range(model.tokenizer.n_vocab)
+                    if model.tokenizer.is_control(i)}
+        return fallback_template(model.arch, specials)
+    except Exception:  # noqa: BLE001 - informational only
+        return ""
+
+
+def piece(model, tok: int) -> tuple[str, list]:
+    b = model.tokenizer.token_to_piece(tok)
+    if isinstance(b, str):
+        b = b.encode("utf-8")
+    return b.decode("utf-8", "replace"), list(b)
+
+
+def logprob(p: float) -> float:
+    return math.log(p) if p > 0 else -1e30
