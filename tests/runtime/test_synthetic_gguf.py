@@ -1,0 +1,78 @@
+"""build/make_random_gguf.py: its tiny random-weight GGUF loads and runs in both memory modes.
+
+The 8B-shaped file (~4.9 GB) is made only by build/bench_8b.py, never in the test suite.
+"""
+import importlib.util
+import sys
+
+import numpy as np
+import pytest
+
+from runtime import gguf, quants
+from runtime.model import Model
+from tests.conftest import ROOT
+
+
+def _generator():
+    spec = importlib.util.spec_from_file_location("make_random_gguf", ROOT / "build" / "make_random_gguf.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+gen = _generator()
+
+
+@pytest.fixture(scope="module")
+def tiny_path(tmp_path_factory):
+    return gen.synthetic_model("tiny", tmp_path_factory.mktemp("synthetic"))
+
+
+def test_file_has_the_planned_tensors_and_metadata(tiny_path):
+    g = gguf.read(tiny_path)
+    s = gen.SHAPES["tiny"]
+    plan = gen.tensor_plan(s)
+    assert [(n, t.shape, t.ggml_type) for n, t in g.tensors.items()] == plan
+    assert g.metadata["llama.block_count"] == s.n_layer
+    assert g.metadata["llama.attention.head_count_kv"] == s.n_head_kv
+    assert len(g.metadata["tokenizer.ggml.tokens"]) == s.n_vocab
+
+
+def test_dequantized_weights_are_finite_and_small(tiny_path):
+    g = gguf.read(tiny_path)
+    for name in ("token_embd.weight", "blk.0.attn_v.weight", "output.weight"):
+        t = g.tensors[name]
+        w = quants.dequantize(g.raw(name), t.ggml_type, t.shape)
+        assert np.isfinite(w).all(), name
+        assert 0.005 < float(w.std()) < 0.1, f"{name}: std {w.std()}"
+        assert abs(float(w.mean())) < 0.2 * float(w.std()), f"{name}: mean {w.mean()}"
+
+
+def test_llama3_8b_plan_has_the_q4_k_m_size():
+    """Llama-3-8B Q4_K_M files as llama.cpp makes them are about 4.9 GB."""
+    plan = gen.tensor_plan(gen.SHAPES["llama3-8b"])
+    n_bytes = sum(gen.tensor_bytes(shape, t) for _, shape, t in plan)
+    assert len(plan) == 2 + 9 * 32 + 1
+    # llama.cpp's Q4_K_M gives attn_v and ffn_down Q6_K in layers 0-3, 28-31 and every
+    # third layer from 6 to 27: 16 of 32
+    types = {n: t for n, _, t in plan}
+    q6 = [i for i in range(32) if types[f"blk.{i}.attn_v.weight"] == gen.Q6_K]
+    assert q6 == [0, 1, 2, 3, 6, 9, 12, 15, 18, 21, 24, 27, 28, 29, 30, 31]
+    assert all(types[f"blk.{i}.ffn_down.weight"] == types[f"blk.{i}.attn_v.weight"] for i in range(32))
+    assert types["output.weight"] == gen.Q6_K and types["blk.5.attn_q.weight"] == gen.Q4_K
+    assert 4.85e9 < n_bytes < 4.95e9
+
+
+def test_both_memory_modes_load_and_agree(tiny_path):
+    f32 = Model.load(tiny_path, mode="f32")
+    quant = Model.load(tiny_path, mode="quant")
+    assert (f32.mode, quant.mode) == ("f32", "quant")
+    ids = f32.tokenize("def add(a, b):\n    return a + b\n")
+    assert f32.detokenize(ids) == "def add(a, b):\n    return a + b\n"
+    a, b = f32.logits(ids), quant.logits(ids)
+    assert a.shape == (len(ids), gen.SHAPES["tiny"].n_vocab) and np.isfinite(a).all()
+    # Same weights, same arithmetic: only BLAS's summation order may differ between one
+    # fused matmul (f32) and row chunks (quant), which is float32 rounding, ~1e-6·std.
+    assert np.abs(a - b).max() <= 1e-4 * float(a.std())
+    assert (a.argmax(-1) == b.argmax(-1)).all()
