@@ -529,8 +529,7 @@ class Session:
         outs = []
         for i in range(0, a.size, UBATCH_TOK):
             chunk = a[i:i + UBATCH_TOK]
-            last_only = not all_logits and i + UBATCH_TOK < a.size
-            if last_only:  # an inner chunk: its logits are never used
+            if not all_logits and i + UBATCH_TOK < a.size:  # its logits are never used
                 self._forward(chunk, head=False)
             else:
                 outs.append(self._forward(chunk, head=True, last_only=not all_logits))
@@ -567,12 +566,12 @@ class Session:
             o = linear(att, L.wo)  # [T, n_embd]
             if c.post_norms:
                 o = rms_norm(o, L.post_attn_norm, c.norm_eps)
-            x = x + o * c.residual_scale if c.residual_scale != 1.0 else x + o
+            x += o * c.residual_scale  # residual_scale is 1 except for Granite
             h = rms_norm(x, L.ffn_norm, c.norm_eps)
             f = moe(h, L, c) if c.n_expert else feed_forward(h, L.w_gate_up, L.w_down, c.activation)
             if c.post_norms:
                 f = rms_norm(f, L.post_ffn_norm, c.norm_eps)
-            x = x + f * c.residual_scale if c.residual_scale != 1.0 else x + f
+            x += f * c.residual_scale
         self.tokens.extend(int(t) for t in ids)
         if not head:
             return None
