@@ -94,9 +94,19 @@ class Request:
     cancel: threading.Event = field(default_factory=threading.Event)
     events: queue.Queue = field(default_factory=queue.Queue)
 
-    def iter_events(self, poll_s: float = 0.5):
-        """Yield events until the final one. Blocking; the server calls this."""
+    def iter_events(self, poll_s: float = 0.5, client_alive=None):
+        """Yield events until the final one. Blocking; the server calls this.
+
+        `client_alive()`, checked every `poll_s` whether or not events arrive, cancels the
+        request once it says the client has gone (a non-streamed request notices a
+        hang-up only this way).
+        """
+        next_check = time.monotonic() + poll_s
         while True:
+            if client_alive is not None and time.monotonic() >= next_check:
+                next_check = time.monotonic() + poll_s
+                if not self.cancel.is_set() and not client_alive():
+                    self.cancel.set()
             try:
                 ev = self.events.get(timeout=poll_s)
             except queue.Empty:

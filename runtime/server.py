@@ -14,6 +14,8 @@ from __future__ import annotations
 import hmac
 import io
 import os
+import select
+import socket
 import socketserver
 import sys
 import threading
@@ -35,6 +37,7 @@ from runtime.engine import ContextOverflowError, Engine, EngineBusy, Request
 WEB_DIR = Path(__file__).resolve().parent / "web"
 PORT_TRIES = 20            # a busy port: try the next ones
 SOCKET_TIMEOUT_S = 120     # a client that stalls mid-request is dropped after this
+CLIENT_POLL_S = 0.05       # how often a non-streamed request checks that its client is there
 
 # Paths of the API: a wrong method on them is 405, anything else unknown is 404.
 API_POST = ("/v1/chat/completions", "/v1/completions", "/completion", "/completions",
@@ -134,9 +137,12 @@ def build_app(st: State) -> bottle.Bottle:
             raise ApiError(400, str(e)) from None
 
     def collect(req: Request):
-        """Wait for a whole reply: (text, token events, final event)."""
+        """Wait for a whole reply: (text, token events, final event). A client that hangs
+        up meanwhile cancels the generation."""
         text, toks = [], []
-        for ev in req.iter_events():
+        sock = bottle.request.environ.get("chatfile.socket")
+        alive = (lambda: client_connected(sock)) if sock is not None else None
+        for ev in req.iter_events(poll_s=CLIENT_POLL_S, client_alive=alive):
             if ev.kind == "token":
                 text.append(ev.text)
                 if ev.token is not None:
@@ -585,6 +591,19 @@ def _reason(status: int) -> str:
         return "Error"
 
 
+def client_connected(sock) -> bool:
+    """False once the client has closed its end of the connection. Peeks; never reads.
+
+    A client that sent its whole request has nothing more to say over HTTP/1.0, so a
+    readable socket means end-of-file (or a reset).
+    """
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        return not readable or sock.recv(1, socket.MSG_PEEK) != b""
+    except (OSError, ValueError):
+        return False
+
+
 class _Handler(WSGIRequestHandler):
     timeout = SOCKET_TIMEOUT_S
     # Errors raised before the app runs (bad request line, huge headers) also as JSON.
@@ -594,6 +613,11 @@ class _Handler(WSGIRequestHandler):
 
     def log_message(self, format, *args):  # noqa: A002 - quiet: the console is the user's
         pass
+
+    def get_environ(self):
+        env = super().get_environ()
+        env["chatfile.socket"] = self.connection  # to notice a client that hangs up
+        return env
 
     def parse_request(self):
         # curl sends "Expect: 100-continue" for bodies over 1 KiB and then waits a second

@@ -210,6 +210,30 @@ def test_cancel_on_disconnect_frees_the_worker(tiny_server):
     assert time.monotonic() - t0 < 5
 
 
+def test_cancel_when_a_non_streamed_client_hangs_up(tiny_server):
+    """Without a stream there is nothing to write to: the server must notice the hang-up."""
+    url = tiny_server.url
+    req = {"prompt": [1, 50, 60, 70], "n_predict": 240, "temperature": 1.0, "seed": 8,
+           "cache_prompt": False}
+    # Left alone, this request runs to its limit (no end token within 240 tokens).
+    _, full = post_json(url + "/completion", req)
+    assert full["tokens_predicted"] == 240 and full["stopped_limit"]
+    u = urllib.parse.urlsplit(url)
+    body = json.dumps(req).encode()
+    s = socket.create_connection((u.hostname, u.port), timeout=30)
+    s.sendall(b"POST /completion HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    deadline = time.monotonic() + 10
+    while not _slots(url)["is_processing"] and time.monotonic() < deadline:
+        time.sleep(0.002)
+    s.close()
+    while _slots(url)["is_processing"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    slot = _slots(url)
+    assert not slot["is_processing"]
+    assert slot["n_past"] < len(req["prompt"]) + 240, slot  # it stopped before its limit
+
+
 def test_health_answers_while_generating(tiny_server):
     url = tiny_server.url
     result = {}
