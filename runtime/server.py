@@ -149,6 +149,8 @@ def build_app(st: State) -> bottle.Bottle:
                     toks.append(ev)
             elif ev.kind == "error":
                 raise _worker_error(ev.error)
+            elif ev.finish_reason == "cancelled":  # nobody is left to read a reply
+                raise ApiError(400, "the request was cancelled: the client closed the connection")
             else:
                 return "".join(text), toks, ev
         raise ApiError(500, "the inference worker stopped unexpectedly")

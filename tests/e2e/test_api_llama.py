@@ -232,6 +232,7 @@ def test_cancel_when_a_non_streamed_client_hangs_up(tiny_server):
     slot = _slots(url)
     assert not slot["is_processing"]
     assert slot["n_past"] < len(req["prompt"]) + 240, slot  # it stopped before its limit
+    assert "Traceback" not in tiny_server.output()
 
 
 def test_health_answers_while_generating(tiny_server):
