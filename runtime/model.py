@@ -4,7 +4,7 @@ Data layout, explained once:
 - A weight matrix is stored as ggml stores it, [n_out, n_in] row-major, and applied as
   `x @ W.T`. NumPy hands that to BLAS as a transposed operand, so no copy is made.
 - q, k and v are fused into one [n_q + 2·n_kv, n_embd] matrix at load (and gate/up into
-  one [2·n_ff, n_embd]), so each block makes two big matmuls instead of five small ones.
+  one [2·n_ff, n_embd]), so a block makes four matmuls instead of seven.
 - Activations are float32 [n_tokens, n_embd]. Heads are split as [n_tokens, n_head, head_dim].
 - The KV cache is preallocated per layer as [n_head_kv, n_ctx, head_dim], so that the
   first S positions of a head are one contiguous slab for the attention matmul.
