@@ -314,25 +314,31 @@ def _q4_k(raw, out, nb):
     o -= ml[..., None]
 
 
+def _bit_planes(bits64: np.ndarray, nb: int, to_bit: int) -> np.ndarray:
+    """A 32-byte field whose bit j belongs to sub-block j (Q5_K's qh, Q3_K's hmask), as
+    (nb, 256) bytes viewed as uint64: weight l of sub-block j holds bit j of byte l, moved
+    to bit `to_bit`, all other bits clear. `bits64` is the field viewed as uint64."""
+    hq = _buf("hq", (nb, 256))
+    t = _buf("t", (nb, 32))
+    t64 = t.view(np.uint64)
+    for j in range(8):
+        if j <= to_bit:
+            np.left_shift(bits64, np.uint64(to_bit - j), out=t64)
+        else:
+            np.right_shift(bits64, np.uint64(j - to_bit), out=t64)
+        _place(hq, 32, j, t)
+    h64 = hq.view(np.uint64)
+    h64 &= np.uint64(int.from_bytes(bytes([1 << to_bit]) * 8, "little"))
+    return h64
+
+
 def _q5_k(raw, out, nb):
     # block: d | dmin | scales[12] | qh[32] | qs[128]; like Q4_K, and sub-block j takes its
     # 5th bits from bit j of qh[0:32].
     dl, ml = _k_dl_ml(raw, nb, 176)
     codes = _k_nibbles(raw, nb, 176, 48)
     qh = _gather(raw, nb, 176, 16, 32, "qh")
-    qh64 = qh.view(np.uint64)
-    hq = _buf("hq", (nb, 256))
-    t = _buf("t", (nb, 32))
-    t64 = t.view(np.uint64)
-    for j in range(8):  # bit j of qh moved to bit 4
-        if j <= 4:
-            np.left_shift(qh64, np.uint64(4 - j), out=t64)
-        else:
-            np.right_shift(qh64, np.uint64(j - 4), out=t64)
-        _place(hq, 32, j, t)
-    h64 = hq.view(np.uint64)
-    h64 &= np.uint64(0x1010101010101010)
-    codes.view(np.uint64)[...] |= h64
+    codes.view(np.uint64)[...] |= _bit_planes(qh.view(np.uint64), nb, 4)
     o = out.reshape(nb, 8, 32)
     _scale(o, codes.reshape(nb, 8, 32), dl)
     o -= ml[..., None]
@@ -369,17 +375,7 @@ def _q3_k(raw, out, nb):
     hm = _gather(raw, nb, 110, 0, 32, "hm")
     hm64 = hm.view(np.uint64)
     hm64 ^= np.uint64(0xFFFFFFFFFFFFFFFF)  # we need the bits that are NOT set
-    hq = _buf("hq", (nb, 256))
-    t = _buf("t", (nb, 32))
-    t64 = t.view(np.uint64)
-    for k in range(8):  # bit k of hmask moved to bit 2
-        if k <= 2:
-            np.left_shift(hm64, np.uint64(2 - k), out=t64)
-        else:
-            np.right_shift(hm64, np.uint64(k - 2), out=t64)
-        _place(hq, 32, k, t)
-    h64 = hq.view(np.uint64)
-    h64 &= np.uint64(0x0404040404040404)
+    h64 = _bit_planes(hm64, nb, 2)
     h64 *= np.uint64(0x3F)  # 0x04 -> 0xFC, which is -4 with the low 2 bits clear
     c = codes.view(np.uint64)
     c |= h64

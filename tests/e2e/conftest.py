@@ -262,3 +262,15 @@ def bundle_env(tmp_path_factory) -> dict:
     # shiv extracts site-packages once per SHIV_ROOT; one per session keeps starts fast.
     return dict(os.environ, SHIV_ROOT=str(tmp_path_factory.getbasetemp() / "shiv-root"),
                 PYTHONUNBUFFERED="1")
+
+
+def greedy_reference(model, ids, max_tokens):
+    """Our own Model's greedy ids up to the first end-of-generation token (excluded), and
+    their text: the reference for what the server must answer at temperature 0. (Model's
+    greedy output is itself checked against llama.cpp in tests/runtime/test_parity.py.)"""
+    out = []
+    for t in model.generate(ids, max_tokens, temperature=0.0, n_ctx=model.n_ctx_train):
+        if t in model.eog_ids:
+            break
+        out.append(t)
+    return out, model.detokenize(out)

@@ -16,16 +16,9 @@ import urllib.parse
 import numpy as np
 import pytest
 
-from tests.e2e.conftest import TINY as TINY_PATH, http_request, post_json, sse_events
+from tests.e2e.conftest import TINY as TINY_PATH, greedy_reference, http_request, post_json, sse_events
 
 
-def greedy(model, ids, n):
-    out = []
-    for t in model.generate(ids, n, temperature=0.0, n_ctx=model.n_ctx_train):
-        if t in model.eog_ids:
-            break
-        out.append(t)
-    return out
 
 
 def ids_of(model, text):
@@ -37,7 +30,7 @@ PROMPT = "In a hole in the ground there lived"
 
 def test_completion_string_and_token_prompts(tiny_server, tiny_model):
     ids = ids_of(tiny_model, PROMPT)
-    ref = greedy(tiny_model, ids, 12)
+    ref, _ = greedy_reference(tiny_model, ids, 12)
     status, r = post_json(tiny_server.url + "/completion",
                           {"prompt": PROMPT, "n_predict": 12, "temperature": 0})
     assert status == 200
@@ -175,6 +168,16 @@ def test_prompt_cache_prefills_only_new_tokens(tiny_server):
     assert a["timings"]["cache_n"] > 0 and a["content"] == b["content"]
 
 
+def _send_completion(url, req) -> socket.socket:
+    """POST /completion on a raw socket, so that a test can hang up whenever it likes."""
+    u = urllib.parse.urlsplit(url)
+    body = json.dumps(req).encode()
+    s = socket.create_connection((u.hostname, u.port), timeout=30)
+    s.sendall(b"POST /completion HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    return s
+
+
 def _slots(url):
     status, _, data = http_request("GET", url + "/slots")
     assert status == 200
@@ -184,12 +187,8 @@ def _slots(url):
 def test_cancel_on_disconnect_frees_the_worker(tiny_server):
     url = tiny_server.url
     prompt = [1, 50, 60, 70]
-    u = urllib.parse.urlsplit(url)
-    body = json.dumps({"prompt": prompt, "n_predict": 240, "temperature": 1.0, "seed": 3,
-                       "stream": True, "cache_prompt": False}).encode()
-    s = socket.create_connection((u.hostname, u.port), timeout=30)
-    s.sendall(b"POST /completion HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-              b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    s = _send_completion(url, {"prompt": prompt, "n_predict": 240, "temperature": 1.0, "seed": 3,
+                                "stream": True, "cache_prompt": False})
     got = b""
     while got.count(b"data: ") < 3:         # headers, then two chunks
         chunk = s.recv(4096)
@@ -218,11 +217,7 @@ def test_cancel_when_a_non_streamed_client_hangs_up(tiny_server):
     # Left alone, this request runs to its limit (no end token within 240 tokens).
     _, full = post_json(url + "/completion", req)
     assert full["tokens_predicted"] == 240 and full["stopped_limit"]
-    u = urllib.parse.urlsplit(url)
-    body = json.dumps(req).encode()
-    s = socket.create_connection((u.hostname, u.port), timeout=30)
-    s.sendall(b"POST /completion HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-              b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    s = _send_completion(url, req)
     deadline = time.monotonic() + 10
     while not _slots(url)["is_processing"] and time.monotonic() < deadline:
         time.sleep(0.002)

@@ -5,7 +5,7 @@ ids, in this process (Model itself is tested against llama.cpp elsewhere).
 """
 import pytest
 
-from tests.e2e.conftest import post_json
+from tests.e2e.conftest import greedy_reference, post_json
 
 openai = pytest.importorskip("openai", reason="the openai client is not installed")
 
@@ -13,16 +13,6 @@ openai = pytest.importorskip("openai", reason="the openai client is not installe
 @pytest.fixture(scope="module")
 def client(tiny_server):
     return openai.OpenAI(base_url=tiny_server.url + "/v1", api_key="x", max_retries=0, timeout=60)
-
-
-def reference(model, ids, max_tokens):
-    """Greedy ids up to the first end-of-generation token (excluded), and their text."""
-    out = []
-    for t in model.generate(ids, max_tokens, temperature=0.0, n_ctx=model.n_ctx_train):
-        if t in model.eog_ids:
-            break
-        out.append(t)
-    return out, model.detokenize(out)
 
 
 def chat_ids(model, messages):
@@ -42,7 +32,7 @@ def test_models_list(client, tiny_server, tiny_model):
 def test_chat_completion_matches_model_greedy(client, tiny_model):
     r = client.chat.completions.create(model="x", messages=MSGS, temperature=0, max_tokens=24)
     ids = chat_ids(tiny_model, MSGS)
-    ref_ids, ref_text = reference(tiny_model, ids, 24)
+    ref_ids, ref_text = greedy_reference(tiny_model, ids, 24)
     c = r.choices[0]
     assert r.object == "chat.completion" and r.id.startswith("chatcmpl-")
     assert c.message.role == "assistant"
@@ -87,7 +77,7 @@ def test_streaming_chat_equals_non_streaming(client, tiny_model):
 
 def test_max_tokens_gives_length(client, tiny_model):
     ids = chat_ids(tiny_model, MSGS)
-    ref_ids, ref_text = reference(tiny_model, ids, 3)
+    ref_ids, ref_text = greedy_reference(tiny_model, ids, 3)
     assert len(ref_ids) == 3, "precondition: no end token in the first 3 greedy tokens"
     r = client.chat.completions.create(model="x", messages=MSGS, temperature=0,
                                        max_completion_tokens=3)
@@ -103,7 +93,7 @@ def test_completions_match_model_greedy_and_tokenize(client, tiny_server, tiny_m
     assert status == 200
     ids = tok["tokens"]
     assert r.usage.prompt_tokens == len(ids)
-    ref_ids, ref_text = reference(tiny_model, ids, 12)
+    ref_ids, ref_text = greedy_reference(tiny_model, ids, 12)
     assert r.choices[0].text == ref_text
     assert r.object == "text_completion"
     assert r.usage.completion_tokens == len(ref_ids) + (r.choices[0].finish_reason == "stop")
