@@ -93,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args) -> int:
+    if not os.path.isfile(args.model):
+        # Fail before starting a server that could only report the same thing.
+        raise FileNotFoundError(f"cannot open {args.model}: no such file")
     if args.command == "info":
         from runtime.info import print_info
         return print_info(args.model, offset=args.gguf_offset, size=args.gguf_size, as_json=args.json)
