@@ -548,7 +548,10 @@
       }
       if (seq !== ctxSeq) return; // a newer update started meanwhile
     }
-    $("ctx").textContent = "context " + total + " / " + state.nCtx;
+    var over = typeof total === "number" && total > state.nCtx;
+    // Past the context, the next message drops the oldest turns (docs/page.md): say so.
+    $("ctx").textContent = "context " + total + " / " + state.nCtx +
+      (over ? " (full: the oldest messages will be left out)" : "");
   }
 
   /* ---------- sending and streaming ---------- */

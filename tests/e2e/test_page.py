@@ -7,6 +7,7 @@ textarea to the SSE stream and back into localStorage. Screenshots go to test-ar
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.request
 from pathlib import Path
@@ -142,7 +143,10 @@ def test_stream_shows_the_servers_greedy_reply(page, server_url):
     assert "tokens/s" in page.text_content("[data-testid=tps]")
     ctx = page.text_content("[data-testid=ctx]")
     props = json.load(urllib.request.urlopen(server_url + "props"))
-    assert ctx.endswith(f"/ {props['n_ctx']}"), ctx
+    m = re.fullmatch(r"context (\d+) / (\d+)( \(full: the oldest messages will be left out\))?", ctx)
+    assert m and int(m.group(2)) == props["n_ctx"], ctx
+    # past the context the readout says what the next message will do
+    assert bool(m.group(3)) == (int(m.group(1)) > props["n_ctx"]), ctx
 
 
 def test_stop_ends_a_long_reply(page):
