@@ -21,9 +21,9 @@ VPY=.venv/bin/python
 # Reinstall only when pyproject.toml changed since the last install.
 STAMP=.venv/.chatfile-installed
 if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
-    echo "== installing chatfile[build] into .venv"
+    echo "== installing chatfile[build,test] into .venv (test: what the README's test command needs)"
     "$VPY" -m pip install --quiet --upgrade pip
-    "$VPY" -m pip install --quiet -e '.[build]'
+    "$VPY" -m pip install --quiet -e '.[build,test]'
     touch "$STAMP"
 fi
 
