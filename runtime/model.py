@@ -238,13 +238,16 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, pos0: int, cfg: ArchC
     scores *= cfg.attn_scale
     if cfg.softcap_attn:
         scores = np.tanh(scores / cfg.softcap_attn) * cfg.softcap_attn
-    qpos = np.arange(pos0, pos0 + T)[:, None]
-    kpos = np.arange(S)[None, :]
-    blocked = kpos > qpos  # causal
-    if window:
-        blocked |= qpos - kpos >= window
     scores = scores.reshape(n_kv, g, T, S)
-    scores[:, :, blocked] = -np.inf
+    # One new token at the end sees every cached position unless a window cuts some off;
+    # only then, or with several new tokens, is there anything to mask.
+    if T > 1 or (window and S > window):
+        qpos = np.arange(pos0, pos0 + T)[:, None]
+        kpos = np.arange(S)[None, :]
+        blocked = kpos > qpos  # causal
+        if window:
+            blocked |= qpos - kpos >= window
+        scores += np.where(blocked, -np.inf, 0.0).astype(np.float32)  # [T, S], broadcast
     scores -= scores.max(axis=-1, keepdims=True)
     np.exp(scores, out=scores)
     scores /= scores.sum(axis=-1, keepdims=True)
