@@ -167,15 +167,22 @@ def test_huge_body_is_413(tiny_server):
         assert_error_shape(status, data, 413)
 
 
-def test_declared_huge_length_is_413_without_reading(tiny_server):
-    u = urllib.parse.urlsplit(tiny_server.url)
+def _raw_exchange(url, request: bytes) -> tuple[bytes, bytes]:
+    """Send raw request bytes, half-close, read everything: (status line + headers, body)."""
+    u = urllib.parse.urlsplit(url)
     with socket.create_connection((u.hostname, u.port), timeout=10) as s:
-        s.sendall(b"POST /completion HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n{}")
+        s.sendall(request)
         s.shutdown(socket.SHUT_WR)
         data = b""
         while chunk := s.recv(65536):
             data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
+    return head, body
+
+
+def test_declared_huge_length_is_413_without_reading(tiny_server):
+    head, body = _raw_exchange(
+        tiny_server.url, b"POST /completion HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n{}")
     assert b" 413 " in head.split(b"\r\n")[0]
     assert_error_shape(413, body, 413)
 
@@ -202,14 +209,9 @@ def test_chunked_body_within_limit_works(tiny_server):
 
 
 def test_malformed_chunked_body_is_400(tiny_server):
-    u = urllib.parse.urlsplit(tiny_server.url)
-    with socket.create_connection((u.hostname, u.port), timeout=10) as s:
-        s.sendall(b"POST /tokenize HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n")
-        s.shutdown(socket.SHUT_WR)
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
+    head, body = _raw_exchange(
+        tiny_server.url,
+        b"POST /tokenize HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n")
     assert_error_shape(400, body, 400)
 
 
