@@ -11,6 +11,7 @@ shape {"error": {"message", "type", "code"}}; never an HTML page, never a traceb
 """
 from __future__ import annotations
 
+import gc
 import hmac
 import io
 import os
@@ -37,6 +38,7 @@ from runtime.engine import ContextOverflowError, Engine, EngineBusy, Request
 WEB_DIR = Path(__file__).resolve().parent / "web"
 PORT_TRIES = 20            # a busy port: try the next ones
 SOCKET_TIMEOUT_S = 120     # a client that stalls mid-request is dropped after this
+GIL_SWITCH_S = 0.001       # see serve()
 CLIENT_POLL_S = 0.05       # how often a non-streamed request checks that its client is there
 
 # Paths of the API: a wrong method on them is 405, anything else unknown is 404.
@@ -688,6 +690,9 @@ def _load(st: State, path, offset, size, chat_template, n_ctx, mode, log):
             n = model.n_ctx_train
         st.n_ctx = n
         st.model = model
+        # The model's objects live as long as the server: keep them out of every future
+        # garbage collection, whose full passes would otherwise stall requests.
+        gc.freeze()
         st.model_id = str(getattr(model, "name", "") or Path(str(path)).stem)
         st.engine = Engine(model, n)
         st.progress = 1.0
@@ -747,6 +752,10 @@ def serve(model_path, *, gguf_offset=0, gguf_size=None, host="127.0.0.1", port=8
     except OSError as e:
         print(f"chatfile: error: {e}", file=sys.stderr, flush=True)
         return 1
+    # The inference worker and the request threads share one GIL: hand it over every
+    # millisecond (not Python's default 5 ms), so /health and the page answer quickly
+    # while tokens are being generated for several clients.
+    sys.setswitchinterval(GIL_SWITCH_S)
     srv.start_loading()
     print(f"chatfile: listening on {srv.url}", flush=True)
     if api_key:
