@@ -145,7 +145,6 @@ class _WeightLoader:
                 raise GGUFError(f"tensor {name!r} has shape {t.shape}, expected {(r, n_in)}")
         if self.mode == "quant" and len(names) == 1:
             t = self.info(names[0])
-            _check_supported(t.ggml_type, names[0])
             self._tick(t.n_bytes)
             return QuantMatrix(self.g.raw(names[0]), t.ggml_type, t.shape)
         if self.mode == "quant":
@@ -344,7 +343,6 @@ class Model:
         # The embedding is only gathered row by row, so it stays quantized unless the
         # output head shares it (tied) and f32 mode wants it resident anyway.
         self.embd = QuantMatrix(self.gguf.raw("token_embd.weight"), embd.ggml_type, embd.shape)
-        _check_supported(embd.ggml_type, "token_embd.weight")
         self.layers = []
         for i in range(c.n_layer):
             p = f"blk.{i}."
