@@ -8,12 +8,13 @@ them); `docs/format.md` describes the same layout in prose. A bundle is
 where the GGUF starts on a 64 KiB boundary so the runtime can mmap it in place (64 KiB
 is the mmap granularity on Windows and a multiple of every page size we know).
 
-TRAILER, the last bytes of the file:
+TRAILER, the last bytes of the file (of a code-signed macOS executable: the last bytes
+before its code signature, which `codesign` appends after everything else; see data_end):
 
     payload   payload_len bytes of UTF-8 JSON (see `Trailer`)
     footer    FOOTER_FORMAT = "<IIII8s", 24 bytes:
               payload_len u32 | payload_crc32 u32 | version u32 | reserved u32 (0) |
-              magic b"CHATFILE"  (the magic is the very last 8 bytes of the file)
+              magic b"CHATFILE"  (the magic is the very last 8 bytes of the data)
 
 HEAD, the 32 bytes just before the GGUF: b"CHFHEAD\\0" | gguf_offset u64 | gguf_size u64 |
 bundle_bytes u64. It exists so that a bundle whose end was cut off (an interrupted copy
@@ -45,6 +46,14 @@ HEAD_BYTES = struct.calcsize(HEAD_FORMAT)  # 32
 _HEAD_SEARCH_BYTES = 64 * 1024 * 1024
 
 _HASH_CHUNK_BYTES = 4 * 1024 * 1024
+
+# A thin 64-bit Mach-O (the only kind bundler/macho.py writes): its LC_CODE_SIGNATURE load
+# command gives the signature's file offset (dataoff, a u32 after cmd and cmdsize).
+_MACHO_MAGIC_64 = b"\xcf\xfa\xed\xfe"
+_MACHO_HEADER_BYTES = 32
+_LC_CODE_SIGNATURE = 0x1D
+# Load commands of a PyInstaller bootloader take a few KiB; read no more than this.
+_MACHO_MAX_CMDS_BYTES = 64 * 1024
 
 
 class BundleError(ValueError):
@@ -151,18 +160,18 @@ def read_trailer(path: str | os.PathLike) -> Trailer | None:
     where = f"bundle {path}"
     try:
         with open(path, "rb") as f:
-            file_bytes = os.fstat(f.fileno()).st_size
-            tail_bytes = min(file_bytes, MAX_TRAILER_BYTES + FOOTER_BYTES)
-            f.seek(file_bytes - tail_bytes)
+            end = data_end(f, os.fstat(f.fileno()).st_size)
+            tail_bytes = min(end, MAX_TRAILER_BYTES + FOOTER_BYTES)
+            f.seek(end - tail_bytes)
             tail = f.read(tail_bytes)
-            trailer = decode_trailer(tail, file_bytes, where)
+            trailer = decode_trailer(tail, end, where)
             if trailer is None:
-                head = _find_head(f, file_bytes)
+                head = _find_head(f, end)
                 if head is not None:
                     _, off, size, expected = head
                     raise BundleError(
                         f"{where} is truncated or corrupt: it should be {expected} bytes but is "
-                        f"{file_bytes}, and its trailer is missing. Copy or download it again.")
+                        f"{end}, and its trailer is missing. Copy or download it again.")
                 return None
             f.seek(trailer.gguf_offset)
             if f.read(4) != b"GGUF":
@@ -171,6 +180,32 @@ def read_trailer(path: str | os.PathLike) -> Trailer | None:
             return trailer
     except OSError as e:
         raise BundleError(f"cannot read {path}: {e.strerror or e}") from None
+
+
+def data_end(f, file_bytes: int) -> int:
+    """Where the bundle's own bytes end in the open file `f`: the end of the file, or, for
+    a code-signed Mach-O, the start of its code signature (which follows the trailer).
+
+    Reads the Mach-O header and load commands only (a few KiB). A header that makes no sense
+    is ignored (then the file's end is used and the usual checks report the damage).
+    """
+    f.seek(0)
+    header = f.read(_MACHO_HEADER_BYTES)
+    if len(header) < _MACHO_HEADER_BYTES or header[:4] != _MACHO_MAGIC_64:
+        return file_bytes
+    ncmds, sizeofcmds = struct.unpack_from("<II", header, 16)
+    cmds = f.read(min(sizeofcmds, _MACHO_MAX_CMDS_BYTES))
+    at = 0
+    for _ in range(ncmds):
+        if at + 16 > len(cmds):
+            break
+        cmd, cmdsize, dataoff = struct.unpack_from("<III", cmds, at)
+        if cmd == _LC_CODE_SIGNATURE and dataoff >= _MACHO_HEADER_BYTES + sizeofcmds:
+            return min(dataoff, file_bytes)  # past the end: cut off before the signature
+        if cmdsize < 8:
+            break
+        at += cmdsize
+    return file_bytes
 
 
 def _find_head(f, file_bytes: int):
