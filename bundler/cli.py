@@ -99,6 +99,8 @@ def cmd_bundle(a) -> int:
     print(f"model sha256: {result.sha256}")
     print(f"run it: {os.path.join('.', result.path) if not os.path.dirname(result.path) else result.path}"
           + (" (needs python3 on the target)" if a.format == "pyz" else ""))
+    for note in result.notes:  # e.g. a macOS bundle made where codesign does not exist
+        print(f"note: {note}", file=sys.stderr)
     return 0
 
 

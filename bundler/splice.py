@@ -17,19 +17,24 @@ a valid zip whose last bytes are the trailer.
 
 What must be patched is the container around the archive: on ELF, PyInstaller puts the
 archive in a `pydata` section and the section-header table follows it, so e_shoff and the
-sh_offset of every section at or after the cut move by the inserted length.
+sh_offset of every section at or after the cut move by the inserted length. On Mach-O the
+archive is the tail of __LINKEDIT, which is grown over the model and the trailer, and the
+code signature is removed and made again (bundler/macho.py, `codesign -s -`).
 """
 from __future__ import annotations
 
 import errno
 import hashlib
 import os
+import shlex
 import shutil
 import struct
+import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 
+from bundler import macho
 from runtime.embedded import (GGUF_ALIGN_BYTES, HEAD_BYTES, BundleError, Trailer,
                               encode_head, encode_trailer, read_trailer)
 
@@ -49,7 +54,7 @@ DISK_MARGIN_BYTES = 16 * 1024 * 1024
 @dataclass(frozen=True)
 class Layout:
     """Where to cut a stub and how to patch it; computed before anything is written."""
-    kind: str  # "elf", "pe", "zip" (other executables: "raw")
+    kind: str  # "elf", "pe", "macho", "zip" (other executables: "raw")
     head: bytes  # stub bytes before the GGUF (already patched)
     tail: bytes  # stub bytes after the GGUF (already patched)
 
@@ -60,8 +65,10 @@ class SpliceResult:
     sha256: str
     gguf_offset: int
     gguf_size: int
-    bundle_bytes: int
+    bundle_bytes: int  # the file's final size (a macOS bundle's includes its new signature)
     seconds: float
+    signed: bool | None = None  # macOS bundles: re-signed with codesign? None: not macOS
+    notes: tuple[str, ...] = ()  # what the user must know about the bundle (cli prints them)
 
 
 def align_up(n: int, align: int = GGUF_ALIGN_BYTES) -> int:
@@ -79,16 +86,18 @@ def executable_kind(data: bytes) -> str:
     return "raw"
 
 
-def plan_exe(stub: bytes, gguf_block_bytes_fn) -> Layout:
-    """Cut a PyInstaller onefile executable before its archive; patch ELF headers.
+def plan_exe(stub: bytes, gguf_block_bytes_fn, trailer_bytes_fn) -> Layout:
+    """Cut a PyInstaller onefile executable before its archive; patch ELF/Mach-O headers.
 
-    `gguf_block_bytes_fn(cut)` returns how many bytes will be inserted at `cut` (pad + GGUF).
+    `gguf_block_bytes_fn(cut)` returns how many bytes will be inserted at `cut` (pad + GGUF),
+    `trailer_bytes_fn(cut)` how many will follow the stub (the trailer).
     """
     kind = executable_kind(stub)
     if kind == "macho":
-        raise BundleError(
-            "macOS executables are not supported as stubs yet: inserting the model moves "
-            "__LINKEDIT and breaks the code signature (see docs/format.md); use --format pyz")
+        # The bundle is signed anew after splicing; unsigned, the stub ends with its archive
+        # (as it did before PyInstaller signed it), which is what the cut below expects.
+        stub = macho.remove_signature(stub)
+    # Found as the bootloader does: the last cookie magic, scanning back from the end.
     cookie_pos = stub.rfind(PYI_COOKIE_MAGIC)
     if cookie_pos < 0 or cookie_pos + PYI_COOKIE_BYTES > len(stub):
         raise BundleError("the stub is not a PyInstaller onefile executable (no archive cookie "
@@ -104,6 +113,8 @@ def plan_exe(stub: bytes, gguf_block_bytes_fn) -> Layout:
         _patch_elf(data, cut, inserted)
     elif kind == "pe":
         _check_pe(data, cut)
+    elif kind == "macho":
+        data = bytearray(macho.grow_linkedit(stub, cut, inserted, trailer_bytes_fn(cut)))
     return Layout(kind=kind, head=bytes(data[:cut]), tail=bytes(data[cut:]))
 
 
@@ -216,22 +227,22 @@ def splice(stub_path, gguf_path, out_path, *, fmt: str = "exe", args=(), title: 
 
     # The trailer's length does not depend on the digest (always 64 hex digits), so the
     # whole layout is known before the GGUF is read.
-    draft = Trailer(gguf_offset=0, gguf_size=gguf_size, sha256="0" * 64, args=tuple(args),
-                    title=title, format=fmt)
-
-    def block_bytes(cut: int) -> int:
+    def block_bytes(cut: int) -> int:  # pad + HEAD + GGUF, inserted at the cut
         return align_up(cut + HEAD_BYTES) - cut + gguf_size
 
+    def trailer_bytes(cut: int) -> int:
+        draft = Trailer(gguf_offset=align_up(cut + HEAD_BYTES), gguf_size=gguf_size,
+                        sha256="0" * 64, args=tuple(args), title=title, format=fmt)
+        return len(encode_trailer(draft))
+
     if fmt == "exe":
-        layout = plan_exe(stub, block_bytes)
+        layout = plan_exe(stub, block_bytes, trailer_bytes)
     else:
         if executable_kind(stub) != "raw" or not stub.startswith(b"#!"):
             raise BundleError(f"{stub_path} is not a .pyz stub (it should start with '#!')")
         layout = plan_pyz(stub, 0)  # trailer length patched below, once the offset is known
     gguf_offset = align_up(len(layout.head) + HEAD_BYTES)
-    draft = Trailer(gguf_offset=gguf_offset, gguf_size=gguf_size, sha256="0" * 64,
-                    args=tuple(args), title=title, format=fmt)
-    trailer_len = len(encode_trailer(draft))
+    trailer_len = trailer_bytes(len(layout.head))
     if fmt == "pyz":
         layout = plan_pyz(stub, trailer_len)
     bundle_bytes = gguf_offset + gguf_size + len(layout.tail) + trailer_len
@@ -272,6 +283,10 @@ def splice(stub_path, gguf_path, out_path, *, fmt: str = "exe", args=(), title: 
                                   f"{bundle_bytes}")
             if fsync:
                 os.fsync(out.fileno())
+        signed, notes = None, ()
+        if layout.kind == "macho":
+            signed, notes = _codesign(tmp, out_path, trailer, fsync)
+        final_bytes = os.path.getsize(tmp)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)
@@ -292,8 +307,50 @@ def splice(stub_path, gguf_path, out_path, *, fmt: str = "exe", args=(), title: 
         if lock is not None:
             os.close(lock)
     return SpliceResult(path=out_path, sha256=digest, gguf_offset=gguf_offset,
-                        gguf_size=gguf_size, bundle_bytes=bundle_bytes,
-                        seconds=time.perf_counter() - t0)
+                        gguf_size=gguf_size, bundle_bytes=final_bytes,
+                        seconds=time.perf_counter() - t0, signed=signed, notes=notes)
+
+
+def _codesign(tmp: str, out_path: str, trailer: Trailer, fsync: bool):
+    """Sign a macOS bundle ad hoc, as PyInstaller signed the stub: Apple Silicon runs no
+    unsigned code. Without codesign (bundling on Linux or Windows), say what the receiver
+    must do instead. Returns (signed, notes)."""
+    tool = shutil.which("codesign")
+    if tool is None:
+        name = shlex.quote(os.path.basename(out_path))
+        return False, (
+            f"this macOS bundle is NOT code-signed (codesign is only available on macOS). "
+            f"On an Apple Silicon Mac it will not start until it is signed: the receiver runs "
+            f"`codesign -s - {name}` once (Intel Macs run it unsigned). A file downloaded with "
+            f"a browser is also quarantined by Gatekeeper: remove that with "
+            f"`xattr -d com.apple.quarantine {name}`, or right-click it and choose Open.",)
+    # The identifier would default to the temporary file's name; name it after the target.
+    cmd = [tool, "-s", "-", "--force", "--identifier", os.path.basename(out_path), tmp]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+    except OSError as e:
+        raise BundleError(f"could not run codesign ({tool}): {e.strerror or e}") from None
+    if proc.returncode:
+        message = (proc.stderr or proc.stdout).strip() or f"exit status {proc.returncode}"
+        raise BundleError(f"codesign could not sign the bundle: {message}")
+    # The signature now follows the trailer; the runtime must still find the same trailer
+    # just before it (macho.SIGNATURE_ALIGN_BYTES). Checked here, not on the receiver's Mac.
+    try:
+        found = read_trailer(tmp)
+    except BundleError:  # e.g. "truncated": the HEAD record is there, the trailer is not
+        found = None
+    if found is None or (found.gguf_offset, found.gguf_size, found.sha256) != \
+            (trailer.gguf_offset, trailer.gguf_size, trailer.sha256):
+        raise BundleError("after codesign the bundle's trailer is no longer where the runtime "
+                          "looks for it (just before the code signature); please report this, "
+                          "and use --format pyz meanwhile")
+    if fsync:
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return True, ()
 
 
 PART_SUFFIX = ".part"
