@@ -153,7 +153,21 @@ def test_dequantize_into_rejects_a_bad_destination():
     with pytest.raises(TypeError, match="float32"):
         dequantize_into(raw, T.Q8_0, np.zeros((2, 32), dtype=np.float64))
     with pytest.raises(TypeError, match="C-contiguous"):
-        dequantize_into(raw, T.Q8_0, np.zeros((32, 2), dtype=np.float32).T)
+        dequantize_into(raw, T.Q8_0, np.zeros((32, 2, 2), dtype=np.float32).transpose(2, 1, 0))
+
+
+@pytest.mark.parametrize("ggml_type", sorted(EXPECTED_TYPES), ids=lambda t: T(t).name)
+def test_dequantize_into_a_transposed_view(ggml_type, monkeypatch):
+    """The model stores matrices transposed, as column slices of one fused matrix."""
+    monkeypatch.setattr(quants, "CHUNK_ELEMENTS", 512)  # several row chunks, a ragged last one
+    rng = np.random.default_rng(5)
+    bs = GGML_QUANT_SIZES[T(ggml_type)][0]
+    shape = (7, 2 * max(bs, 32))
+    raw = sane_raw(ggml_type, shape, rng)
+    big = np.full((shape[1], 3 + shape[0] + 2), np.nan, dtype=np.float32)  # [n_in, n_out]
+    dequantize_into(raw, ggml_type, big[:, 3:3 + shape[0]].T, threads=2)
+    assert_same(np.ascontiguousarray(big[:, 3:3 + shape[0]].T), reference(raw, ggml_type, shape))
+    assert np.isnan(big[:, :3]).all() and np.isnan(big[:, 3 + shape[0]:]).all()
 
 
 @pytest.mark.parametrize("ggml_type, label", [(T.IQ2_XXS, "IQ2_XXS"), (T.TQ1_0, "TQ1_0"), (999, "999")])
