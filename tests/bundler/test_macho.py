@@ -255,31 +255,27 @@ def test_codesign_on_path_signs_the_bundle(tmp_path, monkeypatch):
     assert os.access(out, os.X_OK)
 
 
-def test_failing_codesign_leaves_nothing(tmp_path, monkeypatch):
-    bindir = fake_tool(tmp_path, "codesign",
-                       "sys.stderr.write('bundle: code object is not signed at all\\n')\n"
-                       "sys.exit(1)\n")
+# A codesign that fails, and one that succeeds but appends its signature somewhere other
+# than right after the trailer (so the runtime would not find the model): both refused,
+# and nothing is left under the target name.
+BAD_CODESIGNS = {
+    "fails": ("sys.stderr.write('bundle: code object is not signed at all\\n')\n"
+              "sys.exit(1)\n", "codesign could not sign.*not signed at all"),
+    "moves the trailer": ("open(sys.argv[-1], 'ab').write(b'unexpected bytes')\n",
+                          "no longer where the runtime looks"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CODESIGNS))
+def test_bad_codesign_leaves_nothing(tmp_path, monkeypatch, case):
+    script, message = BAD_CODESIGNS[case]
+    bindir = fake_tool(tmp_path, "codesign", script)
     monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")
     stub = tmp_path / "stub"
     stub.write_bytes(macho_stub())
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    with pytest.raises(BundleError, match="codesign could not sign.*not signed at all"):
-        splice(stub, MODEL, out_dir / "bundle")
-    assert list(out_dir.iterdir()) == []
-
-
-def test_codesign_that_moves_the_trailer_is_caught(tmp_path, monkeypatch):
-    """If a real codesign put the signature somewhere other than right after the trailer,
-    the runtime would not find the model: the bundler checks and refuses instead."""
-    bindir = fake_tool(tmp_path, "codesign",
-                       "open(sys.argv[-1], 'ab').write(b'unexpected bytes')\n")
-    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")
-    stub = tmp_path / "stub"
-    stub.write_bytes(macho_stub())
-    out_dir = tmp_path / "out"
-    out_dir.mkdir()
-    with pytest.raises(BundleError, match="no longer where the runtime looks"):
+    with pytest.raises(BundleError, match=message):
         splice(stub, MODEL, out_dir / "bundle")
     assert list(out_dir.iterdir()) == []
 
