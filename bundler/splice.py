@@ -186,7 +186,19 @@ def plan_pyz(stub: bytes, trailer_bytes: int) -> Layout:
         raise BundleError("the stub zip has no entries")
     data = bytearray(stub[:eocd + ZIP_EOCD_BYTES])  # drop any old comment
     struct.pack_into("<H", data, eocd + 20, trailer_bytes)
-    return Layout(kind="zip", head=bytes(data[:first]), tail=bytes(data[first:]))
+    head = bytes(data[:first])
+    if head.startswith(b"#!") and head.count(b"\n") == 1 and head.endswith(b"\n"):
+        head += TRUNCATED_PYZ_LINE
+    return Layout(kind="zip", head=head, tail=bytes(data[first:]))
+
+
+# When a .pyz loses its end (an interrupted download), Python no longer sees a zip and
+# compiles the file as a script; our code never runs. Before reading any source, Python
+# looks up the encoding named on line 2, so an unknown "encoding" makes it stop with
+#   SyntaxError: encoding problem: chatfile-bundle-is-incomplete-or-damaged-download-it-again
+# (the same on Python 3.9-3.13) instead of "source code cannot contain null bytes". An
+# intact .pyz is run from its zip, and this line is never read.
+TRUNCATED_PYZ_LINE = b"# -*- coding: chatfile-bundle-is-incomplete-or-damaged-download-it-again -*-\n"
 
 
 def _check_gguf(path: str) -> int:
