@@ -4,8 +4,9 @@ and bundles cut short at several places.
 What each fault must give (docs/reliability.md, "Bundles: faults and air gap"):
 - the target name never holds a partial bundle, whatever happens to `chatfile bundle`;
 - a damaged or truncated bundle exits non-zero within seconds, with a message naming the
-  file and no Python traceback; where chatfile's own code can run (the damage is after the
-  stub's archive) the message says "corrupt" or "truncated".
+  file (a pyz cut before its zip end: naming the problem instead) and no Python traceback;
+  where chatfile's own code can run (the damage is after the stub's archive) the message
+  says "corrupt" or "truncated".
 
 Stubs are expensive (PyInstaller: about a minute), so `session_stub` (tests/e2e/conftest.py)
 builds each at most once per pytest session for every bundle test.
