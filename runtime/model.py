@@ -234,28 +234,33 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, pos0: int, cfg: ArchC
               window: int) -> np.ndarray:
     """q: [T, n_head, hd] at positions pos0.., k/v: [n_kv, S, hd] for positions 0..S-1."""
     T, n_head, hd = q.shape
-    n_kv, S, hd_v = v.shape
+    S = v.shape[1]
+    # A sliding-window layer never looks further back than the window from its first new
+    # position: the cache before that is skipped, not computed and masked.
+    k0 = max(0, pos0 - window + 1) if window else 0
+    k, v = k[:, k0:], v[:, k0:]  # [n_kv, S - k0, hd]
+    n_kv, S_att, hd_v = v.shape
     g = n_head // n_kv
     # [T, n_head, hd] -> [n_kv, g·T, hd]: query heads grouped under their kv head
     qg = q.reshape(T, n_kv, g, hd).transpose(1, 2, 0, 3).reshape(n_kv, g * T, hd)
-    scores = np.matmul(qg, k.transpose(0, 2, 1))  # [n_kv, g·T, S]
+    scores = np.matmul(qg, k.transpose(0, 2, 1))  # [n_kv, g·T, S_att]
     scores *= cfg.attn_scale
     if cfg.softcap_attn:
         scores = np.tanh(scores / cfg.softcap_attn) * cfg.softcap_attn
-    scores = scores.reshape(n_kv, g, T, S)
-    # One new token at the end sees every cached position unless a window cuts some off;
-    # only then, or with several new tokens, is there anything to mask.
-    if T > 1 or (window and S > window):
+    scores = scores.reshape(n_kv, g, T, S_att)
+    # One new token sees every position left after the window cut; only with several new
+    # tokens is there anything to mask.
+    if T > 1:
         qpos = np.arange(pos0, pos0 + T)[:, None]
-        kpos = np.arange(S)[None, :]
+        kpos = np.arange(k0, S)[None, :]
         blocked = kpos > qpos  # causal
         if window:
             blocked |= qpos - kpos >= window
-        scores += np.where(blocked, -np.inf, 0.0).astype(np.float32)  # [T, S], broadcast
+        scores += np.where(blocked, -np.inf, 0.0).astype(np.float32)  # [T, S_att], broadcast
     scores -= scores.max(axis=-1, keepdims=True)
     np.exp(scores, out=scores)
     scores /= scores.sum(axis=-1, keepdims=True)
-    out = np.matmul(scores.reshape(n_kv, g * T, S), v)  # [n_kv, g·T, hd_v]
+    out = np.matmul(scores.reshape(n_kv, g * T, S_att), v)  # [n_kv, g·T, hd_v]
     # -> [T, n_head·hd_v], heads back in their original order
     return out.reshape(n_kv, g, T, hd_v).transpose(2, 0, 1, 3).reshape(T, n_head * hd_v)
 
