@@ -5,7 +5,8 @@ Data layout, explained once:
   transposed, [n_in, n_out] row-major, and applied as `x @ W`: for the 2-16-token batches
   of speculative decoding OpenBLAS runs that layout ~1.5x faster than `x @ W.T` (it packs
   a transposed operand for every small GEMM). Dequantization writes the transposed layout
-  directly, a cache-sized chunk of rows at a time, so loading pays no extra pass.
+  directly, a chunk of rows at a time, so no second full-size copy is made; the strided
+  writes still cost Qwen 0.4-0.8 s more load (docs/performance.md).
 - q, k and v are fused into one [n_embd, n_q + 2·n_kv] matrix at load (and gate/up into
   one [n_embd, 2·n_ff]), so a block makes four matmuls instead of seven.
 - Activations are float32 [n_tokens, n_embd]. Heads are split as [n_tokens, n_head, head_dim].
