@@ -431,8 +431,9 @@ class Model:
         tok = self.tokenizer
         return {tok.token_text(i) for i in range(tok.n_vocab) if tok.is_control(i)}
 
-    def fim_prompt(self, prefix: str, suffix: str) -> list[int]:
-        return self.tokenizer.fim_prompt(prefix, suffix)
+    def fim_prompt(self, prefix: str, suffix: str, **kw) -> list[int]:
+        """See Tokenizer.fim_prompt (extra=, prompt=, n_ctx=, n_predict=)."""
+        return self.tokenizer.fim_prompt(prefix, suffix, **kw)
 
     # -- inference --------------------------------------------------------------------
 

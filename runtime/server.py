@@ -406,15 +406,25 @@ def build_app(st: State) -> bottle.Bottle:
         prefix = get_str(body, "input_prefix", "")
         suffix = get_str(body, "input_suffix", "")
         extra = body.get("input_extra")
-        if extra is not None and not isinstance(extra, list):
+        if extra is None:
+            extra = []
+        if not isinstance(extra, list):
             raise ApiError(400, "'input_extra' must be a list")
+        chunks = []  # (filename, text) of other files, as llama.vim / llama.vscode send them
+        for i, chunk in enumerate(extra):
+            if not isinstance(chunk, dict) or not isinstance(chunk.get("text"), str):
+                raise ApiError(400, f"'input_extra[{i}]' must be an object with a string 'text'")
+            filename = chunk.get("filename", "tmp")
+            if not isinstance(filename, str):
+                raise ApiError(400, f"'input_extra[{i}].filename' must be a string")
+            chunks.append((filename, chunk["text"]))
         prompt = get_str(body, "prompt", "")
+        n_predict = get_max_tokens(body, ("n_predict", "max_tokens"), st.n_ctx, allow_unlimited=True)
         try:
-            ids = list(model.fim_prompt(prefix, suffix))
+            ids = list(model.fim_prompt(prefix, suffix, extra=chunks, prompt=prompt,
+                                        n_ctx=st.n_ctx, n_predict=n_predict))
         except ValueError as e:
             raise ApiError(400, f"this model cannot fill in the middle: {e}") from None
-        if prompt:
-            ids += model.tokenize(prompt, add_special=False, parse_special=False)
         req, stream = llama_request(model, body, ids)
         return llama_reply(model, req, stream)
 

@@ -30,6 +30,7 @@ import heapq
 import logging
 import operator
 import warnings
+from typing import Sequence
 
 import numpy as np
 import regex
@@ -37,6 +38,12 @@ import regex
 from runtime import pretokenize
 
 log = logging.getLogger(__name__)
+
+# Fill-in-the-middle as llama-server's /infill does it: prefix and suffix are cut to fit one
+# batch of its default size (--batch-size 2048), and chunks of other files are separated by
+# this line when the vocabulary has no <|file_sep|> token.
+FIM_BATCH_TOK = 2048
+FIM_SNIPPET_SEPARATOR = "\n\n--- snippet ---\n\n"
 
 
 class TokenizerError(ValueError):
@@ -703,15 +710,42 @@ class Tokenizer:
 
     # -- fill-in-the-middle -------------------------------------------------------------
 
-    def fim_prompt(self, prefix: str, suffix: str) -> list[int]:
-        """[BOS] <fim_pre> prefix <fim_suf> suffix <fim_mid>, as llama-server's /infill."""
+    def fim_prompt(self, prefix: str, suffix: str, extra: Sequence[tuple[str, str]] = (),
+                   prompt: str = "", n_ctx: int | None = None, n_predict: int = -1) -> list[int]:
+        """The prompt llama-server's /infill builds, with the repo-level layout of
+        Qwen2.5-Coder (arXiv 2409.12186) when the vocabulary has its tokens:
+
+            <fim_rep>myproject\n <file_sep>NAME\n TEXT ... <file_sep>filename\n
+            [BOS] <fim_pre> PREFIX PROMPT <fim_suf> SUFFIX <fim_mid>
+
+        `extra` holds (filename, text) chunks of other files; without <file_sep> they are
+        joined by a "--- snippet ---" line instead. Long inputs are cut as llama-server
+        cuts them: the prefix keeps its last 3/4 of FIM_BATCH_TOK tokens, the suffix its
+        first FIM_BATCH_TOK/4 - 2 - len(PROMPT), and the extra context its last
+        n_ctx - FIM_BATCH_TOK - 2·n_predict (all of it when n_ctx is None).
+        """
         pre, suf, mid = self._ids["fim_pre"], self._ids["fim_suf"], self._ids["fim_mid"]
         if pre is None or suf is None or mid is None:
             raise TokenizerError("this model has no fill-in-the-middle tokens (fim_pre/fim_suf/fim_mid)")
-        out = [self.bos_id] if self.add_bos else []
-        out.append(pre)
-        out += self.tokenize(prefix, add_special=False, parse_special=False)
-        out.append(suf)
-        out += self.tokenize(suffix, add_special=False, parse_special=False)
-        out.append(mid)
+        rep, sep = self._ids["fim_rep"], self._ids["fim_sep"]
+
+        def ids(text: str) -> list[int]:
+            return self.tokenize(text, add_special=False, parse_special=False)
+
+        context = [rep, *ids("myproject\n")] if rep is not None else []
+        for filename, text in extra:
+            context += [sep, *ids(filename + "\n")] if sep is not None else ids(FIM_SNIPPET_SEPARATOR)
+            context += ids(text)
+        if sep is not None:
+            context += [sep, *ids("filename\n")]
+        prompt_ids = ids(prompt)
+        n_prefix = 3 * (FIM_BATCH_TOK // 4)
+        n_suffix = max(0, FIM_BATCH_TOK // 4 - (2 + len(prompt_ids)))
+        n_context = len(context) if n_ctx is None else \
+            min(len(context), max(0, n_ctx - FIM_BATCH_TOK - 2 * n_predict))
+        out = context[len(context) - n_context:]
+        if self.add_bos:
+            out.append(self.bos_id)
+        out += [pre, *ids(prefix)[-n_prefix:], *prompt_ids]
+        out += [suf, *ids(suffix)[:n_suffix], mid]
         return out

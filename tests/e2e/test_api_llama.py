@@ -279,9 +279,9 @@ def test_infill_builds_the_fim_prompt_in_process():
         name, arch, n_ctx_train, chat_template = "fake", "fake", 64, "x"
         seen = None
 
-        def fim_prompt(self, prefix, suffix):
-            FimModel.seen = (prefix, suffix)
-            return [0, 1]              # 'a' 'b': greedy then walks c d e ...
+        def fim_prompt(self, prefix, suffix, **kw):
+            FimModel.seen = (prefix, suffix, kw)
+            return [0, 1] + self.tokenize(kw["prompt"])  # 'a' 'b' prompt: greedy walks on
 
         def tokenize(self, text, add_special=True, parse_special=False):
             return [ord(c) - 97 for c in text]
@@ -293,12 +293,22 @@ def test_infill_builds_the_fim_prompt_in_process():
     status, r = _wsgi_call(app, "POST", "/infill", {"input_prefix": "P", "input_suffix": "S",
                                                     "n_predict": 3, "temperature": 0})
     assert status == 200, r
-    assert FimModel.seen == ("P", "S")
+    assert FimModel.seen == ("P", "S", {"extra": [], "prompt": "", "n_ctx": 64, "n_predict": 3})
     assert r["content"] == "cde" and r["tokens_evaluated"] == 2
-    # a prompt after the middle marker is appended: ... 'b' then 'x' -> y z
-    status, r = _wsgi_call(app, "POST", "/infill", {"input_prefix": "P", "input_suffix": "S",
-                                                    "prompt": "x", "temperature": 0})
+    # The prompt and the other files' chunks go to the tokenizer's layout (tested in
+    # tests/runtime/test_tokenizer.py); a chunk without a filename is "tmp", as in llama-server.
+    status, r = _wsgi_call(app, "POST", "/infill", {
+        "input_prefix": "P", "input_suffix": "S", "prompt": "x", "temperature": 0,
+        "input_extra": [{"filename": "a.py", "text": "A"}, {"text": "B"}]})
+    assert status == 200, r
+    assert FimModel.seen[2] == {"extra": [("a.py", "A"), ("tmp", "B")], "prompt": "x",
+                                "n_ctx": 64, "n_predict": -1}
     assert r["content"] == "yz" and r["stopped_eos"] is True
+    for bad, message in (("x", "must be a list"), (["x"], "input_extra[0]"),
+                         ([{"filename": "a"}], "string 'text'"),
+                         ([{"text": "t"}, {"text": "t", "filename": 3}], "input_extra[1].filename")):
+        status, r = _wsgi_call(app, "POST", "/infill", {"input_prefix": "P", "input_extra": bad})
+        assert status == 400 and message in r["error"]["message"], r
 
 
 def _fake_state(**kw):

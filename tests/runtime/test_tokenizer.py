@@ -15,7 +15,8 @@ from hypothesis import given, settings, strategies as st
 
 from runtime import gguf
 from runtime import pretokenize
-from runtime.tokenizer import Tokenizer, TokenizerError, clean_spaces
+from runtime.tokenizer import (FIM_BATCH_TOK, FIM_SNIPPET_SEPARATOR, Tokenizer, TokenizerError,
+                               clean_spaces)
 from tests.conftest import FIXTURES
 
 TOKDIR = FIXTURES / "tokenizer"
@@ -101,12 +102,22 @@ def test_real_model_prompts(request, fixture_name, reference):
 
 
 def test_fim_prompt_on_real_qwen_coder(request):
+    """Qwen2.5-Coder has <|repo_name|> and <|file_sep|>: llama-server's repo-level layout."""
     tok = _real_tokenizer(request, "qwen_gguf_path")
-    ids = tok.fim_prompt("def f(", "):\n    pass\n")
-    assert [tok.token_text(i) for i in (ids[0], ids[-1])] == ["<|fim_prefix|>", "<|fim_middle|>"]
-    suf = ids.index(tok.token_id("<|fim_suffix|>"))
-    assert ids[1:suf] == tok.tokenize("def f(", add_special=False)
-    assert ids[suf + 1:-1] == tok.tokenize("):\n    pass\n", add_special=False)
+
+    def ids(text):
+        return tok.tokenize(text, add_special=False)
+    special = {name: tok.token_id(f"<|{name}|>") for name in
+               ("repo_name", "file_sep", "fim_prefix", "fim_suffix", "fim_middle")}
+    repo, sep, pre, suf, mid = special.values()
+    got = tok.fim_prompt("def f(", "):\n    pass\n", prompt="x",
+                         extra=[("util.py", "import os\n"), ("b.py", "")])
+    assert got == [repo, *ids("myproject\n"), sep, *ids("util.py\n"), *ids("import os\n"),
+                   sep, *ids("b.py\n"), sep, *ids("filename\n"),
+                   pre, *ids("def f("), *ids("x"), suf, *ids("):\n    pass\n"), mid]
+    plain = tok.fim_prompt("a", "b")
+    assert plain == [repo, *ids("myproject\n"), sep, *ids("filename\n"),
+                     pre, *ids("a"), suf, *ids("b"), mid]
     assert {tok.token_id(t) for t in ("<|im_end|>", "<|endoftext|>", "<|fim_pad|>")} <= tok.eog_ids
 
 
@@ -310,6 +321,32 @@ def test_fim_prompt_layout_on_qwen2_vocab():
     assert ids == [pre, *tok.tokenize(prefix, add_special=False), suf,
                    *tok.tokenize(suffix, add_special=False), mid]
     assert all(tok.is_control(t) for t in pads)
+    # Without <|file_sep|>, other files' chunks are joined by llama-server's snippet line,
+    # and they come first.
+    with_extra = tok.fim_prompt(prefix, suffix, extra=[("a.py", "x = 1"), ("b.py", "y = 2")])
+    snippet = tok.tokenize(FIM_SNIPPET_SEPARATOR, add_special=False)
+    assert with_extra == [*snippet, *tok.tokenize("x = 1", add_special=False),
+                          *snippet, *tok.tokenize("y = 2", add_special=False), *ids]
+
+
+def test_fim_prompt_cuts_long_inputs_as_llama_server():
+    md = dict(_metadata(TOKDIR / "ggml-vocab-qwen2.gguf"))
+    tokens = list(md["tokenizer.ggml.tokens"])
+    pads = [i for i, t in enumerate(tokens) if t.startswith("[PAD")][:3]
+    for i, text in zip(pads, ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")):
+        tokens[i] = text
+    md["tokenizer.ggml.tokens"] = tokens
+    tok = Tokenizer.from_metadata(md)
+    pre, suf, mid = pads
+    word = tok.tokenize(" word", add_special=False)
+    assert len(word) == 1
+    n = FIM_BATCH_TOK  # longer than either share
+    ids = tok.fim_prompt(" word" * n, " word" * n, prompt=" word" * 10,
+                         extra=[("a", " word" * n)], n_ctx=FIM_BATCH_TOK + 300, n_predict=50)
+    n_extra = 300 - 2 * 50  # what the context leaves after one batch and twice n_predict
+    n_prefix, n_suffix = 3 * FIM_BATCH_TOK // 4, FIM_BATCH_TOK // 4 - 2 - 10
+    assert ids.index(pre) == n_extra and ids.index(suf) == n_extra + 1 + n_prefix + 10
+    assert len(ids) == n_extra + 1 + n_prefix + 10 + 1 + n_suffix + 1 and ids[-1] == mid
 
 
 def test_fim_prompt_adds_bos_when_the_vocab_does():
