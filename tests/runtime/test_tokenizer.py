@@ -303,18 +303,23 @@ def test_every_pre_tokenizer_splits_losslessly(name):
 
 # --- fill-in-the-middle -------------------------------------------------------------------
 
-def test_fim_prompt_layout_on_qwen2_vocab():
+def _qwen2_vocab_with_fim_tokens():
+    """The qwen2 vocab fixture predates Qwen's FIM tokens; Qwen2.5-Coder names them
+    <|fim_prefix|> ...: give three unused slots those names. (tokenizer, their ids)"""
     md = dict(_metadata(TOKDIR / "ggml-vocab-qwen2.gguf"))
-    plain = Tokenizer.from_metadata(md)
-    with pytest.raises(TokenizerError, match="fill-in-the-middle"):
-        plain.fim_prompt("a", "b")  # this vocab file predates Qwen's FIM tokens
-    # Qwen2.5-Coder names them <|fim_prefix|> ...; give three unused slots those names.
     tokens = list(md["tokenizer.ggml.tokens"])
     pads = [i for i, t in enumerate(tokens) if t.startswith("[PAD")][:3]
     for i, text in zip(pads, ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")):
         tokens[i] = text
     md["tokenizer.ggml.tokens"] = tokens
-    tok = Tokenizer.from_metadata(md)
+    return Tokenizer.from_metadata(md), pads
+
+
+def test_fim_prompt_layout_on_qwen2_vocab():
+    plain = Tokenizer.from_metadata(dict(_metadata(TOKDIR / "ggml-vocab-qwen2.gguf")))
+    with pytest.raises(TokenizerError, match="fill-in-the-middle"):
+        plain.fim_prompt("a", "b")
+    tok, pads = _qwen2_vocab_with_fim_tokens()
     prefix, suffix = "def add(a, b):\n    return ", "\n\nprint(add(1, 2))\n"
     ids = tok.fim_prompt(prefix, suffix)
     pre, suf, mid = pads
@@ -330,14 +335,7 @@ def test_fim_prompt_layout_on_qwen2_vocab():
 
 
 def test_fim_prompt_cuts_long_inputs_as_llama_server():
-    md = dict(_metadata(TOKDIR / "ggml-vocab-qwen2.gguf"))
-    tokens = list(md["tokenizer.ggml.tokens"])
-    pads = [i for i, t in enumerate(tokens) if t.startswith("[PAD")][:3]
-    for i, text in zip(pads, ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")):
-        tokens[i] = text
-    md["tokenizer.ggml.tokens"] = tokens
-    tok = Tokenizer.from_metadata(md)
-    pre, suf, mid = pads
+    tok, (pre, suf, mid) = _qwen2_vocab_with_fim_tokens()
     word = tok.tokenize(" word", add_special=False)
     assert len(word) == 1
     n = FIM_BATCH_TOK  # longer than either share
