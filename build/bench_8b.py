@@ -1,9 +1,10 @@
-"""The 8B-class memory-mode check: a random-weight Llama-3-8B-shaped Q4_K_M in quant mode.
+"""The 8B-class memory-mode check: a random-weight Llama-3-8B-shaped Q4_K_M.
 
-    python build/bench_8b.py [--keep DIR] [--prompt-tokens 16] [--gen-tokens 4] [--threads 2]
+    python build/bench_8b.py [--mode auto|int8|quant] [--keep DIR] [--prompt-tokens 16]
+                             [--gen-tokens 4] [--threads 2]
 
 Makes the ~4.9 GB GGUF (build/make_random_gguf.py) in a temporary directory, benches it
-with `runtime.bench.bench_chatfile(mode="quant")` in a child process (so the peak RSS is
+with `runtime.bench.bench_chatfile(mode=...)` in a child process (so the peak RSS is
 the model's alone, not the generator's), prints the table, and deletes the file. The
 target (issue 7): peak RSS <= 10 GB and decode >= 0.5 tok/s. Nothing is asserted; the
 numbers are printed. Peak RSS counts the touched pages of the mmap'd GGUF too.
@@ -23,26 +24,28 @@ TARGET_RSS_MB = 10 * 1024
 TARGET_DECODE_TOK_S = 0.5
 
 
-def child(path: str, n_prompt: int, n_gen: int, threads: int) -> None:
+def child(path: str, n_prompt: int, n_gen: int, threads: int, mode: str) -> None:
     """Runs in the child: BLAS threads must be set before NumPy loads."""
     sys.path.insert(0, str(ROOT))
     from runtime.cli import set_threads
     set_threads(threads)
     from runtime.bench import bench_chatfile
-    res = bench_chatfile(path, n_prompt, n_gen, "quant")  # no speculative-decode rows
+    res = bench_chatfile(path, n_prompt, n_gen, mode)  # no speculative-decode rows
     print(json.dumps(res))
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="bench a random Llama-3-8B-shaped Q4_K_M in quant mode")
+    ap = argparse.ArgumentParser(description="bench a random Llama-3-8B-shaped Q4_K_M in int8 or quant mode")
     ap.add_argument("--prompt-tokens", type=int, default=16)
     ap.add_argument("--gen-tokens", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--mode", choices=("auto", "int8", "quant"), default="auto",
+                    help="memory mode (auto: what `chatfile run` would pick on this machine)")
     ap.add_argument("--keep", metavar="DIR", help="write (or reuse) the GGUF in DIR and keep it")
     ap.add_argument("--child", metavar="GGUF", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        child(args.child, args.prompt_tokens, args.gen_tokens, args.threads)
+        child(args.child, args.prompt_tokens, args.gen_tokens, args.threads, args.mode)
         return 0
     if min(args.prompt_tokens, args.gen_tokens, args.threads) <= 0:
         ap.error("--prompt-tokens, --gen-tokens and --threads must be positive")
@@ -65,7 +68,7 @@ def main(argv=None) -> int:
         print(f"GGUF: {size_gb:.2f} GB, made in {gen_s:.1f} s", flush=True)
         cmd = [sys.executable, __file__, "--child", str(path), "--prompt-tokens",
                str(args.prompt_tokens), "--gen-tokens", str(args.gen_tokens),
-               "--threads", str(args.threads)]
+               "--threads", str(args.threads), "--mode", args.mode]
         r = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
         if r.returncode != 0:
             print("error: the benchmark child failed", file=sys.stderr)

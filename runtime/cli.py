@@ -29,8 +29,8 @@ def _add_session_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--system", metavar="TEXT", help="default system prompt")
     p.add_argument("--temp", type=float, default=None, metavar="T",
                    help="default sampling temperature (requests may override it)")
-    p.add_argument("--mode", choices=("auto", "f32", "quant"), default="auto",
-                   help="weights resident as float32, or kept quantized (auto: by free RAM)")
+    p.add_argument("--mode", choices=("auto", "f32", "int8", "quant"), default="auto",
+                   help="weights resident as float32, as int8, or kept quantized (auto: the fastest that fits in free RAM)")
     p.add_argument("--title", default=None, help=argparse.SUPPRESS)
 
 
@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--prompt-tokens", type=int, default=512)
     p.add_argument("--gen-tokens", type=int, default=128)
-    p.add_argument("--mode", choices=("auto", "f32", "quant"), default="auto")
+    p.add_argument("--mode", choices=("auto", "f32", "int8", "quant"), default="auto")
     p.add_argument("--against-llama-cpp", action="store_true",
                    help="also run llama.cpp (pip install 'chatfile[bench]') on the same file")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")

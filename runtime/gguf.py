@@ -89,6 +89,18 @@ class GGUFFile:
         t = self.tensors[name]
         return np.frombuffer(self._map, dtype=np.uint8, count=t.n_bytes, offset=t.data_offset)
 
+    def release(self, name: str) -> None:
+        """Drop the tensor's pages from this process's resident set (they stay in the page
+        cache and come back on the next read). Used after a tensor was converted at load,
+        so that the mapped file does not count twice in RSS."""
+        t, mm = self.tensors[name], self._map
+        if mm is None or not hasattr(mm, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        start = t.data_offset // mmap.PAGESIZE * mmap.PAGESIZE
+        stop = min(len(mm), -(-(t.data_offset + t.n_bytes) // mmap.PAGESIZE) * mmap.PAGESIZE)
+        if stop > start:
+            mm.madvise(mmap.MADV_DONTNEED, start, stop - start)
+
     def close(self) -> None:
         # Views made by raw() keep the map alive; closing is best-effort.
         self._map = None

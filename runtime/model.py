@@ -14,9 +14,13 @@ Data layout, explained once:
   first S positions of a head are one contiguous slab for the attention matmul.
 - Query head h reads kv head h // (n_head / n_head_kv) (grouped-query attention).
 
-Weights are either dequantized once into resident float32 matrices ("f32" mode, fastest),
-or kept as the GGUF's own quantized blocks and dequantized in row chunks at every use
-("quant" mode), for models that do not fit the RAM budget.
+Weights are held in one of three memory modes, picked by what fits the RAM budget:
+- "f32": dequantized once into resident float32 matrices (fastest, 4 bytes per weight);
+- "int8": requantized at load to int8 codes with a scale per row and per column (1 byte
+  per weight, [n_out, n_in] rows); each matmul turns chunks of rows back into float32,
+  on two threads for a single token;
+- "quant": the GGUF's own blocks, dequantized in row chunks at every use (slowest, for
+  models that fit neither).
 """
 from __future__ import annotations
 
@@ -35,6 +39,12 @@ from runtime.gguf import GGUFError
 UBATCH_TOK = 256
 # Quantized-mode matmuls dequantize this many weight bytes (as float32) at a time.
 QUANT_CHUNK_BYTES = 8 << 20
+# An int8-mode matmul of one token (decode) splits its rows over two threads, each
+# converting chunks of this many weights to float32 (1 MiB, which stays in L2 between the
+# conversion and the GEMV): the conversion is NumPy work on one core, and OpenBLAS's own
+# threads gain little on a GEMV. Batches (2+ tokens) measured no faster split, so they run
+# on one thread in QUANT_CHUNK_BYTES chunks and leave the cores to OpenBLAS's GEMM.
+INT8_CHUNK_WEIGHTS = 1 << 18
 # Dequantizing at load runs on every core: NumPy releases the GIL in its kernels, and
 # first-touch page faults of the new float32 matrices also spread over the cores.
 LOAD_THREADS = os.cpu_count() or 1
@@ -68,6 +78,44 @@ class QuantMatrix:
             r1 = min(r0 + self.rows_per_chunk, self.shape[0])
             np.matmul(x, self.rows(r0, r1).T, out=out[:, r0:r1])
         return out
+
+
+class Int8Matrix:
+    """A weight requantized to int8 at load (see quants.quantize_int8): codes
+    [n_out, n_in], row_scale [n_out], col_factor [n_in]. matmul() converts a chunk of rows
+    to float32 in a per-thread scratch buffer and applies it as `rows @ x.T`; the two
+    scales are applied to x and to the result, outside the loop."""
+
+    def __init__(self, codes: np.ndarray, row_scale: np.ndarray, col_factor: np.ndarray):
+        self.codes, self.row_scale, self.col_factor = codes, row_scale, col_factor
+        self.shape = codes.shape
+
+    def _rows_into(self, xT: np.ndarray, outT: np.ndarray, r0: int, r1: int, step: int) -> None:
+        for a in range(r0, r1, step):
+            b = min(a + step, r1)
+            rows = quants.scratch("Int8Matrix.rows", (b - a, self.shape[1]), np.float32)
+            np.copyto(rows, self.codes[a:b], casting="unsafe")
+            # [b-a, n_in] @ [n_in, T]: the chunk as BLAS's left operand; as a transposed
+            # right operand (x @ rows.T) batches of 2-16 tokens ran about 2x slower
+            np.matmul(rows, xT, out=outT[a:b])
+
+    def matmul(self, x: np.ndarray) -> np.ndarray:
+        # [T, n_in] -> [T, n_out], computed as its transpose [n_out, T]
+        n_out, n_in = self.shape
+        xT = (x * self.col_factor).T
+        outT = np.empty((n_out, x.shape[0]), dtype=np.float32)
+        step = max(1, INT8_CHUNK_WEIGHTS // n_in)
+        mid = (n_out // 2 + step - 1) // step * step
+        if x.shape[0] > 1:
+            self._rows_into(xT, outT, 0, n_out, max(1, QUANT_CHUNK_BYTES // (4 * n_in)))
+        elif LOAD_THREADS < 2 or mid >= n_out:
+            self._rows_into(xT, outT, 0, n_out, step)
+        else:
+            other = quants.thread_pool(2).submit(self._rows_into, xT, outT, mid, n_out, step)
+            self._rows_into(xT, outT, 0, mid, step)
+            other.result()
+        outT *= self.row_scale[:, None]
+        return np.ascontiguousarray(outT.T)
 
 
 def linear(x: np.ndarray, w, bias: np.ndarray | None = None) -> np.ndarray:
@@ -155,15 +203,55 @@ class _WeightLoader:
             return QuantMatrix(self.g.raw(names[0]), t.ggml_type, t.shape)
         if self.mode == "quant":
             return _StackedQuant([self.matrix([n], n_in, [r]) for n, r in zip(names, rows)])
+        if self.mode == "int8":
+            return self._int8(names, n_in, rows)
         out = np.empty((n_in, sum(rows)), dtype=np.float32)
         r0 = 0
         for name, r in zip(names, rows):
             t = self.info(name)
             quants.dequantize_into(self.g.raw(name), t.ggml_type, out[:, r0:r0 + r].T,
                                    name=name, threads=LOAD_THREADS)
+            self.g.release(name)  # the float32 copy replaces these pages
             self._tick(t.n_bytes)
             r0 += r
         return out
+
+    def _int8(self, names: Sequence[str], n_in: int, rows: Sequence[int]) -> Int8Matrix:
+        # Two passes over the GGUF blocks: the column factors need every row's maxima
+        # before the first row can be coded.
+        step = max(1, 2 * quants.CHUNK_ELEMENTS // n_in)  # rows per chunk
+        firsts = [sum(rows[:k]) for k in range(len(rows))]  # each tensor's first fused row
+        chunks = [(name, r0, r, a) for name, r0, r in zip(names, firsts, rows)
+                  for a in range(0, r, step)]
+
+        def dequantized(name: str, a: int, r: int) -> np.ndarray:
+            t = self.info(name)
+            row_bytes = quants.quantized_row_bytes(t.ggml_type, n_in)
+            b = min(a + step, r)
+            w = quants.scratch("int8.load", (b - a, n_in), np.float32)
+            return quants.dequantize_into(self.g.raw(name)[a * row_bytes:b * row_bytes],
+                                          t.ggml_type, w, name=name)
+
+        def col_absmax(chunk) -> np.ndarray:
+            name, _, r, a = chunk
+            return np.max(np.abs(dequantized(name, a, r)), axis=0)
+
+        pool = quants.thread_pool(LOAD_THREADS)
+        col_factor = quants.int8_column_factors(
+            np.max(list(pool.map(col_absmax, chunks)), axis=0))
+        codes = np.empty((sum(rows), n_in), dtype=np.int8)
+        row_scale = np.empty(sum(rows), dtype=np.float32)
+
+        def code(chunk) -> None:
+            name, r0, r, a = chunk
+            w = dequantized(name, a, r)
+            s = slice(r0 + a, r0 + a + w.shape[0])
+            quants.quantize_int8(w, col_factor, codes[s], row_scale[s])
+        list(pool.map(code, chunks))
+        for name in names:
+            self.g.release(name)  # the int8 copy replaces these pages
+            self._tick(self.info(name).n_bytes)
+        return Int8Matrix(codes, row_scale, col_factor)
 
 
 class _StackedQuant:
@@ -305,7 +393,8 @@ class Model:
     def load(cls, path, offset: int = 0, vocab_only: bool = False, *, size: int | None = None,
              progress: Callable[[float], None] | None = None, mode: str = "auto",
              ram_budget_bytes: int | None = None, chat_template: str | None = None) -> "Model":
-        """Open the GGUF at byte `offset` of `path`. mode: "f32", "quant" or "auto"."""
+        """Open the GGUF at byte `offset` of `path`. mode: "f32", "int8", "quant" or
+        "auto" (the fastest that fits `ram_budget_bytes`, by default 60% of free RAM)."""
         from runtime.tokenizer import Tokenizer
 
         g = gguf.read(path, offset=offset, size=size, vocab_only=vocab_only)
@@ -341,7 +430,9 @@ class Model:
     def _choose_mode(self, ram_budget_bytes: int | None) -> str:
         n_params = sum(t.n_elements for t in self.gguf.tensors.values())
         budget = ram_budget_bytes if ram_budget_bytes is not None else _ram_available_bytes() * 0.6
-        return "f32" if n_params * 4 <= budget else "quant"
+        if n_params * 4 <= budget:
+            return "f32"
+        return "int8" if n_params <= budget else "quant"
 
     def _load_weights(self, progress) -> None:
         c, L = self.cfg, _WeightLoader(self.gguf, self.mode, progress)
@@ -474,6 +565,8 @@ class Model:
                 return w.nbytes
             if isinstance(w, QuantMatrix):
                 return w.raw.nbytes
+            if isinstance(w, Int8Matrix):
+                return w.codes.nbytes + w.row_scale.nbytes + w.col_factor.nbytes
             if isinstance(w, list):
                 return sum(nbytes(x) for x in w)
             return sum(nbytes(p) for p in w.parts)

@@ -223,3 +223,24 @@ def test_fixture_models_cover_the_common_types():
         types |= {t.ggml_type for t in rgguf.read(path).tensors.values()}
     assert {T.F32, T.F16, T.Q8_0, T.Q6_K, T.Q5_K, T.Q5_0, T.Q5_1, T.Q4_K, T.Q4_0,
             T.Q4_1, T.IQ4_NL} <= types
+
+
+def test_int8_requantization_round_trip():
+    """quantize_int8 keeps every weight within half a step of its row and column scales,
+    and an empty row or column codes to zeros instead of dividing by zero."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((37, 96)).astype(np.float32)
+    w[:, 5] *= 40  # an outlier column: the column factor keeps it from coarsening rows
+    w[3] = 0
+    w[:, 7] = 0
+    col = quants.int8_column_factors(np.abs(w).max(axis=0))
+    codes, scale = np.empty(w.shape, np.int8), np.empty(37, np.float32)
+    quants.quantize_int8(w.copy(), col, codes, scale)
+    assert codes.min() >= -127 and codes.max() <= 127
+    assert (codes[3] == 0).all() and scale[3] == 0 and (codes[:, 7] == 0).all()
+    back = quants.dequantize_int8(codes, scale, col)
+    step = scale[:, None] * col[None, :]
+    assert (np.abs(back - w) <= 0.5 * step * (1 + 1e-5) + 1e-12).all()
+    # each row's largest scaled weight hits the full code range
+    assert (np.abs(codes[np.arange(37) != 3]).max(axis=1) == 127).all()
+    assert np.abs(back - w).max() < 0.01 * np.abs(w).max()

@@ -64,6 +64,40 @@ def test_llama3_8b_plan_has_the_q4_k_m_size():
     assert 4.85e9 < n_bytes < 4.95e9
 
 
+def test_auto_mode_picks_the_fastest_that_fits(tiny_path):
+    n_params = sum(t.n_elements for t in gguf.read(tiny_path).tensors.values())
+    for budget, want in ((4 * n_params, "f32"), (4 * n_params - 1, "int8"),
+                         (n_params, "int8"), (n_params - 1, "quant")):
+        assert Model.load(tiny_path, ram_budget_bytes=budget).mode == want, budget
+
+
+def test_int8_mode_runs_every_batch_path(tiny_path, monkeypatch):
+    """One token splits its rows over two threads (or runs in one on a single core);
+    batches run in wide chunks: all give the same numbers."""
+    from runtime import model as model_mod
+    m = Model.load(tiny_path, mode="int8")
+    ids = m.tokenize("def add(a, b):\n    return a + b\n")
+    whole = m.logits(ids)  # one batch
+    s = m.session(len(ids))
+    s.eval(ids[:-2])
+    # chunks of 3 rows, so that even the tiny model's matrices split
+    monkeypatch.setattr(model_mod, "INT8_CHUNK_WEIGHTS", 3 * gen.SHAPES["tiny"].n_embd)
+    pool, submitted = quants.thread_pool(2), []
+    monkeypatch.setattr(quants, "thread_pool",
+                        lambda n: submitted.append(n) or pool)
+    steps = [s.eval([ids[-2]]), s.eval([ids[-1]])]  # single tokens, split
+    assert len(submitted) >= 2 * len(m.layers)
+    monkeypatch.setattr(model_mod, "LOAD_THREADS", 1)
+    s.rewind(len(ids) - 2)
+    one_thread = [s.eval([ids[-2]]), s.eval([ids[-1]])]
+    tol = 1e-4 * float(whole.std())
+    assert np.abs(np.array(steps) - whole[-2:]).max() <= tol
+    assert np.array_equal(np.array(steps), np.array(one_thread))
+    f32 = Model.load(tiny_path, mode="f32").logits(ids)
+    assert (f32.argmax(-1) == whole.argmax(-1)).mean() > 0.9
+    assert 0 < np.abs(f32 - whole).max() <= 0.25 * float(f32.std())
+
+
 def test_both_memory_modes_load_and_agree(tiny_path):
     f32 = Model.load(tiny_path, mode="f32")
     quant = Model.load(tiny_path, mode="quant")
