@@ -706,7 +706,10 @@ def _load(st: State, path, offset, size, chat_template, n_ctx, mode, log):
         st.model_id = str(getattr(model, "name", "") or Path(str(path)).stem)
         st.engine = Engine(model, n)
         st.progress = 1.0
-        log(f"chatfile: model {st.model_id} loaded ({model.arch}, context {n} tokens)")
+        why = {"int8": ": float32 would not fit in RAM",
+               "quant": ": float32 and int8 would not fit in RAM, so it is slow"}
+        log(f"chatfile: model {st.model_id} loaded ({model.arch}, context {n} tokens, "
+            f"{model.mode} weights{why.get(model.mode, '') if mode == 'auto' else ''})")
     except Exception as e:  # noqa: BLE001 - any load failure is reported, not raised
         st.error = f"{type(e).__name__}: {e}" if not str(e) else str(e)
         log(f"chatfile: error: the model failed to load: {st.error}")
