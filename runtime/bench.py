@@ -159,7 +159,9 @@ ROWS += [(f"spec_{name}_tok_per_pass", f"  tokens per forward pass ({name})", "{
 
 
 def format_table(ours: dict, ref: dict | None, threads: int) -> str:
-    head = f"| measure ({threads} threads, {ours['n_prompt']}-token prompt, {ours['n_gen']} new) | chatfile |"
+    mode = f", {ours['mode']} weights" if "mode" in ours else ""
+    head = (f"| measure ({threads} threads, {ours['n_prompt']}-token prompt, {ours['n_gen']} new"
+            f"{mode}) | chatfile |")
     lines = [head + (" llama.cpp | chatfile ÷ llama.cpp |" if ref else ""),
              "|---|---|" + ("---|---|" if ref else "")]
     for key, label, fmt in ROWS:

@@ -67,3 +67,11 @@ def test_bench_smoke_prints_the_table(tmp_path):
     d = json.loads(out.read_text())
     assert d["threads"] == 2 and d["chatfile"]["n_gen"] == 16
     assert d["chatfile"]["prefill_tok_s"] > 0 and d["chatfile"]["decode_tok_s"] > 0
+    assert "f32 weights)" in r.stdout and d["chatfile"]["mode"] == "f32"
+
+
+def test_bench_in_int8_mode_says_so():
+    r = chatfile("bench", MODELS / "tiny-qwen2-q8_0.gguf", "--prompt-tokens", "16",
+                 "--gen-tokens", "4", "--threads", "2", "--mode", "int8")
+    assert r.returncode == 0, r.stderr
+    assert "int8 weights)" in r.stdout and "decode (tok/s)" in r.stdout
