@@ -62,12 +62,6 @@ _ARENA = _Arena()
 
 
 def scratch(key: str, shape, dtype=np.uint8) -> np.ndarray:
-    """A per-thread scratch array of `shape`, reused across calls with the same key; its
-    contents are garbage. Keys must differ between arrays alive at the same time."""
-    return _buf(key, shape, dtype)
-
-
-def _buf(key: str, shape, dtype=np.uint8) -> np.ndarray:
     """A scratch array of `shape`, reused across calls with the same key (in one thread);
     its contents are garbage. Keys must differ between arrays alive at the same time."""
     dtype = np.dtype(dtype)
@@ -98,7 +92,7 @@ def _gather(raw: np.ndarray, nb: int, stride: int, offset: int, n_bytes: int,
     The copy goes through a void dtype of n_bytes, so NumPy does one memcpy per block
     instead of one loop iteration per byte."""
     src = np.ndarray((nb,), dtype=f"V{n_bytes}", buffer=raw, offset=offset, strides=(stride,))
-    dst = _buf(key, (nb, n_bytes))
+    dst = scratch(key, (nb, n_bytes))
     np.copyto(dst.view(f"V{n_bytes}").reshape(nb), src)
     return dst
 
@@ -126,7 +120,7 @@ def _f16_bits_to_f32(h: np.ndarray, out: np.ndarray) -> np.ndarray:
     big = out >= np.float32(65536.0)  # half exponent 31: inf or NaN (max finite is 65504)
     if big.any():
         np.bitwise_or(w, np.uint32(0x7F800000), out=w, where=big)
-    sign = _buf("f16sign", out.shape, np.uint32)
+    sign = scratch("f16sign", out.shape, np.uint32)
     np.bitwise_and(h, np.uint16(0x8000), out=sign, casting="unsafe")
     sign <<= np.uint32(16)
     w |= sign
@@ -174,7 +168,7 @@ def _nibbles16(raw, nb, stride, offset) -> np.ndarray:
     """16 packed bytes per block -> (nb, 32) uint8: low nibbles, then high nibbles (the
     order of ggml's 32-weight blocks)."""
     q = _gather(raw, nb, stride, offset, 16, "q")
-    codes = _buf("codes", (nb, 32))
+    codes = scratch("codes", (nb, 32))
     _place(codes, 16, 0, q)
     q64 = q.view(np.uint64)
     q64 >>= np.uint64(4)
@@ -188,7 +182,7 @@ def _fifth_bits(raw, nb, stride, offset) -> np.ndarray:
     the bit is set, else 0: the weights' 5th bits, in place. Each of the 4 bytes is
     spread over a uint64 word, one bit per byte, with a multiply and masks."""
     qh = _gather(raw, nb, stride, offset, 4, "qh")
-    h = _buf("hbits", (nb, 4), np.uint64)
+    h = scratch("hbits", (nb, 4), np.uint64)
     np.copyto(h, qh)
     h *= _LO1  # the byte in every byte of the word
     h &= np.uint64(0x8040201008040201)  # byte i keeps bit i
@@ -248,14 +242,14 @@ def _q6_k(raw, out, nb):
     dl = d[:, None] * sc  # (nb, 16), exact
     body = _gather(raw, nb, 210, 0, 192, "body")
     ql, qh = body[:, :128], body[:, 128:]
-    codes = _buf("codes", (nb, 256))  # 8 slots of 32 bytes: (half, k)
+    codes = scratch("codes", (nb, 256))  # 8 slots of 32 bytes: (half, k)
     _place(codes, 64, slice(0, 4, 2), ql)  # k = 0, 1 of each half: low nibbles
     ql.view(np.uint64)[...] >>= np.uint64(4)
     _place(codes, 64, slice(1, 4, 2), ql)  # k = 2, 3: high nibbles
     c = codes.view(np.uint64)
     c &= _LO4
-    hq = _buf("hq", (nb, 256))
-    t = _buf("t", (nb, 64))
+    hq = scratch("hq", (nb, 256))
+    t = scratch("t", (nb, 64))
     t64, qh64 = t.view(np.uint64), qh.view(np.uint64)
     for k in range(4):
         # bits 2k, 2k+1 of qh moved to bits 4, 5
@@ -303,7 +297,7 @@ def _k_nibbles(raw, nb, stride, offset) -> np.ndarray:
     """Q4_K/Q5_K qs[128] -> (nb, 256) uint8: qs[32j:32j+32] low nibbles are sub-block 2j,
     high nibbles sub-block 2j+1."""
     q = _gather(raw, nb, stride, offset, 128, "q")
-    codes = _buf("codes", (nb, 256))
+    codes = scratch("codes", (nb, 256))
     _place(codes, 32, slice(0, 8, 2), q)
     q.view(np.uint64)[...] >>= np.uint64(4)
     _place(codes, 32, slice(1, 8, 2), q)
@@ -324,8 +318,8 @@ def _bit_planes(bits64: np.ndarray, nb: int, to_bit: int) -> np.ndarray:
     """A 32-byte field whose bit j belongs to sub-block j (Q5_K's qh, Q3_K's hmask), as
     (nb, 256) bytes viewed as uint64: weight l of sub-block j holds bit j of byte l, moved
     to bit `to_bit`, all other bits clear. `bits64` is the field viewed as uint64."""
-    hq = _buf("hq", (nb, 256))
-    t = _buf("t", (nb, 32))
+    hq = scratch("hq", (nb, 256))
+    t = scratch("t", (nb, 32))
     t64 = t.view(np.uint64)
     for j in range(8):
         if j <= to_bit:
@@ -355,8 +349,8 @@ def _two_bit_planes(raw, nb, stride, offset) -> np.ndarray:
     (qs[32i+l] >> 2s) & 3."""
     q = _gather(raw, nb, stride, offset, 64, "q")
     q64 = q.view(np.uint64)
-    codes = _buf("codes", (nb, 256))
-    t = _buf("t", (nb, 64))
+    codes = scratch("codes", (nb, 256))
+    t = scratch("t", (nb, 64))
     for s in range(4):
         np.right_shift(q64, np.uint64(2 * s), out=t.view(np.uint64))
         _place(codes, 32, slice(s, 8, 4), t)
@@ -408,7 +402,7 @@ _KVALUES_F32 = IQ4NL_KVALUES.astype(np.float32)
 def _lookup(codes: np.ndarray, out: np.ndarray) -> None:
     """out = kvalues[codes] (as float32). np.take wants intp indices and would make a
     fresh copy of them otherwise."""
-    idx = _buf("idx", codes.shape, np.intp)
+    idx = scratch("idx", codes.shape, np.intp)
     np.copyto(idx, codes)
     np.take(_KVALUES_F32, idx, out=out, mode="clip")
 
@@ -436,7 +430,7 @@ def _iq4_xs(raw, out, nb):
     sc = sc.reshape(nb, 8) | (((sh >> shifts) & 3).astype(np.uint8) << 4)
     dl = d[:, None] * (sc.view(np.int8) - np.int8(32))
     q = _gather(raw, nb, 136, 8, 128, "q")
-    codes = _buf("codes", (nb, 256))
+    codes = scratch("codes", (nb, 256))
     _place(codes, 16, slice(0, 16, 2), q)
     q.view(np.uint64)[...] >>= np.uint64(4)
     _place(codes, 16, slice(1, 16, 2), q)
@@ -540,7 +534,7 @@ def dequantize_into(raw: np.ndarray, ggml_type: int, out: np.ndarray, *,
 
         def run(r0: int) -> None:
             r1 = min(r0 + step, out.shape[0])
-            rows = _buf("dequantize_into.rows", (r1 - r0, n_cols), np.float32)
+            rows = scratch("dequantize_into.rows", (r1 - r0, n_cols), np.float32)
             with np.errstate(all="ignore"):
                 kernel(raw[r0 * row_bytes:r1 * row_bytes], rows.reshape(-1),
                        (r1 - r0) * blocks_per_row)
@@ -548,7 +542,7 @@ def dequantize_into(raw: np.ndarray, ggml_type: int, out: np.ndarray, *,
         starts = range(0, out.shape[0], step)
 
     if threads > 1 and len(starts) > 1:
-        list(_pool(threads).map(run, starts))
+        list(thread_pool(threads).map(run, starts))
     else:
         for b0 in starts:
             run(b0)
@@ -582,13 +576,14 @@ def quantize_int8(w: np.ndarray, col_factor: np.ndarray, codes: np.ndarray,
     """float32 rows w [R, n_in] -> int8 codes [R, n_in] and float32 row_scale [R], so that
     w ≈ codes · row_scale[:, None] · col_factor (Q8_0's rounding: scale = max / 127,
     code = round(w / scale)). `w` is overwritten."""
-    w /= col_factor
-    np.max(np.abs(w), axis=1, out=row_scale)
-    row_scale *= 1.0 / 127.0
-    inv = np.divide(1.0, row_scale, out=np.zeros_like(row_scale), where=row_scale > 0)
-    w *= inv[:, None]
-    np.rint(w, out=w)
-    np.copyto(codes, w, casting="unsafe")  # |w| <= 127 after scaling
+    with np.errstate(all="ignore"):  # NaN or inf weights (garbage files) code as garbage
+        w /= col_factor
+        np.max(np.abs(w), axis=1, out=row_scale)
+        row_scale *= 1.0 / 127.0
+        inv = np.divide(1.0, row_scale, out=np.zeros_like(row_scale), where=row_scale > 0)
+        w *= inv[:, None]
+        np.rint(w, out=w)
+        np.copyto(codes, w, casting="unsafe")  # |w| <= 127 after scaling
 
 
 def dequantize_int8(codes: np.ndarray, row_scale: np.ndarray, col_factor: np.ndarray) -> np.ndarray:
@@ -602,10 +597,6 @@ _POOLS: dict[int, ThreadPoolExecutor] = {}
 def thread_pool(threads: int) -> ThreadPoolExecutor:
     """A shared pool of `threads` workers (capped by the core count): NumPy's kernels
     release the GIL, so chunks of one array operation run in parallel."""
-    return _pool(threads)
-
-
-def _pool(threads: int) -> ThreadPoolExecutor:
     threads = min(threads, os.cpu_count() or 1, 8)
     pool = _POOLS.get(threads)
     if pool is None:
