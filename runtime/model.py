@@ -156,7 +156,7 @@ def _ram_available_bytes() -> int:
 
 
 class _WeightLoader:
-    """Turns tensor names into resident float32 arrays or QuantMatrix objects."""
+    """Turns tensor names into float32 arrays, or Int8Matrix or QuantMatrix objects, by mode."""
 
     def __init__(self, g: gguf.GGUFFile, mode: str, progress: Callable[[float], None] | None):
         self.g, self.mode, self.progress = g, mode, progress
@@ -190,51 +190,61 @@ class _WeightLoader:
     def optional(self, name: str, shape: tuple | None = None) -> np.ndarray | None:
         return self.f32(name, shape) if self.has(name) else None
 
-    def matrix(self, names: Sequence[str], n_in: int, rows: Sequence[int]):
-        """Several [r_i, n_in] tensors fused into one [n_in, sum(r_i)] matrix (or its
-        quantized stand-in)."""
-        for name, r in zip(names, rows):
-            t = self.info(name)
+    def _part(self, name: str, n_in: int, r: int, expert: int | None) -> tuple[np.ndarray, int]:
+        """The bytes and ggml type of tensor `name`, checked to be [r, n_in]; or, with
+        `expert`, of that expert's [r, n_in] slice of a [n_expert, r, n_in] tensor."""
+        t = self.info(name)
+        if expert is None:
             if t.shape != (r, n_in):
                 raise GGUFError(f"tensor {name!r} has shape {t.shape}, expected {(r, n_in)}")
-        if self.mode == "quant" and len(names) == 1:
-            t = self.info(names[0])
-            self._tick(t.n_bytes)
-            return QuantMatrix(self.g.raw(names[0]), t.ggml_type, t.shape)
-        if self.mode == "quant":
-            return _StackedQuant([self.matrix([n], n_in, [r]) for n, r in zip(names, rows)])
-        if self.mode == "int8":
-            return self._int8(names, n_in, rows)
-        out = np.empty((n_in, sum(rows)), dtype=np.float32)
-        r0 = 0
-        for name, r in zip(names, rows):
-            t = self.info(name)
-            quants.dequantize_into(self.g.raw(name), t.ggml_type, out[:, r0:r0 + r].T,
-                                   name=name, threads=LOAD_THREADS)
-            self.g.release(name)  # the float32 copy replaces these pages
-            self._tick(t.n_bytes)
-            r0 += r
-        return out
+            return self.g.raw(name), t.ggml_type
+        if len(t.shape) != 3 or t.shape[1:] != (r, n_in) or not 0 <= expert < t.shape[0]:
+            raise GGUFError(f"tensor {name!r} has shape {t.shape}, expected "
+                            f"(n_expert > {expert}, {r}, {n_in})")
+        n = t.n_bytes // t.shape[0]
+        return self.g.raw(name)[expert * n:(expert + 1) * n], t.ggml_type
 
-    def _int8(self, names: Sequence[str], n_in: int, rows: Sequence[int]) -> Int8Matrix:
+    def matrix(self, names: Sequence[str], n_in: int, rows: Sequence[int],
+               expert: int | None = None):
+        """Several [r_i, n_in] tensors (or one expert's slices of them) fused into one
+        [n_in, sum(r_i)] float32 matrix, or its int8 or quantized stand-in."""
+        parts = [self._part(name, n_in, r, expert) for name, r in zip(names, rows)]
+        if self.mode == "quant":
+            mats = [QuantMatrix(raw, ggml_type, (r, n_in)) for (raw, ggml_type), r in zip(parts, rows)]
+            w = mats[0] if len(mats) == 1 else _StackedQuant(mats)
+        elif self.mode == "int8":
+            w = self._int8(parts, names, n_in, rows)
+        else:
+            w = np.empty((n_in, sum(rows)), dtype=np.float32)
+            r0 = 0
+            for (raw, ggml_type), name, r in zip(parts, names, rows):
+                quants.dequantize_into(raw, ggml_type, w[:, r0:r0 + r].T, name=name,
+                                       threads=LOAD_THREADS)
+                r0 += r
+        last_use = expert is None or expert == self.info(names[0]).shape[0] - 1
+        for name, (raw, _) in zip(names, parts):
+            if self.mode != "quant" and last_use:
+                self.g.release(name)  # the float32 or int8 copy replaces these pages
+            self._tick(raw.nbytes)
+        return w
+
+    def _int8(self, parts: list, names: Sequence[str], n_in: int, rows: Sequence[int]) -> Int8Matrix:
         # Two passes over the GGUF blocks: the column factors need every row's maxima
         # before the first row can be coded.
         step = max(1, 2 * quants.CHUNK_ELEMENTS // n_in)  # rows per chunk
-        firsts = [sum(rows[:k]) for k in range(len(rows))]  # each tensor's first fused row
-        chunks = [(name, r0, r, a) for name, r0, r in zip(names, firsts, rows)
-                  for a in range(0, r, step)]
+        firsts = [sum(rows[:k]) for k in range(len(rows))]  # each part's first fused row
+        chunks = [(k, firsts[k], a) for k, r in enumerate(rows) for a in range(0, r, step)]
 
-        def dequantized(name: str, a: int, r: int) -> np.ndarray:
-            t = self.info(name)
-            row_bytes = quants.quantized_row_bytes(t.ggml_type, n_in)
-            b = min(a + step, r)
+        def dequantized(k: int, a: int) -> np.ndarray:
+            (raw, ggml_type), b = parts[k], min(a + step, rows[k])
+            row_bytes = quants.quantized_row_bytes(ggml_type, n_in)
             w = quants.scratch("int8.load", (b - a, n_in), np.float32)
-            return quants.dequantize_into(self.g.raw(name)[a * row_bytes:b * row_bytes],
-                                          t.ggml_type, w, name=name)
+            return quants.dequantize_into(raw[a * row_bytes:b * row_bytes], ggml_type, w,
+                                          name=names[k])
 
         def col_absmax(chunk) -> np.ndarray:
-            name, _, r, a = chunk
-            return np.max(np.abs(dequantized(name, a, r)), axis=0)
+            k, _, a = chunk
+            return np.max(np.abs(dequantized(k, a)), axis=0)
 
         pool = quants.thread_pool(LOAD_THREADS)
         col_factor = quants.int8_column_factors(
@@ -243,14 +253,11 @@ class _WeightLoader:
         row_scale = np.empty(sum(rows), dtype=np.float32)
 
         def code(chunk) -> None:
-            name, r0, r, a = chunk
-            w = dequantized(name, a, r)
+            k, r0, a = chunk
+            w = dequantized(k, a)
             s = slice(r0 + a, r0 + a + w.shape[0])
             quants.quantize_int8(w, col_factor, codes[s], row_scale[s])
         list(pool.map(code, chunks))
-        for name in names:
-            self.g.release(name)  # the int8 copy replaces these pages
-            self._tick(self.info(name).n_bytes)
         return Int8Matrix(codes, row_scale, col_factor)
 
 
@@ -491,13 +498,15 @@ class Model:
     def _load_experts(self, L: _WeightLoader, p: str, layer: Layer) -> None:
         c = self.cfg
         layer.router = L.f32(p + "ffn_gate_inp.weight", (c.n_expert, c.n_embd))
-        gate = L.f32(p + "ffn_gate_exps.weight", (c.n_expert, c.n_ff, c.n_embd))
-        up = L.f32(p + "ffn_up_exps.weight", (c.n_expert, c.n_ff, c.n_embd))
-        down = L.f32(p + "ffn_down_exps.weight", (c.n_expert, c.n_embd, c.n_ff))
-        # Transposed like every resident matrix (see the top of this file).
-        layer.experts_gate_up = [np.ascontiguousarray(np.concatenate([gate[e], up[e]]).T)
+        for name in ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"):
+            if L.info(p + name + ".weight").shape[0] != c.n_expert:
+                raise GGUFError(f"tensor {p + name + '.weight'!r} does not hold {c.n_expert} experts")
+        # Each expert's slices become a matrix of the model's mode, like any other.
+        gate_up = [p + "ffn_gate_exps.weight", p + "ffn_up_exps.weight"]
+        layer.experts_gate_up = [L.matrix(gate_up, c.n_embd, [c.n_ff, c.n_ff], expert=e)
                                  for e in range(c.n_expert)]
-        layer.experts_down = [np.ascontiguousarray(down[e].T) for e in range(c.n_expert)]
+        layer.experts_down = [L.matrix([p + "ffn_down_exps.weight"], c.n_ff, [c.n_embd], expert=e)
+                              for e in range(c.n_expert)]
 
     # -- text -------------------------------------------------------------------------
 

@@ -99,6 +99,16 @@ def test_int8_mode_is_within_the_approximate_bounds(name):
         logits = s.eval([got[-1]])
 
 
+@pytest.mark.parametrize("mode", ["f32", "int8", "quant"])
+def test_experts_are_held_in_the_model_s_memory_mode(mode):
+    """A mixture of experts is most of a model's weights: int8 and quant mode must not keep
+    them as float32 (4 bytes per weight) behind the RAM budget's back."""
+    m = load("tiny-mixtral-q8_0.gguf", mode=mode)
+    experts = [w for layer in m.layers for w in layer.experts_gate_up + layer.experts_down]
+    assert len(experts) == 2 * m.cfg.n_expert * m.cfg.n_layer
+    assert all(isinstance(w, np.ndarray) == (mode == "f32") for w in experts)
+
+
 @pytest.mark.parametrize("name", ["tiny-qwen2-q8_0.gguf", "tiny-gemma2-q8_0.gguf",
                                   "tiny-gemma3-q8_0.gguf"])
 def test_incremental_session_equals_one_batch(name):
