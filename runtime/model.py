@@ -210,7 +210,8 @@ class _WeightLoader:
         [n_in, sum(r_i)] float32 matrix, or its int8 or quantized stand-in."""
         parts = [self._part(name, n_in, r, expert) for name, r in zip(names, rows)]
         if self.mode == "quant":
-            mats = [QuantMatrix(raw, ggml_type, (r, n_in)) for (raw, ggml_type), r in zip(parts, rows)]
+            mats = [QuantMatrix(raw, ggml_type, (r, n_in))
+                    for (raw, ggml_type), r in zip(parts, rows)]
             w = mats[0] if len(mats) == 1 else _StackedQuant(mats)
         elif self.mode == "int8":
             w = self._int8(parts, names, n_in, rows)
