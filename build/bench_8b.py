@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     print(format_table(res, None, args.threads))
     rss_ok = res["peak_rss_mb"] <= TARGET_RSS_MB
     tok_ok = res["decode_tok_s"] >= TARGET_DECODE_TOK_S
-    print(f"peak RSS {res['peak_rss_mb'] / 1024:.2f} GB (target <= 10 GB: {'met' if rss_ok else 'NOT met'}); "
+    print(f"peak RSS {res['peak_rss_mb'] / 1024:.2f} GiB (target <= 10 GB: {'met' if rss_ok else 'NOT met'}); "
           f"decode {res['decode_tok_s']:.3f} tok/s (target >= {TARGET_DECODE_TOK_S}: "
           f"{'met' if tok_ok else 'NOT met'})")
     return 0
