@@ -1,6 +1,6 @@
 """The 8B-class memory-mode check: a random-weight Llama-3-8B-shaped Q4_K_M.
 
-    python build/bench_8b.py [--mode auto|int8|quant] [--keep DIR] [--prompt-tokens 16]
+    python build/bench_8b.py [--mode int8|quant|auto] [--keep DIR] [--prompt-tokens 16]
                              [--gen-tokens 4] [--threads 2]
 
 Makes the ~4.9 GB GGUF (build/make_random_gguf.py) in a temporary directory, benches it
@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TARGET_RSS_MB = 10 * 1024
+TARGET_RSS_BYTES = 10e9  # the issue's 10 GB (decimal); the peak is printed in GiB
 TARGET_DECODE_TOK_S = 0.5
 
 
@@ -39,8 +39,9 @@ def main(argv=None) -> int:
     ap.add_argument("--prompt-tokens", type=int, default=16)
     ap.add_argument("--gen-tokens", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--mode", choices=("auto", "int8", "quant"), default="auto",
-                    help="memory mode (auto: what `chatfile run` would pick on this machine)")
+    ap.add_argument("--mode", choices=("int8", "quant", "auto"), default="int8",
+                    help="memory mode (auto: what `chatfile run` picks on this machine "
+                         "without --mode: quant when float32 does not fit)")
     ap.add_argument("--keep", metavar="DIR", help="write (or reuse) the GGUF in DIR and keep it")
     ap.add_argument("--child", metavar="GGUF", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -78,7 +79,7 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(ROOT))
     from runtime.bench import format_table
     print(format_table(res, None, args.threads))
-    rss_ok = res["peak_rss_mb"] <= TARGET_RSS_MB
+    rss_ok = res["peak_rss_mb"] * 2**20 <= TARGET_RSS_BYTES  # peak_rss_mb is in MiB
     tok_ok = res["decode_tok_s"] >= TARGET_DECODE_TOK_S
     print(f"peak RSS {res['peak_rss_mb'] / 1024:.2f} GiB (target <= 10 GB: {'met' if rss_ok else 'NOT met'}); "
           f"decode {res['decode_tok_s']:.3f} tok/s (target >= {TARGET_DECODE_TOK_S}: "

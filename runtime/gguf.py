@@ -99,7 +99,10 @@ class GGUFFile:
         start = t.data_offset // mmap.PAGESIZE * mmap.PAGESIZE
         stop = min(len(mm), -(-(t.data_offset + t.n_bytes) // mmap.PAGESIZE) * mmap.PAGESIZE)
         if stop > start:
-            mm.madvise(mmap.MADV_DONTNEED, start, stop - start)
+            try:
+                mm.madvise(mmap.MADV_DONTNEED, start, stop - start)
+            except OSError:  # only advice: e.g. refused for locked memory, or in a sandbox
+                pass
 
     def close(self) -> None:
         # Views made by raw() keep the map alive; closing is best-effort.

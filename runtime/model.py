@@ -14,13 +14,14 @@ Data layout, explained once:
   first S positions of a head are one contiguous slab for the attention matmul.
 - Query head h reads kv head h // (n_head / n_head_kv) (grouped-query attention).
 
-Weights are held in one of three memory modes, picked by what fits the RAM budget:
-- "f32": dequantized once into resident float32 matrices (fastest, 4 bytes per weight);
-- "int8": requantized at load to int8 codes with a scale per row and per column (1 byte
-  per weight, [n_out, n_in] rows); each matmul turns chunks of rows back into float32,
-  on two threads for a single token;
-- "quant": the GGUF's own blocks, dequantized in row chunks at every use (slowest, for
-  models that fit neither).
+Weights are held in one of three memory modes:
+- "f32": dequantized once into resident float32 matrices (fastest, 4 bytes per weight;
+  chosen when it fits the RAM budget);
+- "quant": the GGUF's own blocks, dequantized in row chunks at every use (slowest;
+  chosen when float32 does not fit);
+- "int8", only when asked for, since its logits are approximate: requantized at load to
+  int8 codes with a scale per row and per column (1 byte per weight, [n_out, n_in] rows);
+  each matmul turns chunks of rows back into float32, on two threads for a single token.
 """
 from __future__ import annotations
 
@@ -48,6 +49,8 @@ INT8_CHUNK_WEIGHTS = 1 << 18
 # Dequantizing at load runs on every core: NumPy releases the GIL in its kernels, and
 # first-touch page faults of the new float32 matrices also spread over the cores.
 LOAD_THREADS = os.cpu_count() or 1
+# Model.load's memory modes (see the top of this file).
+MODES = ("auto", "f32", "int8", "quant")
 
 
 class ContextOverflowError(ValueError):
@@ -108,7 +111,7 @@ class Int8Matrix:
         mid = (n_out // 2 + step - 1) // step * step
         if x.shape[0] > 1:
             self._rows_into(xT, outT, 0, n_out, max(1, QUANT_CHUNK_BYTES // (4 * n_in)))
-        elif LOAD_THREADS < 2 or mid >= n_out:
+        elif LOAD_THREADS < 2 or not 0 < mid < n_out:
             self._rows_into(xT, outT, 0, n_out, step)
         else:
             other = quants.thread_pool(2).submit(self._rows_into, xT, outT, mid, n_out, step)
@@ -402,9 +405,12 @@ class Model:
              progress: Callable[[float], None] | None = None, mode: str = "auto",
              ram_budget_bytes: int | None = None, chat_template: str | None = None) -> "Model":
         """Open the GGUF at byte `offset` of `path`. mode: "f32", "int8", "quant" or
-        "auto" (the fastest that fits `ram_budget_bytes`, by default 60% of free RAM)."""
+        "auto" (f32 if it fits `ram_budget_bytes`, by default 60% of free RAM, else quant;
+        int8 is approximate and only used when asked for)."""
         from runtime.tokenizer import Tokenizer
 
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
         g = gguf.read(path, offset=offset, size=size, vocab_only=vocab_only)
         m = cls()
         m.gguf, m.path, m.metadata = g, os.fspath(path), g.metadata
@@ -436,11 +442,11 @@ class Model:
         return m
 
     def _choose_mode(self, ram_budget_bytes: int | None) -> str:
+        # int8 is never picked here: its logits are approximate, and TOLERANCES.md wants
+        # an approximate mode to be asked for (`--mode int8`, or `--args` in a bundle).
         n_params = sum(t.n_elements for t in self.gguf.tensors.values())
         budget = ram_budget_bytes if ram_budget_bytes is not None else _ram_available_bytes() * 0.6
-        if n_params * 4 <= budget:
-            return "f32"
-        return "int8" if n_params <= budget else "quant"
+        return "f32" if n_params * 4 <= budget else "quant"
 
     def _load_weights(self, progress) -> None:
         c, L = self.cfg, _WeightLoader(self.gguf, self.mode, progress)

@@ -567,7 +567,9 @@ def dequantize_into(raw: np.ndarray, ggml_type: int, out: np.ndarray, *,
 def int8_column_factors(col_absmax: np.ndarray) -> np.ndarray:
     """float32 [n_in] column factors from each column's max |w|."""
     f = np.sqrt(col_absmax, dtype=np.float32)
-    f[~(f > 0)] = 1.0  # empty (or NaN) columns: any factor works
+    # Empty, NaN or inf columns (garbage files): any finite factor works, and an inf one
+    # would turn every output of the matmul into NaN, not only that column's rows.
+    f[~(f > 0) | ~np.isfinite(f)] = 1.0
     return f
 
 
@@ -580,7 +582,9 @@ def quantize_int8(w: np.ndarray, col_factor: np.ndarray, codes: np.ndarray,
         w /= col_factor
         np.max(np.abs(w), axis=1, out=row_scale)
         row_scale *= 1.0 / 127.0
-        inv = np.divide(1.0, row_scale, out=np.zeros_like(row_scale), where=row_scale > 0)
+        # Rows too small for 1/scale to be finite code as zeros (as empty rows do).
+        inv = np.divide(1.0, row_scale, out=np.zeros_like(row_scale),
+                        where=row_scale > np.finfo(np.float32).tiny)
         w *= inv[:, None]
         np.rint(w, out=w)
         np.copyto(codes, w, casting="unsafe")  # |w| <= 127 after scaling
@@ -592,13 +596,15 @@ def dequantize_int8(codes: np.ndarray, row_scale: np.ndarray, col_factor: np.nda
 
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
 
 
 def thread_pool(threads: int) -> ThreadPoolExecutor:
     """A shared pool of `threads` workers (capped by the core count): NumPy's kernels
     release the GIL, so chunks of one array operation run in parallel."""
     threads = min(threads, os.cpu_count() or 1, 8)
-    pool = _POOLS.get(threads)
-    if pool is None:
-        pool = _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="dequant")
+    with _POOLS_LOCK:  # two first callers at once must not make two pools
+        pool = _POOLS.get(threads)
+        if pool is None:
+            pool = _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="dequant")
     return pool

@@ -704,12 +704,15 @@ def _load(st: State, path, offset, size, chat_template, n_ctx, mode, log):
         # garbage collection, whose full passes would otherwise stall requests.
         gc.freeze()
         st.model_id = str(getattr(model, "name", "") or Path(str(path)).stem)
+        why = (": float32 would not fit in RAM, so it is slow; --mode int8 holds the "
+               "weights in a quarter of float32's memory at nearly its speed, with "
+               "approximate logits") if mode == "auto" and model.mode == "quant" else ""
+        # Logged before the engine is set: /health turns 200 with it, and whoever waits
+        # for that may then read this line.
+        log(f"chatfile: model {st.model_id} loaded ({model.arch}, context {n} tokens, "
+            f"{model.mode} weights{why})")
         st.engine = Engine(model, n)
         st.progress = 1.0
-        why = {"int8": ": float32 would not fit in RAM",
-               "quant": ": float32 and int8 would not fit in RAM, so it is slow"}
-        log(f"chatfile: model {st.model_id} loaded ({model.arch}, context {n} tokens, "
-            f"{model.mode} weights{why.get(model.mode, '') if mode == 'auto' else ''})")
     except Exception as e:  # noqa: BLE001 - any load failure is reported, not raised
         st.error = f"{type(e).__name__}: {e}" if not str(e) else str(e)
         log(f"chatfile: error: the model failed to load: {st.error}")

@@ -4,12 +4,13 @@ If these fail, a user sees a bundle that cannot find its own model, or a traceba
 worse, gigabytes allocated) when they open a damaged download.
 """
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import runtime
-from runtime import gguf
+from runtime import gguf, quants
 from runtime.model import Model
 from tests.conftest import MODELS
 
@@ -58,6 +59,59 @@ def test_released_pages_read_back_the_same(tmp_path):
         g.release(name)
     for name in g.tensors:
         assert np.array_equal(g.raw(name), before[name]), name
+
+
+def _mapped_rss_kb(path) -> int:
+    """This process's resident kB of the mappings of `path`, from /proc/self/smaps."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()
+        if head and "-" in head[0] and len(head) >= 5:  # a mapping's header line
+            inside = line.endswith(str(path))
+        elif inside and head[0] == "Rss:":
+            total += int(head[1])
+    return total
+
+
+def test_release_drops_the_pages_from_the_resident_set(tmp_path):
+    if not Path("/proc/self/smaps").exists():
+        pytest.skip("no /proc/self/smaps on this system to read the resident set from")
+    path = tmp_path / "model.gguf"
+    path.write_bytes(TINY.read_bytes())
+    g = gguf.read(path)
+    tensor_kb = sum(t.n_bytes for t in g.tensors.values()) / 1024
+    assert sum(int(g.raw(name).sum()) for name in g.tensors) >= 0  # touch every page
+    assert _mapped_rss_kb(path) >= 0.9 * tensor_kb
+    for name in g.tensors:
+        g.release(name)
+    assert _mapped_rss_kb(path) < 0.1 * tensor_kb
+
+
+@pytest.mark.parametrize("mode", ["f32", "int8", "quant"])
+@pytest.mark.parametrize("name", ["tiny-llama-q8_0", "tiny-mixtral-q8_0", "tiny-qwen2-q8_0"])
+def test_load_releases_each_converted_matrix_once_after_its_last_use(monkeypatch, mode, name):
+    released, converted = [], []
+    real_release = gguf.GGUFFile.release
+    monkeypatch.setattr(gguf.GGUFFile, "release",
+                        lambda self, n: (released.append(n), real_release(self, n))[1])
+    real_dequantize_into = quants.dequantize_into
+
+    def dequantize_into(raw, ggml_type, out, *, name=None, threads=1):
+        converted.append(name)
+        assert name not in released, f"{name} was converted after its pages were released"
+        return real_dequantize_into(raw, ggml_type, out, name=name, threads=threads)
+    monkeypatch.setattr(quants, "dequantize_into", dequantize_into)
+    m = Model.load(MODELS / f"{name}.gguf", mode=mode)
+    if mode == "quant":
+        assert released == []  # the quantized matrices read these pages at every use
+        return
+    # The weight matrices (a MoE router is small, and converted like the norms: kept)
+    matrices = {n for n, t in m.gguf.tensors.items()
+                if len(t.shape) >= 2 and not n.endswith("ffn_gate_inp.weight")}
+    if "output.weight" in matrices:
+        matrices.discard("token_embd.weight")  # only gathered row by row, stays quantized
+    assert sorted(released) == sorted(matrices)  # each once
+    assert set(converted) >= matrices
 
 
 def test_gguferror_is_exported_and_a_valueerror():

@@ -4,6 +4,7 @@ Every expected value comes from the reference (or, for F16, from NumPy's own hal
 cast, which is what the reference uses). Exactness is bit-for-bit: see the module
 docstring of runtime.quants for why that is achievable.
 """
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -244,3 +245,23 @@ def test_int8_requantization_round_trip():
     # each row's largest scaled weight hits the full code range
     assert (np.abs(codes[np.arange(37) != 3]).max(axis=1) == 127).all()
     assert np.abs(back - w).max() < 0.01 * np.abs(w).max()
+
+
+def test_int8_requantization_confines_garbage_to_its_own_row():
+    """An inf weight (a garbage file) spoils only its row; a row too small for a finite
+    1/scale codes to zeros without a warning."""
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((6, 64)).astype(np.float32)
+    w[2, 9] = np.inf
+    w[4] = 1e-39  # subnormal: 1 / (max / 127) overflows float32
+    with np.errstate(all="raise"):
+        col = quants.int8_column_factors(np.abs(w).max(axis=0))
+    assert np.isfinite(col).all() and col[9] == 1
+    codes, scale = np.empty(w.shape, np.int8), np.empty(6, np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        quants.quantize_int8(w.copy(), col, codes, scale)
+    assert (codes[4] == 0).all()
+    good = [0, 1, 3, 5]
+    back = quants.dequantize_int8(codes[good], scale[good], col)
+    assert np.abs(back - w[good]).max() < 0.01 * np.abs(w[good]).max()

@@ -64,11 +64,31 @@ def test_llama3_8b_plan_has_the_q4_k_m_size():
     assert 4.85e9 < n_bytes < 4.95e9
 
 
-def test_auto_mode_picks_the_fastest_that_fits(tiny_path):
+def test_auto_mode_picks_float32_when_it_fits_else_the_exact_quantized_mode(tiny_path):
+    """int8 is approximate, so auto never picks it (TOLERANCES.md: opt-in)."""
     n_params = sum(t.n_elements for t in gguf.read(tiny_path).tensors.values())
-    for budget, want in ((4 * n_params, "f32"), (4 * n_params - 1, "int8"),
-                         (n_params, "int8"), (n_params - 1, "quant")):
+    for budget, want in ((4 * n_params, "f32"), (4 * n_params - 1, "quant"),
+                         (n_params, "quant"), (0, "quant")):
         assert Model.load(tiny_path, ram_budget_bytes=budget).mode == want, budget
+    assert Model.load(tiny_path, mode="int8", ram_budget_bytes=0).mode == "int8"
+
+
+def test_an_unknown_mode_is_refused(tiny_path):
+    with pytest.raises(ValueError, match="mode must be one of auto, f32, int8, quant"):
+        Model.load(tiny_path, mode="f16")
+
+
+def test_the_server_says_why_auto_chose_the_slow_mode(tiny_path, monkeypatch):
+    from runtime import model as model_mod, server
+    monkeypatch.setattr(model_mod, "_ram_available_bytes", lambda: 0)
+    st, lines = server.State(model_path=str(tiny_path), n_ctx=64), []
+    server._load(st, tiny_path, 0, None, None, 64, "auto", lines.append)
+    assert st.model.mode == "quant" and st.engine is not None
+    assert "quant weights: float32 would not fit in RAM" in lines[-1]
+    assert "--mode int8" in lines[-1]
+    st, lines = server.State(model_path=str(tiny_path), n_ctx=64), []
+    server._load(st, tiny_path, 0, None, None, 64, "quant", lines.append)
+    assert lines[-1].endswith("quant weights)")  # asked for: nothing to explain
 
 
 def test_int8_mode_runs_every_batch_path(tiny_path, monkeypatch):
@@ -82,6 +102,7 @@ def test_int8_mode_runs_every_batch_path(tiny_path, monkeypatch):
     s.eval(ids[:-2])
     # chunks of 3 rows, so that even the tiny model's matrices split
     monkeypatch.setattr(model_mod, "INT8_CHUNK_WEIGHTS", 3 * gen.SHAPES["tiny"].n_embd)
+    monkeypatch.setattr(model_mod, "LOAD_THREADS", 2)  # split even on a one-core machine
     pool, submitted = quants.thread_pool(2), []
     monkeypatch.setattr(quants, "thread_pool",
                         lambda n: submitted.append(n) or pool)
