@@ -398,6 +398,7 @@ class Model:
 
     def __init__(self):  # use Model.load
         self.tokenizer = None
+        self.int8_fits = False  # set by auto mode: would `--mode int8` fit the RAM budget?
         self.chat_template: str | None = None
 
     @classmethod
@@ -446,6 +447,7 @@ class Model:
         # an approximate mode to be asked for (`--mode int8`, or `--args` in a bundle).
         n_params = sum(t.n_elements for t in self.gguf.tensors.values())
         budget = ram_budget_bytes if ram_budget_bytes is not None else _ram_available_bytes() * 0.6
+        self.int8_fits = n_params <= budget  # for the server's hint when quant is slow
         return "f32" if n_params * 4 <= budget else "quant"
 
     def _load_weights(self, progress) -> None:

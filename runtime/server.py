@@ -704,9 +704,12 @@ def _load(st: State, path, offset, size, chat_template, n_ctx, mode, log):
         # garbage collection, whose full passes would otherwise stall requests.
         gc.freeze()
         st.model_id = str(getattr(model, "name", "") or Path(str(path)).stem)
-        why = (": float32 would not fit in RAM, so it is slow; --mode int8 holds the "
-               "weights in a quarter of float32's memory at nearly its speed, with "
-               "approximate logits") if mode == "auto" and model.mode == "quant" else ""
+        why = ""
+        if mode == "auto" and model.mode == "quant":
+            why = ": float32 would not fit in RAM, so it is slow"
+            if model.int8_fits:
+                why += ("; --mode int8 would fit, at nearly float32's speed, with "
+                        "approximate logits")
         # Logged before the engine is set: /health turns 200 with it, and whoever waits
         # for that may then read this line.
         log(f"chatfile: model {st.model_id} loaded ({model.arch}, context {n} tokens, "

@@ -79,13 +79,16 @@ def test_an_unknown_mode_is_refused(tiny_path):
 
 
 def test_the_server_says_why_auto_chose_the_slow_mode(tiny_path, monkeypatch):
+    """...and names --mode int8 only when int8 would fit."""
     from runtime import model as model_mod, server
-    monkeypatch.setattr(model_mod, "_ram_available_bytes", lambda: 0)
-    st, lines = server.State(model_path=str(tiny_path), n_ctx=64), []
-    server._load(st, tiny_path, 0, None, None, 64, "auto", lines.append)
-    assert st.model.mode == "quant" and st.engine is not None
-    assert "quant weights: float32 would not fit in RAM" in lines[-1]
-    assert "--mode int8" in lines[-1]
+    n_params = sum(t.n_elements for t in gguf.read(tiny_path).tensors.values())
+    for ram, hint in ((2 * n_params / 0.6, True), (0, False)):
+        monkeypatch.setattr(model_mod, "_ram_available_bytes", lambda: ram)
+        st, lines = server.State(model_path=str(tiny_path), n_ctx=64), []
+        server._load(st, tiny_path, 0, None, None, 64, "auto", lines.append)
+        assert st.model.mode == "quant" and st.engine is not None
+        assert "quant weights: float32 would not fit in RAM, so it is slow" in lines[-1]
+        assert ("--mode int8 would fit" in lines[-1]) == hint, lines[-1]
     st, lines = server.State(model_path=str(tiny_path), n_ctx=64), []
     server._load(st, tiny_path, 0, None, None, 64, "quant", lines.append)
     assert lines[-1].endswith("quant weights)")  # asked for: nothing to explain
