@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import shlex
 import sys
@@ -68,6 +70,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_baked_args(baked: list[str]) -> str | None:
+    """What is wrong with args to bake into a bundle, or None. They are parsed the way
+    every start of the bundle will parse them (`chatfile run MODEL *baked`), so that a
+    bad one fails now and not on the machine of whoever double-clicks the bundle."""
+    from runtime import cli as runtime_cli
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            args = runtime_cli.build_parser().parse_args(["run", "model.gguf", *baked])
+    except SystemExit:
+        lines = err.getvalue().strip().splitlines()
+        return lines[-1].split("error: ", 1)[-1] if lines else "they cannot be parsed"
+    return runtime_cli.check_args(args)
+
+
 def cmd_bundle(a) -> int:
     from bundler import splice, stub
 
@@ -76,6 +93,15 @@ def cmd_bundle(a) -> int:
     except ValueError as e:
         print(f"chatfile: error: cannot parse --args {a.args!r}: {e}", file=sys.stderr)
         return 2
+    problem = _check_baked_args(baked)
+    if problem:
+        print(f"chatfile: error: --args {a.args!r}: {problem}", file=sys.stderr)
+        return 2
+    try:
+        splice.check_model(a.model)  # before a possibly long stub build
+    except BundleError as e:
+        print(f"chatfile: error: {e}", file=sys.stderr)
+        return 1
     out = a.output or _default_output(a.model, a.format)
     if os.path.lexists(out) and not a.force:  # before a possibly long stub build
         print(f"chatfile: error: {out} already exists; use --force to overwrite it",

@@ -213,6 +213,17 @@ def _check_gguf(path: str) -> int:
     return size
 
 
+def check_model(path: str) -> None:
+    """Parse the GGUF's whole header (every tensor must lie inside the file), so that a
+    truncated download fails at bundle time, not at every start of the bundle."""
+    _check_gguf(path)
+    from runtime import gguf
+    try:
+        gguf.read(path).close()
+    except (ValueError, OSError) as e:  # GGUFError is a ValueError
+        raise BundleError(f"{path} is not a usable GGUF: {e}") from None
+
+
 def splice(stub_path, gguf_path, out_path, *, fmt: str = "exe", args=(), title: str = "",
            force: bool = False, progress=None, chunk_bytes: int = COPY_CHUNK_BYTES,
            fsync: bool = True) -> SpliceResult:

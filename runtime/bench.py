@@ -179,7 +179,20 @@ def format_table(ours: dict, ref: dict | None, threads: int) -> str:
 
 
 def run_bench(args) -> int:
+    import importlib.util
     threads = args.threads or os.cpu_count() or 1
+    # What the optional parts need is checked first, not after minutes of measuring.
+    missing = [(flag, mod) for flag, mod in (("--against-llama-cpp", "llama_cpp"),
+                                             ("--plot", "matplotlib"))
+               if getattr(args, flag[2:].replace("-", "_")) and not importlib.util.find_spec(mod)]
+    if missing:
+        print(f"error: {missing[0][0]} needs the Python package {missing[0][1]}: "
+              "pip install 'chatfile[bench]'", file=sys.stderr)
+        return 1
+    for out in (args.json, args.plot):
+        if out and not os.path.isdir(os.path.dirname(os.path.abspath(out))):
+            print(f"error: cannot write {out}: its directory does not exist", file=sys.stderr)
+            return 1
     offset, size = getattr(args, "gguf_offset", 0), getattr(args, "gguf_size", None)
     from runtime.model import Model
     vocab = Model.load(args.model, offset=offset, size=size, vocab_only=True)
@@ -213,13 +226,9 @@ def run_bench(args) -> int:
 
 
 def plot_prefill_curve(args, threads: int, out: str) -> None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("--plot needs matplotlib (pip install 'chatfile[bench]')", file=sys.stderr)
-        return
+    import matplotlib  # run_bench checked that it is there
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
     lengths = [32, 64, 128, 256, 512]
     ours = [bench_chatfile(args.model, n, 1, args.mode)["prefill_tok_s"] for n in lengths]
     plt.figure(figsize=(6, 4))

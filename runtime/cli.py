@@ -24,7 +24,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_session_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--ctx", type=int, default=4096, metavar="N", help="context size in tokens")
+    p.add_argument("--ctx", type=int, default=4096, metavar="N",
+                   help="context size in tokens (0: the model's trained context; capped at it)")
     p.add_argument("--chat-template", metavar="FILE", help="a Jinja chat template to use instead of the model's")
     p.add_argument("--system", metavar="TEXT", help="default system prompt")
     p.add_argument("--temp", type=float, default=None, metavar="T",
@@ -80,8 +81,30 @@ def set_threads(n: int | None) -> None:
         os.environ[var] = str(n)
 
 
+def check_args(args) -> str | None:
+    """What is wrong with parsed arguments that argparse's types cannot catch, or None.
+    (Also used by `chatfile bundle` on the arguments it bakes into a bundle.)"""
+    if getattr(args, "ctx", 0) < 0:
+        return "--ctx must be positive (or 0 for the model's trained context)"
+    if not 0 <= getattr(args, "port", 0) <= 65535:
+        return "--port must be between 0 and 65535"
+    for flag in ("prompt_tokens", "gen_tokens"):
+        if getattr(args, flag, 1) <= 0:
+            return f"--{flag.replace('_', '-')} must be positive"
+    if getattr(args, "max_tokens", 0) < -1:
+        return "--max-tokens must be positive (or -1 for no limit)"
+    temp = getattr(args, "temp", None)
+    if temp is not None and not 0 <= temp <= 100:  # also refuses nan
+        return "--temp must be between 0 and 100"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    problem = check_args(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     set_threads(args.threads)
     try:
         return _dispatch(args)
@@ -96,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args) -> int:
     if not os.path.isfile(args.model):
         # Fail before starting a server that could only report the same thing.
-        raise FileNotFoundError(f"cannot open {args.model}: no such file")
+        what = "it is a directory" if os.path.isdir(args.model) else "no such file"
+        raise FileNotFoundError(f"cannot open {args.model}: {what}")
     if args.command == "info":
         from runtime.info import print_info
         return print_info(args.model, offset=args.gguf_offset, size=args.gguf_size, as_json=args.json)
@@ -109,12 +133,11 @@ def _dispatch(args) -> int:
         template = load_template_file(args.chat_template)
     if args.command == "run":
         from runtime.server import serve
-        serve(args.model, gguf_offset=args.gguf_offset, gguf_size=args.gguf_size,
+        return serve(args.model, gguf_offset=args.gguf_offset, gguf_size=args.gguf_size,
               host=args.host, port=args.port, api_key=args.api_key, n_ctx=args.ctx,
               threads=args.threads, chat_template=template, system=args.system,
               title=args.title, cors=args.cors, open_browser=not args.no_browser,
               temperature=args.temp, mode=args.mode)
-        return 0
     if args.command == "chat":
         from runtime.model import Model
         from runtime.sampling import SamplingParams

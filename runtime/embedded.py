@@ -253,6 +253,8 @@ def extract(path: str | os.PathLike, trailer: Trailer, out_path: str | os.PathLi
     Refuses (BundleError) and leaves nothing behind when the bytes do not match the trailer.
     """
     out_path = os.fspath(out_path)
+    if os.path.lexists(out_path):  # never overwrite, least of all the bundle itself
+        raise BundleError(f"{out_path} already exists; remove it or extract to another name")
     directory = os.path.dirname(os.path.abspath(out_path))
     tmp = os.path.join(directory, f".{os.path.basename(out_path)}.{os.getpid()}.part")
     h = hashlib.sha256()

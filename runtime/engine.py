@@ -210,9 +210,12 @@ class Engine:
                 raise ValueError(f"prompt token id {bad[0]!r} is out of range: "
                                  f"ids must be integers in [0, {n_vocab})")
         if len(ids) > self.n_ctx:
+            trained = getattr(self.model, "n_ctx_train", 0)
+            more = (f" or start the server with a larger context (--ctx, up to {trained})"
+                    if self.n_ctx < trained else "")  # past the trained one it is capped
             raise ContextOverflowError(
                 f"the prompt is {len(ids)} tokens, more than the context size of {self.n_ctx} "
-                f"tokens; shorten it or start the server with a larger context")
+                f"tokens; shorten it{more}")
         try:
             self._queue.put_nowait(req)
         except queue.Full:

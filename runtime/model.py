@@ -546,6 +546,14 @@ class Model:
 
     # -- inference --------------------------------------------------------------------
 
+    def context_size(self, n_ctx: int) -> int:
+        """The context to use for a requested n_ctx: 0 means the trained context (4096
+        when the file does not say), and larger requests are capped at the trained one."""
+        trained = self.n_ctx_train
+        if n_ctx <= 0:
+            return trained or 4096
+        return min(n_ctx, trained) if trained else n_ctx
+
     def session(self, n_ctx: int | None = None) -> "Session":
         if self.cfg is None:
             raise ValueError("this model was loaded with vocab_only=True and cannot run")

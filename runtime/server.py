@@ -693,11 +693,10 @@ def _load(st: State, path, offset, size, chat_template, n_ctx, mode, log):
         if tmpl is not None:
             kw["chat_template"] = tmpl
         model = Model.load(path, offset, **kw)
-        n = n_ctx
-        if model.n_ctx_train and n > model.n_ctx_train:
-            log(f"chatfile: the model was trained with a context of {model.n_ctx_train} tokens; "
-                f"using that instead of {n}")
-            n = model.n_ctx_train
+        n = model.context_size(n_ctx)
+        if 0 < n < n_ctx:
+            log(f"chatfile: the model was trained with a context of {n} tokens; "
+                f"using that instead of {n_ctx}")
         st.n_ctx = n
         st.model = model
         # The model's objects live as long as the server: keep them out of every future

@@ -34,11 +34,12 @@ class _Chat:
             req = self.engine.submit(Request(prompt_ids=ids, params=self.params,
                                              max_tokens=self.max_tokens))
         except TemplateError as e:
-            self._say(f"error: the chat template refused this conversation: {e}")
+            self._error(f"the chat template refused this conversation: {e}")
             return None
         except ContextOverflowError:
-            self._say("error: the conversation no longer fits in the context; "
-                      "type /reset to start over")
+            self._error("the conversation no longer fits in the context"
+                        + ("; type /reset to start over" if self.history else
+                           f" of {self.engine.n_ctx} tokens (--ctx)"))
             return None
         parts = []
         try:
@@ -47,7 +48,8 @@ class _Chat:
                     parts.append(ev.text)
                     self._write(ev.text)
                 elif ev.kind == "error":
-                    self._say(f"\nerror: {ev.error}")
+                    self._write("\n")
+                    self._error(str(ev.error))
                     return None
         except KeyboardInterrupt:
             # Ctrl+C during an answer stops the answer, not the program.
@@ -74,6 +76,10 @@ class _Chat:
         self.out.write(msg + "\n")
         self.out.flush()
 
+    def _error(self, msg):
+        # stderr, so that `chatfile chat m.gguf < q.txt > answer.txt` keeps answers only
+        print(f"chatfile: error: {msg}", file=sys.stderr, flush=True)
+
 
 def chat(model, *, n_ctx: int, system: str | None = None, stdin=None, stdout=None,
          params=None, max_tokens: int = -1, interactive: bool | None = None) -> int:
@@ -85,9 +91,7 @@ def chat(model, *, n_ctx: int, system: str | None = None, stdin=None, stdout=Non
             interactive = stdin.isatty()
         except (AttributeError, ValueError):
             interactive = False
-    if model.n_ctx_train and n_ctx > model.n_ctx_train:
-        n_ctx = model.n_ctx_train
-    engine = Engine(model, n_ctx)
+    engine = Engine(model, model.context_size(n_ctx))
     c = _Chat(model, engine, system, params, max_tokens, stdout)
 
     if not interactive:

@@ -99,6 +99,49 @@ def test_gguf_reads_in_place_and_extracts_identically(elf_stub, tmp_path):
     assert x.read_bytes() == MODEL.read_bytes()
 
 
+def test_extract_never_overwrites(elf_stub, tmp_path):
+    """Not another file, and not the bundle itself (`./bundle --extract bundle`)."""
+    out = tmp_path / "bundle"
+    splice(elf_stub, MODEL, out)
+    t = read_trailer(out)
+    before = out.read_bytes()
+    for target in (out, tmp_path / "precious.gguf"):
+        if target != out:
+            target.write_bytes(b"precious")
+        kept = target.read_bytes()
+        with pytest.raises(BundleError, match="already exists"):
+            extract(out, t, target)
+        assert target.read_bytes() == kept
+    assert out.read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
+
+
+def test_bundle_command_refuses_bad_args_and_truncated_models_before_building(tmp_path):
+    """What `chatfile bundle` would bake in is parsed as every start of the bundle will
+    parse it; a truncated GGUF is refused. Nothing is written, and no stub is built (the
+    stub option points at a file that does not exist, so reaching the build would fail
+    differently)."""
+    def bundle(*args):
+        return subprocess.run([sys.executable, "-m", "bundler.cli", "bundle", *map(str, args),
+                               "--stub", tmp_path / "no-stub", "-o", tmp_path / "out"],
+                              cwd=Path(__file__).resolve().parents[2], capture_output=True,
+                              text=True, timeout=120)
+    for baked, why in (("--mode int9", "invalid choice: 'int9'"),
+                       ("--frobnicate", "unrecognized arguments: --frobnicate"),
+                       ("--ctx -5", "--ctx must be positive"),
+                       ("--port 99999", "--port must be between 0 and 65535"),
+                       ("--temp nan", "--temp must be between 0 and 100")):
+        r = bundle(MODEL, f"--args={baked}")
+        assert r.returncode == 2 and why in r.stderr, (baked, r.stderr)
+        assert "usage:" not in r.stderr and "Traceback" not in r.stderr
+    half = tmp_path / "half.gguf"
+    half.write_bytes(MODEL.read_bytes()[:MODEL.stat().st_size // 2])
+    r = bundle(half)
+    assert r.returncode == 1 and "is not a usable GGUF" in r.stderr, r.stderr
+    assert "extends past the end" in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_existing_output_needs_force(elf_stub, tmp_path):
     out = tmp_path / "bundle"
     out.write_bytes(b"precious")

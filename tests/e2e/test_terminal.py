@@ -84,3 +84,12 @@ def test_interactive_session_with_reset_and_system(tiny_model):
     assert turns[6].startswith("commands:")
     assert len(turns) == 8 and "never read" not in out  # /exit stopped reading
     assert first != pirate, "precondition: the system prompt changes the greedy answer"
+
+
+def test_errors_go_to_stderr_and_answers_alone_to_stdout():
+    """`chatfile chat m.gguf < q.txt > answer.txt` must not write an error into the answer."""
+    p = run(["-m", "runtime.cli", "chat", str(TINY), "--ctx", "5"], "What is the capital of France?\n")
+    assert p.returncode == 1
+    assert p.stdout == b""
+    assert b"chatfile: error: the conversation no longer fits in the context of 5 tokens" in p.stderr
+    assert b"/reset" not in p.stderr  # nothing to reset in a one-question run

@@ -75,3 +75,58 @@ def test_bench_in_int8_mode_says_so():
                  "--gen-tokens", "4", "--threads", "2", "--mode", "int8")
     assert r.returncode == 0, r.stderr
     assert "int8 weights)" in r.stdout and "decode (tok/s)" in r.stdout
+
+
+def test_bad_numbers_are_refused_before_anything_loads():
+    model = MODELS / "tiny-qwen2-q8_0.gguf"
+    for args, why in ((["run", model, "--ctx", "-1"], "--ctx must be positive"),
+                      (["run", model, "--port", "70000"], "--port must be between 0 and 65535"),
+                      (["run", model, "--port", "-1"], "--port must be between 0 and 65535"),
+                      (["chat", model, "--temp", "nan"], "--temp must be between 0 and 100"),
+                      (["chat", model, "--max-tokens", "-5"], "--max-tokens must be positive"),
+                      (["bench", model, "--gen-tokens", "0"], "--gen-tokens must be positive"),
+                      (["bench", model, "--prompt-tokens", "-3"], "--prompt-tokens must be positive")):
+        r = chatfile(*args, timeout=60)
+        assert r.returncode == 2 and r.stderr.startswith(f"error: {why}"), (args, r.stderr)
+        assert r.stderr.count("\n") == 1  # one line, no traceback
+
+
+def test_a_server_that_cannot_listen_exits_with_an_error_code():
+    r = chatfile("run", MODELS / "tiny-qwen2-q8_0.gguf", "--no-browser",
+                 "--host", "nosuchhost.invalid", "--port", "31555", timeout=60)
+    assert r.returncode == 1 and "cannot listen on nosuchhost.invalid" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_context_zero_means_the_trained_context_and_more_is_capped():
+    from runtime.model import Model
+    m = Model.load(MODELS / "tiny-qwen2-q8_0.gguf", vocab_only=True)
+    assert m.n_ctx_train > 0
+    assert m.context_size(0) == m.n_ctx_train
+    assert m.context_size(10 * m.n_ctx_train) == m.n_ctx_train
+    assert m.context_size(m.n_ctx_train - 1) == m.n_ctx_train - 1
+    m.n_ctx_train = 0  # a file that does not say
+    assert m.context_size(0) == 4096 and m.context_size(100_000) == 100_000
+
+
+def test_bench_checks_its_optional_parts_before_measuring(tmp_path, monkeypatch, capsys):
+    """A missing llama-cpp-python or matplotlib, or a --json/--plot path that cannot be
+    written, is reported at once instead of after the whole benchmark."""
+    import importlib.util
+
+    from runtime import bench
+    from runtime.cli import build_parser
+    model = MODELS / "tiny-qwen2-q8_0.gguf"
+    measured = []
+    monkeypatch.setattr(bench, "bench_chatfile", lambda *a, **k: measured.append(a))
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("llama_cpp", "matplotlib")
+                        else real_find_spec(name, *a))
+    for extra, why in ((["--against-llama-cpp"], "--against-llama-cpp needs the Python package llama_cpp"),
+                       (["--plot", tmp_path / "p.svg"], "--plot needs the Python package matplotlib"),
+                       (["--json", tmp_path / "nodir" / "b.json"], "its directory does not exist")):
+        args = build_parser().parse_args(["bench", str(model), *map(str, extra)])
+        assert bench.run_bench(args) == 1
+        assert why in capsys.readouterr().err
+    assert measured == []

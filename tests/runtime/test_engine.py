@@ -157,6 +157,14 @@ def test_prompt_longer_than_context_is_refused():
     eng = Engine(FakeModel(), n_ctx=4)
     with pytest.raises(ContextOverflowError, match="context"):
         eng.submit(Request(prompt_ids=[0] * 5))
+    # A larger --ctx is advised only where the model's trained context allows one.
+    for trained, advice in ((16, "start the server with a larger context (--ctx, up to 16)"),
+                            (4, None), (0, None)):
+        model = FakeModel()
+        model.n_ctx_train = trained
+        with pytest.raises(ContextOverflowError) as e:
+            Engine(model, n_ctx=4).submit(Request(prompt_ids=[0] * 5))
+        assert (advice in str(e.value)) if advice else "larger" not in str(e.value)
     with pytest.raises(ValueError, match="empty"):
         eng.submit(Request(prompt_ids=[]))
     with pytest.raises(ValueError, match="range"):
