@@ -84,6 +84,8 @@ def set_threads(n: int | None) -> None:
 def check_args(args) -> str | None:
     """What is wrong with parsed arguments that argparse's types cannot catch, or None.
     (Also used by `chatfile bundle` on the arguments it bakes into a bundle.)"""
+    if getattr(args, "threads", None) is not None and args.threads <= 0:
+        return "--threads must be positive"
     if getattr(args, "ctx", 0) < 0:
         return "--ctx must be positive (or 0 for the model's trained context)"
     if not 0 <= getattr(args, "port", 0) <= 65535:

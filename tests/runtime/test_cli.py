@@ -80,6 +80,7 @@ def test_bench_in_int8_mode_says_so():
 def test_bad_numbers_are_refused_before_anything_loads():
     model = MODELS / "tiny-qwen2-q8_0.gguf"
     for args, why in ((["run", model, "--ctx", "-1"], "--ctx must be positive"),
+                      (["run", model, "--threads", "0"], "--threads must be positive"),
                       (["run", model, "--port", "70000"], "--port must be between 0 and 65535"),
                       (["run", model, "--port", "-1"], "--port must be between 0 and 65535"),
                       (["chat", model, "--temp", "nan"], "--temp must be between 0 and 100"),
