@@ -182,13 +182,12 @@ def run_bench(args) -> int:
     import importlib.util
     threads = args.threads or os.cpu_count() or 1
     # What the optional parts need is checked first, not after minutes of measuring.
-    missing = [(flag, mod) for flag, mod in (("--against-llama-cpp", "llama_cpp"),
-                                             ("--plot", "matplotlib"))
-               if getattr(args, flag[2:].replace("-", "_")) and not importlib.util.find_spec(mod)]
-    if missing:
-        print(f"error: {missing[0][0]} needs the Python package {missing[0][1]}: "
-              "pip install 'chatfile[bench]'", file=sys.stderr)
-        return 1
+    for wanted, flag, module in ((args.against_llama_cpp, "--against-llama-cpp", "llama_cpp"),
+                                 (args.plot, "--plot", "matplotlib")):
+        if wanted and not importlib.util.find_spec(module):
+            print(f"error: {flag} needs the Python package {module}: "
+                  "pip install 'chatfile[bench]'", file=sys.stderr)
+            return 1
     for out in (args.json, args.plot):
         if out and not os.path.isdir(os.path.dirname(os.path.abspath(out))):
             print(f"error: cannot write {out}: its directory does not exist", file=sys.stderr)

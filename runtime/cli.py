@@ -72,11 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def set_threads(n: int | None) -> None:
-    """Set the BLAS thread count. Only effective before NumPy is first imported."""
+    """Set the BLAS thread count (n > 0: check_args and build/bench_8b.py check it).
+    Only effective before NumPy is first imported."""
     if n is None:
         return
-    if n <= 0:
-        raise SystemExit("error: --threads must be positive")
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(n)
 
