@@ -2,8 +2,10 @@
 
 The 8B-shaped file (~4.9 GB) is made only by build/bench_8b.py, never in the test suite.
 """
+import dataclasses
 import importlib.util
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -134,3 +136,36 @@ def test_both_memory_modes_load_and_agree(tiny_path):
     # fused matmul (f32) and row chunks (quant), which is float32 rounding, ~1e-6·std.
     assert np.abs(a - b).max() <= 1e-4 * float(a.std())
     assert (a.argmax(-1) == b.argmax(-1)).all()
+
+
+def _vm_flags(addr: int) -> list[str]:
+    """The VmFlags of the mapping of this process that holds address `addr`. (NumPy
+    madvises from the first page boundary inside an array, so ask about its middle.)"""
+    inside = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()
+        if head and "-" in head[0] and len(head) >= 5:
+            lo, hi = (int(x, 16) for x in head[0].split("-"))
+            inside = lo <= addr < hi
+        elif inside and head[0] == "VmFlags:":
+            return head[1:]
+    raise AssertionError(f"no mapping holds {addr:#x}")
+
+
+@pytest.mark.parametrize("mode", ["f32", "int8"])
+def test_resident_weights_do_not_ask_for_huge_pages(tmp_path, mode):
+    # In a VM whose host backs memory lazily, fresh huge pages made Qwen's load 2-3x
+    # slower (runtime/model.py: _resident_array). "hg" is MADV_HUGEPAGE's flag.
+    if not Path("/proc/self/smaps").exists():
+        pytest.skip("no /proc/self/smaps on this system to read mapping flags from")
+    control = np.empty(8 << 20, dtype=np.uint8)
+    if "hg" not in _vm_flags(control.ctypes.data + control.nbytes // 2):
+        pytest.skip("NumPy does not ask this kernel for huge pages, so there is nothing to avoid")
+    # An FFN wide enough that each matrix passes NumPy's 4 MiB threshold, even as int8.
+    shape = dataclasses.replace(gen.SHAPES["tiny"], n_layer=1, n_ff=8192)
+    path = tmp_path / "wide.gguf"
+    gen.write_random_gguf(path, shape)
+    m = Model.load(path, mode=mode)
+    for w in (m.layers[0].w_gate_up, m.layers[0].w_down):
+        data = w if mode == "f32" else w.codes
+        assert "hg" not in _vm_flags(data.ctypes.data + data.nbytes // 2)
