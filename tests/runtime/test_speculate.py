@@ -22,6 +22,8 @@ def test_draft_copies_what_followed_the_latest_occurrence():
 def test_draft_needs_a_real_ngram():
     assert speculate.draft([4, 5, 6, 7], 4) == []  # nothing repeats
     assert speculate.draft([1, 5, 1], 4) == []  # a single repeated token is not enough
+    assert speculate.draft([1, 2, 5, 1, 2], 4) == []  # nor are two (runtime/speculate.py)
+    assert speculate.draft([1, 2, 3, 5, 1, 2, 3], 4) == [5, 1, 2, 3]  # three are
     assert speculate.draft([1, 2, 3, 1, 2], 0) == []
 
 
