@@ -165,8 +165,8 @@ def _resident_array(shape: tuple, dtype) -> np.ndarray:
     It is a private anonymous mapping rather than np.empty, because NumPy asks for
     transparent huge pages on every array of 4 MiB or more. In a VM whose host backs
     guest memory lazily, a fresh 2 MiB page costs the host 512 faults: on the 2-core dev
-    VM, touching Qwen's 2 GB took 1.7-8.1 s in huge pages against 1.0-1.5 s in 4 KiB
-    ones, whole loads 4.7-5.5 s against 2.3-2.6 s, and decode speed did not change
+    VM, touching 2 GB took 1.7-8.1 s in huge pages against 1.1-1.5 s in 4 KiB ones,
+    Qwen's bench loads 4.7-5.5 s against 2.1-3.4 s, and decode speed did not change
     (docs/performance.md). A kernel set to THP `always` still uses huge pages here."""
     n_bytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
     if n_bytes == 0 or not hasattr(mmap, "MAP_ANONYMOUS"):  # Windows: no THP anyway
@@ -305,11 +305,9 @@ def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
     return y
 
 
-# The activations work in one fresh buffer: with a new array per operation, silu on
-# Qwen's [256, 4864] gate took 3.6-4.2 ms instead of 1.9 ms (0.1 s of a 512-token prefill).
-
 def silu(x: np.ndarray) -> np.ndarray:
-    # x / (1 + exp(-x))
+    # x / (1 + exp(-x)), in one fresh buffer: with a new array per operation, Qwen's
+    # [256, 4864] gate took 3.6-4.2 ms instead of 1.9 (0.1 s of a 512-token prefill)
     t = np.negative(x)
     np.exp(t, out=t)
     t += 1.0
@@ -317,7 +315,8 @@ def silu(x: np.ndarray) -> np.ndarray:
 
 
 def gelu(x: np.ndarray) -> np.ndarray:
-    # tanh approximation, as ggml_gelu: 0.5·x·(1 + tanh(0.79788456·(x + 0.044715·x³)))
+    # tanh approximation, as ggml_gelu: 0.5·x·(1 + tanh(0.79788456·(x + 0.044715·x³))),
+    # in one buffer like silu
     t = np.multiply(x, 0.044715)
     t *= x
     t *= x

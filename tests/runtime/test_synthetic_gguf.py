@@ -154,8 +154,8 @@ def _vm_flags(addr: int) -> list[str]:
 
 @pytest.mark.parametrize("mode", ["f32", "int8"])
 def test_resident_weights_do_not_ask_for_huge_pages(tmp_path, mode):
-    # In a VM whose host backs memory lazily, fresh huge pages made Qwen's load 2-3x
-    # slower (runtime/model.py: _resident_array). "hg" is MADV_HUGEPAGE's flag.
+    # In a VM whose host backs memory lazily, fresh huge pages made Qwen's load about
+    # twice as slow (runtime/model.py: _resident_array). "hg" is MADV_HUGEPAGE's flag.
     if not Path("/proc/self/smaps").exists():
         pytest.skip("no /proc/self/smaps on this system to read mapping flags from")
     control = np.empty(8 << 20, dtype=np.uint8)
