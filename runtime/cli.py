@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nstopped", file=sys.stderr)
         return 130
-    except (OSError, ValueError) as e:  # GGUFError, TemplateError, ... are ValueErrors
+    except (OSError, ValueError, MemoryError) as e:  # GGUFError, TemplateError, ... are ValueErrors
         print(f"error: {e}", file=sys.stderr)
         return 1
 

@@ -171,7 +171,11 @@ def _resident_array(shape: tuple, dtype) -> np.ndarray:
     n_bytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
     if n_bytes == 0 or not hasattr(mmap, "MAP_ANONYMOUS"):  # Windows: no THP anyway
         return np.empty(shape, dtype)
-    buf = mmap.mmap(-1, n_bytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        buf = mmap.mmap(-1, n_bytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    except OSError as e:
+        raise MemoryError(f"cannot allocate {n_bytes / 2**20:,.0f} MiB for the weights "
+                          f"({e.strerror}); --mode quant needs the least memory") from None
     return np.frombuffer(buf, dtype).reshape(shape)
 
 

@@ -131,3 +131,22 @@ def test_bench_checks_its_optional_parts_before_measuring(tmp_path, monkeypatch,
         assert bench.run_bench(args) == 1
         assert why in capsys.readouterr().err
     assert measured == []
+
+
+def test_weights_that_do_not_fit_in_memory_are_a_clear_error(monkeypatch, capsys):
+    import errno
+    import mmap
+
+    from runtime import model
+    from runtime.cli import main
+
+    real_mmap = mmap.mmap
+
+    def no_anonymous_memory(fileno, *a, **k):  # the GGUF file itself still maps
+        if fileno == -1:
+            raise OSError(errno.ENOMEM, "Cannot allocate memory")
+        return real_mmap(fileno, *a, **k)
+    monkeypatch.setattr(model.mmap, "mmap", no_anonymous_memory)
+    assert main(["chat", str(MODELS / "tiny-llama-q8_0.gguf"), "--mode", "f32"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot allocate") and "--mode quant" in err, err
