@@ -30,6 +30,8 @@ def _add_session_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--system", metavar="TEXT", help="default system prompt")
     p.add_argument("--temp", type=float, default=None, metavar="T",
                    help="default sampling temperature (requests may override it)")
+    # model.MODES, spelled out: importing runtime.model would import NumPy before
+    # set_threads has set the BLAS thread count.
     p.add_argument("--mode", choices=("auto", "f32", "int8", "quant"), default="auto",
                    help="weights resident as float32, as int8 (approximate logits, a quarter of the memory), "
                         "or kept quantized (auto: float32 if it fits in 60%% of free RAM, else quantized)")

@@ -38,3 +38,17 @@ def qwen_gguf_path() -> Path:
 def gemma_gguf_path() -> Path:
     """Gemma-3-270M Q4_K_M (no chat template; SPM vocab)."""
     return _real_model("gemma")
+
+
+def smaps_mappings() -> list[tuple[str, dict[str, list[str]]]]:
+    """This process's mappings, from /proc/self/smaps: each one's header line (address
+    range, permissions, offset, device, inode, path) and its fields by name ("Rss",
+    "VmFlags", ...), split into words."""
+    maps: list[tuple[str, dict[str, list[str]]]] = []
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()
+        if head and "-" in head[0] and len(head) >= 5:  # a mapping's header line
+            maps.append((line, {}))
+        elif head and maps:
+            maps[-1][1][head[0].rstrip(":")] = head[1:]
+    return maps

@@ -12,7 +12,7 @@ import pytest
 import runtime
 from runtime import gguf, quants
 from runtime.model import Model
-from tests.conftest import MODELS
+from tests.conftest import MODELS, smaps_mappings
 
 TINY = MODELS / "tiny-llama-q8_0.gguf"
 
@@ -63,14 +63,8 @@ def test_released_pages_read_back_the_same(tmp_path):
 
 def _mapped_rss_kb(path) -> int:
     """This process's resident kB of the mappings of `path`, from /proc/self/smaps."""
-    total, inside = 0, False
-    for line in Path("/proc/self/smaps").read_text().splitlines():
-        head = line.split()
-        if head and "-" in head[0] and len(head) >= 5:  # a mapping's header line
-            inside = line.endswith(str(path))
-        elif inside and head[0] == "Rss:":
-            total += int(head[1])
-    return total
+    return sum(int(fields["Rss"][0]) for header, fields in smaps_mappings()
+               if header.endswith(str(path)))
 
 
 def test_release_drops_the_pages_from_the_resident_set(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 
 from runtime import gguf, quants
 from runtime.model import Model
-from tests.conftest import ROOT
+from tests.conftest import ROOT, smaps_mappings
 
 
 def _generator():
@@ -141,14 +141,10 @@ def test_both_memory_modes_load_and_agree(tiny_path):
 def _vm_flags(addr: int) -> list[str]:
     """The VmFlags of the mapping of this process that holds address `addr`. (NumPy
     madvises from the first page boundary inside an array, so ask about its middle.)"""
-    inside = False
-    for line in Path("/proc/self/smaps").read_text().splitlines():
-        head = line.split()
-        if head and "-" in head[0] and len(head) >= 5:
-            lo, hi = (int(x, 16) for x in head[0].split("-"))
-            inside = lo <= addr < hi
-        elif inside and head[0] == "VmFlags:":
-            return head[1:]
+    for header, fields in smaps_mappings():
+        lo, hi = (int(x, 16) for x in header.split()[0].split("-"))
+        if lo <= addr < hi:
+            return fields["VmFlags"]
     raise AssertionError(f"no mapping holds {addr:#x}")
 
 
