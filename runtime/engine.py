@@ -257,8 +257,7 @@ class Engine:
             kept = 0
         # At least the last prompt token must be evaluated to get its logits.
         if kept >= len(ids):
-            kept = len(ids) - 1
-            s.rewind(kept)
+            kept = s.rewind(len(ids) - 1)
         t.cached_n = kept
         rest = ids[kept:]
         t0 = time.perf_counter()

@@ -11,7 +11,9 @@ Data layout, explained once:
   one [n_embd, 2·n_ff]), so a block makes four matmuls instead of seven.
 - Activations are float32 [n_tokens, n_embd]. Heads are split as [n_tokens, n_head, head_dim].
 - The KV cache is preallocated per layer as [n_head_kv, n_ctx, head_dim], so that the
-  first S positions of a head are one contiguous slab for the attention matmul.
+  first S positions of a head are one contiguous slab for the attention matmul. A
+  sliding-window layer keeps a ring of window + UBATCH_TOK positions instead (position p
+  in slot p % ring), since it never looks further back than its window.
 - Query head h reads kv head h // (n_head / n_head_kv) (grouped-query attention).
 
 Weights are held in one of three memory modes:
@@ -368,16 +370,20 @@ def apply_rope(x: np.ndarray, table: RopeTable, pos0: int, style: str, n_rot: in
     return x
 
 
-def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, pos0: int, cfg: ArchConfig,
-              window: int) -> np.ndarray:
-    """q: [T, n_head, hd] at positions pos0.., k/v: [n_kv, S, hd] for positions 0..S-1."""
+def first_attended(pos0: int, window: int) -> int:
+    """The earliest position any query at pos0 or later attends to. A sliding-window layer
+    never looks further back than the window from its first new position: the cache
+    before that is skipped, not computed and masked."""
+    return max(0, pos0 - window + 1) if window else 0
+
+
+def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, pos0: int, k0: int,
+              cfg: ArchConfig, window: int) -> np.ndarray:
+    """q: [T, n_head, hd] at positions pos0..; k/v: [n_kv, S - k0, hd] for positions
+    k0..S-1, where k0 = first_attended(pos0, window)."""
     T, n_head, hd = q.shape
-    S = v.shape[1]
-    # A sliding-window layer never looks further back than the window from its first new
-    # position: the cache before that is skipped, not computed and masked.
-    k0 = max(0, pos0 - window + 1) if window else 0
-    k, v = k[:, k0:], v[:, k0:]  # [n_kv, S - k0, hd]
     n_kv, S_att, hd_v = v.shape
+    S = k0 + S_att
     g = n_head // n_kv
     # [T, n_head, hd] -> [n_kv, g·T, hd]: query heads grouped under their kv head
     qg = q.reshape(T, n_kv, g, hd).transpose(1, 2, 0, 3).reshape(n_kv, g * T, hd)
@@ -653,16 +659,29 @@ class Model:
 
 
 class Session:
-    """One sequence with a preallocated KV cache. Tokens can be added and rewound."""
+    """One sequence with a preallocated KV cache. Tokens can be added and rewound.
 
-    def __init__(self, model: Model, n_ctx: int):
+    Sliding-window layers keep a ring of `ring` = window + UBATCH_TOK positions (when that
+    is less than n_ctx): a micro-batch of up to UBATCH_TOK tokens needs the window before
+    its first token plus itself, and a rewind of up to UBATCH_TOK tokens (speculation
+    rewinds at most DRAFT_MAX_TOK) still finds the window before the new end. Gemma-3's
+    window of 512 in a 32k context: 768 positions instead of 32,768 in 5 of every 6
+    layers. A deeper rewind cannot resume (the positions are overwritten), so the session
+    starts over, as llama.cpp's does with its sliding-window cache. `swa_ring=False` keeps
+    every position in every layer, as the reference the tests compare against."""
+
+    def __init__(self, model: Model, n_ctx: int, swa_ring: bool = True):
         c = model.cfg
         if n_ctx <= 0:
             raise ValueError(f"n_ctx must be positive, got {n_ctx}")
         self.model, self.cfg, self.n_ctx = model, c, n_ctx
         self.tokens: list[int] = []
-        self.k = [np.zeros((c.n_head_kv, n_ctx, c.head_dim), np.float32) for _ in range(c.n_layer)]
-        self.v = [np.zeros((c.n_head_kv, n_ctx, c.head_dim_v), np.float32) for _ in range(c.n_layer)]
+        ring = c.swa_window + UBATCH_TOK if swa_ring and c.swa_window else 0
+        self.ring = ring if ring < n_ctx else 0  # positions per sliding-window layer; 0: no ring
+        self._ring_lo = 0  # the first position whose k/v every ring still holds
+        n_pos = [self.ring if self.ring and c.is_swa(il) else n_ctx for il in range(c.n_layer)]
+        self.k = [np.zeros((c.n_head_kv, n, c.head_dim), np.float32) for n in n_pos]
+        self.v = [np.zeros((c.n_head_kv, n, c.head_dim_v), np.float32) for n in n_pos]
         factors = model.rope_freqs
         if model.rope_long is not None:  # LongRoPE: long factors only past the original context
             factors = model.rope_long if c.rope_ctx_orig and n_ctx > c.rope_ctx_orig else model.rope_short
@@ -674,11 +693,18 @@ class Session:
     def n_past(self) -> int:
         return len(self.tokens)
 
-    def rewind(self, n: int) -> None:
-        """Keep the first n tokens; the cache past them is simply overwritten later."""
+    def rewind(self, n: int) -> int:
+        """Keep the first n tokens and return how many were kept: n, or 0 when a
+        sliding-window ring no longer holds the window before position n. The cache past
+        them is simply overwritten later."""
         if not 0 <= n <= len(self.tokens):
             raise ValueError(f"cannot rewind to {n}: the session holds {len(self.tokens)} tokens")
+        if self.ring and self._ring_lo > first_attended(n, self.cfg.swa_window):
+            n = 0
+        if n == 0:
+            self._ring_lo = 0
         del self.tokens[n:]
+        return n
 
     def reuse_prefix(self, ids: Sequence[int]) -> int:
         """Rewind to the longest common prefix with `ids`; return how many tokens are kept.
@@ -689,8 +715,7 @@ class Session:
         limit = min(len(self.tokens), len(ids) - 1)
         while n < limit and self.tokens[n] == ids[n]:
             n += 1
-        self.rewind(n)
-        return n
+        return self.rewind(n)
 
     def eval(self, ids: Sequence[int], all_logits: bool = False) -> np.ndarray:
         """Append ids; return logits [n_vocab] of the last one, or [len(ids), n_vocab]."""
@@ -715,6 +740,8 @@ class Session:
         T, pos0 = ids.size, self.n_past
         S = pos0 + T
         n_q, n_kv = c.n_head * c.head_dim, c.n_head_kv * c.head_dim
+        if self.ring:  # set first: a pass that fails halfway has overwritten these slots too
+            self._ring_lo = max(self._ring_lo, S - self.ring)
         x = _gather(m.embd, ids)  # [T] -> [T, n_embd]
         if c.embed_scale != 1.0:
             x *= c.embed_scale  # [T, n_embd]
@@ -733,10 +760,12 @@ class Session:
             rope = self.rope_local if swa else self.rope_global
             apply_rope(q, rope, pos0, c.rope_style, c.n_rot)
             apply_rope(k, rope, pos0, c.rope_style, c.n_rot)
-            self.k[il][:, pos0:S] = k.transpose(1, 0, 2)  # [T, n_kv, hd] -> [n_kv, T, hd]
-            self.v[il][:, pos0:S] = v.transpose(1, 0, 2)
-            att = attention(q, self.k[il][:, :S], self.v[il][:, :S], pos0, c,
-                            c.swa_window if swa else 0)  # [T, n_head·hd_v]
+            _store(self.k[il], pos0, k.transpose(1, 0, 2))  # [T, n_kv, hd] -> [n_kv, T, hd]
+            _store(self.v[il], pos0, v.transpose(1, 0, 2))
+            window = c.swa_window if swa else 0
+            k0 = first_attended(pos0, window)
+            att = attention(q, _span(self.k[il], k0, S), _span(self.v[il], k0, S), pos0, k0,
+                            c, window)  # [T, n_head·hd_v]
             o = linear(att, L.wo)  # [T, n_embd]
             if c.post_norms:
                 o = rms_norm(o, L.post_attn_norm, c.norm_eps)
@@ -758,6 +787,26 @@ class Session:
         if c.softcap_final:
             logits = np.tanh(logits / c.softcap_final) * c.softcap_final
         return logits.astype(np.float32, copy=False)
+
+
+def _store(cache: np.ndarray, pos0: int, x: np.ndarray) -> None:
+    """Write x [n_kv, T, hd] at positions pos0.. of a layer's cache [n_kv, n_pos, hd];
+    position p lives in slot p % n_pos (a ring wraps around, a full cache never does)."""
+    n_pos, T = cache.shape[1], x.shape[1]
+    a = pos0 % n_pos
+    first = min(T, n_pos - a)
+    cache[:, a:a + first] = x[:, :first]
+    cache[:, :T - first] = x[:, first:]
+
+
+def _span(cache: np.ndarray, k0: int, S: int) -> np.ndarray:
+    """Positions k0..S-1 of a layer's cache, in order: [n_kv, S - k0, hd]. A view, unless
+    the span wraps around a ring, which costs a copy of at most the ring."""
+    n_pos = cache.shape[1]
+    a, b = k0 % n_pos, (S - 1) % n_pos + 1
+    if k0 // n_pos == (S - 1) // n_pos:
+        return cache[:, a:b]
+    return np.concatenate((cache[:, a:], cache[:, :b]), axis=1)
 
 
 def _check_supported(ggml_type: int, name: str) -> None:

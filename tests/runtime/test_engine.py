@@ -56,13 +56,13 @@ class FakeSession:
 
     def rewind(self, n):
         del self.tokens[n:]
+        return n
 
     def reuse_prefix(self, ids):
         n = 0
         while n < min(len(self.tokens), len(ids) - 1) and self.tokens[n] == ids[n]:
             n += 1
-        self.rewind(n)
-        return n
+        return self.rewind(n)
 
 
 class FakeModel:

@@ -7,7 +7,7 @@ If these fail, every answer the user gets is subtly (or badly) wrong.
 import numpy as np
 import pytest
 
-from runtime.model import ContextOverflowError, Model
+from runtime.model import UBATCH_TOK, ContextOverflowError, Model, Session
 from tests.conftest import MODELS
 
 TINY = sorted(p.name for p in MODELS.glob("*.gguf"))
@@ -126,6 +126,67 @@ def test_incremental_session_equals_one_batch(name):
     s.rewind(30)
     assert s.tokens == ids[:30]
     np.testing.assert_allclose(s.eval(ids[30:]), full[-1], rtol=0, atol=1e-3 * full.std())
+
+
+def _ring_and_full_sessions(name, n_ctx):
+    m = load(name)
+    ring, full = m.session(n_ctx), Session(m, n_ctx, swa_ring=False)
+    c = m.cfg
+    assert 0 < ring.ring < n_ctx and full.ring == 0
+    assert [k.shape[1] for k in ring.k] == [ring.ring if c.is_swa(i) else n_ctx
+                                           for i in range(c.n_layer)]
+    assert {k.shape[1] for k in full.k} == {n_ctx}
+    ids = np.random.default_rng(0).integers(0, m.n_vocab, 700).tolist()
+    return ring, full, ids
+
+
+@pytest.mark.parametrize("name", ["tiny-gemma2-q8_0.gguf", "tiny-gemma3-q8_0.gguf"])
+def test_sliding_window_ring_gives_the_full_cache_s_logits(name):
+    """A sliding-window layer's ring of window + UBATCH_TOK positions must give the
+    logits of a cache of every position: through micro-batches, single tokens,
+    speculation-sized batches and rewinds, long after the ring has wrapped around."""
+    ring, full, ids = _ring_and_full_sessions(name, 720)
+
+    def same(a, b):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * float(np.std(b)))
+
+    same(ring.eval(ids[:300]), full.eval(ids[:300]))  # 256 + 44: the ring wraps
+    for i in range(300, 320):
+        same(ring.eval([ids[i]]), full.eval([ids[i]]))
+    for start in range(320, 420, 10):  # draft-sized batches, 3 of 9 tokens kept
+        same(ring.eval(ids[start:start + 9], all_logits=True),
+             full.eval(ids[start:start + 9], all_logits=True))
+        assert ring.rewind(start + 3) == full.rewind(start + 3) == start + 3
+        same(ring.eval(ids[start + 3:start + 10], all_logits=True),
+             full.eval(ids[start + 3:start + 10], all_logits=True))
+    n = len(ring.tokens)
+    assert ring.rewind(n - 200) == n - 200  # within the ring's slack: resumes
+    full.rewind(n - 200)
+    same(ring.eval(ids[n - 200:700], all_logits=True), full.eval(ids[n - 200:700], all_logits=True))
+    assert ring.tokens == full.tokens == ids[:700]
+
+
+@pytest.mark.parametrize("name", ["tiny-gemma2-q8_0.gguf", "tiny-gemma3-q8_0.gguf"])
+def test_a_rewind_past_what_the_ring_holds_starts_over(name):
+    """Positions the ring has overwritten cannot be resumed from: the session says so by
+    keeping nothing (as llama.cpp's server re-processes the whole prompt then), and the
+    re-evaluated prompt gives the full cache's logits again."""
+    ring, full, ids = _ring_and_full_sessions(name, 720)
+    ring.eval(ids[:600])
+    full.eval(ids[:600])
+    assert ring.rewind(100) == 0 and ring.tokens == []
+    assert full.rewind(100) == 100
+    ring.eval(ids[:550])
+    assert ring.reuse_prefix(ids[:50] + [1, 2, 3]) == 0 and ring.tokens == []
+    assert full.reuse_prefix(ids[:600] + [1, 2, 3]) == 100
+    want = full.eval(ids[100:650])
+    np.testing.assert_allclose(ring.eval(ids[:650]), want, rtol=0, atol=1e-5 * float(np.std(want)))
+
+
+def test_no_ring_when_the_context_is_not_longer_than_it():
+    m = load("tiny-gemma3-q8_0.gguf")
+    assert m.session(m.cfg.swa_window + UBATCH_TOK).ring == 0
+    assert load("tiny-llama-q8_0.gguf").session(2048).ring == 0  # no sliding window
 
 
 def test_reuse_prefix_keeps_the_common_part():
