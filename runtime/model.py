@@ -27,6 +27,7 @@ Weights are held in one of three memory modes:
 """
 from __future__ import annotations
 
+import math
 import mmap
 import os
 from dataclasses import dataclass
@@ -383,30 +384,51 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, pos0: int, k0: int,
     k0..S-1, where k0 = first_attended(pos0, window)."""
     T, n_head, hd = q.shape
     n_kv, S_att, hd_v = v.shape
-    S = k0 + S_att
     g = n_head // n_kv
     # [T, n_head, hd] -> [n_kv, g·T, hd]: query heads grouped under their kv head
     qg = q.reshape(T, n_kv, g, hd).transpose(1, 2, 0, 3).reshape(n_kv, g * T, hd)
+    scale = np.float32(cfg.attn_scale)
+    # A power-of-two scale (1/sqrt(64), 1/sqrt(256)) is exact on q too, and q has hd
+    # columns where the scores have S: at 4k tokens of context that saved a pass over them.
+    scale_q = math.frexp(scale)[0] == 0.5
+    if scale_q:
+        qg = qg * scale
     scores = np.matmul(qg, k.transpose(0, 2, 1))  # [n_kv, g·T, S_att]
-    scores *= cfg.attn_scale
+    if not scale_q:
+        scores *= scale
     if cfg.softcap_attn:
         scores = np.tanh(scores / cfg.softcap_attn) * cfg.softcap_attn
     scores = scores.reshape(n_kv, g, T, S_att)
-    # One new token sees every position left after the window cut; only with several new
-    # tokens is there anything to mask.
-    if T > 1:
-        qpos = np.arange(pos0, pos0 + T)[:, None]
-        kpos = np.arange(k0, S)[None, :]
-        blocked = kpos > qpos  # causal
-        if window:
-            blocked |= qpos - kpos >= window
-        scores += np.where(blocked, -np.inf, 0.0).astype(np.float32)  # [T, S_att], broadcast
+    if T > 1:  # one new token sees every position left after the window cut
+        _mask(scores, pos0, k0, window)
     scores -= scores.max(axis=-1, keepdims=True)
     np.exp(scores, out=scores)
-    scores /= scores.sum(axis=-1, keepdims=True)
+    # Softmax's division comes after the matmul with v: on [g·T, hd_v] instead of
+    # [g·T, S_att] (the sums are at least 1: every query sees itself).
+    sums = scores.sum(axis=-1).reshape(n_kv, g * T, 1)
     out = np.matmul(scores.reshape(n_kv, g * T, S_att), v)  # [n_kv, g·T, hd_v]
+    out /= sums
     # -> [T, n_head·hd_v], heads back in their original order
     return out.reshape(n_kv, g, T, hd_v).transpose(2, 0, 1, 3).reshape(T, n_head * hd_v)
+
+
+def _mask(scores: np.ndarray, pos0: int, k0: int, window: int) -> None:
+    """-inf where query t (at pos0 + t) must not see key j (at k0 + j), in place on
+    scores [..., T, S_att]. Only the last T keys can lie in a query's future, and only the
+    first T can have left its window, so the mask is built and added over those alone: at
+    4k tokens of context, a full [T, S_att] mask cost two passes over the scores."""
+    T, S_att = scores.shape[-2:]
+    qpos = np.arange(pos0, pos0 + T)[:, None]
+    spans = [(max(0, S_att - T + 1), S_att)]  # keys after pos0
+    if window:
+        spans.append((0, min(S_att, max(0, pos0 + T - window - k0))))
+    for a, b in spans:
+        if a < b:  # overlapping spans add -inf or 0 twice: the same
+            kpos = np.arange(k0 + a, k0 + b)[None, :]
+            blocked = kpos > qpos  # causal
+            if window:
+                blocked |= qpos - kpos >= window
+            scores[..., a:b] += np.where(blocked, -np.inf, 0.0).astype(np.float32)
 
 
 def feed_forward(h: np.ndarray, w_gate_up, w_down, activation: str) -> np.ndarray:
