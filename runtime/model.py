@@ -50,9 +50,24 @@ QUANT_CHUNK_BYTES = 8 << 20
 # threads gain little on a GEMV. Batches (2+ tokens) measured no faster split, so they run
 # on one thread in QUANT_CHUNK_BYTES chunks and leave the cores to OpenBLAS's GEMM.
 INT8_CHUNK_WEIGHTS = 1 << 18
-# Dequantizing at load runs on every core: NumPy releases the GIL in its kernels, and
-# first-touch page faults of the new float32 matrices also spread over the cores.
-LOAD_THREADS = os.cpu_count() or 1
+
+
+def _thread_count() -> int:
+    """The thread count BLAS was given (--threads: cli.set_threads puts it in the
+    environment before NumPy loads), else every core this process may run on."""
+    try:
+        n = int(os.environ.get("OPENBLAS_NUM_THREADS", "0"))
+    except ValueError:
+        n = 0
+    if n > 0:
+        return n
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+# Dequantizing at load runs on every core it may use: NumPy releases the GIL in its
+# kernels, and first-touch page faults of the new float32 matrices also spread over the
+# cores. --threads 1 keeps the load, and int8 decode (above), on one core.
+LOAD_THREADS = _thread_count()
 # Model.load's memory modes (see the top of this file).
 MODES = ("auto", "f32", "int8", "quant")
 

@@ -4,6 +4,7 @@ If these fail, a user asking what is in a model file, or how fast it runs, gets 
 traceback or a wrong description. Timings are printed, never asserted.
 """
 import json
+import os
 import subprocess
 import sys
 
@@ -90,6 +91,18 @@ def test_bad_numbers_are_refused_before_anything_loads():
         r = chatfile(*args, timeout=60)
         assert r.returncode == 2 and r.stderr.startswith(f"error: {why}"), (args, r.stderr)
         assert r.stderr.count("\n") == 1  # one line, no traceback
+
+
+def test_threads_also_bound_the_load_and_int8_threads():
+    # --threads N reaches BLAS through the environment (cli.set_threads); our own thread
+    # pools (dequantization at load, int8 decode) must follow it, not the core count.
+    code = ("import sys; from runtime import cli; cli.set_threads(int(sys.argv[1]) or None); "
+            "from runtime import model; print(model.LOAD_THREADS)")
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    for asked, expected in ((1, 1), (3, 3), (0, len(os.sched_getaffinity(0)))):
+        r = subprocess.run([sys.executable, "-c", code, str(asked)], cwd=ROOT, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60)
+        assert r.returncode == 0 and int(r.stdout) == expected, (asked, r.stdout, r.stderr)
 
 
 def test_a_server_that_cannot_listen_exits_with_an_error_code():
