@@ -234,7 +234,8 @@ def sampling_params(body, *, openai: bool, default_temp: float | None = None):
         top_k=get_int(body, "top_k", d.top_k, lo=-1, hi=INT32_MAX),
         top_p=get_num(body, "top_p", d.top_p, 0, 1),
         min_p=get_num(body, "min_p", d.min_p, 0, 1),
-        repeat_penalty=get_num(body, "repeat_penalty", d.repeat_penalty, 0, 1e4),
+        # penalized logits are divided by it: 0 would make them infinite
+        repeat_penalty=get_num(body, "repeat_penalty", d.repeat_penalty, 1e-3, 1e4),
         repeat_last_n=get_int(body, "repeat_last_n", d.repeat_last_n, lo=-1, hi=INT32_MAX),
         presence_penalty=get_num(body, "presence_penalty", d.presence_penalty, -2, 2),
         frequency_penalty=get_num(body, "frequency_penalty", d.frequency_penalty, -2, 2),
@@ -291,13 +292,45 @@ def get_messages(body, system: str | None) -> list:
         if "content" not in m and role != "assistant":
             raise ApiError(400, f"{where}: 'content' is required")
         msg = dict(m)
+        if role == "developer":  # OpenAI's newer name for it; chat templates know "system"
+            msg["role"] = "system"
         msg["content"] = _content_text(m.get("content"), where)
         if "name" in msg and not isinstance(msg["name"], str):
             raise ApiError(400, f"{where}: 'name' must be a string")
+        if isinstance(msg.get("tool_calls"), list):
+            msg["tool_calls"] = [_with_object_arguments(c) for c in msg["tool_calls"]]
         out.append(msg)
-    if system and not any(m["role"] in ("system", "developer") for m in out):
+    if system and not any(m["role"] == "system" for m in out):
         out.insert(0, {"role": "system", "content": system})
     return out
+
+
+class ToolArguments(dict):
+    """A tool call's arguments. OpenAI clients send them as a JSON string, and chat
+    templates expect an object (`arguments | tojson`, `arguments | items`), so they get
+    one, as llama.cpp and vLLM give them. Printed as is (`{{ arguments }}`), it is the
+    text the client sent."""
+
+    def __init__(self, obj: dict, text: str):
+        super().__init__(obj)
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _with_object_arguments(call):
+    fn = call.get("function") if isinstance(call, dict) else None
+    text = fn.get("arguments") if isinstance(fn, dict) else None
+    if not isinstance(text, str):
+        return call
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError):
+        return call  # not JSON: the template gets the text as sent
+    if not isinstance(obj, dict):
+        return call
+    return {**call, "function": {**fn, "arguments": ToolArguments(obj, text)}}
 
 
 # ---- model helpers ---------------------------------------------------------------------

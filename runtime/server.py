@@ -23,6 +23,7 @@ import threading
 import time
 import uuid
 import webbrowser
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
@@ -65,6 +66,7 @@ class State:
     error: str | None = None
     model_id: str = ""
     created: int = field(default_factory=lambda: int(time.time()))
+    log: Callable[[str], None] = print  # the console line for what the operator must see
 
 
 # ---- the app --------------------------------------------------------------------------
@@ -98,10 +100,13 @@ def build_app(st: State) -> bottle.Bottle:
     def check_auth():
         if not st.api_key:
             return
-        got = bottle.request.get_header("Authorization", "")
-        token = got[7:].strip() if got[:7].lower() == "bearer " else ""
-        token = token or bottle.request.get_header("X-Api-Key", "")
-        if not hmac.compare_digest(token.encode("utf-8", "replace"), st.api_key.encode("utf-8")):
+        # The raw header bytes (WSGI hands them over as latin-1 text): bottle's get_header
+        # decodes them as UTF-8 and fails on any other byte.
+        environ = bottle.request.environ
+        got = environ.get("HTTP_AUTHORIZATION", "").encode("latin-1", "replace")
+        token = got[7:].strip() if got[:7].lower() == b"bearer " else b""
+        token = token or environ.get("HTTP_X_API_KEY", "").encode("latin-1", "replace")
+        if not hmac.compare_digest(token, st.api_key.encode("utf-8")):
             raise ApiError(401, "invalid or missing API key: send 'Authorization: Bearer KEY'")
 
     def need_model():
@@ -160,7 +165,9 @@ def build_app(st: State) -> bottle.Bottle:
     def _worker_error(e):
         if isinstance(e, ContextOverflowError):
             return ApiError(400, str(e))
-        return ApiError(500, f"inference failed: {type(e).__name__}: {e}")
+        err = ApiError(500, f"inference failed: {type(e).__name__}: {e}")
+        st.log(f"chatfile: error: {err}")  # a bug of ours: the operator should see it too
+        return err
 
     def sse(gen_fn, req: Request):
         """Stream Server-Sent Events; a client that goes away cancels the request."""
@@ -441,7 +448,7 @@ def build_app(st: State) -> bottle.Bottle:
             return ok({"tokens": ids})
         toks = []
         for t in ids:
-            b = model.tokenizer.token_to_piece(t)
+            b = model.tokenizer.token_to_piece(t, special=True)  # as llama-server: <|im_start|> too
             b = b.encode("utf-8") if isinstance(b, str) else b
             try:
                 p = b.decode("utf-8")
@@ -461,7 +468,7 @@ def build_app(st: State) -> bottle.Bottle:
         bad = [t for t in toks if not 0 <= t < model.n_vocab]
         if bad:
             raise ApiError(400, f"token id {bad[0]} is out of range [0, {model.n_vocab})")
-        return ok({"content": model.detokenize(toks)})
+        return ok({"content": model.tokenizer.detokenize(toks, unparse_special=True)})
 
     @app.post("/apply-template")
     @api
@@ -730,7 +737,8 @@ class Server:
         self.log = log or (lambda msg: print(msg, flush=True))
         self.state = State(model_path=os.fspath(model_path), n_ctx=int(n_ctx), api_key=api_key or None,
                            system=system or None, title=title, cors=cors,
-                           max_body_bytes=int(max_body_bytes), temperature=temperature)
+                           max_body_bytes=int(max_body_bytes), temperature=temperature,
+                           log=self.log)
         self.state.model_id = Path(os.fspath(model_path)).stem
         self.httpd, self.port = bind(host, port)
         if port and self.port != port:

@@ -71,7 +71,7 @@ def field_cases():
         "model": [1, [], {}],
         "top_k": ["x", 1.5, -2],
         "min_p": [2, "x"],
-        "repeat_penalty": [-1, "x"],
+        "repeat_penalty": [-1, "x", 0, 1e-40],  # logits are divided by it
         "cache_prompt": ["x", 1],
     }
     for key, values in wrong.items():
@@ -91,7 +91,7 @@ def field_cases():
         c.append(("/v1/completions", comp(**{key: v}), 400))
     for key, v in [("n_predict", -2), ("n_predict", "x"), ("n_predict", 1.5), ("n_probs", -1),
                    ("n_probs", 1000), ("n_probs", "x"), ("top_k", "x"), ("min_p", 2),
-                   ("repeat_penalty", -1), ("repeat_last_n", -2), ("repeat_last_n", "x"),
+                   ("repeat_penalty", -1), ("repeat_penalty", 0), ("repeat_last_n", -2), ("repeat_last_n", "x"),
                    ("cache_prompt", "x"), ("stream", "x"), ("temperature", "x"), ("seed", "x"),
                    ("stop", [3]), ("top_p", 7), ("presence_penalty", 9)]:
         c.append(("/completion", comp(**{key: v}), 400))
@@ -232,7 +232,9 @@ AUTH_ROUTES = [("POST", CHAT, {"messages": OK_MSG, "max_tokens": 1}),
 BAD_AUTH = [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "Bearer "},
             {"Authorization": "sekret-key"}, {"Authorization": "Basic c2VrcmV0LWtleQ=="},
             {"Authorization": "Bearer sekret-key2"}, {"Authorization": "Bearer sekret-ke"},
-            {"X-Api-Key": "nope"}]
+            {"X-Api-Key": "nope"},
+            # bytes that are not UTF-8 (http.client sends these as latin-1): still a 401
+            {"Authorization": "Bearer \xff"}, {"X-Api-Key": "sekret-k\xe9y"}]
 
 
 def test_api_key_is_required(keyed_server):

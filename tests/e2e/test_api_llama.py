@@ -119,6 +119,12 @@ def test_tokenize_detokenize_round_trip(tiny_server, tiny_model):
     status, d = post_json(tiny_server.url + "/detokenize", {"tokens": r["tokens"]})
     assert status == 200
     assert d["content"].lstrip(" ") == text      # SPM may keep the space it prefixed
+    # As llama-server: special tokens are spelled out, in pieces and in text.
+    bos = tiny_model.tokenizer.bos_id
+    bos_text = tiny_model.tokenizer.token_to_piece(bos, special=True).decode()
+    assert bos_text and pieces[0]["piece"] == bos_text
+    status, d = post_json(tiny_server.url + "/detokenize", {"tokens": [bos] + r["tokens"]})
+    assert status == 200 and d["content"].startswith(bos_text)
 
 
 def test_apply_template(tiny_server, tiny_model):
@@ -127,6 +133,61 @@ def test_apply_template(tiny_server, tiny_model):
     assert status == 200
     assert r["prompt"] == tiny_model.chat_prompt(msgs, add_generation_prompt=True)
     assert "Hi there" in r["prompt"] and "Be kind." in r["prompt"]
+
+
+def test_developer_messages_are_system_messages(server_factory, tiny_model):
+    # OpenAI's newer name for the system role; chat templates only know "system", and the
+    # server's default system prompt must give way to it as to a system message.
+    h = server_factory(TINY_PATH, "--system", "You are a pirate.")
+    msgs = [{"role": "developer", "content": "Answer in French."}, {"role": "user", "content": "Hi"}]
+    status, r = post_json(h.url + "/apply-template", {"messages": msgs})
+    assert status == 200
+    assert r["prompt"] == tiny_model.chat_prompt([{**msgs[0], "role": "system"}, msgs[1]])
+    assert "Answer in French." in r["prompt"] and "pirate" not in r["prompt"]
+
+
+def test_tool_call_arguments_reach_the_template_as_an_object(server_factory, tiny_model, tmp_path):
+    # OpenAI clients send a tool call's arguments as a JSON string; templates print them
+    # with `| tojson` (Qwen 2.5 asks for an object there) or walk them with `| items`
+    # (Llama 3.1). Expected: the template rendered with the arguments as an object, which
+    # is what transformers' apply_chat_template is given (test_chat_template checks our
+    # renderer against its renderings).
+    from tests.conftest import FIXTURES
+    args = '{"city": "Paris", "days": 2}'
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather",
+              "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+
+    def msgs(arguments):
+        call = {"id": "c1", "type": "function",
+                "function": {"name": "get_weather", "arguments": arguments}}
+        return [{"role": "user", "content": "Weather in Paris?"},
+                {"role": "assistant", "content": "", "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": "c1", "content": "sunny"}]
+
+    def rendered(source, messages, tools=None):
+        saved, tiny_model.chat_template = tiny_model.chat_template, source
+        try:
+            return tiny_model.chat_prompt(messages, tools=tools)
+        finally:
+            tiny_model.chat_template = saved
+
+    for name, shown in (("Qwen-Qwen2.5-7B-Instruct", '"arguments": {"city": "Paris", "days": 2}'),
+                        ("meta-llama-Llama-3.1-8B-Instruct", '"parameters": {"city": "Paris", "days": 2}')):
+        path = FIXTURES / "templates" / f"{name}.jinja"
+        h = server_factory(TINY_PATH, "--chat-template", path)
+        status, r = post_json(h.url + "/apply-template", {"messages": msgs(args), "tools": tools})
+        assert status == 200, r
+        assert r["prompt"] == rendered(path.read_text(), msgs(json.loads(args)), tools)
+        assert shown in r["prompt"], r["prompt"]
+    # A template that prints the arguments as they are gets the client's own text, and
+    # arguments that are not a JSON object pass through untouched.
+    raw = tmp_path / "raw-arguments.jinja"
+    raw.write_text("{% for m in messages %}{% for c in m.tool_calls or [] %}"
+                   "[{{ c.function.arguments }}]{% endfor %}{% endfor %}")
+    h = server_factory(TINY_PATH, "--chat-template", raw)
+    for a in (args, "not json", "[1, 2]", '{"a": {"b": [1, "x"]}}'):
+        status, r = post_json(h.url + "/apply-template", {"messages": msgs(a)})
+        assert status == 200 and r["prompt"] == f"[{a}]", (a, r)
 
 
 def test_infill_without_fim_tokens_is_a_clear_400(tiny_server):
