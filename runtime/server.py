@@ -40,7 +40,7 @@ WEB_DIR = Path(__file__).resolve().parent / "web"
 PORT_TRIES = 20            # a busy port: try the next ones
 SOCKET_TIMEOUT_S = 120     # a client that stalls mid-request is dropped after this
 GIL_SWITCH_S = 0.001       # see serve()
-CLIENT_POLL_S = 0.05       # how often a non-streamed request checks that its client is there
+CLIENT_POLL_S = 0.05       # how often a request checks that its client is still there
 
 # Paths of the API: a wrong method on them is 405, anything else unknown is 404.
 API_POST = ("/v1/chat/completions", "/v1/completions", "/completion", "/completions",
@@ -143,13 +143,19 @@ def build_app(st: State) -> bottle.Bottle:
         except ValueError as e:
             raise ApiError(400, str(e)) from None
 
+    def watched_events(req: Request):
+        """req's events, while checking that this request's client is still connected: one
+        that hangs up cancels the request, also during a long prefill, when no event comes.
+        Call it while the request is being handled (it looks up the request's socket)."""
+        sock = bottle.request.environ.get("chatfile.socket")
+        alive = (lambda: client_connected(sock)) if sock is not None else None
+        return req.iter_events(poll_s=CLIENT_POLL_S, client_alive=alive)
+
     def collect(req: Request):
         """Wait for a whole reply: (text, token events, final event). A client that hangs
         up meanwhile cancels the generation."""
         text, toks = [], []
-        sock = bottle.request.environ.get("chatfile.socket")
-        alive = (lambda: client_connected(sock)) if sock is not None else None
-        for ev in req.iter_events(poll_s=CLIENT_POLL_S, client_alive=alive):
+        for ev in watched_events(req):
             if ev.kind == "token":
                 text.append(ev.text)
                 if ev.token is not None:
@@ -170,14 +176,16 @@ def build_app(st: State) -> bottle.Bottle:
         return err
 
     def sse(gen_fn, req: Request):
-        """Stream Server-Sent Events; a client that goes away cancels the request."""
+        """Stream Server-Sent Events made by gen_fn(req, events); a client that goes away
+        cancels the request."""
+        events = watched_events(req)
         bottle.response.content_type = "text/event-stream"
         bottle.response.set_header("Cache-Control", "no-cache")
         bottle.response.set_header("X-Accel-Buffering", "no")
 
         def stream():
             try:
-                for obj in gen_fn(req):
+                for obj in gen_fn(req, events):
                     yield obj if isinstance(obj, bytes) else b"data: " + json_bytes(obj) + b"\n\n"
             except ApiError as e:
                 yield b"data: " + json_bytes(error_body(e.status, e.message, e.type)) + b"\n\n"
@@ -236,11 +244,11 @@ def build_app(st: State) -> bottle.Bottle:
             return ok({**base, "object": "chat.completion", "choices": [choice],
                        "usage": usage(final), "timings": final.timings.as_dict()})
 
-        def chunks(req):
+        def chunks(req, events):
             head = {**base, "object": "chat.completion.chunk"}
             yield {**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
                                         "logprobs": None, "finish_reason": None}]}
-            for ev in req.iter_events():
+            for ev in events:
                 if ev.kind == "token":
                     if not ev.text and not (want_lp and ev.token is not None):
                         continue
@@ -318,8 +326,8 @@ def build_app(st: State) -> bottle.Bottle:
                                             "finish_reason": final.finish_reason}],
                        "usage": usage(final), "timings": final.timings.as_dict()})
 
-        def chunks(req):
-            for ev in req.iter_events():
+        def chunks(req, events):
+            for ev in events:
                 if ev.kind == "token":
                     if ev.text or (n_lp and ev.token is not None):
                         lp = logprobs_of([ev]) if ev.token is not None else None
@@ -382,8 +390,8 @@ def build_app(st: State) -> bottle.Bottle:
                 out["completion_probabilities"] = [completion_probs(model, e, req.n_probs) for e in toks]
             return ok(out)
 
-        def chunks(req):
-            for ev in req.iter_events():
+        def chunks(req, events):
+            for ev in events:
                 if ev.kind == "token":
                     if not ev.text and ev.token is None:
                         continue

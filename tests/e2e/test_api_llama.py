@@ -291,6 +291,34 @@ def test_cancel_when_a_non_streamed_client_hangs_up(tiny_server):
     assert "Traceback" not in tiny_server.output()
 
 
+def test_a_stream_whose_client_leaves_before_its_first_token_never_runs(tiny_server):
+    """A streamed request writes nothing until its first token, so the server must watch
+    the connection meanwhile: here while it waits behind other requests (the same check
+    covers a long prefill)."""
+    url = tiny_server.url
+    ahead = {"prompt": [1, 50, 60, 70], "n_predict": 240, "temperature": 1.0, "seed": 8,
+             "cache_prompt": False}  # runs to its limit (see the test above)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(post_json(url + "/completion", ahead)))
+               for _ in range(3)]  # a second or so of work on the worker
+    for th in threads:
+        th.start()
+    deadline = time.monotonic() + 10
+    while not _slots(url)["is_processing"] and time.monotonic() < deadline:
+        time.sleep(0.002)
+    s = _send_completion(url, {"prompt": [1, 9, 9, 9, 9, 9, 9], "n_predict": 5, "stream": True,
+                               "cache_prompt": False})
+    s.close()  # the request is in the server's socket buffer, followed by the hang-up
+    for th in threads:
+        th.join(60)
+    assert [(st, r["tokens_predicted"]) for st, r in results] == [(200, 240)] * 3
+    while _slots(url)["is_processing"] and time.monotonic() < deadline + 60:
+        time.sleep(0.01)
+    # Had the stream run, the session would hold its 7 prompt tokens and its 5 new ones.
+    assert _slots(url)["n_past"] >= 240, _slots(url)
+    assert "Traceback" not in tiny_server.output()
+
+
 def test_health_answers_while_generating(tiny_server):
     url = tiny_server.url
     result = {}
