@@ -6,6 +6,7 @@ import contextlib
 import io
 import os
 import shlex
+import signal
 import sys
 import time
 
@@ -61,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--format", choices=("exe", "pyz"), default="exe",
                    help="exe: PyInstaller executable (default); pyz: zipapp for python3")
     b.add_argument("--stub", help="use this stub instead of the cached/built one")
-    b.add_argument("--args", default="", help='default run args baked in, e.g. "--ctx 4096"')
+    b.add_argument("--args", default="", help='default run args baked in, e.g. "--ctx 4096 --cors"; '
+                                             'a single flag needs "=": --args=--cors')
     b.add_argument("--title", default="", help="title shown in the chat page")
     b.add_argument("--force", action="store_true", help="overwrite an existing output")
     s = sub.add_parser("stub", help="build the model-free runtime (cached by `bundle`)")
@@ -82,6 +84,9 @@ def _check_baked_args(baked: list[str]) -> str | None:
     except SystemExit:
         lines = err.getvalue().strip().splitlines()
         return lines[-1].split("error: ", 1)[-1] if lines else "they cannot be parsed"
+    hidden = runtime_cli.hidden_flag(baked)
+    if hidden:
+        return f"{hidden} is the bundle's own business: it points at the embedded model"
     return runtime_cli.check_args(args)
 
 
@@ -103,9 +108,10 @@ def cmd_bundle(a) -> int:
         print(f"chatfile: error: {e}", file=sys.stderr)
         return 1
     out = a.output or _default_output(a.model, a.format)
-    if os.path.lexists(out) and not a.force:  # before a possibly long stub build
-        print(f"chatfile: error: {out} already exists; use --force to overwrite it",
-              file=sys.stderr)
+    try:
+        splice.check_output(out, a.force, a.model)  # before a possibly long stub build
+    except BundleError as e:
+        print(f"chatfile: error: {e}", file=sys.stderr)
         return 1
     if a.stub:
         stub_path = a.stub
@@ -140,6 +146,16 @@ def cmd_stub(a) -> int:
     return 0
 
 
+def _interrupt_on_termination() -> None:
+    """SIGTERM and SIGHUP (a closed terminal) clean up as Ctrl-C does: the temporary file
+    of a half-written bundle is removed, instead of staying behind under a hidden name."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), interrupt)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and not argv[0].startswith("-") and argv[0] not in OWN_COMMANDS:
@@ -150,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.command is None:
         parser.print_help()
         return 2
+    _interrupt_on_termination()
     try:
         return cmd_bundle(a) if a.command == "bundle" else cmd_stub(a)
     except (BundleError, OSError) as e:

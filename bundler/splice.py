@@ -224,6 +224,24 @@ def check_model(path: str) -> None:
         raise BundleError(f"{path} is not a usable GGUF: {e}") from None
 
 
+def check_output(out_path: str, force: bool, *inputs: str) -> None:
+    """Refuses an output name that cannot or must not be written, before any work: a
+    directory, one of the inputs itself (--force would destroy the model), or an
+    existing file without --force."""
+    if out_path.endswith(tuple(s for s in (os.sep, os.altsep) if s)) or os.path.isdir(out_path):
+        raise BundleError(f"{out_path} is a directory; give the bundle's file name with -o")
+    for path in inputs:
+        try:
+            same = os.path.samefile(out_path, path)
+        except OSError:  # out_path does not exist yet
+            same = False
+        if same:
+            raise BundleError(f"{out_path} is the input {path} itself; write the bundle "
+                              f"under another name")
+    if os.path.lexists(out_path) and not force:
+        raise BundleError(f"{out_path} already exists; use --force to overwrite it")
+
+
 def splice(stub_path, gguf_path, out_path, *, fmt: str = "exe", args=(), title: str = "",
            force: bool = False, progress=None, chunk_bytes: int = COPY_CHUNK_BYTES,
            fsync: bool = True) -> SpliceResult:
@@ -236,10 +254,7 @@ def splice(stub_path, gguf_path, out_path, *, fmt: str = "exe", args=(), title: 
     if fmt not in ("exe", "pyz"):
         raise BundleError(f"unknown format {fmt!r} (expected exe or pyz)")
     gguf_size = _check_gguf(gguf_path)
-    if os.path.isdir(out_path):
-        raise BundleError(f"{out_path} is a directory; give the bundle's file name with -o")
-    if os.path.lexists(out_path) and not force:
-        raise BundleError(f"{out_path} already exists; use --force to overwrite it")
+    check_output(out_path, force, gguf_path, stub_path)
     try:
         if read_trailer(stub_path) is not None:
             raise BundleError(f"{stub_path} already carries a model; use a bare stub")

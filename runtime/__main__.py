@@ -11,6 +11,7 @@ import os
 import sys
 import zipfile
 
+from runtime.cli import hidden_flag
 from runtime.embedded import BundleError, Trailer, extract, read_trailer, verify
 
 NO_MODEL_HELP = ("this is a chatfile runtime without a model; use -m model.gguf or "
@@ -38,8 +39,8 @@ Any other `chatfile run` option (--ctx, --threads, --temp, --system, --chat-temp
 """
 
 # Flags that only make sense for the server; dropped when --cli turns a run into a chat.
-_SERVER_FLAGS_WITH_VALUE = {"--host", "--port", "--api-key", "--cors"}
-_SERVER_FLAGS = {"--no-browser"}
+_SERVER_FLAGS_WITH_VALUE = {"--host", "--port", "--api-key"}
+_SERVER_FLAGS = {"--no-browser", "--cors"}
 
 
 def bundle_path() -> str | None:
@@ -139,6 +140,11 @@ def main(argv: list[str] | None = None) -> int:
         own, user_args = _split_own_flags(argv)
     except SystemExit as e:
         print(e, file=sys.stderr)
+        return 2
+    hidden = hidden_flag(user_args)
+    if hidden:
+        print(f"chatfile: error: {hidden} is not an option (the bundle sets it itself)",
+              file=sys.stderr)
         return 2
     path = bundle_path()
     try:

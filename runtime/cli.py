@@ -82,6 +82,14 @@ def set_threads(n: int | None) -> None:
         os.environ[var] = str(n)
 
 
+HIDDEN_FLAGS = ("--gguf-offset", "--gguf-size")  # where a bundle's model is: set by the bundle
+
+
+def hidden_flag(argv: list[str]) -> str | None:
+    """The first of HIDDEN_FLAGS in argv (which a person must not set), or None."""
+    return next((a.partition("=")[0] for a in argv if a.partition("=")[0] in HIDDEN_FLAGS), None)
+
+
 def check_args(args) -> str | None:
     """What is wrong with parsed arguments that argparse's types cannot catch, or None.
     (Also used by `chatfile bundle` on the arguments it bakes into a bundle.)"""

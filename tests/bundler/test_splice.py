@@ -130,7 +130,10 @@ def test_bundle_command_refuses_bad_args_and_truncated_models_before_building(tm
                        ("--frobnicate", "unrecognized arguments: --frobnicate"),
                        ("--ctx -5", "--ctx must be positive"),
                        ("--port 99999", "--port must be between 0 and 65535"),
-                       ("--temp nan", "--temp must be between 0 and 100")):
+                       ("--temp nan", "--temp must be between 0 and 100"),
+                       # where the bundle's model is: set by the bundle, never baked in
+                       ("--gguf-offset 5", "--gguf-offset is the bundle's own business"),
+                       ("--ctx 64 --gguf-size=10", "--gguf-size is the bundle's own business")):
         r = bundle(MODEL, f"--args={baked}")
         assert r.returncode == 2 and why in r.stderr, (baked, r.stderr)
         assert "usage:" not in r.stderr and "Traceback" not in r.stderr
@@ -140,6 +143,34 @@ def test_bundle_command_refuses_bad_args_and_truncated_models_before_building(tm
     assert r.returncode == 1 and "is not a usable GGUF" in r.stderr, r.stderr
     assert "extends past the end" in r.stderr
     assert not (tmp_path / "out").exists()
+    # -o naming the model itself: refused even with --force, which would destroy it.
+    model = tmp_path / "model.gguf"
+    model.write_bytes(MODEL.read_bytes())
+    r = subprocess.run([sys.executable, "-m", "bundler.cli", "bundle", model, "-o", model,
+                        "--force", "--stub", tmp_path / "no-stub"],
+                       cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 1 and "is the input" in r.stderr, r.stderr
+    assert model.read_bytes() == MODEL.read_bytes()
+
+
+def test_output_must_be_neither_an_input_nor_a_directory(elf_stub, tmp_path):
+    model, stub = tmp_path / "model.gguf", tmp_path / "stub"
+    model.write_bytes(MODEL.read_bytes())
+    stub.write_bytes(Path(elf_stub).read_bytes())
+    link = tmp_path / "link.gguf"
+    link.symlink_to(model)
+    (tmp_path / "dir").mkdir()
+    for out, why in ((model, "is the input"), (link, "is the input"), (stub, "is the input"),
+                     (tmp_path / "dir", "is a directory"),
+                     (str(tmp_path / "new") + os.sep, "is a directory")):
+        for force in (False, True):
+            with pytest.raises(BundleError, match=why):
+                splice(stub, model, out, force=force)
+    assert model.read_bytes() == MODEL.read_bytes()
+    assert stub.read_bytes() == Path(elf_stub).read_bytes()
+    assert not os.path.lexists(tmp_path / "new") and not list((tmp_path / "dir").iterdir())
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
 
 
 def test_existing_output_needs_force(elf_stub, tmp_path):

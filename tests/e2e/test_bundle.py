@@ -178,7 +178,9 @@ def test_verify_extract_and_damage(bundles, fmt, tmp_path):
 def test_cli_with_piped_stdin(bundles, fmt, tmp_path):
     _need_runtime()
     path = _bundle(bundles, fmt)
-    r = subprocess.run([*_cmd(path), "--cli"], input="Say hello.\n", capture_output=True,
+    # The server's own flags (as a bundle may have baked in) are dropped; --ctx stays.
+    r = subprocess.run([*_cmd(path), "--cli", "--cors", "--ctx", "128", "--port", "9",
+                        "--no-browser"], input="Say hello.\n", capture_output=True,
                        text=True, env=_env(tmp_path), cwd=tmp_path, timeout=300)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip(), "no answer printed"

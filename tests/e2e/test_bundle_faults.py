@@ -84,7 +84,8 @@ sys.exit(cli.main(sys.argv[1:]))
 """
 
 
-def _kill_while_copying(stub: Path, fmt: str, out: Path) -> None:
+def _kill_while_copying(stub: Path, fmt: str, out: Path, sig=signal.SIGKILL) -> tuple[int, str]:
+    """(exit code, stderr) of a bundle sent `sig` mid-copy."""
     proc = subprocess.Popen([sys.executable, "-c", STALLING_BUNDLE, "bundle", str(MODEL),
                              "-o", str(out), "--format", fmt, "--stub", str(stub)],
                             cwd=ROOT, env=repo_env(), stdout=subprocess.PIPE,
@@ -97,10 +98,12 @@ def _kill_while_copying(stub: Path, fmt: str, out: Path) -> None:
         assert line and line[0].startswith("COPIED"), \
             f"bundling never reached the copy: {line} {proc.stderr.read() if proc.poll() is not None else ''}"
     finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(RUN_TIMEOUT_S)
+        proc.send_signal(sig)
+        code = proc.wait(RUN_TIMEOUT_S)
+        err = proc.stderr.read()
         proc.stdout.close()
         proc.stderr.close()
+    return code, err
 
 
 @pytest.mark.parametrize("fmt", ["pyz", "exe"])
@@ -121,6 +124,17 @@ def test_kill_9_mid_copy_leaves_no_file_under_the_target_name(tmp_path_factory, 
     from runtime.embedded import BundleError, read_trailer
     with pytest.raises(BundleError, match="truncated"):
         read_trailer(part)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_or_a_closed_terminal_mid_copy_leaves_nothing(tmp_path_factory, tmp_path, sig):
+    # Unlike SIGKILL these can be handled: as Ctrl-C, the temporary file goes too.
+    stub = session_stub(tmp_path_factory, "pyz")
+    out = tmp_path / "stopped.pyz"
+    code, err = _kill_while_copying(stub, "pyz", out, sig)
+    assert code == 130 and "interrupted; nothing was written" in err, (code, err)
+    assert TRACEBACK not in err
+    assert os.listdir(tmp_path) == []
 
 
 def test_next_bundle_removes_the_stale_temp_file_of_a_killed_run(tmp_path_factory, tmp_path):
