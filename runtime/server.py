@@ -670,18 +670,26 @@ class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
         self.setup_environ()
 
 
+class _ThreadingServer6(_ThreadingServer):
+    address_family = socket.AF_INET6
+
+
 def bind(host: str, port: int) -> tuple[_ThreadingServer, int]:
-    """Bind host:port, or the next free port up to PORT_TRIES above it. port 0: any."""
+    """Bind host:port, or the next free port up to PORT_TRIES above it (and at most
+    65535). port 0: any. An IPv6 address (::1, ::) gets an IPv6 socket; a name, IPv4."""
+    if not 0 <= port <= 65535:
+        raise OSError(f"port {port} is not between 0 and 65535")
+    server = _ThreadingServer6 if ":" in host else _ThreadingServer
+    ports = range(port, 1 + (port if port == 0 else min(port + PORT_TRIES, 65535)))
     last = None
-    tries = 1 if port == 0 else PORT_TRIES + 1
-    for p in range(port, port + tries):
+    for p in ports:
         try:
-            srv = _ThreadingServer((host, p), _Handler)
+            srv = server((host, p), _Handler)
         except OSError as e:
             last = e
             continue
         return srv, srv.server_address[1]
-    raise OSError(f"cannot listen on {host} ports {port}..{port + tries - 1}: {last}")
+    raise OSError(f"cannot listen on {host} ports {ports[0]}..{ports[-1]}: {last}")
 
 
 def _display_host(host: str) -> str:

@@ -451,6 +451,30 @@ def test_busy_port_moves_to_the_next_free_one():
     assert port != busy and busy < port <= busy + server.PORT_TRIES
 
 
+def test_no_free_port_or_an_impossible_one_is_a_clear_error():
+    from runtime import server
+    with socket.socket() as s:  # the last port: nothing above it to try
+        s.bind(("127.0.0.1", 65535))
+        s.listen()
+        with pytest.raises(OSError, match=r"cannot listen on 127.0.0.1 ports 65535\.\.65535"):
+            server.bind("127.0.0.1", 65535)
+    for port in (65536, 99999, -1):
+        with pytest.raises(OSError, match="is not between 0 and 65535"):
+            server.bind("127.0.0.1", port)
+
+
+def test_an_ipv6_address_is_served(server_factory):
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError as e:
+        pytest.skip(f"this machine has no IPv6 loopback: {e}")
+    h = server_factory(TINY_PATH, "--host", "::1")
+    assert h.url.startswith("http://[::1]:")
+    status, r = post_json(h.url + "/completion", {"prompt": "Hi", "n_predict": 2})
+    assert status == 200 and r["tokens_predicted"] >= 1
+
+
 def test_unloadable_model_reports_the_error(tmp_path, server_factory):
     bad = tmp_path / "not-a-model.gguf"
     bad.write_bytes(b"this is not a GGUF file at all" * 10)
