@@ -130,7 +130,8 @@ def cmd_bundle(a) -> int:
           f"{result.seconds:.2f} s")
     print(f"model sha256: {result.sha256}")
     print(f"run it: {os.path.join('.', result.path) if not os.path.dirname(result.path) else result.path}"
-          + (" (needs python3 on the target)" if a.format == "pyz" else ""))
+          + (f" (needs Python {sys.version_info[0]}.{sys.version_info[1]} on the target, "
+             f"the version its NumPy is compiled for)" if a.format == "pyz" else ""))
     for note in result.notes:  # e.g. a macOS bundle made where codesign does not exist
         print(f"note: {note}", file=sys.stderr)
     return 0

@@ -7,9 +7,13 @@ imported before we know what to do, so `--help`, `--verify` and errors are insta
 """
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
 import os
+import re
 import sys
 import zipfile
+from pathlib import Path
 
 from runtime.cli import hidden_flag
 from runtime.embedded import BundleError, Trailer, extract, read_trailer, verify
@@ -115,7 +119,31 @@ def _progress(label: str):
     return report
 
 
+def numpy_mismatch() -> str | None:
+    """Why this Python cannot load the NumPy it would import, or None (it can, or we cannot
+    tell). A .pyz carries NumPy compiled for the Python version and platform that built
+    it; started by another `python3`, NumPy's import fails with a long traceback."""
+    spec = importlib.util.find_spec("numpy")  # finds the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    core = Path(next(iter(spec.submodule_search_locations))) / "_core"
+    built = sorted(p.name[len("_multiarray_umath"):] for p in core.glob("_multiarray_umath.*"))
+    if not built or any(b in importlib.machinery.EXTENSION_SUFFIXES for b in built):
+        return None
+    tag = built[0].strip(".").rsplit(".", 1)[0]  # e.g. cpython-311-x86_64-linux-gnu
+    m = re.fullmatch(r"cpython-(\d)(\d+)-(.+)", tag)
+    needs = f"Python {m[1]}.{m[2]} on {m[3]}" if m else tag
+    have = f"Python {sys.version_info[0]}.{sys.version_info[1]}"
+    run_with = f"python{m[1]}.{m[2]}" if m else "that Python"
+    return (f"this bundle's NumPy is compiled for {needs}, and it was started by {have}: "
+            f"run it with {run_with}, or use the executable bundle, which needs no Python")
+
+
 def _runtime_cli(argv: list[str]) -> int:
+    problem = numpy_mismatch()
+    if problem:
+        print(f"chatfile: error: {problem}", file=sys.stderr)
+        return 2
     try:
         from runtime import cli
     except ImportError as e:  # a broken build; say so instead of a traceback

@@ -186,6 +186,38 @@ def test_cli_with_piped_stdin(bundles, fmt, tmp_path):
     assert r.stdout.strip(), "no answer printed"
 
 
+def _other_python() -> str | None:
+    """A python3.X of another version than this one: on PATH, or installed by pyenv."""
+    pyenv = Path(os.environ.get("PYENV_ROOT", "~/.pyenv")).expanduser() / "versions"
+    for minor in range(8, 15):
+        if minor == sys.version_info[1]:
+            continue
+        candidates = [shutil.which(f"python3.{minor}"), *sorted(pyenv.glob(f"3.{minor}.*/bin/python3"))]
+        for exe in filter(None, candidates):
+            r = subprocess.run([str(exe), "-c", "import sys; print(sys.version_info[:2])"],
+                               capture_output=True, text=True, timeout=60)
+            if r.returncode == 0 and r.stdout.strip() == f"(3, {minor})":
+                return str(exe)
+    return None
+
+
+def test_a_pyz_started_by_another_python_says_which_one_it_needs(bundles, tmp_path):
+    path = _bundle(bundles, "pyz")
+    other = _other_python()
+    if other is None:
+        pytest.skip("no python3.X of another version (on PATH or in pyenv)")
+    r = subprocess.run([other, str(path), "--no-browser", "--port", str(_free_port())],
+                       capture_output=True, text=True, env=_env(tmp_path), timeout=120)
+    need = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("chatfile: error: this bundle's NumPy is compiled for Python")
+    assert f"run it with {need}" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    # What needs no NumPy still works.
+    r = subprocess.run([other, str(path), "--verify"], capture_output=True, text=True,
+                       env=_env(tmp_path), timeout=120)
+    assert r.returncode == 0 and "OK" in r.stdout, r.stderr
+
+
 def test_bare_stub_explains_itself(stubs, tmp_path):
     for fmt, stub in stubs.items():
         cmd = [str(stub)] if fmt == "exe" else [sys.executable, str(stub)]

@@ -163,3 +163,25 @@ def test_weights_that_do_not_fit_in_memory_are_a_clear_error(monkeypatch, capsys
     assert main(["chat", str(MODELS / "tiny-llama-q8_0.gguf"), "--mode", "f32"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: cannot allocate") and "--mode quant" in err, err
+
+
+def test_a_numpy_built_for_another_python_is_named(tmp_path, monkeypatch, capsys):
+    # A .pyz carries NumPy's compiled core for one Python; a bundle started by another
+    # must say which one it needs before NumPy's import fails with a traceback.
+    import importlib.machinery
+    import importlib.util
+    from runtime import __main__ as entry
+    core = tmp_path / "numpy" / "_core"
+    core.mkdir(parents=True)
+    fake = core / "_multiarray_umath.cpython-399-x86_64-linux-gnu.so"
+    fake.write_bytes(b"")
+    spec = importlib.machinery.ModuleSpec("numpy", None, is_package=True)
+    spec.submodule_search_locations = [str(tmp_path / "numpy")]
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: spec)
+    problem = entry.numpy_mismatch()
+    assert problem and "compiled for Python 3.99 on x86_64-linux-gnu" in problem
+    assert "run it with python3.99" in problem
+    assert entry._runtime_cli(["info", "x.gguf"]) == 2  # before anything imports NumPy
+    assert capsys.readouterr().err == f"chatfile: error: {problem}\n"
+    fake.rename(core / ("_multiarray_umath" + importlib.machinery.EXTENSION_SUFFIXES[0]))
+    assert entry.numpy_mismatch() is None  # this Python's own suffix: it loads
