@@ -11,7 +11,9 @@ import importlib.machinery
 import importlib.util
 import os
 import re
+import signal
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -237,12 +239,34 @@ def main(argv: list[str] | None = None) -> int:
     return _runtime_cli(["run", *model, *baked, *user_args])
 
 
+def _one_interrupt_per_keypress() -> None:
+    """In a PyInstaller one-file executable, Ctrl+C reaches this process twice: from the
+    terminal (the launcher and we share its process group), and again forwarded by the
+    launcher. The second would stop the program right after the first stopped an answer
+    (or break the server's shutdown), so two SIGINTs within a quarter second count as one."""
+    last_s = [-1.0]
+
+    def on_sigint(signum, frame):
+        now_s = time.monotonic()
+        if now_s - last_s[0] < 0.25:
+            return
+        last_s[0] = now_s
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
+
+
 def _entry() -> None:
     """Console entry: exit with main's code; keep a double-clicked window open on error."""
+    forwarded = getattr(sys, "frozen", False) and os.name == "posix"
+    if forwarded:
+        _one_interrupt_per_keypress()
     try:
         code = main()
     except KeyboardInterrupt:
         code = 130
+    if forwarded:  # a late forwarded copy must not kill the exit itself
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     if code not in (0, 130) and getattr(sys, "frozen", False) and len(sys.argv) == 1:
         # Started by a double-click: the window would vanish before the error is read.
         try:

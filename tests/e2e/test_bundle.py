@@ -7,7 +7,10 @@ answers.
 """
 import json
 import os
+import pty
+import select
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -216,6 +219,72 @@ def test_a_pyz_started_by_another_python_says_which_one_it_needs(bundles, tmp_pa
     r = subprocess.run([other, str(path), "--verify"], capture_output=True, text=True,
                        env=_env(tmp_path), timeout=120)
     assert r.returncode == 0 and "OK" in r.stdout, r.stderr
+
+
+def _read_until(fd, done, timeout_s):
+    buf, end = b"", time.monotonic() + timeout_s
+    while time.monotonic() < end and not done(buf):
+        if select.select([fd], [], [], 0.05)[0]:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # the other side closed
+                break
+            if not chunk:
+                break
+            buf += chunk
+    return buf
+
+
+def test_ctrl_c_in_the_executable_stops_the_answer_not_the_chat(bundles, tmp_path):
+    """A one-file executable is two processes (PyInstaller's launcher and Python) in the
+    terminal's process group: Ctrl+C signals both, and the launcher forwards its copy. The
+    chat must take that as one Ctrl+C. Signalled as a terminal does, three times: the
+    double interrupt lost the chat in 2 of 3 tries before the fix."""
+    path = _bundle(bundles, "exe")
+    prompt = lambda b: b.rstrip().endswith(b">")  # noqa: E731
+    for _ in range(3):
+        master, slave = pty.openpty()  # stdin a terminal: the interactive chat
+        proc = subprocess.Popen([str(path), "--cli", "--temp", "1"], stdin=slave, stdout=slave,
+                                stderr=slave, env=_env(tmp_path), start_new_session=True)
+        os.close(slave)
+        try:
+            assert prompt(_read_until(master, prompt, 120))
+            os.write(master, b"Tell me a very long story about a dragon.\n")
+            _read_until(master, lambda b: len(b.split(b"dragon.")[-1].strip()) > 3, 60)
+            os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl+C
+            out = _read_until(master, prompt, 60)
+            assert b"[stopped]" in out and prompt(out), out
+            os.write(master, b"/help\n")
+            out = _read_until(master, lambda b: b"/exit" in b and prompt(b), 60)
+            assert b"/exit" in out, out  # still chatting
+            os.write(master, b"\x04")  # Ctrl+D: leave
+            assert proc.wait(60) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            os.close(master)
+
+
+def test_ctrl_c_stops_the_executable_s_server_cleanly(bundles, tmp_path):
+    path = _bundle(bundles, "exe")
+    for _ in range(3):  # the double interrupt broke the shutdown about half the time
+        port = _free_port()
+        proc = subprocess.Popen([str(path), "--no-browser", "--port", str(port)],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env=_env(tmp_path), start_new_session=True)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except (OSError, urllib.error.URLError):
+                time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0 and out.rstrip().endswith("chatfile: stopped."), out
+        assert "Traceback" not in out and "Exception ignored" not in out, out
 
 
 def test_bare_stub_explains_itself(stubs, tmp_path):
