@@ -46,6 +46,8 @@ CLIENT_POLL_S = 0.05       # how often a request checks that its client is still
 API_POST = ("/v1/chat/completions", "/v1/completions", "/completion", "/completions",
             "/tokenize", "/detokenize", "/apply-template", "/infill", "/chat/completions")
 API_GET = ("/v1/models", "/models", "/props", "/health", "/v1/health", "/slots")
+# What HTTP asks of these answers: the auth scheme a 401 wants, and when to try a 503 again.
+STATUS_HEADERS = {401: {"WWW-Authenticate": "Bearer"}, 503: {"Retry-After": "1"}}
 
 
 # ---- the server's state ------------------------------------------------------------------
@@ -127,11 +129,11 @@ def build_app(st: State) -> bottle.Bottle:
                     body = parse_json(bottle.request.environ.get("chatfile.body", b""))
                 return fn(model, body, *a, **kw)
             except ApiError as e:
-                return fail(e.status, e.message, e.type)
+                return fail(e.status, e.message, e.type, headers=STATUS_HEADERS.get(e.status))
             except ContextOverflowError as e:
                 return fail(400, str(e), "invalid_request_error")
             except EngineBusy as e:
-                return fail(503, str(e), "unavailable_error")
+                return fail(503, str(e), "unavailable_error", headers=STATUS_HEADERS[503])
         wrapper.__name__ = fn.__name__
         return wrapper
 
@@ -343,14 +345,24 @@ def build_app(st: State) -> bottle.Bottle:
                     yield b"data: [DONE]\n\n"
         return sse(chunks, req)
 
+    def model_card(model) -> dict:
+        return {"id": st.model_id, "object": "model", "created": st.created, "owned_by": "chatfile",
+                "meta": {"n_vocab": model.n_vocab, "n_ctx_train": model.n_ctx_train,
+                         "n_ctx": st.n_ctx, "arch": model.arch}}
+
     @app.get("/v1/models")
     @app.get("/models")
     @api
     def models(model, body):
-        return ok({"object": "list", "data": [{
-            "id": st.model_id, "object": "model", "created": st.created, "owned_by": "chatfile",
-            "meta": {"n_vocab": model.n_vocab, "n_ctx_train": model.n_ctx_train,
-                     "n_ctx": st.n_ctx, "arch": model.arch}}]})
+        return ok({"object": "list", "data": [model_card(model)]})
+
+    @app.get("/v1/models/<model_id:path>")
+    @app.get("/models/<model_id:path>")
+    @api
+    def model_by_id(model, body, model_id):  # the OpenAI client's models.retrieve()
+        if model_id != st.model_id:
+            raise ApiError(404, f"no model {model_id[:200]!r} here; this server has {st.model_id!r}")
+        return ok(model_card(model))
 
     # -- llama-server: /completion and /infill ----------------------------------------
     def llama_request(model, body, ids) -> tuple[Request, bool]:

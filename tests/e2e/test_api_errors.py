@@ -241,8 +241,9 @@ def test_api_key_is_required(keyed_server):
     n = 0
     for method, path, body in AUTH_ROUTES:
         for hdrs in BAD_AUTH:
-            status, _, data = http_request(method, keyed_server.url + path, body, hdrs)
+            status, headers, data = http_request(method, keyed_server.url + path, body, hdrs)
             assert_error_shape(status, data, 401)
+            assert headers.get("www-authenticate") == "Bearer"
             n += 1
         status, _, data = http_request(method, keyed_server.url + path, body,
                                        {"Authorization": "Bearer sekret-key"})

@@ -345,7 +345,8 @@ def test_health_answers_while_generating(tiny_server):
 
 # ---- in-process: the WSGI app with a fake model (the /infill success path) ----------------
 
-def _wsgi_call(app, method, path, body=None):
+def _wsgi_call(app, method, path, body=None, headers=None):
+    """(status, JSON body); with `headers` (a dict), the response's headers are put in it."""
     from wsgiref.util import setup_testing_defaults
     raw = b"" if body is None else json.dumps(body).encode()
     env = {"REQUEST_METHOD": method, "PATH_INFO": path, "wsgi.input": io.BytesIO(raw),
@@ -353,8 +354,10 @@ def _wsgi_call(app, method, path, body=None):
     setup_testing_defaults(env)
     out = {}
 
-    def start_response(status, headers, exc_info=None):
+    def start_response(status, hdrs, exc_info=None):
         out["status"] = int(status.split()[0])
+        if headers is not None:
+            headers.update(hdrs)
     data = b"".join(app(env, start_response))
     return out["status"], json.loads(data)
 
@@ -411,9 +414,11 @@ def test_loading_state_in_process():
     st.progress = 0.42
     status, r = _wsgi_call(app, "GET", "/health")
     assert status == 503 and r["status"] == "loading" and r["progress"] == 0.42
-    status, r = _wsgi_call(app, "POST", "/completion", {"prompt": "x"})
+    hdrs = {}
+    status, r = _wsgi_call(app, "POST", "/completion", {"prompt": "x"}, headers=hdrs)
     assert status == 503 and r["error"]["type"] == "unavailable_error"
     assert "loading" in r["error"]["message"]
+    assert hdrs.get("Retry-After") == "1"  # a client may try again (the OpenAI client does)
     st.error = "not a GGUF file"
     status, r = _wsgi_call(app, "GET", "/health")
     assert status == 503 and r["status"] == "error" and r["message"] == "not a GGUF file"

@@ -27,6 +27,10 @@ def test_models_list(client, tiny_server, tiny_model):
     models = client.models.list()
     assert len(models.data) == 1
     assert models.data[0].id == tiny_model.name
+    m = client.models.retrieve(tiny_model.name)
+    assert m.id == tiny_model.name and m.object == "model"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("no-such-model")
 
 
 def test_chat_completion_matches_model_greedy(client, tiny_model):
