@@ -127,11 +127,24 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def _use_embedded_model(args) -> None:
+    """A chatfile bundle given as MODEL: use the GGUF inside it (its trailer says where)."""
+    with open(args.model, "rb") as f:
+        if f.read(4) == b"GGUF":
+            return
+    from runtime.embedded import read_trailer
+    trailer = read_trailer(args.model)  # None: not a bundle, and the GGUF reader will say so
+    if trailer is not None:
+        args.gguf_offset, args.gguf_size = trailer.gguf_offset, trailer.gguf_size
+
+
 def _dispatch(args) -> int:
     if not os.path.isfile(args.model):
         # Fail before starting a server that could only report the same thing.
         what = "it is a directory" if os.path.isdir(args.model) else "no such file"
         raise FileNotFoundError(f"cannot open {args.model}: {what}")
+    if args.gguf_offset == 0 and args.gguf_size is None:
+        _use_embedded_model(args)
     if args.command == "info":
         from runtime.info import print_info
         return print_info(args.model, offset=args.gguf_offset, size=args.gguf_size, as_json=args.json)

@@ -1,4 +1,5 @@
 """Splicing a tiny GGUF into fake stubs: layout, ELF patching, atomicity and refusals."""
+import json
 import os
 import shutil
 import stat
@@ -310,3 +311,21 @@ def test_pyz_needs_a_zip_stub(tmp_path, elf_stub):
     fake.write_bytes(b"#!/usr/bin/env python3\nprint('not a zip')\n")
     with pytest.raises(BundleError, match="not a zip application"):
         splice(fake, MODEL, tmp_path / "o.pyz", fmt="pyz")
+
+
+def test_chatfile_info_and_chat_take_a_bundle_as_the_model(elf_stub, tmp_path):
+    """`chatfile info my.chatfile` (or chat, run) uses the GGUF inside the bundle."""
+    out = tmp_path / "bundle"
+    splice(elf_stub, MODEL, out)
+    root = Path(__file__).resolve().parents[2]
+
+    def chatfile(*args, **kw):
+        return subprocess.run([sys.executable, "-m", "bundler.cli", *map(str, args)], cwd=root,
+                              capture_output=True, text=True, timeout=120, **kw)
+    inside, alone = chatfile("info", out, "--json"), chatfile("info", MODEL, "--json")
+    assert inside.returncode == 0 and alone.returncode == 0, inside.stderr
+    assert json.loads(inside.stdout) == json.loads(alone.stdout)
+    r = chatfile("chat", out, "--max-tokens", "4", input="Hi")
+    assert r.returncode == 0 and r.stdout.strip(), r.stderr
+    r = chatfile("info", elf_stub)  # a stub carries no model: the GGUF reader says what it is
+    assert r.returncode == 1 and "is not a GGUF file" in r.stderr, r.stderr
