@@ -198,11 +198,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"chatfile: {NO_MODEL_HELP}\nRun with --help for the options.", file=sys.stderr)
         return 2
 
+    if own["verify"] or own["extract"]:
+        if own["model"]:
+            print("chatfile: error: --verify and --extract work on the embedded model; "
+                  "leave out -m", file=sys.stderr)
+            return 2
     if own["verify"] or own["extract"] or (own["info"] and not own["model"]):
         if model_trailer is None:
             print("chatfile: error: --verify, --info and --extract need an embedded model; "
                   f"{NO_MODEL_HELP}", file=sys.stderr)
             return 2
+    extra = [a for a in user_args if a != "--json"]  # --info --json: the summary as JSON
+    if (own["verify"] or own["extract"] or own["info"]) and extra:
+        print(f"chatfile: error: unexpected arguments with --verify, --info or --extract: "
+              f"{' '.join(extra)}", file=sys.stderr)
+        return 2
     try:
         if own["verify"]:
             ok = verify(path, trailer, _progress("verifying"))
@@ -226,8 +236,9 @@ def main(argv: list[str] | None = None) -> int:
 
     model = _model_args(model_path, model_trailer)
     if own["info"]:
-        code = _runtime_cli(["info", *_model_args(model_path, model_trailer, title=False)])
-        if model_trailer is not None:
+        code = _runtime_cli(["info", *_model_args(model_path, model_trailer, title=False),
+                             *(["--json"] if "--json" in user_args else [])])
+        if model_trailer is not None and "--json" not in user_args:
             print(f"sha256: {model_trailer.sha256}")
             print(f"embedded at offset {model_trailer.gguf_offset}, "
                   f"{model_trailer.gguf_size} bytes")

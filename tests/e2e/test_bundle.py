@@ -152,6 +152,14 @@ def test_verify_extract_and_damage(bundles, fmt, tmp_path):
                                        env=_env(tmp_path), cwd=tmp_path, timeout=120)
     r = run(path, "--verify")
     assert r.returncode == 0 and "OK" in r.stdout, r.stderr
+    r = run(path, "--info", "--json")
+    ref = subprocess.run([sys.executable, "-m", "bundler.cli", "info", str(MODEL), "--json"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 0 and json.loads(r.stdout) == json.loads(ref.stdout), r.stderr
+    for args, why in ((["--info", "--frobnicate"], "unexpected arguments"),
+                      (["--verify", "-m", str(MODEL)], "leave out -m")):
+        r = run(path, *args)
+        assert r.returncode == 2 and why in r.stderr and r.stderr.count("\n") == 1, (args, r.stderr)
     out = tmp_path / "x.gguf"
     r = run(path, "--extract", str(out))
     assert r.returncode == 0, r.stderr
