@@ -11,6 +11,7 @@ import json
 import math
 
 from runtime.engine import chat_prompt_ids, tokenize_prompt
+from runtime.tool_calls import declared_names
 
 DRAIN_LIMIT_BYTES = 64 << 20   # read (and drop) at most this much of a refused body
 MAX_STOP_STRINGS = 16
@@ -342,6 +343,30 @@ def get_tools(body) -> list | None:
     if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
         raise ApiError(400, "'tools' must be a list of objects")
     return tools or None
+
+
+TOOL_CHOICES = ("none", "auto", "required")
+
+
+def get_tool_choice(body, tools: list | None):
+    """'tool_choice': "none", "auto" (the default), "required" or
+    {"type": "function", "function": {"name": NAME}}. Generation is not constrained by
+    it; "none" only means the reply is not searched for calls. A named function must be
+    one of the request's tools (when it has any): otherwise the client has a bug."""
+    v = body.get("tool_choice")
+    if v is None:
+        return "auto"
+    if isinstance(v, str) and v in TOOL_CHOICES:
+        return v
+    fn = v.get("function") if isinstance(v, dict) else None
+    if (not isinstance(v, dict) or v.get("type") != "function" or not isinstance(fn, dict)
+            or not isinstance(fn.get("name"), str)):
+        raise ApiError(400, "'tool_choice' must be \"none\", \"auto\", \"required\" or "
+                            "{\"type\": \"function\", \"function\": {\"name\": ...}}")
+    if tools and fn["name"] not in declared_names(tools):
+        raise ApiError(400, f"'tool_choice' names the function {fn['name'][:60]!r}, "
+                            f"which is not in 'tools'")
+    return v
 
 
 def chat_ids(model, messages, tools=None) -> tuple[str, list]:

@@ -30,10 +30,11 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 import bottle
 
+from runtime import tool_calls
 from runtime.api import (MAX_N_PROBS, MISSING, ApiError, chat_ids, check_n, error_body, get_bool,
-                         get_int, get_max_tokens, get_messages, get_stop, get_str, get_tools,
-                         is_int, json_bytes, logprob, parse_json, piece, prompt_ids, read_body,
-                         sampling_params, template_in_effect)
+                         get_int, get_max_tokens, get_messages, get_stop, get_str,
+                         get_tool_choice, get_tools, is_int, json_bytes, logprob, parse_json,
+                         piece, prompt_ids, read_body, sampling_params, template_in_effect)
 from runtime.engine import ContextOverflowError, Engine, EngineBusy, Request
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
@@ -210,6 +211,15 @@ def build_app(st: State) -> bottle.Bottle:
         return {"token": tok_s, "logprob": logprob(ev.prob or 0.0), "bytes": tok_b,
                 "top_logprobs": tops}
 
+    def with_tool_calls(choice, text, tools):
+        """A whole reply's tool calls into its choice, as OpenAI gives them: the calls in
+        message.tool_calls, the text left around them (or null) as content."""
+        content, calls = tool_calls.parse(text, tools)
+        if calls:
+            choice["message"] = {"role": "assistant", "content": content, "tool_calls": calls}
+            choice["finish_reason"] = "tool_calls"
+        return choice
+
     @app.post("/v1/chat/completions")
     @app.post("/chat/completions")
     @api
@@ -223,8 +233,12 @@ def build_app(st: State) -> bottle.Bottle:
         if opts is not None and not isinstance(opts, dict):
             raise ApiError(400, "'stream_options' must be an object")
         include_usage = get_bool(opts or {}, "include_usage", False)
+        tools = get_tools(body)
+        # The reply is searched for tool calls only when the request offers tools and
+        # allows calling them; every other request takes the path it always took.
+        find_calls = tools is not None and get_tool_choice(body, tools) != "none"
         req = Request(
-            prompt_ids=chat_ids(model, messages, get_tools(body))[1],
+            prompt_ids=chat_ids(model, messages, tools)[1],
             params=sampling_params(body, openai=True, default_temp=st.temperature),
             max_tokens=get_max_tokens(body, ("max_completion_tokens", "max_tokens"), st.n_ctx),
             stop=get_stop(body), n_probs=max(top_lp, 1) if want_lp else 0,
@@ -243,26 +257,43 @@ def build_app(st: State) -> bottle.Bottle:
                       "logprobs": None, "finish_reason": final.finish_reason}
             if want_lp:
                 choice["logprobs"] = {"content": [oai_logprobs(model, e, top_lp) for e in toks]}
+            if find_calls:
+                with_tool_calls(choice, text, tools)
             return ok({**base, "object": "chat.completion", "choices": [choice],
                        "usage": usage(final), "timings": final.timings.as_dict()})
 
+        head = {**base, "object": "chat.completion.chunk"}
+
+        def chunk(delta, lp=None, finish_reason=None):
+            return {**head, "choices": [{"index": 0, "delta": delta, "logprobs": lp,
+                                         "finish_reason": finish_reason}]}
+
         def chunks(req, events):
-            head = {**base, "object": "chat.completion.chunk"}
-            yield {**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                        "logprobs": None, "finish_reason": None}]}
+            """The reply as it comes. When it may hold tool calls, the text from where a
+            call could begin waits for the end of the reply, and then goes out as
+            tool_calls deltas or, if it held no call, as content."""
+            yield chunk({"role": "assistant", "content": ""})
+            reply, sent = "", 0   # the reply so far, and how much of it went out as content
             for ev in events:
                 if ev.kind == "token":
-                    if not ev.text and not (want_lp and ev.token is not None):
-                        continue
                     lp = ({"content": [oai_logprobs(model, ev, top_lp)]}
                           if want_lp and ev.token is not None else None)
-                    yield {**head, "choices": [{"index": 0, "delta": {"content": ev.text},
-                                                "logprobs": lp, "finish_reason": None}]}
+                    out = ev.text
+                    if find_calls:
+                        reply += ev.text
+                        upto = max(sent, tool_calls.held_from(reply))
+                        out, sent = reply[sent:upto], upto
+                    if out or lp:
+                        yield chunk({"content": out}, lp)
                 elif ev.kind == "error":
                     raise _worker_error(ev.error)
                 else:
-                    last = {**head, "choices": [{"index": 0, "delta": {}, "logprobs": None,
-                                                 "finish_reason": ev.finish_reason}]}
+                    content, calls = tool_calls.parse(reply[sent:], tools) if find_calls else ("", [])
+                    if content:
+                        yield chunk({"content": content})
+                    for i, call in enumerate(calls):
+                        yield chunk({"tool_calls": [{"index": i, **call}]})
+                    last = chunk({}, finish_reason="tool_calls" if calls else ev.finish_reason)
                     if ev.timings is not None:
                         last["timings"] = ev.timings.as_dict()
                     yield last

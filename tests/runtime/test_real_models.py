@@ -102,3 +102,30 @@ def test_int8_mode_keeps_the_clear_choices(real_int8):
     assert len(clear) >= 20  # measured: 34 of 147 positions (Gemma), 67 of 149 (Qwen)
     wrong = [pos for pos, want in clear if int(np.argmax(logits[pos])) != want]
     assert not wrong, f"top-1 differs at clear positions {wrong}"
+
+
+def test_qwen_asked_for_the_weather_calls_the_weather_tool(qwen_gguf_path):
+    # The default model, offered a get_weather tool, answers greedily with a call to it
+    # (a bare {"name", "arguments"} object, as measured); the server must hand that back
+    # as an OpenAI tool call, not as text.
+    from runtime import server
+    from runtime.engine import Engine
+    from tests.e2e.test_api_llama import _wsgi_call
+    model = Model.load(qwen_gguf_path, mode="f32")
+    st = server.State(model_path=str(qwen_gguf_path), n_ctx=2048, model=model, model_id="qwen")
+    st.engine = Engine(model, 2048)
+    app = server.wrap_app(server.build_app(st), st)
+    tools = [{"type": "function", "function": {
+        "name": "get_weather", "description": "Get the current weather in a city",
+        "parameters": {"type": "object", "required": ["city"],
+                       "properties": {"city": {"type": "string", "description": "The city name"}}}}}]
+    status, r = _wsgi_call(app, "POST", "/v1/chat/completions", {
+        "messages": [{"role": "user", "content": "What is the weather like in Paris today?"}],
+        "tools": tools, "temperature": 0, "max_tokens": 64})
+    assert status == 200, r
+    choice = r["choices"][0]
+    assert choice["finish_reason"] == "tool_calls", choice
+    (call,) = choice["message"]["tool_calls"]
+    assert call["function"]["name"] == "get_weather"
+    args = json.loads(call["function"]["arguments"])
+    assert isinstance(args, dict) and "paris" in str(args.get("city", "")).lower(), args

@@ -1,0 +1,182 @@
+"""Tool calls in a model's reply: find them in the formats models are trained to write,
+and hand them back in OpenAI's shape.
+
+A chat template tells the model about the request's tools, but the model answers with
+plain text: each model family writes its calls its own way. OpenAI clients (agent loops)
+only look at `message.tool_calls`, so the server turns that text into calls:
+
+- Hermes, Qwen 2.5 / Qwen 3, SmolLM3: `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`
+  blocks, possibly after some text;
+- Mistral: `[TOOL_CALLS]` then a JSON array of {"name", "arguments"}, or the newer
+  `[TOOL_CALLS]name[ARGS]{...}`; `[TOOL_CALLS]` is a control token that our decoder drops,
+  so a whole reply that is such an array counts too;
+- Llama 3.1 / 3.2: the whole reply is `{"name": ..., "parameters": {...}}`, optionally after
+  `<|python_tag|>` (also a control token, usually dropped);
+- a bare whole-reply {"name", "arguments"} object (Qwen2.5-Coder-0.5B writes that).
+
+Only the request's declared tool names make a call: a reply that merely is JSON stays
+content. Anything that does not parse stays content too: a model's malformed call must
+never fail the request.
+
+The streaming side (`held_from`) tells the server how much of the reply so far could be
+the start of a call, so that it holds that text back instead of streaming it as content.
+"""
+from __future__ import annotations
+
+import json
+import uuid
+
+HERMES_OPEN, HERMES_CLOSE = "<tool_call>", "</tool_call>"
+MISTRAL_CALLS, MISTRAL_ARGS = "[TOOL_CALLS]", "[ARGS]"
+PYTHON_TAG = "<|python_tag|>"
+# Texts after which the rest of a reply may be a call (see held_from).
+MARKERS = (HERMES_OPEN, MISTRAL_CALLS, PYTHON_TAG)
+# A whole reply that starts with one of these may be a bare JSON call (or array of calls).
+JSON_STARTS = ("{", "[")
+
+_decoder = json.JSONDecoder()
+
+
+def declared_names(tools: list | None) -> set:
+    """The function names a request declares. OpenAI's shape is {"type": "function",
+    "function": {"name": ...}}; a bare {"name": ...} is accepted as well, since the
+    templates render either."""
+    names = set()
+    for t in tools or []:
+        fn = t.get("function") if isinstance(t, dict) else None
+        spec = fn if isinstance(fn, dict) else t
+        if isinstance(spec, dict) and isinstance(spec.get("name"), str):
+            names.add(spec["name"])
+    return names
+
+
+def new_call_id() -> str:
+    return "call_" + uuid.uuid4().hex[:24]
+
+
+def _openai_call(obj, names: set) -> dict | None:
+    """{"name", "arguments" | "parameters"} -> an OpenAI tool call, or None if obj is not
+    a call to a declared tool. OpenAI's `arguments` is a JSON string: an object is
+    serialised (keeping non-ASCII as is), a string is taken to be that JSON already."""
+    if not isinstance(obj, dict) or obj.get("name") not in names:
+        return None
+    args = obj.get("arguments", obj.get("parameters", {}))
+    if isinstance(args, dict):
+        args = json.dumps(args, ensure_ascii=False)
+    elif not isinstance(args, str):
+        return None
+    return {"id": new_call_id(), "type": "function",
+            "function": {"name": obj["name"], "arguments": args}}
+
+
+def _json_value(text: str):
+    """The one JSON value `text` is (surrounding whitespace allowed), or None."""
+    try:
+        value, end = _decoder.raw_decode(text.strip())
+    except (ValueError, RecursionError):
+        return None
+    return value if end == len(text.strip()) else None
+
+
+def _calls_of(value, names: set) -> list:
+    """A call object or a list of them -> calls; [] unless every element is a call, so a
+    JSON answer that mentions a tool's name is not half taken for a call."""
+    items = value if isinstance(value, list) else [value]
+    calls = [_openai_call(v, names) for v in items]
+    return calls if calls and all(calls) else []
+
+
+def _content(*parts: str) -> str | None:
+    text = "".join(parts).strip()
+    return text or None
+
+
+def _parse_hermes(text: str, names: set) -> tuple[str | None, list]:
+    """<tool_call> blocks anywhere in the text. The last one may lack its closing tag
+    (the model reached end-of-generation right after the JSON). A block that is not a
+    valid call stays in the content, as written."""
+    kept, calls = [], []
+    pos = 0
+    while (start := text.find(HERMES_OPEN, pos)) >= 0:
+        body_at = start + len(HERMES_OPEN)
+        close = text.find(HERMES_CLOSE, body_at)
+        body_end = close if close >= 0 else len(text)
+        end = body_end + len(HERMES_CLOSE) if close >= 0 else body_end
+        call = _openai_call(_json_value(text[body_at:body_end]), names)
+        kept.append(text[pos:start] if call else text[pos:end])
+        if call:
+            calls.append(call)
+        pos = end
+    kept.append(text[pos:])
+    return (_content(*kept), calls) if calls else (text, [])
+
+
+def _parse_mistral(text: str, names: set) -> tuple[str | None, list]:
+    """[TOOL_CALLS] followed by a JSON array, or by name[ARGS]{...} (one per marker)."""
+    before, _, rest = text.partition(MISTRAL_CALLS)
+    calls = _calls_of(_json_value(rest), names)
+    if not calls and MISTRAL_ARGS in rest:
+        calls = _mistral_named(rest.split(MISTRAL_CALLS), names)
+    return (_content(before), calls) if calls else (text, [])
+
+
+def _mistral_named(segments: list, names: set) -> list:
+    calls = []
+    for seg in segments:
+        name, sep, args = seg.partition(MISTRAL_ARGS)
+        value = _json_value(args)
+        ok = sep and isinstance(value, dict)
+        call = _openai_call({"name": name.strip(), "arguments": value}, names) if ok else None
+        if call is None:
+            return []
+        calls.append(call)
+    return calls
+
+
+def _parse_whole(text: str, names: set, after: str = "") -> tuple[str | None, list]:
+    """The reply (from `after` on, if given) is one JSON call or an array of calls."""
+    before, _, rest = text.partition(after) if after else ("", "", text)
+    calls = _calls_of(_json_value(rest), names)
+    return (_content(before), calls) if calls else (text, [])
+
+
+def parse(text: str, tools: list | None) -> tuple[str | None, list]:
+    """(content, calls) of a reply. With calls: the content is the text around them,
+    stripped, or None when nothing is left. Without: the text unchanged and []."""
+    names = declared_names(tools)
+    if not names:
+        return text, []
+    if HERMES_OPEN in text:
+        return _parse_hermes(text, names)
+    if MISTRAL_CALLS in text:
+        return _parse_mistral(text, names)
+    if PYTHON_TAG in text:
+        return _parse_whole(text, names, after=PYTHON_TAG)
+    if text.lstrip().startswith(JSON_STARTS):
+        return _parse_whole(text, names)
+    return text, []
+
+
+# ---- streaming --------------------------------------------------------------------------
+
+def _marker_prefix_len(text: str) -> int:
+    """Length of the longest end of `text` that a marker starts with: the next token may
+    complete the marker (as engine.py's stop strings are held back)."""
+    for k in range(min(len(text), max(map(len, MARKERS)) - 1), 0, -1):
+        if any(m.startswith(text[-k:]) for m in MARKERS):
+            return k
+    return 0
+
+
+def held_from(text: str) -> int:
+    """Where, in the reply so far, a tool call could begin: text before this index can
+    stream as content, the rest must wait for the end of the reply. len(text) when
+    nothing needs to wait.
+
+    The whitespace just before a possible call waits too, so that a streamed reply's
+    content ends where parse() strips it."""
+    if not text.strip() or text.lstrip().startswith(JSON_STARTS):
+        return 0  # (so far) a whole-reply JSON call
+    found = [i for i in (text.find(m) for m in MARKERS) if i >= 0]
+    cut = min(found) if found else len(text) - _marker_prefix_len(text)
+    return len(text[:cut].rstrip())
