@@ -31,6 +31,7 @@
     defaults: { systemPrompt: "", temperature: 0.8, topP: 0.95, maxTokens: 512, seed: "" },
     settings: {},
     convs: [],
+    forgotten: {}, // ids of chats deleted in this tab: a save must not bring them back
     currentId: null,
     busy: false,
     controller: null,
@@ -167,11 +168,12 @@
     var seed = "";
     if (seedRaw !== "") {
       seed = Number(seedRaw);
-      if (!isFinite(seed) || Math.floor(seed) !== seed) throw new Error("Seed must be a whole number, or blank for random.");
+      // (whole numbers JavaScript holds exactly; the server takes these)
+      if (!Number.isSafeInteger(seed) || seed < 0) throw new Error("Seed must be a whole number from 0 to " + Number.MAX_SAFE_INTEGER + ", or blank for random.");
     }
     return {
       systemPrompt: $("set-system").value,
-      temperature: num("set-temperature", 0, 5, false),
+      temperature: num("set-temperature", 0, 2, false), // the OpenAI API's range
       topP: num("set-top-p", 0, 1, false),
       maxTokens: num("set-max-tokens", 1, 1000000, true),
       seed: seed,
@@ -199,8 +201,36 @@
   }
 
   function persist() {
-    if (!Store.saveConversations(state.convs)) setNotice("This browser's storage is full: new messages are not being saved.");
+    // Saving merges with what is stored: chats another tab made since this one last
+    // read them are kept (and shown here from now on).
+    var saved = Store.saveConversations(state.convs, state.forgotten);
+    state.convs = saved.list;
+    if (!saved.ok) setNotice("This browser could not save the chats (its storage is full or turned off): new messages are not being kept.");
     Store.saveCurrentId(state.currentId);
+  }
+
+  /* Another tab saved its chats: show them here too. The chat this tab is answering in
+   * stays this tab's object (the reply streams into it); so does the open chat if the
+   * other tab did not change it, so that an edit in progress is not redrawn away. */
+  function onOtherTabSaved(e) {
+    if (e.key !== Store.KEY_CONVS) return;
+    var mine = current();
+    var list = Store.loadConversations().filter(function (c) { return !state.forgotten[c.id]; });
+    var redraw = true;
+    if (mine) {
+      var i = list.findIndex(function (c) { return c.id === mine.id; });
+      var same = i >= 0 && JSON.stringify(list[i].messages) === JSON.stringify(mine.messages);
+      if (state.busy || same) {
+        if (i >= 0) list[i] = mine; else list.unshift(mine);
+        redraw = false;
+      }
+    }
+    state.convs = list;
+    if (!list.some(function (c) { return c.id === state.currentId; })) {
+      state.currentId = list.length ? list[0].id : null;
+      redraw = true;
+    }
+    if (redraw) renderAll(); else renderSidebar();
   }
 
   function newConversation() {
@@ -214,6 +244,7 @@
   }
 
   function selectConversation(id) {
+    if (id === state.currentId) { closeSidebar(); return; } // (tapping it closes the menu)
     if (state.busy) stop();
     state.currentId = id;
     persist();
@@ -241,6 +272,7 @@
     var ok = await ask("Delete \u201c" + c.title + "\u201d? This cannot be undone.", { confirmOnly: true, okLabel: "Delete" });
     if (!ok) return;
     if (state.busy) stop();
+    state.forgotten[c.id] = true;
     state.convs = state.convs.filter(function (x) { return x.id !== c.id; });
     state.currentId = state.convs.length ? state.convs[0].id : null;
     persist();
@@ -262,7 +294,7 @@
         state.convs.unshift(conv);
         state.currentId = conv.id;
         persist();
-        setError("");
+        setError(""); setNotice(""); $("tps").textContent = "";
         renderAll();
         closeSidebar();
       } catch (e) {
@@ -573,8 +605,10 @@
   function regenerate() {
     var c = current();
     if (!c || state.busy) return;
-    while (c.messages.length && c.messages[c.messages.length - 1].role === "assistant") c.messages.pop();
-    if (!c.messages.length) return;
+    var n = c.messages.length;
+    while (n && c.messages[n - 1].role === "assistant") n--;
+    if (!n || c.messages[n - 1].role !== "user") return; // nothing to answer (e.g. only a system message)
+    c.messages.length = n;
     persist();
     renderAll();
     generate(c);
@@ -607,6 +641,12 @@
     var controller = state.controller;
     var msg = null;
     try {
+      // Without /props (it failed, e.g. before the API key was entered) the context size
+      // is unknown and nothing would be trimmed to fit: ask again first.
+      if (!state.props) {
+        await loadProps();
+        settings = effectiveSettings(); // with the server's defaults
+      }
       var plan = await fitContext(c, settings);
       if (controller.signal.aborted) return;
       if (!plan.fits) { setError(MSG_CONTEXT_FULL); return; }
@@ -642,8 +682,14 @@
       if (result.usage && result.usage.total_tokens) {
         state.usage = { id: c.id, n: c.messages.length, tok: result.usage.total_tokens };
       }
-      if (result.finishReason === "length") setNotice("The reply stopped at the max-tokens limit (see Settings).");
-      if (plan.dropped > 0 && result.finishReason !== "length") setNotice(MSG_DROPPED);
+      var notes = plan.dropped > 0 ? [MSG_DROPPED] : [];
+      if (result.finishReason === "length") {
+        var used = result.usage && result.usage.total_tokens;
+        notes.push(state.nCtx && used >= state.nCtx - 1
+          ? "The reply stopped at the end of the context; start a new chat to go on."
+          : "The reply stopped at the max-tokens limit (see Settings).");
+      }
+      setNotice(notes.join(" "));
     } catch (e) {
       if (e && e.name === "AbortError") {
         if (msg) msg.stopped = true;
@@ -760,7 +806,7 @@
     $("new-chat").addEventListener("click", function () {
       if (state.busy) stop();
       newConversation();
-      setNotice(""); setError("");
+      setNotice(""); setError(""); $("tps").textContent = "";
       renderAll();
       closeSidebar();
       $("input").focus();
@@ -790,6 +836,7 @@
       if (document.body.classList.contains("sidebar-open")) closeSidebar(); else openSidebar();
     });
     $("close-sidebar").addEventListener("click", closeSidebar);
+    window.addEventListener("storage", onOtherTabSaved);
     $("scrim").addEventListener("click", closeSidebar);
   }
 

@@ -87,8 +87,17 @@
     return list.map(cleanConversation).filter(Boolean);
   }
 
-  function saveConversations(list) {
-    return writeJson(KEY_CONVS, list);
+  /* Saves this tab's list merged with what is stored: a chat another tab added stays
+   * (after this tab's own), unless `forgotten` (ids deleted here) names it. A chat both
+   * have is saved as this tab has it. -> {ok, list}: the list as saved. */
+  function saveConversations(list, forgotten) {
+    var mine = {};
+    list.forEach(function (c) { mine[c.id] = true; });
+    var others = loadConversations().filter(function (c) {
+      return !mine[c.id] && !(forgotten && forgotten[c.id]);
+    });
+    var merged = list.concat(others);
+    return { ok: writeJson(KEY_CONVS, merged), list: merged };
   }
 
   /* Parses an exported (or hand-made) JSON conversation. Accepts {title, messages}
@@ -134,6 +143,7 @@
   }
 
   window.ChatStore = {
+    KEY_CONVS: KEY_CONVS,
     newId: newId,
     loadConversations: loadConversations,
     saveConversations: saveConversations,

@@ -467,3 +467,120 @@ def test_screenshots_desktop_and_phone(browser, server_url):
         # Nothing sticks out sideways at this width.
         assert pg.evaluate("document.documentElement.scrollWidth") <= size[0]
         ctx.close()
+
+
+# ---------------------------------------------------------------------------------------
+# Found by an exploratory tester: each of these failed on the page before its fix.
+
+def test_two_tabs_keep_each_others_chats(browser, server_url):
+    # Every save wrote this tab's whole list: a second tab's chats vanished.
+    ctx = browser.new_context()
+    a = ctx.new_page()
+    a.set_default_timeout(TIMEOUT_MS)
+    open_page(a, server_url)
+    set_settings(a, temperature=0, **{"max-tokens": 2})
+    b = ctx.new_page()
+    b.set_default_timeout(TIMEOUT_MS)
+    open_page(b, server_url)
+    send(a, "tab A message")
+    wait_idle(a)
+    b.click("[data-testid=new-chat]")
+    send(b, "tab B message")
+    wait_idle(b)
+    # Tab A sees tab B's chat without a reload, and its own next save keeps it.
+    a.wait_for_function("() => document.querySelectorAll('[data-testid=conv-item]').length === 2")
+    send(a, "tab A again")
+    wait_idle(a)
+    titles = sorted(c["title"] for c in stored(a))
+    assert titles == ["tab A message", "tab B message"], titles
+    chat_a = next(c for c in stored(a) if c["title"] == "tab A message")
+    assert [m["content"] for m in chat_a["messages"] if m["role"] == "user"] == ["tab A message", "tab A again"]
+    # A chat deleted in one tab stays deleted: the other tab's next save does not bring it back.
+    a.locator("[data-testid=conv-open]", has_text="tab B message").click()
+    a.click("[data-testid=delete]")
+    a.click("[data-testid=ask-ok]")
+    b.wait_for_function("() => document.querySelectorAll('[data-testid=conv-item]').length === 1")
+    send(b, "tab B after the delete")
+    wait_idle(b)
+    assert "tab B message" not in [c["title"] for c in stored(b)]
+    b.reload()
+    b.wait_for_selector("body[data-ready=true]")
+    assert b.locator("[data-testid=conv-item]").count() == 1
+    ctx.close()
+
+
+def test_settings_refuse_values_the_server_would_refuse(page):
+    for field, value, why in (("temperature", "5", "from 0 to 2"),
+                              ("seed", "99999999999999999999", "Seed must be a whole number from 0 to")):
+        page.click("[data-testid=settings-button]")
+        page.fill(f"[data-testid=set-{field}]", value)
+        page.click("[data-testid=settings-save]")
+        assert page.is_visible("[data-testid=settings-error]")
+        assert why in page.text_content("[data-testid=settings-error]")
+        page.keyboard.press("Escape")
+        page.wait_for_selector("[data-testid=settings-dialog]", state="hidden")
+
+
+def test_tapping_the_open_chat_does_not_stop_its_reply(page):
+    # On a phone the natural way to close the chat list is tapping the open chat.
+    set_settings(page, temperature=0, **{"max-tokens": 40})
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    cdp.send("Network.emulateNetworkConditions", {
+        "offline": False, "latency": 0, "downloadThroughput": 4000, "uploadThroughput": -1})
+    send(page, "Hello there")
+    page.wait_for_selector("[data-testid=stop]:visible")
+    page.locator("[data-testid=conv-open]").first.click()
+    assert page.is_visible("[data-testid=stop]"), "the reply had already ended: the test proves nothing"
+    wait_idle(page)
+    last = current_conv(page)["messages"][-1]
+    assert last["role"] == "assistant" and last["content"] and not last.get("stopped")
+    assert not page.is_visible("[data-testid=stopped-note]")
+
+
+def test_regenerate_with_nothing_to_answer_changes_nothing(page, tmp_path):
+    # A chat of a system message and a reply: there is no question to answer again.
+    f = tmp_path / "chat.json"
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "assistant", "content": "Hello!"}]
+    f.write_text(json.dumps({"messages": msgs}))
+    page.set_input_files("[data-testid=import-file]", str(f))
+    page.wait_for_selector("[data-testid=regenerate]")
+    page.click("[data-testid=regenerate]")
+    time.sleep(0.3)
+    assert not page.is_visible("[data-testid=error]"), page.text_content("[data-testid=error]")
+    assert [(m["role"], m["content"]) for m in current_conv(page)["messages"]] == \
+        [(m["role"], m["content"]) for m in msgs]
+
+
+def test_a_key_entered_after_a_failed_start_still_fits_the_context(browser, server_factory, tmp_path):
+    # A wrong key at start left the page without /props: the context size was unknown
+    # and no old turn was ever dropped, so a long chat got the server's 400.
+    key = "page-test-key"
+    url = server_factory(MODEL, "--api-key", key).url.rstrip("/") + "/"
+    ctx = browser.new_context()
+    pg = ctx.new_page()
+    pg.set_default_timeout(TIMEOUT_MS)
+    pg.goto(url)
+    # Two wrong keys: the page starts without the server's properties.
+    pg.wait_for_selector("[data-testid=ask-dialog][open]")
+    pg.fill("[data-testid=ask-input]", "wrong")
+    pg.click("[data-testid=ask-ok]")
+    pg.wait_for_selector("#ask-message:has-text('not accepted')")
+    pg.fill("[data-testid=ask-input]", "wrong again")
+    pg.click("[data-testid=ask-ok]")
+    pg.wait_for_selector("body[data-ready=true]")
+    long_turns = [{"role": r, "content": f"turn {i} " + "lorem ipsum dolor sit amet " * 12}
+                  for i in range(12) for r in ("user", "assistant")]
+    chat = tmp_path / "long-chat.json"
+    chat.write_text(json.dumps({"messages": long_turns}))
+    pg.set_input_files("[data-testid=import-file]", str(chat))
+    bodies = record_chat_requests(pg)
+    send(pg, "and now?")
+    pg.wait_for_selector("[data-testid=ask-dialog][open]")
+    pg.fill("[data-testid=ask-input]", key)
+    pg.click("[data-testid=ask-ok]")
+    wait_idle(pg)
+    assert not pg.is_visible("[data-testid=error]"), pg.text_content("[data-testid=error]")
+    assert bodies and len(bodies[-1]["messages"]) < len(long_turns) + 1  # old turns dropped
+    assert "/ 256" in pg.text_content("#ctx")
+    ctx.close()
