@@ -584,3 +584,17 @@ def test_a_key_entered_after_a_failed_start_still_fits_the_context(browser, serv
     assert bodies and len(bodies[-1]["messages"]) < len(long_turns) + 1  # old turns dropped
     assert "/ 256" in pg.text_content("#ctx")
     ctx.close()
+
+
+def test_a_reply_cut_by_the_context_is_not_blamed_on_max_tokens(page):
+    set_settings(page, temperature=0, **{"max-tokens": 4})
+    send(page, "Hello there")
+    wait_idle(page)
+    assert "max-tokens limit" in page.text_content("[data-testid=notice]")
+    # Greedy "Hello there" runs on to the end of the tiny model's 256-token context.
+    page.click("[data-testid=new-chat]")
+    set_settings(page, **{"max-tokens": 100000})
+    send(page, "Hello there")
+    wait_idle(page)
+    notice = page.text_content("[data-testid=notice]")
+    assert "end of the context" in notice and "max-tokens" not in notice, notice
