@@ -18,6 +18,7 @@
   var MSG_SERVER_GONE = "The chatfile server is not running. Start it again (for example `chatfile run`), then reload this page.";
   var MSG_CONTEXT_FULL = "The conversation no longer fits in the model's context. Start a new chat, or edit your message to make it shorter.";
   var MSG_DROPPED = "Older messages were left out to fit the context.";
+  var SAVE_EVERY_MS = 2000; // how often a reply is saved while it streams
   var EXAMPLES = [
     "Explain what a GGUF file is in two sentences.",
     "Write a haiku about running a model on a laptop.",
@@ -614,6 +615,14 @@
     generate(c);
   }
 
+  /* A reply being streamed is saved every few seconds, marked as stopped: if the tab is
+   * closed or reloaded meanwhile, that is what it was. Its end saves it as it is. */
+  function saveUnfinished(msg) {
+    msg.stopped = true;
+    persist(); // (synchronous: nothing renders the flag meanwhile)
+    delete msg.stopped;
+  }
+
   function stop() {
     if (state.controller) state.controller.abort();
   }
@@ -668,13 +677,17 @@
       };
       if (settings.seed !== "") request.seed = settings.seed;
 
-      var firstAt = 0, lastAt = 0;
+      var firstAt = 0, lastAt = 0, savedAt = performance.now();
       var result = await withAuth(function () {
         return Api.streamChat(request, function (piece) {
           lastAt = performance.now();
           if (!firstAt) firstAt = lastAt;
           msg.content += piece;
           queueStreamRender(bodyEl, msg);
+          if (lastAt - savedAt > SAVE_EVERY_MS) {
+            savedAt = lastAt;
+            saveUnfinished(msg);
+          }
         }, controller.signal);
       });
       showSpeed(result, firstAt, lastAt);
@@ -692,7 +705,9 @@
       setNotice(notes.join(" "));
     } catch (e) {
       if (e && e.name === "AbortError") {
-        if (msg) msg.stopped = true;
+        // Stopped before its first word: no empty reply is kept (or sent as history).
+        if (msg && msg.content) msg.stopped = true;
+        else if (msg) c.messages.splice(c.messages.indexOf(msg), 1);
       } else {
         setError(describeError(e));
         // Keep the user's message; drop an empty reply so Regenerate/Edit can retry.

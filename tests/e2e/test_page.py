@@ -598,3 +598,39 @@ def test_a_reply_cut_by_the_context_is_not_blamed_on_max_tokens(page):
     wait_idle(page)
     notice = page.text_content("[data-testid=notice]")
     assert "end of the context" in notice and "max-tokens" not in notice, notice
+
+
+def _slow_network(page, **conditions):
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    cdp.send("Network.emulateNetworkConditions", {
+        "offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1,
+        **conditions})
+
+
+def test_stop_before_the_first_word_keeps_no_empty_reply(page):
+    set_settings(page, temperature=0, **{"max-tokens": 8})
+    held = []  # the reply's request, held unanswered: no word can arrive
+    page.route("**/v1/chat/completions", lambda route: held.append(route))
+    send(page, "Hello there")
+    page.wait_for_selector("[data-testid=message][data-role=assistant]")  # the empty bubble
+    assert held
+    page.click("[data-testid=stop]")
+    wait_idle(page)
+    assert [m["role"] for m in current_conv(page)["messages"]] == ["user"]
+    assert page.locator("[data-testid=message][data-role=assistant]").count() == 0
+
+
+def test_a_reply_streaming_when_the_tab_reloads_is_kept_as_stopped(page):
+    set_settings(page, temperature=0, **{"max-tokens": 100000})
+    _slow_network(page, downloadThroughput=3000)  # a reply of several seconds
+    send(page, "Hello there")
+    page.wait_for_function(
+        "() => { const c = JSON.parse(localStorage.getItem('chatfile.conversations') || '[]');"
+        " return c.length && c[0].messages.length === 2 && c[0].messages[1].content; }",
+        timeout=15_000)
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]")
+    last = current_conv(page)["messages"][-1]
+    assert last["role"] == "assistant" and last["content"] and last["stopped"] is True
+    page.wait_for_selector("[data-testid=stopped-note]")
