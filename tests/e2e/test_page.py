@@ -76,6 +76,16 @@ def send(pg, text):
     pg.press("[data-testid=input]", "Enter")
 
 
+def slow_network(pg, **conditions):
+    """Chromium's own network throttling, e.g. downloadThroughput=4000 (bytes/s): the tiny
+    model writes hundreds of tokens a second, and this makes a reply take seconds."""
+    cdp = pg.context.new_cdp_session(pg)
+    cdp.send("Network.enable")
+    cdp.send("Network.emulateNetworkConditions", {
+        "offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1,
+        **conditions})
+
+
 def record_chat_requests(pg):
     """Bodies of every POST to /v1/chat/completions the page makes."""
     bodies = []
@@ -152,12 +162,7 @@ def test_stream_shows_the_servers_greedy_reply(page, server_url):
 def test_stop_ends_a_long_reply(page):
     # Greedy "Hello there" runs on to the end of the tiny model's context (no end token).
     set_settings(page, temperature=0, **{"max-tokens": 100000})
-    # The tiny model writes hundreds of tokens a second; a slow network (Chromium's own
-    # throttling) makes the reply take many seconds, so Stop surely lands mid-stream.
-    cdp = page.context.new_cdp_session(page)
-    cdp.send("Network.enable")
-    cdp.send("Network.emulateNetworkConditions", {
-        "offline": False, "latency": 0, "downloadThroughput": 4000, "uploadThroughput": -1})
+    slow_network(page, downloadThroughput=4000)  # so that Stop surely lands mid-stream
     send(page, "Hello there")
     body = assistant_bodies(page).last
     page.wait_for_function(
@@ -524,10 +529,7 @@ def test_settings_refuse_values_the_server_would_refuse(page):
 def test_tapping_the_open_chat_does_not_stop_its_reply(page):
     # On a phone the natural way to close the chat list is tapping the open chat.
     set_settings(page, temperature=0, **{"max-tokens": 40})
-    cdp = page.context.new_cdp_session(page)
-    cdp.send("Network.enable")
-    cdp.send("Network.emulateNetworkConditions", {
-        "offline": False, "latency": 0, "downloadThroughput": 4000, "uploadThroughput": -1})
+    slow_network(page, downloadThroughput=4000)
     send(page, "Hello there")
     page.wait_for_selector("[data-testid=stop]:visible")
     page.locator("[data-testid=conv-open]").first.click()
@@ -600,14 +602,6 @@ def test_a_reply_cut_by_the_context_is_not_blamed_on_max_tokens(page):
     assert "end of the context" in notice and "max-tokens" not in notice, notice
 
 
-def _slow_network(page, **conditions):
-    cdp = page.context.new_cdp_session(page)
-    cdp.send("Network.enable")
-    cdp.send("Network.emulateNetworkConditions", {
-        "offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1,
-        **conditions})
-
-
 def test_stop_before_the_first_word_keeps_no_empty_reply(page):
     set_settings(page, temperature=0, **{"max-tokens": 8})
     held = []  # the reply's request, held unanswered: no word can arrive
@@ -623,7 +617,7 @@ def test_stop_before_the_first_word_keeps_no_empty_reply(page):
 
 def test_a_reply_streaming_when_the_tab_reloads_is_kept_as_stopped(page):
     set_settings(page, temperature=0, **{"max-tokens": 100000})
-    _slow_network(page, downloadThroughput=3000)  # a reply of several seconds
+    slow_network(page, downloadThroughput=3000)  # a reply of several seconds
     send(page, "Hello there")
     page.wait_for_function(
         "() => { const c = JSON.parse(localStorage.getItem('chatfile.conversations') || '[]');"
