@@ -252,13 +252,15 @@ def test_ctrl_c_in_the_executable_stops_the_answer_not_the_chat(bundles, tmp_pat
     prompt = lambda b: b.rstrip().endswith(b">")  # noqa: E731
     for _ in range(3):
         master, slave = pty.openpty()  # stdin a terminal: the interactive chat
-        proc = subprocess.Popen([str(path), "--cli", "--temp", "1"], stdin=slave, stdout=slave,
+        proc = subprocess.Popen([str(path), "--cli"], stdin=slave, stdout=slave,
                                 stderr=slave, env=_env(tmp_path), start_new_session=True)
         os.close(slave)
         try:
             assert prompt(_read_until(master, prompt, 120))
-            os.write(master, b"Tell me a very long story about a dragon.\n")
-            _read_until(master, lambda b: len(b.split(b"dragon.")[-1].strip()) > 3, 60)
+            # Greedy, the tiny model's answer to this runs on to the end of its context
+            # (hundreds of tokens): the signal lands mid-answer.
+            os.write(master, b"Hello there\n")
+            _read_until(master, lambda b: len(b.split(b"there")[-1].strip()) > 3, 60)
             os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl+C
             out = _read_until(master, prompt, 60)
             assert b"[stopped]" in out and prompt(out), out
