@@ -255,3 +255,17 @@ def test_hostile_server_props_stay_text(browser, server_url):
     assert pg.evaluate("typeof window.__pwned") == "undefined"
     assert pg.evaluate("document.querySelectorAll('img, script:not([src])').length") == 0
     ctx.close()
+
+
+def test_unclosed_emphasis_on_a_long_line_renders_in_linear_time(page):
+    # Every unclosed `_`, `*`, `~~` or `**` used to search the rest of the line again:
+    # 60 KB of them took 2.5-4.5 s per render, and a streamed reply renders every frame.
+    # 180 KB now takes a fraction of a second; the bound is 10 s only to tell linear from
+    # quadratic (about 40 s here), not to measure speed.
+    for unit in ("_a ", "*a ", "~~a ", "**a ", "__a "):
+        ms = page.evaluate(
+            "(unit) => { const t = unit.repeat(60000); const t0 = performance.now();"
+            " const d = document.createElement('div'); d.appendChild(ChatMarkdown.render(t));"
+            " if (d.textContent.split('a').length !== 60001) throw new Error('text lost');"
+            " return performance.now() - t0; }", unit)
+        assert ms < 10_000, (unit, ms)
