@@ -19,6 +19,7 @@
   var MSG_CONTEXT_FULL = "The conversation no longer fits in the model's context. Start a new chat, or edit your message to make it shorter.";
   var MSG_DROPPED = "Older messages were left out to fit the context.";
   var SAVE_EVERY_MS = 2000; // how often a reply is saved while it streams
+  var MIN_REPLY_TOK = 64;    // room left for a reply to a message bigger than the reserve allows
   var EXAMPLES = [
     "Explain what a GGUF file is in two sentences.",
     "Write a haiku about running a model on a laptop.",
@@ -556,7 +557,12 @@
       var size = await promptTokens(build(keepFrom));
       if (size == null) size = estimate(keepFrom);
       if (size <= budget) return { messages: build(keepFrom), dropped: keepFrom, fits: true };
-      if (keepFrom >= history.length) return { messages: [], dropped: keepFrom, fits: false };
+      if (keepFrom >= history.length) {
+        // The latest message alone is bigger than the budget: still send it when it leaves
+        // the reply some room (the server stops the reply at the end of the context).
+        var fits = size <= state.nCtx - Math.min(MIN_REPLY_TOK, Math.floor(state.nCtx / 8));
+        return { messages: fits ? build(keepFrom) : [], dropped: keepFrom, fits: fits };
+      }
       keepFrom = nextUserTurn(keepFrom + 1);
     }
   }

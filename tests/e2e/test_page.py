@@ -628,3 +628,32 @@ def test_a_reply_streaming_when_the_tab_reloads_is_kept_as_stopped(page):
     last = current_conv(page)["messages"][-1]
     assert last["role"] == "assistant" and last["content"] and last["stopped"] is True
     page.wait_for_selector("[data-testid=stopped-note]")
+
+
+def _prompt_tokens(server_url, messages):
+    """The server's own count of the prompt these messages make."""
+    def post(path, body):
+        return json.load(urllib.request.urlopen(urllib.request.Request(
+            server_url + path, data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"})))
+    prompt = post("apply-template", {"messages": messages})["prompt"]
+    return len(post("tokenize", {"content": prompt, "add_special": True})["tokens"])
+
+
+def test_a_message_bigger_than_the_reply_reserve_is_still_sent(page, server_url):
+    # The page keeps min(max tokens, n_ctx / 2) for the reply; a first message between
+    # that and the context (less some room for a reply) used to be refused, though the
+    # server would answer it.
+    n_ctx = json.load(urllib.request.urlopen(server_url + "props"))["n_ctx"]
+    set_settings(page, temperature=0, **{"max-tokens": 100000})  # reserve: n_ctx / 2
+    n = 1
+    while _prompt_tokens(server_url, [{"role": "user", "content": "word " * n}]) <= n_ctx * 0.6:
+        n += 4
+    text = "word " * n
+    size = _prompt_tokens(server_url, [{"role": "user", "content": text}])
+    assert n_ctx / 2 < size < n_ctx - 64
+    bodies = record_chat_requests(page)
+    send(page, text.strip())
+    wait_idle(page)
+    assert not page.is_visible("[data-testid=error]"), page.text_content("[data-testid=error]")
+    assert len(bodies) == 1 and current_conv(page)["messages"][-1]["role"] == "assistant"
