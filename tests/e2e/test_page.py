@@ -19,7 +19,7 @@ MODEL = ROOT / "tests" / "fixtures" / "models" / "tiny-llama-q8_0.gguf"
 ARTIFACTS = ROOT / "test-artifacts"
 TIMEOUT_MS = 20_000
 
-from tests.e2e.conftest import require_chromium  # noqa: E402
+from tests.e2e.conftest import post_json, require_chromium  # noqa: E402
 
 sync_api = require_chromium()
 
@@ -108,6 +108,13 @@ def stream_directly(url, body):
             for ch in chunk.get("choices", []):
                 text.append(ch.get("delta", {}).get("content") or "")
     return "".join(text)
+
+
+def server_json(server_url, path, body):
+    """The server's JSON answer to a POST the page could make (without the page)."""
+    status, r = post_json(server_url + path, body)
+    assert status == 200, (path, r)
+    return r
 
 
 def assistant_bodies(pg):
@@ -348,9 +355,7 @@ def test_old_turns_are_dropped_to_fit_and_a_full_context_is_reported(page, serve
     assert current_conv(page)["messages"][-1]["role"] == "assistant"
     # What was sent fits: count it with the server's own tokenizer.
     joined = "".join(m["content"] for m in sent)
-    n_tok = len(json.load(urllib.request.urlopen(urllib.request.Request(
-        server_url + "tokenize", data=json.dumps({"content": joined}).encode(),
-        headers={"Content-Type": "application/json"})))["tokens"])
+    n_tok = len(server_json(server_url, "tokenize", {"content": joined})["tokens"])
     assert n_tok < n_ctx
 
     # One message bigger than the whole context: nothing is sent, the page says why.
@@ -632,12 +637,8 @@ def test_a_reply_streaming_when_the_tab_reloads_is_kept_as_stopped(page):
 
 def _prompt_tokens(server_url, messages):
     """The server's own count of the prompt these messages make."""
-    def post(path, body):
-        return json.load(urllib.request.urlopen(urllib.request.Request(
-            server_url + path, data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"})))
-    prompt = post("apply-template", {"messages": messages})["prompt"]
-    return len(post("tokenize", {"content": prompt, "add_special": True})["tokens"])
+    prompt = server_json(server_url, "apply-template", {"messages": messages})["prompt"]
+    return len(server_json(server_url, "tokenize", {"content": prompt, "add_special": True})["tokens"])
 
 
 def test_a_message_bigger_than_the_reply_reserve_is_still_sent(page, server_url):
