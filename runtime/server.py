@@ -211,14 +211,13 @@ def build_app(st: State) -> bottle.Bottle:
         return {"token": tok_s, "logprob": logprob(ev.prob or 0.0), "bytes": tok_b,
                 "top_logprobs": tops}
 
-    def with_tool_calls(choice, text, tools):
-        """A whole reply's tool calls into its choice, as OpenAI gives them: the calls in
-        message.tool_calls, the text left around them (or null) as content."""
+    def with_tool_calls(choice, text, tools) -> None:
+        """Puts a whole reply's tool calls into its choice, as OpenAI gives them: the calls
+        in message.tool_calls, the text left around them (or null) as content."""
         content, calls = tool_calls.parse(text, tools)
         if calls:
             choice["message"] = {"role": "assistant", "content": content, "tool_calls": calls}
             choice["finish_reason"] = "tool_calls"
-        return choice
 
     @app.post("/v1/chat/completions")
     @app.post("/chat/completions")
@@ -723,7 +722,8 @@ def bind(host: str, port: int) -> tuple[_ThreadingServer, int]:
     if not 0 <= port <= 65535:
         raise OSError(f"port {port} is not between 0 and 65535")
     server = _ThreadingServer6 if ":" in host else _ThreadingServer
-    ports = range(port, 1 + (port if port == 0 else min(port + PORT_TRIES, 65535)))
+    last = port if port == 0 else min(port + PORT_TRIES, 65535)
+    ports = range(port, last + 1)
     last = None
     for p in ports:
         try:
