@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 from runtime.embedded import BundleError
@@ -28,6 +29,7 @@ BUILD_DIR = ROOT / "build"
 RUNTIME_DIR = ROOT / "runtime"
 SPEC = BUILD_DIR / "chatfile.spec"
 SHIV_SETTINGS = BUILD_DIR / "shiv.json"
+PYZ_MAIN = BUILD_DIR / "pyz_main.py"  # the .pyz's __main__.py: where shiv unpacks
 
 
 def chatfile_version() -> str:
@@ -55,7 +57,7 @@ def sources_hash() -> str:
     h = hashlib.sha256()
     files = [p for p in sorted(RUNTIME_DIR.rglob("*"))
              if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"]
-    files += [p for p in (SPEC, SHIV_SETTINGS, BUILD_DIR / "entry.py") if p.is_file()]
+    files += [p for p in (SPEC, SHIV_SETTINGS, PYZ_MAIN, BUILD_DIR / "entry.py") if p.is_file()]
     for p in files:
         h.update(str(p.relative_to(ROOT)).encode() + b"\0")
         h.update(p.read_bytes())
@@ -153,7 +155,34 @@ def _build_pyz(work: Path, log) -> Path:
     if settings.get("reproducible"):
         cmd.append("--reproducible")
     _run(cmd, "shiv", log)
-    return out
+    final = work / "chatfile-stub-main.pyz"
+    _replace_main(out, final, PYZ_MAIN.read_bytes())
+    return final
+
+
+def _replace_main(src: Path, dst: Path, main_py: bytes) -> None:
+    """Copy the zip application src to dst with another __main__.py (same shebang, same
+    entry order and timestamps, so a reproducible build stays reproducible)."""
+    data = src.read_bytes()
+    with zipfile.ZipFile(src) as zin:
+        infos = zin.infolist()
+        first = min(i.header_offset for i in infos)
+        names = [i.filename for i in infos]
+        if "__main__.py" not in names or "_bootstrap/__init__.py" not in names:
+            raise BundleError("shiv built a .pyz without __main__.py or _bootstrap: "
+                              "this shiv version is not supported")
+        bootstrap = zin.read("_bootstrap/__init__.py")
+        # pyz_main.py wraps these two functions of shiv's bootstrap.
+        for fn in (b"def cache_path(", b"def extract_site_packages(", b"def bootstrap("):
+            if fn not in bootstrap:
+                raise BundleError(f"shiv's bootstrap has no {fn[4:-1].decode()}(): "
+                                  "this shiv version is not supported")
+        with open(dst, "wb") as f:
+            f.write(data[:first])  # the shebang line
+            with zipfile.ZipFile(f, "w") as zout:
+                for info in infos:
+                    body = main_py if info.filename == "__main__.py" else zin.read(info)
+                    zout.writestr(info, body, compress_type=info.compress_type)
 
 
 def _copy_runtime(dst: Path) -> None:

@@ -319,3 +319,47 @@ def test_bundle_command_caches_the_stub(stubs, tmp_path, monkeypatch):
     assert cli.main(["bundle", str(MODEL), "-o", str(out), "--format", "pyz"]) == 0
     assert cli.main(["bundle", str(MODEL), "-o", str(out), "--format", "pyz"]) == 1  # no --force
     assert cli.main(["bundle", str(MODEL), "-o", str(out), "--format", "pyz", "--force"]) == 0
+
+
+def _unpacked(root: Path) -> list:
+    return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+
+def test_copies_of_a_pyz_share_one_unpacked_runtime(bundles, tmp_path):
+    """shiv names its unpacked directory after the file: every renamed or copied bundle
+    used to unpack another ~56 MB. build/pyz_main.py names it after the build only."""
+    path = _bundle(bundles, "pyz")
+    copy = tmp_path / "my chat (copy).pyz"
+    shutil.copyfile(path, copy)
+    for p in (path, copy):
+        r = subprocess.run([sys.executable, str(p), "--info"], capture_output=True, text=True,
+                           env=_env(tmp_path), timeout=120)
+        assert r.returncode == 0, r.stderr
+    unpacked = _unpacked(tmp_path / "shiv")
+    assert len(unpacked) == 1 and unpacked[0].startswith("chatfile_"), unpacked
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="HOME and TMPDIR are POSIX's")
+def test_a_pyz_runs_when_home_cannot_be_written(bundles, tmp_path):
+    """A service account or kiosk whose HOME cannot be written: shiv's ~/.shiv failed with a
+    traceback before chatfile's code ran. The runtime now unpacks into a private directory
+    in the temp dir; when that is taken too, the user gets one line saying what to do."""
+    path = _bundle(bundles, "pyz")
+    env = {k: v for k, v in _env(tmp_path).items() if k != "SHIV_ROOT"}
+    env["HOME"] = "/dev/null"  # not a directory: unwritable even for root
+    env["TMPDIR"] = str(tmp_path / "tmp")
+    (tmp_path / "tmp").mkdir()
+    r = subprocess.run([sys.executable, str(path), "--info"], capture_output=True, text=True,
+                       env=env, timeout=120)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    private = tmp_path / "tmp" / f"chatfile-shiv-{os.getuid()}"
+    assert private.stat().st_mode & 0o777 == 0o700
+    assert len(_unpacked(private)) == 1
+    # Someone else's file in our place in the temp dir: refused, in one line.
+    env["TMPDIR"] = str(tmp_path / "taken")
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / f"chatfile-shiv-{os.getuid()}").write_text("not a directory")
+    r = subprocess.run([sys.executable, str(path), "--info"], capture_output=True, text=True,
+                       env=env, timeout=120)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith("chatfile: error: cannot unpack the runtime") and "SHIV_ROOT" in r.stderr
