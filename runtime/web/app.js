@@ -498,6 +498,16 @@
     }
   }
 
+  /* Prompt size of `msgs`: exact when the server can count it, else estimated per message.
+   * -> {n, exact} */
+  async function promptSize(msgs) {
+    var n = await promptTokens(msgs);
+    if (n != null) return { n: n, exact: true };
+    n = PROMPT_OVERHEAD_TOK;
+    for (var i = 0; i < msgs.length; i++) n += (await tokenCount(msgs[i].content)) + PER_MESSAGE_OVERHEAD_TOK;
+    return { n: n, exact: false };
+  }
+
   /* The conversation as it would be sent: the chat's own system message, or the
    * settings' system prompt when it has none. -> {pinned: [system?], rest: [...]} */
   function withSystem(c, settings) {
@@ -578,19 +588,28 @@
     if (total == null) {
       if (!c || !c.messages.length) { $("ctx").textContent = "context 0 / " + state.nCtx; return; }
       var parts = withSystem(c, effectiveSettings());
-      var msgs = plain(parts.pinned.concat(parts.rest));
-      total = await promptTokens(msgs);
-      if (total == null) {
-        total = PROMPT_OVERHEAD_TOK;
-        for (var i = 0; i < msgs.length; i++) total += (await tokenCount(msgs[i].content)) + PER_MESSAGE_OVERHEAD_TOK;
-        total = "~" + total;
-      }
+      var size = await promptSize(plain(parts.pinned.concat(parts.rest)));
+      total = size.exact ? size.n : "~" + size.n;
       if (seq !== ctxSeq) return; // a newer update started meanwhile
     }
     var over = typeof total === "number" && total > state.nCtx;
-    // Past the context, the next message drops the oldest turns (docs/page.md): say so.
-    $("ctx").textContent = "context " + total + " / " + state.nCtx +
-      (over ? " (full: the oldest messages will be left out)" : "");
+    // Past the context, the next message drops the oldest turns (docs/page.md): say so,
+    // unless the latest question alone is too big, which no cut can help.
+    var why = over ? " (full: the oldest messages will be left out)" : "";
+    if (over && c && c.messages.length && await latestAloneTooBig(c)) {
+      if (seq !== ctxSeq) return;
+      why = " (full: the last message alone is too long)";
+    }
+    $("ctx").textContent = "context " + total + " / " + state.nCtx + why;
+  }
+
+  /* Whether the chat's latest user message, with the system message, is over the context. */
+  async function latestAloneTooBig(c) {
+    var parts = withSystem(c, effectiveSettings());
+    var users = parts.rest.filter(function (m) { return m.role === "user"; });
+    if (!users.length) return false;
+    var size = await promptSize(plain(parts.pinned.concat([users[users.length - 1]])));
+    return size.n > state.nCtx;
   }
 
   /* ---------- sending and streaming ---------- */

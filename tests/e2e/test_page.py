@@ -364,6 +364,11 @@ def test_old_turns_are_dropped_to_fit_and_a_full_context_is_reported(page, serve
     wait_idle(page)
     assert "no longer fits" in page.text_content("[data-testid=error]")
     assert len(bodies) == 1
+    # ... and the context readout does not promise that old turns will be left out.
+    page.wait_for_function(
+        "document.querySelector('[data-testid=ctx]').textContent.includes('full:')")
+    assert page.text_content("[data-testid=ctx]").endswith(
+        "(full: the last message alone is too long)")
 
 
 def test_server_errors_become_clear_messages(page):
