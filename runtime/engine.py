@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from runtime.sampling import NoTokenAllowed
+
 try:
     from runtime.model import ContextOverflowError
 except ImportError:  # model.py not written yet: the same contract, a ValueError.
@@ -91,6 +93,9 @@ class Request:
     stop: list = field(default_factory=list)
     n_probs: int = 0
     cache_prompt: bool = True
+    # runtime.json_constraint.TokenConstraint: the reply must be JSON or a tool call.
+    # Stateful, so one per request.
+    constraint: object = None
     cancel: threading.Event = field(default_factory=threading.Event)
     events: queue.Queue = field(default_factory=queue.Queue)
 
@@ -276,6 +281,8 @@ class Engine:
         t = Timings()
         logits = self._prefill(req, t)
         sampler = self._make_sampler(req.params)
+        if req.constraint is not None:
+            sampler.constraint = req.constraint
         history = list(req.prompt_ids)
         decoder = self.model.tokenizer.decoder()
         stops = [s for s in (req.stop or []) if s]
@@ -298,12 +305,21 @@ class Engine:
                 raise Cancelled()
             room_tok = self.n_ctx - len(self.session.tokens)
             dist = top_probs(logits, req.n_probs) if req.n_probs > 0 else None
-            # n_probs wants a distribution for every token: no speculation then.
-            toks, logits = _next_tokens(self.session, logits, sampler, history, room_tok,
-                                        self.speculate and not req.n_probs)
+            # n_probs wants a distribution for every token, and a constraint's state moves
+            # with each accepted token: no speculation then.
+            try:
+                toks, logits = _next_tokens(self.session, logits, sampler, history, room_tok,
+                                            self.speculate and not req.n_probs
+                                            and req.constraint is None)
+            except NoTokenAllowed:  # the constraint allows nothing more (no end token)
+                self._flush_tail(req, decoder, held, stops)
+                finish("stop", stopped_eos=True)
+                return
             for tok in toks:
                 n_gen += 1
                 history.append(tok)
+                if req.constraint is not None:
+                    req.constraint.accept(tok)
                 if tok in self.eog_ids:
                     self._flush_tail(req, decoder, held, stops)
                     finish("stop", stopped_eos=True)

@@ -1,11 +1,18 @@
 """Choosing the next token from logits, in llama.cpp's default order.
 
-penalties (repeat, frequency, presence over the last `repeat_last_n` tokens) -> top-k ->
-top-p -> min-p -> temperature -> draw. Temperature <= 0 means greedy: the argmax of the
-penalized logits, with no randomness at all.
+logit bias -> penalties (repeat, frequency, presence over the last `repeat_last_n` tokens)
+-> top-k -> top-p -> min-p -> temperature -> draw. Temperature <= 0 means greedy: the
+argmax of the biased, penalized logits, with no randomness at all.
+
+A sampler may carry a constraint (runtime/json_constraint.py's TokenConstraint: the reply
+must be JSON, or a tool call). It is asked lazily, best token first, so that a step costs
+a few checks, not one per vocabulary entry: greedy takes the best allowed token; sampling
+keeps the allowed tokens among the filtered candidates and renormalises, or, when none of
+them is allowed, draws from the best allowed tokens found further down.
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,10 +29,32 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     seed: int | None = None
+    # token id -> added to its logit; -inf bans the token. Applied before the penalties.
+    logit_bias: dict | None = None
 
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0
+
+
+CHUNK_SMALL = 64      # constrained search: the model's best tokens, checked first
+CHUNK_LARGE = 512     # then these; past them, only tokens whose first byte may come next
+WIDE_SAMPLE_N = 64    # sampling when no filtered candidate is allowed: draw among this many
+
+
+class NoTokenAllowed(Exception):
+    """The constraint allows no token with a finite logit: the reply cannot go on."""
+
+
+def apply_logit_bias(logits: np.ndarray, bias: dict | None) -> np.ndarray:
+    if not bias:
+        return logits
+    out = np.array(logits, dtype=np.promote_types(logits.dtype, np.float32))  # a copy
+    ids = np.fromiter(bias.keys(), dtype=np.int64, count=len(bias))
+    vals = np.fromiter(bias.values(), dtype=np.float32, count=len(bias))
+    keep = ids < out.size
+    out[ids[keep]] += vals[keep]       # -inf stays -inf whatever is added
+    return out
 
 
 def apply_penalties(logits: np.ndarray, history: list[int], p: SamplingParams) -> np.ndarray:
@@ -46,14 +75,22 @@ def apply_penalties(logits: np.ndarray, history: list[int], p: SamplingParams) -
 
 
 class Sampler:
-    def __init__(self, params: SamplingParams):
+    def __init__(self, params: SamplingParams, constraint=None):
         self.params = params
         self.rng = np.random.default_rng(params.seed)
+        self.constraint = constraint   # .allows(tok), .candidates(); None: anything goes
+
+    def adjusted(self, logits: np.ndarray, history: list[int]) -> np.ndarray:
+        """The logits after the bias and the penalties: what every later filter sees."""
+        logits = apply_logit_bias(np.asarray(logits), self.params.logit_bias)
+        return apply_penalties(logits, history, self.params)
 
     def probabilities(self, logits: np.ndarray, history: list[int]) -> tuple[np.ndarray, np.ndarray]:
         """Candidate ids and their probabilities after every filter, best first."""
+        return self._filtered(self.adjusted(np.asarray(logits, dtype=np.float32), history))
+
+    def _filtered(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         p = self.params
-        logits = apply_penalties(np.asarray(logits, dtype=np.float32), history, p)
         k = p.top_k if 0 < p.top_k < logits.size else logits.size
         if k < logits.size:
             ids = np.argpartition(-logits, k - 1)[:k]
@@ -74,7 +111,66 @@ class Sampler:
         return ids, probs / probs.sum()
 
     def sample(self, logits: np.ndarray, history: list[int]) -> int:
+        if not self.params.greedy:
+            logits = np.asarray(logits, dtype=np.float32)
+        z = self.adjusted(logits, history)
         if self.params.greedy:
-            return int(np.argmax(apply_penalties(np.asarray(logits), history, self.params)))
-        ids, probs = self.probabilities(logits, history)
+            if self.constraint is None:
+                return int(np.argmax(z))
+            tok = next(self._allowed_best_first(z), None)
+            if tok is None:
+                raise NoTokenAllowed()
+            return tok
+        ids, probs = self._filtered(z)
+        if self.constraint is not None:
+            ok = np.fromiter((self.constraint.allows(t) for t in ids), dtype=bool, count=ids.size)
+            ok &= probs > 0
+            if ok.any():
+                ids, probs = ids[ok], probs[ok] / probs[ok].sum()
+            else:  # none of the model's likely tokens fits: the best ones that do
+                found = self._allowed_near_top(z)
+                if not found:
+                    raise NoTokenAllowed()
+                masked = np.full_like(z, -np.inf)
+                masked[found] = z[found]
+                ids, probs = self._filtered(masked)
         return int(ids[self.rng.choice(ids.size, p=probs)])
+
+    def _allowed_near_top(self, z: np.ndarray) -> list:
+        """Allowed tokens to draw from when no filtered candidate is allowed: those among
+        the CHUNK_LARGE best, or else the WIDE_SAMPLE_N best allowed ones further down."""
+        found = list(itertools.islice(self._allowed_best_first(z, deep=False), WIDE_SAMPLE_N))
+        return found or list(itertools.islice(self._allowed_best_first(z), WIDE_SAMPLE_N))
+
+    def _allowed_best_first(self, z: np.ndarray, deep: bool = True):
+        """The tokens the constraint allows, best logit first (ties: lowest id first, as
+        argmax), skipping banned (-inf) ones; only among the CHUNK_LARGE best unless deep.
+        Lazy: the first answer costs one check when the model's favourite fits."""
+        c = self.constraint
+        best = int(np.argmax(z))
+        if not np.isfinite(z[best]):
+            return
+        if c.allows(best):
+            yield best
+        done = {best}
+        for n in (CHUNK_SMALL, CHUNK_LARGE):
+            n = min(n, z.size)
+            top = np.argpartition(-z, n - 1)[:n]
+            for t in top[np.lexsort((top, -z[top]))].tolist():
+                if t in done:
+                    continue
+                if not np.isfinite(z[t]):
+                    return
+                done.add(t)
+                if c.allows(t):
+                    yield t
+            if n == z.size:
+                return
+        if not deep:
+            return
+        # Past the top tokens: only those whose first byte can come next, in order.
+        cand = np.flatnonzero(c.candidates() & np.isfinite(z))
+        order = cand[np.lexsort((cand, -z[cand]))]
+        for t in order.tolist():
+            if t not in done and c.allows(t):
+                yield t

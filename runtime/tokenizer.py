@@ -432,6 +432,11 @@ class Tokenizer:
     def is_control(self, token_id) -> bool:
         return bool(self._attrs[self._check_id(token_id)] & ATTR_CONTROL)
 
+    def is_special(self, token_id) -> bool:
+        """A control, user-defined or unknown token: an added token matched whole, not a
+        piece of ordinary text (Qwen's <tool_call> is user-defined, <|im_end|> control)."""
+        return bool(self._attrs[self._check_id(token_id)] & _SPECIAL_ATTRS)
+
     def is_eog(self, token_id) -> bool:
         return token_id in self.eog_ids
 

@@ -1,0 +1,748 @@
+"""Constrained generation: replies that must be JSON (response_format) or a tool call.
+
+Three layers, each usable alone:
+
+- `compile_schema(schema)` turns a practical subset of JSON Schema into `Node`s, and
+  refuses anything else with `SchemaError` naming the keyword: a constraint that silently
+  ignored part of a schema would return replies the client's validator then rejects.
+- A byte-level pushdown recognizer over those nodes. A state is a tuple of alternatives
+  (anyOf/oneOf, and the wrapped/bare tool-call forms, are followed side by side); each
+  alternative is a stack of immutable frames, held as a linked list of tuples, so
+  checking a candidate token never copies anything. `feed(state, data)` returns the state
+  after `data`, or None when no JSON text allowed by the grammar starts that way;
+  `can_end(state)` says whether the value is complete. It works on bytes, not characters:
+  a token may end in the middle of a UTF-8 sequence, and the recognizer checks UTF-8
+  inside strings itself, so a reply is always valid UTF-8.
+- `TokenConstraint`: the per-request view the sampler asks, one token at a time
+  (`allows`, `accept`). Tokens are checked lazily, best first, by runtime/sampling.py:
+  nothing is computed over the whole vocabulary per step except, rarely, a first-byte
+  filter (a NumPy lookup) when the model's top 512 tokens are all refused.
+
+What the recognizer accepts is a subset of JSON: whitespace between tokens is one space or
+tab, or a newline and an indentation (so a model cannot pad forever); numbers' length,
+free keys' length and the nesting depth are capped; strings cannot hold \\uD800-\\uDFFF
+escapes (a lone surrogate is not text: write the character). After the value only one
+whitespace byte and end-of-generation are allowed.
+"""
+from __future__ import annotations
+
+import json
+import weakref
+from dataclasses import dataclass, field
+
+import numpy as np
+
+TYPES = ("object", "array", "string", "number", "integer", "boolean", "null")
+ALL_TYPES = frozenset(TYPES)
+# Read and ignored: they describe a schema, they do not constrain the value.
+ANNOTATIONS = frozenset({"title", "description", "$schema", "$id", "$comment", "default",
+                         "examples", "deprecated", "readOnly", "writeOnly"})
+SUPPORTED = frozenset({"type", "enum", "const", "properties", "required",
+                       "additionalProperties", "items", "minItems", "maxItems", "minLength",
+                       "maxLength", "anyOf", "oneOf", "$ref", "$defs", "definitions"})
+
+MAX_SCHEMA_DEPTH = 32       # nesting of the schema document itself
+MAX_SCHEMA_NODES = 2000     # compiled nodes, $refs counted once
+MAX_ENUM_VALUES = 1024
+MAX_DEPTH = 32              # nesting of the generated value
+# Whitespace between JSON tokens: one space or tab, or one newline and up to MAX_INDENT
+# spaces or tabs. Enough to pretty-print; not enough for a model to pad a reply with
+# blank lines (a small model held to JSON likes whitespace: it fits almost everywhere).
+MAX_INDENT = 20
+_WS_DONE = 1 << 10          # the run was one space or tab: nothing more
+MAX_NUMBER_BYTES = 32
+MAX_KEY_BYTES = 256         # a free (not listed) property name
+MAX_ALTS = 64               # alternatives followed at once (anyOf inside anyOf ...)
+
+
+class SchemaError(ValueError):
+    """The schema uses something we do not support, or allows no value at all."""
+
+
+# ---- compiled schema ----------------------------------------------------------------------
+
+@dataclass(eq=False)
+class Node:
+    """One schema, compiled. Identity is its hash: frames hold nodes, states are hashed."""
+    types: frozenset = ALL_TYPES
+    literals: tuple | None = None    # enum/const: the canonical JSON texts (bytes) allowed
+    props: dict = field(default_factory=dict)        # name -> node
+    keys: tuple = ()                 # (name as written between quotes (bytes), name)
+    required: frozenset = frozenset()
+    extra: object = None             # node of properties not listed; None: not allowed
+    items: object = None
+    min_items: int = 0
+    max_items: int | None = None
+    min_len: int = 0                 # strings, in characters (code points)
+    max_len: int | None = None
+
+
+@dataclass(eq=False)
+class Choice:
+    """anyOf / oneOf. oneOf is followed as anyOf: we do not check that exactly one matches."""
+    options: tuple
+
+
+@dataclass(eq=False)
+class Ref:
+    """A $ref, resolved after compiling, so that recursive schemas work."""
+    pointer: str
+    target: object = None
+
+
+ANY = Node()
+ANY.extra = ANY
+ANY.items = ANY
+
+
+def _key_text(name: str) -> bytes:
+    """A property name as JSON writes it between the quotes (the one spelling we allow)."""
+    return json.dumps(name, ensure_ascii=False)[1:-1].encode("utf-8")
+
+
+def any_object() -> Node:
+    return Node(types=frozenset({"object"}), extra=ANY, items=ANY)
+
+
+def const_node(value) -> Node:
+    """Exactly this scalar."""
+    return Node(types=frozenset({_type_of(value)}), literals=(json.dumps(value, ensure_ascii=False).encode("utf-8"),))
+
+
+def object_node(props: dict) -> Node:
+    """An object with exactly these properties (each required), in any order."""
+    return Node(types=frozenset({"object"}), props=dict(props), required=frozenset(props),
+                keys=tuple((_key_text(name), name) for name in props), items=ANY)
+
+
+def _type_of(v) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "boolean"
+    if isinstance(v, int):
+        return "integer"
+    if isinstance(v, float):
+        return "integer" if v.is_integer() else "number"
+    if isinstance(v, str):
+        return "string"
+    raise SchemaError("'enum' and 'const' values must be strings, numbers, booleans or null")
+
+
+class _Compiler:
+    def __init__(self, root, strict: bool):
+        self.root = root
+        self.strict = strict
+        self.refs: dict[str, Ref] = {}
+        self.n_nodes = 0
+
+    def ref(self, pointer) -> Ref:
+        if not isinstance(pointer, str) or not pointer.startswith("#"):
+            raise SchemaError("only local '$ref's (\"#/$defs/Name\") are supported")
+        if pointer not in self.refs:
+            r = self.refs[pointer] = Ref(pointer)
+            target = self.root
+            for part in [p for p in pointer[1:].split("/") if p]:
+                part = part.replace("~1", "/").replace("~0", "~")
+                if not isinstance(target, dict) or part not in target:
+                    raise SchemaError(f"'$ref' {pointer[:80]!r} points to nothing")
+                target = target[part]
+            r.target = self.node(target, 1)
+        return self.refs[pointer]
+
+    def node(self, s, depth: int):
+        if depth > MAX_SCHEMA_DEPTH:
+            raise SchemaError(f"the JSON schema is nested more than {MAX_SCHEMA_DEPTH} levels deep")
+        self.n_nodes += 1
+        if self.n_nodes > MAX_SCHEMA_NODES:
+            raise SchemaError(f"the JSON schema has more than {MAX_SCHEMA_NODES} parts")
+        if s is True:
+            return ANY
+        if s is False:
+            raise SchemaError("a schema of false allows no value")
+        if not isinstance(s, dict):
+            raise SchemaError("a JSON schema must be an object or a boolean")
+        for k in s:
+            if k not in SUPPORTED and k not in ANNOTATIONS:
+                raise SchemaError(f"unsupported JSON schema keyword {str(k)[:60]!r}")
+        for k in ("$defs", "definitions"):
+            if k in s and not isinstance(s[k], dict):
+                raise SchemaError(f"'{k}' must be an object")
+        asserting = [k for k in s if k not in ANNOTATIONS and k not in ("$defs", "definitions")]
+        for k in ("$ref", "anyOf", "oneOf"):
+            if k in s and len(asserting) > 1:
+                other = next(o for o in asserting if o != k)
+                raise SchemaError(f"'{k}' next to {other!r} is not supported; "
+                                  f"put {other!r} inside the referenced or listed schemas")
+        if "$ref" in s:
+            return self.ref(s["$ref"])
+        for k in ("anyOf", "oneOf"):
+            if k in s:
+                opts = s[k]
+                if not isinstance(opts, list) or not opts:
+                    raise SchemaError(f"'{k}' must be a non-empty list of schemas")
+                return Choice(tuple(self.node(o, depth + 1) for o in opts))
+        return self._plain(s, depth)
+
+    def _plain(self, s: dict, depth: int) -> Node:
+        n = Node()
+        t = s.get("type")
+        if t is not None:
+            names = [t] if isinstance(t, str) else t
+            if not isinstance(names, list) or not names or not all(isinstance(x, str) for x in names):
+                raise SchemaError("'type' must be a type name or a non-empty list of them")
+            bad = [x for x in names if x not in ALL_TYPES]
+            if bad:
+                raise SchemaError(f"unknown JSON schema type {bad[0][:40]!r}; use one of {', '.join(TYPES)}")
+            n.types = frozenset(names)
+            if "integer" in n.types and "number" in n.types:
+                n.types = n.types - {"integer"}   # number already allows integers
+        if "enum" in s or "const" in s:
+            if "enum" in s and "const" in s:
+                raise SchemaError("use either 'enum' or 'const', not both")
+            values = s.get("enum") if "enum" in s else [s["const"]]
+            if not isinstance(values, list) or not values:
+                raise SchemaError("'enum' must be a non-empty list")
+            if len(values) > MAX_ENUM_VALUES:
+                raise SchemaError(f"'enum' may list at most {MAX_ENUM_VALUES} values")
+            allowed = n.types | ({"integer"} if "number" in n.types else set())
+            texts = [json.dumps(v, ensure_ascii=False).encode("utf-8") for v in values
+                     if _type_of(v) in allowed]
+            if not texts:
+                raise SchemaError("no 'enum' or 'const' value has the schema's 'type'")
+            n.literals = tuple(dict.fromkeys(texts))
+        props = s.get("properties", {})
+        if not isinstance(props, dict):
+            raise SchemaError("'properties' must be an object")
+        n.props = {name: self.node(sub, depth + 1) for name, sub in props.items()}
+        n.keys = tuple((_key_text(name), name) for name in props)
+        req = s.get("required", [])
+        if not isinstance(req, list) or not all(isinstance(r, str) for r in req):
+            raise SchemaError("'required' must be a list of property names")
+        n.required = frozenset(req)
+        extra = s.get("additionalProperties", not self.strict)
+        if extra is False:
+            n.extra = None
+            missing = sorted(n.required - set(n.props))
+            if missing:
+                raise SchemaError(f"'required' names {missing[0][:60]!r}, which is not in "
+                                  f"'properties', and additional properties are not allowed")
+        else:
+            n.extra = ANY if extra is True else self.node(extra, depth + 1)
+        items = s.get("items", True)
+        if isinstance(items, list):
+            raise SchemaError("'items' as a list (tuple validation) is not supported")
+        n.items = self.node(items, depth + 1)
+        n.min_items, n.max_items = self._bounds(s, "minItems", "maxItems")
+        n.min_len, n.max_len = self._bounds(s, "minLength", "maxLength")
+        return n
+
+    @staticmethod
+    def _bounds(s, lo_key, hi_key):
+        out = []
+        for key, default in ((lo_key, 0), (hi_key, None)):
+            v = s.get(key, default)
+            if isinstance(v, float) and v.is_integer():
+                v = int(v)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
+                raise SchemaError(f"'{key}' must be a non-negative integer")
+            out.append(v)
+        if out[1] is not None and out[1] < out[0]:
+            raise SchemaError(f"'{hi_key}' is less than '{lo_key}': no value fits")
+        return tuple(out)
+
+
+def _check_refs(refs) -> None:
+    """A $ref or anyOf that reaches itself before any concrete schema would send the
+    recognizer round in circles ({"$ref": "#"} at the root): refuse it."""
+    def walk(x, seen):
+        if isinstance(x, Ref):
+            if x in seen:
+                raise SchemaError(f"'$ref' {x.pointer[:80]!r} refers to itself")
+            walk(x.target, seen | {x})
+        elif isinstance(x, Choice):
+            for o in x.options:
+                walk(o, seen)
+    for r in refs:
+        walk(r, frozenset())
+
+
+def compile_schema(schema, *, strict: bool = False):
+    """A JSON schema -> the grammar node for its values. strict: properties that are not
+    listed are not allowed unless additionalProperties says otherwise (OpenAI's strict)."""
+    c = _Compiler(schema, strict)
+    try:
+        node = c.node(schema, 0)
+    except RecursionError:
+        raise SchemaError("the JSON schema is nested too deeply") from None
+    _check_refs(c.refs.values())
+    return node
+
+
+def only_objects(node):
+    """node, narrowed to objects (a tool's arguments, a json_object reply). None when it
+    allows no object."""
+    node = _deref(node)
+    if isinstance(node, Choice):
+        opts = tuple(o for o in (only_objects(x) for x in node.options) if o is not None)
+        return Choice(opts) if opts else None
+    if "object" not in node.types or (node.literals is not None):
+        return None
+    if node.types == {"object"}:
+        return node
+    narrowed = Node(**{**node.__dict__, "types": frozenset({"object"})})
+    return narrowed
+
+
+def _deref(node):
+    while isinstance(node, Ref):
+        node = node.target
+    return node
+
+
+# ---- grammars: where a reply starts ------------------------------------------------------
+
+# Frame tags. A frame is a tuple whose first item is its tag; a stack is (frame, below).
+(VALUE, OBJ_FIRST, OBJ_KEY, KEY_FREE, KEY_LIT, OBJ_COLON, OBJ_NEXT, ARR_FIRST, ARR_NEXT,
+ STR, NUM, LIT, RAW, END) = range(14)
+# Number phases; a number may end in the ENDABLE ones.
+MINUS, ZERO, INT, DOT, FRAC, EXP_MARK, EXP_SIGN, EXP = range(8)
+ENDABLE = frozenset({ZERO, INT, FRAC, EXP})
+WS = frozenset(b" \t\n\r")   # \r is JSON whitespace but never written here: see _ws
+DIGITS = frozenset(b"0123456789")
+HEX = {c: int(chr(c), 16) for c in b"0123456789abcdefABCDEF"}
+ESCAPES = frozenset(b'"\\/bfnrt')
+STR0 = (0, 0, 0, 0, 0, 0)   # string scanner: (escape, hex value, utf8 bytes needed, lo, hi, chars)
+_END_STACK = ((END,), None)
+
+
+def value_grammar(node) -> tuple:
+    """The start state for a reply that is one JSON value of `node`."""
+    return (((VALUE, node, 0), _END_STACK), 0),
+
+
+def wrapped_grammar(node, wrappers) -> tuple:
+    """The start state for a reply that is `prefix + value + suffix`, for any of the
+    (prefix, suffix) pairs given; ("", "") is the bare value."""
+    alts = []
+    for prefix, suffix in wrappers:
+        stack = _END_STACK
+        if suffix:
+            stack = ((RAW, suffix.encode("utf-8"), 0, False), stack)
+        stack = ((VALUE, node, 0), stack)
+        if prefix:
+            stack = ((RAW, prefix.encode("utf-8"), 0, True), stack)
+        alts.append((stack, 0))
+    return tuple(alts)
+
+
+# ---- the recognizer -----------------------------------------------------------------------
+
+def _ws(ws: int, b: int, end: bool = False) -> int:
+    """The whitespace run after byte b (ws: its state, 0 before the run, else 1 + the
+    spaces after a newline, or _WS_DONE), or -1 if b may not extend it. After the whole
+    value (end) a single whitespace byte is allowed."""
+    if b == 0x0A:
+        return 1 if ws == 0 else -1
+    if b == 0x20 or b == 0x09:
+        if ws == 0:
+            return _WS_DONE
+        if ws <= MAX_INDENT and not end:
+            return ws + 1
+    return -1
+
+
+def _str_byte(ss, b, max_len):
+    """One byte of a string's body. Returns the new scanner state, True for the closing
+    quote, or None when the byte cannot come here."""
+    esc, hexv, need, lo, hi, n = ss
+    if need:
+        if lo <= b <= hi:
+            return (0, 0, need - 1, 0x80, 0xBF, n)
+        return None
+    if esc == 0:
+        if b == 0x22:
+            return True
+        if max_len is not None and n >= max_len:
+            return None
+        if b == 0x5C:
+            return (1, 0, 0, 0, 0, n)
+        if b < 0x20:
+            return None
+        if b < 0x80:
+            return (0, 0, 0, 0, 0, n + 1)
+        # UTF-8 lead bytes, with the ranges that exclude overlong forms and surrogates
+        if 0xC2 <= b <= 0xDF:
+            return (0, 0, 1, 0x80, 0xBF, n + 1)
+        if b == 0xE0:
+            return (0, 0, 2, 0xA0, 0xBF, n + 1)
+        if b == 0xED:
+            return (0, 0, 2, 0x80, 0x9F, n + 1)
+        if 0xE1 <= b <= 0xEF:
+            return (0, 0, 2, 0x80, 0xBF, n + 1)
+        if b == 0xF0:
+            return (0, 0, 3, 0x90, 0xBF, n + 1)
+        if 0xF1 <= b <= 0xF3:
+            return (0, 0, 3, 0x80, 0xBF, n + 1)
+        if b == 0xF4:
+            return (0, 0, 3, 0x80, 0x8F, n + 1)
+        return None
+    if esc == 1:
+        if b in ESCAPES:
+            return (0, 0, 0, 0, 0, n + 1)
+        if b == 0x75:  # \u
+            return (2, 0, 0, 0, 0, n)
+        return None
+    d = HEX.get(b)
+    if d is None:
+        return None
+    hexv = hexv * 16 + d
+    if esc < 5:
+        return (esc + 1, hexv, 0, 0, 0, n)
+    if 0xD800 <= hexv <= 0xDFFF:
+        return None
+    return (0, 0, 0, 0, 0, n + 1)
+
+
+def _start_value(node, depth, b, below, out):
+    """The first byte of a value of `node` (whitespace is handled by the caller)."""
+    node = _deref(node)
+    if isinstance(node, Choice):
+        for opt in node.options:
+            _start_value(opt, depth, b, below, out)
+        return
+    if node.literals is not None:
+        cands = tuple(t for t in node.literals if t[0] == b)
+        if cands:
+            _lit(cands, 1, below, out)
+        return
+    types = node.types
+    if b == 0x7B:  # {
+        if "object" in types and depth < MAX_DEPTH:
+            out.append((((OBJ_FIRST, node, frozenset(), depth + 1), below), 0))
+    elif b == 0x5B:  # [
+        if "array" in types and depth < MAX_DEPTH:
+            out.append((((ARR_FIRST, node, depth + 1), below), 0))
+    elif b == 0x22:  # "
+        if "string" in types:
+            out.append((((STR, node, STR0), below), 0))
+    elif b == 0x2D or b in DIGITS:
+        if "number" in types or "integer" in types:
+            phase = MINUS if b == 0x2D else ZERO if b == 0x30 else INT
+            out.append((((NUM, "number" not in types, phase, 1), below), 0))
+    elif b == 0x74 and "boolean" in types:
+        _lit((b"true",), 1, below, out)
+    elif b == 0x66 and "boolean" in types:
+        _lit((b"false",), 1, below, out)
+    elif b == 0x6E and "null" in types:
+        _lit((b"null",), 1, below, out)
+
+
+def _lit(cands, pos, below, out):
+    if len(cands) == 1 and len(cands[0]) == pos:
+        out.append((below, 0))          # the one literal is whole: the value is done
+    else:
+        out.append((((LIT, cands, pos), below), 0))
+
+
+def _start_key(node, seen, depth, below, out):
+    if node.extra is None:
+        cands = tuple((text, name) for text, name in node.keys if name not in seen)
+        if cands:
+            out.append((((KEY_LIT, node, seen, depth, cands, 0), below), 0))
+    else:
+        out.append((((KEY_FREE, node, seen, depth, b"", STR0), below), 0))
+
+
+def _more_keys(node, seen) -> bool:
+    return node.extra is not None or any(name not in seen for _, name in node.keys)
+
+
+def _step(stack, ws, b, raw_only, out):
+    """Every (stack, ws) that byte b leads to from (stack, ws), appended to out. raw_only:
+    the byte comes from a special token, which may only spell a prefix/suffix literal."""
+    while True:
+        frame, below = stack
+        tag = frame[0]
+        if raw_only and tag != RAW:
+            return
+        is_ws = b in WS
+        if tag == RAW:
+            text, pos, lead_ws = frame[1], frame[2], frame[3]
+            if b == text[pos]:
+                pos += 1
+                out.append((((RAW, text, pos, False), below) if pos < len(text) else below, 0))
+            elif lead_ws and pos == 0 and is_ws and _ws(ws, b) >= 0:
+                out.append((stack, _ws(ws, b)))
+            return
+        if tag == STR:
+            r = _str_byte(frame[2], b, frame[1].max_len)
+            if r is True:
+                if frame[2][5] >= frame[1].min_len:
+                    out.append((below, 0))
+            elif r is not None:
+                out.append((((STR, frame[1], r), below), 0))
+            return
+        if tag == NUM:
+            _, int_only, phase, n = frame
+            nxt = None
+            if b in DIGITS:
+                if phase == MINUS:
+                    nxt = ZERO if b == 0x30 else INT
+                elif phase == INT:
+                    nxt = INT
+                elif phase in (DOT, FRAC):
+                    nxt = FRAC
+                elif phase in (EXP_MARK, EXP_SIGN, EXP):
+                    nxt = EXP
+            elif b == 0x2E and not int_only and phase in (ZERO, INT):
+                nxt = DOT
+            elif b in (0x65, 0x45) and not int_only and phase in (ZERO, INT, FRAC):
+                nxt = EXP_MARK
+            elif b in (0x2B, 0x2D) and phase == EXP_MARK:
+                nxt = EXP_SIGN
+            if nxt is not None:
+                # A phase that cannot end needs room for one more digit.
+                if n + (1 if nxt in ENDABLE else 2) <= MAX_NUMBER_BYTES:
+                    out.append((((NUM, int_only, nxt, n + 1), below), 0))
+                return
+            if phase not in ENDABLE:
+                return
+            stack = below     # the number ended just before b: b belongs to what follows
+            continue
+        if tag == LIT:
+            cands, pos = frame[1], frame[2]
+            nc = tuple(c for c in cands if len(c) > pos and c[pos] == b)
+            if nc:
+                _lit(nc, pos + 1, below, out)
+            if not any(len(c) == pos for c in cands):
+                return
+            stack = below     # a whole literal (a number among longer ones) ended before b
+            continue
+        if is_ws and tag not in (KEY_FREE, KEY_LIT):
+            ws = _ws(ws, b, tag == END)
+            if ws >= 0:
+                out.append((stack, ws))
+            return
+        if tag == VALUE:
+            _start_value(frame[1], frame[2], b, below, out)
+        elif tag == END:
+            return
+        elif tag == OBJ_FIRST or tag == OBJ_KEY:
+            node, seen, depth = frame[1], frame[2], frame[3]
+            if b == 0x22:
+                _start_key(node, seen, depth, below, out)
+            elif b == 0x7D and tag == OBJ_FIRST and node.required <= seen:
+                out.append((below, 0))
+        elif tag == KEY_LIT:
+            _, node, seen, depth, cands, pos = frame
+            nc = tuple(c for c in cands if len(c[0]) > pos and c[0][pos] == b)
+            if nc:
+                out.append((((KEY_LIT, node, seen, depth, nc, pos + 1), below), 0))
+            if b == 0x22:
+                for text, name in cands:
+                    if len(text) == pos:
+                        out.append((((OBJ_COLON, node, seen | {name}, depth, node.props[name]),
+                                     below), 0))
+        elif tag == KEY_FREE:
+            _, node, seen, depth, raw, ss = frame
+            if ss[0] == 0 and ss[2] == 0 and b != 0x22 and len(raw) >= MAX_KEY_BYTES:
+                return
+            r = _str_byte(ss, b, None)
+            if r is True:
+                name = json.loads(b'"' + raw + b'"')
+                value = node.props.get(name, node.extra)
+                if name not in seen and value is not None:
+                    out.append((((OBJ_COLON, node, seen | {name}, depth, value), below), 0))
+            elif r is not None:
+                out.append((((KEY_FREE, node, seen, depth, raw + bytes((b,)), r), below), 0))
+        elif tag == OBJ_COLON:
+            if b == 0x3A:
+                _, node, seen, depth, value = frame
+                out.append((((VALUE, value, depth), ((OBJ_NEXT, node, seen, depth), below)), 0))
+        elif tag == OBJ_NEXT:
+            _, node, seen, depth = frame
+            if b == 0x2C and _more_keys(node, seen):
+                out.append((((OBJ_KEY, node, seen, depth), below), 0))
+            elif b == 0x7D and node.required <= seen:
+                out.append((below, 0))
+        elif tag == ARR_FIRST:
+            _, node, depth = frame
+            if b == 0x5D:
+                if node.min_items == 0:
+                    out.append((below, 0))
+            elif node.max_items != 0:
+                _start_value(node.items, depth, b, ((ARR_NEXT, node, 1, depth), below), out)
+        elif tag == ARR_NEXT:
+            _, node, count, depth = frame
+            if b == 0x2C and (node.max_items is None or count < node.max_items):
+                out.append((((VALUE, node.items, depth), ((ARR_NEXT, node, count + 1, depth), below)), 0))
+            elif b == 0x5D and count >= node.min_items:
+                out.append((below, 0))
+        return
+
+
+def feed(state: tuple, data: bytes, raw_only: bool = False):
+    """The state after `data`, or None if the grammar allows no text that starts so."""
+    for b in data:
+        out: list = []
+        for stack, ws in state:
+            _step(stack, ws, b, raw_only, out)
+        if not out:
+            return None
+        if len(out) > 1:
+            out = list(dict.fromkeys(out))[:MAX_ALTS]
+        state = tuple(out)
+    return state
+
+
+def can_end(state: tuple) -> bool:
+    """Is the text so far a whole reply (nothing more is needed)?"""
+    for stack, _ in state:
+        while True:
+            frame, below = stack
+            tag = frame[0]
+            if tag == END:
+                return True
+            if (tag == NUM and frame[2] in ENDABLE) or \
+                    (tag == LIT and any(len(c) == frame[2] for c in frame[1])):
+                stack = below
+                continue
+            break
+    return False
+
+
+def first_bytes(state: tuple) -> np.ndarray:
+    """bool[256]: which bytes may come next."""
+    ok = np.zeros(256, dtype=bool)
+    for b in range(256):
+        out: list = []
+        for stack, ws in state:
+            _step(stack, ws, b, False, out)
+            if out:
+                ok[b] = True
+                break
+    return ok
+
+
+# ---- tokens -------------------------------------------------------------------------------
+
+class Vocab:
+    """What the constraint needs to know of each token, cached once per tokenizer: its
+    bytes, and whether it is a special token (which may only spell a literal prefix or
+    suffix, such as Qwen's <tool_call>, never a piece of the JSON)."""
+
+    def __init__(self, tokenizer, n_vocab: int):
+        self.tokenizer = tokenizer
+        self.n_vocab = n_vocab
+        self._info: dict[int, tuple[bytes, bool]] = {}
+        self._first: np.ndarray | None = None     # int16 [n_vocab]: first byte, -1 if none
+
+    def info(self, tok: int) -> tuple[bytes, bool]:
+        got = self._info.get(tok)
+        if got is None:
+            got = self._info[tok] = self._lookup(tok)
+        return got
+
+    def _lookup(self, tok: int) -> tuple[bytes, bool]:
+        try:
+            piece = self.tokenizer.token_to_piece(tok)
+        except (IndexError, ValueError, KeyError):
+            return b"", False       # an embedding row past the tokenizer's vocabulary
+        if isinstance(piece, str):
+            piece = piece.encode("utf-8")
+        is_special = getattr(self.tokenizer, "is_special", None)
+        # Gemma's newline and tab runs are added tokens too: whitespace is just text.
+        special = bool(is_special and is_special(tok)) and bool(piece.strip())
+        return piece, special
+
+    def first_byte(self) -> np.ndarray:
+        if self._first is None:
+            first = np.full(self.n_vocab, -1, dtype=np.int16)
+            for tok in range(self.n_vocab):
+                piece = self.info(tok)[0]
+                if piece:
+                    first[tok] = piece[0]
+            self._first = first
+        return self._first
+
+
+_VOCABS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def vocab_of(tokenizer, n_vocab: int) -> Vocab:
+    try:
+        v = _VOCABS.get(tokenizer)
+    except TypeError:               # not weak-referenceable: no cache
+        return Vocab(tokenizer, n_vocab)
+    if v is None or v.n_vocab != n_vocab:
+        v = _VOCABS[tokenizer] = Vocab(tokenizer, n_vocab)
+    return v
+
+
+class TokenConstraint:
+    """One request's constraint: which tokens may come next, given those accepted so far.
+
+    `allows(tok)` is cheap and remembers its answer until `accept(tok)` moves on, so the
+    sampler can ask about candidates in its own order. An end-of-generation token is
+    allowed only once the value is complete; a token with no text never is otherwise."""
+
+    def __init__(self, start: tuple, tokenizer, eog_ids, n_vocab: int):
+        self.state = start
+        self.vocab = vocab_of(tokenizer, n_vocab)
+        self.eog_ids = frozenset(eog_ids)
+        self._next: dict[int, tuple | None] = {}
+        self._complete: bool | None = None
+        self._first_ok: np.ndarray | None = None
+
+    @property
+    def complete(self) -> bool:
+        if self._complete is None:
+            self._complete = can_end(self.state)
+        return self._complete
+
+    def _after(self, tok: int):
+        if tok in self._next:
+            return self._next[tok]
+        piece, special = self.vocab.info(tok)
+        nxt = feed(self.state, piece, raw_only=special) if piece else None
+        self._next[tok] = nxt
+        return nxt
+
+    def allows(self, tok: int) -> bool:
+        tok = int(tok)
+        if tok in self.eog_ids:
+            return self.complete
+        return self._after(tok) is not None
+
+    def accept(self, tok: int) -> None:
+        tok = int(tok)
+        if tok not in self.eog_ids:
+            nxt = self._after(tok)
+            if nxt is None:
+                raise ValueError(f"token {tok} is not allowed here")
+            self.state = nxt
+        self._next = {}
+        self._complete = None
+        self._first_ok = None
+
+    def candidates(self) -> np.ndarray:
+        """bool [n_vocab]: tokens whose first byte may come next, plus end-of-generation
+        when the value is complete. A superset of the allowed tokens, for the rare search
+        past the model's top choices."""
+        if self._first_ok is None:
+            self._first_ok = first_bytes(self.state)
+        first = self.vocab.first_byte()
+        mask = np.zeros(first.shape[0], dtype=bool)
+        has = first >= 0
+        mask[has] = self._first_ok[first[has]]
+        if self.complete:
+            for t in self.eog_ids:
+                if 0 <= t < mask.shape[0]:
+                    mask[t] = True
+        return mask
+
+
+def make_constraint(model, start: tuple) -> TokenConstraint:
+    return TokenConstraint(start, model.tokenizer, getattr(model, "eog_ids", ()) or (),
+                           int(model.n_vocab))

@@ -1,0 +1,490 @@
+"""The JSON constraint (runtime/json_constraint.py) and the sampler that asks it
+(runtime/sampling.py): the byte-level recognizer on its own, the schema subset and its
+refusals, then token-level choice over a fake vocabulary (a list of byte strings) and
+over the real 151,936-token Qwen2 vocabulary, and logit_bias.
+"""
+import json
+import math
+
+import numpy as np
+import pytest
+
+from runtime import json_constraint as jc
+from runtime.sampling import (CHUNK_LARGE, NoTokenAllowed, Sampler, SamplingParams,
+                              apply_logit_bias)
+from tests.conftest import FIXTURES
+
+
+def run(text, node=jc.ANY):
+    """None if `text` cannot start a reply of `node`; else whether it is a whole one."""
+    state = jc.feed(jc.value_grammar(node), text.encode("utf-8") if isinstance(text, str) else text)
+    return None if state is None else jc.can_end(state)
+
+
+def schema(s, **kw):
+    return jc.compile_schema(s, **kw)
+
+
+# ---- the recognizer: plain JSON -----------------------------------------------------------
+
+@pytest.mark.parametrize("text", [
+    '{}', '[]', '""', '0', '-0', '12', '-3.25', '1e5', '2.5E-3', '1E+2', 'true', 'false', 'null',
+    '{"a": 1, "b": [true, false, null], "c": {"d": "e"}}',
+    '{"s": "tab\\tquote\\" slash\\/ \\u00e9 \\u20ac é € 😀"}',
+    ' {"a":1}', '\n{"a":1}', '{"a":1}\n', '{"a":1} ',
+    '{\n  "a": [\n    1,\n    2\n  ]\n}',                       # pretty-printed, indent 2
+    '{\n\t"a": 1\n}',
+])
+def test_whole_json_values_are_accepted(text):
+    assert run(text) is True
+    json.loads(text)
+
+
+@pytest.mark.parametrize("text", ['{', '{"a"', '{"a":', '{"a": 1', '[1,', '"abc', '-', '1.',
+                                  '1e', '1e+', 'tr', 'nul', '"\\u00', '"\\', '{"a": [1, {"b": '])
+def test_prefixes_are_allowed_but_not_whole(text):
+    assert run(text) is False
+
+
+@pytest.mark.parametrize("text", [
+    '{"a":}', '[1,]', '{,}', '{"a" 1}', '{a: 1}', "{'a': 1}", '01', '-a', '1.e5', '+1', '.5',
+    'True', 'nil', '"\\x41"', '"\\ud800"', '"\\udfff"', '"a\nb"', '"\x01"', '{"a":1}}', '[1]]',
+    '{"a":1} x', 'NaN', 'Infinity', '"a" "b"',
+    ' \n{}',             # a newline only starts a whitespace run
+    '  {}',              # one space, or a newline and an indentation
+    '{"a":1}\n\n',       # one whitespace byte after the value, then only the end
+    '{\n' + ' ' * 21 + '"a": 1}',   # indentation is capped
+])
+def test_invalid_texts_are_refused_at_the_first_wrong_byte(text):
+    assert run(text) is None
+
+
+def test_utf8_is_checked_byte_by_byte_across_pieces():
+    euro = "€".encode()                     # 3 bytes, which tokens may split anywhere
+    state = jc.value_grammar(jc.ANY)
+    for piece in (b'"', euro[:1], euro[1:2], euro[2:], b'"'):
+        state = jc.feed(state, piece)
+        assert state is not None
+    assert jc.can_end(state)
+    assert run(b'"' + euro[:2] + b'"') is None          # cut short
+    assert run(b'"\xc0\x80"') is None                    # overlong
+    assert run(b'"\xed\xa0\x80"') is None                # a surrogate in UTF-8
+    assert run(b'"\xff"') is None
+
+
+def test_numbers_end_where_the_next_byte_cannot_continue_them():
+    assert run('[12,3]') is True
+    assert run('{"a":-0.5e-7}') is True
+    assert run('1' * jc.MAX_NUMBER_BYTES) is True
+    assert run('1' * (jc.MAX_NUMBER_BYTES + 1)) is None
+    # a number that cannot end may not take the last byte allowed
+    assert run('1' * (jc.MAX_NUMBER_BYTES - 1) + '.') is None
+
+
+def test_nesting_is_capped():
+    assert run('[' * jc.MAX_DEPTH + ']' * jc.MAX_DEPTH) is True
+    assert run('[' * (jc.MAX_DEPTH + 1)) is None
+
+
+def test_special_token_bytes_only_spell_a_literal_prefix():
+    start = jc.wrapped_grammar(jc.ANY, [("<tool_call>\n", "\n</tool_call>")])
+    assert jc.feed(start, b"<tool_call>", raw_only=True) is not None
+    assert jc.feed(start, b"{", raw_only=True) is None
+    inside = jc.feed(start, b"<tool_call>\n")
+    assert jc.feed(inside, b'{"a": "<tool_call>"}') is not None       # as text, fine
+    assert jc.feed(inside, b"<tool_call>", raw_only=True) is None     # as a special token, not
+    whole = jc.feed(inside, b'{"a": 1}\n</tool_call>')
+    assert whole is not None and jc.can_end(whole)
+
+
+# ---- the schema subset --------------------------------------------------------------------
+
+CITY = {"type": "object", "properties": {"city": {"type": "string"},
+                                         "population": {"type": "integer"}},
+        "required": ["city", "population"]}
+
+
+def test_required_keys_must_come_before_the_object_closes():
+    node = schema(CITY)
+    assert run('{"city": "Paris", "population": 2100000}', node) is True
+    assert run('{"population": 2100000, "city": "Paris"}', node) is True   # any order
+    assert run('{"city": "Paris"}', node) is None
+    assert run('{"city": "Paris", "population": 2.5', node) is None       # integer
+    assert run('{"city": 3', node) is None
+    assert run('{"city": "a", "city"', node) is None                      # no duplicates
+    # Without additionalProperties: false, other keys are allowed (JSON Schema's default)
+    assert run('{"city": "a", "mayor": {"x": [1]}, "population": 1}', node) is True
+
+
+@pytest.mark.parametrize("kw, strict", [({"additionalProperties": False}, False), ({}, True)])
+def test_no_additional_properties_limits_the_keys(kw, strict):
+    node = schema({**CITY, **kw}, strict=strict)
+    assert run('{"city": "Paris", "population": 1}', node) is True
+    assert run('{"mayor"', node) is None
+    assert run('{"cit', node) is False
+    assert run('{"cityx', node) is None
+    assert run('{"population": 1, "city": "x",', node) is None     # no key is left
+
+
+def test_additional_properties_schema_applies_to_unlisted_keys():
+    node = schema({"type": "object", "properties": {"a": {"type": "string"}},
+                   "additionalProperties": {"type": "integer"}})
+    assert run('{"a": "x", "b": 1}', node) is True
+    assert run('{"b": "x"', node) is None
+    assert run('{"\\u0061": "x"}', node) is True     # an escaped name is still "a"
+
+
+def test_enum_const_and_type_lists():
+    assert run('"red"', schema({"enum": ["red", "green"]})) is True
+    assert run('"blue"', schema({"enum": ["red", "green"]})) is None
+    assert run('1', schema({"enum": [1, 10, "x", None]})) is True
+    assert run('10', schema({"enum": [1, 10, "x", None]})) is True
+    assert run('100', schema({"enum": [1, 10, "x", None]})) is None
+    assert run('null', schema({"enum": [1, None]})) is True
+    assert run('"é"', schema({"const": "é"})) is True
+    assert run('"\\u00e9"', schema({"const": "é"})) is None   # the canonical spelling only
+    assert run('1', schema({"type": "integer", "enum": [1, "a"]})) is True
+    assert run('"a"', schema({"type": "integer", "enum": [1, "a"]})) is None
+    both = schema({"type": ["string", "null"]})
+    assert run('null', both) is True and run('"x"', both) is True and run('1', both) is None
+    assert run('1.5', schema({"type": "integer"})) is None
+    assert run('1.5', schema({"type": "number"})) is True
+    assert run('true', schema({"type": "boolean"})) is True
+
+
+def test_arrays_items_and_bounds():
+    node = schema({"type": "array", "items": {"type": "integer"}, "minItems": 1, "maxItems": 2})
+    assert run('[]', node) is None
+    assert run('[1]', node) is True
+    assert run('[1, 2]', node) is True
+    assert run('[1, 2,', node) is None
+    assert run('["a"]', node) is None
+
+
+def test_string_length_bounds_count_characters():
+    node = schema({"type": "string", "minLength": 2, "maxLength": 3})
+    assert run('"a"', node) is None
+    assert run('"ab"', node) is True
+    assert run('"é€😀"', node) is True                # three characters, nine bytes
+    assert run('"\\u00e9\\n\\t"', node) is True
+    assert run('"abcd', node) is None
+
+
+def test_anyof_oneof_follow_every_branch():
+    node = schema({"anyOf": [
+        {"type": "object", "properties": {"kind": {"const": "a"}, "x": {"type": "integer"}},
+         "required": ["kind", "x"], "additionalProperties": False},
+        {"type": "object", "properties": {"kind": {"const": "b"}, "y": {"type": "string"}},
+         "required": ["kind", "y"], "additionalProperties": False}]})
+    assert run('{"kind": "a", "x": 1}', node) is True
+    assert run('{"kind": "b", "y": "s"}', node) is True
+    assert run('{"kind": "a", "y"', node) is None
+    assert run('null', schema({"oneOf": [{"type": "null"}, {"type": "string"}]})) is True
+
+
+def test_local_refs_and_recursion():
+    tree = {"$defs": {"node": {"type": "object", "properties": {
+        "v": {"type": "integer"}, "kids": {"type": "array", "items": {"$ref": "#/$defs/node"}}},
+        "required": ["v"], "additionalProperties": False}}, "$ref": "#/$defs/node"}
+    node = schema(tree)
+    assert run('{"v": 1, "kids": [{"v": 2, "kids": [{"v": 3}]}]}', node) is True
+    assert run('{"v": 1, "kids": [{"w"', node) is None
+
+
+def test_annotations_are_ignored():
+    node = schema({"title": "T", "description": "d", "$schema": "x", "default": {},
+                   "examples": [1], "type": "object",
+                   "properties": {"a": {"type": "string", "description": "the a"}}})
+    assert run('{"a": "x"}', node) is True
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"type": "object", "patternProperties": {}}, "unsupported JSON schema keyword 'patternProperties'"),
+    ({"type": "string", "pattern": "^a"}, "unsupported JSON schema keyword 'pattern'"),
+    ({"type": "string", "format": "date-time"}, "unsupported JSON schema keyword 'format'"),
+    ({"allOf": [{"type": "string"}]}, "unsupported JSON schema keyword 'allOf'"),
+    ({"type": "integer", "minimum": 0}, "unsupported JSON schema keyword 'minimum'"),
+    ({"properties": {"a": {"not": {}}}}, "unsupported JSON schema keyword 'not'"),
+    ({"type": "strings"}, "unknown JSON schema type 'strings'"),
+    ({"type": []}, "'type' must be"),
+    ({"enum": []}, "'enum' must be a non-empty list"),
+    ({"enum": [{"a": 1}]}, "'enum' and 'const' values must be"),
+    ({"type": "string", "enum": [1]}, "no 'enum' or 'const' value"),
+    ({"anyOf": [{"type": "string"}], "type": "string"}, "'anyOf' next to 'type'"),
+    ({"anyOf": []}, "'anyOf' must be a non-empty list"),
+    ({"type": "object", "required": ["b"], "properties": {"a": {}},
+      "additionalProperties": False}, "'required' names 'b'"),
+    ({"type": "array", "minItems": 3, "maxItems": 2}, "'maxItems' is less than 'minItems'"),
+    ({"type": "array", "items": [{"type": "string"}]}, "tuple validation"),
+    ({"minLength": -1}, "'minLength' must be a non-negative integer"),
+    ({"$ref": "http://example.com/s.json"}, "only local '$ref's"),
+    ({"$ref": "#/$defs/missing"}, "points to nothing"),
+    ({"$ref": "#"}, "refers to itself"),
+    (False, "allows no value"),
+    ("object", "must be an object or a boolean"),
+])
+def test_unsupported_or_empty_schemas_are_refused_by_name(bad, message):
+    with pytest.raises(jc.SchemaError) as e:
+        jc.compile_schema(bad)
+    assert message in str(e.value)
+
+
+def test_schema_size_and_depth_are_capped():
+    deep = {}
+    for _ in range(jc.MAX_SCHEMA_DEPTH + 2):
+        deep = {"type": "array", "items": deep}
+    with pytest.raises(jc.SchemaError, match="nested more than"):
+        jc.compile_schema(deep)
+    wide = {"type": "object", "properties": {f"p{i}": {} for i in range(jc.MAX_SCHEMA_NODES)}}
+    with pytest.raises(jc.SchemaError, match="more than"):
+        jc.compile_schema(wide)
+
+
+def test_everything_accepted_whole_is_json_that_json_loads_reads():
+    # Random byte walks through the recognizer: whatever it calls whole, Python parses.
+    rng = np.random.default_rng(0)
+    alphabet = list(b'{}[]":,0123456789-+.eEtrufalsn \n\\u"ab\xc3\xa9') + [0x09]
+    whole = 0
+    for _ in range(3000):
+        state, text = jc.value_grammar(jc.ANY), b""
+        for _ in range(40):
+            allowed = [b for b in alphabet if jc.feed(state, bytes([b])) is not None]
+            if not allowed:
+                break
+            b = allowed[rng.integers(len(allowed))]
+            state, text = jc.feed(state, bytes([b])), text + bytes([b])
+            if jc.can_end(state):
+                json.loads(text.decode("utf-8"))
+                whole += 1
+    assert whole > 500
+
+
+hypothesis = pytest.importorskip("hypothesis")
+st = hypothesis.strategies
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-10**15, 10**15)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8),
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=6), kids, max_size=4),
+    max_leaves=12)
+
+
+@hypothesis.given(json_values, st.sampled_from([None, 2]))
+@hypothesis.settings(max_examples=300, deadline=None)
+def test_what_json_dumps_writes_is_accepted(value, indent):
+    text = json.dumps(value, ensure_ascii=False, indent=indent)
+    if "\\ud8" in text.lower() or "\\udc" in text.lower() or any(0xD800 <= ord(c) <= 0xDFFF for c in text):
+        return  # lone surrogates: refused on purpose
+    assert run(text) is True, text
+
+
+# ---- tokens: the sampler with a fake vocabulary -------------------------------------------
+
+class FakeTokenizer:
+    """Token i is PIECES[i]; SPECIAL tokens are added ones (like Qwen's <tool_call>)."""
+
+    def __init__(self, pieces, special=()):
+        self.pieces, self.special = pieces, set(special)
+
+    def token_to_piece(self, tok, special=False):
+        return self.pieces[tok]
+
+    def is_special(self, tok):
+        return tok in self.special
+
+
+PIECES = [b"{", b"}", b'"', b"a", b":", b"1", b" ", b"x", b'{"a', b'":', b"", b"<tool_call>",
+          b"\n", b"</tool_call>", b"\xe2\x82", b"\xac", b"[", b",", b"null"]
+EOG = 10          # empty piece: the end-of-generation token
+TOOL_OPEN, TOOL_CLOSE = 11, 13
+
+
+def constraint(node=jc.ANY, start=None, pieces=PIECES, special=(TOOL_OPEN, TOOL_CLOSE)):
+    start = start if start is not None else jc.value_grammar(node)
+    return jc.TokenConstraint(start, FakeTokenizer(pieces, special), {EOG}, len(pieces))
+
+
+def logits_favouring(*order, n=len(PIECES)):
+    """Logits where order[0] is best, order[1] next, ... and the rest far below."""
+    x = np.full(n, -20.0, dtype=np.float32)
+    for rank, tok in enumerate(order):
+        x[tok] = 10.0 - rank
+    return x
+
+
+def greedy(c, **kw):
+    return Sampler(SamplingParams(temperature=0.0, **kw), constraint=c)
+
+
+def test_greedy_takes_the_best_allowed_token():
+    c = constraint()
+    s = greedy(c)
+    # "x", "}", ":" cannot start JSON; "{" is the best that can
+    assert s.sample(logits_favouring(7, 1, 4, 0, 16), []) == 0
+    c.accept(0)
+    assert s.sample(logits_favouring(7, 5, 2), []) == 2        # after "{" a key must follow
+    c.accept(2)
+    assert s.sample(logits_favouring(EOG, 3), []) == 3
+    assert c.allows(3) and not c.allows(EOG)
+
+
+def test_end_of_generation_only_when_the_value_is_complete():
+    c = constraint()
+    s = greedy(c)
+    assert s.sample(logits_favouring(EOG, 0), []) == 0           # "{" rather than end
+    c.accept(0)
+    assert not c.complete and not c.allows(EOG)
+    assert s.sample(logits_favouring(EOG, 1), []) == 1
+    c.accept(1)
+    assert c.complete and c.allows(EOG)
+    # after the value: one whitespace byte or the end, nothing else
+    assert s.sample(logits_favouring(7, 0, 3, EOG), []) == EOG
+    assert c.allows(6) and c.allows(12) and not c.allows(0)
+
+
+def test_a_token_may_hold_several_json_tokens_and_partial_utf8():
+    c = constraint(jc.compile_schema({"type": "object", "properties": {"a": {"type": "string"}},
+                                      "required": ["a"], "additionalProperties": False}))
+    for tok in (8, 9, 2, 14, 15, 2, 1):          # {"a  ":  "  €(2 tokens)  "  }
+        assert c.allows(tok), PIECES[tok]
+        c.accept(tok)
+    assert c.complete
+
+
+def test_special_tokens_only_spell_the_literal_prefix_and_suffix():
+    start = jc.wrapped_grammar(jc.ANY, [("<tool_call>\n", "\n</tool_call>")])
+    c = constraint(start=start)
+    assert c.allows(TOOL_OPEN) and not c.allows(0)
+    c.accept(TOOL_OPEN)
+    c.accept(12)
+    assert c.allows(0) and not c.allows(TOOL_OPEN) and not c.allows(TOOL_CLOSE)
+    for tok in (0, 1, 12):
+        c.accept(tok)
+    assert c.allows(TOOL_CLOSE) and not c.allows(EOG)
+    c.accept(TOOL_CLOSE)
+    assert c.allows(EOG)
+    # A special token is never text inside the JSON, even where its text would fit.
+    c = constraint(start=jc.value_grammar(jc.ANY))
+    for tok in (0, 2):
+        c.accept(tok)
+    assert c.allows(3) and not c.allows(TOOL_OPEN)
+
+
+def test_sampling_draws_only_allowed_tokens():
+    for seed in range(20):
+        c = constraint()
+        s = Sampler(SamplingParams(temperature=1.5, top_k=0, top_p=1.0, min_p=0.0, seed=seed),
+                    constraint=c)
+        rng = np.random.default_rng(seed)
+        drawn = []
+        for _ in range(12):
+            tok = s.sample(rng.normal(size=len(PIECES)).astype(np.float32), drawn)
+            assert c.allows(tok)
+            drawn.append(tok)
+            if tok == EOG:
+                break
+            c.accept(tok)
+        text = b"".join(PIECES[t] for t in drawn)
+        assert jc.feed(jc.value_grammar(jc.ANY), text) is not None, text
+
+
+def test_sampling_widens_the_search_when_no_filtered_candidate_is_allowed():
+    c = constraint()
+    s = Sampler(SamplingParams(temperature=1.0, top_k=2, seed=0), constraint=c)
+    # the two kept candidates ("x", ":") are not allowed; "{" and "[" further down are
+    for _ in range(20):
+        assert s.sample(logits_favouring(7, 4, 0, 16), []) in (0, 16)
+
+
+def test_a_seeded_constrained_sampler_is_reproducible():
+    def draw(seed):
+        c = constraint()
+        s = Sampler(SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=seed),
+                    constraint=c)
+        rng = np.random.default_rng(99)
+        out = []
+        for _ in range(10):
+            tok = s.sample(rng.normal(size=len(PIECES)).astype(np.float32), out)
+            out.append(tok)
+            if tok == EOG:
+                break
+            c.accept(tok)
+        return out
+    assert draw(5) == draw(5)
+
+
+def test_the_search_reaches_past_the_top_tokens():
+    # 2,000 tokens; only the worst one can start the value.
+    n = 2000
+    pieces = [b"x"] * (n - 1) + [b"{"]
+    x = np.linspace(10, -10, n).astype(np.float32)
+    c = jc.TokenConstraint(jc.value_grammar(jc.ANY), FakeTokenizer(pieces), set(), n)
+    assert greedy(c).sample(x, []) == n - 1
+    s = Sampler(SamplingParams(temperature=1.0, seed=0), constraint=c)
+    assert s.sample(x, []) == n - 1
+    assert n - 1 > CHUNK_LARGE
+
+
+def test_nothing_allowed_is_an_exception_not_a_wrong_token():
+    c = constraint()
+    for tok in (0, 1):
+        c.accept(tok)
+    s = greedy(c, logit_bias={EOG: -math.inf, 6: -math.inf, 12: -math.inf})
+    with pytest.raises(NoTokenAllowed):
+        s.sample(logits_favouring(0), [])
+
+
+def test_greedy_checks_few_tokens_on_the_real_qwen2_vocabulary():
+    # The lazy search on 151,936 tokens: the model's favourite is checked first, and only
+    # when it is refused are more looked at (never the whole vocabulary).
+    from runtime.model import Model
+    m = Model.load(FIXTURES / "tokenizer" / "ggml-vocab-qwen2.gguf", vocab_only=True)
+    c = jc.make_constraint(m, jc.value_grammar(schema({**CITY, "additionalProperties": False})))
+    s = greedy(c)
+    tk = m.tokenizer
+    reply = '{"city": "Paris", "population": 2148000}'
+    rng = np.random.default_rng(0)
+    for tok in tk.tokenize(reply, add_special=False):
+        x = rng.normal(size=m.n_vocab).astype(np.float32)
+        x[tok] = 30.0
+        assert s.sample(x, []) == tok
+        assert len(c._next) == 1       # one check: the argmax
+        c.accept(tok)
+    assert c.complete
+    # A refused favourite: "capital" is not a key here; the best allowed key token wins.
+    c = jc.make_constraint(m, jc.value_grammar(schema({**CITY, "additionalProperties": False})))
+    for tok in tk.tokenize('{"', add_special=False):
+        c.accept(tok)
+    x = rng.normal(size=m.n_vocab).astype(np.float32)
+    x[tk.tokenize("capital", add_special=False)[0]] = 30.0
+    city = tk.tokenize("city", add_special=False)[0]
+    x[city] = 29.0
+    assert greedy(c).sample(x, []) == city
+    assert len(c._next) < 100
+
+
+# ---- logit_bias -------------------------------------------------------------------------
+
+def test_logit_bias_adds_before_the_choice():
+    x = np.array([1.0, 2.0, 3.0], dtype=np.float32)
+    assert Sampler(SamplingParams(temperature=0, logit_bias={0: 5.0})).sample(x, []) == 0
+    assert Sampler(SamplingParams(temperature=0, logit_bias={2: -math.inf})).sample(x, []) == 1
+    np.testing.assert_array_equal(apply_logit_bias(x, {1: -1.5}), [1.0, 0.5, 3.0])
+    np.testing.assert_array_equal(x, [1.0, 2.0, 3.0])         # the input is not changed
+
+
+def test_logit_bias_comes_before_the_penalties():
+    # repeat_penalty shrinks a positive logit; the bias must already be in it.
+    x = np.array([1.0, 0.9], dtype=np.float32)
+    p = SamplingParams(temperature=0, repeat_penalty=2.0, logit_bias={0: 1.0})
+    assert Sampler(p).sample(x, [0]) == 0      # (1 + 1) / 2 = 1.0 > 0.9
+    p = SamplingParams(temperature=0, repeat_penalty=2.0)
+    assert Sampler(p).sample(x, [0]) == 1      # 1 / 2 = 0.5 < 0.9
+
+
+def test_a_banned_token_is_never_drawn():
+    x = np.array([5.0, 0.0, 0.0], dtype=np.float32)
+    s = Sampler(SamplingParams(temperature=2.0, top_k=0, top_p=1.0, min_p=0.0, seed=1,
+                               logit_bias={0: -math.inf}))
+    assert {s.sample(x, []) for _ in range(200)} == {1, 2}
