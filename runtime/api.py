@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
+from runtime import json_constraint
 from runtime.engine import chat_prompt_ids, tokenize_prompt
 from runtime.tool_calls import declared_names
 
 DRAIN_LIMIT_BYTES = 64 << 20   # read (and drop) at most this much of a refused body
 MAX_STOP_STRINGS = 16
 MAX_N_PROBS = 100
+MAX_LOGIT_BIAS = 1024      # entries in 'logit_bias', and tokens they name once texts are tokenized
+LOGIT_BIAS_LIMIT = 100     # OpenAI's range, [-100, 100]; false bans the token
 INT32_MAX = 2**31 - 1
 ROLES = ("system", "developer", "user", "assistant", "tool")
 
@@ -220,7 +224,66 @@ def get_max_tokens(body, keys, n_ctx, allow_unlimited=False):
     return -1
 
 
-def sampling_params(body, *, openai: bool, default_temp: float | None = None):
+def _bias_value(v, where: str) -> float:
+    if v is False:  # llama-server: never this token
+        return -math.inf
+    if not is_num(v) or not -LOGIT_BIAS_LIMIT <= v <= LOGIT_BIAS_LIMIT:
+        raise ApiError(400, f"'logit_bias'{where}: a bias must be a number between "
+                            f"-{LOGIT_BIAS_LIMIT} and {LOGIT_BIAS_LIMIT}, or false")
+    return float(v)
+
+
+def get_logit_bias(body, model) -> dict | None:
+    """'logit_bias': OpenAI's {"token id": bias}, or llama-server's [[token id or text,
+    bias], ...] where a text's bias goes to every token of its tokenization. Biases of the
+    same token add up. -> {token id: bias}, -inf for false."""
+    v = body.get("logit_bias")
+    if v is None:
+        return None
+    if isinstance(v, dict):
+        entries = list(v.items())
+    elif isinstance(v, list):
+        entries = v
+    else:
+        raise ApiError(400, "'logit_bias' must be an object {\"token id\": bias} or a list of "
+                            "[token id or text, bias] pairs")
+    if len(entries) > MAX_LOGIT_BIAS:
+        raise ApiError(400, f"'logit_bias' may have at most {MAX_LOGIT_BIAS} entries")
+    n_vocab = model.n_vocab
+    out: dict = {}
+    for i, entry in enumerate(entries):
+        if isinstance(v, dict):
+            key, bias = entry
+            where = f" for {key[:40]!r}"
+            if not re.fullmatch(r"-?[0-9]{1,12}", key.strip()):
+                raise ApiError(400, f"'logit_bias' keys must be token ids, got {key[:40]!r}")
+            ids = [int(key)]
+        else:
+            where = f"[{i}]"
+            if not isinstance(entry, list) or len(entry) != 2:
+                raise ApiError(400, f"'logit_bias'{where} must be a [token id or text, bias] pair")
+            key, bias = entry
+            if is_int(key):
+                ids = [key]
+            elif isinstance(key, str):
+                ids = model.tokenize(key, add_special=False, parse_special=False)
+                if not ids:
+                    raise ApiError(400, f"'logit_bias'{where}: the text {key[:40]!r} has no tokens")
+            else:
+                raise ApiError(400, f"'logit_bias'{where}: the first item must be a token id or a text")
+        b = _bias_value(bias, where)
+        for t in ids:
+            if not 0 <= t < n_vocab:
+                raise ApiError(400, f"'logit_bias'{where}: token id {t} is out of range [0, {n_vocab})")
+            out[t] = out.get(t, 0.0) + b
+    if len(out) > MAX_LOGIT_BIAS:
+        raise ApiError(400, f"'logit_bias' names more than {MAX_LOGIT_BIAS} tokens")
+    if sum(1 for b in out.values() if b == -math.inf) >= n_vocab:
+        raise ApiError(400, "'logit_bias' bans every token")
+    return out or None
+
+
+def sampling_params(body, *, openai: bool, default_temp: float | None = None, model=None):
     from runtime.sampling import SamplingParams
     d = SamplingParams()
     if default_temp is not None:
@@ -241,6 +304,7 @@ def sampling_params(body, *, openai: bool, default_temp: float | None = None):
         presence_penalty=get_num(body, "presence_penalty", d.presence_penalty, -2, 2),
         frequency_penalty=get_num(body, "frequency_penalty", d.frequency_penalty, -2, 2),
         seed=seed,
+        logit_bias=get_logit_bias(body, model) if model is not None else None,
     )
 
 
@@ -350,12 +414,15 @@ TOOL_CHOICES = ("none", "auto", "required")
 
 def get_tool_choice(body, tools: list | None):
     """'tool_choice': "none", "auto" (the default), "required" or
-    {"type": "function", "function": {"name": NAME}}. Generation is not constrained by
-    it; "none" only means the reply is not searched for calls. A named function must be
-    one of the request's tools (when it has any): otherwise the client has a bug."""
+    {"type": "function", "function": {"name": NAME}}. "none" means the reply is not
+    searched for calls; "required" and a named function constrain the reply to be a
+    call (see forced_call), so they need 'tools', and a named function must be one of
+    them: otherwise the client has a bug."""
     v = body.get("tool_choice")
     if v is None:
         return "auto"
+    if v == "required" and not declared_names(tools):
+        raise ApiError(400, "'tool_choice' \"required\" needs 'tools' with named functions")
     if isinstance(v, str) and v in TOOL_CHOICES:
         return v
     fn = v.get("function") if isinstance(v, dict) else None
@@ -363,10 +430,75 @@ def get_tool_choice(body, tools: list | None):
             or not isinstance(fn.get("name"), str)):
         raise ApiError(400, "'tool_choice' must be \"none\", \"auto\", \"required\" or "
                             "{\"type\": \"function\", \"function\": {\"name\": ...}}")
-    if tools and fn["name"] not in declared_names(tools):
+    if fn["name"] not in declared_names(tools):
         raise ApiError(400, f"'tool_choice' names the function {fn['name'][:60]!r}, "
                             f"which is not in 'tools'")
     return v
+
+
+def forced_call(model, tools: list | None, choice):
+    """The start state of the constraint that makes the reply a tool call, for
+    tool_choice "required" (any of the tools) or a named function; None otherwise."""
+    from runtime.tool_calls import call_grammar
+    if choice in ("none", "auto"):
+        return None
+    names = None if choice == "required" else {choice["function"]["name"]}
+    return call_grammar(tools, names, template_in_effect(model))
+
+
+RESPONSE_TYPES = ("text", "json_object", "json_schema")
+
+
+def _schema_node(schema, where: str, strict: bool = False):
+    try:
+        return json_constraint.compile_schema(schema, strict=strict)
+    except json_constraint.SchemaError as e:
+        raise ApiError(400, f"{where}: {e}") from None
+
+
+def get_json_grammar(body):
+    """'response_format' (OpenAI; llama-server's {"type": "json_object", "schema": ...}
+    too) or llama-server's 'json_schema' -> the start state of the constraint that makes
+    the reply one JSON value of that schema, or None for free text."""
+    rf = body.get("response_format")
+    node = None
+    if rf is not None:
+        kind = rf.get("type") if isinstance(rf, dict) else None
+        if kind not in RESPONSE_TYPES:
+            raise ApiError(400, "'response_format' must be {\"type\": \"text\"}, "
+                                "{\"type\": \"json_object\"} or {\"type\": \"json_schema\", "
+                                "\"json_schema\": {\"name\": ..., \"schema\": {...}}}")
+        if kind == "json_object":
+            node = json_constraint.any_object()
+            if rf.get("schema") is not None:
+                node = json_constraint.only_objects(
+                    _schema_node(rf["schema"], "'response_format.schema'"))
+                if node is None:
+                    raise ApiError(400, "'response_format.schema': a json_object reply is an "
+                                        "object, and this schema allows no object")
+        elif kind == "json_schema":
+            spec = rf.get("json_schema")
+            if spec is None and "schema" in rf:
+                spec = {"schema": rf["schema"]}
+            if not isinstance(spec, dict):
+                raise ApiError(400, "'response_format.json_schema' must be an object "
+                                    "{\"name\": ..., \"schema\": {...}}")
+            if spec.get("name") is not None and not isinstance(spec["name"], str):
+                raise ApiError(400, "'response_format.json_schema.name' must be a string")
+            strict = get_bool(spec, "strict", False)
+            schema = spec.get("schema")
+            node = (json_constraint.any_object() if schema is None else
+                    _schema_node(schema, "'response_format.json_schema.schema'", strict))
+    if body.get("json_schema") is not None:
+        if node is not None:
+            raise ApiError(400, "give either 'json_schema' or a JSON 'response_format', not both")
+        node = _schema_node(body["json_schema"], "'json_schema'")
+    return None if node is None else json_constraint.value_grammar(node)
+
+
+def output_constraint(model, start):
+    """The request's TokenConstraint for a start state, or None without one."""
+    return None if start is None else json_constraint.make_constraint(model, start)
 
 
 def chat_ids(model, messages, tools=None) -> tuple[str, list]:

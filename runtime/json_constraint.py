@@ -215,11 +215,13 @@ class _Compiler:
         if not isinstance(props, dict):
             raise SchemaError("'properties' must be an object")
         n.props = {name: self.node(sub, depth + 1) for name, sub in props.items()}
-        n.keys = tuple((_key_text(name), name) for name in props)
         req = s.get("required", [])
         if not isinstance(req, list) or not all(isinstance(r, str) for r in req):
             raise SchemaError("'required' must be a list of property names")
         n.required = frozenset(req)
+        # required names that are not listed come from additionalProperties (checked below)
+        names = list(props) + [r for r in dict.fromkeys(req) if r not in props]
+        n.keys = tuple((_key_text(name), name) for name in names)
         extra = s.get("additionalProperties", not self.strict)
         if extra is False:
             n.extra = None
@@ -446,7 +448,11 @@ def _lit(cands, pos, below, out):
 
 
 def _start_key(node, seen, depth, below, out):
-    if node.extra is None:
+    # Until every required key is there, only listed (or required) keys may come: a
+    # subset of what the schema allows, which keeps a model from wandering into made-up
+    # keys while one it must write is missing (as llama.cpp's grammars put required
+    # properties first).
+    if node.extra is None or not node.required <= seen:
         cands = tuple((text, name) for text, name in node.keys if name not in seen)
         if cands:
             out.append((((KEY_LIT, node, seen, depth, cands, 0), below), 0))
@@ -542,7 +548,8 @@ def _step(stack, ws, b, raw_only, out):
             if b == 0x22:
                 for text, name in cands:
                     if len(text) == pos:
-                        out.append((((OBJ_COLON, node, seen | {name}, depth, node.props[name]),
+                        out.append((((OBJ_COLON, node, seen | {name}, depth,
+                                      node.props.get(name, node.extra)),
                                      below), 0))
         elif tag == KEY_FREE:
             _, node, seen, depth, raw, ss = frame

@@ -31,10 +31,11 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 import bottle
 
 from runtime import tool_calls
-from runtime.api import (MAX_N_PROBS, MISSING, ApiError, chat_ids, check_n, error_body, get_bool,
-                         get_int, get_max_tokens, get_messages, get_stop, get_str,
-                         get_tool_choice, get_tools, is_int, json_bytes, logprob, parse_json,
-                         piece, prompt_ids, read_body, sampling_params, template_in_effect)
+from runtime.api import (MAX_N_PROBS, MISSING, ApiError, chat_ids, check_n, error_body,
+                         forced_call, get_bool, get_int, get_json_grammar, get_max_tokens,
+                         get_messages, get_stop, get_str, get_tool_choice, get_tools, is_int,
+                         json_bytes, logprob, output_constraint, parse_json, piece, prompt_ids,
+                         read_body, sampling_params, template_in_effect)
 from runtime.engine import ContextOverflowError, Engine, EngineBusy, Request
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
@@ -235,13 +236,18 @@ def build_app(st: State) -> bottle.Bottle:
         tools = get_tools(body)
         # The reply is searched for tool calls only when the request offers tools and
         # allows calling them; every other request takes the path it always took.
-        find_calls = tools is not None and get_tool_choice(body, tools) != "none"
+        tool_choice = get_tool_choice(body, tools)
+        find_calls = tools is not None and tool_choice != "none"
+        # A forced call is itself JSON: it takes the place of a JSON response_format.
+        json_start = get_json_grammar(body)
+        start = forced_call(model, tools, tool_choice) or json_start
         req = Request(
             prompt_ids=chat_ids(model, messages, tools)[1],
-            params=sampling_params(body, openai=True, default_temp=st.temperature),
+            params=sampling_params(body, openai=True, default_temp=st.temperature, model=model),
             max_tokens=get_max_tokens(body, ("max_completion_tokens", "max_tokens"), st.n_ctx),
             stop=get_stop(body), n_probs=max(top_lp, 1) if want_lp else 0,
-            cache_prompt=get_bool(body, "cache_prompt", True))
+            cache_prompt=get_bool(body, "cache_prompt", True),
+            constraint=output_constraint(model, start))
         cid, created = "chatcmpl-" + uuid.uuid4().hex[:24], int(time.time())
         base = {"id": cid, "created": created, "model": st.model_id, "system_fingerprint": "chatfile"}
         submit(req)
@@ -324,10 +330,12 @@ def build_app(st: State) -> bottle.Bottle:
             raise ApiError(400, "'stream_options' must be an object")
         include_usage = get_bool(opts or {}, "include_usage", False)
         req = Request(prompt_ids=prompt_ids(model, prompt),
-                      params=sampling_params(body, openai=True, default_temp=st.temperature),
+                      params=sampling_params(body, openai=True, default_temp=st.temperature,
+                                             model=model),
                       max_tokens=get_max_tokens(body, ("max_tokens",), st.n_ctx),
                       stop=get_stop(body), n_probs=n_lp,
-                      cache_prompt=get_bool(body, "cache_prompt", True))
+                      cache_prompt=get_bool(body, "cache_prompt", True),
+                      constraint=output_constraint(model, get_json_grammar(body)))
         if body.get("max_tokens") is None:
             req.max_tokens = min(16, st.n_ctx)  # OpenAI's documented default for completions
         base = {"id": "cmpl-" + uuid.uuid4().hex[:24], "object": "text_completion",
@@ -397,11 +405,13 @@ def build_app(st: State) -> bottle.Bottle:
     # -- llama-server: /completion and /infill ----------------------------------------
     def llama_request(model, body, ids) -> tuple[Request, bool]:
         n_probs = get_int(body, "n_probs", 0, lo=0, hi=MAX_N_PROBS)
-        req = Request(prompt_ids=ids, params=sampling_params(body, openai=False, default_temp=st.temperature),
+        req = Request(prompt_ids=ids, params=sampling_params(body, openai=False, default_temp=st.temperature,
+                                                             model=model),
                       max_tokens=get_max_tokens(body, ("n_predict", "max_tokens"), st.n_ctx,
                                                 allow_unlimited=True),
                       stop=get_stop(body), n_probs=n_probs,
-                      cache_prompt=get_bool(body, "cache_prompt", True))
+                      cache_prompt=get_bool(body, "cache_prompt", True),
+                      constraint=output_constraint(model, get_json_grammar(body)))
         return req, get_bool(body, "stream", False)
 
     def completion_probs(model, ev, n):

@@ -26,6 +26,8 @@ from __future__ import annotations
 import json
 import uuid
 
+from runtime import json_constraint as jc
+
 HERMES_OPEN, HERMES_CLOSE = "<tool_call>", "</tool_call>"
 MISTRAL_CALLS, MISTRAL_ARGS = "[TOOL_CALLS]", "[ARGS]"
 PYTHON_TAG = "<|python_tag|>"
@@ -41,13 +43,55 @@ def declared_names(tools: list | None) -> set:
     """The function names a request declares. OpenAI's shape is {"type": "function",
     "function": {"name": ...}}; a bare {"name": ...} is accepted as well, since the
     templates render either."""
-    names = set()
+    return {spec["name"] for spec in _specs(tools)}
+
+
+def _specs(tools: list | None) -> list:
+    """The function specs (dicts with a string 'name') of a request's tools."""
+    out = []
     for t in tools or []:
         fn = t.get("function") if isinstance(t, dict) else None
         spec = fn if isinstance(fn, dict) else t
         if isinstance(spec, dict) and isinstance(spec.get("name"), str):
-            names.add(spec["name"])
-    return names
+            out.append(spec)
+    return out
+
+
+def _arguments_node(spec: dict):
+    """A tool's `parameters` as a grammar node; any object when the schema uses something
+    the constraint does not support (a call with unchecked arguments beats a refused
+    request, and the client validates them anyway)."""
+    params = spec.get("parameters")
+    if params is None:
+        return jc.any_object()
+    try:
+        node = jc.only_objects(jc.compile_schema(params, strict=spec.get("strict") is True))
+    except jc.SchemaError:
+        node = None
+    return node or jc.any_object()
+
+
+def call_grammar(tools: list, names: set | None, template: str) -> tuple:
+    """The start state of a constraint under which the reply is one call to one of `names`
+    (None: any declared tool): {"name": NAME, "arguments": {...}} with the arguments
+    following that tool's schema, bare, or in a Hermes <tool_call> block when the chat
+    template shows the model that format. Both forms stay open because models differ:
+    Qwen2.5-Coder-0.5B answers bare JSON although its template asks for the block."""
+    calls, seen = [], set()
+    for spec in _specs(tools):
+        name = spec["name"]
+        if (names is not None and name not in names) or name in seen:
+            continue
+        seen.add(name)
+        calls.append(jc.object_node({"name": jc.const_node(name),
+                                     "arguments": _arguments_node(spec)}))
+    if not calls:
+        raise ValueError("no tool to call")
+    node = calls[0] if len(calls) == 1 else jc.Choice(tuple(calls))
+    wrappers = [("", "")]
+    if HERMES_OPEN in (template or ""):
+        wrappers.append((HERMES_OPEN + "\n", "\n" + HERMES_CLOSE))
+    return jc.wrapped_grammar(node, wrappers)
 
 
 def new_call_id() -> str:

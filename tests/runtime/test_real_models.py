@@ -129,3 +129,56 @@ def test_qwen_asked_for_the_weather_calls_the_weather_tool(qwen_gguf_path):
     assert call["function"]["name"] == "get_weather"
     args = json.loads(call["function"]["arguments"])
     assert isinstance(args, dict) and "paris" in str(args.get("city", "")).lower(), args
+
+
+@pytest.fixture(scope="module")
+def qwen_app(qwen_gguf_path):
+    """The server's app (no socket) on the default model, for requests through _wsgi_call."""
+    from runtime import server
+    from runtime.engine import Engine
+    model = Model.load(qwen_gguf_path, mode="f32")
+    st = server.State(model_path=str(qwen_gguf_path), n_ctx=2048, model=model, model_id="qwen")
+    st.engine = Engine(model, 2048)
+    return server.wrap_app(server.build_app(st), st)
+
+
+@pytest.mark.parametrize("temperature", [0, 0.7])
+def test_qwen_with_a_json_schema_answers_json_with_those_fields(qwen_app, temperature):
+    # Measured: greedy answers {"city": "Tokyo", "population": 1399000}. Strict, as OpenAI
+    # clients send it: without it the schema allows more keys, and this model, having
+    # written "population": 139 for 13,990,000, goes on with ',' and a made-up key.
+    from tests.e2e.test_api_llama import _wsgi_call
+    schema = {"type": "object", "properties": {"city": {"type": "string"},
+                                               "population": {"type": "integer"}},
+              "required": ["city", "population"]}
+    status, r = _wsgi_call(qwen_app, "POST", "/v1/chat/completions", {
+        "messages": [{"role": "user", "content": "What is the largest city in Japan, and how "
+                                                 "many people live there?"}],
+        "response_format": {"type": "json_schema", "json_schema": {
+            "name": "city", "schema": schema, "strict": True}},
+        "temperature": temperature, "seed": 1, "max_tokens": 80})
+    assert status == 200, r
+    choice = r["choices"][0]
+    assert choice["finish_reason"] == "stop", choice
+    answer = json.loads(choice["message"]["content"])
+    assert set(answer) == {"city", "population"}, answer
+    assert isinstance(answer["city"], str) and answer["city"]
+    assert isinstance(answer["population"], int) and not isinstance(answer["population"], bool)
+
+
+def test_qwen_with_tool_choice_required_calls_a_tool_even_to_a_greeting(qwen_app):
+    from tests.e2e.test_api_llama import _wsgi_call
+    tools = [{"type": "function", "function": {
+        "name": "get_time", "description": "The time in a time zone",
+        "parameters": {"type": "object", "required": ["tz"], "properties": {"tz": {"type": "string"}}}}}]
+    body = {"messages": [{"role": "user", "content": "Hi! How are you?"}], "tools": tools,
+            "temperature": 0, "max_tokens": 64}
+    status, r = _wsgi_call(qwen_app, "POST", "/v1/chat/completions", body)
+    assert status == 200 and r["choices"][0]["finish_reason"] == "stop", r   # it just answers
+    status, r = _wsgi_call(qwen_app, "POST", "/v1/chat/completions", {**body, "tool_choice": "required"})
+    assert status == 200, r
+    choice = r["choices"][0]
+    assert choice["finish_reason"] == "tool_calls", choice
+    (call,) = choice["message"]["tool_calls"]
+    assert call["function"]["name"] == "get_time"
+    assert isinstance(json.loads(call["function"]["arguments"]).get("tz"), str)
