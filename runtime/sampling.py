@@ -40,6 +40,9 @@ class SamplingParams:
 CHUNK_SMALL = 64      # constrained search: the model's best tokens, checked first
 CHUNK_LARGE = 512     # then these; past them, only tokens whose first byte may come next
 WIDE_SAMPLE_N = 64    # sampling when no filtered candidate is allowed: draw among this many
+# ... whose logits are within this many temperatures of the best allowed one: a token
+# further down would have under e^-10 of its probability.
+WIDE_LOGIT_GAP = 10.0
 
 
 class NoTokenAllowed(Exception):
@@ -140,7 +143,14 @@ class Sampler:
         """Allowed tokens to draw from when no filtered candidate is allowed: those among
         the CHUNK_LARGE best, or else the WIDE_SAMPLE_N best allowed ones further down."""
         found = list(itertools.islice(self._allowed_best_first(z, deep=False), WIDE_SAMPLE_N))
-        return found or list(itertools.islice(self._allowed_best_first(z), WIDE_SAMPLE_N))
+        if found:
+            return found
+        best = next(self._allowed_best_first(z), None)
+        if best is None:
+            return []
+        floor = z[best] - WIDE_LOGIT_GAP * max(self.params.temperature, 1e-6)
+        near = self._allowed_best_first(np.where(z >= floor, z, -np.inf))
+        return list(itertools.islice(near, WIDE_SAMPLE_N))
 
     def _allowed_best_first(self, z: np.ndarray, deep: bool = True):
         """The tokens the constraint allows, best logit first (ties: lowest id first, as
