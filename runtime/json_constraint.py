@@ -15,8 +15,8 @@ Three layers, each usable alone:
   inside strings itself, so a reply is always valid UTF-8.
 - `TokenConstraint`: the per-request view the sampler asks, one token at a time
   (`allows`, `accept`). Tokens are checked lazily, best first, by runtime/sampling.py:
-  nothing is computed over the whole vocabulary per step except, rarely, a first-byte
-  filter (a NumPy lookup) when the model's top 512 tokens are all refused.
+  nothing is computed over the whole vocabulary per step except, rarely, a filter on
+  each token's first two bytes (a NumPy lookup) when the model's top 512 are all refused.
 
 What the recognizer accepts is a subset of JSON: whitespace between tokens is one space or
 tab, or a newline and an indentation (so a model cannot pad forever); numbers' length,
@@ -637,14 +637,15 @@ PAIR_REFINE_MAX = 16   # refine by the second byte when at most this many first 
 
 def _head_table(state: tuple) -> np.ndarray:
     """bool[256, 257]: may a token start with bytes (b0, b1)? Column 256: a one-byte
-    token. When many first bytes fit (inside a string) most tokens are allowed anyway,
-    and the second byte is not looked at, which would cost 256 checks per first byte."""
+    token. The second byte is looked at (256 checks each) after whitespace, which starts
+    a third of a BPE vocabulary (" word"), and after every first byte when few fit; when
+    many fit (inside a string) most tokens are allowed anyway."""
     ok0 = first_bytes(state)
     table = np.repeat(ok0[:, None], 257, axis=1)
-    fits = np.flatnonzero(ok0)
-    if len(fits) <= PAIR_REFINE_MAX:
-        for b0 in fits.tolist():
-            table[b0, :256] = first_bytes(feed(state, bytes((b0,))))
+    fits = np.flatnonzero(ok0).tolist()
+    refine = fits if len(fits) <= PAIR_REFINE_MAX else [b for b in fits if b in WS]
+    for b0 in refine:
+        table[b0, :256] = first_bytes(feed(state, bytes((b0,))))
     return table
 
 

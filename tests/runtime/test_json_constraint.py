@@ -498,3 +498,17 @@ def test_a_banned_token_is_never_drawn():
     s = Sampler(SamplingParams(temperature=2.0, top_k=0, top_p=1.0, min_p=0.0, seed=1,
                                logit_bias={0: -math.inf}))
     assert {s.sample(x, []) for _ in range(200)} == {1, 2}
+
+
+def test_the_deep_search_filters_by_the_first_two_bytes():
+    # 3,000 " wNNN" words rank above the one token that can start the value here: the
+    # space fits (whitespace may come first), the "w" after it does not.
+    n = 3001
+    pieces = [b" w%d" % i for i in range(n - 1)] + [b" {"]
+    c = jc.TokenConstraint(jc.value_grammar(jc.ANY), FakeTokenizer(pieces), set(), n)
+    assert np.flatnonzero(c.candidates()).tolist() == [n - 1]
+    x = np.linspace(10, -10, n).astype(np.float32)
+    assert greedy(c).sample(x, []) == n - 1
+    assert len(c._next) <= CHUNK_LARGE + 2          # the top tokens, then the one candidate
+    s = Sampler(SamplingParams(temperature=1.0, seed=0), constraint=c)
+    assert s.sample(x, []) == n - 1
