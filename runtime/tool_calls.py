@@ -60,12 +60,16 @@ def _specs(tools: list | None) -> list:
 def _arguments_node(spec: dict):
     """A tool's `parameters` as a grammar node; any object when the schema uses something
     the constraint does not support (a call with unchecked arguments beats a refused
-    request, and the client validates them anyway)."""
+    request, and the client validates them anyway).
+
+    Compiled as strict: arguments the tool does not list are allowed only if its schema
+    says so (additionalProperties). A function's parameters are its signature, and small
+    models, once allowed, add made-up ones ("country", "date") until max_tokens."""
     params = spec.get("parameters")
     if params is None:
         return jc.any_object()
     try:
-        node = jc.only_objects(jc.compile_schema(params, strict=spec.get("strict") is True))
+        node = jc.only_objects(jc.compile_schema(params, strict=True))
     except jc.SchemaError:
         node = None
     return node or jc.any_object()

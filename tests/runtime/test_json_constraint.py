@@ -512,3 +512,36 @@ def test_the_deep_search_filters_by_the_first_two_bytes():
     assert len(c._next) <= CHUNK_LARGE + 2          # the top tokens, then the one candidate
     s = Sampler(SamplingParams(temperature=1.0, seed=0), constraint=c)
     assert s.sample(x, []) == n - 1
+
+
+# ---- forced tool calls (runtime/tool_calls.call_grammar) ------------------------------------
+
+def test_a_forced_call_is_a_declared_tool_with_its_arguments_bare_or_wrapped():
+    from runtime.tool_calls import call_grammar, parse
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}},
+             {"type": "function", "function": {"name": "odd", "parameters": {
+                 "type": "object", "properties": {"q": {"type": "string", "pattern": "^a"}}}}}]
+    start = call_grammar(tools, None, "... <tool_call> ...")
+
+    def whole(text, state=start):
+        s = jc.feed(state, text.encode())
+        return None if s is None else jc.can_end(s)
+    bare = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
+    assert whole(bare) is True
+    assert whole('<tool_call>\n' + bare + '\n</tool_call>') is True
+    assert whole('<tool_call>\n' + bare) is False               # the block must close
+    assert whole('{"arguments": {"city": "Paris"}, "name": "get_weather"}') is True
+    assert whole('{"name": "launch"') is None                  # not a declared tool
+    assert whole('{"name": "get_weather", "arguments": {"city": 1') is None
+    # the tool's arguments are read as strict: no made-up ones
+    assert whole('{"name": "get_weather", "arguments": {"city": "P", "date"') is None
+    # an unsupported keyword in a tool's schema: any object as arguments
+    assert whole('{"name": "odd", "arguments": {"q": "zzz", "n": [1]}}') is True
+    # a named tool_choice: that tool only; a template without <tool_call>: bare only
+    named = call_grammar(tools, {"odd"}, "")
+    assert whole('{"name": "odd", "arguments": {}}', named) is True
+    assert whole('{"name": "get_weather"', named) is None
+    assert whole('<tool_call>', named) is None
+    content, calls = parse('<tool_call>\n' + bare + '\n</tool_call>', tools)
+    assert content is None and calls[0]["function"]["name"] == "get_weather"
