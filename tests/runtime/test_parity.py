@@ -133,9 +133,10 @@ def _ring_and_full_sessions(name, n_ctx):
     ring, full = m.session(n_ctx), Session(m, n_ctx, swa_ring=False)
     c = m.cfg
     assert 0 < ring.ring < n_ctx and full.ring == 0
-    assert [k.shape[1] for k in ring.k] == [ring.ring if c.is_swa(i) else n_ctx
+    # keys are cached transposed, [n_kv, hd, n_pos]
+    assert [k.shape[2] for k in ring.k] == [ring.ring if c.is_swa(i) else n_ctx
                                            for i in range(c.n_layer)]
-    assert {k.shape[1] for k in full.k} == {n_ctx}
+    assert {k.shape[2] for k in full.k} == {n_ctx}
     ids = np.random.default_rng(0).integers(0, m.n_vocab, 700).tolist()
     return ring, full, ids
 
