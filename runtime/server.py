@@ -712,6 +712,10 @@ class _Handler(WSGIRequestHandler):
 
 class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
     daemon_threads = True
+    # socketserver's default backlog is 5: while a reply is generating, a burst of a few
+    # more connections overflowed it and clients got "connection reset" instead of an
+    # answer or the queue's 503. The kernel caps it at its somaxconn.
+    request_queue_size = 128
     # SO_REUSEADDR on Windows would let two servers share a port; only use it elsewhere.
     allow_reuse_address = os.name != "nt"
 

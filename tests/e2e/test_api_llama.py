@@ -456,6 +456,24 @@ def test_busy_port_moves_to_the_next_free_one():
     assert port != busy and busy < port <= busy + server.PORT_TRIES
 
 
+def test_a_burst_of_connections_waits_for_a_busy_accept_loop():
+    """While a reply generates, the accept loop can fall behind a burst of clients. With
+    socketserver's backlog of 5 the kernel dropped the rest (clients saw resets or
+    time-outs); each must instead wait its turn. Here nothing accepts at all."""
+    from runtime import server
+    srv, port = server.bind("127.0.0.1", 0)
+    clients = []
+    try:
+        for _ in range(40):
+            c = socket.create_connection(("127.0.0.1", port), timeout=2)
+            clients.append(c)
+    finally:
+        for c in clients:
+            c.close()
+        srv.server_close()
+    assert len(clients) == 40
+
+
 def test_no_free_port_or_an_impossible_one_is_a_clear_error():
     from runtime import server
     with socket.socket() as s:  # the last port: nothing above it to try
