@@ -6,11 +6,10 @@ import contextlib
 import io
 import os
 import shlex
-import signal
 import sys
 import time
 
-from runtime.embedded import BundleError
+from runtime.embedded import BundleError, interrupt_on_termination
 
 OWN_COMMANDS = ("bundle", "stub")
 
@@ -147,16 +146,6 @@ def cmd_stub(a) -> int:
     return 0
 
 
-def _interrupt_on_termination() -> None:
-    """SIGTERM and SIGHUP (a closed terminal) clean up as Ctrl-C does: the temporary file
-    of a half-written bundle is removed, instead of staying behind under a hidden name."""
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-    for name in ("SIGTERM", "SIGHUP"):
-        if hasattr(signal, name):
-            signal.signal(getattr(signal, name), interrupt)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and not argv[0].startswith("-") and argv[0] not in OWN_COMMANDS:
@@ -167,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.command is None:
         parser.print_help()
         return 2
-    _interrupt_on_termination()
+    interrupt_on_termination()
     try:
         return cmd_bundle(a) if a.command == "bundle" else cmd_stub(a)
     except (BundleError, OSError) as e:

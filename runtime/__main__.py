@@ -18,7 +18,8 @@ import zipfile
 from pathlib import Path
 
 from runtime.cli import hidden_flag
-from runtime.embedded import BundleError, Trailer, extract, read_trailer, verify
+from runtime.embedded import (BundleError, Trailer, extract, interrupt_on_termination,
+                              read_trailer, verify)
 
 NO_MODEL_HELP = ("this is a chatfile runtime without a model; use -m model.gguf or "
                  "`chatfile bundle` to make one that carries a model.")
@@ -224,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 1
         if own["extract"]:
+            interrupt_on_termination()
             digest = extract(path, trailer, own["extract"], _progress("extracting"))
             print(f"wrote {own['extract']} ({trailer.gguf_size} bytes, sha256 {digest})")
             return 0

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -259,7 +260,11 @@ def extract(path: str | os.PathLike, trailer: Trailer, out_path: str | os.PathLi
     tmp = os.path.join(directory, f".{os.path.basename(out_path)}.{os.getpid()}.part")
     h = hashlib.sha256()
     try:
-        with open(path, "rb") as src, open(tmp, "wb") as dst:
+        dst = open(tmp, "wb")
+    except OSError as e:  # name the user's path, not our temporary one
+        raise BundleError(f"cannot write {out_path}: {e.strerror or e}") from None
+    try:
+        with open(path, "rb") as src, dst:
             src.seek(trailer.gguf_offset)
             done = 0
             while done < trailer.gguf_size:
@@ -282,3 +287,14 @@ def extract(path: str | os.PathLike, trailer: Trailer, out_path: str | os.PathLi
             pass
         raise
     return h.hexdigest()
+
+
+def interrupt_on_termination() -> None:
+    """SIGTERM and SIGHUP (a closed terminal) clean up as Ctrl-C does: a half-written file
+    (a bundle, an extracted model) is removed instead of staying behind under a hidden
+    temporary name. For commands that write files, not for the server."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), interrupt)

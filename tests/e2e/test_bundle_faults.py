@@ -137,6 +137,52 @@ def test_sigterm_or_a_closed_terminal_mid_copy_leaves_nothing(tmp_path_factory, 
     assert os.listdir(tmp_path) == []
 
 
+STALLING_EXTRACT = """\
+import sys, time
+import runtime.__main__ as entry
+def stalling(label):
+    def report(done_bytes, total_bytes):
+        print("COPIED", done_bytes, total_bytes, flush=True)
+        time.sleep(600)
+    return report
+entry._progress = stalling
+sys.argv = sys.argv[1:]  # [bundle, --extract, out]: the bundle is argv[0], as when run
+entry._entry()
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_or_a_closed_terminal_mid_extract_leaves_nothing(tmp_path_factory, tmp_path, sig):
+    """A bundle's --extract stopped by SIGTERM or SIGHUP left a hidden .part file of up to
+    the model's size; it now cleans up as on Ctrl-C."""
+    bundle = session_bundle(tmp_path_factory, "pyz")
+    out = tmp_path / "model.gguf"
+    proc = subprocess.Popen([sys.executable, "-c", STALLING_EXTRACT, str(bundle), "--extract",
+                             str(out)], cwd=ROOT, env=repo_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("COPIED"), (line, proc.stderr.read() if proc.poll() is not None else "")
+    finally:
+        proc.send_signal(sig)
+        code = proc.wait(RUN_TIMEOUT_S)
+        err = proc.stderr.read()
+        proc.stdout.close()
+        proc.stderr.close()
+    assert code == 130 and TRACEBACK not in err, (code, err)
+    assert os.listdir(tmp_path) == []
+
+
+def test_extract_into_a_missing_directory_names_the_user_s_path(tmp_path_factory, tmp_path):
+    bundle = session_bundle(tmp_path_factory, "pyz")
+    out = tmp_path / "no such dir" / "model.gguf"
+    r = subprocess.run([*bundle_cmd(bundle, "pyz"), "--extract", str(out)], cwd=ROOT,
+                       env=bundle_env(tmp_path_factory), capture_output=True, text=True,
+                       timeout=RUN_TIMEOUT_S)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.startswith(f"chatfile: error: cannot write {out}: ") and ".part" not in r.stderr
+
+
 def test_next_bundle_removes_the_stale_temp_file_of_a_killed_run(tmp_path_factory, tmp_path):
     stub = session_stub(tmp_path_factory, "pyz")
     out = tmp_path / "again.pyz"
