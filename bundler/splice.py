@@ -209,6 +209,13 @@ def _check_gguf(path: str) -> int:
     except OSError as e:
         raise BundleError(f"cannot read model {path}: {e.strerror or e}") from None
     if magic != b"GGUF":
+        try:
+            inner = read_trailer(path)
+        except BundleError:
+            inner = None
+        if inner is not None:  # a bundle given as the model: say how to get its GGUF
+            raise BundleError(f"{path} is a chatfile bundle, not a GGUF file; take its model "
+                              f"out with `{path} --extract model.gguf` and bundle that")
         raise BundleError(f"{path} is not a GGUF file (magic {magic!r}, expected b'GGUF')")
     return size
 

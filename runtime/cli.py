@@ -122,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nstopped", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `chatfile info m.gguf | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 0
     except (OSError, ValueError, MemoryError) as e:  # GGUFError, TemplateError, ... are ValueErrors
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -141,7 +144,8 @@ def _use_embedded_model(args) -> None:
 def _dispatch(args) -> int:
     if not os.path.isfile(args.model):
         # Fail before starting a server that could only report the same thing.
-        what = "it is a directory" if os.path.isdir(args.model) else "no such file"
+        what = ("it is a directory" if os.path.isdir(args.model) else
+                "not a regular file" if os.path.exists(args.model) else "no such file")
         raise FileNotFoundError(f"cannot open {args.model}: {what}")
     if args.gguf_offset == 0 and args.gguf_size is None:
         _use_embedded_model(args)

@@ -265,9 +265,13 @@ def test_refusals(tmp_path, elf_stub):
     splice(elf_stub, MODEL, done)
     with pytest.raises(BundleError, match="already carries a model"):
         splice(done, MODEL, tmp_path / "o4")
+    # A bundle given as the model: how to get at its GGUF, not only "not a GGUF".
+    with pytest.raises(BundleError, match=r"is a chatfile bundle, not a GGUF file; take its "
+                                          r"model out with `.*done --extract model.gguf`"):
+        splice(elf_stub, done, tmp_path / "o5")
     with pytest.raises(BundleError, match="directory"):
         splice(elf_stub, MODEL, tmp_path)
-    assert not any((tmp_path / n).exists() for n in ("o1", "o2", "o3", "o4"))
+    assert not any((tmp_path / n).exists() for n in ("o1", "o2", "o3", "o4", "o5"))
 
 
 @pytest.fixture

@@ -185,3 +185,27 @@ def test_a_numpy_built_for_another_python_is_named(tmp_path, monkeypatch, capsys
     assert capsys.readouterr().err == f"chatfile: error: {problem}\n"
     fake.rename(core / ("_multiarray_umath" + importlib.machinery.EXTENSION_SUFFIXES[0]))
     assert entry.numpy_mismatch() is None  # this Python's own suffix: it loads
+
+
+def test_small_command_line_mistakes_get_a_clear_line_early(tmp_path):
+    model = MODELS / "tiny-qwen2-q8_0.gguf"
+    # The benchmark checks what it cannot do before minutes of measuring.
+    r = chatfile("bench", model, "--json", tmp_path, timeout=60)
+    assert r.returncode == 1 and r.stderr == f"error: cannot write {tmp_path}: it is a directory\n"
+    r = chatfile("bench", model, "--prompt-tokens", "100000", timeout=60)
+    assert r.returncode == 1 and "need a context of 100128 tokens; this model's is" in r.stderr
+    assert r.stderr.count("\n") == 1
+    # Something that exists but is no file is not "no such file".
+    r = chatfile("info", "/dev/null", timeout=60)
+    assert r.returncode == 1 and r.stderr == "error: cannot open /dev/null: not a regular file\n"
+
+
+def test_info_into_a_pipe_closed_early_is_not_an_error():
+    """`chatfile info m.gguf | head -1`: the reader leaving is normal, not 'Broken pipe'."""
+    code = ("import sys; from runtime import cli; sys.argv[0] = 'chatfile'; "
+            "sys.exit(cli.main(sys.argv[1:]))")
+    p = subprocess.Popen([sys.executable, "-c", code, "info", str(MODELS / "tiny-qwen2-q8_0.gguf")],
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()  # the reader is gone before the first line: every write fails
+    err = p.stderr.read().decode()
+    assert p.wait(60) == 0 and err == "", err
