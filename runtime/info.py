@@ -7,6 +7,10 @@ from collections import Counter
 
 from runtime import archs, gguf
 
+# Said by `info`, the server's log and the page when a GGUF carries no chat template.
+BASE_MODEL_NOTE = ("this model has no chat template, so it is probably a base model: it "
+                   "continues text rather than answering questions")
+
 
 def describe(path, offset: int = 0, size: int | None = None) -> dict:
     g = gguf.read(path, offset=offset, size=size, vocab_only=True)
@@ -53,6 +57,8 @@ def print_info(path, offset: int = 0, size: int | None = None, as_json: bool = F
     print(f"context length: {d['context_length']}")
     print(f"vocabulary:     {d['vocab_type']}, {d['vocab_size']:,} tokens")
     print(f"chat template:  {'yes' if d['chat_template'] else 'no (a built-in one will be used)'}")
+    if not d["chat_template"]:
+        print(f"note:           {BASE_MODEL_NOTE}")
     print(f"file:           {d['gguf_bytes']:,} bytes, GGUF v{d['gguf_version']}")
     print("tensor types:")
     for name, v in d["tensor_types"].items():

@@ -546,6 +546,9 @@ def build_app(st: State) -> bottle.Bottle:
         return ok({
             "model_name": st.model_id, "model_path": st.model_path, "n_ctx": st.n_ctx,
             "chat_template": template_in_effect(model), "total_slots": 1,
+            # No template of its own (and none given): likely a base model, which continues
+            # text instead of answering; the page says so.
+            "chat_template_builtin": not model.chat_template,
             "title": st.title or st.model_id, "system_prompt": st.system or "",
             "default_generation_settings": {
                 "n_ctx": st.n_ctx, "model": st.model_id,
@@ -793,6 +796,9 @@ def _load(st: State, path, offset, size, chat_template, n_ctx, mode, log):
         # for that may then read this line.
         log(f"chatfile: model {st.model_id} loaded ({model.arch}, context {n} tokens, "
             f"{model.mode} weights{why})")
+        if not model.chat_template:
+            from runtime.info import BASE_MODEL_NOTE
+            log(f"chatfile: {BASE_MODEL_NOTE}")
         st.engine = Engine(model, n)
         st.progress = 1.0
     except Exception as e:  # noqa: BLE001 - any load failure is reported, not raised

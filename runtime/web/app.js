@@ -374,6 +374,15 @@
     w.appendChild(h);
     w.appendChild(p);
     w.appendChild(list);
+    if (state.props && state.props.chat_template_builtin === true) {
+      // No chat template in the GGUF: answers will look like continued text, so say why.
+      var note = document.createElement("p");
+      note.className = "base-model-note";
+      note.setAttribute("data-testid", "base-model-note");
+      note.textContent = "This model has no chat template, so it is probably a base model: " +
+        "it continues text rather than answering questions.";
+      w.appendChild(note);
+    }
     return w;
   }
 

@@ -663,3 +663,19 @@ def test_a_message_bigger_than_the_reply_reserve_is_still_sent(page, server_url)
     wait_idle(page)
     assert not page.is_visible("[data-testid=error]"), page.text_content("[data-testid=error]")
     assert len(bodies) == 1 and current_conv(page)["messages"][-1]["role"] == "assistant"
+
+
+def test_a_model_without_a_chat_template_is_called_a_base_model(page, browser, server_factory):
+    """Gemma-3-270M's GGUF has no chat template: it echoes questions, which looks broken
+    unless the page says why. A model with a template gets no such note."""
+    page.wait_for_selector("[data-testid=welcome]")
+    assert "probably a base model" in page.text_content("[data-testid=base-model-note]")
+    template = ROOT / "tests" / "fixtures" / "templates" / "Qwen-Qwen2.5-7B-Instruct.jinja"
+    url = server_factory(MODEL, "--chat-template", str(template)).url.rstrip("/") + "/"
+    ctx = browser.new_context()
+    pg = ctx.new_page()
+    pg.set_default_timeout(TIMEOUT_MS)
+    open_page(pg, url)
+    pg.wait_for_selector("[data-testid=welcome]")
+    assert pg.locator("[data-testid=base-model-note]").count() == 0
+    ctx.close()

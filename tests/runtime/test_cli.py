@@ -27,6 +27,7 @@ def test_info_describes_the_model():
     assert f"{n_params:,}" in r.stdout
     assert "context length: 256" in r.stdout
     assert "chat template:  no" in r.stdout
+    assert "note:           this model has no chat template, so it is probably a base model" in r.stdout
     for t in ("F32", "Q4_K", "Q6_K"):
         assert t in r.stdout
 
