@@ -152,7 +152,8 @@ def _runtime_cli(argv: list[str]) -> int:
     except ImportError as e:  # a broken build; say so instead of a traceback
         print(f"chatfile: error: the runtime is incomplete ({e})", file=sys.stderr)
         return 2
-    return cli.main(argv) or 0
+    prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "chatfile"
+    return cli.main(argv, bundle=prog) or 0
 
 
 def _model_args(path: str, trailer: Trailer | None, title: bool = True) -> list[str]:

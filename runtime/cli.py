@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also run llama.cpp (pip install 'chatfile[bench]') on the same file")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--plot", metavar="FILE", help="plot tok/s against prompt length (needs matplotlib)")
+    ap.commands = sub.choices  # name -> its parser, for errors about its own arguments
     return ap
 
 
@@ -110,8 +111,17 @@ def check_args(args) -> str | None:
     return None
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, bundle: str | None = None) -> int:
+    """`bundle`: the name of the bundle that runs this, whose user never typed a command."""
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        # argparse would blame the top-level `chatfile COMMAND` usage; name the command's.
+        if bundle:
+            print(f"{bundle}: error: unrecognized arguments: {' '.join(unknown)} "
+                  f"(`{bundle} --help` lists the options)", file=sys.stderr)
+            return 2
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     problem = check_args(args)
     if problem:
         print(f"error: {problem}", file=sys.stderr)

@@ -363,3 +363,14 @@ def test_a_pyz_runs_when_home_cannot_be_written(bundles, tmp_path):
                        env=env, timeout=120)
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert r.stderr.startswith("chatfile: error: cannot unpack the runtime") and "SHIV_ROOT" in r.stderr
+
+
+def test_an_unknown_option_of_a_bundle_names_the_bundle(bundles, tmp_path):
+    """Someone running `tiny.pyz --bogus` never typed `chatfile run MODEL`: the error must
+    not show that usage line."""
+    path = _bundle(bundles, "pyz")
+    r = subprocess.run([*_cmd(path), "--no-browser", "--bogus"], capture_output=True,
+                       text=True, env=_env(tmp_path), timeout=120)
+    assert r.returncode == 2
+    assert r.stderr == ("tiny.pyz: error: unrecognized arguments: --bogus "
+                        "(`tiny.pyz --help` lists the options)\n"), r.stderr

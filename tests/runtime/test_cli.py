@@ -210,3 +210,10 @@ def test_info_into_a_pipe_closed_early_is_not_an_error():
     p.stdout.close()  # the reader is gone before the first line: every write fails
     err = p.stderr.read().decode()
     assert p.wait(60) == 0 and err == "", err
+
+
+def test_an_unknown_option_is_blamed_on_its_command():
+    r = chatfile("info", MODELS / "tiny-qwen2-q8_0.gguf", "--port", "1", timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.startswith("usage: chatfile info ")
+    assert r.stderr.endswith("chatfile info: error: unrecognized arguments: --port 1\n")
