@@ -1,48 +1,110 @@
 """`chatfile chat`: talk to the model in the terminal.
 
 Interactive (stdin is a terminal): a streaming REPL that keeps the conversation, with
-/reset, /system TEXT, /help and /exit. Piped (`echo question | chatfile chat m.gguf`):
-all of stdin is one question; the answer is printed and the program exits, so it can be
-used in scripts. Generation goes through the same `Engine` as the server, so the prompt
-cache makes every turn prefill only the new message.
+/reset, /system TEXT, /help and /exit, and \"\"\" ... \"\"\" for a message of several lines.
+Piped (`echo question | chatfile chat m.gguf`): all of stdin is one question; the answer
+is printed and the program exits, so it can be used in scripts. Generation goes through
+the same `Engine` as the server, so the prompt cache makes every turn prefill only the
+new message.
 """
 from __future__ import annotations
 
+import queue
 import sys
 
 from runtime.engine import ContextOverflowError, Engine, Request, chat_prompt_ids
 
 HELP = ("commands: /reset (forget the conversation), /system TEXT (set the system prompt "
-        "and start over), /exit (quit), /help")
+        "and start over), /exit (quit), /help; \"\"\" starts and ends a message of several "
+        "lines; // at the start sends a message that begins with /")
+QUIT_HINT = "(use Ctrl+D or /exit to quit)"
+MULTILINE = '"""'
+
+
+def _tokens(n: int) -> str:
+    return f"{n} token" + ("" if n == 1 else "s")
 
 
 class _Chat:
-    def __init__(self, model, engine, system, params, max_tokens, out):
+    def __init__(self, model, engine, system, params, max_tokens, out, interactive=True):
         self.model, self.engine, self.params = model, engine, params
         self.system, self.max_tokens, self.out = system, max_tokens, out
+        self.interactive = interactive
         self.history: list[dict] = []
+        self.told_left_out = False   # the "older messages were left out" notice, once
 
-    def messages(self, user_text: str) -> list[dict]:
+    def reset(self):
+        self.history.clear()
+        self.told_left_out = False
+
+    def messages(self, user_text: str, history=None) -> list[dict]:
         sys_msgs = [{"role": "system", "content": self.system}] if self.system else []
-        return sys_msgs + self.history + [{"role": "user", "content": user_text}]
+        history = self.history if history is None else history
+        return sys_msgs + history + [{"role": "user", "content": user_text}]
+
+    def _reply_reserve(self) -> int:
+        # As the chat page does (docs/page.md): room for the reply is the max-tokens
+        # setting, capped at half the context so a large setting does not block every
+        # message (the engine still stops a reply at the end of the context).
+        half = self.engine.n_ctx // 2
+        return half if self.max_tokens is None or self.max_tokens < 0 else min(self.max_tokens, half)
+
+    def _fitted_prompt(self, user_text: str) -> list | None:
+        """The prompt ids, with the oldest turns left out when the conversation no longer
+        fits with room for the reply; None (reported) when the message alone does not."""
+        n_ctx = self.engine.n_ctx
+        budget = n_ctx - self._reply_reserve()
+        ids = chat_prompt_ids(self.model, self.messages(user_text))[1]
+        if len(ids) <= budget:
+            return ids
+        # Leave out whole user/assistant pairs from the oldest, so the kept history starts
+        # on a user turn. Fewest pairs dropped that fits: a binary search (the prompt gets
+        # shorter as more are dropped), each step one render and tokenization.
+        n_pairs = len(self.history) // 2
+        lo, hi, best = 1, n_pairs, None
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            trial = chat_prompt_ids(self.model, self.messages(user_text, self.history[2 * mid:]))[1]
+            if len(trial) <= budget:
+                best, hi = (mid, trial), mid - 1
+            else:
+                lo = mid + 1
+        if best is None:
+            # Even the message alone leaves no full reserve: send it alone if it leaves a
+            # useful reply (64 tokens, an eighth of the context if less), as the page does.
+            alone = chat_prompt_ids(self.model, self.messages(user_text, []))[1]
+            if len(alone) + min(64, n_ctx // 8) > n_ctx:
+                self._error(f"the message is too long for the context of {_tokens(n_ctx)} "
+                            f"(--ctx): its prompt is {_tokens(len(alone))}, and the reply "
+                            f"needs room too; shorten it")
+                return None
+            best = (n_pairs, alone)
+        dropped, ids = best
+        if dropped:
+            del self.history[:2 * dropped]
+            if not self.told_left_out:
+                self.told_left_out = True
+                self._note("(older messages were left out to fit the context)")
+        return ids
 
     def ask(self, user_text: str) -> str | None:
         """Stream the answer to stdout; return it (None on an error already reported)."""
         from runtime.chat_template import TemplateError
+        req, parts, done = None, [], None
         try:
-            _, ids = chat_prompt_ids(self.model, self.messages(user_text))
-            req = self.engine.submit(Request(prompt_ids=ids, params=self.params,
-                                             max_tokens=self.max_tokens))
-        except TemplateError as e:
-            self._error(f"the chat template refused this conversation: {e}")
-            return None
-        except ContextOverflowError:
-            self._error("the conversation no longer fits in the context"
-                        + ("; type /reset to start over" if self.history else
-                           f" of {self.engine.n_ctx} tokens (--ctx)"))
-            return None
-        parts = []
-        try:
+            try:
+                ids = self._fitted_prompt(user_text)
+                if ids is None:
+                    return None
+                req = self.engine.submit(Request(prompt_ids=ids, params=self.params,
+                                                 max_tokens=self.max_tokens))
+            except TemplateError as e:
+                self._error(f"the chat template refused this conversation: {e}")
+                return None
+            except ContextOverflowError:
+                self._error(f"the message is too long for the context of "
+                            f"{_tokens(self.engine.n_ctx)} (--ctx); shorten it")
+                return None
             for ev in req.iter_events():
                 if ev.kind == "token":
                     parts.append(ev.text)
@@ -51,15 +113,49 @@ class _Chat:
                     self._write("\n")
                     self._error(str(ev.error))
                     return None
+                else:
+                    done = ev
         except KeyboardInterrupt:
             # Ctrl+C during an answer stops the answer, not the program.
+            if req is None:
+                self._write("\n")
+                return None
             req.cancel.set()
-            for _ in req.iter_events():
-                pass
-            self.out.write(" [stopped]")
-        self.out.write("\n")
-        self.out.flush()
-        answer = "".join(parts)
+            self._wait_stopped(req)
+            self._write(" [stopped]\n")
+            return self._remember(user_text, "".join(parts))
+        self._write("\n")
+        self._tell_why_cut(done)
+        return self._remember(user_text, "".join(parts))
+
+    def _wait_stopped(self, req):
+        # The worker notices the cancel between prefill chunks or tokens, which can take a
+        # while on a long prompt; a second Ctrl+C meanwhile (an impatient user, or the
+        # copy a PyInstaller launcher forwards) must not end the program either.
+        while True:
+            try:
+                ev = req.events.get(timeout=0.1)
+                if ev.kind != "token":
+                    return
+            except queue.Empty:
+                # A Ctrl+C can land just after an event left the queue and lose it: the
+                # worker idle with nothing queued means this request is over all the same.
+                if not self.engine.busy.is_set() and not self.engine.queued():
+                    return
+            except KeyboardInterrupt:
+                continue
+
+    def _tell_why_cut(self, done):
+        """A reply cut by max tokens or by the end of the context says so on its own line
+        (on stderr when piped, so stdout stays the answer only)."""
+        if done is None or done.finish_reason != "length":
+            return
+        if self.max_tokens is not None and 0 <= self.max_tokens <= done.completion_tokens:
+            self._note("[stopped: max tokens reached]")
+        else:
+            self._note("[stopped: the context is full]")
+
+    def _remember(self, user_text, answer):
         self.history += [{"role": "user", "content": user_text},
                          {"role": "assistant", "content": answer}]
         return answer
@@ -76,9 +172,88 @@ class _Chat:
         self.out.write(msg + "\n")
         self.out.flush()
 
+    def _note(self, msg):
+        # A remark about the answer: with the conversation on a terminal; on stderr when
+        # piped, so that `chatfile chat m.gguf < q.txt > answer.txt` keeps the answer only.
+        if self.interactive:
+            self._say(msg)
+        else:
+            print(msg, file=sys.stderr, flush=True)
+
     def _error(self, msg):
         # stderr, so that `chatfile chat m.gguf < q.txt > answer.txt` keeps answers only
         print(f"chatfile: error: {msg}", file=sys.stderr, flush=True)
+
+
+def _line_reader(stdin, stdout):
+    """A function(prompt) -> line, raising EOFError at the end of input.
+
+    On a terminal, GNU readline (behind input()) reads in raw mode: the terminal's own
+    line editing (canonical mode) holds 4095 characters and silently drops the rest of a
+    longer pasted message. readline also gives line editing and history. Without it
+    (Windows, a Python built without it), or on a pipe, lines are read as they come."""
+    use_input = False
+    if stdin is sys.stdin and stdout is sys.stdout:
+        try:
+            use_input = stdin.isatty() and stdout.isatty()
+        except (AttributeError, ValueError):
+            pass
+    if use_input:
+        try:
+            import readline  # noqa: F401 - importing it is what makes input() use it
+        except ImportError:
+            use_input = False
+    if use_input:
+        return input
+
+    def read(prompt):
+        stdout.write(prompt)
+        stdout.flush()
+        line = stdin.readline()
+        if not line:
+            raise EOFError
+        return line.rstrip("\r\n")
+    return read
+
+
+def _read_message(read) -> str:
+    """One message: a line, or the lines between \"\"\" and \"\"\" (as Ollama does).
+    Raises EOFError and KeyboardInterrupt as `read` does."""
+    line = read("> ")
+    if not line.lstrip().startswith(MULTILINE):
+        return line.strip()
+    first = line.lstrip()[len(MULTILINE):]
+    if first.rstrip().endswith(MULTILINE):            # """one line"""
+        return first.rstrip()[:-len(MULTILINE)].strip()
+    lines = [first]
+    while True:
+        line = read("... ")
+        if line.rstrip().endswith(MULTILINE):
+            lines.append(line.rstrip()[:-len(MULTILINE)])
+            return "\n".join(lines).strip()
+        lines.append(line)
+
+
+def _command(c: _Chat, line: str) -> bool | str:
+    """Obey a /command. Returns False to quit, True when done, or the text to send."""
+    if line.startswith("//"):   # a message that begins with "/"
+        return line[1:]
+    cmd, _, arg = line.partition(" ")
+    if cmd in ("/exit", "/quit", "/bye"):
+        return False
+    if cmd == "/reset":
+        c.reset()
+        c._say("(conversation reset)")
+    elif cmd == "/system":
+        c.system = arg.strip() or None
+        c.reset()
+        c._say("(system prompt set; conversation reset)" if c.system
+               else "(system prompt cleared; conversation reset)")
+    elif cmd in ("/help", "/?"):
+        c._say(HELP)
+    else:
+        c._say(f"unknown command {cmd} (type /help; start a message with // to send it as text)")
+    return True
 
 
 def chat(model, *, n_ctx: int, system: str | None = None, stdin=None, stdout=None,
@@ -92,7 +267,7 @@ def chat(model, *, n_ctx: int, system: str | None = None, stdin=None, stdout=Non
         except (AttributeError, ValueError):
             interactive = False
     engine = Engine(model, model.context_size(n_ctx))
-    c = _Chat(model, engine, system, params, max_tokens, stdout)
+    c = _Chat(model, engine, system, params, max_tokens, stdout, interactive)
 
     if not interactive:
         question = stdin.read().strip()
@@ -104,33 +279,28 @@ def chat(model, *, n_ctx: int, system: str | None = None, stdin=None, stdout=Non
 
     stdout.write(f"chatfile: chatting with {getattr(model, 'name', 'the model')}. {HELP}\n")
     stdout.flush()
+    read = _line_reader(stdin, stdout)
     while True:
-        stdout.write("> ")
-        stdout.flush()
         try:
-            line = stdin.readline()
+            line = _read_message(read)
+        except EOFError:       # Ctrl+D, or the end of piped input
+            stdout.write("\n")
+            stdout.flush()
+            return 0
         except KeyboardInterrupt:
-            stdout.write("\n")
-            return 0
-        if not line:           # end of input
-            stdout.write("\n")
-            return 0
-        line = line.strip()
+            # As Ollama: Ctrl+C at the prompt drops the line being typed, not the chat.
+            c._say("\n" + QUIT_HINT)
+            continue
         if not line:
             continue
         if line.startswith("/"):
-            cmd, _, arg = line.partition(" ")
-            if cmd in ("/exit", "/quit", "/bye"):
+            todo = _command(c, line)
+            if todo is False:
                 return 0
-            if cmd == "/reset":
-                c.history.clear()
-                c._say("(conversation reset)")
-            elif cmd == "/system":
-                c.system = arg.strip() or None
-                c.history.clear()
-                c._say("(system prompt set; conversation reset)" if c.system
-                       else "(system prompt cleared; conversation reset)")
-            else:
-                c._say(HELP)
-            continue
-        c.ask(line)
+            if todo is True:
+                continue
+            line = todo
+        try:
+            c.ask(line)
+        except KeyboardInterrupt:  # a Ctrl+C that landed between two steps of ask
+            c._say("")

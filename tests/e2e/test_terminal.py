@@ -91,5 +91,87 @@ def test_errors_go_to_stderr_and_answers_alone_to_stdout():
     p = run(["-m", "runtime.cli", "chat", str(TINY), "--ctx", "5"], "What is the capital of France?\n")
     assert p.returncode == 1
     assert p.stdout == b""
-    assert b"chatfile: error: the conversation no longer fits in the context of 5 tokens" in p.stderr
+    assert b"chatfile: error: the message is too long for the context of 5 tokens" in p.stderr
     assert b"/reset" not in p.stderr  # nothing to reset in a one-question run
+
+
+def session_script(ctx=256, max_tokens=MAX_TOK):
+    return SCRIPT.replace("n_ctx=256", f"n_ctx={ctx}").replace(
+        f"max_tokens={MAX_TOK}", f"max_tokens={max_tokens}")
+
+
+def test_a_reply_cut_by_max_tokens_says_so(tiny_model):
+    question = "What is the capital of France?"
+    expected = greedy_answer(tiny_model, [{"role": "user", "content": question}], max_tokens=3)
+    # Piped: the notice goes to stderr, stdout stays the answer only.
+    p = run(["-m", "runtime.cli", "chat", str(TINY), "--max-tokens", "3"], question + "\n")
+    assert p.returncode == 0, p.stderr.decode()
+    assert p.stdout.decode("utf-8") == expected + "\n"
+    assert p.stderr.decode().strip() == "[stopped: max tokens reached]"
+    # Interactive: on its own line after the answer.
+    p = run(["-c", session_script(max_tokens=3)], question + "\n/exit\n")
+    assert p.returncode == 0, p.stderr.decode()
+    assert f"> {expected}\n[stopped: max tokens reached]\n> " in p.stdout.decode("utf-8")
+
+
+def test_a_reply_cut_by_the_context_says_so(tiny_model):
+    # Greedy, the tiny model's answer to this runs on to the end of its 256-token context.
+    p = run(["-m", "runtime.cli", "chat", str(TINY), "--max-tokens", "-1"], "Hello there\n")
+    assert p.returncode == 0, p.stderr.decode()
+    assert p.stderr.decode().strip() == "[stopped: the context is full]"
+    assert b"[stopped" not in p.stdout
+    p = run(["-m", "runtime.cli", "chat", str(TINY), "--max-tokens", "2000"], "Hello there\n")
+    assert p.stderr.decode().strip() == "[stopped: the context is full]"  # not max tokens
+
+
+def test_a_full_conversation_leaves_out_its_oldest_turns(tiny_model):
+    """Once the conversation outgrows the context, the oldest turns are left out (once
+    said), instead of every later message failing until /reset."""
+    msgs = [f"Tell me about topic number {i} please, in some detail." for i in range(8)]
+    p = run(["-c", session_script(max_tokens=20)], "\n".join(msgs + ["/exit"]) + "\n")
+    assert p.returncode == 0, p.stderr.decode()
+    out = p.stdout.decode("utf-8")
+    assert b"error" not in p.stderr, p.stderr.decode()
+    assert out.count("(older messages were left out to fit the context)") == 1, out
+    assert out.count("> ") == len(msgs) + 1
+    # The last answer is the one to the kept turns: the greedy answer to a prompt that
+    # starts on a user turn and fits with the reply's reserve.
+    last = out.split("> ")[-2].split("\n")[0]
+    assert last and not last.startswith("(")
+
+
+def test_a_message_too_long_for_the_context_alone(tiny_model):
+    p = run(["-c", session_script()], "hello\n" + "x" * 400 + "\nhello\n/exit\n")
+    assert p.returncode == 0, p.stderr.decode()
+    err = p.stderr.decode()
+    assert err.count("chatfile: error: the message is too long for the context of 256 tokens") == 1, err
+    first = greedy_answer(tiny_model, [{"role": "user", "content": "hello"}])
+    turns = [t.split("\n")[0] for t in p.stdout.decode("utf-8").split("> ")[1:]]
+    assert turns[0] == first.split("\n")[0] and turns[1] == ""  # nothing answered
+    second = greedy_answer(tiny_model, [{"role": "user", "content": "hello"},
+                                        {"role": "assistant", "content": first},
+                                        {"role": "user", "content": "hello"}])
+    assert turns[2] == second.split("\n")[0]  # the conversation went on
+
+
+# What the chat would send, seen by replacing the model's turn with an echo of it.
+ECHO_SCRIPT = SCRIPT.replace("from runtime.terminal import chat", """from runtime.terminal import chat, _Chat
+def echo(self, text):
+    self._say("got " + repr(text))
+    return text
+_Chat.ask = echo""")
+
+
+def test_multi_line_messages_and_slash_text():
+    lines = ['"""first line', "  second line", 'third"""', '"""one line"""', "/xyz",
+             "//hello", "/help", '"""', "", "a", '"""', "/exit"]
+    p = run(["-c", ECHO_SCRIPT], "\n".join(lines) + "\n")
+    assert p.returncode == 0, p.stderr.decode()
+    turns = [t.split("\n")[0] for t in p.stdout.decode("utf-8").split("> ")[1:]]
+    assert turns[0] == "... ... got 'first line\\n  second line\\nthird'"
+    assert turns[1] == "got 'one line'"
+    assert turns[2] == "unknown command /xyz (type /help; start a message with // to send it as text)"
+    assert turns[3] == "got '/hello'"
+    assert turns[4].startswith("commands:") and '"""' in turns[4]  # /help tells of it
+    assert turns[5] == "... ... ... got 'a'"
+    assert len(turns) == 7

@@ -1,0 +1,170 @@
+"""The interactive chat on a real terminal (a pty): what only a terminal does.
+
+A terminal's line editing (canonical mode) holds 4095 characters, Ctrl+C is a SIGINT to
+the whole process group (sent here with killpg, as the terminal does), Ctrl+D is the end
+of input.
+"""
+import os
+import pty
+import select
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.e2e.conftest import ROOT, TINY
+
+pytestmark = pytest.mark.skipif(os.name != "posix", reason="needs a pty")
+
+# The chat as `chatfile chat` runs it (runtime/cli.py turns a KeyboardInterrupt that gets
+# out into 130). HOOK may replace parts of it to observe or slow them down.
+SCRIPT = """
+import sys, time
+from runtime.model import Model
+from runtime.sampling import SamplingParams
+from runtime import terminal
+m = Model.load({tiny!r})
+{hook}
+try:
+    code = terminal.chat(m, n_ctx=256, params=SamplingParams(temperature=0.0), max_tokens=-1)
+except KeyboardInterrupt:
+    code = 130
+sys.exit(code)
+"""
+
+# The model's turn replaced by a report of what the chat would send.
+ECHO = """
+def echo(self, text):
+    import zlib
+    self._say(f"got {len(text)} characters, crc {zlib.crc32(text.encode())}, ending {text[-12:]!r}")
+    return text
+terminal._Chat.ask = echo
+"""
+
+# Every forward pass takes 0.8 s: the worker notices a cancel only that late, as on a
+# long prefill of a big model.
+SLOW = """
+new_session = m.session
+def slow_session(n_ctx):
+    s = new_session(n_ctx)
+    fast = s.eval
+    def slow(ids, *a, **k):
+        time.sleep(0.8)
+        return fast(ids, *a, **k)
+    s.eval = slow
+    return s
+m.session = slow_session
+"""
+
+
+def is_prompt(buf: bytes) -> bool:
+    return buf.rstrip().endswith(b">")
+
+
+class Chat:
+    def __init__(self, hook=""):
+        env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONIOENCODING="utf-8", TERM="dumb")
+        self.master, slave = pty.openpty()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", SCRIPT.format(tiny=str(TINY), hook=hook)],
+            stdin=slave, stdout=slave, stderr=slave, cwd=ROOT, env=env,
+            start_new_session=True)
+        os.close(slave)
+
+    def read_until(self, done, timeout_s=60) -> bytes:
+        buf, end = b"", time.monotonic() + timeout_s
+        while time.monotonic() < end and not done(buf):
+            if select.select([self.master], [], [], 0.05)[0]:
+                chunk = self._read()
+                if not chunk:
+                    break
+                buf += chunk
+        return buf
+
+    def _read(self) -> bytes:
+        try:
+            return os.read(self.master, 65536)
+        except OSError:  # the other side closed
+            return b""
+
+    def write(self, data: bytes, timeout_s=60) -> bytes:
+        """Type data, reading the echo meanwhile (a full pty would block both sides)."""
+        echoed, end = b"", time.monotonic() + timeout_s
+        while data and time.monotonic() < end:
+            r, w, _ = select.select([self.master], [self.master], [], 0.05)
+            if r:
+                echoed += self._read()
+            if w:
+                data = data[os.write(self.master, data[:512]):]
+        assert not data, "the chat stopped reading its input"
+        return echoed
+
+    def ctrl_c(self):
+        os.killpg(self.proc.pid, signal.SIGINT)  # what the terminal does on Ctrl+C
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        os.close(self.master)
+
+
+@pytest.fixture
+def chat_factory():
+    chats = []
+
+    def start(hook=""):
+        chats.append(Chat(hook))
+        assert is_prompt(chats[-1].read_until(is_prompt, 120))
+        return chats[-1]
+    yield start
+    for c in chats:
+        c.close()
+
+
+def test_a_long_pasted_line_arrives_whole(chat_factory):
+    """Canonical mode kept 4095 characters of a line and dropped the rest, silently."""
+    c = chat_factory(ECHO)
+    text = "".join(f"{i % 10}" for i in range(9000)) + " THE END"
+    c.write(text.encode() + b"\r")
+    out = c.read_until(lambda b: b"got " in b and is_prompt(b))
+    import zlib
+    got = f"got 9008 characters, crc {zlib.crc32(text.encode())}, ending '6789 THE END'"
+    assert got.encode() in out, out[-300:]
+    c.write(b"\x04")  # Ctrl+D: leave
+    assert c.proc.wait(30) == 0
+
+
+def test_ctrl_c_at_the_prompt_keeps_the_chat(chat_factory):
+    c = chat_factory(ECHO)
+    c.ctrl_c()
+    out = c.read_until(lambda b: b"Ctrl+D" in b and is_prompt(b), 30)
+    assert b"(use Ctrl+D or /exit to quit)" in out, out
+    assert c.proc.poll() is None
+    c.write(b"still here\r")
+    out = c.read_until(lambda b: b"got " in b and is_prompt(b), 30)
+    assert b"got 10 characters" in out, out
+    c.write(b"\x04")
+    assert c.proc.wait(30) == 0
+
+
+def test_two_ctrl_c_while_the_answer_stops_keep_the_chat(chat_factory):
+    """The second Ctrl+C, while the worker is still finishing its step, ended the chat
+    (status 130) and lost the conversation."""
+    c = chat_factory(SLOW)
+    c.write(b"Hello there\r")
+    # The prefill takes 0.8 s, then each step 0.8 s: interrupt once the answer has begun.
+    c.read_until(lambda b: len(b.split(b"there")[-1].strip()) > 3, 60)
+    c.ctrl_c()
+    time.sleep(0.4)
+    c.ctrl_c()
+    out = c.read_until(lambda b: b"[stopped]" in b and is_prompt(b), 30)
+    assert b"[stopped]" in out and is_prompt(out), out
+    assert c.proc.poll() is None, out
+    c.write(b"/help\r")
+    out = c.read_until(lambda b: b"/exit" in b and is_prompt(b), 30)
+    assert b"/exit" in out, out
+    c.write(b"\x04")
+    assert c.proc.wait(30) == 0
