@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import queue
 import sys
+import time
 
 from runtime.engine import ContextOverflowError, Engine, Request, chat_prompt_ids
 
@@ -32,6 +33,7 @@ class _Chat:
         self.interactive = interactive
         self.history: list[dict] = []
         self.told_left_out = False   # the "older messages were left out" notice, once
+        self.interrupted = False     # the last answer was stopped by Ctrl+C
 
     def reset(self):
         self.history.clear()
@@ -91,6 +93,7 @@ class _Chat:
         """Stream the answer to stdout; return it (None on an error already reported)."""
         from runtime.chat_template import TemplateError
         req, parts, done = None, [], None
+        self.interrupted = False
         try:
             try:
                 ids = self._fitted_prompt(user_text)
@@ -117,6 +120,7 @@ class _Chat:
                     done = ev
         except KeyboardInterrupt:
             # Ctrl+C during an answer stops the answer, not the program.
+            self.interrupted = True
             if req is None:
                 self._write("\n")
                 return None
@@ -183,6 +187,33 @@ class _Chat:
     def _error(self, msg):
         # stderr, so that `chatfile chat m.gguf < q.txt > answer.txt` keeps answers only
         print(f"chatfile: error: {msg}", file=sys.stderr, flush=True)
+
+
+def _let_interrupts_settle(seconds: float = 0.3) -> None:
+    """Wait a moment after a Ctrl+C before reading the next line. A one-file executable
+    gets each Ctrl+C twice (PyInstaller's launcher forwards its copy a moment later); a
+    copy landing while readline sets up the terminal left the prompt unprinted and the
+    line unread until Enter (seen 1 time in 5 in tests). Here it lands harmlessly."""
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        try:
+            time.sleep(left)
+        except KeyboardInterrupt:
+            pass
+
+
+def _is_ctrl_c(e: BaseException) -> bool:
+    """A KeyboardInterrupt, or what input() makes of a second Ctrl+C right after the first:
+    it runs the SIGINT handler again with the KeyboardInterrupt still set, and a handler
+    written in Python (the bundle's, runtime/__main__.py) then fails with a SystemError
+    caused by it (seen with a one-file executable, whose launcher forwards a copy)."""
+    while e is not None:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        if not isinstance(e, SystemError):
+            return False
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def _line_reader(stdin, stdout):
@@ -287,9 +318,12 @@ def chat(model, *, n_ctx: int, system: str | None = None, stdin=None, stdout=Non
             stdout.write("\n")
             stdout.flush()
             return 0
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, SystemError) as e:
+            if not _is_ctrl_c(e):
+                raise
             # As Ollama: Ctrl+C at the prompt drops the line being typed, not the chat.
             c._say("\n" + QUIT_HINT)
+            _let_interrupts_settle()
             continue
         if not line:
             continue
@@ -304,3 +338,6 @@ def chat(model, *, n_ctx: int, system: str | None = None, stdin=None, stdout=Non
             c.ask(line)
         except KeyboardInterrupt:  # a Ctrl+C that landed between two steps of ask
             c._say("")
+            c.interrupted = True
+        if c.interrupted:
+            _let_interrupts_settle()
