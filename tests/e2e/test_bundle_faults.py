@@ -84,11 +84,9 @@ sys.exit(cli.main(sys.argv[1:]))
 """
 
 
-def _kill_while_copying(stub: Path, fmt: str, out: Path, sig=signal.SIGKILL) -> tuple[int, str]:
-    """(exit code, stderr) of a bundle sent `sig` mid-copy."""
-    proc = subprocess.Popen([sys.executable, "-c", STALLING_BUNDLE, "bundle", str(MODEL),
-                             "-o", str(out), "--format", fmt, "--stub", str(stub)],
-                            cwd=ROOT, env=repo_env(), stdout=subprocess.PIPE,
+def _signal_mid_copy(cmd: list, sig) -> tuple[int, str]:
+    """(exit code, stderr) of `cmd` (a STALLING_* script) sent `sig` once it says COPIED."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=repo_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     line: list[str] = []
     reader = threading.Thread(target=lambda: line.append(proc.stdout.readline()), daemon=True)
@@ -96,7 +94,7 @@ def _kill_while_copying(stub: Path, fmt: str, out: Path, sig=signal.SIGKILL) -> 
     reader.join(RUN_TIMEOUT_S)
     try:
         assert line and line[0].startswith("COPIED"), \
-            f"bundling never reached the copy: {line} {proc.stderr.read() if proc.poll() is not None else ''}"
+            f"never reached the copy: {line} {proc.stderr.read() if proc.poll() is not None else ''}"
     finally:
         proc.send_signal(sig)
         code = proc.wait(RUN_TIMEOUT_S)
@@ -104,6 +102,12 @@ def _kill_while_copying(stub: Path, fmt: str, out: Path, sig=signal.SIGKILL) -> 
         proc.stdout.close()
         proc.stderr.close()
     return code, err
+
+
+def _kill_while_copying(stub: Path, fmt: str, out: Path, sig=signal.SIGKILL) -> tuple[int, str]:
+    """(exit code, stderr) of a bundle sent `sig` mid-copy."""
+    return _signal_mid_copy([sys.executable, "-c", STALLING_BUNDLE, "bundle", str(MODEL),
+                             "-o", str(out), "--format", fmt, "--stub", str(stub)], sig)
 
 
 @pytest.mark.parametrize("fmt", ["pyz", "exe"])
@@ -157,18 +161,8 @@ def test_sigterm_or_a_closed_terminal_mid_extract_leaves_nothing(tmp_path_factor
     the model's size; it now cleans up as on Ctrl-C."""
     bundle = session_bundle(tmp_path_factory, "pyz")
     out = tmp_path / "model.gguf"
-    proc = subprocess.Popen([sys.executable, "-c", STALLING_EXTRACT, str(bundle), "--extract",
-                             str(out)], cwd=ROOT, env=repo_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline()
-        assert line.startswith("COPIED"), (line, proc.stderr.read() if proc.poll() is not None else "")
-    finally:
-        proc.send_signal(sig)
-        code = proc.wait(RUN_TIMEOUT_S)
-        err = proc.stderr.read()
-        proc.stdout.close()
-        proc.stderr.close()
+    code, err = _signal_mid_copy([sys.executable, "-c", STALLING_EXTRACT, str(bundle),
+                                  "--extract", str(out)], sig)
     assert code == 130 and TRACEBACK not in err, (code, err)
     assert os.listdir(tmp_path) == []
 
