@@ -794,11 +794,11 @@ def _load(st: State, path, offset, size, chat_template, n_ctx, mode, log):
                         "approximate logits")
         # Logged before the engine is set: /health turns 200 with it, and whoever waits
         # for that may then read this line.
-        log(f"chatfile: model {st.model_id} loaded ({model.arch}, context {n} tokens, "
-            f"{model.mode} weights{why})")
         if not model.chat_template:
             from runtime.info import BASE_MODEL_NOTE
             log(f"chatfile: {BASE_MODEL_NOTE}")
+        log(f"chatfile: model {st.model_id} loaded ({model.arch}, context {n} tokens, "
+            f"{model.mode} weights{why})")
         st.engine = Engine(model, n)
         st.progress = 1.0
     except Exception as e:  # noqa: BLE001 - any load failure is reported, not raised

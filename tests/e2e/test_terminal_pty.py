@@ -21,7 +21,10 @@ pytestmark = pytest.mark.skipif(os.name != "posix", reason="needs a pty")
 # The chat as `chatfile chat` runs it (runtime/cli.py turns a KeyboardInterrupt that gets
 # out into 130). HOOK may replace parts of it to observe or slow them down.
 SCRIPT = """
-import sys, time
+import signal, sys, time
+# A terminal's foreground job gets Ctrl+C; a test run started in the background (where
+# shells ignore SIGINT, and children inherit that) must not make this chat ignore it.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from runtime.model import Model
 from runtime.sampling import SamplingParams
 from runtime import terminal
@@ -118,6 +121,9 @@ def chat_factory():
     def start(hook=""):
         chats.append(Chat(hook))
         assert is_prompt(chats[-1].read_until(is_prompt, 120))
+        # A person types a moment after the prompt shows, not within microseconds, while
+        # readline may still be setting the terminal up.
+        time.sleep(0.2)
         return chats[-1]
     yield start
     for c in chats:
