@@ -792,11 +792,11 @@ def _load(st: State, path, offset, size, chat_template, n_ctx, mode, log):
             if model.int8_fits:
                 why += ("; --mode int8 would fit, at nearly float32's speed, with "
                         "approximate logits")
-        # Logged before the engine is set: /health turns 200 with it, and whoever waits
-        # for that may then read this line.
         if not model.chat_template:
             from runtime.info import BASE_MODEL_NOTE
             log(f"chatfile: {BASE_MODEL_NOTE}")
+        # Logged last and before the engine is set: /health turns 200 with it, and
+        # whoever waits for that may then read this line.
         log(f"chatfile: model {st.model_id} loaded ({model.arch}, context {n} tokens, "
             f"{model.mode} weights{why})")
         st.engine = Engine(model, n)
