@@ -339,6 +339,54 @@ def test_copies_of_a_pyz_share_one_unpacked_runtime(bundles, tmp_path):
     assert len(unpacked) == 1 and unpacked[0].startswith("chatfile_"), unpacked
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"),
+                    reason="old runtimes are only removed where /proc shows which are in use")
+def test_a_pyz_removes_the_runtimes_of_builds_unused_for_a_month(bundles, tmp_path):
+    """Every chatfile upgrade is a new build that unpacks ~56 MB beside the old ones, which
+    used to stay forever. A start now removes other builds' runtimes that no bundle has
+    started for a month, unless a running process still maps a file of theirs."""
+    path = _bundle(bundles, "pyz")
+    root = tmp_path / "shiv"
+    month_ago_s = time.time() - 31 * 86400
+
+    def runtime(name, last_used_s=None):
+        lib = root / name / "site-packages" / "lib.so"
+        lib.parent.mkdir(parents=True)
+        lib.write_bytes(bytes(4096))
+        (root / f".{name}_lock").write_bytes(b"")
+        if last_used_s:
+            os.utime(root / name, (last_used_s, last_used_s))
+        return root / name
+
+    unused = runtime("chatfile_" + "a" * 64, month_ago_s)
+    busy = runtime("chatfile_" + "b" * 64, month_ago_s)
+    recent = runtime("chatfile_" + "c" * 64)
+    not_ours = runtime("my_tool.pyz_" + "d" * 64, month_ago_s)
+    # A running chatfile of the `busy` build maps NumPy's libraries out of its runtime.
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import mmap, sys; f = open(sys.argv[1], 'rb'); "
+         "m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ); print('mapped', flush=True); "
+         "sys.stdin.read()", str(busy / "site-packages" / "lib.so")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "mapped\n"
+        r = subprocess.run([sys.executable, str(path), "--info"], capture_output=True, text=True,
+                           env=_env(tmp_path), timeout=120)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert not unused.exists() and not (root / f".{unused.name}_lock").exists()
+    assert busy.exists() and recent.exists() and not_ours.exists()
+    (ours,) = set(_unpacked(root)) - {busy.name, recent.name, not_ours.name}
+    # A start marks its own runtime as used, so that the next upgrade keeps it a month.
+    os.utime(root / ours, (month_ago_s, month_ago_s))
+    r = subprocess.run([sys.executable, str(path), "--info"], capture_output=True, text=True,
+                       env=_env(tmp_path), timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert time.time() - (root / ours).stat().st_mtime < 3600
+
+
 @pytest.mark.skipif(not hasattr(os, "getuid"), reason="HOME and TMPDIR are POSIX's")
 def test_a_pyz_runs_when_home_cannot_be_written(bundles, tmp_path):
     """A service account or kiosk whose HOME cannot be written: shiv's ~/.shiv failed with a
