@@ -55,39 +55,73 @@ class _Chat:
         """The prompt ids, with the oldest turns left out when the conversation no longer
         fits with room for the reply; None (reported) when the message alone does not."""
         n_ctx = self.engine.n_ctx
-        budget = n_ctx - self._reply_reserve()
+        budget_tok = n_ctx - self._reply_reserve()
         ids = chat_prompt_ids(self.model, self.messages(user_text))[1]
-        if len(ids) <= budget:
+        if len(ids) <= budget_tok:   # the common case: one render, nothing left out
             return ids
         # Leave out whole user/assistant pairs from the oldest, so the kept history starts
-        # on a user turn. Fewest pairs dropped that fits: a binary search (the prompt gets
-        # shorter as more are dropped), each step one render and tokenization.
-        n_pairs = len(self.history) // 2
-        lo, hi, best = 1, n_pairs, None
+        # on a user turn. Not just the fewest that fit, but enough that a quarter of the
+        # context stays free besides the reply's reserve (as llama.cpp's context shift
+        # discards a large part at once): a prompt cut to the brim overflows again on the
+        # next turn, and a history that loses its oldest pair every turn changes the
+        # prompt's start every turn, so the engine's prefix cache keeps nothing and every
+        # turn prefills the whole prompt (seconds on a 0.5B model). With the slack, the
+        # next turns only append to this prompt and prefill just what they add. When even
+        # the message alone leaves no such slack, the fewest pairs that fit at all.
+        slack_tok = n_ctx // 4
+        renders = {0: ids}   # pairs left out -> prompt ids, so no prompt is made twice
+        found = (self._fewest_pairs_to_fit(user_text, budget_tok - slack_tok, renders)
+                 or self._fewest_pairs_to_fit(user_text, budget_tok, renders))
+        if found is None:
+            found = self._message_alone(user_text, renders)
+            if found is None:
+                return None
+        self._leave_out(found[0])
+        return found[1]
+
+    def _prompt_without(self, user_text: str, n_pairs: int, renders: dict) -> list:
+        """The prompt ids with the oldest n_pairs pairs left out (rendered once)."""
+        if n_pairs not in renders:
+            kept = self.history[2 * n_pairs:]
+            renders[n_pairs] = chat_prompt_ids(self.model, self.messages(user_text, kept))[1]
+        return renders[n_pairs]
+
+    def _fewest_pairs_to_fit(self, user_text: str, limit_tok: int, renders: dict):
+        """(pairs, ids): the fewest oldest pairs (at least one) whose leaving out makes the
+        prompt at most limit_tok long; None if leaving them all out does not. A binary
+        search: the prompt gets shorter as more pairs are left out."""
+        lo, hi, best = 1, len(self.history) // 2, None
         while lo <= hi:
             mid = (lo + hi) // 2
-            trial = chat_prompt_ids(self.model, self.messages(user_text, self.history[2 * mid:]))[1]
-            if len(trial) <= budget:
+            trial = self._prompt_without(user_text, mid, renders)
+            if len(trial) <= limit_tok:
                 best, hi = (mid, trial), mid - 1
             else:
                 lo = mid + 1
-        if best is None:
-            # Even the message alone leaves no full reserve: send it alone if it leaves a
-            # useful reply (64 tokens, an eighth of the context if less), as the page does.
-            alone = chat_prompt_ids(self.model, self.messages(user_text, []))[1]
-            if len(alone) + min(64, n_ctx // 8) > n_ctx:
-                self._error(f"the message is too long for the context of {_tokens(n_ctx)} "
-                            f"(--ctx): its prompt is {_tokens(len(alone))}, and the reply "
-                            f"needs room too; shorten it")
-                return None
-            best = (n_pairs, alone)
-        dropped, ids = best
-        if dropped:
-            del self.history[:2 * dropped]
-            if not self.told_left_out:
-                self.told_left_out = True
-                self._note("(older messages were left out to fit the context)")
-        return ids
+        return best
+
+    def _message_alone(self, user_text: str, renders: dict):
+        """(pairs, ids) for the message with no history, when even that leaves no full
+        reserve: sent if it leaves a useful reply (64 tokens, an eighth of the context if
+        less), as the page does; None (reported) if not."""
+        n_ctx = self.engine.n_ctx
+        n_pairs = len(self.history) // 2
+        alone = self._prompt_without(user_text, n_pairs, renders)
+        if len(alone) + min(64, n_ctx // 8) > n_ctx:
+            self._error(f"the message is too long for the context of {_tokens(n_ctx)} "
+                        f"(--ctx): its prompt is {_tokens(len(alone))}, and the reply "
+                        f"needs room too; shorten it")
+            return None
+        return n_pairs, alone
+
+    def _leave_out(self, n_pairs: int):
+        """Forget the oldest n_pairs pairs; say so the first time."""
+        if not n_pairs:
+            return
+        del self.history[:2 * n_pairs]
+        if not self.told_left_out:
+            self.told_left_out = True
+            self._note("(older messages were left out to fit the context)")
 
     def ask(self, user_text: str) -> str | None:
         """Stream the answer to stdout; return it (None on an error already reported)."""

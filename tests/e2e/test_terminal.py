@@ -175,3 +175,79 @@ def test_multi_line_messages_and_slash_text():
     assert turns[4].startswith("commands:") and '"""' in turns[4]  # /help tells of it
     assert turns[5] == "... ... ... got 'a'"
     assert len(turns) == 7
+
+
+def chat_in_process(model, n_ctx, max_tokens):
+    """A _Chat on a real Engine, and the timings of each of its requests as the engine
+    reports them (prompt tokens reused from the cache, prompt tokens prefilled)."""
+    import io
+    from runtime.engine import Engine
+    from runtime.sampling import SamplingParams
+    from runtime.terminal import _Chat
+    engine = Engine(model, n_ctx)
+    timings = []
+    submit = engine.submit
+
+    def submit_and_record(req):
+        events = req.iter_events
+
+        def iter_and_record(*a, **kw):
+            for ev in events(*a, **kw):
+                if ev.kind == "done":
+                    timings.append((len(req.prompt_ids), ev.timings))
+                yield ev
+        req.iter_events = iter_and_record
+        return submit(req)
+    engine.submit = submit_and_record
+    c = _Chat(model, engine, None, SamplingParams(temperature=0.0), max_tokens, io.StringIO())
+    return c, timings
+
+
+def test_leaving_out_old_turns_leaves_room_for_the_next_turns():
+    """Once the context is full, leaving out just enough for each message would leave out
+    one more pair every turn: the prompt's start would change every turn and the engine
+    would prefill all of it every time. Leaving out more, once, keeps the next turn's
+    prompt an extension of this one's, and the engine reuses it."""
+    from runtime.model import Model
+    model = Model.load(TINY)
+    renders = []
+    render = model.chat_prompt
+    model.chat_prompt = lambda *a, **kw: renders.append(1) or render(*a, **kw)
+    c, timings = chat_in_process(model, n_ctx=256, max_tokens=8)
+    dropped_on = []
+    for i in range(8):
+        first_before, n_renders = c.history[:1], len(renders)
+        assert c.ask(f"topic {i}") is not None
+        if i and c.history[0] != first_before[0]:
+            dropped_on.append(i)
+        else:  # nothing left out: the prompt was rendered once, as before leaving out
+            assert len(renders) - n_renders == 1
+    assert dropped_on, "precondition: the conversation outgrew the context"
+    for i in dropped_on:
+        assert i + 1 not in dropped_on, f"turns {i} and {i + 1} both left out turns"
+        if i + 1 < len(timings):
+            prompt_len, _ = timings[i]
+            _, after = timings[i + 1]
+            assert after.cached_n >= prompt_len  # the whole previous prompt was reused
+
+
+def test_a_long_message_leaves_out_only_the_turns_it_must(tiny_model):
+    """When even the message alone leaves less free room than the slack kept after leaving
+    turns out, the slack cannot be had: the fewest oldest pairs that fit are left out."""
+    from runtime.engine import chat_prompt_ids
+    c, _ = chat_in_process(tiny_model, n_ctx=256, max_tokens=8)
+    budget_tok = 256 - 8
+    c.history = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+                 {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]
+
+    def prompt_len(text, n_pairs_left_out):
+        kept = c.history[2 * n_pairs_left_out:]
+        return len(chat_prompt_ids(tiny_model, c.messages(text, kept))[1])
+    # A message whose prompt fits only without the oldest pair, and alone leaves less
+    # than a quarter of the context free (besides the reply's reserve).
+    text = next((t for t in ("x " * n for n in range(1, 256))
+                 if prompt_len(t, 0) > budget_tok >= prompt_len(t, 1)
+                 and prompt_len(t, 2) > budget_tok - 256 // 4), None)
+    assert text, "precondition: such a message exists"
+    assert c.ask(text) is not None
+    assert [m["content"] for m in c.history[:3]] == ["c", "d", text]
