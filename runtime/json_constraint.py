@@ -23,6 +23,12 @@ tab, or a newline and an indentation (so a model cannot pad forever); numbers' l
 free keys' length and the nesting depth are capped; strings cannot hold \\uD800-\\uDFFF
 escapes (a lone surrogate is not text: write the character). After the value only one
 whitespace byte and end-of-generation are allowed.
+
+An object's keys come in the schema's order (see `_start_key`): the listed properties in
+the order of `properties` (then required names `properties` does not list, in the order
+of `required`), each optional one skippable, each required one not; then, where
+additionalProperties allows them, other keys, in any order. So a key is never written
+twice, and a model cannot go back and forth between keys.
 """
 from __future__ import annotations
 
@@ -70,6 +76,13 @@ class Node:
     keys: tuple = ()                 # (name as written between quotes (bytes), name)
     required: frozenset = frozenset()
     extra: object = None             # node of properties not listed; None: not allowed
+    ordered: bool = True             # keys in `keys`' order (the schema's); False: any order
+    # Set by _order_keys from keys, props, required and extra, for the recognizer:
+    # per key (text, its value's node, the progress after it); [i]: the index of the first
+    # required key at i or after (len(keys): none); name -> its index in keys.
+    entries: tuple = field(default=(), repr=False)
+    req_next: tuple = field(default=(0,), repr=False)
+    index: dict = field(default_factory=dict, repr=False)
     items: object = None
     min_items: int = 0
     max_items: int | None = None
@@ -110,9 +123,33 @@ def const_node(value) -> Node:
 
 
 def object_node(props: dict) -> Node:
-    """An object with exactly these properties (each required), in any order."""
-    return Node(types=frozenset({"object"}), props=dict(props), required=frozenset(props),
-                keys=tuple((_key_text(name), name) for name in props), items=ANY)
+    """An object with exactly these properties (each required), in any order (a tool
+    call's {"name", "arguments"}: not a schema, so not held to an order)."""
+    return _order_keys(Node(types=frozenset({"object"}), props=dict(props),
+                            required=frozenset(props), ordered=False,
+                            keys=tuple((_key_text(name), name) for name in props), items=ANY))
+
+
+# An object's progress, in its frames: (i, names). Ordered keys: i is the index in
+# node.keys of the next key that may come (those before it were written or skipped) and
+# names holds the unlisted keys written (once there is one, i is len(node.keys)).
+# Keys in any order: i is 0 and names holds every key written.
+NO_KEYS = (0, frozenset())
+
+
+def _order_keys(n: Node) -> Node:
+    """Fill in what the recognizer looks up for n's keys (after keys/required/extra)."""
+    count = len(n.keys)
+    n.index = {name: i for i, (_, name) in enumerate(n.keys)}
+    n.entries = tuple((text, n.props.get(name, n.extra), (i + 1, frozenset()))
+                      for i, (text, name) in enumerate(n.keys))
+    nxt, req_next = count, [count]
+    for i in range(count - 1, -1, -1):
+        if n.keys[i][1] in n.required:
+            nxt = i
+        req_next.append(nxt)
+    n.req_next = tuple(reversed(req_next))
+    return n
 
 
 def _type_of(v) -> str:
@@ -231,6 +268,7 @@ class _Compiler:
                                   f"'properties', and additional properties are not allowed")
         else:
             n.extra = ANY if extra is True else self.node(extra, depth + 1)
+        _order_keys(n)
         items = s.get("items", True)
         if isinstance(items, list):
             raise SchemaError("'items' as a list (tuple validation) is not supported")
@@ -421,7 +459,7 @@ def _start_value(node, depth, b, below, out):
     types = node.types
     if b == 0x7B:  # {
         if "object" in types and depth < MAX_DEPTH:
-            out.append((((OBJ_FIRST, node, frozenset(), depth + 1), below), 0))
+            out.append((((OBJ_FIRST, node, NO_KEYS, depth + 1), below), 0))
     elif b == 0x5B:  # [
         if "array" in types and depth < MAX_DEPTH:
             out.append((((ARR_FIRST, node, depth + 1), below), 0))
@@ -448,20 +486,63 @@ def _lit(cands, pos, below, out):
 
 
 def _start_key(node, seen, depth, below, out):
-    # Until every required key is there, only listed (or required) keys may come: a
-    # subset of what the schema allows, which keeps a model from wandering into made-up
-    # keys while one it must write is missing (as llama.cpp's grammars put required
-    # properties first).
-    if node.extra is None or not node.required <= seen:
-        cands = tuple((text, name) for text, name in node.keys if name not in seen)
+    """The opening quote of a key. An (ordered) object's keys come in the schema's order:
+    after listed key i-1, the next is one of keys i .. the next required one (optional
+    keys may be skipped, required ones not); unlisted keys only once no required key is
+    left, and no listed key after them. A subset of what the schema allows, in the order
+    OpenAI's strict mode writes (llama.cpp's grammars fix an order too: required keys,
+    then optional ones, then unlisted ones). A model cannot write a key twice, dither
+    between keys, or wander into made-up keys while one it must write is missing.
+    A listed key is spelt as json.dumps writes it, except where unlisted keys may come:
+    there a key is read as any string, and a listed name (even escaped) is that key."""
+    i, names = seen
+    if node.ordered:
+        stop = node.req_next[i]
+        if stop == len(node.keys) and node.extra is not None:
+            out.append((((KEY_FREE, node, seen, depth, b"", STR0), below), 0))
+        elif i < len(node.keys):
+            out.append((((KEY_LIT, node, seen, depth, node.entries[i:stop + 1], 0), below), 0))
+    elif node.extra is None or not node.required <= names:
+        cands = tuple((text, node.props.get(name, node.extra), (0, names | {name}))
+                      for text, name in node.keys if name not in names)
         if cands:
             out.append((((KEY_LIT, node, seen, depth, cands, 0), below), 0))
     else:
         out.append((((KEY_FREE, node, seen, depth, b"", STR0), below), 0))
 
 
+def _free_key(node, seen, name):
+    """A key read as any string (KEY_FREE) -> (its value's node, the progress after it),
+    or None when it may not come here."""
+    i, names = seen
+    if node.ordered:
+        j = node.index.get(name)
+        if j is not None:       # a listed name: at its place, or not at all
+            return (node.entries[j][1], (j + 1, names)) if j >= i else None
+        if name in names:
+            return None
+        return node.extra, (len(node.keys), names | {name})
+    value = node.props.get(name, node.extra)
+    if name in names or value is None:
+        return None
+    return value, (0, names | {name})
+
+
 def _more_keys(node, seen) -> bool:
-    return node.extra is not None or any(name not in seen for _, name in node.keys)
+    i, names = seen
+    if node.extra is not None:
+        return True
+    if node.ordered:
+        return i < len(node.keys)
+    return any(name not in names for _, name in node.keys)
+
+
+def _can_close(node, seen) -> bool:
+    """May the object end here (is every required key written)?"""
+    i, names = seen
+    if node.ordered:
+        return node.req_next[i] == len(node.keys)
+    return node.required <= names
 
 
 def _step(stack, ws, b, raw_only, out):
@@ -538,7 +619,7 @@ def _step(stack, ws, b, raw_only, out):
             node, seen, depth = frame[1], frame[2], frame[3]
             if b == 0x22:
                 _start_key(node, seen, depth, below, out)
-            elif b == 0x7D and tag == OBJ_FIRST and node.required <= seen:
+            elif b == 0x7D and tag == OBJ_FIRST and _can_close(node, seen):
                 out.append((below, 0))
         elif tag == KEY_LIT:
             _, node, seen, depth, cands, pos = frame
@@ -546,21 +627,18 @@ def _step(stack, ws, b, raw_only, out):
             if nc:
                 out.append((((KEY_LIT, node, seen, depth, nc, pos + 1), below), 0))
             if b == 0x22:
-                for text, name in cands:
+                for text, value, after in cands:
                     if len(text) == pos:
-                        out.append((((OBJ_COLON, node, seen | {name}, depth,
-                                      node.props.get(name, node.extra)),
-                                     below), 0))
+                        out.append((((OBJ_COLON, node, after, depth, value), below), 0))
         elif tag == KEY_FREE:
             _, node, seen, depth, raw, ss = frame
             if ss[0] == 0 and ss[2] == 0 and b != 0x22 and len(raw) >= MAX_KEY_BYTES:
                 return
             r = _str_byte(ss, b, None)
             if r is True:
-                name = json.loads(b'"' + raw + b'"')
-                value = node.props.get(name, node.extra)
-                if name not in seen and value is not None:
-                    out.append((((OBJ_COLON, node, seen | {name}, depth, value), below), 0))
+                got = _free_key(node, seen, json.loads(b'"' + raw + b'"'))
+                if got is not None:
+                    out.append((((OBJ_COLON, node, got[1], depth, got[0]), below), 0))
             elif r is not None:
                 out.append((((KEY_FREE, node, seen, depth, raw + bytes((b,)), r), below), 0))
         elif tag == OBJ_COLON:
@@ -571,7 +649,7 @@ def _step(stack, ws, b, raw_only, out):
             _, node, seen, depth = frame
             if b == 0x2C and _more_keys(node, seen):
                 out.append((((OBJ_KEY, node, seen, depth), below), 0))
-            elif b == 0x7D and node.required <= seen:
+            elif b == 0x7D and _can_close(node, seen):
                 out.append((below, 0))
         elif tag == ARR_FIRST:
             _, node, depth = frame

@@ -318,3 +318,45 @@ def test_streamed_constrained_chunks_are_json_and_end_once(tiny_server):
     text = "".join(e["choices"][0]["delta"].get("content") or "" for e in evs[:-1])
     assert isinstance(json.loads(text), dict)
     assert [e["choices"][0]["finish_reason"] for e in evs[:-1]][-1] == "stop"
+
+
+# ---- key order -------------------------------------------------------------------------------
+
+# Listed on purpose out of alphabetical order, required and optional keys mixed.
+ORDERED = {"type": "object",
+           "properties": {"zone": {"enum": ["utc", "local"]},
+                          "count": {"enum": [1, 2, 3]},
+                          "flag": {"type": "boolean"},
+                          "note": {"type": "string", "maxLength": 4},
+                          "id": {"enum": [7, 8]}},
+           "required": ["zone", "flag", "id"]}
+
+
+def in_schema_order(value, schema):
+    """The keys of a parsed object (dicts keep the order they were written in): the
+    listed ones in the order of `properties`, and any others after them all."""
+    listed = list(schema["properties"])
+    keys = list(value)
+    n = sum(1 for k in keys if k in schema["properties"])
+    return keys[:n] == [k for k in listed if k in value] and not any(
+        k in schema["properties"] for k in keys[n:])
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_json_schema_keys_come_in_the_schemas_order(client, strict):
+    # Unlisted keys are not allowed here: a random model in a free key (any string) may
+    # not close it before max_tokens. tests/runtime/test_json_constraint.py has them.
+    schema = {**ORDERED, "additionalProperties": False} if not strict else ORDERED
+    replies = []
+    for seed in [None, *range(6)]:
+        kw = {"temperature": 0} if seed is None else {"temperature": 1.0, "seed": seed}
+        r = client.chat.completions.create(
+            model="x", messages=MSGS, max_tokens=200, **kw,
+            response_format={"type": "json_schema", "json_schema": {
+                "name": "o", "schema": schema, "strict": strict}})
+        c = r.choices[0]
+        assert c.finish_reason == "stop", c.message.content
+        value = json.loads(c.message.content)
+        check(value, schema)
+        replies.append(value)
+    assert all(in_schema_order(v, schema) for v in replies), [list(v) for v in replies]

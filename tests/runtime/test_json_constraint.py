@@ -107,7 +107,7 @@ CITY = {"type": "object", "properties": {"city": {"type": "string"},
 def test_required_keys_must_come_before_the_object_closes():
     node = schema(CITY)
     assert run('{"city": "Paris", "population": 2100000}', node) is True
-    assert run('{"population": 2100000, "city": "Paris"}', node) is True   # any order
+    assert run('{"population": 2100000, "city": "Paris"}', node) is None   # the schema's order
     assert run('{"city": "Paris"}', node) is None
     assert run('{"city": "Paris", "population": 2.5', node) is None       # integer
     assert run('{"city": 3', node) is None
@@ -142,6 +142,84 @@ def test_additional_properties_schema_applies_to_unlisted_keys():
     assert run('{"a": "x", "b": 1}', node) is True
     assert run('{"b": "x"', node) is None
     assert run('{"\\u0061": "x"}', node) is True     # an escaped name is still "a"
+
+
+ABC = {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"},
+                                        "c": {"type": "integer"}},
+       "required": ["a", "c"]}
+
+
+@pytest.mark.parametrize("kw, strict", [({}, False), ({"additionalProperties": False}, False),
+                                        ({}, True), ({"additionalProperties": {}}, True)])
+def test_listed_keys_come_in_the_schemas_order(kw, strict):
+    node = schema({**ABC, **kw}, strict=strict)
+    assert run('{"a": 1, "c": 3}', node) is True                # optional b skipped
+    assert run('{"a": 1, "b": 2, "c": 3}', node) is True
+    assert run('{"c": 3, "a": 1}', node) is None                # a is required, and first
+    assert run('{"b": 2, "a": 1}', node) is None
+    assert run('{"c"', node) is None and run('{"b"', node) is None
+    assert run('{"a": 1, "c": 3, "b": 2}', node) is None        # b's place has passed
+    assert run('{"a": 1, "c": 3, "b"', node) in (None, False)   # (a free key's prefix)
+    assert run('{"a": 1, "b": 2}', node) is None                # c is required
+    assert run('{"a": 1, "b": 2, "a"', node) is None            # no duplicates
+    assert run('{"a": 1, "c": 3, "a"', node) in (None, False)
+    assert run('{"a": 1, "c": 3, "a":', node) is None
+
+
+def test_optional_keys_may_each_be_skipped_but_not_reordered():
+    node = schema({"type": "object", "additionalProperties": False,
+                   "properties": {"x": {"type": "integer"}, "y": {"type": "integer"},
+                                  "z": {"type": "integer"}}})
+    for text in ('{}', '{"x": 1}', '{"y": 1}', '{"z": 1}', '{"x": 1, "z": 1}', '{"y": 1, "z": 1}',
+                 '{"x": 1, "y": 1, "z": 1}'):
+        assert run(text, node) is True, text
+    for text in ('{"z": 1, "x"', '{"y": 1, "x"', '{"x": 1, "z": 1, "y"', '{"y": 1, "y"',
+                 '{"x": 1, "y": 1, "z": 1,'):
+        assert run(text, node) is None, text
+
+
+def test_unlisted_keys_come_after_every_listed_key_written():
+    node = schema({**ABC, "additionalProperties": {"type": "string"}})
+    assert run('{"a": 1, "c": 3, "x": "s"}', node) is True
+    assert run('{"a": 1, "b": 2, "c": 3, "x": "s", "y": "t"}', node) is True
+    assert run('{"x"', node) is None                            # a is still to come
+    assert run('{"a": 1, "x"', node) is None                    # and c
+    assert run('{"a": 1, "c": 3, "x": "s", "x":', node) is None  # no duplicates
+    assert run('{"a": 1, "c": 3, "x": 1', node) is None          # their schema
+    # once an unlisted key is written, no listed one: a trailing optional is skipped
+    tail = schema({"type": "object", "properties": {"a": {"type": "integer"},
+                                                    "b": {"type": "integer"}},
+                   "required": ["a"], "additionalProperties": {"type": "string"}})
+    assert run('{"a": 1, "x": "s"}', tail) is True
+    assert run('{"a": 1, "b": 2, "x": "s"}', tail) is True
+    assert run('{"a": 1, "x": "s", "b":', tail) is None
+    assert run('{"b": 2', tail) is None
+    # where unlisted keys may come, a listed key may be spelt with escapes, at its place
+    assert run('{"a": 1, "\\u0062": 2}', tail) is True
+    assert run('{"a": 1, "\\u0062": "s"', tail) is None        # it is b: an integer
+    assert run('{"a": 1, "b": 2, "\\u0062":', tail) is None
+
+
+def test_required_keys_that_are_not_listed_come_after_the_listed_ones_in_required_order():
+    node = schema({"type": "object", "properties": {"p": {"type": "boolean"}},
+                   "required": ["x", "y"], "additionalProperties": {"type": "integer"}})
+    assert run('{"p": true, "x": 1, "y": 2}', node) is True
+    assert run('{"x": 1, "y": 2, "z": 3}', node) is True
+    assert run('{"y": 1', node) is None
+    assert run('{"x": 1, "p"', node) is None
+    assert run('{"x": 1, "z"', node) is None
+    assert run('{"x": 1, "y": 2, "p":', node) is None
+
+
+def test_objects_in_arrays_and_nested_objects_each_keep_their_own_order():
+    node = schema({"type": "array", "items": {
+        "type": "object", "additionalProperties": False, "required": ["k", "v"],
+        "properties": {"k": {"type": "string"}, "v": {"type": "object", "properties": {
+            "m": {"type": "integer"}, "n": {"type": "integer"}}, "required": ["n"],
+            "additionalProperties": False}}}})
+    assert run('[{"k": "a", "v": {"m": 1, "n": 2}}, {"k": "b", "v": {"n": 3}}]', node) is True
+    assert run('[{"k": "a", "v": {"n": 1, "m"', node) is None
+    assert run('[{"k": "a", "v": {"n": 1}}, {"v"', node) is None
 
 
 def test_enum_const_and_type_lists():
@@ -287,6 +365,21 @@ def test_what_json_dumps_writes_is_accepted(value, indent):
     if "\\ud8" in text.lower() or "\\udc" in text.lower() or any(0xD800 <= ord(c) <= 0xDFFF for c in text):
         return  # lone surrogates: refused on purpose
     assert run(text) is True, text
+
+
+@hypothesis.given(st.lists(st.booleans(), min_size=1, max_size=5), st.data())
+@hypothesis.settings(max_examples=300, deadline=None)
+def test_keys_are_accepted_exactly_in_the_schemas_order(required, data):
+    # Any subset of the listed keys, in any order: accepted exactly when it is in the
+    # schema's order and holds every required key.
+    names = [f"k{i}" for i in range(len(required))][::-1]      # k4 before k3 ...
+    node = schema({"type": "object", "additionalProperties": False,
+                   "properties": {n: {"type": "integer"} for n in names},
+                   "required": [n for n, r in zip(names, required) if r]})
+    keys = data.draw(st.permutations(names))[:data.draw(st.integers(0, len(names)))]
+    places = [names.index(k) for k in keys]
+    fits = places == sorted(places) and all(n in keys for n, r in zip(names, required) if r)
+    assert (run(json.dumps({k: 1 for k in keys}), node) is True) == fits, keys
 
 
 # ---- tokens: the sampler with a fake vocabulary -------------------------------------------
@@ -474,6 +567,28 @@ def test_greedy_checks_few_tokens_on_the_real_qwen2_vocabulary():
     assert len(c._next) < 100
 
 
+def test_an_out_of_order_key_is_refused_on_the_real_qwen2_vocabulary():
+    # The model's favourite key is the second listed one: the first, required, wins, in
+    # a few checks; after it, the favourite is taken as it is.
+    from runtime.model import Model
+    m = Model.load(FIXTURES / "tokenizer" / "ggml-vocab-qwen2.gguf", vocab_only=True)
+    tk = m.tokenizer
+    c = jc.make_constraint(m, jc.value_grammar(schema(CITY)))
+    for tok in tk.tokenize('{"', add_special=False):
+        c.accept(tok)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=m.n_vocab).astype(np.float32)
+    population = tk.tokenize("population", add_special=False)[0]
+    city = tk.tokenize("city", add_special=False)[0]
+    x[population], x[city] = 30.0, 29.0
+    assert greedy(c).sample(x, []) == city
+    assert len(c._next) < 100
+    for tok in tk.tokenize('city": "Tokyo", "', add_special=False):
+        assert c.allows(tok)
+        c.accept(tok)
+    assert not c.allows(city) and greedy(c).sample(x, []) == population
+
+
 # ---- logit_bias -------------------------------------------------------------------------
 
 def test_logit_bias_adds_before_the_choice():
@@ -545,3 +660,19 @@ def test_a_forced_call_is_a_declared_tool_with_its_arguments_bare_or_wrapped():
     assert whole('<tool_call>', named) is None
     content, calls = parse('<tool_call>\n' + bare + '\n</tool_call>', tools)
     assert content is None and calls[0]["function"]["name"] == "get_weather"
+
+
+def test_a_forced_calls_arguments_keep_their_order_and_the_call_object_does_not():
+    from runtime.tool_calls import call_grammar
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"x": {"type": "integer"}, "y": {"type": "integer"}},
+        "required": ["x", "y"]}}}]
+    start = call_grammar(tools, None, "")
+
+    def whole(text):
+        s = jc.feed(start, text.encode())
+        return None if s is None else jc.can_end(s)
+    assert whole('{"name": "f", "arguments": {"x": 1, "y": 2}}') is True
+    assert whole('{"arguments": {"x": 1, "y": 2}, "name": "f"}') is True
+    assert whole('{"name": "f", "arguments": {"y": 2, "x": 1}}') is None
+    assert whole('{"name": "f", "name"') is None
