@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="chatfile",
         description="Bundle a GGUF model into one double-clickable file, or run one.",
         epilog="Also: chatfile run|chat|info|bench MODEL ... (see chatfile run --help).")
+    from runtime import __version__
+    p.add_argument("--version", action="version", version=f"chatfile {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     b = sub.add_parser("bundle", help="make one executable file that carries MODEL")
     b.add_argument("model", help="the GGUF file to embed")

@@ -13,7 +13,8 @@ lists every module and the names the others rely on.
 """
 from runtime.errors import GGUFError
 
-__all__ = ["GGUFError", "Model"]
+__version__ = "0.1.0"  # the package's version too (pyproject.toml reads it from here)
+__all__ = ["GGUFError", "Model", "__version__"]
 
 
 def __getattr__(name):

@@ -39,6 +39,7 @@ bundle options:
   --info            print the embedded model's metadata summary and sha256
   --verify          re-hash the embedded model against the sha256 in the bundle
   --extract OUT     write the embedded GGUF to OUT (byte-identical)
+  --version         print chatfile's version
   -h, --help        show this help
 
 Any other `chatfile run` option (--ctx, --threads, --temp, --system, --chat-template,
@@ -63,7 +64,7 @@ def bundle_path() -> str | None:
 def _split_own_flags(argv: list[str]) -> tuple[dict, list[str]]:
     """Pull this entry point's own flags out of argv; return them and the rest, in order."""
     own = {"cli": False, "model": None, "info": False, "verify": False, "extract": None,
-           "help": False}
+           "help": False, "version": False}
     rest: list[str] = []
     i = 0
     while i < len(argv):
@@ -71,7 +72,7 @@ def _split_own_flags(argv: list[str]) -> tuple[dict, list[str]]:
         name, eq, val = a.partition("=")
         if a in ("-h", "--help"):
             own["help"] = True
-        elif a in ("--cli", "--info", "--verify"):
+        elif a in ("--cli", "--info", "--verify", "--version"):
             own[a[2:]] = True
         elif name in ("-m", "--model", "--extract"):
             key = "model" if name in ("-m", "--model") else "extract"
@@ -186,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     baked = list(trailer.args) if trailer else []
 
+    if own["version"]:
+        from runtime import __version__
+        print(f"chatfile {__version__}")
+        return 0
     if own["help"]:
         print(HELP.format(prog=prog, baked=" ".join(baked) or "(none)"))
         if trailer is None:

@@ -14,22 +14,27 @@ import os
 import sys
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
+def _add_model_args(p: argparse.ArgumentParser, threads: bool = True) -> None:
     p.add_argument("model", help="path of a GGUF model file")
     # The GGUF inside a bigger file (a bundle); not for people.
     p.add_argument("--gguf-offset", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--gguf-size", type=int, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="CPU threads for matrix products (default: all cores)")
+    if threads:
+        p.add_argument("--threads", type=int, default=None, metavar="N",
+                       help="CPU threads for matrix products (default: all cores)")
 
 
-def _add_session_args(p: argparse.ArgumentParser) -> None:
+# The API's range (OpenAI's): a default the page would send and the API refuse would
+# make every message of the page fail.
+MAX_TEMP = 2.0
+
+
+def _add_session_args(p: argparse.ArgumentParser, temp_help: str) -> None:
     p.add_argument("--ctx", type=int, default=4096, metavar="N",
                    help="context size in tokens (0: the model's trained context; capped at it)")
     p.add_argument("--chat-template", metavar="FILE", help="a Jinja chat template to use instead of the model's")
     p.add_argument("--system", metavar="TEXT", help="default system prompt")
-    p.add_argument("--temp", type=float, default=None, metavar="T",
-                   help="default sampling temperature (requests may override it)")
+    p.add_argument("--temp", type=float, default=None, metavar="T", help=temp_help)
     # model.MODES, spelled out: importing runtime.model would import NumPy before
     # set_threads has set the BLAS thread count.
     p.add_argument("--mode", choices=("auto", "f32", "int8", "quant"), default="auto",
@@ -39,13 +44,16 @@ def _add_session_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from runtime import __version__
     ap = argparse.ArgumentParser(prog="chatfile", description="Chat with a GGUF model, offline.")
+    ap.add_argument("--version", action="version", version=f"chatfile {__version__}")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
     p = sub.add_parser("run", help="start the chat server and open the chat page")
     _add_model_args(p)
-    _add_session_args(p)
+    _add_session_args(p, "sampling temperature for requests that do not set one, 0 to 2 "
+                         "(default 0.8; 0: greedy)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080; the next free one if busy)")
     p.add_argument("--no-browser", action="store_true", help="do not open a browser")
@@ -54,11 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("chat", help="chat in the terminal (or answer piped stdin and exit)")
     _add_model_args(p)
-    _add_session_args(p)
-    p.add_argument("--max-tokens", type=int, default=1024, metavar="N")
+    _add_session_args(p, "sampling temperature, 0 to 2 (default 0.8, as the server's; 0: "
+                         "greedy, the same answer every time)")
+    p.add_argument("--max-tokens", type=int, default=1024, metavar="N",
+                   help="longest answer in tokens (default 1024; -1: until the context is full)")
 
     p = sub.add_parser("info", help="describe a GGUF model")
-    _add_model_args(p)
+    _add_model_args(p, threads=False)
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser("bench", help="measure load, prefill and decode speed")
@@ -103,30 +113,35 @@ def check_args(args) -> str | None:
     for flag in ("prompt_tokens", "gen_tokens"):
         if getattr(args, flag, 1) <= 0:
             return f"--{flag.replace('_', '-')} must be positive"
-    if getattr(args, "max_tokens", 0) < -1:
+    if getattr(args, "max_tokens", 1) < -1 or getattr(args, "max_tokens", 1) == 0:
         return "--max-tokens must be positive (or -1 for no limit)"
     temp = getattr(args, "temp", None)
-    if temp is not None and not 0 <= temp <= 100:  # also refuses nan
-        return "--temp must be between 0 and 100"
+    if temp is not None and not 0 <= temp <= MAX_TEMP:  # also refuses nan
+        return f"--temp must be between 0 and {MAX_TEMP:g}"
     return None
 
 
 def main(argv: list[str] | None = None, bundle: str | None = None) -> int:
     """`bundle`: the name of the bundle that runs this, whose user never typed a command."""
     parser = build_parser()
+    if bundle:
+        # Its user never typed `chatfile run MODEL`: errors name the bundle and its --help,
+        # not that usage line.
+        def bundle_error(message):
+            print(f"{bundle}: error: {message} (`{bundle} --help` lists the options)",
+                  file=sys.stderr)
+            sys.exit(2)
+        for p in (parser, *parser.commands.values()):
+            p.error = bundle_error
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         # argparse would blame the top-level `chatfile COMMAND` usage; name the command's.
-        if bundle:
-            print(f"{bundle}: error: unrecognized arguments: {' '.join(unknown)} "
-                  f"(`{bundle} --help` lists the options)", file=sys.stderr)
-            return 2
         parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     problem = check_args(args)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    set_threads(args.threads)
+    set_threads(getattr(args, "threads", None))
     try:
         return _dispatch(args)
     except KeyboardInterrupt:
@@ -182,7 +197,9 @@ def _dispatch(args) -> int:
         from runtime.terminal import chat
         model = Model.load(args.model, offset=args.gguf_offset, size=args.gguf_size,
                            mode=args.mode, chat_template=template)
-        params = SamplingParams(temperature=0.0 if args.temp is None else args.temp)
+        # The server's defaults (SamplingParams'), so that a chat in the terminal and on
+        # the page sound alike; --temp 0 for the same answer every time.
+        params = SamplingParams() if args.temp is None else SamplingParams(temperature=args.temp)
         return chat(model, n_ctx=args.ctx, system=args.system, params=params,
                     max_tokens=args.max_tokens) or 0
     raise AssertionError(args.command)

@@ -254,6 +254,11 @@ def extract(path: str | os.PathLike, trailer: Trailer, out_path: str | os.PathLi
     Refuses (BundleError) and leaves nothing behind when the bytes do not match the trailer.
     """
     out_path = os.fspath(out_path)
+    if out_path == "-":  # the Unix habit; a ./- file would surprise, and a tty gets 0.5 GB
+        raise BundleError("--extract needs a file name; standard output ('-') is not supported")
+    if os.path.isdir(out_path):
+        raise BundleError(f"{out_path} is a directory; give the GGUF's file name, "
+                          f"e.g. {os.path.join(out_path, 'model.gguf')}")
     if os.path.lexists(out_path):  # never overwrite, least of all the bundle itself
         raise BundleError(f"{out_path} already exists; remove it or extract to another name")
     directory = os.path.dirname(os.path.abspath(out_path))

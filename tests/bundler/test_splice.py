@@ -131,7 +131,9 @@ def test_bundle_command_refuses_bad_args_and_truncated_models_before_building(tm
                        ("--frobnicate", "unrecognized arguments: --frobnicate"),
                        ("--ctx -5", "--ctx must be positive"),
                        ("--port 99999", "--port must be between 0 and 65535"),
-                       ("--temp nan", "--temp must be between 0 and 100"),
+                       ("--temp nan", "--temp must be between 0 and 2"),
+                       # its page would send 3 with every message, which the API refuses
+                       ("--temp 3", "--temp must be between 0 and 2"),
                        # where the bundle's model is: set by the bundle, never baked in
                        ("--gguf-offset 5", "--gguf-offset is the bundle's own business"),
                        ("--ctx 64 --gguf-size=10", "--gguf-size is the bundle's own business")):
@@ -329,7 +331,7 @@ def test_chatfile_info_and_chat_take_a_bundle_as_the_model(elf_stub, tmp_path):
     inside, alone = chatfile("info", out, "--json"), chatfile("info", MODEL, "--json")
     assert inside.returncode == 0 and alone.returncode == 0, inside.stderr
     assert json.loads(inside.stdout) == json.loads(alone.stdout)
-    r = chatfile("chat", out, "--max-tokens", "4", input="Hi")
+    r = chatfile("chat", out, "--max-tokens", "4", "--temp", "0", input="Hi")
     assert r.returncode == 0 and r.stdout.strip(), r.stderr
     r = chatfile("info", elf_stub)  # a stub carries no model: the GGUF reader says what it is
     assert r.returncode == 1 and "is not a GGUF file" in r.stderr, r.stderr

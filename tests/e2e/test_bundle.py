@@ -191,7 +191,7 @@ def test_cli_with_piped_stdin(bundles, fmt, tmp_path):
     path = _bundle(bundles, fmt)
     # The server's own flags (as a bundle may have baked in) are dropped; --ctx stays.
     r = subprocess.run([*_cmd(path), "--cli", "--cors", "--ctx", "128", "--port", "9",
-                        "--no-browser"], input="Say hello.\n", capture_output=True,
+                        "--no-browser", "--temp", "0"], input="Say hello.\n", capture_output=True,
                        text=True, env=_env(tmp_path), cwd=tmp_path, timeout=300)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip(), "no answer printed"
@@ -252,7 +252,7 @@ def test_ctrl_c_in_the_executable_stops_the_answer_not_the_chat(bundles, tmp_pat
     prompt = lambda b: b.rstrip().endswith(b">")  # noqa: E731
     for _ in range(3):
         master, slave = pty.openpty()  # stdin a terminal: the interactive chat
-        proc = subprocess.Popen([str(path), "--cli"], stdin=slave, stdout=slave,
+        proc = subprocess.Popen([str(path), "--cli", "--temp", "0"], stdin=slave, stdout=slave,
                                 stderr=slave, env=_env(tmp_path), start_new_session=True)
         os.close(slave)
         try:
@@ -422,3 +422,18 @@ def test_an_unknown_option_of_a_bundle_names_the_bundle(bundles, tmp_path):
     assert r.returncode == 2
     assert r.stderr == ("tiny.pyz: error: unrecognized arguments: --bogus "
                         "(`tiny.pyz --help` lists the options)\n"), r.stderr
+    # A bad value of a known option too, and --extract's mistakes.
+    r = subprocess.run([*_cmd(path), "--port", "abc"], capture_output=True, text=True,
+                       env=_env(tmp_path), timeout=120)
+    assert r.returncode == 2 and "usage:" not in r.stderr and r.stderr == (
+        "tiny.pyz: error: argument --port: invalid int value: 'abc' "
+        "(`tiny.pyz --help` lists the options)\n"), r.stderr
+    r = subprocess.run([*_cmd(path), "--version"], capture_output=True, text=True,
+                       env=_env(tmp_path), timeout=120)
+    assert r.returncode == 0 and r.stdout.startswith("chatfile "), r.stderr
+    for out, why in (("-", "standard output ('-') is not supported"),
+                     (str(tmp_path), "is a directory; give the GGUF's file name")):
+        r = subprocess.run([*_cmd(path), "--extract", out], capture_output=True, text=True,
+                           env=_env(tmp_path), cwd=tmp_path, timeout=120)
+        assert r.returncode == 1 and why in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert not (tmp_path / "-").exists()

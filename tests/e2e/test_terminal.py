@@ -35,7 +35,8 @@ def test_piped_question_prints_the_greedy_answer(tiny_model):
     if not (ROOT / "runtime" / "cli.py").exists():
         pytest.skip("runtime/cli.py is not written yet")
     question = "What is the capital of France?"
-    p = run(["-m", "runtime.cli", "chat", str(TINY), "--max-tokens", str(MAX_TOK)], question + "\n")
+    p = run(["-m", "runtime.cli", "chat", str(TINY), "--max-tokens", str(MAX_TOK), "--temp", "0"],
+            question + "\n")
     assert p.returncode == 0, p.stderr.decode()
     expected = greedy_answer(tiny_model, [{"role": "user", "content": question}])
     assert expected.strip(), "precondition: the greedy answer is not empty"
@@ -104,7 +105,8 @@ def test_a_reply_cut_by_max_tokens_says_so(tiny_model):
     question = "What is the capital of France?"
     expected = greedy_answer(tiny_model, [{"role": "user", "content": question}], max_tokens=3)
     # Piped: the notice goes to stderr, stdout stays the answer only.
-    p = run(["-m", "runtime.cli", "chat", str(TINY), "--max-tokens", "3"], question + "\n")
+    p = run(["-m", "runtime.cli", "chat", str(TINY), "--max-tokens", "3", "--temp", "0"],
+            question + "\n")
     assert p.returncode == 0, p.stderr.decode()
     assert p.stdout.decode("utf-8") == expected + "\n"
     assert p.stderr.decode().strip() == "[stopped: max tokens reached]"
@@ -116,11 +118,13 @@ def test_a_reply_cut_by_max_tokens_says_so(tiny_model):
 
 def test_a_reply_cut_by_the_context_says_so(tiny_model):
     # Greedy, the tiny model's answer to this runs on to the end of its 256-token context.
-    p = run(["-m", "runtime.cli", "chat", str(TINY), "--max-tokens", "-1"], "Hello there\n")
+    p = run(["-m", "runtime.cli", "chat", str(TINY), "--max-tokens", "-1", "--temp", "0"],
+            "Hello there\n")
     assert p.returncode == 0, p.stderr.decode()
     assert p.stderr.decode().strip() == "[stopped: the context is full]"
     assert b"[stopped" not in p.stdout
-    p = run(["-m", "runtime.cli", "chat", str(TINY), "--max-tokens", "2000"], "Hello there\n")
+    p = run(["-m", "runtime.cli", "chat", str(TINY), "--max-tokens", "2000", "--temp", "0"],
+            "Hello there\n")
     assert p.stderr.decode().strip() == "[stopped: the context is full]"  # not max tokens
 
 

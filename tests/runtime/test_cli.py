@@ -85,8 +85,12 @@ def test_bad_numbers_are_refused_before_anything_loads():
                       (["run", model, "--threads", "0"], "--threads must be positive"),
                       (["run", model, "--port", "70000"], "--port must be between 0 and 65535"),
                       (["run", model, "--port", "-1"], "--port must be between 0 and 65535"),
-                      (["chat", model, "--temp", "nan"], "--temp must be between 0 and 100"),
+                      (["chat", model, "--temp", "nan"], "--temp must be between 0 and 2"),
+                      # The page sends the server's default with every message, and the API
+                      # refuses more than 2: a server started with --temp 3 could not chat.
+                      (["run", model, "--temp", "3"], "--temp must be between 0 and 2"),
                       (["chat", model, "--max-tokens", "-5"], "--max-tokens must be positive"),
+                      (["chat", model, "--max-tokens", "0"], "--max-tokens must be positive"),
                       (["bench", model, "--gen-tokens", "0"], "--gen-tokens must be positive"),
                       (["bench", model, "--prompt-tokens", "-3"], "--prompt-tokens must be positive")):
         r = chatfile(*args, timeout=60)
@@ -217,3 +221,33 @@ def test_an_unknown_option_is_blamed_on_its_command():
     assert r.returncode == 2
     assert r.stderr.startswith("usage: chatfile info ")
     assert r.stderr.endswith("chatfile info: error: unrecognized arguments: --port 1\n")
+
+
+def test_version_and_options_that_do_nothing():
+    from runtime import __version__
+    for cmd in (["-m", "bundler.cli", "--version"], ["-m", "runtime.cli", "--version"]):
+        r = subprocess.run([sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 0 and r.stdout == f"chatfile {__version__}\n", (cmd, r.stderr)
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert 'dynamic = ["version"]' in pyproject and 'path = "runtime/__init__.py"' in pyproject
+    # `info` reads the header only: a --threads there would pretend to do something.
+    r = chatfile("info", MODELS / "tiny-qwen2-q8_0.gguf", "--threads", "2", timeout=60)
+    assert r.returncode == 2 and "unrecognized arguments: --threads 2" in r.stderr
+
+
+def test_terminal_chat_samples_as_the_server_does_unless_told(monkeypatch):
+    """`chatfile chat` used to answer greedily while the server and page sample at 0.8:
+    a small model then gave the same (often looping) answer to every run."""
+    import runtime.model
+    import runtime.terminal
+    from runtime.cli import main
+    from runtime.sampling import SamplingParams
+    seen = {}
+    monkeypatch.setattr(runtime.model.Model, "load", classmethod(lambda cls, *a, **k: object()))
+    monkeypatch.setattr(runtime.terminal, "chat", lambda model, **kw: seen.update(kw) or 0)
+    model = str(MODELS / "tiny-qwen2-q8_0.gguf")
+    assert main(["chat", model]) == 0
+    assert seen["params"] == SamplingParams() and seen["params"].temperature > 0
+    assert main(["chat", model, "--temp", "0"]) == 0
+    assert seen["params"].temperature == 0
