@@ -255,6 +255,107 @@
     return { node: root, next: i };
   }
 
+  /* ---------- tables (GitHub's pipe tables) ---------- */
+
+  /* The column alignments of a delimiter row ("| :-- | :-: | --: | --- |"), or null
+   * when `line` is not one. A pipe is required, so "---" alone stays a rule. */
+  function tableDelimiter(line) {
+    if (line.indexOf("|") < 0) return null;
+    var s = line.trim();
+    if (s[0] === "|") s = s.slice(1);
+    if (s[s.length - 1] === "|") s = s.slice(0, -1);
+    var parts = s.split("|"), aligns = [];
+    for (var k = 0; k < parts.length; k++) {
+      var m = /^\s*(:?)-+(:?)\s*$/.exec(parts[k]);
+      if (!m) return null;
+      aligns.push(m[1] && m[2] ? "center" : m[2] ? "right" : m[1] ? "left" : "");
+    }
+    return aligns;
+  }
+
+  /* The cells of a table row, trimmed. A pipe splits cells unless it is escaped (`\|`) or
+   * inside a code span; an escaped pipe inside a code span shows as a plain pipe (as on
+   * GitHub). Other escapes stay in the cell for renderInline. Code spans are found with
+   * renderInline's own pattern and shortcut, so both read a row the same way. */
+  function tableCells(line) {
+    var s = line.trim();
+    var cells = [], cur = "", i = s[0] === "|" ? 1 : 0, start = i, m;
+    var noCloser = {}, closed = false;
+    while (i < s.length) {
+      var c = s[i];
+      closed = false;
+      if (c === "\\") { i += 2; continue; }
+      if (c === "`") {
+        var n = 0;
+        while (s[i + n] === "`") n++;
+        var key = "code" + n;
+        m = noCloser[key] !== undefined && i >= noCloser[key] ? null : at(RE_CODE, s, i);
+        if (!m) { noCloser[key] = i; i += 1; continue; }
+        cur += s.slice(start, i) + m[0].replace(/\\\|/g, "|");
+        i += m[0].length; start = i;
+        continue;
+      }
+      if (c === "|") {
+        cells.push((cur + s.slice(start, i)).trim());
+        cur = ""; i += 1; start = i; closed = true;
+        continue;
+      }
+      i += 1;
+    }
+    // A closing pipe ends the row; without one, the rest is the last cell.
+    if (!closed || !cells.length) cells.push((cur + s.slice(start)).trim());
+    return cells;
+  }
+
+  /* A table starts at lines[i] when it has a pipe and the next line is a delimiter row
+   * with as many cells. While a reply streams in, the delimiter row counts only once it
+   * is complete (its closing pipe or the next line has arrived), so a half-written one
+   * stays a paragraph instead of a table whose columns or alignment still change. */
+  function tableStart(lines, i) {
+    if (i + 1 >= lines.length || lines[i].indexOf("|") < 0) return null;
+    var next = lines[i + 1];
+    if (i + 2 >= lines.length && !/\|\s*$/.test(next)) return null;
+    var aligns = tableDelimiter(next);
+    if (!aligns) return null;
+    var head = tableCells(lines[i]);
+    return head.length === aligns.length ? { head: head, aligns: aligns } : null;
+  }
+
+  /* Body rows run until a blank line, a line without a pipe, or another block. */
+  function endsTable(line) {
+    return /^\s*$/.test(line) || line.indexOf("|") < 0 || RE_FENCE.test(line) ||
+      RE_HEADING.test(line) || RE_QUOTE.test(line) || RE_ITEM.test(line);
+  }
+
+  function tableRow(cells, aligns, tag) {
+    var tr = el("tr");
+    for (var k = 0; k < aligns.length; k++) { // short rows are padded, extra cells dropped
+      var cell = el(tag);
+      if (aligns[k]) cell.style.textAlign = aligns[k];
+      if (k < cells.length) renderInline(cells[k], cell, false);
+      tr.appendChild(cell);
+    }
+    return tr;
+  }
+
+  /* Builds the table that tableStart found at lines[i]; the wrapper scrolls sideways. */
+  function table(lines, i, found) {
+    var wrap = el("div", "table-wrap");
+    var tableEl = el("table");
+    var thead = el("thead");
+    thead.appendChild(tableRow(found.head, found.aligns, "th"));
+    tableEl.appendChild(thead);
+    var tbody = el("tbody");
+    i += 2;
+    while (i < lines.length && !endsTable(lines[i])) {
+      tbody.appendChild(tableRow(tableCells(lines[i]), found.aligns, "td"));
+      i += 1;
+    }
+    if (tbody.firstChild) tableEl.appendChild(tbody);
+    wrap.appendChild(tableEl);
+    return { node: wrap, next: i };
+  }
+
   function render(text) {
     var frag = document.createDocumentFragment();
     var lines = String(text == null ? "" : text).replace(/\r\n?/g, "\n").split("\n");
@@ -302,6 +403,13 @@
         bq.appendChild(render(quoted.join("\n")));
         frag.appendChild(bq);
         continue;
+      }
+      var found = tableStart(lines, i);
+      if (found) {
+        endPara(); // the lines before the header row stay their own paragraph
+        var tab = table(lines, i, found);
+        frag.appendChild(tab.node);
+        i = tab.next; continue;
       }
       para.push(line);
       i += 1;

@@ -453,7 +453,9 @@ def test_screenshots_desktop_and_phone(browser, server_url):
         {"role": "assistant", "content":
             "## A heading\n\nSome **bold**, *italic* and `inline code`, plus a "
             "[link](https://example.com).\n\n- one\n- two\n  - nested\n\n1. first\n2. second\n\n"
-            "```python\ndef hello():\n    print(\"<b>hi</b>\")\n```\n\n> a quote"},
+            "```python\ndef hello():\n    print(\"<b>hi</b>\")\n```\n\n> a quote\n\n"
+            "| Fruit | Color | Price |\n|:------|:-----:|------:|\n| Apple | **red** | 1.20 |\n"
+            "| Banana | yellow | 0.50 |\n| `a|b` | x \\| y | 10.00 |"},
     ]}
     for name, size in (("desktop", (1280, 800)), ("phone", (390, 844))):
         ctx = browser.new_context(viewport={"width": size[0], "height": size[1]})
@@ -679,3 +681,238 @@ def test_a_model_without_a_chat_template_is_called_a_base_model(page, browser, s
     pg.wait_for_selector("[data-testid=welcome]")
     assert pg.locator("[data-testid=base-model-note]").count() == 0
     ctx.close()
+
+
+# ---------------------------------------------------------------------------------------
+# GFM pipe tables in model replies. Most cases call the page's own renderer
+# (ChatMarkdown.render, which app.js calls with the reply's text at every streamed frame)
+# on a detached element in the loaded page; one goes through a canned streamed reply.
+
+# The rendered blocks of `text`, and every table in them as plain data.
+RENDER_TABLES = """(text) => {
+    const d = document.createElement('div');
+    d.className = 'msg-body';
+    d.appendChild(ChatMarkdown.render(text));
+    document.body.appendChild(d);  // attached, so that computed styles exist
+    const cells = (row) => [...row.children].map(c => ({
+        tag: c.tagName.toLowerCase(), text: c.textContent,
+        align: getComputedStyle(c).textAlign,
+        code: [...c.querySelectorAll('code')].map(e => e.textContent),
+        inner: [...c.querySelectorAll('*')].map(e => e.tagName.toLowerCase())}));
+    const r = {
+        blocks: [...d.children].map(e => e.tagName.toLowerCase() + (e.className ? '.' + e.className : '')),
+        paragraphs: [...d.querySelectorAll('p')].map(p => p.innerText),
+        text: d.textContent,
+        tables: [...d.querySelectorAll('table')].map(t => ({
+            head: [...t.querySelectorAll(':scope > thead > tr')].map(cells),
+            body: [...t.querySelectorAll(':scope > tbody > tr')].map(cells)})),
+    };
+    d.remove();
+    return r;
+}"""
+
+
+def render_md(pg, text):
+    return pg.evaluate(RENDER_TABLES, text)
+
+
+def texts(rows):
+    return [[c["text"] for c in row] for row in rows]
+
+
+def canned_sse(pg, text, piece_chars=5):
+    """Answer the next chat request with `text`, streamed in small SSE pieces."""
+    events = [{"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}]
+    events += [{"choices": [{"index": 0, "delta": {"content": text[i:i + piece_chars]}}]}
+               for i in range(0, len(text), piece_chars)]
+    events.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    body = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+    pg.route("**/v1/chat/completions", lambda route: route.fulfill(
+        status=200, headers={"Content-Type": "text/event-stream"}, body=body))
+
+
+FRUIT_TABLE = ("| Fruit | Color |\n"
+               "|---|---|\n"
+               "| Apple | **Red** |\n"
+               "| Banana | *Yellow* and `#ff0` |\n")
+
+
+def test_markdown_table_basic(page):
+    r = render_md(page, FRUIT_TABLE)
+    assert r["blocks"] == ["div.table-wrap"], r["blocks"]
+    [t] = r["tables"]
+    assert [[c["tag"] for c in row] for row in t["head"]] == [["th", "th"]]
+    assert [[c["tag"] for c in row] for row in t["body"]] == [["td", "td"], ["td", "td"]]
+    assert texts(t["head"]) == [["Fruit", "Color"]]
+    assert texts(t["body"]) == [["Apple", "Red"], ["Banana", "Yellow and #ff0"]]
+    # Inline formatting works inside cells as it does elsewhere.
+    assert t["body"][0][1]["inner"] == ["strong"]
+    assert t["body"][1][1]["inner"] == ["em", "code"] and t["body"][1][1]["code"] == ["#ff0"]
+    assert "|" not in r["text"] and "---" not in r["text"]
+
+    # The same table in a real streamed reply lands in the message bubble.
+    canned_sse(page, "Here you go:\n\n" + FRUIT_TABLE)
+    send(page, "a table please")
+    wait_idle(page)
+    body = assistant_bodies(page).last
+    assert body.locator(":scope > .table-wrap > table > thead th").all_text_contents() == ["Fruit", "Color"]
+    assert body.locator("table tbody td").all_text_contents() == ["Apple", "Red", "Banana", "Yellow and #ff0"]
+    assert current_conv(page)["messages"][-1]["content"] == "Here you go:\n\n" + FRUIT_TABLE
+
+
+def test_markdown_table_alignment(page):
+    r = render_md(page, "| Left | Center | Right | None |\n"
+                        "|:-----|:------:|------:|------|\n"
+                        "| a | b | c | d |")
+    [t] = r["tables"]
+    want = ["left", "center", "right", "left"]
+    assert [c["align"] for c in t["head"][0]] == want
+    assert [c["align"] for c in t["body"][0]] == want
+    # Leading and trailing pipes are optional; one hyphen per column is enough.
+    r = render_md(page, "Name | Score\n:-: | -:\nAda | 10\nBob | 9")
+    [t] = r["tables"]
+    assert texts(t["head"]) == [["Name", "Score"]] and texts(t["body"]) == [["Ada", "10"], ["Bob", "9"]]
+    assert [c["align"] for c in t["body"][1]] == ["center", "right"]
+
+
+def test_markdown_table_escaped_pipe_and_code_span_with_a_pipe(page):
+    r = render_md(page, "| Expression | Meaning |\n"
+                        "| --- | --- |\n"
+                        "| `a | b` | bitwise or |\n"
+                        "| x \\| y | an escaped pipe |\n"
+                        "| `p \\|\\| q` | escaped inside code |\n"
+                        "| back\\\\ | slash |\n")
+    [t] = r["tables"]
+    assert texts(t["body"]) == [["a | b", "bitwise or"],
+                                ["x | y", "an escaped pipe"],
+                                ["p || q", "escaped inside code"],
+                                ["back\\", "slash"]]
+    assert t["body"][0][0]["code"] == ["a | b"] and t["body"][2][0]["code"] == ["p || q"]
+    # An unclosed backtick is only a character: the pipe after it still splits.
+    [t] = render_md(page, "| a | b |\n|---|---|\n| ` | x |")["tables"]
+    assert texts(t["body"]) == [["`", "x"]]
+
+
+def test_markdown_table_ragged_rows_are_padded_or_cut(page):
+    r = render_md(page, "| one | two | three |\n"
+                        "|-----|-----|-------|\n"
+                        "| 1 |\n"
+                        "| 1 | 2 | 3 | 4 | five |\n"
+                        "| | mid |\n")
+    [t] = r["tables"]
+    assert texts(t["head"]) == [["one", "two", "three"]]
+    assert texts(t["body"]) == [["1", "", ""], ["1", "2", "3"], ["", "mid", ""]]
+    assert all(c["tag"] == "td" for row in t["body"] for c in row)
+    assert "five" not in r["text"] and "4" not in r["text"]
+    # A header and a delimiter row of different widths are no table (GFM).
+    r = render_md(page, "| a | b |\n|---|---|---|\n| 1 | 2 |")
+    assert r["tables"] == [] and r["blocks"] == ["p"]
+
+
+def test_markdown_table_after_a_paragraph_line_ends_at_a_blank_line(page):
+    r = render_md(page, "Here is the comparison:\n"
+                        "| Model | Size |\n"
+                        "|-------|------|\n"
+                        "| Qwen | 0.5B |\n"
+                        "| Gemma | 270M |\n"
+                        "\n"
+                        "| not a row |\n"
+                        "That was all.")
+    assert r["blocks"] == ["p", "div.table-wrap", "p"], r["blocks"]
+    assert r["paragraphs"][0] == "Here is the comparison:"
+    assert r["paragraphs"][1] == "| not a row |\nThat was all."
+    [t] = r["tables"]
+    assert texts(t["body"]) == [["Qwen", "0.5B"], ["Gemma", "270M"]]
+    # A line without a pipe ends the table as well, and so does another block.
+    r = render_md(page, "a | b\n--|--\n1 | 2\nThe end.\n\nx | y\n-|-\n3 | 4\n## Next\n- item")
+    assert r["blocks"] == ["div.table-wrap", "p", "div.table-wrap", "h2", "ul"], r["blocks"]
+    assert [texts(t["body"]) for t in r["tables"]] == [[["1", "2"]], [["3", "4"]]]
+    assert r["paragraphs"] == ["The end."]
+
+
+def test_markdown_lines_with_pipes_but_no_delimiter_row_stay_text(page):
+    for text in ("Use `a | b` or x | y here.\nAnd | this | too.",
+                 "| Fruit | Color |\n| Apple | Red |",
+                 "a | b\n---",                      # a rule, not a one-column delimiter
+                 "| a | b |\n| -- | x |",           # not a delimiter row
+                 "cat file | grep x | wc -l"):
+        r = render_md(page, text)
+        assert r["tables"] == [], text
+        assert "table" not in " ".join(r["blocks"]), (text, r["blocks"])
+        for line in text.split("\n"):
+            if line != "---":
+                assert line.replace("`", "") in r["text"], (text, r["text"])
+    # A table inside a code fence is code.
+    r = render_md(page, "```\n| a | b |\n|---|---|\n| 1 | 2 |\n```")
+    assert r["tables"] == [] and r["blocks"] == ["div.code-block"]
+
+
+def test_markdown_partial_table_while_streaming(page):
+    # app.js renders the reply received so far at every frame: every prefix of a table
+    # must render as something sensible. The lines stay a paragraph until the delimiter
+    # row is complete (its closing pipe or the next line has arrived); from then on the
+    # table has its final shape and alignment, and only its rows grow.
+    text = ("Sizes:\n"
+            "| Model | Params |\n"
+            "| :---- | -----: |\n"
+            "| Qwen2.5-Coder | 0.5B |\n"
+            "| Gemma 3 | 270M |\n"
+            "\nDone.")
+    delim_done = text.index("-----: |") + len("-----: |")
+    full = [["Qwen2.5-Coder", "0.5B"], ["Gemma 3", "270M"]]
+    for n in range(1, len(text) + 1):
+        r = render_md(page, text[:n])
+        if n < delim_done:
+            assert r["tables"] == [], f"a table before its delimiter row is complete: {text[:n]!r}"
+            assert r["blocks"] == ["p"], (n, r["blocks"])
+            assert r["text"].replace("\n", "") == text[:n].replace("\n", ""), n
+            continue
+        assert r["blocks"][:2] == ["p", "div.table-wrap"], (n, r["blocks"])
+        assert r["paragraphs"][0] == "Sizes:"
+        [t] = r["tables"]
+        assert texts(t["head"]) == [["Model", "Params"]], (n, t)
+        assert [c["align"] for c in t["head"][0]] == ["left", "right"], n
+        assert len(t["body"]) <= 2 and all(len(row) == 2 for row in t["body"]), (n, t)
+        for k, row in enumerate(texts(t["body"])):
+            for got, want in zip(row, full[k]):
+                assert want.startswith(got), (n, row)
+    assert texts(r["tables"][0]["body"]) == full and r["paragraphs"][-1] == "Done."
+    # Without a closing pipe the delimiter row is complete when the next line begins.
+    assert render_md(page, "Model | Params\n:-- | --:")["tables"] == []
+    [t] = render_md(page, "Model | Params\n:-- | --:\n")["tables"]
+    assert texts(t["head"]) == [["Model", "Params"]] and t["body"] == []
+
+
+def test_wide_table_scrolls_inside_the_message_on_a_phone(browser, server_url):
+    wide = ("| " + " | ".join(f"column_{k}_with_a_long_name" for k in range(8)) + " |\n"
+            + "|" + "---|" * 8 + "\n"
+            + "| " + " | ".join(f"value_{k}_that_is_long_too" for k in range(8)) + " |\n")
+    conv = {"title": "wide", "messages": [{"role": "user", "content": "wide table"},
+                                          {"role": "assistant", "content": wide}]}
+    for scheme in ("light", "dark"):
+        ctx = browser.new_context(viewport={"width": 390, "height": 844}, color_scheme=scheme)
+        pg = ctx.new_page()
+        pg.set_default_timeout(TIMEOUT_MS)
+        open_page(pg, server_url)
+        pg.set_input_files("[data-testid=import-file]", files=[{
+            "name": "wide.json", "mimeType": "application/json", "buffer": json.dumps(conv).encode()}])
+        pg.wait_for_selector(".msg-body table")
+        m = pg.evaluate("""() => {
+            const w = document.querySelector('.msg-body .table-wrap');
+            const td = w.querySelector('td'), th = w.querySelector('th');
+            const cs = getComputedStyle(td);
+            return {wrapScroll: w.scrollWidth, wrapClient: w.clientWidth,
+                    docScroll: document.documentElement.scrollWidth,
+                    overflowX: getComputedStyle(w).overflowX,
+                    border: cs.borderTopStyle, pad: parseFloat(cs.paddingLeft),
+                    tdColor: cs.color, thBg: getComputedStyle(th).backgroundColor,
+                    bodyColor: getComputedStyle(document.body).color};
+        }""")
+        assert m["docScroll"] <= 390, "the table pushes the page sideways"
+        assert m["overflowX"] == "auto" and m["wrapScroll"] > m["wrapClient"], m
+        assert m["border"] == "solid" and m["pad"] >= 4, m
+        assert m["tdColor"] == m["bodyColor"], "cells use the page's text colour (dark mode too)"
+        assert m["thBg"] != "rgb(255, 255, 255)" or scheme == "light", m
+        ARTIFACTS.mkdir(exist_ok=True)
+        pg.screenshot(path=str(ARTIFACTS / f"page-phone-table-{scheme}.png"))
+        ctx.close()

@@ -35,13 +35,17 @@ PAYLOADS = [
     f"```html\n<script>{PWN}</script>\n<img src=x onerror=\"{PWN}\">\n```",
     f"~~~\n</code></pre><script>{PWN}</script>\n~~~",
     f"# <script>{PWN}</script>\n- <img src=x onerror={PWN}>\n1. [a](https://ok.example/\"onmouseover=\"{PWN})",
+    # A pipe table whose cells hold the same kinds of payload.
+    f"| <script>{PWN}</script> | <b onmouseover={PWN}>h</b> |\n|:---|---:|\n"
+    f"| <img src=x onerror=\"{PWN}\"> | [x](javascript:{PWN}) |\n"
+    f"| `<svg onload={PWN}>` \\| <iframe src=javascript:{PWN}> | [d](data:text/html,<script>{PWN}</script>) |",
 ]
 HOSTILE = "\n\n".join(PAYLOADS)
 
 # Everything the renderer may create inside a message. Anything else is an injection.
 ALLOWED_TAGS = {"ARTICLE", "DIV", "SPAN", "P", "BR", "STRONG", "EM", "DEL", "CODE", "PRE",
                 "A", "UL", "OL", "LI", "H1", "H2", "H3", "H4", "H5", "H6", "BLOCKQUOTE", "HR",
-                "BUTTON", "TEXTAREA"}
+                "BUTTON", "TEXTAREA", "TABLE", "THEAD", "TBODY", "TR", "TH", "TD"}
 
 from tests.e2e.conftest import require_chromium  # noqa: E402
 
@@ -269,3 +273,51 @@ def test_unclosed_emphasis_on_a_long_line_renders_in_linear_time(page):
             " if (d.textContent.split('a').length !== 60001) throw new Error('text lost');"
             " return performance.now() - t0; }", unit)
         assert ms < 10_000, (unit, ms)
+
+
+def test_hostile_table_cells_stay_inert(page):
+    # Every cell is rendered like any other inline text: HTML stays characters, links are
+    # made only for http(s)/mailto targets, and nothing in a cell becomes an attribute.
+    cells = [f"<img src=x onerror=\"{PWN}\">", f"[js](javascript:{PWN})", f"[JS](  JaVaScRiPt:{PWN})",
+             f"<script>{PWN}</script>", f"`<svg onload={PWN}>`", f"**<b onmouseover={PWN}>b</b>**",
+             f"<a href=\"javascript:{PWN}\">a</a> \\| <style>*{{}}</style>", "[ok](https://ok.example/t)"]
+    header = f'| <img src=x onerror={PWN}> | " onmouseover="{PWN} | <td onclick={PWN}> | :--- |'
+    md = (f"Table:\n{header}\n|:---|:---:|---:|---|\n"
+          f"| {cells[0]} | {cells[1]} | {cells[2]} | {cells[3]} |\n"
+          f"| {cells[4]} | {cells[5]} | {cells[6]} | {cells[7]} | extra <img src=x onerror={PWN}> |\n"
+          f"| <img src=x onerror={PWN}>\n\nafter")
+    canned_reply(page, md)
+    page.fill("[data-testid=input]", "a nasty table")
+    page.press("[data-testid=input]", "Enter")
+    wait_idle(page)
+    body = page.locator("[data-testid=message][data-role=assistant] [data-testid=message-body]")
+    assert body.locator("table").count() == 1
+    assert body.locator("thead th").all_text_contents() == [
+        f"<img src=x onerror={PWN}>", f'" onmouseover="{PWN}', f"<td onclick={PWN}>", ":---"]
+    tds = body.locator("tbody td").all_text_contents()
+    assert tds == [
+        f"<img src=x onerror=\"{PWN}\">", f"[js](javascript:{PWN})", f"[JS](  JaVaScRiPt:{PWN})",
+        f"<script>{PWN}</script>", f"<svg onload={PWN}>", f"<b onmouseover={PWN}>b</b>",
+        f"<a href=\"javascript:{PWN}\">a</a> | <style>*{{}}</style>", "ok",
+        f"<img src=x onerror={PWN}>", "", "", ""]
+    assert body.locator("tbody code").all_text_contents() == [f"<svg onload={PWN}>"]
+    assert body.locator("tbody strong").all_text_contents() == [f"<b onmouseover={PWN}>b</b>"]
+    # Cells carry no attributes but an alignment style.
+    attrs = body.locator("th, td").evaluate_all(
+        "cs => [...new Set(cs.flatMap(c => [...c.attributes].map(a => a.name)))]")
+    assert set(attrs) <= {"style"}, attrs
+    r = assert_inert(page)
+    assert r["hrefs"] == ["https://ok.example/t"]
+    assert body.locator("p").last.text_content() == "after"
+
+
+def test_a_table_row_of_unclosed_backticks_renders_in_linear_time(page):
+    # Splitting a row into cells looks for code spans (a pipe inside one does not split):
+    # each unclosed backtick must not search the rest of the row again. 240 KB rows.
+    for unit in ("` | ", "`` | `"):
+        ms, cells = page.evaluate(
+            "(unit) => { const t = '| a | b |\\n|---|---|\\n' + unit.repeat(60000);"
+            " const t0 = performance.now(); const d = document.createElement('div');"
+            " d.appendChild(ChatMarkdown.render(t));"
+            " return [performance.now() - t0, d.querySelectorAll('td').length]; }", unit)
+        assert cells == 2 and ms < 10_000, (unit, ms, cells)
