@@ -214,14 +214,25 @@ def get_stop(body) -> list:
     return [s for s in v if s]
 
 
-def get_max_tokens(body, keys, n_ctx, allow_unlimited=False):
-    """max_tokens / n_predict: capped at the context size. -1 (llama) = until done."""
-    for key in keys:
+# The reply's token limit, in llama-server's order of precedence: every route reads all
+# three, n_predict first (params_from_json_cmpl).
+LIMIT_KEYS = ("n_predict", "max_completion_tokens", "max_tokens")
+
+
+def get_max_tokens(body, n_ctx, allow_unlimited=False) -> int:
+    """The first of LIMIT_KEYS the request sets, capped at the context size; -1 = until
+    done. n_predict is llama-server's field, so its -1 ("no limit") is taken everywhere;
+    max_tokens' -1 only on llama-server's own routes (allow_unlimited)."""
+    for key in LIMIT_KEYS:
         if body.get(key) is not None:
-            lo = -1 if allow_unlimited else 0
+            lo = -1 if allow_unlimited or key == "n_predict" else 0
             v = get_int(body, key, None, lo=lo, hi=INT32_MAX)
             return -1 if v < 0 else min(v, n_ctx)
     return -1
+
+
+def limit_is_set(body) -> bool:
+    return any(body.get(key) is not None for key in LIMIT_KEYS)
 
 
 def _bias_value(v, where: str) -> float:
@@ -283,8 +294,77 @@ def get_logit_bias(body, model) -> dict | None:
     return out or None
 
 
+# llama-server's samplers that ours does not have: (field, is the sampler off at this
+# value, what it is, its default). Clients send these at their defaults (llama-server's web
+# UI sends all of them), which switch the sampler off: those are accepted, anything else
+# is a 400.
+FOREIGN_SAMPLERS = (
+    ("mirostat", lambda v: v == 0, "Mirostat", "0"),
+    ("typical_p", lambda v: v >= 1, "locally typical sampling", "1.0"),
+    ("dynatemp_range", lambda v: v <= 0, "dynamic temperature", "0"),
+    ("dry_multiplier", lambda v: v == 0, "the DRY repetition penalty", "0"),
+    ("xtc_probability", lambda v: v <= 0, "XTC", "0"),
+    ("top_n_sigma", lambda v: v <= 0, "top-n-sigma", "-1"),
+    ("adaptive_target", lambda v: v < 0, "adaptive-p", "-1"),
+    # our filters always keep the best token, which is min_keep 1
+    ("min_keep", lambda v: v <= 1, "a min_keep above 1", "0"),
+)
+# Settings of those samplers, and llama-server fields with no effect here that clients
+# send on every request: checked for type, no more (docs/api.md says why each is inert).
+INERT_NUMBERS = ("dynatemp_exponent", "mirostat_tau", "mirostat_eta", "dry_base",
+                 "dry_allowed_length", "dry_penalty_last_n", "xtc_threshold", "adaptive_decay",
+                 "n_keep", "n_discard", "n_cache_reuse", "n_indent", "t_max_prompt_ms",
+                 "t_max_predict_ms")
+INERT_BOOLS = ("return_tokens", "timings_per_token", "return_progress")
+INERT_STRING_LISTS = ("dry_sequence_breakers", "response_fields")
+
+
+def check_llama_fields(body) -> None:
+    """llama-server's sampling and slot fields: a 400 for each one set to something we
+    cannot do, rather than a reply that silently ignores it."""
+    for key, is_off, what, off in FOREIGN_SAMPLERS:
+        v = get_num(body, key, None)
+        if v is not None and not is_off(v):
+            raise ApiError(400, f"'{key}': {what} is not supported; send {off} or leave it out")
+    if get_bool(body, "post_sampling_probs", False):
+        raise ApiError(400, "'post_sampling_probs' is not supported: n_probs gives the "
+                            "probabilities before sampling")
+    if get_int(body, "id_slot", -1) not in (-1, 0):
+        raise ApiError(400, "'id_slot' must be -1 or 0: this server has one slot")
+    lora = body.get("lora")
+    if lora is not None and lora != []:
+        raise ApiError(400, "'lora' is not supported: this server loads no LoRA adapters")
+    for key in INERT_NUMBERS:
+        get_num(body, key, None)
+    for key in INERT_BOOLS:
+        get_bool(body, key, False)
+    for key in INERT_STRING_LISTS:
+        _string_list(body, key)
+    samplers = body.get("samplers")  # a list of names, or llama-server's letters "edkypmxt"
+    if samplers is not None and not isinstance(samplers, str):
+        _string_list(body, "samplers")
+
+
+def _string_list(body, key) -> None:
+    v = body.get(key)
+    if v is not None and (not isinstance(v, list) or not all(isinstance(x, str) for x in v)):
+        raise ApiError(400, f"'{key}' must be a list of strings")
+
+
+def eog_banned(bias: dict | None, model) -> dict:
+    """'ignore_eos', as llama-server does it: a -inf logit bias on every
+    end-of-generation token, so the reply runs to its token limit or the context's end."""
+    out = dict(bias or {})
+    for t in getattr(model, "eog_ids", ()) or ():
+        out[t] = -math.inf
+    if sum(1 for b in out.values() if b == -math.inf) >= model.n_vocab:
+        raise ApiError(400, "'logit_bias' with 'ignore_eos' bans every token")
+    return out
+
+
 def sampling_params(body, *, openai: bool, default_temp: float | None = None, model=None):
     from runtime.sampling import SamplingParams
+    check_llama_fields(body)
     d = SamplingParams()
     if default_temp is not None:
         d.temperature = default_temp
@@ -293,6 +373,9 @@ def sampling_params(body, *, openai: bool, default_temp: float | None = None, mo
         seed = None  # llama-server: -1 = random
     elif seed is not None:
         seed = seed % 2**64  # numpy wants a non-negative seed
+    bias = get_logit_bias(body, model) if model is not None else None
+    if get_bool(body, "ignore_eos", False) and model is not None:
+        bias = eog_banned(bias, model)
     return SamplingParams(
         temperature=get_num(body, "temperature", d.temperature, *((0, 2) if openai else (None, None))),
         top_k=get_int(body, "top_k", d.top_k, lo=-1, hi=INT32_MAX),
@@ -304,13 +387,15 @@ def sampling_params(body, *, openai: bool, default_temp: float | None = None, mo
         presence_penalty=get_num(body, "presence_penalty", d.presence_penalty, -2, 2),
         frequency_penalty=get_num(body, "frequency_penalty", d.frequency_penalty, -2, 2),
         seed=seed,
-        logit_bias=get_logit_bias(body, model) if model is not None else None,
+        logit_bias=bias,
     )
 
 
 def check_n(body):
     if get_int(body, "n", 1) != 1:
         raise ApiError(400, "only n=1 is supported")
+    if get_int(body, "n_cmpl", 1) != 1:  # llama-server's name for n
+        raise ApiError(400, "'n_cmpl' must be 1: one completion per request is supported")
     if get_int(body, "best_of", 1) != 1:
         raise ApiError(400, "only best_of=1 is supported")
     v = body.get("model")
@@ -401,11 +486,22 @@ def _with_object_arguments(call):
 # ---- model helpers ---------------------------------------------------------------------
 
 def get_tools(body) -> list | None:
+    """'tools': OpenAI's {"type": "function", "function": {...}} objects; a bare function
+    {"name": ...} is taken too (see tool_calls.declared_names). OpenAI's older 'functions'
+    and 'function_call' are refused rather than ignored: no client would notice."""
+    for old, new in (("functions", "tools"), ("function_call", "tool_choice")):
+        if body.get(old) is not None:
+            raise ApiError(400, f"'{old}' (OpenAI's deprecated form) is not supported; "
+                                f"use '{new}'")
     tools = body.get("tools")
     if tools is None:
         return None
     if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
         raise ApiError(400, "'tools' must be a list of objects")
+    for i, t in enumerate(tools):
+        if t.get("type", "function") != "function":
+            raise ApiError(400, f"'tools[{i}]': only type \"function\" is supported, "
+                                f"got {str(t.get('type'))[:40]!r}")
     return tools or None
 
 
@@ -460,6 +556,10 @@ def get_json_grammar(body):
     """'response_format' (OpenAI; llama-server's {"type": "json_object", "schema": ...}
     too) or llama-server's 'json_schema' -> the start state of the constraint that makes
     the reply one JSON value of that schema, or None for free text."""
+    grammar = body.get("grammar")
+    if grammar is not None and grammar != "":  # llama-server reads "" as no grammar
+        raise ApiError(400, "'grammar' (GBNF) is not supported; for JSON replies use "
+                            "'json_schema' or 'response_format'")
     rf = body.get("response_format")
     node = None
     if rf is not None:
@@ -501,34 +601,72 @@ def output_constraint(model, start):
     return None if start is None else json_constraint.make_constraint(model, start)
 
 
-def chat_ids(model, messages, tools=None) -> tuple[str, list]:
+def split_prefill(messages: list) -> tuple[list, str | None]:
+    """llama-server's assistant prefill: a last message from the assistant (with no tool
+    calls) is the start of the reply, which the model continues. -> (the messages before
+    it, its text), or (messages, None) when the last message is not one."""
+    last = messages[-1]
+    if last["role"] != "assistant" or last.get("tool_calls"):
+        return messages, None
+    if len(messages) >= 2 and messages[-2]["role"] == "assistant":
+        raise ApiError(400, "'messages': cannot have 2 or more assistant messages at the end "
+                            "of the list")
+    return messages[:-1], last["content"]
+
+
+def chat_ids(model, messages, tools=None, add_generation_prompt=True) -> tuple[str, list]:
+    """The prompt of a chat request and its ids. A prefill is rendered as llama-server
+    renders it: the messages before it with the generation prompt, then its text, so that
+    the reply holds only the continuation."""
     from runtime.chat_template import TemplateError
+    messages, prefill = split_prefill(messages)
+    if prefill is not None:
+        add_generation_prompt = True  # the prefill goes where the reply would begin
     try:
-        return chat_prompt_ids(model, messages, tools)
+        return chat_prompt_ids(model, messages, tools, add_generation_prompt, prefill or "")
     except TemplateError as e:
         raise ApiError(400, f"the chat template refused these messages: {e}") from None
 
 
+def _is_one_prompt(prompt: list) -> bool:
+    """llama-server's rule: a list of token ids, or of ids and strings with at least one
+    id, is one prompt; any other list (of strings, of lists) is several prompts."""
+    return (all(is_int(p) or isinstance(p, str) for p in prompt)
+            and any(is_int(p) for p in prompt))
+
+
 def prompt_ids(model, prompt, key="prompt") -> list:
-    """llama-server's prompt: a string, token ids, or a list mixing both."""
+    """llama-server's prompt: a string, token ids, or a list mixing both; or a list of
+    such prompts, which must hold one (several prompts would need several replies)."""
     if isinstance(prompt, str):
         return tokenize_prompt(model, prompt)
-    if isinstance(prompt, list) and prompt:
-        if len(prompt) == 1 and isinstance(prompt[0], list):
-            prompt = prompt[0]  # [[ids]]: one prompt given as a batch of one
-        ids = []
-        for i, p in enumerate(prompt):
-            if is_int(p):
-                if not 0 <= p < model.n_vocab:
-                    raise ApiError(400, f"'{key}': token id {p} is out of range "
-                                        f"[0, {model.n_vocab})")
-                ids.append(p)
-            elif isinstance(p, str):
-                ids += tokenize_prompt(model, p, add_special=(i == 0))
-            else:
-                raise ApiError(400, f"'{key}' must be a string, or a list of token ids and strings")
-        return ids
-    raise ApiError(400, f"'{key}' must be a non-empty string or list of token ids")
+    if not isinstance(prompt, list) or not prompt:
+        raise ApiError(400, f"'{key}' must be a non-empty string or list of token ids")
+    if not _is_one_prompt(prompt):
+        if len(prompt) != 1:
+            raise ApiError(400, f"'{key}': only one prompt per request is supported, got "
+                                f"a list of {len(prompt)}")
+        prompt = prompt[0]  # a batch of one
+        if isinstance(prompt, str):
+            return tokenize_prompt(model, prompt)
+        if not isinstance(prompt, list) or not prompt:
+            raise ApiError(400, f"'{key}' must be a string, or a list of token ids and strings")
+    return _mixed_prompt_ids(model, prompt, key)
+
+
+def _mixed_prompt_ids(model, prompt: list, key: str) -> list:
+    ids = []
+    for i, p in enumerate(prompt):
+        if is_int(p):
+            if not 0 <= p < model.n_vocab:
+                raise ApiError(400, f"'{key}': token id {p} is out of range "
+                                    f"[0, {model.n_vocab})")
+            ids.append(p)
+        elif isinstance(p, str):
+            ids += tokenize_prompt(model, p, add_special=(i == 0))
+        else:
+            raise ApiError(400, f"'{key}' must be a string, or a list of token ids and strings")
+    return ids
 
 
 def template_in_effect(model) -> str:

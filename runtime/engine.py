@@ -173,12 +173,14 @@ def tokenize_prompt(model, text: str, add_special: bool = True) -> list:
     return ids
 
 
-def chat_prompt_ids(model, messages: list, tools: list | None = None) -> tuple[str, list]:
-    """The rendered chat prompt and its ids; raises the template's TemplateError."""
-    if tools:
-        text = model.chat_prompt(messages, add_generation_prompt=True, tools=tools)
-    else:
-        text = model.chat_prompt(messages, add_generation_prompt=True)
+def chat_prompt_ids(model, messages: list, tools: list | None = None,
+                    add_generation_prompt: bool = True, prefill: str = "") -> tuple[str, list]:
+    """The rendered chat prompt and its ids; raises the template's TemplateError.
+    prefill: the start of the reply, written after the generation prompt (the model
+    continues it)."""
+    kw = {"tools": tools} if tools else {}
+    text = model.chat_prompt(messages, add_generation_prompt=add_generation_prompt, **kw)
+    text += prefill
     return text, tokenize_prompt(model, text)
 
 

@@ -34,8 +34,8 @@ from runtime import tool_calls
 from runtime.api import (MAX_N_PROBS, MISSING, ApiError, chat_ids, check_n, error_body,
                          forced_call, get_bool, get_int, get_json_grammar, get_max_tokens,
                          get_messages, get_stop, get_str, get_tool_choice, get_tools, is_int,
-                         json_bytes, logprob, output_constraint, parse_json, piece, prompt_ids,
-                         read_body, sampling_params, template_in_effect)
+                         json_bytes, limit_is_set, logprob, output_constraint, parse_json,
+                         piece, prompt_ids, read_body, sampling_params, template_in_effect)
 from runtime.engine import ContextOverflowError, Engine, EngineBusy, Request
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
@@ -242,9 +242,10 @@ def build_app(st: State) -> bottle.Bottle:
         json_start = get_json_grammar(body)
         start = forced_call(model, tools, tool_choice) or json_start
         req = Request(
-            prompt_ids=chat_ids(model, messages, tools)[1],
+            prompt_ids=chat_ids(model, messages, tools,
+                                get_bool(body, "add_generation_prompt", True))[1],
             params=sampling_params(body, openai=True, default_temp=st.temperature, model=model),
-            max_tokens=get_max_tokens(body, ("max_completion_tokens", "max_tokens"), st.n_ctx),
+            max_tokens=get_max_tokens(body, st.n_ctx),
             stop=get_stop(body), n_probs=max(top_lp, 1) if want_lp else 0,
             cache_prompt=get_bool(body, "cache_prompt", True),
             constraint=output_constraint(model, start))
@@ -314,29 +315,24 @@ def build_app(st: State) -> bottle.Bottle:
         check_n(body)
         if "prompt" not in body:
             raise ApiError(400, "'prompt' is required")
-        prompt = body["prompt"]
-        if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
-            if len(prompt) != 1:
-                raise ApiError(400, "only one prompt per request is supported")
-            prompt = prompt[0]
         if get_bool(body, "echo", False):
             raise ApiError(400, "'echo' is not supported")
-        if body.get("suffix") is not None and not isinstance(body.get("suffix"), str):
-            raise ApiError(400, "'suffix' must be a string")
+        if get_str(body, "suffix", ""):
+            raise ApiError(400, "'suffix' is not supported here; use /infill to fill in the middle")
         n_lp = get_int(body, "logprobs", 0, lo=0, hi=5)
         stream = get_bool(body, "stream", False)
         opts = body.get("stream_options")
         if opts is not None and not isinstance(opts, dict):
             raise ApiError(400, "'stream_options' must be an object")
         include_usage = get_bool(opts or {}, "include_usage", False)
-        req = Request(prompt_ids=prompt_ids(model, prompt),
+        req = Request(prompt_ids=prompt_ids(model, body["prompt"]),
                       params=sampling_params(body, openai=True, default_temp=st.temperature,
                                              model=model),
-                      max_tokens=get_max_tokens(body, ("max_tokens",), st.n_ctx),
+                      max_tokens=get_max_tokens(body, st.n_ctx),
                       stop=get_stop(body), n_probs=n_lp,
                       cache_prompt=get_bool(body, "cache_prompt", True),
                       constraint=output_constraint(model, get_json_grammar(body)))
-        if body.get("max_tokens") is None:
+        if not limit_is_set(body):
             req.max_tokens = min(16, st.n_ctx)  # OpenAI's documented default for completions
         base = {"id": "cmpl-" + uuid.uuid4().hex[:24], "object": "text_completion",
                 "created": int(time.time()), "model": st.model_id, "system_fingerprint": "chatfile"}
@@ -404,11 +400,11 @@ def build_app(st: State) -> bottle.Bottle:
 
     # -- llama-server: /completion and /infill ----------------------------------------
     def llama_request(model, body, ids) -> tuple[Request, bool]:
+        check_n(body)  # llama-server reads n (and n_cmpl) here too
         n_probs = get_int(body, "n_probs", 0, lo=0, hi=MAX_N_PROBS)
         req = Request(prompt_ids=ids, params=sampling_params(body, openai=False, default_temp=st.temperature,
                                                              model=model),
-                      max_tokens=get_max_tokens(body, ("n_predict", "max_tokens"), st.n_ctx,
-                                                allow_unlimited=True),
+                      max_tokens=get_max_tokens(body, st.n_ctx, allow_unlimited=True),
                       stop=get_stop(body), n_probs=n_probs,
                       cache_prompt=get_bool(body, "cache_prompt", True),
                       constraint=output_constraint(model, get_json_grammar(body)))
@@ -486,7 +482,7 @@ def build_app(st: State) -> bottle.Bottle:
                 raise ApiError(400, f"'input_extra[{i}].filename' must be a string")
             chunks.append((filename, chunk["text"]))
         prompt = get_str(body, "prompt", "")
-        n_predict = get_max_tokens(body, ("n_predict", "max_tokens"), st.n_ctx, allow_unlimited=True)
+        n_predict = get_max_tokens(body, st.n_ctx, allow_unlimited=True)
         try:
             ids = list(model.fim_prompt(prefix, suffix, extra=chunks, prompt=prompt,
                                         n_ctx=st.n_ctx, n_predict=n_predict))
@@ -533,7 +529,8 @@ def build_app(st: State) -> bottle.Bottle:
     @app.post("/apply-template")
     @api
     def apply_template(model, body):
-        text, _ = chat_ids(model, get_messages(body, st.system), get_tools(body))
+        text, _ = chat_ids(model, get_messages(body, st.system), get_tools(body),
+                           get_bool(body, "add_generation_prompt", True))
         return ok({"prompt": text})
 
     @app.get("/props")

@@ -81,8 +81,11 @@ def field_cases():
     for p in [None, 1, 1.5, {}, [], [-1], [10**9], [1.5], [True], [None], [[1, -2]], [{}]]:
         c.append(("/v1/completions", {"prompt": p}, 400))
         c.append(("/completion", {"prompt": p}, 400))
-    # several prompts at once (llama-server's /completion reads a mixed list as one prompt)
-    c.append(("/v1/completions", {"prompt": ["a", "b"]}, 400))
+    # Several prompts at once. (llama-server reads a list with a token id among strings as
+    # one prompt, and a list of strings or of lists as several.)
+    for p in [["a", "b"], [[1, 2], [3]], ["a", [1, 2]], [["a"], ["b"]]]:
+        c.append(("/v1/completions", {"prompt": p}, 400))
+        c.append(("/completion", {"prompt": p}, 400))
     c.append(("/v1/completions", {}, 400))
     c.append(("/completion", {}, 400))
     for key, v in [("max_tokens", -1), ("max_tokens", "x"), ("echo", True), ("logprobs", 6),
@@ -95,6 +98,7 @@ def field_cases():
                    ("cache_prompt", "x"), ("stream", "x"), ("temperature", "x"), ("seed", "x"),
                    ("stop", [3]), ("top_p", 7), ("presence_penalty", 9)]:
         c.append(("/completion", comp(**{key: v}), 400))
+    c += unsupported_field_cases()
     for body in [{}, {"content": 1}, {"content": None}, {"content": []}, {"content": {}},
                  {"content": "x", "add_special": "yes"}, {"content": "x", "with_pieces": 1},
                  {"content": "x", "parse_special": []}]:
@@ -111,6 +115,44 @@ def field_cases():
     c.append(("/v1/completions", {"prompt": [5] * 257}, 400))
     c.append((CHAT, {"messages": [{"role": "user", "content": "word " * 400}]}, 400))
     c.append(("/completion", {"prompt": "word " * 400, "n_predict": 1}, 400))
+    return c
+
+
+# llama-server's sampling fields that our sampler lacks, at a value that switches them on,
+# and llama-server's other fields at values we cannot honour: a 400, not a silent no-op.
+UNSUPPORTED = [("grammar", 'root ::= "yes" | "no"'), ("mirostat", 2), ("mirostat", 1),
+               ("typical_p", 0.9), ("dry_multiplier", 0.8), ("dry_multiplier", -1),
+               ("xtc_probability", 0.5), ("dynatemp_range", 0.5), ("top_n_sigma", 1.0),
+               ("adaptive_target", 0.5), ("min_keep", 5), ("post_sampling_probs", True),
+               ("n_cmpl", 2), ("id_slot", 3), ("lora", [{"id": 0, "scale": 1.0}])]
+# Wrong types for the fields we accept without effect (docs/api.md says why each is inert).
+INERT_WRONG = [("ignore_eos", "yes"), ("ignore_eos", 1), ("mirostat", "2"), ("typical_p", "x"),
+               ("mirostat_tau", "x"), ("dry_sequence_breakers", "x"), ("dry_sequence_breakers", [1]),
+               ("samplers", 5), ("samplers", [1]), ("n_indent", "x"), ("t_max_predict_ms", []),
+               ("timings_per_token", "yes"), ("response_fields", "content"), ("n_keep", "x")]
+
+
+def unsupported_field_cases():
+    c = []
+    bodies = {CHAT: {"messages": OK_MSG}, "/v1/completions": {"prompt": "hi"},
+              "/completion": {"prompt": "hi"}}   # (/infill: test_api_llama, in process)
+    for route, base in bodies.items():
+        for key, v in UNSUPPORTED + INERT_WRONG:
+            c.append((route, {**base, key: v}, 400))
+    c.append(("/completion", {"prompt": "hi", "n": 2}, 400))   # llama-server's n_cmpl too
+    c.append(("/v1/completions", {"prompt": "hi", "suffix": "}"}, 400))   # that is /infill
+    c.append((CHAT, {"messages": OK_MSG, "n_predict": -2}, 400))
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    for body in [{"functions": [tool["function"]]}, {"function_call": "auto"},
+                 {"function_call": {"name": "f"}, "tools": [tool]},
+                 {"tools": [{"type": "nonfunction"}]}, {"tools": [tool, {"type": "retrieval"}]}]:
+        c.append((CHAT, {"messages": OK_MSG, **body}, 400))
+        c.append(("/apply-template", {"messages": OK_MSG, **body}, 400))
+    two = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "a"},
+           {"role": "assistant", "content": "b"}]
+    c.append((CHAT, {"messages": two}, 400))
+    c.append(("/apply-template", {"messages": two}, 400))
+    c.append(("/apply-template", {"messages": OK_MSG, "add_generation_prompt": "no"}, 400))
     return c
 
 
@@ -158,6 +200,36 @@ def test_malformed_request(tiny_server, name, method, path, body, status):
         pytest.fail(f"{name}: expected {status}, got {got}: {data[:300]!r}")
     assert headers.get("content-type", "").startswith("application/json")
     assert_error_shape(got, data, status)
+
+
+@pytest.mark.parametrize("route,base", [(CHAT, {"messages": OK_MSG}), ("/completion", {"prompt": "hi"})])
+def test_an_unsupported_field_is_named_in_its_400(tiny_server, route, base):
+    for key, v in UNSUPPORTED:
+        status, r = post_json(tiny_server.url + route, {**base, key: v, "max_tokens": 1})
+        assert status == 400 and f"'{key}'" in r["error"]["message"], (key, r)
+    status, r = post_json(tiny_server.url + route, {**base, "grammar": "root ::= [a-z]+"})
+    assert "'json_schema'" in r["error"]["message"] and "'response_format'" in r["error"]["message"]
+
+
+def test_llama_server_defaults_are_accepted(tiny_server):
+    """What llama-server's own web UI and clients send on every request: each sampler we
+    do not have at the value that switches it off, and the fields that have no effect."""
+    defaults = {"grammar": "", "mirostat": 0, "mirostat_tau": 5.0, "mirostat_eta": 0.1,
+                "typical_p": 1.0, "dynatemp_range": 0.0, "dynatemp_exponent": 1.0,
+                "dry_multiplier": 0.0, "dry_base": 1.75, "dry_allowed_length": 2,
+                "dry_penalty_last_n": -1, "dry_sequence_breakers": ["\n", ":", "\"", "*"],
+                "xtc_probability": 0.0, "xtc_threshold": 0.1, "top_n_sigma": -1.0,
+                "min_keep": 0, "n_keep": 0, "n_cmpl": 1, "n_indent": 0, "id_slot": -1,
+                "ignore_eos": False, "post_sampling_probs": False, "return_tokens": True,
+                "timings_per_token": False, "samplers": "edkypmxt", "lora": [],
+                "response_fields": [], "t_max_predict_ms": 0, "n_cache_reuse": 0}
+    for route, base in [(CHAT, {"messages": OK_MSG}), ("/v1/completions", {"prompt": "hi"}),
+                        ("/completion", {"prompt": "hi"})]:
+        for extra in ({}, {"grammar": None, "samplers": ["dry", "top_k", "typ_p", "top_p",
+                                                          "min_p", "xtc", "temperature"]}):
+            status, r = post_json(tiny_server.url + route,
+                                  {**base, **defaults, **extra, "max_tokens": 2})
+            assert status == 200, (route, r)
 
 
 def test_huge_body_is_413(tiny_server):

@@ -103,6 +103,59 @@ def test_stop_string_from_real_output(tiny_server, tiny_model):
     assert evs[-1]["stopping_word"] == stop
 
 
+def greedy_without_eog(model, ids, n):
+    """The greedy continuation when no end-of-generation token may be chosen."""
+    out = []
+    for _ in range(n):
+        logits = model.logits(ids + out)[-1].astype(np.float64)
+        logits[list(model.eog_ids)] = -np.inf
+        out.append(int(np.argmax(logits)))
+    return out
+
+
+def test_ignore_eos_runs_to_n_predict(tiny_server, tiny_model):
+    # Greedy "a" ends with an end token after 5 tokens; llama-server's ignore_eos bans the
+    # end tokens (a -inf logit bias), so the reply runs to n_predict.
+    body = {"prompt": "a", "n_predict": 12, "temperature": 0}
+    _, plain = post_json(tiny_server.url + "/completion", body)
+    assert plain["stopped_eos"] and plain["tokens_predicted"] < 12, "precondition"
+    status, r = post_json(tiny_server.url + "/completion", {**body, "ignore_eos": True})
+    assert status == 200, r
+    assert r["tokens"] == greedy_without_eog(tiny_model, ids_of(tiny_model, "a"), 12)
+    assert r["tokens_predicted"] == 12 and r["stopped_limit"] and not r["stopped_eos"]
+    assert r["content"] == tiny_model.detokenize(r["tokens"])
+    _, _, data = http_request("POST", tiny_server.url + "/completion",
+                              {**body, "ignore_eos": True, "stream": True})
+    evs = sse_events(data)
+    assert "".join(e["content"] for e in evs) == r["content"] and evs[-1]["stopped_limit"]
+    # With other banned tokens, and with llama-server's "no limit": to the context's end.
+    status, r = post_json(tiny_server.url + "/completion",
+                          {**body, "ignore_eos": True, "n_predict": -1,
+                           "logit_bias": [[plain["tokens"][0], False]]})
+    assert status == 200 and r["stopped_limit"] and r["stop_type"] == "limit", r
+    assert r["tokens_evaluated"] + r["tokens_predicted"] > tiny_model.n_ctx_train
+    assert not set(r["tokens"]) & (set(tiny_model.eog_ids) | {plain["tokens"][0]})
+
+
+def test_completion_prompt_lists(tiny_server, tiny_model):
+    """llama-server's prompt shapes: a list of strings or of lists is several prompts
+    (refused: one reply per request), a list holding a token id is one prompt."""
+    url = tiny_server.url + "/completion"
+    body = {"n_predict": 4, "temperature": 0}
+    _, one = post_json(url, {**body, "prompt": PROMPT})
+    for same in ([PROMPT], [ids_of(tiny_model, PROMPT)]):
+        status, r = post_json(url, {**body, "prompt": same})
+        assert status == 200 and r["tokens"] == one["tokens"], (same, r)
+    bos = tiny_model.tokenizer.bos_id
+    status, r = post_json(url, {**body, "prompt": [bos, PROMPT[:5], 300, PROMPT[5:]]})
+    assert status == 200, r
+    assert r["tokens_evaluated"] == (1 + len(tiny_model.tokenize(PROMPT[:5], add_special=False))
+                                     + 1 + len(tiny_model.tokenize(PROMPT[5:], add_special=False)))
+    for several in (["Hi", "there"], [[bos, 5], [bos, 6]], ["Hi", [bos, 6]]):
+        status, r = post_json(url, {**body, "prompt": several})
+        assert status == 400 and "one prompt" in r["error"]["message"], (several, r)
+
+
 def test_tokenize_detokenize_round_trip(tiny_server, tiny_model):
     # (no space before a character the 512-token vocab lacks: SPM's byte fallback then
     # spells the space as U+2581, exactly as llama.cpp does)
@@ -133,6 +186,27 @@ def test_apply_template(tiny_server, tiny_model):
     assert status == 200
     assert r["prompt"] == tiny_model.chat_prompt(msgs, add_generation_prompt=True)
     assert "Hi there" in r["prompt"] and "Be kind." in r["prompt"]
+
+
+def test_apply_template_prefill_and_generation_prompt(tiny_server, tiny_model):
+    """llama-server's /apply-template: a last assistant message is continued (rendered
+    after the generation prompt, unclosed); add_generation_prompt false leaves it off."""
+    user = [{"role": "user", "content": "Hi there"}]
+    url = tiny_server.url + "/apply-template"
+    status, r = post_json(url, {"messages": user + [{"role": "assistant", "content": "Once upon"}]})
+    assert status == 200
+    assert r["prompt"] == tiny_model.chat_prompt(user, add_generation_prompt=True) + "Once upon"
+    status, r = post_json(url, {"messages": user, "add_generation_prompt": False})
+    assert status == 200 and r["prompt"] == tiny_model.chat_prompt(user, add_generation_prompt=False)
+    assert r["prompt"] != tiny_model.chat_prompt(user)
+    # A prefill always follows the generation prompt, as in llama-server.
+    status, r = post_json(url, {"messages": user + [{"role": "assistant", "content": "x"}],
+                                "add_generation_prompt": False})
+    assert status == 200 and r["prompt"] == tiny_model.chat_prompt(user) + "x"
+    two = user + [{"role": "assistant", "content": "a"}, {"role": "assistant", "content": "b"}]
+    status, r = post_json(url, {"messages": two})
+    assert status == 400 and "2 or more assistant messages" in r["error"]["message"]
+    assert "'messages'" in r["error"]["message"]
 
 
 def test_developer_messages_are_system_messages(server_factory, tiny_model):
@@ -401,6 +475,15 @@ def test_infill_builds_the_fim_prompt_in_process():
                          ([{"text": "t"}, {"text": "t", "filename": 3}], "input_extra[1].filename")):
         status, r = _wsgi_call(app, "POST", "/infill", {"input_prefix": "P", "input_extra": bad})
         assert status == 400 and message in r["error"]["message"], r
+    # /completion's fields work here too: ignore_eos bans the end token (after "z" the
+    # runner-up is "g", see FakeModel), and fields we cannot honour are refused.
+    status, r = _wsgi_call(app, "POST", "/infill", {"input_prefix": "P", "prompt": "x",
+                                                    "temperature": 0, "n_predict": 4,
+                                                    "ignore_eos": True})
+    assert status == 200 and r["content"] == "yzgh" and r["stopped_limit"], r
+    for field, value in (("grammar", 'root ::= "a"'), ("mirostat", 2), ("typical_p", 0.5)):
+        status, r = _wsgi_call(app, "POST", "/infill", {"input_prefix": "P", field: value})
+        assert status == 400 and f"'{field}'" in r["error"]["message"], r
 
 
 def _fake_state(**kw):

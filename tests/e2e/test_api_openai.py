@@ -137,3 +137,79 @@ def test_errors_come_back_as_openai_errors(client):
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model="x", messages=[{"role": "user", "content": "word " * 400}])
     assert "context" in str(e.value)
+
+
+def test_n_predict_is_an_alias_of_max_tokens(client, tiny_model):
+    # llama-server reads n_predict on every route, before max_completion_tokens and max_tokens.
+    ids = chat_ids(tiny_model, MSGS)
+    ref_ids, ref_text = greedy_reference(tiny_model, ids, 3)
+    for extra in ({"n_predict": 3}, {"n_predict": 3, "max_tokens": 10, "max_completion_tokens": 9}):
+        r = client.chat.completions.create(model="x", messages=MSGS, temperature=0, extra_body=extra)
+        assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 3, extra
+        assert r.choices[0].message.content == ref_text
+    # /v1/completions: n_predict, not OpenAI's default of 16 (greedy runs on past 20 here)
+    r = client.completions.create(model="x", prompt="Once upon a time", temperature=0,
+                                  extra_body={"n_predict": 20})
+    assert r.usage.completion_tokens == 20 and r.choices[0].finish_reason == "length"
+
+
+HELLO = [{"role": "user", "content": "Hello"}]   # greedy: an end token after 25 tokens
+
+
+def test_ignore_eos_runs_to_the_limit_or_the_context_end(client, tiny_model):
+    plain = client.chat.completions.create(model="x", messages=HELLO, temperature=0, max_tokens=40)
+    assert plain.choices[0].finish_reason == "stop", "precondition: the model stops by itself"
+    kw = dict(model="x", messages=HELLO, temperature=0, extra_body={"ignore_eos": True})
+    r = client.chat.completions.create(max_tokens=40, **kw)
+    assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 40
+    assert r.choices[0].message.content.startswith(plain.choices[0].message.content)
+    # No limit at all: the reply ends where the context does, cleanly, as in llama-server.
+    r = client.chat.completions.create(**kw)
+    n_ctx = tiny_model.n_ctx_train
+    assert r.choices[0].finish_reason == "length"
+    assert r.usage.prompt_tokens + r.usage.completion_tokens >= n_ctx
+    chunks = list(client.chat.completions.create(stream=True, **kw))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == r.choices[0].message.content
+    assert chunks[-1].choices[0].finish_reason == "length"
+    r = client.completions.create(model="x", prompt="a", max_tokens=12, temperature=0,
+                                  extra_body={"ignore_eos": True})
+    assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 12
+
+
+def test_a_last_assistant_message_is_continued(client, tiny_model):
+    """llama-server's prefill: the reply continues the last assistant message; it holds
+    only the new text."""
+    from runtime.engine import tokenize_prompt
+    msgs = HELLO + [{"role": "assistant", "content": "Once upon a"}]
+    ids = tokenize_prompt(tiny_model, tiny_model.chat_prompt(HELLO) + "Once upon a")
+    ref_ids, ref_text = greedy_reference(tiny_model, ids, 16)
+    r = client.chat.completions.create(model="x", messages=msgs, temperature=0, max_tokens=16)
+    assert r.usage.prompt_tokens == len(ids)
+    assert r.choices[0].message.content == ref_text
+    chunks = list(client.chat.completions.create(model="x", messages=msgs, temperature=0,
+                                                 max_tokens=16, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == ref_text
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="x", messages=msgs + [{"role": "assistant", "content": "x"}])
+    assert "2 or more assistant messages" in str(e.value)
+    # add_generation_prompt (llama-server's field) is honoured when nothing is prefilled
+    r = client.chat.completions.create(model="x", messages=HELLO, temperature=0, max_tokens=1,
+                                       extra_body={"add_generation_prompt": False})
+    assert r.usage.prompt_tokens == len(tokenize_prompt(
+        tiny_model, tiny_model.chat_prompt(HELLO, add_generation_prompt=False)))
+
+
+def test_fields_we_cannot_honour_are_refused(client):
+    fn = {"name": "f", "parameters": {"type": "object"}}
+    for kw, named in ((dict(functions=[fn]), "'tools'"), (dict(function_call="auto"), "'tool_choice'"),
+                      (dict(tools=[{"type": "nonfunction", "function": fn}]), "'tools[0]'"),
+                      (dict(extra_body={"grammar": 'root ::= "a"'}), "'grammar'"),
+                      (dict(extra_body={"mirostat": 2}), "'mirostat'")):
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(model="x", messages=MSGS, max_tokens=1, **kw)
+        assert named in str(e.value), kw
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model="x", prompt="def f(", suffix="\n    return 1", max_tokens=1)
+    assert "'suffix'" in str(e.value) and "/infill" in str(e.value)
+    r = client.completions.create(model="x", prompt="def f(", suffix="", max_tokens=1)
+    assert r.choices[0].text is not None
