@@ -14,6 +14,7 @@ from __future__ import annotations
 import gc
 import hmac
 import io
+import ipaddress
 import os
 import select
 import socket
@@ -749,6 +750,13 @@ def bind(host: str, port: int) -> tuple[_ThreadingServer, int]:
     raise OSError(f"cannot listen on {host} ports {ports[0]}..{ports[-1]}: {last}")
 
 
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def _display_host(host: str) -> str:
     if host in ("0.0.0.0", "::", ""):
         return "127.0.0.1"
@@ -860,6 +868,12 @@ def serve(model_path, *, gguf_offset=0, gguf_size=None, host="127.0.0.1", port=8
     sys.setswitchinterval(GIL_SWITCH_S)
     srv.start_loading()
     print(f"chatfile: listening on {srv.url}", flush=True)
+    if not _is_loopback(host):
+        # The URL above is where this machine's browser goes; say what else can reach it.
+        where = "every network interface" if host in ("0.0.0.0", "::", "") else host
+        print(f"chatfile: warning: listening on {where} (port {srv.port}): other machines "
+              f"can reach this server" + ("" if api_key else
+                                          ", and use it: no --api-key was given"), flush=True)
     if api_key:
         print("chatfile: API requests need 'Authorization: Bearer <key>'", flush=True)
     print("chatfile: close this window (or press Ctrl+C) to stop.", flush=True)

@@ -581,6 +581,21 @@ def test_an_ipv6_address_is_served(server_factory):
     assert status == 200 and r["tokens_predicted"] >= 1
 
 
+def test_listening_beyond_this_machine_is_said_and_warned(server_factory):
+    """--host 0.0.0.0 printed only "listening on http://127.0.0.1:PORT/", as if nothing
+    had changed: the log now says other machines can reach the server, and warns that
+    without --api-key they can use it too. On the loopback nothing is added."""
+    h = server_factory(TINY_PATH, "--host", "0.0.0.0")
+    assert h.url.startswith("http://127.0.0.1:")  # where this machine's browser goes
+    assert (f"warning: listening on every network interface (port {h.port}): other "
+            "machines can reach this server, and use it: no --api-key was given") in h.output()
+    keyed = server_factory(TINY_PATH, "--host", "0.0.0.0", "--api-key", "k")
+    assert "other machines can reach this server\n" in keyed.output()
+    assert "no --api-key" not in keyed.output()
+    local = server_factory(TINY_PATH)
+    assert "warning" not in local.output()
+
+
 def test_unloadable_model_reports_the_error(tmp_path, server_factory):
     bad = tmp_path / "not-a-model.gguf"
     bad.write_bytes(b"this is not a GGUF file at all" * 10)
