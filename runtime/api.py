@@ -670,16 +670,22 @@ def _mixed_prompt_ids(model, prompt: list, key: str) -> list:
 
 
 def template_in_effect(model) -> str:
-    """The model's template, or the built-in fallback that chat_prompt uses without one."""
+    """The model's template, or the built-in fallback that chat_prompt uses without one
+    (found once per model: it scans the vocabulary)."""
     if model.chat_template:
         return model.chat_template
+    cached = getattr(model, "_fallback_template", None)
+    if cached is not None:
+        return cached
     try:
         from runtime.chat_template import fallback_template
         specials = {model.tokenizer.token_text(i) for i in range(model.tokenizer.n_vocab)
                     if model.tokenizer.is_control(i)}
-        return fallback_template(model.arch, specials)
+        found = fallback_template(model.arch, specials)
     except Exception:  # noqa: BLE001 - informational only
-        return ""
+        found = ""
+    model._fallback_template = found
+    return found
 
 
 def piece(model, tok: int) -> tuple[str, list]:

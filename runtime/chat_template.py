@@ -757,17 +757,34 @@ def compile_template(source: str, limits: Limits = DEFAULT_LIMITS) -> jinja2.Tem
 def render(template: str, messages: Any, *, add_generation_prompt: bool = True,
            bos_token: str = "", eos_token: str = "", tools: Any = None,
            clock: Callable[[], datetime.datetime] | None = None,
-           limits: Limits = DEFAULT_LIMITS, **extra: Any) -> str:
+           limits: Limits = DEFAULT_LIMITS, generic_tools: bool = True, **extra: Any) -> str:
     """Renders ``template`` as transformers' apply_chat_template(tokenize=False) would.
 
     ``tools`` is passed even when None (templates test ``if tools`` / ``tools is none``),
     as is ``documents`` (None unless given in ``extra``). ``clock`` overrides the time
     ``strftime_now`` reads. Raises TemplateError on any failure.
+
+    One exception, on by default (``generic_tools=False`` turns it off): where the
+    template cannot show the request's tools, an assistant message's tool calls or a
+    tool's result (see tool_support), those parts are written into the messages as
+    llama.cpp's "generic" tool format does (see with_generic_tools), so the model still
+    learns about its tools. Templates that render them get them exactly as transformers
+    would pass them.
     """
     compiled = compile_template(template, limits)
     if not isinstance(messages, (list, tuple)) or not all(
             isinstance(m, abc.Mapping) for m in messages):
         raise TemplateError("messages must be a list of {'role': ..., 'content': ...} dicts")
+    if generic_tools:
+        messages, tools = with_generic_tools(template, messages, tools)
+    return _render_compiled(compiled, messages, tools=tools, extra=extra,
+                            add_generation_prompt=add_generation_prompt, bos_token=bos_token,
+                            eos_token=eos_token, clock=clock, limits=limits)
+
+
+def _render_compiled(compiled: jinja2.Template, messages: Any, *, tools: Any, extra: dict,
+                     add_generation_prompt: bool, bos_token: str, eos_token: str,
+                     clock: Callable[[], datetime.datetime] | None, limits: Limits) -> str:
     context = dict(extra)
     context.setdefault("documents", None)
     context.update(messages=messages, tools=tools, add_generation_prompt=add_generation_prompt,
@@ -899,3 +916,280 @@ def fallback_template(arch: str, token_texts: Collection[str]) -> str:
     if "<|start_header_id|>" in vocab:
         return LLAMA3_TEMPLATE
     return CHATML_TEMPLATE
+
+
+# --------------------------------------------------------------------------- tools a template cannot show
+#
+# Many chat templates never read `tools` (Gemma's, Phi-3's, our built-in ones above): a
+# request's tools would reach the template and vanish, and the model could never call
+# one. For those, we do what llama.cpp's server does for a template without native tool
+# support (its "generic" chat format, with minja's polyfills): the tools go into the
+# system message as JSON, with an instruction to answer in JSON, either
+#     {"tool_call": {"name": ..., "arguments": {...}}}    (a call), or
+#     {"response": "..."}                                  (a reply to the user),
+# and the parts of a conversation the template cannot render are written as text in
+# that same format: an assistant message's tool calls become its content, as the JSON
+# the model was asked to write; a tool's result (role "tool") becomes a user message
+# {"tool_response": {"tool": name, "content": ..., "tool_call_id": ...}} (several results
+# in a row: one user message). A template without a system role gets that system text at
+# the start of the first user turn. A template that shows the tools itself is left alone
+# entirely: it has a format of its own (Qwen's <tool_call>, Llama's, Mistral's, ...).
+# runtime/tool_calls.py reads the format back from the reply (parse) and constrains a
+# forced call to it (call_grammar).
+#
+# Which parts a template handles is decided per template (tool_support), as minja does it:
+# by rendering small probe conversations and looking for their marker texts in the output.
+# Our built-in templates are known to handle none; a template that writes a tool format's
+# own tokens (`<tool_call>`, `[TOOL_CALLS]`, ...) is taken to handle them all. A probe only
+# runs when the source names the thing at all (`tools`, `tool_calls`, a 'tool' role
+# literal), and a probe that fails counts as "handled", so a template that may handle
+# tools keeps exactly the rendering it had.
+
+@dataclass(frozen=True)
+class ToolSupport:
+    """What a chat template renders of a conversation's tool parts."""
+    tools: bool         # the request's tools (the model is shown them)
+    tool_calls: bool    # an assistant message's `tool_calls`
+    tool_results: bool  # a message with role "tool", as a tool's result
+    system_role: bool   # a system message's text (as its own turn or folded into one)
+
+
+NATIVE_TOOLS = ToolSupport(tools=True, tool_calls=True, tool_results=True, system_role=True)
+# Ours print `message['role']` as is (`<start_of_turn>tool`, which is no Gemma role) and
+# drop tool_calls; Gemma's folds the system text into the first user turn itself.
+_BUILTIN_SUPPORT = ToolSupport(tools=False, tool_calls=False, tool_results=False,
+                               system_role=True)
+
+# Texts of the tool formats runtime/tool_calls.py reads (Hermes/Qwen, Mistral, Llama 3.x).
+# A template that writes one of them has a tool format of its own, whatever it does with
+# `tools` (llama.cpp, too, picks its Hermes format by "<tool_call>" in the template).
+TOOL_FORMAT_MARKERS = ("<tool_call>", "[TOOL_CALLS]", "[AVAILABLE_TOOLS]", "<|python_tag|>")
+
+_PROBE_TOOL = "chatfile_probe_tool"
+_PROBE_ARG = "chatfile_probe_argument"
+_PROBE_RESULT = "chatfile probe result"
+_PROBE_SYSTEM = "chatfile probe system text"
+# Probes of a real template take milliseconds; a slow one counts as failed (= handled).
+_PROBE_LIMITS = Limits(time_s=0.5)
+_MENTIONS_TOOLS = re.compile(r"\btools\b")
+_MENTIONS_TOOL_ROLE = re.compile(r"""(['"])tool\1""")
+
+
+def _probe_messages() -> tuple:
+    user = {"role": "user", "content": "Hi"}
+    system = {"role": "system", "content": _PROBE_SYSTEM}
+    tool = {"type": "function", "function": {
+        "name": _PROBE_TOOL, "description": "A tool.",
+        "parameters": {"type": "object", "properties": {_PROBE_ARG: {"type": "string"}},
+                       "required": [_PROBE_ARG]}}}
+    # The id has the 9 alphanumeric characters Mistral's templates insist on.
+    call = {"role": "assistant", "content": "", "tool_calls": [{
+        "id": "chatfile1", "type": "function",
+        "function": {"name": _PROBE_TOOL, "arguments": {_PROBE_ARG: "x"}}}]}
+    result = {"role": "tool", "tool_call_id": "chatfile1", "name": _PROBE_TOOL,
+              "content": _PROBE_RESULT}
+    return user, system, tool, call, result
+
+
+@functools.lru_cache(maxsize=32)
+def tool_support(template: str) -> ToolSupport:
+    """Which tool parts ``template`` renders (cached per template). Never raises."""
+    if template in (GEMMA_TEMPLATE, LLAMA3_TEMPLATE, CHATML_TEMPLATE):
+        return _BUILTIN_SUPPORT
+    if any(marker in template for marker in TOOL_FORMAT_MARKERS):
+        return NATIVE_TOOLS  # it writes a tool format's own tokens: it knows one
+    try:
+        compiled = compile_template(template)
+    except TemplateError:
+        return NATIVE_TOOLS  # it renders nothing at all: leave the messages alone
+
+    refused = []  # the template's own raise_exception() messages
+
+    def probe(messages: list, tools: Any = None) -> str | None:
+        try:
+            return _render_compiled(compiled, messages, tools=tools, extra={},
+                                    add_generation_prompt=True, bos_token="", eos_token="",
+                                    clock=None, limits=_PROBE_LIMITS)
+        except TemplateError as exc:
+            if exc.template_message is not None:
+                refused.append(exc.template_message)
+            return None
+
+    user, system, tool, call, result = _probe_messages()
+    shows_tools = False
+    if _MENTIONS_TOOLS.search(template):
+        outs = [probe(m, [tool]) for m in ([user], [system, user])]
+        if any(o is not None and _PROBE_TOOL in o for o in outs):
+            shows_tools = True
+        elif all(o is None for o in outs):
+            # Fails with tools. If it raised itself and renders without them, it refuses
+            # tools (some templates raise "tools are not supported"): describe them
+            # ourselves. Otherwise (a limit, a bug) we cannot tell: leave it as it is.
+            shows_tools = not (refused and probe([user]) is not None)
+    renders_calls = False
+    if "tool_calls" in template:
+        out = probe([user, call])
+        renders_calls = out is None or _PROBE_ARG in out
+    renders_results = False
+    if _MENTIONS_TOOL_ROLE.search(template):
+        out = probe([user, call if renders_calls else _generic_call_message(call), result])
+        renders_results = out is None or _PROBE_RESULT in out
+    out = probe([system, user])
+    return ToolSupport(tools=shows_tools, tool_calls=renders_calls,
+                       tool_results=renders_results,
+                       system_role=out is not None and _PROBE_SYSTEM in out)
+
+
+def _text(content: Any) -> str:
+    """A message's content as text (OpenAI's content parts joined, as the templates do)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, (list, tuple)):
+        return "".join(str(p.get("text", "")) for p in content
+                       if isinstance(p, abc.Mapping) and p.get("type") == "text")
+    return str(content)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _plain(value: Any) -> Any:
+    """Mappings (the API's ToolArguments, say) as plain dicts, for json.dumps."""
+    if isinstance(value, abc.Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def generic_tool_prompt(tools: Any) -> str:
+    """The system text that shows a model without a tool format its tools, and the JSON
+    it answers in (llama.cpp's generic format: `tool_call` or `response`). The tools are
+    a JSON array, one tool per line: llama.cpp indents it by 2, which costs a model with
+    a small context (and our CPU prefill) a quarter more tokens for the same text."""
+    listing = "[\n" + ",\n".join(_json(t) for t in _plain(list(tools))) + "\n]"
+    return ("You can call any of these tools to satisfy the user's requests (a tool's "
+            "\"parameters\" is the JSON Schema of its arguments):\n" + listing + "\n\n"
+            "Respond in JSON format, either with `tool_call` (a request to call a tool) or "
+            "with `response` (your reply to the user's request), for example:\n"
+            '{"tool_call": {"name": "tool_name", "arguments": {"arg1": "some_value"}}}\n'
+            '{"response": "Your reply."}')
+
+
+def generic_calls_text(calls: list, content: Any = None) -> str:
+    """Calls ({"name", "arguments"} each) as the model writes them in the generic
+    format: {"tool_call": {...}} for one, {"tool_calls": [...]} for several; an
+    assistant's text beside them goes in "content"."""
+    obj: dict = {"tool_call": calls[0]} if len(calls) == 1 else {"tool_calls": calls}
+    text = _text(content)
+    if text.strip():
+        obj["content"] = text
+    return _json(obj)
+
+
+def _calls(message: abc.Mapping) -> list:
+    """A message's tool_calls, if it has a list of them."""
+    calls = message.get("tool_calls")
+    return list(calls) if isinstance(calls, (list, tuple)) else []
+
+
+def _generic_call_message(message: abc.Mapping) -> dict:
+    calls = []
+    for c in _calls(message):
+        fn = c.get("function") if isinstance(c, abc.Mapping) else None
+        fn = fn if isinstance(fn, abc.Mapping) else c
+        if not isinstance(fn, abc.Mapping):
+            continue
+        args = fn.get("arguments", {})
+        if isinstance(args, str):  # OpenAI's JSON text: shown as the object it is
+            try:
+                args = json.loads(args)
+            except (ValueError, RecursionError):
+                pass
+        calls.append({"name": fn.get("name"), "arguments": _plain(args)})
+    out = {k: v for k, v in message.items() if k != "tool_calls"}
+    if calls:
+        out["content"] = generic_calls_text(calls, message.get("content"))
+    return out
+
+
+def _generic_result_text(message: abc.Mapping, names_by_id: dict) -> str:
+    res: dict = {}
+    call_id = message.get("tool_call_id")
+    name = message.get("name") or (names_by_id.get(call_id) if isinstance(call_id, str) else None)
+    if isinstance(name, str):
+        res["tool"] = name
+    res["content"] = _text(message.get("content"))
+    if message.get("tool_call_id") is not None:
+        res["tool_call_id"] = message.get("tool_call_id")
+    return _json({"tool_response": res})
+
+
+def _with_system_text(messages: list, text: str, system_role: bool) -> list:
+    """`text` added to the system message (after its own text), or as a new first system
+    message; for a template without a system role, at the start of the first user turn."""
+    if messages and messages[0].get("role") == "system":
+        own = _text(messages[0].get("content"))
+        messages = [{**messages[0], "content": own + "\n\n" + text if own else text},
+                    *messages[1:]]
+    else:
+        messages = [{"role": "system", "content": text}, *messages]
+    if system_role:
+        return messages
+    system, rest = _text(messages[0]["content"]), messages[1:]
+    if rest and rest[0].get("role") == "user":
+        user_text = _text(rest[0].get("content"))
+        rest[0] = {**rest[0], "content": system + "\n\n" + user_text if user_text else system}
+    else:
+        rest.insert(0, {"role": "user", "content": system})
+    return rest
+
+
+def with_generic_tools(template: str, messages: Any, tools: Any) -> tuple[list, Any]:
+    """(messages, tools) to render ``template`` with: as given when the template renders
+    every tool part in them; otherwise the parts it cannot render written in llama.cpp's
+    generic format (see the comment above ToolSupport), and ``tools`` None once they are
+    in the system text."""
+    has_tools = isinstance(tools, (list, tuple)) and len(tools) > 0
+    has_calls = any(_calls(m) for m in messages)
+    has_results = any(m.get("role") == "tool" for m in messages)
+    if not (has_tools or has_calls or has_results):
+        return messages, tools  # the common case: no probing, nothing to do
+    support = tool_support(template)
+    if support.tools:
+        # A template that shows tools has a tool format of its own: it gets every tool
+        # part as it always did, even those it drops (Granite 3.3 prints no tool_calls),
+        # so that no text in our format is mixed into its own.
+        return messages, tools
+    fill_tools = has_tools
+    fill_calls = has_calls and not support.tool_calls
+    fill_results = has_results and not support.tool_results
+    if not (fill_tools or fill_calls or fill_results):
+        return messages, tools
+    out: list = []
+    names_by_id: dict = {}
+    after_result = False
+    for m in messages:
+        for c in _calls(m):
+            fn = c.get("function") if isinstance(c, abc.Mapping) else None
+            if isinstance(fn, abc.Mapping) and isinstance(c.get("id"), str):
+                names_by_id[c["id"]] = fn.get("name")
+        if fill_calls and _calls(m):
+            m = _generic_call_message(m)
+        if fill_results and m.get("role") == "tool":
+            text = _generic_result_text(m, names_by_id)
+            if after_result:  # several results in a row: one user turn, so roles alternate
+                out[-1] = {"role": "user", "content": out[-1]["content"] + "\n\n" + text}
+            else:
+                out.append({"role": "user", "content": text})
+            after_result = True
+            continue
+        after_result = False
+        out.append(m)
+    if fill_tools:
+        out = _with_system_text(out, generic_tool_prompt(tools), support.system_role)
+        tools = None
+    return out, tools

@@ -213,13 +213,16 @@ def build_app(st: State) -> bottle.Bottle:
         return {"token": tok_s, "logprob": logprob(ev.prob or 0.0), "bytes": tok_b,
                 "top_logprobs": tops}
 
-    def with_tool_calls(choice, text, tools) -> None:
+    def with_tool_calls(choice, text, tools, template) -> None:
         """Puts a whole reply's tool calls into its choice, as OpenAI gives them: the calls
-        in message.tool_calls, the text left around them (or null) as content."""
-        content, calls = tool_calls.parse(text, tools)
+        in message.tool_calls, the text left around them (or null) as content. (A model
+        shown its tools in the generic format answers {"response": TEXT}: then TEXT.)"""
+        content, calls = tool_calls.parse(text, tools, template)
         if calls:
             choice["message"] = {"role": "assistant", "content": content, "tool_calls": calls}
             choice["finish_reason"] = "tool_calls"
+        elif content != text:
+            choice["message"]["content"] = content
 
     @app.post("/v1/chat/completions")
     @app.post("/chat/completions")
@@ -239,6 +242,12 @@ def build_app(st: State) -> bottle.Bottle:
         # allows calling them; every other request takes the path it always took.
         tool_choice = get_tool_choice(body, tools)
         find_calls = tools is not None and tool_choice != "none"
+        template = template_in_effect(model) if tools else None
+        if tool_choice == "none" and tool_calls.uses_generic_format(template):
+            # The generic format's text tells the model to answer in JSON, which nothing
+            # would then read: with calls off, such a model is not shown the tools at all.
+            # (A template with a tool format of its own keeps them, as it always did.)
+            tools = None
         # A forced call is itself JSON: it takes the place of a JSON response_format.
         json_start = get_json_grammar(body)
         start = forced_call(model, tools, tool_choice) or json_start
@@ -265,7 +274,7 @@ def build_app(st: State) -> bottle.Bottle:
             if want_lp:
                 choice["logprobs"] = {"content": [oai_logprobs(model, e, top_lp) for e in toks]}
             if find_calls:
-                with_tool_calls(choice, text, tools)
+                with_tool_calls(choice, text, tools, template)
             return ok({**base, "object": "chat.completion", "choices": [choice],
                        "usage": usage(final), "timings": final.timings.as_dict()})
 
@@ -295,7 +304,8 @@ def build_app(st: State) -> bottle.Bottle:
                 elif ev.kind == "error":
                     raise _worker_error(ev.error)
                 else:
-                    content, calls = tool_calls.parse(reply[sent:], tools) if find_calls else ("", [])
+                    content, calls = (tool_calls.parse(reply[sent:], tools, template)
+                                      if find_calls else ("", []))
                     if content:
                         yield chunk({"content": content})
                     for i, call in enumerate(calls):

@@ -12,11 +12,17 @@ only look at `message.tool_calls`, so the server turns that text into calls:
   so a whole reply that is such an array counts too;
 - Llama 3.1 / 3.2: the whole reply is `{"name": ..., "parameters": {...}}`, optionally after
   `<|python_tag|>` (also a control token, usually dropped);
-- a bare whole-reply {"name", "arguments"} object (Qwen2.5-Coder-0.5B writes that).
+- a bare whole-reply {"name", "arguments"} object (Qwen2.5-Coder-0.5B writes that);
+- llama.cpp's "generic" format, which we ask for when the chat template cannot show the
+  model its tools (runtime/chat_template.py puts them in the system text then): the whole
+  reply is {"tool_call": {"name", "arguments"}}, {"tool_calls": [...]} or, for an answer
+  to the user, {"response": "..."}.
 
 Only the request's declared tool names make a call: a reply that merely is JSON stays
 content. Anything that does not parse stays content too: a model's malformed call must
-never fail the request.
+never fail the request. The {"response": ...} answer is unwrapped only when the caller
+says which template wrote the prompt and it is one that gets the generic format (for
+another model such a reply may be the JSON the user asked for).
 
 The streaming side (`held_from`) tells the server how much of the reply so far could be
 the start of a call, so that it holds that text back instead of streaming it as content.
@@ -36,7 +42,20 @@ MARKERS = (HERMES_OPEN, MISTRAL_CALLS, PYTHON_TAG)
 # A whole reply that starts with one of these may be a bare JSON call (or array of calls).
 JSON_STARTS = ("{", "[")
 
+# llama.cpp's generic format: the keys of a whole-reply object.
+GENERIC_CALL, GENERIC_CALLS, GENERIC_RESPONSE = "tool_call", "tool_calls", "response"
+
 _decoder = json.JSONDecoder()
+
+
+def uses_generic_format(template: str | None) -> bool:
+    """Whether the model is shown its tools in llama.cpp's generic format: its chat
+    template does not show them itself (runtime.chat_template.with_generic_tools).
+    False for an unknown template ("" or None)."""
+    if not template:
+        return False
+    from runtime.chat_template import tool_support  # (jinja2: loaded when first needed)
+    return not tool_support(template).tools
 
 
 def declared_names(tools: list | None) -> set:
@@ -80,7 +99,11 @@ def call_grammar(tools: list, names: set | None, template: str) -> tuple:
     (None: any declared tool): {"name": NAME, "arguments": {...}} with the arguments
     following that tool's schema, bare, or in a Hermes <tool_call> block when the chat
     template shows the model that format. Both forms stay open because models differ:
-    Qwen2.5-Coder-0.5B answers bare JSON although its template asks for the block."""
+    Qwen2.5-Coder-0.5B answers bare JSON although its template asks for the block.
+
+    When the template cannot show tools, the prompt asked for llama.cpp's generic format,
+    and the call is written in it: {"tool_call": {"name": NAME, "arguments": {...}}}
+    (llama.cpp's grammar for tool_choice "required" without parallel calls)."""
     calls, seen = [], set()
     for spec in _specs(tools):
         name = spec["name"]
@@ -92,6 +115,8 @@ def call_grammar(tools: list, names: set | None, template: str) -> tuple:
     if not calls:
         raise ValueError("no tool to call")
     node = calls[0] if len(calls) == 1 else jc.Choice(tuple(calls))
+    if uses_generic_format(template):
+        return jc.value_grammar(jc.object_node({GENERIC_CALL: node}))
     wrappers = [("", "")]
     if HERMES_OPEN in (template or ""):
         wrappers.append((HERMES_OPEN + "\n", "\n" + HERMES_CLOSE))
@@ -188,12 +213,50 @@ def _parse_whole(text: str, names: set, after: str = "") -> tuple[str | None, li
     return (_content(before), calls) if calls else (text, [])
 
 
-def parse(text: str, tools: list | None) -> tuple[str | None, list]:
+def _parse_generic(text: str, names: set, response: bool) -> tuple[str | None, list] | None:
+    """The whole reply in llama.cpp's generic format -> (content, calls); None if it is
+    not. {"tool_call": call} or {"tool_calls": [calls]}, each call to a declared tool
+    (its "id", if the model wrote one, is replaced by ours), with the "content" key our
+    rendering of past calls adds beside them, if any, as the content. With `response`:
+    {"response": ...} is an answer, its text the content (a value that is not a string
+    as JSON, as llama.cpp does)."""
+    value = _json_value(text)
+    if not isinstance(value, dict):
+        return None
+    if GENERIC_CALLS in value or GENERIC_CALL in value:
+        items = value[GENERIC_CALLS] if GENERIC_CALLS in value else [value[GENERIC_CALL]]
+        calls = _calls_of(items, names) if isinstance(items, list) else []
+        if not calls:
+            return None
+        content = value.get("content")
+        return (_content(content) if isinstance(content, str) else None), calls
+    if response and GENERIC_RESPONSE in value:
+        answer = value[GENERIC_RESPONSE]
+        return (answer if isinstance(answer, str)
+                else json.dumps(answer, ensure_ascii=False, indent=2)), []
+    return None
+
+
+def parse(text: str, tools: list | None, template: str | None = None) -> tuple[str | None, list]:
     """(content, calls) of a reply. With calls: the content is the text around them,
-    stripped, or None when nothing is left. Without: the text unchanged and []."""
+    stripped, or None when nothing is left. Without: the text unchanged and [] (but see
+    {"response": ...} below).
+
+    `template` is the chat template that rendered the prompt (None: unknown). For a
+    template with a tool format of its own, every format above but the generic one is
+    read, as before the generic one existed. For a template that got the generic format,
+    all of them, and a {"response": ...} reply comes back as its text. For an unknown
+    template, all of them too, but {"response": ...} stays as written: the calls name
+    declared tools, so reading them costs nothing, while the answer may be JSON the user
+    asked for. The server passes the template in effect (api.template_in_effect)."""
     names = declared_names(tools)
     if not names:
         return text, []
+    generic = None if not template else uses_generic_format(template)
+    if generic is not False and text.lstrip().startswith("{"):
+        found = _parse_generic(text, names, response=generic is True)
+        if found is not None:
+            return found
     if HERMES_OPEN in text:
         return _parse_hermes(text, names)
     if MISTRAL_CALLS in text:

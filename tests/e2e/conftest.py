@@ -15,6 +15,7 @@ import http.client
 import json
 import os
 import re
+import struct
 import subprocess
 import sys
 import threading
@@ -274,3 +275,17 @@ def greedy_reference(model, ids, max_tokens):
             break
         out.append(t)
     return out, model.detokenize(out)
+
+
+def with_context_length(src, dst, arch, n_ctx):
+    """A copy of a GGUF whose `<arch>.context_length` (a u32) says n_ctx. The tiny fixtures
+    are trained for 256 tokens, and their 512-token vocabularies spend more than a token
+    per character: a prompt that describes tools is longer than that. Their weights are
+    random, so later positions are no worse than early ones."""
+    data = bytearray(src.read_bytes())
+    key = f"{arch}.context_length".encode()
+    at = data.index(struct.pack("<Q", len(key)) + key) + 8 + len(key)
+    assert struct.unpack_from("<I", data, at)[0] == 4  # GGUF's u32 type
+    struct.pack_into("<I", data, at + 4, n_ctx)
+    dst.write_bytes(bytes(data))
+    return dst

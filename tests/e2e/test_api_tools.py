@@ -6,8 +6,9 @@ the real app (build_app + wrap_app, on a real socket in this process) with a fak
 then makes the model write any reply it wants, in any model family's format, and the
 expected calls are the ones written in that reply. The prompt goes through the real
 Qwen 2.5 chat template, so a tool-call round trip is rendered as for a real model.
-A last test runs the tiny real model, for the hold-back of streamed text with a real
-tokenizer.
+A test runs the tiny real model, for the hold-back of streamed text with a real
+tokenizer. The last ones run tiny-gemma3, whose built-in chat template cannot show tools:
+the prompt gets them in llama.cpp's generic format, and a forced call is written in it.
 """
 import codecs
 import json
@@ -17,7 +18,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import FIXTURES
-from tests.e2e.conftest import TINY, http_request, post_json, sse_events
+from tests.e2e.conftest import (MODELS, TINY, http_request, post_json, sse_events, start_server,
+                                with_context_length)
 from tests.runtime.test_engine import FakeSession
 
 openai = pytest.importorskip("openai", reason="the openai client is not installed")
@@ -289,9 +291,10 @@ def test_streamed_logprobs_with_tools_cover_every_token(parrot):
     assert "".join(t["token"] for t in lps) == HERMES
 
 
-def test_tools_on_a_real_model_stream_and_answer_alike(server_factory):
+def test_tools_on_a_real_model_stream_and_answer_alike(server_factory, tmp_path):
     # A real tokenizer and random text: nothing held back may be lost or doubled.
-    h = server_factory(TINY)
+    # (tiny-llama has no template: its built-in one gets the tools in the system text.)
+    h = server_factory(with_context_length(TINY, tmp_path / "tiny-4k.gguf", "llama", 4096))
     body = {"messages": ask("What is the weather in Paris?"), "tools": TOOLS,
             "temperature": 0, "max_tokens": 24}
     status, r = post_json(h.url + "/v1/chat/completions", body)
@@ -304,3 +307,137 @@ def test_tools_on_a_real_model_stream_and_answer_alike(server_factory):
     assert streamed == (c["message"]["content"] or "")
     assert [d["function"] for d in calls] == [t["function"] for t in c["message"].get("tool_calls", [])]
     assert evs[-1]["choices"][0]["finish_reason"] == c["finish_reason"]
+
+
+# ---- a model whose chat template cannot show tools ---------------------------------------
+# tiny-gemma3 has no template of its own, so it gets the built-in Gemma one, which never
+# reads `tools`: the tools go into the system text (folded into the first user turn, as
+# Gemma has no system role) in llama.cpp's generic format, and a forced call is written
+# in that format: {"tool_call": {"name": ..., "arguments": {...}}}.
+
+GEMMA3 = MODELS / "tiny-gemma3-q8_0.gguf"
+CITY_TOOLS = [{"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"enum": ["Paris", "Rome"]}},
+                   "required": ["city"]}}},
+    {"type": "function", "function": {"name": "get_time", "parameters": {
+        "type": "object", "properties": {}, "additionalProperties": False}}}]
+
+
+@pytest.fixture(scope="module")
+def gemma_server():
+    h = start_server(GEMMA3)
+    yield h
+    h.stop()
+
+
+@pytest.fixture(scope="module")
+def gemma_server_4k(tmp_path_factory):
+    """tiny-gemma3 with room for the tool text (see _with_context_length)."""
+    path = with_context_length(GEMMA3, tmp_path_factory.mktemp("gemma") / "gemma-4k.gguf",
+                                "gemma3", 4096)
+    h = start_server(path)
+    yield h
+    h.stop()
+
+
+def test_a_template_without_tools_gets_them_in_the_system_text(gemma_server):
+    status, r = post_json(gemma_server.url + "/apply-template", {
+        "messages": ask("weather?"), "tools": CITY_TOOLS})
+    assert status == 200, r
+    prompt = r["prompt"]
+    user_turn = prompt[prompt.index("<start_of_turn>user\n"):prompt.index("<end_of_turn>")]
+    # Gemma has no system role: the tool text opens the first user turn, the question ends it.
+    assert "<start_of_turn>system" not in prompt and user_turn.endswith("\n\nweather?")
+    listed = json.loads(user_turn[user_turn.index("["):user_turn.index("\n]") + 2])
+    assert listed == CITY_TOOLS                     # every tool with its schema, as JSON
+    assert '{"tool_call": {"name": ' in user_turn and '{"response": ' in user_turn
+    assert prompt.endswith("<start_of_turn>model\n")
+    # Without tools the prompt is what it always was.
+    status, plain = post_json(gemma_server.url + "/apply-template", {"messages": ask("weather?")})
+    assert plain["prompt"].endswith("<start_of_turn>user\nweather?<end_of_turn>\n"
+                                    "<start_of_turn>model\n")
+
+
+def test_a_tool_round_trip_renders_in_gemma_roles(gemma_server):
+    messages = ask("weather?") + [
+        {"role": "assistant", "content": None, "tool_calls": [{
+            "id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny, 21 °C"}]
+    status, r = post_json(gemma_server.url + "/apply-template",
+                          {"messages": messages, "tools": CITY_TOOLS})
+    assert status == 200, r
+    prompt = r["prompt"]
+    assert "<start_of_turn>tool" not in prompt      # no such role in Gemma
+    assert ('<start_of_turn>model\n{"tool_call": {"name": "get_weather", "arguments": '
+            '{"city": "Paris"}}}<end_of_turn>\n') in prompt
+    assert ('<start_of_turn>user\n{"tool_response": {"tool": "get_weather", "content": '
+            '"sunny, 21 °C", "tool_call_id": "call_1"}}<end_of_turn>\n'
+            '<start_of_turn>model\n') in prompt
+
+
+@pytest.mark.parametrize("choice, names", [
+    ("required", {"get_weather", "get_time"}),
+    ({"type": "function", "function": {"name": "get_weather"}}, {"get_weather"}),
+])
+def test_a_forced_call_on_a_template_without_tools_is_a_tool_call(gemma_server_4k, choice,
+                                                                   names):
+    url = gemma_server_4k.url
+    # Room for the whitespace JSON allows between tokens, which a random model writes a lot
+    # of (the arguments are an enum or nothing, so the call itself is short).
+    body = {"messages": ask("What is the weather in Paris?"), "tools": CITY_TOOLS,
+            "tool_choice": choice, "temperature": 0, "max_tokens": 512}
+    status, r = post_json(url + "/v1/chat/completions", {**body, "logprobs": True})
+    assert status == 200, r
+    c = r["choices"][0]
+    assert c["finish_reason"] == "tool_calls", c
+    assert c["message"]["content"] is None
+    [call] = c["message"]["tool_calls"]
+    assert call["type"] == "function" and call["id"].startswith("call_")
+    name, args = call["function"]["name"], json.loads(call["function"]["arguments"])
+    assert name in names
+    assert args == {} if name == "get_time" else args in ({"city": "Paris"}, {"city": "Rome"})
+    # What the model wrote (its tokens, from logprobs) is the format its prompt asked for.
+    written = "".join(t["token"] for t in c["logprobs"]["content"])
+    assert json.loads(written) == {"tool_call": {"name": name, "arguments": args}}, written
+    # ... and that prompt held the tool description: far longer than the question alone.
+    _, plain = post_json(url + "/v1/chat/completions", {
+        "messages": body["messages"], "temperature": 0, "max_tokens": 1})
+    assert r["usage"]["prompt_tokens"] > plain["usage"]["prompt_tokens"] + 300
+    # Streamed: the same call, as tool_calls deltas.
+    _, _, data = http_request("POST", url + "/v1/chat/completions", {**body, "stream": True})
+    evs = sse_events(data)[:-1]
+    deltas = [d for e in evs for d in e["choices"][0]["delta"].get("tool_calls", [])]
+    assert [d["function"] for d in deltas] == [call["function"]]
+    assert evs[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+def test_a_generic_response_is_the_answer_and_none_hides_the_tools(gemma_server_4k):
+    """Told the generic format, a model answers {"response": TEXT}: the client gets TEXT.
+    (The reply is made that JSON here by a response_format, as the random model would not
+    write it.) With tool_choice "none" the model is not shown the tools, since that text
+    asks for JSON nothing would read."""
+    url = gemma_server_4k.url
+    answer = {"type": "json_schema", "json_schema": {"name": "a", "strict": True, "schema": {
+        "type": "object", "properties": {"response": {"type": "string", "minLength": 1, "maxLength": 8}},
+        "required": ["response"], "additionalProperties": False}}}
+    body = {"messages": ask("Hello!"), "tools": CITY_TOOLS, "temperature": 0,
+            "max_tokens": 200, "response_format": answer}
+    status, r = post_json(url + "/v1/chat/completions", {**body, "logprobs": True})
+    assert status == 200, r
+    c = r["choices"][0]
+    written = json.loads("".join(t["token"] for t in c["logprobs"]["content"]))
+    assert c["finish_reason"] == "stop" and "tool_calls" not in c["message"]
+    assert c["message"]["content"] == written["response"] != ""
+    _, _, data = http_request("POST", url + "/v1/chat/completions", {**body, "stream": True})
+    evs = sse_events(data)[:-1]
+    assert "".join(e["choices"][0]["delta"].get("content") or "" for e in evs) == written["response"]
+    # tool_choice "none": the prompt is the one without tools.
+    plain = {"messages": ask("Hello!"), "temperature": 0, "max_tokens": 1}
+    _, without = post_json(url + "/v1/chat/completions", plain)
+    _, none = post_json(url + "/v1/chat/completions", {**plain, "tools": CITY_TOOLS,
+                                                        "tool_choice": "none"})
+    _, auto = post_json(url + "/v1/chat/completions", {**plain, "tools": CITY_TOOLS})
+    assert none["usage"]["prompt_tokens"] == without["usage"]["prompt_tokens"]
+    assert auto["usage"]["prompt_tokens"] > without["usage"]["prompt_tokens"] + 300

@@ -431,6 +431,163 @@ def test_fallbacks_take_content_parts(template):
     assert ct.render(template, parts) == ct.render(template, plain)
 
 
+# ---------------------------------------------------------------------- tools a template cannot show
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                   "required": ["city"]}}}
+CLOCK = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}
+ASK = [{"role": "user", "content": "Weather in Paris?"}]
+ROUND_TRIP = ASK + [
+    {"role": "assistant", "content": "", "tool_calls": [
+        {"id": "c1", "type": "function",
+         "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
+        {"id": "c2", "type": "function", "function": {"name": "get_time", "arguments": {}}}]},
+    {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+    {"role": "tool", "tool_call_id": "c2", "content": "noon"}]
+
+
+def _listed_tools(text):
+    """The JSON array of tools in a rendered generic tool description."""
+    start = text.index("[\n{")
+    return json.loads(text[start:text.index("\n]", start) + 2])
+
+
+@pytest.mark.parametrize("name, tools", [
+    ("Qwen-Qwen2.5-7B-Instruct", True), ("Qwen-Qwen3-0.6B", True),
+    ("meta-llama-Llama-3.1-8B-Instruct", True), ("mistralai-Mistral-Nemo-Instruct-2407", True),
+    ("ibm-granite-granite-3.3-2B-Instruct", True), ("qwen2.5-coder-0.5b-instruct", True),
+    ("google-gemma-2-2b-it", False), ("microsoft-Phi-3.5-mini-instruct", False),
+    ("deepseek-ai-DeepSeek-R1-Distill-Qwen-32B", False), ("HuggingFaceTB-SmolLM3-3B", False),
+])
+def test_tool_support_tells_templates_that_show_tools(name, tools):
+    source, _ = _fixture(name)
+    assert ct.tool_support(source).tools is tools
+
+
+def test_tool_support_of_the_probed_parts():
+    sup = ct.tool_support(_fixture("google-gemma-2-2b-it")[0])
+    assert sup == ct.ToolSupport(tools=False, tool_calls=False, tool_results=False,
+                                 system_role=False)  # it raises on a system message
+    # DeepSeek-R1's renders past calls and results in its own tokens, but never the tools.
+    sup = ct.tool_support(_fixture("deepseek-ai-DeepSeek-R1-Distill-Qwen-32B")[0])
+    assert (sup.tools, sup.tool_calls, sup.tool_results) == (False, True, True)
+    for builtin in (ct.GEMMA_TEMPLATE, ct.LLAMA3_TEMPLATE, ct.CHATML_TEMPLATE):
+        sup = ct.tool_support(builtin)
+        assert not (sup.tools or sup.tool_calls or sup.tool_results) and sup.system_role
+
+
+@pytest.mark.parametrize("name", ["Qwen-Qwen2.5-7B-Instruct", "meta-llama-Llama-3.1-8B-Instruct",
+                                  "mistralai-Mistral-Nemo-Instruct-2407",
+                                  "ibm-granite-granite-3.3-2B-Instruct"])
+def test_templates_that_show_tools_render_as_transformers_does(name):
+    source, _ = _fixture(name)
+    messages = ROUND_TRIP
+    if name.startswith("mistralai"):  # it wants 9-character alphanumeric call ids
+        messages = json.loads(json.dumps(ROUND_TRIP).replace('"c1"', '"abcdefgh1"')
+                              .replace('"c2"', '"abcdefgh2"'))
+    if name.startswith("meta-llama"):  # one call per message
+        messages = [*messages[:1], {**messages[1], "tool_calls": messages[1]["tool_calls"][:1]},
+                    messages[2]]
+    for msgs, tools in ((ASK, [WEATHER, CLOCK]), (messages, [WEATHER, CLOCK]), (messages, None)):
+        kw = dict(tools=tools, clock=lambda: FIXTURE_DAY)
+        assert ct.render(source, msgs, **kw) == ct.render(source, msgs, generic_tools=False, **kw)
+
+
+@pytest.mark.parametrize("template", [ct.GEMMA_TEMPLATE, ct.LLAMA3_TEMPLATE, ct.CHATML_TEMPLATE,
+                                      "phi"])
+def test_a_template_without_tools_gets_them_in_the_system_text(template):
+    if template == "phi":
+        template = _fixture("microsoft-Phi-3.5-mini-instruct")[0]
+    out = ct.render(template, ASK, tools=[WEATHER, CLOCK])
+    assert out != ct.render(template, ASK)
+    assert _listed_tools(out) == [WEATHER, CLOCK]      # names and schemas, as JSON
+    assert ct.generic_tool_prompt([WEATHER, CLOCK]) in out
+    assert '{"tool_call": {"name": ' in out and '{"response": ' in out
+    # The description comes first, in the system turn (Gemma: opening the first user turn).
+    assert out.index("get_weather") < out.index("Weather in Paris?")
+
+
+def test_the_tool_text_joins_the_system_message():
+    messages = [{"role": "system", "content": "Be brief."}, *ASK]
+    out = ct.render(ct.CHATML_TEMPLATE, messages, tools=[WEATHER])
+    want = [{"role": "system", "content": "Be brief.\n\n" + ct.generic_tool_prompt([WEATHER])},
+            *ASK]
+    assert out == ct.render(ct.CHATML_TEMPLATE, want)
+    assert out.count("<|im_start|>system") == 1
+    # Gemma has no system role: system text and tools open the first user turn.
+    out = ct.render(ct.GEMMA_TEMPLATE, messages, tools=[WEATHER])
+    assert out.startswith("<start_of_turn>user\nBe brief.\n\nYou can call any of these tools")
+    assert out.endswith("\n\nWeather in Paris?<end_of_turn>\n<start_of_turn>model\n")
+    assert out.count("<start_of_turn>") == 2
+
+
+def test_a_template_that_refuses_a_system_message_gets_the_tools_in_the_user_turn():
+    source, _ = _fixture("google-gemma-2-2b-it")
+    with pytest.raises(TemplateError, match="System role not supported"):
+        ct.render(source, [{"role": "system", "content": "x"}, *ASK])
+    out = ct.render(source, ASK, tools=[WEATHER])
+    assert out.startswith("<start_of_turn>user\nYou can call any of these tools")
+    assert _listed_tools(out) == [WEATHER]
+    assert out.endswith("\n\nWeather in Paris?<end_of_turn>\n<start_of_turn>model\n")
+
+
+def test_a_template_that_refuses_tools_gets_the_generic_text():
+    src = ("{% if tools %}{{ raise_exception('tools are not supported') }}{% endif %}"
+           "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}")
+    out = ct.render(src, ASK, tools=[WEATHER])
+    assert out.startswith("[system] You can call any of these tools")
+    assert _listed_tools(out) == [WEATHER]
+    # Reading `tools` to show them is handling them: the template's own rendering stays.
+    shows = "{{ tools | tojson }}|{% for m in messages %}{{ m.content }}{% endfor %}"
+    assert ct.render(shows, ASK, tools=[WEATHER]) == json.dumps([WEATHER]) + "|Weather in Paris?"
+    # Failing with tools for another reason (here a limit) tells nothing: left as it is.
+    slow = ("{% if tools %}{% for i in range(100000) %}{% for j in range(100000) %}"
+            "{% endfor %}{% endfor %}{% endif %}{{ messages[0].content }}")
+    assert ct.tool_support(slow).tools is True
+
+
+def test_past_calls_and_results_render_in_gemma_roles():
+    out = ct.render(ct.GEMMA_TEMPLATE, ROUND_TRIP, tools=[WEATHER, CLOCK])
+    assert "<start_of_turn>tool" not in out
+    calls = {"tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris"}},
+                            {"name": "get_time", "arguments": {}}]}
+    results = [{"tool_response": {"tool": "get_weather", "content": "sunny", "tool_call_id": "c1"}},
+               {"tool_response": {"tool": "get_time", "content": "noon", "tool_call_id": "c2"}}]
+    turns = out.split("<start_of_turn>")[2:]
+    assert turns[0] == "model\n" + json.dumps(calls, ensure_ascii=False) + "<end_of_turn>\n"
+    # Results in a row are one user turn (Gemma's own templates insist on alternation).
+    assert turns[1] == ("user\n" + "\n\n".join(json.dumps(r) for r in results)
+                        + "<end_of_turn>\n")
+    assert turns[2] == "model\n"
+    # One call is written as the model is asked to write it; text beside it is kept.
+    one = [*ASK, {"role": "assistant", "content": "Checking.", "tool_calls": [{
+        "id": "c1", "type": "function",
+        "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]}]
+    out = ct.render(ct.GEMMA_TEMPLATE, one, add_generation_prompt=False)
+    assert out.endswith('<start_of_turn>model\n{"tool_call": {"name": "get_weather", '
+                        '"arguments": {"city": "Paris"}}, "content": "Checking."}<end_of_turn>\n')
+
+
+def test_a_template_that_renders_tool_results_keeps_them():
+    source, _ = _fixture("HuggingFaceTB-SmolLM3-3B")   # has a "tool" role, shows no tools
+    out = ct.render(source, ROUND_TRIP, tools=[WEATHER])
+    raw = ct.render(source, ROUND_TRIP, generic_tools=False)
+    assert _listed_tools(out) == [WEATHER]
+    assert out.count("sunny") == raw.count("sunny") == 1
+    assert '{"tool_response"' not in out and '"tool_calls": [{"name": "get_weather"' in out
+
+
+def test_without_tool_parts_nothing_changes_and_nothing_is_probed(monkeypatch):
+    def boom(template):
+        raise AssertionError("probed")
+    monkeypatch.setattr(ct, "tool_support", boom)
+    for tools in (None, []):
+        assert ct.render(ct.GEMMA_TEMPLATE, THREE_TURNS, tools=tools) == \
+            ct.render(ct.GEMMA_TEMPLATE, THREE_TURNS, generic_tools=False)
+
+
 # ---------------------------------------------------------------------- template files
 
 def test_load_template_file(tmp_path):

@@ -2,10 +2,12 @@
 and held_from, which decides what a streamed reply may send before it ends.
 
 The inputs are hand-written in each family's format (as its chat template asks for it);
-the expected calls are the names and arguments written in them.
+the expected calls are the names and arguments written in them. The last tests are about
+llama.cpp's generic format, which models whose template cannot show tools are asked for.
 """
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -27,6 +29,13 @@ def calls_of(text, tools=TOOLS):
         assert isinstance(c["function"]["arguments"], str)
         out.append((c["function"]["name"], json.loads(c["function"]["arguments"])))
     return content, out
+
+
+def calls_of_t(text, template):
+    """calls_of, for a reply to a prompt rendered by `template` (None: unknown)."""
+    content, calls = parse(text, TOOLS, template)
+    assert all(set(c) == {"id", "type", "function"} for c in calls)
+    return content, [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in calls]
 
 
 PARIS = ("get_weather", {"city": "Paris"})
@@ -175,3 +184,105 @@ def test_streaming_by_held_from_gives_parse_of_the_whole_reply():
         whole_content, whole_calls = parse(text, TOOLS)
         assert (text[:sent] + (content or "")) == (whole_content or "")
         assert [c["function"] for c in calls] == [c["function"] for c in whole_calls]
+
+
+# ---- llama.cpp's generic format (templates that cannot show tools) ----------------------
+
+GEMMA = "gemma"  # stands for a template without tools: the built-in Gemma one
+
+
+def _template(name):
+    from runtime import chat_template as ct
+    if name == GEMMA:
+        return ct.GEMMA_TEMPLATE
+    return (Path(__file__).resolve().parents[1] / "fixtures" / "templates" / name).read_text()
+
+
+QWEN = "Qwen-Qwen2.5-7B-Instruct.jinja"
+GENERIC_ONE = '{"tool_call": {"name": "get_weather", "arguments": {"city": "Paris"}}}'
+GENERIC_TWO = ('{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris"}, "id": "1"},'
+               ' {"name": "get_time", "arguments": {"zone": "CET"}}]}')
+
+
+@pytest.mark.parametrize("template", [None, GEMMA])
+def test_generic_calls_are_calls(template):
+    tpl = template and _template(template)
+    assert calls_of_t(GENERIC_ONE, tpl) == (None, [PARIS])
+    assert calls_of_t("\n" + GENERIC_ONE + " \n", tpl) == (None, [PARIS])
+    assert calls_of_t(GENERIC_TWO, tpl) == (None, [PARIS, ("get_time", {"zone": "CET"})])
+    # our rendering of an assistant's text beside its call (chat_template.generic_calls_text)
+    with_text = '{"tool_call": {"name": "get_weather", "arguments": {"city": "Paris"}}, "content": "On it."}'
+    assert calls_of_t(with_text, tpl) == ("On it.", [PARIS])
+
+
+@pytest.mark.parametrize("text", [
+    '{"tool_call": {"name": "delete_files", "arguments": {}}}',            # not declared
+    '{"tool_calls": [{"name": "get_weather", "arguments": {}}, {"name": "nope"}]}',
+    '{"tool_calls": {"name": "get_weather", "arguments": {}}}',            # not a list
+    '{"tool_call": {"name": "get_weather", "arguments": [1]}}',
+    '{"tool_call": {"name": "get_weather", "arguments": {"city": "Paris"}}',  # unfinished
+    '{"tool_call": {"name": "get_weather"}} and more',
+])
+def test_generic_non_calls_stay_content(text):
+    for template in (None, _template(GEMMA)):
+        assert parse(text, TOOLS, template) == (text, [])
+
+
+def test_a_generic_response_is_the_content_only_for_a_generic_template():
+    for text, content in [('{"response": "It is sunny."}', "It is sunny."),
+                          (' {"response": ""} ', ""),
+                          ('{"response": {"temp": 21}}', '{\n  "temp": 21\n}')]:
+        assert parse(text, TOOLS, _template(GEMMA)) == (content, [])
+        # Unknown template, or one with its own tool format: JSON the user may have asked for.
+        assert parse(text, TOOLS) == (text, [])
+        assert parse(text, TOOLS, _template(QWEN)) == (text, [])
+
+
+def test_a_template_with_its_own_format_gets_exactly_its_formats():
+    qwen = _template(QWEN)
+    assert parse(GENERIC_ONE, TOOLS, qwen) == (GENERIC_ONE, [])
+    hermes = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+    bare = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
+    for text in (hermes, bare):
+        assert calls_of_t(text, qwen) == calls_of_t(text, None) == (None, [PARIS])
+    # and a generic template still reads the other formats (a model may write them anyway)
+    assert calls_of_t(bare, _template(GEMMA)) == (None, [PARIS])
+
+
+def test_streaming_a_generic_reply_holds_it_whole():
+    # A generic reply starts with "{": nothing of it streams before it is parsed.
+    for text in (GENERIC_ONE, '{"response": "Hi"}'):
+        assert all(held_from(text[:i]) == 0 for i in range(1, len(text) + 1))
+
+
+def test_a_forced_call_follows_the_templates_format():
+    from runtime import json_constraint as jc
+    from runtime.tool_calls import call_grammar, uses_generic_format
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}},
+             {"type": "function", "function": {"name": "get_time", "parameters": {
+                 "type": "object", "properties": {}, "additionalProperties": False}}}]
+
+    def whole(text, state):
+        s = jc.feed(state, text.encode())
+        return None if s is None else jc.can_end(s)
+    bare = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
+    hermes = '<tool_call>\n' + bare + '\n</tool_call>'
+    generic = '{"tool_call": ' + bare + '}'
+    assert uses_generic_format(_template(GEMMA)) and not uses_generic_format(_template(QWEN))
+    assert not uses_generic_format("") and not uses_generic_format(None)
+    start = call_grammar(tools, None, _template(GEMMA))
+    assert whole(generic, start) is True
+    assert whole('{"tool_call": {"name": "get_time", "arguments": {}}}', start) is True
+    assert whole(generic[:-1], start) is False            # the outer object must close
+    assert whole(bare, start) is None and whole(hermes, start) is None
+    assert whole('{"response": "no"}', start) is None     # a forced call is a call
+    assert whole('{"tool_call": {"name": "get_weather", "arguments": {"town"', start) is None
+    named = call_grammar(tools, {"get_time"}, _template(GEMMA))
+    assert whole(generic, named) is None
+    # What the grammar lets through, parse reads as the call (the server passes no template).
+    assert calls_of_t(generic, None) == (None, [PARIS])
+    # Qwen's template: bare or Hermes, as before; not the generic wrapper.
+    start = call_grammar(tools, None, _template(QWEN))
+    assert whole(bare, start) is True and whole(hermes, start) is True
+    assert whole(generic, start) is None
