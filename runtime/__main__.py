@@ -174,6 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:
         print(e, file=sys.stderr)
         return 2
+    if own["version"]:  # even from a damaged bundle: it is the runtime's, not the model's
+        from runtime import __version__
+        print(f"chatfile {__version__}")
+        return 0
     hidden = hidden_flag(user_args)
     if hidden:
         print(f"chatfile: error: {hidden} is not an option (the bundle sets it itself)",
@@ -187,10 +191,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     baked = list(trailer.args) if trailer else []
 
-    if own["version"]:
-        from runtime import __version__
-        print(f"chatfile {__version__}")
-        return 0
     if own["help"]:
         print(HELP.format(prog=prog, baked=" ".join(baked) or "(none)"))
         if trailer is None:

@@ -113,7 +113,8 @@ def check_args(args) -> str | None:
     for flag in ("prompt_tokens", "gen_tokens"):
         if getattr(args, flag, 1) <= 0:
             return f"--{flag.replace('_', '-')} must be positive"
-    if getattr(args, "max_tokens", 1) < -1 or getattr(args, "max_tokens", 1) == 0:
+    max_tokens = getattr(args, "max_tokens", 1)
+    if max_tokens == 0 or max_tokens < -1:
         return "--max-tokens must be positive (or -1 for no limit)"
     temp = getattr(args, "temp", None)
     if temp is not None and not 0 <= temp <= MAX_TEMP:  # also refuses nan
