@@ -512,7 +512,7 @@ def get_tool_choice(body, tools: list | None):
     """'tool_choice': "none", "auto" (the default), "required" or
     {"type": "function", "function": {"name": NAME}}. "none" means the reply is not
     searched for calls; "required" and a named function constrain the reply to be a
-    call (see forced_call), so they need 'tools', and a named function must be one of
+    call (see reply_grammar), so they need 'tools', and a named function must be one of
     them: otherwise the client has a bug."""
     v = body.get("tool_choice")
     if v is None:
@@ -532,12 +532,21 @@ def get_tool_choice(body, tools: list | None):
     return v
 
 
-def forced_call(model, tools: list | None, choice):
-    """The start state of the constraint that makes the reply a tool call, for
-    tool_choice "required" (any of the tools) or a named function; None otherwise."""
-    from runtime.tool_calls import call_grammar
-    if choice in ("none", "auto"):
-        return None
+def reply_grammar(model, tools: list | None, choice, json_start):
+    """The start state of the constraint on a chat reply, or None for free text.
+    tool_choice "required" (any of the tools) or a named function: a tool call, in place
+    of a JSON response_format (json_start). "auto", for a model shown its tools in
+    llama.cpp's generic format (its template cannot show them): the request's own JSON
+    format if it has one, else a call or {"response": TEXT}, as llama.cpp constrains it
+    (a model told to answer in JSON is held to it). Otherwise json_start."""
+    from runtime.tool_calls import call_grammar, uses_generic_format
+    if not tools or choice == "none":
+        return json_start
+    if choice == "auto":
+        template = template_in_effect(model)
+        if json_start is not None or not uses_generic_format(template):
+            return json_start
+        return call_grammar(tools, None, template, answer=True)
     names = None if choice == "required" else {choice["function"]["name"]}
     return call_grammar(tools, names, template_in_effect(model))
 

@@ -33,10 +33,11 @@ import bottle
 
 from runtime import tool_calls
 from runtime.api import (MAX_N_PROBS, MISSING, ApiError, chat_ids, check_n, error_body,
-                         forced_call, get_bool, get_int, get_json_grammar, get_max_tokens,
-                         get_messages, get_stop, get_str, get_tool_choice, get_tools, is_int,
-                         json_bytes, limit_is_set, logprob, output_constraint, parse_json,
-                         piece, prompt_ids, read_body, sampling_params, template_in_effect)
+                         get_bool, get_int, get_json_grammar, get_max_tokens, get_messages,
+                         get_stop, get_str, get_tool_choice, get_tools, is_int, json_bytes,
+                         limit_is_set, logprob, output_constraint, parse_json, piece,
+                         prompt_ids, read_body, reply_grammar, sampling_params,
+                         template_in_effect)
 from runtime.engine import ContextOverflowError, Engine, EngineBusy, Request
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
@@ -248,9 +249,7 @@ def build_app(st: State) -> bottle.Bottle:
             # would then read: with calls off, such a model is not shown the tools at all.
             # (A template with a tool format of its own keeps them, as it always did.)
             tools = None
-        # A forced call is itself JSON: it takes the place of a JSON response_format.
-        json_start = get_json_grammar(body)
-        start = forced_call(model, tools, tool_choice) or json_start
+        start = reply_grammar(model, tools, tool_choice, get_json_grammar(body))
         req = Request(
             prompt_ids=chat_ids(model, messages, tools,
                                 get_bool(body, "add_generation_prompt", True))[1],

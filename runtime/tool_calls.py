@@ -94,7 +94,7 @@ def _arguments_node(spec: dict):
     return node or jc.any_object()
 
 
-def call_grammar(tools: list, names: set | None, template: str) -> tuple:
+def call_grammar(tools: list, names: set | None, template: str, answer: bool = False) -> tuple:
     """The start state of a constraint under which the reply is one call to one of `names`
     (None: any declared tool): {"name": NAME, "arguments": {...}} with the arguments
     following that tool's schema, bare, or in a Hermes <tool_call> block when the chat
@@ -103,7 +103,10 @@ def call_grammar(tools: list, names: set | None, template: str) -> tuple:
 
     When the template cannot show tools, the prompt asked for llama.cpp's generic format,
     and the call is written in it: {"tool_call": {"name": NAME, "arguments": {...}}}
-    (llama.cpp's grammar for tool_choice "required" without parallel calls)."""
+    (llama.cpp's grammar for tool_choice "required" without parallel calls). With
+    `answer` (tool_choice "auto" there), {"response": TEXT} is allowed as well, as
+    llama.cpp's generic grammar does: the model either calls or answers, in the JSON
+    its prompt asked for (parse reads both back)."""
     calls, seen = [], set()
     for spec in _specs(tools):
         name = spec["name"]
@@ -116,7 +119,11 @@ def call_grammar(tools: list, names: set | None, template: str) -> tuple:
         raise ValueError("no tool to call")
     node = calls[0] if len(calls) == 1 else jc.Choice(tuple(calls))
     if uses_generic_format(template):
-        return jc.value_grammar(jc.object_node({GENERIC_CALL: node}))
+        call = jc.object_node({GENERIC_CALL: node})
+        if not answer:
+            return jc.value_grammar(call)
+        reply = jc.object_node({GENERIC_RESPONSE: jc.compile_schema({"type": "string"})})
+        return jc.value_grammar(jc.Choice((call, reply)))
     wrappers = [("", "")]
     if HERMES_OPEN in (template or ""):
         wrappers.append((HERMES_OPEN + "\n", "\n" + HERMES_CLOSE))

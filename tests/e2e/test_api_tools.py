@@ -433,6 +433,19 @@ def test_a_generic_response_is_the_answer_and_none_hides_the_tools(gemma_server_
     _, _, data = http_request("POST", url + "/v1/chat/completions", {**body, "stream": True})
     evs = sse_events(data)[:-1]
     assert "".join(e["choices"][0]["delta"].get("content") or "" for e in evs) == written["response"]
+    # Without a response_format of its own, "auto" holds such a model to the two JSON forms
+    # its prompt asked for (llama.cpp's generic grammar): a call, or an answer.
+    del body["response_format"]
+    status, r = post_json(url + "/v1/chat/completions", {**body, "logprobs": True})
+    assert status == 200, r
+    c = r["choices"][0]
+    written = json.loads("".join(t["token"] for t in c["logprobs"]["content"]))
+    assert set(written) in ({"tool_call"}, {"response"}), written
+    if "response" in written:
+        assert c["message"]["content"] == written["response"] and c["finish_reason"] == "stop"
+    else:
+        assert c["finish_reason"] == "tool_calls"
+        assert c["message"]["tool_calls"][0]["function"]["name"] == written["tool_call"]["name"]
     # tool_choice "none": the prompt is the one without tools.
     plain = {"messages": ask("Hello!"), "temperature": 0, "max_tokens": 1}
     _, without = post_json(url + "/v1/chat/completions", plain)

@@ -286,3 +286,8 @@ def test_a_forced_call_follows_the_templates_format():
     start = call_grammar(tools, None, _template(QWEN))
     assert whole(bare, start) is True and whole(hermes, start) is True
     assert whole(generic, start) is None
+    # tool_choice "auto" on the generic format: a call or an answer, both as JSON.
+    either = call_grammar(tools, None, _template(GEMMA), answer=True)
+    assert whole(generic, either) is True and whole('{"response": "It is sunny."}', either) is True
+    assert whole('It is sunny.', either) is None and whole('{"response": 1}', either) is None
+    assert whole(bare, either) is None
