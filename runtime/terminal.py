@@ -227,7 +227,10 @@ def _let_interrupts_settle(seconds: float = 0.3) -> None:
     """Wait a moment after a Ctrl+C before reading the next line. A one-file executable
     gets each Ctrl+C twice (PyInstaller's launcher forwards its copy a moment later); a
     copy landing while readline sets up the terminal left the prompt unprinted and the
-    line unread until Enter (seen 1 time in 5 in tests). Here it lands harmlessly."""
+    line unread until Enter (seen 1 time in 5 in tests). Here it lands harmlessly.
+    Anything else (python -m, a .pyz) gets each Ctrl+C once, and does not wait."""
+    if not getattr(sys, "frozen", False):
+        return
     end = time.monotonic() + seconds
     while (left := end - time.monotonic()) > 0:
         try:

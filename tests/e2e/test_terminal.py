@@ -255,3 +255,19 @@ def test_a_long_message_leaves_out_only_the_turns_it_must(tiny_model):
     assert text, "precondition: such a message exists"
     assert c.ask(text) is not None
     assert [m["content"] for m in c.history[:3]] == ["c", "d", text]
+
+
+def test_only_a_one_file_executable_waits_for_its_second_ctrl_c(monkeypatch):
+    """The 0.3 s pause after a Ctrl+C is for PyInstaller's forwarded copy of the signal;
+    `python -m` and a .pyz get one copy, and used to wait as well."""
+    from runtime import terminal
+    slept = []
+    monkeypatch.setattr(terminal.time, "sleep", slept.append)
+    monkeypatch.delattr(terminal.sys, "frozen", raising=False)
+    terminal._let_interrupts_settle()
+    assert slept == []
+    monkeypatch.setattr(terminal.sys, "frozen", True, raising=False)
+    clock = iter([0.0, 0.0, 0.5])
+    monkeypatch.setattr(terminal.time, "monotonic", lambda: next(clock))
+    terminal._let_interrupts_settle()
+    assert slept == [0.3]
