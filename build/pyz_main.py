@@ -89,6 +89,10 @@ def _remove_unused_builds(root: Path, ours: Path) -> None:
     and a runtime removed under a running server would break its next import."""
     if not sys.platform.startswith("linux"):
         return
+    try:  # /proc/*/maps names files by their real paths: compare like with like
+        root, ours = root.resolve(), ours.resolve()
+    except OSError:
+        return
     now = time.time()
     try:
         old = [d for d in root.iterdir() if _BUILD_DIR.fullmatch(d.name) and d != ours
@@ -103,6 +107,8 @@ def _remove_unused_builds(root: Path, ours: Path) -> None:
         if any(f.startswith(f"{d}/") for f in mapped):
             continue
         shutil.rmtree(d, ignore_errors=True)
+        if d.name.endswith(".tmp"):
+            continue  # a cut-short unpacking: its build's lock belongs to its build
         try:  # shiv's extraction lock next to it
             (root / f".{d.name}_lock").unlink()
         except OSError:

@@ -83,6 +83,8 @@ def _split_own_flags(argv: list[str]) -> tuple[dict, list[str]]:
                 own[key] = argv[i]
             else:
                 raise SystemExit(f"chatfile: error: {name} needs a value")
+            if not own[key]:  # "" would read as not given, and the server would start
+                raise SystemExit(f"chatfile: error: {name} needs a value, not an empty one")
         else:
             rest.append(a)
         i += 1
@@ -205,6 +207,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"chatfile: {NO_MODEL_HELP}\nRun with --help for the options.", file=sys.stderr)
         return 2
 
+    actions = [f for f in ("--info", "--verify", "--extract") if own[f[2:]]]
+    if len(actions) > 1:  # one would quietly win over the others
+        print(f"chatfile: error: {' and '.join(actions)} cannot be combined; give one",
+              file=sys.stderr)
+        return 2
     if own["verify"] or own["extract"]:
         if own["model"]:
             print("chatfile: error: --verify and --extract work on the embedded model; "

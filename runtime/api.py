@@ -219,14 +219,13 @@ def get_stop(body) -> list:
 LIMIT_KEYS = ("n_predict", "max_completion_tokens", "max_tokens")
 
 
-def get_max_tokens(body, n_ctx, allow_unlimited=False) -> int:
+def get_max_tokens(body, n_ctx) -> int:
     """The first of LIMIT_KEYS the request sets, capped at the context size; -1 = until
-    done. n_predict is llama-server's field, so its -1 ("no limit") is taken everywhere;
-    max_tokens' -1 only on llama-server's own routes (allow_unlimited)."""
+    done, on every route and under every name, as llama-server reads them (its own web
+    UI sends max_tokens -1 to /v1/chat/completions by default)."""
     for key in LIMIT_KEYS:
         if body.get(key) is not None:
-            lo = -1 if allow_unlimited or key == "n_predict" else 0
-            v = get_int(body, key, None, lo=lo, hi=INT32_MAX)
+            v = get_int(body, key, None, lo=-1, hi=INT32_MAX)
             return -1 if v < 0 else min(v, n_ctx)
     return -1
 
@@ -490,7 +489,7 @@ def get_tools(body) -> list | None:
     {"name": ...} is taken too (see tool_calls.declared_names). OpenAI's older 'functions'
     and 'function_call' are refused rather than ignored: no client would notice."""
     for old, new in (("functions", "tools"), ("function_call", "tool_choice")):
-        if body.get(old) is not None:
+        if body.get(old) not in (None, []):  # an empty list asks for nothing either
             raise ApiError(400, f"'{old}' (OpenAI's deprecated form) is not supported; "
                                 f"use '{new}'")
     tools = body.get("tools")
@@ -530,6 +529,17 @@ def get_tool_choice(body, tools: list | None):
         raise ApiError(400, f"'tool_choice' names the function {fn['name'][:60]!r}, "
                             f"which is not in 'tools'")
     return v
+
+
+def prompt_tools(model, tools: list | None, choice) -> list | None:
+    """The tools the prompt shows. With tool_choice "none", a model shown them in
+    llama.cpp's generic format (its template cannot show them) is not shown them at all:
+    that text asks for JSON that nothing would read. A template with a tool format of its
+    own keeps them, as it always did."""
+    from runtime.tool_calls import uses_generic_format
+    if tools and choice == "none" and uses_generic_format(template_in_effect(model)):
+        return None
+    return tools
 
 
 def reply_grammar(model, tools: list | None, choice, json_start):

@@ -1187,6 +1187,13 @@ def with_generic_tools(template: str, messages: Any, tools: Any) -> tuple[list, 
                 out.append({"role": "user", "content": text})
             after_result = True
             continue
+        if after_result and m.get("role") == "user":
+            # The user speaks right after a tool's result: one user turn, so that roles
+            # still alternate (Gemma's own templates refuse two user turns in a row).
+            text = _text(m.get("content"))
+            out[-1] = {**m, "content": out[-1]["content"] + ("\n\n" + text if text else "")}
+            after_result = False
+            continue
         after_result = False
         out.append(m)
     if fill_tools:

@@ -36,8 +36,8 @@ from runtime.api import (MAX_N_PROBS, MISSING, ApiError, chat_ids, check_n, erro
                          get_bool, get_int, get_json_grammar, get_max_tokens, get_messages,
                          get_stop, get_str, get_tool_choice, get_tools, is_int, json_bytes,
                          limit_is_set, logprob, output_constraint, parse_json, piece,
-                         prompt_ids, read_body, reply_grammar, sampling_params,
-                         template_in_effect)
+                         prompt_ids, prompt_tools, read_body, reply_grammar, sampling_params,
+                         split_prefill, template_in_effect)
 from runtime.engine import ContextOverflowError, Engine, EngineBusy, Request
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
@@ -243,13 +243,18 @@ def build_app(st: State) -> bottle.Bottle:
         # allows calling them; every other request takes the path it always took.
         tool_choice = get_tool_choice(body, tools)
         find_calls = tools is not None and tool_choice != "none"
-        template = template_in_effect(model) if tools else None
-        if tool_choice == "none" and tool_calls.uses_generic_format(template):
-            # The generic format's text tells the model to answer in JSON, which nothing
-            # would then read: with calls off, such a model is not shown the tools at all.
-            # (A template with a tool format of its own keeps them, as it always did.)
-            tools = None
-        start = reply_grammar(model, tools, tool_choice, get_json_grammar(body))
+        tools = prompt_tools(model, tools, tool_choice)
+        json_start = get_json_grammar(body)
+        start = reply_grammar(model, tools, tool_choice, json_start)
+        if start is not None and split_prefill(messages)[1] is not None:
+            # The constraint would start from the reply's first byte, after the prefill:
+            # the two together would not make one valid value.
+            raise ApiError(400, "an assistant prefill (a last assistant message) cannot be "
+                                "combined with response_format, json_schema or a forced "
+                                "tool call")
+        # The template in effect tells parse which formats the prompt asked for. A reply
+        # under the request's own JSON format is that JSON, never a {"response"} to unwrap.
+        template = template_in_effect(model) if tools and json_start is None else None
         req = Request(
             prompt_ids=chat_ids(model, messages, tools,
                                 get_bool(body, "add_generation_prompt", True))[1],
@@ -414,7 +419,7 @@ def build_app(st: State) -> bottle.Bottle:
         n_probs = get_int(body, "n_probs", 0, lo=0, hi=MAX_N_PROBS)
         req = Request(prompt_ids=ids, params=sampling_params(body, openai=False, default_temp=st.temperature,
                                                              model=model),
-                      max_tokens=get_max_tokens(body, st.n_ctx, allow_unlimited=True),
+                      max_tokens=get_max_tokens(body, st.n_ctx),
                       stop=get_stop(body), n_probs=n_probs,
                       cache_prompt=get_bool(body, "cache_prompt", True),
                       constraint=output_constraint(model, get_json_grammar(body)))
@@ -492,7 +497,7 @@ def build_app(st: State) -> bottle.Bottle:
                 raise ApiError(400, f"'input_extra[{i}].filename' must be a string")
             chunks.append((filename, chunk["text"]))
         prompt = get_str(body, "prompt", "")
-        n_predict = get_max_tokens(body, st.n_ctx, allow_unlimited=True)
+        n_predict = get_max_tokens(body, st.n_ctx)
         try:
             ids = list(model.fim_prompt(prefix, suffix, extra=chunks, prompt=prompt,
                                         n_ctx=st.n_ctx, n_predict=n_predict))
@@ -539,7 +544,9 @@ def build_app(st: State) -> bottle.Bottle:
     @app.post("/apply-template")
     @api
     def apply_template(model, body):
-        text, _ = chat_ids(model, get_messages(body, st.system), get_tools(body),
+        tools = get_tools(body)
+        tools = prompt_tools(model, tools, get_tool_choice(body, tools))  # as the chat route
+        text, _ = chat_ids(model, get_messages(body, st.system), tools,
                            get_bool(body, "add_generation_prompt", True))
         return ok({"prompt": text})
 

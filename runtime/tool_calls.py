@@ -237,7 +237,7 @@ def _parse_generic(text: str, names: set, response: bool) -> tuple[str | None, l
             return None
         content = value.get("content")
         return (_content(content) if isinstance(content, str) else None), calls
-    if response and GENERIC_RESPONSE in value:
+    if response and set(value) == {GENERIC_RESPONSE}:  # an object with more is not that
         answer = value[GENERIC_RESPONSE]
         return (answer if isinstance(answer, str)
                 else json.dumps(answer, ensure_ascii=False, indent=2)), []

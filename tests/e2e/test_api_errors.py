@@ -57,7 +57,7 @@ def field_cases():
     wrong = {
         "temperature": ["hot", -1, 2.5, True, [], {}],
         "top_p": ["x", 1.5, -0.1, False],
-        "max_tokens": [-1, -100, "10", 1.5, True, 2**40, []],
+        "max_tokens": [-2, -100, "10", 1.5, True, 2**40, []],
         "max_completion_tokens": [-5, "x", 2**31],
         "stop": [1, [1], {"a": 1}, [None], ["x"] * 17, True],
         "seed": ["x", 1.5, [], 2**70],
@@ -88,7 +88,7 @@ def field_cases():
         c.append(("/completion", {"prompt": p}, 400))
     c.append(("/v1/completions", {}, 400))
     c.append(("/completion", {}, 400))
-    for key, v in [("max_tokens", -1), ("max_tokens", "x"), ("echo", True), ("logprobs", 6),
+    for key, v in [("max_tokens", -2), ("max_tokens", "x"), ("echo", True), ("logprobs", 6),
                    ("logprobs", "x"), ("suffix", 1), ("best_of", 2), ("n", 3), ("temperature", 9),
                    ("stop", 5), ("stream", "no"), ("stream_options", [])]:
         c.append(("/v1/completions", comp(**{key: v}), 400))

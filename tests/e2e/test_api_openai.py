@@ -192,6 +192,11 @@ def test_a_last_assistant_message_is_continued(client, tiny_model):
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model="x", messages=msgs + [{"role": "assistant", "content": "x"}])
     assert "2 or more assistant messages" in str(e.value)
+    # A constraint would start after the prefill: prefill + reply would not be one value.
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="x", messages=msgs, max_tokens=4,
+                                       response_format={"type": "json_object"})
+    assert "prefill" in str(e.value) and "response_format" in str(e.value)
     # add_generation_prompt (llama-server's field) is honoured when nothing is prefilled
     r = client.chat.completions.create(model="x", messages=HELLO, temperature=0, max_tokens=1,
                                        extra_body={"add_generation_prompt": False})
@@ -213,3 +218,17 @@ def test_fields_we_cannot_honour_are_refused(client):
     assert "'suffix'" in str(e.value) and "/infill" in str(e.value)
     r = client.completions.create(model="x", prompt="def f(", suffix="", max_tokens=1)
     assert r.choices[0].text is not None
+
+
+def test_llama_server_web_ui_defaults_are_served(client):
+    """llama.cpp's web UI sends max_tokens -1 ("no limit") to the OpenAI route with every
+    message, and its sampler settings at their defaults; it used to get a 400. An empty
+    'functions' list asks for nothing and is no reason to refuse either."""
+    r = client.chat.completions.create(
+        model="x", messages=MSGS, temperature=0, max_tokens=-1,
+        extra_body={"samplers": "edkypmxt", "typical_p": 1, "xtc_probability": 0,
+                    "dry_multiplier": 0, "dry_penalty_last_n": -1, "dynatemp_range": 0,
+                    "timings_per_token": False, "functions": []})
+    assert r.choices[0].finish_reason in ("stop", "length")
+    c = client.completions.create(model="x", prompt="Hello", max_tokens=-1, temperature=0)
+    assert c.usage.completion_tokens > 16  # -1 is no limit, not OpenAI's default of 16

@@ -414,38 +414,39 @@ def test_a_forced_call_on_a_template_without_tools_is_a_tool_call(gemma_server_4
 
 
 def test_a_generic_response_is_the_answer_and_none_hides_the_tools(gemma_server_4k):
-    """Told the generic format, a model answers {"response": TEXT}: the client gets TEXT.
-    (The reply is made that JSON here by a response_format, as the random model would not
-    write it.) With tool_choice "none" the model is not shown the tools, since that text
-    asks for JSON nothing would read."""
+    """Told the generic format, a model answers {"response": TEXT}: the client gets TEXT
+    (with "auto" the reply is held to a call or that answer, as llama.cpp's generic grammar
+    does). A request's own JSON response_format is its JSON, never unwrapped. With
+    tool_choice "none" the model is not shown the tools, since that text asks for JSON
+    nothing would read."""
+    from runtime.model import Model
     url = gemma_server_4k.url
-    answer = {"type": "json_schema", "json_schema": {"name": "a", "strict": True, "schema": {
-        "type": "object", "properties": {"response": {"type": "string", "minLength": 1, "maxLength": 8}},
-        "required": ["response"], "additionalProperties": False}}}
+    # The random model always calls: ban every token with a "t" in it, so that only
+    # {"response": ...} can be written ("tool_call" needs a t, "response" has none).
+    vocab = Model.load(GEMMA3, vocab_only=True).tokenizer
+    no_t = [[i, False] for i in range(vocab.n_vocab) if b"t" in vocab.token_to_piece(i)]
     body = {"messages": ask("Hello!"), "tools": CITY_TOOLS, "temperature": 0,
-            "max_tokens": 200, "response_format": answer}
+            "max_tokens": 200, "logit_bias": no_t}
     status, r = post_json(url + "/v1/chat/completions", {**body, "logprobs": True})
     assert status == 200, r
     c = r["choices"][0]
     written = json.loads("".join(t["token"] for t in c["logprobs"]["content"]))
-    assert c["finish_reason"] == "stop" and "tool_calls" not in c["message"]
-    assert c["message"]["content"] == written["response"] != ""
+    assert set(written) == {"response"} and c["finish_reason"] == "stop", written
+    assert "tool_calls" not in c["message"] and c["message"]["content"] == written["response"]
     _, _, data = http_request("POST", url + "/v1/chat/completions", {**body, "stream": True})
     evs = sse_events(data)[:-1]
     assert "".join(e["choices"][0]["delta"].get("content") or "" for e in evs) == written["response"]
-    # Without a response_format of its own, "auto" holds such a model to the two JSON forms
-    # its prompt asked for (llama.cpp's generic grammar): a call, or an answer.
-    del body["response_format"]
-    status, r = post_json(url + "/v1/chat/completions", {**body, "logprobs": True})
-    assert status == 200, r
-    c = r["choices"][0]
-    written = json.loads("".join(t["token"] for t in c["logprobs"]["content"]))
-    assert set(written) in ({"tool_call"}, {"response"}), written
-    if "response" in written:
-        assert c["message"]["content"] == written["response"] and c["finish_reason"] == "stop"
-    else:
-        assert c["finish_reason"] == "tool_calls"
-        assert c["message"]["tool_calls"][0]["function"]["name"] == written["tool_call"]["name"]
+    # The request's own format that happens to be {"response": ...}: the JSON, as asked.
+    answer = {"type": "json_schema", "json_schema": {"name": "a", "strict": True, "schema": {
+        "type": "object", "properties": {"response": {"type": "string", "maxLength": 8}},
+        "required": ["response"], "additionalProperties": False}}}
+    status, r = post_json(url + "/v1/chat/completions", {**body, "response_format": answer})
+    content = r["choices"][0]["message"]["content"]
+    assert status == 200 and set(json.loads(content)) == {"response"}, r
+    # Without the ban, "auto" lets it call, in the generic format.
+    del body["logit_bias"]
+    status, r = post_json(url + "/v1/chat/completions", body)
+    assert status == 200 and r["choices"][0]["finish_reason"] == "tool_calls", r
     # tool_choice "none": the prompt is the one without tools.
     plain = {"messages": ask("Hello!"), "temperature": 0, "max_tokens": 1}
     _, without = post_json(url + "/v1/chat/completions", plain)
@@ -454,3 +455,11 @@ def test_a_generic_response_is_the_answer_and_none_hides_the_tools(gemma_server_
     _, auto = post_json(url + "/v1/chat/completions", {**plain, "tools": CITY_TOOLS})
     assert none["usage"]["prompt_tokens"] == without["usage"]["prompt_tokens"]
     assert auto["usage"]["prompt_tokens"] > without["usage"]["prompt_tokens"] + 300
+    # /apply-template shows the prompt the chat route would send, tool_choice included.
+    shown = {c: post_json(url + "/apply-template", {"messages": ask("Hello!"), "tools": CITY_TOOLS,
+                                                    **({"tool_choice": c} if c else {})})[1]
+             for c in ("none", None)}
+    assert "get_weather" not in shown["none"]["prompt"] and "get_weather" in shown[None]["prompt"]
+    status, r = post_json(url + "/apply-template", {"messages": ask("Hello!"),
+                                                   "tool_choice": "sometimes"})
+    assert status == 400 and "tool_choice" in r["error"]["message"]

@@ -346,7 +346,11 @@ def test_a_pyz_removes_the_runtimes_of_builds_unused_for_a_month(bundles, tmp_pa
     used to stay forever. A start now removes other builds' runtimes that no bundle has
     started for a month, unless a running process still maps a file of theirs."""
     path = _bundle(bundles, "pyz")
+    # Reached through a symlink (a symlinked /home): /proc names mapped files by their
+    # real paths, which must still match.
+    (tmp_path / "real-shiv").mkdir()
     root = tmp_path / "shiv"
+    root.symlink_to(tmp_path / "real-shiv")
     month_ago_s = time.time() - 31 * 86400
 
     def runtime(name, last_used_s=None):
@@ -437,3 +441,13 @@ def test_an_unknown_option_of_a_bundle_names_the_bundle(bundles, tmp_path):
                            env=_env(tmp_path), cwd=tmp_path, timeout=120)
         assert r.returncode == 1 and why in r.stderr and r.stderr.count("\n") == 1, r.stderr
     assert not (tmp_path / "-").exists()
+    # An empty value used to read as no value: the server started instead.
+    for args, why in ((["--extract", ""], "--extract needs a value, not an empty one"),
+                      (["--extract="], "--extract needs a value, not an empty one"),
+                      (["-m", ""], "-m needs a value, not an empty one"),
+                      (["--info", "--verify"], "--info and --verify cannot be combined"),
+                      (["--extract", "x.gguf", "--info"], "--info and --extract cannot be combined")):
+        r = subprocess.run([*_cmd(path), *args], capture_output=True, text=True,
+                           env=_env(tmp_path), cwd=tmp_path, timeout=120)
+        assert r.returncode == 2 and why in r.stderr and "listening" not in r.stdout, (args, r)
+    assert not (tmp_path / "x.gguf").exists()

@@ -570,6 +570,18 @@ def test_past_calls_and_results_render_in_gemma_roles():
                         '"arguments": {"city": "Paris"}}, "content": "Checking."}<end_of_turn>\n')
 
 
+def test_the_user_speaking_after_a_tool_result_shares_its_turn():
+    """Gemma 2's own template refuses two user turns in a row: a result (written as a user
+    turn) followed by the user's next question used to be a 400."""
+    source, _ = _fixture("google-gemma-2-2b-it")
+    messages = [*ROUND_TRIP, {"role": "user", "content": "And in Rome?"}]
+    out = ct.render(source, messages, tools=[WEATHER, CLOCK])
+    turn = out.split("<start_of_turn>")[-2]
+    assert turn.startswith('user\n{"tool_response": ') and turn.endswith(
+        "\n\nAnd in Rome?<end_of_turn>\n"), turn
+    assert out.endswith("<start_of_turn>model\n")
+
+
 def test_a_template_that_renders_tool_results_keeps_them():
     source, _ = _fixture("HuggingFaceTB-SmolLM3-3B")   # has a "tool" role, shows no tools
     out = ct.render(source, ROUND_TRIP, tools=[WEATHER])

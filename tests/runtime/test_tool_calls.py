@@ -236,6 +236,9 @@ def test_a_generic_response_is_the_content_only_for_a_generic_template():
         # Unknown template, or one with its own tool format: JSON the user may have asked for.
         assert parse(text, TOOLS) == (text, [])
         assert parse(text, TOOLS, _template(QWEN)) == (text, [])
+    # An object with more than the answer in it is not the generic answer: it stays JSON.
+    text = '{"response": "x", "other": 1}'
+    assert parse(text, TOOLS, _template(GEMMA)) == (text, [])
 
 
 def test_a_template_with_its_own_format_gets_exactly_its_formats():
