@@ -224,7 +224,16 @@
         // A non-blank, indented line continues the previous item's text.
         if (stack.length && /^\s+\S/.test(line) && !RE_FENCE.test(line)) {
           var top = stack[stack.length - 1];
-          top.lastItem.appendChild(el("br"));
+          // A pipe table inside the item: the same rules as a top-level one, and its
+          // delimiter row is indented too (an unindented line ends the list).
+          var found = /^\s/.test(lines[i + 1] || "") && tableStart(lines, i);
+          if (found) {
+            var tab = table(lines, i, found, true);
+            top.lastItem.appendChild(tab.node);
+            i = tab.next; continue;
+          }
+          // After a table (a block) the text needs no line break of its own.
+          if (!isTable(top.lastItem.lastChild)) top.lastItem.appendChild(el("br"));
           renderInline(line.trim(), top.lastItem, false);
           i += 1; continue;
         }
@@ -321,10 +330,16 @@
     return head.length === aligns.length ? { head: head, aligns: aligns } : null;
   }
 
-  /* Body rows run until a blank line, a line without a pipe, or another block. */
-  function endsTable(line) {
+  /* Body rows run until a blank line, a line without a pipe, or another block; in a list
+   * item also until a line that is not indented (it ends the list). */
+  function endsTable(line, inItem) {
     return /^\s*$/.test(line) || line.indexOf("|") < 0 || RE_FENCE.test(line) ||
-      RE_HEADING.test(line) || RE_QUOTE.test(line) || RE_ITEM.test(line);
+      RE_HEADING.test(line) || RE_QUOTE.test(line) || RE_ITEM.test(line) ||
+      (inItem && !/^\s/.test(line));
+  }
+
+  function isTable(node) {
+    return !!node && node.className === "table-wrap";
   }
 
   function tableRow(cells, aligns, tag) {
@@ -339,7 +354,7 @@
   }
 
   /* Builds the table that tableStart found at lines[i]; the wrapper scrolls sideways. */
-  function table(lines, i, found) {
+  function table(lines, i, found, inItem) {
     var wrap = el("div", "table-wrap");
     var tableEl = el("table");
     var thead = el("thead");
@@ -347,7 +362,7 @@
     tableEl.appendChild(thead);
     var tbody = el("tbody");
     i += 2;
-    while (i < lines.length && !endsTable(lines[i])) {
+    while (i < lines.length && !endsTable(lines[i], inItem)) {
       tbody.appendChild(tableRow(tableCells(lines[i]), found.aligns, "td"));
       i += 1;
     }

@@ -699,11 +699,15 @@ RENDER_TABLES = """(text) => {
         align: getComputedStyle(c).textAlign,
         code: [...c.querySelectorAll('code')].map(e => e.textContent),
         inner: [...c.querySelectorAll('*')].map(e => e.tagName.toLowerCase())}));
+    const ancestors = (e) => e === d ? [] :  // tags from the message body down to e
+        ancestors(e.parentElement).concat(e.tagName.toLowerCase());
     const r = {
         blocks: [...d.children].map(e => e.tagName.toLowerCase() + (e.className ? '.' + e.className : '')),
         paragraphs: [...d.querySelectorAll('p')].map(p => p.innerText),
         text: d.textContent,
         tables: [...d.querySelectorAll('table')].map(t => ({
+            within: ancestors(t.parentElement),
+            item: t.closest('li') && t.closest('li').firstChild.textContent,
             head: [...t.querySelectorAll(':scope > thead > tr')].map(cells),
             body: [...t.querySelectorAll(':scope > tbody > tr')].map(cells)})),
     };
@@ -845,6 +849,69 @@ def test_markdown_lines_with_pipes_but_no_delimiter_row_stay_text(page):
     # A table inside a code fence is code.
     r = render_md(page, "```\n| a | b |\n|---|---|\n| 1 | 2 |\n```")
     assert r["tables"] == [] and r["blocks"] == ["div.code-block"]
+
+
+def test_markdown_table_inside_a_list_item(page):
+    # An indented table under an item belongs to that item (as on GitHub), with the rules of
+    # a top-level table: it needs its delimiter row, and it ends where the item ends.
+    r = render_md(page, "- item\n  | a | b |\n  |---|---|\n  | 1 | 2 |")
+    assert r["blocks"] == ["ul"], r["blocks"]
+    [t] = r["tables"]
+    assert t["within"] == ["ul", "li", "div"] and t["item"] == "item", t
+    assert [[c["tag"] for c in row] for row in t["head"] + t["body"]] == [["th", "th"], ["td", "td"]]
+    assert texts(t["head"]) == [["a", "b"]] and texts(t["body"]) == [["1", "2"]]
+    assert "|" not in r["text"] and "---" not in r["text"]
+
+    r = render_md(page, "1. First\n"
+                        "2. Sizes:\n"
+                        "   | Model | **Params** |\n"
+                        "   | :-- | --: |\n"
+                        "   | Qwen | 0.5B |\n"
+                        "   | Gemma | 270M |\n"
+                        "   Both are small.\n"
+                        "3. Third\n"
+                        "| not | in the list |")
+    assert r["blocks"] == ["ol", "p"], r["blocks"]
+    [t] = r["tables"]
+    assert t["within"] == ["ol", "li", "div"] and t["item"] == "Sizes:", t
+    assert texts(t["head"]) == [["Model", "Params"]] and t["head"][0][1]["inner"] == ["strong"]
+    assert texts(t["body"]) == [["Qwen", "0.5B"], ["Gemma", "270M"]]
+    assert [c["align"] for c in t["body"][0]] == ["left", "right"]
+    items = page.evaluate("""(text) => [...ChatMarkdown.render(text).querySelector('ol').children]
+        .map(li => [...li.childNodes].map(n => n.nodeName.toLowerCase()))""",
+                          "1. First\n2. Sizes:\n   | a | b |\n   |---|---|\n   Both are small.\n3. Third")
+    # The text after the table follows it directly, without a stray line break.
+    assert items == [["#text"], ["#text", "div", "#text"], ["#text"]], items
+    assert r["paragraphs"] == ["| not | in the list |"]
+
+    # Under a nested item, the table goes into that item; a later item is its own.
+    r = render_md(page, "- top\n  - sub\n    x | y\n    --|--\n    3 | 4\n  - next")
+    [t] = r["tables"]
+    assert t["within"] == ["ul", "li", "ul", "li", "div"] and t["item"] == "sub", t
+    assert texts(t["body"]) == [["3", "4"]] and r["text"].endswith("next")
+
+    # While a reply streams in, the item's lines stay text until the delimiter row is complete.
+    text = "- Sizes:\n  | Model | Params |\n  | :-- | --: |\n  | Qwen | 0.5B |"
+    delim_done = text.index("--: |") + len("--: |")
+    for n in range(2, len(text) + 1):  # from "- " on
+        r = render_md(page, text[:n])
+        assert r["blocks"] == ["ul"], (n, r["blocks"])
+        assert len(r["tables"]) == (n >= delim_done), (n, r["tables"])
+        if n >= delim_done:
+            assert texts(r["tables"][0]["head"]) == [["Model", "Params"]], n
+
+
+def test_markdown_list_items_with_pipes_but_no_table_stay_text(page):
+    for text in ("- run `a | b`\n  or cat f | grep x\n  | one | row |",
+                 "- item\n  | a | b |\n  |---|---|---|",     # widths differ
+                 "- item\n  | a | b |\n  | -- | x |",         # not a delimiter row
+                 "- item\n  | a | b |\n|---|---|\n| 1 | 2 |",  # delimiter row not in the item
+                 "1. item\n   | a | b |\n   |---|---"):        # still streaming
+        r = render_md(page, text)
+        assert r["tables"] == [], text
+        assert r["blocks"][0] in ("ul", "ol"), (text, r["blocks"])
+        for line in text.split("\n"):
+            assert re.sub(r"^\s*(- |1\. )?", "", line).replace("`", "") in r["text"], (text, r["text"])
 
 
 def test_markdown_partial_table_while_streaming(page):
