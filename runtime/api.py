@@ -288,9 +288,14 @@ def get_logit_bias(body, model) -> dict | None:
             out[t] = out.get(t, 0.0) + b
     if len(out) > MAX_LOGIT_BIAS:
         raise ApiError(400, f"'logit_bias' names more than {MAX_LOGIT_BIAS} tokens")
-    if sum(1 for b in out.values() if b == -math.inf) >= n_vocab:
-        raise ApiError(400, "'logit_bias' bans every token")
+    _refuse_banning_all(out, n_vocab, "'logit_bias' bans every token")
     return out or None
+
+
+def _refuse_banning_all(bias: dict, n_vocab: int, message: str) -> None:
+    """A bias that bans (-inf) every token leaves the sampler nothing to choose: a 400."""
+    if sum(1 for b in bias.values() if b == -math.inf) >= n_vocab:
+        raise ApiError(400, message)
 
 
 # llama-server's samplers that ours does not have: (field, is the sampler off at this
@@ -356,8 +361,7 @@ def eog_banned(bias: dict | None, model) -> dict:
     out = dict(bias or {})
     for t in getattr(model, "eog_ids", ()) or ():
         out[t] = -math.inf
-    if sum(1 for b in out.values() if b == -math.inf) >= model.n_vocab:
-        raise ApiError(400, "'logit_bias' with 'ignore_eos' bans every token")
+    _refuse_banning_all(out, model.n_vocab, "'logit_bias' with 'ignore_eos' bans every token")
     return out
 
 

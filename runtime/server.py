@@ -773,8 +773,11 @@ def _is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
+ANY_ADDRESS = ("0.0.0.0", "::", "")   # hosts that mean every network interface
+
+
 def _display_host(host: str) -> str:
-    if host in ("0.0.0.0", "::", ""):
+    if host in ANY_ADDRESS:
         return "127.0.0.1"
     return f"[{host}]" if ":" in host else host
 
@@ -886,7 +889,7 @@ def serve(model_path, *, gguf_offset=0, gguf_size=None, host="127.0.0.1", port=8
     print(f"chatfile: listening on {srv.url}", flush=True)
     if not _is_loopback(host):
         # The URL above is where this machine's browser goes; say what else can reach it.
-        where = "every network interface" if host in ("0.0.0.0", "::", "") else host
+        where = "every network interface" if host in ANY_ADDRESS else host
         print(f"chatfile: warning: listening on {where} (port {srv.port}): other machines "
               f"can reach this server" + ("" if api_key else
                                           ", and use it: no --api-key was given"), flush=True)

@@ -56,7 +56,8 @@ class _Chat:
         fits with room for the reply; None (reported) when the message alone does not."""
         n_ctx = self.engine.n_ctx
         budget_tok = n_ctx - self._reply_reserve()
-        ids = chat_prompt_ids(self.model, self.messages(user_text))[1]
+        renders: dict = {}   # pairs left out -> prompt ids, so no prompt is made twice
+        ids = self._prompt_without(user_text, 0, renders)
         if len(ids) <= budget_tok:   # the common case: one render, nothing left out
             return ids
         # Leave out whole user/assistant pairs from the oldest, so the kept history starts
@@ -69,7 +70,6 @@ class _Chat:
         # next turns only append to this prompt and prefill just what they add. When even
         # the message alone leaves no such slack, the fewest pairs that fit at all.
         slack_tok = n_ctx // 4
-        renders = {0: ids}   # pairs left out -> prompt ids, so no prompt is made twice
         found = (self._fewest_pairs_to_fit(user_text, budget_tok - slack_tok, renders)
                  or self._fewest_pairs_to_fit(user_text, budget_tok, renders))
         if found is None:
