@@ -128,7 +128,7 @@ def main(argv=None) -> int:
     try:
         print(model_path(MODELS[argv[1]] if len(argv) == 2 else DEFAULT))
     except ModelFetchError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"chatfile: error: {e}", file=sys.stderr)
         return 1
     return 0
 

@@ -185,22 +185,22 @@ def run_bench(args) -> int:
     for wanted, flag, module in ((args.against_llama_cpp, "--against-llama-cpp", "llama_cpp"),
                                  (args.plot, "--plot", "matplotlib")):
         if wanted and not importlib.util.find_spec(module):
-            print(f"error: {flag} needs the Python package {module}: "
+            print(f"chatfile: error: {flag} needs the Python package {module}: "
                   "pip install 'chatfile[bench]'", file=sys.stderr)
             return 1
     for out in (args.json, args.plot):
         if out and not os.path.isdir(os.path.dirname(os.path.abspath(out))):
-            print(f"error: cannot write {out}: its directory does not exist", file=sys.stderr)
+            print(f"chatfile: error: cannot write {out}: its directory does not exist", file=sys.stderr)
             return 1
         if out and os.path.isdir(out):
-            print(f"error: cannot write {out}: it is a directory", file=sys.stderr)
+            print(f"chatfile: error: cannot write {out}: it is a directory", file=sys.stderr)
             return 1
     offset, size = getattr(args, "gguf_offset", 0), getattr(args, "gguf_size", None)
     from runtime.model import Model
     vocab = Model.load(args.model, offset=offset, size=size, vocab_only=True)
     need_tok = args.prompt_tokens + args.gen_tokens
     if vocab.n_ctx_train and need_tok > vocab.n_ctx_train:
-        print(f"error: --prompt-tokens {args.prompt_tokens} + --gen-tokens {args.gen_tokens} "
+        print(f"chatfile: error: --prompt-tokens {args.prompt_tokens} + --gen-tokens {args.gen_tokens} "
               f"need a context of {need_tok} tokens; this model's is {vocab.n_ctx_train}",
               file=sys.stderr)
         return 1

@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None, bundle: str | None = None) -> int:
         # Its user never typed `chatfile run MODEL`: errors name the bundle and its --help,
         # not that usage line.
         def bundle_error(message):
-            print(f"{bundle}: error: {message} (`{bundle} --help` lists the options)",
+            print(f"chatfile: error: {message} (`{bundle} --help` lists the options)",
                   file=sys.stderr)
             sys.exit(2)
         for p in (parser, *parser.commands.values()):
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None, bundle: str | None = None) -> int:
         parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     problem = check_args(args)
     if problem:
-        print(f"error: {problem}", file=sys.stderr)
+        print(f"chatfile: error: {problem}", file=sys.stderr)
         return 2
     set_threads(getattr(args, "threads", None))
     try:
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None, bundle: str | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
         return 0
     except (OSError, ValueError, MemoryError) as e:  # GGUFError, TemplateError, ... are ValueErrors
-        print(f"error: {e}", file=sys.stderr)
+        print(f"chatfile: error: {e}", file=sys.stderr)
         return 1
 
 

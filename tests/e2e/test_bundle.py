@@ -424,13 +424,13 @@ def test_an_unknown_option_of_a_bundle_names_the_bundle(bundles, tmp_path):
     r = subprocess.run([*_cmd(path), "--no-browser", "--bogus"], capture_output=True,
                        text=True, env=_env(tmp_path), timeout=120)
     assert r.returncode == 2
-    assert r.stderr == ("tiny.pyz: error: unrecognized arguments: --bogus "
+    assert r.stderr == ("chatfile: error: unrecognized arguments: --bogus "
                         "(`tiny.pyz --help` lists the options)\n"), r.stderr
     # A bad value of a known option too, and --extract's mistakes.
     r = subprocess.run([*_cmd(path), "--port", "abc"], capture_output=True, text=True,
                        env=_env(tmp_path), timeout=120)
     assert r.returncode == 2 and "usage:" not in r.stderr and r.stderr == (
-        "tiny.pyz: error: argument --port: invalid int value: 'abc' "
+        "chatfile: error: argument --port: invalid int value: 'abc' "
         "(`tiny.pyz --help` lists the options)\n"), r.stderr
     r = subprocess.run([*_cmd(path), "--version"], capture_output=True, text=True,
                        env=_env(tmp_path), timeout=120)

@@ -48,7 +48,7 @@ def test_info_on_a_broken_file_is_a_clear_error(tmp_path):
     p.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\xff" * 16)
     r = chatfile("info", p)
     assert r.returncode == 1
-    assert r.stderr.startswith("error: ") and "Traceback" not in r.stderr
+    assert r.stderr.startswith("chatfile: error: ") and "Traceback" not in r.stderr
 
 
 def test_run_on_a_missing_file_is_a_clear_error(tmp_path):
@@ -94,7 +94,7 @@ def test_bad_numbers_are_refused_before_anything_loads():
                       (["bench", model, "--gen-tokens", "0"], "--gen-tokens must be positive"),
                       (["bench", model, "--prompt-tokens", "-3"], "--prompt-tokens must be positive")):
         r = chatfile(*args, timeout=60)
-        assert r.returncode == 2 and r.stderr.startswith(f"error: {why}"), (args, r.stderr)
+        assert r.returncode == 2 and r.stderr.startswith(f"chatfile: error: {why}"), (args, r.stderr)
         assert r.stderr.count("\n") == 1  # one line, no traceback
 
 
@@ -167,7 +167,7 @@ def test_weights_that_do_not_fit_in_memory_are_a_clear_error(monkeypatch, capsys
     monkeypatch.setattr(model.mmap, "mmap", no_anonymous_memory)
     assert main(["chat", str(MODELS / "tiny-llama-q8_0.gguf"), "--mode", "f32"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: cannot allocate") and "--mode quant" in err, err
+    assert err.startswith("chatfile: error: cannot allocate") and "--mode quant" in err, err
 
 
 def test_a_numpy_built_for_another_python_is_named(tmp_path, monkeypatch, capsys):
@@ -196,13 +196,13 @@ def test_small_command_line_mistakes_get_a_clear_line_early(tmp_path):
     model = MODELS / "tiny-qwen2-q8_0.gguf"
     # The benchmark checks what it cannot do before minutes of measuring.
     r = chatfile("bench", model, "--json", tmp_path, timeout=60)
-    assert r.returncode == 1 and r.stderr == f"error: cannot write {tmp_path}: it is a directory\n"
+    assert r.returncode == 1 and r.stderr == f"chatfile: error: cannot write {tmp_path}: it is a directory\n"
     r = chatfile("bench", model, "--prompt-tokens", "100000", timeout=60)
     assert r.returncode == 1 and "need a context of 100128 tokens; this model's is" in r.stderr
     assert r.stderr.count("\n") == 1
     # Something that exists but is no file is not "no such file".
     r = chatfile("info", "/dev/null", timeout=60)
-    assert r.returncode == 1 and r.stderr == "error: cannot open /dev/null: not a regular file\n"
+    assert r.returncode == 1 and r.stderr == "chatfile: error: cannot open /dev/null: not a regular file\n"
 
 
 def test_info_into_a_pipe_closed_early_is_not_an_error():
