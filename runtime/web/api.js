@@ -19,9 +19,10 @@
   ApiError.prototype = Object.create(Error.prototype);
 
   /* fetch() itself failed: nothing is listening at the page's origin. */
-  function ServerGoneError() {
+  function ServerGoneError(cutOff) {
     this.name = "ServerGoneError";
     this.message = "The chatfile server is not running.";
+    this.cutOff = !!cutOff; // it went away in the middle of an answer
   }
   ServerGoneError.prototype = Object.create(Error.prototype);
 
@@ -140,7 +141,7 @@
       } catch (e) {
         if (e && e.name === "AbortError") throw e;
         if (signal && signal.aborted) { var ab = new Error("aborted"); ab.name = "AbortError"; throw ab; }
-        throw new ServerGoneError();
+        throw new ServerGoneError(true);
       }
       if (step.done) break;
       pending += decoder.decode(step.value, { stream: true });
@@ -155,6 +156,9 @@
     }
     if (!done && pending.trim().indexOf("data:") === 0) handleEvent(pending.trim().slice(5).trim());
     try { reader.cancel(); } catch (e) { /* already closed */ }
+    // The server ends a stream by closing the connection (HTTP/1.0), so a server that
+    // died mid-answer looks like an ending too: only [DONE] or a finish_reason is one.
+    if (!done && !result.finishReason) throw new ServerGoneError(true);
     return result;
   }
 

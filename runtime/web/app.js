@@ -16,6 +16,7 @@
   var SERVER_GONE_POLL_MS = 2000;
   var TITLE_FROM_MESSAGE_CHARS = 40;
   var MSG_SERVER_GONE = "The chatfile server is not running. Start it again (for example `chatfile run`), then reload this page.";
+  var MSG_SERVER_GONE_MIDWAY = "The chatfile server stopped in the middle of this reply. Start it again (for example `chatfile run`), then reload this page.";
   var MSG_CONTEXT_FULL = "The conversation no longer fits in the model's context. Start a new chat, or edit your message to make it shorter.";
   var MSG_DROPPED = "Older messages were left out to fit the context.";
   var SAVE_EVERY_MS = 2000; // how often a reply is saved while it streams
@@ -330,6 +331,7 @@
 
     var body = document.createElement("div");
     body.className = "msg-body";
+    body.dir = "auto"; // Arabic or Hebrew text reads right to left
     body.setAttribute("data-testid", "message-body");
     renderBody(body, m);
     wrap.appendChild(body);
@@ -518,12 +520,16 @@
   }
 
   /* The conversation as it would be sent: the chat's own system message, or the
-   * settings' system prompt when it has none. -> {pinned: [system?], rest: [...]} */
+   * settings' system prompt when it has none. A prompt cleared in the settings is sent
+   * empty when the server has a default (`--system`), which the server would otherwise
+   * add. -> {pinned: [system?], rest: [...]} */
   function withSystem(c, settings) {
     var rest = c.messages.slice();
     var pinned = [];
     if (rest.length && rest[0].role === "system") pinned.push(rest.shift());
-    else if (settings.systemPrompt.trim()) pinned.push({ role: "system", content: settings.systemPrompt });
+    else if (settings.systemPrompt.trim() || state.defaults.systemPrompt.trim()) {
+      pinned.push({ role: "system", content: settings.systemPrompt.trim() ? settings.systemPrompt : "" });
+    }
     return { pinned: pinned, rest: rest };
   }
 
@@ -662,7 +668,7 @@
   }
 
   function describeError(e) {
-    if (e instanceof Api.ServerGoneError) return MSG_SERVER_GONE;
+    if (e instanceof Api.ServerGoneError) return e.cutOff ? MSG_SERVER_GONE_MIDWAY : MSG_SERVER_GONE;
     if (e instanceof Api.ApiError) {
       if (e.status === 400 && /context|too long|exceed/i.test(e.message + " " + e.type + " " + e.code)) {
         return MSG_CONTEXT_FULL + " (Server: " + e.message + ")";
@@ -744,8 +750,10 @@
         else if (msg) c.messages.splice(c.messages.indexOf(msg), 1);
       } else {
         setError(describeError(e));
-        // Keep the user's message; drop an empty reply so Regenerate/Edit can retry.
+        // Keep the user's message; drop an empty reply so Regenerate/Edit can retry. A
+        // reply cut off half way is kept, marked as stopped like one the user stopped.
         if (msg && !msg.content) c.messages.splice(c.messages.indexOf(msg), 1);
+        else if (msg) msg.stopped = true;
       }
     } finally {
       if (state.controller === controller) state.controller = null;
@@ -755,7 +763,10 @@
       if (c === current()) {
         renderAll();
       } else {
+        // The user moved to another chat (or deleted this one) while it streamed: that
+        // chat's view was drawn while busy, so its Send button must come back here.
         renderSidebar();
+        updateButtons();
       }
     }
   }

@@ -24,9 +24,14 @@
     return SAFE_PROTOCOLS[url.protocol] ? url.href : null;
   }
 
+  // Blocks of prose take their direction from their own first strong character, so an
+  // Arabic or Hebrew paragraph reads right to left among English ones. Code stays LTR.
+  var AUTO_DIR = { p: 1, li: 1, h1: 1, h2: 1, h3: 1, h4: 1, h5: 1, h6: 1, td: 1, th: 1, blockquote: 1 };
+
   function el(tag, className) {
     var node = document.createElement(tag);
     if (className) node.className = className;
+    if (AUTO_DIR[tag]) node.dir = "auto";
     return node;
   }
 
@@ -35,11 +40,13 @@
   // Sticky regexes: each is tried exactly at position i (lastIndex = i).
   var RE_ESCAPE = /\\([\\`*_{}\[\]()#+\-.!~>|])/y;
   var RE_CODE = /(`+)([\s\S]*?[^`])\1(?!`)/y;
+  var RE_STRONG_EM = /(\*\*\*|___)(?=\S)([\s\S]*?\S)\1(?![*_])/y;
   var RE_STRONG = /(\*\*|__)(?=\S)([\s\S]*?\S)\1/y;
   var RE_EM = /([*_])(?=[^\s*_])([\s\S]*?[^\s\\])\1(?![*_])/y;
   var RE_DEL = /~~(?=\S)([\s\S]*?\S)~~/y;
-  var RE_LINK = /\[([^\[\]\n]*)\]\(\s*<?([^\s()<>]*)>?(?:\s+"[^"\n]*")?\s*\)/y;
-  var RE_AUTOLINK = /(?:https?:\/\/|mailto:)[^\s<>()"'`]*[^\s<>()"'`.,;:!?*_~]/iy;
+  // A URL may hold balanced parentheses, one level deep (Wikipedia's "Foo_(bar)").
+  var RE_LINK = /\[([^\[\]\n]*)\]\(\s*<?((?:[^\s()<>]|\([^\s()<>]*\))*)>?(?:\s+"[^"\n]*")?\s*\)/y;
+  var RE_AUTOLINK = /(?:https?:\/\/|mailto:)(?:[^\s<>()"'`]|\([^\s<>()"'`]*\))*(?:[^\s<>()"'`.,;:!?*_~]|\([^\s<>()"'`]*\))/iy;
 
   function at(re, src, i) {
     re.lastIndex = i;
@@ -94,6 +101,19 @@
         parent.appendChild(node);
         i += m[0].length; continue;
       }
+      // ***text***: emphasis around strong, as CommonMark reads it.
+      if ((c === "*" || c === "_") &&
+          (m = tryAt("strongem" + c, RE_STRONG_EM,
+                     src[i + 1] === c && src[i + 2] === c && /\S/.test(src[i + 3] || ""))) &&
+          !(c === "_" && (isWordChar(src[i - 1]) || isWordChar(src[i + m[0].length])))) {
+        flush();
+        node = el("em");
+        var inner = el("strong");
+        renderInline(m[2], inner, inLink);
+        node.appendChild(inner);
+        parent.appendChild(node);
+        i += m[0].length; continue;
+      }
       if ((c === "*" || c === "_") &&
           (m = tryAt("strong" + c, RE_STRONG, src[i + 1] === c && /\S/.test(src[i + 2] || ""))) &&
           !(c === "_" && (isWordChar(src[i - 1]) || isWordChar(src[i + m[0].length])))) {
@@ -145,7 +165,9 @@
 
   /* ---------- blocks ---------- */
 
-  var RE_FENCE = /^ {0,3}(`{3,}|~{3,})\s*([^`\s]*)[^`]*$/;
+  // Any indentation: there are no indented code blocks here, and a fence under a list
+  // item is indented by the item's width.
+  var RE_FENCE = /^([ \t]*)(`{3,}|~{3,})\s*([^`\s]*)[^`]*$/;
   var RE_HEADING = /^ {0,3}(#{1,6})\s+(.*?)\s*#*\s*$/;
   var RE_HR = /^ {0,3}([-*_])(\s*\1){2,}\s*$/;
   var RE_ITEM = /^(\s*)([-*+]|\d{1,9}[.)])\s+(.*)$/;
@@ -153,6 +175,7 @@
 
   function codeBlock(code, lang) {
     var wrap = el("div", "code-block");
+    wrap.dir = "ltr"; // even inside a right-to-left message
     var head = el("div", "code-head");
     var label = el("span", "code-lang");
     label.textContent = lang || "code";
@@ -198,6 +221,21 @@
     document.body.removeChild(ta);
   }
 
+  /* The fenced code block whose opening fence `m` (RE_FENCE's match) is lines[i]:
+   * {node, next}. Its lines lose as much indentation as the opening fence has, as in
+   * CommonMark, so that code under a list item is copied without the item's indent. An
+   * unclosed fence (still streaming) runs to the end of the text. */
+  function fenced(lines, i, m) {
+    var fence = m[2], body = [];
+    var close = new RegExp("^[ \\t]*" + fence[0] + "{" + fence.length + ",}\\s*$");
+    var indent = new RegExp("^[ \\t]{0," + m[1].length + "}");
+    for (i += 1; i < lines.length; i++) {
+      if (close.test(lines[i])) { i += 1; break; }
+      body.push(lines[i].replace(indent, ""));
+    }
+    return { node: codeBlock(body.join("\n"), m[3]), next: i };
+  }
+
   /* Lines of one paragraph keep their line breaks: models use single newlines on purpose. */
   function paragraph(lines) {
     var p = el("p");
@@ -222,8 +260,14 @@
       var m = RE_ITEM.exec(line);
       if (!m) {
         // A non-blank, indented line continues the previous item's text.
-        if (stack.length && /^\s+\S/.test(line) && !RE_FENCE.test(line)) {
+        if (stack.length && /^\s+\S/.test(line)) {
           var top = stack[stack.length - 1];
+          var fence = RE_FENCE.exec(line);
+          if (fence) { // code inside the item
+            var code = fenced(lines, i, fence);
+            top.lastItem.appendChild(code.node);
+            i = code.next; continue;
+          }
           // A pipe table inside the item: the same rules as a top-level one, and its
           // delimiter row is indented too (an unindented line ends the list).
           var found = /^\s/.test(lines[i + 1] || "") && tableStart(lines, i);
@@ -232,8 +276,8 @@
             top.lastItem.appendChild(tab.node);
             i = tab.next; continue;
           }
-          // After a table (a block) the text needs no line break of its own.
-          if (!isTable(top.lastItem.lastChild)) top.lastItem.appendChild(el("br"));
+          // After a table or code (blocks) the text needs no line break of its own.
+          if (!isBlock(top.lastItem.lastChild)) top.lastItem.appendChild(el("br"));
           renderInline(line.trim(), top.lastItem, false);
           i += 1; continue;
         }
@@ -338,8 +382,8 @@
       (inItem && !/^\s/.test(line));
   }
 
-  function isTable(node) {
-    return !!node && node.className === "table-wrap";
+  function isBlock(node) {
+    return !!node && (node.className === "table-wrap" || node.className === "code-block");
   }
 
   function tableRow(cells, aligns, tag) {
@@ -383,17 +427,9 @@
       var line = lines[i];
       if ((m = RE_FENCE.exec(line))) {
         endPara();
-        var fence = m[1], lang = m[2], body = [];
-        i += 1;
-        // An unclosed fence (still streaming) runs to the end of the text.
-        while (i < lines.length) {
-          var close = new RegExp("^ {0,3}" + fence[0] + "{" + fence.length + ",}\\s*$");
-          if (close.test(lines[i])) { i += 1; break; }
-          body.push(lines[i]);
-          i += 1;
-        }
-        frag.appendChild(codeBlock(body.join("\n"), lang));
-        continue;
+        var code = fenced(lines, i, m);
+        frag.appendChild(code.node);
+        i = code.next; continue;
       }
       if (/^\s*$/.test(line)) { endPara(); i += 1; continue; }
       if ((m = RE_HEADING.exec(line))) {

@@ -983,3 +983,130 @@ def test_wide_table_scrolls_inside_the_message_on_a_phone(browser, server_url):
         ARTIFACTS.mkdir(exist_ok=True)
         pg.screenshot(path=str(ARTIFACTS / f"page-phone-table-{scheme}.png"))
         ctx.close()
+
+
+# ---------------------------------------------------------------------------------------
+# Found by a tester (2026-11-29, seventh session).
+
+@pytest.mark.parametrize("how", ["other chat", "new chat", "delete"])
+def test_leaving_a_streaming_chat_brings_the_send_button_back(page, how):
+    """Switching chats, starting one or deleting the streaming one stops its reply; the
+    view drawn meanwhile must not keep the Stop button once the reply has ended."""
+    set_settings(page, temperature=0, **{"max-tokens": 4})
+    send(page, "first chat")
+    wait_idle(page)
+    page.click("[data-testid=new-chat]")
+    set_settings(page, **{"max-tokens": 100000})
+    slow_network(page, downloadThroughput=3000)  # a reply of several seconds
+    send(page, "Hello there")
+    page.wait_for_selector("[data-testid=message][data-role=assistant]")
+    assert page.is_visible("[data-testid=stop]")
+    if how == "other chat":
+        page.locator("[data-testid=conv-open]").nth(1).click()
+    elif how == "new chat":
+        page.click("[data-testid=new-chat]")
+    else:
+        page.click("[data-testid=delete]")
+        page.click("[data-testid=ask-ok]")
+    wait_idle(page)  # Send visible and Stop hidden, without another keypress
+    assert not page.is_visible("[data-testid=stop]")
+
+
+def test_a_reply_cut_off_by_a_server_that_went_away_is_marked_and_explained(page):
+    """The server ends a stream by closing the connection, so one that died mid-answer
+    must not pass for a finished reply: no [DONE], no finish_reason."""
+    pieces = [{"choices": [{"index": 0, "delta": {"content": w}}]} for w in ("Once ", "upon ", "a")]
+    page.route("**/v1/chat/completions", lambda route: route.fulfill(
+        status=200, headers={"Content-Type": "text/event-stream"},
+        body="".join(f"data: {json.dumps(p)}\n\n" for p in pieces)))
+    send(page, "Tell me a story")
+    wait_idle(page)
+    assert "stopped in the middle of this reply" in page.text_content("[data-testid=error]")
+    last = current_conv(page)["messages"][-1]
+    assert last == {"role": "assistant", "content": "Once upon a", "stopped": True}, last
+    page.wait_for_selector("[data-testid=stopped-note]")
+    # A complete stream (finish_reason and [DONE]) is still a finished reply.
+    page.unroute("**/v1/chat/completions")
+    canned_sse(page, "The end.")
+    page.click("[data-testid=new-chat]")
+    send(page, "again")
+    wait_idle(page)
+    assert not page.is_visible("[data-testid=error]")
+    assert current_conv(page)["messages"][-1] == {"role": "assistant", "content": "The end."}
+
+
+def test_clearing_the_servers_default_system_prompt_sends_none(browser, server_factory):
+    url = server_factory(MODEL, "--system", "Always answer in French.").url.rstrip("/") + "/"
+    ctx = browser.new_context()
+    pg = ctx.new_page()
+    pg.set_default_timeout(TIMEOUT_MS)
+    open_page(pg, url)
+    bodies = record_chat_requests(pg)
+    set_settings(pg, temperature=0, **{"max-tokens": 2})
+    send(pg, "hi")
+    wait_idle(pg)
+    set_settings(pg, system="")
+    pg.click("[data-testid=new-chat]")
+    send(pg, "hi")
+    wait_idle(pg)
+    ctx.close()
+    assert bodies[0]["messages"][0] == {"role": "system", "content": "Always answer in French."}
+    # Cleared: an empty system message, which keeps the server from adding its default.
+    assert bodies[1]["messages"][0] == {"role": "system", "content": ""}, bodies[1]
+    status, r = post_json(url + "apply-template", {"messages": bodies[1]["messages"]})
+    assert status == 200 and "French" not in r["prompt"], r
+
+
+MARKDOWN_BLOCKS = """(text) => {
+    const d = document.createElement('div');
+    d.className = 'msg-body';
+    d.dir = 'auto';
+    d.appendChild(ChatMarkdown.render(text));
+    document.body.appendChild(d);
+    const r = {
+        html: d.innerHTML,
+        lists: [...d.querySelectorAll(':scope > ol, :scope > ul')].length,
+        code: [...d.querySelectorAll('pre code')].map(c => ({
+            text: c.textContent, inItem: !!c.closest('li'),
+            direction: getComputedStyle(c.closest('pre')).direction})),
+        links: [...d.querySelectorAll('a')].map(a => [a.textContent, a.href]),
+        paragraphs: [...d.querySelectorAll('p')].map(p => [p.textContent, getComputedStyle(p).direction]),
+    };
+    d.remove();
+    return r;
+}"""
+
+
+def test_markdown_code_under_a_list_item_loses_the_items_indent(page):
+    text = ("1. Define it:\n"
+            "   ```python\n"
+            "   def f():\n"
+            "       return 1\n"
+            "   ```\n"
+            "2. Call it:\n"
+            "  ```\n"
+            "  f()\n"
+            "  ```\n")
+    r = page.evaluate(MARKDOWN_BLOCKS, text)
+    assert [c["text"] for c in r["code"]] == ["def f():\n    return 1", "f()"], r
+    assert all(c["inItem"] for c in r["code"]) and r["lists"] == 1, r["html"]
+    # A fence at the top level indented by a few spaces loses them too.
+    r = page.evaluate(MARKDOWN_BLOCKS, "  ```\n  x = 1\n    y = 2\n  ```")
+    assert [c["text"] for c in r["code"]] == ["x = 1\n  y = 2"]
+
+
+def test_markdown_links_with_parentheses_and_bold_italic(page):
+    r = page.evaluate(MARKDOWN_BLOCKS,
+                      "See [Foo](https://en.wikipedia.org/wiki/Foo_(bar)) and "
+                      "https://en.wikipedia.org/wiki/Baz_(qux). ***both***")
+    assert r["links"] == [["Foo", "https://en.wikipedia.org/wiki/Foo_(bar)"],
+                          ["https://en.wikipedia.org/wiki/Baz_(qux)",
+                           "https://en.wikipedia.org/wiki/Baz_(qux)"]], r["links"]
+    assert "<em><strong>both</strong></em>" in r["html"], r["html"]
+    assert r["paragraphs"][0][0].endswith("both"), r
+
+
+def test_right_to_left_text_reads_right_to_left_and_code_stays_left_to_right(page):
+    r = page.evaluate(MARKDOWN_BLOCKS, "مرحبا بالعالم!\n\nHello world!\n\n```\nprint(1)\n```")
+    assert [d for _, d in r["paragraphs"]] == ["rtl", "ltr"], r["paragraphs"]
+    assert [c["direction"] for c in r["code"]] == ["ltr"]

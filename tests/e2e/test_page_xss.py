@@ -302,10 +302,11 @@ def test_hostile_table_cells_stay_inert(page):
         f"<img src=x onerror={PWN}>", "", "", ""]
     assert body.locator("tbody code").all_text_contents() == [f"<svg onload={PWN}>"]
     assert body.locator("tbody strong").all_text_contents() == [f"<b onmouseover={PWN}>b</b>"]
-    # Cells carry no attributes but an alignment style.
+    # Cells carry no attributes but an alignment style and our dir="auto".
     attrs = body.locator("th, td").evaluate_all(
-        "cs => [...new Set(cs.flatMap(c => [...c.attributes].map(a => a.name)))]")
-    assert set(attrs) <= {"style"}, attrs
+        "cs => [...new Set(cs.flatMap(c => [...c.attributes].map(a => a.name + '=' + "
+        "(a.name === 'dir' ? a.value : ''))))]")
+    assert set(attrs) <= {"style=", "dir=auto"}, attrs
     r = assert_inert(page)
     assert r["hrefs"] == ["https://ok.example/t"]
     assert body.locator("p").last.text_content() == "after"
