@@ -13,6 +13,8 @@ only look at `message.tool_calls`, so the server turns that text into calls:
 - Llama 3.1 / 3.2: the whole reply is `{"name": ..., "parameters": {...}}`, optionally after
   `<|python_tag|>` (also a control token, usually dropped);
 - a bare whole-reply {"name", "arguments"} object (Qwen2.5-Coder-0.5B writes that);
+- any of these inside a Markdown code fence (```json, ```xml or ```), as llama.cpp's
+  Hermes parser takes them: Qwen2.5-Coder-0.5B fences about half of its calls;
 - llama.cpp's "generic" format, which we ask for when the chat template cannot show the
   model its tools (runtime/chat_template.py puts them in the system text then): the whole
   reply is {"tool_call": {"name", "arguments"}}, {"tool_calls": [...]} or, for an answer
@@ -32,6 +34,8 @@ from __future__ import annotations
 import json
 import uuid
 
+import regex
+
 from runtime import json_constraint as jc
 
 HERMES_OPEN, HERMES_CLOSE = "<tool_call>", "</tool_call>"
@@ -41,6 +45,12 @@ PYTHON_TAG = "<|python_tag|>"
 MARKERS = (HERMES_OPEN, MISTRAL_CALLS, PYTHON_TAG)
 # A whole reply that starts with one of these may be a bare JSON call (or array of calls).
 JSON_STARTS = ("{", "[")
+
+# A code fence whose whole body may be a call, and how such a fence starts (matched
+# partially while a reply streams: "```js" can no longer be one, "```" still can).
+FENCE = "```"
+_FENCED = regex.compile(r"```(?:json|xml)?[ \t]*\n(.*?)```", regex.S)
+_FENCED_CALL_START = regex.compile(r"```(?:json|xml)?[ \t]*\n\s*(?:[{\[]|<tool_call>)")
 
 # llama.cpp's generic format: the keys of a whole-reply object.
 GENERIC_CALL, GENERIC_CALLS, GENERIC_RESPONSE = "tool_call", "tool_calls", "response"
@@ -260,6 +270,36 @@ def parse(text: str, tools: list | None, template: str | None = None) -> tuple[s
     if not names:
         return text, []
     generic = None if not template else uses_generic_format(template)
+    if FENCE in text:
+        content, calls = _parse_fenced(text, names, generic)
+        if calls:
+            return content, calls
+    return _parse_unfenced(text, names, generic)
+
+
+def _parse_fenced(text: str, names: set, generic: bool | None) -> tuple[str | None, list]:
+    """Code fences whose whole body is calls (in any format but the generic {"response"})
+    become calls; the text outside them is read as a reply of its own and is the content.
+    A call written both bare and fenced (the model repeating itself) counts once."""
+    kept, calls, pos = [], [], 0
+    for m in _FENCED.finditer(text):
+        inner, found = _parse_unfenced(m.group(1), names, generic)
+        if found and inner is None:
+            kept.append(text[pos:m.start()])
+            calls += found
+            pos = m.end()
+    if not calls:
+        return text, []
+    kept.append(text[pos:])
+    content, before = _parse_unfenced("".join(kept), names, generic)
+    if not before:
+        return _content(*kept), calls
+    seen = {(c["function"]["name"], c["function"]["arguments"]) for c in before}
+    return content, before + [c for c in calls
+                              if (c["function"]["name"], c["function"]["arguments"]) not in seen]
+
+
+def _parse_unfenced(text: str, names: set, generic: bool | None) -> tuple[str | None, list]:
     if generic is not False and text.lstrip().startswith("{"):
         found = _parse_generic(text, names, response=generic is True)
         if found is not None:
@@ -296,5 +336,20 @@ def held_from(text: str) -> int:
     if not text.strip() or text.lstrip().startswith(JSON_STARTS):
         return 0  # (so far) a whole-reply JSON call
     found = [i for i in (text.find(m) for m in MARKERS) if i >= 0]
+    fence = _fence_call_at(text)
+    if fence is not None:
+        found.append(fence)
     cut = min(found) if found else len(text) - _marker_prefix_len(text)
     return len(text[:cut].rstrip())
+
+
+def _fence_call_at(text: str) -> int | None:
+    """Where the first code fence that may still turn out to hold a call begins, or None.
+    A fence whose body has begun with anything but a call's first character streams on."""
+    ticks = len(text) - len(text.rstrip("`"))
+    i = text.find(FENCE)
+    while i >= 0:
+        if _FENCED_CALL_START.match(text, i, partial=True):
+            return i
+        i = text.find(FENCE, i + 1)
+    return len(text) - ticks if 0 < ticks < len(FENCE) else None  # "`" may become a fence

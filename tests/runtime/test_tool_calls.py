@@ -54,6 +54,13 @@ PARIS = ("get_weather", {"city": "Paris"})
     '<|python_tag|>{"name": "get_weather", "parameters": {"city": "Paris"}}',
     # a bare object with "arguments" (Qwen2.5-Coder-0.5B), whitespace around it
     '\n {"name": "get_weather", "arguments": {"city": "Paris"}} \n',
+    # in a code fence, as Qwen2.5-Coder-0.5B writes half of its calls (llama.cpp's
+    # Hermes parser takes ```json / ```xml fences too), and once bare then fenced again
+    '```json\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n```',
+    '```\n[{"name": "get_weather", "arguments": {"city": "Paris"}}]\n```\n',
+    '```xml\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n```',
+    '{"name": "get_weather", "arguments": {"city": "Paris"}}\n'
+    '```json\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n```',
 ])
 def test_each_format_gives_one_call_and_no_content(text):
     assert calls_of(text) == (None, [PARIS])
@@ -166,6 +173,13 @@ def test_non_ascii_arguments_are_kept_as_written():
     ('  {"name": "get_', ""),
     ("[1, 2", ""),
     ("Use {braces} here", "Use {braces} here"),  # not the first character
+    # a code fence may hold a call until its body shows it does not
+    ("Sure:\n```json\n{\"na", "Sure:"),
+    ("Sure:\n```", "Sure:"),
+    ("Sure:\n``", "Sure:"),
+    ("Sure:\n```python\nprint(1)\n", "Sure:\n```python\nprint(1)"),
+    ("Sure:\n```\nls -l\n", "Sure:\n```\nls -l"),
+    ("See:\n```python\nx = 1\n```\nDone.", "See:\n```python\nx = 1\n```\nDone."),
 ])
 def test_held_from(text, sendable):
     assert text[:held_from(text)] == sendable
@@ -176,7 +190,9 @@ def test_streaming_by_held_from_gives_parse_of_the_whole_reply():
     # the end. Content sent plus content parsed must equal the whole reply's content.
     for text in ('Sure.\n\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>',
                  'Plain answer with <b>tags</b> and [links] that never call.',
-                 '{"name": "get_weather", "arguments": {"city": "Paris"}}'):
+                 '{"name": "get_weather", "arguments": {"city": "Paris"}}',
+                 'Checking.\n```json\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n```',
+                 'Code:\n```python\nprint("{x}")\n```\nand JSON:\n```json\n{"a": [1]}\n```\nbye'):
         sent = 0
         for i in range(1, len(text) + 1):
             sent = max(sent, held_from(text[:i]))
@@ -294,3 +310,18 @@ def test_a_forced_call_follows_the_templates_format():
     assert whole(generic, either) is True and whole('{"response": "It is sunny."}', either) is True
     assert whole('It is sunny.', either) is None and whole('{"response": 1}', either) is None
     assert whole(bare, either) is None
+
+
+def test_fences_that_hold_no_call_stay_content():
+    for text in ('```json\n{"name": "unknown_tool", "arguments": {}}\n```',
+                 'Example:\n```json\n{"city": "Paris"}\n```',
+                 '```json\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n```\n```\nnot a call\n```'):
+        content, calls = calls_of(text)
+        if "unknown" in text or "Example" in text:
+            assert (content, calls) == (text, [])
+        else:  # the call is taken, the other fence stays as written
+            assert calls == [PARIS] and content == "```\nnot a call\n```"
+    # Text around a fenced call is the content; two fenced calls keep their order.
+    text = ('Let me look.\n```json\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n```\n'
+            '```json\n{"name": "get_time", "arguments": {}}\n```')
+    assert calls_of(text) == ("Let me look.", [PARIS, ("get_time", {})])
