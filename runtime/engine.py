@@ -216,13 +216,14 @@ class Engine:
             if bad:
                 raise ValueError(f"prompt token id {bad[0]!r} is out of range: "
                                  f"ids must be integers in [0, {n_vocab})")
-        if len(ids) > self.n_ctx:
+        if len(ids) >= self.n_ctx:  # a reply needs one position at least (llama-server: the same)
             trained = getattr(self.model, "n_ctx_train", 0)
             more = (f" or start the server with a larger context (--ctx, up to {trained})"
                     if self.n_ctx < trained else "")  # past the trained one it is capped
+            what = "more than" if len(ids) > self.n_ctx else "as long as"
             raise ContextOverflowError(
-                f"the prompt is {len(ids)} tokens, more than the context size of {self.n_ctx} "
-                f"tokens; shorten it{more}")
+                f"the prompt is {len(ids)} tokens, {what} the context size of {self.n_ctx} "
+                f"tokens, which leaves no room for a reply; shorten it{more}")
         try:
             self._queue.put_nowait(req)
         except queue.Full:
@@ -305,7 +306,10 @@ class Engine:
         while True:
             if req.cancel.is_set():
                 raise Cancelled()
-            room_tok = self.n_ctx - len(self.session.tokens)
+            # Positions left to evaluate tokens in, after the one sampled now: a token that
+            # takes the last position ends the reply unevaluated, so that prompt and reply
+            # never exceed n_ctx together (as in llama-server).
+            room_tok = self.n_ctx - len(self.session.tokens) - 1
             dist = top_probs(logits, req.n_probs) if req.n_probs > 0 else None
             # n_probs wants a distribution for every token, and a constraint's state moves
             # with each accepted token: no speculation then.

@@ -49,8 +49,8 @@ def greedy_tokens(session, logits: np.ndarray, sampler, history: list[int],
     """The next greedy tokens after `logits`, evaluated: (tokens, logits after the last).
 
     `history` is every token so far (prompt and output), which the session already holds.
-    `room_tok` is how many positions the session has left; with none, the one token is
-    returned unevaluated and the logits are None. One batched forward pass evaluates the
+    `room_tok` is how many tokens the session may still evaluate; with none, the one
+    token is returned unevaluated and the logits are None. One batched forward pass evaluates the
     model's own next token together with a draft of the tokens after it; the draft is
     kept up to its first token the model would not have chosen itself.
     """

@@ -149,8 +149,13 @@ def test_context_full_gives_length():
     eng = Engine(FakeModel(), n_ctx=8)
     text, _, final = run(eng, [0, 1, 2, 3, 4])        # room for 3 more positions
     assert final.finish_reason == "length"
-    # 3 evaluated after the prompt plus the last sampled one, which needs no eval
-    assert text == "fghi"
+    # Prompt and reply together fill the context and no more (as in llama-server): two
+    # evaluated after the prompt, and the last one sampled, which needs no eval.
+    assert text == "fgh"
+    assert final.prompt_tokens + final.completion_tokens == 8
+    # A prompt that fills the context leaves no room for a reply.
+    with pytest.raises(ContextOverflowError, match="as long as the context size of 8 tokens"):
+        eng.submit(Request(prompt_ids=[0] * 8))
 
 
 def test_prompt_longer_than_context_is_refused():
