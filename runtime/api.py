@@ -627,9 +627,11 @@ def output_constraint(model, start):
 def split_prefill(messages: list) -> tuple[list, str | None]:
     """llama-server's assistant prefill: a last message from the assistant (with no tool
     calls) is the start of the reply, which the model continues. -> (the messages before
-    it, its text), or (messages, None) when the last message is not one."""
+    it, its text), or (messages, None) when the last message is not one. An assistant
+    message alone is not one: it is rendered as a past turn and answered (templates
+    such as Qwen's cannot render an empty list of messages)."""
     last = messages[-1]
-    if last["role"] != "assistant" or last.get("tool_calls"):
+    if last["role"] != "assistant" or last.get("tool_calls") or len(messages) == 1:
         return messages, None
     if len(messages) >= 2 and messages[-2]["role"] == "assistant":
         raise ApiError(400, "'messages': cannot have 2 or more assistant messages at the end "

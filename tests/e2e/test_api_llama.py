@@ -203,6 +203,10 @@ def test_apply_template_prefill_and_generation_prompt(tiny_server, tiny_model):
     status, r = post_json(url, {"messages": user + [{"role": "assistant", "content": "x"}],
                                 "add_generation_prompt": False})
     assert status == 200 and r["prompt"] == tiny_model.chat_prompt(user) + "x"
+    # An assistant message alone is a past turn to answer: there is nothing to continue.
+    alone = [{"role": "assistant", "content": "Hello"}]
+    status, r = post_json(url, {"messages": alone})
+    assert status == 200 and r["prompt"] == tiny_model.chat_prompt(alone, add_generation_prompt=True)
     two = user + [{"role": "assistant", "content": "a"}, {"role": "assistant", "content": "b"}]
     status, r = post_json(url, {"messages": two})
     assert status == 400 and "2 or more assistant messages" in r["error"]["message"]
