@@ -282,11 +282,25 @@ def _one_interrupt_per_keypress() -> None:
     signal.signal(signal.SIGINT, on_sigint)
 
 
+def _restore_library_path() -> None:
+    """Give programs we start (the browser, through xdg-open) the user's LD_LIBRARY_PATH.
+    PyInstaller's bootloader puts the bundle's own libraries (libstdc++, libssl, ...)
+    first on it, and a browser made for a newer system can fail with them. This process
+    is not affected: the dynamic loader read the variable when the process started."""
+    orig = os.environ.pop("LD_LIBRARY_PATH_ORIG", None)
+    if orig is not None:
+        os.environ["LD_LIBRARY_PATH"] = orig
+    else:
+        os.environ.pop("LD_LIBRARY_PATH", None)
+
+
 def _entry() -> None:
     """Console entry: exit with main's code; keep a double-clicked window open on error."""
     forwarded = getattr(sys, "frozen", False) and os.name == "posix"
     if forwarded:
         _one_interrupt_per_keypress()
+    if getattr(sys, "frozen", False):
+        _restore_library_path()
     try:
         code = main()
     except KeyboardInterrupt:

@@ -193,6 +193,11 @@ def _dispatch(args) -> int:
               title=args.title, cors=args.cors, open_browser=not args.no_browser,
               temperature=args.temp, mode=args.mode)
     if args.command == "chat":
+        if sys.stdin is None:  # started with stdin closed (`0<&-`): nothing to read from
+            print("chatfile: error: stdin is closed; run it in a terminal or pipe a "
+                  "question in, for example: echo 'Hello' | chatfile chat model.gguf",
+                  file=sys.stderr)
+            return 2
         from runtime.model import Model
         from runtime.sampling import SamplingParams
         from runtime.terminal import chat

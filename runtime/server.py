@@ -910,6 +910,12 @@ def serve(model_path, *, gguf_offset=0, gguf_size=None, host="127.0.0.1", port=8
 
 
 def _open_browser(url):
+    """The page in the desktop's browser. Without a display (over SSH, on a server) there
+    is none: Python's webbrowser would start a text browser (w3m, lynx) in this terminal
+    and take its keyboard, so the printed URL is all."""
+    if os.name == "posix" and sys.platform != "darwin" and not (
+            os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return
     try:
         webbrowser.open(url)
     except Exception:  # noqa: BLE001 - no browser is fine: the URL is printed

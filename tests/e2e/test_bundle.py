@@ -297,6 +297,35 @@ def test_ctrl_c_stops_the_executable_s_server_cleanly(bundles, tmp_path):
         assert "Traceback" not in out and "Exception ignored" not in out, out
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="LD_LIBRARY_PATH is Linux's")
+def test_the_executable_starts_the_browser_with_the_users_library_path(bundles, tmp_path):
+    """PyInstaller's bootloader puts the bundle's libraries first on LD_LIBRARY_PATH; the
+    browser must get the user's own value (a newer browser can fail with ours)."""
+    path = _bundle(bundles, "exe")
+    seen = tmp_path / "browser-env"
+    browser = tmp_path / "fake-browser"
+    browser.write_text(f'#!/bin/sh\necho "LD_LIBRARY_PATH=${{LD_LIBRARY_PATH-unset}}" > {seen}.tmp\n'
+                       f'env | grep -c "^LD_.*_MEI" >> {seen}.tmp\nmv {seen}.tmp {seen}\n')
+    browser.chmod(0o755)
+    for user_value in (None, "/opt/mine"):
+        seen.unlink(missing_ok=True)
+        env = {**_env(tmp_path), "BROWSER": str(browser), "DISPLAY": ":0"}
+        env.pop("LD_LIBRARY_PATH", None)
+        if user_value:
+            env["LD_LIBRARY_PATH"] = user_value
+        proc = subprocess.Popen([str(path), "--port", str(_free_port())], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while not seen.exists() and time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.1)
+            lines = seen.read_text().split()
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+        assert lines == [f"LD_LIBRARY_PATH={user_value or 'unset'}", "0"], lines
+
+
 def test_bare_stub_explains_itself(stubs, tmp_path):
     for fmt, stub in stubs.items():
         cmd = [str(stub)] if fmt == "exe" else [sys.executable, str(stub)]

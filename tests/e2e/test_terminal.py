@@ -51,6 +51,15 @@ def test_piped_empty_stdin_is_a_clear_error():
     assert b"stdin is empty" in p.stderr and b"Traceback" not in p.stderr
 
 
+def test_closed_stdin_is_a_clear_error():
+    # `0<&-`, as some launchers start programs: Python's sys.stdin is then None.
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    p = subprocess.run(["sh", "-c", 'exec "$0" -m runtime.cli chat "$1" 0<&-', sys.executable,
+                        str(TINY)], capture_output=True, cwd=ROOT, env=env, timeout=60)
+    assert p.returncode == 2 and b"Traceback" not in p.stderr, p.stderr
+    assert p.stderr.startswith(b"chatfile: error: stdin is closed"), p.stderr
+
+
 SCRIPT = f"""
 import sys
 from runtime.model import Model

@@ -251,3 +251,22 @@ def test_terminal_chat_samples_as_the_server_does_unless_told(monkeypatch):
     assert seen["params"] == SamplingParams() and seen["params"].temperature > 0
     assert main(["chat", model, "--temp", "0"]) == 0
     assert seen["params"].temperature == 0
+
+
+def test_the_browser_is_opened_only_where_there_is_a_display(monkeypatch):
+    """Over SSH Python's webbrowser would start a text browser (w3m, lynx) in the terminal
+    the server runs in, and take its keyboard."""
+    import webbrowser
+
+    from runtime import server
+    opened = []
+    monkeypatch.setattr(webbrowser, "open", lambda url: opened.append(url))
+    monkeypatch.setattr(server.sys, "platform", "linux")
+    for env, expected in (({}, []), ({"DISPLAY": ":0"}, ["u"]), ({"WAYLAND_DISPLAY": "w"}, ["u"])):
+        for k in ("DISPLAY", "WAYLAND_DISPLAY"):
+            monkeypatch.delenv(k, raising=False)
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        opened.clear()
+        server._open_browser("u")
+        assert opened == expected, env
