@@ -87,8 +87,33 @@ def _check_baked_args(baked: list[str]) -> str | None:
         return lines[-1].split("error: ", 1)[-1] if lines else "they cannot be parsed"
     hidden = runtime_cli.hidden_flag(baked)
     if hidden:
-        return f"{hidden} is the bundle's own business: it points at the embedded model"
+        return f"{hidden} is set by the bundle itself"
     return runtime_cli.check_args(args)
+
+
+def _embed_template(baked: list[str]) -> list[str]:
+    """`--chat-template FILE` among the baked args -> the file's text, checked now (it
+    must compile) and carried in the bundle: the path would not exist, or not be the
+    same file, on the machine that runs the bundle. Raises ValueError."""
+    from runtime import cli as runtime_cli
+    from runtime.chat_template import load_template_file
+
+    out, i = [], 0
+    while i < len(baked):
+        flag, eq, value = baked[i].partition("=")
+        if flag == "--chat-template":
+            if not eq:
+                i += 1
+                value = baked[i]  # (the parser made sure that it has one)
+            text = load_template_file(value)
+            out.append(f"{runtime_cli.TEMPLATE_TEXT_FLAG}={text}")
+        else:
+            out.append(baked[i])
+        i += 1
+    parsed = runtime_cli.build_parser().parse_args(["run", "model.gguf", *out])
+    if parsed.chat_template:  # an abbreviation, such as --chat-t
+        raise ValueError("write --chat-template in full, so that the template is put in the bundle")
+    return out
 
 
 def cmd_bundle(a) -> int:
@@ -102,6 +127,11 @@ def cmd_bundle(a) -> int:
     problem = _check_baked_args(baked)
     if problem:
         print(f"chatfile: error: --args {a.args!r}: {problem}", file=sys.stderr)
+        return 2
+    try:
+        baked = _embed_template(baked)
+    except ValueError as e:  # TemplateError is one
+        print(f"chatfile: error: --args: {e}", file=sys.stderr)
         return 2
     try:
         splice.check_model(a.model)  # before a possibly long stub build

@@ -17,7 +17,7 @@ import time
 import zipfile
 from pathlib import Path
 
-from runtime.cli import hidden_flag
+from runtime.cli import TEMPLATE_TEXT_FLAG, describe_args, hidden_flag
 from runtime.embedded import (BundleError, Trailer, extract, interrupt_on_termination,
                               read_trailer, verify)
 
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     baked = list(trailer.args) if trailer else []
 
     if own["help"]:
-        print(HELP.format(prog=prog, baked=" ".join(baked) or "(none)"))
+        print(HELP.format(prog=prog, baked=describe_args(baked) or "(none)"))
         if trailer is None:
             print(NO_MODEL_HELP)
         return 0
@@ -251,13 +251,15 @@ def main(argv: list[str] | None = None) -> int:
 
     model = _model_args(model_path, model_trailer)
     if own["info"]:
+        template = [a for a in baked if a.startswith(TEMPLATE_TEXT_FLAG + "=")]
         code = _runtime_cli(["info", *_model_args(model_path, model_trailer, title=False),
+                             *(template if model_trailer is not None else []),
                              *(["--json"] if "--json" in user_args else [])])
         if model_trailer is not None and "--json" not in user_args:
             print(f"sha256: {model_trailer.sha256}")
             print(f"embedded at offset {model_trailer.gguf_offset}, "
                   f"{model_trailer.gguf_size} bytes")
-            print(f"baked-in args: {' '.join(baked) or '(none)'}")
+            print(f"baked-in args: {describe_args(baked) or '(none)'}")
         return code
     if own["cli"]:
         return _runtime_cli(["chat", *model, *_drop_server_flags(baked + user_args)])

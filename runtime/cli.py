@@ -10,6 +10,7 @@ NumPy is imported only after the arguments are parsed, because the BLAS thread c
 from __future__ import annotations
 
 import argparse
+import shlex
 import os
 import sys
 
@@ -24,6 +25,8 @@ def _add_model_args(p: argparse.ArgumentParser, threads: bool = True) -> None:
                        help="CPU threads for matrix products (default: all cores)")
 
 
+TEMPLATE_TEXT_FLAG = "--chat-template-text"
+
 # The API's range (OpenAI's): a default the page would send and the API refuse would
 # make every message of the page fail.
 MAX_TEMP = 2.0
@@ -33,6 +36,9 @@ def _add_session_args(p: argparse.ArgumentParser, temp_help: str) -> None:
     p.add_argument("--ctx", type=int, default=4096, metavar="N",
                    help="context size in tokens (0: the model's trained context; capped at it)")
     p.add_argument("--chat-template", metavar="FILE", help="a Jinja chat template to use instead of the model's")
+    # The text of a template baked into a bundle (`--args "--chat-template FILE"` reads
+    # the file at bundle time): a path would not exist on the machine that runs it.
+    p.add_argument(TEMPLATE_TEXT_FLAG, default=None, help=argparse.SUPPRESS)
     p.add_argument("--system", metavar="TEXT", help="default system prompt")
     p.add_argument("--temp", type=float, default=None, metavar="T", help=temp_help)
     # model.MODES, spelled out: importing runtime.model would import NumPy before
@@ -69,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="describe a GGUF model")
     _add_model_args(p, threads=False)
+    p.add_argument(TEMPLATE_TEXT_FLAG, default=None, help=argparse.SUPPRESS)  # a bundle's
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser("bench", help="measure load, prefill and decode speed")
@@ -93,7 +100,20 @@ def set_threads(n: int | None) -> None:
         os.environ[var] = str(n)
 
 
-HIDDEN_FLAGS = ("--gguf-offset", "--gguf-size")  # where a bundle's model is: set by the bundle
+HIDDEN_FLAGS = ("--gguf-offset", "--gguf-size", TEMPLATE_TEXT_FLAG)  # set by the bundle itself
+
+
+def describe_args(args: list[str]) -> str:
+    """Baked-in args as a person would type them (quoted), a baked template's text
+    summarised: `--chat-template (embedded, 1234 characters)`."""
+    shown = []
+    for a in args:
+        flag, eq, text = a.partition("=")
+        if flag == TEMPLATE_TEXT_FLAG and eq:
+            shown.append(f"--chat-template (embedded, {len(text)} characters)")
+        else:
+            shown.append(shlex.quote(a))
+    return " ".join(shown)
 
 
 def hidden_flag(argv: list[str]) -> str | None:
@@ -177,12 +197,13 @@ def _dispatch(args) -> int:
         _use_embedded_model(args)
     if args.command == "info":
         from runtime.info import print_info
-        return print_info(args.model, offset=args.gguf_offset, size=args.gguf_size, as_json=args.json)
+        return print_info(args.model, offset=args.gguf_offset, size=args.gguf_size, as_json=args.json,
+                          template_text=args.chat_template_text)
     if args.command == "bench":
         from runtime.bench import run_bench
         return run_bench(args)
-    template = None
-    if args.chat_template:
+    template = getattr(args, "chat_template_text", None)
+    if args.chat_template:  # given when the bundle is run: it wins over a baked one
         from runtime.chat_template import load_template_file
         template = load_template_file(args.chat_template)
     if args.command == "run":

@@ -87,7 +87,8 @@ def encode_trailer(trailer: Trailer) -> bytes:
                                 MAGIC)
     if len(out) > MAX_TRAILER_BYTES:
         raise BundleError(f"trailer is {len(out)} bytes, more than the {MAX_TRAILER_BYTES} "
-                          "allowed: shorten --args or --title")
+                          "allowed: shorten --args or --title (a --chat-template in --args "
+                          "is carried there too)")
     return out
 
 

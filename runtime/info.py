@@ -45,8 +45,13 @@ def _human_count(n: int) -> str:
     return str(n)
 
 
-def print_info(path, offset: int = 0, size: int | None = None, as_json: bool = False) -> int:
+def print_info(path, offset: int = 0, size: int | None = None, as_json: bool = False,
+               template_text: str | None = None) -> int:
+    """template_text: a chat template that a bundle carries for this model."""
     d = describe(path, offset, size)
+    if template_text is not None:
+        d["chat_template"] = True
+        d["chat_template_from_bundle"] = len(template_text)  # characters
     if as_json:
         print(json.dumps(d, indent=2))
         return 0
@@ -56,7 +61,9 @@ def print_info(path, offset: int = 0, size: int | None = None, as_json: bool = F
     print(f"parameters:     {_human_count(d['parameters'])} ({d['parameters']:,})")
     print(f"context length: {d['context_length']}")
     print(f"vocabulary:     {d['vocab_type']}, {d['vocab_size']:,} tokens")
-    print(f"chat template:  {'yes' if d['chat_template'] else 'no (a built-in one will be used)'}")
+    print("chat template:  " + (f"yes (the bundle's own, {len(template_text or '')} characters)"
+                                 if template_text is not None else
+                                 "yes" if d["chat_template"] else "no (a built-in one will be used)"))
     if not d["chat_template"]:
         print(f"note:           {BASE_MODEL_NOTE}")
     print(f"file:           {d['gguf_bytes']:,} bytes, GGUF v{d['gguf_version']}")

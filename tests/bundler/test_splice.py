@@ -127,6 +127,8 @@ def test_bundle_command_refuses_bad_args_and_truncated_models_before_building(tm
                                "--stub", tmp_path / "no-stub", "-o", tmp_path / "out"],
                               cwd=Path(__file__).resolve().parents[2], capture_output=True,
                               text=True, timeout=120)
+    broken = tmp_path / "broken.jinja"
+    broken.write_text("{% if messages %}never closed")
     for baked, why in (("--mode int9", "invalid choice: 'int9'"),
                        ("--frobnicate", "unrecognized arguments: --frobnicate"),
                        ("--ctx -5", "--ctx must be positive"),
@@ -135,8 +137,12 @@ def test_bundle_command_refuses_bad_args_and_truncated_models_before_building(tm
                        # its page would send 3 with every message, which the API refuses
                        ("--temp 3", "--temp must be between 0 and 2"),
                        # where the bundle's model is: set by the bundle, never baked in
-                       ("--gguf-offset 5", "--gguf-offset is the bundle's own business"),
-                       ("--ctx 64 --gguf-size=10", "--gguf-size is the bundle's own business")):
+                       ("--gguf-offset 5", "--gguf-offset is set by the bundle itself"),
+                       ("--ctx 64 --gguf-size=10", "--gguf-size is set by the bundle itself"),
+                       ("--chat-template-text=x", "--chat-template-text is set by the bundle itself"),
+                       # a template is read now, to be carried in the bundle
+                       (f"--chat-template {tmp_path / 'none.jinja'}", "chat template file not found"),
+                       (f"--chat-template={broken}", "syntax error")):
         r = bundle(MODEL, f"--args={baked}")
         assert r.returncode == 2 and why in r.stderr, (baked, r.stderr)
         assert "usage:" not in r.stderr and "Traceback" not in r.stderr

@@ -297,6 +297,53 @@ def test_ctrl_c_stops_the_executable_s_server_cleanly(bundles, tmp_path):
         assert "Traceback" not in out and "Exception ignored" not in out, out
 
 
+def test_a_chat_template_given_in_args_is_carried_in_the_bundle(stubs, tmp_path):
+    """`--args "--chat-template FILE"` used to bake in the path: the bundle failed to
+    start wherever that file was not (every other machine)."""
+    if "pyz" not in stubs:
+        pytest.skip("no pyz stub: shiv is not installed")
+    template = tmp_path / "mine.jinja"
+    text = ("{% for m in messages %}<<{{ m.role }}: {{ m.content }}>>{% endfor %}"
+            "{% if add_generation_prompt %}<<assistant:{% endif %}")
+    template.write_text(text)
+    out = tmp_path / "tpl.pyz"
+    r = subprocess.run([sys.executable, "-m", "bundler.cli", "bundle", str(MODEL), "-o", str(out),
+                        "--format", "pyz", "--stub", str(stubs["pyz"]),
+                        "--args", f"--chat-template {template} --ctx 256"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    template.unlink()  # as on another machine
+    info = subprocess.run(_cmd(out) + ["--info"], capture_output=True, text=True,
+                          env=_env(tmp_path), timeout=120)
+    assert f"baked-in args: --chat-template (embedded, {len(text)} characters) --ctx 256" \
+        in info.stdout, info.stdout
+    # The model's GGUF has no template, but the bundle has one: not a "base model".
+    assert f"chat template:  yes (the bundle's own, {len(text)} characters)" in info.stdout
+    assert "base model" not in info.stdout
+    port = _free_port()
+    proc = subprocess.Popen(_cmd(out) + ["--no-browser", "--port", str(port)], cwd="/",
+                            env=_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            assert proc.poll() is None, proc.stderr.read().decode()
+            try:
+                req = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/apply-template",
+                    json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode(),
+                    {"Content-Type": "application/json"})
+                with urllib.request.urlopen(req, timeout=5) as resp:
+                    prompt = json.load(resp)["prompt"]
+                break
+            except (OSError, urllib.error.URLError):
+                assert time.monotonic() < deadline, "the bundle did not start"
+                time.sleep(0.1)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert prompt == "<<user: hi>><<assistant:"
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="LD_LIBRARY_PATH is Linux's")
 def test_the_executable_starts_the_browser_with_the_users_library_path(bundles, tmp_path):
     """PyInstaller's bootloader puts the bundle's libraries first on LD_LIBRARY_PATH; the
