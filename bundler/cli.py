@@ -118,6 +118,7 @@ def _embed_template(baked: list[str]) -> list[str]:
 
 def cmd_bundle(a) -> int:
     from bundler import splice, stub
+    from runtime import cli as runtime_cli
 
     try:
         baked = shlex.split(a.args)
@@ -134,7 +135,9 @@ def cmd_bundle(a) -> int:
         print(f"chatfile: error: --args: {e}", file=sys.stderr)
         return 2
     try:
-        splice.check_model(a.model)  # before a possibly long stub build
+        template = next((arg.partition("=")[2] for arg in baked
+                         if arg.startswith(runtime_cli.TEMPLATE_TEXT_FLAG + "=")), None)
+        splice.check_model(a.model, template)  # before a possibly long stub build
     except BundleError as e:
         print(f"chatfile: error: {e}", file=sys.stderr)
         return 1

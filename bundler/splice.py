@@ -220,15 +220,35 @@ def _check_gguf(path: str) -> int:
     return size
 
 
-def check_model(path: str) -> None:
-    """Parse the GGUF's whole header (every tensor must lie inside the file), so that a
-    truncated download fails at bundle time, not at every start of the bundle."""
+def check_model(path: str, chat_template: str | None = None) -> None:
+    """Refuse, at bundle time and not at every start of the bundle, a GGUF the runtime
+    cannot run: its whole header is parsed (every tensor must lie inside the file: a
+    truncated download), then the model is opened as a start of the bundle opens it, but
+    without converting its weights (the quantized mode reads none), which checks the
+    architecture, the tensors and their types, and its chat template (or the bundle's
+    own, `chat_template`) renders a first message."""
     _check_gguf(path)
     from runtime import gguf
     try:
         gguf.read(path).close()
     except (ValueError, OSError) as e:  # GGUFError is a ValueError
         raise BundleError(f"{path} is not a usable GGUF: {e}") from None
+    from runtime import quants
+    from runtime.chat_template import TemplateError
+    from runtime.model import Model
+    try:
+        model = Model.load(path, mode="quant", chat_template=chat_template)
+        for name, t in model.gguf.tensors.items():
+            quants.quantized_row_bytes(t.ggml_type, t.shape[-1] if t.shape else 1)
+    except (ValueError, OSError, KeyError, IndexError) as e:  # GGUFError is a ValueError
+        raise BundleError(f"chatfile cannot run {path}: {e}") from None
+    try:
+        model.chat_prompt([{"role": "user", "content": "Hello"}])
+    except TemplateError as e:
+        raise BundleError(f"the chat template of {path} does not work ({e}); give one that "
+                          f"does with --args \"--chat-template FILE\"") from None
+    finally:
+        model.gguf.close()
 
 
 def check_output(out_path: str, force: bool, *inputs: str) -> None:

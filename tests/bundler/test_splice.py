@@ -163,6 +163,49 @@ def test_bundle_command_refuses_bad_args_and_truncated_models_before_building(tm
     assert model.read_bytes() == MODEL.read_bytes()
 
 
+def test_bundle_command_refuses_models_the_runtime_cannot_run(tmp_path):
+    """Each used to bundle, and every start of the bundle then failed (a server that
+    answered 503 forever, or 400 to every chat). The GGUFs are the tiny fixture with one
+    thing changed; nothing is built (the stub does not exist) and nothing is written."""
+    from tests.runtime.test_fuzz_gguf import KV, STRING, layout, serialize
+    lay = layout(MODEL)
+
+    def variant(name, **changes):
+        path = tmp_path / f"{name}.gguf"
+        path.write_bytes(serialize(lay, **changes))
+        return path
+
+    renamed = [KV(k.key.replace(b"llama.", b"mamba.", 1), k.vtype, k.value, k.etype)
+               if k.key.startswith(b"llama.") else
+               KV(k.key, k.vtype, b"mamba") if k.key == b"general.architecture" else k
+               for k in lay.kvs]
+    tq2 = [type(t)(t.name, t.ne, 35, t.offset) if t.name == b"output.weight" else t  # TQ2_0
+           for t in lay.tinfos]
+    half = lay.tinfos[:len(lay.tinfos) // 2]  # e.g. the first shard of a split model
+    broken = lay.kvs + [KV(b"tokenizer.chat_template", STRING, b"{% if messages %}never")]
+    template = Path(__file__).resolve().parents[1] / "fixtures" / "templates" / "Qwen-Qwen2.5-7B-Instruct.jinja"
+    cases = ((variant("mamba", kvs=renamed), "unsupported architecture 'mamba'"),
+             (variant("tq2", tinfos=tq2), "type TQ2_0, which chatfile cannot dequantize"),
+             (variant("half", tinfos=half), "is missing"),
+             (variant("template", kvs=broken), "the chat template of"))
+    for model, why in cases:
+        r = subprocess.run([sys.executable, "-m", "bundler.cli", "bundle", model, "--stub",
+                            tmp_path / "no-stub", "-o", tmp_path / "out"],
+                           cwd=Path(__file__).resolve().parents[2], capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == 1 and why in r.stderr and "Traceback" not in r.stderr, (why, r.stderr)
+        assert r.stderr.startswith("chatfile: error:"), r.stderr
+        assert not (tmp_path / "out").exists()
+    # A template of the bundle's own stands in for the broken one: that check passes, and
+    # the bundle command goes on to the (missing) stub.
+    r = subprocess.run([sys.executable, "-m", "bundler.cli", "bundle", cases[-1][0], "--stub",
+                        tmp_path / "no-stub", "-o", tmp_path / "out", "--args",
+                        f"--chat-template {template}"],
+                       cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True,
+                       timeout=120)
+    assert "chat template" not in r.stderr and "no-stub" in r.stderr, r.stderr
+
+
 def test_output_must_be_neither_an_input_nor_a_directory(elf_stub, tmp_path):
     model, stub = tmp_path / "model.gguf", tmp_path / "stub"
     model.write_bytes(MODEL.read_bytes())
