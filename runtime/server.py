@@ -70,6 +70,7 @@ class State:
     engine: Engine | None = None
     progress: float = 0.0
     error: str | None = None
+    stopping: bool = False  # Ctrl+C: the server is going away
     model_id: str = ""
     created: int = field(default_factory=lambda: int(time.time()))
     log: Callable[[str], None] = print  # the console line for what the operator must see
@@ -782,7 +783,10 @@ def _display_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def _load(st: State, path, offset, size, chat_template, n_ctx, mode, log):
+def _load(st: State, path, offset, size, chat_template, n_ctx, mode, say):
+    def log(msg):  # once the server has stopped, a load still under way says nothing
+        if not st.stopping:
+            say(msg)
     try:
         from runtime.model import Model
         tmpl = None
@@ -856,6 +860,9 @@ class Server:
     def start_loading(self):
         self._loader.start()
 
+    def loading(self) -> bool:
+        return self._loader.is_alive()
+
     def serve_forever(self):
         self.httpd.serve_forever(poll_interval=0.2)
 
@@ -903,9 +910,17 @@ def serve(model_path, *, gguf_offset=0, gguf_size=None, host="127.0.0.1", port=8
     try:
         srv.serve_forever()
     except KeyboardInterrupt:
+        srv.state.stopping = True
         print("chatfile: stopped.", flush=True)
     finally:
         srv.httpd.server_close()
+    if srv.loading():
+        # Stopped while the model loads: leave without waiting for it. Python's shutdown
+        # would stop the dequantization pool under the loader (a false "failed to load")
+        # while that thread may be writing to stdout, which aborts the process.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 

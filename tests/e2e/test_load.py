@@ -27,7 +27,7 @@ import urllib.parse
 
 import pytest
 
-from tests.e2e.conftest import TINY, http_request, post_json
+from tests.e2e.conftest import ROOT, TINY, http_request, post_json
 
 N_CLIENTS = 8
 N_REQUESTS = 50  # per client
@@ -253,3 +253,41 @@ def test_client_that_disconnects_mid_stream_frees_the_worker(server_factory):
     check_sse(status, ctype, data)
     assert time.monotonic() - t0 < 10
     assert _slots(h.url)["is_processing"] is False
+
+
+STOP_WHILE_LOADING = r"""
+import sys, time
+from runtime import model, quants
+
+def slow_load(*args, **kw):  # a load that keeps the dequantization pool busy for a while
+    for _ in range(3000):
+        list(quants.thread_pool(2).map(time.sleep, [0.001, 0.001]))
+    raise AssertionError("the load was not interrupted")
+model.Model.load = slow_load
+from runtime import cli
+sys.exit(cli.main(["run", sys.argv[1], "--no-browser", "--port", "0"]))
+"""
+
+
+def test_ctrl_c_while_the_model_loads_stops_quietly(tmp_path):
+    """A Ctrl+C during the load: Python's shutdown used to stop the dequantization pool
+    under the loader, which reported a false "failed to load" (and could abort the
+    process, writing to stdout during the interpreter's shutdown)."""
+    import os
+    import signal
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    for _ in range(3):
+        proc = subprocess.Popen([sys.executable, "-c", STOP_WHILE_LOADING, str(TINY)], cwd=ROOT,
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        seen = ""
+        while "to stop." not in seen:
+            line = proc.stdout.readline()
+            assert line, seen
+            seen += line
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+        out = seen + out
+        assert proc.returncode == 0, out
+        assert out.rstrip().endswith("chatfile: stopped."), out
+        assert "failed to load" not in out and "Traceback" not in out and "Fatal" not in out, out
