@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 from bundler import macho
 from runtime.embedded import (GGUF_ALIGN_BYTES, HEAD_BYTES, BundleError, Trailer,
-                              encode_head, encode_trailer, read_trailer)
+                              encode_head, encode_trailer, lock_while_writing, read_trailer)
 
 PYI_COOKIE_MAGIC = b"MEI\014\013\012\013\016"
 PYI_COOKIE_FORMAT = "!8sIIII64s"  # magic, package length, TOC offset, TOC length, pyvers, pylib
@@ -267,6 +267,11 @@ def check_output(out_path: str, force: bool, *inputs: str) -> None:
                               f"under another name")
     if os.path.lexists(out_path) and not force:
         raise BundleError(f"{out_path} already exists; use --force to overwrite it")
+    out_dir = os.path.dirname(os.path.abspath(out_path))
+    if not os.path.isdir(out_dir):
+        raise BundleError(f"the output directory {out_dir} does not exist")
+    if not os.access(out_dir, os.W_OK):  # (also says so for a read-only file system)
+        raise BundleError(f"cannot write {out_path}: its directory {out_dir} is not writable")
 
 
 def splice(stub_path, gguf_path, out_path, *, fmt: str = "exe", args=(), title: str = "",
@@ -327,8 +332,11 @@ def splice(stub_path, gguf_path, out_path, *, fmt: str = "exe", args=(), title: 
 
     prefix = f".{os.path.basename(out_path)}."
     _remove_stale_parts(out_dir, prefix)
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=prefix, suffix=PART_SUFFIX)
-    lock = _lock_while_writing(tmp)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=prefix, suffix=PART_SUFFIX)
+    except OSError as e:  # name the user's path, not our temporary one
+        raise BundleError(f"cannot write {out_path}: {e.strerror or e}") from None
+    lock = lock_while_writing(tmp)
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(layout.head)
@@ -419,18 +427,6 @@ def _codesign(tmp: str, out_path: str, trailer: Trailer, fsync: bool):
 
 
 PART_SUFFIX = ".part"
-
-
-def _lock_while_writing(tmp: str) -> int | None:
-    """Hold an advisory lock on the temp file while it is written, so that a later run
-    can tell a live temp file from one left by a killed run (kill -9 cleans up nothing)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no stale-file cleanup there
-        return None
-    lock = os.open(tmp, os.O_RDONLY)
-    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    return lock
 
 
 def _remove_stale_parts(out_dir: str, prefix: str) -> None:

@@ -23,6 +23,7 @@ but the head record, near the start, survives.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -269,6 +270,7 @@ def extract(path: str | os.PathLike, trailer: Trailer, out_path: str | os.PathLi
         dst = open(tmp, "wb")
     except OSError as e:  # name the user's path, not our temporary one
         raise BundleError(f"cannot write {out_path}: {e.strerror or e}") from None
+    lock = lock_while_writing(tmp)  # `chatfile bundle` of the same name leaves it alone
     try:
         with open(path, "rb") as src, dst:
             src.seek(trailer.gguf_offset)
@@ -286,13 +288,32 @@ def extract(path: str | os.PathLike, trailer: Trailer, out_path: str | os.PathLi
             raise BundleError(f"{path} is corrupt: the embedded model's sha256 does not match "
                               "its trailer; nothing was extracted")
         os.replace(tmp, out_path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError):  # name the user's path; a full disk is the usual one
+            raise BundleError(f"cannot write {out_path}: {e.strerror or e}"
+                              + (" (the disk is full)" if e.errno == errno.ENOSPC else "")
+                              + "; nothing was extracted") from None
         raise
+    finally:
+        if lock is not None:
+            os.close(lock)
     return h.hexdigest()
+
+
+def lock_while_writing(tmp: str) -> int | None:
+    """Hold an advisory lock on the temp file while it is written, so that a later run
+    can tell a live temp file from one left by a killed run (kill -9 cleans up nothing)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no stale-file cleanup there
+        return None
+    lock = os.open(tmp, os.O_RDONLY)
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return lock
 
 
 def interrupt_on_termination() -> None:

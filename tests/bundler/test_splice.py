@@ -161,6 +161,12 @@ def test_bundle_command_refuses_bad_args_and_truncated_models_before_building(tm
                        timeout=120)
     assert r.returncode == 1 and "is the input" in r.stderr, r.stderr
     assert model.read_bytes() == MODEL.read_bytes()
+    # An output directory that does not exist, before the stub (which would take minutes).
+    r = subprocess.run([sys.executable, "-m", "bundler.cli", "bundle", model, "-o",
+                        tmp_path / "nodir" / "x", "--stub", tmp_path / "no-stub"],
+                       cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 1 and "nodir does not exist" in r.stderr and "no-stub" not in r.stderr
 
 
 def test_bundle_command_refuses_models_the_runtime_cannot_run(tmp_path):
@@ -384,3 +390,16 @@ def test_chatfile_info_and_chat_take_a_bundle_as_the_model(elf_stub, tmp_path):
     assert r.returncode == 0 and r.stdout.strip(), r.stderr
     r = chatfile("info", elf_stub)  # a stub carries no model: the GGUF reader says what it is
     assert r.returncode == 1 and "is not a GGUF file" in r.stderr, r.stderr
+
+
+def test_a_directory_that_refuses_the_temp_file_is_named_as_the_users_path(elf_stub, tmp_path,
+                                                                            monkeypatch):
+    import tempfile
+    model = tmp_path / "model.gguf"
+    model.write_bytes(MODEL.read_bytes())
+
+    def refuse(*a, **k):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    with pytest.raises(BundleError, match=r"cannot write .*out: Permission denied$"):
+        splice(elf_stub, model, tmp_path / "out")

@@ -1,5 +1,6 @@
 """The trailer format (runtime/embedded.py): round trips, and damage gives BundleError."""
 import hashlib
+import os
 import struct
 from pathlib import Path
 
@@ -164,3 +165,51 @@ def test_verify_and_extract_detect_flipped_model_byte(tmp_path):
         extract(p, t2, out2)
     assert not out2.exists()
     assert [f.name for f in tmp_path.iterdir() if f.name.endswith(".part")] == []
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="flock is POSIX's")
+def test_a_bundler_leaves_an_extraction_in_progress_alone(tmp_path):
+    """`chatfile bundle -o q` removes the stale `.q.*.part` files of killed runs; an
+    `--extract q` running at that moment must keep its own (it holds the same lock)."""
+    from bundler.splice import _remove_stale_parts
+    p = tmp_path / "b"
+    make_bundle(p)
+    out = tmp_path / "q"
+    seen = []
+
+    def midway(done, total):
+        parts = [f for f in tmp_path.iterdir() if f.name.endswith(".part")]
+        _remove_stale_parts(str(tmp_path), ".q.")
+        seen.append([f.exists() for f in parts])
+    extract(p, read_trailer(p), out, midway)
+    assert seen and all(seen) and all(all(s) for s in seen), seen
+    assert out.read_bytes() == GGUF_BYTES
+
+
+def test_extract_names_the_users_path_when_the_disk_is_full(tmp_path, monkeypatch):
+    import builtins
+    import errno
+    p = tmp_path / "b"
+    make_bundle(p)
+    real_open = builtins.open
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, b):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            self.f.close()
+
+    monkeypatch.setattr(builtins, "open", lambda f, mode="r", *a, **k:
+                        Full(real_open(f, mode, *a, **k)) if mode == "wb" else real_open(f, mode, *a, **k))
+    out = tmp_path / "x.gguf"
+    with pytest.raises(BundleError, match=r"cannot write .*x\.gguf: No space left on device "
+                                          r"\(the disk is full\); nothing was extracted"):
+        extract(p, read_trailer(p), out)
+    assert not out.exists() and not [f for f in tmp_path.iterdir() if f.name.endswith(".part")]
