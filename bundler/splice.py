@@ -195,10 +195,12 @@ def plan_pyz(stub: bytes, trailer_bytes: int) -> Layout:
 # When a .pyz loses its end (an interrupted download), Python no longer sees a zip and
 # compiles the file as a script; our code never runs. Before reading any source, Python
 # looks up the encoding named on line 2, so an unknown "encoding" makes it stop with
-#   SyntaxError: encoding problem: chatfile-bundle-is-incomplete-or-damaged-download-it-again
+#   SyntaxError: encoding problem: chatfile-bundle-is-incomplete-or-this-python-is-older-than-3.8
 # (the same on Python 3.9-3.13) instead of "source code cannot contain null bytes". An
-# intact .pyz is run from its zip, and this line is never read.
-TRUNCATED_PYZ_LINE = b"# -*- coding: chatfile-bundle-is-incomplete-or-damaged-download-it-again -*-\n"
+# intact .pyz is run from its zip, and this line is never read, except by Python 3.7 and
+# older: their zipimport cannot read a zip with a comment (our trailer), so they get the
+# same message, which therefore names both causes.
+TRUNCATED_PYZ_LINE = b"# -*- coding: chatfile-bundle-is-incomplete-or-this-python-is-older-than-3.8 -*-\n"
 
 
 def _check_gguf(path: str) -> int:
