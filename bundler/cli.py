@@ -163,12 +163,23 @@ def cmd_bundle(a) -> int:
     print(f"wrote {result.path} ({result.bundle_bytes / 1024**2:.1f} MiB) in "
           f"{result.seconds:.2f} s")
     print(f"model sha256: {result.sha256}")
-    print(f"run it: {os.path.join('.', result.path) if not os.path.dirname(result.path) else result.path}"
+    print(f"run it: {shlex.quote(os.path.join('.', result.path) if not os.path.dirname(result.path) else result.path)}"
           + (f" (needs Python {sys.version_info[0]}.{sys.version_info[1]} on the target, "
-             f"the version its NumPy is compiled for)" if a.format == "pyz" else ""))
+             f"the version its NumPy is compiled for)" if a.format == "pyz" else
+             _needs_glibc() if a.format == "exe" else ""))
     for note in result.notes:  # e.g. a macOS bundle made where codesign does not exist
         print(f"note: {note}", file=sys.stderr)
     return 0
+
+
+def _needs_glibc() -> str:
+    """What a Linux executable built here asks of its target: PyInstaller carries this
+    machine's libpython and libstdc++, which need this glibc (at most) or newer."""
+    import platform
+    lib, version = platform.libc_ver()
+    if not sys.platform.startswith("linux") or lib != "glibc" or not version:
+        return ""
+    return f" (needs Linux with glibc {version} or newer, this machine's)"
 
 
 def cmd_stub(a) -> int:
