@@ -14,6 +14,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -71,9 +72,12 @@ def platform_tag() -> str:
             f"py{sys.version_info.major}{sys.version_info.minor}")
 
 
+def _stub_suffix(fmt: str) -> str:
+    return ".exe" if fmt == "exe" and sys.platform == "win32" else ("" if fmt == "exe" else ".pyz")
+
+
 def cached_stub_path(fmt: str) -> Path:
-    suffix = ".exe" if fmt == "exe" and sys.platform == "win32" else ("" if fmt == "exe" else ".pyz")
-    name = f"chatfile-{chatfile_version()}-{platform_tag()}-{fmt}-{sources_hash()}{suffix}"
+    name = f"chatfile-{chatfile_version()}-{platform_tag()}-{fmt}-{sources_hash()}{_stub_suffix(fmt)}"
     return cache_dir() / name
 
 
@@ -81,10 +85,35 @@ def get_stub(fmt: str, log=None) -> Path:
     """The cached stub for this runtime, building it first if needed."""
     path = cached_stub_path(fmt)
     if path.is_file():
+        try:
+            os.utime(path)  # used now: the pruning below keeps recently used stubs
+        except OSError:
+            pass
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     build_stub(fmt, path, log=log)
+    _prune_cache(fmt, path)
     return path
+
+
+# Stubs of other runtime versions kept per format and platform, most recently used first:
+# each is 17-36 MB, and one is only used again when the sources go back to its version.
+KEEP_STUBS = 3
+
+
+def _prune_cache(fmt: str, new: Path) -> None:
+    """Remove this format's and platform's cached stubs (of any version) beyond the
+    KEEP_STUBS most recently used, the new one among them."""
+    mine = re.compile(rf"chatfile-[^-]+-{re.escape(platform_tag())}-{fmt}-[0-9a-f]+"
+                      rf"{re.escape(_stub_suffix(fmt))}")
+    try:
+        same = [p for p in new.parent.iterdir() if mine.fullmatch(p.name) and p.is_file()]
+        same.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    except OSError:
+        return
+    for old in same[KEEP_STUBS:]:
+        if old != new:
+            old.unlink(missing_ok=True)
 
 
 def build_stub(fmt: str, out: str | os.PathLike, log=None) -> float:
