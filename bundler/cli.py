@@ -78,6 +78,9 @@ def _check_baked_args(baked: list[str]) -> str | None:
     every start of the bundle will parse them (`chatfile run MODEL *baked`), so that a
     bad one fails now and not on the machine of whoever double-clicks the bundle."""
     from runtime import cli as runtime_cli
+    asks_help = next((a for a in baked if a in ("-h", "--help")), None)
+    if asks_help:  # argparse would print the help and exit
+        return f"{asks_help} is not an option to bake in"
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):

@@ -831,6 +831,9 @@ def _load(st: State, path, offset, size, chat_template, n_ctx, mode, say):
         st.progress = 1.0
     except Exception as e:  # noqa: BLE001 - any load failure is reported, not raised
         st.error = f"{type(e).__name__}: {e}" if not str(e) else str(e)
+        if offset and isinstance(e, ValueError):  # a bundle's model (GGUFError is one)
+            st.error += ("; the bundle may be damaged: run it with --verify, and copy or "
+                         "download it again if that fails")
         log(f"chatfile: error: the model failed to load: {st.error}")
 
 

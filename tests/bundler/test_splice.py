@@ -140,6 +140,7 @@ def test_bundle_command_refuses_bad_args_and_truncated_models_before_building(tm
                        ("--gguf-offset 5", "--gguf-offset is set by the bundle itself"),
                        ("--ctx 64 --gguf-size=10", "--gguf-size is set by the bundle itself"),
                        ("--chat-template-text=x", "--chat-template-text is set by the bundle itself"),
+                       ("--ctx 64 -h", "-h is not an option to bake in"),
                        # a template is read now, to be carried in the bundle
                        (f"--chat-template {tmp_path / 'none.jinja'}", "chat template file not found"),
                        (f"--chat-template={broken}", "syntax error")):

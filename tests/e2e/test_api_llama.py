@@ -631,3 +631,19 @@ def test_default_system_prompt_and_title(server_factory, tiny_model):
     _, _, data = http_request("GET", h.url + "/props")
     p = json.loads(data)
     assert p["title"] == "Pirate chat" and p["system_prompt"] == "You are a pirate."
+
+
+def test_a_bundle_whose_model_fails_to_load_suggests_verify(tmp_path):
+    """A damaged GGUF inside a bundle (found at an offset) is most likely a bad copy: the
+    error says how to check, as `--verify` is the tool for it."""
+    from runtime import server
+    data = TINY_PATH.read_bytes()
+    bundle = tmp_path / "bundle"
+    bundle.write_bytes(b"\0" * 4096 + data[:8] + b"\xff" * 8 + data[16:])  # tensor count
+    lines = []
+    for offset, path in ((4096, bundle), (0, tmp_path / "plain.gguf")):
+        if offset == 0:
+            path.write_bytes(data[:8] + b"\xff" * 8 + data[16:])
+        st = server.State(model_path=str(path), n_ctx=64, model_id="x", log=lines.append)
+        server._load(st, path, offset, len(data), None, 64, "auto", lines.append)
+        assert st.error and ("--verify" in st.error) == (offset > 0), st.error
