@@ -30,7 +30,8 @@ Chat with the language model inside this file: starts a local server and opens t
 page in your browser. Close this window (or press Ctrl+C) to stop.
 
 bundle options:
-  --port N          port to listen on (default: the baked default or 8080)
+  --port N          port to listen on (default: the baked default or 8080; if it
+                    is busy, the next free one, whose page starts with no saved chats)
   --host HOST       address to listen on (default 127.0.0.1)
   --no-browser      do not open the browser
   --api-key KEY     require this key for API requests
