@@ -240,7 +240,7 @@ def check_model(path: str, chat_template: str | None = None) -> None:
     from runtime.model import Model
     try:
         model = Model.load(path, mode="quant", chat_template=chat_template)
-        for name, t in model.gguf.tensors.items():
+        for t in model.gguf.tensors.values():  # the quantized mode converts none of them
             quants.quantized_row_bytes(t.ggml_type, t.shape[-1] if t.shape else 1)
     except (ValueError, OSError, KeyError, IndexError) as e:  # GGUFError is a ValueError
         raise BundleError(f"chatfile cannot run {path}: {e}") from None

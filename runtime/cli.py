@@ -10,8 +10,8 @@ NumPy is imported only after the arguments are parsed, because the BLAS thread c
 from __future__ import annotations
 
 import argparse
-import shlex
 import os
+import shlex
 import sys
 
 

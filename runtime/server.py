@@ -852,8 +852,8 @@ class Server:
         self.state.model_id = Path(os.fspath(model_path)).stem
         self.httpd, self.port = bind(host, port)
         if port and self.port != port:
-            self.log(f"chatfile: port {port} is busy; using {self.port} instead (the page's "
-                     f"saved chats belong to its port: they are at port {port})")
+            self.log(f"chatfile: port {port} is busy; using {self.port} instead (the chat "
+                     f"page keeps its saved chats per port)")
         self.url = f"http://{_display_host(host)}:{self.port}/"
         self.httpd.set_app(wrap_app(build_app(self.state), self.state))
         self._loader = threading.Thread(
