@@ -23,6 +23,12 @@ from pathlib import Path
 
 import _bootstrap  # shiv's bootstrap, stored in the archive next to this file
 
+# PYTHONPATH's directories come before the unpacked packages on sys.path, so a NumPy (or
+# a `runtime`) found there would be imported instead of the bundle's own, and fail. The
+# bundle carries all it runs, as the executable does, which ignores PYTHONPATH too.
+_USER_PATHS = {os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p}
+sys.path[:] = [p for p in sys.path if not p or os.path.abspath(p) not in _USER_PATHS]
+
 
 def _usable(d: Path, shared_parent: bool = False) -> bool:
     """d exists or can be made and can be written. Under a shared parent (the temp dir) it

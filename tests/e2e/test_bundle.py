@@ -297,6 +297,19 @@ def test_ctrl_c_stops_the_executable_s_server_cleanly(bundles, tmp_path):
         assert "Traceback" not in out and "Exception ignored" not in out, out
 
 
+def test_a_pyz_ignores_pythonpath(bundles, tmp_path, reference_reply):
+    """A NumPy (or a `runtime`) on PYTHONPATH used to be imported instead of the bundle's."""
+    path = _bundle(bundles, "pyz")
+    fake = tmp_path / "site"
+    for pkg in ("numpy", "runtime"):
+        (fake / pkg).mkdir(parents=True)
+        (fake / pkg / "__init__.py").write_text(f"raise ImportError('the fake {pkg}')\n")
+    env = {**_env(tmp_path), "PYTHONPATH": str(fake)}
+    r = subprocess.run(_cmd(path) + ["--cli", "--temp", "0", "--max-tokens", "4"], input="Hi\n",
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0 and "fake" not in r.stderr and r.stdout.strip(), r.stderr
+
+
 def test_a_chat_template_given_in_args_is_carried_in_the_bundle(stubs, tmp_path):
     """`--args "--chat-template FILE"` used to bake in the path: the bundle failed to
     start wherever that file was not (every other machine)."""
