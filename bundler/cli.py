@@ -9,7 +9,7 @@ import shlex
 import sys
 import time
 
-from runtime.embedded import BundleError, interrupt_on_termination
+from runtime.embedded import BundleError, Trailer, encode_trailer, interrupt_on_termination
 
 OWN_COMMANDS = ("bundle", "stub")
 
@@ -89,8 +89,10 @@ def _check_baked_args(baked: list[str]) -> str | None:
         lines = err.getvalue().strip().splitlines()
         return lines[-1].split("error: ", 1)[-1] if lines else "they cannot be parsed"
     hidden = runtime_cli.hidden_flag(baked)
-    if hidden:
-        return f"{hidden} is set by the bundle itself"
+    if hidden or args.chat_template_text is not None:  # (also given abbreviated)
+        return f"{hidden or runtime_cli.TEMPLATE_TEXT_FLAG} is set by the bundle itself"
+    if sum(a.partition("=")[0] == "--chat-template" for a in baked) > 1:
+        return "give --chat-template once"
     return runtime_cli.check_args(args)
 
 
@@ -136,6 +138,12 @@ def cmd_bundle(a) -> int:
         baked = _embed_template(baked)
     except ValueError as e:  # TemplateError is one
         print(f"chatfile: error: --args: {e}", file=sys.stderr)
+        return 2
+    try:  # the trailer's size limit, before a possibly long stub build
+        encode_trailer(Trailer(gguf_offset=0, gguf_size=0, sha256="0" * 64, args=tuple(baked),
+                               title=a.title or "", format=a.format))
+    except BundleError as e:
+        print(f"chatfile: error: {e}", file=sys.stderr)
         return 2
     try:
         template = next((arg.partition("=")[2] for arg in baked

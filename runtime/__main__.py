@@ -202,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if own["model"]:
         model_path, model_trailer = own["model"], None
+        # A chat template baked in is the embedded model's, not another model's.
+        baked = [a for a in baked if not a.startswith(TEMPLATE_TEXT_FLAG + "=")]
     elif trailer is not None:
         model_path, model_trailer = path, trailer
     else:
@@ -254,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     if own["info"]:
         template = [a for a in baked if a.startswith(TEMPLATE_TEXT_FLAG + "=")]
         code = _runtime_cli(["info", *_model_args(model_path, model_trailer, title=False),
-                             *(template if model_trailer is not None else []),
+                             *template,
                              *(["--json"] if "--json" in user_args else [])])
         if model_trailer is not None and "--json" not in user_args:
             print(f"sha256: {model_trailer.sha256}")

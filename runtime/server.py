@@ -302,7 +302,7 @@ def build_app(st: State) -> bottle.Bottle:
                     out = ev.text
                     if find_calls:
                         reply += ev.text
-                        upto = max(sent, tool_calls.held_from(reply))
+                        upto = max(sent, tool_calls.held_from(reply, tools))
                         out, sent = reply[sent:upto], upto
                     if out or lp:
                         yield chunk({"content": out}, lp)

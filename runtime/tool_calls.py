@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import dataclass
 
 import regex
 
@@ -46,11 +47,11 @@ MARKERS = (HERMES_OPEN, MISTRAL_CALLS, PYTHON_TAG)
 # A whole reply that starts with one of these may be a bare JSON call (or array of calls).
 JSON_STARTS = ("{", "[")
 
-# A code fence whose whole body may be a call, and how such a fence starts (matched
-# partially while a reply streams: "```js" can no longer be one, "```" still can).
+# Markdown code fences: a line of three or more backticks, then an info string on an
+# opening one. Only fences of these info strings may hold a call.
 FENCE = "```"
-_FENCED = regex.compile(r"```(?:json|xml)?[ \t]*\n(.*?)```", regex.S)
-_FENCED_CALL_START = regex.compile(r"```(?:json|xml)?[ \t]*\n\s*(?:[{\[]|<tool_call>)")
+_FENCE_LINE = regex.compile(r"^[ \t]*(`{3,})[ \t]*([^\s`]*)[ \t]*$", regex.M)
+_CALL_FENCE_INFOS = ("", "json", "xml")
 
 # llama.cpp's generic format: the keys of a whole-reply object.
 GENERIC_CALL, GENERIC_CALLS, GENERIC_RESPONSE = "tool_call", "tool_calls", "response"
@@ -277,17 +278,57 @@ def parse(text: str, tools: list | None, template: str | None = None) -> tuple[s
     return _parse_unfenced(text, names, generic)
 
 
+@dataclass
+class _Fence:
+    start: int        # where the opening fence's line begins
+    body_start: int   # just after that line's newline
+    body_end: int     # where the closing fence's line begins (the end of the text if open)
+    end: int          # just after the closing fence (the end of the text if open)
+    info: str         # the opening fence's info string, e.g. "json"
+    closed: bool
+    info_done: bool   # the opening line has its newline (its info string is complete)
+
+
+def _fences(text: str) -> list[_Fence]:
+    """The text's code fences, in order: an opening fence line, then the next line that is
+    a bare fence of at least as many backticks closes it (so a JSON string holding ``` is
+    no end: it cannot hold a raw newline). The last one may still be open."""
+    out, open_ = [], None
+    for m in _FENCE_LINE.finditer(text):
+        ticks, info = m.group(1), m.group(2)
+        if open_ is None:
+            done = m.end() < len(text)  # the line's newline has arrived
+            open_ = (m, ticks, info, done)
+        elif not info and len(ticks) >= len(open_[1]):
+            o = open_[0]
+            out.append(_Fence(o.start(), o.end() + 1, m.start(), m.end(), open_[2].lower(), True, True))
+            open_ = None
+    if open_ is not None:
+        o = open_[0]
+        out.append(_Fence(o.start(), min(o.end() + 1, len(text)), len(text), len(text),
+                          open_[2].lower(), False, open_[3]))
+    return out
+
+
+def _fence_calls(text: str, f: _Fence, names: set, generic: bool | None) -> list:
+    """The calls a closed fence holds, its whole body being calls; [] if it is not so."""
+    if not f.closed or f.info not in _CALL_FENCE_INFOS:
+        return []
+    inner, found = _parse_unfenced(text[f.body_start:f.body_end], names, generic)
+    return found if inner is None else []
+
+
 def _parse_fenced(text: str, names: set, generic: bool | None) -> tuple[str | None, list]:
     """Code fences whose whole body is calls (in any format but the generic {"response"})
     become calls; the text outside them is read as a reply of its own and is the content.
     A call written both bare and fenced (the model repeating itself) counts once."""
     kept, calls, pos = [], [], 0
-    for m in _FENCED.finditer(text):
-        inner, found = _parse_unfenced(m.group(1), names, generic)
-        if found and inner is None:
-            kept.append(text[pos:m.start()])
+    for f in _fences(text):
+        found = _fence_calls(text, f, names, generic)
+        if found:
+            kept.append(text[pos:f.start])
             calls += found
-            pos = m.end()
+            pos = f.end
     if not calls:
         return text, []
     kept.append(text[pos:])
@@ -326,30 +367,44 @@ def _marker_prefix_len(text: str) -> int:
     return 0
 
 
-def held_from(text: str) -> int:
+def held_from(text: str, tools: list | None = None) -> int:
     """Where, in the reply so far, a tool call could begin: text before this index can
     stream as content, the rest must wait for the end of the reply. len(text) when
-    nothing needs to wait.
+    nothing needs to wait. `tools`: the request's, which tell a closed code fence that
+    holds a call from one that does not (without them, any closed JSON fence waits).
 
     The whitespace just before a possible call waits too, so that a streamed reply's
     content ends where parse() strips it."""
     if not text.strip() or text.lstrip().startswith(JSON_STARTS):
         return 0  # (so far) a whole-reply JSON call
     found = [i for i in (text.find(m) for m in MARKERS) if i >= 0]
-    fence = _fence_call_at(text)
+    fence = _fence_call_at(text, declared_names(tools) if tools is not None else None)
     if fence is not None:
         found.append(fence)
     cut = min(found) if found else len(text) - _marker_prefix_len(text)
     return len(text[:cut].rstrip())
 
 
-def _fence_call_at(text: str) -> int | None:
-    """Where the first code fence that may still turn out to hold a call begins, or None.
-    A fence whose body has begun with anything but a call's first character streams on."""
-    ticks = len(text) - len(text.rstrip("`"))
-    i = text.find(FENCE)
-    while i >= 0:
-        if _FENCED_CALL_START.match(text, i, partial=True):
-            return i
-        i = text.find(FENCE, i + 1)
-    return len(text) - ticks if 0 < ticks < len(FENCE) else None  # "`" may become a fence
+def _fence_call_at(text: str, names: set | None) -> int | None:
+    """Where the first code fence that holds a call, or may still turn out to, begins;
+    None if there is none. A closed fence holds calls or not (without `names`, one whose
+    body is JSON or a <tool_call> block may); an open one may while its info string can
+    still become json or xml and its body is empty or starts as a call does."""
+    for f in _fences(text):
+        if f.closed:
+            body = text[f.body_start:f.body_end].lstrip()
+            if f.info in _CALL_FENCE_INFOS and (
+                    _fence_calls(text, f, names, None) if names is not None
+                    else body.startswith((*JSON_STARTS, HERMES_OPEN))):
+                return f.start
+            continue
+        info_ok = (f.info in _CALL_FENCE_INFOS if f.info_done
+                   else any(i.startswith(f.info) for i in _CALL_FENCE_INFOS))
+        body = text[f.body_start:].lstrip()
+        if info_ok and (not body or body.startswith(JSON_STARTS)
+                        or HERMES_OPEN.startswith(body[:len(HERMES_OPEN)])):
+            return f.start
+        return None  # an open fence that is no call: what follows is inside it
+    # A line that may be becoming a fence: "`" or "``" at the start of the last line.
+    last = text[text.rfind("\n") + 1:]
+    return len(text) - len(last) if last.strip(" \t") in ("`", "``") else None

@@ -624,7 +624,7 @@
     var users = parts.rest.filter(function (m) { return m.role === "user"; });
     if (!users.length) return false;
     var size = await promptSize(plain(parts.pinned.concat([users[users.length - 1]])));
-    return size.n > state.nCtx;
+    return size.n >= state.nCtx; // the server refuses a prompt that leaves no room
   }
 
   /* ---------- sending and streaming ---------- */

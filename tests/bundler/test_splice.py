@@ -141,12 +141,17 @@ def test_bundle_command_refuses_bad_args_and_truncated_models_before_building(tm
                        ("--ctx 64 --gguf-size=10", "--gguf-size is set by the bundle itself"),
                        ("--chat-template-text=x", "--chat-template-text is set by the bundle itself"),
                        ("--ctx 64 -h", "-h is not an option to bake in"),
+                       ("--chat-template-tex=x", "--chat-template-text is set by the bundle itself"),
+                       ("--chat-template a.jinja --chat-template=b.jinja", "give --chat-template once"),
                        # a template is read now, to be carried in the bundle
                        (f"--chat-template {tmp_path / 'none.jinja'}", "chat template file not found"),
                        (f"--chat-template={broken}", "syntax error")):
         r = bundle(MODEL, f"--args={baked}")
         assert r.returncode == 2 and why in r.stderr, (baked, r.stderr)
         assert "usage:" not in r.stderr and "Traceback" not in r.stderr
+    # The trailer's size limit, checked before the stub build too.
+    r = bundle(MODEL, "--title", "x" * 70000)
+    assert r.returncode == 2 and "more than the 65535 allowed" in r.stderr, r.stderr
     half = tmp_path / "half.gguf"
     half.write_bytes(MODEL.read_bytes()[:MODEL.stat().st_size // 2])
     r = bundle(half)

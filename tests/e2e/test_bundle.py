@@ -333,6 +333,10 @@ def test_a_chat_template_given_in_args_is_carried_in_the_bundle(stubs, tmp_path)
     # The model's GGUF has no template, but the bundle has one: not a "base model".
     assert f"chat template:  yes (the bundle's own, {len(text)} characters)" in info.stdout
     assert "base model" not in info.stdout
+    # It is the embedded model's template: another model given with -m does not get it.
+    info = subprocess.run(_cmd(out) + ["--info", "-m", str(MODEL)], capture_output=True,
+                          text=True, env=_env(tmp_path), timeout=120)
+    assert "chat template:  no (a built-in one will be used)" in info.stdout, info.stdout
     port = _free_port()
     proc = subprocess.Popen(_cmd(out) + ["--no-browser", "--port", str(port)], cwd="/",
                             env=_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

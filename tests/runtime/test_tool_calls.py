@@ -192,14 +192,18 @@ def test_streaming_by_held_from_gives_parse_of_the_whole_reply():
                  'Plain answer with <b>tags</b> and [links] that never call.',
                  '{"name": "get_weather", "arguments": {"city": "Paris"}}',
                  'Checking.\n```json\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n```',
-                 'Code:\n```python\nprint("{x}")\n```\nand JSON:\n```json\n{"a": [1]}\n```\nbye'):
-        sent = 0
-        for i in range(1, len(text) + 1):
-            sent = max(sent, held_from(text[:i]))
-        content, calls = parse(text[sent:], TOOLS)
-        whole_content, whole_calls = parse(text, TOOLS)
-        assert (text[:sent] + (content or "")) == (whole_content or "")
-        assert [c["function"] for c in calls] == [c["function"] for c in whole_calls]
+                 'Code:\n```python\nprint("{x}")\n```\nand JSON:\n```json\n{"a": [1]}\n```\nbye',
+                 # a closing fence is not an opening one (found by a review)
+                 'Run:\n```python\nx=1\n```\n```json\n{"name": "get_time", "arguments": {"a": 1}}\n```',
+                 '```python\nx=1\n```\n{"name": "get_time", "arguments": {}}\n```bash\nls\n```'):
+        for tools in (TOOLS, None):  # the server passes the tools; without, more waits
+            sent = 0
+            for i in range(1, len(text) + 1):
+                sent = max(sent, held_from(text[:i], tools))
+            content, calls = parse(text[sent:], TOOLS)
+            whole_content, whole_calls = parse(text, TOOLS)
+            assert (text[:sent] + (content or "")) == (whole_content or ""), (text, tools)
+            assert [c["function"] for c in calls] == [c["function"] for c in whole_calls]
 
 
 # ---- llama.cpp's generic format (templates that cannot show tools) ----------------------
@@ -325,3 +329,18 @@ def test_fences_that_hold_no_call_stay_content():
     text = ('Let me look.\n```json\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n```\n'
             '```json\n{"name": "get_time", "arguments": {}}\n```')
     assert calls_of(text) == ("Let me look.", [PARIS, ("get_time", {})])
+
+
+def test_fences_pair_by_lines():
+    """Found by a review: a closing fence was read as an opening one, and a ``` inside a
+    call's JSON string ended its fence."""
+    text = 'Run:\n```python\nx=1\n```\n```json\n{"name": "get_time", "arguments": {"a": 1}}\n```'
+    assert calls_of(text) == ("Run:\n```python\nx=1\n```", [("get_time", {"a": 1})])
+    inner = '```json\n{"name": "get_time", "arguments": {"content": "```py\\nx\\n```"}}\n```'
+    assert calls_of(inner) == (None, [("get_time", {"content": "```py\nx\n```"})])
+    # A closed fence that holds no call lets what follows it stream.
+    for text in ('Example:\n```json\n{"a": 1}\n```\nNow a long explanation',
+                 'Code:\n```python\nx = [1]\n```\n[1]: a footnote'):
+        assert held_from(text, TOOLS) == len(text), text
+    # Without the tools, a closed JSON fence might be a call: it waits.
+    assert held_from('Example:\n```json\n{"a": 1}\n```\nmore') == len("Example:")
