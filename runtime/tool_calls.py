@@ -50,7 +50,7 @@ JSON_STARTS = ("{", "[")
 # Markdown code fences: a line of three or more backticks, then an info string on an
 # opening one. Only fences of these info strings may hold a call.
 FENCE = "```"
-_FENCE_LINE = regex.compile(r"^[ \t]*(`{3,})[ \t]*([^\s`]*)[ \t]*$", regex.M)
+_FENCE_LINE = regex.compile(r"^[ \t]*(`{3,})[ \t]*([^\s`]*)[^`\n]*$", regex.M)  # (info: first word)
 _CALL_FENCE_INFOS = ("", "json", "xml")
 
 # llama.cpp's generic format: the keys of a whole-reply object.

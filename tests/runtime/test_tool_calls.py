@@ -336,6 +336,8 @@ def test_fences_pair_by_lines():
     call's JSON string ended its fence."""
     text = 'Run:\n```python\nx=1\n```\n```json\n{"name": "get_time", "arguments": {"a": 1}}\n```'
     assert calls_of(text) == ("Run:\n```python\nx=1\n```", [("get_time", {"a": 1})])
+    titled = 'Code:\n```python title="x.py"\nx=1\n```\n```json\n{"name": "get_time", "arguments": {}}\n```'
+    assert calls_of(titled) == ('Code:\n```python title="x.py"\nx=1\n```', [("get_time", {})])
     inner = '```json\n{"name": "get_time", "arguments": {"content": "```py\\nx\\n```"}}\n```'
     assert calls_of(inner) == (None, [("get_time", {"content": "```py\nx\n```"})])
     # A closed fence that holds no call lets what follows it stream.
