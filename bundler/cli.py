@@ -115,9 +115,8 @@ def _embed_template(baked: list[str]) -> list[str]:
         else:
             out.append(baked[i])
         i += 1
-    parsed = runtime_cli.build_parser().parse_args(["run", "model.gguf", *out])
-    if parsed.chat_template:  # an abbreviation, such as --chat-t
-        raise ValueError("write --chat-template in full, so that the template is put in the bundle")
+    # (An abbreviation such as --chat-t never gets here: it could also be the hidden
+    # --chat-template-text, so _check_baked_args has already refused it as ambiguous.)
     return out
 
 
