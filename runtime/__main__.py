@@ -7,7 +7,10 @@ imported before we know what to do, so `--help`, `--verify` and errors are insta
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.machinery
+import io
+import json
 import importlib.util
 import os
 import re
@@ -255,10 +258,11 @@ def main(argv: list[str] | None = None) -> int:
     model = _model_args(model_path, model_trailer)
     if own["info"]:
         template = [a for a in baked if a.startswith(TEMPLATE_TEXT_FLAG + "=")]
-        code = _runtime_cli(["info", *_model_args(model_path, model_trailer, title=False),
-                             *template,
-                             *(["--json"] if "--json" in user_args else [])])
-        if model_trailer is not None and "--json" not in user_args:
+        info_args = ["info", *_model_args(model_path, model_trailer, title=False), *template]
+        if "--json" in user_args:
+            return _info_json(info_args, model_trailer, baked)
+        code = _runtime_cli(info_args)
+        if model_trailer is not None:
             print(f"sha256: {model_trailer.sha256}")
             print(f"embedded at offset {model_trailer.gguf_offset}, "
                   f"{model_trailer.gguf_size} bytes")
@@ -268,6 +272,25 @@ def main(argv: list[str] | None = None) -> int:
         return _runtime_cli(["chat", *model, *_drop_server_flags(baked + user_args)])
     # The server prints the URL and "close this window (or press Ctrl+C) to stop".
     return _runtime_cli(["run", *model, *baked, *user_args])
+
+
+def _info_json(info_args: list[str], trailer: Trailer | None, baked: list[str]) -> int:
+    """`--info --json`: the model's summary, plus what the bundle adds (its sha256, where
+    the GGUF sits, the baked-in args) under "bundle", so that a script reads one object."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):  # errors go to stderr as usual
+        code = _runtime_cli([*info_args, "--json"])
+    if code != 0 or trailer is None:
+        sys.stdout.write(out.getvalue())
+        return code
+    d = json.loads(out.getvalue())
+    d["bundle"] = {"sha256": trailer.sha256, "gguf_offset": trailer.gguf_offset,
+                   "gguf_size": trailer.gguf_size, "format": trailer.format,
+                   "title": trailer.title,
+                   # A baked chat template is counted in "chat_template_from_bundle".
+                   "args": [a for a in baked if not a.startswith(TEMPLATE_TEXT_FLAG + "=")]}
+    print(json.dumps(d, indent=2))
+    return 0
 
 
 def _one_interrupt_per_keypress() -> None:
