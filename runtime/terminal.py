@@ -9,6 +9,7 @@ new message.
 """
 from __future__ import annotations
 
+import os
 import queue
 import sys
 import time
@@ -258,21 +259,25 @@ def _line_reader(stdin, stdout):
 
     On a terminal, GNU readline (behind input()) reads in raw mode: the terminal's own
     line editing (canonical mode) holds 4095 characters and silently drops the rest of a
-    longer pasted message. readline also gives line editing and history. Without it
-    (Windows, a Python built without it), or on a pipe, lines are read as they come."""
-    use_input = False
+    longer pasted message. readline also gives line editing and history. Without it (the
+    one-file executable leaves it out, see runtime/line_input.py), a POSIX terminal is
+    read by our own small line editor; elsewhere (Windows), or on a pipe, lines are read
+    as they come."""
+    on_terminal = False
     if stdin is sys.stdin and stdout is sys.stdout:
         try:
-            use_input = stdin.isatty() and stdout.isatty()
+            on_terminal = stdin.isatty() and stdout.isatty()
         except (AttributeError, ValueError):
             pass
-    if use_input:
+    if on_terminal:
         try:
             import readline  # noqa: F401 - importing it is what makes input() use it
+            return input
         except ImportError:
-            use_input = False
-    if use_input:
-        return input
+            pass
+        if os.name == "posix":
+            from runtime.line_input import raw_line_reader
+            return raw_line_reader(stdin.fileno(), stdout)
 
     def read(prompt):
         stdout.write(prompt)

@@ -274,6 +274,15 @@ def test_ctrl_c_in_the_executable_stops_the_answer_not_the_chat(bundles, tmp_pat
             os.write(master, b"/help\n")
             out = _read_until(master, lambda b: b"/exit" in b and prompt(b), 60)
             assert b"/exit" in out, out  # still chatting
+            # The executable has no GNU readline; its own line editor reads a line longer
+            # than the terminal's canonical mode holds (4095), with a Backspace in it.
+            long = b"/" + b"x" * 5000 + b"ENDX\x7f"
+            for i in range(0, len(long), 512):
+                os.write(master, long[i:i + 512])
+                _read_until(master, lambda b: False, 0.05)  # drain the echo
+            os.write(master, b"\n")
+            out = _read_until(master, lambda b: b"unknown command" in b and prompt(b), 60)
+            assert b"x" * 100 + b"END (type /help" in out, out[-300:]
             os.write(master, b"\x04")  # Ctrl+D: leave
             assert proc.wait(60) == 0
         finally:
@@ -408,6 +417,18 @@ def test_bare_stub_explains_itself(stubs, tmp_path):
         r = subprocess.run(cmd, capture_output=True, text=True, env=_env(tmp_path), timeout=120)
         assert r.returncode == 2
         assert "without a model" in r.stderr and "-m model.gguf" in r.stderr
+
+
+def test_the_executable_carries_no_gpl_library(stubs):
+    """GNU readline (GPL-3) came along with Python's readline module, inside an executable
+    that people hand on under chatfile's MIT licence. The terminal chat no longer needs it
+    (runtime/line_input.py; tests/e2e/test_terminal_pty.py runs the chat without it)."""
+    if "exe" not in stubs:
+        pytest.skip("no exe stub: PyInstaller is not installed")
+    from PyInstaller.archive.readers import CArchiveReader
+    names = list(CArchiveReader(str(stubs["exe"])).toc)
+    assert any(n.startswith("libpython") for n in names), names  # the listing is real
+    assert not [n for n in names if "readline" in n], names
 
 
 def test_bundle_command_caches_the_stub(stubs, tmp_path, monkeypatch):

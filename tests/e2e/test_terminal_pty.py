@@ -114,12 +114,19 @@ class Chat:
         os.close(self.master)
 
 
-@pytest.fixture
-def chat_factory():
+# The one-file executable leaves GNU readline out (GPL-3); the chat then reads the terminal
+# with runtime/line_input.py. Each test runs with both.
+NO_READLINE = "sys.modules['readline'] = None  # import readline fails, as in the executable\n"
+
+
+@pytest.fixture(params=["readline", "own line editor"])
+def chat_factory(request):
     chats = []
+    if request.param == "readline":
+        pytest.importorskip("readline", reason="this Python has no readline module")
 
     def start(hook=""):
-        chats.append(Chat(hook))
+        chats.append(Chat((NO_READLINE if request.param != "readline" else "") + hook))
         assert is_prompt(chats[-1].read_until(is_prompt, 120))
         # A person types a moment after the prompt shows, not within microseconds, while
         # readline may still be setting the terminal up.
@@ -176,5 +183,51 @@ def test_two_ctrl_c_while_the_answer_stops_keep_the_chat(chat_factory):
     c.write(b"/help\r")
     out = c.read_until(lambda b: b"/exit" in b and is_prompt(b), 30)
     assert b"/exit" in out, out
+    c.write(b"\x04")
+    assert c.proc.wait(30) == 0
+
+
+def _sent(c, keys: bytes) -> bytes:
+    c.write(keys)
+    return c.read_until(lambda b: b"got " in b and is_prompt(b), 30)
+
+
+def _got(text: str) -> bytes:
+    import zlib
+    return (f"got {len(text)} characters, crc {zlib.crc32(text.encode())}, "
+            f"ending {text[-12:]!r}").encode()
+
+
+@pytest.mark.parametrize("keys, text", [
+    (b"helo\x7f\x7fllo there\r", "hello there"),               # Backspace (DEL)
+    (b"wrong words\x15right\r", "right"),                      # Ctrl+U erases the line
+    (b"one two  \x17three\r", "one three"),                # Ctrl+W erases a word
+    ("héllo 世界\x7f界 🙂".encode() + b"\r", "héllo 世界 🙂"),   # UTF-8, a wide character
+])
+def test_line_editing_keys(chat_factory, keys, text):
+    c = chat_factory(ECHO)
+    out = _sent(c, keys)
+    assert _got(text) in out, out[-300:]
+    c.write(b"\x04")
+    assert c.proc.wait(30) == 0
+
+
+@pytest.mark.parametrize("chat_factory", ["own line editor"], indirect=True)
+def test_arrow_and_function_keys_are_not_typed(chat_factory):
+    """Our editor does not move the cursor; an arrow key's escape sequence used to reach
+    the message as text (readline moves the cursor instead, so it is not tested here)."""
+    c = chat_factory(ECHO)
+    out = _sent(c, b"a\x1b[Db\x1b[A\x1bOHc\x1b[15~d\r")
+    assert _got("abcd") in out, out[-300:]
+    c.write(b"\x04")
+    assert c.proc.wait(30) == 0
+
+
+def test_lines_pasted_at_once_are_read_one_by_one(chat_factory):
+    """A paste of several lines arrives in one read; the lines after the first wait for
+    the next prompt instead of being lost."""
+    c = chat_factory(ECHO)
+    out = _sent(c, b'"""first line\rsecond line\rthird"""\r')
+    assert _got("first line\nsecond line\nthird") in out, out[-300:]
     c.write(b"\x04")
     assert c.proc.wait(30) == 0

@@ -1,0 +1,107 @@
+"""Reading a line from a terminal without GNU readline.
+
+The one-file executable leaves readline out: it is GPL-3, and the executable is meant to
+be handed to others under chatfile's own licence. Python's input() without readline
+reads in the terminal's canonical mode, which holds 4095 characters of a line and
+silently drops the rest of a longer pasted message. So, on a POSIX terminal, we switch
+off canonical mode and echo for the time of one read, and do the little line editing a
+chat prompt needs ourselves: Backspace, Ctrl+U (erase the line), Ctrl+W (erase a word),
+Ctrl+D on an empty line (end of input). Escape sequences (arrow keys, Home, F-keys) are
+swallowed instead of typed. Ctrl+C and Ctrl+Z stay the terminal's (ISIG is left on).
+"""
+from __future__ import annotations
+
+import codecs
+import os
+import unicodedata
+from collections import deque
+
+BACKSPACES = ("\x7f", "\x08")
+CTRL_D, CTRL_U, CTRL_W, ESC = "\x04", "\x15", "\x17", "\x1b"
+
+
+def _width(ch: str) -> int:
+    """Columns a character takes on a terminal: 2 for wide East Asian, 0 for combining."""
+    if unicodedata.combining(ch):
+        return 0
+    return 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
+
+
+def raw_line_reader(fd: int, out):
+    """A function(prompt) -> line for the terminal `fd`, echoing to the text stream `out`.
+    Raises EOFError at Ctrl+D on an empty line or when the terminal closes; a Ctrl+C
+    during the read raises KeyboardInterrupt as usual, and the line typed so far is lost."""
+    import termios  # POSIX only; the caller checks
+
+    pending: deque[str] = deque()  # typed (pasted) past the end of the line last returned
+
+    def read(prompt: str) -> str:
+        saved = termios.tcgetattr(fd)
+        raw = termios.tcgetattr(fd)
+        raw[3] &= ~(termios.ICANON | termios.ECHO)  # lflag; \r -> \n (ICRNL) stays on
+        raw[6][termios.VMIN], raw[6][termios.VTIME] = 1, 0  # wait for at least one byte
+        try:
+            # Raw before the prompt shows: a Ctrl+D typed in canonical mode is an end-of-
+            # file mark, not a byte, and switching modes after it would lose it.
+            termios.tcsetattr(fd, termios.TCSANOW, raw)
+            out.write(prompt)
+            out.flush()
+            return _edit(lambda: os.read(fd, 65536), out, pending)
+        finally:
+            termios.tcsetattr(fd, termios.TCSANOW, saved)
+    return read
+
+
+def _edit(read_bytes, out, pending: deque[str]) -> str:
+    """Apply keys until the end of a line; what comes after it stays in `pending`."""
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    line: list[str] = []
+    escape = ""  # an escape sequence being swallowed, from its ESC
+    while True:
+        if not pending:
+            data = read_bytes()
+            if not data:
+                raise EOFError  # the terminal went away
+            pending.extend(decoder.decode(data))
+        echo: list[str] = []  # written once per chunk: a long paste echoes at once
+        try:
+            while pending:
+                ch = pending.popleft()
+                if escape:
+                    escape += ch
+                    # ESC [ ... final byte (CSI), ESC O x (SS3), or ESC x.
+                    if (escape.startswith(ESC + "[") and len(escape) > 2 and "@" <= ch <= "~") \
+                            or (escape.startswith(ESC + "O") and len(escape) == 3) \
+                            or (len(escape) == 2 and ch not in "[O"):
+                        escape = ""
+                    continue
+                if ch == "\n":
+                    echo.append("\n")
+                    return "".join(line)
+                if ch == ESC:
+                    escape = ch
+                elif ch in BACKSPACES:
+                    if line:
+                        echo.append(_erase(line.pop()))
+                elif ch == CTRL_U:
+                    echo.extend(_erase(line.pop()) for _ in range(len(line)))
+                elif ch == CTRL_W:
+                    while line and line[-1].isspace():
+                        echo.append(_erase(line.pop()))
+                    while line and not line[-1].isspace():
+                        echo.append(_erase(line.pop()))
+                elif ch == CTRL_D:
+                    if not line:
+                        raise EOFError
+                elif ch == "\t" or ch >= " ":
+                    line.append(ch)
+                    echo.append(ch)
+                # Other control characters are not text: dropped.
+        finally:
+            out.write("".join(echo))
+            out.flush()
+
+
+def _erase(ch: str) -> str:
+    n = _width(ch)
+    return "\b" * n + " " * n + "\b" * n
