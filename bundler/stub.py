@@ -177,6 +177,8 @@ def _build_pyz(work: Path, log) -> Path:
     excluded = tuple(settings.get("exclude_prefixes", ()))
     for dist_name in settings["distributions"]:
         _copy_distribution(dist_name, site, excluded)
+    # shiv puts its bootstrap code into the .pyz: its licence goes along (--licenses).
+    _copy_distribution("shiv", site, excluded, metadata_only=True)
     out = work / "chatfile-stub.pyz"
     cmd = [sys.executable, "-m", "shiv", "--site-packages", str(site),
            "-e", settings["entry_point"], "-p", settings["python"], "-o", str(out)]
@@ -218,8 +220,10 @@ def _copy_runtime(dst: Path) -> None:
     shutil.copytree(RUNTIME_DIR, dst, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
 
 
-def _copy_distribution(name: str, site: Path, excluded: tuple[str, ...]) -> None:
-    """Copy an installed distribution's files (per its RECORD) into `site`."""
+def _copy_distribution(name: str, site: Path, excluded: tuple[str, ...],
+                       metadata_only: bool = False) -> None:
+    """Copy an installed distribution's files (per its RECORD) into `site`; with
+    metadata_only, only its dist-info (which holds its licence files)."""
     try:
         dist = importlib.metadata.distribution(name)
     except importlib.metadata.PackageNotFoundError:
@@ -230,6 +234,8 @@ def _copy_distribution(name: str, site: Path, excluded: tuple[str, ...]) -> None
         if rel.startswith("..") or "__pycache__" in rel or rel.endswith(".pyc"):
             continue  # scripts in bin/ and byte-code: not importable payload
         if any(rel.startswith(p) for p in excluded):
+            continue
+        if metadata_only and not rel.split("/", 1)[0].endswith(".dist-info"):
             continue
         src = Path(f.locate())
         if not src.is_file():

@@ -44,6 +44,7 @@ bundle options:
   --verify          re-hash the embedded model against the sha256 in the bundle
   --extract OUT     write the embedded GGUF to OUT (byte-identical)
   --version         print chatfile's version
+  --licenses        print the licences of chatfile and of everything this file carries
   -h, --help        show this help
 
 Any other `chatfile run` option (--ctx, --threads, --temp, --system, --chat-template,
@@ -68,7 +69,7 @@ def bundle_path() -> str | None:
 def _split_own_flags(argv: list[str]) -> tuple[dict, list[str]]:
     """Pull this entry point's own flags out of argv; return them and the rest, in order."""
     own = {"cli": False, "model": None, "info": False, "verify": False, "extract": None,
-           "help": False, "version": False}
+           "help": False, "version": False, "licenses": False}
     rest: list[str] = []
     i = 0
     while i < len(argv):
@@ -76,7 +77,7 @@ def _split_own_flags(argv: list[str]) -> tuple[dict, list[str]]:
         name, eq, val = a.partition("=")
         if a in ("-h", "--help"):
             own["help"] = True
-        elif a in ("--cli", "--info", "--verify", "--version"):
+        elif a in ("--cli", "--info", "--verify", "--version", "--licenses"):
             own[a[2:]] = True
         elif name in ("-m", "--model", "--extract"):
             key = "model" if name in ("-m", "--model") else "extract"
@@ -184,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
         from runtime import __version__
         print(f"chatfile {__version__}")
         return 0
+    if own["licenses"]:  # even from a damaged bundle, and without loading NumPy
+        from runtime.licenses import print_notices
+        return print_notices()
     hidden = hidden_flag(user_args)
     if hidden:
         print(f"chatfile: error: {hidden} is not an option (the bundle sets it itself)",

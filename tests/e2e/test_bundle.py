@@ -6,6 +6,7 @@ run`) gives for the same request on the same GGUF: the bundle changes packaging,
 answers.
 """
 import hashlib
+import importlib.metadata
 import json
 import os
 import pty
@@ -429,6 +430,39 @@ def test_the_executable_carries_no_gpl_library(stubs):
     names = list(CArchiveReader(str(stubs["exe"])).toc)
     assert any(n.startswith("libpython") for n in names), names  # the listing is real
     assert not [n for n in names if "readline" in n], names
+
+
+@pytest.mark.parametrize("fmt", ["exe", "pyz"])
+def test_a_bundle_prints_the_licences_of_what_it_carries(bundles, fmt, tmp_path):
+    """A bundle is handed on to others: the MIT/BSD/PSF/Apache notices of its parts have
+    to go with it. Before --licenses, the executable carried one of them (MarkupSafe's)."""
+    path = _bundle(bundles, fmt)
+    r = subprocess.run([*_cmd(path), "--licenses"], capture_output=True, text=True,
+                       env=_env(tmp_path), cwd=tmp_path, timeout=120)
+    assert r.returncode == 0 and not r.stderr, r.stderr
+    rule = "=" * 79 + "\n"
+    sections = r.stdout.split(rule)
+    titles = [t.strip() for t in sections[1::2]]
+    body = dict(zip(titles, sections[2::2]))
+    assert "MIT License" in body["chatfile"]
+    for name in json.loads((ROOT / "build" / "shiv.json").read_text())["distributions"]:
+        dist = importlib.metadata.distribution(name)
+        text = body.get(f"{dist.metadata['Name']} {dist.version}", "")
+        assert len(text) > 200 and "(no licence file shipped" not in text, (name, titles)
+    if fmt == "exe":
+        from PyInstaller.archive.readers import CArchiveReader
+        python = next(t for t in titles if t.startswith("Python 3."))
+        assert "PYTHON SOFTWARE FOUNDATION LICENSE" in body[python]
+        # Every library PyInstaller took from the system has its section.
+        libs = [n for n, entry in CArchiveReader(str(path)).toc.items()  # 'b': a binary,
+                if entry[4] == "b" and ".so" in n and "/" not in n  # not a symlink to one
+                and not n.startswith("libpython")]
+        assert libs, "the listing is real"
+        for lib in libs:
+            assert f"{lib} (a system library from the build machine)" in titles, (lib, titles)
+        assert "PyInstaller bootloader" in titles
+    else:
+        assert any(t.startswith("shiv ") for t in titles), titles  # its bootstrap is inside
 
 
 def test_bundle_command_caches_the_stub(stubs, tmp_path, monkeypatch):
