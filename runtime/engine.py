@@ -227,8 +227,30 @@ class Engine:
         try:
             self._queue.put_nowait(req)
         except queue.Full:
-            raise EngineBusy("the server is busy: too many requests are waiting") from None
+            # Requests whose clients gave up wait in the queue, cancelled, until the worker
+            # reaches them, which may take as long as the reply it is making: without this,
+            # a few impatient clients that retry made every newcomer a 503 for minutes.
+            self._drop_cancelled()
+            try:
+                self._queue.put_nowait(req)
+            except queue.Full:
+                raise EngineBusy("the server is busy: too many requests are waiting") from None
         return req
+
+    def _drop_cancelled(self) -> None:
+        """Take the cancelled requests out of the queue and answer them as the worker
+        would have (their request threads are still waiting for a final event)."""
+        q = self._queue
+        with q.mutex:  # queue.Queue's own lock: get() and put() see a consistent deque
+            dead = [r for r in q.queue if r.cancel.is_set()]
+            if not dead:
+                return
+            live = [r for r in q.queue if not r.cancel.is_set()]
+            q.queue.clear()
+            q.queue.extend(live)
+            q.not_full.notify(len(dead))
+        for r in dead:
+            r.events.put(Event("done", finish_reason="cancelled"))
 
     def queued(self) -> int:
         return self._queue.qsize()

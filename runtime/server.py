@@ -11,6 +11,7 @@ shape {"error": {"message", "type", "code"}}; never an HTML page, never a traceb
 """
 from __future__ import annotations
 
+import errno
 import gc
 import hmac
 import io
@@ -697,10 +698,40 @@ def client_connected(sock) -> bool:
     readable socket means end-of-file (or a reset).
     """
     try:
-        readable, _, _ = select.select([sock], [], [], 0)
+        if hasattr(select, "poll"):
+            # Not select(): it refuses file descriptors from 1024 up, and a server with
+            # that many connections open took every new request's client for gone.
+            p = select.poll()
+            p.register(sock, select.POLLIN)
+            readable = p.poll(0)
+        else:  # Windows has no poll(), and its select() does not limit descriptor numbers
+            readable, _, _ = select.select([sock], [], [], 0)
         return not readable or sock.recv(1, socket.MSG_PEEK) != b""
     except (OSError, ValueError):
         return False
+
+
+def _client_gone(e: BaseException) -> bool:
+    """An error of the connection, not of the server: the client reset or closed it, sent
+    or read nothing for SOCKET_TIMEOUT_S, or its network went away."""
+    return isinstance(e, (ConnectionError, TimeoutError)) or (
+        isinstance(e, OSError) and e.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH,
+                                               errno.ENETDOWN, errno.EHOSTDOWN))
+
+
+class _QuietAboutClients:
+    """The stream wsgiref reports a reply's errors to. wsgiref takes only resets and
+    broken pipes for the client's doing: a client that stopped reading a stream until
+    the socket's timeout printed a traceback on the console. Such reports are dropped
+    (the reply's generator is closed all the same, which cancels it); wsgiref writes
+    them while it handles the exception, so sys.exc_info() says what they are about."""
+
+    def write(self, text: str) -> None:
+        if not _client_gone(sys.exc_info()[1]):
+            sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
 
 
 class _Handler(WSGIRequestHandler):
@@ -717,6 +748,21 @@ class _Handler(WSGIRequestHandler):
         env = super().get_environ()
         env["chatfile.socket"] = self.connection  # to notice a client that hangs up
         return env
+
+    def get_stderr(self):
+        return _QuietAboutClients()
+
+    def handle(self):
+        """A connection's own errors (a client idle for SOCKET_TIMEOUT_S, as a browser's
+        unused preconnection is, or one that resets while sending its request) end it
+        quietly: they used to print socketserver's "Exception occurred during processing
+        of request" traceback."""
+        try:
+            super().handle()
+        except Exception as e:  # noqa: BLE001 - anything else is still reported
+            if not _client_gone(e):
+                raise
+            self.close_connection = True
 
     def parse_request(self):
         # curl sends "Expect: 100-continue" for bodies over 1 KiB and then waits a second
