@@ -10,9 +10,10 @@ follow its ``unicode_regex_split``:
 * Each piece is matched on its own, so ``(?!\\S)`` and ``$`` see the piece's end.
 * A regex that uses ``\\p{..}`` runs on a "collapsed" copy of the text: every non-ASCII
   code point becomes one stand-in byte for its Unicode category (letter, number, ...), or a
-  vertical tab if it is whitespace. The ``\\p{..}`` classes become the stand-in byte plus
-  the ASCII members llama.cpp lists. This is why, for example, ``\\p{S}`` does not match
-  ``~`` in llama.cpp; copying the scheme keeps us identical to it.
+  vertical tab if it is whitespace. The categories are llama.cpp's (Unicode 15.1), carried
+  here rather than taken from ``unicodedata``, whose Unicode version changes with the
+  interpreter. The ``\\p{..}`` classes become the stand-in byte plus the ASCII members
+  llama.cpp lists for them.
 * A regex without ``\\p{..}`` runs on the real text with non-ASCII whitespace turned into
   a vertical tab (C++ ``std::wregex`` only knows ASCII whitespace).
 * ``\\s``, ``\\d``, ``\\w`` and ``\\b`` are ASCII-only there, so we compile with
@@ -23,7 +24,7 @@ be (and, for the cases that matter, are) identical to the regexes, so we run the
 """
 from __future__ import annotations
 
-import unicodedata
+import bisect
 from dataclasses import dataclass, field
 
 import regex
@@ -113,8 +114,11 @@ PRE_REGEXES: dict[str, tuple[str, ...]] = {
                    r"|\s*[\r\n]+|\s+(?!\S)|\s+",),
     "ufakzeka": (r"[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",),
     "grok-2": (_QWEN2,),
+    # llama.cpp's source starts this class with U+4E00-9FFF, but the build we check against
+    # (llama-cpp-python 0.3.36) matches all of U+4E00-FAFF with it (Yi, Hangul Jamo
+    # Extended-B, private use...); we follow the build.
     "afmoe": ("<afmoe-digits>",
-              "[\u4e00-\u9fff\u3400-\u4dbf\uf900-\ufaff\u3040-\u309f\u30a0-\u30ff\uff65-\uff9f\u2f00-\u2fdf\u0e40-\u0e7f\u0e80-\u0eff\u1780-\u17ff\u1000-\u109f\uaa60-\uaa7f\ua9e0-\ua9ff\uac00-\ud7af\u1100-\u11ff]+",
+              "[\u4e00-\ufaff\u3400-\u4dbf\uf900-\ufaff\u3040-\u309f\u30a0-\u30ff\uff65-\uff9f\u2f00-\u2fdf\u0e40-\u0e7f\u0e80-\u0eff\u1780-\u17ff\u1000-\u109f\uaa60-\uaa7f\ua9e0-\ua9ff\uac00-\ud7af\u1100-\u11ff]+",
               _DEEPSEEK3_MAIN),
     "laguna": (r"[^\n]+|[\n]+", _QWEN2),
     "exaone-moe": (_CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?(?:\p{L}\p{M}*(?: \p{L}\p{M}*)*)+|\p{N}"
@@ -145,6 +149,7 @@ class PreSettings:
     add_bos: bool = False          # default of tokenizer.ggml.add_bos_token
     byte_encode: bool = True       # GPT-2 bytes-to-unicode (False: raw UTF-8 with \u2581 spaces)
     no_bos: bool = False           # the default BOS id is cleared (chatglm)
+    force_bos: bool = False        # BOS is added even if tokenizer.ggml.add_bos_token is false
     regexes: tuple[str, ...] = field(default=())
 
 
@@ -171,7 +176,7 @@ for _names, _settings in [
     (("gpt-2", "phi-2", "jina-es", "jina-de", "gigachat", "jina-v2-es", "jina-v2-de", "a.x-4.0",
       "mellum", "modern-bert", "exaone4", "jina-v1-en", "jina-v2-code", "roberta-bpe"), _p("gpt2")),
     (("jais-2",), _p("jais2")),
-    (("gemma4", "granite-embed-multi-311m"), _p("gemma4", byte_encode=False)),
+    (("gemma4", "granite-embed-multi-311m"), _p("gemma4", byte_encode=False, force_bos=True)),
     (("sarvam-moe",), _p("sarvam-moe", clean_spaces=False, byte_encode=False)),
     (("refact",), _p("refact")),
     (("command-r",), _p("command-r", **_NOCLEAN)),
@@ -226,16 +231,106 @@ WHITESPACE_CPS = frozenset([*range(0x09, 0x0E), 0x20, 0x85, 0xA0, 0x1680, *range
                             0x2028, 0x2029, 0x202F, 0x205F, 0x3000])
 
 _CAT_STANDIN = {"N": 0xD1, "L": 0xD2, "P": 0xD3, "M": 0xD4, "S": 0xD5}
-# \p{X} -> stand-in byte plus the ASCII members llama.cpp lists for X (note: no '~' in S).
+# \p{X} -> stand-in byte plus the ASCII members llama.cpp lists for X.
 _CAT_CLASS = {
     "N": "\\xd1" + "0-9",
     "L": "\\xd2" + "A-Za-z",
     "P": "\\xd3" + r"!-#%-*,-/:-;?-@\[-\]_\{\}",
     "M": "\\xd4",
-    "S": "\\xd5" + r"\$\+<->\^`\|",
+    "S": "\\xd5" + r"\$\+<->\^`\|~",
 }
 _PROPS = {"N": "N", "L": "L", "P": "P", "M": "M", "S": "S",
           "Lu": "L", "Ll": "L", "Lt": "L", "Lm": "L", "Lo": "L"}
+
+
+# The Unicode category class (N, L, P, M, S, or C for everything else: controls, format
+# characters, unassigned) of every code point from U+0080 to U+10FFFF, as llama.cpp's
+# tables have them: Unicode 15.1. Python's unicodedata follows the interpreter (3.10 has
+# Unicode 13.0, 3.11 14.0, 3.14 16.0), and each version moves a few thousand code points
+# between "unassigned" and a class, which changes the pre-tokens. Written as runs: a class
+# letter, then the run's length in hex. `build/tokenizer_cases.py --unicode-table` (under
+# a Python whose unicodedata is 15.1, e.g. 3.13) prints it.
+_UNICODE_CLASS_RUNS = (
+    "C21P1S5P1S2L1P1S1C1S4N2S1L1P2S1N1L1P1N3P1L17S1L1fS1L1caS4LcSeL5S7L1S1L1S11M70L5S1L2C2L4"
+    "P1L1C4S2L1P1L3C1L1C1L14C1L53S1L8bS1M7La6C1L26C2L1P6L29P2C2S3C1M2dP1M1P1M2P1M2P1M1C8L1bC4"
+    "L4P2C11S3P2S1P2S2MbP1C1P3L2bM15NaP4L2M1L63P1L1M7C1S1M6L2M2S1M4L2NaL3S2L1PeC2L1M1L1eM1bC2"
+    "L59MbL1CeNaL21M9L2S1P3L1C2M1S2L16M4L1M9L1M3L1M5C2PfC1L19M3C2P1C1LbC5L18S1L6C9M8L2aM18C1"
+    "M21L36M3L1M12L1M7LaM2P2NaP1L10M3C1L8C2L2C2L16C1L7C1L1C3L4C2M1L1M7C2M2C2M3L1C8M1C4L2C1L3"
+    "M2C2NaL2S2N6S2L1P1M1C2M3C1L6C4L2C2L16C1L7C1L2C1L2C1L2C2M1C1M5C4M2C2M3C3M1C7L4C1L1C7NaM2"
+    "L3M1P1CaM3C1L9C1L3C1L16C1L7C1L2C1L5C2M1L1M8C1M3C1M3C2L1CfL2M2C2NaP1S1C7L1M6C1M3C1L8C2L2"
+    "C2L16C1L7C1L2C1L5C2M1L1M7C2M2C2M3C7M3C4L2C1L3M2C2NaS1L1N6CaM1L1C1L6C3L3C1L4C3L2C1L1C1L2"
+    "C3L2C3L3C3LcC4M5C3M3C1M4C2L1C6M1CeNdS8C5M5L8C1L3C1L17C1L10C2M1L1M7C1M3C1M4C7M2C1L3C2L1C2"
+    "L2M2C2NaC7P1N7S1L1M3P1L8C1L3C1L17C1LaC1L5C2M1L1M7C1M3C1M4C7M2C6L2C1L2M2C2NaC1L2M1CcM4L9"
+    "C1L3C1L29M2L1M7C1M3C1M4L1S1C4L3M1N7L3M2C2N13S1L6C1M3C1L12C3L18C1L9C1L1C2L7C3M1C4M6C1M1C1"
+    "M8C6NaC2M2P1CcL30M1L2M7C4S1L7M8P1NaP2C25L2C1L1C1L5C1L18C1L1C1LaM1L2M9L1C2L5C1L1C1M7C1Na"
+    "C2L4C20L1S3PfS1P1S3M2S6N14S1M1S1M1S1M1P4M2L8C1L24C4M14P1M2L5MbC1M24C1S8M1S6C1S2P5S4P2C25"
+    "L2bM14L1NaP6L6M4L4M3L1M3L2M7L3M4LdMcL1M1NaM4S2L26C1L1C5L1C2L2bP1L14dC1L4C2L7C1L1C1L4C2"
+    "L29C1L4C2L21C1L4C2L7C1L1C1L4C2LfC1L39C1L4C2L43C2M3P9N14C3L10SaC6L56C2L6C2P1L26cS1P1L11C1"
+    "L1aP2C3L4bP3N3L8C7L12M4C9L13M3P2C9L12M2CcLdC1L3C1M2CcL34M20P3L1P3S1L1M1C2NaC6NaC6PbM3C1"
+    "M1NaC6L59C7L5M2L22M1L1C5L46CaL1fC1McC4McC4S1C3P2NaL1eC2L5CbL2cC4L1aC6NbC3S22L17M5C2P2L35"
+    "MaC1M1dC2M1NaC6NaC6P7L1P6C2M1fC31M5L2fM11L8C3NaP7SaM9S9P2C1M3L1eMdL2NaL2cMeC8P4L24M14C3"
+    "P5NaC3L3NaL24P2L9C7L2bC2L3P8C8M3P1M15L4M1L6M1L2M3L1C5Lc0M40L116C2L6C2L26C2L6C2L8C1L1C1L1"
+    "C1L1C1L1fC2L35C1L7S1L1S3L3C1L7S3L4C2L6C1S3LdS3C2L3C1L7S2C11P18C8P14S1PdS1PcC11N1L1C2N6S3"
+    "P2L1NaS3P2C1LdC3S21CfM21CfS2L1S4L1S2LaS1L1S3L5S6L1S1L1S1L1S1L4S1LbS2L4S5L5S4L1S1N33L2N5"
+    "S2C4S178P4S1dP2SfcC19SbC15N3cS4eN16S268PeN1eS31P2S1fPaS193P16S3fP4S20P2S176C2S20C1S69Le5"
+    "S6L4M3L2C5P4N1P2L26C1L1C5L1C2L38C7L1P1CeM1L17C9L7C1L7C1L7C1L7C1L7C1L7C1L7C1L7C1M20P2fL1"
+    "P20S2PcC22S1aC1S59CcSd6C1aS10C1P3S1L2N1PaS2PcS1N9M6P1L5S2N3L2P1S2C1L56C2M2S2L3P1L5aP1L4"
+    "C5L2bC1L5eC1S2N4SaL20S24CbS1L10S1fC1NaS1eN8S1NfS20NaS27NfS140L19c0S40L568dC3S37C9L2eP2"
+    "L10dP3L10NaL2C14L2fM4P1MaP1L1fM2L46NaM2P6C8S17L9S2L67S2L40C5L2C1L1C1L5C18L10M1L3M1L4M1"
+    "L17M5S4M1C3N6S4C6L34P4C8M2L32M12C8P2NaC6M12L6P3L1P1L2M1NaL1cM8P2L17MdCbP1L1dC3M4L2fMePd"
+    "C1L1NaC4P2L5M1LaNaL5C1L29MeC9L3M1L8M2C2NaC2P4L17S3L1M3L32M1L1M3L2M2L5M2L1M1L1C18L3P2LbM5"
+    "P2L3M2CaL6C2L6C2L6C9L7C1L7C1L2bS1LeS2C4L73M8P1M2C2NaC6L2ba4CcL17C4L31C2104L16eC2L6aC26L7"
+    "CcL5C5L1M1LaS1LdC1L5C1L1C1L2C1L2C1L6cS11C10L16bP2S10L40C2L36C7S1C20LcS4M10PaC6M10P23C1Pe"
+    "S1P1S3C1P1S1P2C4L5C1L87C4P3S1P6S1P4NaP2S3P2L1aP3S1P1S1L1aP1S1P1S1P7L59C3L6C2L6C2L6C2L3C3"
+    "S7C1S7CdS2C2LcC1L1aC1L13C1L2C1LfC2LeC22L7bC5P3C4N2dC3S9N39S11N2S3C1SdC3S1C2fS2dM1C82L1d"
+    "C3L31CfM1N1bC4L20N4C9L14N1L8N1C5L26M5C5L1eC1P1L24C4L8P1N5C2aL9eC2NaC6L24C4L24C4L28C8L34"
+    "CbP1LbC1LfC1L7C1L2C1LbC1LfC1L7C1L2C43L137C9L16CaL8C18L6C1L2aC1L9C45L6C2L1C1L2cC1L2C3L1C2"
+    "L17C1P1N8L17S2N7L1fC8N9C30L13C1L2C5N5L16N6C3P1L1aC5P1C40L38C4N2L2N10C2N2eL1M3C1M2C5M4L4"
+    "C1L3C1L1dC2M3C4M1N9C7P9C7L1dN2P1L1dN3C20L8S1L1cM2C4N5P7C9L36C3P7L16C2N8L13C5N8L12C7P4Cc"
+    "N7C50L49C37L33CdL33C7N6L24M4C8NaC126N1fC1L2aC1M2P1C2L2C4bM3L1dNaL1C8L16MbN4P5C16L12M4P4"
+    "C26L15N7C14L17C9M3L35MfP7C4N1eM1L2M2L1C9M4L2dMbP2C1P4M1CdL19C7NaC6M3L24MeC1NaP4L1M2L1C8"
+    "L23M1P2L1C9M3L30MeL4P4M4P1M2NaL1P1L1P3C1N14CbL12C1L19McP6M1L2M1C3eL7C1L1C1L4C1LfC1LaP1C6"
+    "L2fMcC5NaC6M4C1L8C2L2C2L16C1L7C1L2C1L5C1M2L1M7C2M2C2M3C2L1C6M1C5L5M2C2M7C3M5C8bL35M12L4"
+    "P5NaP2C1P1M1L3C1eL30M14L2P1L1C8NaCa6L2fM7C2M9P17L4M2C22L30M11P3L1CbNaC6PdC13L2bMdL1P1C6"
+    "NaC36L1bC2MfC4NcP3S1L7Cb9L2cMfP1C64L40N13CcL8C2L1C2L8C1L2C1L18M6C1M2C2M4L1M1L1M2P3C9Na"
+    "C46L8C2L27M7C2M7L1P1L1M1C1bL1MaL28M7L1M4P8M1C8L1MbL2eM10P3L1P5CdL49C7PaCf6L9C1L25M8C1M8"
+    "L1P5CaN1dC3P2L1eC2M16C1MeC49L7C1L2C1L26M6C3M1C1M2C1M7L1M1C8NaC6L6C1L2C1L20M5C1M2C1M5L1C7"
+    "NaC136L13M4P2C7M2L1M1LdC1L22M7C3M5PdNaC56L1CfN15S1dCdP1L39aC66N6fC1P5CbLc4Ca4cL61P2Cd"
+    "L430C10M1L6MfCfaaL247C21b9L239C7L1fC1NaC4P2L4fC1NaC6L1eC2M5P1CaL30M7P5S4L4P1S1CaNaC1N7C1"
+    "L15C5L13C2b0L40N17P4C65L4bC4M1L1M37C7M4LdC40L2P1L1M1CbM2CeL17f8C8L4d6C2aL9C22e7L4C1L7C1"
+    "L2C1L123CfL1C1dL3C2L1CeL4C8L18cC904L6bC5LdC3L9C7LaC2S1M2P1C1260M2eC2M17C9S74C3cSf6CaS27"
+    "C2S3cM5S3M6C8M8S2M7S1eM4S3dC15S42M3S1C7aN14CcN14CcS57C9N19C87L55C1L47C1L2C2L1C2L2C2L4C1"
+    "LcC1L1C1L7C1L41C1L4C2L8C1L7C1L1cC1L4C1L5C1L1C3L7C1L154C2L19S1L19S1L1fS1L19S1L1fS1L19S1"
+    "L1fS1L19S1L1fS1L19S1L8C2N32S200M37S4M32S8M1SeM1S2P5CfM5C1MfC450L1fC6L6Cd5M7C1M11C2M7C1M2"
+    "C1M5C5L3eC21M1C70L2dC3M7L7C2NaC4L1S1C140L1eM1C11L2cM4NaC5S1C1d0L1cM4NaC2e6L7C1L4C1L2C1Lf"
+    "C1Lc5C2N9M7C29L44M7L1C4NaC4P2C311N3bS1N3S1N4C4cN2dS1NfCc2L4C1L1bC1L2C1L1C2L1C1LaC1L4C1L1"
+    "C1L1C6L1C4L1C1L1C1L1C1L3C1L2C1L1C2L1C1L1C1L1C1L1C1L1C1L2C1L1C2L4C1L7C1L4C1L4C1L1C1LaC1"
+    "L11C5L3C1L5C1L11C34S2C10eS2cC4S64CcSfC2SfC1SfC1S25CaNdSa1C38S1dCdS2cC4S9C7S2CeS6C9aS3d8"
+    "C4S11C3SdC3S77C4S5fC6ScC4S1CfScC4S38C8SaC6S28C8S1eC2S2C4eS154CcSeC2SdC3S9C7S2eC1S7C8SeC4"
+    "S9C7S9C7S93C1S37C25NaC406La6e0C20L103aC6LdeC2L1682CeL1d31CfL26eC9a2L21eC5e2L134bC5L1060"
+    "Cadd50Mf0C2fe10"
+)
+
+
+def _class_runs(packed: str) -> tuple[list[int], str]:
+    """(first code point of each run, class letter of each run) from the packed runs."""
+    starts, classes = [], []
+    cp = 0x80
+    for cls, length in regex.findall(r"([NLPMSC])([0-9a-f]+)", packed):
+        starts.append(cp)
+        classes.append(cls)
+        cp += int(length, 16)
+    if cp != 0x110000:
+        raise ValueError(f"the Unicode class runs end at U+{cp:X}, not U+110000")
+    return starts, "".join(classes)
+
+
+_RUN_STARTS, _RUN_CLASSES = _class_runs(_UNICODE_CLASS_RUNS)
+
+
+def unicode_class(cp: int) -> str:
+    """llama.cpp's category class of a code point >= U+0080: one of "NLPMSC"."""
+    return _RUN_CLASSES[bisect.bisect_right(_RUN_STARTS, cp) - 1]
 
 
 class _CollapseTable(dict):
@@ -247,7 +342,7 @@ class _CollapseTable(dict):
         elif cp in WHITESPACE_CPS:
             out = 0x0B
         else:
-            out = _CAT_STANDIN.get(unicodedata.category(chr(cp))[0], 0xD0)
+            out = _CAT_STANDIN.get(unicode_class(cp), 0xD0)
         self[cp] = out
         return out
 
@@ -301,10 +396,15 @@ class _CompiledRegex:
     afmoe_digits: bool = False
 
 
+# Regexes llama.cpp does not run as regexes but hands to its AFMoE digit splitter: its
+# own marker, and Tiny Aya's digit grouping (whose \b would otherwise fail before a letter).
+_DIGIT_SPLITTER_EXPRS = ("<afmoe-digits>", r"\d{1,3}(?=(?:\d{3})*\b)")
+
+
 def compile_regexes(exprs) -> list[_CompiledRegex]:
     compiled = []
     for expr in exprs:
-        if expr == "<afmoe-digits>":
+        if expr in _DIGIT_SPLITTER_EXPRS:
             compiled.append(_CompiledRegex(None, True, afmoe_digits=True))
             continue
         pattern, collapsed = _translate_regex(expr)
@@ -313,7 +413,13 @@ def compile_regexes(exprs) -> list[_CompiledRegex]:
 
 
 def _afmoe_digit_spans(text: str, start: int, end: int, out: list):
-    """AFMoE's custom digit split: a run of n digits -> n % 3 digits, then groups of 3."""
+    """AFMoE's custom digit split: a run of n digits -> n % 3 digits, then groups of 3.
+
+    llama.cpp's splitter only cuts after digits, so the text before a run stays glued to
+    the run's first piece ("ab12345" -> "ab12", "345"). The later regexes split it again,
+    but see the digit while they do: a space then a no-break space then "3" is " ",
+    no-break space, "3" there, as the whitespace before the digit is not at a piece's end.
+    """
     pos = start
     prev = start
     while pos < end:
@@ -321,15 +427,11 @@ def _afmoe_digit_spans(text: str, start: int, end: int, out: list):
             run_start = pos
             while pos < end and (text[pos] == "\xd1" or "0" <= text[pos] <= "9"):
                 pos += 1
-            if run_start > prev:
-                out.append((prev, run_start))
-            cut = run_start + (pos - run_start) % 3
-            if cut > run_start:
-                out.append((run_start, cut))
-            while cut < pos:
-                out.append((cut, cut + 3))
+            cut = run_start + ((pos - run_start) % 3 or 3)
+            while cut <= pos:
+                out.append((prev, cut))
+                prev = cut
                 cut += 3
-            prev = pos
         else:
             pos += 1
     if prev < end:

@@ -46,6 +46,55 @@ FIM_BATCH_TOK = 2048
 FIM_SNIPPET_SEPARATOR = "\n\n--- snippet ---\n\n"
 
 
+# Pre-tokens longer than this are not cached: the cache is bounded by its number of
+# entries, and 200,000 huge ones (long runs of letters or digits) would be gigabytes.
+BPE_CACHE_WORD_MAX = 64
+
+
+def merge_pairs(symbols: list[str], priority) -> list[str]:
+    """Merge adjacent symbols, the pair of lowest priority first (ties: the leftmost), until
+    no pair has one; priority(left, right) is None for a pair that never merges. SPM and
+    BPE differ only in that function.
+
+    The symbols are a doubly linked list and the candidate pairs a heap, so a pre-token of
+    n characters takes O(n log n): merging the best pair everywhere and rescanning (as
+    GPT-2's reference code does) took 82 s on 100 KB of letters. A queued pair is stale
+    once either side has merged since; the joined length it was queued with tells."""
+    n = len(symbols)
+    if n < 2:
+        return symbols
+    syms = list(symbols)
+    lens = [len(x) for x in syms]  # 0: merged into its left neighbour
+    nxt = list(range(1, n + 1))  # n: none
+    prv = list(range(-1, n - 1))  # -1: none
+    heap = []  # (priority, left, right, joined length)
+    for i in range(n - 1):
+        p = priority(syms[i], syms[i + 1])
+        if p is not None:
+            heap.append((p, i, i + 1, lens[i] + lens[i + 1]))
+    heapq.heapify(heap)
+    push, pop = heapq.heappush, heapq.heappop
+    while heap:
+        _, left, right, size = pop(heap)
+        if lens[left] == 0 or lens[right] == 0 or lens[left] + lens[right] != size:
+            continue
+        syms[left] += syms[right]
+        lens[left], lens[right] = size, 0
+        after = nxt[right]
+        nxt[left] = after
+        before = prv[left]
+        if before >= 0:
+            p = priority(syms[before], syms[left])
+            if p is not None:
+                push(heap, (p, before, left, lens[before] + size))
+        if after < n:
+            prv[after] = left
+            p = priority(syms[left], syms[after])
+            if p is not None:
+                push(heap, (p, left, after, size + lens[after]))
+    return [x for x, length in zip(syms, lens) if length]
+
+
 class TokenizerError(ValueError):
     """Bad vocabulary metadata or bad input to the tokenizer."""
 
@@ -319,6 +368,8 @@ class Tokenizer:
                 log.warning("bad special token tokenizer.ggml.%s = %s, using default %s", key, value, ids[slot])
         if "tokenizer.ggml.add_bos_token" in md:
             self.add_bos = bool(md["tokenizer.ggml.add_bos_token"])
+        if self._settings is not None and self._settings.force_bos:
+            self.add_bos = True  # llama.cpp overrides Gemma 4 GGUFs that say false
         if "tokenizer.ggml.add_eos_token" in md:
             self.add_eos = bool(md["tokenizer.ggml.add_eos_token"])
         if self.add_bos and ids["bos"] is None:
@@ -542,59 +593,17 @@ class Tokenizer:
         if not text:
             return
         vocab, scores = self._token_to_id, self._scores
-        syms = list(text)
-        n = len(syms)
-        nxt = list(range(1, n + 1))
-        nxt[-1] = -1
-        prv = list(range(-1, n - 1))
-        lens = [1] * n
-        heap = []
 
-        def add(left, right):
-            if left < 0 or right < 0:
-                return
-            joined = syms[left] + syms[right]
-            tid = vocab.get(joined)
-            if tid is not None:
-                heap.append((-scores[tid], left, right, len(joined)))
+        def neg_score(left: str, right: str):
+            tid = vocab.get(left + right)
+            return None if tid is None else -scores[tid]  # the highest score first
 
-        for i in range(n - 1):
-            add(i, i + 1)
-        heapq.heapify(heap)
-
-        def push(left, right):
-            if left < 0 or right < 0:
-                return
-            joined = syms[left] + syms[right]
-            tid = vocab.get(joined)
-            if tid is not None:
-                heapq.heappush(heap, (-scores[tid], left, right, len(joined)))
-
-        while heap:
-            _, left, right, size = heapq.heappop(heap)
-            ll, rl = lens[left], lens[right]
-            if ll == 0 or rl == 0 or ll + rl != size:
-                continue  # one side was merged since this pair was queued
-            syms[left] += syms[right]
-            lens[left] = ll + rl
-            lens[right] = 0
-            syms[right] = ""
-            nx = nxt[right]
-            nxt[left] = nx
-            if nx >= 0:
-                prv[nx] = left
-            push(prv[left], left)
-            push(left, nx)
-
-        i = 0
-        while i != -1:
-            sym = syms[i]
+        for sym in merge_pairs(list(text), neg_score):
             tid = vocab.get(sym)
             if tid is not None:
                 out.append(tid)
             else:
                 out.extend(self._byte_token(b) for b in sym.encode("utf-8"))
-            i = nxt[i]
 
     def _bpe_text(self, text: str, out: list):
         if self.escape_whitespaces:
@@ -604,9 +613,10 @@ class Tokenizer:
             ids = cache.get(word)
             if ids is None:
                 ids = self._bpe_word(word)
-                if len(cache) > 200_000:
-                    cache.clear()
-                cache[word] = ids
+                if len(word) <= BPE_CACHE_WORD_MAX:  # a pasted blob is seen once
+                    if len(cache) > 200_000:
+                        cache.clear()
+                    cache[word] = ids
             out.extend(ids)
 
     def _bpe_word(self, word: str) -> list[int]:
@@ -618,29 +628,8 @@ class Tokenizer:
             tid = vocab.get(word)
             if tid is not None:
                 return [tid]
-        parts = list(word)
         ranks = self._ranks
-        while len(parts) > 1:
-            best_rank = None
-            best = -1
-            for i in range(len(parts) - 1):
-                r = ranks.get(parts[i] + " " + parts[i + 1])
-                if r is not None and (best_rank is None or r < best_rank):
-                    best_rank, best = r, i
-            if best < 0:
-                break
-            a, b = parts[best], parts[best + 1]
-            merged = a + b
-            new = parts[:best]
-            i = best
-            while i < len(parts):
-                if i + 1 < len(parts) and parts[i] == a and parts[i + 1] == b:
-                    new.append(merged)
-                    i += 2
-                else:
-                    new.append(parts[i])
-                    i += 1
-            parts = new
+        parts = merge_pairs(list(word), lambda left, right: ranks.get(left + " " + right))
         ids = []
         for p in parts:
             tid = vocab.get(p)
