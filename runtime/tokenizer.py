@@ -51,10 +51,11 @@ FIM_SNIPPET_SEPARATOR = "\n\n--- snippet ---\n\n"
 BPE_CACHE_WORD_MAX = 64
 
 
-def merge_pairs(symbols: list[str], priority) -> list[str]:
+def merge_pairs(symbols: list[str], priority: dict, sep: str) -> list[str]:
     """Merge adjacent symbols, the pair of lowest priority first (ties: the leftmost), until
-    no pair has one; priority(left, right) is None for a pair that never merges. SPM and
-    BPE differ only in that function.
+    no pair has one. A pair's priority is priority[left + sep + right]; a pair not in it
+    never merges. BPE looks pairs up in its merge ranks ("a b"), SPM the joined text in
+    its negated token scores ("ab"): that is all they differ in.
 
     The symbols are a doubly linked list and the candidate pairs a heap, so a pre-token of
     n characters takes O(n log n): merging the best pair everywhere and rescanning (as
@@ -68,8 +69,9 @@ def merge_pairs(symbols: list[str], priority) -> list[str]:
     nxt = list(range(1, n + 1))  # n: none
     prv = list(range(-1, n - 1))  # -1: none
     heap = []  # (priority, left, right, joined length)
+    get = priority.get
     for i in range(n - 1):
-        p = priority(syms[i], syms[i + 1])
+        p = get(syms[i] + sep + syms[i + 1])
         if p is not None:
             heap.append((p, i, i + 1, lens[i] + lens[i + 1]))
     heapq.heapify(heap)
@@ -84,12 +86,12 @@ def merge_pairs(symbols: list[str], priority) -> list[str]:
         nxt[left] = after
         before = prv[left]
         if before >= 0:
-            p = priority(syms[before], syms[left])
+            p = get(syms[before] + sep + syms[left])
             if p is not None:
                 push(heap, (p, before, left, lens[before] + size))
         if after < n:
             prv[after] = left
-            p = priority(syms[left], syms[after])
+            p = get(syms[left] + sep + syms[after])
             if p is not None:
                 push(heap, (p, left, after, size + lens[after]))
     return [x for x, length in zip(syms, lens) if length]
@@ -445,6 +447,7 @@ class Tokenizer:
 
         self._pieces: list = [None] * n  # token_to_piece(special=True) cache, filled lazily
         self._bpe_cache: dict[str, list[int]] = {}
+        self._neg_scores: dict[str, float] | None = None  # SPM's merge priorities, when first needed
         self._byte_ids: dict[int, int] = {}
 
     def __repr__(self):
@@ -592,13 +595,10 @@ class Tokenizer:
         """llm_tokenizer_spm: best-score merges over the whole fragment."""
         if not text:
             return
-        vocab, scores = self._token_to_id, self._scores
-
-        def neg_score(left: str, right: str):
-            tid = vocab.get(left + right)
-            return None if tid is None else -scores[tid]  # the highest score first
-
-        for sym in merge_pairs(list(text), neg_score):
+        vocab = self._token_to_id
+        if self._neg_scores is None:  # the highest score merges first
+            self._neg_scores = {t: -self._scores[i] for t, i in vocab.items()}
+        for sym in merge_pairs(list(text), self._neg_scores, ""):
             tid = vocab.get(sym)
             if tid is not None:
                 out.append(tid)
@@ -629,7 +629,7 @@ class Tokenizer:
             if tid is not None:
                 return [tid]
         ranks = self._ranks
-        parts = merge_pairs(list(word), lambda left, right: ranks.get(left + " " + right))
+        parts = merge_pairs(list(word), ranks, " ")
         ids = []
         for p in parts:
             tid = vocab.get(p)
