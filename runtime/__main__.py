@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import importlib.machinery
+import importlib.util
 import io
 import json
-import importlib.util
 import os
 import re
 import signal
