@@ -27,13 +27,20 @@ def _width(ch: str) -> int:
     return 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
 
 
-def raw_line_reader(fd: int, out):
-    """A function(prompt) -> line for the terminal `fd`, echoing to the text stream `out`.
-    Raises EOFError at Ctrl+D on an empty line or when the terminal closes; a Ctrl+C
-    during the read raises KeyboardInterrupt as usual, and the line typed so far is lost."""
+def raw_line_reader(fd: int, out, encoding: str | None = None):
+    """A function(prompt) -> line for the terminal `fd` (whose text is in `encoding`,
+    UTF-8 if None), echoing to the text stream `out`. Raises EOFError at Ctrl+D on an
+    empty line or when the terminal closes; a Ctrl+C during the read raises
+    KeyboardInterrupt as usual, and the line typed so far is lost. `read.discard()` drops
+    the lines of a paste not read yet (after a Ctrl+C stopped an answer, the next lines
+    of the paste must not go out one by one, as in canonical mode, where the terminal's
+    Ctrl+C flushes its queue)."""
     import termios  # POSIX only; the caller checks
 
     pending: deque[str] = deque()  # typed (pasted) past the end of the line last returned
+    # One decoder for the reader's life: a read can end inside a character whose first
+    # bytes follow a line end, and that line is returned before the rest arrives.
+    decoder = codecs.getincrementaldecoder(encoding or "utf-8")("replace")
 
     def read(prompt: str) -> str:
         saved = termios.tcgetattr(fd)
@@ -46,27 +53,37 @@ def raw_line_reader(fd: int, out):
             termios.tcsetattr(fd, termios.TCSANOW, raw)
             out.write(prompt)
             out.flush()
-            return _edit(lambda: os.read(fd, 65536), out, pending)
+            def read_text():
+                data = os.read(fd, 65536)
+                return decoder.decode(data) if data else None
+            return _edit(read_text, out, pending)
+        except KeyboardInterrupt:
+            pending.clear()
+            raise
         finally:
             termios.tcsetattr(fd, termios.TCSANOW, saved)
+    read.discard = pending.clear
     return read
 
 
-def _edit(read_bytes, out, pending: deque[str]) -> str:
-    """Apply keys until the end of a line; what comes after it stays in `pending`."""
-    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+def _edit(read_text, out, pending: deque[str]) -> str:
+    """Apply keys until the end of a line; what comes after it stays in `pending`.
+    read_text() returns the next decoded text ("" when only part of a character came),
+    None at the end of input."""
     line: list[str] = []
     escape = ""  # an escape sequence being swallowed, from its ESC
     while True:
         if not pending:
-            data = read_bytes()
-            if not data:
+            text = read_text()
+            if text is None:
                 raise EOFError  # the terminal went away
-            pending.extend(decoder.decode(data))
+            pending.extend(text)
         echo: list[str] = []  # written once per chunk: a long paste echoes at once
         try:
             while pending:
                 ch = pending.popleft()
+                if escape and ch < " ":
+                    escape = ""  # a lone Esc: the key after it (Enter too) counts
                 if escape:
                     escape += ch
                     # ESC [ ... final byte (CSI), ESC O x (SS3), or ESC x.
@@ -98,7 +115,10 @@ def _edit(read_bytes, out, pending: deque[str]) -> str:
                     echo.append(ch)
                 # Other control characters are not text: dropped.
         finally:
-            out.write("".join(echo))
+            text = "".join(echo)
+            encoding = getattr(out, "encoding", None) or "utf-8"
+            # A character the terminal's encoding cannot show is echoed as "?", not a crash.
+            out.write(text.encode(encoding, "replace").decode(encoding))
             out.flush()
 
 

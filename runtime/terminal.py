@@ -277,7 +277,7 @@ def _line_reader(stdin, stdout):
             pass
         if os.name == "posix":
             from runtime.line_input import raw_line_reader
-            return raw_line_reader(stdin.fileno(), stdout)
+            return raw_line_reader(stdin.fileno(), stdout, getattr(stdin, "encoding", None))
 
     def read(prompt):
         stdout.write(prompt)
@@ -383,3 +383,4 @@ def chat(model, *, n_ctx: int, system: str | None = None, stdin=None, stdout=Non
             c.interrupted = True
         if c.interrupted:
             _let_interrupts_settle()
+            getattr(read, "discard", lambda: None)()  # the rest of a paste goes too

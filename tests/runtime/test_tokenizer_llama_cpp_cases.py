@@ -73,10 +73,14 @@ def test_unicode_class_examples(cp, cls):
 def test_unicode_class_table_agrees_with_this_python_where_it_knows():
     """Every code point this interpreter's unicodedata assigns (Unicode 14.0 on 3.11,
     15.1 on 3.13) has that category's class in the table; the table's only additions
-    are the code points assigned since. (On 3.13 this checks the whole table.)"""
+    are the code points assigned since. (On 3.13 this checks the whole table; a newer
+    Unicode, 16.0 on 3.14, may assign code points that 15.1 leaves unassigned.)"""
+    newer = tuple(map(int, unicodedata.unidata_version.split("."))) > (15, 1, 0)
     for cp in range(0x80, 0x110000):
         category = unicodedata.category(chr(cp))
         if category == "Cn":  # unassigned here; maybe assigned in 15.1
             continue
         c = category[0]
-        assert pretokenize.unicode_class(cp) == (c if c in "NLPMS" else "C"), hex(cp)
+        got = pretokenize.unicode_class(cp)
+        if got != (c if c in "NLPMS" else "C"):
+            assert newer and got == "C", hex(cp)
