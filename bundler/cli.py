@@ -146,7 +146,7 @@ def cmd_bundle(a) -> int:
         return 2
     try:
         template = next((arg.partition("=")[2] for arg in baked
-                         if arg.startswith(runtime_cli.TEMPLATE_TEXT_FLAG + "=")), None)
+                         if runtime_cli.is_baked_template(arg)), None)
         splice.check_model(a.model, template)  # before a possibly long stub build
     except BundleError as e:
         print(f"chatfile: error: {e}", file=sys.stderr)

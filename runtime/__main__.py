@@ -20,7 +20,7 @@ import time
 import zipfile
 from pathlib import Path
 
-from runtime.cli import TEMPLATE_TEXT_FLAG, describe_args, hidden_flag
+from runtime.cli import describe_args, hidden_flag, is_baked_template
 from runtime.embedded import (BundleError, Trailer, extract, interrupt_on_termination,
                               read_trailer, verify)
 
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     if own["model"]:
         model_path, model_trailer = own["model"], None
         # A chat template baked in is the embedded model's, not another model's.
-        baked = [a for a in baked if not a.startswith(TEMPLATE_TEXT_FLAG + "=")]
+        baked = [a for a in baked if not is_baked_template(a)]
     elif trailer is not None:
         model_path, model_trailer = path, trailer
     else:
@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
 
     model = _model_args(model_path, model_trailer)
     if own["info"]:
-        template = [a for a in baked if a.startswith(TEMPLATE_TEXT_FLAG + "=")]
+        template = [a for a in baked if is_baked_template(a)]
         info_args = ["info", *_model_args(model_path, model_trailer, title=False), *template]
         if "--json" in user_args:
             return _info_json(info_args, model_trailer, baked)
@@ -292,7 +292,7 @@ def _info_json(info_args: list[str], trailer: Trailer | None, baked: list[str]) 
                    "gguf_size": trailer.gguf_size, "format": trailer.format,
                    "title": trailer.title,
                    # A baked chat template is counted in "chat_template_from_bundle".
-                   "args": [a for a in baked if not a.startswith(TEMPLATE_TEXT_FLAG + "=")]}
+                   "args": [a for a in baked if not is_baked_template(a)]}
     print(json.dumps(d, indent=2))
     return 0
 

@@ -103,13 +103,18 @@ def set_threads(n: int | None) -> None:
 HIDDEN_FLAGS = ("--gguf-offset", "--gguf-size", TEMPLATE_TEXT_FLAG)  # set by the bundle itself
 
 
+def is_baked_template(arg: str) -> bool:
+    """A bundle's baked-in arg that carries a chat template's text: FLAG=TEXT."""
+    return arg.startswith(TEMPLATE_TEXT_FLAG + "=")
+
+
 def describe_args(args: list[str]) -> str:
     """Baked-in args as a person would type them (quoted), a baked template's text
     summarised: `--chat-template (embedded, 1234 characters)`."""
     shown = []
     for a in args:
-        flag, eq, text = a.partition("=")
-        if flag == TEMPLATE_TEXT_FLAG and eq:
+        if is_baked_template(a):
+            text = a.partition("=")[2]
             shown.append(f"--chat-template (embedded, {len(text)} characters)")
         else:
             shown.append(shlex.quote(a))
