@@ -29,11 +29,14 @@ _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, type_: str | None = None):
+    def __init__(self, status: int, message: str, type_: str | None = None,
+                 headers: dict | None = None):
+        """headers: None for the status's usual ones (the server's STATUS_HEADERS)."""
         super().__init__(message)
         self.status = status
         self.message = message
         self.type = type_ or _ERROR_TYPES.get(status, "invalid_request_error")
+        self.headers = headers
 
 
 def error_body(status: int, message: str, type_: str | None = None) -> dict:

@@ -18,6 +18,7 @@ import io
 import ipaddress
 import os
 import select
+import signal
 import socket
 import socketserver
 import sys
@@ -118,8 +119,8 @@ def build_app(st: State) -> bottle.Bottle:
             raise ApiError(401, "invalid or missing API key: send 'Authorization: Bearer KEY'")
 
     def need_model():
-        if st.error:
-            raise ApiError(503, f"the model failed to load: {st.error}")
+        if st.error:  # no Retry-After: trying again cannot help
+            raise ApiError(503, f"the model failed to load: {st.error}", headers={})
         if st.engine is None:
             raise ApiError(503, f"the model is still loading ({st.progress:.0%})")
         return st.model
@@ -135,7 +136,8 @@ def build_app(st: State) -> bottle.Bottle:
                     body = parse_json(bottle.request.environ.get("chatfile.body", b""))
                 return fn(model, body, *a, **kw)
             except ApiError as e:
-                return fail(e.status, e.message, e.type, headers=STATUS_HEADERS.get(e.status))
+                headers = STATUS_HEADERS.get(e.status) if e.headers is None else e.headers
+                return fail(e.status, e.message, e.type, headers=headers)
             except ContextOverflowError as e:
                 return fail(400, str(e), "invalid_request_error")
             except EngineBusy as e:
@@ -590,11 +592,11 @@ def build_app(st: State) -> bottle.Bottle:
                                  **error_body(503, f"the model failed to load: {st.error}")})
         if st.engine is None:
             return _health(503, {"status": "loading", "progress": round(st.progress, 4),
-                                 **error_body(503, "loading model")})
+                                 **error_body(503, "loading model")}, STATUS_HEADERS[503])
         return _health(200, {"status": "ok"})
 
-    def _health(status, obj):
-        r = bottle.HTTPResponse(json_bytes(obj), status=status)
+    def _health(status, obj, headers=None):
+        r = bottle.HTTPResponse(json_bytes(obj), status=status, headers=headers or {})
         r.content_type = "application/json"
         r.set_header("Cache-Control", "no-store")
         return r
@@ -668,6 +670,11 @@ def wrap_app(app, st: State):
             return respond(start_response, e.status, error_body(e.status, e.message, e.type))
         except (OSError, ValueError):
             return respond(start_response, 400, error_body(400, "could not read the request body"))
+        try:  # WSGI hands the path over as latin-1; Bottle would drop the bytes that are
+            # not UTF-8 (so /%ff was the page) instead of refusing them
+            environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8")
+        except UnicodeError:
+            return respond(start_response, 400, error_body(400, "the URL's path is not UTF-8"))
         environ["chatfile.body"] = body
         environ["wsgi.input"] = io.BytesIO(body)
         environ["CONTENT_LENGTH"] = str(len(body))
@@ -957,6 +964,10 @@ def serve(model_path, *, gguf_offset=0, gguf_size=None, host="127.0.0.1", port=8
         ready(srv.url)
     if open_browser:
         threading.Thread(target=_open_browser, args=(srv.url,), daemon=True).start()
+    if threading.current_thread() is threading.main_thread():
+        # `kill`, `systemctl stop`, `docker stop`: stop as Ctrl+C does, and exit with 0
+        # rather than die by the signal.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         srv.serve_forever()
     except KeyboardInterrupt:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 import queue
+import signal
 import sys
+import threading
 import time
 
 from runtime.engine import ContextOverflowError, Engine, Request, chat_prompt_ids
@@ -240,6 +242,14 @@ def _let_interrupts_settle(seconds: float = 0.3) -> None:
             pass
 
 
+def _exit_on_sigterm() -> None:
+    """`kill` of a chat in a terminal leaves through the `finally` blocks (status 143, as
+    if killed by the signal), so that the terminal gets its line editing and echo back:
+    both line readers keep it in raw mode while they wait at the prompt."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def _is_ctrl_c(e: BaseException) -> bool:
     """A KeyboardInterrupt, or what input() makes of a second Ctrl+C right after the first:
     it runs the SIGINT handler again with the KeyboardInterrupt still set, and a handler
@@ -352,6 +362,7 @@ def chat(model, *, n_ctx: int, system: str | None = None, stdin=None, stdout=Non
 
     stdout.write(f"chatfile: chatting with {getattr(model, 'name', 'the model')}. {HELP}\n")
     stdout.flush()
+    _exit_on_sigterm()
     read = _line_reader(stdin, stdout)
     while True:
         try:

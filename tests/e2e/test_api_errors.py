@@ -169,6 +169,8 @@ BAD_PATHS = [
     ("GET", CHAT, 405), ("GET", "/completion", 405), ("GET", "/tokenize", 405),
     ("PUT", "/health", 405), ("DELETE", "/v1/models", 405), ("POST", "/health", 405),
     ("POST", "/props", 405), ("PATCH", "/", 405), ("PUT", CHAT, 405), ("OPTIONS", CHAT, 405),
+    # Not UTF-8: Bottle dropped the bad bytes, so /%ff was the page and /health%ff health.
+    ("GET", "/%ff", 400), ("GET", "/health%ff", 400), ("GET", "/v1/models%c3", 400),
 ]
 
 

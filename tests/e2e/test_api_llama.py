@@ -499,18 +499,21 @@ def _fake_state(**kw):
 def test_loading_state_in_process():
     st, app = _fake_state()
     st.progress = 0.42
-    status, r = _wsgi_call(app, "GET", "/health")
+    hdrs = {}
+    status, r = _wsgi_call(app, "GET", "/health", headers=hdrs)
     assert status == 503 and r["status"] == "loading" and r["progress"] == 0.42
+    assert hdrs.get("Retry-After") == "1"
     hdrs = {}
     status, r = _wsgi_call(app, "POST", "/completion", {"prompt": "x"}, headers=hdrs)
     assert status == 503 and r["error"]["type"] == "unavailable_error"
     assert "loading" in r["error"]["message"]
     assert hdrs.get("Retry-After") == "1"  # a client may try again (the OpenAI client does)
     st.error = "not a GGUF file"
-    status, r = _wsgi_call(app, "GET", "/health")
-    assert status == 503 and r["status"] == "error" and r["message"] == "not a GGUF file"
-    status, r = _wsgi_call(app, "GET", "/v1/models")
-    assert status == 503 and "not a GGUF file" in r["error"]["message"]
+    for path in ("/health", "/v1/models"):  # no Retry-After: trying again cannot help
+        hdrs = {}
+        status, r = _wsgi_call(app, "GET", path, headers=hdrs)
+        assert status == 503 and "not a GGUF file" in json.dumps(r) and "Retry-After" not in hdrs
+    assert r["error"]["message"] == "the model failed to load: not a GGUF file"
 
 
 def test_cors_only_when_enabled():

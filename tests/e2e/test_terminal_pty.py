@@ -167,6 +167,19 @@ def test_ctrl_c_at_the_prompt_keeps_the_chat(chat_factory):
     assert c.proc.wait(30) == 0
 
 
+def test_sigterm_at_the_prompt_gives_the_terminal_back(chat_factory):
+    """`kill` of a chat waiting at its prompt left the terminal without echo and line
+    editing: the line reader's raw mode was never undone."""
+    import termios
+    c = chat_factory(ECHO)
+    lflag = termios.tcgetattr(c.master)[3]
+    assert not lflag & termios.ECHO  # the reader has the terminal in raw mode
+    c.proc.send_signal(signal.SIGTERM)
+    assert c.proc.wait(30) == 128 + signal.SIGTERM
+    lflag = termios.tcgetattr(c.master)[3]  # a pty master reports its slave's modes
+    assert lflag & termios.ECHO and lflag & termios.ICANON
+
+
 def test_two_ctrl_c_while_the_answer_stops_keep_the_chat(chat_factory):
     """The second Ctrl+C, while the worker is still finishing its step, ended the chat
     (status 130) and lost the conversation."""
