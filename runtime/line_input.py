@@ -7,12 +7,16 @@ silently drops the rest of a longer pasted message. So, on a POSIX terminal, we 
 off canonical mode and echo for the time of one read, and do the little line editing a
 chat prompt needs ourselves: Backspace, Ctrl+U (erase the line), Ctrl+W (erase a word),
 Ctrl+D on an empty line (end of input). Escape sequences (arrow keys, Home, F-keys) are
-swallowed instead of typed. Ctrl+C and Ctrl+Z stay the terminal's (ISIG is left on).
+swallowed instead of typed. Ctrl+C and Ctrl+Z stay the terminal's (ISIG is left on); after a Ctrl+Z, `fg` gets the
+raw mode and the line back.
 """
 from __future__ import annotations
 
 import codecs
 import os
+import select
+import signal
+import threading
 import unicodedata
 from collections import deque
 
@@ -47,6 +51,13 @@ def raw_line_reader(fd: int, out, encoding: str | None = None):
         raw = termios.tcgetattr(fd)
         raw[3] &= ~(termios.ICANON | termios.ECHO)  # lflag; \r -> \n (ICRNL) stays on
         raw[6][termios.VMIN], raw[6][termios.VTIME] = 1, 0  # wait for at least one byte
+        line: list[str] = []  # typed so far: shown again after a Ctrl+Z and `fg`
+
+        def back_from_stop(signum, frame):
+            # The shell hands the terminal back after `fg` in its own (canonical) modes.
+            termios.tcsetattr(fd, termios.TCSANOW, raw)
+            _show(out, "\n" + prompt + "".join(line))
+        on_sigcont = _handle(signal.SIGCONT, back_from_stop)
         try:
             # Raw before the prompt shows: a Ctrl+D typed in canonical mode is an end-of-
             # file mark, not a byte, and switching modes after it would lose it.
@@ -54,23 +65,36 @@ def raw_line_reader(fd: int, out, encoding: str | None = None):
             out.write(prompt)
             out.flush()
             def read_text():
+                # Back to Python code every 0.2 s while waiting: the SIGCONT of `fg` can
+                # reach another thread (the stopped main thread is passed over), and its
+                # handler runs only when this one does.
+                while not select.select([fd], [], [], 0.2)[0]:
+                    pass
                 data = os.read(fd, 65536)
                 return decoder.decode(data) if data else None
-            return _edit(read_text, out, pending)
+            return _edit(read_text, out, pending, line)
         except KeyboardInterrupt:
             pending.clear()
             raise
         finally:
+            _handle(signal.SIGCONT, on_sigcont)
             termios.tcsetattr(fd, termios.TCSANOW, saved)
     read.discard = pending.clear
     return read
 
 
-def _edit(read_text, out, pending: deque[str]) -> str:
-    """Apply keys until the end of a line; what comes after it stays in `pending`.
-    read_text() returns the next decoded text ("" when only part of a character came),
-    None at the end of input."""
-    line: list[str] = []
+def _handle(signum, handler):
+    """Set a signal's handler where Python allows it (the main thread); the one it
+    replaces, for putting back. None (no handler set) leaves things as they are."""
+    if handler is None or threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signum, handler)
+
+
+def _edit(read_text, out, pending: deque[str], line: list[str]) -> str:
+    """Apply keys to `line` until the end of a line, and return it; what comes after it
+    stays in `pending`. read_text() returns the next decoded text ("" when only part of a
+    character came), None at the end of input."""
     escape = ""  # an escape sequence being swallowed, from its ESC
     while True:
         if not pending:
@@ -115,11 +139,14 @@ def _edit(read_text, out, pending: deque[str]) -> str:
                     echo.append(ch)
                 # Other control characters are not text: dropped.
         finally:
-            text = "".join(echo)
-            encoding = getattr(out, "encoding", None) or "utf-8"
-            # A character the terminal's encoding cannot show is echoed as "?", not a crash.
-            out.write(text.encode(encoding, "replace").decode(encoding))
-            out.flush()
+            _show(out, "".join(echo))
+
+
+def _show(out, text: str) -> None:
+    encoding = getattr(out, "encoding", None) or "utf-8"
+    # A character the terminal's encoding cannot show is echoed as "?", not a crash.
+    out.write(text.encode(encoding, "replace").decode(encoding))
+    out.flush()
 
 
 def _erase(ch: str) -> str:

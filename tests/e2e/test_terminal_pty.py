@@ -180,6 +180,33 @@ def test_sigterm_at_the_prompt_gives_the_terminal_back(chat_factory):
     assert lflag & termios.ECHO and lflag & termios.ICANON
 
 
+@pytest.mark.parametrize("chat_factory", ["own line editor"], indirect=True)
+def test_fg_after_ctrl_z_gives_the_line_editing_back(chat_factory):
+    """A shell hands the terminal back after `fg` in its own modes: the own line editor
+    then read in canonical mode until the next prompt (keys echoed twice, Backspace
+    seen as a character). (Python's input() with readline has the same trouble, and it
+    is not ours to mend: readline's own signal handling is switched off by Python.)"""
+    import termios
+    c = chat_factory(ECHO)
+    c.write(b"abc")
+    c.read_until(lambda b: b"abc" in b, 10)
+    # Ctrl+Z; SIGTSTP itself is discarded here: the chat leads a session of its own, an
+    # orphaned process group to the kernel
+    os.killpg(c.proc.pid, signal.SIGSTOP)
+    assert os.WIFSTOPPED(os.waitpid(c.proc.pid, os.WUNTRACED)[1])
+    attrs = termios.tcgetattr(c.master)  # what the shell does while the job is stopped
+    attrs[3] |= termios.ICANON | termios.ECHO
+    termios.tcsetattr(c.master, termios.TCSANOW, attrs)
+    os.killpg(c.proc.pid, signal.SIGCONT)  # `fg`
+    out = c.read_until(lambda b: b"abc" in b, 10)
+    assert out.rstrip().endswith(b"> abc"), out  # the prompt and the line, shown again
+    assert not termios.tcgetattr(c.master)[3] & (termios.ICANON | termios.ECHO)
+    out = _sent(c, b"\x7fd\r")
+    assert _got("abd") in out, out
+    c.write(b"\x04")
+    assert c.proc.wait(30) == 0
+
+
 def test_two_ctrl_c_while_the_answer_stops_keep_the_chat(chat_factory):
     """The second Ctrl+C, while the worker is still finishing its step, ended the chat
     (status 130) and lost the conversation."""
