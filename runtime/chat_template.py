@@ -757,7 +757,8 @@ def compile_template(source: str, limits: Limits = DEFAULT_LIMITS) -> jinja2.Tem
 def render(template: str, messages: Any, *, add_generation_prompt: bool = True,
            bos_token: str = "", eos_token: str = "", tools: Any = None,
            clock: Callable[[], datetime.datetime] | None = None,
-           limits: Limits = DEFAULT_LIMITS, generic_tools: bool = True, **extra: Any) -> str:
+           limits: Limits = DEFAULT_LIMITS, generic_tools: bool = True,
+           fold_system: bool = False, **extra: Any) -> str:
     """Renders ``template`` as transformers' apply_chat_template(tokenize=False) would.
 
     ``tools`` is passed even when None (templates test ``if tools`` / ``tools is none``),
@@ -770,6 +771,10 @@ def render(template: str, messages: Any, *, add_generation_prompt: bool = True,
     llama.cpp's "generic" tool format does (see with_generic_tools), so the model still
     learns about its tools. Templates that render them get them exactly as transformers
     would pass them.
+
+    ``fold_system=True`` (what the server and the terminal chat ask for): where the
+    template has no system role, system text opens the next user turn (see
+    fold_system_messages) instead of failing or being dropped.
     """
     compiled = compile_template(template, limits)
     if not isinstance(messages, (list, tuple)) or not all(
@@ -777,6 +782,8 @@ def render(template: str, messages: Any, *, add_generation_prompt: bool = True,
         raise TemplateError("messages must be a list of {'role': ..., 'content': ...} dicts")
     if generic_tools:
         messages, tools = with_generic_tools(template, messages, tools)
+    if fold_system:
+        messages = fold_system_messages(template, messages)
     return _render_compiled(compiled, messages, tools=tools, extra=extra,
                             add_generation_prompt=add_generation_prompt, bos_token=bos_token,
                             eos_token=eos_token, clock=clock, limits=limits)
@@ -1146,6 +1153,32 @@ def _with_system_text(messages: list, text: str, system_role: bool) -> list:
     else:
         rest.insert(0, {"role": "user", "content": system})
     return rest
+
+
+def fold_system_messages(template: str, messages: list) -> list:
+    """For a template without a system role (Gemma 2's refuses one, others drop it): each
+    system message's text opens the next user turn, as llama.cpp's server does (minja's
+    system-role polyfill) and as our own Gemma template does. Otherwise `--system`, or a
+    system prompt set on the page, would make every request fail with such a model."""
+    if not any(m.get("role") == "system" for m in messages):
+        return messages
+    if tool_support(template).system_role:
+        return messages
+    out: list = []
+    pending: list[str] = []  # system text waiting for the next user turn
+    for m in messages:
+        if m.get("role") == "system":
+            if _text(m.get("content")):
+                pending.append(_text(m.get("content")))
+            continue
+        if pending and m.get("role") == "user":
+            own = _text(m.get("content"))
+            m = {**m, "content": "\n\n".join(pending + ([own] if own else []))}
+            pending = []
+        out.append(m)
+    if pending:  # no user turn after it: the text is one
+        out.append({"role": "user", "content": "\n\n".join(pending)})
+    return out
 
 
 def with_generic_tools(template: str, messages: Any, tools: Any) -> tuple[list, Any]:

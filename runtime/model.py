@@ -628,7 +628,7 @@ class Model:
         bos = tok.token_text(tok.bos_id) if tok.bos_id is not None else ""
         eos = tok.token_text(tok.eos_id) if tok.eos_id is not None else ""
         return chat_template.render(template, messages, add_generation_prompt=add_generation_prompt,
-                                    bos_token=bos, eos_token=eos, tools=tools)
+                                    bos_token=bos, eos_token=eos, tools=tools, fold_system=True)
 
     def _special_texts(self) -> set[str]:
         tok = self.tokenizer

@@ -224,6 +224,22 @@ def test_developer_messages_are_system_messages(server_factory, tiny_model):
     assert "Answer in French." in r["prompt"] and "pirate" not in r["prompt"]
 
 
+def test_system_text_reaches_a_template_without_a_system_role(server_factory):
+    """Gemma 2's template refuses a system message: with --system, or a system prompt set
+    on the page, every request was a 400 "System role not supported". Its text now opens
+    the first user turn, as llama.cpp's server does."""
+    from tests.conftest import FIXTURES
+    gemma2 = FIXTURES / "templates" / "google-gemma-2-2b-it.jinja"
+    h = server_factory(FIXTURES / "models" / "tiny-gemma2-q8_0.gguf",
+                       "--chat-template", str(gemma2), "--system", "Be brief.")
+    status, r = post_json(h.url + "/apply-template", {"messages": [{"role": "user", "content": "Hi"}]})
+    assert status == 200, r
+    assert "<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\n" in r["prompt"]
+    status, r = post_json(h.url + "/v1/chat/completions", {"max_tokens": 2, "messages": [
+        {"role": "system", "content": "Answer in French."}, {"role": "user", "content": "Hi"}]})
+    assert status == 200 and r["usage"]["completion_tokens"] >= 1, r
+
+
 def test_tool_call_arguments_reach_the_template_as_an_object(server_factory, tiny_model, tmp_path):
     # OpenAI clients send a tool call's arguments as a JSON string; templates print them
     # with `| tojson` (Qwen 2.5 asks for an object there) or walk them with `| items`

@@ -533,6 +533,24 @@ def test_a_template_that_refuses_a_system_message_gets_the_tools_in_the_user_tur
     assert out.endswith("\n\nWeather in Paris?<end_of_turn>\n<start_of_turn>model\n")
 
 
+def test_fold_system_opens_the_user_turn_where_the_template_has_no_system_role():
+    source, _ = _fixture("google-gemma-2-2b-it")  # refuses a system message
+    sys_msg, first, *rest = THREE_TURNS
+    folded = [{"role": "user", "content": sys_msg["content"] + "\n\n" + first["content"]}, *rest]
+    assert ct.render(source, THREE_TURNS, fold_system=True) == ct.render(source, folded)
+    # One that drops system text silently gets it too; a system message with no user
+    # turn after it becomes one.
+    drops = ("{% for m in messages %}{% if m.role != 'system' %}[{{ m.role }}] {{ m.content }}\n"
+             "{% endif %}{% endfor %}")
+    assert ct.render(drops, [sys_msg, first], fold_system=True) == f"[user] {sys_msg['content']}\n\n{first['content']}\n"
+    assert ct.render(drops, [first, sys_msg], fold_system=True) == f"[user] {first['content']}\n[user] {sys_msg['content']}\n"
+    # A template with a system role renders it as its own turn, folded or not.
+    for name in ("Qwen-Qwen2.5-7B-Instruct", "meta-llama-Llama-3.1-8B-Instruct"):
+        source, _ = _fixture(name)
+        assert ct.render(source, THREE_TURNS, fold_system=True, clock=lambda: FIXTURE_DAY) == \
+            ct.render(source, THREE_TURNS, clock=lambda: FIXTURE_DAY)
+
+
 def test_a_template_that_refuses_tools_gets_the_generic_text():
     src = ("{% if tools %}{{ raise_exception('tools are not supported') }}{% endif %}"
            "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}")
