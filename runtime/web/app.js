@@ -21,6 +21,7 @@
   var MSG_DROPPED = "Older messages were left out to fit the context.";
   var SAVE_EVERY_MS = 2000; // how often a reply is saved while it streams
   var MIN_REPLY_TOK = 64;    // room left for a reply to a message bigger than the reserve allows
+  var FOLLOW_PX = 120;       // this close to the bottom, the view follows a reply as it grows
   var EXAMPLES = [
     "Explain what a GGUF file is in two sentences.",
     "Write a haiku about running a model on a laptop.",
@@ -41,6 +42,7 @@
     tokenCache: new Map(), // message text -> token count (from /tokenize)
     renderQueued: false,
     usage: null, // {id, n, tok}: usage.total_tokens of the last reply in chat `id` (n messages)
+    streaming: null, // the reply being written, while it is
   };
 
   function $(id) { return document.getElementById(id); }
@@ -84,7 +86,8 @@
   }
 
   function fileStem(title) {
-    return (title.replace(/[^A-Za-z0-9 _-]+/g, "").trim().replace(/\s+/g, "-").slice(0, 50) || "chat").toLowerCase();
+    // Letters and digits of any script: a Japanese or Arabic title names its file too.
+    return (title.replace(/[^\p{L}\p{N} _-]+/gu, "").trim().replace(/\s+/g, "-").slice(0, 50) || "chat").toLowerCase();
   }
 
   /* ---------- dialogs ---------- */
@@ -110,7 +113,8 @@
       }
       function onOk() { finish(opts.confirmOnly ? true : input.value); }
       function onCancel(e) { if (e) e.preventDefault(); finish(null); }
-      function onKey(e) { if (e.key === "Enter") { e.preventDefault(); onOk(); } }
+      // (not the Enter that ends an IME composition: that one picks the characters)
+      function onKey(e) { if (e.key === "Enter" && !e.isComposing) { e.preventDefault(); onOk(); } }
       $("ask-ok").addEventListener("click", onOk);
       $("ask-cancel").addEventListener("click", onCancel);
       input.addEventListener("keydown", onKey);
@@ -219,7 +223,7 @@
     if (e.key !== Store.KEY_CONVS) return;
     var mine = current();
     var list = Store.loadConversations().filter(function (c) { return !state.forgotten[c.id]; });
-    var redraw = true;
+    var redraw = true, moved = false;
     if (mine) {
       var i = list.findIndex(function (c) { return c.id === mine.id; });
       var same = i >= 0 && JSON.stringify(list[i].messages) === JSON.stringify(mine.messages);
@@ -231,9 +235,10 @@
     state.convs = list;
     if (!list.some(function (c) { return c.id === state.currentId; })) {
       state.currentId = list.length ? list[0].id : null;
-      redraw = true;
+      redraw = moved = true;
     }
-    if (redraw) renderAll(); else renderSidebar();
+    // The same chat, grown in the other tab: a reader scrolled up in it stays put.
+    if (redraw) renderAll(!moved); else renderSidebar();
   }
 
   function newConversation() {
@@ -388,12 +393,19 @@
     return w;
   }
 
-  function renderMessages() {
+  function nearBottom(box) {
+    return box.scrollHeight - box.scrollTop - box.clientHeight < FOLLOW_PX;
+  }
+
+  /* Draws the open chat, scrolled to its end; with keepScroll (the same chat redrawn: a
+   * reply ended, another tab saved) a reader who scrolled up stays where they were. */
+  function renderMessages(keepScroll) {
     var box = $("messages"), c = current();
+    var top = box.scrollTop, stay = keepScroll === true && !nearBottom(box);
     box.replaceChildren();
     if (!c || c.messages.length === 0) { box.appendChild(welcomeEl()); return; }
     c.messages.forEach(function (m, i) { box.appendChild(messageEl(c, m, i)); });
-    box.scrollTop = box.scrollHeight;
+    box.scrollTop = stay ? top : box.scrollHeight;
   }
 
   function renderSidebar() {
@@ -416,10 +428,10 @@
     ["rename-btn", "export-json-btn", "export-md-btn", "delete-btn"].forEach(function (id) { $(id).disabled = !c; });
   }
 
-  function renderAll() {
+  function renderAll(keepScroll) {
     renderHeader();
     renderSidebar();
-    renderMessages();
+    renderMessages(keepScroll);
     updateButtons();
     updateContextUse();
   }
@@ -436,9 +448,11 @@
     state.renderQueued = true;
     requestAnimationFrame(function () {
       state.renderQueued = false;
+      // Whether to follow is decided before the new text lands: a frame may add more
+      // than FOLLOW_PX of it (a code block, a table), and a reader at the end keeps up.
+      var box = $("messages"), follow = nearBottom(box);
       renderBody(bodyEl, m);
-      var box = $("messages");
-      if (box.scrollHeight - box.scrollTop - box.clientHeight < 120) box.scrollTop = box.scrollHeight;
+      if (follow) box.scrollTop = box.scrollHeight;
     });
   }
 
@@ -465,11 +479,12 @@
       renderAll();
       generate(c);
     }
-    row.appendChild(button("Cancel", "edit-cancel", "Cancel editing", renderMessages));
+    function cancel() { renderMessages(true); } // back to the message, where it was
+    row.appendChild(button("Cancel", "edit-cancel", "Cancel editing", cancel));
     row.appendChild(button("Send", "edit-send", "Send the edited message", submit));
     ta.addEventListener("keydown", function (e) {
       if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); submit(); }
-      if (e.key === "Escape") { e.preventDefault(); renderMessages(); }
+      if (e.key === "Escape") { e.preventDefault(); cancel(); }
     });
     body.replaceChildren(ta, row);
     wrap.querySelector(".msg-actions").hidden = true;
@@ -478,8 +493,17 @@
 
   /* ---------- context budget ---------- */
 
+  /* The messages as the API takes them. Back-to-back messages of one role (a question
+   * left unanswered by an error or an early Stop, then the next one) go as one message:
+   * many chat templates (Gemma, Mistral) refuse roles that do not alternate. */
   function plain(msgs) {
-    return msgs.map(function (m) { return { role: m.role, content: m.content }; });
+    var out = [];
+    msgs.forEach(function (m) {
+      var prev = out[out.length - 1];
+      if (prev && prev.role === m.role && m.role !== "system") prev.content += "\n\n" + m.content;
+      else out.push({ role: m.role, content: m.content });
+    });
+    return out;
   }
 
   /* Tokens in one message's text (cached), estimated when /tokenize is unavailable. */
@@ -621,9 +645,9 @@
   /* Whether the chat's latest user message, with the system message, is over the context. */
   async function latestAloneTooBig(c) {
     var parts = withSystem(c, effectiveSettings());
-    var users = parts.rest.filter(function (m) { return m.role === "user"; });
+    var users = plain(parts.rest).filter(function (m) { return m.role === "user"; });
     if (!users.length) return false;
-    var size = await promptSize(plain(parts.pinned.concat([users[users.length - 1]])));
+    var size = await promptSize(plain(parts.pinned).concat([users[users.length - 1]]));
     return size.n >= state.nCtx; // the server refuses a prompt that leaves no room
   }
 
@@ -703,6 +727,7 @@
 
       msg = { role: "assistant", content: "" };
       c.messages.push(msg);
+      state.streaming = msg;
       renderAll();
       var bodyEl = $("messages").lastElementChild.querySelector(".msg-body");
       $("messages").lastElementChild.classList.add("streaming");
@@ -757,11 +782,12 @@
       }
     } finally {
       if (state.controller === controller) state.controller = null;
+      if (state.streaming === msg) state.streaming = null;
       state.busy = false;
       c.updated = Date.now();
       persist();
       if (c === current()) {
-        renderAll();
+        renderAll(true); // (a reader who scrolled up to read is not moved)
       } else {
         // The user moved to another chat (or deleted this one) while it streamed: that
         // chat's view was drawn while busy, so its Send button must come back here.
@@ -851,7 +877,9 @@
   }
 
   function wireEvents() {
-    $("send-btn").addEventListener("click", function () { send($("input").value); });
+    // Send hides itself once pressed: the message box gets the focus back, so the next
+    // message can be typed straight away.
+    $("send-btn").addEventListener("click", function () { send($("input").value); $("input").focus(); });
     $("stop-btn").addEventListener("click", stop);
     $("input").addEventListener("keydown", function (e) {
       if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
@@ -861,7 +889,7 @@
     });
     $("input").addEventListener("input", autosize);
     document.addEventListener("keydown", function (e) {
-      if (e.key === "Escape" && state.busy && !document.querySelector("dialog[open]")) stop();
+      if (e.key === "Escape" && !e.isComposing && state.busy && !document.querySelector("dialog[open]")) stop();
     });
     $("new-chat").addEventListener("click", function () {
       if (state.busy) stop();
@@ -897,6 +925,11 @@
     });
     $("close-sidebar").addEventListener("click", closeSidebar);
     window.addEventListener("storage", onOtherTabSaved);
+    // Closing or reloading the tab mid-reply keeps all that has arrived, not only what
+    // the last periodic save had.
+    window.addEventListener("pagehide", function () {
+      if (state.streaming && state.streaming.content) saveUnfinished(state.streaming);
+    });
     $("scrim").addEventListener("click", closeSidebar);
   }
 

@@ -1,0 +1,199 @@
+"""The chat page (runtime/web/): regressions an exploratory tester found by driving it
+in headless Chromium against the real server (tiny fixture model). Each test failed on
+the page before its fix. Helpers and fixtures are those of test_page.py.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+from tests.e2e.conftest import ROOT, require_chromium
+from tests.e2e.test_page import (  # noqa: F401 - `page` is a fixture
+    MODEL, TIMEOUT_MS, canned_sse, current_conv, open_page, page, record_chat_requests,
+    send, set_settings, slow_network, wait_idle)
+
+GEMMA2_TEMPLATE = ROOT / "tests" / "fixtures" / "templates" / "google-gemma-2-2b-it.jinja"
+
+sync_api = require_chromium()
+
+SCROLL = "() => { const b = document.getElementById('messages');" \
+         " return {top: b.scrollTop, gap: b.scrollHeight - b.scrollTop - b.clientHeight}; }"
+
+
+def import_chat(pg, conv):
+    pg.set_input_files("[data-testid=import-file]", files=[{
+        "name": "chat.json", "mimeType": "application/json", "buffer": json.dumps(conv).encode()}])
+    pg.wait_for_selector("[data-testid=message]")
+
+
+def hold_replies(pg):
+    """Chat requests wait, unanswered, in the returned list until the test answers them."""
+    held = []
+    pg.route("**/v1/chat/completions", lambda route: held.append(route))
+    return held
+
+
+def wait_held(pg, held, n):
+    """Until the page has made its n-th chat request (and shows the empty reply)."""
+    pg.wait_for_selector(f"[data-testid=message][data-role=assistant] >> nth={0}")
+    deadline = time.monotonic() + TIMEOUT_MS / 1000
+    while len(held) < n:
+        assert time.monotonic() < deadline, "the page sent no chat request"
+        pg.wait_for_timeout(50)
+
+
+def sse(text):
+    events = [{"choices": [{"index": 0, "delta": {"content": text}}]},
+              {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}]
+    return "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+
+
+def test_a_reader_who_scrolled_up_is_not_pulled_down_when_the_reply_ends(page):
+    """The end of a reply redrew the chat scrolled to its bottom: someone reading an
+    earlier message (or the start of a long reply) lost their place."""
+    long_turns = [{"role": r, "content": "\n\n".join(f"{r} paragraph {k}" for k in range(12))}
+                  for r in ("user", "assistant") * 3]
+    import_chat(page, {"title": "long", "messages": long_turns})
+    held = hold_replies(page)
+    code = "```python\n" + "\n".join(f"line_{k} = {k}" for k in range(40)) + "\n```"
+
+    # At the bottom: a reply that lands all at once (40 lines of code) is followed.
+    send(page, "first")
+    wait_held(page, held, 1)
+    assert page.evaluate(SCROLL)["gap"] < 100  # (the page's "near the bottom")
+    held[-1].fulfill(status=200, headers={"Content-Type": "text/event-stream"}, body=sse(code))
+    wait_idle(page)
+    assert page.evaluate(SCROLL)["gap"] < 5, "the view did not follow the reply to its end"
+
+    # Scrolled up to read: the reply ends, the view stays.
+    send(page, "second")
+    wait_held(page, held, 2)
+    page.evaluate("document.getElementById('messages').scrollTop = 300")
+    held[-1].fulfill(status=200, headers={"Content-Type": "text/event-stream"}, body=sse(code))
+    wait_idle(page)
+    assert current_conv(page)["messages"][-1]["content"] == code
+    assert page.evaluate(SCROLL)["top"] == 300, "the end of the reply moved the reader"
+
+
+def test_a_long_chat_title_does_not_widen_the_page_on_a_phone(browser, server_url):
+    """At phone width the title sat in a column that sized itself to the whole title, so
+    the first example prompt as a title made the page wider than the screen."""
+    ctx = browser.new_context(viewport={"width": 360, "height": 740})
+    pg = ctx.new_page()
+    pg.set_default_timeout(TIMEOUT_MS)
+    open_page(pg, server_url)
+    import_chat(pg, {"title": "Explain what a GGUF file is in two sentences.",
+                     "messages": [{"role": "user", "content": "hi"}]})
+    r = pg.evaluate("""() => { const t = document.getElementById('conv-title');
+        return {doc: document.documentElement.scrollWidth, right: t.getBoundingClientRect().right,
+                cut: t.scrollWidth > t.clientWidth}; }""")
+    ctx.close()
+    assert r["doc"] <= 360 and r["right"] <= 360, r
+    assert r["cut"], "the title is cut (with an ellipsis), not wrapped or hidden"
+
+
+def test_a_question_left_unanswered_does_not_break_a_strict_template(browser, server_factory):
+    """Stop before the first word (or an error) leaves a question without a reply; the
+    next one made two user messages in a row, which Gemma's and Mistral's templates refuse:
+    every later message in that chat failed with "roles must alternate"."""
+    url = server_factory(MODEL, "--chat-template", GEMMA2_TEMPLATE).url.rstrip("/") + "/"
+    ctx = browser.new_context()
+    pg = ctx.new_page()
+    pg.set_default_timeout(TIMEOUT_MS)
+    open_page(pg, url)
+    set_settings(pg, temperature=0, **{"max-tokens": 4})
+    held = hold_replies(pg)
+    send(pg, "What is a GGUF fiel?")
+    pg.wait_for_selector("[data-testid=message][data-role=assistant]")
+    pg.click("[data-testid=stop]")  # a typo: stopped before the first word
+    wait_idle(pg)
+    pg.unroute("**/v1/chat/completions")
+    bodies = record_chat_requests(pg)
+    send(pg, "What is a GGUF file?")
+    wait_idle(pg)
+    error = pg.text_content("[data-testid=error]") if pg.is_visible("[data-testid=error]") else ""
+    conv = current_conv(pg)
+    ctx.close()
+    assert held and not error, error
+    assert [m["role"] for m in conv["messages"]] == ["user", "user", "assistant"]
+    # Both questions are sent, as one user turn.
+    assert bodies[-1]["messages"] == [
+        {"role": "user", "content": "What is a GGUF fiel?\n\nWhat is a GGUF file?"}]
+
+
+def test_the_enter_that_ends_an_ime_composition_does_not_confirm_a_rename(page):
+    """Japanese or Chinese typing: Enter picks the composed characters. In the rename box
+    it also pressed OK, so the chat was renamed to a half-typed name."""
+    canned_sse(page, "Hello!")
+    send(page, "hi")
+    wait_idle(page)
+    cdp = page.context.new_cdp_session(page)
+    page.click("[data-testid=rename]")
+    page.fill("[data-testid=ask-input]", "")
+    cdp.send("Input.imeSetComposition", {"text": "にほん", "selectionStart": 3, "selectionEnd": 3})
+    page.keyboard.press("Enter")  # a keydown with isComposing, as a real IME sends it
+    assert page.is_visible("[data-testid=ask-dialog]"), "the composition's Enter confirmed the rename"
+    cdp.send("Input.insertText", {"text": "にほんご"})  # the composition ends
+    page.keyboard.press("Enter")
+    page.wait_for_selector("[data-testid=ask-dialog]", state="hidden")
+    assert page.text_content("[data-testid=conv-title]") == "にほんご"
+
+
+def test_a_reply_is_kept_up_to_the_moment_the_tab_reloads(page):
+    """A streaming reply was saved only every 2 s: reloading before the first save lost
+    it all (the chat came back as an unanswered question), and a later reload lost what
+    had arrived since the last save."""
+    set_settings(page, temperature=0, **{"max-tokens": 100000})
+    slow_network(page, downloadThroughput=3000)  # a reply of several seconds
+    # The page's clock stands still, so its periodic save never comes: whatever survives
+    # the reload was saved when the tab went away.
+    page.evaluate("performance.now = () => 0")
+    send(page, "Hello there")
+    page.wait_for_function(
+        "() => { const b = document.querySelectorAll('[data-role=assistant] [data-testid=message-body]');"
+        " return b.length && b[b.length - 1].textContent.length > 0; }")
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]")
+    last = current_conv(page)["messages"][-1]
+    assert last["role"] == "assistant" and last["content"] and last["stopped"] is True, last
+
+
+def test_pressing_send_leaves_the_focus_in_the_message_box(page):
+    """Send hides itself while the reply is written; the focus went with it, so the next
+    message could not be typed without clicking the box again."""
+    canned_sse(page, "Hello!")
+    page.fill("[data-testid=input]", "hi")
+    page.click("[data-testid=send]")
+    wait_idle(page)
+    assert page.evaluate("document.activeElement.id") == "input"
+    page.keyboard.type("typed straight away")
+    assert page.input_value("[data-testid=input]") == "typed straight away"
+
+
+def test_an_export_is_named_after_a_title_in_any_script(page):
+    """Only Latin letters were kept in the file name: every Japanese, Chinese, Arabic or
+    Russian chat was exported as "chat.json"."""
+    import_chat(page, {"title": "日本語 のチャット", "messages": [{"role": "user", "content": "hi"}]})
+    with page.expect_download() as dl:
+        page.click("[data-testid=export-json]")
+    assert dl.value.suggested_filename == "日本語-のチャット.json"
+    import_chat(page, {"title": "Привет, мир!", "messages": [{"role": "user", "content": "hi"}]})
+    with page.expect_download() as dl:
+        page.click("[data-testid=export-md]")
+    assert dl.value.suggested_filename == "привет-мир.md"
+
+
+def test_escape_that_cancels_an_ime_composition_does_not_stop_the_reply(page):
+    """Escape stops a reply; during an IME composition it only cancels the composition."""
+    held = hold_replies(page)
+    send(page, "hi")
+    wait_held(page, held, 1)
+    cdp = page.context.new_cdp_session(page)
+    page.focus("[data-testid=input]")
+    cdp.send("Input.imeSetComposition", {"text": "にほん", "selectionStart": 3, "selectionEnd": 3})
+    page.keyboard.press("Escape")  # a keydown with isComposing
+    assert page.is_visible("[data-testid=stop]"), "Escape in the composition stopped the reply"
+    cdp.send("Input.insertText", {"text": ""})  # the composition ends
+    page.keyboard.press("Escape")
+    wait_idle(page)
+    assert [m["role"] for m in current_conv(page)["messages"]] == ["user"]
