@@ -15,13 +15,18 @@
   var HEALTH_POLL_MS = 400;
   var SERVER_GONE_POLL_MS = 2000;
   var TITLE_FROM_MESSAGE_CHARS = 40;
-  var MSG_SERVER_GONE = "The chatfile server is not running. Start it again (for example `chatfile run`), then reload this page.";
-  var MSG_SERVER_GONE_MIDWAY = "The chatfile server stopped in the middle of this reply. Start it again (for example `chatfile run`), then reload this page.";
+  // Reloading the page while the server is down only shows the browser's error page;
+  // once it runs again, Retry (or a new message) works in the page as it is.
+  var MSG_SERVER_GONE = "The chatfile server is not running. Start it again (for example `chatfile run`), then press Retry or send your message again.";
+  var MSG_SERVER_GONE_MIDWAY = "The chatfile server stopped in the middle of this reply. Start it again (for example `chatfile run`), then press Regenerate or send a new message.";
+  var MSG_SERVER_GONE_AT_START = "The chatfile server is not running. Start it again (for example `chatfile run`): this page connects by itself once it runs.";
+  var MSG_NOT_SAVED = "This browser could not save the chats (its storage is full or turned off): new messages are not being kept.";
   var MSG_CONTEXT_FULL = "The conversation no longer fits in the model's context. Start a new chat, or edit your message to make it shorter.";
   var MSG_DROPPED = "Older messages were left out to fit the context.";
   var SAVE_EVERY_MS = 2000; // how often a reply is saved while it streams
   var MIN_REPLY_TOK = 64;    // room left for a reply to a message bigger than the reserve allows
   var FOLLOW_PX = 120;       // this close to the bottom, the view follows a reply as it grows
+  var COPIED_MS = 1500;      // how long a message's Copy button says "Copied"
   var EXAMPLES = [
     "Explain what a GGUF file is in two sentences.",
     "Write a haiku about running a model on a laptop.",
@@ -40,6 +45,7 @@
     busy: false,
     controller: null,
     tokenCache: new Map(), // message text -> token count (from /tokenize)
+    modelKey: null, // which model (and template, context) the token counts are for
     renderQueued: false,
     usage: null, // {id, n, tok}: usage.total_tokens of the last reply in chat `id` (n messages)
     streaming: null, // the reply being written, while it is
@@ -51,9 +57,14 @@
 
   function show(elm, on) { elm.hidden = !on; }
 
+  /* The notice line: what the page last said about the chat, followed by the warning
+   * that saving fails while it does (the one must not hide the other). */
+  var noticeText = "", saveWarning = "";
   function setNotice(text) {
-    $("notice").textContent = text || "";
-    show($("notice"), !!text);
+    noticeText = text || "";
+    var all = [noticeText, saveWarning].filter(Boolean).join(" ");
+    $("notice").textContent = all;
+    show($("notice"), !!all);
   }
 
   function setError(text) {
@@ -212,7 +223,8 @@
     // read them are kept (and shown here from now on).
     var saved = Store.saveConversations(state.convs, state.forgotten);
     state.convs = saved.list;
-    if (!saved.ok) setNotice("This browser could not save the chats (its storage is full or turned off): new messages are not being kept.");
+    saveWarning = saved.ok ? "" : MSG_NOT_SAVED;
+    setNotice(noticeText);
     Store.saveCurrentId(state.currentId);
   }
 
@@ -355,11 +367,18 @@
     if (m.role === "user") {
       actions.appendChild(button("Edit", "edit", "Edit this message and send it again", function () { startEdit(wrap, c, index); }));
       // A message left without a reply (error, context full): offer to try again.
-      if (isLast) actions.appendChild(button("Retry", "regenerate", "Send this message again", regenerate));
+      if (isLast) actions.appendChild(button("Retry", "regenerate", "Send this message again", regenerateFromButton));
     }
     if (m.role === "assistant") {
-      actions.appendChild(button("Copy", "copy-message", "Copy this reply", function () { Md.copyText(m.content); }));
-      if (isLast) actions.appendChild(button("Regenerate", "regenerate", "Regenerate this reply", regenerate));
+      var copy = button("Copy", "copy-message", "Copy this reply", function () {
+        // The same sign as a code block's Copy: otherwise nothing shows that it worked.
+        Md.copyText(m.content).then(function () {
+          copy.textContent = "Copied";
+          setTimeout(function () { copy.textContent = "Copy"; }, COPIED_MS);
+        });
+      });
+      actions.appendChild(copy);
+      if (isLast) actions.appendChild(button("Regenerate", "regenerate", "Regenerate this reply", regenerateFromButton));
     }
     wrap.appendChild(actions);
     return wrap;
@@ -691,6 +710,13 @@
     if (state.controller) state.controller.abort();
   }
 
+  /* Regenerate and Retry are redrawn away (and Stop hides itself) once pressed: the
+   * message box gets the focus, as after Send, so the keyboard is not left on nothing. */
+  function regenerateFromButton() {
+    regenerate();
+    $("input").focus();
+  }
+
   function describeError(e) {
     if (e instanceof Api.ServerGoneError) return e.cutOff ? MSG_SERVER_GONE_MIDWAY : MSG_SERVER_GONE;
     if (e instanceof Api.ApiError) {
@@ -708,18 +734,20 @@
     var settings = effectiveSettings();
     setError("");
     setNotice("");
+    $("tps").textContent = ""; // the last reply's speed is not this one's
     state.busy = true;
     state.controller = new AbortController();
     updateButtons();
     var controller = state.controller;
     var msg = null;
     try {
-      // Without /props (it failed, e.g. before the API key was entered) the context size
-      // is unknown and nothing would be trimmed to fit: ask again first.
-      if (!state.props) {
-        await loadProps();
-        settings = effectiveSettings(); // with the server's defaults
-      }
+      // /props again before every reply: the server may have been restarted on this port
+      // with another model (context size, tokenizer) while the tab stayed open. Without
+      // /props (it failed, e.g. before the API key was entered) the context size would be
+      // unknown and nothing trimmed to fit. Once read, a failure here is left to the reply
+      // itself to report.
+      await loadProps(!!state.props);
+      settings = effectiveSettings(); // with the server's defaults
       var plan = await fitContext(c, settings);
       if (controller.signal.aborted) return;
       if (!plan.fits) { setError(MSG_CONTEXT_FULL); return; }
@@ -742,10 +770,11 @@
       };
       if (settings.seed !== "") request.seed = settings.seed;
 
-      var firstAt = 0, lastAt = 0, savedAt = performance.now();
+      var firstAt = 0, lastAt = 0, pieces = 0, savedAt = performance.now();
       var result = await withAuth(function () {
         return Api.streamChat(request, function (piece) {
           lastAt = performance.now();
+          pieces += 1;
           if (!firstAt) firstAt = lastAt;
           msg.content += piece;
           queueStreamRender(bodyEl, msg);
@@ -771,7 +800,8 @@
     } catch (e) {
       if (e && e.name === "AbortError") {
         // Stopped before its first word: no empty reply is kept (or sent as history).
-        if (msg && msg.content) msg.stopped = true;
+        // A reply stopped later shows its speed so far, measured on the pieces it got.
+        if (msg && msg.content) { msg.stopped = true; showSpeed({ chunks: pieces }, firstAt, lastAt); }
         else if (msg) c.messages.splice(c.messages.indexOf(msg), 1);
       } else {
         setError(describeError(e));
@@ -848,7 +878,7 @@
         await sleep(HEALTH_POLL_MS);
       } catch (e) {
         if (e instanceof Api.ServerGoneError) {
-          text.textContent = MSG_SERVER_GONE;
+          text.textContent = MSG_SERVER_GONE_AT_START; // (this loop keeps asking)
           bar.removeAttribute("value");
           await sleep(SERVER_GONE_POLL_MS);
         } else {
@@ -858,9 +888,18 @@
     }
   }
 
-  async function loadProps() {
+  /* Reads the server's properties; quiet: a failure keeps the last ones, unannounced. */
+  async function loadProps(quiet) {
     try {
       var p = await withAuth(Api.props);
+      // Another model (or template, or context size) since the last read: the cached
+      // token counts and the last reply's usage measured the old one.
+      var key = JSON.stringify([p.model_path, p.model_name, p.n_ctx, p.chat_template]);
+      if (key !== state.modelKey) {
+        state.tokenCache.clear();
+        state.usage = null;
+        state.modelKey = key;
+      }
       state.props = p;
       state.nCtx = Number(p.n_ctx) || 0;
       var g = p.default_generation_settings || {};
@@ -872,7 +911,7 @@
       $("model-name").textContent = p.model_name ? String(p.model_name) : "";
       document.title = p.title ? String(p.title) : (p.model_name ? p.model_name + " \u2014 chatfile" : "chatfile");
     } catch (e) {
-      setError(describeError(e));
+      if (!quiet) setError(describeError(e));
     }
   }
 
@@ -880,7 +919,7 @@
     // Send hides itself once pressed: the message box gets the focus back, so the next
     // message can be typed straight away.
     $("send-btn").addEventListener("click", function () { send($("input").value); $("input").focus(); });
-    $("stop-btn").addEventListener("click", stop);
+    $("stop-btn").addEventListener("click", function () { stop(); $("input").focus(); }); // (see regenerateFromButton)
     $("input").addEventListener("keydown", function (e) {
       if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
         e.preventDefault();

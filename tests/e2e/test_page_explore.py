@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 
 from tests.e2e.conftest import ROOT, require_chromium
 from tests.e2e.test_page import (  # noqa: F401 - `page` is a fixture
-    MODEL, TIMEOUT_MS, canned_sse, current_conv, open_page, page, record_chat_requests,
-    send, set_settings, slow_network, wait_idle)
+    MODEL, TIMEOUT_MS, _prompt_tokens, canned_sse, current_conv, open_page, page,
+    record_chat_requests, send, set_settings, slow_network, wait_idle)
 
 GEMMA2_TEMPLATE = ROOT / "tests" / "fixtures" / "templates" / "google-gemma-2-2b-it.jinja"
 
@@ -197,3 +198,180 @@ def test_escape_that_cancels_an_ime_composition_does_not_stop_the_reply(page):
     page.keyboard.press("Escape")
     wait_idle(page)
     assert [m["role"] for m in current_conv(page)["messages"]] == ["user"]
+
+
+# ---------------------------------------------------------------------------------------
+# Second round.
+
+OTHER_MODEL = ROOT / "tests" / "fixtures" / "models" / "tiny-qwen2-q8_0.gguf"
+
+
+def sse_ending(text, finish="stop", **last):
+    """A canned stream of `text` whose final chunk ends with `finish` and carries `last`
+    (e.g. timings=...)."""
+    events = [{"choices": [{"index": 0, "delta": {"content": text}}]},
+              {"choices": [{"index": 0, "delta": {}, "finish_reason": finish}], **last}]
+    return "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+
+
+def reply_with(route, body):
+    route.fulfill(status=200, headers={"Content-Type": "text/event-stream"}, body=body)
+
+
+def new_page(browser, url):
+    ctx = browser.new_context()
+    pg = ctx.new_page()
+    pg.set_default_timeout(TIMEOUT_MS)
+    open_page(pg, url)
+    return ctx, pg
+
+
+def test_the_server_gone_message_says_what_works_rather_than_reload(browser, server_factory):
+    """With the server stopped the page said "...then reload this page": a reload shows the
+    browser's connection-refused page while the server is down, and once it runs again the
+    Retry button works without one."""
+    srv = server_factory(MODEL)
+    ctx, pg = new_page(browser, srv.url.rstrip("/") + "/")
+    set_settings(pg, temperature=0, **{"max-tokens": 4})
+    srv.stop()
+    send(pg, "are you there?")
+    wait_idle(pg)
+    error = pg.text_content("[data-testid=error]")
+    assert "not running" in error and "Start it again" in error, error
+    assert "reload" not in error.lower() and "Retry" in error, error
+    retry = pg.locator("[data-testid=regenerate]")
+    assert retry.text_content() == "Retry"  # the button the message names
+    # Started again (on the same port, as `chatfile run` does): Retry answers, no reload.
+    again = server_factory(MODEL, "--port", srv.port)
+    assert again.url == srv.url
+    retry.click()
+    wait_idle(pg)
+    assert not pg.is_visible("[data-testid=error]")
+    assert [m["role"] for m in current_conv(pg)["messages"]] == ["user", "assistant"]
+    # Cut off half way: the reply is kept, and its button is Regenerate.
+    pg.route("**/v1/chat/completions", lambda route: reply_with(
+        route, f"data: {json.dumps({'choices': [{'index': 0, 'delta': {'content': 'Once'}}]})}\n\n"))
+    send(pg, "tell me a story")
+    wait_idle(pg)
+    error = pg.text_content("[data-testid=error]")
+    ctx.close()
+    assert "stopped in the middle" in error and "Regenerate" in error, error
+    assert "reload" not in error.lower(), error
+
+
+def test_a_server_restarted_with_another_model_is_read_again(browser, server_factory):
+    """The server came back on the same port with another model, the tab still open: the
+    page kept the old model's name, context size and token counts (cached by text only),
+    so it fitted the chat to the wrong context until a reload."""
+    first = server_factory(MODEL, "--ctx", 128)
+    url = first.url.rstrip("/") + "/"
+    chat = [{"role": "user", "content": "hello there"}, {"role": "assistant", "content": "general kenobi"}]
+    n_first = _prompt_tokens(url, chat)
+    ctx, pg = new_page(browser, url)
+    set_settings(pg, temperature=0, **{"max-tokens": 4})
+    import_chat(pg, {"title": "measured", "messages": chat})
+    pg.wait_for_function("(want) => document.getElementById('ctx').textContent === want",
+                         arg=f"context {n_first} / 128")
+    first.stop()
+    # The page notices: regenerating fails with the server gone.
+    pg.click("[data-testid=regenerate]")
+    wait_idle(pg)
+    assert "not running" in pg.text_content("[data-testid=error]")
+
+    # (The fixtures share one vocabulary: a chat template makes the prompt's size differ.)
+    second = server_factory(OTHER_MODEL, "--chat-template", GEMMA2_TEMPLATE, "--port", first.port)
+    assert second.url == first.url
+    props = json.loads(urllib.request.urlopen(url + "props").read())
+    n_second = _prompt_tokens(url, chat)
+    assert props["n_ctx"] != 128 and n_second != n_first  # (what the test relies on)
+    bodies = record_chat_requests(pg)
+    pg.click("[data-testid=regenerate]")  # Retry, as the message says
+    wait_idle(pg)
+    assert not pg.is_visible("[data-testid=error]"), pg.text_content("[data-testid=error]")
+    assert len(bodies) == 1
+    assert pg.text_content("[data-testid=model-name]") == props["model_name"]
+    assert pg.text_content("[data-testid=ctx]").endswith(f" / {props['n_ctx']}")
+    # The same messages are measured again, by the new model's tokenizer.
+    pg.click("[data-testid=new-chat]")
+    import_chat(pg, {"title": "measured again", "messages": chat})
+    pg.wait_for_function("() => !document.getElementById('ctx').textContent.startsWith('context ~')")
+    shown = pg.text_content("[data-testid=ctx]")
+    ctx.close()
+    assert shown == f"context {n_second} / {props['n_ctx']}", (shown, n_first)
+
+
+def test_copying_a_reply_says_copied(page):
+    """A code block's Copy says "Copied"; a whole reply's Copy showed nothing."""
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    canned_sse(page, "Hello **world**!")
+    send(page, "hi")
+    wait_idle(page)
+    copy = page.locator("[data-testid=copy-message]")
+    copy.click()
+    page.wait_for_selector("[data-testid=copy-message]:text-is('Copied')")
+    assert page.evaluate("navigator.clipboard.readText()") == "Hello **world**!"
+    page.wait_for_selector("[data-testid=copy-message]:text-is('Copy')")  # and back
+
+
+def test_the_speed_shown_is_never_a_previous_replys(page):
+    """The tokens/s of the last finished reply stayed after a reply was stopped or failed,
+    as if that one had run at that speed."""
+    held = hold_replies(page)
+    send(page, "first")
+    wait_held(page, held, 1)
+    reply_with(held[-1], sse_ending("Hello!", timings={"predicted_per_second": 123.4}))
+    wait_idle(page)
+    assert page.text_content("[data-testid=tps]") == "123.4 tokens/s"
+    send(page, "second")
+    wait_held(page, held, 2)
+    page.click("[data-testid=stop]")  # before its first word
+    wait_idle(page)
+    assert page.text_content("[data-testid=tps]") == ""
+    send(page, "third")
+    wait_held(page, held, 3)
+    held[-1].fulfill(status=500, content_type="application/json",
+                     body=json.dumps({"error": {"message": "boom", "type": "server_error", "code": 500}}))
+    wait_idle(page)
+    assert "boom" in page.text_content("[data-testid=error]")
+    assert page.text_content("[data-testid=tps]") == ""
+
+
+def test_stop_and_regenerate_leave_the_focus_in_the_message_box(page):
+    """Stop, Retry and Regenerate hide (or redraw) themselves once pressed, and the focus
+    went with them: the next message could not be typed without clicking the box."""
+    held = hold_replies(page)
+    send(page, "hi")
+    wait_held(page, held, 1)
+    page.click("[data-testid=stop]")
+    wait_idle(page)
+    assert page.evaluate("document.activeElement.id") == "input"
+    assert page.text_content("[data-testid=regenerate]") == "Retry"
+    page.click("[data-testid=regenerate]")
+    wait_held(page, held, 2)
+    assert page.evaluate("document.activeElement.id") == "input"
+    reply_with(held[-1], sse_ending("Hello!"))
+    wait_idle(page)
+    assert page.text_content("[data-testid=regenerate]") == "Regenerate"
+    page.click("[data-testid=regenerate]")
+    wait_held(page, held, 3)
+    assert page.evaluate("document.activeElement.id") == "input"
+    reply_with(held[-1], sse_ending("Hello again!"))
+    wait_idle(page)
+    page.keyboard.type("typed straight away")
+    assert page.input_value("[data-testid=input]") == "typed straight away"
+
+
+def test_a_full_storage_does_not_hide_the_max_tokens_notice(page):
+    """When saving failed, the "could not save" notice replaced the one saying why the
+    reply stopped: the reader saw a cut-off reply and no reason."""
+    page.evaluate("""() => { const set = Storage.prototype.setItem;
+        Storage.prototype.setItem = function (k, v) {
+            if (k === 'chatfile.conversations') throw new DOMException('full', 'QuotaExceededError');
+            return set.call(this, k, v);
+        }; }""")
+    page.route("**/v1/chat/completions", lambda route: reply_with(route, sse_ending("Once upon", "length")))
+    send(page, "tell me a story")
+    wait_idle(page)
+    notice = page.text_content("[data-testid=notice]")
+    assert page.is_visible("[data-testid=notice]")
+    assert "max-tokens limit" in notice and "could not save" in notice, notice
