@@ -24,6 +24,7 @@ import socketserver
 import sys
 import threading
 import time
+import urllib.parse
 import uuid
 import webbrowser
 from collections.abc import Callable
@@ -73,6 +74,7 @@ class State:
     progress: float = 0.0
     error: str | None = None
     stopping: bool = False  # Ctrl+C: the server is going away
+    loopback_only: bool = True  # bound to a loopback address: see _foreign_request
     model_id: str = ""
     created: int = field(default_factory=lambda: int(time.time()))
     log: Callable[[str], None] = print  # the console line for what the operator must see
@@ -675,6 +677,9 @@ def wrap_app(app, st: State):
             environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8")
         except UnicodeError:
             return respond(start_response, 400, error_body(400, "the URL's path is not UTF-8"))
+        refusal = _foreign_request(environ, st)
+        if refusal is not None:
+            return respond(start_response, 403, error_body(403, refusal))
         environ["chatfile.body"] = body
         environ["wsgi.input"] = io.BytesIO(body)
         environ["CONTENT_LENGTH"] = str(len(body))
@@ -688,6 +693,46 @@ def wrap_app(app, st: State):
         except Exception:  # noqa: BLE001 - Bottle already catches; this is the last net
             return respond(start_response, 500, error_body(500, "internal server error"))
     return wsgi
+
+
+def _foreign_request(environ, st: State) -> str | None:
+    """Why a request that a web page of some other site made through the user's browser
+    is refused; None for everyone else (curl, the openai client, the chat page itself).
+
+    - DNS rebinding: a site whose name its owner re-points at 127.0.0.1 reaches a
+      loopback server as a page of its own origin, and could read the replies and
+      /props. A server bound to loopback answers only names nobody can re-point:
+      localhost, *.localhost and loopback addresses (as Ollama does).
+    - A page of another origin can still POST a "simple" request (text/plain) that
+      needs no CORS preflight, and make the model work for it. Browsers say where such a
+      request comes from (Origin); one that is not this server's own is refused, unless
+      --cors asks to serve other sites. Clients that are not browsers send no Origin."""
+    host = environ.get("HTTP_HOST")
+    if st.loopback_only and host is not None and not _loopback_name(host):
+        return (f"this server answers requests for localhost only, not for {host!r} "
+                f"(--host sets the address it serves)")
+    origin = environ.get("HTTP_ORIGIN")
+    if origin is not None and not st.cors and not _same_origin(origin, host):
+        return (f"requests from web pages of other sites ({origin}) are refused; "
+                f"start the server with --cors to allow them")
+    return None
+
+
+def _loopback_name(host_header: str) -> bool:
+    try:
+        parts = urllib.parse.urlsplit("//" + host_header)
+        name, _ = parts.hostname or "", parts.port
+    except ValueError:  # a port that is not a number, an unclosed [
+        return False
+    return name == "localhost" or name.endswith(".localhost") or _is_loopback(name)
+
+
+def _same_origin(origin: str, host_header: str | None) -> bool:
+    try:
+        netloc = urllib.parse.urlsplit(origin).netloc
+    except ValueError:
+        return False
+    return host_header is not None and netloc.lower() == host_header.lower()
 
 
 def _reason(status: int) -> str:
@@ -900,6 +945,7 @@ class Server:
         self.log = log or (lambda msg: print(msg, flush=True))
         self.state = State(model_path=os.fspath(model_path), n_ctx=int(n_ctx), api_key=api_key or None,
                            system=system or None, title=title, cors=cors,
+                           loopback_only=_is_loopback(host),
                            max_body_bytes=int(max_body_bytes), temperature=temperature,
                            log=self.log)
         self.state.model_id = Path(os.fspath(model_path)).stem

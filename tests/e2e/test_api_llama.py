@@ -328,7 +328,7 @@ def _send_completion(url, req) -> socket.socket:
     u = urllib.parse.urlsplit(url)
     body = json.dumps(req).encode()
     s = socket.create_connection((u.hostname, u.port), timeout=30)
-    s.sendall(b"POST /completion HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    s.sendall(b"POST /completion HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
               b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
     return s
 
@@ -439,12 +439,13 @@ def test_health_answers_while_generating(tiny_server):
 
 # ---- in-process: the WSGI app with a fake model (the /infill success path) ----------------
 
-def _wsgi_call(app, method, path, body=None, headers=None):
-    """(status, JSON body); with `headers` (a dict), the response's headers are put in it."""
+def _wsgi_call(app, method, path, body=None, headers=None, environ=None):
+    """(status, JSON body); with `headers` (a dict), the response's headers are put in it.
+    environ: more of the request (HTTP_HOST, HTTP_ORIGIN, ...)."""
     from wsgiref.util import setup_testing_defaults
     raw = b"" if body is None else json.dumps(body).encode()
     env = {"REQUEST_METHOD": method, "PATH_INFO": path, "wsgi.input": io.BytesIO(raw),
-           "CONTENT_LENGTH": str(len(raw)), "CONTENT_TYPE": "application/json"}
+           "CONTENT_LENGTH": str(len(raw)), "CONTENT_TYPE": "application/json", **(environ or {})}
     setup_testing_defaults(env)
     out = {}
 

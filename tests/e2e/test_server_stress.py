@@ -313,7 +313,7 @@ def test_clients_that_reset_while_sending_leave_no_traceback(server_factory):
     processing of request" and a traceback on the console that the user watches."""
     h = server_factory(TINY)
     starts = [b"GET /hea", b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: */",
-              b"POST /tokenize HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+              b"POST /tokenize HTTP/1.1\r\nHost: 127.0.0.1\r\nExpect: 100-continue\r\n"
               b"Content-Length: 100\r\n\r\n"]
     for _ in range(3):
         for start in starts:
@@ -349,7 +349,7 @@ def test_a_stream_nobody_reads_times_out_quietly(capfd, monkeypatch, tmp_path):
         # n_probs 100: about 6 kB per token, far more than the socket buffers hold.
         body = json.dumps({"prompt": "hi", "n_predict": 3000, "ignore_eos": True, "n_probs": 100,
                            "stream": True}).encode()
-        sock.sendall(b"POST /completion HTTP/1.1\r\nHost: x\r\nContent-Length: "
+        sock.sendall(b"POST /completion HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: "
                      + str(len(body)).encode() + b"\r\n\r\n" + body)
         eng = srv.state.engine
         _wait_for(lambda: eng.busy.is_set() or len(eng.session.tokens) > 0, 20, "never started")
