@@ -955,12 +955,23 @@ class Server:
                      f"page keeps its saved chats per port)")
         self.url = f"http://{_display_host(host)}:{self.port}/"
         self.httpd.set_app(wrap_app(build_app(self.state), self.state))
+        self.stop_on_load_error = False
         self._loader = threading.Thread(
-            target=_load, name="chatfile-load", daemon=True,
+            target=self._load, name="chatfile-load", daemon=True,
             args=(self.state, model_path, gguf_offset, gguf_size, chat_template, int(n_ctx),
                   mode, self.log))
 
-    def start_loading(self):
+    def _load(self, *args):
+        _load(*args)
+        if self.state.error and self.stop_on_load_error:
+            self.httpd.shutdown()  # serve_forever() returns
+
+    def start_loading(self, stop_on_error: bool = False):
+        """stop_on_error: a failed load also stops serve_forever(). Without a browser to
+        show the error on the page, a server that could only answer 503 would hide the
+        failure from whoever started it (a script, a service manager); llama-server
+        exits then too."""
+        self.stop_on_load_error = stop_on_error
         self._loader.start()
 
     def loading(self) -> bool:
@@ -995,7 +1006,7 @@ def serve(model_path, *, gguf_offset=0, gguf_size=None, host="127.0.0.1", port=8
     # millisecond (not Python's default 5 ms), so /health and the page answer quickly
     # while tokens are being generated for several clients.
     sys.setswitchinterval(GIL_SWITCH_S)
-    srv.start_loading()
+    srv.start_loading(stop_on_error=not open_browser)
     print(f"chatfile: listening on {srv.url}", flush=True)
     if not _is_loopback(host):
         # The URL above is where this machine's browser goes; say what else can reach it.
@@ -1021,6 +1032,8 @@ def serve(model_path, *, gguf_offset=0, gguf_size=None, host="127.0.0.1", port=8
         print("chatfile: stopped.", flush=True)
     finally:
         srv.httpd.server_close()
+    if srv.state.error and srv.stop_on_load_error:
+        return 1
     if srv.loading():
         # Stopped while the model loads: leave without waiting for it. Python's shutdown
         # would stop the dequantization pool under the loader (a false "failed to load")
