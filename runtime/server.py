@@ -16,6 +16,7 @@ import gc
 import hmac
 import io
 import ipaddress
+import json
 import os
 import select
 import signal
@@ -75,6 +76,7 @@ class State:
     error: str | None = None
     stopping: bool = False  # Ctrl+C: the server is going away
     loopback_only: bool = True  # bound to a loopback address: see _foreign_request
+    instance: str = ""  # which model with which options (see instance_id), for /health
     model_id: str = ""
     created: int = field(default_factory=lambda: int(time.time()))
     log: Callable[[str], None] = print  # the console line for what the operator must see
@@ -598,6 +600,8 @@ def build_app(st: State) -> bottle.Bottle:
         return _health(200, {"status": "ok"})
 
     def _health(status, obj, headers=None):
+        if st.instance:  # (lets a second start of the same chat find this one)
+            obj["instance"] = st.instance
         r = bottle.HTTPResponse(json_bytes(obj), status=status, headers=headers or {})
         r.content_type = "application/json"
         r.set_header("Cache-Control", "no-store")
@@ -875,6 +879,41 @@ def _is_loopback(host: str) -> bool:
 ANY_ADDRESS = ("0.0.0.0", "::", "")   # hosts that mean every network interface
 
 
+def instance_id(model_path, gguf_offset: int = 0, **options) -> str:
+    """A short name for "this model file, served with these options". A server's /health
+    says it, so that starting the same chat again (a second double-click on a bundle)
+    finds the running one instead of loading a second copy of the model."""
+    import hashlib
+    key = json.dumps([os.path.realpath(os.fspath(model_path)), gguf_offset, options],
+                     sort_keys=True, default=str)
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def running_instance(host: str, port: int, instance: str) -> str | None:
+    """The URL of a chatfile that already serves `instance` on `port` or one of the ports
+    bind() would try after it; None when there is none. Stops at the first free port, which
+    an earlier start would have taken. Asks with http.client, never through a proxy."""
+    import http.client
+    shown = _display_host(host)
+    for p in range(port, min(port + PORT_TRIES, 65535) + 1):
+        conn = http.client.HTTPConnection(shown.strip("[]"), p, timeout=2)
+        try:
+            conn.request("GET", "/health")
+            body = conn.getresponse().read(65536)
+        except ConnectionRefusedError:
+            return None  # free: nothing further up was started by us before
+        except (OSError, http.client.HTTPException):
+            continue  # something else listens here
+        finally:
+            conn.close()
+        try:
+            if json.loads(body).get("instance") == instance:
+                return f"http://{shown}:{p}/"
+        except (ValueError, AttributeError):  # not JSON, or not an object
+            continue
+    return None
+
+
 def _display_host(host: str) -> str:
     if host in ANY_ADDRESS:
         return "127.0.0.1"
@@ -994,6 +1033,19 @@ def serve(model_path, *, gguf_offset=0, gguf_size=None, host="127.0.0.1", port=8
     chat_template: a template file's path, or the template's text. threads: the BLAS
     thread count must be set before NumPy loads, which runtime.cli does; kept here for
     callers that pass it. temperature: the default for requests that don't set one."""
+    instance = instance_id(model_path, gguf_offset, size=gguf_size, host=host,
+                           api_key=bool(api_key), n_ctx=n_ctx, chat_template=chat_template,
+                           system=system, title=title, cors=cors, temperature=temperature,
+                           mode=mode)
+    if open_browser and port:
+        # Started again (a second double-click): show the running chat, rather than load
+        # the model a second time beside it on the next port.
+        url = running_instance(host, port, instance)
+        if url is not None:
+            print(f"chatfile: this chat is already running at {url}; opening it there.",
+                  flush=True)
+            _open_browser(url)
+            return 0
     try:
         srv = Server(model_path, gguf_offset=gguf_offset, gguf_size=gguf_size, host=host,
                      port=port, api_key=api_key, n_ctx=n_ctx, threads=threads,
@@ -1006,6 +1058,7 @@ def serve(model_path, *, gguf_offset=0, gguf_size=None, host="127.0.0.1", port=8
     # millisecond (not Python's default 5 ms), so /health and the page answer quickly
     # while tokens are being generated for several clients.
     sys.setswitchinterval(GIL_SWITCH_S)
+    srv.state.instance = instance
     srv.start_loading(stop_on_error=not open_browser)
     print(f"chatfile: listening on {srv.url}", flush=True)
     if not _is_loopback(host):

@@ -8,6 +8,7 @@ the WSGI app with a fake model, for the /infill path the tiny models cannot take
 import io
 import json
 import math
+import os
 import socket
 import threading
 import time
@@ -618,6 +619,33 @@ def test_listening_beyond_this_machine_is_said_and_warned(server_factory):
     assert "no --api-key" not in keyed.output()
     local = server_factory(TINY_PATH)
     assert "warning" not in local.output()
+
+
+def test_starting_the_same_chat_again_opens_the_running_one(server_factory):
+    """A second double-click on a bundle loaded a second copy of the model (2 GB for
+    Qwen) on the next port, with a page that had none of the chats. Started again with
+    the same model and options, it now points the browser at the running one and exits.
+    Other options, or --no-browser (a script wanting its own server), still start anew."""
+    import subprocess
+    import sys
+    from tests.e2e.conftest import ROOT
+    first = server_factory(TINY_PATH, "--system", "Be brief.")
+    port = urllib.parse.urlsplit(first.url).port
+    env = dict(os.environ, PYTHONPATH=str(ROOT), DISPLAY="", WAYLAND_DISPLAY="")  # no browser
+
+    def again(*args):
+        return subprocess.run([sys.executable, "-m", "runtime.cli", "run", str(TINY_PATH),
+                               "--port", str(port), *args], cwd=ROOT, env=env, timeout=60,
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    r = again("--system", "Be brief.")
+    assert r.returncode == 0, r.stderr
+    assert f"already running at http://127.0.0.1:{port}/" in r.stdout, r.stdout
+    assert "listening" not in r.stdout
+    for args in (["--system", "Be long."], ["--system", "Be brief.", "--no-browser"]):
+        other = server_factory(TINY_PATH, *args[:2], "--port", str(port), *args[2:],
+                               wait_healthy=False)
+        assert urllib.parse.urlsplit(other.url).port != port, (args, other.output())
+        other.stop()
 
 
 def test_unloadable_model_reports_the_error(tmp_path, server_factory):
