@@ -31,7 +31,7 @@ echo "== fetching the default model (cached after the first time)"
 MODEL="$("$VPY" -m bundler.models fetch)"
 echo "   $MODEL"
 
-echo "== bundling (builds the runtime stub once, ~1-2 min; then a byte splice)"
+echo "== bundling (builds the runtime stub once, about a minute; then a byte splice)"
 .venv/bin/chatfile bundle "$MODEL" -o "$OUT" --title "Qwen2.5 Coder 0.5B" --force
 
 if [ "${NO_LAUNCH:-}" = "" ]; then

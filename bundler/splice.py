@@ -222,19 +222,26 @@ def _check_gguf(path: str) -> int:
     return size
 
 
-def check_model(path: str, chat_template: str | None = None) -> None:
+def _unnamed(e: Exception, path: str) -> str:
+    """The message of a load error without the "PATH: " the GGUF reader puts in front
+    (runtime.gguf.naming): ours names the file already."""
+    return str(e).removeprefix(f"{path}: ")
+
+
+def check_model(path: str, chat_template: str | None = None,
+                template_file: str | None = None) -> None:
     """Refuse, at bundle time and not at every start of the bundle, a GGUF the runtime
     cannot run: its whole header is parsed (every tensor must lie inside the file: a
     truncated download), then the model is opened as a start of the bundle opens it, but
     without converting its weights (the quantized mode reads none), which checks the
     architecture, the tensors and their types, and its chat template (or the bundle's
-    own, `chat_template`) renders a first message."""
+    own, `chat_template`, read from `template_file`) renders a first message."""
     _check_gguf(path)
     from runtime import gguf
     try:
         gguf.read(path).close()
     except (ValueError, OSError) as e:  # GGUFError is a ValueError
-        raise BundleError(f"{path} is not a usable GGUF: {e}") from None
+        raise BundleError(f"{path} is not a usable GGUF: {_unnamed(e, path)}") from None
     from runtime import quants
     from runtime.chat_template import TemplateError
     from runtime.model import Model
@@ -243,10 +250,14 @@ def check_model(path: str, chat_template: str | None = None) -> None:
         for t in model.gguf.tensors.values():  # the quantized mode converts none of them
             quants.quantized_row_bytes(t.ggml_type, t.shape[-1] if t.shape else 1)
     except (ValueError, OSError, KeyError, IndexError) as e:  # GGUFError is a ValueError
-        raise BundleError(f"chatfile cannot run {path}: {e}") from None
+        raise BundleError(f"chatfile cannot run {path}: {_unnamed(e, path)}") from None
     try:
         model.chat_prompt([{"role": "user", "content": "Hello"}])
     except TemplateError as e:
+        if template_file:  # the user's own: they already know the flag, the file is at fault
+            raise BundleError(f"chat template file {template_file} does not work with "
+                              f"{path} ({e}); fix the file, or leave --chat-template out of "
+                              f"--args to use the model's own") from None
         raise BundleError(f"the chat template of {path} does not work ({e}); give one that "
                           f"does with --args \"--chat-template FILE\"") from None
     finally:

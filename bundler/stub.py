@@ -92,7 +92,7 @@ def get_stub(fmt: str, log=None) -> Path:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     build_stub(fmt, path, log=log)
-    _prune_cache(fmt, path)
+    prune_cache(fmt, path)
     return path
 
 
@@ -101,18 +101,24 @@ def get_stub(fmt: str, log=None) -> Path:
 KEEP_STUBS = 3
 
 
-def _prune_cache(fmt: str, new: Path) -> None:
+def prune_cache(fmt: str, new: Path) -> None:
     """Remove this format's and platform's cached stubs (of any version) beyond the
-    KEEP_STUBS most recently used, the new one among them."""
+    KEEP_STUBS most recently used, the new one among them. `new` is the stub just built
+    (by `bundle` or `stub`); outside the cache (`chatfile stub -o`) nothing is removed."""
+    try:
+        if Path(new).resolve().parent != cache_dir().resolve():
+            return
+    except OSError:
+        return
     mine = re.compile(rf"chatfile-[^-]+-{re.escape(platform_tag())}-{fmt}-[0-9a-f]+"
                       rf"{re.escape(_stub_suffix(fmt))}")
     try:
-        same = [p for p in new.parent.iterdir() if mine.fullmatch(p.name) and p.is_file()]
+        same = [p for p in Path(new).parent.iterdir() if mine.fullmatch(p.name) and p.is_file()]
         same.sort(key=lambda p: p.stat().st_mtime, reverse=True)
     except OSError:
         return
     for old in same[KEEP_STUBS:]:
-        if old != new:
+        if old.resolve() != Path(new).resolve():
             old.unlink(missing_ok=True)
 
 

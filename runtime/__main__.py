@@ -7,6 +7,7 @@ imported before we know what to do, so `--help`, `--verify` and errors are insta
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib.machinery
 import importlib.util
@@ -20,7 +21,7 @@ import time
 import zipfile
 from pathlib import Path
 
-from runtime.cli import describe_args, hidden_flag, is_baked_template
+from runtime.cli import build_parser, describe_args, hidden_flag, is_baked_template
 from runtime.embedded import (BundleError, Trailer, extract, interrupt_on_termination,
                               read_trailer, verify)
 
@@ -47,9 +48,23 @@ bundle options:
   --licenses        print the licences of chatfile and of everything this file carries
   -h, --help        show this help
 
-Any other `chatfile run` option (--ctx, --threads, --temp, --system, --chat-template,
---cors) is passed through. Baked-in defaults of this bundle: {baked}
+{passed}
+Baked-in defaults of this bundle: {baked}
 """
+
+
+def _passed_through() -> str:
+    """The sentence of HELP that names the `chatfile run` options a bundle passes on: read
+    from that parser, so that an option added there is never missing here."""
+    import textwrap
+    listed = {"-h", "--help", "--port", "--host", "--no-browser", "--api-key"}  # above
+    run = build_parser().commands["run"]
+    flags = [a.option_strings[-1] for a in run._actions
+             if a.option_strings and a.help != argparse.SUPPRESS
+             and not listed & set(a.option_strings)]
+    return textwrap.fill(f"Any other `chatfile run` option ({', '.join(flags)}) is passed "
+                         "through.", width=88)
+
 
 # Flags that only make sense for the server; dropped when --cli turns a run into a chat.
 _SERVER_FLAGS_WITH_VALUE = {"--host", "--port", "--api-key"}
@@ -202,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     baked = list(trailer.args) if trailer else []
 
     if own["help"]:
-        print(HELP.format(prog=prog, baked=describe_args(baked) or "(none)"))
+        print(HELP.format(prog=prog, passed=_passed_through(),
+                          baked=describe_args(baked) or "(none)"))
         if trailer is None:
             print(NO_MODEL_HELP)
         return 0

@@ -853,6 +853,9 @@ def load_template_file(path: str | os.PathLike) -> str:
         raise TemplateError(f"chat template file {path} is not UTF-8 "
                             f"(bad byte at offset {exc.start})") from None
     source = source.removeprefix("\ufeff")
+    if not source.strip():  # it would read as "no template given" and the model's be used
+        raise TemplateError(f"chat template file {path} is empty; give one that holds a "
+                            f"template, or leave --chat-template out to use the model's own")
     try:
         compile_template(source)
     except TemplateError as exc:

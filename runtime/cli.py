@@ -192,6 +192,34 @@ def _use_embedded_model(args) -> None:
         args.gguf_offset, args.gguf_size = trailer.gguf_offset, trailer.gguf_size
 
 
+def _check_template_file(args, template: str) -> None:
+    """The user's --chat-template must render a first message, as `chatfile bundle` checks
+    a baked one: else every message would fail, and the page would not say that the
+    user's file is at fault. Only the GGUF's header is read (for the BOS/EOS texts); a
+    GGUF that cannot be read is left to the model's load, which says what is wrong."""
+    from runtime import gguf
+    from runtime.chat_template import TemplateError, render
+    try:
+        g = gguf.read(args.model, offset=args.gguf_offset, size=args.gguf_size, vocab_only=True)
+    except ValueError:
+        return
+    try:
+        tokens = g.metadata.get("tokenizer.ggml.tokens") or []
+
+        def text(key):
+            i = g.metadata.get(key)
+            return str(tokens[i]) if isinstance(i, int) and 0 <= i < len(tokens) else ""
+        render(template, [{"role": "user", "content": "Hello"}], fold_system=True,
+               bos_token=text("tokenizer.ggml.bos_token_id"),
+               eos_token=text("tokenizer.ggml.eos_token_id"))
+    except TemplateError as e:
+        raise TemplateError(f"chat template file {args.chat_template} does not work with "
+                            f"{args.model} ({e}); fix the file, or leave --chat-template "
+                            f"out to use the model's own") from None
+    finally:
+        g.close()
+
+
 def _dispatch(args) -> int:
     if not os.path.isfile(args.model):
         # Fail before starting a server that could only report the same thing.
@@ -211,6 +239,7 @@ def _dispatch(args) -> int:
     if args.chat_template:  # given when the bundle is run: it wins over a baked one
         from runtime.chat_template import load_template_file
         template = load_template_file(args.chat_template)
+        _check_template_file(args, template)
     if args.command == "run":
         from runtime.server import serve
         return serve(args.model, gguf_offset=args.gguf_offset, gguf_size=args.gguf_size,

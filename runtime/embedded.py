@@ -62,6 +62,12 @@ class BundleError(ValueError):
     """A bundle is present but unusable (corrupt, truncated, or from a newer chatfile)."""
 
 
+def _damaged(message: str) -> BundleError:
+    """A BundleError for a bundle whose bytes are wrong (corrupt or cut short): its user
+    can only get a good copy, so every such message ends saying so, in the same words."""
+    return BundleError(f"{message}. Copy or download it again.")
+
+
 @dataclass(frozen=True)
 class Trailer:
     gguf_offset: int  # absolute byte position of the GGUF's first byte; a multiple of 64 KiB
@@ -119,36 +125,36 @@ def decode_trailer(data: bytes, file_bytes: int, where: str = "bundle") -> Trail
                           f"version {VERSION} (made by a newer chatfile?)")
     total = payload_len + FOOTER_BYTES
     if total > len(data) or total > file_bytes:
-        raise BundleError(f"{where} is corrupt or truncated: its trailer claims {payload_len} "
-                          "payload bytes, more than the file holds")
+        raise _damaged(f"{where} is corrupt or truncated: its trailer claims {payload_len} "
+                       "payload bytes, more than the file holds")
     payload = data[-total:-FOOTER_BYTES]
     if zlib.crc32(payload) != crc:
-        raise BundleError(f"{where} is corrupt: the trailer checksum does not match")
+        raise _damaged(f"{where} is corrupt: the trailer checksum does not match")
     try:
         fields = json.loads(payload.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
-        raise BundleError(f"{where} is corrupt: unreadable trailer payload ({e})") from None
+        raise _damaged(f"{where} is corrupt: unreadable trailer payload ({e})") from None
     if not isinstance(fields, dict):
-        raise BundleError(f"{where} is corrupt: trailer payload is not a JSON object")
+        raise _damaged(f"{where} is corrupt: trailer payload is not a JSON object")
     try:
         off, size, digest = fields.pop("gguf_offset"), fields.pop("gguf_size"), fields.pop("sha256")
         args, title = fields.pop("args", []), fields.pop("title", "")
         fmt = fields.pop("format", "exe")
     except KeyError as e:
-        raise BundleError(f"{where} is corrupt: trailer lacks {e.args[0]!r}") from None
+        raise _damaged(f"{where} is corrupt: trailer lacks {e.args[0]!r}") from None
     ok = (isinstance(off, int) and isinstance(size, int) and not isinstance(off, bool)
           and off >= 0 and size >= 0 and isinstance(digest, str) and len(digest) == 64
           and all(c in "0123456789abcdef" for c in digest)
           and isinstance(args, list) and all(isinstance(a, str) for a in args)
           and isinstance(title, str) and isinstance(fmt, str))
     if not ok:
-        raise BundleError(f"{where} is corrupt: trailer fields have the wrong types")
+        raise _damaged(f"{where} is corrupt: trailer fields have the wrong types")
     if off % GGUF_ALIGN_BYTES:
-        raise BundleError(f"{where} is corrupt: GGUF offset {off} is not 64 KiB aligned")
+        raise _damaged(f"{where} is corrupt: GGUF offset {off} is not 64 KiB aligned")
     trailer_start = file_bytes - total
     if off + size > trailer_start:
-        raise BundleError(f"{where} is truncated or corrupt: the embedded model ({size} bytes at "
-                          f"offset {off}) extends past the end of the data ({trailer_start} bytes)")
+        raise _damaged(f"{where} is truncated or corrupt: the embedded model ({size} bytes at "
+                       f"offset {off}) extends past the end of the data ({trailer_start} bytes)")
     return Trailer(gguf_offset=off, gguf_size=size, sha256=digest, args=tuple(args),
                    title=title, format=fmt, extra=fields, trailer_bytes=total)
 
@@ -172,14 +178,14 @@ def read_trailer(path: str | os.PathLike) -> Trailer | None:
                 head = _find_head(f, end)
                 if head is not None:
                     _, off, size, expected = head
-                    raise BundleError(
+                    raise _damaged(
                         f"{where} is truncated or corrupt: it should be {expected} bytes but is "
-                        f"{end}, and its trailer is missing. Copy or download it again.")
+                        f"{end}, and its trailer is missing")
                 return None
             f.seek(trailer.gguf_offset)
             if f.read(4) != b"GGUF":
-                raise BundleError(f"{where} is corrupt: no GGUF magic at offset "
-                                  f"{trailer.gguf_offset}")
+                raise _damaged(f"{where} is corrupt: no GGUF magic at offset "
+                               f"{trailer.gguf_offset}")
             return trailer
     except OSError as e:
         raise BundleError(f"cannot read {path}: {e.strerror or e}") from None
@@ -235,8 +241,8 @@ def hash_range(path: str | os.PathLike, offset: int, size: int, progress=None) -
         while done < size:
             chunk = f.read(min(_HASH_CHUNK_BYTES, size - done))
             if not chunk:
-                raise BundleError(f"{path} is truncated: the embedded model ends after {done} "
-                                  f"of {size} bytes")
+                raise _damaged(f"{path} is truncated: the embedded model ends after {done} "
+                               f"of {size} bytes")
             h.update(chunk)
             done += len(chunk)
             if progress is not None:
@@ -278,15 +284,16 @@ def extract(path: str | os.PathLike, trailer: Trailer, out_path: str | os.PathLi
             while done < trailer.gguf_size:
                 chunk = src.read(min(_HASH_CHUNK_BYTES, trailer.gguf_size - done))
                 if not chunk:
-                    raise BundleError(f"{path} is truncated: the embedded model ends early")
+                    raise _damaged(f"{path} is truncated: the embedded model ends early; "
+                                   "nothing was extracted")
                 h.update(chunk)
                 dst.write(chunk)
                 done += len(chunk)
                 if progress is not None:
                     progress(done, trailer.gguf_size)
         if h.hexdigest() != trailer.sha256:
-            raise BundleError(f"{path} is corrupt: the embedded model's sha256 does not match "
-                              "its trailer; nothing was extracted")
+            raise _damaged(f"{path} is corrupt: the embedded model's sha256 does not match "
+                           "its trailer; nothing was extracted")
         os.replace(tmp, out_path)
     except BaseException as e:
         try:

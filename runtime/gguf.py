@@ -211,6 +211,14 @@ class _Cursor:
         return out
 
 
+def naming(path: str, e: GGUFError) -> GGUFError:
+    """`e` with the file's name in front, unless its message has it already: a message such
+    as "tensor 'output.weight' ... extends past the end of the file" must say which file,
+    when the user has several models (or bundles) at hand."""
+    message = str(e)
+    return e if path in message else type(e)(f"{path}: {message}")
+
+
 def read(path: str | os.PathLike, offset: int = 0, size: int | None = None,
          vocab_only: bool = False) -> GGUFFile:
     """Parse the GGUF that starts at byte `offset` of `path` and spans at most `size` bytes.
@@ -237,6 +245,8 @@ def read(path: str | os.PathLike, offset: int = 0, size: int | None = None,
         os.close(fd)
     try:
         return _parse(path, mm, offset, end)
+    except GGUFError as e:
+        raise naming(path, e) from None
     except (OverflowError, MemoryError, struct.error) as e:  # defensive: should be unreachable
         raise GGUFError(f"malformed GGUF header in {path}: {e}") from None
     # On errors the map is left to the garbage collector: views made while parsing may
@@ -317,7 +327,8 @@ def _parse(path: str, mm: mmap.mmap, offset: int, end: int) -> GGUFFile:
         if start + n_bytes > end:
             raise GGUFError(
                 f"tensor {name!r} ({type_name(ggml_type)}, {n_bytes} bytes at data offset "
-                f"{rel_offset}) extends past the end of the file")
+                f"{rel_offset}) extends past the end of the file, which is incomplete: "
+                "download or copy it again")
         tensors[name] = TensorInfo(name, tuple(reversed(ne)), ggml_type, start, n_bytes)
         data_end = max(data_end, start + n_bytes)
 

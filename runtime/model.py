@@ -502,11 +502,18 @@ class Model:
         """Open the GGUF at byte `offset` of `path`. mode: "f32", "int8", "quant" or
         "auto" (f32 if it fits `ram_budget_bytes`, by default 60% of free RAM, else quant;
         int8 is approximate and only used when asked for)."""
-        from runtime.tokenizer import Tokenizer
-
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
         g = gguf.read(path, offset=offset, size=size, vocab_only=vocab_only)
+        try:
+            return cls._load(g, path, vocab_only, progress, mode, ram_budget_bytes, chat_template)
+        except GGUFError as e:  # the checks below name a tensor or a key, not the file
+            raise gguf.naming(os.fspath(path), e) from None
+
+    @classmethod
+    def _load(cls, g, path, vocab_only, progress, mode, ram_budget_bytes, chat_template):
+        from runtime.tokenizer import Tokenizer
+
         m = cls()
         m.gguf, m.path, m.metadata = g, os.fspath(path), g.metadata
         m.arch = g.metadata.get("general.architecture", "unknown")

@@ -409,3 +409,51 @@ def test_a_directory_that_refuses_the_temp_file_is_named_as_the_users_path(elf_s
     monkeypatch.setattr(tempfile, "mkstemp", refuse)
     with pytest.raises(BundleError, match=r"cannot write .*out: Permission denied$"):
         splice(elf_stub, model, tmp_path / "out")
+
+
+def test_a_baked_template_that_fails_or_is_empty_is_blamed_on_its_file(tmp_path):
+    """The user's own --chat-template in --args: an error names that file and does not
+    tell them to pass the flag they passed; an empty (or blank) file is refused, not
+    baked as "no template" (the bundle then used the model's and --info said "0
+    characters"). Nothing is built or written."""
+    refuses = tmp_path / "refuses.jinja"
+    refuses.write_text("{{ raise_exception('no system') }}")
+    empty = tmp_path / "empty.jinja"
+    empty.write_text("")
+    blank = tmp_path / "blank.jinja"
+    blank.write_text(" \n\t\n")
+    for template, code, why in ((refuses, 1, f"chat template file {refuses} does not work with "
+                                             f"{MODEL} (chat template error: no system)"),
+                                (empty, 2, f"chat template file {empty} is empty"),
+                                (blank, 2, f"chat template file {blank} is empty")):
+        r = subprocess.run([sys.executable, "-m", "bundler.cli", "bundle", MODEL, "--format", "pyz",
+                            "--stub", tmp_path / "no-stub", "-o", tmp_path / "out",
+                            "--args", f"--chat-template {template}"],
+                           cwd=Path(__file__).resolve().parents[2], capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == code and why in r.stderr, (template, r.stderr)
+        assert r.stderr.count("\n") == 1 and "give one that does" not in r.stderr, r.stderr
+        assert "no-stub" not in r.stderr and not (tmp_path / "out").exists()
+
+
+def test_a_single_flag_after_args_gets_told_to_use_equals(tmp_path):
+    """`--args --cors` was argparse's "argument --args: expected one argument" under a
+    usage block; it now says how to write it. A value with a space (`--args "--ctx 64"`)
+    is no single flag and is taken as before; so is the `=` form."""
+    def bundle(*args):
+        return subprocess.run([sys.executable, "-m", "bundler.cli", "bundle", MODEL,
+                               "--stub", tmp_path / "no-stub", "-o", tmp_path / "out",
+                               *args], cwd=Path(__file__).resolve().parents[2],
+                              capture_output=True, text=True, timeout=120)
+    for args, flag in ((["--args", "--cors"], "--cors"), (["--args", "--ctx=64"], "--ctx=64"),
+                       (["--arg", "--cors"], "--cors")):
+        r = bundle(*args)
+        assert r.returncode == 2 and r.stderr == (
+            f'chatfile: error: --args {flag}: a value that starts with "-" needs "=": '
+            f"write --args={flag}\n"), r.stderr
+    r = bundle("--args")
+    assert r.returncode == 2 and r.stderr.startswith("chatfile: error: --args needs a value"), r.stderr
+    for args in (["--args=--cors"], ["--args", "--ctx 64 --cors"]):
+        r = bundle(*args)  # past the args: on to the (missing) stub
+        assert r.returncode == 1 and "no-stub" in r.stderr, (args, r.stderr)
+    assert not (tmp_path / "out").exists()

@@ -1,8 +1,10 @@
 """The stub cache (bundler/stub.py): a new runtime version's stub is built once, and the
 cache keeps only the few most recently used stubs of each format (each is 17-36 MB)."""
 import os
+from pathlib import Path
 
 from bundler import stub
+from runtime.embedded import BundleError
 
 
 def test_a_new_stub_prunes_all_but_the_most_recently_used(tmp_path, monkeypatch):
@@ -33,3 +35,56 @@ def test_a_new_stub_prunes_all_but_the_most_recently_used(tmp_path, monkeypatch)
     # A cached stub is not rebuilt, and using it marks it as recently used.
     os.utime(new, (1, 1))
     assert stub.get_stub("pyz") == new and built == ["pyz"] and new.stat().st_mtime > 1
+
+
+def _old_stubs(tmp_path, fmt, n):
+    tag = stub.platform_tag()
+    old = []
+    for i in range(n):  # older versions' stubs, oldest first
+        p = tmp_path / f"chatfile-0.0.{i}-{tag}-{fmt}-{i:016x}{stub._stub_suffix(fmt)}"
+        p.write_bytes(b"stub")
+        os.utime(p, (1_000_000 + i, 1_000_000 + i))
+        old.append(p)
+    return old
+
+
+def test_the_stub_command_prunes_the_cache_as_bundle_does(tmp_path, monkeypatch, capsys):
+    """`chatfile stub` builds into the same cache: it used to leave every older stub
+    there (17-36 MB each). With -o elsewhere, nothing in that directory is touched."""
+    from bundler import cli
+    monkeypatch.setattr(cli, "interrupt_on_termination", lambda: None)  # pytest's signals
+    monkeypatch.setattr(stub, "cache_dir", lambda: tmp_path / "cache")
+    (tmp_path / "cache").mkdir()
+    old = _old_stubs(tmp_path / "cache", "pyz", 5)
+
+    def build(fmt, out, log=None):
+        Path(out).write_bytes(b"new")
+        return 0.0
+    monkeypatch.setattr(stub, "build_stub", build)
+    assert cli.main(["stub", "--format", "pyz"]) == 0
+    new = stub.cached_stub_path("pyz")
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == \
+        sorted([new.name, old[4].name, old[3].name])
+    (tmp_path / "mine").mkdir()
+    elsewhere = _old_stubs(tmp_path / "mine", "pyz", 5)
+    assert cli.main(["stub", "--format", "pyz", "-o", str(tmp_path / "mine" / "x.pyz")]) == 0
+    assert all(p.exists() for p in elsewhere)
+
+
+def test_the_stub_build_time_is_announced_honestly(tmp_path, monkeypatch, capsys):
+    """The PyInstaller stub takes 35-45 s here (README), shiv's about 6 s: "a minute or
+    two" overstated both."""
+    from bundler import cli
+    monkeypatch.setattr(cli, "interrupt_on_termination", lambda: None)  # pytest's signals
+    monkeypatch.setattr(stub, "cache_dir", lambda: tmp_path)
+
+    def build(fmt, log=None):
+        raise BundleError("stopped by the test")
+    monkeypatch.setattr(stub, "get_stub", build)
+    model = Path(__file__).resolve().parents[1] / "fixtures" / "models" / "tiny-llama-q8_0.gguf"
+    for fmt, took in (("exe", "about a minute"), ("pyz", "a few seconds")):  # shiv: ~6 s
+        assert cli.main(["bundle", str(model), "--format", fmt, "-o", str(tmp_path / "out")]) == 1
+        err = capsys.readouterr().err
+        assert f"this takes {took}..." in err and "stopped by the test" in err, err
+    quickstart = (Path(__file__).resolve().parents[2] / "build" / "quickstart.sh").read_text()
+    assert "about a minute" in quickstart and "1-2 min" not in quickstart

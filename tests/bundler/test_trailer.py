@@ -213,3 +213,51 @@ def test_extract_names_the_users_path_when_the_disk_is_full(tmp_path, monkeypatc
                                           r"\(the disk is full\); nothing was extracted"):
         extract(p, read_trailer(p), out)
     assert not out.exists() and not [f for f in tmp_path.iterdir() if f.name.endswith(".part")]
+
+
+def test_every_damaged_bundle_says_to_get_it_again(tmp_path):
+    """A corrupt or truncated bundle can only be replaced: each of these messages says
+    so, as the truncated one always did (a flipped checksum used to say only "corrupt")."""
+    def damaged(name, edit, check=read_trailer):
+        p = tmp_path / name
+        t = make_bundle(p, edit if isinstance(edit, dict) else None)
+        if callable(edit):
+            edit(p, t)
+        with pytest.raises(BundleError) as e:
+            check(p)
+        return str(e.value)
+
+    def set_length(p, t):
+        data = bytearray(p.read_bytes())
+        struct.pack_into("<I", data, len(data) - FOOTER_BYTES, len(data) + 10)
+        p.write_bytes(bytes(data))
+
+    messages = [
+        damaged("checksum", lambda p, t: _corrupt(p, -FOOTER_BYTES - 5)),
+        damaged("length", set_length),
+        damaged("extent", {"gguf_size": 10**9}),
+        damaged("aligned", {"gguf_offset": 4096}),
+        damaged("magic", lambda p, t: _corrupt(p, t.gguf_offset)),
+        damaged("cut", lambda p, t: p.write_bytes(p.read_bytes()[:-100])),
+        damaged("model", lambda p, t: _corrupt(p, t.gguf_offset + 100),
+                lambda p: extract(p, read_trailer(p), tmp_path / "out.gguf")),
+    ]
+    # Cut after its trailer was read (the file shrank under a running --verify/--extract).
+    later = tmp_path / "cut-later"
+    make_bundle(later)
+    t = read_trailer(later)
+    later.write_bytes(later.read_bytes()[:t.gguf_offset + 10])
+    for check in (lambda: verify(later, t), lambda: extract(later, t, tmp_path / "cut.gguf")):
+        with pytest.raises(BundleError) as e:
+            check()
+        messages.append(str(e.value))
+    import zlib
+    for payload in (b"{not json", b"[1,2]", b'{"gguf_offset":"x","gguf_size":1,"sha256":"0"}',
+                    b'{"gguf_size":1}'):
+        enc = payload + struct.pack("<IIII8s", len(payload), zlib.crc32(payload), 1, 0, MAGIC)
+        with pytest.raises(BundleError) as e:
+            decode_trailer(enc, len(enc))
+        messages.append(str(e.value))
+    for m in messages:
+        assert ("corrupt" in m or "truncated" in m) and m.endswith(". Copy or download it again."), m
+        assert m.count("again") == 1 and "\n" not in m, m

@@ -3,12 +3,16 @@
 If these fail, a user asking what is in a model file, or how fast it runs, gets a
 traceback or a wrong description. Timings are printed, never asserted.
 """
+import argparse
 import json
 import os
 import subprocess
 import sys
 
+import pytest
+
 from runtime import gguf
+from runtime.gguf import GGUFError
 from tests.conftest import MODELS, ROOT
 
 
@@ -270,3 +274,73 @@ def test_the_browser_is_opened_only_where_there_is_a_display(monkeypatch):
         opened.clear()
         server._open_browser("u")
         assert opened == expected, env
+
+
+def test_a_template_file_that_fails_or_is_empty_is_named(tmp_path):
+    """`run`/`chat --chat-template FILE`: a template that cannot render a first message
+    is refused at the start, naming the file (the server used to start, and every message
+    failed without saying whose template); an empty or blank file is refused instead of
+    quietly leaving the model's template in use."""
+    model = MODELS / "tiny-llama-q8_0.gguf"
+    refuses = tmp_path / "refuses.jinja"
+    refuses.write_text("{{ raise_exception('no system') }}")
+    empty = tmp_path / "empty.jinja"
+    empty.write_text("")
+    blank = tmp_path / "blank.jinja"
+    blank.write_text("\n  \n")
+    for command in ("run", "chat"):
+        for template, why in ((refuses, f"chat template file {refuses} does not work with "
+                                        f"{model} (chat template error: no system); fix the file"),
+                              (empty, f"chat template file {empty} is empty"),
+                              (blank, f"chat template file {blank} is empty")):
+            r = subprocess.run([sys.executable, "-m", "runtime.cli", command, model,
+                                "--chat-template", template, "--no-browser", "--port", "0"][
+                                   :None if command == "run" else -3],
+                               cwd=ROOT, input="hi\n", capture_output=True, text=True, timeout=60)
+            assert r.returncode == 1 and r.stderr.startswith(f"chatfile: error: {why}"), \
+                (command, template, r.stderr)
+            assert r.stderr.count("\n") == 1 and r.stdout == "", r.stderr
+
+
+def test_a_bundle_help_lists_every_run_option_it_passes_on():
+    """A bundle's --help named the `chatfile run` options it passes through by hand, and
+    missed --mode, which the README recommends (--mode int8). Every option that
+    `chatfile run --help` shows is in a bundle's help (its own or passed through)."""
+    from runtime.cli import build_parser
+    r = subprocess.run([sys.executable, "-m", "runtime", "--help"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    shown = set(r.stdout.replace(",", " ").replace("(", " ").replace(")", " ").split())
+    run = build_parser().commands["run"]
+    for action in run._actions:
+        if action.option_strings and action.help != argparse.SUPPRESS:
+            assert action.option_strings[-1] in shown, (action.option_strings, r.stdout)
+    assert "--mode" in shown and "--gguf-offset" not in r.stdout and "--title" not in shown
+
+
+def test_a_model_that_fails_to_load_is_named_once(tmp_path):
+    """A truncated GGUF said "tensor 'output.weight' ... extends past the end of the file"
+    without saying which file; load errors now name it, once."""
+    model = MODELS / "tiny-llama-q8_0.gguf"
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(model.read_bytes()[:300_000])
+    for command in ("chat", "info"):
+        r = subprocess.run([sys.executable, "-m", "runtime.cli", command, cut], cwd=ROOT,
+                           input="hi\n", capture_output=True, text=True, timeout=60)
+        assert r.returncode == 1 and r.stderr.startswith(f"chatfile: error: {cut}: tensor "), r.stderr
+        assert "extends past the end of the file" in r.stderr and "download or copy it again" in r.stderr
+        assert r.stderr.count(str(cut)) == 1 and r.stderr.count("\n") == 1, r.stderr
+    tiny = tmp_path / "tiny.gguf"  # a message that names the file already is left alone
+    tiny.write_bytes(b"GGUF")
+    r = subprocess.run([sys.executable, "-m", "runtime.cli", "info", tiny], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert r.stderr == f"chatfile: error: {tiny} is too small to be a GGUF file (4 bytes)\n"
+    # A check of the model itself (a tensor missing), past the GGUF reader.
+    from runtime.model import Model
+    from tests.runtime.test_fuzz_gguf import layout, serialize
+    lay = layout(model)
+    half = tmp_path / "half.gguf"
+    half.write_bytes(serialize(lay, tinfos=lay.tinfos[:len(lay.tinfos) // 2]))
+    with pytest.raises(GGUFError) as e:
+        Model.load(half, mode="quant")
+    assert str(e.value).startswith(f"{half}: tensor ") and "is missing" in str(e.value), e.value
