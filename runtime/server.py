@@ -46,6 +46,7 @@ from runtime.engine import ContextOverflowError, Engine, EngineBusy, Request
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
 PORT_TRIES = 20            # a busy port: try the next ones
+QUIT_DELAY_S = 0.3         # the page's Quit: time for its answer to go out first
 SOCKET_TIMEOUT_S = 120     # a client that stalls mid-request is dropped after this
 GIL_SWITCH_S = 0.001       # see serve()
 CLIENT_POLL_S = 0.05       # how often a request checks that its client is still there
@@ -77,6 +78,7 @@ class State:
     stopping: bool = False  # Ctrl+C: the server is going away
     loopback_only: bool = True  # bound to a loopback address: see _foreign_request
     instance: str = ""  # which model with which options (see instance_id), for /health
+    quit: Callable[[], None] | None = None  # the page's Quit; None: no /quit (see serve)
     model_id: str = ""
     created: int = field(default_factory=lambda: int(time.time()))
     log: Callable[[str], None] = print  # the console line for what the operator must see
@@ -577,7 +579,7 @@ def build_app(st: State) -> bottle.Bottle:
                 "params": {"temperature": d.temperature, "top_k": d.top_k, "top_p": d.top_p,
                            "min_p": d.min_p, "repeat_penalty": d.repeat_penalty,
                            "repeat_last_n": d.repeat_last_n, "n_predict": -1}},
-            "build_info": "chatfile"})
+            "can_quit": st.quit is not None, "build_info": "chatfile"})
 
     @app.get("/slots")
     @api
@@ -599,7 +601,22 @@ def build_app(st: State) -> bottle.Bottle:
                                  **error_body(503, "loading model")}, STATUS_HEADERS[503])
         return _health(200, {"status": "ok"})
 
+    @app.post("/quit")
+    def quit_server():
+        """The page's Quit button: a chat started by a double-click may have no window to
+        close. Only for a server started with a browser; one started for scripts
+        (--no-browser) has no /quit."""
+        if st.quit is None:
+            return fail(404, "not found: /quit")
+        try:
+            check_auth()
+        except ApiError as e:
+            return fail(e.status, e.message, e.type, headers=STATUS_HEADERS.get(e.status))
+        st.quit()
+        return ok({"stopping": True})
+
     def _health(status, obj, headers=None):
+        obj["can_quit"] = st.quit is not None  # (the page then offers Quit)
         if st.instance:  # (lets a second start of the same chat find this one)
             obj["instance"] = st.instance
         r = bottle.HTTPResponse(json_bytes(obj), status=status, headers=headers or {})
@@ -1059,6 +1076,13 @@ def serve(model_path, *, gguf_offset=0, gguf_size=None, host="127.0.0.1", port=8
     # while tokens are being generated for several clients.
     sys.setswitchinterval(GIL_SWITCH_S)
     srv.state.instance = instance
+    quit_from_page = threading.Event()
+    if open_browser:
+        def on_quit():
+            quit_from_page.set()
+            # Shortly after, so that the page gets its answer first.
+            threading.Timer(QUIT_DELAY_S, srv.httpd.shutdown).start()
+        srv.state.quit = on_quit
     srv.start_loading(stop_on_error=not open_browser)
     print(f"chatfile: listening on {srv.url}", flush=True)
     if not _is_loopback(host):
@@ -1069,7 +1093,8 @@ def serve(model_path, *, gguf_offset=0, gguf_size=None, host="127.0.0.1", port=8
                                           ", and use it: no --api-key was given"), flush=True)
     if api_key:
         print("chatfile: API requests need 'Authorization: Bearer <key>'", flush=True)
-    print("chatfile: close this window (or press Ctrl+C) to stop.", flush=True)
+    print("chatfile: close this window (or press Ctrl+C"
+          + (", or use Quit on the chat page" if open_browser else "") + ") to stop.", flush=True)
     if ready is not None:
         ready(srv.url)
     if open_browser:
@@ -1080,6 +1105,9 @@ def serve(model_path, *, gguf_offset=0, gguf_size=None, host="127.0.0.1", port=8
         signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         srv.serve_forever()
+        if quit_from_page.is_set():
+            srv.state.stopping = True
+            print("chatfile: stopped from the chat page.", flush=True)
     except KeyboardInterrupt:
         srv.state.stopping = True
         print("chatfile: stopped.", flush=True)

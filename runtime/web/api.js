@@ -74,7 +74,8 @@
     var body = {};
     try { body = await resp.json(); } catch (e) { /* empty body */ }
     if (resp.status === 503 && body.status === "error") {
-      return { status: "error", message: String(body.message || (body.error && body.error.message) || "unknown error") };
+      return { status: "error", message: String(body.message || (body.error && body.error.message) || "unknown error"),
+               canQuit: body.can_quit === true };
     }
     if (resp.status === 503) return { status: "loading", progress: Number(body.progress) || 0 };
     if (!resp.ok) throw await errorFrom(resp);
@@ -162,6 +163,12 @@
     return result;
   }
 
+  /* Stops the server (the page's Quit). */
+  async function quit() {
+    var resp = await request("quit", { method: "POST", body: {} });
+    if (!resp.ok) throw await errorFrom(resp);
+  }
+
   window.ChatApi = {
     ApiError: ApiError,
     ServerGoneError: ServerGoneError,
@@ -172,5 +179,6 @@
     countTokens: countTokens,
     applyTemplate: applyTemplate,
     streamChat: streamChat,
+    quit: quit,
   };
 })();

@@ -859,6 +859,27 @@
     ta.style.height = Math.min(ta.scrollHeight, 200) + "px";
   }
 
+  /* ---------- quitting ---------- */
+
+  /* Stops the server: a chat started by a double-click may have no window to close, and
+   * it holds the model's memory until it stops. */
+  async function quitServer() {
+    var ok = await ask("Stop chatfile? Your chats stay saved in this browser; start the program again to go on.",
+      { confirmOnly: true, okLabel: "Quit" });
+    if (!ok) return;
+    stop();
+    try {
+      await withAuth(Api.quit);
+    } catch (e) {
+      if (!(e instanceof Api.ServerGoneError)) { setError(describeError(e)); return; }
+    }
+    show($("app"), false);
+    show($("loading"), true);
+    $("loading-text").textContent = "chatfile has stopped. You can close this tab.";
+    $("load-progress").hidden = true;
+    show($("loading-quit"), false);
+  }
+
   /* ---------- start-up ---------- */
 
   async function waitForServer() {
@@ -870,6 +891,7 @@
           // Loading failed for good (bad file, out of memory): say why, stop polling.
           text.textContent = "The model failed to load: " + h.message;
           bar.hidden = true;
+          show($("loading-quit"), h.canQuit); // (the server stays up to show this)
           return false;
         }
         if (h.status !== "loading") return true;
@@ -901,6 +923,7 @@
         state.modelKey = key;
       }
       state.props = p;
+      show($("quit-btn"), p.can_quit === true);
       state.nCtx = Number(p.n_ctx) || 0;
       var g = p.default_generation_settings || {};
       if (g.params && typeof g.params === "object") g = g.params; // llama-server's newer layout
@@ -970,6 +993,8 @@
       if (state.streaming && state.streaming.content) saveUnfinished(state.streaming);
     });
     $("scrim").addEventListener("click", closeSidebar);
+    $("quit-btn").addEventListener("click", quitServer);
+    $("loading-quit").addEventListener("click", quitServer);
   }
 
   async function start() {

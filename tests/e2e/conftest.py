@@ -55,18 +55,24 @@ class ServerHandle:
                 self.proc.wait(5)
 
 
-def server_command(model_path, *extra_args) -> list:
+def server_command(model_path, *extra_args, browser: bool = False) -> list:
     if (ROOT / "runtime" / "cli.py").exists():
         base = [sys.executable, "-m", "runtime.cli", "run"]
     else:  # the lead's CLI is not there yet: the server's own entry takes the same options
         base = [sys.executable, "-m", "runtime.server"]
-    return base + [str(model_path), "--no-browser", "--port", "0", *map(str, extra_args)]
+    flags = [] if browser else ["--no-browser"]
+    return base + [str(model_path), *flags, "--port", "0", *map(str, extra_args)]
 
 
-def start_server(model_path=TINY, *extra_args, wait_healthy: bool = True) -> ServerHandle:
+def start_server(model_path=TINY, *extra_args, wait_healthy: bool = True,
+                 browser: bool = False) -> ServerHandle:
+    """browser=True: started as a double-click starts it (no --no-browser), with no
+    display to open a browser on."""
     env = dict(os.environ, PYTHONUNBUFFERED="1",
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen(server_command(model_path, *extra_args), cwd=ROOT, env=env,
+    if browser:
+        env.update(DISPLAY="", WAYLAND_DISPLAY="")
+    proc = subprocess.Popen(server_command(model_path, *extra_args, browser=browser), cwd=ROOT, env=env,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, encoding="utf-8",
                             errors="replace")

@@ -300,7 +300,11 @@ def test_props_and_health(tiny_server, tiny_model):
     assert "<|im_start|>" in p["chat_template"]             # the ChatML fallback
     assert p["default_generation_settings"]["n_ctx"] == 256
     status, _, data = http_request("GET", tiny_server.url + "/health")
-    assert status == 200 and json.loads(data) == {"status": "ok"}
+    h = json.loads(data)
+    assert status == 200 and h["status"] == "ok"
+    # Beyond llama-server's {"status": "ok"}: whether the page may offer Quit (not with
+    # --no-browser), and which model and options this is (see running_instance).
+    assert h["can_quit"] is False and len(h["instance"]) == 16 and len(h) == 3
 
 
 def test_prompt_cache_prefills_only_new_tokens(tiny_server):
@@ -532,6 +536,16 @@ def test_loading_state_in_process():
         status, r = _wsgi_call(app, "GET", path, headers=hdrs)
         assert status == 503 and "not a GGUF file" in json.dumps(r) and "Retry-After" not in hdrs
     assert r["error"]["message"] == "the model failed to load: not a GGUF file"
+
+
+def test_quit_wants_the_api_key():
+    st, app = _fake_state(api_key="k")
+    calls = []
+    st.quit = lambda: calls.append(1)
+    status, _ = _wsgi_call(app, "POST", "/quit", {})
+    assert status == 401 and not calls
+    status, r = _wsgi_call(app, "POST", "/quit", {}, environ={"HTTP_AUTHORIZATION": "Bearer k"})
+    assert status == 200 and r == {"stopping": True} and calls == [1]
 
 
 def test_cors_only_when_enabled():

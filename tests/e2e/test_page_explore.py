@@ -375,3 +375,48 @@ def test_a_full_storage_does_not_hide_the_max_tokens_notice(page):
     notice = page.text_content("[data-testid=notice]")
     assert page.is_visible("[data-testid=notice]")
     assert "max-tokens limit" in notice and "could not save" in notice, notice
+
+
+def test_quit_stops_a_chat_started_with_a_browser(browser, server_url):
+    """A bundle started by a double-click may have no window to close: it kept the model's
+    memory until the machine shut down. The page's Quit stops it; a server started for
+    scripts (--no-browser) has neither the button nor /quit."""
+    from tests.e2e.conftest import http_request, start_server
+    h = start_server(MODEL, browser=True)
+    pg = browser.new_page()
+    try:
+        open_page(pg, h.url)
+        pg.click("[data-testid=quit]")
+        pg.click("#ask-ok")
+        pg.wait_for_selector("text=chatfile has stopped")
+        assert h.proc.wait(30) == 0, h.output()
+        time.sleep(0.2)  # the reader thread drains what is left of the output
+        assert "chatfile: stopped from the chat page." in h.output()
+        open_page(pg, server_url)  # started with --no-browser
+        assert pg.is_hidden("[data-testid=quit]")
+        status, _, _ = http_request("POST", server_url + "/quit", {})
+        assert status == 404
+    finally:
+        pg.close()
+        h.stop()
+
+
+
+def test_a_chat_whose_model_failed_to_load_can_be_quit(browser, tmp_path):
+    """With a browser, a failed load keeps the server up to show the error on the page;
+    the page then offers Quit, since that server can do nothing else."""
+    from tests.e2e.conftest import start_server
+    bad = tmp_path / "not-a-model.gguf"
+    bad.write_bytes(b"not a GGUF file" * 20)
+    h = start_server(bad, browser=True, wait_healthy=False)
+    pg = browser.new_page()
+    try:
+        pg.goto(h.url)
+        pg.wait_for_selector("text=The model failed to load")
+        pg.click("[data-testid=loading-quit]")
+        pg.click("#ask-ok")
+        pg.wait_for_selector("text=chatfile has stopped")
+        assert h.proc.wait(30) == 0, h.output()
+    finally:
+        pg.close()
+        h.stop()
