@@ -9,8 +9,9 @@ and the server stays healthy and keeps answering other requests.
 One server per template (each ~2 s to start), so the list is kept short; the attribute
 walks share one template and are selected by the user message.
 
-Templates that are hostile to *compile* (nesting too deep, too big, broken syntax) are
-refused when the server starts: the CLI exits 1 with a one-line message.
+Templates that are hostile to *compile* (nesting too deep, too big, broken syntax), empty,
+or failing on a first message are refused when the server starts: the CLI exits 1 with a
+one-line message.
 """
 from __future__ import annotations
 
@@ -49,15 +50,26 @@ def _walk_template(marker) -> str:
     return branches + "{% else %}{{ messages[-1]['content'] }}{% endif %}"
 
 
+def _on_go(attack: str) -> str:
+    """The attack for the message "go" only: a template that fails on every message is
+    refused when the server starts (it must render a first message), so the attacks that
+    reach a running server are those that wait for their input."""
+    return ("{% if messages[-1]['content'] == 'go' %}" + attack
+            + "{% else %}{{ messages[-1]['content'] }}{% endif %}")
+
+
+RANGE_1E9 = "{% for i in range(10**9) %}x{% endfor %}"
+
 # name -> (template text, the user messages that trigger the attack)
 HOSTILE = {
     "attribute_walks": (None, list(WALKS)),  # the text is built with the marker path
-    "range_1e9": ("{% for i in range(10**9) %}x{% endfor %}", ["go"]),
-    "nested_loops": ("{% for a in range(100000) %}{% for b in range(100000) %}"
-                     "{{ '' }}{% endfor %}{% endfor %}", ["go"]),
-    "recursive_macro": ("{% macro f(n) %}{{ f(n + 1) }}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
-                        ["go"]),
-    "string_bomb": ("{{ 'x' * 10**10 }}{% set s = 'y' * 10**5 %}{{ s * 10**5 }}", ["go"]),
+    "range_1e9": (_on_go(RANGE_1E9), ["go"]),
+    "nested_loops": (_on_go("{% for a in range(100000) %}{% for b in range(100000) %}"
+                            "{{ '' }}{% endfor %}{% endfor %}"), ["go"]),
+    "recursive_macro": ("{% macro f(n) %}{{ f(n + 1) }}{{ f(n + 1) }}{% endmacro %}"
+                        + _on_go("{{ f(0) }}"), ["go"]),
+    "string_bomb": (_on_go("{{ 'x' * 10**10 }}{% set s = 'y' * 10**5 %}{{ s * 10**5 }}"),
+                    ["go"]),
 }
 
 
@@ -137,6 +149,8 @@ COMPILE_HOSTILE = {
     "syntax": "{% for m in messages %}{{ m.content }",
     "too_big": "{{ 'x' }}" + " " * (1 << 20),
     "not_utf8": b"{{ '\xff\xfe' }}",
+    "fails_every_render": RANGE_1E9,  # (rendered once, on a first message, at start)
+    "empty": "  \n",
 }
 
 
