@@ -461,11 +461,36 @@
     document.querySelectorAll("[data-testid=regenerate],[data-testid=edit]").forEach(function (b) { b.disabled = state.busy; });
   }
 
-  /* Re-render the streaming bubble at most once per frame. */
+  /* Whether the reader has text selected that touches `el`: redrawing `el` would drop
+   * the selection (someone copying a sentence of a reply while it streams). */
+  function selectingIn(el) {
+    var sel = window.getSelection();
+    return !!sel && !sel.isCollapsed && sel.containsNode(el, true);
+  }
+
+  /* draw() now, or once the reader lets go of a selection in `el`. */
+  function whenNotSelecting(el, draw) {
+    if (!selectingIn(el)) { draw(); return; }
+    document.addEventListener("selectionchange", function wait() {
+      if (selectingIn(el)) return;
+      document.removeEventListener("selectionchange", wait);
+      draw();
+    });
+  }
+
+  /* Re-render the streaming bubble at most once per frame; not while text in it is
+   * selected (it catches up once the selection goes). */
   function queueStreamRender(bodyEl, m) {
     if (state.renderQueued) return;
     state.renderQueued = true;
     requestAnimationFrame(function () {
+      if (selectingIn(bodyEl)) {
+        whenNotSelecting(bodyEl, function () {
+          state.renderQueued = false;
+          queueStreamRender(bodyEl, m);
+        });
+        return;
+      }
       state.renderQueued = false;
       // Whether to follow is decided before the new text lands: a frame may add more
       // than FOLLOW_PX of it (a code block, a table), and a reader at the end keeps up.
@@ -756,6 +781,7 @@
       msg = { role: "assistant", content: "" };
       c.messages.push(msg);
       state.streaming = msg;
+      state.renderQueued = false; // (a render of the last reply may still wait for a selection)
       renderAll();
       var bodyEl = $("messages").lastElementChild.querySelector(".msg-body");
       $("messages").lastElementChild.classList.add("streaming");
@@ -817,7 +843,15 @@
       c.updated = Date.now();
       persist();
       if (c === current()) {
-        renderAll(true); // (a reader who scrolled up to read is not moved)
+        // (a reader who scrolled up to read is not moved, and one selecting text keeps it
+        // until they let go: only then is the chat redrawn)
+        renderHeader();
+        renderSidebar();
+        updateButtons();
+        updateContextUse();
+        whenNotSelecting($("messages"), function () {
+          if (c === current() && !state.busy) renderAll(true);
+        });
       } else {
         // The user moved to another chat (or deleted this one) while it streamed: that
         // chat's view was drawn while busy, so its Send button must come back here.

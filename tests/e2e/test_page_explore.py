@@ -420,3 +420,35 @@ def test_a_chat_whose_model_failed_to_load_can_be_quit(browser, tmp_path):
     finally:
         pg.close()
         h.stop()
+
+
+def test_text_selected_in_a_streaming_reply_stays_selected(page):
+    """Each frame of a streaming reply redrew it whole, so a reader selecting a sentence
+    to copy lost the selection within a frame. The reply now waits while text in it is
+    selected, and catches up once the selection goes."""
+    set_settings(page, temperature=0, **{"max-tokens": 100000})
+    slow_network(page, downloadThroughput=3000)  # a reply of several seconds
+    send(page, "Hello there")
+    body = "[data-testid=message][data-role=assistant] .msg-body"
+    page.wait_for_function(f"() => (document.querySelector('{body}') || {{}}).textContent?.length > 20",
+                           timeout=TIMEOUT_MS)
+    picked = page.evaluate(f"""() => {{
+        const r = document.createRange();
+        r.selectNodeContents(document.querySelector('{body}'));
+        getSelection().removeAllRanges();
+        getSelection().addRange(r);
+        return getSelection().toString(); }}""")
+    assert picked
+    # More of the reply arrives (the page saves it every 2 s) while the text is selected.
+    page.wait_for_function(
+        "n => { const c = JSON.parse(localStorage.getItem('chatfile.conversations') || '[]');"
+        " return c.length && (c[0].messages[1] || {}).content?.length > n + 20; }",
+        arg=len(picked), timeout=TIMEOUT_MS)
+    assert page.evaluate("() => getSelection().toString()") == picked
+    page.evaluate("() => getSelection().removeAllRanges()")
+    page.wait_for_function(f"n => document.querySelector('{body}').textContent.length > n + 20",
+                           arg=len(picked), timeout=TIMEOUT_MS)
+    page.click("[data-testid=stop]")
+    wait_idle(page)
+    shown = page.inner_text(body)
+    assert shown.strip() and current_conv(page)["messages"][-1]["content"].startswith(shown.strip()[:20])
