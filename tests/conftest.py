@@ -52,3 +52,14 @@ def smaps_mappings() -> list[tuple[str, dict[str, list[str]]]]:
         elif head and maps:
             maps[-1][1][head[0].rstrip(":")] = head[1:]
     return maps
+
+
+@pytest.fixture
+def bad_template_files(tmp_path) -> dict:
+    """Chat template files a user may give that cannot work: {"refuses": one whose
+    raise_exception('no system') fires on any message, "empty": "", "blank": whitespace}."""
+    texts = {"refuses": "{{ raise_exception('no system') }}", "empty": "", "blank": " \n\t\n"}
+    files = {name: tmp_path / f"{name}.jinja" for name in texts}
+    for name, path in files.items():
+        path.write_text(texts[name])
+    return files

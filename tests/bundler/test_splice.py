@@ -411,17 +411,12 @@ def test_a_directory_that_refuses_the_temp_file_is_named_as_the_users_path(elf_s
         splice(elf_stub, model, tmp_path / "out")
 
 
-def test_a_baked_template_that_fails_or_is_empty_is_blamed_on_its_file(tmp_path):
+def test_a_baked_template_that_fails_or_is_empty_is_blamed_on_its_file(tmp_path, bad_template_files):
     """The user's own --chat-template in --args: an error names that file and does not
     tell them to pass the flag they passed; an empty (or blank) file is refused, not
     baked as "no template" (the bundle then used the model's and --info said "0
     characters"). Nothing is built or written."""
-    refuses = tmp_path / "refuses.jinja"
-    refuses.write_text("{{ raise_exception('no system') }}")
-    empty = tmp_path / "empty.jinja"
-    empty.write_text("")
-    blank = tmp_path / "blank.jinja"
-    blank.write_text(" \n\t\n")
+    refuses, empty, blank = (bad_template_files[k] for k in ("refuses", "empty", "blank"))
     for template, code, why in ((refuses, 1, f"chat template file {refuses} does not work with "
                                              f"{MODEL} (chat template error: no system)"),
                                 (empty, 2, f"chat template file {empty} is empty"),

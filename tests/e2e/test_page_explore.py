@@ -345,18 +345,13 @@ def test_stop_and_regenerate_leave_the_focus_in_the_message_box(page):
     page.click("[data-testid=stop]")
     wait_idle(page)
     assert page.evaluate("document.activeElement.id") == "input"
-    assert page.text_content("[data-testid=regenerate]") == "Retry"
-    page.click("[data-testid=regenerate]")
-    wait_held(page, held, 2)
-    assert page.evaluate("document.activeElement.id") == "input"
-    reply_with(held[-1], sse_ending("Hello!"))
-    wait_idle(page)
-    assert page.text_content("[data-testid=regenerate]") == "Regenerate"
-    page.click("[data-testid=regenerate]")
-    wait_held(page, held, 3)
-    assert page.evaluate("document.activeElement.id") == "input"
-    reply_with(held[-1], sse_ending("Hello again!"))
-    wait_idle(page)
+    for n, (label, reply) in enumerate((("Retry", "Hello!"), ("Regenerate", "Hello again!")), 2):
+        assert page.text_content("[data-testid=regenerate]") == label
+        page.click("[data-testid=regenerate]")
+        wait_held(page, held, n)
+        assert page.evaluate("document.activeElement.id") == "input"
+        reply_with(held[-1], sse_ending(reply))
+        wait_idle(page)
     page.keyboard.type("typed straight away")
     assert page.input_value("[data-testid=input]") == "typed straight away"
 

@@ -276,18 +276,13 @@ def test_the_browser_is_opened_only_where_there_is_a_display(monkeypatch):
         assert opened == expected, env
 
 
-def test_a_template_file_that_fails_or_is_empty_is_named(tmp_path):
+def test_a_template_file_that_fails_or_is_empty_is_named(tmp_path, bad_template_files):
     """`run`/`chat --chat-template FILE`: a template that cannot render a first message
     is refused at the start, naming the file (the server used to start, and every message
     failed without saying whose template); an empty or blank file is refused instead of
     quietly leaving the model's template in use."""
     model = MODELS / "tiny-llama-q8_0.gguf"
-    refuses = tmp_path / "refuses.jinja"
-    refuses.write_text("{{ raise_exception('no system') }}")
-    empty = tmp_path / "empty.jinja"
-    empty.write_text("")
-    blank = tmp_path / "blank.jinja"
-    blank.write_text("\n  \n")
+    refuses, empty, blank = (bad_template_files[k] for k in ("refuses", "empty", "blank"))
     for command in ("run", "chat"):
         for template, why in ((refuses, f"chat template file {refuses} does not work with "
                                         f"{model} (chat template error: no system); fix the file"),
