@@ -745,6 +745,7 @@ def _loopback_name(host_header: str) -> bool:
         name, _ = parts.hostname or "", parts.port
     except ValueError:  # a port that is not a number, an unclosed [
         return False
+    name = name.removesuffix(".")  # "localhost." is localhost, fully qualified
     return name == "localhost" or name.endswith(".localhost") or _is_loopback(name)
 
 

@@ -46,7 +46,8 @@ def test_a_name_that_is_not_loopback_is_refused(tiny_server, host):
     assert status == 403, r
 
 
-@pytest.mark.parametrize("name", ["localhost", "127.0.0.1", "127.0.0.2", "[::1]", "chat.localhost"])
+@pytest.mark.parametrize("name", ["localhost", "127.0.0.1", "127.0.0.2", "[::1]", "chat.localhost",
+                                  "LocalHost", "localhost."])
 def test_loopback_names_are_served(tiny_server, name):
     port = urllib.parse.urlsplit(tiny_server.url).port
     for host in (name, f"{name}:{port}"):
