@@ -67,7 +67,7 @@ def _passed_through() -> str:
 
 
 # Flags that only make sense for the server; dropped when --cli turns a run into a chat.
-_SERVER_FLAGS_WITH_VALUE = {"--host", "--port", "--api-key"}
+_SERVER_FLAGS_WITH_VALUE = {"--host", "--port", "--api-key", "--allow-host"}
 _SERVER_FLAGS = {"--no-browser", "--cors"}
 
 

@@ -1169,18 +1169,21 @@ def fold_system_messages(template: str, messages: list) -> list:
         return messages
     out: list = []
     pending: list[str] = []  # system text waiting for the next user turn
+    at = 0  # where in `out` that text stood
     for m in messages:
         if m.get("role") == "system":
-            if _text(m.get("content")):
-                pending.append(_text(m.get("content")))
+            text = _text(m.get("content"))
+            if text:
+                at = at if pending else len(out)
+                pending.append(text)
             continue
         if pending and m.get("role") == "user":
             own = _text(m.get("content"))
             m = {**m, "content": "\n\n".join(pending + ([own] if own else []))}
             pending = []
         out.append(m)
-    if pending:  # no user turn after it: the text is one
-        out.append({"role": "user", "content": "\n\n".join(pending)})
+    if pending:  # no user turn after it: the text is one, where the system message was
+        out.insert(at, {"role": "user", "content": "\n\n".join(pending)})
     return out
 
 

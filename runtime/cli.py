@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-browser", action="store_true", help="do not open a browser")
     p.add_argument("--api-key", metavar="KEY", help="require 'Authorization: Bearer KEY' on the API")
     p.add_argument("--cors", action="store_true", help="allow cross-origin requests")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="also answer requests for this host name (a reverse proxy's or a "
+                        "tunnel's); bound to 127.0.0.1, only localhost names are answered")
 
     p = sub.add_parser("chat", help="chat in the terminal (or answer piped stdin and exit)")
     _add_model_args(p)
@@ -245,7 +248,8 @@ def _dispatch(args) -> int:
         return serve(args.model, gguf_offset=args.gguf_offset, gguf_size=args.gguf_size,
               host=args.host, port=args.port, api_key=args.api_key, n_ctx=args.ctx,
               threads=args.threads, chat_template=template, system=args.system,
-              title=args.title, cors=args.cors, open_browser=not args.no_browser,
+              title=args.title, cors=args.cors, allow_hosts=args.allow_host,
+              open_browser=not args.no_browser,
               temperature=args.temp, mode=args.mode)
     if args.command == "chat":
         if sys.stdin is None:  # started with stdin closed (`0<&-`): nothing to read from

@@ -77,6 +77,7 @@ class State:
     error: str | None = None
     stopping: bool = False  # Ctrl+C: the server is going away
     loopback_only: bool = True  # bound to a loopback address: see _foreign_request
+    allow_hosts: tuple = ()  # more host names to answer (--allow-host), lower case
     instance: str = ""  # which model with which options (see instance_id), for /health
     quit: Callable[[], None] | None = None  # the page's Quit; None: no /quit (see serve)
     model_id: str = ""
@@ -608,6 +609,8 @@ def build_app(st: State) -> bottle.Bottle:
         (--no-browser) has no /quit."""
         if st.quit is None:
             return fail(404, "not found: /quit")
+        if not _own_origin(bottle.request.environ, st):  # even with --cors: only our page
+            return fail(403, "only the chat page of this server can stop it")
         try:
             check_auth()
         except ApiError as e:
@@ -729,32 +732,45 @@ def _foreign_request(environ, st: State) -> str | None:
       request comes from (Origin); one that is not this server's own is refused, unless
       --cors asks to serve other sites. Clients that are not browsers send no Origin."""
     host = environ.get("HTTP_HOST")
-    if st.loopback_only and host is not None and not _loopback_name(host):
+    if st.loopback_only and host is not None and not _loopback_name(host) \
+            and _host_name(host) not in st.allow_hosts:
         return (f"this server answers requests for localhost only, not for {host!r} "
-                f"(--host sets the address it serves)")
-    origin = environ.get("HTTP_ORIGIN")
-    if origin is not None and not st.cors and not _same_origin(origin, host):
-        return (f"requests from web pages of other sites ({origin}) are refused; "
-                f"start the server with --cors to allow them")
+                f"(--allow-host {_host_name(host) or 'NAME'} answers that name too)")
+    if not st.cors and not _own_origin(environ, st):
+        return (f"requests from web pages of other sites ({environ['HTTP_ORIGIN']}) are "
+                f"refused; start the server with --cors to allow them")
     return None
 
 
-def _loopback_name(host_header: str) -> bool:
+def _own_origin(environ, st: State) -> bool:
+    """No Origin (not a browser), or the one of the page this server serves: the same
+    address as the request's Host, or a name of --allow-host (behind a proxy that
+    rewrites Host)."""
+    origin = environ.get("HTTP_ORIGIN")
+    if origin is None:
+        return True
+    try:
+        parts = urllib.parse.urlsplit(origin)
+        name = (parts.hostname or "").removesuffix(".")
+    except ValueError:
+        return False
+    host = environ.get("HTTP_HOST")
+    return (host is not None and parts.netloc.lower() == host.lower()) or name in st.allow_hosts
+
+
+def _host_name(host_header: str) -> str:
+    """The name in a Host header, lower case, without port or final dot; "" if malformed."""
     try:
         parts = urllib.parse.urlsplit("//" + host_header)
         name, _ = parts.hostname or "", parts.port
     except ValueError:  # a port that is not a number, an unclosed [
-        return False
-    name = name.removesuffix(".")  # "localhost." is localhost, fully qualified
-    return name == "localhost" or name.endswith(".localhost") or _is_loopback(name)
+        return ""
+    return name.removesuffix(".")  # "localhost." is localhost, fully qualified
 
 
-def _same_origin(origin: str, host_header: str | None) -> bool:
-    try:
-        netloc = urllib.parse.urlsplit(origin).netloc
-    except ValueError:
-        return False
-    return host_header is not None and netloc.lower() == host_header.lower()
+def _loopback_name(host_header: str) -> bool:
+    name = _host_name(host_header)
+    return name == "localhost" or name.endswith(".localhost") or (name != "" and _is_loopback(name))
 
 
 def _reason(status: int) -> str:
@@ -902,15 +918,22 @@ def instance_id(model_path, gguf_offset: int = 0, **options) -> str:
     says it, so that starting the same chat again (a second double-click on a bundle)
     finds the running one instead of loading a second copy of the model."""
     import hashlib
-    key = json.dumps([os.path.realpath(os.fspath(model_path)), gguf_offset, options],
-                     sort_keys=True, default=str)
+    path = os.path.realpath(os.fspath(model_path))
+    try:  # a file replaced since (a new copy of a damaged download) is another model
+        st = os.stat(path)
+        version = [st.st_size, st.st_mtime_ns]
+    except OSError:
+        version = None
+    key = json.dumps([path, version, gguf_offset, options], sort_keys=True, default=str)
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def running_instance(host: str, port: int, instance: str) -> str | None:
     """The URL of a chatfile that already serves `instance` on `port` or one of the ports
-    bind() would try after it; None when there is none. Stops at the first free port, which
-    an earlier start would have taken. Asks with http.client, never through a proxy."""
+    bind() would try after it (an earlier start may have found `port` busy then, and
+    that port may be free now); None when there is none, or when the one there failed to
+    load its model (starting again is how the user retries). Asks with http.client,
+    never through a proxy; a free port on this machine answers at once."""
     import http.client
     shown = _display_host(host)
     for p in range(port, min(port + PORT_TRIES, 65535) + 1):
@@ -918,14 +941,13 @@ def running_instance(host: str, port: int, instance: str) -> str | None:
         try:
             conn.request("GET", "/health")
             body = conn.getresponse().read(65536)
-        except ConnectionRefusedError:
-            return None  # free: nothing further up was started by us before
         except (OSError, http.client.HTTPException):
-            continue  # something else listens here
+            continue  # free, or something else listens here
         finally:
             conn.close()
         try:
-            if json.loads(body).get("instance") == instance:
+            health = json.loads(body)
+            if health.get("instance") == instance and health.get("status") != "error":
                 return f"http://{shown}:{p}/"
         except (ValueError, AttributeError):  # not JSON, or not an object
             continue
@@ -1045,7 +1067,7 @@ class Server:
 def serve(model_path, *, gguf_offset=0, gguf_size=None, host="127.0.0.1", port=8080,
           api_key=None, n_ctx=4096, threads=None, chat_template=None, system=None, title=None,
           cors=False, open_browser=True, max_body_bytes=1 << 20, ready=None, temperature=None,
-          mode="auto") -> int:
+          mode="auto", allow_hosts=()) -> int:
     """Serve until Ctrl+C. `ready(url)` is called once the socket is listening.
 
     chat_template: a template file's path, or the template's text. threads: the BLAS
@@ -1077,6 +1099,7 @@ def serve(model_path, *, gguf_offset=0, gguf_size=None, host="127.0.0.1", port=8
     # while tokens are being generated for several clients.
     sys.setswitchinterval(GIL_SWITCH_S)
     srv.state.instance = instance
+    srv.state.allow_hosts = tuple(h.lower().removesuffix(".") for h in allow_hosts)
     quit_from_page = threading.Event()
     if open_browser:
         def on_quit():

@@ -544,6 +544,12 @@ def test_quit_wants_the_api_key():
     st.quit = lambda: calls.append(1)
     status, _ = _wsgi_call(app, "POST", "/quit", {})
     assert status == 401 and not calls
+    # Any other site's page could stop it with a text/plain POST if --cors let it.
+    for cors in (False, True):
+        st.cors = cors
+        status, _ = _wsgi_call(app, "POST", "/quit", {}, environ={
+            "HTTP_AUTHORIZATION": "Bearer k", "HTTP_ORIGIN": "http://evil.example"})
+        assert status == 403 and not calls
     status, r = _wsgi_call(app, "POST", "/quit", {}, environ={"HTTP_AUTHORIZATION": "Bearer k"})
     assert status == 200 and r == {"stopping": True} and calls == [1]
 
@@ -660,6 +666,46 @@ def test_starting_the_same_chat_again_opens_the_running_one(server_factory):
                                wait_healthy=False)
         assert urllib.parse.urlsplit(other.url).port != port, (args, other.output())
         other.stop()
+    # Found on a later port too, after the one it once found busy has become free.
+    first.stop()
+    later = server_factory(TINY_PATH, "--system", "Be brief.", "--port", str(port + 1))
+    r = again("--system", "Be brief.")
+    assert f"already running at http://127.0.0.1:{later.port}/" in r.stdout, r.stdout
+
+
+def test_starting_again_after_a_failed_load_or_a_new_copy_loads_anew(tmp_path):
+    """A chat whose model failed to load ("download or copy it again"), started again once
+    the file was copied again, was sent back to the old error page; so was a model file
+    replaced by a new version at the same path."""
+    import subprocess
+    import sys
+    from tests.e2e.conftest import ROOT, start_server
+    model = tmp_path / "model.gguf"
+    good = TINY_PATH.read_bytes()
+    model.write_bytes(good[:len(good) // 2])  # a cut-off download
+    broken = start_server(model, browser=True, wait_healthy=False)
+    try:
+        deadline = time.monotonic() + 60
+        while "failed to load" not in broken.output() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert broken.proc.poll() is None, broken.output()  # (kept up for the page)
+        model.write_bytes(good)
+        env = dict(os.environ, PYTHONPATH=str(ROOT), DISPLAY="", WAYLAND_DISPLAY="")
+        proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "run", str(model), "--port",
+                                 str(broken.port)], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            out = ""
+            for line in proc.stdout:
+                out += line
+                if "loaded" in line or "already running" in line:
+                    break
+            assert "already running" not in out and "model tiny-llama loaded" in out, out
+        finally:
+            proc.kill()
+            proc.wait()
+    finally:
+        broken.stop()
 
 
 def test_unloadable_model_reports_the_error(tmp_path, server_factory):

@@ -12,7 +12,7 @@ import urllib.parse
 
 import pytest
 
-from tests.e2e.conftest import http_request
+from tests.e2e.conftest import TINY, http_request
 
 ASK = {"prompt": "hi", "n_predict": 1}
 
@@ -68,6 +68,20 @@ def test_a_post_from_another_sites_page_is_refused(tiny_server):
     status, _, data = http_request("POST", own + "/completion", ASK, headers={"Origin": own})
     assert status == 200, data
     status, _, data = http_request("POST", own + "/completion", ASK)
+    assert status == 200, data
+
+
+def test_allow_host_serves_a_proxy_name(server_factory):
+    """Behind a reverse proxy or a tunnel that passes its own name in Host (or rewrites
+    Host and leaves the Origin), the server needs to be told that name; the 403 says how
+    (it used to point at --host, which exposes the server to the network)."""
+    h = server_factory(TINY, "--allow-host", "Chat.Example.com")
+    status, r = raw(h.url, "GET", "/props", {"Host": "other.example"})
+    assert status == 403 and "--allow-host other.example" in r["error"]["message"]
+    status, r = raw(h.url, "GET", "/props", {"Host": "chat.example.com"})
+    assert status == 200, r
+    status, _, data = http_request("POST", h.url + "/completion", ASK,
+                                   headers={"Origin": "https://chat.example.com"})
     assert status == 200, data
 
 

@@ -544,6 +544,10 @@ def test_fold_system_opens_the_user_turn_where_the_template_has_no_system_role()
              "{% endif %}{% endfor %}")
     assert ct.render(drops, [sys_msg, first], fold_system=True) == f"[user] {sys_msg['content']}\n\n{first['content']}\n"
     assert ct.render(drops, [first, sys_msg], fold_system=True) == f"[user] {first['content']}\n[user] {sys_msg['content']}\n"
+    # ... where the system message stood: before an assistant prefill, not after it.
+    prefill = {"role": "assistant", "content": "Sure"}
+    assert ct.render(drops, [sys_msg, prefill], fold_system=True) == \
+        f"[user] {sys_msg['content']}\n[assistant] Sure\n"
     # A template with a system role renders it as its own turn, folded or not.
     for name in ("Qwen-Qwen2.5-7B-Instruct", "meta-llama-Llama-3.1-8B-Instruct"):
         source, _ = _fixture(name)
