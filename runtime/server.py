@@ -1082,8 +1082,8 @@ def serve(model_path, *, gguf_offset=0, gguf_size=None, host="127.0.0.1", port=8
         # the model a second time beside it on the next port.
         url = running_instance(host, port, instance)
         if url is not None:
-            print(f"chatfile: this chat is already running at {url}; opening it there.",
-                  flush=True)
+            print(f"chatfile: this chat is already running at {url}; opening it there "
+                  f"(--port with another number starts a second one).", flush=True)
             _open_browser(url)
             return 0
     try:
