@@ -966,14 +966,7 @@ def _load(st: State, path, offset, size, chat_template, n_ctx, mode, say):
             say(msg)
     try:
         from runtime.model import Model
-        tmpl = None
-        if chat_template and ("{{" in chat_template or "{%" in chat_template):
-            tmpl = chat_template    # the template's text (runtime.cli reads the file)
-        elif chat_template:
-            try:
-                tmpl = Path(chat_template).read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as e:
-                raise ValueError(f"cannot read the chat template file {chat_template}: {e}") from None
+        tmpl = chat_template or None  # the template's text (the CLI reads the file)
 
         def progress(frac):
             st.progress = max(0.0, min(1.0, float(frac)))
@@ -1070,7 +1063,7 @@ def serve(model_path, *, gguf_offset=0, gguf_size=None, host="127.0.0.1", port=8
           mode="auto", allow_hosts=()) -> int:
     """Serve until Ctrl+C. `ready(url)` is called once the socket is listening.
 
-    chat_template: a template file's path, or the template's text. threads: the BLAS
+    chat_template: the template's text (runtime.cli reads the file). threads: the BLAS
     thread count must be set before NumPy loads, which runtime.cli does; kept here for
     callers that pass it. temperature: the default for requests that don't set one."""
     instance = instance_id(model_path, gguf_offset, size=gguf_size, host=host,
@@ -1180,8 +1173,16 @@ def main(argv=None) -> int:
     ap.add_argument("--gguf-offset", type=int, default=0)
     ap.add_argument("--gguf-size", type=int)
     a = ap.parse_args(argv)
+    template = None
+    if a.chat_template:
+        from runtime.chat_template import TemplateError, load_template_file
+        try:
+            template = load_template_file(a.chat_template)
+        except (TemplateError, OSError) as e:
+            print(f"chatfile: error: {e}", file=sys.stderr)
+            return 1
     return serve(a.model, gguf_offset=a.gguf_offset, gguf_size=a.gguf_size, host=a.host,
-                 port=a.port, api_key=a.api_key, n_ctx=a.ctx, chat_template=a.chat_template,
+                 port=a.port, api_key=a.api_key, n_ctx=a.ctx, chat_template=template,
                  system=a.system, title=a.title, cors=a.cors, open_browser=not a.no_browser,
                  temperature=a.temp)
 

@@ -285,6 +285,16 @@ def test_tool_call_arguments_reach_the_template_as_an_object(server_factory, tin
         assert status == 200 and r["prompt"] == f"[{a}]", (a, r)
 
 
+def test_a_template_file_without_tags_is_a_template(server_factory, tmp_path):
+    """The server took template text without "{{" or "{%" for a path to read, and failed
+    to load with "cannot read the chat template file <the text>"."""
+    plain = tmp_path / "plain.jinja"
+    plain.write_text("You are chatting.\n")
+    h = server_factory(TINY_PATH, "--chat-template", plain)
+    status, r = post_json(h.url + "/apply-template", {"messages": [{"role": "user", "content": "hi"}]})
+    assert status == 200 and r["prompt"] == "You are chatting.", r  # (Jinja drops the final newline)
+
+
 def test_infill_without_fim_tokens_is_a_clear_400(tiny_server):
     status, r = post_json(tiny_server.url + "/infill", {"input_prefix": "def f(", "input_suffix": "):"})
     assert status == 400
