@@ -10,7 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-from runtime.embedded import BundleError, Trailer, encode_trailer, interrupt_on_termination
+from runtime.cli import is_special_file
+from runtime.embedded import (BundleError, Trailer, encode_trailer, interrupt_on_termination,
+                              read_trailer)
 
 OWN_COMMANDS = ("bundle", "stub")
 
@@ -104,7 +106,6 @@ def _embed_template(baked: list[str]) -> tuple[list[str], str | None]:
     without one), so that later checks of the template can name the user's file.
     Raises ValueError."""
     from runtime import cli as runtime_cli
-    from runtime.chat_template import load_template_file
 
     out, i, path = [], 0, None
     while i < len(baked):
@@ -113,7 +114,7 @@ def _embed_template(baked: list[str]) -> tuple[list[str], str | None]:
             if not eq:
                 i += 1
                 value = baked[i]  # (the parser made sure that it has one)
-            text, path = load_template_file(value), value
+            text, path = runtime_cli.read_template_file(value), value
             out.append(f"{runtime_cli.TEMPLATE_TEXT_FLAG}={text}")
         else:
             out.append(baked[i])
@@ -147,6 +148,14 @@ def cmd_bundle(a) -> int:
     except BundleError as e:
         print(f"chatfile: error: {e}", file=sys.stderr)
         return 2
+    if a.output == "":  # it would read as not given, the bundle put in the current directory
+        print("chatfile: error: -o needs a file name, not an empty one", file=sys.stderr)
+        return 2
+    for what, path in (("model", a.model), ("stub", a.stub)):
+        if path and is_special_file(path):
+            print(f"chatfile: error: the {what} {path} is not a regular file (a pipe or a "
+                  f"device); give the file itself", file=sys.stderr)
+            return 1
     try:
         template = next((arg.partition("=")[2] for arg in baked
                          if runtime_cli.is_baked_template(arg)), None)
@@ -155,6 +164,10 @@ def cmd_bundle(a) -> int:
         print(f"chatfile: error: {e}", file=sys.stderr)
         return 1
     out = a.output or _default_output(a.model, a.format)
+    if is_special_file(out):  # even with --force
+        print(f"chatfile: error: {out} is not a regular file (a device or a pipe); give the "
+              f"bundle's file name with -o", file=sys.stderr)
+        return 1
     try:
         splice.check_output(out, a.force, a.model)  # before a possibly long stub build
     except BundleError as e:
@@ -200,6 +213,21 @@ def _needs_glibc() -> str:
 def cmd_stub(a) -> int:
     from bundler import stub
 
+    if a.output == "":  # it would read as not given
+        print("chatfile: error: -o needs a file name, not an empty one", file=sys.stderr)
+        return 2
+    if a.output and is_special_file(a.output):
+        print(f"chatfile: error: {a.output} is not a regular file (a device or a pipe); give "
+              f"the stub's file name with -o", file=sys.stderr)
+        return 1
+    try:
+        carries_model = bool(a.output and os.path.isfile(a.output) and read_trailer(a.output))
+    except BundleError:  # damaged: nothing worth keeping
+        carries_model = False
+    if carries_model:  # a bundle: the bare stub would replace the user's model in it
+        print(f"chatfile: error: {a.output} is a bundle that carries a model; give the stub "
+              f"another name with -o", file=sys.stderr)
+        return 1
     out = a.output or str(stub.cached_stub_path(a.format))
     print(f"building the {a.format} stub -> {out}", file=sys.stderr)
     seconds = stub.build_stub(a.format, out, log=lambda m: print(m, file=sys.stderr))

@@ -196,6 +196,11 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:
         print(e, file=sys.stderr)
         return 2
+    shows = next((f"--{k}" for k in ("help", "version", "licenses") if own[k]), None)
+    if shows and sys.stdout is None:  # started with stdout closed (`>&-`)
+        print(f"chatfile: error: stdout is closed, so {shows} could show nothing; run it in "
+              f"a terminal or send its output to a file (> out.txt)", file=sys.stderr)
+        return 2
     if own["version"]:  # even from a damaged bundle: it is the runtime's, not the model's
         from runtime import __version__
         print(f"chatfile {__version__}")
@@ -353,6 +358,17 @@ def _entry() -> None:
         code = main()
     except KeyboardInterrupt:
         code = 130
+    except OSError as e:
+        # Only writing to stdout gets here (main and runtime.cli catch the rest where it
+        # happens): `--help | head -1` read by then, or `--licenses > notices.txt` on a full
+        # disk. The output is dropped so that Python's flush at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        if isinstance(e, BrokenPipeError):
+            code = 0
+        else:
+            print(f"chatfile: error: cannot write the output: {e.strerror or e}",
+                  file=sys.stderr)
+            code = 1
     if forwarded:  # a late forwarded copy must not kill the exit itself
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     if code not in (0, 130) and getattr(sys, "frozen", False) and len(sys.argv) == 1:

@@ -227,7 +227,11 @@ def run_bench(args) -> int:
                           offset, size, spec_texts)
     print(format_table(ours, ref, threads))
     if args.json:
-        Path(args.json).write_text(json.dumps({"threads": threads, "chatfile": ours, "llama.cpp": ref}, indent=2))
+        try:
+            Path(args.json).write_text(json.dumps({"threads": threads, "chatfile": ours,
+                                                   "llama.cpp": ref}, indent=2))
+        except OSError as e:  # a full disk says only "No space left on device"
+            raise OSError(f"cannot write {args.json}: {e.strerror or e}") from None
     if args.plot:
         plot_prefill_curve(args, threads, args.plot)
     return 0

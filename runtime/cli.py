@@ -147,6 +147,38 @@ def check_args(args) -> str | None:
     temp = getattr(args, "temp", None)
     if temp is not None and not 0 <= temp <= MAX_TEMP:  # also refuses nan
         return f"--temp must be between 0 and {MAX_TEMP:g}"
+    if getattr(args, "model", None) == "":
+        return "the model's path is empty; give the path of a .gguf file"
+    # An empty value reads as "not given": --api-key '' would leave the API open, and an
+    # empty file name would quietly be no file.
+    for flag in ("api_key", "chat_template", "json", "plot"):
+        if getattr(args, flag, None) == "":  # (info's --json is True/False)
+            return f"--{flag.replace('_', '-')} needs a value, not an empty one"
+    for name in getattr(args, "allow_host", ()):
+        problem = _host_name_problem(name)
+        if problem:
+            return f"--allow-host {name!r}: {problem}"
+    return None
+
+
+def _host_name_problem(name: str) -> str | None:
+    """Why NAME cannot be a Host header's name, or None. The server compares the name
+    alone (no scheme, port or path), so `http://x.com/` or `x.com:443` would never match,
+    and "" would match a malformed Host header or an `Origin: null`."""
+    import ipaddress
+    import urllib.parse
+    try:
+        ipaddress.IPv6Address(name)
+        return None  # (the one form with ":" that is a name alone)
+    except ValueError:
+        pass
+    try:
+        parts = urllib.parse.urlsplit("//" + name)
+        alone = parts.hostname == name.lower() and parts.port is None
+    except ValueError:
+        alone = False
+    if not name.strip(".") or not alone or any(c.isspace() for c in name):
+        return "give a host name alone, such as chat.example.com (no http://, port or path)"
     return None
 
 
@@ -223,12 +255,61 @@ def _check_template_file(args, template: str) -> None:
         g.close()
 
 
+def is_special_file(path: str) -> bool:
+    """A path that exists but is neither a regular file nor a directory: a FIFO (reading
+    one blocks forever) or a device (an output renamed into place would replace it: `-o
+    /dev/null` run as root replaced the system's /dev/null). Also used by the bundler."""
+    return os.path.exists(path) and not (os.path.isfile(path) or os.path.isdir(path))
+
+
+def read_template_file(path: str) -> str:
+    """runtime.chat_template.load_template_file, after refusing what is not a file: a
+    FIFO would block the read until something writes to it, forever as a rule.
+    Raises TemplateError (a ValueError). Also used by `chatfile bundle`."""
+    from runtime.chat_template import TemplateError, load_template_file
+    if is_special_file(path):
+        raise TemplateError(f"chat template file {path} is not a regular file (a pipe or a "
+                            f"device); give a file that holds the template")
+    return load_template_file(path)
+
+
+def _listen_problem(host: str, port: int) -> str | None:
+    """Why the server could not listen on host:port at all, or None (a busy port is no
+    problem: the server moves on to the next). Without this the server tries 21 ports,
+    each with its own DNS lookup of a bad name, and ends with the OS's bare words."""
+    import errno
+    import socket
+
+    from runtime.server import PORT_TRIES
+    remedy = ("use --host 127.0.0.1 (this machine only) or --host 0.0.0.0 (every network "
+              "interface)")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET  # as the server decides
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.bind((host, port))
+    except socket.gaierror:
+        return f"cannot listen on {host}: no such address or host name; {remedy}"
+    except OSError as e:
+        if e.errno == errno.EADDRNOTAVAIL:
+            return f"cannot listen on {host}: it is not an address of this machine; {remedy}"
+        if e.errno == errno.EACCES and port + PORT_TRIES < 1024:  # none the server tries is allowed
+            return (f"cannot listen on port {port}: ports below 1024 need administrator "
+                    f"rights; use a port of 1024 or above, such as --port 8080")
+    return None
+
+
 def _dispatch(args) -> int:
     if not os.path.isfile(args.model):
         # Fail before starting a server that could only report the same thing.
         what = ("it is a directory" if os.path.isdir(args.model) else
-                "not a regular file" if os.path.exists(args.model) else "no such file")
+                "not a regular file" if os.path.exists(args.model) else
+                "a symbolic link that leads nowhere" if os.path.islink(args.model) else
+                "no such file")
         raise FileNotFoundError(f"cannot open {args.model}: {what}")
+    if sys.stdout is None and args.command != "run":  # started with stdout closed (`>&-`)
+        print(f"chatfile: error: stdout is closed, so {args.command} could show nothing; "
+              f"run it in a terminal or send its output to a file (> out.txt)", file=sys.stderr)
+        return 2
     if args.gguf_offset == 0 and args.gguf_size is None:
         _use_embedded_model(args)
     if args.command == "info":
@@ -240,11 +321,16 @@ def _dispatch(args) -> int:
         return run_bench(args)
     template = getattr(args, "chat_template_text", None)
     if args.chat_template:  # given when the bundle is run: it wins over a baked one
-        from runtime.chat_template import load_template_file
-        template = load_template_file(args.chat_template)
+        template = read_template_file(args.chat_template)
         _check_template_file(args, template)
     if args.command == "run":
         from runtime.server import serve
+        if args.host.startswith("[") and args.host.endswith("]"):
+            args.host = args.host[1:-1]  # [::1] as in a URL: the address inside
+        problem = _listen_problem(args.host, args.port)
+        if problem:
+            print(f"chatfile: error: {problem}", file=sys.stderr)
+            return 1
         return serve(args.model, gguf_offset=args.gguf_offset, gguf_size=args.gguf_size,
               host=args.host, port=args.port, api_key=args.api_key, n_ctx=args.ctx,
               threads=args.threads, chat_template=template, system=args.system,

@@ -339,6 +339,9 @@ def _command(c: _Chat, line: str) -> bool | str:
     return True
 
 
+PIPED_MAX_CHARS = 16 << 20  # a piped question: 16 Mi characters, ~100× the longest context
+
+
 def chat(model, *, n_ctx: int, system: str | None = None, stdin=None, stdout=None,
          params=None, max_tokens: int = -1, interactive: bool | None = None) -> int:
     """Run the chat; returns the process exit code. interactive=None: stdin.isatty()."""
@@ -353,7 +356,12 @@ def chat(model, *, n_ctx: int, system: str | None = None, stdin=None, stdout=Non
     c = _Chat(model, engine, system, params, max_tokens, stdout, interactive)
 
     if not interactive:
-        question = stdin.read().strip()
+        question = stdin.read(PIPED_MAX_CHARS + 1)
+        if len(question) > PIPED_MAX_CHARS:  # `yes | chatfile chat`: never ends by itself
+            sys.stderr.write(f"chatfile: error: stdin holds more than {PIPED_MAX_CHARS:,} "
+                             "characters, far more than a context holds; pipe in a question\n")
+            return 2
+        question = question.strip()
         if not question:
             sys.stderr.write("chatfile: error: stdin is empty; pipe a question in, "
                              "for example: echo 'Hello' | chatfile chat model.gguf\n")

@@ -452,3 +452,55 @@ def test_a_single_flag_after_args_gets_told_to_use_equals(tmp_path):
         r = bundle(*args)  # past the args: on to the (missing) stub
         assert r.returncode == 1 and "no-stub" in r.stderr, (args, r.stderr)
     assert not (tmp_path / "out").exists()
+
+
+def test_bundle_refuses_fifos_devices_and_an_empty_output_name(tmp_path):
+    """A FIFO as the model, the stub or a baked --chat-template hung the bundle command
+    (reading one waits for a writer); `-o FIFO --force` replaced it by a rename, as
+    `-o /dev/null --force` run as root replaced the system's /dev/null; `-o ''` read as
+    not given. Nothing is written and no stub is built."""
+    fifo = tmp_path / "a.fifo"
+    os.mkfifo(fifo)
+
+    def bundle(*args):
+        return subprocess.run([sys.executable, "-m", "bundler.cli", "bundle", *map(str, args)],
+                              cwd=Path(__file__).resolve().parents[2], capture_output=True,
+                              text=True, timeout=60)
+    no_stub = tmp_path / "no-stub"
+    for args, code, why in (
+            ([fifo, "--stub", no_stub, "-o", tmp_path / "out"], 1,
+             f"the model {fifo} is not a regular file (a pipe or a device); give the file itself"),
+            ([MODEL, "--stub", fifo, "-o", tmp_path / "out"], 1,
+             f"the stub {fifo} is not a regular file (a pipe or a device); give the file itself"),
+            ([MODEL, "--stub", no_stub, "-o", tmp_path / "out", f"--args=--chat-template {fifo}"],
+             2, f"--args: chat template file {fifo} is not a regular file (a pipe or a device); "
+                f"give a file that holds the template"),
+            ([MODEL, "--stub", no_stub, "-o", fifo, "--force"], 1,
+             f"{fifo} is not a regular file (a device or a pipe); give the bundle's file name with -o"),
+            ([MODEL, "--stub", no_stub, "-o", ""], 2, "-o needs a file name, not an empty one")):
+        r = bundle(*args)
+        assert r.returncode == code and r.stderr == f"chatfile: error: {why}\n", (args, r.stderr)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.fifo"]
+
+
+def test_stub_command_never_replaces_a_bundle_or_a_device(pyz_stub, tmp_path, monkeypatch, capsys):
+    """`chatfile stub -o NAME` overwrites without --force (it refreshes a stub), but an
+    existing bundle lost its model that way, a FIFO or device was replaced by the rename,
+    and `-o ''` built into the default cache."""
+    from bundler import cli, stub
+    built = []
+    monkeypatch.setattr(stub, "build_stub", lambda fmt, out, log=None: built.append(out) or 0.0)
+    monkeypatch.setattr(stub, "prune_cache", lambda fmt, new: None)
+    bundle = tmp_path / "chat.pyz"
+    splice(pyz_stub, MODEL, bundle, fmt="pyz")
+    fifo = tmp_path / "a.fifo"
+    os.mkfifo(fifo)
+    for out, code, why in (
+            (bundle, 1, f"{bundle} is a bundle that carries a model; give the stub another name with -o"),
+            (fifo, 1, f"{fifo} is not a regular file (a device or a pipe); give the stub's file name with -o"),
+            ("", 2, "-o needs a file name, not an empty one")):
+        assert cli.main(["stub", "--format", "pyz", "-o", str(out)]) == code
+        assert capsys.readouterr().err == f"chatfile: error: {why}\n", out
+    assert built == []
+    assert read_trailer(bundle) is not None

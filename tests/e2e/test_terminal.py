@@ -51,6 +51,15 @@ def test_piped_empty_stdin_is_a_clear_error():
     assert b"stdin is empty" in p.stderr and b"Traceback" not in p.stderr
 
 
+def test_endless_piped_stdin_is_a_clear_error():
+    """`yes | chatfile chat m.gguf` (or `< /dev/zero`) read forever, its memory growing."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    p = subprocess.run(["sh", "-c", 'exec "$0" -m runtime.cli chat "$1" < /dev/zero', sys.executable,
+                        str(TINY)], capture_output=True, cwd=ROOT, env=env, timeout=120)
+    assert p.returncode == 2 and b"Traceback" not in p.stderr, p.stderr
+    assert b"stdin holds more than" in p.stderr
+
+
 def test_closed_stdin_is_a_clear_error():
     # `0<&-`, as some launchers start programs: Python's sys.stdin is then None.
     env = dict(os.environ, PYTHONPATH=str(ROOT))

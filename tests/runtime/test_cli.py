@@ -339,3 +339,106 @@ def test_a_model_that_fails_to_load_is_named_once(tmp_path):
     with pytest.raises(GGUFError) as e:
         Model.load(half, mode="quant")
     assert str(e.value).startswith(f"{half}: tensor ") and "is missing" in str(e.value), e.value
+
+
+def test_empty_values_are_refused_not_read_as_not_given():
+    """An empty value reads as "not given": `--api-key ''` started a server open to every
+    request, `--chat-template ''` used the model's template, `bench --json ''` wrote
+    nothing, all without a word. `--allow-host` takes a name alone: '' matched an
+    `Origin: null`, and a URL or a name with a port never matched anything."""
+    from runtime.cli import build_parser, check_args
+    model = MODELS / "tiny-qwen2-q8_0.gguf"
+    for args, why in ((["run", model, "--api-key", ""], "--api-key needs a value, not an empty one"),
+                      (["chat", model, "--chat-template", ""], "--chat-template needs a value"),
+                      (["bench", model, "--json", ""], "--json needs a value"),
+                      (["bench", model, "--plot", ""], "--plot needs a value"),
+                      (["info", ""], "the model's path is empty; give the path of a .gguf file")):
+        r = chatfile(*args, timeout=60)
+        assert r.returncode == 2 and r.stderr.startswith(f"chatfile: error: {why}"), (args, r.stderr)
+        assert r.stderr.count("\n") == 1, r.stderr
+    parser = build_parser()
+    for name in ("", ".", "http://chat.example.com/", "chat.example.com:443", "x.com/chat",
+                 "a b", "user@x.com"):
+        problem = check_args(parser.parse_args(["run", "m.gguf", "--allow-host", name]))
+        assert problem == f"--allow-host {name!r}: give a host name alone, such as " \
+                          "chat.example.com (no http://, port or path)", name
+    for name in ("chat.example.com", "Chat.Example.com.", "my-box", "192.168.1.5", "fe80::1"):
+        assert check_args(parser.parse_args(["run", "m.gguf", "--allow-host", name])) is None
+
+
+def test_a_fifo_or_a_device_as_template_is_refused_not_waited_on(tmp_path):
+    """Reading a FIFO blocks until something writes to it: `--chat-template FIFO` hung."""
+    fifo = tmp_path / "template.fifo"
+    os.mkfifo(fifo)
+    for template in (fifo, "/dev/null"):
+        r = subprocess.run([sys.executable, "-m", "runtime.cli", "chat",
+                            MODELS / "tiny-llama-q8_0.gguf", "--chat-template", template],
+                           cwd=ROOT, input="hi\n", capture_output=True, text=True, timeout=60)
+        assert r.returncode == 1 and r.stderr == (
+            f"chatfile: error: chat template file {template} is not a regular file (a pipe "
+            f"or a device); give a file that holds the template\n"), r.stderr
+
+
+def test_a_host_that_is_not_here_is_named_with_what_to_use(monkeypatch, capsys):
+    """The server tried 21 ports (each with a DNS lookup of a bad name) and ended with
+    the OS's bare words ("Cannot assign requested address")."""
+    import errno
+    import socket
+
+    from runtime import cli, server
+    model = MODELS / "tiny-qwen2-q8_0.gguf"
+    remedy = "use --host 127.0.0.1 (this machine only) or --host 0.0.0.0 (every network interface)"
+    for host, why in (("192.0.2.1", "it is not an address of this machine"),  # TEST-NET-1
+                      ("nosuchhost.invalid", "no such address or host name")):
+        r = chatfile("run", model, "--no-browser", "--host", host, "--port", "31555", timeout=60)
+        assert r.returncode == 1 and r.stderr == (
+            f"chatfile: error: cannot listen on {host}: {why}; {remedy}\n"), r.stderr
+    # A port below 1024 without the right to it: said once the server could try no other.
+    def refuse(self, address):
+        raise PermissionError(errno.EACCES, "Permission denied")
+    monkeypatch.setattr(socket.socket, "bind", refuse)
+    assert cli._listen_problem("127.0.0.1", 80) == (
+        "cannot listen on port 80: ports below 1024 need administrator rights; use a port "
+        "of 1024 or above, such as --port 8080")
+    assert cli._listen_problem("127.0.0.1", 1010) is None  # the server goes on to 1024
+    # [::1] as a URL writes it: the address inside.
+    seen = {}
+    monkeypatch.setattr(cli, "_listen_problem", lambda host, port: None)
+    monkeypatch.setattr(server, "serve", lambda model, **kw: seen.update(kw) or 0)
+    assert cli.main(["run", str(model), "--host", "[::1]", "--no-browser"]) == 0
+    assert seen["host"] == "::1"
+
+
+def test_output_commands_with_stdout_closed_say_so(monkeypatch, capsys):
+    """Started with stdout closed (`>&-`), `chat` died with a traceback in its first
+    write, `info` printed nothing and exited 0, a bundle's --licenses died too."""
+    from runtime.cli import main
+    monkeypatch.setattr(sys, "stdout", None)
+    assert main(["info", str(MODELS / "tiny-qwen2-q8_0.gguf")]) == 2
+    assert capsys.readouterr().err == (
+        "chatfile: error: stdout is closed, so info could show nothing; run it in a terminal "
+        "or send its output to a file (> out.txt)\n")
+    r = subprocess.run([sys.executable, "-m", "runtime", "--licenses"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60,
+                       preexec_fn=lambda: os.close(1))
+    assert r.returncode == 2 and r.stderr == (
+        "chatfile: error: stdout is closed, so --licenses could show nothing; run it in a "
+        "terminal or send its output to a file (> out.txt)\n"), r.stderr
+
+
+def test_a_bundle_output_that_cannot_be_written_is_one_line():
+    """`./bundle --help > /dev/full` (a full disk) ended in a traceback."""
+    for flag in ("--help", "--version", "--licenses"):
+        with open("/dev/full", "w") as full:
+            r = subprocess.run([sys.executable, "-m", "runtime", flag], cwd=ROOT, stdout=full,
+                               stderr=subprocess.PIPE, text=True, timeout=60)
+        assert r.returncode == 1 and r.stderr == (
+            "chatfile: error: cannot write the output: No space left on device\n"), (flag, r.stderr)
+
+
+def test_a_symlink_that_leads_nowhere_is_not_called_missing(tmp_path):
+    loop = tmp_path / "loop.gguf"
+    loop.symlink_to(loop)
+    r = chatfile("info", loop, timeout=60)
+    assert r.returncode == 1 and r.stderr == (
+        f"chatfile: error: cannot open {loop}: a symbolic link that leads nowhere\n"), r.stderr
