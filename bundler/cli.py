@@ -90,7 +90,13 @@ def _check_baked_args(baked: list[str]) -> str | None:
             args = runtime_cli.build_parser().parse_args(["run", "model.gguf", *baked])
     except SystemExit:
         lines = err.getvalue().strip().splitlines()
-        return lines[-1].split("error: ", 1)[-1] if lines else "they cannot be parsed"
+        problem = lines[-1].split("error: ", 1)[-1] if lines else "they cannot be parsed"
+        stray = problem.removeprefix("unrecognized arguments:").split()
+        if problem.startswith("unrecognized") and any(not w.startswith("-") for w in stray):
+            # a word of a value: `--args "--system=Be brief."` is split as a shell splits it
+            problem += ("; --args is split as a shell splits words, so quote a value that "
+                        "has spaces: --args \"--system 'Be brief.'\"")
+        return problem
     hidden = runtime_cli.hidden_flag(baked)
     if hidden or args.chat_template_text is not None:  # (also given abbreviated)
         return f"{hidden or runtime_cli.TEMPLATE_TEXT_FLAG} is set by the bundle itself"

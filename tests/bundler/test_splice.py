@@ -504,3 +504,15 @@ def test_stub_command_never_replaces_a_bundle_or_a_device(pyz_stub, tmp_path, mo
         assert capsys.readouterr().err == f"chatfile: error: {why}\n", out
     assert built == []
     assert read_trailer(bundle) is not None
+
+
+def test_a_value_with_spaces_in_args_is_told_to_be_quoted(tmp_path):
+    """`--args "--system=Be brief."` is split as a shell splits it: the error said only
+    "unrecognized arguments: brief.", which does not tell the user what to do."""
+    r = subprocess.run([sys.executable, "-m", "bundler.cli", "bundle", MODEL, "--format", "pyz",
+                        "-o", tmp_path / "out.pyz", "--args", "--system=Be brief."],
+                       capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2],
+                       timeout=60)
+    assert r.returncode == 2 and "unrecognized arguments: brief." in r.stderr, r.stderr
+    assert "quote a value that has spaces: --args \"--system 'Be brief.'\"" in r.stderr
+    assert not (tmp_path / "out.pyz").exists()
