@@ -7,8 +7,8 @@ silently drops the rest of a longer pasted message. So, on a POSIX terminal, we 
 off canonical mode and echo for the time of one read, and do the little line editing a
 chat prompt needs ourselves: Backspace, Ctrl+U (erase the line), Ctrl+W (erase a word),
 Ctrl+D on an empty line (end of input). Escape sequences (arrow keys, Home, F-keys) are
-swallowed instead of typed. Ctrl+C and Ctrl+Z stay the terminal's (ISIG is left on); after a Ctrl+Z, `fg` gets the
-raw mode and the line back.
+swallowed instead of typed. Ctrl+C and Ctrl+Z stay the terminal's (ISIG is left on);
+after a Ctrl+Z, `fg` gets the raw mode and the line back.
 """
 from __future__ import annotations
 
