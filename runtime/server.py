@@ -903,6 +903,19 @@ def bind(host: str, port: int) -> tuple[_ThreadingServer, int]:
     raise OSError(f"cannot listen on {host} ports {ports[0]}..{ports[-1]}: {last}")
 
 
+def _why_not(host: str, port: int) -> str:
+    """Why bind() passed over `port`, in a few words: mostly another program has it; a
+    port below 1024 may need administrator rights instead."""
+    try:
+        server = _ThreadingServer6 if ":" in host else _ThreadingServer
+        server((host, port), _Handler).server_close()
+    except PermissionError:
+        return "reserved for administrators"
+    except OSError:
+        pass
+    return "busy"
+
+
 def _is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
@@ -1023,8 +1036,8 @@ class Server:
         self.state.model_id = Path(os.fspath(model_path)).stem
         self.httpd, self.port = bind(host, port)
         if port and self.port != port:
-            self.log(f"chatfile: port {port} is busy; using {self.port} instead (the chat "
-                     f"page keeps its saved chats per port)")
+            self.log(f"chatfile: port {port} is {_why_not(host, port)}; using {self.port} "
+                     f"instead (the chat page keeps its saved chats per port)")
         self.url = f"http://{_display_host(host)}:{self.port}/"
         self.httpd.set_app(wrap_app(build_app(self.state), self.state))
         self.stop_on_load_error = False

@@ -13,6 +13,7 @@ import socket
 import threading
 import time
 import urllib.parse
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -591,7 +592,27 @@ def test_busy_port_moves_to_the_next_free_one():
         busy = s.getsockname()[1]
         srv, port = server.bind("127.0.0.1", busy)
         srv.server_close()
+        assert server._why_not("127.0.0.1", busy) == "busy"
     assert port != busy and busy < port <= busy + server.PORT_TRIES
+
+
+def test_a_port_reserved_for_administrators_is_not_called_busy():
+    """`--port 1010` without the right to it said "port 1010 is busy; using 1024"."""
+    import shutil
+    import subprocess
+    import sys
+    from tests.e2e.conftest import ROOT
+    if not shutil.which("setpriv"):
+        pytest.skip("setpriv (util-linux) is needed to drop the right to low ports")
+    start = Path("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+    if start.exists() and int(start.read_text()) <= 1010:
+        pytest.skip("this kernel lets anyone bind port 1010")
+    code = "from runtime import server; print(server._why_not('127.0.0.1', 1010))"
+    r = subprocess.run(["setpriv", "--bounding-set=-net_bind_service",
+                        "--inh-caps=-net_bind_service", sys.executable, "-c", code],
+                       cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                       capture_output=True, text=True, timeout=60)
+    assert r.stdout.strip() == "reserved for administrators", r.stdout + r.stderr
 
 
 def test_a_burst_of_connections_waits_for_a_busy_accept_loop():
