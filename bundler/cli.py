@@ -8,6 +8,7 @@ import os
 import shlex
 import sys
 import time
+import unicodedata
 from pathlib import Path
 
 from runtime.cli import is_special_file
@@ -147,6 +148,12 @@ def cmd_bundle(a) -> int:
         baked, template_file = _embed_template(baked)
     except ValueError as e:  # TemplateError is one
         print(f"chatfile: error: --args: {e}", file=sys.stderr)
+        return 2
+    if any(unicodedata.category(ch) == "Cc" for ch in a.title or ""):
+        # A newline or an escape sequence would show as such in the page's header and in
+        # the terminal that prints it (`--info`), on every machine the bundle goes to.
+        print(f"chatfile: error: --title {a.title!r} holds control characters (a newline, "
+              f"a tab, an escape); give it on one line", file=sys.stderr)
         return 2
     try:  # the trailer's size limit, before a possibly long stub build
         encode_trailer(Trailer(gguf_offset=0, gguf_size=0, sha256="0" * 64, args=tuple(baked),

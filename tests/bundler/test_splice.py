@@ -516,3 +516,14 @@ def test_a_value_with_spaces_in_args_is_told_to_be_quoted(tmp_path):
     assert r.returncode == 2 and "unrecognized arguments: brief." in r.stderr, r.stderr
     assert "quote a value that has spaces: --args \"--system 'Be brief.'\"" in r.stderr
     assert not (tmp_path / "out.pyz").exists()
+
+
+def test_a_title_with_control_characters_is_refused(tmp_path):
+    """`--title $'My chat\\n'` or one with an escape sequence was baked in as it was, and
+    printed raw by `--info` on every machine the bundle went to."""
+    for title in ("My chat\n", "a\x1b[31mred", "tab\there"):
+        r = subprocess.run([sys.executable, "-m", "bundler.cli", "bundle", MODEL, "--format", "pyz",
+                            "-o", tmp_path / "out.pyz", "--title", title], capture_output=True,
+                           text=True, cwd=Path(__file__).resolve().parents[2], timeout=60)
+        assert r.returncode == 2 and "holds control characters" in r.stderr, (title, r.stderr)
+        assert not (tmp_path / "out.pyz").exists()
