@@ -11,7 +11,6 @@ import time
 import unicodedata
 from pathlib import Path
 
-from runtime.cli import is_special_file
 from runtime.embedded import (BundleError, Trailer, encode_trailer, interrupt_on_termination,
                               read_trailer)
 
@@ -113,6 +112,7 @@ def _embed_template(baked: list[str]) -> tuple[list[str], str | None]:
     without one), so that later checks of the template can name the user's file.
     Raises ValueError."""
     from runtime import cli as runtime_cli
+    from runtime.chat_template import load_template_file
 
     out, i, path = [], 0, None
     while i < len(baked):
@@ -121,7 +121,7 @@ def _embed_template(baked: list[str]) -> tuple[list[str], str | None]:
             if not eq:
                 i += 1
                 value = baked[i]  # (the parser made sure that it has one)
-            text, path = runtime_cli.read_template_file(value), value
+            text, path = load_template_file(value), value
             out.append(f"{runtime_cli.TEMPLATE_TEXT_FLAG}={text}")
         else:
             out.append(baked[i])
@@ -129,6 +129,13 @@ def _embed_template(baked: list[str]) -> tuple[list[str], str | None]:
     # (An abbreviation such as --chat-t never gets here: it could also be the hidden
     # --chat-template-text, so _check_baked_args has already refused it as ambiguous.)
     return out, path
+
+
+def _special_file(path: str) -> bool:
+    """A path that exists but is neither a regular file nor a directory: a FIFO (reading
+    one blocks forever) or a device (an output renamed into place would replace it: `-o
+    /dev/null` run as root replaced the system's /dev/null)."""
+    return os.path.exists(path) and not (os.path.isfile(path) or os.path.isdir(path))
 
 
 def cmd_bundle(a) -> int:
@@ -165,7 +172,7 @@ def cmd_bundle(a) -> int:
         print("chatfile: error: -o needs a file name, not an empty one", file=sys.stderr)
         return 2
     for what, path in (("model", a.model), ("stub", a.stub)):
-        if path and is_special_file(path):
+        if path and _special_file(path):
             print(f"chatfile: error: the {what} {path} is not a regular file (a pipe or a "
                   f"device); give the file itself", file=sys.stderr)
             return 1
@@ -177,7 +184,7 @@ def cmd_bundle(a) -> int:
         print(f"chatfile: error: {e}", file=sys.stderr)
         return 1
     out = a.output or _default_output(a.model, a.format)
-    if is_special_file(out):  # even with --force
+    if _special_file(out):  # even with --force
         print(f"chatfile: error: {out} is not a regular file (a device or a pipe); give the "
               f"bundle's file name with -o", file=sys.stderr)
         return 1
@@ -229,7 +236,7 @@ def cmd_stub(a) -> int:
     if a.output == "":  # it would read as not given
         print("chatfile: error: -o needs a file name, not an empty one", file=sys.stderr)
         return 2
-    if a.output and is_special_file(a.output):
+    if a.output and _special_file(a.output):
         print(f"chatfile: error: {a.output} is not a regular file (a device or a pipe); give "
               f"the stub's file name with -o", file=sys.stderr)
         return 1

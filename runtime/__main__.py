@@ -21,7 +21,8 @@ import time
 import zipfile
 from pathlib import Path
 
-from runtime.cli import build_parser, describe_args, hidden_flag, is_baked_template
+from runtime.cli import (build_parser, describe_args, hidden_flag, is_baked_template,
+                         stdout_is_open)
 from runtime.embedded import (BundleError, Trailer, extract, interrupt_on_termination,
                               read_trailer, verify)
 
@@ -197,9 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         print(e, file=sys.stderr)
         return 2
     shows = next((f"--{k}" for k in ("help", "version", "licenses") if own[k]), None)
-    if shows and sys.stdout is None:  # started with stdout closed (`>&-`)
-        print(f"chatfile: error: stdout is closed, so {shows} could show nothing; run it in "
-              f"a terminal or send its output to a file (> out.txt)", file=sys.stderr)
+    if shows and not stdout_is_open(shows):
         return 2
     if own["version"]:  # even from a damaged bundle: it is the runtime's, not the model's
         from runtime import __version__

@@ -30,6 +30,7 @@ import functools
 import json
 import os
 import re
+import stat
 import string
 import sys
 import threading
@@ -830,9 +831,14 @@ MAX_TEMPLATE_FILE_BYTES = 1 << 20
 
 def load_template_file(path: str | os.PathLike) -> str:
     """Reads a user's template override (UTF-8, a leading BOM dropped) and checks that it
-    compiles. Raises TemplateError for a missing, unreadable, oversized or broken file."""
+    compiles. Raises TemplateError for a missing, unreadable, oversized or broken file,
+    and for a FIFO or a device, whose read would wait until something writes to it."""
     try:
-        size_bytes = os.path.getsize(path)
+        info = os.stat(path)
+        if not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
+            raise TemplateError(f"chat template file {path} is not a regular file (a pipe or "
+                                f"a device); give a file that holds the template")
+        size_bytes = info.st_size
         if size_bytes > MAX_TEMPLATE_FILE_BYTES:
             raise TemplateError(f"chat template file {path} is {size_bytes} bytes, over the "
                                 f"{MAX_TEMPLATE_FILE_BYTES} byte limit")

@@ -230,47 +230,24 @@ def _use_embedded_model(args) -> None:
 def _check_template_file(args, template: str) -> None:
     """The user's --chat-template must render a first message, as `chatfile bundle` checks
     a baked one: else every message would fail, and the page would not say that the
-    user's file is at fault. Only the GGUF's header is read (for the BOS/EOS texts); a
-    GGUF that cannot be read is left to the model's load, which says what is wrong."""
-    from runtime import gguf
-    from runtime.chat_template import TemplateError, render
+    user's file is at fault. It renders as the model will (Model.chat_prompt), from the
+    GGUF's header and vocabulary only; a GGUF that cannot be read is left to the model's
+    load, which says what is wrong."""
+    from runtime.chat_template import TemplateError
+    from runtime.model import Model
     try:
-        g = gguf.read(args.model, offset=args.gguf_offset, size=args.gguf_size, vocab_only=True)
+        model = Model.load(args.model, offset=args.gguf_offset, size=args.gguf_size,
+                           vocab_only=True, chat_template=template)
     except ValueError:
         return
     try:
-        tokens = g.metadata.get("tokenizer.ggml.tokens") or []
-
-        def text(key):
-            i = g.metadata.get(key)
-            return str(tokens[i]) if isinstance(i, int) and 0 <= i < len(tokens) else ""
-        render(template, [{"role": "user", "content": "Hello"}], fold_system=True,
-               bos_token=text("tokenizer.ggml.bos_token_id"),
-               eos_token=text("tokenizer.ggml.eos_token_id"))
+        model.chat_prompt([{"role": "user", "content": "Hello"}])
     except TemplateError as e:
         raise TemplateError(f"chat template file {args.chat_template} does not work with "
                             f"{args.model} ({e}); fix the file, or leave --chat-template "
                             f"out to use the model's own") from None
     finally:
-        g.close()
-
-
-def is_special_file(path: str) -> bool:
-    """A path that exists but is neither a regular file nor a directory: a FIFO (reading
-    one blocks forever) or a device (an output renamed into place would replace it: `-o
-    /dev/null` run as root replaced the system's /dev/null). Also used by the bundler."""
-    return os.path.exists(path) and not (os.path.isfile(path) or os.path.isdir(path))
-
-
-def read_template_file(path: str) -> str:
-    """runtime.chat_template.load_template_file, after refusing what is not a file: a
-    FIFO would block the read until something writes to it, forever as a rule.
-    Raises TemplateError (a ValueError). Also used by `chatfile bundle`."""
-    from runtime.chat_template import TemplateError, load_template_file
-    if is_special_file(path):
-        raise TemplateError(f"chat template file {path} is not a regular file (a pipe or a "
-                            f"device); give a file that holds the template")
-    return load_template_file(path)
+        model.gguf.close()
 
 
 def _listen_problem(host: str, port: int) -> str | None:
@@ -280,22 +257,29 @@ def _listen_problem(host: str, port: int) -> str | None:
     import errno
     import socket
 
-    from runtime.server import PORT_TRIES
+    from runtime.server import PORT_TRIES, bind_error
     remedy = ("use --host 127.0.0.1 (this machine only) or --host 0.0.0.0 (every network "
               "interface)")
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET  # as the server decides
-    try:
-        with socket.socket(family, socket.SOCK_STREAM) as s:
-            s.bind((host, port))
-    except socket.gaierror:
+    e = bind_error(host, port)
+    if isinstance(e, socket.gaierror):
         return f"cannot listen on {host}: no such address or host name; {remedy}"
-    except OSError as e:
-        if e.errno == errno.EADDRNOTAVAIL:
-            return f"cannot listen on {host}: it is not an address of this machine; {remedy}"
-        if e.errno == errno.EACCES and port + PORT_TRIES < 1024:  # none the server tries is allowed
-            return (f"cannot listen on port {port}: ports below 1024 need administrator "
-                    f"rights; use a port of 1024 or above, such as --port 8080")
+    if e is not None and e.errno == errno.EADDRNOTAVAIL:
+        return f"cannot listen on {host}: it is not an address of this machine; {remedy}"
+    if e is not None and e.errno == errno.EACCES and port + PORT_TRIES < 1024:
+        # (none of the ports the server would try is allowed)
+        return (f"cannot listen on port {port}: ports below 1024 need administrator "
+                f"rights; use a port of 1024 or above, such as --port 8080")
     return None
+
+
+def stdout_is_open(what: str) -> bool:
+    """False, after saying so, when the process was started with stdout closed (`>&-`):
+    `what` (a command, a bundle's --licenses) would show nothing. Also used by a bundle."""
+    if sys.stdout is not None:
+        return True
+    print(f"chatfile: error: stdout is closed, so {what} could show nothing; run it in a "
+          f"terminal or send its output to a file (> out.txt)", file=sys.stderr)
+    return False
 
 
 def _dispatch(args) -> int:
@@ -306,9 +290,7 @@ def _dispatch(args) -> int:
                 "a symbolic link that leads nowhere" if os.path.islink(args.model) else
                 "no such file")
         raise FileNotFoundError(f"cannot open {args.model}: {what}")
-    if sys.stdout is None and args.command != "run":  # started with stdout closed (`>&-`)
-        print(f"chatfile: error: stdout is closed, so {args.command} could show nothing; "
-              f"run it in a terminal or send its output to a file (> out.txt)", file=sys.stderr)
+    if args.command != "run" and not stdout_is_open(args.command):
         return 2
     if args.gguf_offset == 0 and args.gguf_size is None:
         _use_embedded_model(args)
@@ -321,7 +303,8 @@ def _dispatch(args) -> int:
         return run_bench(args)
     template = getattr(args, "chat_template_text", None)
     if args.chat_template:  # given when the bundle is run: it wins over a baked one
-        template = read_template_file(args.chat_template)
+        from runtime.chat_template import load_template_file
+        template = load_template_file(args.chat_template)
         _check_template_file(args, template)
     if args.command == "run":
         from runtime.server import serve

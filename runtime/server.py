@@ -108,6 +108,10 @@ def build_app(st: State) -> bottle.Bottle:
         r.content_type = "application/json"
         return r
 
+    def fail_with(e: ApiError):
+        headers = STATUS_HEADERS.get(e.status) if e.headers is None else e.headers
+        return fail(e.status, e.message, e.type, headers=headers)
+
     def ok(obj, status=200):
         bottle.response.content_type = "application/json"
         bottle.response.status = status
@@ -143,8 +147,7 @@ def build_app(st: State) -> bottle.Bottle:
                     body = parse_json(bottle.request.environ.get("chatfile.body", b""))
                 return fn(model, body, *a, **kw)
             except ApiError as e:
-                headers = STATUS_HEADERS.get(e.status) if e.headers is None else e.headers
-                return fail(e.status, e.message, e.type, headers=headers)
+                return fail_with(e)
             except ContextOverflowError as e:
                 return fail(400, str(e), "invalid_request_error")
             except EngineBusy as e:
@@ -614,7 +617,7 @@ def build_app(st: State) -> bottle.Bottle:
         try:
             check_auth()
         except ApiError as e:
-            return fail(e.status, e.message, e.type, headers=STATUS_HEADERS.get(e.status))
+            return fail_with(e)
         st.quit()
         return ok({"stopping": True})
 
@@ -889,7 +892,7 @@ def bind(host: str, port: int) -> tuple[_ThreadingServer, int]:
     65535). port 0: any. An IPv6 address (::1, ::) gets an IPv6 socket; a name, IPv4."""
     if not 0 <= port <= 65535:
         raise OSError(f"port {port} is not between 0 and 65535")
-    server = _ThreadingServer6 if ":" in host else _ThreadingServer
+    server = _server_class(host)
     last = port if port == 0 else min(port + PORT_TRIES, 65535)
     ports = range(port, last + 1)
     last = None
@@ -903,16 +906,25 @@ def bind(host: str, port: int) -> tuple[_ThreadingServer, int]:
     raise OSError(f"cannot listen on {host} ports {ports[0]}..{ports[-1]}: {last}")
 
 
+def _server_class(host: str) -> type[_ThreadingServer]:
+    return _ThreadingServer6 if ":" in host else _ThreadingServer
+
+
+def bind_error(host: str, port: int) -> OSError | None:
+    """What binding host:port alone, as bind() binds it, raises; None if it can be bound
+    (the socket is closed again). Also used by runtime.cli to check --host and --port."""
+    try:
+        _server_class(host)((host, port), _Handler).server_close()
+    except OSError as e:
+        return e
+    return None
+
+
 def _why_not(host: str, port: int) -> str:
     """Why bind() passed over `port`, in a few words: mostly another program has it; a
     port below 1024 may need administrator rights instead."""
-    try:
-        server = _ThreadingServer6 if ":" in host else _ThreadingServer
-        server((host, port), _Handler).server_close()
-    except PermissionError:
+    if isinstance(bind_error(host, port), PermissionError):
         return "reserved for administrators"
-    except OSError:
-        pass
     return "busy"
 
 
