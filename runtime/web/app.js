@@ -850,7 +850,9 @@
         updateButtons();
         updateContextUse();
         whenNotSelecting($("messages"), function () {
-          if (c === current() && !state.busy) renderAll(true);
+          if (c !== current() || state.busy) return; // (another chat, or a new reply, drew it)
+          renderMessages(true);
+          updateButtons(); // (the redrawn messages' Edit and Regenerate)
         });
       } else {
         // The user moved to another chat (or deleted this one) while it streamed: that
