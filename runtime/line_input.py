@@ -9,6 +9,11 @@ chat prompt needs ourselves: Backspace, Ctrl+U (erase the line), Ctrl+W (erase a
 Ctrl+D on an empty line (end of input). Escape sequences (arrow keys, Home, F-keys) are
 swallowed instead of typed. Ctrl+C and Ctrl+Z stay the terminal's (ISIG is left on);
 after a Ctrl+Z, `fg` gets the raw mode and the line back.
+
+The screen is kept matching the line: the editor knows the row and column where each
+character ends (wide East Asian characters and most emoji take two columns, combining
+marks none, a tab the spaces to the next tab stop), so an erase can go back up across
+the rows a long line wrapped into, and a resized terminal gets the line drawn again.
 """
 from __future__ import annotations
 
@@ -22,13 +27,36 @@ from collections import deque
 
 BACKSPACES = ("\x7f", "\x08")
 CTRL_D, CTRL_U, CTRL_W, ESC = "\x04", "\x15", "\x17", "\x1b"
+CSI = ESC + "["
+TAB_STOP_COLS = 8     # where a terminal's tab stops are, and so where a typed tab shows to
+DEFAULT_COLS = 80     # for a terminal that does not tell its width (a pty nobody sized)
+IDLE_S = 0.2          # how often the wait for a key looks at the terminal's size
 
 
 def _width(ch: str) -> int:
-    """Columns a character takes on a terminal: 2 for wide East Asian, 0 for combining."""
-    if unicodedata.combining(ch):
+    """Columns a character takes on a terminal, as wcwidth() counts them: 2 for wide East
+    Asian ones (CJK, most emoji), 0 for combining marks and other zero-width ones
+    (variation selectors, joiners, the medial and final jamo of a Hangul syllable), 1 for
+    the rest."""
+    if ch == "\u00ad":  # the soft hyphen is a format character, but terminals show it
+        return 1
+    if unicodedata.category(ch) in ("Mn", "Me", "Cf") or "\u1160" <= ch <= "\u11ff":
         return 0
     return 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
+
+
+def _is_text(ch: str) -> bool:
+    # A tab is kept (pasted code keeps its tabs); other control characters, C1 ones
+    # (U+0080-U+009F, which some terminals obey as escapes) too, are dropped.
+    return ch == "\t" or (ch >= " " and unicodedata.category(ch) != "Cc")
+
+
+def _columns(fd: int) -> int:
+    try:
+        cols = os.get_terminal_size(fd).columns
+    except OSError:
+        cols = 0
+    return max(cols, 2) if cols else DEFAULT_COLS  # 2: a wide character must fit a row
 
 
 def raw_line_reader(fd: int, out, encoding: str | None = None):
@@ -51,28 +79,30 @@ def raw_line_reader(fd: int, out, encoding: str | None = None):
         raw = termios.tcgetattr(fd)
         raw[3] &= ~(termios.ICANON | termios.ECHO)  # lflag; \r -> \n (ICRNL) stays on
         raw[6][termios.VMIN], raw[6][termios.VTIME] = 1, 0  # wait for at least one byte
-        line: list[str] = []  # typed so far: shown again after a Ctrl+Z and `fg`
+        shown = _Shown(prompt, lambda: _columns(fd), getattr(out, "encoding", None))
 
         def back_from_stop(signum, frame):
             # The shell hands the terminal back after `fg` in its own (canonical) modes.
+            # The line is shown again by the loop below: a handler that wrote now could
+            # land in the middle of an echo.
             termios.tcsetattr(fd, termios.TCSANOW, raw)
-            _show(out, "\n" + prompt + "".join(line))
+            shown.stopped = True
         on_sigcont = _handle(signal.SIGCONT, back_from_stop)
         try:
             # Raw before the prompt shows: a Ctrl+D typed in canonical mode is an end-of-
             # file mark, not a byte, and switching modes after it would lose it.
             termios.tcsetattr(fd, termios.TCSANOW, raw)
-            out.write(prompt)
-            out.flush()
+            _show(out, shown.draw())
             def read_text():
                 # Back to Python code every 0.2 s while waiting: the SIGCONT of `fg` can
                 # reach another thread (the stopped main thread is passed over), and its
-                # handler runs only when this one does.
-                while not select.select([fd], [], [], 0.2)[0]:
-                    pass
+                # handler runs only when this one does. A resized terminal, or `fg`, gets
+                # the line drawn again then, without waiting for a key.
+                while not select.select([fd], [], [], IDLE_S)[0]:
+                    _show(out, shown.refit())
                 data = os.read(fd, 65536)
                 return decoder.decode(data) if data else None
-            return _edit(read_text, out, pending, line)
+            return _edit(read_text, shown, pending, out)
         except KeyboardInterrupt:
             pending.clear()
             raise
@@ -91,10 +121,10 @@ def _handle(signum, handler):
     return signal.signal(signum, handler)
 
 
-def _edit(read_text, out, pending: deque[str], line: list[str]) -> str:
-    """Apply keys to `line` until the end of a line, and return it; what comes after it
-    stays in `pending`. read_text() returns the next decoded text ("" when only part of a
-    character came), None at the end of input."""
+def _edit(read_text, shown: "_Shown", pending: deque[str], out) -> str:
+    """Apply keys to the line `shown` until the end of a line, and return it; what comes
+    after it stays in `pending`. read_text() returns the next decoded text ("" when only
+    part of a character came), None at the end of input."""
     escape = ""  # an escape sequence being swallowed, from its ESC
     while True:
         if not pending:
@@ -102,7 +132,9 @@ def _edit(read_text, out, pending: deque[str], line: list[str]) -> str:
             if text is None:
                 raise EOFError  # the terminal went away
             pending.extend(text)
-        echo: list[str] = []  # written once per chunk: a long paste echoes at once
+        # Written once per chunk: a long paste echoes at once. A resize since the last
+        # chunk is drawn first, at the width the keys after it are shown at.
+        echo: list[str] = [shown.refit()]
         try:
             while pending:
                 ch = pending.popleft()
@@ -117,38 +149,165 @@ def _edit(read_text, out, pending: deque[str], line: list[str]) -> str:
                         escape = ""
                     continue
                 if ch == "\n":
-                    echo.append("\n")
-                    return "".join(line)
+                    echo.append(shown.finish())
+                    return shown.text()
                 if ch == ESC:
                     escape = ch
                 elif ch in BACKSPACES:
-                    if line:
-                        echo.append(_erase(line.pop()))
+                    echo.append(shown.erase(1))
                 elif ch == CTRL_U:
-                    echo.extend(_erase(line.pop()) for _ in range(len(line)))
+                    echo.append(shown.erase(len(shown.units)))
                 elif ch == CTRL_W:
-                    while line and line[-1].isspace():
-                        echo.append(_erase(line.pop()))
-                    while line and not line[-1].isspace():
-                        echo.append(_erase(line.pop()))
+                    echo.append(shown.erase(_last_word_units(shown.units)))
                 elif ch == CTRL_D:
-                    if not line:
+                    if not shown.units:
                         raise EOFError
-                elif ch == "\t" or ch >= " ":
-                    line.append(ch)
-                    echo.append(ch)
-                # Other control characters are not text: dropped.
+                elif _is_text(ch):
+                    echo.append(shown.add(ch))
         finally:
             _show(out, "".join(echo))
 
 
+def _last_word_units(units: list[str]) -> int:
+    """How many units at the end Ctrl+W erases: the spaces there, and the word before."""
+    n = len(units)
+    while n and units[n - 1][0].isspace():
+        n -= 1
+    while n and not units[n - 1][0].isspace():
+        n -= 1
+    return len(units) - n
+
+
+class _Shown:
+    """The prompt and the line as the terminal shows them, and what to write to keep the
+    screen matching the line (each method returns it).
+
+    The line is a list of units: a character with the zero-width ones that follow it (an
+    accent, a variation selector), which show in one cell and go with one Backspace.
+    ends[0] is where the prompt ends, ends[i + 1] where units[i] does, as (row, column)
+    counted from the prompt's first cell at the width the line was drawn at. The cursor
+    always stands at ends[-1]. A row filled to its last column is followed by " \r":
+    terminals keep the cursor on the last column until the next character (and a
+    Backspace or a move from there lands one column short), the space makes the wrap
+    happen, so the cursor is truly where ends[-1] says, on a row that exists (a CSI B
+    would not scroll a new one in)."""
+
+    def __init__(self, prompt: str, columns, encoding: str | None):
+        self.prompt = prompt
+        self.columns = columns   # function() -> the terminal's width now
+        self.encoding = encoding or "utf-8"
+        self.units: list[str] = []
+        self.ends = [(0, 0)]
+        self.width_cols = columns()
+        self.stopped = False     # set after Ctrl+Z and `fg`: show it all again
+
+    def text(self) -> str:
+        return "".join(self.units)
+
+    def draw(self) -> str:
+        """Prompt and line, from the first column of the row the cursor is on."""
+        self.width_cols = self.columns()
+        shown, self.ends[0] = self._place(self.prompt, (0, 0))
+        return shown + self._place_units(0)
+
+    def finish(self) -> str:
+        """What Enter writes: the cursor goes to the start of the next row. After a row
+        filled to its end the cursor already stands on a new empty row, and a newline
+        there would leave it empty above the answer: the last character is written again
+        instead, which leaves the cursor on the full row, and the newline goes from there."""
+        k = len(self.units) - 1
+        if k < 0 or self.ends[-1][1] or self.ends[-1][0] == self.ends[k][0]:
+            return "\n"
+        shown, _ = self._place(self.units[k], self.ends[k])
+        return self._back_to(k) + shown.removesuffix(" \r") + "\n"
+
+    def refit(self) -> str:
+        """The line drawn again if the terminal was resized, or stopped and continued."""
+        if self.stopped:
+            self.stopped = False
+            return "\n" + self.draw()   # the shell wrote below it meanwhile
+        if self.columns() == self.width_cols:
+            return ""
+        # Some terminals rewrap the rows a long line wrapped into (VTE, Konsole, kitty,
+        # Windows Terminal), others cut or pad them (xterm): the cursor's row in the line
+        # is then its row at the new width or at the old one, and nothing tells which. Go
+        # up the rows both have: never into the conversation above, at the price of a
+        # stale copy of the line's first rows in the other case.
+        rows_old = self.ends[-1][0]
+        shown = self.draw()
+        return self._home(min(rows_old, self.ends[-1][0])) + shown
+
+    def add(self, ch: str) -> str:
+        if _width(ch) == 0 and self.units:
+            # Written again with its character, so the terminal puts it in that cell, also
+            # when the character ended a row and the cursor went on to the next one.
+            k = len(self.units) - 1
+            self.units[k] += ch
+            return self._back_to(k) + self._place_units(k)
+        self.units.append(ch)
+        return self._place_units(len(self.units) - 1)
+
+    def erase(self, n: int) -> str:
+        """Erase the last n units."""
+        keep = len(self.units) - min(n, len(self.units))
+        if keep == len(self.units):
+            return ""
+        if not keep:
+            # From the prompt on: a zero-width character typed first sits on its last cell.
+            home = self._home(self.ends[-1][0])
+            del self.units[:]
+            return home + self.draw()
+        back = self._back_to(keep)
+        del self.units[keep:], self.ends[keep + 1:]
+        return back
+
+    def _home(self, rows_up: int) -> str:
+        """Up `rows_up` rows to the first column, and clear from there down."""
+        return (f"{CSI}{rows_up}A" if rows_up else "") + "\r" + CSI + "J"
+
+    def _back_to(self, k: int) -> str:
+        """From the cursor back to where units[k] begins, clearing all after it."""
+        row, col = self.ends[k]
+        up = self.ends[-1][0] - row
+        return ((f"{CSI}{up}A" if up else "") + "\r" + (f"{CSI}{col}C" if col else "")
+                + CSI + "J")
+
+    def _place_units(self, k: int) -> str:
+        """Show units[k:] from ends[k] (where the cursor is), noting where each ends."""
+        del self.ends[k + 1:]
+        parts = []
+        for unit in self.units[k:]:
+            shown, end = self._place(unit, self.ends[-1])
+            parts.append(shown)
+            self.ends.append(end)
+        return "".join(parts)
+
+    def _place(self, text: str, at: tuple[int, int]) -> tuple[str, tuple[int, int]]:
+        """What to write for `text` with the cursor at `at`, and where the cursor ends."""
+        row, col = at
+        width = self.width_cols
+        if text.startswith("\t"):  # the spaces to the next tab stop; a tab never wraps
+            text = " " * min(TAB_STOP_COLS - col % TAB_STOP_COLS, width - col) + text[1:]
+        # What the terminal's encoding cannot show is shown as "?" (and counted so).
+        text = text.encode(self.encoding, "replace").decode(self.encoding)
+        filled = False
+        for ch in text:
+            w = _width(ch)
+            if not w:
+                continue
+            if col + w > width:  # a wide character that does not fit wraps whole
+                row, col = row + 1, 0
+            col += w
+            filled = col == width
+            if filled:
+                row, col = row + 1, 0
+        return (text + " \r" if filled else text), (row, col)
+
+
 def _show(out, text: str) -> None:
+    if not text:
+        return
     encoding = getattr(out, "encoding", None) or "utf-8"
     # A character the terminal's encoding cannot show is echoed as "?", not a crash.
     out.write(text.encode(encoding, "replace").decode(encoding))
     out.flush()
-
-
-def _erase(ch: str) -> str:
-    n = _width(ch)
-    return "\b" * n + " " * n + "\b" * n
