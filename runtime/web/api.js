@@ -68,18 +68,21 @@
   }
 
   /* -> {status: "ok"}, {status: "loading", progress} or {status: "error", message};
-   * 503 is a normal answer here. */
+   * each with `instance` when the server names itself (which model, which options: it
+   * changes when the server is started again with another). 503 is a normal answer. */
   async function health() {
     var resp = await request("health");
     var body = {};
     try { body = await resp.json(); } catch (e) { /* empty body */ }
+    if (!body || typeof body !== "object") body = {};
+    var instance = typeof body.instance === "string" ? body.instance : "";
     if (resp.status === 503 && body.status === "error") {
       return { status: "error", message: String(body.message || (body.error && body.error.message) || "unknown error"),
-               canQuit: body.can_quit === true };
+               canQuit: body.can_quit === true, instance: instance };
     }
-    if (resp.status === 503) return { status: "loading", progress: Number(body.progress) || 0 };
+    if (resp.status === 503) return { status: "loading", progress: Number(body.progress) || 0, instance: instance };
     if (!resp.ok) throw await errorFrom(resp);
-    return { status: body.status || "ok" };
+    return { status: body.status || "ok", instance: instance };
   }
 
   /* Number of tokens in `text`, or null when the server can't tell us. */

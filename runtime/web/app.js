@@ -13,13 +13,21 @@
   var PER_MESSAGE_OVERHEAD_TOK = 8;
   var PROMPT_OVERHEAD_TOK = 8; // BOS plus the assistant header of the generation prompt
   var HEALTH_POLL_MS = 400;
-  var SERVER_GONE_POLL_MS = 2000;
+  // Watching the server once the chat is open (see watchServer): a check now and then
+  // while it answers, and while it does not, checks that back off from 1 s to 10 s. A
+  // hidden tab makes none; it checks at once when it is shown again.
+  var ALIVE_POLL_MS = 5000;
+  var GONE_POLL_FIRST_MS = 1000;
+  var GONE_POLL_MAX_MS = 10000;
+  var RELOAD_POLL_MS = 1000; // a server started again that is still loading its model
   var TITLE_FROM_MESSAGE_CHARS = 40;
   // Reloading the page while the server is down only shows the browser's error page;
   // once it runs again, Retry (or a new message) works in the page as it is.
   var MSG_SERVER_GONE = "The chatfile server is not running. Start it again (for example `chatfile run`), then press Retry or send your message again.";
   var MSG_SERVER_GONE_MIDWAY = "The chatfile server stopped in the middle of this reply. Start it again (for example `chatfile run`), then press Regenerate or send a new message.";
   var MSG_SERVER_GONE_AT_START = "The chatfile server is not running. Start it again (for example `chatfile run`): this page connects by itself once it runs.";
+  var MSG_SERVER_DOWN = "The chatfile server is not running. Start it again (for example `chatfile run`): this page reconnects by itself, and keeps your chats and what you are typing.";
+  var MSG_SERVER_BACK = "chatfile is running again.";
   var MSG_NOT_SAVED = "This browser could not save the chats (its storage is full or turned off): new messages are not being kept.";
   var MSG_CONTEXT_FULL = "The conversation no longer fits in the model's context. Start a new chat, or edit your message to make it shorter.";
   var MSG_DROPPED = "Older messages were left out to fit the context.";
@@ -51,6 +59,18 @@
     streaming: null, // the reply being written, while it is
   };
 
+  // What the page knows of the server since the chat opened (see watchServer).
+  var link = {
+    down: false,      // it stopped answering, and has not answered since
+    loading: false,   // it answers, but is (re)loading its model
+    failed: false,    // it answers that its model failed to load
+    instance: null,   // /health's "instance": which model with which options
+    timer: null,      // the next check, when one is planned
+    checking: false,  // a check is under way
+    goneDelayMs: GONE_POLL_FIRST_MS, // the wait before the next check while it is down
+    stopped: false,   // Quit: the page stopped it on purpose, no more checks
+  };
+
   function $(id) { return document.getElementById(id); }
 
   /* ---------- small helpers ---------- */
@@ -67,9 +87,22 @@
     show($("notice"), !!all);
   }
 
-  function setError(text) {
+  /* kind "gone": the error says the server is not running; "failed": that its model
+   * failed to load. Either goes once the server answers again (see serverBack). */
+  var errorKind = "";
+  function setError(text, kind) {
+    errorKind = text ? kind || "" : "";
     $("error").textContent = text || "";
     show($("error"), !!text);
+  }
+
+  /* Another chat is shown: what was said about the last one goes, but not that the
+   * server is down, which is true of every chat. */
+  function clearChatMessages() {
+    setNotice("");
+    if (link.down) setError(MSG_SERVER_DOWN, "gone");
+    else if (!link.failed) setError(""); // (the model that failed to load still has)
+    $("tps").textContent = "";
   }
 
   function sleep(ms) { return new Promise(function (r) { setTimeout(r, ms); }); }
@@ -232,6 +265,7 @@
    * stays this tab's object (the reply streams into it); so does the open chat if the
    * other tab did not change it, so that an edit in progress is not redrawn away. */
   function onOtherTabSaved(e) {
+    if (e.key === Store.KEY_SETTINGS) { state.settings = Store.loadSettings(); updateContextUse(); return; }
     if (e.key !== Store.KEY_CONVS) return;
     var mine = current();
     var list = Store.loadConversations().filter(function (c) { return !state.forgotten[c.id]; });
@@ -240,6 +274,12 @@
       var i = list.findIndex(function (c) { return c.id === mine.id; });
       var same = i >= 0 && JSON.stringify(list[i].messages) === JSON.stringify(mine.messages);
       if (state.busy || same) {
+        // A rename there (a later change than this tab's) is kept: this tab's next
+        // save would otherwise put the old title back.
+        if (i >= 0 && list[i].updated > mine.updated) {
+          mine.title = list[i].title;
+          mine.updated = list[i].updated;
+        }
         if (i >= 0) list[i] = mine; else list.unshift(mine);
         redraw = false;
       }
@@ -250,7 +290,7 @@
       redraw = moved = true;
     }
     // The same chat, grown in the other tab: a reader scrolled up in it stays put.
-    if (redraw) renderAll(!moved); else renderSidebar();
+    if (redraw) renderAll(!moved); else { renderHeader(); renderSidebar(); }
   }
 
   function newConversation() {
@@ -265,14 +305,19 @@
 
   function selectConversation(id) {
     if (id === state.currentId) { closeSidebar(); return; } // (tapping it closes the menu)
+    var overlay = sidebarOpen();
     if (state.busy) stop();
     state.currentId = id;
     persist();
-    setNotice("");
-    setError("");
-    $("tps").textContent = "";
+    clearChatMessages();
     renderAll();
-    closeSidebar();
+    closeSidebar(); // (a phone's list: the focus goes to the message box)
+    // The list was drawn again, without the button that had the focus: the chosen chat's
+    // takes it, so that the keyboard stays in the list rather than on nothing.
+    if (!overlay) {
+      var active = $("conv-list").querySelector("[aria-current=true]");
+      if (active) active.focus();
+    }
   }
 
   async function renameCurrent() {
@@ -297,6 +342,7 @@
     state.currentId = state.convs.length ? state.convs[0].id : null;
     persist();
     renderAll();
+    if ($("delete-btn").disabled) $("input").focus(); // (the last chat went: not on nothing)
   }
 
   function exportCurrent(kind) {
@@ -314,7 +360,7 @@
         state.convs.unshift(conv);
         state.currentId = conv.id;
         persist();
-        setError(""); setNotice(""); $("tps").textContent = "";
+        clearChatMessages();
         renderAll();
         closeSidebar();
       } catch (e) {
@@ -395,7 +441,10 @@
     var list = document.createElement("div");
     list.className = "examples";
     EXAMPLES.forEach(function (text) {
-      list.appendChild(button(text, "example", "Send the example: " + text, function () { send(text); }));
+      list.appendChild(button(text, "example", "Send the example: " + text, function () {
+        send(text);
+        $("input").focus(); // (the examples are gone; as after Send)
+      }));
     });
     w.appendChild(h);
     w.appendChild(p);
@@ -522,8 +571,13 @@
       persist();
       renderAll();
       generate(c);
+      $("input").focus(); // (the edit box is gone; as after Send)
     }
-    function cancel() { renderMessages(true); } // back to the message, where it was
+    function cancel() { // back to the message, where it was, and to its Edit button
+      renderMessages(true);
+      var edit = $("messages").querySelector('[data-index="' + index + '"] [data-testid=edit]');
+      if (edit) edit.focus();
+    }
     row.appendChild(button("Cancel", "edit-cancel", "Cancel editing", cancel));
     row.appendChild(button("Send", "edit-send", "Send the edited message", submit));
     ta.addEventListener("keydown", function (e) {
@@ -830,7 +884,9 @@
         if (msg && msg.content) { msg.stopped = true; showSpeed({ chunks: pieces }, firstAt, lastAt); }
         else if (msg) c.messages.splice(c.messages.indexOf(msg), 1);
       } else {
-        setError(describeError(e));
+        var gone = e instanceof Api.ServerGoneError;
+        setError(describeError(e), gone ? "gone" : "");
+        if (gone) serverSeemsGone();
         // Keep the user's message; drop an empty reply so Regenerate/Edit can retry. A
         // reply cut off half way is kept, marked as stopped like one the user stopped.
         if (msg && !msg.content) c.messages.splice(c.messages.indexOf(msg), 1);
@@ -877,22 +933,145 @@
 
   /* ---------- layout: phone sidebar, textarea ---------- */
 
+  function sidebarOpen() { return document.body.classList.contains("sidebar-open"); }
+
+  /* At phone width the list of chats slides over the chat. The focus goes into it, and
+   * the chat behind is inert meanwhile: Tab would otherwise walk the buttons hidden
+   * under the scrim. */
   function openSidebar() {
     document.body.classList.add("sidebar-open");
     show($("scrim"), true);
     $("menu-btn").setAttribute("aria-expanded", "true");
+    var active = $("conv-list").querySelector("[aria-current=true]");
+    (active || $("new-chat")).focus();
+    document.querySelector("main").inert = true; // (after the focus has left it)
   }
 
-  function closeSidebar() {
+  /* focusMenu: closed by ✕, the scrim or Escape, the focus goes back to ☰. Otherwise
+   * (a chat was chosen, Settings opened) it goes to the message box if it was in the
+   * list, which is hidden now. */
+  function closeSidebar(focusMenu) {
+    var wasOpen = sidebarOpen();
     document.body.classList.remove("sidebar-open");
     show($("scrim"), false);
     $("menu-btn").setAttribute("aria-expanded", "false");
+    document.querySelector("main").inert = false;
+    if (!wasOpen) return;
+    var f = document.activeElement;
+    if (focusMenu === true) $("menu-btn").focus();
+    else if (!f || f === document.body || $("sidebar").contains(f)) $("input").focus();
   }
 
   function autosize() {
     var ta = $("input");
     ta.style.height = "auto";
     ta.style.height = Math.min(ta.scrollHeight, 200) + "px";
+  }
+
+  /* ---------- watching the server ---------- */
+
+  /* A user may quit chatfile (or close its window) and start it again, maybe with
+   * another model, while this tab stays open. The page checks /health now and then and
+   * says so when the server is gone; when it answers again the page reads /props again
+   * (the header, the context size) and says it is back. The draft in the message box
+   * and the chats are never touched. /health is cheap: it never waits for the model. */
+  function watchServer() {
+    document.addEventListener("visibilitychange", function () {
+      // Hidden: no checks at all (a background tab must not poll for hours). Shown:
+      // check at once, the server may have been restarted meanwhile.
+      if (document.hidden) planCheck(null); else planCheck(0);
+    });
+    planCheck(ALIVE_POLL_MS);
+  }
+
+  /* The next check in `ms` (null: none), replacing any planned one. */
+  function planCheck(ms) {
+    clearTimeout(link.timer);
+    link.timer = null;
+    if (ms == null || link.stopped || document.hidden) return;
+    link.timer = setTimeout(checkServer, ms);
+  }
+
+  async function checkServer() {
+    link.timer = null;
+    if (link.checking || link.stopped || document.hidden) return;
+    link.checking = true;
+    var nextMs = ALIVE_POLL_MS;
+    try {
+      nextMs = await serverAnswered(await Api.health());
+    } catch (e) {
+      // Not ServerGoneError (a proxy's error page, say): the server is there; ask later.
+      if (e instanceof Api.ServerGoneError) nextMs = serverGone();
+    } finally {
+      link.checking = false;
+    }
+    if (!link.timer) planCheck(nextMs); // (unless something planned an earlier check)
+  }
+
+  /* The server did not answer. The first time, say so; then ask again, less and less
+   * often. -> the wait before the next check. */
+  function serverGone() {
+    if (!link.down) {
+      link.down = true;
+      link.goneDelayMs = GONE_POLL_FIRST_MS;
+      // A reply that failed already said it, in words about that reply: keep those.
+      if (errorKind !== "gone") setError(MSG_SERVER_DOWN, "gone");
+    } else {
+      link.goneDelayMs = Math.min(link.goneDelayMs * 2, GONE_POLL_MAX_MS);
+    }
+    return link.goneDelayMs;
+  }
+
+  /* A request failed for want of a server: check soon, rather than at the usual pace.
+   * (Only a check that fails makes it down: a server that answers it is there, and the
+   * error of the request that failed stays as it was said.) */
+  function serverSeemsGone() {
+    if (link.stopped || link.down || link.checking) return; // (down: the back-off goes on)
+    planCheck(GONE_POLL_FIRST_MS);
+  }
+
+  /* /health answered h. -> the wait before the next check. */
+  async function serverAnswered(h) {
+    var restarted = h.instance && link.instance && h.instance !== link.instance;
+    if (h.instance) link.instance = h.instance;
+    if (h.status === "loading") {
+      // Started again and loading its model: there is nothing to chat with yet.
+      link.loading = true;
+      setNotice("chatfile is starting again: loading the model… " + Math.round(h.progress * 100) + "%");
+      return RELOAD_POLL_MS;
+    }
+    if (h.status === "error") {
+      if (!link.failed) setError("The model failed to load: " + h.message, "failed");
+      link.failed = true;
+      link.down = link.loading = false;
+      return ALIVE_POLL_MS;
+    }
+    if (link.down || link.loading || link.failed || restarted) await serverBack();
+    return ALIVE_POLL_MS;
+  }
+
+  /* The server answers again (or is another one now): read it again, say so. */
+  async function serverBack() {
+    var wasOut = link.down || link.loading || link.failed;
+    var before = state.props ? String(state.props.model_name || "") : "";
+    link.down = link.loading = link.failed = false;
+    await loadProps(true);
+    var name = state.props ? String(state.props.model_name || "") : "";
+    var said = errorKind === "gone" || errorKind === "failed" ? $("error").textContent : "";
+    if (said) setError("");
+    var news = [];
+    if (wasOut) news.push(MSG_SERVER_BACK);
+    if (name && name !== before) news.push("The model is now " + name + ".");
+    // The error that goes named the button that now works: the notice names it instead.
+    if (said === MSG_SERVER_GONE) news.push("Press Retry to send your message again.");
+    if (said === MSG_SERVER_GONE_MIDWAY) news.push("Press Regenerate for a whole reply.");
+    var c = current();
+    if (news.length) setNotice(news.join(" "));
+    // Only what depends on the server is drawn again: a chat being read, edited or
+    // answered stays as it is. The first screen names the model.
+    renderHeader();
+    if (!c || !c.messages.length) renderMessages(true);
+    updateContextUse();
   }
 
   /* ---------- quitting ---------- */
@@ -904,10 +1083,17 @@
       { confirmOnly: true, okLabel: "Quit" });
     if (!ok) return;
     stop();
+    link.stopped = true; // (its absence from now on is no news)
+    planCheck(null);
     try {
       await withAuth(Api.quit);
     } catch (e) {
-      if (!(e instanceof Api.ServerGoneError)) { setError(describeError(e)); return; }
+      if (!(e instanceof Api.ServerGoneError)) {
+        link.stopped = false; // (it runs on: watch it again, as before)
+        if (!$("app").hidden) planCheck(ALIVE_POLL_MS);
+        setError(describeError(e));
+        return;
+      }
     }
     show($("app"), false);
     show($("loading"), true);
@@ -918,11 +1104,29 @@
 
   /* ---------- start-up ---------- */
 
+  /* Resolves after ms, or once the tab is shown again if it is hidden (then or later):
+   * a hidden tab asks the server nothing. */
+  function pause(ms) {
+    return sleep(ms).then(function () {
+      if (!document.hidden) return;
+      return new Promise(function (resolve) {
+        document.addEventListener("visibilitychange", function shown() {
+          if (document.hidden) return;
+          document.removeEventListener("visibilitychange", shown);
+          resolve();
+        });
+      });
+    });
+  }
+
   async function waitForServer() {
     var text = $("loading-text"), bar = $("load-progress");
+    var goneMs = GONE_POLL_FIRST_MS;
     for (;;) {
       try {
         var h = await Api.health();
+        goneMs = GONE_POLL_FIRST_MS;
+        if (h.instance) link.instance = h.instance;
         if (h.status === "error") {
           // Loading failed for good (bad file, out of memory): say why, stop polling.
           text.textContent = "The model failed to load: " + h.message;
@@ -933,12 +1137,13 @@
         if (h.status !== "loading") return true;
         text.textContent = "Loading the model… " + Math.round(h.progress * 100) + "%";
         bar.value = h.progress;
-        await sleep(HEALTH_POLL_MS);
+        await pause(HEALTH_POLL_MS);
       } catch (e) {
         if (e instanceof Api.ServerGoneError) {
           text.textContent = MSG_SERVER_GONE_AT_START; // (this loop keeps asking)
           bar.removeAttribute("value");
-          await sleep(SERVER_GONE_POLL_MS);
+          await pause(goneMs);
+          goneMs = Math.min(goneMs * 2, GONE_POLL_MAX_MS);
         } else {
           return true; // e.g. 401: /props will ask for the key
         }
@@ -959,6 +1164,8 @@
         state.modelKey = key;
       }
       state.props = p;
+      // It answers: a reply under way (a Retry) must not later be told the server is gone.
+      link.down = link.loading = link.failed = false;
       show($("quit-btn"), p.can_quit === true);
       state.nCtx = Number(p.n_ctx) || 0;
       var g = p.default_generation_settings || {};
@@ -987,12 +1194,14 @@
     });
     $("input").addEventListener("input", autosize);
     document.addEventListener("keydown", function (e) {
-      if (e.key === "Escape" && !e.isComposing && state.busy && !document.querySelector("dialog[open]")) stop();
+      if (e.key !== "Escape" || e.isComposing || e.defaultPrevented || document.querySelector("dialog[open]")) return;
+      if (sidebarOpen()) closeSidebar(true); // (the phone's list first: it is in front)
+      else if (state.busy) stop();
     });
     $("new-chat").addEventListener("click", function () {
       if (state.busy) stop();
       newConversation();
-      setNotice(""); setError(""); $("tps").textContent = "";
+      clearChatMessages();
       renderAll();
       closeSidebar();
       $("input").focus();
@@ -1021,14 +1230,18 @@
     $("menu-btn").addEventListener("click", function () {
       if (document.body.classList.contains("sidebar-open")) closeSidebar(); else openSidebar();
     });
-    $("close-sidebar").addEventListener("click", closeSidebar);
+    $("close-sidebar").addEventListener("click", function () { closeSidebar(true); });
+    // Wider than a phone again (a window made bigger, a phone turned): no overlay to close.
+    window.matchMedia("(max-width: 720px)").addEventListener("change", function (e) {
+      if (!e.matches) closeSidebar();
+    });
     window.addEventListener("storage", onOtherTabSaved);
     // Closing or reloading the tab mid-reply keeps all that has arrived, not only what
     // the last periodic save had.
     window.addEventListener("pagehide", function () {
       if (state.streaming && state.streaming.content) saveUnfinished(state.streaming);
     });
-    $("scrim").addEventListener("click", closeSidebar);
+    $("scrim").addEventListener("click", function () { closeSidebar(true); });
     $("quit-btn").addEventListener("click", quitServer);
     $("loading-quit").addEventListener("click", quitServer);
   }
@@ -1047,6 +1260,7 @@
     document.body.setAttribute("data-ready", "true");
     renderAll();
     $("input").focus();
+    watchServer();
   }
 
   start();

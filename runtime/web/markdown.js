@@ -26,12 +26,13 @@
 
   // Blocks of prose take their direction from their own first strong character, so an
   // Arabic or Hebrew paragraph reads right to left among English ones. Code stays LTR.
-  var AUTO_DIR = { p: 1, li: 1, h1: 1, h2: 1, h3: 1, h4: 1, h5: 1, h6: 1, td: 1, th: 1, blockquote: 1 };
+  // Set once a block is whole (see render): Chromium works out an element's direction
+  // again at every child added to it, so a line of 30,000 code spans took 10 s.
+  var AUTO_DIR = "p, li, h1, h2, h3, h4, h5, h6, td, th, blockquote";
 
   function el(tag, className) {
     var node = document.createElement(tag);
     if (className) node.className = className;
-    if (AUTO_DIR[tag]) node.dir = "auto";
     return node;
   }
 
@@ -46,6 +47,7 @@
   var RE_DEL = /~~(?=\S)([\s\S]*?\S)~~/y;
   // A URL may hold balanced parentheses, one level deep (Wikipedia's "Foo_(bar)").
   var RE_LINK = /\[([^\[\]\n]*)\]\(\s*<?((?:[^\s()<>]|\([^\s()<>]*\))*)>?(?:\s+"[^"\n]*")?\s*\)/y;
+  var RE_ANGLE_LINK = /<((?:https?:\/\/|mailto:)[^\s<>]+)>/iy;
   var RE_AUTOLINK = /(?:https?:\/\/|mailto:)(?:[^\s<>()"'`]|\([^\s<>()"'`]*\))*(?:[^\s<>()"'`.,;:!?*_~]|\([^\s<>()"'`]*\))/iy;
 
   function at(re, src, i) {
@@ -148,6 +150,15 @@
         }
         // Unsafe or relative target: the whole thing stays visible as plain text.
         buf += m[0]; i += m[0].length; continue;
+      }
+      // <https://…>: a link, shown without its angle brackets.
+      if (c === "<" && !inLink && (m = at(RE_ANGLE_LINK, src, i))) {
+        var angled = safeUrl(m[1]);
+        if (angled) {
+          flush();
+          makeLink(angled, parent).textContent = m[1];
+          i += m[0].length; continue;
+        }
       }
       if ((c === "h" || c === "H" || c === "m" || c === "M") && !inLink &&
           !isWordChar(src[i - 1]) && (m = at(RE_AUTOLINK, src, i))) {
@@ -258,6 +269,14 @@
     while (i < lines.length) {
       var line = lines[i];
       var m = RE_ITEM.exec(line);
+      if (!m && /^\s*$/.test(line)) {
+        // Blank lines between items, or before an item's indented code, as models often
+        // write steps: the list goes on (one list, numbered on, the code in its step).
+        var j = i + 1;
+        while (j < lines.length && /^\s*$/.test(lines[j])) j++;
+        if (j < lines.length && stack.length && listGoesOn(lines[j], stack[0])) { i = j; continue; }
+        break;
+      }
       if (!m) {
         // A non-blank, indented line continues the previous item's text.
         if (stack.length && /^\s+\S/.test(line)) {
@@ -306,6 +325,20 @@
       i += 1;
     }
     return { node: root, next: i };
+  }
+
+  /* Whether `line`, after a blank line, still belongs to the list whose outermost level
+   * is `root`: an item as deep or deeper (at root's depth, of the same kind: "1." after
+   * "-" starts a new list), or text indented under root's items (2 columns or more in
+   * from their markers; a paragraph indented by 1 is the text after the list). */
+  function listGoesOn(line, root) {
+    var m = RE_ITEM.exec(line);
+    if (m) {
+      var indent = indentWidth(m[1]);
+      return indent > root.indent || (indent === root.indent && /\d/.test(m[2]) === root.ordered);
+    }
+    var lead = /^(\s*)\S/.exec(line);
+    return !!lead && indentWidth(lead[1]) >= root.indent + 2;
   }
 
   /* ---------- tables (GitHub's pipe tables) ---------- */
@@ -416,6 +449,13 @@
   }
 
   function render(text) {
+    var frag = blocks(text);
+    frag.querySelectorAll(AUTO_DIR).forEach(function (node) { node.dir = "auto"; });
+    return frag;
+  }
+
+  /* The blocks of `text`, directions not set yet. */
+  function blocks(text) {
     var frag = document.createDocumentFragment();
     var lines = String(text == null ? "" : text).replace(/\r\n?/g, "\n").split("\n");
     var para = [];
@@ -451,7 +491,7 @@
         var quoted = [];
         while (i < lines.length && (m = RE_QUOTE.exec(lines[i]))) { quoted.push(m[1]); i += 1; }
         var bq = el("blockquote");
-        bq.appendChild(render(quoted.join("\n")));
+        bq.appendChild(blocks(quoted.join("\n")));
         frag.appendChild(bq);
         continue;
       }

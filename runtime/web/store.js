@@ -144,6 +144,7 @@
 
   window.ChatStore = {
     KEY_CONVS: KEY_CONVS,
+    KEY_SETTINGS: KEY_SETTINGS,
     newId: newId,
     loadConversations: loadConversations,
     saveConversations: saveConversations,
