@@ -278,9 +278,10 @@ def _args_value_needs_equals(argv: list[str]) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from runtime import cli as runtime_cli
     if argv and not argv[0].startswith("-") and argv[0] not in OWN_COMMANDS:
-        from runtime import cli as runtime_cli  # run, chat, info, bench
-        return runtime_cli.main(argv) or 0
+        return runtime_cli.main(argv) or 0  # run, chat, info, bench
+    runtime_cli.tolerant_stdout()  # a model's or title's emoji on a Latin-1 terminal
     problem = _args_value_needs_equals(argv)
     if problem:
         print(f"chatfile: error: {problem}", file=sys.stderr)

@@ -425,7 +425,10 @@ def _codesign(tmp: str, out_path: str, trailer: Trailer, fsync: bool):
         found = read_trailer(tmp)
     except BundleError:  # e.g. "truncated": the HEAD record is there, the trailer is not
         found = None
-    if found is None or (found.gguf_offset, found.gguf_size, found.sha256) != \
+    # (Found behind bytes that are not the signature, it would be read with a note about
+    # them at every start: not what codesign should leave.)
+    if found is None or found.appended_bytes or \
+            (found.gguf_offset, found.gguf_size, found.sha256) != \
             (trailer.gguf_offset, trailer.gguf_size, trailer.sha256):
         raise BundleError("after codesign the bundle's trailer is no longer where the runtime "
                           "looks for it (just before the code signature); please report this, "

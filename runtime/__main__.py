@@ -22,7 +22,7 @@ import zipfile
 from pathlib import Path
 
 from runtime.cli import (build_parser, describe_args, hidden_flag, is_baked_template,
-                         stdout_is_open)
+                         stdout_is_open, tolerant_stdout)
 from runtime.embedded import (BundleError, Trailer, extract, interrupt_on_termination,
                               read_trailer, verify)
 
@@ -166,6 +166,20 @@ def numpy_mismatch() -> str | None:
             f"run it with {run_with}, or use the executable bundle, which needs no Python")
 
 
+def incomplete_runtime(e: ImportError) -> str:
+    """What to say when a module this file carries cannot be imported. NumPy's own message
+    is a page of advice for developers; its cause (`from exc`) is the line that matters.
+    A .pyz runs from its unpacked copy, which a cleaner of old files in /tmp may have
+    thinned out: removed, it is unpacked afresh at the next start."""
+    cause = e.__cause__ if isinstance(e.__cause__, Exception) else e
+    detail = str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__
+    site = Path(__file__).resolve().parents[1]  # <root>/chatfile_<build>/site-packages
+    if site.name == "site-packages" and site.parent.name.startswith("chatfile_"):
+        return (f"the runtime unpacked in {site.parent} is incomplete ({detail}); remove "
+                "that directory and start again: it is unpacked afresh")
+    return f"the runtime is incomplete ({detail})"
+
+
 def _runtime_cli(argv: list[str]) -> int:
     problem = numpy_mismatch()
     if problem:
@@ -173,8 +187,9 @@ def _runtime_cli(argv: list[str]) -> int:
         return 2
     try:
         from runtime import cli
-    except ImportError as e:  # a broken build; say so instead of a traceback
-        print(f"chatfile: error: the runtime is incomplete ({e})", file=sys.stderr)
+        import numpy  # noqa: F401 - every command needs it: fail here, in one line
+    except ImportError as e:  # a broken build or unpacking; say so instead of a traceback
+        print(f"chatfile: error: {incomplete_runtime(e)}", file=sys.stderr)
         return 2
     prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "chatfile"
     return cli.main(argv, bundle=prog) or 0
@@ -218,6 +233,11 @@ def main(argv: list[str] | None = None) -> int:
     except BundleError as e:
         print(f"chatfile: error: {e}", file=sys.stderr)
         return 2
+    if trailer is not None and trailer.appended_bytes:
+        n = trailer.appended_bytes
+        print(f"chatfile: note: {path} has {n} byte{'s' * (n != 1)} more at its end than it "
+              "was made with (added by a download or an editor?); they are ignored",
+              file=sys.stderr)
     baked = list(trailer.args) if trailer else []
 
     if own["help"]:
@@ -348,6 +368,7 @@ def _restore_library_path() -> None:
 
 def _entry() -> None:
     """Console entry: exit with main's code; keep a double-clicked window open on error."""
+    tolerant_stdout()
     forwarded = getattr(sys, "frozen", False) and os.name == "posix"
     if forwarded:
         _one_interrupt_per_keypress()

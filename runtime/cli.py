@@ -184,6 +184,7 @@ def _host_name_problem(name: str) -> str | None:
 
 def main(argv: list[str] | None = None, bundle: str | None = None) -> int:
     """`bundle`: the name of the bundle that runs this, whose user never typed a command."""
+    tolerant_stdout()
     parser = build_parser()
     if bundle:
         # Its user never typed `chatfile run MODEL`: errors name the bundle and its --help,
@@ -203,6 +204,7 @@ def main(argv: list[str] | None = None, bundle: str | None = None) -> int:
         print(f"chatfile: error: {problem}", file=sys.stderr)
         return 2
     set_threads(getattr(args, "threads", None))
+    args.bundle = bundle
     try:
         return _dispatch(args)
     except KeyboardInterrupt:
@@ -272,6 +274,21 @@ def _listen_problem(host: str, port: int) -> str | None:
     return None
 
 
+def tolerant_stdout() -> None:
+    """Show '?' for what stdout's encoding cannot represent, instead of failing. Under a
+    Latin-1 or ASCII locale (LANG=de_DE.ISO-8859-1, PYTHONIOENCODING=ascii) a model name,
+    a title or a baked-in --system with an emoji raised UnicodeEncodeError: a traceback
+    from --help and --info (a bundle's, and `chatfile info`), and the server reported
+    that the model "failed to load".
+    (stderr already replaces them: Python opens it with errors="backslashreplace".)"""
+    out = sys.stdout
+    if out is not None and getattr(out, "errors", None) == "strict" and hasattr(out, "reconfigure"):
+        try:
+            out.reconfigure(errors="replace")
+        except (OSError, ValueError):  # a stream that cannot change: leave it be
+            pass
+
+
 def stdout_is_open(what: str) -> bool:
     """False, after saying so, when the process was started with stdout closed (`>&-`):
     `what` (a command, a bundle's --licenses) would show nothing. Also used by a bundle."""
@@ -280,6 +297,14 @@ def stdout_is_open(what: str) -> bool:
     print(f"chatfile: error: stdout is closed, so {what} could show nothing; run it in a "
           f"terminal or send its output to a file (> out.txt)", file=sys.stderr)
     return False
+
+
+def piped_example(bundle: str | None) -> str:
+    """How to pipe a question in, as the user started us: a bundle's user never typed
+    `chatfile chat`, and has no model.gguf."""
+    if bundle:
+        return f"echo 'Hello' | ./{shlex.quote(bundle)} --cli"
+    return "echo 'Hello' | chatfile chat model.gguf"
 
 
 def _dispatch(args) -> int:
@@ -321,10 +346,10 @@ def _dispatch(args) -> int:
               open_browser=not args.no_browser,
               temperature=args.temp, mode=args.mode)
     if args.command == "chat":
+        example = piped_example(args.bundle)
         if sys.stdin is None:  # started with stdin closed (`0<&-`): nothing to read from
-            print("chatfile: error: stdin is closed; run it in a terminal or pipe a "
-                  "question in, for example: echo 'Hello' | chatfile chat model.gguf",
-                  file=sys.stderr)
+            print(f"chatfile: error: stdin is closed; run it in a terminal or pipe a "
+                  f"question in, for example: {example}", file=sys.stderr)
             return 2
         from runtime.model import Model
         from runtime.sampling import SamplingParams
@@ -335,7 +360,7 @@ def _dispatch(args) -> int:
         # the page sound alike; --temp 0 for the same answer every time.
         params = SamplingParams() if args.temp is None else SamplingParams(temperature=args.temp)
         return chat(model, n_ctx=args.ctx, system=args.system, params=params,
-                    max_tokens=args.max_tokens) or 0
+                    max_tokens=args.max_tokens, piped_example=example) or 0
     raise AssertionError(args.command)
 
 

@@ -23,6 +23,7 @@ but the head record, near the start, survives.
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import json
@@ -78,6 +79,7 @@ class Trailer:
     format: str = "exe"  # "exe" or "pyz": how the stub was made
     extra: dict = field(default_factory=dict)  # unknown payload keys, kept for round trips
     trailer_bytes: int = 0  # length of the whole trailer (payload + footer) as read
+    appended_bytes: int = 0  # bytes found after the bundle's end, ignored (see read_trailer)
 
     def payload(self) -> dict:
         out = dict(self.extra)
@@ -164,6 +166,7 @@ def read_trailer(path: str | os.PathLike) -> Trailer | None:
 
     Raises BundleError when a bundle is recognisable but damaged: a bad trailer, a GGUF
     extent past the end, a missing GGUF magic, or a HEAD record with no trailer (cut off).
+    Bytes added after a whole bundle are ignored; `appended_bytes` of the result counts them.
     """
     path = os.fspath(path)
     where = f"bundle {path}"
@@ -176,12 +179,9 @@ def read_trailer(path: str | os.PathLike) -> Trailer | None:
             trailer = decode_trailer(tail, end, where)
             if trailer is None:
                 head = _find_head(f, end)
-                if head is not None:
-                    _, off, size, expected = head
-                    raise _damaged(
-                        f"{where} is truncated or corrupt: it should be {expected} bytes but is "
-                        f"{end}, and its trailer is missing")
-                return None
+                if head is None:
+                    return None
+                trailer = _trailer_before_appended_bytes(f, head[3], end, where)
             f.seek(trailer.gguf_offset)
             if f.read(4) != b"GGUF":
                 raise _damaged(f"{where} is corrupt: no GGUF magic at offset "
@@ -189,6 +189,32 @@ def read_trailer(path: str | os.PathLike) -> Trailer | None:
             return trailer
     except OSError as e:
         raise BundleError(f"cannot read {path}: {e.strerror or e}") from None
+
+
+def _trailer_before_appended_bytes(f, expected: int, end: int, where: str) -> Trailer:
+    """The trailer of a bundle whose HEAD record says it is `expected` bytes long, found
+    where it ends although the file goes on to `end`. Bytes added at the end (a newline
+    from a download tool or an editor) change nothing that a bundle reads, so it still
+    runs: PyInstaller's bootloader scans back from the end for its archive, and Python's
+    zip reader searches the last 64 KiB for the zip's end record, which a .pyz's trailer
+    follows as the zip comment. Raises the BundleError of a damaged bundle when no trailer
+    is there either."""
+    if end > expected:
+        tail_bytes = min(expected, MAX_TRAILER_BYTES + FOOTER_BYTES)
+        f.seek(expected - tail_bytes)
+        try:
+            trailer = decode_trailer(f.read(tail_bytes), expected, where)
+        except BundleError:
+            trailer = None
+        if trailer is not None:
+            return dataclasses.replace(trailer, appended_bytes=end - expected)
+        raise _damaged(f"{where} is corrupt: it should be {expected} bytes but is {end}, "
+                       "and its trailer is missing")
+    if end < expected:
+        raise _damaged(f"{where} is truncated: it should be {expected} bytes but is only "
+                       f"{end}; its end is missing (an interrupted copy or download?)")
+    raise _damaged(f"{where} is corrupt: it has the right size ({end} bytes), but the "
+                   "trailer at its end is damaged")
 
 
 def data_end(f, file_bytes: int) -> int:

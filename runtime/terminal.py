@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 
+from runtime import cli
 from runtime.engine import ContextOverflowError, Engine, Request, chat_prompt_ids
 
 HELP = ("commands: /reset (forget the conversation), /system TEXT (set the system prompt "
@@ -343,8 +344,10 @@ PIPED_MAX_CHARS = 16 << 20  # a piped question: 16 Mi characters, ~100× the lon
 
 
 def chat(model, *, n_ctx: int, system: str | None = None, stdin=None, stdout=None,
-         params=None, max_tokens: int = -1, interactive: bool | None = None) -> int:
-    """Run the chat; returns the process exit code. interactive=None: stdin.isatty()."""
+         params=None, max_tokens: int = -1, interactive: bool | None = None,
+         piped_example: str | None = None) -> int:
+    """Run the chat; returns the process exit code. interactive=None: stdin.isatty().
+    piped_example: the command line an empty stdin is told to follow (a bundle's own)."""
     stdin = sys.stdin if stdin is None else stdin
     stdout = sys.stdout if stdout is None else stdout
     if interactive is None:
@@ -363,8 +366,8 @@ def chat(model, *, n_ctx: int, system: str | None = None, stdin=None, stdout=Non
             return 2
         question = question.strip()
         if not question:
-            sys.stderr.write("chatfile: error: stdin is empty; pipe a question in, "
-                             "for example: echo 'Hello' | chatfile chat model.gguf\n")
+            sys.stderr.write(f"chatfile: error: stdin is empty; pipe a question in, "
+                             f"for example: {piped_example or cli.piped_example(None)}\n")
             return 2
         return 0 if c.ask(question) is not None else 1
 

@@ -40,6 +40,17 @@ def gemma_gguf_path() -> Path:
     return _real_model("gemma")
 
 
+def non_ascii_model(tmp_path: Path) -> Path:
+    """The tiny model, named "tïny-🦙" (as long in UTF-8 as "tiny-llama": the GGUF's
+    string length stays right)."""
+    data = (MODELS / "tiny-llama-q8_0.gguf").read_bytes()
+    old, new = b"tiny-llama", "tïny-🦙".encode()
+    assert len(old) == len(new) and data.count(old) == 1
+    path = tmp_path / "tïny 🦙.gguf"
+    path.write_bytes(data.replace(old, new))
+    return path
+
+
 def smaps_mappings() -> list[tuple[str, dict[str, list[str]]]]:
     """This process's mappings, from /proc/self/smaps: each one's header line (address
     range, permissions, offset, device, inode, path) and its fields by name ("Rss",

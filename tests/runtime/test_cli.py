@@ -13,7 +13,7 @@ import pytest
 
 from runtime import gguf
 from runtime.gguf import GGUFError
-from tests.conftest import MODELS, ROOT
+from tests.conftest import MODELS, ROOT, non_ascii_model
 
 
 def chatfile(*args, timeout=300):
@@ -257,23 +257,35 @@ def test_terminal_chat_samples_as_the_server_does_unless_told(monkeypatch):
     assert seen["params"].temperature == 0
 
 
-def test_the_browser_is_opened_only_where_there_is_a_display(monkeypatch):
+def test_the_browser_is_opened_only_where_there_is_a_display(monkeypatch, capsys):
     """Over SSH Python's webbrowser would start a text browser (w3m, lynx) in the terminal
-    the server runs in, and take its keyboard."""
+    the server runs in, and take its keyboard. Where no browser opens (no display, or
+    none installed), the user is told to open the address: "listening on" alone left a
+    double-clicked bundle without a page and without a word on where it was."""
     import webbrowser
 
     from runtime import server
     opened = []
-    monkeypatch.setattr(webbrowser, "open", lambda url: opened.append(url))
+    found = True  # what webbrowser.open says: False when it found no browser
+
+    def fake_open(url):
+        opened.append(url)
+        return found
+    monkeypatch.setattr(webbrowser, "open", fake_open)
     monkeypatch.setattr(server.sys, "platform", "linux")
-    for env, expected in (({}, []), ({"DISPLAY": ":0"}, ["u"]), ({"WAYLAND_DISPLAY": "w"}, ["u"])):
+    url = "http://127.0.0.1:1/"
+    cases = (({}, True, [], True), ({"DISPLAY": ":0"}, True, [url], False),
+             ({"WAYLAND_DISPLAY": "w"}, True, [url], False), ({"DISPLAY": ":0"}, False, [url], True))
+    for env, found, expected, told in cases:
         for k in ("DISPLAY", "WAYLAND_DISPLAY"):
             monkeypatch.delenv(k, raising=False)
         for k, v in env.items():
             monkeypatch.setenv(k, v)
         opened.clear()
-        server._open_browser("u")
+        server._open_browser(url)
         assert opened == expected, env
+        said = capsys.readouterr().out
+        assert (f"open {url} in one" in said) == told, (env, found, said)
 
 
 def test_a_template_file_that_fails_or_is_empty_is_named(tmp_path, bad_template_files):
@@ -442,3 +454,31 @@ def test_a_symlink_that_leads_nowhere_is_not_called_missing(tmp_path):
     r = chatfile("info", loop, timeout=60)
     assert r.returncode == 1 and r.stderr == (
         f"chatfile: error: cannot open {loop}: a symbolic link that leads nowhere\n"), r.stderr
+
+
+def test_info_on_a_latin1_terminal_shows_question_marks_not_a_traceback(tmp_path):
+    """`chatfile info` on a model whose name has an emoji, under a Latin-1 locale
+    (PYTHONIOENCODING gives Python the same stdout), ended in a UnicodeEncodeError
+    traceback."""
+    model = non_ascii_model(tmp_path)
+    r = subprocess.run([sys.executable, "-m", "bundler.cli", "info", str(model)], cwd=ROOT,
+                       capture_output=True, env={**os.environ, "PYTHONIOENCODING": "latin-1",
+                                                 "PYTHONPATH": str(ROOT)}, timeout=60)
+    assert r.returncode == 0 and b"Traceback" not in r.stderr, r.stderr
+    assert "tïny-?".encode("latin-1") in r.stdout, r.stdout
+
+
+@pytest.mark.parametrize("stdin", ["", None], ids=["empty", "closed"])
+def test_a_bundles_piped_chat_example_names_the_bundle(monkeypatch, capsys, stdin):
+    """A bundle's `--cli` with nothing on stdin told its user to run `chatfile chat
+    model.gguf`, a command and a file they do not have."""
+    import io
+
+    from runtime.cli import main
+    monkeypatch.setattr(sys, "stdin", None if stdin is None else io.StringIO(stdin))
+    model = str(MODELS / "tiny-llama-q8_0.gguf")
+    assert main(["chat", model], bundle="my chat") == 2
+    err = capsys.readouterr().err
+    assert "for example: echo 'Hello' | ./'my chat' --cli" in err, err
+    assert main(["chat", model]) == 2
+    assert "echo 'Hello' | chatfile chat model.gguf" in capsys.readouterr().err
