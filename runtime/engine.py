@@ -93,6 +93,9 @@ class Request:
     stop: list = field(default_factory=list)
     n_probs: int = 0
     cache_prompt: bool = True
+    # The reply goes on from the prompt's text (/completion, /infill): its first word keeps
+    # its leading space (see tokenizer.StreamDecoder). A chat reply starts a message.
+    continuation: bool = False
     # runtime.json_constraint.TokenConstraint: the reply must be JSON or a tool call.
     # Stateful, so one per request.
     constraint: object = None
@@ -121,17 +124,6 @@ class Request:
                 return
 
 
-def top_probs(logits: np.ndarray, n: int) -> tuple[list, np.ndarray]:
-    """Softmax of the raw logits; the n most likely (id, prob), best first."""
-    x = logits.astype(np.float64)
-    x = np.exp(x - x.max())
-    p = x / x.sum()
-    n = min(n, p.shape[0])
-    idx = np.argpartition(-p, n - 1)[:n]
-    idx = idx[np.argsort(-p[idx], kind="stable")]
-    return [(int(i), float(p[i])) for i in idx], p
-
-
 def _stop_hold_len(text: str, stops: list) -> int:
     """Length of the longest suffix of `text` that is a proper prefix of a stop string:
     that much text must be held back, since the next token may complete the stop."""
@@ -142,6 +134,12 @@ def _stop_hold_len(text: str, stops: list) -> int:
                 best = k
                 break
     return best
+
+
+def _end_token_possible(params, eog_ids) -> bool:
+    """Can an end-of-generation token be sampled at all (ignore_eos bans every one)?"""
+    bias = getattr(params, "logit_bias", None) or {}
+    return any(bias.get(t, 0.0) != -np.inf for t in eog_ids)
 
 
 def _next_tokens(session, logits: np.ndarray, sampler, history: list, room_tok: int,
@@ -308,8 +306,10 @@ class Engine:
         sampler = self._make_sampler(req.params)
         if req.constraint is not None:
             sampler.constraint = req.constraint
+            if not _end_token_possible(sampler.params, self.eog_ids):
+                req.constraint.no_end_token()  # ignore_eos: stop where the value ends
         history = list(req.prompt_ids)
-        decoder = self.model.tokenizer.decoder()
+        decoder = self.model.tokenizer.decoder(continuation=req.continuation)
         stops = [s for s in (req.stop or []) if s]
         max_tokens = req.max_tokens if req.max_tokens is not None and req.max_tokens >= 0 else None
         held = ""          # text not yet released: it might begin a stop string
@@ -332,14 +332,19 @@ class Engine:
             # takes the last position ends the reply unevaluated, so that prompt and reply
             # never exceed n_ctx together (as in llama-server).
             room_tok = self.n_ctx - len(self.session.tokens) - 1
-            dist = top_probs(logits, req.n_probs) if req.n_probs > 0 else None
+            # n_probs: the distribution the token is drawn from, constraint and bias
+            # included, so that the chosen token and the list agree with what was
+            # sampled (Sampler.reported_probs says why and what is left out).
+            dist = sampler.reported_probs(logits, history, req.n_probs) if req.n_probs > 0 else None
             # n_probs wants a distribution for every token, and a constraint's state moves
             # with each accepted token: no speculation then.
             try:
                 toks, logits = _next_tokens(self.session, logits, sampler, history, room_tok,
                                             self.speculate and not req.n_probs
                                             and req.constraint is None)
-            except NoTokenAllowed:  # the constraint allows nothing more (no end token)
+            except NoTokenAllowed:
+                # The constraint allows nothing more: the value is done and end-of-generation
+                # is banned (ignore_eos), or no token it allows has a finite logit.
                 self._flush_tail(req, decoder, held, stops)
                 finish("stop", stopped_eos=True)
                 return

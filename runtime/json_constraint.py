@@ -22,7 +22,8 @@ What the recognizer accepts is a subset of JSON: whitespace between tokens is on
 tab, or a newline and an indentation (so a model cannot pad forever); numbers' length,
 free keys' length and the nesting depth are capped; strings cannot hold \\uD800-\\uDFFF
 escapes (a lone surrogate is not text: write the character). After the value only one
-whitespace byte and end-of-generation are allowed.
+whitespace byte and end-of-generation are allowed (no whitespace when end-of-generation is
+banned: see TokenConstraint.no_end_token).
 
 An object's keys come in the schema's order (see `_start_key`): the listed properties in
 the order of `properties` (then required names `properties` does not list, in the order
@@ -802,6 +803,18 @@ class TokenConstraint:
         self._next: dict[int, tuple | None] = {}
         self._complete: bool | None = None
         self._first_ok: np.ndarray | None = None
+        # Whether the one whitespace byte may follow the value: only when an
+        # end-of-generation token can come after it (see no_end_token).
+        self.ws_after_value = True
+
+    def no_end_token(self) -> None:
+        """No end-of-generation token can be sampled (ignore_eos bans them all): then the
+        reply must stop exactly where the value ends. The whitespace byte otherwise allowed
+        after the value would be a dead end (nothing may follow it) that the reply would
+        end on, a stray byte after the JSON."""
+        self.ws_after_value = False
+        self._next = {}
+        self._first_ok = None
 
     @property
     def complete(self) -> bool:
@@ -814,6 +827,9 @@ class TokenConstraint:
             return self._next[tok]
         piece, special = self.vocab.info(tok)
         nxt = feed(self.state, piece, raw_only=special) if piece else None
+        if nxt is not None and not self.ws_after_value:
+            # drop the alternatives (stack, ws) whose value is done, with whitespace after
+            nxt = tuple((stack, ws) for stack, ws in nxt if not (stack[0][0] == END and ws)) or None
         self._next[tok] = nxt
         return nxt
 

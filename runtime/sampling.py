@@ -43,6 +43,9 @@ WIDE_SAMPLE_N = 64    # sampling when no filtered candidate is allowed: draw amo
 # ... whose logits are within this many temperatures of the best allowed one: a token
 # further down would have under e^-10 of its probability.
 WIDE_LOGIT_GAP = 10.0
+# reported_probs under a constraint: the mass past the top tokens is only looked at when
+# it could change a reported probability by more than this fraction.
+REPORT_MASS_TOL = 1e-6
 
 
 class NoTokenAllowed(Exception):
@@ -138,6 +141,60 @@ class Sampler:
                 masked[found] = z[found]
                 ids, probs = self._filtered(masked)
         return int(ids[self.rng.choice(ids.size, p=probs)])
+
+    def reported_probs(self, logits: np.ndarray, history: list[int], n: int) -> tuple[list, np.ndarray]:
+        """What logprobs / n_probs report for the token drawn from these logits: the n
+        most likely (id, prob), best first, and p with p[tok] the chosen token's prob.
+
+        The distribution is the one the token is drawn from, before the sampler's own
+        truncation: the model's softmax after logit_bias and the penalties, restricted to
+        the tokens the constraint allows (JSON, tool calls) and renormalised over them.
+        So the chosen token is always in it with a probability above 0, a token the
+        constraint or a -inf bias forbids is never listed, and a token the constraint
+        forces has probability 1 (OpenAI's structured outputs report the same). top-k,
+        top-p, min-p and the temperature are left out, as OpenAI's logprobs and
+        llama-server's n_probs (without post_sampling_probs) leave them out: a greedy
+        reply still tells how sure the model was. Without a bias, penalties or a
+        constraint this is the plain softmax of the logits, as llama-server reports.
+
+        p[tok] is meaningful only for a token the constraint allows. Its normaliser
+        is exact over the CHUNK_LARGE best tokens; past them the allowed mass is that of
+        the tokens the constraint's two-byte filter lets through (a superset, as checking
+        the whole vocabulary token by token would cost seconds per token), and it is only
+        looked at when it could move a probability by more than REPORT_MASS_TOL."""
+        z = self.adjusted(np.asarray(logits, dtype=np.float32), history).astype(np.float64)
+        top = z.max() if z.size else -np.inf
+        if not np.isfinite(top):
+            return [], np.zeros(z.shape)
+        w = np.exp(z - top)                  # a banned (-inf) token weighs 0
+        c = self.constraint
+        if c is None:
+            total = w.sum()
+            n = min(n, int(np.count_nonzero(w)))
+            ids = np.argpartition(-w, n - 1)[:n] if n > 0 else np.zeros(0, dtype=np.int64)
+            ids = ids[np.lexsort((ids, -w[ids]))]
+        else:
+            ids = np.fromiter(itertools.islice(self._allowed_best_first(z), n), dtype=np.int64)
+            total = self._allowed_mass(w)
+            if total <= 0:                   # nothing allowed: the sampler will say so
+                return [], np.zeros(z.shape)
+        p = w / total
+        return [(int(i), min(float(p[i]), 1.0)) for i in ids], p
+
+    def _allowed_mass(self, w: np.ndarray) -> float:
+        """Sum of w over the tokens the constraint allows (see reported_probs)."""
+        c = self.constraint
+        k = min(CHUNK_LARGE, w.size)
+        head = np.argpartition(-w, k - 1)[:k]
+        head = head[w[head] > 0]
+        ok = np.fromiter((c.allows(t) for t in head.tolist()), dtype=bool, count=head.size)
+        found = float(w[head][ok].sum())
+        rest = float(w.sum() - w[head].sum())
+        if rest <= REPORT_MASS_TOL * found:
+            return found
+        mask = c.candidates()
+        mask[head] = False
+        return found + float(w[mask].sum())
 
     def _allowed_near_top(self, z: np.ndarray) -> list:
         """Allowed tokens to draw from when no filtered candidate is allowed: those among

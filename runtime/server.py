@@ -27,6 +27,7 @@ import threading
 import time
 import urllib.parse
 import uuid
+import weakref
 import webbrowser
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,8 +48,17 @@ from runtime.engine import ContextOverflowError, Engine, EngineBusy, Request
 WEB_DIR = Path(__file__).resolve().parent / "web"
 PORT_TRIES = 20            # a busy port: try the next ones
 QUIT_DELAY_S = 0.3         # the page's Quit: time for its answer to go out first
-SOCKET_TIMEOUT_S = 120     # a client that stalls mid-request is dropped after this
+# Slow and idle clients (see _Handler, _ThreadingServer.admit; docs/api.md):
+HEAD_TIMEOUT_S = 30        # request line and headers, from the connection's start
+BODY_TIMEOUT_S = 30        # the body: this long, plus 1 s for every ...
+BODY_MIN_RATE_BYTES_S = 500  # ... this many bytes received (Apache's mod_reqtimeout)
+WRITE_TIMEOUT_S = 60       # the client must take each write of a reply within this
+MAX_CONNECTIONS = 2048     # open connections at most (fewer if the file limit is lower)
+FD_RESERVE = 64            # file descriptors kept for the rest (model, page files, ...)
+REFUSED_LINGER_S = 1.0     # a refused connection is closed after this ...
+REFUSED_KEPT = 32          # ... or sooner when more than this many wait to be closed
 GIL_SWITCH_S = 0.001       # see serve()
+STOP_WAIT_S = 2.0          # see stop_generating()
 CLIENT_POLL_S = 0.05       # how often a request checks that its client is still there
 
 # Paths of the API: a wrong method on them is 405, anything else unknown is 404.
@@ -76,6 +86,7 @@ class State:
     progress: float = 0.0
     error: str | None = None
     stopping: bool = False  # Ctrl+C: the server is going away
+    cancels: weakref.WeakSet = field(default_factory=weakref.WeakSet)  # of requests under way
     loopback_only: bool = True  # bound to a loopback address: see _foreign_request
     allow_hosts: tuple = ()  # more host names to answer (--allow-host), lower case
     instance: str = ""  # which model with which options (see instance_id), for /health
@@ -156,6 +167,9 @@ def build_app(st: State) -> bottle.Bottle:
         return wrapper
 
     def submit(req: Request) -> Request:
+        if st.stopping:
+            raise ApiError(503, "the server is stopping", headers={})
+        st.cancels.add(req.cancel)  # (see stop_generating)
         try:
             return st.engine.submit(req)
         except (ContextOverflowError, EngineBusy):
@@ -308,6 +322,7 @@ def build_app(st: State) -> bottle.Bottle:
             tool_calls deltas or, if it held no call, as content."""
             yield chunk({"role": "assistant", "content": ""})
             reply, sent = "", 0   # the reply so far, and how much of it went out as content
+            hold = tool_calls.CallHold(tools) if find_calls else None  # held_from, as it grows
             for ev in events:
                 if ev.kind == "token":
                     lp = ({"content": [oai_logprobs(model, ev, top_lp)]}
@@ -315,7 +330,7 @@ def build_app(st: State) -> bottle.Bottle:
                     out = ev.text
                     if find_calls:
                         reply += ev.text
-                        upto = max(sent, tool_calls.held_from(reply, tools))
+                        upto = max(sent, hold.push(ev.text))
                         out, sent = reply[sent:upto], upto
                     if out or lp:
                         yield chunk({"content": out}, lp)
@@ -359,7 +374,7 @@ def build_app(st: State) -> bottle.Bottle:
                                              model=model),
                       max_tokens=get_max_tokens(body, st.n_ctx),
                       stop=get_stop(body), n_probs=n_lp,
-                      cache_prompt=get_bool(body, "cache_prompt", True),
+                      cache_prompt=get_bool(body, "cache_prompt", True), continuation=True,
                       constraint=output_constraint(model, get_json_grammar(body)))
         if not limit_is_set(body):
             req.max_tokens = min(16, st.n_ctx)  # OpenAI's documented default for completions
@@ -435,7 +450,7 @@ def build_app(st: State) -> bottle.Bottle:
                                                              model=model),
                       max_tokens=get_max_tokens(body, st.n_ctx),
                       stop=get_stop(body), n_probs=n_probs,
-                      cache_prompt=get_bool(body, "cache_prompt", True),
+                      cache_prompt=get_bool(body, "cache_prompt", True), continuation=True,
                       constraint=output_constraint(model, get_json_grammar(body)))
         return req, get_bool(body, "stream", False)
 
@@ -697,6 +712,8 @@ def wrap_app(app, st: State):
             body = read_body(environ, st.max_body_bytes)
         except ApiError as e:
             return respond(start_response, e.status, error_body(e.status, e.message, e.type))
+        except TimeoutError as e:  # slower than _RequestReader's deadline
+            return respond(start_response, 408, error_body(408, str(e)))
         except (OSError, ValueError):
             return respond(start_response, 400, error_body(400, "could not read the request body"))
         try:  # WSGI hands the path over as latin-1; Bottle would drop the bytes that are
@@ -805,8 +822,9 @@ def client_connected(sock) -> bool:
 
 
 def _client_gone(e: BaseException) -> bool:
-    """An error of the connection, not of the server: the client reset or closed it, sent
-    or read nothing for SOCKET_TIMEOUT_S, or its network went away."""
+    """An error of the connection, not of the server: the client reset or closed it, was
+    too slow to send its request or to read the reply (see _Handler), or its network
+    went away."""
     return isinstance(e, (ConnectionError, TimeoutError)) or (
         isinstance(e, OSError) and e.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH,
                                                errno.ENETDOWN, errno.EHOSTDOWN))
@@ -815,7 +833,7 @@ def _client_gone(e: BaseException) -> bool:
 class _QuietAboutClients:
     """The stream wsgiref reports a reply's errors to. wsgiref takes only resets and
     broken pipes for the client's doing: a client that stopped reading a stream until
-    the socket's timeout printed a traceback on the console. Such reports are dropped
+    the write timed out printed a traceback on the console. Such reports are dropped
     (the reply's generator is closed all the same, which cancels it); wsgiref writes
     them while it handles the exception, so sys.exc_info() says what they are about."""
 
@@ -827,12 +845,114 @@ class _QuietAboutClients:
         sys.stderr.flush()
 
 
+# ---- slow and idle clients: deadlines and a cap on connections ---------------------------
+
+@dataclass
+class _Conn:
+    """One open connection, as _ThreadingServer counts them."""
+    reading_head: bool = True   # its request line and headers are not all in yet
+    evicted: bool = False       # shut down to make room for a newer connection
+
+
+class _RequestReader(io.RawIOBase):
+    """The reading side of a connection, with deadlines for the request as a whole.
+
+    A socket timeout bounds each read alone: a client that sent a byte every 100 s held
+    its thread forever. Here the request line and headers must all arrive within head_s
+    of the connection's start; the body then gets body_s plus one second for every
+    min_rate_bytes_s bytes received (as Apache's mod_reqtimeout counts), so a large body
+    over a slow link is never cut off while it keeps coming."""
+
+    def __init__(self, sock, conn: _Conn, head_s: float):
+        self.sock, self.conn = sock, conn
+        self.received_bytes = 0
+        start_s = time.monotonic()
+        self._deadline_s = lambda: start_s + head_s
+        self.late = (f"the request did not arrive in time: its line and headers must come "
+                     f"within {head_s:g} s")
+
+    def start_body(self, body_s: float, min_rate_bytes_s: float) -> None:
+        start_s, start_bytes = time.monotonic(), self.received_bytes
+        self._deadline_s = lambda: (start_s + body_s
+                                    + (self.received_bytes - start_bytes) / min_rate_bytes_s)
+        self.late = (f"the request body came too slowly: it may take {body_s:g} s, plus 1 s "
+                     f"for every {min_rate_bytes_s:g} bytes received")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        left_s = self._deadline_s() - time.monotonic()
+        if left_s <= 0:
+            raise TimeoutError(self.late)
+        self.sock.settimeout(left_s)
+        try:
+            n = self.sock.recv_into(buf)
+        except TimeoutError:
+            raise TimeoutError(self.late) from None
+        if self.conn.evicted:  # shut down under us, which ended the read at once
+            raise ConnectionAbortedError("closed to make room for newer connections")
+        self.received_bytes += n
+        return n
+
+
+class _ReplyWriter(io.BufferedIOBase):
+    """The writing side: the client must take each write within timeout_s. One that
+    stops reading (a frozen tab, a suspended process) fails the write once the socket's
+    buffers are full; wsgiref then closes the reply's generator, which cancels its
+    generation. Only the client's reading counts: a reply may stream for minutes."""
+
+    def __init__(self, sock, timeout_s: float):
+        self.sock, self.timeout_s = sock, timeout_s
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self.sock.settimeout(self.timeout_s)
+        self.sock.sendall(data)  # its timeout bounds the whole call, not each send
+        return memoryview(data).nbytes
+
+
+def _raw_error(status: int, message: str) -> bytes:
+    """A whole JSON error response, for a connection with no request to answer through
+    the app: one too slow to send its request head, or one connection too many."""
+    body = json_bytes(error_body(status, message))
+    head = (f"HTTP/1.0 {status} {_reason(status)}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n"
+            + "".join(f"{k}: {v}\r\n" for k, v in STATUS_HEADERS.get(status, {}).items()))
+    return head.encode("latin-1") + b"\r\n" + body
+
+
+def _send_quietly(sock, data: bytes) -> None:
+    """Best effort: a client that reads nothing gets nothing, without a wait."""
+    try:
+        sock.settimeout(1)
+        sock.sendall(data)
+    except OSError:
+        pass
+
+
 class _Handler(WSGIRequestHandler):
-    timeout = SOCKET_TIMEOUT_S
+    # Deadlines are on what the client sends and reads, never on generation time: a long
+    # reply streams for minutes. Class attributes, so that tests can shorten them.
+    timeout = WRITE_TIMEOUT_S  # each write of a reply (socketserver's name)
+    head_timeout_s = HEAD_TIMEOUT_S
+    body_timeout_s = BODY_TIMEOUT_S
+    body_min_rate_bytes_s = BODY_MIN_RATE_BYTES_S
     # Errors raised before the app runs (bad request line, huge headers) also as JSON.
     error_content_type = "application/json"
     error_message_format = ('{"error": {"message": "%(message)s", "type": "invalid_request_error", '
                             '"code": %(code)d}}')
+
+    def setup(self):
+        # StreamRequestHandler.setup, with our reader and writer in place of the socket's
+        # own files and their one timeout for each read and write.
+        self.connection = self.request
+        self.conn = self.server.connection(self.request)
+        self.reader = _RequestReader(self.request, self.conn, self.head_timeout_s)
+        self.rfile = io.BufferedReader(self.reader)
+        self.wfile = _ReplyWriter(self.request, self.timeout)
 
     def log_message(self, format, *args):  # noqa: A002 - quiet: the console is the user's
         pass
@@ -846,25 +966,47 @@ class _Handler(WSGIRequestHandler):
         return _QuietAboutClients()
 
     def handle(self):
-        """A connection's own errors (a client idle for SOCKET_TIMEOUT_S, as a browser's
-        unused preconnection is, or one that resets while sending its request) end it
-        quietly: they used to print socketserver's "Exception occurred during processing
-        of request" traceback."""
+        """A connection's own errors (a client too slow, or one that resets while sending
+        its request) end it quietly: they used to print socketserver's "Exception
+        occurred during processing of request" traceback."""
         try:
             super().handle()
         except Exception as e:  # noqa: BLE001 - anything else is still reported
             if not _client_gone(e):
                 raise
             self.close_connection = True
+            # A request begun but not finished in time hears why; a connection that sent
+            # nothing (a browser's spare preconnection) is just closed, as nginx does.
+            began = self.reader.received_bytes > 0
+            if isinstance(e, TimeoutError) and self.conn.reading_head and began:
+                _send_quietly(self.request, _raw_error(408, str(e)))
 
     def parse_request(self):
+        ok = super().parse_request()
+        if ok:
+            if not self.server.head_read(self.conn):  # evicted just now
+                return False
+            self.reader.start_body(self.body_timeout_s, self.body_min_rate_bytes_s)
         # curl sends "Expect: 100-continue" for bodies over 1 KiB and then waits a second
         # for a go-ahead that wsgiref never gives; give it.
-        ok = super().parse_request()
         if (ok and self.request_version >= "HTTP/1.1"
                 and self.headers.get("Expect", "").lower() == "100-continue"):
             self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         return ok
+
+
+def connection_cap() -> int:
+    """MAX_CONNECTIONS, or fewer when the process may not open that many files. At that
+    limit accept() fails (EMFILE), socketserver ignores it, and its loop spun on the
+    listening socket at 100% CPU without serving anyone until a connection closed."""
+    try:
+        import resource
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):  # Windows: no such limit on sockets
+        return MAX_CONNECTIONS
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS
+    return max(4, min(MAX_CONNECTIONS, soft - FD_RESERVE))
 
 
 class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
@@ -876,11 +1018,100 @@ class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
     # SO_REUSEADDR on Windows would let two servers share a port; only use it elsewhere.
     allow_reuse_address = os.name != "nt"
 
+    def __init__(self, *args, **kwargs):
+        self.max_connections = connection_cap()
+        self.open_conns: dict = {}  # socket -> _Conn, oldest first
+        self.conns_lock = threading.Lock()
+        self.refused: list = []  # (when, socket): answered 503, closed a little later
+        super().__init__(*args, **kwargs)
+
     def server_bind(self):
         # HTTPServer.server_bind calls socket.getfqdn, which can stall on DNS for seconds.
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = self.server_address[:2]
         self.setup_environ()
+
+    def process_request(self, request, client_address):
+        if self.admit(request):
+            super().process_request(request, client_address)  # its own thread
+        else:
+            self.refuse(request)
+
+    def admit(self, sock) -> bool:
+        """Count a new connection in. At max_connections, the oldest one that is still
+        sending its request head is shut down to make room, so idle connections (spare
+        preconnections, a slowloris) cannot keep the page out; when every connection has
+        sent its request, the new one is refused."""
+        with self.conns_lock:
+            if len(self.open_conns) >= self.max_connections:
+                oldest = next((s for s, c in self.open_conns.items() if c.reading_head), None)
+                if oldest is None:
+                    return False
+                self.open_conns.pop(oldest).evicted = True
+                try:
+                    oldest.shutdown(socket.SHUT_RDWR)  # its thread's read returns at once
+                except OSError:
+                    pass
+            self.open_conns[sock] = _Conn()
+        return True
+
+    def connection(self, sock) -> _Conn:
+        with self.conns_lock:
+            return self.open_conns.get(sock) or _Conn(evicted=True)
+
+    def head_read(self, conn: _Conn) -> bool:
+        """The connection's request head is in: it is no longer the first to go. False if
+        it was evicted meanwhile."""
+        with self.conns_lock:
+            conn.reading_head = False
+            return not conn.evicted
+
+    def shutdown_request(self, request):
+        with self.conns_lock:
+            self.open_conns.pop(request, None)
+        super().shutdown_request(request)
+
+    def refuse(self, sock) -> None:
+        """503 at once, without a thread. The socket is closed a little later and what
+        the client sent is read first: closing it with the request unread would send a
+        reset, which can overtake our answer."""
+        try:
+            sock.setblocking(False)
+            _read_what_came(sock)
+            sock.sendall(_raw_error(503, f"the server has too many open connections "
+                                         f"({self.max_connections}); try again shortly"))
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        self.refused.append((time.monotonic(), sock))
+        self.close_refused()
+
+    def service_actions(self):  # serve_forever calls it every poll interval
+        super().service_actions()
+        self.close_refused()
+
+    def close_refused(self, everything: bool = False) -> None:
+        now = time.monotonic()
+        while self.refused and (everything or len(self.refused) > REFUSED_KEPT
+                                or now - self.refused[0][0] > REFUSED_LINGER_S):
+            _, sock = self.refused.pop(0)
+            _read_what_came(sock)
+            sock.close()
+
+    def server_close(self):
+        self.close_refused(everything=True)
+        super().server_close()
+
+
+def _read_what_came(sock) -> None:
+    """Read and drop what a non-blocking socket has received so far (a bounded amount:
+    this runs in the thread that accepts connections)."""
+    try:
+        for _ in range(4):
+            if not sock.recv(65536):
+                return
+    except OSError:  # BlockingIOError: nothing more for now
+        pass
 
 
 class _ThreadingServer6(_ThreadingServer):
@@ -1078,8 +1309,15 @@ class Server:
         self.httpd.serve_forever(poll_interval=0.2)
 
     def shutdown(self):
+        """Stop serve_forever() (from another thread), then close()."""
         self.httpd.shutdown()
+        self.close()
+
+    def close(self):
+        """Close the listening socket and cancel the replies under way."""
         self.httpd.server_close()
+        self.state.stopping = True
+        stop_generating(self.state)
 
 
 def serve(model_path, *, gguf_offset=0, gguf_size=None, host="127.0.0.1", port=8080,
@@ -1154,7 +1392,7 @@ def serve(model_path, *, gguf_offset=0, gguf_size=None, host="127.0.0.1", port=8
         srv.state.stopping = True
         print("chatfile: stopped.", flush=True)
     finally:
-        srv.httpd.server_close()
+        srv.close()
     if srv.state.error and srv.stop_on_load_error:
         return 1
     if srv.loading():
@@ -1167,17 +1405,41 @@ def serve(model_path, *, gguf_offset=0, gguf_size=None, host="127.0.0.1", port=8
     return 0
 
 
-def _open_browser(url):
+def stop_generating(st: State, wait_s: float = STOP_WAIT_S) -> None:
+    """Cancel every reply under way and wait (up to wait_s) for the worker to go idle.
+    A process that exits while the worker is inside a matrix product can hang for good
+    in OpenBLAS's exit handler: its helper thread finishes the product after the handler
+    told it to quit, then sleeps, and the handler waits for it forever (seen in about 1
+    of 20 stops of a server streaming four replies)."""
+    while True:
+        try:
+            cancels = list(st.cancels)
+            break
+        except RuntimeError:  # a request thread added one meanwhile: look again
+            continue
+    for cancel in cancels:
+        cancel.set()
+    eng = st.engine
+    end = time.monotonic() + wait_s
+    while eng is not None and eng.busy.is_set() and time.monotonic() < end:
+        time.sleep(0.01)
+
+
+def _open_browser(url) -> None:
     """The page in the desktop's browser. Without a display (over SSH, on a server) there
     is none: Python's webbrowser would start a text browser (w3m, lynx) in this terminal
-    and take its keyboard, so the printed URL is all."""
-    if os.name == "posix" and sys.platform != "darwin" and not (
+    and take its keyboard. When no browser opens, the user is told where the chat is:
+    "listening on" alone does not say to go there."""
+    opened = False
+    if os.name != "posix" or sys.platform == "darwin" or (
             os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-        return
-    try:
-        webbrowser.open(url)
-    except Exception:  # noqa: BLE001 - no browser is fine: the URL is printed
-        pass
+        try:
+            opened = webbrowser.open(url)
+        except Exception:  # noqa: BLE001 - no browser is fine: the URL is printed
+            pass
+    if not opened:
+        print(f"chatfile: no web browser could be opened here: open {url} in one to chat.",
+              flush=True)
 
 
 def main(argv=None) -> int:

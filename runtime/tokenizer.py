@@ -226,12 +226,19 @@ class StreamDecoder:
 
     Incomplete UTF-8 sequences are held back until their last byte arrives, and with
     ``clean_spaces`` the bytes a later token could still change are held back too.
+
+    ``continuation``: the ids go on from text before them (a completion of a prompt), so
+    the first one keeps the leading space that a SentencePiece vocabulary's words carry
+    ("▁andas"), as llama-server sends it; the prompt and its completion then join up.
+    Otherwise (a chat reply, which starts a message) it is dropped, as ``detokenize`` and
+    SentencePiece drop the space at the start of a text.
     """
 
-    def __init__(self, tok: "Tokenizer", unparse_special: bool = False):
+    def __init__(self, tok: "Tokenizer", unparse_special: bool = False,
+                 continuation: bool = False):
         self._tok = tok
         self._unparse_special = unparse_special
-        self._first = True
+        self._first = not continuation
         self._pending = b""  # raw bytes not yet cleaned (clean_spaces vocabs only)
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
@@ -699,8 +706,8 @@ class Tokenizer:
             raw = clean_spaces(raw)
         return raw.decode("utf-8", errors="replace")
 
-    def decoder(self, unparse_special: bool = False) -> StreamDecoder:
-        return StreamDecoder(self, unparse_special)
+    def decoder(self, unparse_special: bool = False, continuation: bool = False) -> StreamDecoder:
+        return StreamDecoder(self, unparse_special, continuation)
 
     # -- fill-in-the-middle -------------------------------------------------------------
 

@@ -26,13 +26,16 @@ never fail the request. The {"response": ...} answer is unwrapped only when the 
 says which template wrote the prompt and it is one that gets the generic format (for
 another model such a reply may be the JSON the user asked for).
 
-The streaming side (`held_from`) tells the server how much of the reply so far could be
-the start of a call, so that it holds that text back instead of streaming it as content.
+The streaming side (`held_from`, and `CallHold`, the same answer for a reply that grows
+piece by piece) tells the server how much of the reply so far could be the start of a
+call, so that it holds that text back instead of streaming it as content.
 """
 from __future__ import annotations
 
+import bisect
 import json
 import uuid
+from collections import deque
 from dataclasses import dataclass
 
 import regex
@@ -358,12 +361,17 @@ def _parse_unfenced(text: str, names: set, generic: bool | None) -> tuple[str | 
 
 # ---- streaming --------------------------------------------------------------------------
 
+MARKER_MAX = max(map(len, MARKERS))
+MARKER_HEADS = frozenset(m[0] for m in MARKERS)
+
+
 def _marker_prefix_len(text: str) -> int:
     """Length of the longest end of `text` that a marker starts with: the next token may
     complete the marker (as engine.py's stop strings are held back)."""
-    for k in range(min(len(text), max(map(len, MARKERS)) - 1), 0, -1):
-        if any(m.startswith(text[-k:]) for m in MARKERS):
-            return k
+    tail = text[-(MARKER_MAX - 1):]
+    for i, ch in enumerate(tail):  # the longest end first
+        if ch in MARKER_HEADS and any(m.startswith(tail[i:]) for m in MARKERS):
+            return len(tail) - i
     return 0
 
 
@@ -374,37 +382,264 @@ def held_from(text: str, tools: list | None = None) -> int:
     holds a call from one that does not (without them, any closed JSON fence waits).
 
     The whitespace just before a possible call waits too, so that a streamed reply's
-    content ends where parse() strips it."""
-    if not text.strip() or text.lstrip().startswith(JSON_STARTS):
-        return 0  # (so far) a whole-reply JSON call
-    found = [i for i in (text.find(m) for m in MARKERS) if i >= 0]
-    fence = _fence_call_at(text, declared_names(tools) if tools is not None else None)
-    if fence is not None:
-        found.append(fence)
-    cut = min(found) if found else len(text) - _marker_prefix_len(text)
-    return len(text[:cut].rstrip())
+    content ends where parse() strips it.
+
+    It reads the whole text: a server that streams should push each new piece into one
+    CallHold instead, which reads each character a bounded number of times over the
+    whole reply (calling this at every token is quadratic in the reply's length)."""
+    return CallHold(tools).push(text)
 
 
-def _fence_call_at(text: str, names: set | None) -> int | None:
-    """Where the first code fence that holds a call, or may still turn out to, begins;
-    None if there is none. A closed fence holds calls or not (without `names`, one whose
-    body is JSON or a <tool_call> block may); an open one may while its info string can
-    still become json or xml and its body is empty or starts as a call does."""
-    for f in _fences(text):
-        if f.closed:
-            body = text[f.body_start:f.body_end].lstrip()
-            if f.info in _CALL_FENCE_INFOS and (
-                    _fence_calls(text, f, names, None) if names is not None
-                    else body.startswith((*JSON_STARTS, HERMES_OPEN))):
-                return f.start
-            continue
-        info_ok = (f.info in _CALL_FENCE_INFOS if f.info_done
-                   else any(i.startswith(f.info) for i in _CALL_FENCE_INFOS))
-        body = text[f.body_start:].lstrip()
-        if info_ok and (not body or body.startswith(JSON_STARTS)
-                        or HERMES_OPEN.startswith(body[:len(HERMES_OPEN)])):
-            return f.start
-        return None  # an open fence that is no call: what follows is inside it
-    # A line that may be becoming a fence: "`" or "``" at the start of the last line.
-    last = text[text.rfind("\n") + 1:]
-    return len(text) - len(last) if last.strip(" \t") in ("`", "``") else None
+# _FenceLine phases: leading blanks, the backticks, blanks after them, the info string's
+# first word, the rest of the line; SHORT: one or two backticks and blanks (a line that
+# may be becoming a fence); DEAD: the line is no fence, whatever follows.
+LEAD, TICKS, GAP, WORD, REST, SHORT, DEAD = range(7)
+_BLANK = " \t"
+_SPACE = regex.compile(r"\s")  # what _FENCE_LINE's \s matches
+INFO_KEEP = 5  # more than the longest of _CALL_FENCE_INFOS: a longer word is none of them
+
+
+class _FenceLine:
+    """The reply's last line, read piece by piece as _FENCE_LINE reads a whole line:
+    blanks, three or more backticks, blanks, an info string's first word (`word`, its
+    first INFO_KEEP characters), and no backtick after them. Each character is looked at
+    once at most, and none once the line cannot be a fence."""
+    __slots__ = ("phase", "ticks", "word")
+
+    def __init__(self):
+        self.phase, self.ticks, self.word = LEAD, 0, ""
+
+    def feed(self, seg: str) -> None:
+        """Read more of the line (seg holds no newline)."""
+        i, n = 0, len(seg)
+        while i < n and self.phase != DEAD:
+            ph, ch = self.phase, seg[i]
+            if ph == REST:  # only a backtick matters now
+                if seg.find("`", i) >= 0:
+                    self.phase = DEAD
+                return
+            if ph == LEAD:
+                if ch == "`":
+                    self.phase, self.ticks = TICKS, 1
+                elif ch not in _BLANK:
+                    self.phase = DEAD
+            elif ph == TICKS:
+                if ch == "`":
+                    self.ticks += 1
+                elif self.ticks < 3:
+                    self.phase = SHORT if ch in _BLANK else DEAD
+                else:
+                    self.phase = GAP
+                    continue  # ch is read again, after the backticks
+            elif ph == SHORT:
+                if ch not in _BLANK:
+                    self.phase = DEAD
+            elif ch == "`":  # GAP or WORD: a backtick after the fence's own
+                self.phase = DEAD
+            elif ph == GAP:
+                if ch not in _BLANK:
+                    if _SPACE.match(ch):
+                        self.phase = REST
+                    else:
+                        self.phase, self.word = WORD, ch
+            elif _SPACE.match(ch):  # WORD
+                self.phase = REST
+            else:
+                self.word += ch
+                if len(self.word) == INFO_KEEP:  # too long to be a call fence's: where
+                    self.phase = REST            # it ends changes nothing any more
+            i += 1
+
+    @property
+    def is_fence(self) -> bool:
+        return self.phase in (GAP, WORD, REST) or (self.phase == TICKS and self.ticks >= 3)
+
+    @property
+    def info(self) -> str:
+        """The info string as _fences keeps it (lower case); exact up to INFO_KEEP."""
+        return self.word.lower()
+
+    @property
+    def short(self) -> bool:
+        """One or two backticks and blanks: `last.strip(" \t") in ("`", "``")`."""
+        return self.phase == SHORT or (self.phase == TICKS and self.ticks < 3)
+
+
+@dataclass
+class _OpenFence:
+    """A code fence opened by a complete line, not closed yet."""
+    start: int        # where its opening line begins
+    ns_end: int       # len(reply[:start].rstrip())
+    ticks: int
+    info: str
+    body_start: int   # just after the opening line's newline
+    body_ns: int | None = None   # the body's first non-whitespace character, once it came
+    head: str = ""    # the body from body_ns on, up to len(HERMES_OPEN) characters
+
+
+class CallHold:
+    """held_from, for a reply that grows: push() each new piece, and get where a call
+    could begin in the reply so far (as held_from of the whole of it says).
+
+    held_from reads the whole reply, so calling it at every token of a streamed reply
+    was quadratic in the reply's length. This reads each new character a bounded number
+    of times: first occurrences of the markers, the reply's first non-whitespace
+    character, the last non-whitespace ones, and the code fences line by line. A closed
+    fence's body is parsed once (once more while its closing line is still the last one).
+    The reply is kept in its pieces, never joined whole; `_slice` cuts the parts that are
+    read again."""
+
+    def __init__(self, tools: list | None = None):
+        self.names = declared_names(tools) if tools is not None else None
+        self.n = 0                    # characters so far
+        self._pieces: list[str] = []
+        self._starts: list[int] = []  # where each piece begins
+        self.first = ""               # the first non-whitespace character, once it came
+        self.marker_at: int | None = None    # the first marker, and the text's end before
+        self.marker_ns_end = 0               # it without whitespace
+        self.ns_end = 0               # len(reply.rstrip())
+        self.recent_ns: deque = deque(maxlen=MARKER_MAX)  # last non-whitespace positions
+        self.line_start = 0           # where the last (unfinished) line begins
+        self.line = _FenceLine()
+        self.line_ns_end = 0          # len(reply[:line_start].rstrip())
+        self.open: _OpenFence | None = None
+        self.fixed: tuple | None = None   # (start, ns_end): the first closed call fence
+        self._closing: tuple = (-1, False)  # (line start, verdict) of a last closing line
+
+    def _slice(self, a: int, b: int) -> str:
+        """reply[a:b], from the pieces: costs b - a and a binary search."""
+        out = []
+        i = bisect.bisect_right(self._starts, a) - 1
+        while a < b:
+            at, piece = self._starts[i], self._pieces[i]
+            out.append(piece[a - at:b - at])
+            a, i = at + len(piece), i + 1
+        return "".join(out)
+
+    def push(self, piece: str) -> int:
+        start = self.n
+        if piece:
+            self._pieces.append(piece)
+            self._starts.append(start)
+            self.n += len(piece)
+            ns_end = self.ns_end
+            self._see_text(piece, start)
+            self._see_markers(start)
+            if self.fixed is None:
+                self._see_lines(piece, start, ns_end)
+        return self._held()
+
+    def _see_text(self, piece: str, start: int) -> None:
+        if not self.first:
+            rest = piece.lstrip()
+            self.first = rest[:1]
+        r = len(piece.rstrip())
+        if r:
+            self.ns_end = start + r
+        found, i = [], r - 1   # the last MARKER_MAX non-whitespace positions, newest first
+        while i >= 0 and len(found) < MARKER_MAX:
+            if not piece[i].isspace():
+                found.append(start + i)
+            i -= 1
+        self.recent_ns.extend(reversed(found))
+
+    def _see_markers(self, start: int) -> None:
+        """A marker's first occurrence, in the new text and the end of the old."""
+        lo = max(0, start - MARKER_MAX + 1)
+        window = self._slice(lo, self.n)
+        hits = [i for i in (window.find(m) for m in MARKERS) if i >= 0]
+        if hits and (self.marker_at is None or lo + min(hits) < self.marker_at):
+            self.marker_at = lo + min(hits)
+            self.marker_ns_end = len(self._slice(0, self.marker_at).rstrip())  # at most 3 times
+
+    def _see_lines(self, piece: str, start: int, ns_end: int) -> None:
+        """Feed the piece to the fence lines, line by line. ns_end: len(reply.rstrip())
+        before the piece, kept up to date through it for each line's start."""
+        pos = 0
+        while self.fixed is None:
+            nl = piece.find("\n", pos)
+            seg = piece[pos:len(piece) if nl < 0 else nl]
+            self.line.feed(seg)
+            if self.open is not None:
+                self._see_body(self.open, seg, start + pos)
+            if nl < 0:
+                return
+            r = len(seg.rstrip())
+            if r:
+                ns_end = start + pos + r
+            self._end_line(start + nl)
+            self.line_start, self.line, self.line_ns_end = start + nl + 1, _FenceLine(), ns_end
+            pos = nl + 1
+
+    def _see_body(self, o: _OpenFence, seg: str, at: int) -> None:
+        """The open fence's first non-whitespace character and the text after it."""
+        if o.body_ns is None:
+            lead = len(seg) - len(seg.lstrip())
+            if lead < len(seg):
+                o.body_ns = at + lead
+        if o.body_ns is not None and len(o.head) < len(HERMES_OPEN):
+            o.head = self._slice(o.body_ns, min(o.body_ns + len(HERMES_OPEN), self.n))
+
+    def _end_line(self, end: int) -> None:
+        """The line from line_start to the newline at `end` is complete."""
+        line = self.line
+        if not line.is_fence:
+            return
+        o = self.open
+        if o is None:
+            self.open = _OpenFence(self.line_start, self.line_ns_end, line.ticks, line.info, end + 1)
+        elif not line.word and line.ticks >= o.ticks:
+            if self._holds_call(o, self.line_start):
+                self.fixed = (o.start, o.ns_end)
+            self.open = None
+
+    def _holds_call(self, o: _OpenFence, body_end: int) -> bool:
+        """Does the fence, closed at body_end, hold calls? With the tools: its whole body
+        is calls to them. Without: its body starts as a call would (JSON, <tool_call>)."""
+        if o.info not in _CALL_FENCE_INFOS:
+            return False
+        body = self._slice(o.body_start, body_end)
+        if self.names is not None:
+            inner, found = _parse_unfenced(body, self.names, None)
+            return bool(found) and inner is None
+        return body.lstrip().startswith((*JSON_STARTS, HERMES_OPEN))
+
+    def _fence_at(self) -> tuple | None:
+        """(start, ns_end) of the first code fence that holds a call, or may still turn
+        out to; None if there is none. A closed fence holds calls or not; an open one may
+        while its info string can still become json or xml and its body is empty or
+        starts as a call does. After an open fence that is no call, nothing is a fence
+        (what follows is inside it); with no fence open, a last line of one or two
+        backticks may be becoming one."""
+        if self.fixed is not None:
+            return self.fixed
+        line, here = self.line, (self.line_start, self.line_ns_end)
+        o = self.open
+        if o is None:
+            if line.is_fence:  # an opening line whose info string may still grow
+                return here if any(i.startswith(line.info) for i in _CALL_FENCE_INFOS) else None
+            return here if line.short else None
+        if line.is_fence and not line.word and line.ticks >= o.ticks:  # the last line closes it
+            if self._closing[0] != self.line_start:
+                self._closing = (self.line_start, self._holds_call(o, self.line_start))
+            return (o.start, o.ns_end) if self._closing[1] else None
+        if o.info not in _CALL_FENCE_INFOS:
+            return None
+        if o.body_ns is None or o.head.startswith(JSON_STARTS) or HERMES_OPEN.startswith(o.head):
+            return o.start, o.ns_end
+        return None
+
+    def _held(self) -> int:
+        if not self.first or self.first in JSON_STARTS:
+            return 0  # (so far) a whole-reply JSON call
+        found = [] if self.marker_at is None else [(self.marker_at, self.marker_ns_end)]
+        fence = self._fence_at()
+        if fence is not None:
+            found.append(fence)
+        if found:
+            return min(found)[1]
+        cut = self.n - _marker_prefix_len(self._slice(max(0, self.n - MARKER_MAX), self.n))
+        for p in reversed(self.recent_ns):
+            if p < cut:
+                return p + 1
+        return 0

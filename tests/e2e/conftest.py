@@ -271,16 +271,25 @@ def bundle_env(tmp_path_factory) -> dict:
                 PYTHONUNBUFFERED="1")
 
 
-def greedy_reference(model, ids, max_tokens):
+def greedy_reference(model, ids, max_tokens, continuation: bool = False):
     """Our own Model's greedy ids up to the first end-of-generation token (excluded), and
     their text: the reference for what the server must answer at temperature 0. (Model's
-    greedy output is itself checked against llama.cpp in tests/runtime/test_parity.py.)"""
+    greedy output is itself checked against llama.cpp in tests/runtime/test_parity.py.)
+    continuation: the text is what the reply adds to the prompt's text (a completion, which
+    keeps a SentencePiece word's leading space) instead of a text of its own (a chat reply)."""
     out = []
     for t in model.generate(ids, max_tokens, temperature=0.0, n_ctx=model.n_ctx_train):
         if t in model.eog_ids:
             break
         out.append(t)
-    return out, model.detokenize(out)
+    return out, continued_text(model, ids, out) if continuation else model.detokenize(out)
+
+
+def continued_text(model, prompt_ids, ids) -> str:
+    """What `ids` add to the text of `prompt_ids`."""
+    before, after = model.detokenize(prompt_ids), model.detokenize([*prompt_ids, *ids])
+    assert after.startswith(before), (before, after)
+    return after[len(before):]
 
 
 def with_context_length(src, dst, arch, n_ctx):

@@ -53,7 +53,7 @@ class ByteTokenizer:
     bos_id = None
     n_vocab = 257
 
-    def decoder(self):
+    def decoder(self, continuation=False):
         return ByteDecoder()
 
     def token_to_piece(self, tok, special=False):

@@ -19,7 +19,7 @@ def test_a_forced_mode_serves_the_same_greedy_answer_as_the_model(server_factory
     assert f"{mode} weights)" in h.output()  # forced: no "would not fit" explanation
     model = Model.load(TINY, mode=mode)
     ids = model.tokenize("The capital of France is")
-    want_ids, want_text = greedy_reference(model, ids, 12)
+    want_ids, want_text = greedy_reference(model, ids, 12, continuation=True)
     assert want_ids, "the reference ended at once: pick another prompt"
     status, body = post_json(h.url + "/completion",
                              {"prompt": ids, "n_predict": 12, "temperature": 0})

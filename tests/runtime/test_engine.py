@@ -33,8 +33,14 @@ class FakeDecoder:
 
 
 class FakeTokenizer:
-    def decoder(self):
+    def decoder(self, continuation=False):
         return FakeDecoder()
+
+    def token_to_piece(self, t, special=False):  # what a JSON constraint reads
+        return piece(t).encode()
+
+    def is_special(self, t):
+        return False
 
 
 class FakeSession:
@@ -298,3 +304,59 @@ def test_speculative_next_tokens_contract(monkeypatch):
 ])
 def test_stop_hold_len(text, stops, expected):
     assert _stop_hold_len(text, stops) == expected
+
+
+# ---- a constraint: what logprobs report, and where an ignore_eos reply ends ----------------
+
+def null_constraint(model):
+    """The reply must be the JSON literal null: after "m" the fake model favours "n" (it
+    fits), then "o" (it does not: "u" must come, which the model puts far down)."""
+    from runtime import json_constraint as jc
+    node = jc.compile_schema({"type": "null"})
+    return jc.make_constraint(model, jc.value_grammar(node))
+
+
+def test_n_probs_are_those_of_the_distribution_the_constraint_leaves(eng):
+    text, toks, final = run(eng, [12], n_probs=3, max_tokens=4,
+                            constraint=null_constraint(eng.model))
+    assert text == "null"
+    for ev in toks:
+        ids = [i for i, _ in ev.probs]
+        # the chosen token is the best of the list, and the list holds allowed tokens only
+        assert ids[0] == ev.token and ev.prob == ev.probs[0][1]
+        assert sum(p for _, p in ev.probs) <= 1 + 1e-9
+    # After "n" only "u" fits: a forced token is certain, whatever the model thought of it
+    # (it was reported with e^-20 of the mass, and the list named "o", "p", which the
+    # constraint forbids).
+    u = toks[1]
+    assert u.token == LETTERS.index("u") and u.probs == [(u.token, 1.0)] and u.prob == 1.0
+    # "n" competes with a space (whitespace may come before the value): both are listed,
+    # renormalised over the tokens that fit.
+    first = toks[0]
+    assert [i for i, _ in first.probs] == [LETTERS.index("n"), SPACE]
+    ratio = first.probs[1][1] / first.probs[0][1]
+    assert ratio == pytest.approx(np.exp(-20.0), rel=1e-6)
+
+
+def test_n_probs_leave_out_tokens_the_logit_bias_bans(eng):
+    # "b" is the model's favourite after "a" and is banned: "c" is drawn, and reported as
+    # the best, with "b" nowhere in the list.
+    ban = SamplingParams(temperature=0.0, logit_bias={1: -np.inf})
+    _, toks, _ = run(eng, [0], params=ban, max_tokens=1, n_probs=3)
+    ev = toks[0]
+    assert ev.token == 2 and ev.probs[0][0] == 2 and 1 not in [i for i, _ in ev.probs]
+    assert ev.prob > 0.99
+
+
+def test_ignore_eos_with_a_constraint_stops_where_the_value_ends(eng):
+    # End-of-generation banned (what ignore_eos does): the reply cannot end with the one
+    # whitespace byte allowed after a value, as nothing could follow that byte.
+    no_eos = SamplingParams(temperature=0.0, logit_bias={EOS: -np.inf})
+    text, toks, final = run(eng, [12], params=no_eos, constraint=null_constraint(eng.model))
+    assert text == "null"
+    assert final.finish_reason == "stop" and final.completion_tokens == 4
+    # With end-of-generation possible, the whitespace byte is still allowed: the fake
+    # model ranks the space above end-of-generation (a tie, and the lower id wins), and
+    # ends the reply after it.
+    text, _, final = run(eng, [12], constraint=null_constraint(eng.model))
+    assert text == "null " and final.stopped_eos and final.completion_tokens == 6

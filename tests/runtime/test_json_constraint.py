@@ -585,6 +585,94 @@ def test_an_out_of_order_key_is_refused_on_the_real_qwen2_vocabulary():
     assert not c.allows(city) and greedy(c).sample(x, []) == population
 
 
+# ---- what logprobs report under a constraint (Sampler.reported_probs) -----------------------
+
+def masked_softmax(x, allowed):
+    z = np.where(allowed, x.astype(np.float64), -np.inf)
+    w = np.exp(z - z.max())
+    return w / w.sum()
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_reported_probs_are_the_softmax_over_the_allowed_tokens(seed):
+    rng = np.random.default_rng(seed)
+    c = constraint()
+    s = Sampler(SamplingParams(temperature=float(seed % 3), top_k=2, seed=seed), constraint=c)
+    out = []
+    for _ in range(8):
+        x = (3 * rng.normal(size=len(PIECES))).astype(np.float32)
+        allowed = np.array([c.allows(t) for t in range(len(PIECES))])
+        if not allowed.any():
+            break
+        top, p = s.reported_probs(x, out, 5)
+        want = masked_softmax(x, allowed)
+        ids = [i for i, _ in top]
+        assert all(allowed[ids]) and len(ids) == min(5, allowed.sum())
+        assert ids == sorted(ids, key=lambda t: (-x[t], t))
+        np.testing.assert_allclose([q for _, q in top], want[ids], rtol=1e-9)
+        tok = s.sample(x, out)
+        # the drawn token is in the reported distribution, with its probability
+        assert allowed[tok] and p[tok] == pytest.approx(want[tok], rel=1e-9) and p[tok] > 0
+        if s.params.greedy:
+            assert tok == ids[0]
+        out.append(tok)
+        if tok == EOG:
+            break
+        c.accept(tok)
+
+
+def test_reported_probs_of_a_forced_token_are_one():
+    c = constraint(jc.compile_schema({"type": "object", "properties": {"a": {}},
+                                      "required": ["a"], "additionalProperties": False}))
+    for tok in (0, 2):      # {"  : only the key a may come, the model's least favourite
+        c.accept(tok)
+    x = logits_favouring(1, 0, 2, 3)
+    top, p = greedy(c).reported_probs(x, [], 3)
+    assert top == [(3, 1.0)] and p[3] == 1.0
+    assert greedy(c).sample(x, []) == 3
+
+
+def test_reported_probs_leave_out_banned_tokens_and_follow_the_bias():
+    x = np.array([3.0, 2.0, 1.0, 0.0], dtype=np.float32)
+    s = Sampler(SamplingParams(temperature=0, logit_bias={0: -math.inf, 3: 2.0}))
+    top, p = s.reported_probs(x, [], 4)
+    assert [i for i, _ in top] == [1, 3, 2] and p[0] == 0
+    np.testing.assert_allclose([q for _, q in top], masked_softmax(np.array([0, 2, 1, 2.0]),
+                                                                   [False, True, True, True])[[1, 3, 2]])
+    # without a bias, penalties or a constraint: the plain softmax of the logits
+    top, p = Sampler(SamplingParams(temperature=0.7, top_k=1)).reported_probs(x, [], 2)
+    want = masked_softmax(x, [True] * 4)
+    assert [i for i, _ in top] == [0, 1] and np.allclose(p, want)
+
+
+def test_reported_probs_count_the_allowed_mass_past_the_top_tokens():
+    # 1,000 refused tokens and 1,000 allowed ones, all equally likely: the allowed mass
+    # lies mostly past the CHUNK_LARGE tokens checked one by one.
+    n = 2000
+    pieces = [b"x"] * (n // 2) + [b"{"] * (n // 2)
+    c = jc.TokenConstraint(jc.value_grammar(jc.ANY), FakeTokenizer(pieces), set(), n)
+    top, p = greedy(c).reported_probs(np.zeros(n, dtype=np.float32), [], 3)
+    assert len(top) == 3 and all(i >= 1000 for i, _ in top)
+    assert all(q == pytest.approx(1 / 1000) for _, q in top)
+    assert p[1999] == pytest.approx(1 / 1000)
+    assert n > 2 * CHUNK_LARGE
+
+
+def test_no_end_token_leaves_nothing_after_the_value():
+    c = constraint()
+    for tok in (0, 1):
+        c.accept(tok)
+    c.no_end_token()
+    assert not any(c.allows(t) for t in range(len(PIECES)) if t != EOG)
+    with pytest.raises(NoTokenAllowed):
+        greedy(c, logit_bias={EOG: -math.inf}).sample(logits_favouring(6, 12, 0), [])
+    # A number may still grow while it can; only the whitespace that would end it goes.
+    c = constraint()
+    c.no_end_token()
+    c.accept(5)
+    assert c.complete and c.allows(5) and not c.allows(6) and not c.allows(12)
+
+
 # ---- logit_bias -------------------------------------------------------------------------
 
 def test_logit_bias_adds_before_the_choice():

@@ -346,3 +346,185 @@ def test_fences_pair_by_lines():
         assert held_from(text, TOOLS) == len(text), text
     # Without the tools, a closed JSON fence might be a call: it waits.
     assert held_from('Example:\n```json\n{"a": 1}\n```\nmore') == len("Example:")
+
+
+# ---- held_from read incrementally (CallHold) against the algorithm it replaced -----------
+
+def old_held_from(text, tools=None):
+    """held_from as it was before CallHold: it read the whole reply at every call, which
+    a streamed reply made quadratic. Kept as the reference for the same answers."""
+    from runtime import tool_calls as tc
+    if not text.strip() or text.lstrip().startswith(tc.JSON_STARTS):
+        return 0
+    found = [i for i in (text.find(m) for m in tc.MARKERS) if i >= 0]
+    fence = _old_fence_call_at(text, tc.declared_names(tools) if tools is not None else None)
+    if fence is not None:
+        found.append(fence)
+    cut = min(found) if found else len(text) - _old_marker_prefix_len(text)
+    return len(text[:cut].rstrip())
+
+
+def _old_marker_prefix_len(text):
+    from runtime.tool_calls import MARKERS
+    for k in range(min(len(text), max(map(len, MARKERS)) - 1), 0, -1):
+        if any(m.startswith(text[-k:]) for m in MARKERS):
+            return k
+    return 0
+
+
+def _old_fence_call_at(text, names):
+    from runtime import tool_calls as tc
+    for f in tc._fences(text):
+        if f.closed:
+            body = text[f.body_start:f.body_end].lstrip()
+            if f.info in tc._CALL_FENCE_INFOS and (
+                    tc._fence_calls(text, f, names, None) if names is not None
+                    else body.startswith((*tc.JSON_STARTS, tc.HERMES_OPEN))):
+                return f.start
+            continue
+        info_ok = (f.info in tc._CALL_FENCE_INFOS if f.info_done
+                   else any(i.startswith(f.info) for i in tc._CALL_FENCE_INFOS))
+        body = text[f.body_start:].lstrip()
+        if info_ok and (not body or body.startswith(tc.JSON_STARTS)
+                        or tc.HERMES_OPEN.startswith(body[:len(tc.HERMES_OPEN)])):
+            return f.start
+        return None
+    last = text[text.rfind("\n") + 1:]
+    return len(text) - len(last) if last.strip(" \t") in ("`", "``") else None
+
+
+CALL = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
+# Pieces of replies: fence lines of every kind, markers and their beginnings, calls,
+# whitespace that str.isspace and regex's \s see differently (\x1c), NBSP, \r, a letter
+# whose lower case is longer (İ), and plain words.
+FRAGMENTS = ["```", "````", "``", "`", "```json", "```JSON", "```xml", "```js", "```python",
+             "``` json", "```\tjson x", "```jsonx", "```İ", "\n", "\n\n", " ", "\t", "  ",
+             "\r", "\x0b", "\x1c", "\u00a0", "\u2028", "<tool_call>", "</tool_call>",
+             "<tool", "_call>", "[TOOL_CALLS]", "[TOOL", "<|python_tag|>", "<|py", "{", "[",
+             "}", "]", CALL, '{"a": 1}', "[1, 2]", "Sure.", "x", "Let me check", "ls -l",
+             "get_weather", "[ARGS]", '{"tool_call": ' + CALL + "}", "<", "|", "#"]
+
+
+def random_reply(rng):
+    return "".join(rng.choice(FRAGMENTS) for _ in range(rng.randint(1, 14)))
+
+
+def random_pieces(rng, text):
+    """text cut where a tokenizer might cut it: 1 to 6 characters at a time."""
+    out, i = [], 0
+    while i < len(text):
+        n = rng.randint(1, 6)
+        out.append(text[i:i + n])
+        i += n
+    return out
+
+
+def check_streamed(text, pieces, tools):
+    from runtime.tool_calls import CallHold
+    hold, so_far = CallHold(tools), ""
+    for piece in pieces:
+        so_far += piece
+        got = hold.push(piece)
+        assert got == old_held_from(so_far, tools), (so_far, tools)
+    assert so_far == text
+
+
+def test_call_hold_agrees_with_the_old_held_from_on_random_replies():
+    import random
+    rng = random.Random(1234)
+    for _ in range(3000):
+        text = random_reply(rng)
+        tools = rng.choice((TOOLS, None, []))
+        check_streamed(text, random_pieces(rng, text), tools)
+        assert held_from(text, tools) == old_held_from(text, tools), (text, tools)
+
+
+REAL_REPLIES = [
+    'Sure.\n\n<tool_call>\n' + CALL + '\n</tool_call>',
+    "I'll check the weather for you.\n<tool_call>\n" + CALL + '\n</tool_call>\n<tool_call>\n'
+    '{"name": "get_time", "arguments": {}}\n</tool_call>',
+    '```json\n' + CALL + '\n```',
+    'To get the weather, I will call the tool:\n\n```json\n' + CALL + '\n```\n\nLet me know!',
+    'Here is an example in Python:\n\n```python\nimport requests\nprint(requests.get("x"))\n```\n'
+    '\nAnd the call:\n```\n' + CALL + '\n```',
+    '```xml\n<tool_call>\n' + CALL + '\n</tool_call>\n```',
+    '[TOOL_CALLS] [' + CALL + ']',
+    '[TOOL_CALLS]get_weather[ARGS]{"city": "Paris"}',
+    '<|python_tag|>{"name": "get_weather", "parameters": {"city": "Paris"}}',
+    'The weather in Paris is sunny, 21 °C. Use `get_weather` again if you need more.',
+    'Steps:\n1. Run ``ls``\n2. Then ```cat```\n  ```\n  indented fence\n  ```\nDone.',
+    '   \n\n  ' + CALL,
+    'Code:\n```python title="x.py"\nx=1\n```\n```json\n{"name": "get_time", "arguments": {}}\n```',
+    'Example:\n```json\n{"a": 1}\n```\nNow a long explanation',
+]
+
+
+@pytest.mark.parametrize("text", REAL_REPLIES)
+def test_call_hold_agrees_with_the_old_held_from_on_real_replies(text):
+    import random
+    rng = random.Random(7)
+    for tools in (TOOLS, None):
+        check_streamed(text, list(text), tools)                 # a character at a time
+        check_streamed(text, random_pieces(rng, text), tools)
+        check_streamed(text, [text], tools)
+
+
+LONG_BYTES = 200_000
+
+
+def long_replies():
+    """Replies of about LONG_BYTES, each the worst case of one part of CallHold."""
+    line = "The quick brown fox jumps over the lazy dog, and then some more. "
+    prose = line * (LONG_BYTES // len(line) + 1)
+    return {
+        "prose": prose,
+        "open json fence": "Sure:\n```json\n{\"a\": [" + "1, " * (LONG_BYTES // 3) + "2]}",
+        "one fence line": "Sure:\n```" + "x" * LONG_BYTES,          # no newline ever
+        "many fences": "```python\nx = 1\n```\n" * (LONG_BYTES // 20 + 1),
+        "many call fences": ("```json\n" + CALL + "\n```\n") * (LONG_BYTES // 60),
+        "blank lines": "Hi" + "\n" * LONG_BYTES + "```",
+        "spaces": "Hi" + " " * LONG_BYTES + "<tool",
+        "after a marker": "Let me see. <tool_call>\n" + prose,
+        "blank start": " " * LONG_BYTES + "{",
+    }
+
+
+@pytest.mark.parametrize("name", list(long_replies()))
+def test_a_long_streamed_reply_is_read_in_bounded_work(name, monkeypatch):
+    """Work is counted, not timed, over a reply of 200 KB pushed a few characters at a
+    time: the characters CallHold cuts back out of the reply (_slice), those the call
+    parser reads, and those its fence-line reader steps through. Beyond a bounded amount
+    per push, each grows linearly with the reply. (At every token the old held_from read
+    the whole reply: 11 GB of reading here.)"""
+    import random
+    from runtime import tool_calls as tc
+    text = long_replies()[name]
+    counts = {"slice": 0, "parse": 0, "line": 0}
+    real_slice, real_parse, real_feed = tc.CallHold._slice, tc._parse_unfenced, tc._FenceLine.feed
+
+    def counting_slice(self, a, b):
+        out = real_slice(self, a, b)
+        counts["slice"] += len(out)
+        return out
+
+    def counting_parse(body, names, generic):
+        counts["parse"] += len(body)
+        return real_parse(body, names, generic)
+
+    def counting_feed(self, seg):
+        counts["line"] += len(seg)
+        return real_feed(self, seg)
+
+    monkeypatch.setattr(tc.CallHold, "_slice", counting_slice)
+    monkeypatch.setattr(tc, "_parse_unfenced", counting_parse)
+    monkeypatch.setattr(tc._FenceLine, "feed", counting_feed)
+    pieces = random_pieces(random.Random(3), text)
+    hold = tc.CallHold(TOOLS)
+    for piece in pieces:
+        got = hold.push(piece)
+    assert got == old_held_from(text, TOOLS)
+    n, per_push = len(text), 40 * len(pieces)
+    assert n >= LONG_BYTES
+    assert counts["slice"] <= per_push + 2 * n, counts
+    assert counts["parse"] <= 2 * n, counts
+    assert counts["line"] <= n, counts
