@@ -304,3 +304,37 @@ def with_context_length(src, dst, arch, n_ctx):
     struct.pack_into("<I", data, at + 4, n_ctx)
     dst.write_bytes(bytes(data))
     return dst
+
+
+class Tmpfs:
+    """A small tmpfs mounted for one test (root only); unmounted, lazily if busy, after."""
+
+    def __init__(self, path: Path, size_bytes: int, *options: str):
+        self.path, self.size_bytes, self.options = path, size_bytes, options
+
+    def __enter__(self) -> Path:
+        if os.geteuid() != 0:
+            pytest.skip("mounting a tmpfs (noexec, or small enough to fill) needs root; "
+                        "CI runs as root")
+        self.path.mkdir()
+        opts = ",".join([f"size={self.size_bytes // 1024}k", *self.options])
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(self.path)],
+                           capture_output=True, text=True)
+        if r.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip() or r.returncode}")
+        return self.path
+
+    def __exit__(self, *exc) -> None:
+        if subprocess.run(["umount", str(self.path)], capture_output=True).returncode:
+            subprocess.run(["umount", "-l", str(self.path)], capture_output=True)
+
+
+def wait_for(what, limit_s: float, why: str):
+    """what()'s first truthy answer, asked every 20 ms; fails after limit_s."""
+    end = time.monotonic() + limit_s
+    while True:
+        got = what()
+        if got:
+            return got
+        assert time.monotonic() < end, f"{why}: not after {limit_s} s"
+        time.sleep(0.02)

@@ -10,7 +10,6 @@ never written by hand.
 """
 import json
 import math
-import threading
 
 import pytest
 
@@ -113,19 +112,9 @@ def test_completions_logprobs_under_a_json_constraint(tiny_server):
 # a tool: every byte it wants is refused until the call's text lets it in.
 @pytest.fixture(scope="module")
 def parrot_url():
-    from runtime import server
-    from runtime.engine import Engine
-    from tests.e2e.test_api_tools import N_CTX, ParrotModel
-    model = ParrotModel()
-    st = server.State(model_path="parrot.gguf", n_ctx=N_CTX, model=model, model_id="parrot")
-    st.engine = Engine(model, N_CTX)
-    httpd, port = server.bind("127.0.0.1", 0)
-    httpd.set_app(server.wrap_app(server.build_app(st), st))
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{port}"
-    httpd.shutdown()
-    httpd.server_close()
+    from tests.e2e.test_api_tools import serve_parrot
+    for url, _ in serve_parrot():
+        yield url
 
 
 def test_logprobs_of_a_forced_tool_call_are_those_of_allowed_tokens(parrot_url):

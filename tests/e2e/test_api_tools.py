@@ -109,6 +109,11 @@ class ParrotModel:
 @pytest.fixture(scope="module")
 def parrot():
     """(url, model): the real server app on a real socket, serving the parrot."""
+    yield from serve_parrot()
+
+
+def serve_parrot():
+    """Yields (url, model) while the real server app serves a ParrotModel on a real socket."""
     from runtime import server
     from runtime.engine import Engine
     model = ParrotModel()

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import non_ascii_model
-from tests.e2e.conftest import bundle_cmd, bundle_env, session_bundle
+from tests.e2e.conftest import Tmpfs, bundle_cmd, bundle_env, session_bundle
 
 RUN_TIMEOUT_S = 60
 TRACEBACK = "Traceback (most recent call last)"
@@ -129,29 +129,6 @@ def test_a_pyz_with_no_writable_place_says_what_to_do(tmp_path_factory, tmp_path
 
 
 # ------------------------------------------------------- noexec and full file systems
-
-class Tmpfs:
-    """A small tmpfs mounted for one test (root only); unmounted, lazily if busy, after."""
-
-    def __init__(self, path: Path, size_bytes: int, *options: str):
-        self.path, self.size_bytes, self.options = path, size_bytes, options
-
-    def __enter__(self) -> Path:
-        if os.geteuid() != 0:
-            pytest.skip("mounting a tmpfs (noexec, or small enough to fill) needs root; "
-                        "CI runs as root")
-        self.path.mkdir()
-        opts = ",".join([f"size={self.size_bytes // 1024}k", *self.options])
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(self.path)],
-                           capture_output=True, text=True)
-        if r.returncode:
-            pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip() or r.returncode}")
-        return self.path
-
-    def __exit__(self, *exc) -> None:
-        if subprocess.run(["umount", str(self.path)], capture_output=True).returncode:
-            subprocess.run(["umount", "-l", str(self.path)], capture_output=True)
-
 
 def test_a_pyz_never_unpacks_onto_a_noexec_file_system(tmp_path_factory, tmp_path):
     """/tmp or /home mounted noexec (a common hardening): NumPy's compiled modules unpacked

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import bundle_cmd, bundle_env, session_bundle, session_stub
+from tests.e2e.conftest import Tmpfs, bundle_cmd, bundle_env, session_bundle, session_stub
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "tests" / "fixtures" / "models" / "tiny-llama-q8_0.gguf"
@@ -244,29 +244,8 @@ def test_kill_9_real_bundle_mid_copy(tmp_path_factory, tmp_path, qwen_gguf_path)
 
 # --------------------------------------------------------------------- 2. a full disk
 
-class _Tmpfs:
-    """A small tmpfs mounted for one test; unmounted (lazily if busy) afterwards."""
-
-    def __init__(self, path: Path, size_bytes: int):
-        self.path, self.size_bytes = path, size_bytes
-
-    def __enter__(self) -> Path:
-        if os.geteuid() != 0:
-            pytest.skip("mounting a small tmpfs (to fill a disk) needs root")
-        self.path.mkdir()
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={self.size_bytes // 1024}k",
-                            "tmpfs", str(self.path)], capture_output=True, text=True)
-        if r.returncode:
-            pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip() or r.returncode}")
-        return self.path
-
-    def __exit__(self, *exc) -> None:
-        if subprocess.run(["umount", str(self.path)], capture_output=True).returncode:
-            subprocess.run(["umount", "-l", str(self.path)], capture_output=True)
-
-
 def _bundle_into_tmpfs(tmp_path, stub, size_bytes, disk_usage_free_bytes=None):
-    with _Tmpfs(tmp_path / "disk", size_bytes) as disk:
+    with Tmpfs(tmp_path / "disk", size_bytes) as disk:
         out = disk / "full.pyz"
         r = subprocess.run(chatfile_cmd("bundle", MODEL, "-o", out, "--format", "pyz",
                                         "--stub", stub,

@@ -24,7 +24,8 @@ import time
 
 import pytest
 
-from tests.e2e.conftest import TINY, http_request, post_json, sse_events, with_context_length
+from tests.e2e.conftest import (TINY, http_request, post_json, sse_events, wait_for,
+                                with_context_length)
 
 BOUND_S = 20   # "soon": every deadline in play here is 1 s
 
@@ -45,23 +46,13 @@ def quick(tmp_path_factory):
     srv.start_loading()
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
-        _wait_for(lambda: srv.state.engine is not None or srv.state.error, 60, "no model")
+        wait_for(lambda: srv.state.engine is not None or srv.state.error, 60, "no model")
         assert srv.state.error is None, srv.state.error
         srv.test_url = f"http://127.0.0.1:{srv.port}"
         yield srv
     finally:
         srv.shutdown()
         mp.undo()
-
-
-def _wait_for(what, limit_s: float, why: str):
-    end = time.monotonic() + limit_s
-    while True:
-        got = what()
-        if got:
-            return got
-        assert time.monotonic() < end, f"{why}: not after {limit_s} s"
-        time.sleep(0.02)
 
 
 def _connect(url: str, rcvbuf: int | None = None) -> socket.socket:
@@ -224,7 +215,7 @@ def test_a_long_reply_outlasts_the_deadlines(quick, monkeypatch):
     at 1 s, arrives complete."""
     from runtime import server
     monkeypatch.setattr(server._Handler, "timeout", 1)
-    _wait_for(lambda: _worker_idle(quick), BOUND_S, "the worker stays busy")
+    wait_for(lambda: _worker_idle(quick), BOUND_S, "the worker stays busy")
     _slow_engine(monkeypatch, quick, 0.02)   # 120 tokens: 2.4 s at least
     body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 120,
             "ignore_eos": True}
@@ -247,7 +238,7 @@ def test_a_stream_nobody_reads_is_abandoned_and_its_generation_cancelled(quick, 
     next request is served."""
     from runtime import server
     monkeypatch.setattr(server._Handler, "timeout", 1)
-    _wait_for(lambda: _worker_idle(quick), BOUND_S, "the worker stays busy")
+    wait_for(lambda: _worker_idle(quick), BOUND_S, "the worker stays busy")
     _slow_engine(monkeypatch, quick, 0.01)   # 3000 tokens: 30 s at least
     sock = _connect(quick.test_url, rcvbuf=4096)
     try:
@@ -256,8 +247,8 @@ def test_a_stream_nobody_reads_is_abandoned_and_its_generation_cancelled(quick, 
                            "n_probs": 100, "stream": True}).encode()
         sock.sendall(_head("/completion", len(body)) + body)
         eng = quick.state.engine
-        _wait_for(lambda: eng.busy.is_set(), BOUND_S, "the reply never started")
-        _wait_for(lambda: _worker_idle(quick), 60, "the unread stream's generation went on")
+        wait_for(lambda: eng.busy.is_set(), BOUND_S, "the reply never started")
+        wait_for(lambda: _worker_idle(quick), 60, "the unread stream's generation went on")
         made = len(eng.session.tokens)
         assert made < 3000, f"the whole reply was generated ({made} tokens) for nobody"
         _still_serves(quick.test_url)
@@ -274,7 +265,7 @@ def test_at_the_cap_the_oldest_idle_connection_makes_room(quick, monkeypatch):
     from runtime import server
     monkeypatch.setattr(server._Handler, "head_timeout_s", 30, raising=False)
     monkeypatch.setattr(quick.httpd, "max_connections", 4, raising=False)
-    _wait_for(lambda: not getattr(quick.httpd, "open_conns", {}), BOUND_S,
+    wait_for(lambda: not getattr(quick.httpd, "open_conns", {}), BOUND_S,
               "the connections of earlier tests are still open")
     idle = []
     try:
@@ -303,7 +294,7 @@ def test_beyond_the_cap_with_every_connection_busy_a_503(quick, monkeypatch):
             busy.append(_connect(quick.test_url))
             busy[-1].sendall(_head("/tokenize", 1000) + b'{"content": ')
         conns = lambda: getattr(quick.httpd, "open_conns", {}).values()  # noqa: E731
-        _wait_for(lambda: len(conns()) == 3 and not any(c.reading_head for c in conns()),
+        wait_for(lambda: len(conns()) == 3 and not any(c.reading_head for c in conns()),
                   BOUND_S, "the three requests never reached their bodies")
         status, headers, data = http_request("GET", quick.test_url + "/", timeout=BOUND_S)
         assert status == 503, (status, data[:200])
@@ -314,7 +305,7 @@ def test_beyond_the_cap_with_every_connection_busy_a_503(quick, monkeypatch):
         # after its client has read the answer (the next request may come first).
         busy.pop().close()
         busy.pop().close()
-        _wait_for(lambda: len(conns()) < 2, BOUND_S, "the closed connections still count")
+        wait_for(lambda: len(conns()) < 2, BOUND_S, "the closed connections still count")
         _still_serves(quick.test_url)
     finally:
         for s in busy:
@@ -375,7 +366,7 @@ def test_stopping_the_server_cancels_the_replies_under_way(tmp_path, monkeypatch
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     socks = []
     try:
-        _wait_for(lambda: srv.state.engine is not None or srv.state.error, 60, "no model")
+        wait_for(lambda: srv.state.engine is not None or srv.state.error, 60, "no model")
         assert srv.state.error is None, srv.state.error
         eng = srv.state.engine
         _slow_engine(monkeypatch, srv, 0.01)   # 3000 tokens: 30 s at least
@@ -384,7 +375,7 @@ def test_stopping_the_server_cancels_the_replies_under_way(tmp_path, monkeypatch
         for _ in range(2):   # one generating, one queued
             socks.append(_connect(f"http://127.0.0.1:{srv.port}"))
             socks[-1].sendall(_head("/completion", len(body)) + body)
-        _wait_for(lambda: eng.busy.is_set() and eng.queued() == 1, BOUND_S,
+        wait_for(lambda: eng.busy.is_set() and eng.queued() == 1, BOUND_S,
                   "the replies never started")
     finally:
         srv.shutdown()

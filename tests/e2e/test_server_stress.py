@@ -21,7 +21,8 @@ import urllib.parse
 
 import pytest
 
-from tests.e2e.conftest import TINY, http_request, post_json, start_server, with_context_length
+from tests.e2e.conftest import (TINY, http_request, post_json, start_server, wait_for,
+                                with_context_length)
 
 QUEUE = 16   # runtime.engine.Engine's max_queue, as the server makes it
 
@@ -67,18 +68,8 @@ def _slots(url: str) -> dict:
     return json.loads(data)[0]
 
 
-def _wait_for(what, limit_s: float, why: str):
-    end = time.monotonic() + limit_s
-    while True:
-        got = what()
-        if got:
-            return got
-        assert time.monotonic() < end, f"{why}: not after {limit_s} s"
-        time.sleep(0.02)
-
-
 def _wait_idle(url: str, limit_s: float = 20) -> dict:
-    return _wait_for(lambda: (lambda s: s if not s["is_processing"] and not s["queued"] else None)(
+    return wait_for(lambda: (lambda s: s if not s["is_processing"] and not s["queued"] else None)(
         _slots(url)), limit_s, "the worker stays busy")
 
 
@@ -93,10 +84,10 @@ def test_clients_that_gave_up_while_queued_leave_room_for_new_ones(long_server):
                                       "stream": True})
     waiting = []
     try:
-        _wait_for(lambda: _slots(url)["is_processing"], 20, "the long reply never started")
+        wait_for(lambda: _slots(url)["is_processing"], 20, "the long reply never started")
         waiting = [_send(url, "/completion", {"prompt": "hello", "n_predict": 4})
                    for _ in range(QUEUE)]
-        _wait_for(lambda: _slots(url)["queued"] == QUEUE, 20, "the requests never queued")
+        wait_for(lambda: _slots(url)["queued"] == QUEUE, 20, "the requests never queued")
         for s in waiting:
             _hang_up(s)
         time.sleep(0.5)  # each request thread notices its client's hang-up within 50 ms
@@ -107,7 +98,7 @@ def test_clients_that_gave_up_while_queued_leave_room_for_new_ones(long_server):
             r=post_json(url + "/completion", {"prompt": "hello", "n_predict": 4}, timeout=60)))
         newcomer.start()
         # Queued (the fix) or refused (the bug): either shows within seconds.
-        _wait_for(lambda: not newcomer.is_alive() or _slots(url)["queued"] == 1, 20,
+        wait_for(lambda: not newcomer.is_alive() or _slots(url)["queued"] == 1, 20,
                   "the newcomer was neither queued nor refused")
     finally:
         _hang_up(long)   # cancels the long reply: the newcomer is served next
@@ -142,7 +133,7 @@ def test_a_server_with_over_1024_connections_open_still_serves(server_factory):
             socks.append(s)
         fd_dir = f"/proc/{h.proc.pid}/fd"
         if os.path.isdir(fd_dir):
-            _wait_for(lambda: len(os.listdir(fd_dir)) > 1040, 30,
+            wait_for(lambda: len(os.listdir(fd_dir)) > 1040, 30,
                       "the server did not accept the connections")
         else:
             time.sleep(2)
@@ -341,7 +332,7 @@ def test_a_stream_nobody_reads_times_out_quietly(capfd, monkeypatch, tmp_path):
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
     try:
-        _wait_for(lambda: srv.state.engine is not None or srv.state.error, 60, "no model")
+        wait_for(lambda: srv.state.engine is not None or srv.state.error, 60, "no model")
         assert srv.state.error is None, srv.state.error
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -352,8 +343,8 @@ def test_a_stream_nobody_reads_times_out_quietly(capfd, monkeypatch, tmp_path):
         sock.sendall(b"POST /completion HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: "
                      + str(len(body)).encode() + b"\r\n\r\n" + body)
         eng = srv.state.engine
-        _wait_for(lambda: eng.busy.is_set() or len(eng.session.tokens) > 0, 20, "never started")
-        _wait_for(lambda: not eng.busy.is_set(), 30, "the worker stays busy")
+        wait_for(lambda: eng.busy.is_set() or len(eng.session.tokens) > 0, 20, "never started")
+        wait_for(lambda: not eng.busy.is_set(), 30, "the worker stays busy")
         time.sleep(2.5)   # the request thread's write times out after 1 s
         sock.close()
         time.sleep(0.3)
