@@ -218,14 +218,24 @@ def _extract(archive, target_path, *args, **kwargs):
 
 def _remove_partial(target_path: Path) -> None:
     """Remove what an unpacking cut short left in shiv's "<target>.tmp" (up to its ~56 MB,
-    on a disk that may be full): the next start would unpack it all again anyway. Under
-    shiv's lock, since another start may be unpacking into that directory right now."""
+    on a disk that may be full): the next start would unpack it all again anyway. Only
+    when shiv's lock is free at once: another start that holds it is unpacking into that
+    directory right now, and the directory is its to finish (FileLock would wait for it,
+    and a second Ctrl+C in that wait would be a traceback)."""
     partial = target_path.parent / f"{target_path.name}.tmp"
+    lock = str(target_path.parent / f".{target_path.name}_lock")
+    filelock = _bootstrap.filelock
+    acquire = filelock.acquire_win if os.name == "nt" else filelock.acquire_nix
     try:
-        with _bootstrap.FileLock(target_path.parent / f".{target_path.name}_lock"):
-            shutil.rmtree(partial, ignore_errors=True)
+        fd = acquire(lock)  # a descriptor holding the lock, or None when another holds it
     except OSError:
-        pass
+        return
+    if fd is None:
+        return
+    try:
+        shutil.rmtree(partial, ignore_errors=True)
+    finally:
+        os.close(fd)  # (closing releases the lock)
 
 
 _extract_site_packages = _bootstrap.extract_site_packages

@@ -243,6 +243,10 @@ class _Shown:
             # when the character ended a row and the cursor went on to the next one.
             k = len(self.units) - 1
             self.units[k] += ch
+            if not _width(self.units[0][0]) and k == 0:
+                # Marks typed first sit on the prompt's last cell, which a redraw of the
+                # line alone would leave them on: the prompt goes too.
+                return self._home(self.ends[-1][0]) + self.draw()
             return self._back_to(k) + self._place_units(k)
         self.units.append(ch)
         return self._place_units(len(self.units) - 1)

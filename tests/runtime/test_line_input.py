@@ -99,6 +99,8 @@ CURSOR = "█"
 def _cells(ch: str) -> int:
     """The emulator's own idea of a character's width (xterm's, for what is tested)."""
     assert unicodedata.category(ch) != "Cc", f"the editor wrote the control character {ch!r}"
+    if ch == "\u00ad":  # the soft hyphen: a format character that xterm shows
+        return 1
     if unicodedata.category(ch) in ("Mn", "Me", "Cf"):
         return 0
     return 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
@@ -540,3 +542,12 @@ def test_a_character_the_terminal_cannot_show_takes_the_width_of_its_question_ma
     line, shown = type_and_look(typed, "a世\x7fb世", cols=20, screen=screen)
     assert line == "ab世"
     assert shown == ["> ab?" + CURSOR]
+
+
+def test_marks_typed_first_are_shown_once(typed):
+    """Combining marks typed at the start of a line join the prompt's last cell, which
+    rewriting the line alone did not clear: each new mark showed all the earlier ones
+    again (six on the screen for three typed)."""
+    line, shown = type_and_look(typed, "\u0301\u0301\u0301", cols=10)
+    assert line == "\u0301\u0301\u0301"
+    assert shown == ["> \u0301\u0301\u0301" + CURSOR]
