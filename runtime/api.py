@@ -30,19 +30,36 @@ _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
 
 class ApiError(Exception):
     def __init__(self, status: int, message: str, type_: str | None = None,
-                 headers: dict | None = None):
-        """headers: None for the status's usual ones (the server's STATUS_HEADERS)."""
+                 headers: dict | None = None, fields: dict | None = None):
+        """headers: None for the status's usual ones (the server's STATUS_HEADERS).
+        fields: more keys for the error object (llama-server's n_prompt_tokens, n_ctx)."""
         super().__init__(message)
         self.status = status
         self.message = message
         self.type = type_ or _ERROR_TYPES.get(status, "invalid_request_error")
         self.headers = headers
+        self.fields = fields or {}
 
 
-def error_body(status: int, message: str, type_: str | None = None) -> dict:
+def error_body(status: int, message: str, type_: str | None = None,
+               fields: dict | None = None) -> dict:
     return {"error": {"message": message,
                       "type": type_ or _ERROR_TYPES.get(status, "invalid_request_error"),
-                      "code": status}}
+                      "code": status, **(fields or {})}}
+
+
+def context_overflow(n_prompt_tok: int, n_ctx: int, n_ctx_train: int) -> ApiError:
+    """A prompt that leaves no room for a reply, said as llama-server says it: clients
+    (llama.vscode, agents that compact their history) recognise the error by its type
+    "exceed_context_size_error", its n_prompt_tokens and n_ctx, or the words "exceeds the
+    available context size"."""
+    more = (f" or start the server with a larger context (--ctx, up to {n_ctx_train})"
+            if n_ctx < n_ctx_train else "")  # past the trained context it is capped
+    full = "" if n_prompt_tok > n_ctx else ", which leaves no room for a reply"
+    return ApiError(400, f"the request ({n_prompt_tok} tokens) exceeds the available context "
+                         f"size ({n_ctx} tokens){full}; shorten it{more}",
+                    "exceed_context_size_error",
+                    fields={"n_prompt_tokens": n_prompt_tok, "n_ctx": n_ctx})
 
 
 def json_bytes(obj) -> bytes:
@@ -352,6 +369,56 @@ def check_llama_fields(body) -> None:
         _string_list(body, "samplers")
 
 
+def check_chat_fields(body) -> None:
+    """OpenAI's and llama-server's chat fields that would change the reply and that we do
+    not implement: a 400 for each one set to more than its default, not a reply that
+    quietly lacks what was asked for."""
+    modalities = body.get("modalities")
+    if modalities is not None and (not isinstance(modalities, list)
+                                   or any(m != "text" for m in modalities)):
+        raise ApiError(400, "'modalities': only [\"text\"] is supported: the model writes "
+                            "no audio")
+    if body.get("audio") is not None:
+        raise ApiError(400, "'audio' is not supported: the model writes no audio")
+    if body.get("web_search_options") is not None:
+        raise ApiError(400, "'web_search_options' is not supported: this server does not "
+                            "search the web")
+    for key in ("reasoning_effort", "verbosity"):  # OpenAI refuses them for most models too
+        if body.get(key) is not None:
+            raise ApiError(400, f"'{key}' is not supported: the model is run as it is, with "
+                                f"no setting for how much it reasons or writes")
+
+
+# What the server itself gives a chat template (and chat_template.render's own keywords):
+# chat_template_kwargs may not set them.
+TEMPLATE_OWN_NAMES = frozenset({"messages", "tools", "add_generation_prompt", "bos_token",
+                                "eos_token", "clock", "limits", "generic_tools",
+                                "fold_system", "template"})
+
+
+def get_template_kwargs(body) -> dict:
+    """llama-server's chat_template_kwargs: more variables for the chat template, such as
+    Qwen3's {"enable_thinking": false}. A template that does not read one ignores it."""
+    kwargs = body.get("chat_template_kwargs")
+    if kwargs is None:
+        return {}
+    if not isinstance(kwargs, dict):
+        raise ApiError(400, "'chat_template_kwargs' must be an object")
+    for name in kwargs:
+        if not name.isidentifier():
+            raise ApiError(400, f"'chat_template_kwargs': {name[:60]!r} is not a name a "
+                                f"template can read")
+        if name in TEMPLATE_OWN_NAMES:
+            raise ApiError(400, f"'chat_template_kwargs': {name!r} is set by the server "
+                                f"itself; send it as the request's own field")
+    return kwargs
+
+
+def get_parallel_tool_calls(body) -> bool:
+    """OpenAI's 'parallel_tool_calls' (true by default): false allows one call per reply."""
+    return get_bool(body, "parallel_tool_calls", True)
+
+
 def _string_list(body, key) -> None:
     v = body.get(key)
     if v is not None and (not isinstance(v, list) or not all(isinstance(x, str) for x in v)):
@@ -409,6 +476,11 @@ def check_n(body):
         raise ApiError(400, "'model' must be a string")
 
 
+# OpenAI's content parts that carry something other than text, and what each is.
+MEDIA_PARTS = {"image_url": "image", "input_image": "image", "image": "image",
+               "input_audio": "audio", "audio": "audio", "file": "file", "input_file": "file"}
+
+
 def _content_text(content, where: str) -> str:
     if isinstance(content, str):
         return content
@@ -419,9 +491,13 @@ def _content_text(content, where: str) -> str:
         for p in content:
             if not isinstance(p, dict):
                 raise ApiError(400, f"{where}: each content part must be an object")
-            if p.get("type") != "text":
+            kind = p.get("type")
+            if kind in MEDIA_PARTS:
+                raise ApiError(400, f"{where}: {MEDIA_PARTS[kind]} input is not supported: "
+                                    f"this server's model reads text only")
+            if kind != "text":
                 raise ApiError(400, f"{where}: only text content parts are supported, "
-                                    f"got type {str(p.get('type'))[:40]!r}")
+                                    f"got type {str(kind)[:40]!r}")
             if not isinstance(p.get("text"), str):
                 raise ApiError(400, f"{where}: a text part needs a 'text' string")
             parts.append(p["text"])
@@ -642,16 +718,18 @@ def split_prefill(messages: list) -> tuple[list, str | None]:
     return messages[:-1], last["content"]
 
 
-def chat_ids(model, messages, tools=None, add_generation_prompt=True) -> tuple[str, list]:
+def chat_ids(model, messages, tools=None, add_generation_prompt=True,
+             template_kwargs=None) -> tuple[str, list]:
     """The prompt of a chat request and its ids. A prefill is rendered as llama-server
     renders it: the messages before it with the generation prompt, then its text, so that
-    the reply holds only the continuation."""
+    the reply holds only the continuation. template_kwargs: see get_template_kwargs."""
     from runtime.chat_template import TemplateError
     messages, prefill = split_prefill(messages)
     if prefill is not None:
         add_generation_prompt = True  # the prefill goes where the reply would begin
     try:
-        return chat_prompt_ids(model, messages, tools, add_generation_prompt, prefill or "")
+        return chat_prompt_ids(model, messages, tools, add_generation_prompt, prefill or "",
+                               template_kwargs)
     except TemplateError as e:
         raise ApiError(400, f"the chat template refused these messages: {e}") from None
 

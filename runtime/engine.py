@@ -172,11 +172,14 @@ def tokenize_prompt(model, text: str, add_special: bool = True) -> list:
 
 
 def chat_prompt_ids(model, messages: list, tools: list | None = None,
-                    add_generation_prompt: bool = True, prefill: str = "") -> tuple[str, list]:
+                    add_generation_prompt: bool = True, prefill: str = "",
+                    template_kwargs: dict | None = None) -> tuple[str, list]:
     """The rendered chat prompt and its ids; raises the template's TemplateError.
     prefill: the start of the reply, written after the generation prompt (the model
-    continues it)."""
+    continues it). template_kwargs: more variables for the template."""
     kw = {"tools": tools} if tools else {}
+    if template_kwargs:
+        kw["template_kwargs"] = template_kwargs
     text = model.chat_prompt(messages, add_generation_prompt=add_generation_prompt, **kw)
     text += prefill
     return text, tokenize_prompt(model, text)

@@ -627,7 +627,9 @@ class Model:
         return self.tokenizer.detokenize(ids)
 
     def chat_prompt(self, messages: list[dict], add_generation_prompt: bool = True,
-                    tools=None) -> str:
+                    tools=None, template_kwargs: dict | None = None) -> str:
+        """The chat rendered by the model's template (or the architecture's fallback).
+        template_kwargs: more variables for the template (Qwen3's enable_thinking)."""
         from runtime import chat_template
         template = self.chat_template or chat_template.fallback_template(
             self.arch, self._special_texts())
@@ -635,7 +637,8 @@ class Model:
         bos = tok.token_text(tok.bos_id) if tok.bos_id is not None else ""
         eos = tok.token_text(tok.eos_id) if tok.eos_id is not None else ""
         return chat_template.render(template, messages, add_generation_prompt=add_generation_prompt,
-                                    bos_token=bos, eos_token=eos, tools=tools, fold_system=True)
+                                    bos_token=bos, eos_token=eos, tools=tools, fold_system=True,
+                                    **(template_kwargs or {}))
 
     def _special_texts(self) -> set[str]:
         tok = self.tokenizer

@@ -37,10 +37,11 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 import bottle
 
 from runtime import tool_calls
-from runtime.api import (MAX_N_PROBS, MISSING, ApiError, chat_ids, check_n, error_body,
+from runtime.api import (MAX_N_PROBS, MISSING, ApiError, chat_ids, check_chat_fields, check_n,
+                         context_overflow, error_body, get_parallel_tool_calls,
                          get_bool, get_int, get_json_grammar, get_max_tokens, get_messages,
-                         get_stop, get_str, get_tool_choice, get_tools, is_int, json_bytes,
-                         limit_is_set, logprob, output_constraint, parse_json, piece,
+                         get_stop, get_str, get_template_kwargs, get_tool_choice, get_tools,
+                         is_int, json_bytes, limit_is_set, logprob, output_constraint, parse_json, piece,
                          prompt_ids, prompt_tools, read_body, reply_grammar, sampling_params,
                          split_prefill, template_in_effect)
 from runtime.engine import ContextOverflowError, Engine, EngineBusy, Request
@@ -113,15 +114,15 @@ def build_app(st: State) -> bottle.Bottle:
     app = _App()
     app.config["catchall"] = True
 
-    def fail(status, message, type_=None, headers=None):
-        r = bottle.HTTPResponse(json_bytes(error_body(status, message, type_)), status=status,
-                                headers=headers or {})
+    def fail(status, message, type_=None, headers=None, fields=None):
+        r = bottle.HTTPResponse(json_bytes(error_body(status, message, type_, fields)),
+                                status=status, headers=headers or {})
         r.content_type = "application/json"
         return r
 
     def fail_with(e: ApiError):
         headers = STATUS_HEADERS.get(e.status) if e.headers is None else e.headers
-        return fail(e.status, e.message, e.type, headers=headers)
+        return fail(e.status, e.message, e.type, headers=headers, fields=e.fields)
 
     def ok(obj, status=200):
         bottle.response.content_type = "application/json"
@@ -167,12 +168,17 @@ def build_app(st: State) -> bottle.Bottle:
         return wrapper
 
     def submit(req: Request) -> Request:
+        # Counted in before the check (see stop_generating): a stop that began meanwhile
+        # either finds this request to cancel or is seen here.
+        st.cancels.add(req.cancel)
         if st.stopping:
             raise ApiError(503, "the server is stopping", headers={})
-        st.cancels.add(req.cancel)  # (see stop_generating)
         try:
             return st.engine.submit(req)
-        except (ContextOverflowError, EngineBusy):
+        except ContextOverflowError:
+            raise context_overflow(len(req.prompt_ids), st.n_ctx,
+                                   getattr(st.model, "n_ctx_train", 0) or 0) from None
+        except EngineBusy:
             raise
         except ValueError as e:
             raise ApiError(400, str(e)) from None
@@ -222,7 +228,7 @@ def build_app(st: State) -> bottle.Bottle:
                 for obj in gen_fn(req, events):
                     yield obj if isinstance(obj, bytes) else b"data: " + json_bytes(obj) + b"\n\n"
             except ApiError as e:
-                yield b"data: " + json_bytes(error_body(e.status, e.message, e.type)) + b"\n\n"
+                yield b"data: " + json_bytes(error_body(e.status, e.message, e.type, e.fields)) + b"\n\n"
             except (OSError, GeneratorExit):
                 raise
             except Exception as e:  # noqa: BLE001 - headers are sent: report in-band
@@ -242,11 +248,17 @@ def build_app(st: State) -> bottle.Bottle:
         return {"token": tok_s, "logprob": logprob(ev.prob or 0.0), "bytes": tok_b,
                 "top_logprobs": tops}
 
-    def with_tool_calls(choice, text, tools, template) -> None:
+    def reply_calls(text, tools, template, parallel: bool):
+        """(content, calls) of a whole reply. parallel_tool_calls false: the first call
+        only, as llama-server's grammar for one call would have ended the reply there."""
+        content, calls = tool_calls.parse(text, tools, template)
+        return content, (calls if parallel else calls[:1])
+
+    def with_tool_calls(choice, text, tools, template, parallel: bool) -> None:
         """Puts a whole reply's tool calls into its choice, as OpenAI gives them: the calls
         in message.tool_calls, the text left around them (or null) as content. (A model
         shown its tools in the generic format answers {"response": TEXT}: then TEXT.)"""
-        content, calls = tool_calls.parse(text, tools, template)
+        content, calls = reply_calls(text, tools, template, parallel)
         if calls:
             choice["message"] = {"role": "assistant", "content": content, "tool_calls": calls}
             choice["finish_reason"] = "tool_calls"
@@ -258,6 +270,8 @@ def build_app(st: State) -> bottle.Bottle:
     @api
     def chat_completions(model, body):
         check_n(body)
+        check_chat_fields(body)
+        parallel = get_parallel_tool_calls(body)
         messages = get_messages(body, st.system)
         stream = get_bool(body, "stream", False)
         want_lp = get_bool(body, "logprobs", False)
@@ -285,7 +299,8 @@ def build_app(st: State) -> bottle.Bottle:
         template = template_in_effect(model) if tools and json_start is None else None
         req = Request(
             prompt_ids=chat_ids(model, messages, tools,
-                                get_bool(body, "add_generation_prompt", True))[1],
+                                get_bool(body, "add_generation_prompt", True),
+                                get_template_kwargs(body))[1],
             params=sampling_params(body, openai=True, default_temp=st.temperature, model=model),
             max_tokens=get_max_tokens(body, st.n_ctx),
             stop=get_stop(body), n_probs=max(top_lp, 1) if want_lp else 0,
@@ -306,7 +321,7 @@ def build_app(st: State) -> bottle.Bottle:
             if want_lp:
                 choice["logprobs"] = {"content": [oai_logprobs(model, e, top_lp) for e in toks]}
             if find_calls:
-                with_tool_calls(choice, text, tools, template)
+                with_tool_calls(choice, text, tools, template, parallel)
             return ok({**base, "object": "chat.completion", "choices": [choice],
                        "usage": usage(final), "timings": final.timings.as_dict()})
 
@@ -337,7 +352,7 @@ def build_app(st: State) -> bottle.Bottle:
                 elif ev.kind == "error":
                     raise _worker_error(ev.error)
                 else:
-                    content, calls = (tool_calls.parse(reply[sent:], tools, template)
+                    content, calls = (reply_calls(reply[sent:], tools, template, parallel)
                                       if find_calls else ("", []))
                     if content:
                         yield chunk({"content": content})
@@ -576,7 +591,8 @@ def build_app(st: State) -> bottle.Bottle:
         tools = get_tools(body)
         tools = prompt_tools(model, tools, get_tool_choice(body, tools))  # as the chat route
         text, _ = chat_ids(model, get_messages(body, st.system), tools,
-                           get_bool(body, "add_generation_prompt", True))
+                           get_bool(body, "add_generation_prompt", True),
+                           get_template_kwargs(body))
         return ok({"prompt": text})
 
     @app.get("/props")
@@ -882,13 +898,13 @@ class _RequestReader(io.RawIOBase):
         return True
 
     def readinto(self, buf) -> int:
-        left_s = self._deadline_s() - time.monotonic()
-        if left_s <= 0:
-            raise TimeoutError(self.late)
-        self.sock.settimeout(left_s)
+        # Past the deadline, what has already arrived is still read (a timeout of 0 makes
+        # the read non-blocking): a thread scheduled late, while the inference worker held
+        # the GIL, must not refuse a request that came in time.
+        self.sock.settimeout(max(self._deadline_s() - time.monotonic(), 0.0))
         try:
             n = self.sock.recv_into(buf)
-        except TimeoutError:
+        except (TimeoutError, BlockingIOError):
             raise TimeoutError(self.late) from None
         if self.conn.evicted:  # shut down under us, which ended the read at once
             raise ConnectionAbortedError("closed to make room for newer connections")

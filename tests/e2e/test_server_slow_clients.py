@@ -382,3 +382,22 @@ def test_stopping_the_server_cancels_the_replies_under_way(tmp_path, monkeypatch
         for s in socks:
             s.close()
     assert not eng.busy.is_set(), "the worker still generates after the server stopped"
+
+
+def test_a_request_that_came_in_time_is_read_after_the_deadline():
+    """A request thread scheduled late (the inference worker holding the GIL) found its
+    deadline passed and answered 408, though the whole request was already waiting in
+    the socket. What has arrived is read; only a wait for more times out."""
+    import io
+    import socket
+
+    from runtime import server
+    a, b = socket.socketpair()
+    with a, b:
+        b.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        reader = io.BufferedReader(server._RequestReader(a, server._Conn(), head_s=0.0))
+        assert reader.readline() == b"GET /health HTTP/1.1\r\n"
+        assert reader.readline() == b"Host: localhost\r\n"
+        assert reader.readline() == b"\r\n"
+        with pytest.raises(TimeoutError, match="did not arrive in time"):
+            reader.readline()  # nothing more came: no wait
