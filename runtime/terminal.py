@@ -9,6 +9,7 @@ new message.
 """
 from __future__ import annotations
 
+import codecs
 import os
 import queue
 import signal
@@ -111,12 +112,32 @@ class _Chat:
         n_ctx = self.engine.n_ctx
         n_pairs = len(self.history) // 2
         alone = self._prompt_without(user_text, n_pairs, renders)
-        if len(alone) + min(64, n_ctx // 8) > n_ctx:
-            self._error(f"the message is too long for the context of {_tokens(n_ctx)} "
-                        f"(--ctx): its prompt is {_tokens(len(alone))}, and the reply "
-                        f"needs room too; shorten it")
+        room_tok = min(64, n_ctx // 8)
+        if len(alone) + room_tok > n_ctx:
+            self._error(self._too_long(user_text, len(alone), room_tok))
             return None
         return n_pairs, alone
+
+    def _too_long(self, user_text: str, prompt_tok: int, room_tok: int) -> str:
+        """Why a message cannot be sent. A long system prompt (--system, /system) is named
+        as the culprit: "the message is too long ... shorten it" was said of a "hi", and
+        of every message after it."""
+        n_ctx = self.engine.n_ctx
+
+        def bare_tok(text):  # the prompt's tokens without the system prompt
+            return len(chat_prompt_ids(self.model, [{"role": "user", "content": text}])[1])
+        if self.system and bare_tok(user_text) + room_tok <= n_ctx:
+            how = "/system" if self.interactive else "--system"
+            return (f"the system prompt is too long for the context of {_tokens(n_ctx)} "
+                    f"(--ctx): with it the prompt is {_tokens(prompt_tok)}, and the reply "
+                    f"needs room too; shorten it ({how}) or give a larger --ctx")
+        said = (f"the message is too long for the context of {_tokens(n_ctx)} (--ctx): its "
+                f"prompt is {_tokens(prompt_tok)}, and the reply needs room too")
+        empty_tok = bare_tok("")
+        if empty_tok + room_tok > n_ctx:  # the chat template's own tokens: no message fits
+            return (f"{said}; the chat template alone takes {_tokens(empty_tok)}, so no "
+                    f"message fits: give a larger --ctx")
+        return f"{said}; shorten it"
 
     def _leave_out(self, n_pairs: int):
         """Forget the oldest n_pairs pairs; say so the first time."""
@@ -300,9 +321,12 @@ def _line_reader(stdin, stdout):
     return read
 
 
-def _read_message(read) -> str:
+def _read_message(read, out) -> str:
     """One message: a line, or the lines between \"\"\" and \"\"\" (as Ollama does).
-    Raises EOFError and KeyboardInterrupt as `read` does."""
+    Raises EOFError and KeyboardInterrupt as `read` does, except that the end of input
+    inside \"\"\" ends the message there: Ctrl+D at "... " used to quit the chat, and the
+    lines typed and the conversation were lost (as is a file that ends inside one).
+    The next Ctrl+D, at the prompt, quits."""
     line = read("> ")
     if not line.lstrip().startswith(MULTILINE):
         return line.strip()
@@ -311,7 +335,12 @@ def _read_message(read) -> str:
         return first.rstrip()[:-len(MULTILINE)].strip()
     lines = [first]
     while True:
-        line = read("... ")
+        try:
+            line = read("... ")
+        except EOFError:
+            out.write("\n")  # the answer starts on a line of its own, not after "... "
+            out.flush()
+            return "\n".join(lines).strip()
         if line.rstrip().endswith(MULTILINE):
             lines.append(line.rstrip()[:-len(MULTILINE)])
             return "\n".join(lines).strip()
@@ -341,6 +370,38 @@ def _command(c: _Chat, line: str) -> bool | str:
 
 
 PIPED_MAX_CHARS = 16 << 20  # a piped question: 16 Mi characters, ~100× the longest context
+UTF8_MAX_BYTES_PER_CHAR = 4
+
+
+def _read_piped(stdin) -> str:
+    """All of a piped stdin (at most PIPED_MAX_CHARS + 1 characters), as text whatever its
+    bytes. Read as UTF-8 (a BOM dropped) when it is, else in the locale's encoding with
+    what does not decode replaced by U+FFFD: a Latin-1 file piped in under a strict UTF-8
+    locale (or PYTHONIOENCODING=utf-8) failed with the codec's bare words, "'utf-8' codec
+    can't decode byte 0xe9 in position 3", and a UTF-8 one under an ASCII locale too."""
+    buffer = getattr(stdin, "buffer", None)
+    if buffer is None:  # a text stream with no bytes below it (io.StringIO)
+        return stdin.read(PIPED_MAX_CHARS + 1)
+    data = buffer.read((PIPED_MAX_CHARS + 1) * UTF8_MAX_BYTES_PER_CHAR)
+    try:
+        return _universal_newlines(data.decode("utf-8-sig"))
+    except UnicodeDecodeError as e:
+        at = e.start
+    encoding = getattr(stdin, "encoding", None) or "utf-8"
+    try:
+        utf8 = codecs.lookup(encoding).name == "utf-8"
+    except LookupError:
+        encoding, utf8 = "utf-8", True
+    if utf8:
+        print(f"chatfile: note: stdin is not UTF-8 text (byte {data[at]:#04x} at offset "
+              f"{at:,}); what does not decode is replaced with U+FFFD", file=sys.stderr, flush=True)
+    return _universal_newlines(data.decode(encoding, "replace"))
+
+
+def _universal_newlines(text: str) -> str:
+    # A file from Windows (\r\n) or an old Mac (\r) sends its lines as the terminal
+    # would, with \n alone (sys.stdin translated them on Windows only).
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def chat(model, *, n_ctx: int, system: str | None = None, stdin=None, stdout=None,
@@ -359,7 +420,7 @@ def chat(model, *, n_ctx: int, system: str | None = None, stdin=None, stdout=Non
     c = _Chat(model, engine, system, params, max_tokens, stdout, interactive)
 
     if not interactive:
-        question = stdin.read(PIPED_MAX_CHARS + 1)
+        question = _read_piped(stdin)
         if len(question) > PIPED_MAX_CHARS:  # `yes | chatfile chat`: never ends by itself
             sys.stderr.write(f"chatfile: error: stdin holds more than {PIPED_MAX_CHARS:,} "
                              "characters, far more than a context holds; pipe in a question\n")
@@ -377,7 +438,7 @@ def chat(model, *, n_ctx: int, system: str | None = None, stdin=None, stdout=Non
     read = _line_reader(stdin, stdout)
     while True:
         try:
-            line = _read_message(read)
+            line = _read_message(read, stdout)
         except EOFError:       # Ctrl+D, or the end of piped input
             stdout.write("\n")
             stdout.flush()
