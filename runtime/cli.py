@@ -21,7 +21,7 @@ def _add_model_args(p: argparse.ArgumentParser, threads: bool = True) -> None:
     p.add_argument("--gguf-offset", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--gguf-size", type=int, default=None, help=argparse.SUPPRESS)
     if threads:
-        p.add_argument("--threads", type=int, default=None, metavar="N",
+        p.add_argument("-t", "--threads", type=int, default=None, metavar="N",
                        help="CPU threads for matrix products (default: all cores)")
 
 
@@ -33,7 +33,7 @@ MAX_TEMP = 2.0
 
 
 def _add_session_args(p: argparse.ArgumentParser, temp_help: str) -> None:
-    p.add_argument("--ctx", type=int, default=4096, metavar="N",
+    p.add_argument("-c", "--ctx", type=int, default=4096, metavar="N",
                    help="context size in tokens (0: the model's trained context; capped at it)")
     p.add_argument("--chat-template", metavar="FILE", help="a Jinja chat template to use instead of the model's")
     # The text of a template baked into a bundle (`--args "--chat-template FILE"` reads
@@ -73,8 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     _add_session_args(p, "sampling temperature, 0 to 2 (default 0.8, as the server's; 0: "
                          "greedy, the same answer every time)")
-    p.add_argument("--max-tokens", type=int, default=1024, metavar="N",
+    p.add_argument("-n", "--max-tokens", type=int, default=1024, metavar="N",
                    help="longest answer in tokens (default 1024; -1: until the context is full)")
+    p.add_argument("--seed", type=int, default=None, metavar="N",
+                   help="sampling seed: the same answers again for the same seed and --temp "
+                        "(default: a new seed each run)")
 
     p = sub.add_parser("info", help="describe a GGUF model")
     _add_model_args(p, threads=False)
@@ -141,6 +144,8 @@ def check_args(args) -> str | None:
     for flag in ("prompt_tokens", "gen_tokens"):
         if getattr(args, flag, 1) <= 0:
             return f"--{flag.replace('_', '-')} must be positive"
+    if (getattr(args, "seed", None) or 0) < 0:
+        return "--seed must be 0 or more"
     max_tokens = getattr(args, "max_tokens", 1)
     if max_tokens == 0 or max_tokens < -1:
         return "--max-tokens must be positive (or -1 for no limit)"
@@ -354,11 +359,15 @@ def _dispatch(args) -> int:
         from runtime.model import Model
         from runtime.sampling import SamplingParams
         from runtime.terminal import chat
+        if sys.stderr is not None and sys.stderr.isatty():  # the 2-4 s before the prompt
+            print(f"chatfile: loading {os.path.basename(args.model)}...", file=sys.stderr,
+                  flush=True)
         model = Model.load(args.model, offset=args.gguf_offset, size=args.gguf_size,
                            mode=args.mode, chat_template=template)
         # The server's defaults (SamplingParams'), so that a chat in the terminal and on
         # the page sound alike; --temp 0 for the same answer every time.
-        params = SamplingParams() if args.temp is None else SamplingParams(temperature=args.temp)
+        params = SamplingParams(seed=args.seed) if args.temp is None else \
+            SamplingParams(temperature=args.temp, seed=args.seed)
         return chat(model, n_ctx=args.ctx, system=args.system, params=params,
                     max_tokens=args.max_tokens, piped_example=example) or 0
     raise AssertionError(args.command)

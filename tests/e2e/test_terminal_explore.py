@@ -140,3 +140,31 @@ def test_a_message_too_long_still_says_shorten_it():
     assert err.startswith("chatfile: error: the message is too long for the context of 256 "
                           "tokens") and err.rstrip().endswith("; shorten it"), err
 
+
+
+def test_the_model_load_is_announced_on_a_terminal():
+    """Nothing showed in the seconds a real model takes to load before the first prompt:
+    on a terminal, the chat now says what it is loading (piped runs keep stderr quiet)."""
+    import pty
+    import select
+    master, slave = pty.openpty()
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONIOENCODING="utf-8", TERM="dumb")
+    proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "chat", str(TINY)], cwd=ROOT,
+                            stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True)
+    os.close(slave)
+    seen, end = b"", time.monotonic() + 120
+    try:
+        while b"> " not in seen and time.monotonic() < end and proc.poll() is None:
+            if select.select([master], [], [], 0.1)[0]:
+                try:
+                    seen += os.read(master, 65536)
+                except OSError:
+                    break
+    finally:
+        proc.kill()
+        proc.wait()
+        os.close(master)
+    assert f"chatfile: loading {TINY.name}...".encode() in seen, seen
+    piped = subprocess.run([sys.executable, "-m", "runtime.cli", "chat", str(TINY), "-n", "4"],
+                           input=b"hi", capture_output=True, cwd=ROOT, env=env, timeout=120)
+    assert b"loading" not in piped.stderr, piped.stderr

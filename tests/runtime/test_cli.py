@@ -482,3 +482,22 @@ def test_a_bundles_piped_chat_example_names_the_bundle(monkeypatch, capsys, stdi
     assert "for example: echo 'Hello' | ./'my chat' --cli" in err, err
     assert main(["chat", model]) == 2
     assert "echo 'Hello' | chatfile chat model.gguf" in capsys.readouterr().err
+
+
+def test_chat_takes_llama_cli_short_options_and_a_seed(monkeypatch, capsys):
+    """`-c`, `-t`, `-n` as llama-cli spells them were "unrecognized arguments", and a
+    sampled answer could not be had again: --seed gives the same answer for the same
+    seed and temperature."""
+    import io
+
+    from runtime.cli import build_parser, check_args, main
+    a = build_parser().parse_args(["chat", "m.gguf", "-c", "256", "-t", "1", "-n", "8", "--seed", "7"])
+    assert (a.ctx, a.threads, a.max_tokens, a.seed) == (256, 1, 8, 7)
+    assert "--seed must be 0 or more" in check_args(build_parser().parse_args(["chat", "m", "--seed", "-1"]))
+    model = str(MODELS / "tiny-llama-q8_0.gguf")
+    answers = []
+    for _ in range(2):
+        monkeypatch.setattr(sys, "stdin", io.StringIO("Tell me a story."))
+        assert main(["chat", model, "--temp", "1.5", "--seed", "7", "-n", "24"]) == 0
+        answers.append(capsys.readouterr().out)
+    assert answers[0].strip() and answers[0] == answers[1], answers
