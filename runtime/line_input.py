@@ -14,6 +14,7 @@ The screen is kept matching the line: the editor knows the row and column where 
 character ends (wide East Asian characters and most emoji take two columns, combining
 marks none, a tab the spaces to the next tab stop), so an erase can go back up across
 the rows a long line wrapped into, and a resized terminal gets the line drawn again.
+Bracketed paste is on while a line is read: the lines of a paste stay one message.
 """
 from __future__ import annotations
 
@@ -28,6 +29,10 @@ from collections import deque
 BACKSPACES = ("\x7f", "\x08")
 CTRL_D, CTRL_U, CTRL_W, ESC = "\x04", "\x15", "\x17", "\x1b"
 CSI = ESC + "["
+# Bracketed paste: the terminal marks pasted text, so that the lines of a paste stay one
+# message (as with readline) instead of going out, and being answered, one by one.
+PASTE_ON, PASTE_OFF = CSI + "?2004h", CSI + "?2004l"
+PASTE_START, PASTE_END = CSI + "200~", CSI + "201~"
 TAB_STOP_COLS = 8     # where a terminal's tab stops are, and so where a typed tab shows to
 DEFAULT_COLS = 80     # for a terminal that does not tell its width (a pty nobody sized)
 IDLE_S = 0.2          # how often the wait for a key looks at the terminal's size
@@ -49,6 +54,11 @@ def _is_text(ch: str) -> bool:
     # A tab is kept (pasted code keeps its tabs); other control characters, C1 ones
     # (U+0080-U+009F, which some terminals obey as escapes) too, are dropped.
     return ch == "\t" or (ch >= " " and unicodedata.category(ch) != "Cc")
+
+
+def _paste_marks_wanted() -> bool:
+    # A terminal that says it is "dumb" (or says nothing) may show the codes as text.
+    return os.environ.get("TERM", "dumb") not in ("", "dumb")
 
 
 def _columns(fd: int) -> int:
@@ -80,6 +90,7 @@ def raw_line_reader(fd: int, out, encoding: str | None = None):
         raw[3] &= ~(termios.ICANON | termios.ECHO)  # lflag; \r -> \n (ICRNL) stays on
         raw[6][termios.VMIN], raw[6][termios.VTIME] = 1, 0  # wait for at least one byte
         shown = _Shown(prompt, lambda: _columns(fd), getattr(out, "encoding", None))
+        paste_marks = _paste_marks_wanted()
 
         def back_from_stop(signum, frame):
             # The shell hands the terminal back after `fg` in its own (canonical) modes.
@@ -92,7 +103,7 @@ def raw_line_reader(fd: int, out, encoding: str | None = None):
             # Raw before the prompt shows: a Ctrl+D typed in canonical mode is an end-of-
             # file mark, not a byte, and switching modes after it would lose it.
             termios.tcsetattr(fd, termios.TCSANOW, raw)
-            _show(out, shown.draw())
+            _show(out, (PASTE_ON if paste_marks else "") + shown.draw())
             def read_text():
                 # Back to Python code every 0.2 s while waiting: the SIGCONT of `fg` can
                 # reach another thread (the stopped main thread is passed over), and its
@@ -109,6 +120,11 @@ def raw_line_reader(fd: int, out, encoding: str | None = None):
         finally:
             _handle(signal.SIGCONT, on_sigcont)
             termios.tcsetattr(fd, termios.TCSANOW, saved)
+            if paste_marks:  # off while the answer is written, and after the chat
+                try:
+                    _show(out, PASTE_OFF)
+                except (OSError, ValueError):  # the terminal went away
+                    pass
     read.discard = pending.clear
     return read
 
@@ -126,6 +142,7 @@ def _edit(read_text, shown: "_Shown", pending: deque[str], out) -> str:
     after it stays in `pending`. read_text() returns the next decoded text ("" when only
     part of a character came), None at the end of input."""
     escape = ""  # an escape sequence being swallowed, from its ESC
+    pasting = False  # between the marks of a bracketed paste: a line end is text
     while True:
         if not pending:
             text = read_text()
@@ -146,7 +163,18 @@ def _edit(read_text, shown: "_Shown", pending: deque[str], out) -> str:
                     if (escape.startswith(ESC + "[") and len(escape) > 2 and "@" <= ch <= "~") \
                             or (escape.startswith(ESC + "O") and len(escape) == 3) \
                             or (len(escape) == 2 and ch not in "[O"):
+                        if escape == PASTE_START:
+                            pasting = True
+                        elif escape == PASTE_END:
+                            pasting = False
+                            if shown.units and shown.units[-1] == "\n":
+                                # A paste that ends its last line waits for Enter, as
+                                # readline's does: the message can still be added to.
+                                echo.append(shown.erase(1))
                         escape = ""
+                    continue
+                if ch == "\n" and pasting:  # a line of a paste: the message goes on
+                    echo.append(shown.add("\n"))
                     continue
                 if ch == "\n":
                     echo.append(shown.finish())
@@ -296,6 +324,9 @@ class _Shown:
         text = text.encode(self.encoding, "replace").decode(self.encoding)
         filled = False
         for ch in text:
+            if ch == "\n":  # a pasted line end: the text goes on at the next row's start
+                row, col, filled = row + 1, 0, False
+                continue
             w = _width(ch)
             if not w:
                 continue

@@ -8,6 +8,13 @@ import pytest
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="needs a pty")
 
 
+@pytest.fixture(autouse=True)
+def plain_terminal(monkeypatch):
+    """TERM=dumb unless a test says otherwise: no bracketed-paste codes in what is checked,
+    whatever terminal the tests run in."""
+    monkeypatch.setenv("TERM", "dumb")
+
+
 @pytest.fixture
 def term():
     import pty
@@ -124,6 +131,7 @@ class Screen:
         self.row = self.col = 0
         self.pending = False         # the last column was written: the next character wraps
         self.writes: list[str] = []
+        self.paste_marks = False     # bracketed paste switched on
 
     def flush(self):
         pass
@@ -133,6 +141,10 @@ class Screen:
         i = 0
         while i < len(text):
             ch = text[i]
+            if text.startswith(("\x1b[?2004h", "\x1b[?2004l"), i):  # bracketed paste on/off
+                self.paste_marks = text[i + 7] == "h"
+                i += 8
+                continue
             if ch == "\x1b":
                 m = re.match(r"\x1b\[(\d*)([ABCDGJK])", text[i:])
                 assert m, f"the editor wrote an unexpected escape sequence {text[i:i + 8]!r}"
@@ -551,3 +563,21 @@ def test_marks_typed_first_are_shown_once(typed):
     line, shown = type_and_look(typed, "\u0301\u0301\u0301", cols=10)
     assert line == "\u0301\u0301\u0301"
     assert shown == ["> \u0301\u0301\u0301" + CURSOR]
+
+
+def test_a_bracketed_paste_of_several_lines_is_one_message(typed, monkeypatch):
+    """Lines pasted at once went out as separate messages, each one answered (readline
+    keeps them as one). The editor switches bracketed paste on while it reads (on a
+    terminal that is not "dumb"), keeps the line ends of a paste in the line, and leaves
+    a last pasted line end to the Enter that sends it; the marks are off again after."""
+    monkeypatch.setenv("TERM", "xterm-256color")
+    screen = Screen(20)
+    shots = []
+    line, _ = typed([b"\x1b[200~first\rsecond\r\x1b[201~", seen(screen, shots), b"!\r"], 20, screen)
+    assert line == "first\nsecond!"
+    assert shots[0] == ["> first", "second" + CURSOR]
+    assert screen.writes[0].startswith("\x1b[?2004h") and not screen.paste_marks
+    monkeypatch.setenv("TERM", "dumb")  # a terminal that may print the codes: none sent
+    screen = Screen(20)
+    line, _ = typed([b"plain\r"], 20, screen)
+    assert line == "plain" and not any("2004" in w for w in screen.writes)
