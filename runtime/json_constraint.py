@@ -30,9 +30,16 @@ the order of `properties` (then required names `properties` does not list, in th
 of `required`), each optional one skippable, each required one not; then, where
 additionalProperties allows them, other keys, in any order. So a key is never written
 twice, and a model cannot go back and forth between keys.
+
+A string with `format` date, time, date-time or uuid (the formats llama.cpp's
+json-schema-to-grammar constrains; pydantic writes them for date, time, datetime and UUID
+fields) is read by a scanner of its own (`_fmt_byte`): only text of that format, byte by
+byte, and never a prefix that no valid value continues, so a reply cannot dead-end in it.
+Other formats (email, uri, ...) are read as plain strings, as llama.cpp does.
 """
 from __future__ import annotations
 
+import calendar
 import json
 import weakref
 from dataclasses import dataclass, field
@@ -46,7 +53,7 @@ ANNOTATIONS = frozenset({"title", "description", "$schema", "$id", "$comment", "
                          "examples", "deprecated", "readOnly", "writeOnly"})
 SUPPORTED = frozenset({"type", "enum", "const", "properties", "required",
                        "additionalProperties", "items", "minItems", "maxItems", "minLength",
-                       "maxLength", "anyOf", "oneOf", "$ref", "$defs", "definitions"})
+                       "maxLength", "anyOf", "oneOf", "$ref", "$defs", "definitions", "format"})
 
 MAX_SCHEMA_DEPTH = 32       # nesting of the schema document itself
 MAX_SCHEMA_NODES = 2000     # compiled nodes, $refs counted once
@@ -89,6 +96,8 @@ class Node:
     max_items: int | None = None
     min_len: int = 0                 # strings, in characters (code points)
     max_len: int | None = None
+    fmt: tuple | None = None         # a checked format's layouts (FORMATS); None: any string
+    fmt_mask: int = 0                # which of them fit minLength/maxLength (bit i: layout i)
 
 
 @dataclass(eq=False)
@@ -276,7 +285,38 @@ class _Compiler:
         n.items = self.node(items, depth + 1)
         n.min_items, n.max_items = self._bounds(s, "minItems", "maxItems")
         n.min_len, n.max_len = self._bounds(s, "minLength", "maxLength")
+        self._format(s, n)
+        if n.literals is not None:
+            # enum/const strings are written as they are: keep those the string keywords allow
+            texts = tuple(t for t in n.literals
+                          if t[:1] != b'"' or _string_fits(n, json.loads(t)))
+            if not texts:
+                raise SchemaError("no 'enum' or 'const' string fits the schema's 'format', "
+                                  "'minLength' and 'maxLength'")
+            n.literals = texts
         return n
+
+    @staticmethod
+    def _format(s: dict, n: Node) -> None:
+        """A format we check (FORMATS) holds every string of n to it; any other is read as
+        a plain string, as llama.cpp does (a JSON Schema validator need not check formats)."""
+        name = s.get("format")
+        if name is None:
+            return
+        if not isinstance(name, str):
+            raise SchemaError("'format' must be a string")
+        layouts = FORMATS.get(name)
+        if layouts is None:
+            return
+        # Every layout has one length (ASCII, no escapes): keep those minLength and
+        # maxLength allow, so that a string never starts down a layout it cannot finish.
+        mask = 0
+        for i, lay in enumerate(layouts):
+            if len(lay) >= n.min_len and (n.max_len is None or len(lay) <= n.max_len):
+                mask |= 1 << i
+        if not mask:
+            raise SchemaError(f"no string of format {name!r} fits 'minLength' and 'maxLength'")
+        n.fmt, n.fmt_mask = layouts, mask
 
     @staticmethod
     def _bounds(s, lo_key, hi_key):
@@ -341,11 +381,120 @@ def _deref(node):
     return node
 
 
+# ---- string formats -----------------------------------------------------------------------
+
+# A format is a few layouts, each a fixed-length template: a lowercase letter is a field or
+# a class of bytes, anything else the byte itself. Number fields are runs of one letter, with
+# their range (the day's depends on the year and month before it); classes are one byte.
+# Following llama.cpp's json-schema-to-grammar: date YYYY-MM-DD; time HH:MM:SS, optionally
+# .fff (exactly 3 digits), then Z or +HH:MM/-HH:MM (the offset is required); date-time is
+# date "T" time; uuid 8-4-4-4-12 hex digits, either case ("uuid1".."uuid5" too, as llama.cpp
+# reads them; there the version digit and the RFC 4122 variant are checked, as pydantic's
+# UUID1..UUID5 do). Stricter than llama.cpp in one way: a date must exist (no 02-30, no
+# year 0000), so that every value parses (datetime.date.fromisoformat, pydantic).
+_FIELD_RANGES = {"y": (1, 9999), "o": (1, 12), "d": (1, 31), "h": (0, 23), "i": (0, 59),
+                 "s": (0, 59), "f": (0, 999), "u": (0, 23), "v": (0, 59)}
+_CLASSES = {"x": frozenset(b"0123456789abcdefABCDEF"), "r": frozenset(b"89abAB"),
+            "p": frozenset(b"+-")}
+_DATE = "yyyy-oo-dd"
+_TIMES = tuple(hms + frac + zone for hms in ("hh:ii:ss",) for frac in ("", ".fff")
+               for zone in ("Z", "puu:vv"))
+
+
+def _layout(template: str) -> tuple:
+    """Per position: (template char, digits of its field before it, the field's width)."""
+    out, pos = [], 0
+    while pos < len(template):
+        c, width = template[pos], 1
+        if c in _FIELD_RANGES:
+            while pos + width < len(template) and template[pos + width] == c:
+                width += 1
+            out += [(c, k, width) for k in range(width)]
+        else:
+            out.append((c, 0, 0))
+        pos += width
+    return tuple(out)
+
+
+def _uuid(version: str = "x", variant: str = "x") -> str:
+    return f"xxxxxxxx-xxxx-{version}xxx-{variant}xxx-xxxxxxxxxxxx"
+
+
+_TEMPLATES = {"date": (_DATE,), "time": _TIMES, "date-time": tuple(_DATE + "T" + t for t in _TIMES),
+              "uuid": (_uuid(),), **{f"uuid{v}": (_uuid(str(v), "r"),) for v in range(1, 6)}}
+FORMATS = {name: tuple(_layout(t) for t in templates) for name, templates in _TEMPLATES.items()}
+
+
+def _char_fits(t: str, b: int) -> bool:
+    """Can byte b stand for template char t?"""
+    if t in _FIELD_RANGES:
+        return 0x30 <= b <= 0x39
+    if t in _CLASSES:
+        return b in _CLASSES[t]
+    return b == ord(t)
+
+
+def _field_viable(value: int, digits: int, width: int, lo: int, hi: int) -> bool:
+    """Can a field whose first `digits` digits are `value` still end in lo..hi?"""
+    span = 10 ** (width - digits)
+    return value * span <= hi and value * span + span - 1 >= lo
+
+
+def _fmt_byte(layouts, fs, b):
+    """One byte of a formatted string's body (fs: (alive layouts as bits, position, the
+    current field's value so far, the values of the fields done)). Returns the new state,
+    or None. The layouts alive share every byte so far, and their templates differ at a
+    position only in bytes that exclude each other (".", "Z", "+"), so the survivors of
+    a byte agree on what it was."""
+    mask, pos, cur, done = fs
+    keep, c = 0, None
+    for i, lay in enumerate(layouts):
+        if mask >> i & 1 and pos < len(lay):
+            if _char_fits(lay[pos][0], b):
+                keep |= 1 << i
+                c, k, w = lay[pos]
+    if not keep:
+        return None
+    if c not in _FIELD_RANGES:
+        return keep, pos + 1, 0, done
+    lo, hi = _FIELD_RANGES[c]
+    if c == "d":        # a date's day: the year and month are its first two fields
+        hi = calendar.monthrange(done[0], done[1])[1]
+    value = cur * 10 + (b - 0x30)
+    if not _field_viable(value, k + 1, w, lo, hi):
+        return None
+    if k + 1 == w:
+        return keep, pos + 1, 0, done + (value,)
+    return keep, pos + 1, value, done
+
+
+def _fmt_whole(layouts, fs) -> bool:
+    """May the string close here (is it a whole value of one of the alive layouts)?"""
+    mask, pos = fs[0], fs[1]
+    return any(mask >> i & 1 and len(lay) == pos for i, lay in enumerate(layouts))
+
+
+def _fmt_matches(layouts, mask: int, text: str) -> bool:
+    fs = (mask, 0, 0, ())
+    for b in text.encode("utf-8"):
+        fs = _fmt_byte(layouts, fs, b)
+        if fs is None:
+            return False
+    return _fmt_whole(layouts, fs)
+
+
+def _string_fits(n: Node, s: str) -> bool:
+    """Does the string s fit n's minLength, maxLength and format? (for enum and const)"""
+    if len(s) < n.min_len or (n.max_len is not None and len(s) > n.max_len):
+        return False
+    return n.fmt is None or _fmt_matches(n.fmt, n.fmt_mask, s)
+
+
 # ---- grammars: where a reply starts ------------------------------------------------------
 
 # Frame tags. A frame is a tuple whose first item is its tag; a stack is (frame, below).
 (VALUE, OBJ_FIRST, OBJ_KEY, KEY_FREE, KEY_LIT, OBJ_COLON, OBJ_NEXT, ARR_FIRST, ARR_NEXT,
- STR, NUM, LIT, RAW, END) = range(14)
+ STR, NUM, LIT, RAW, END, FMT) = range(15)
 # Number phases; a number may end in the ENDABLE ones.
 MINUS, ZERO, INT, DOT, FRAC, EXP_MARK, EXP_SIGN, EXP = range(8)
 ENDABLE = frozenset({ZERO, INT, FRAC, EXP})
@@ -465,7 +614,9 @@ def _start_value(node, depth, b, below, out):
         if "array" in types and depth < MAX_DEPTH:
             out.append((((ARR_FIRST, node, depth + 1), below), 0))
     elif b == 0x22:  # "
-        if "string" in types:
+        if "string" in types and node.fmt is not None:
+            out.append((((FMT, node, (node.fmt_mask, 0, 0, ())), below), 0))
+        elif "string" in types:
             out.append((((STR, node, STR0), below), 0))
     elif b == 0x2D or b in DIGITS:
         if "number" in types or "integer" in types:
@@ -570,6 +721,16 @@ def _step(stack, ws, b, raw_only, out):
                     out.append((below, 0))
             elif r is not None:
                 out.append((((STR, frame[1], r), below), 0))
+            return
+        if tag == FMT:
+            node, fs = frame[1], frame[2]
+            if b == 0x22:
+                if _fmt_whole(node.fmt, fs):
+                    out.append((below, 0))
+            else:
+                fs = _fmt_byte(node.fmt, fs, b)
+                if fs is not None:
+                    out.append((((FMT, node, fs), below), 0))
             return
         if tag == NUM:
             _, int_only, phase, n = frame

@@ -292,8 +292,8 @@ BAD = [
         "name": "x", "schema": {"type": "object", "patternProperties": {}}}}},
      "unsupported JSON schema keyword 'patternProperties'"),
     ({"response_format": {"type": "json_schema", "json_schema": {
-        "name": "x", "schema": {"type": "string", "format": "email"}}}},
-     "'response_format.json_schema.schema': unsupported JSON schema keyword 'format'"),
+        "name": "x", "schema": {"type": "string", "format": "date", "maxLength": 9}}}},
+     "'response_format.json_schema.schema': no string of format 'date' fits"),
     ({"response_format": {"type": "json_object", "schema": {"type": "array"}}},
      "this schema allows no object"),
     ({"json_schema": {"type": "thing"}}, "'json_schema': unknown JSON schema type 'thing'"),

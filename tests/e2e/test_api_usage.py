@@ -185,3 +185,27 @@ def test_parallel_tool_calls_false_streams_one_call(parrot_client):
     deltas = [d for e in sse_events(data)[:-1] for d in e["choices"][0]["delta"].get("tool_calls", [])]
     assert [(d["index"], d["function"]["name"], json.loads(d["function"]["arguments"]))
             for d in deltas] == [(0, "get_weather", {"city": "Paris"})]
+
+
+def test_parse_with_dates_times_and_uuids(client):
+    """openai's `.parse()` with a pydantic model that has datetime, date, time and UUID
+    fields: their JSON-schema `format`s were a 400, so the call failed before the model
+    said a word. The reply is held to each format and parses into the model."""
+    import datetime
+    import uuid
+
+    from pydantic import BaseModel
+
+    class Event(BaseModel):
+        day: datetime.date
+        at: datetime.time
+        starts: datetime.datetime
+        id: uuid.UUID
+        confirmed: bool
+
+    r = client.beta.chat.completions.parse(model="x", messages=ask("Plan an event."),
+                                           response_format=Event, temperature=0, max_tokens=200)
+    choice = r.choices[0]
+    assert choice.finish_reason == "stop", choice
+    event = choice.message.parsed
+    assert isinstance(event, Event) and isinstance(event.id, uuid.UUID), choice.message.content

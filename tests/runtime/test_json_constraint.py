@@ -285,7 +285,6 @@ def test_annotations_are_ignored():
 @pytest.mark.parametrize("bad, message", [
     ({"type": "object", "patternProperties": {}}, "unsupported JSON schema keyword 'patternProperties'"),
     ({"type": "string", "pattern": "^a"}, "unsupported JSON schema keyword 'pattern'"),
-    ({"type": "string", "format": "date-time"}, "unsupported JSON schema keyword 'format'"),
     ({"allOf": [{"type": "string"}]}, "unsupported JSON schema keyword 'allOf'"),
     ({"type": "integer", "minimum": 0}, "unsupported JSON schema keyword 'minimum'"),
     ({"properties": {"a": {"not": {}}}}, "unsupported JSON schema keyword 'not'"),
@@ -341,6 +340,245 @@ def test_everything_accepted_whole_is_json_that_json_loads_reads():
                 json.loads(text.decode("utf-8"))
                 whole += 1
     assert whole > 500
+
+
+# ---- string formats (date, time, date-time, uuid) -------------------------------------------
+
+def refused_at(node, text):
+    """The index of the first byte of `text` that the recognizer refuses, or None when it
+    takes them all (then the text must be a whole value)."""
+    state = jc.value_grammar(node)
+    for i, b in enumerate(text.encode("utf-8")):
+        state = jc.feed(state, bytes([b]))
+        if state is None:
+            return i
+    assert jc.can_end(state), text
+    return None
+
+
+def fmt(name, **kw):
+    return schema({"type": "string", "format": name, **kw})
+
+
+@pytest.mark.parametrize("name, text, at", [
+    ("date", '"2024-01-15"', None),
+    ("date", '"2024-02-29"', None),                     # a leap year
+    ("date", '"2000-02-29"', None),                     # divisible by 400: leap
+    ("date", '"0001-01-01"', None),
+    ("date", '"9999-12-31"', None),
+    ("date", '"2023-02-29"', 10),                       # not a leap year: the 9
+    ("date", '"1900-02-29"', 10),                       # divisible by 100 only: not leap
+    ("date", '"2024-04-31"', 10),                       # April has 30 days
+    ("date", '"2024-13-01"', 7),                        # month 13: the 3
+    ("date", '"2024-00-01"', 7),
+    ("date", '"2024-1-15"', 7),                         # two digits each
+    ("date", '"2024-01-32"', 10),
+    ("date", '"2024-01-00"', 10),
+    ("date", '"0000-01-01"', 4),                        # there is no year 0
+    ("date", '"2024/01/15"', 5),
+    ("date", '"2024-01-15T', 11),                       # a date is only a date
+    ("date", '"\\u0032024-01-15"', 1),                  # no escapes: the plain text only
+    ("time", '"10:30:00Z"', None),
+    ("time", '"23:59:59.999+05:30"', None),
+    ("time", '"00:00:00-23:59"', None),
+    ("time", '"10:30:00"', 9),                          # the offset is required (llama.cpp)
+    ("time", '"24:00:00Z"', 2),
+    ("time", '"10:60:00Z"', 4),
+    ("time", '"10:30:60Z"', 7),                         # no leap seconds
+    ("time", '"10:30:00.5Z"', 11),                      # exactly 3 fraction digits (llama.cpp)
+    ("time", '"10:30:00.1234', 13),
+    ("time", '"10:30:00+5:30"', 10),
+    ("time", '"10:30:00+24:00"', 11),
+    ("time", '"10:30:00z"', 9),
+    ("date-time", '"2024-01-15T10:30:00Z"', None),
+    ("date-time", '"2024-01-15T10:30:00.123-08:00"', None),
+    ("date-time", '"2024-01-15 10:30:00Z"', 11),         # "T" only, as llama.cpp
+    ("date-time", '"2024-01-15t', 11),
+    ("date-time", '"2024-01-15"', 11),
+    ("uuid", '"123e4567-e89b-12d3-a456-426614174000"', None),
+    ("uuid", '"123E4567-E89B-12D3-A456-426614174000"', None),
+    ("uuid", '"123e4567e89b', 9),
+    ("uuid", '"123e4567-e89b-12d3-a456-42661417400g"', 36),
+    ("uuid", '"123e4567-e89b-12d3-a456-4266141740000"', 37),
+    ("uuid4", '"123e4567-e89b-42d3-a456-426614174000"', None),
+    ("uuid4", '"123e4567-e89b-12d3', 15),                # the version digit
+    ("uuid4", '"123e4567-e89b-42d3-c456', 20),           # the RFC 4122 variant
+])
+def test_formats_accept_their_values_and_refuse_at_the_first_wrong_byte(name, text, at):
+    assert refused_at(fmt(name), text) == at
+
+
+@pytest.mark.parametrize("year", [1, 4, 100, 1900, 2000, 2023, 2024, 9999])
+def test_a_date_is_accepted_exactly_when_python_reads_it(year):
+    import datetime
+    node = fmt("date")
+    for month in range(14):
+        for day in range(40):
+            text = f"{year:04d}-{month:02d}-{day:02d}"
+            try:
+                datetime.date.fromisoformat(text)
+                ok = True
+            except ValueError:
+                ok = False
+            assert (run(f'"{text}"', node) is True) == ok, text
+
+
+def parses(name, text):
+    """The Python reading of a value of format `name` (raises if it is not one); pydantic
+    (which the openai client's parse() validates with) must read it too."""
+    import datetime
+    import uuid
+
+    import pydantic
+    kinds = {"date": datetime.date, "time": datetime.time, "date-time": datetime.datetime}
+    pydantic.TypeAdapter(kinds.get(name, uuid.UUID)).validate_python(text)
+    if name in kinds:
+        return kinds[name].fromisoformat(text)
+    u = uuid.UUID(text)
+    assert name == "uuid" or (u.version == int(name[-1]) and u.variant == uuid.RFC_4122), text
+    return u
+
+
+FORMAT_BYTES = list(b'0123456789abcdefABCDEF-:.TZtz+ "/\\')
+
+
+@pytest.mark.parametrize("name, bounds", [
+    ("date", {}), ("time", {}), ("date-time", {}), ("uuid", {}), ("uuid4", {}),
+    ("time", {"maxLength": 13}), ("time", {"minLength": 14}), ("date-time", {"minLength": 24, "maxLength": 25}),
+])
+def test_formatted_strings_never_dead_end_and_every_whole_one_parses(name, bounds):
+    # Random walks, each byte drawn among those the recognizer takes: there is always one
+    # (no dead end), and every string it calls whole is a value of the format, within bounds.
+    rng = np.random.default_rng(0)
+    node = fmt(name, **bounds)
+    lengths = set()
+    for _ in range(300):
+        state, text = jc.value_grammar(node), b""
+        while not (text.endswith(b'"') and len(text) > 1):
+            allowed = [b for b in FORMAT_BYTES if jc.feed(state, bytes([b])) is not None]
+            assert allowed, text                       # never stuck inside the string
+            b = allowed[rng.integers(len(allowed))] if text else 0x22
+            state, text = jc.feed(state, bytes([b])), text + bytes([b])
+        assert jc.can_end(state)
+        value = json.loads(text)
+        parses(name, value)
+        assert bounds.get("minLength", 0) <= len(value) <= bounds.get("maxLength", 99), value
+        lengths.add(len(value))
+    # every length the format has, within the bounds, was reached
+    every = {"date": {10}, "time": {9, 13, 14, 18}, "date-time": {20, 24, 25, 29}}.get(name, {36})
+    assert lengths == {n for n in every
+                       if bounds.get("minLength", 0) <= n <= bounds.get("maxLength", 99)}
+
+
+def test_format_with_length_bounds_type_lists_anyof_and_enum():
+    # maxLength 13 leaves HH:MM:SSZ and HH:MM:SS.fffZ: an offset cannot start
+    short = fmt("time", maxLength=13)
+    check_texts(short, whole=['"10:30:00Z"', '"10:30:00.123Z"'], refused=['"10:30:00+', '"10:30:00.123+'])
+    # minLength 14: the offset is needed
+    assert refused_at(fmt("time", minLength=14), '"10:30:00Z"') == 9
+    assert refused_at(fmt("time", minLength=14), '"10:30:00+01:00"') is None
+    # format applies to strings only; other types are as the schema says
+    either = schema({"type": ["string", "null"], "format": "date"})
+    check_texts(either, whole=['null', '"2024-01-15"'], refused=['"soon"', '1'])
+    check_texts(schema({"format": "uuid"}), whole=['1', 'true', '"123e4567-e89b-12d3-a456-426614174000"'],
+                refused=['"x'])
+    # pydantic's Optional[datetime.date]
+    optional = schema({"anyOf": [{"type": "string", "format": "date"}, {"type": "null"}], "default": None})
+    check_texts(optional, whole=['null', '"2024-01-15"'], refused=['"2024-1-'])
+    # enum/const strings must fit the format and the bounds too; other values stay
+    node = schema({"format": "date", "enum": ["2024-01-15", "tomorrow", 3]})
+    check_texts(node, whole=['"2024-01-15"', '3'], refused=['"tomorrow"'])
+    check_texts(schema({"enum": ["a", "abc"], "minLength": 2}), whole=['"abc"'], refused=['"a"'])
+    check_texts(schema({"const": "abc", "maxLength": 3}), whole=['"abc"'])
+
+
+@pytest.mark.parametrize("name", ["email", "uri", "hostname", "ipv4", "duration", "my-format"])
+def test_formats_we_do_not_check_are_plain_strings_as_in_llama_cpp(name):
+    node = fmt(name, maxLength=8)
+    check_texts(node, whole=['"anything"', '""'], refused=['"anything!'])
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"type": "string", "format": 3}, "'format' must be a string"),
+    ({"type": "string", "format": "date", "maxLength": 9}, "no string of format 'date' fits"),
+    ({"type": "string", "format": "time", "minLength": 19}, "no string of format 'time' fits"),
+    ({"format": "date", "enum": ["today"]}, "no 'enum' or 'const' string fits"),
+    ({"const": "abc", "maxLength": 2}, "no 'enum' or 'const' string fits"),
+    ({"anyOf": [{"type": "string"}], "format": "date"}, "'anyOf' next to 'format'"),
+])
+def test_formats_that_allow_nothing_or_are_malformed_are_refused(bad, message):
+    with pytest.raises(jc.SchemaError) as e:
+        jc.compile_schema(bad)
+    assert message in str(e.value)
+
+
+def pydantic_event_model():
+    import datetime
+    import uuid
+    import pydantic        # the openai client's dependency
+
+    class Event(pydantic.BaseModel):
+        when: datetime.datetime
+        day: datetime.date
+        at: datetime.time
+        id: uuid.UUID
+        id4: pydantic.UUID4
+        maybe: datetime.date | None = None
+    return Event
+
+
+def test_a_pydantic_models_schema_with_dates_and_uuids_is_followed():
+    # What client.beta.chat.completions.parse(response_format=Event) sends (openai's
+    # strict form of pydantic's schema): every value the recognizer completes validates.
+    from openai.lib._pydantic import to_strict_json_schema
+    event = pydantic_event_model()
+    node = schema(to_strict_json_schema(event), strict=True)
+    text = ('{"when": "2024-01-15T10:30:00.123+05:30", "day": "2024-02-29", "at": "23:59:59Z", '
+            '"id": "123e4567-e89b-12d3-a456-426614174000", '
+            '"id4": "123e4567-e89b-42d3-a456-426614174000", "maybe": null}')
+    assert run(text, node) is True
+    event.model_validate_json(text)
+    assert run(text.replace("42d3", "12d3"), node) is None       # id4 is a version 4 UUID
+
+
+def tiny_model():
+    from runtime.model import Model
+    return Model.load(FIXTURES / "models" / "tiny-llama-q8_0.gguf")
+
+
+def generate(m, node, temperature, max_tokens=200):
+    """The tiny model's reply under the constraint for `node` (greedy, or sampled with a
+    seed), with every token the sampler takes checked by the constraint."""
+    session = m.session(512)
+    ids = m.tokenize("The value is", add_special=True)
+    logits = session.eval(ids)
+    c = jc.make_constraint(m, jc.value_grammar(node))
+    sampler = Sampler(SamplingParams(temperature=temperature, seed=1), constraint=c)
+    out = b""
+    for _ in range(max_tokens):
+        tok = sampler.sample(logits, ids)      # NoTokenAllowed here would be a dead end
+        if tok in m.eog_ids:
+            break
+        c.accept(tok)
+        ids.append(tok)
+        out += m.tokenizer.token_to_piece(tok)
+        logits = session.eval([tok])
+    assert c.complete, out
+    return out.decode("utf-8")
+
+
+@pytest.mark.parametrize("name", ["date", "time", "date-time", "uuid", "uuid4"])
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_a_tiny_models_constrained_reply_is_a_value_of_the_format(name, temperature):
+    reply = generate(tiny_model(), fmt(name), temperature)
+    parses(name, json.loads(reply))
+
+
+def test_a_tiny_models_constrained_reply_validates_as_the_pydantic_model():
+    from openai.lib._pydantic import to_strict_json_schema
+    event = pydantic_event_model()
+    reply = generate(tiny_model(), schema(to_strict_json_schema(event), strict=True), 0.0, 400)
+    event.model_validate_json(reply)
 
 
 hypothesis = pytest.importorskip("hypothesis")
