@@ -38,12 +38,12 @@ import bottle
 
 from runtime import tool_calls
 from runtime.api import (MAX_N_PROBS, MISSING, ApiError, chat_ids, check_chat_fields, check_n,
-                         context_overflow, error_body, get_parallel_tool_calls,
-                         get_bool, get_int, get_json_grammar, get_max_tokens, get_messages,
-                         get_stop, get_str, get_template_kwargs, get_tool_choice, get_tools,
-                         is_int, json_bytes, limit_is_set, logprob, output_constraint, parse_json, piece,
-                         prompt_ids, prompt_tools, read_body, reply_grammar, sampling_params,
-                         split_prefill, template_in_effect)
+                         context_overflow, error_body, get_bool, get_int, get_json_grammar,
+                         get_max_tokens, get_messages, get_parallel_tool_calls, get_stop,
+                         get_str, get_template_kwargs, get_tool_choice, get_tools, is_int,
+                         json_bytes, limit_is_set, logprob, output_constraint, parse_json,
+                         piece, prompt_ids, prompt_tools, read_body, reply_grammar,
+                         sampling_params, split_prefill, template_in_effect)
 from runtime.engine import ContextOverflowError, Engine, EngineBusy, Request
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
