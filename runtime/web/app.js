@@ -30,9 +30,14 @@
   var MSG_SERVER_BACK = "chatfile is running again.";
   var MSG_NOT_SAVED = "This browser could not save the chats (its storage is full or turned off): new messages are not being kept.";
   var MSG_CONTEXT_FULL = "The conversation no longer fits in the model's context. Start a new chat, or edit your message to make it shorter.";
-  var MSG_DROPPED = "Older messages were left out to fit the context.";
+  var MSG_DROPPED = "Older messages were left out to fit the context: the model no longer sees the greyed-out ones above the line (a new chat starts afresh).";
   var SAVE_EVERY_MS = 2000; // how often a reply is saved while it streams
   var MIN_REPLY_TOK = 64;    // room left for a reply to a message bigger than the reserve allows
+  // The reply's reserve is at most this share of the context. Half (as it was) left a
+  // 1024-token chat room for one long answer: the very next question was sent without
+  // it, and the model asked what "that class" was. The server still stops a reply that
+  // runs into the end of the context (finish reason "length"), and the page says so.
+  var RESERVE_CTX_SHARE = 4;
   var FOLLOW_PX = 120;       // this close to the bottom, the view follows a reply as it grows
   var COPIED_MS = 1500;      // how long a message's Copy button says "Copied"
   var EXAMPLES = [
@@ -146,6 +151,8 @@
     input.value = opts.value || "";
     show(input, !opts.confirmOnly);
     $("ask-ok").textContent = opts.okLabel || "OK";
+    // Delete and Quit are confirmed with a red button, not the blue of an everyday OK.
+    $("ask-ok").classList.toggle("danger", opts.danger === true);
     return new Promise(function (resolve) {
       function finish(result) {
         $("ask-ok").removeEventListener("click", onOk);
@@ -334,7 +341,7 @@
   async function deleteCurrent() {
     var c = current();
     if (!c) return;
-    var ok = await ask("Delete \u201c" + c.title + "\u201d? This cannot be undone.", { confirmOnly: true, okLabel: "Delete" });
+    var ok = await ask("Delete \u201c" + c.title + "\u201d? This cannot be undone.", { confirmOnly: true, okLabel: "Delete", danger: true });
     if (!ok) return;
     if (state.busy) stop();
     state.forgotten[c.id] = true;
@@ -386,6 +393,7 @@
     wrap.setAttribute("data-testid", "message");
     wrap.setAttribute("data-role", m.role);
     wrap.setAttribute("data-index", String(index));
+    if (m.leftOut) wrap.classList.add("left-out");
 
     var role = document.createElement("div");
     role.className = "msg-role";
@@ -461,6 +469,18 @@
     return w;
   }
 
+  /* Where the model's memory of the chat starts: the messages above it were left out of
+   * the last request to fit the context (see markLeftOut), though they stay on screen. */
+  function leftOutLine() {
+    var line = document.createElement("div");
+    line.className = "left-out-line";
+    line.setAttribute("data-testid", "left-out-line");
+    line.setAttribute("role", "note");
+    line.textContent = "The model no longer sees the messages above this line: they did not fit in its context" +
+      (state.nCtx ? " (" + state.nCtx + " tokens)" : "") + ".";
+    return line;
+  }
+
   function nearBottom(box) {
     return box.scrollHeight - box.scrollTop - box.clientHeight < FOLLOW_PX;
   }
@@ -472,7 +492,11 @@
     var top = box.scrollTop, stay = keepScroll === true && !nearBottom(box);
     box.replaceChildren();
     if (!c || c.messages.length === 0) { box.appendChild(welcomeEl()); return; }
-    c.messages.forEach(function (m, i) { box.appendChild(messageEl(c, m, i)); });
+    c.messages.forEach(function (m, i) {
+      var prev = c.messages[i - 1];
+      if (prev && prev.leftOut && !m.leftOut) box.appendChild(leftOutLine());
+      box.appendChild(messageEl(c, m, i));
+    });
     box.scrollTop = stay ? top : box.scrollHeight;
   }
 
@@ -664,9 +688,9 @@
     function build(keepFrom) { return pinned.concat(history.slice(keepFrom), [latest]); }
 
     if (!state.nCtx) return { messages: build(0), dropped: 0, fits: true };
-    // Reserve room for the reply; capped at half the context so a large max-tokens
-    // setting doesn't block every message (the server stops at the context end anyway).
-    var reserveTok = Math.min(settings.maxTokens, Math.floor(state.nCtx / 2));
+    // Reserve room for the reply; capped at a quarter of the context so a large
+    // max-tokens setting doesn't crowd out the chat (see RESERVE_CTX_SHARE).
+    var reserveTok = Math.min(settings.maxTokens, Math.floor(state.nCtx / RESERVE_CTX_SHARE));
     var budget = state.nCtx - reserveTok;
 
     var all = build(0);
@@ -714,6 +738,24 @@
     }
   }
 
+  /* Marks the messages the next reply will not see, left out to fit the context: the
+   * chat shows them greyed out above a line, and a user who wonders why the model forgot
+   * something can see what it still has. `dropped`: how many of the merged history
+   * messages (see plain) fitContext left out. A pinned system message is always sent. */
+  function markLeftOut(c, dropped) {
+    var first = c.messages.length && c.messages[0].role === "system" ? 1 : 0;
+    var end = first;
+    for (var n = 0; n < dropped && end < c.messages.length; n++) {
+      var role = c.messages[end].role;
+      end += 1;
+      if (role === "system") continue; // (plain() never merges system messages)
+      while (end < c.messages.length && c.messages[end].role === role) end += 1;
+    }
+    c.messages.forEach(function (m, i) {
+      if (i >= first && i < end) m.leftOut = true; else delete m.leftOut;
+    });
+  }
+
   /* Shows how much of the context the current chat fills (before the next reply). */
   var ctxSeq = 0;
   async function updateContextUse(exactTok) {
@@ -724,8 +766,11 @@
     if (total == null && c && u && u.id === c.id && u.n === c.messages.length) total = u.tok;
     if (total == null) {
       if (!c || !c.messages.length) { $("ctx").textContent = "context 0 / " + state.nCtx; return; }
+      // What the model is sent: not the messages the last reply was sent without (they
+      // are greyed on screen). Counting them showed "context 2743 / 1024" after a reload.
       var parts = withSystem(c, effectiveSettings());
-      var size = await promptSize(plain(parts.pinned.concat(parts.rest)));
+      var sent = parts.rest.filter(function (m) { return !m.leftOut; });
+      var size = await promptSize(plain(parts.pinned.concat(sent)));
       total = size.exact ? size.n : "~" + size.n;
       if (seq !== ctxSeq) return; // a newer update started meanwhile
     }
@@ -751,12 +796,24 @@
 
   /* ---------- sending and streaming ---------- */
 
+  /* A new chat's title: its first message's first line, cut at a word with "…" when
+   * long ("Write a Python function that checks whet" read as a typo). */
+  function titleFrom(text) {
+    var line = Store.cleanTitle(text.trim().split("\n")[0]);
+    if (line.length <= TITLE_FROM_MESSAGE_CHARS) return line;
+    var cut = line.slice(0, TITLE_FROM_MESSAGE_CHARS);
+    var space = cut.lastIndexOf(" ");
+    // (a word longer than half the title, a URL say, is cut where it is)
+    if (space > TITLE_FROM_MESSAGE_CHARS / 2) cut = cut.slice(0, space);
+    return cut.replace(/[\s,;:.\-]+$/, "") + "\u2026";
+  }
+
   function send(text) {
     if (state.busy) return;
     if (!text.trim()) return;
     var c = current() || newConversation();
     c.messages.push({ role: "user", content: text });
-    if (c.title === "New chat") c.title = Store.cleanTitle(text.split("\n")[0].slice(0, TITLE_FROM_MESSAGE_CHARS));
+    if (c.title === "New chat") c.title = titleFrom(text);
     c.updated = Date.now();
     $("input").value = "";
     autosize();
@@ -811,6 +868,9 @@
 
   async function generate(c) {
     var settings = effectiveSettings();
+    // The last reply's usage counted what this one replaces (Regenerate, an edit): the
+    // chat may have as many messages again, with other text, so it would be shown still.
+    if (state.usage && state.usage.id === c.id) state.usage = null;
     setError("");
     setNotice("");
     $("tps").textContent = ""; // the last reply's speed is not this one's
@@ -830,6 +890,7 @@
       var plan = await fitContext(c, settings);
       if (controller.signal.aborted) return;
       if (!plan.fits) { setError(MSG_CONTEXT_FULL); return; }
+      markLeftOut(c, plan.dropped);
       if (plan.dropped > 0) setNotice(MSG_DROPPED);
 
       msg = { role: "assistant", content: "" };
@@ -873,7 +934,8 @@
       if (result.finishReason === "length") {
         var used = result.usage && result.usage.total_tokens;
         notes.push(state.nCtx && used >= state.nCtx - 1
-          ? "The reply stopped at the end of the context; start a new chat to go on."
+          // (the chat goes on: the next message leaves the oldest ones out, see fitContext)
+          ? "The reply stopped at the end of the context: send another message to go on (the oldest messages will be left out), or start a new chat."
           : "The reply stopped at the max-tokens limit (see Settings).");
       }
       setNotice(notes.join(" "));
@@ -881,7 +943,11 @@
       if (e && e.name === "AbortError") {
         // Stopped before its first word: no empty reply is kept (or sent as history).
         // A reply stopped later shows its speed so far, measured on the pieces it got.
-        if (msg && msg.content) { msg.stopped = true; showSpeed({ chunks: pieces }, firstAt, lastAt); }
+        // (not when the user left for another chat: its status line is that chat's)
+        if (msg && msg.content) {
+          msg.stopped = true;
+          if (c === current()) showSpeed({ chunks: pieces }, firstAt, lastAt);
+        }
         else if (msg) c.messages.splice(c.messages.indexOf(msg), 1);
       } else {
         var gone = e instanceof Api.ServerGoneError;
@@ -1080,7 +1146,7 @@
    * it holds the model's memory until it stops. */
   async function quitServer() {
     var ok = await ask("Stop chatfile? Your chats stay saved in this browser; start the program again to go on.",
-      { confirmOnly: true, okLabel: "Quit" });
+      { confirmOnly: true, okLabel: "Quit", danger: true });
     if (!ok) return;
     stop();
     link.stopped = true; // (its absence from now on is no news)

@@ -61,6 +61,7 @@
     }
     var out = { role: role, content: asText(content) };
     if (m.stopped === true) out.stopped = true;
+    if (m.leftOut === true) out.leftOut = true; // (not sent with the last reply: see app.js)
     return out;
   }
 
@@ -107,12 +108,15 @@
     try {
       data = JSON.parse(text);
     } catch (e) {
-      throw new Error("That file is not valid JSON.");
+      // (a Markdown export, most likely: it is for reading, and can't be read back)
+      throw new Error("That file is not valid JSON. Import reads the chats that the JSON button saves, not Markdown (MD) exports.");
     }
     if (Array.isArray(data)) data = { title: "Imported chat", messages: data };
     var conv = cleanConversation(data);
     if (!conv) throw new Error("That file has no \"messages\" list, so it isn't a chatfile conversation.");
     conv.id = newId(); // never overwrite an existing chat
+    // (what the page's last request left out is its own mark, never a file's)
+    conv.messages.forEach(function (m) { delete m.leftOut; });
     conv.updated = Date.now();
     return conv;
   }
