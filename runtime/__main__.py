@@ -185,14 +185,15 @@ def _runtime_cli(argv: list[str]) -> int:
     if problem:
         print(f"chatfile: error: {problem}", file=sys.stderr)
         return 2
+    prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "chatfile"
+    # NumPy is imported by the command, after cli.main has set the BLAS thread count
+    # (--threads): importing it here first would fix the count at every core.
     try:
         from runtime import cli
-        import numpy  # noqa: F401 - every command needs it: fail here, in one line
+        return cli.main(argv, bundle=prog) or 0
     except ImportError as e:  # a broken build or unpacking; say so instead of a traceback
         print(f"chatfile: error: {incomplete_runtime(e)}", file=sys.stderr)
         return 2
-    prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "chatfile"
-    return cli.main(argv, bundle=prog) or 0
 
 
 def _model_args(path: str, trailer: Trailer | None, title: bool = True) -> list[str]:

@@ -501,3 +501,14 @@ def test_chat_takes_llama_cli_short_options_and_a_seed(monkeypatch, capsys):
         assert main(["chat", model, "--temp", "1.5", "--seed", "7", "-n", "24"]) == 0
         answers.append(capsys.readouterr().out)
     assert answers[0].strip() and answers[0] == answers[1], answers
+
+
+def test_a_bundle_sets_the_thread_count_before_numpy_loads():
+    """A bundle's `--threads N` sets OPENBLAS_NUM_THREADS, which OpenBLAS reads when NumPy
+    is first imported: the bundle's entry must leave that import to the command."""
+    code = ("import sys; import runtime.__main__ as m, runtime.cli as cli\n"
+            "cli.main = lambda argv, bundle=None: print('numpy' in sys.modules) or 0\n"
+            "m._runtime_cli(['run', 'x.gguf', '--threads', '1'])\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "False", (r.stdout, r.stderr)
