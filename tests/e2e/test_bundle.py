@@ -274,8 +274,8 @@ def test_ctrl_c_in_the_executable_stops_the_answer_not_the_chat(bundles, tmp_pat
             # (hundreds of tokens): the signal lands mid-answer, once its first words show
             # (not the line editor's bracketed-paste switch, written as the line ends).
             os.write(master, b"Hello there\n")
-            answer = lambda b: _without_paste_marks(b.split(b"there")[-1]).strip()  # noqa: E731
-            _read_until(master, lambda b: len(answer(b)) > 3, 60)
+            answer = lambda b: _without_paste_marks(b.split(b"there", 1)[1]).strip()  # noqa: E731
+            _read_until(master, lambda b: b"there" in b and len(answer(b)) > 3, 60)
             os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl+C
             out = _read_until(master, prompt, 60)
             assert b"[stopped]" in out and prompt(out), out

@@ -207,13 +207,19 @@ def test_fg_after_ctrl_z_gives_the_line_editing_back(chat_factory):
     assert c.proc.wait(30) == 0
 
 
+def _answer_begun(out: bytes) -> bool:
+    return b"there\r\n" in out and len(out.split(b"there\r\n", 1)[1].strip()) > 3
+
+
 def test_two_ctrl_c_while_the_answer_stops_keep_the_chat(chat_factory):
     """The second Ctrl+C, while the worker is still finishing its step, ended the chat
     (status 130) and lost the conversation."""
     c = chat_factory(SLOW)
-    c.write(b"Hello there\r")
-    # The prefill takes 0.8 s, then each step 0.8 s: interrupt once the answer has begun.
-    c.read_until(lambda b: len(b.split(b"there")[-1].strip()) > 3, 60)
+    echo = c.write(b"Hello there\r")
+    # The prefill takes 0.8 s, then each step 0.8 s: interrupt once the answer has begun,
+    # after the whole line's echo (readline echoes it itself, late on a busy machine: the
+    # first letters alone once sent the Ctrl+C to the prompt, which dropped the line).
+    c.read_until(lambda b: _answer_begun(echo + b), 60)
     c.ctrl_c()
     time.sleep(0.4)
     c.ctrl_c()
