@@ -25,6 +25,7 @@ from runtime.cli import (build_parser, describe_args, hidden_flag, is_baked_temp
                          stdout_is_open, tolerant_stdout)
 from runtime.embedded import (BundleError, Trailer, extract, interrupt_on_termination,
                               read_trailer, verify)
+from runtime.leftovers import clear_for_executable
 
 NO_MODEL_HELP = ("this is a chatfile runtime without a model; use -m model.gguf or "
                  "`chatfile bundle` to make one that carries a model.")
@@ -375,6 +376,7 @@ def _entry() -> None:
         _one_interrupt_per_keypress()
     if getattr(sys, "frozen", False):
         _restore_library_path()
+        clear_for_executable()  # the unpacked runtimes of killed executables
     try:
         code = main()
     except KeyboardInterrupt:

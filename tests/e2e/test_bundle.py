@@ -618,3 +618,47 @@ def test_an_unknown_option_of_a_bundle_names_the_bundle(bundles, tmp_path):
                            env=_env(tmp_path), cwd=tmp_path, timeout=120)
         assert r.returncode == 2 and why in r.stderr and "listening" not in r.stdout, (args, r)
     assert not (tmp_path / "x.gguf").exists()
+
+
+def _unpacked(temp_dir: Path) -> list[Path]:
+    return sorted(p for p in temp_dir.iterdir() if p.name.startswith("_MEI"))
+
+
+def test_the_executable_clears_the_runtimes_killed_executables_left(bundles, tmp_path):
+    """`kill -9` of an executable left its unpacked runtime (~88 MB) in the temp dir, one
+    more at every kill. The next start removes the ones no running chatfile uses."""
+    path = _bundle(bundles, "exe")
+    temp_dir = tmp_path / "tmp"
+    temp_dir.mkdir()
+    env = dict(_env(tmp_path), TMPDIR=str(temp_dir))
+    foreign = temp_dir / "_MEIother"  # another program's unpacking: no marker of ours
+    (foreign / "lib").mkdir(parents=True)
+    port = _free_port()
+    proc = subprocess.Popen([str(path), "--no-browser", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except (OSError, urllib.error.URLError):
+                time.sleep(0.05)
+        running = [p for p in _unpacked(temp_dir) if p != foreign]
+        assert len(running) == 1 and (running[0] / ".chatfile-running").is_file(), running
+        # Another start while this one runs leaves its runtime alone.
+        assert subprocess.run([str(path), "--version"], env=env, capture_output=True,
+                              timeout=120).returncode == 0
+        assert running[0].is_dir()
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10).close()
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and Python, as `kill -9` does
+        proc.wait()
+    time.sleep(0.5)  # the kernel drops the dead process's lock
+    assert running[0].is_dir()  # what the kill left
+    out = subprocess.run([str(path), "--version"], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert _unpacked(temp_dir) == [foreign], _unpacked(temp_dir)
