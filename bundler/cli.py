@@ -92,17 +92,42 @@ def _check_baked_args(baked: list[str]) -> str | None:
         lines = err.getvalue().strip().splitlines()
         problem = lines[-1].split("error: ", 1)[-1] if lines else "they cannot be parsed"
         stray = problem.removeprefix("unrecognized arguments:").split()
-        if problem.startswith("unrecognized") and any(not w.startswith("-") for w in stray):
-            # a word of a value: `--args "--system=Be brief."` is split as a shell splits it
-            problem += ("; --args is split as a shell splits words, so quote a value that "
-                        "has spaces: --args \"--system 'Be brief.'\"")
-        return problem
+        if not problem.startswith("unrecognized") or not stray:
+            return problem
+        if stray[0].startswith("-"):  # an option `run` does not have: say whose it is
+            return _not_bakeable(stray[0].partition("=")[0]) or problem
+        # a word of a value: `--args "--system=Be brief."` is split as a shell splits it
+        return problem + ("; --args is split as a shell splits words, so quote a value "
+                          "that has spaces: --args \"--system 'Be brief.'\"")
     hidden = runtime_cli.hidden_flag(baked)
     if hidden or args.chat_template_text is not None:  # (also given abbreviated)
         return f"{hidden or runtime_cli.TEMPLATE_TEXT_FLAG} is set by the bundle itself"
     if sum(a.partition("=")[0] == "--chat-template" for a in baked) > 1:
         return "give --chat-template once"
     return runtime_cli.check_args(args)
+
+
+# A bundle's own options (runtime/__main__.py, _split_own_flags): they say what to do
+# at one start (chat in the terminal, print the model's info, ...), not how to run.
+BUNDLE_OWN_FLAGS = ("-m", "--model", "--cli", "--info", "--verify", "--extract", "--version",
+                    "--licenses")
+
+
+def _not_bakeable(flag: str) -> str | None:
+    """Why FLAG, which `chatfile run` does not know, cannot be baked in, when it is one a
+    bundle takes all the same; None for an unknown one. (`--args "--max-tokens 200"` was
+    told "unrecognized arguments: --max-tokens 200; ... quote a value that has spaces".)"""
+    from runtime import cli as runtime_cli
+    if flag in BUNDLE_OWN_FLAGS:
+        return (f"{flag} is one of the bundle's own options, given when it is started; "
+                f"it cannot be baked in")
+    commands = runtime_cli.build_parser().commands
+    run_flags = {f for a in commands["run"]._actions for f in a.option_strings}
+    chat_only = {f for a in commands["chat"]._actions for f in a.option_strings} - run_flags
+    if flag in chat_only:
+        return (f"{flag} is an option of the terminal chat alone, given when it is "
+                f"started (--cli {flag} N); baked-in args are those of `chatfile run`")
+    return None
 
 
 def _embed_template(baked: list[str]) -> tuple[list[str], str | None]:
@@ -129,6 +154,13 @@ def _embed_template(baked: list[str]) -> tuple[list[str], str | None]:
     # (An abbreviation such as --chat-t never gets here: it could also be the hidden
     # --chat-template-text, so _check_baked_args has already refused it as ambiguous.)
     return out, path
+
+
+# `-o -` wrote a file named "-" (hundreds of MiB) while the pipe that was meant to get
+# the bundle got the report. A bundle is written beside its name and renamed into place,
+# so that no half-written one is ever left: it cannot stream to stdout.
+STDOUT_REFUSED = ("chatfile: error: -o -: the output cannot go to stdout; give a file name "
+                  "(-o ./- for a file named \"-\")")
 
 
 def _special_file(path: str) -> bool:
@@ -170,6 +202,9 @@ def cmd_bundle(a) -> int:
         return 2
     if a.output == "":  # it would read as not given, the bundle put in the current directory
         print("chatfile: error: -o needs a file name, not an empty one", file=sys.stderr)
+        return 2
+    if a.output == "-":
+        print(STDOUT_REFUSED, file=sys.stderr)
         return 2
     for what, path in (("model", a.model), ("stub", a.stub)):
         if path and _special_file(path):
@@ -235,6 +270,9 @@ def cmd_stub(a) -> int:
 
     if a.output == "":  # it would read as not given
         print("chatfile: error: -o needs a file name, not an empty one", file=sys.stderr)
+        return 2
+    if a.output == "-":
+        print(STDOUT_REFUSED, file=sys.stderr)
         return 2
     if a.output and _special_file(a.output):
         print(f"chatfile: error: {a.output} is not a regular file (a device or a pipe); give "

@@ -210,14 +210,17 @@ def _check_gguf(path: str) -> int:
             size = os.fstat(f.fileno()).st_size
     except OSError as e:
         raise BundleError(f"cannot read model {path}: {e.strerror or e}") from None
+    if size == 0:  # (an interrupted download, or a copy that never started)
+        raise BundleError(f"{path} is empty (0 bytes), not a GGUF file")
     if magic != b"GGUF":
         try:
             inner = read_trailer(path)
         except BundleError:
             inner = None
         if inner is not None:  # a bundle given as the model: say how to get its GGUF
+            run = shlex.quote(path if os.path.dirname(path) else os.path.join(".", path))
             raise BundleError(f"{path} is a chatfile bundle, not a GGUF file; take its model "
-                              f"out with `{path} --extract model.gguf` and bundle that")
+                              f"out with `{run} --extract model.gguf` and bundle that")
         raise BundleError(f"{path} is not a GGUF file (magic {magic!r}, expected b'GGUF')")
     return size
 
@@ -241,7 +244,12 @@ def check_model(path: str, chat_template: str | None = None,
     try:
         gguf.read(path).close()
     except (ValueError, OSError) as e:  # GGUFError is a ValueError
-        raise BundleError(f"{path} is not a usable GGUF: {_unnamed(e, path)}") from None
+        said = _unnamed(e, path)
+        if said.startswith("truncated file"):  # the likeliest cause, and what to do
+            said += ": the file is incomplete; download or copy it again"
+        # "X is not a usable GGUF: X is too small ..." named the file twice.
+        raise BundleError(said if said.startswith(f"{path} ") else
+                          f"{path} is not a usable GGUF: {said}") from None
     from runtime import quants
     from runtime.chat_template import TemplateError
     from runtime.model import Model
@@ -281,6 +289,8 @@ def check_output(out_path: str, force: bool, *inputs: str) -> None:
     if os.path.lexists(out_path) and not force:
         raise BundleError(f"{out_path} already exists; use --force to overwrite it")
     out_dir = os.path.dirname(os.path.abspath(out_path))
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):  # -o model.gguf/x.pyz
+        raise BundleError(f"cannot write {out_path}: {out_dir} is a file, not a directory")
     if not os.path.isdir(out_dir):
         raise BundleError(f"the output directory {out_dir} does not exist")
     if not os.access(out_dir, os.W_OK):  # (also says so for a read-only file system)

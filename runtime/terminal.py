@@ -10,6 +10,7 @@ new message.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import os
 import queue
 import signal
@@ -286,6 +287,56 @@ def _is_ctrl_c(e: BaseException) -> bool:
     return False
 
 
+def _on_terminal(stdin, stdout) -> bool:
+    """The chat talks to a person at a terminal: both ends are the process's own tty."""
+    if stdin is not sys.stdin or stdout is not sys.stdout:
+        return False
+    try:
+        return stdin.isatty() and stdout.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+@contextlib.contextmanager
+def _keys_kept_as_bytes(stdin, on_terminal: bool):
+    """The terminal out of canonical mode for the whole chat, also while an answer is
+    written. In canonical mode Ctrl+D is no byte but an end-of-file mark, which became a
+    NUL (ignored) when the next prompt's reader left that mode: a Ctrl+D typed while an
+    answer was written, or just after it, was lost, and the chat waited at a new prompt.
+    Now it is a byte (echoed as ^D) that the next prompt takes for the end of input.
+    Echo stays on: readline shows nothing typed on a terminal without echo. Yields a
+    function that leaves canonical mode again (after Ctrl+Z and `fg` the shell hands the
+    terminal back in its own modes); the modes come back however the chat ends."""
+    saved = None
+    if on_terminal and os.name == "posix":
+        import termios
+        fd = stdin.fileno()
+        try:
+            saved = termios.tcgetattr(fd)
+        except termios.error:
+            pass
+    if saved is None:
+        yield lambda: None
+        return
+
+    def hold():
+        try:
+            attrs = termios.tcgetattr(fd)
+            if attrs[3] & termios.ICANON:
+                attrs[3] &= ~termios.ICANON
+                termios.tcsetattr(fd, termios.TCSANOW, attrs)
+        except termios.error:  # the terminal went away
+            pass
+    hold()
+    try:
+        yield hold
+    finally:
+        try:
+            termios.tcsetattr(fd, termios.TCSANOW, saved)
+        except termios.error:
+            pass
+
+
 def _line_reader(stdin, stdout):
     """A function(prompt) -> line, raising EOFError at the end of input.
 
@@ -295,13 +346,7 @@ def _line_reader(stdin, stdout):
     one-file executable leaves it out, see runtime/line_input.py), a POSIX terminal is
     read by our own small line editor; elsewhere (Windows), or on a pipe, lines are read
     as they come."""
-    on_terminal = False
-    if stdin is sys.stdin and stdout is sys.stdout:
-        try:
-            on_terminal = stdin.isatty() and stdout.isatty()
-        except (AttributeError, ValueError):
-            pass
-    if on_terminal:
+    if _on_terminal(stdin, stdout):
         try:
             import readline  # noqa: F401 - importing it is what makes input() use it
             return input
@@ -351,7 +396,10 @@ def _command(c: _Chat, line: str) -> bool | str:
     """Obey a /command. Returns False to quit, True when done, or the text to send."""
     if line.startswith("//"):   # a message that begins with "/"
         return line[1:]
-    cmd, _, arg = line.partition(" ")
+    # Any whitespace ends the command's name: "/system<Tab>Be brief." (pasted, or typed
+    # by hand in the one-file executable, whose line editor keeps a tab) was "unknown
+    # command /system\tBe".
+    cmd, arg = (line.split(None, 1) + [""])[:2]
     if cmd in ("/exit", "/quit", "/bye"):
         return False
     if cmd == "/reset":
@@ -436,7 +484,14 @@ def chat(model, *, n_ctx: int, system: str | None = None, stdin=None, stdout=Non
     stdout.flush()
     _exit_on_sigterm()
     read = _line_reader(stdin, stdout)
+    with _keys_kept_as_bytes(stdin, _on_terminal(stdin, stdout)) as hold:
+        return _converse(c, read, stdout, hold)
+
+
+def _converse(c: _Chat, read, stdout, hold) -> int:
+    """The interactive chat's loop: read a message, obey it or answer it."""
     while True:
+        hold()
         try:
             line = _read_message(read, stdout)
         except EOFError:       # Ctrl+D, or the end of piped input
