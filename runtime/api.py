@@ -442,8 +442,12 @@ def sampling_params(body, *, openai: bool, default_temp: float | None = None, mo
     if default_temp is not None:
         d.temperature = default_temp
     seed = get_int(body, "seed", None, lo=-(2**63), hi=2**64 - 1)
-    if seed is not None and (seed == -1 or seed < 0) and not openai:
-        seed = None  # llama-server: -1 = random
+    # llama-server: -1 = random, on every route: apps that always send a seed send -1 for
+    # "none" (OpenAI gives it no meaning), and read as a seed it made every regenerated
+    # reply the same. Other negative seeds: random on llama-server's own routes, a seed
+    # like any other on OpenAI's.
+    if seed is not None and (seed == -1 or (seed < 0 and not openai)):
+        seed = None
     elif seed is not None:
         seed = seed % 2**64  # numpy wants a non-negative seed
     bias = get_logit_bias(body, model) if model is not None else None

@@ -18,6 +18,7 @@ import io
 import ipaddress
 import json
 import os
+import re
 import select
 import signal
 import socket
@@ -68,6 +69,15 @@ API_POST = ("/v1/chat/completions", "/v1/completions", "/completion", "/completi
 API_GET = ("/v1/models", "/models", "/props", "/health", "/v1/health", "/slots")
 # What HTTP asks of these answers: the auth scheme a 401 wants, and when to try a 503 again.
 STATUS_HEADERS = {401: {"WWW-Authenticate": "Bearer"}, 503: {"Retry-After": "1"}}
+# --cors: on every reply, the app's and the ones the connection's handler writes itself.
+CORS_HEADERS = (("Access-Control-Allow-Origin", "*"),
+                ("Access-Control-Allow-Headers", "Authorization, Content-Type, X-Api-Key"),
+                ("Access-Control-Allow-Methods", "GET, POST, OPTIONS"))
+# A preflight's Access-Control-Request-Headers that may be allowed back as they are: a list
+# of header names (RFC 9110 tokens), of a sane length.
+_TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+PREFLIGHT_HEADERS_RE = re.compile(rf"{_TOKEN}(?:[ \t]*,[ \t]*{_TOKEN})*")
+PREFLIGHT_HEADERS_MAX_CHARS = 1024
 
 
 # ---- the server's state ------------------------------------------------------------------
@@ -406,7 +416,12 @@ def build_app(st: State) -> bottle.Bottle:
                 s = piece(model, ev.token)[0]
                 out["tokens"].append(s)
                 out["token_logprobs"].append(logprob(ev.prob or 0.0))
-                out["top_logprobs"].append({piece(model, t)[0]: logprob(p) for t, p in ev.probs or []})
+                # Keyed by text: tokens that read the same (byte tokens of an unfinished
+                # character all read "\ufffd") keep the likeliest, which is listed first.
+                tops = {}
+                for t, p in ev.probs or []:
+                    tops.setdefault(piece(model, t)[0], logprob(p))
+                out["top_logprobs"].append(tops)
                 out["text_offset"].append(off)
                 off += len(s)
             return out
@@ -710,16 +725,25 @@ def build_app(st: State) -> bottle.Bottle:
 
 # ---- WSGI glue: body limit, CORS, last-resort error catching ----------------------------
 
-def wrap_app(app, st: State):
-    cors_headers = [("Access-Control-Allow-Origin", "*"),
-                    ("Access-Control-Allow-Headers", "Authorization, Content-Type, X-Api-Key"),
-                    ("Access-Control-Allow-Methods", "GET, POST, OPTIONS")]
+def cors_headers(environ=None) -> list:
+    """The CORS headers of a --cors reply. A preflight may send the request headers it
+    asks for: the OpenAI JavaScript client sends x-stainless-* headers with every
+    request, which a fixed list refused, so the browser never sent the request. Which
+    origins are served is decided elsewhere (_foreign_request): any, under --cors."""
+    out = list(CORS_HEADERS)
+    asked = (environ or {}).get("HTTP_ACCESS_CONTROL_REQUEST_HEADERS", "").strip()
+    if (asked and len(asked) <= PREFLIGHT_HEADERS_MAX_CHARS
+            and PREFLIGHT_HEADERS_RE.fullmatch(asked)):
+        out[1] = ("Access-Control-Allow-Headers", f"{CORS_HEADERS[1][1]}, {asked}")
+    return out
 
+
+def wrap_app(app, st: State):
     def respond(start_response, status, obj):
         data = json_bytes(obj)
         headers = [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
         if st.cors:
-            headers += cors_headers
+            headers += cors_headers()
         start_response(f"{status} {_reason(status)}", headers)
         return [data]
 
@@ -746,7 +770,7 @@ def wrap_app(app, st: State):
 
         def start(status, headers, exc_info=None):
             if st.cors:
-                headers = list(headers) + cors_headers
+                headers = list(headers) + cors_headers(environ)
             return start_response(status, headers, exc_info)
         try:
             return app(environ, start)
@@ -930,13 +954,16 @@ class _ReplyWriter(io.BufferedIOBase):
         return memoryview(data).nbytes
 
 
-def _raw_error(status: int, message: str) -> bytes:
+def _raw_error(status: int, message: str, cors: bool = False) -> bytes:
     """A whole JSON error response, for a connection with no request to answer through
-    the app: one too slow to send its request head, or one connection too many."""
+    the app: one too slow to send its request head, one connection too many, a request
+    line http.server cannot read. Under --cors it has the app's CORS headers: without
+    them a browser app of another origin saw a network error, not this answer."""
     body = json_bytes(error_body(status, message))
+    headers = [*STATUS_HEADERS.get(status, {}).items(), *(CORS_HEADERS if cors else ())]
     head = (f"HTTP/1.0 {status} {_reason(status)}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n"
-            + "".join(f"{k}: {v}\r\n" for k, v in STATUS_HEADERS.get(status, {}).items()))
+            + "".join(f"{k}: {v}\r\n" for k, v in headers))
     return head.encode("latin-1") + b"\r\n" + body
 
 
@@ -956,10 +983,6 @@ class _Handler(WSGIRequestHandler):
     head_timeout_s = HEAD_TIMEOUT_S
     body_timeout_s = BODY_TIMEOUT_S
     body_min_rate_bytes_s = BODY_MIN_RATE_BYTES_S
-    # Errors raised before the app runs (bad request line, huge headers) also as JSON.
-    error_content_type = "application/json"
-    error_message_format = ('{"error": {"message": "%(message)s", "type": "invalid_request_error", '
-                            '"code": %(code)d}}')
 
     def setup(self):
         # StreamRequestHandler.setup, with our reader and writer in place of the socket's
@@ -995,7 +1018,15 @@ class _Handler(WSGIRequestHandler):
             # nothing (a browser's spare preconnection) is just closed, as nginx does.
             began = self.reader.received_bytes > 0
             if isinstance(e, TimeoutError) and self.conn.reading_head and began:
-                _send_quietly(self.request, _raw_error(408, str(e)))
+                _send_quietly(self.request, _raw_error(408, str(e), self.server.cors))
+
+    def send_error(self, code, message=None, explain=None):
+        """Errors http.server finds before the app runs (a request line it cannot read,
+        too many or too long headers), as JSON like the app's. Its own version pasted
+        the message into a JSON template unescaped (a quote in the line broke it) and,
+        for a bad request line, sent no status line at all (HTTP/0.9)."""
+        self.close_connection = True
+        self.wfile.write(_raw_error(code, message or _reason(code), self.server.cors))
 
     def parse_request(self):
         ok = super().parse_request()
@@ -1033,6 +1064,7 @@ class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
     request_queue_size = 128
     # SO_REUSEADDR on Windows would let two servers share a port; only use it elsewhere.
     allow_reuse_address = os.name != "nt"
+    cors = False  # --cors: the replies written here (408, 503) carry CORS headers too
 
     def __init__(self, *args, **kwargs):
         self.max_connections = connection_cap()
@@ -1095,7 +1127,8 @@ class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
             sock.setblocking(False)
             _read_what_came(sock)
             sock.sendall(_raw_error(503, f"the server has too many open connections "
-                                         f"({self.max_connections}); try again shortly"))
+                                         f"({self.max_connections}); try again shortly",
+                                    self.cors))
             sock.shutdown(socket.SHUT_WR)
         except OSError:
             pass
@@ -1294,6 +1327,7 @@ class Server:
                            log=self.log)
         self.state.model_id = Path(os.fspath(model_path)).stem
         self.httpd, self.port = bind(host, port)
+        self.httpd.cors = cors
         if port and self.port != port:
             self.log(f"chatfile: port {port} is {_why_not(host, port)}; using {self.port} "
                      f"instead (the chat page keeps its saved chats per port)")
