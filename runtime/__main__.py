@@ -313,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"embedded at offset {model_trailer.gguf_offset}, "
                   f"{model_trailer.gguf_size} bytes")
             print(f"baked-in args: {describe_args(baked) or '(none)'}")
+            if model_trailer.title:  # the page's and the window's name (--title)
+                print(f"title: {model_trailer.title}")
         return code
     if own["cli"]:
         return _runtime_cli(["chat", *model, *_drop_server_flags(baked + user_args)])

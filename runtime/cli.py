@@ -308,7 +308,13 @@ def piped_example(bundle: str | None) -> str:
     """How to pipe a question in, as the user started us: a bundle's user never typed
     `chatfile chat`, and has no model.gguf."""
     if bundle:
-        return f"echo 'Hello' | ./{shlex.quote(bundle)} --cli"
+        typed = sys.argv[0] if sys.argv and os.path.basename(sys.argv[0]) == bundle else bundle
+        import shutil
+        # Started by its path (`dir/my chat`, which works from here) or through PATH: as
+        # typed; else it is in the current directory, where a shell needs the `./`.
+        if os.sep in typed or shutil.which(typed):
+            return f"echo 'Hello' | {shlex.quote(typed)} --cli"
+        return f"echo 'Hello' | ./{shlex.quote(typed)} --cli"
     return "echo 'Hello' | chatfile chat model.gguf"
 
 

@@ -334,6 +334,13 @@ def test_a_pyz_ignores_pythonpath(bundles, tmp_path, reference_reply):
     assert r.returncode == 0 and "fake" not in r.stderr and r.stdout.strip(), r.stderr
 
 
+def test_info_names_the_bundles_title(bundles, tmp_path):
+    """The title given with `chatfile bundle --title` was in `--info --json` only."""
+    r = subprocess.run(_cmd(_bundle(bundles, "pyz")) + ["--info"], capture_output=True,
+                       text=True, env=_env(tmp_path), timeout=120)
+    assert r.returncode == 0 and "\ntitle: Tiny bundle\n" in r.stdout, r.stdout + r.stderr
+
+
 def test_a_chat_template_given_in_args_is_carried_in_the_bundle(stubs, tmp_path):
     """`--args "--chat-template FILE"` used to bake in the path: the bundle failed to
     start wherever that file was not (every other machine)."""

@@ -484,6 +484,20 @@ def test_a_bundles_piped_chat_example_names_the_bundle(monkeypatch, capsys, stdi
     assert "echo 'Hello' | chatfile chat model.gguf" in capsys.readouterr().err
 
 
+def test_a_bundles_piped_chat_example_is_the_path_it_was_started_by(monkeypatch, tmp_path):
+    """Started as `"with space/ünï 模型.pyz" --cli`, the example said `./'ünï 模型.pyz'`,
+    which is not there from the current directory."""
+    from runtime.cli import piped_example
+    monkeypatch.setattr(sys, "argv", ["with space/ünï 模型.pyz", "--cli"])
+    assert piped_example("ünï 模型.pyz") == "echo 'Hello' | 'with space/ünï 模型.pyz' --cli"
+    on_path = tmp_path / "my-chat"
+    on_path.write_bytes(b"")
+    on_path.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(sys, "argv", ["my-chat"])  # found on PATH: as typed, no ./
+    assert piped_example("my-chat") == "echo 'Hello' | my-chat --cli"
+
+
 def test_chat_takes_llama_cli_short_options_and_a_seed(monkeypatch, capsys):
     """`-c`, `-t`, `-n` as llama-cli spells them were "unrecognized arguments", and a
     sampled answer could not be had again: --seed gives the same answer for the same
