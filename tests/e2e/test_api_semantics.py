@@ -283,7 +283,7 @@ def test_a_seed_makes_sampling_reproducible(tiny_server, client):
         assert a == b == streamed, seed
         texts[seed] = a
     assert len(set(texts.values())) > 1   # the seed does choose the draw
-    # llama-server's seed -1 means a random one; OpenAI's routes take any 64-bit seed
+    # seed -1 means a random one (llama-server's reading); any other 64-bit seed is taken
     status, _ = post_json(tiny_server.url + "/completion", {"prompt": "a", "seed": -1, "n_predict": 2})
     assert status == 200
     for seed in (-1, 2**64 - 1, -(2**63)):
