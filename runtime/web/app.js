@@ -55,13 +55,13 @@
     convs: [],
     forgotten: {}, // ids of chats deleted in this tab: a save must not bring them back
     currentId: null,
-    busy: false,
-    controller: null,
     tokenCache: new Map(), // message text -> token count (from /tokenize)
     modelKey: null, // which model (and template, context) the token counts are for
-    renderQueued: false,
     usage: null, // {id, n, tok}: usage.total_tokens of the last reply in chat `id` (n messages)
-    streaming: null, // the reply being written, while it is
+    // Chat id -> the reply being written in it (see generate). A reply goes on in its own
+    // chat while another chat is shown, and a chat can be answered while another one is:
+    // the server answers one request at a time and keeps the others waiting in its queue.
+    runs: {},
   };
 
   // What the page knows of the server since the chat opened (see watchServer).
@@ -258,7 +258,36 @@
     return null;
   }
 
-  function persist() {
+  /* The reply being written in chat c, or null. */
+  function runOf(c) {
+    return c && Object.prototype.hasOwnProperty.call(state.runs, c.id) ? state.runs[c.id] : null;
+  }
+
+  function allRuns() {
+    return Object.keys(state.runs).map(function (id) { return state.runs[id]; });
+  }
+
+  /* fn(), with the replies being written as they would be if the tab closed now: marked
+   * as stopped, and one without a word yet left out. For saves and exports. */
+  function asIfStopped(fn) {
+    var undo = [];
+    allRuns().forEach(function (run) {
+      var m = run.msg, msgs = run.conv.messages;
+      if (!m) return;
+      if (!m.content && msgs[msgs.length - 1] === m) {
+        msgs.pop();
+        undo.push(function () { msgs.push(m); });
+      } else if (!m.stopped) {
+        m.stopped = true;
+        undo.push(function () { delete m.stopped; });
+      }
+    });
+    try { return fn(); } finally { undo.forEach(function (f) { f(); }); }
+  }
+
+  function persist() { asIfStopped(save); }
+
+  function save() {
     // Saving merges with what is stored: chats another tab made since this one last
     // read them are kept (and shown here from now on).
     var saved = Store.saveConversations(state.convs, state.forgotten);
@@ -268,8 +297,20 @@
     Store.saveCurrentId(state.currentId);
   }
 
-  /* Another tab saved its chats: show them here too. The chat this tab is answering in
-   * stays this tab's object (the reply streams into it); so does the open chat if the
+  /* Keeps this tab's object for chat `mine` in `list` (the other tab's copy of it
+   * replaced), but takes a rename made there: a later change than this tab's, which this
+   * tab's next save would otherwise undo. */
+  function keepMine(list, mine) {
+    var i = list.findIndex(function (c) { return c.id === mine.id; });
+    if (i >= 0 && list[i].updated > mine.updated) {
+      mine.title = list[i].title;
+      mine.updated = list[i].updated;
+    }
+    if (i >= 0) list[i] = mine; else list.unshift(mine);
+  }
+
+  /* Another tab saved its chats: show them here too. The chats this tab is answering in
+   * stay this tab's objects (the replies stream into them); so does the open chat if the
    * other tab did not change it, so that an edit in progress is not redrawn away. */
   function onOtherTabSaved(e) {
     if (e.key === Store.KEY_SETTINGS) { state.settings = Store.loadSettings(); updateContextUse(); return; }
@@ -280,17 +321,12 @@
     if (mine) {
       var i = list.findIndex(function (c) { return c.id === mine.id; });
       var same = i >= 0 && JSON.stringify(list[i].messages) === JSON.stringify(mine.messages);
-      if (state.busy || same) {
-        // A rename there (a later change than this tab's) is kept: this tab's next
-        // save would otherwise put the old title back.
-        if (i >= 0 && list[i].updated > mine.updated) {
-          mine.title = list[i].title;
-          mine.updated = list[i].updated;
-        }
-        if (i >= 0) list[i] = mine; else list.unshift(mine);
+      if (runOf(mine) || same) {
+        keepMine(list, mine);
         redraw = false;
       }
     }
+    allRuns().forEach(function (run) { if (run.conv !== mine) keepMine(list, run.conv); });
     state.convs = list;
     if (!list.some(function (c) { return c.id === state.currentId; })) {
       state.currentId = list.length ? list[0].id : null;
@@ -313,7 +349,7 @@
   function selectConversation(id) {
     if (id === state.currentId) { closeSidebar(); return; } // (tapping it closes the menu)
     var overlay = sidebarOpen();
-    if (state.busy) stop();
+    // (a reply being written in the chat left goes on there: see generate)
     state.currentId = id;
     persist();
     clearChatMessages();
@@ -343,7 +379,7 @@
     if (!c) return;
     var ok = await ask("Delete \u201c" + c.title + "\u201d? This cannot be undone.", { confirmOnly: true, okLabel: "Delete", danger: true });
     if (!ok) return;
-    if (state.busy) stop();
+    stop(c); // (its reply has nowhere to go)
     state.forgotten[c.id] = true;
     state.convs = state.convs.filter(function (x) { return x.id !== c.id; });
     state.currentId = state.convs.length ? state.convs[0].id : null;
@@ -355,23 +391,58 @@
   function exportCurrent(kind) {
     var c = current();
     if (!c) return;
-    if (kind === "json") download(fileStem(c.title) + ".json", Store.exportJson(c), "application/json");
-    else download(fileStem(c.title) + ".md", Store.exportMarkdown(c), "text/markdown");
+    if (kind === "json") download(fileStem(c.title) + ".json", asIfStopped(function () { return Store.exportJson(c); }), "application/json");
+    else download(fileStem(c.title) + ".md", asIfStopped(function () { return Store.exportMarkdown(c); }), "text/markdown");
+  }
+
+  /* Every chat in one JSON file, newest first, which Import reads back. */
+  function exportAll() {
+    if (!state.convs.length) return;
+    var day = new Date().toISOString().slice(0, 10);
+    var text = asIfStopped(function () { return Store.exportAll(newestFirst(state.convs)); });
+    download("chatfile-chats-" + day + ".json", text, "application/json");
+  }
+
+  function newestFirst(convs) {
+    return convs.slice().sort(function (a, b) { return b.updated - a.updated; });
+  }
+
+  /* What makes two chats the same for an Export all file imported again: restoring a
+   * backup in the browser it came from adds only the chats that are not there. */
+  function sameness(c) {
+    return JSON.stringify([c.title, c.created, c.messages.map(function (m) { return [m.role, m.content]; })]);
+  }
+
+  /* What an Export all file brought: new chats, chats already here, entries left out. */
+  function importSummary(added, known, skipped) {
+    var s = added ? "Imported " + added + (added === 1 ? " chat." : " chats.")
+                  : "Nothing new to import.";
+    if (known) s += " " + known + (known === 1 ? " chat in the file was" : " chats in the file were") + " here already.";
+    if (skipped) s += " " + skipped + (skipped === 1 ? " entry in the file was" : " entries in the file were") + " not a chat and left out.";
+    return s;
   }
 
   function importFile(file) {
     var reader = new FileReader();
     reader.onload = function () {
       try {
-        var conv = Store.parseImport(String(reader.result));
-        state.convs.unshift(conv);
-        state.currentId = conv.id;
+        var got = Store.parseImport(String(reader.result));
+        var fresh = got.convs, known = 0;
+        if (got.all) {
+          var here = {};
+          state.convs.forEach(function (c) { here[sameness(c)] = true; });
+          fresh = got.convs.filter(function (c) { return !here[sameness(c)]; });
+          known = got.convs.length - fresh.length;
+        }
+        state.convs = fresh.concat(state.convs);
+        if (fresh.length) state.currentId = newestFirst(fresh)[0].id;
         persist();
         clearChatMessages();
+        if (got.all) setNotice(importSummary(fresh.length, known, got.skipped));
         renderAll();
         closeSidebar();
       } catch (e) {
-        setError("Import failed: " + e.message);
+        setError("Import failed: " + e.message); // (nothing was changed)
       }
     };
     reader.onerror = function () { setError("Import failed: the file could not be read."); };
@@ -387,7 +458,41 @@
     else body.textContent = m.content; // user and system text is shown exactly as typed
   }
 
+  /* Whether the reply at `index` can be continued: the chat's last message, a reply to a
+   * question (the server continues a last assistant message only after another one),
+   * cut at the max-tokens limit or stopped. A stopped reply too: Stop is often pressed
+   * to read, or by mistake, and Continue keeps what is there where Regenerate loses it.
+   * A reply that ran into the end of the context is not offered it: there is no room. */
+  function canContinue(c, index) {
+    var m = c.messages[index], prev = c.messages[index - 1];
+    return index === c.messages.length - 1 && m.role === "assistant" && !!m.content &&
+      !!prev && prev.role === "user" && (m.cut === "length" || m.stopped === true);
+  }
+
+  var CUT_NOTES = {
+    length: "Cut at the max-tokens limit (see Settings).",
+    context: "Stopped at the end of the context: send another message to go on.",
+  };
+
+  /* The line under a reply that waits for another chat's reply, which the server is
+   * writing first (it writes one at a time): it names that chat and can stop it. */
+  function fillWaitNote(note, run) {
+    var other = run.before[0].conv;
+    var text = document.createElement("span");
+    text.textContent = "Waiting for the reply in \u201c" + other.title + "\u201d to finish: the model writes one reply at a time. ";
+    note.replaceChildren(text, button("Stop that reply", "stop-other", "Stop the reply being written in " + other.title,
+      function () { stop(other); $("input").focus(); }));
+  }
+
+  function updateWaitNote(run) {
+    if (!run.waitEl) return;
+    if (run.before.length) { fillWaitNote(run.waitEl, run); return; }
+    run.waitEl.remove();
+    run.waitEl = null;
+  }
+
   function messageEl(c, m, index) {
+    var run = runOf(c), streaming = !!run && run.msg === m;
     var wrap = document.createElement("article");
     wrap.className = "msg msg-" + m.role;
     wrap.setAttribute("data-testid", "message");
@@ -406,6 +511,18 @@
     body.setAttribute("data-testid", "message-body");
     renderBody(body, m);
     wrap.appendChild(body);
+    if (streaming) {
+      wrap.classList.add("streaming");
+      run.bodyEl = body; // (the reply grows here, see queueStreamRender)
+      if (run.before.length) {
+        run.waitEl = document.createElement("div");
+        run.waitEl.className = "msg-note";
+        run.waitEl.setAttribute("data-testid", "wait-note");
+        run.waitEl.setAttribute("role", "status");
+        fillWaitNote(run.waitEl, run);
+        wrap.appendChild(run.waitEl);
+      }
+    }
 
     if (m.stopped) {
       var note = document.createElement("div");
@@ -413,6 +530,13 @@
       note.setAttribute("data-testid", "stopped-note");
       note.textContent = "(stopped)";
       wrap.appendChild(note);
+    }
+    if (m.cut) {
+      var cut = document.createElement("div");
+      cut.className = "msg-note";
+      cut.setAttribute("data-testid", "cut-note");
+      cut.textContent = CUT_NOTES[m.cut];
+      wrap.appendChild(cut);
     }
 
     var actions = document.createElement("div");
@@ -431,7 +555,18 @@
           setTimeout(function () { copy.textContent = "Copy"; }, COPIED_MS);
         });
       });
+      if (streaming) {
+        // Not the text so far: Copy is for the whole reply, once it is there.
+        copy.disabled = true;
+        copy.title = "Copy works once the reply is complete";
+        run.copyEl = copy;
+      }
       actions.appendChild(copy);
+      if (canContinue(c, index)) {
+        actions.appendChild(button("Continue", "continue", "Continue this reply where it ended", function () {
+          continueReply(c, index);
+        }));
+      }
       if (isLast) actions.appendChild(button("Regenerate", "regenerate", "Regenerate this reply", regenerateFromButton));
     }
     wrap.appendChild(actions);
@@ -503,11 +638,14 @@
   function renderSidebar() {
     var list = $("conv-list");
     list.replaceChildren();
-    state.convs.slice().sort(function (a, b) { return b.updated - a.updated; }).forEach(function (c) {
+    newestFirst(state.convs).forEach(function (c) {
       var li = document.createElement("li");
       li.className = "conv-item";
       li.setAttribute("data-testid", "conv-item");
-      var b = button(c.title, "conv-open", "Open chat: " + c.title, function () { selectConversation(c.id); });
+      var busy = !!runOf(c);
+      var b = button(c.title, "conv-open", "Open chat: " + c.title + (busy ? " (a reply is being written)" : ""),
+        function () { selectConversation(c.id); });
+      if (busy) { li.classList.add("busy"); li.setAttribute("data-busy", "true"); b.title = "A reply is being written"; }
       if (c.id === state.currentId) { li.classList.add("active"); b.setAttribute("aria-current", "true"); }
       li.appendChild(b);
       list.appendChild(li);
@@ -518,6 +656,7 @@
     var c = current();
     $("conv-title").textContent = c ? c.title : "New chat";
     ["rename-btn", "export-json-btn", "export-md-btn", "delete-btn"].forEach(function (id) { $(id).disabled = !c; });
+    $("export-all-btn").disabled = !state.convs.length;
   }
 
   function renderAll(keepScroll) {
@@ -528,10 +667,13 @@
     updateContextUse();
   }
 
+  /* Send or Stop, for the open chat: a reply being written in another chat has its own
+   * Stop there (and under a reply that waits for it). */
   function updateButtons() {
-    show($("send-btn"), !state.busy);
-    show($("stop-btn"), state.busy);
-    document.querySelectorAll("[data-testid=regenerate],[data-testid=edit]").forEach(function (b) { b.disabled = state.busy; });
+    var busy = !!runOf(current());
+    show($("send-btn"), !busy);
+    show($("stop-btn"), busy);
+    document.querySelectorAll("[data-testid=regenerate],[data-testid=edit],[data-testid=continue]").forEach(function (b) { b.disabled = busy; });
   }
 
   /* Whether the reader has text selected that touches `el`: redrawing `el` would drop
@@ -552,23 +694,26 @@
   }
 
   /* Re-render the streaming bubble at most once per frame; not while text in it is
-   * selected (it catches up once the selection goes). */
-  function queueStreamRender(bodyEl, m) {
-    if (state.renderQueued) return;
-    state.renderQueued = true;
+   * selected (it catches up once the selection goes), nor while another chat is shown
+   * (its chat draws the reply so far when it is shown again, see messageEl). */
+  function queueStreamRender(run) {
+    if (run.renderQueued) return;
+    run.renderQueued = true;
     requestAnimationFrame(function () {
+      var bodyEl = run.bodyEl;
+      if (!bodyEl || !bodyEl.isConnected) { run.renderQueued = false; return; }
       if (selectingIn(bodyEl)) {
         whenNotSelecting(bodyEl, function () {
-          state.renderQueued = false;
-          queueStreamRender(bodyEl, m);
+          run.renderQueued = false;
+          queueStreamRender(run);
         });
         return;
       }
-      state.renderQueued = false;
+      run.renderQueued = false;
       // Whether to follow is decided before the new text lands: a frame may add more
       // than FOLLOW_PX of it (a code block, a table), and a reader at the end keeps up.
       var box = $("messages"), follow = nearBottom(box);
-      renderBody(bodyEl, m);
+      renderBody(bodyEl, run.msg);
       if (follow) box.scrollTop = box.scrollHeight;
     });
   }
@@ -576,7 +721,7 @@
   /* ---------- editing ---------- */
 
   function startEdit(wrap, c, index) {
-    if (state.busy) return;
+    if (runOf(c)) return;
     var body = wrap.querySelector(".msg-body");
     var ta = document.createElement("textarea");
     ta.className = "edit-input";
@@ -679,13 +824,16 @@
     return { pinned: pinned, rest: rest };
   }
 
-  /* The messages to send, oldest turns dropped to fit. See docs/page.md.
+  /* The messages to send, oldest turns dropped to fit. See docs/page.md. cont: the last
+   * message is a reply to continue, sent with the question it answers.
    * -> {messages, dropped, fits} */
-  async function fitContext(c, settings) {
+  async function fitContext(c, settings, cont) {
     var parts = withSystem(c, settings);
     var pinned = plain(parts.pinned), history = plain(parts.rest);
-    var latest = history.pop(); // the user message we are answering
-    function build(keepFrom) { return pinned.concat(history.slice(keepFrom), [latest]); }
+    // The user message we are answering (and the reply that goes on): always sent.
+    var tail = [history.pop()];
+    if (cont) tail.unshift(history.pop());
+    function build(keepFrom) { return pinned.concat(history.slice(keepFrom), tail); }
 
     if (!state.nCtx) return { messages: build(0), dropped: 0, fits: true };
     // Reserve room for the reply; capped at a quarter of the context so a large
@@ -707,11 +855,10 @@
     var histCounts = counts.slice(pinned.length, pinned.length + history.length);
 
     function estimate(keepFrom) {
-      var n = base + (pinned.length + 1) * perMsg;
-      pinned.concat([latest]).forEach(function (m, k) {
-        n += k < pinned.length ? counts[k] : counts[counts.length - 1];
-      });
-      for (var k = keepFrom; k < history.length; k++) n += histCounts[k] + perMsg;
+      var n = base + (pinned.length + tail.length) * perMsg;
+      for (var k = 0; k < pinned.length; k++) n += counts[k];
+      for (k = counts.length - tail.length; k < counts.length; k++) n += counts[k];
+      for (k = keepFrom; k < history.length; k++) n += histCounts[k] + perMsg;
       return n;
     }
     // Start the kept history on a user turn, so roles still alternate after the cut.
@@ -729,8 +876,9 @@
       if (size == null) size = estimate(keepFrom);
       if (size <= budget) return { messages: build(keepFrom), dropped: keepFrom, fits: true };
       if (keepFrom >= history.length) {
-        // The latest message alone is bigger than the budget: still send it when it leaves
-        // the reply some room (the server stops the reply at the end of the context).
+        // The latest message alone (with a reply to continue) is bigger than the budget:
+        // still send it when it leaves the reply some room (the server stops the reply at
+        // the end of the context).
         var fits = size <= state.nCtx - Math.min(MIN_REPLY_TOK, Math.floor(state.nCtx / 8));
         return { messages: fits ? build(keepFrom) : [], dropped: keepFrom, fits: fits };
       }
@@ -809,7 +957,7 @@
   }
 
   function send(text) {
-    if (state.busy) return;
+    if (runOf(current())) return;
     if (!text.trim()) return;
     var c = current() || newConversation();
     c.messages.push({ role: "user", content: text });
@@ -824,7 +972,7 @@
 
   function regenerate() {
     var c = current();
-    if (!c || state.busy) return;
+    if (!c || runOf(c)) return;
     var n = c.messages.length;
     while (n && c.messages[n - 1].role === "assistant") n--;
     if (!n || c.messages[n - 1].role !== "user") return; // nothing to answer (e.g. only a system message)
@@ -834,16 +982,22 @@
     generate(c);
   }
 
-  /* A reply being streamed is saved every few seconds, marked as stopped: if the tab is
-   * closed or reloaded meanwhile, that is what it was. Its end saves it as it is. */
-  function saveUnfinished(msg) {
-    msg.stopped = true;
-    persist(); // (synchronous: nothing renders the flag meanwhile)
-    delete msg.stopped;
+  /* Continue: the reply goes on where it ended, in the same message (the server takes a
+   * last assistant message as the start of its reply, as llama-server does). */
+  function continueReply(c, index) {
+    if (runOf(c) || !canContinue(c, index)) return;
+    generate(c, c.messages[index]);
+    $("input").focus(); // (the button is redrawn away, as Regenerate is)
   }
 
-  function stop() {
-    if (state.controller) state.controller.abort();
+  /* Stops the reply being written in chat c (by default the open chat's). */
+  function stop(c) {
+    var run = runOf(c === undefined ? current() : c);
+    if (run) run.controller.abort();
+  }
+
+  function stopAll() {
+    allRuns().forEach(function (run) { run.controller.abort(); });
   }
 
   /* Regenerate and Retry are redrawn away (and Stop hides itself) once pressed: the
@@ -866,7 +1020,18 @@
     return "Something went wrong: " + (e && e.message ? e.message : String(e));
   }
 
-  async function generate(c) {
+  /* The error of a reply in chat c: said as it is under its own chat, and naming the chat
+   * under another (the reader may have left it while it was written). */
+  function replyError(c, text, kind) {
+    setError((c === current() ? "" : "The reply in \u201c" + c.title + "\u201d: ") + text, kind);
+  }
+
+  /* Writes a reply in chat c, or with `cont` (its last message, a reply) goes on with it.
+   * The reply belongs to c: it keeps streaming there while other chats are shown, and
+   * is saved there. Sent while another chat's reply is being written, the request waits
+   * in the server's queue (it answers one at a time), and the reply says so. */
+  async function generate(c, cont) {
+    if (runOf(c)) return;
     var settings = effectiveSettings();
     // The last reply's usage counted what this one replaces (Regenerate, an edit): the
     // chat may have as many messages again, with other text, so it would be shown still.
@@ -874,11 +1039,14 @@
     setError("");
     setNotice("");
     $("tps").textContent = ""; // the last reply's speed is not this one's
-    state.busy = true;
-    state.controller = new AbortController();
+    var run = { conv: c, msg: null, controller: new AbortController(), bodyEl: null, copyEl: null,
+                waitEl: null, renderQueued: false, before: allRuns() };
+    state.runs[c.id] = run;
     updateButtons();
-    var controller = state.controller;
-    var msg = null;
+    renderSidebar();
+    var controller = run.controller;
+    var msg = null, was = null, addedChars = 0;
+    var firstAt = 0, lastAt = 0, pieces = 0;
     try {
       // /props again before every reply: the server may have been restarted on this port
       // with another model (context size, tokenizer) while the tab stayed open. Without
@@ -887,19 +1055,24 @@
       // itself to report.
       await loadProps(!!state.props);
       settings = effectiveSettings(); // with the server's defaults
-      var plan = await fitContext(c, settings);
+      var plan = await fitContext(c, settings, !!cont);
       if (controller.signal.aborted) return;
-      if (!plan.fits) { setError(MSG_CONTEXT_FULL); return; }
+      if (!plan.fits) { replyError(c, MSG_CONTEXT_FULL); return; }
       markLeftOut(c, plan.dropped);
-      if (plan.dropped > 0) setNotice(MSG_DROPPED);
+      if (plan.dropped > 0 && c === current()) setNotice(MSG_DROPPED);
 
-      msg = { role: "assistant", content: "" };
-      c.messages.push(msg);
-      state.streaming = msg;
-      state.renderQueued = false; // (a render of the last reply may still wait for a selection)
-      renderAll();
-      var bodyEl = $("messages").lastElementChild.querySelector(".msg-body");
-      $("messages").lastElementChild.classList.add("streaming");
+      if (cont) {
+        // Its marks go while it goes on; they come back if it gets no further.
+        msg = cont;
+        was = { stopped: msg.stopped, cut: msg.cut };
+        delete msg.stopped;
+        delete msg.cut;
+      } else {
+        msg = { role: "assistant", content: "" };
+        c.messages.push(msg);
+      }
+      run.msg = msg;
+      if (c === current()) renderAll(); else renderSidebar();
 
       var request = {
         messages: plan.messages,
@@ -911,21 +1084,24 @@
       };
       if (settings.seed !== "") request.seed = settings.seed;
 
-      var firstAt = 0, lastAt = 0, pieces = 0, savedAt = performance.now();
+      var savedAt = performance.now();
       var result = await withAuth(function () {
         return Api.streamChat(request, function (piece) {
           lastAt = performance.now();
           pieces += 1;
           if (!firstAt) firstAt = lastAt;
           msg.content += piece;
-          queueStreamRender(bodyEl, msg);
+          addedChars += piece.length;
+          if (run.before.length) { run.before = []; updateWaitNote(run); } // (its turn came)
+          queueStreamRender(run);
           if (lastAt - savedAt > SAVE_EVERY_MS) {
             savedAt = lastAt;
-            saveUnfinished(msg);
+            persist(); // (marked as stopped until it ends: see persist)
           }
         }, controller.signal);
       });
-      showSpeed(result, firstAt, lastAt);
+      var here = c === current();
+      if (here) showSpeed(result, firstAt, lastAt);
       // The server's own count of what this turn used; shown until the chat changes.
       if (result.usage && result.usage.total_tokens) {
         state.usage = { id: c.id, n: c.messages.length, tok: result.usage.total_tokens };
@@ -933,35 +1109,42 @@
       var notes = plan.dropped > 0 ? [MSG_DROPPED] : [];
       if (result.finishReason === "length") {
         var used = result.usage && result.usage.total_tokens;
-        notes.push(state.nCtx && used >= state.nCtx - 1
-          // (the chat goes on: the next message leaves the oldest ones out, see fitContext)
+        // (the chat goes on: the next message leaves the oldest ones out, see fitContext)
+        msg.cut = state.nCtx && used >= state.nCtx - 1 ? "context" : "length";
+        notes.push(msg.cut === "context"
           ? "The reply stopped at the end of the context: send another message to go on (the oldest messages will be left out), or start a new chat."
-          : "The reply stopped at the max-tokens limit (see Settings).");
+          : "The reply stopped at the max-tokens limit (see Settings): Continue goes on with it.");
       }
-      setNotice(notes.join(" "));
+      if (here) setNotice(notes.join(" "));
     } catch (e) {
-      if (e && e.name === "AbortError") {
-        // Stopped before its first word: no empty reply is kept (or sent as history).
-        // A reply stopped later shows its speed so far, measured on the pieces it got.
-        // (not when the user left for another chat: its status line is that chat's)
-        if (msg && msg.content) {
-          msg.stopped = true;
-          if (c === current()) showSpeed({ chunks: pieces }, firstAt, lastAt);
-        }
-        else if (msg) c.messages.splice(c.messages.indexOf(msg), 1);
-      } else {
+      var aborted = e && e.name === "AbortError";
+      if (!aborted) {
         var gone = e instanceof Api.ServerGoneError;
-        setError(describeError(e), gone ? "gone" : "");
+        replyError(c, describeError(e), gone ? "gone" : "");
         if (gone) serverSeemsGone();
-        // Keep the user's message; drop an empty reply so Regenerate/Edit can retry. A
-        // reply cut off half way is kept, marked as stopped like one the user stopped.
-        if (msg && !msg.content) c.messages.splice(c.messages.indexOf(msg), 1);
-        else if (msg) msg.stopped = true;
+      }
+      if (was && !addedChars) {
+        // A Continue that got no further: the reply is as it was, marks and all.
+        if (was.stopped) msg.stopped = true;
+        if (was.cut) msg.cut = was.cut;
+      } else if (msg && msg.content) {
+        // A reply stopped (or cut off by an error) half way is kept, marked as stopped.
+        // Stopped, it shows its speed so far, measured on the pieces it got (not under
+        // another chat: the status line is that chat's).
+        msg.stopped = true;
+        if (aborted && c === current()) showSpeed({ chunks: pieces }, firstAt, lastAt);
+      } else if (msg) {
+        // Before its first word: no empty reply is kept (or sent as history), so that
+        // Regenerate or Edit can try again.
+        c.messages.splice(c.messages.indexOf(msg), 1);
       }
     } finally {
-      if (state.controller === controller) state.controller = null;
-      if (state.streaming === msg) state.streaming = null;
-      state.busy = false;
+      delete state.runs[c.id]; // (before the save: it is saved as it is now)
+      allRuns().forEach(function (r) { // replies that waited for this one
+        var k = r.before.indexOf(run);
+        if (k >= 0) { r.before.splice(k, 1); updateWaitNote(r); }
+      });
+      if (run.copyEl) { run.copyEl.disabled = false; run.copyEl.removeAttribute("title"); }
       c.updated = Date.now();
       persist();
       if (c === current()) {
@@ -972,13 +1155,13 @@
         updateButtons();
         updateContextUse();
         whenNotSelecting($("messages"), function () {
-          if (c !== current() || state.busy) return; // (another chat, or a new reply, drew it)
+          if (c !== current() || runOf(c)) return; // (another chat, or a new reply, drew it)
           renderMessages(true);
           updateButtons(); // (the redrawn messages' Edit and Regenerate)
         });
       } else {
-        // The user moved to another chat (or deleted this one) while it streamed: that
-        // chat's view was drawn while busy, so its Send button must come back here.
+        // Written while another chat was shown (or in a chat deleted meanwhile): the
+        // list no longer marks it busy; the chat is drawn as it is when it is opened.
         renderSidebar();
         updateButtons();
       }
@@ -1148,7 +1331,7 @@
     var ok = await ask("Stop chatfile? Your chats stay saved in this browser; start the program again to go on.",
       { confirmOnly: true, okLabel: "Quit", danger: true });
     if (!ok) return;
-    stop();
+    stopAll();
     link.stopped = true; // (its absence from now on is no news)
     planCheck(null);
     try {
@@ -1262,10 +1445,10 @@
     document.addEventListener("keydown", function (e) {
       if (e.key !== "Escape" || e.isComposing || e.defaultPrevented || document.querySelector("dialog[open]")) return;
       if (sidebarOpen()) closeSidebar(true); // (the phone's list first: it is in front)
-      else if (state.busy) stop();
+      else if (runOf(current())) stop(); // (the open chat's reply: the one in view)
     });
     $("new-chat").addEventListener("click", function () {
-      if (state.busy) stop();
+      // (a reply being written in the chat left goes on there: see generate)
       newConversation();
       clearChatMessages();
       renderAll();
@@ -1276,6 +1459,7 @@
     $("delete-btn").addEventListener("click", deleteCurrent);
     $("export-json-btn").addEventListener("click", function () { exportCurrent("json"); });
     $("export-md-btn").addEventListener("click", function () { exportCurrent("md"); });
+    $("export-all-btn").addEventListener("click", exportAll);
     $("import-btn").addEventListener("click", function () { $("import-file").click(); });
     $("import-file").addEventListener("change", function () {
       var f = this.files && this.files[0];
@@ -1305,7 +1489,7 @@
     // Closing or reloading the tab mid-reply keeps all that has arrived, not only what
     // the last periodic save had.
     window.addEventListener("pagehide", function () {
-      if (state.streaming && state.streaming.content) saveUnfinished(state.streaming);
+      if (allRuns().length) persist();
     });
     $("scrim").addEventListener("click", function () { closeSidebar(true); });
     $("quit-btn").addEventListener("click", quitServer);

@@ -235,16 +235,20 @@
   /* The fenced code block whose opening fence `m` (RE_FENCE's match) is lines[i]:
    * {node, next}. Its lines lose as much indentation as the opening fence has, as in
    * CommonMark, so that code under a list item is copied without the item's indent. An
-   * unclosed fence (still streaming) runs to the end of the text. */
+   * unclosed fence (still streaming) runs to the end of the text; one with nothing in it
+   * yet is no block at all (node null): a reply stopped just after its "```" showed an
+   * empty code box, and a streaming one showed it until the first line of code came. */
   function fenced(lines, i, m) {
-    var fence = m[2], body = [];
+    var fence = m[2], body = [], closed = false;
     var close = new RegExp("^[ \\t]*" + fence[0] + "{" + fence.length + ",}\\s*$");
     var indent = new RegExp("^[ \\t]{0," + m[1].length + "}");
     for (i += 1; i < lines.length; i++) {
-      if (close.test(lines[i])) { i += 1; break; }
+      if (close.test(lines[i])) { i += 1; closed = true; break; }
       body.push(lines[i].replace(indent, ""));
     }
-    return { node: codeBlock(body.join("\n"), m[3]), next: i };
+    var code = body.join("\n");
+    if (!closed && !code.trim()) return { node: null, next: i };
+    return { node: codeBlock(code, m[3]), next: i };
   }
 
   /* Lines of one paragraph keep their line breaks: models use single newlines on purpose. */
@@ -284,7 +288,7 @@
           var fence = RE_FENCE.exec(line);
           if (fence) { // code inside the item
             var code = fenced(lines, i, fence);
-            top.lastItem.appendChild(code.node);
+            if (code.node) top.lastItem.appendChild(code.node);
             i = code.next; continue;
           }
           // A pipe table inside the item: the same rules as a top-level one, and its
@@ -468,7 +472,7 @@
       if ((m = RE_FENCE.exec(line))) {
         endPara();
         var code = fenced(lines, i, m);
-        frag.appendChild(code.node);
+        if (code.node) frag.appendChild(code.node);
         i = code.next; continue;
       }
       if (/^\s*$/.test(line)) { endPara(); i += 1; continue; }

@@ -14,6 +14,8 @@
   var KEY_SETTINGS = "chatfile.settings";
   var KEY_API = "chatfile.apiKey";
   var ROLES = { system: true, user: true, assistant: true };
+  // Why a reply ended early: at the max-tokens setting, or at the end of the context.
+  var CUTS = { length: true, context: true };
   var TITLE_MAX_CHARS = 80;
 
   function readJson(key, fallback) {
@@ -61,6 +63,7 @@
     }
     var out = { role: role, content: asText(content) };
     if (m.stopped === true) out.stopped = true;
+    if (typeof m.cut === "string" && Object.prototype.hasOwnProperty.call(CUTS, m.cut)) out.cut = m.cut;
     if (m.leftOut === true) out.leftOut = true; // (not sent with the last reply: see app.js)
     return out;
   }
@@ -101,24 +104,46 @@
     return { ok: writeJson(KEY_CONVS, merged), list: merged };
   }
 
-  /* Parses an exported (or hand-made) JSON conversation. Accepts {title, messages}
-   * or a bare array of messages. Throws Error with a readable message. */
+  /* A conversation read from a file: a new id (never overwrite an existing chat), and
+   * no mark of what the page's last request left out (the page's own, never a file's). */
+  function imported(conv) {
+    conv.id = newId();
+    conv.messages.forEach(function (m) { delete m.leftOut; });
+    return conv;
+  }
+
+  /* Parses an exported (or hand-made) JSON file: one conversation ({title, messages}, or
+   * a bare array of messages, as the JSON button saves) or all of them ({conversations:
+   * [...]}, as Export all saves). -> {convs, skipped, all}: the chats read, how many
+   * entries of an Export all file were not chats, and whether it was one. Throws Error with a readable message
+   * when the file holds none, so that a bad file changes nothing. */
   function parseImport(text) {
     var data;
     try {
       data = JSON.parse(text);
     } catch (e) {
       // (a Markdown export, most likely: it is for reading, and can't be read back)
-      throw new Error("That file is not valid JSON. Import reads the chats that the JSON button saves, not Markdown (MD) exports.");
+      throw new Error("That file is not valid JSON. Import reads what the JSON button (one chat) or Export all saves, not Markdown (MD) exports.");
+    }
+    if (data && typeof data === "object" && Array.isArray(data.conversations)) {
+      var convs = data.conversations.map(cleanConversation).filter(Boolean).map(imported);
+      if (!convs.length) throw new Error("That file's \"conversations\" list holds no chat, so there is nothing to import.");
+      return { convs: convs, skipped: data.conversations.length - convs.length, all: true };
     }
     if (Array.isArray(data)) data = { title: "Imported chat", messages: data };
     var conv = cleanConversation(data);
-    if (!conv) throw new Error("That file has no \"messages\" list, so it isn't a chatfile conversation.");
-    conv.id = newId(); // never overwrite an existing chat
-    // (what the page's last request left out is its own mark, never a file's)
-    conv.messages.forEach(function (m) { delete m.leftOut; });
-    conv.updated = Date.now();
-    return conv;
+    if (!conv) throw new Error("That file has neither a \"messages\" nor a \"conversations\" list, so it isn't a chatfile export.");
+    conv.updated = Date.now(); // (one chat imported comes first in the list)
+    return { convs: [imported(conv)], skipped: 0, all: false };
+  }
+
+  /* A message as exports write it: its text, and why it ended early when it did (so
+   * that an imported reply can still be continued). */
+  function exportMessage(m) {
+    var out = { role: m.role, content: m.content };
+    if (m.stopped) out.stopped = true;
+    if (m.cut) out.cut = m.cut;
+    return out;
   }
 
   function exportJson(conv) {
@@ -127,7 +152,20 @@
       version: 1,
       title: conv.title,
       created: conv.created,
-      messages: conv.messages.map(function (m) { return { role: m.role, content: m.content }; }),
+      messages: conv.messages.map(exportMessage),
+    }, null, 2);
+  }
+
+  /* Every chat, in one file that Import reads back (each with its dates, so the list
+   * keeps its order). */
+  function exportAll(convs) {
+    return JSON.stringify({
+      format: "chatfile-conversations",
+      version: 1,
+      exported: Date.now(),
+      conversations: convs.map(function (c) {
+        return { title: c.title, created: c.created, updated: c.updated, messages: c.messages.map(exportMessage) };
+      }),
     }, null, 2);
   }
 
@@ -160,6 +198,7 @@
     saveApiKey: function (k) { try { localStorage.setItem(KEY_API, k); } catch (e) { /* not persisted */ } },
     parseImport: parseImport,
     exportJson: exportJson,
+    exportAll: exportAll,
     exportMarkdown: exportMarkdown,
     cleanTitle: cleanTitle,
   };
