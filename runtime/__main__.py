@@ -378,8 +378,11 @@ def _entry() -> None:
         _one_interrupt_per_keypress()
     if getattr(sys, "frozen", False):
         _restore_library_path()
-        clear_for_executable()  # the unpacked runtimes of killed executables
     try:
+        if getattr(sys, "frozen", False):
+            # The unpacked runtimes of killed executables; in the try, as a Ctrl+C while
+            # it removes them (88 MB each) is one that stops the start, not a traceback.
+            clear_for_executable()
         code = main()
     except KeyboardInterrupt:
         code = 130

@@ -9,7 +9,11 @@ for as long as the Python process runs. The kernel drops the lock when that proc
 however it dies. So at start we remove each sibling `_MEI` directory that carries our
 marker, belongs to our user and whose marker nobody locks: no chatfile runs from it. A
 directory without the marker (another program's, or a chatfile still starting) is never
-touched. The bundler clears its stale `.part` files by the same rule (bundler/splice.py).
+touched. The marker also names the launcher (the Python process's parent, which removes
+the directory once Python ends): while it lives, the directory is left to it. (A chat
+that ended as another started was swept under its launcher, which then said "[PYI-...:
+WARNING] Failed to remove temporary directory".) The bundler clears its stale `.part`
+files by the same rule as the lock's (bundler/splice.py).
 """
 from __future__ import annotations
 
@@ -33,7 +37,8 @@ _held = []  # our own marker's open file: its lock lasts as long as this process
 def hold_own(unpacked: Path) -> bool:
     """Lock a marker in our own unpacked directory for as long as we run. The marker is
     locked under a temporary name and then renamed, so that a sweeping start never sees
-    it unlocked while we live (the lock belongs to the file, and survives the rename)."""
+    it unlocked while we live (the lock belongs to the file, and survives the rename).
+    It holds our launcher's process id."""
     if fcntl is None:
         return False
     tmp = unpacked / f"{MARKER}.{os.getpid()}"
@@ -43,6 +48,7 @@ def hold_own(unpacked: Path) -> bool:
         return False  # an unwritable temp dir: nothing to mark, nothing lost
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(fd, f"{os.getppid()}\n".encode())
         os.replace(tmp, unpacked / MARKER)
     except OSError:
         os.close(fd)
@@ -86,6 +92,8 @@ def _remove_if_unused(path: Path) -> bool:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             return False  # a chatfile runs from it
+        if _alive(_launcher(fd)):
+            return False  # Python has ended, and its launcher is removing the directory
         # Holding the lock, so that another start sweeping at the same time skips it.
         # The marker goes last: a sweep cut short is finished by the next start.
         for child in os.scandir(path):
@@ -105,6 +113,28 @@ def _remove_if_unused(path: Path) -> bool:
         return False
     finally:
         os.close(fd)
+
+
+def _launcher(fd: int) -> int | None:
+    """The launcher's process id written in a marker; None for none (1 is no launcher
+    either: ours had gone when Python started, and init never removes the directory)."""
+    try:
+        pid = int(os.read(fd, 32).split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if pid > 1 else None
+
+
+def _alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # (another user's process now has that id: it lives)
+        return True
+    return True
 
 
 def _unlink(p) -> None:

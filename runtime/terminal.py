@@ -320,6 +320,8 @@ def _keys_kept_as_bytes(stdin, on_terminal: bool):
         return
 
     def hold():
+        if not _in_foreground(fd):  # (after `bg`: changing the modes would stop us)
+            return
         try:
             attrs = termios.tcgetattr(fd)
             if attrs[3] & termios.ICANON:
@@ -335,6 +337,31 @@ def _keys_kept_as_bytes(stdin, on_terminal: bool):
             termios.tcsetattr(fd, termios.TCSANOW, saved)
         except termios.error:
             pass
+
+
+def _in_foreground(fd: int) -> bool:
+    """Whether this process's group has the terminal (a background job that changes its
+    modes is stopped by SIGTTOU)."""
+    try:
+        return os.tcgetpgrp(fd) == os.getpgrp()
+    except OSError:  # not our controlling terminal: no job control to mind
+        return True
+
+
+@contextlib.contextmanager
+def _held_after_fg(hold):
+    """While an answer is written: `fg` after a Ctrl+Z hands the terminal back in the
+    shell's (canonical) modes, where a Ctrl+D typed during the rest of the answer was lost
+    again; SIGCONT takes it out of that mode at once. (Each line reader sets its own modes
+    while it reads: this handler is only for the time between.)"""
+    if not hasattr(signal, "SIGCONT") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGCONT, lambda signum, frame: hold())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGCONT, signal.SIG_DFL if before is None else before)
 
 
 def _line_reader(stdin, stdout):
@@ -515,7 +542,8 @@ def _converse(c: _Chat, read, stdout, hold) -> int:
                 continue
             line = todo
         try:
-            c.ask(line)
+            with _held_after_fg(hold):
+                c.ask(line)
         except KeyboardInterrupt:  # a Ctrl+C that landed between two steps of ask
             c._say("")
             c.interrupted = True

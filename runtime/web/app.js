@@ -30,6 +30,10 @@
   var MSG_SERVER_BACK = "chatfile is running again.";
   var MSG_NOT_SAVED = "This browser could not save the chats (its storage is full or turned off): new messages are not being kept.";
   var MSG_CONTEXT_FULL = "The conversation no longer fits in the model's context. Start a new chat, or edit your message to make it shorter.";
+  // A Continue for which fitContext finds no room: the reply and its question alone fill
+  // the context. (It said MSG_CONTEXT_FULL, "edit your message", and Continue stayed, to
+  // fail the same way at every press.)
+  var MSG_NO_ROOM_TO_CONTINUE = "This reply cannot go on: with it, the chat fills the model's context. Send another message to go on (the oldest messages will be left out), or start a new chat.";
   var MSG_DROPPED = "Older messages were left out to fit the context: the model no longer sees the greyed-out ones above the line (a new chat starts afresh).";
   var SAVE_EVERY_MS = 2000; // how often a reply is saved while it streams
   var MIN_REPLY_TOK = 64;    // room left for a reply to a message bigger than the reserve allows
@@ -442,6 +446,7 @@
         renderAll();
         closeSidebar();
       } catch (e) {
+        setNotice(""); // (what an earlier import said is not this file's news)
         setError("Import failed: " + e.message); // (nothing was changed)
       }
     };
@@ -466,7 +471,8 @@
   function canContinue(c, index) {
     var m = c.messages[index], prev = c.messages[index - 1];
     return index === c.messages.length - 1 && m.role === "assistant" && !!m.content &&
-      !!prev && prev.role === "user" && (m.cut === "length" || m.stopped === true);
+      !!prev && prev.role === "user" && m.cut !== "context" &&
+      (m.cut === "length" || m.stopped === true);
   }
 
   var CUT_NOTES = {
@@ -1057,6 +1063,13 @@
       settings = effectiveSettings(); // with the server's defaults
       var plan = await fitContext(c, settings, !!cont);
       if (controller.signal.aborted) return;
+      if (!plan.fits && cont) {
+        // No room left, and none to be made by leaving out older turns: the reply ends
+        // here, as one that ran into the end of the context (no Continue offered).
+        cont.cut = "context";
+        replyError(c, MSG_NO_ROOM_TO_CONTINUE);
+        return;
+      }
       if (!plan.fits) { replyError(c, MSG_CONTEXT_FULL); return; }
       markLeftOut(c, plan.dropped);
       if (plan.dropped > 0 && c === current()) setNotice(MSG_DROPPED);

@@ -63,9 +63,20 @@
     }
     var out = { role: role, content: asText(content) };
     if (m.stopped === true) out.stopped = true;
-    if (typeof m.cut === "string" && Object.prototype.hasOwnProperty.call(CUTS, m.cut)) out.cut = m.cut;
+    // (a reply's mark: under a question it would say the question was cut)
+    if (role === "assistant" && typeof m.cut === "string" &&
+        Object.prototype.hasOwnProperty.call(CUTS, m.cut)) out.cut = m.cut;
     if (m.leftOut === true) out.leftOut = true; // (not sent with the last reply: see app.js)
     return out;
+  }
+
+  /* A date (ms since 1970) read back: a finite positive number, else `fallback`. Number()
+   * of an object whose valueOf and toString are not functions throws (the whole import
+   * failed with "Cannot convert object to primitive value"), and 1e400 is Infinity (the
+   * chat stayed first in the list whatever was newer). */
+  function asTime(v, fallback) {
+    var n = typeof v === "number" ? v : typeof v === "string" ? Number(v) : NaN;
+    return isFinite(n) && n > 0 ? n : fallback;
   }
 
   function cleanTitle(t) {
@@ -79,8 +90,8 @@
     return {
       id: typeof c.id === "string" && /^[a-z0-9]{1,40}$/.test(c.id) ? c.id : newId(),
       title: cleanTitle(c.title),
-      created: Number(c.created) || now,
-      updated: Number(c.updated) || now,
+      created: asTime(c.created, now),
+      updated: asTime(c.updated, now),
       messages: c.messages.map(cleanMessage).filter(Boolean),
     };
   }

@@ -382,3 +382,76 @@ def test_the_new_controls_fit_a_phone_in_dark_mode(browser, server_url):
     pg.screenshot(path=str(ARTIFACTS / "page-phone-dark-continue.png"))
     ctx.close()
     assert not errors, errors
+
+
+# ---------------------------------------------------------------------------------------
+# 6. Review of the above (eleventh session): a Continue with no room, hostile imports.
+
+def test_a_continue_with_no_room_left_says_so_and_is_offered_no_more(page):
+    """A reply cut at max tokens a few tokens short of the end of the context offered
+    Continue, which failed with "edit your message to make it shorter" at every press."""
+    set_settings(page, temperature=0, **{"max-tokens": 190})
+    bodies = record_chat_requests(page)
+    send(page, "Hello there")  # about 60 tokens, and 190 more of reply: 7 short of 256
+    wait_idle(page)
+    before = current_conv(page)["messages"][-1]
+    assert before["cut"] == "length", before  # (else the test proves nothing)
+    page.click("[data-testid=continue]")
+    page.wait_for_selector("[data-testid=error]:has-text('cannot go on')")
+    wait_idle(page)
+    assert len(bodies) == 1, "nothing was sent"
+    after = current_conv(page)["messages"][-1]
+    assert after["content"] == before["content"] and after["cut"] == "context", after
+    assert not page.is_visible("[data-testid=continue]")
+    assert "end of the context" in page.text_content("[data-testid=cut-note]")
+    # The chat goes on with a new message, the old turn left out.
+    send(page, "Next")
+    wait_idle(page)
+    assert len(bodies) == 2 and bodies[1]["messages"] == [{"role": "user", "content": "Next"}]
+
+    # The same reply stopped rather than cut: Stop's mark stays, and so did Continue.
+    import_json(page, {"title": "stopped", "messages": [
+        {"role": "user", "content": "Hello there"},
+        {"role": "assistant", "content": before["content"], "stopped": True}]})
+    page.click("[data-testid=continue]")
+    page.wait_for_selector("[data-testid=error]:has-text('cannot go on')")
+    wait_idle(page)
+    assert len(bodies) == 2
+    assert current_conv(page)["messages"][-1]["cut"] == "context"
+    assert page.is_visible("[data-testid=stopped-note]")
+    assert not page.is_visible("[data-testid=continue]")
+
+
+def test_an_import_with_odd_dates_and_marks_keeps_its_chats(browser, server_url):
+    """A date that Number() cannot convert failed the whole file ("Import failed: Cannot
+    convert object to primitive value"), one of 1e400 kept the chat first in the list for
+    ever (Infinity); a cut mark on a question showed a note under it. A failed import
+    left the last import's notice beside its error."""
+    ctx, pg, errors = new_page(browser, server_url)
+    raw = (b'{"conversations": ['
+           b'{"title": "odd date", "created": {"valueOf": 1, "toString": 1},'
+           b' "messages": [{"role": "user", "content": "a"}]},'
+           b'{"title": "far future", "updated": 1e400, "created": "1e400",'
+           b' "messages": [{"role": "user", "content": "b", "cut": "length"}]},'
+           b'{"title": "plain", "messages": [{"role": "user", "content": "c"}]}]}')
+    pg.set_input_files("[data-testid=import-file]", files=[{
+        "name": "all.json", "mimeType": "application/json", "buffer": raw}])
+    pg.wait_for_selector("[data-testid=notice]:has-text('Imported 3 chats.')")
+    assert not pg.is_visible("[data-testid=error]")
+    pg.set_input_files("[data-testid=import-file]", files=[{
+        "name": "bad.json", "mimeType": "application/json", "buffer": b"[not json"}])
+    pg.wait_for_selector("[data-testid=error]:has-text('Import failed')")
+    assert not pg.is_visible("[data-testid=notice]"), pg.text_content("[data-testid=notice]")
+    for c in stored(pg):
+        assert isinstance(c["created"], (int, float)) and isinstance(c["updated"], (int, float)), c
+        assert "cut" not in c["messages"][0], c
+    pg.locator("[data-testid=conv-open]", has_text="far future").click()
+    assert pg.locator("[data-testid=cut-note]").count() == 0
+    # The chat changed last comes first, whatever date the file gave the others.
+    pg.locator("[data-testid=conv-open]", has_text="plain").click()
+    pg.click("#rename-btn")
+    pg.fill("dialog[open] input", "renamed")
+    pg.click("dialog[open] button:has-text('Rename')")
+    pg.wait_for_function("() => document.querySelector('[data-testid=conv-open]').textContent === 'renamed'")
+    ctx.close()
+    assert not errors, errors

@@ -85,3 +85,55 @@ def test_a_tab_after_a_command_name_ends_it(tiny_model):
     said = out.getvalue()
     assert "(system prompt set; conversation reset)" in said, said
     assert "unknown command" not in said and "commands: /reset" in said, said
+
+
+# An answer that goes on until the test creates a file: long enough for a Ctrl+Z, `fg`
+# and a key, however slow the machine.
+ANSWER_UNTIL = """
+import os
+def answer_until(self, text):
+    self._say("ANSWER BEGINS")
+    while not os.path.exists({flag!r}):
+        time.sleep(0.05)
+    self._say("ANSWER ENDS")
+    return text
+terminal._Chat.ask = answer_until
+"""
+
+
+@pytest.mark.parametrize("term", ["dumb", "xterm"])
+def test_ctrl_d_typed_after_fg_in_the_middle_of_an_answer_ends_the_chat(reader, term, tmp_path):
+    """The shell hands the terminal back after `fg` in its own (canonical) modes: the
+    rest of the answer was written in them, and a Ctrl+D typed then was lost again."""
+    import signal
+    import termios
+    import time
+    flag = tmp_path / "answered"
+    c = TermChat(reader + ANSWER_UNTIL.format(flag=str(flag)), term)
+    try:
+        assert is_prompt(c.read_until(is_prompt, 120))
+        echo = c.write(b"Tell me a story\r")
+        out = c.read_until(lambda b: b"ANSWER BEGINS" in echo + b, 30)
+        assert b"ANSWER BEGINS" in echo + out, echo + out
+        # Ctrl+Z (SIGSTOP: SIGTSTP is discarded for this orphaned process group, see
+        # test_terminal_pty.test_fg_after_ctrl_z_gives_the_line_editing_back)
+        os.killpg(c.proc.pid, signal.SIGSTOP)
+        assert os.WIFSTOPPED(os.waitpid(c.proc.pid, os.WUNTRACED)[1])
+        attrs = termios.tcgetattr(c.master)  # what the shell does while the job is stopped
+        attrs[3] |= termios.ICANON
+        termios.tcsetattr(c.master, termios.TCSANOW, attrs)
+        os.killpg(c.proc.pid, signal.SIGCONT)  # `fg`
+        deadline = time.monotonic() + 10  # (the chat leaves canonical mode at once)
+        while termios.tcgetattr(c.master)[3] & termios.ICANON and time.monotonic() < deadline:
+            time.sleep(0.05)
+        c.write(b"\x04")  # Ctrl+D, while the answer is still being written
+        flag.touch()
+        out = c.read_until(lambda b: b"ANSWER ENDS" in b, 30)
+        assert b"ANSWER ENDS" in out, out
+        try:
+            code = c.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            code = None
+        assert code == 0, c.read_until(lambda b: False, 1)
+    finally:
+        c.close()

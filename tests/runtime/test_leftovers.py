@@ -1,8 +1,8 @@
 """runtime/leftovers.py: which unpacked runtimes a start removes, and which it keeps."""
 import os
+import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,15 +23,40 @@ def _unpacked(parent: Path, name: str, marker: bool) -> Path:
     return d
 
 
-def _holder(d: Path):
-    """A process that runs from d, as a live chatfile does: it holds d's marker."""
-    code = ("import sys, time; from pathlib import Path; from runtime import leftovers; "
-            "assert leftovers.hold_own(Path(sys.argv[1])); print('held', flush=True); "
-            "time.sleep(60)")
-    p = subprocess.Popen([sys.executable, "-c", code, str(d)], cwd=ROOT,
-                         stdout=subprocess.PIPE, text=True)
-    assert p.stdout.readline().strip() == "held"
-    return p
+class _Holder:
+    """A chatfile that runs from d: Python, which holds d's marker, under its launcher
+    (PyInstaller's, which waits for it and then removes d; this one waits for stdin)."""
+    PYTHON = ("import os, sys, time; from pathlib import Path; from runtime import leftovers; "
+              "assert leftovers.hold_own(Path(sys.argv[1])); print('held', os.getpid(), "
+              "flush=True); time.sleep(60)")
+    LAUNCHER = ("import subprocess, sys; p = subprocess.Popen(sys.argv[1:]); p.wait(); "
+                "print('ended', flush=True); sys.stdin.read()")
+
+    def __init__(self, d: Path):
+        self.launcher = subprocess.Popen(
+            [sys.executable, "-c", self.LAUNCHER, sys.executable, "-c", self.PYTHON, str(d)],
+            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        said, pid = self.launcher.stdout.readline().split()
+        assert said == "held"
+        self.python_pid = int(pid)
+
+    def kill_python(self):
+        os.kill(self.python_pid, signal.SIGKILL)
+        assert self.launcher.stdout.readline().strip() == "ended"  # (its lock is gone)
+
+    def kill(self):
+        """kill -9 of both, or of Python after its launcher."""
+        if self.launcher.poll() is None:
+            try:
+                os.kill(self.python_pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.launcher.kill()
+        self.launcher.wait()
+
+
+def _holder(d: Path) -> _Holder:
+    return _Holder(d)
 
 
 def test_sweep_removes_only_unused_runtimes_of_ours(tmp_path):
@@ -52,9 +77,7 @@ def test_sweep_removes_only_unused_runtimes_of_ours(tmp_path):
         assert (live / leftovers.MARKER).is_file()
     finally:
         holder.kill()
-        holder.wait()
-    time.sleep(0.1)
-    # Its process gone, the next sweep clears it too.
+    # Its processes gone, the next sweep clears it too.
     assert leftovers.sweep(tmp_path, own) == [live]
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "_MEIforgn1", "_MEIlink01", "_MEIown001", "chatfile_x", "elsewhere"]
@@ -77,9 +100,39 @@ def test_hold_own_marks_while_running(tmp_path):
         assert leftovers.sweep(tmp_path) == []
     finally:
         holder.kill()
-        holder.wait()
 
 
 def test_an_unwritable_runtime_dir_is_not_an_error(tmp_path):
     assert leftovers.hold_own(tmp_path / "missing") is False
     assert leftovers.sweep(tmp_path / "missing") == []
+
+
+def test_a_ctrl_c_while_a_start_clears_leftovers_is_no_traceback():
+    """The sweep ran before the entry's `try`: a Ctrl+C while it removed runtimes printed
+    a KeyboardInterrupt traceback."""
+    code = ("import sys\n"
+            "import runtime.__main__ as entry\n"
+            "def interrupted():\n"
+            "    raise KeyboardInterrupt\n"
+            "entry.clear_for_executable = interrupted\n"
+            "sys.frozen = True  # as in the one-file executable\n"
+            "sys.argv = ['chat', '--version']\n"
+            "entry._entry()\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 130 and "Traceback" not in r.stderr, (r.returncode, r.stderr)
+
+
+def test_a_runtime_is_left_to_its_launcher_while_the_launcher_runs(tmp_path):
+    """Once Python ends, PyInstaller's launcher removes the directory: a start that swept
+    it meanwhile made the launcher say "[PYI-...:WARNING] Failed to remove temporary
+    directory" under a chat that had ended well."""
+    d = _unpacked(tmp_path, "_MEIending", marker=False)
+    holder = _holder(d)
+    try:
+        holder.kill_python()
+        assert leftovers.sweep(tmp_path) == []
+        assert (d / "numpy" / "core" / "lib.so").is_file()
+    finally:
+        holder.kill()
+    assert leftovers.sweep(tmp_path) == [d]  # a launcher killed too: the next start clears it
