@@ -19,6 +19,7 @@ Bracketed paste is on while a line is read: the lines of a paste stay one messag
 from __future__ import annotations
 
 import codecs
+import errno
 import os
 import select
 import signal
@@ -69,6 +70,20 @@ def _columns(fd: int) -> int:
     return max(cols, 2) if cols else DEFAULT_COLS  # 2: a wide character must fit a row
 
 
+def set_modes(fd: int, attrs: list) -> None:
+    """termios.tcsetattr, made again when a signal interrupted it: Python retries most
+    system calls then (PEP 475), not this one, and the SIGCONT of an `fg` arriving during
+    it was a traceback ("termios.error: (4, 'Interrupted system call')")."""
+    import termios
+    while True:
+        try:
+            termios.tcsetattr(fd, termios.TCSANOW, attrs)
+            return
+        except termios.error as e:
+            if not e.args or e.args[0] != errno.EINTR:
+                raise
+
+
 def raw_line_reader(fd: int, out, encoding: str | None = None):
     """A function(prompt) -> line for the terminal `fd` (whose text is in `encoding`,
     UTF-8 if None), echoing to the text stream `out`. Raises EOFError at Ctrl+D on an
@@ -96,13 +111,13 @@ def raw_line_reader(fd: int, out, encoding: str | None = None):
             # The shell hands the terminal back after `fg` in its own (canonical) modes.
             # The line is shown again by the loop below: a handler that wrote now could
             # land in the middle of an echo.
-            termios.tcsetattr(fd, termios.TCSANOW, raw)
+            set_modes(fd, raw)
             shown.stopped = True
         on_sigcont = _handle(signal.SIGCONT, back_from_stop)
         try:
             # Raw before the prompt shows: a Ctrl+D typed in canonical mode is an end-of-
             # file mark, not a byte, and switching modes after it would lose it.
-            termios.tcsetattr(fd, termios.TCSANOW, raw)
+            set_modes(fd, raw)
             _show(out, (PASTE_ON if paste_marks else "") + shown.draw())
             def read_text():
                 # Back to Python code every 0.2 s while waiting: the SIGCONT of `fg` can
@@ -119,7 +134,7 @@ def raw_line_reader(fd: int, out, encoding: str | None = None):
             raise
         finally:
             _handle(signal.SIGCONT, on_sigcont)
-            termios.tcsetattr(fd, termios.TCSANOW, saved)
+            set_modes(fd, saved)
             if paste_marks:  # off while the answer is written, and after the chat
                 try:
                     _show(out, PASTE_OFF)

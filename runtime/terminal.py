@@ -20,6 +20,7 @@ import time
 
 from runtime import cli
 from runtime.engine import ContextOverflowError, Engine, Request, chat_prompt_ids
+from runtime.line_input import set_modes
 
 HELP = ("commands: /reset (forget the conversation), /system TEXT (set the system prompt "
         "and start over), /exit (quit), /help; \"\"\" starts and ends a message of several "
@@ -326,7 +327,7 @@ def _keys_kept_as_bytes(stdin, on_terminal: bool):
             attrs = termios.tcgetattr(fd)
             if attrs[3] & termios.ICANON:
                 attrs[3] &= ~termios.ICANON
-                termios.tcsetattr(fd, termios.TCSANOW, attrs)
+                set_modes(fd, attrs)
         except termios.error:  # the terminal went away
             pass
     hold()
@@ -334,7 +335,7 @@ def _keys_kept_as_bytes(stdin, on_terminal: bool):
         yield hold
     finally:
         try:
-            termios.tcsetattr(fd, termios.TCSANOW, saved)
+            set_modes(fd, saved)
         except termios.error:
             pass
 

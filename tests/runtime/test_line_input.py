@@ -581,3 +581,23 @@ def test_a_bracketed_paste_of_several_lines_is_one_message(typed, monkeypatch):
     screen = Screen(20)
     line, _ = typed([b"plain\r"], 20, screen)
     assert line == "plain" and not any("2004" in w for w in screen.writes)
+
+
+def test_a_signal_during_a_mode_change_is_no_error(term, monkeypatch):
+    """The SIGCONT of `fg` arriving during tcsetattr made it fail with EINTR, which Python
+    does not retry for this call: a traceback instead of the prompt."""
+    import termios
+    master, slave = term
+    real, failed = termios.tcsetattr, []
+
+    def interrupted_once(fd, when, attrs):
+        if not failed:
+            failed.append(fd)
+            raise termios.error(4, "Interrupted system call")
+        return real(fd, when, attrs)
+    monkeypatch.setattr(termios, "tcsetattr", interrupted_once)
+    before = termios.tcgetattr(slave)
+    read, _ = _reader(slave)
+    os.write(master, b"x\n")
+    assert read("> ") == "x" and failed
+    assert termios.tcgetattr(slave) == before
