@@ -147,6 +147,20 @@ def post_json(url, body, headers=None, timeout=60):
         return status, None
 
 
+def read_to_close(sock) -> bytes:
+    """Everything a server sent on a raw socket until it closed (or reset) it."""
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 def sse_events(data: bytes) -> list:
     """The `data:` payloads of an SSE body, JSON-decoded ("[DONE]" kept as a string)."""
     out = []

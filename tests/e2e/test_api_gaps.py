@@ -29,7 +29,7 @@ import threading
 
 import pytest
 
-from tests.e2e.conftest import TINY, http_request, post_json, wait_for
+from tests.e2e.conftest import TINY, http_request, post_json, read_to_close, wait_for
 
 BOUND_S = 20   # "soon": the deadlines in play here are 1 s
 ORIGIN = "http://app.example"
@@ -81,15 +81,7 @@ def _connect(port: int) -> socket.socket:
 def _response(sock: socket.socket) -> tuple[int, dict, bytes]:
     """(status, headers with lower-case names, body) of what the server sent before
     closing; status 0: no status line."""
-    data = b""
-    while True:
-        try:
-            chunk = sock.recv(65536)
-        except ConnectionResetError:
-            break
-        if not chunk:
-            break
-        data += chunk
+    data = read_to_close(sock)
     head, _, body = data.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     if not lines[0].startswith("HTTP/"):

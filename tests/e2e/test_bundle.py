@@ -95,6 +95,18 @@ def _env(tmp_path):
     return dict(os.environ, SHIV_ROOT=str(tmp_path / "shiv"), PYTHONUNBUFFERED="1")
 
 
+def _wait_healthy(port: int) -> None:
+    """Until the server on port answers /health with 200 (or START_TIMEOUT_S passed)."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except (OSError, urllib.error.URLError):
+            time.sleep(0.05)
+
+
 def _serve_and_ask(cmd, tmp_path, cwd=None):
     """Start a server process, wait for /health 200, POST REQUEST; return (reply, startup_s)."""
     port = _free_port()
@@ -307,14 +319,7 @@ def test_ctrl_c_stops_the_executable_s_server_cleanly(bundles, tmp_path):
         proc = subprocess.Popen([str(path), "--no-browser", "--port", str(port)],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 env=_env(tmp_path), start_new_session=True)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except (OSError, urllib.error.URLError):
-                time.sleep(0.05)
+        _wait_healthy(port)
         os.killpg(proc.pid, signal.SIGINT)
         out, _ = proc.communicate(timeout=60)
         assert proc.returncode == 0 and out.rstrip().endswith("chatfile: stopped."), out
@@ -645,14 +650,7 @@ def test_the_executable_clears_the_runtimes_killed_executables_left(bundles, tmp
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
                             start_new_session=True)
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except (OSError, urllib.error.URLError):
-                time.sleep(0.05)
+        _wait_healthy(port)
         running = [p for p in _unpacked(temp_dir) if p != foreign]
         assert len(running) == 1 and (running[0] / ".chatfile-running").is_file(), running
         # Another start while this one runs leaves its runtime alone.

@@ -24,8 +24,8 @@ import time
 
 import pytest
 
-from tests.e2e.conftest import (TINY, http_request, post_json, sse_events, wait_for,
-                                with_context_length)
+from tests.e2e.conftest import (TINY, http_request, post_json, read_to_close, sse_events,
+                                wait_for, with_context_length)
 
 BOUND_S = 20   # "soon": every deadline in play here is 1 s
 
@@ -72,15 +72,7 @@ def _head(path: str, body_bytes: int, method: str = "POST") -> bytes:
 
 def _answer(sock: socket.socket) -> tuple[int, bytes]:
     """(status, body) of what the server sent before closing; status 0: nothing at all."""
-    data = b""
-    while True:
-        try:
-            chunk = sock.recv(65536)
-        except ConnectionResetError:
-            break
-        if not chunk:
-            break
-        data += chunk
+    data = read_to_close(sock)
     if not data:
         return 0, b""
     head, _, body = data.partition(b"\r\n\r\n")

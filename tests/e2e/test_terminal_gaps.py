@@ -4,14 +4,11 @@ tests/e2e/test_terminal_pty.py), with readline and with the own line editor, und
 dumb terminal and under TERM=xterm (CI's, which turns bracketed paste on)."""
 import io
 import os
-import pty
 import subprocess
-import sys
 
 import pytest
 
-from tests.e2e.conftest import ROOT, TINY
-from tests.e2e.test_terminal_pty import NO_READLINE, SCRIPT, Chat, is_prompt
+from tests.e2e.test_terminal_pty import NO_READLINE, Chat, is_prompt
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="needs a pty")
 
@@ -27,17 +24,14 @@ terminal._Chat.ask = slow_answer
 """
 
 
-class TermChat(Chat):
-    """Chat, on a terminal of the given TERM (Chat's is always dumb)."""
-
-    def __init__(self, hook: str, term: str):
-        env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONIOENCODING="utf-8", TERM=term)
-        self.master, slave = pty.openpty()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", SCRIPT.format(tiny=str(TINY), hook=hook)],
-            stdin=slave, stdout=slave, stderr=slave, cwd=ROOT, env=env,
-            start_new_session=True)
-        os.close(slave)
+def _answer_ends_then_the_chat(c: Chat) -> None:
+    out = c.read_until(lambda b: b"ANSWER ENDS" in b, 30)
+    assert b"ANSWER ENDS" in out, out
+    try:
+        code = c.proc.wait(30)
+    except subprocess.TimeoutExpired:
+        code = None
+    assert code == 0, c.read_until(lambda b: False, 1)
 
 
 @pytest.fixture(params=["readline", "own line editor"])
@@ -54,20 +48,14 @@ def test_ctrl_d_typed_while_an_answer_is_written_ends_the_chat_after_it(reader, 
     but an end-of-file mark, which became a NUL when the next prompt's reader switched
     the mode: the Ctrl+D was lost, and the chat waited at a new prompt instead of ending."""
     import termios
-    c = TermChat(reader + SLOW_ANSWER, term)
+    c = Chat(reader + SLOW_ANSWER, term)
     try:
         assert is_prompt(c.read_until(is_prompt, 120))
         echo = c.write(b"Tell me a story\r")
         out = c.read_until(lambda b: b"ANSWER BEGINS" in echo + b, 30)
         assert b"ANSWER BEGINS" in echo + out, echo + out
         c.write(b"\x04")  # Ctrl+D, while the answer is still being written
-        out = c.read_until(lambda b: b"ANSWER ENDS" in b, 30)
-        assert b"ANSWER ENDS" in out, out
-        try:
-            code = c.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            code = None
-        assert code == 0, c.read_until(lambda b: False, 1)
+        _answer_ends_then_the_chat(c)
         lflag = termios.tcgetattr(c.master)[3]  # the terminal's modes given back
         assert lflag & termios.ICANON and lflag & termios.ECHO
     finally:
@@ -109,7 +97,7 @@ def test_ctrl_d_typed_after_fg_in_the_middle_of_an_answer_ends_the_chat(reader, 
     import termios
     import time
     flag = tmp_path / "answered"
-    c = TermChat(reader + ANSWER_UNTIL.format(flag=str(flag)), term)
+    c = Chat(reader + ANSWER_UNTIL.format(flag=str(flag)), term)
     try:
         assert is_prompt(c.read_until(is_prompt, 120))
         echo = c.write(b"Tell me a story\r")
@@ -128,12 +116,6 @@ def test_ctrl_d_typed_after_fg_in_the_middle_of_an_answer_ends_the_chat(reader, 
             time.sleep(0.05)
         c.write(b"\x04")  # Ctrl+D, while the answer is still being written
         flag.touch()
-        out = c.read_until(lambda b: b"ANSWER ENDS" in b, 30)
-        assert b"ANSWER ENDS" in out, out
-        try:
-            code = c.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            code = None
-        assert code == 0, c.read_until(lambda b: False, 1)
+        _answer_ends_then_the_chat(c)
     finally:
         c.close()

@@ -67,8 +67,8 @@ def is_prompt(buf: bytes) -> bool:
 
 
 class Chat:
-    def __init__(self, hook=""):
-        env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONIOENCODING="utf-8", TERM="dumb")
+    def __init__(self, hook="", term="dumb"):
+        env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONIOENCODING="utf-8", TERM=term)
         self.master, slave = pty.openpty()
         self.proc = subprocess.Popen(
             [sys.executable, "-c", SCRIPT.format(tiny=str(TINY), hook=hook)],
