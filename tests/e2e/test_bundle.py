@@ -632,7 +632,7 @@ def test_an_unknown_option_of_a_bundle_names_the_bundle(bundles, tmp_path):
     assert not (tmp_path / "x.gguf").exists()
 
 
-def _unpacked(temp_dir: Path) -> list[Path]:
+def _mei_dirs(temp_dir: Path) -> list[Path]:
     return sorted(p for p in temp_dir.iterdir() if p.name.startswith("_MEI"))
 
 
@@ -651,7 +651,7 @@ def test_the_executable_clears_the_runtimes_killed_executables_left(bundles, tmp
                             start_new_session=True)
     try:
         _wait_healthy(port)
-        running = [p for p in _unpacked(temp_dir) if p != foreign]
+        running = [p for p in _mei_dirs(temp_dir) if p != foreign]
         assert len(running) == 1 and (running[0] / ".chatfile-running").is_file(), running
         # Another start while this one runs leaves its runtime alone.
         assert subprocess.run([str(path), "--version"], env=env, capture_output=True,
@@ -666,4 +666,4 @@ def test_the_executable_clears_the_runtimes_killed_executables_left(bundles, tmp
     out = subprocess.run([str(path), "--version"], env=env, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr
-    assert _unpacked(temp_dir) == [foreign], _unpacked(temp_dir)
+    assert _mei_dirs(temp_dir) == [foreign], _mei_dirs(temp_dir)
