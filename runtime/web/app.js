@@ -272,13 +272,19 @@
   }
 
   /* fn(), with the replies being written as they would be if the tab closed now: marked
-   * as stopped, and one without a word yet left out. For saves and exports. */
+   * as stopped, one without a word yet left out, and a Continue without a word yet as
+   * its reply was (a reply cut at max tokens was saved as stopped while its Continue
+   * waited for another chat's reply). For saves and exports. */
   function asIfStopped(fn) {
     var undo = [];
     allRuns().forEach(function (run) {
       var m = run.msg, msgs = run.conv.messages;
       if (!m) return;
-      if (!m.content && msgs[msgs.length - 1] === m) {
+      if (run.was && m.content.length === run.wasChars) {
+        if (run.was.stopped) m.stopped = true;
+        if (run.was.cut) m.cut = run.was.cut;
+        undo.push(function () { delete m.stopped; delete m.cut; });
+      } else if (!m.content && msgs[msgs.length - 1] === m) {
         msgs.pop();
         undo.push(function () { msgs.push(m); });
       } else if (!m.stopped) {
@@ -1046,7 +1052,7 @@
     setNotice("");
     $("tps").textContent = ""; // the last reply's speed is not this one's
     var run = { conv: c, msg: null, controller: new AbortController(), bodyEl: null, copyEl: null,
-                waitEl: null, renderQueued: false, before: allRuns() };
+                waitEl: null, renderQueued: false, before: allRuns(), was: null, wasChars: 0 };
     state.runs[c.id] = run;
     updateButtons();
     renderSidebar();
@@ -1077,7 +1083,8 @@
       if (cont) {
         // Its marks go while it goes on; they come back if it gets no further.
         msg = cont;
-        was = { stopped: msg.stopped, cut: msg.cut };
+        was = run.was = { stopped: msg.stopped, cut: msg.cut };
+        run.wasChars = msg.content.length; // (see asIfStopped)
         delete msg.stopped;
         delete msg.cut;
       } else {

@@ -182,10 +182,27 @@
 
   var ROLE_NAMES = { system: "System", user: "User", assistant: "Assistant" };
 
+  // An opening fence as markdown.js reads it: its indent, its fence, its language.
+  var RE_FENCE = /^([ \t]*)(`{3,}|~{3,})\s*([^`\s]*)[^`]*$/;
+
+  /* text with a code block it leaves open closed at its end, with the opening fence's
+   * indent (a fence at the margin would end a list item and open another block). A reply
+   * cut or stopped inside one made every message after it code in the Markdown export. */
+  function closeOpenFence(text) {
+    var open = null;
+    text.split("\n").forEach(function (line) {
+      if (!open) { open = RE_FENCE.exec(line); return; }
+      var close = new RegExp("^[ \\t]*" + open[2][0] + "{" + open[2].length + ",}\\s*$");
+      if (close.test(line)) open = null;
+    });
+    return open ? text.replace(/\n?$/, "\n") + open[1] + open[2] : text;
+  }
+
   function exportMarkdown(conv) {
     var parts = ["# " + conv.title, ""];
     conv.messages.forEach(function (m) {
-      parts.push("**" + ROLE_NAMES[m.role] + ":**", "", m.content, "");
+      // (a question with an open fence too: it is Markdown here, whoever wrote it)
+      parts.push("**" + ROLE_NAMES[m.role] + ":**", "", closeOpenFence(m.content), "");
     });
     return parts.join("\n");
   }

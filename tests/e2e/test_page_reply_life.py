@@ -455,3 +455,57 @@ def test_an_import_with_odd_dates_and_marks_keeps_its_chats(browser, server_url)
     pg.wait_for_function("() => document.querySelector('[data-testid=conv-open]').textContent === 'renamed'")
     ctx.close()
     assert not errors, errors
+
+
+# ---------------------------------------------------------------------------------------
+# 7. A session with the real model (twelfth): what a user met pressing Continue.
+
+def test_a_continue_that_has_not_begun_keeps_its_replys_mark_in_saves_and_exports(page):
+    """A reply cut at max tokens, whose Continue waited for its first word (the server
+    busy with another chat's reply), was saved and exported as "(stopped)": a reload then
+    showed a reply the user never stopped, and its cut note was gone for good."""
+    chat = {"title": "cut", "messages": [{"role": "user", "content": "Write a function"},
+                                         {"role": "assistant", "content": "def f(", "cut": "length"}]}
+    import_json(page, chat)
+    page.wait_for_selector("[data-testid=continue]")
+    held = []
+    page.route(CHAT_URL, lambda route: held.append(route))  # never answered: it waits
+    page.click("[data-testid=continue]")
+    page.wait_for_selector("[data-testid=message].streaming")
+    while not held:
+        page.wait_for_timeout(20)
+    with page.expect_download() as dl:
+        page.click("[data-testid=export-json]")
+    exported = json.loads(Path(dl.value.path()).read_text(encoding="utf-8"))
+    assert exported["messages"] == chat["messages"]
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]")
+    assert current_conv(page)["messages"] == chat["messages"]
+    assert "max-tokens" in page.text_content("[data-testid=cut-note]")
+    assert not page.is_visible("[data-testid=stopped-note]")
+
+
+def test_a_markdown_export_closes_the_code_block_a_cut_reply_left_open(page):
+    """A reply cut (or stopped) inside a code block left its fence open in the Markdown
+    export: every message after it read as code in any Markdown viewer. The fence is
+    closed at the end of the message, with the opening fence's indent (inside a list
+    item, a fence at the margin would end the item and open another block)."""
+    chat = {"title": "cut code", "messages": [
+        {"role": "user", "content": "Write a function"},
+        {"role": "assistant", "content": "Here:\n\n```python\ndef f(", "cut": "length"},
+        {"role": "user", "content": "next question"},
+        {"role": "assistant", "content": "1. Run it:\n   ````sh\n   make", "stopped": True},
+        {"role": "user", "content": "last question, with a fence I left open:\n~~~\ny"},
+        {"role": "assistant", "content": "closed:\n```\nx\n```\n"}]}
+    import_json(page, chat)
+    page.wait_for_selector("[data-testid=conv-title]:text-is('cut code')")
+    with page.expect_download() as dl:
+        page.click("[data-testid=export-md]")
+    md = Path(dl.value.path()).read_text(encoding="utf-8")
+    # Read back with the page's own Markdown: the code is code, the questions are not.
+    code = page.evaluate("""(md) => [...ChatMarkdown.render(md).querySelectorAll('pre')]
+        .map(p => p.textContent)""", md)
+    assert code == ["def f(", "make", "y", "x"], md
+    # (markdown.js ends a block at a fence with any indent; CommonMark viewers need it)
+    assert "1. Run it:\n   ````sh\n   make\n   ````\n" in md, md
+    assert "closed:\n```\nx\n```\n" in md, "a closed block is left as it was"
