@@ -6,6 +6,7 @@ an index the tests that need them skip with the reason; under CI (CI=true) they 
 instead, because CI must run them.
 """
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -16,6 +17,13 @@ FIXTURES = ROOT / "tests" / "fixtures"
 MODELS = FIXTURES / "models"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+# A shell without job control starts a background command (`.ci/run &` in a script) with
+# SIGINT ignored, and every server and chat the tests start would inherit that: their
+# Ctrl+C tests failed as if Ctrl+C did nothing. A handler (unlike "ignored") is not
+# inherited across exec, so the programs the tests start get the default again.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _real_model(key: str) -> Path:
