@@ -113,7 +113,7 @@ def raw_line_reader(fd: int, out, encoding: str | None = None):
             # land in the middle of an echo.
             set_modes(fd, raw)
             shown.stopped = True
-        on_sigcont = _handle(signal.SIGCONT, back_from_stop)
+        on_sigcont = set_handler(signal.SIGCONT, back_from_stop)
         try:
             # Raw before the prompt shows: a Ctrl+D typed in canonical mode is an end-of-
             # file mark, not a byte, and switching modes after it would lose it.
@@ -133,7 +133,7 @@ def raw_line_reader(fd: int, out, encoding: str | None = None):
             pending.clear()
             raise
         finally:
-            _handle(signal.SIGCONT, on_sigcont)
+            set_handler(signal.SIGCONT, on_sigcont)
             set_modes(fd, saved)
             if paste_marks:  # off while the answer is written, and after the chat
                 try:
@@ -144,7 +144,7 @@ def raw_line_reader(fd: int, out, encoding: str | None = None):
     return read
 
 
-def _handle(signum, handler):
+def set_handler(signum, handler):
     """Set a signal's handler where Python allows it (the main thread); the one it
     replaces, for putting back. None (no handler set) leaves things as they are."""
     if handler is None or threading.current_thread() is not threading.main_thread():
@@ -219,6 +219,12 @@ def _last_word_units(units: list[str]) -> int:
     while n and not units[n - 1][0].isspace():
         n -= 1
     return len(units) - n
+
+
+def _up_and_clear(rows_up: int, col: int) -> str:
+    """The cursor up `rows_up` rows to column `col`, and the screen cleared from there."""
+    return ((f"{CSI}{rows_up}A" if rows_up else "") + "\r" + (f"{CSI}{col}C" if col else "")
+            + CSI + "J")
 
 
 class _Shown:
@@ -310,14 +316,12 @@ class _Shown:
 
     def _home(self, rows_up: int) -> str:
         """Up `rows_up` rows to the first column, and clear from there down."""
-        return (f"{CSI}{rows_up}A" if rows_up else "") + "\r" + CSI + "J"
+        return _up_and_clear(rows_up, 0)
 
     def _back_to(self, k: int) -> str:
         """From the cursor back to where units[k] begins, clearing all after it."""
         row, col = self.ends[k]
-        up = self.ends[-1][0] - row
-        return ((f"{CSI}{up}A" if up else "") + "\r" + (f"{CSI}{col}C" if col else "")
-                + CSI + "J")
+        return _up_and_clear(self.ends[-1][0] - row, col)
 
     def _place_units(self, k: int) -> str:
         """Show units[k:] from ends[k] (where the cursor is), noting where each ends."""

@@ -20,7 +20,7 @@ import time
 
 from runtime import cli
 from runtime.engine import ContextOverflowError, Engine, Request, chat_prompt_ids
-from runtime.line_input import set_modes
+from runtime.line_input import set_handler, set_modes
 
 HELP = ("commands: /reset (forget the conversation), /system TEXT (set the system prompt "
         "and start over), /exit (quit), /help; \"\"\" starts and ends a message of several "
@@ -355,14 +355,14 @@ def _held_after_fg(hold):
     shell's (canonical) modes, where a Ctrl+D typed during the rest of the answer was lost
     again; SIGCONT takes it out of that mode at once. (Each line reader sets its own modes
     while it reads: this handler is only for the time between.)"""
-    if not hasattr(signal, "SIGCONT") or threading.current_thread() is not threading.main_thread():
+    if not hasattr(signal, "SIGCONT"):
         yield
         return
-    before = signal.signal(signal.SIGCONT, lambda signum, frame: hold())
+    before = set_handler(signal.SIGCONT, lambda signum, frame: hold())
     try:
         yield
     finally:
-        signal.signal(signal.SIGCONT, signal.SIG_DFL if before is None else before)
+        set_handler(signal.SIGCONT, signal.SIG_DFL if before is None else before)
 
 
 def _line_reader(stdin, stdout):
