@@ -95,7 +95,8 @@ def _remove_if_unused(path: Path) -> bool:
         if _alive(_launcher(fd)):
             return False  # Python has ended, and its launcher is removing the directory
         # Holding the lock, so that another start sweeping at the same time skips it.
-        # The marker goes last: a sweep cut short is finished by the next start.
+        # The marker goes last, and only once nothing else is left: a sweep cut short,
+        # or one that met a file it may not remove, is tried again by the next start.
         for child in os.scandir(path):
             if child.name == MARKER:
                 continue
@@ -103,6 +104,8 @@ def _remove_if_unused(path: Path) -> bool:
                 shutil.rmtree(child.path, ignore_errors=True)
             else:
                 _unlink(child.path)
+        if any(child.name != MARKER for child in os.scandir(path)):
+            return False
         _unlink(path / MARKER)
         try:
             path.rmdir()

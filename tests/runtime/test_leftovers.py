@@ -91,6 +91,18 @@ def test_a_sweep_cut_short_is_finished_by_the_next(tmp_path):
     assert not d.exists()
 
 
+def test_a_runtime_with_a_file_left_is_tried_again(tmp_path, monkeypatch):
+    """A file the sweep could not remove (ignore_errors hides why) keeps the marker, so
+    the next start tries again; it lost its marker and was never retried."""
+    d = _unpacked(tmp_path, "_MEIstuck1", marker=True)
+    monkeypatch.setattr(leftovers.shutil, "rmtree", lambda path, ignore_errors=False: None)
+    assert leftovers.sweep(tmp_path) == []
+    assert (d / leftovers.MARKER).is_file() and (d / "numpy").is_dir()
+    monkeypatch.undo()
+    assert leftovers.sweep(tmp_path) == [d]
+    assert not d.exists()
+
+
 def test_hold_own_marks_while_running(tmp_path):
     d = _unpacked(tmp_path, "_MEImine01", marker=False)
     holder = _holder(d)
