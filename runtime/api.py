@@ -25,7 +25,8 @@ ROLES = ("system", "developer", "user", "assistant", "tool")
 
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
                 403: "permission_error", 404: "not_found_error", 405: "invalid_request_error",
-                413: "invalid_request_error", 500: "server_error", 503: "unavailable_error"}
+                413: "invalid_request_error", 500: "server_error", 501: "not_supported_error",
+                503: "unavailable_error"}
 
 
 class ApiError(Exception):
@@ -762,6 +763,17 @@ def prompt_ids(model, prompt, key="prompt") -> list:
         if not isinstance(prompt, list) or not prompt:
             raise ApiError(400, f"'{key}' must be a string, or a list of token ids and strings")
     return _mixed_prompt_ids(model, prompt, key)
+
+
+def prompt_text(model, prompt, ids: list) -> str:
+    """The text of a prompt that prompt_ids read as `ids`: what /v1/completions' echo
+    returns. A string (or a batch of one string) as sent, as OpenAI echoes it; token ids,
+    or ids mixed with strings, as the text of the ids, which the completion continues
+    (detokenizing the string instead could change it: a SentencePiece vocabulary drops
+    the space at its start)."""
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    return prompt if isinstance(prompt, str) else model.detokenize(ids)
 
 
 def _mixed_prompt_ids(model, prompt: list, key: str) -> list:

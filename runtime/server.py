@@ -43,8 +43,8 @@ from runtime.api import (MAX_N_PROBS, MISSING, ApiError, chat_ids, check_chat_fi
                          get_max_tokens, get_messages, get_parallel_tool_calls, get_stop,
                          get_str, get_template_kwargs, get_tool_choice, get_tools, is_int,
                          json_bytes, limit_is_set, logprob, output_constraint, parse_json,
-                         piece, prompt_ids, prompt_tools, read_body, reply_grammar,
-                         sampling_params, split_prefill, template_in_effect)
+                         piece, prompt_ids, prompt_text, prompt_tools, read_body,
+                         reply_grammar, sampling_params, split_prefill, template_in_effect)
 from runtime.engine import ContextOverflowError, Engine, EngineBusy, Request
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
@@ -65,14 +65,20 @@ CLIENT_POLL_S = 0.05       # how often a request checks that its client is still
 
 # Paths of the API: a wrong method on them is 405, anything else unknown is 404.
 API_POST = ("/v1/chat/completions", "/v1/completions", "/completion", "/completions",
-            "/tokenize", "/detokenize", "/apply-template", "/infill", "/chat/completions")
+            "/tokenize", "/detokenize", "/apply-template", "/infill", "/chat/completions",
+            "/v1/embeddings", "/embeddings", "/embedding", "/v1/rerank", "/rerank",
+            "/v1/reranking", "/reranking")
 API_GET = ("/v1/models", "/models", "/props", "/health", "/v1/health", "/slots")
 # What HTTP asks of these answers: the auth scheme a 401 wants, and when to try a 503 again.
 STATUS_HEADERS = {401: {"WWW-Authenticate": "Bearer"}, 503: {"Retry-After": "1"}}
 # --cors: on every reply, the app's and the ones the connection's handler writes itself.
+# A page reads only the safelisted response headers (Content-Type, Cache-Control, ...)
+# unless told otherwise: a browser app could not see a 503's Retry-After, nor the
+# X-Should-Retry: false by which the OpenAI clients know not to retry a 501.
 CORS_HEADERS = (("Access-Control-Allow-Origin", "*"),
                 ("Access-Control-Allow-Headers", "Authorization, Content-Type, X-Api-Key"),
-                ("Access-Control-Allow-Methods", "GET, POST, OPTIONS"))
+                ("Access-Control-Allow-Methods", "GET, POST, OPTIONS"),
+                ("Access-Control-Expose-Headers", "Retry-After, X-Should-Retry"))
 # A preflight's Access-Control-Request-Headers that may be allowed back as they are: a list
 # of header names (RFC 9110 tokens), of a sane length.
 _TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
@@ -384,17 +390,25 @@ def build_app(st: State) -> bottle.Bottle:
         check_n(body)
         if "prompt" not in body:
             raise ApiError(400, "'prompt' is required")
-        if get_bool(body, "echo", False):
-            raise ApiError(400, "'echo' is not supported")
+        echo = get_bool(body, "echo", False)
         if get_str(body, "suffix", ""):
             raise ApiError(400, "'suffix' is not supported here; use /infill to fill in the middle")
         n_lp = get_int(body, "logprobs", 0, lo=0, hi=5)
+        if echo and n_lp:
+            # OpenAI's echo with logprobs lists the prompt's tokens too, each with its
+            # logprob: logits at every prompt position, which the engine does not keep
+            # (and cannot have for a prompt found in its cache).
+            raise ApiError(400, "'echo' together with 'logprobs' is not supported: this "
+                                "server does not compute the prompt's token logprobs")
         stream = get_bool(body, "stream", False)
         opts = body.get("stream_options")
         if opts is not None and not isinstance(opts, dict):
             raise ApiError(400, "'stream_options' must be an object")
         include_usage = get_bool(opts or {}, "include_usage", False)
-        req = Request(prompt_ids=prompt_ids(model, body["prompt"]),
+        ids = prompt_ids(model, body["prompt"])
+        # What echo returns, and where text_offset counts from.
+        before = prompt_text(model, body["prompt"], ids) if echo or n_lp else ""
+        req = Request(prompt_ids=ids,
                       params=sampling_params(body, openai=True, default_temp=st.temperature,
                                              model=model),
                       max_tokens=get_max_tokens(body, st.n_ctx),
@@ -407,11 +421,20 @@ def build_app(st: State) -> bottle.Bottle:
                 "created": int(time.time()), "model": st.model_id, "system_fingerprint": "chatfile"}
         submit(req)
 
+        # text_offset: where each token's text begins in the prompt's text followed by the
+        # completion, echo or not, as llama-cpp-python counts it after OpenAI's legacy API;
+        # streamed, it goes on from chunk to chunk. A decoder of our own, fed the tokens
+        # the engine's was fed, gives each token's place in the text even while the
+        # engine holds text back (a stop string may begin there) or a character is
+        # still incomplete.
+        offsets = model.tokenizer.decoder(continuation=True)
+        at = len(before)
+
         def logprobs_of(toks):
+            nonlocal at
             if not n_lp:
                 return None
             out = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
-            off = 0
             for ev in toks:
                 s = piece(model, ev.token)[0]
                 out["tokens"].append(s)
@@ -422,8 +445,8 @@ def build_app(st: State) -> bottle.Bottle:
                 for t, p in ev.probs or []:
                     tops.setdefault(piece(model, t)[0], logprob(p))
                 out["top_logprobs"].append(tops)
-                out["text_offset"].append(off)
-                off += len(s)
+                out["text_offset"].append(at)
+                at += len(offsets.push(ev.token))
             return out
 
         def usage(final):
@@ -432,11 +455,15 @@ def build_app(st: State) -> bottle.Bottle:
 
         if not stream:
             text, toks, final = collect(req)
-            return ok({**base, "choices": [{"index": 0, "text": text, "logprobs": logprobs_of(toks),
+            return ok({**base, "choices": [{"index": 0, "text": (before if echo else "") + text,
+                                            "logprobs": logprobs_of(toks),
                                             "finish_reason": final.finish_reason}],
                        "usage": usage(final), "timings": final.timings.as_dict()})
 
         def chunks(req, events):
+            if echo:  # the prompt first, at once, as its own chunk
+                yield {**base, "choices": [{"index": 0, "text": before, "logprobs": None,
+                                            "finish_reason": None}]}
             for ev in events:
                 if ev.kind == "token":
                     if ev.text or (n_lp and ev.token is not None):
@@ -609,6 +636,32 @@ def build_app(st: State) -> bottle.Bottle:
                            get_bool(body, "add_generation_prompt", True),
                            get_template_kwargs(body))
         return ok({"prompt": text})
+
+    # -- llama-server's routes for what this server does not do ------------------------
+    def not_supported(doing: str):
+        """501, as llama-server answers these without --embeddings or --reranking: a
+        client sees at once that the server lacks the feature, where a 404 looked like
+        a wrong URL. X-Should-Retry: false keeps the OpenAI clients from retrying it
+        (they retry any 5xx); asking again cannot help."""
+        try:
+            check_auth()
+        except ApiError as e:
+            return fail_with(e)
+        return fail(501, f"this server does not {doing}: it only generates text",
+                    "not_supported_error", headers={"X-Should-Retry": "false"})
+
+    @app.post("/v1/embeddings")
+    @app.post("/embeddings")
+    @app.post("/embedding")
+    def embeddings():
+        return not_supported("compute embeddings")
+
+    @app.post("/v1/rerank")
+    @app.post("/rerank")
+    @app.post("/v1/reranking")
+    @app.post("/reranking")
+    def rerank():
+        return not_supported("rerank documents")
 
     @app.get("/props")
     @api

@@ -88,7 +88,7 @@ def field_cases():
         c.append(("/completion", {"prompt": p}, 400))
     c.append(("/v1/completions", {}, 400))
     c.append(("/completion", {}, 400))
-    for key, v in [("max_tokens", -2), ("max_tokens", "x"), ("echo", True), ("logprobs", 6),
+    for key, v in [("max_tokens", -2), ("max_tokens", "x"), ("echo", "yes"), ("logprobs", 6),
                    ("logprobs", "x"), ("suffix", 1), ("best_of", 2), ("n", 3), ("temperature", 9),
                    ("stop", 5), ("stream", "no"), ("stream_options", [])]:
         c.append(("/v1/completions", comp(**{key: v}), 400))

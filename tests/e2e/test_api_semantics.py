@@ -406,9 +406,9 @@ def test_completion_prompt_forms(tiny_server, client, tiny_model):
         bad_request(url, "/v1/completions", body, needle)
 
 
-def test_echo_is_refused_clearly_not_ignored(tiny_server, client):
+def test_echo_with_logprobs_is_refused_clearly_not_ignored(tiny_server, client):
     with pytest.raises(openai.BadRequestError, match="echo"):
-        client.completions.create(model="x", prompt="Hi", echo=True, max_tokens=2)
+        client.completions.create(model="x", prompt="Hi", echo=True, logprobs=1, max_tokens=2)
     r = client.completions.create(model="x", prompt="Hi", echo=False, max_tokens=2)
     assert r.choices[0].text is not None
     bad_request(tiny_server.url, "/v1/completions", {"prompt": "Hi", "echo": "yes"}, "'echo'")
