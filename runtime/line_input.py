@@ -84,22 +84,25 @@ def set_modes(fd: int, attrs: list) -> None:
                 raise
 
 
-def raw_line_reader(fd: int, out, encoding: str | None = None):
-    """A function(prompt) -> line for the terminal `fd` (whose text is in `encoding`,
-    UTF-8 if None), echoing to the text stream `out`. Raises EOFError at Ctrl+D on an
-    empty line or when the terminal closes; a Ctrl+C during the read raises
-    KeyboardInterrupt as usual, and the line typed so far is lost. `read.discard()` drops
-    the lines of a paste not read yet (after a Ctrl+C stopped an answer, the next lines
-    of the paste must not go out one by one, as in canonical mode, where the terminal's
-    Ctrl+C flushes its queue)."""
+def raw_line_reader(fd: int, out, encoding: str | None = None, typed_ahead: str = ""):
+    """A function(prompt, text="") -> line for the terminal `fd` (whose text is in
+    `encoding`, UTF-8 if None), echoing to the text stream `out`; the line starts as
+    `text` (a line given back to edit). Raises EOFError at Ctrl+D on an empty line or when
+    the terminal closes; a Ctrl+C during the read raises KeyboardInterrupt as usual, and
+    the line typed so far is lost. `typed_ahead`: keys read before (the caller's, typed
+    while the model loaded), taken before those still in the terminal. `read.discard()`
+    drops the lines of a paste not read yet (after a Ctrl+C stopped an answer, the next
+    lines of the paste must not go out one by one, as in canonical mode, where the
+    terminal's Ctrl+C flushes its queue); `read.waiting()` tells whether keys typed or
+    pasted are there to read already."""
     import termios  # POSIX only; the caller checks
 
-    pending: deque[str] = deque()  # typed (pasted) past the end of the line last returned
+    pending: deque[str] = deque(typed_ahead)  # typed (pasted) past the line last returned
     # One decoder for the reader's life: a read can end inside a character whose first
     # bytes follow a line end, and that line is returned before the rest arrives.
     decoder = codecs.getincrementaldecoder(encoding or "utf-8")("replace")
 
-    def read(prompt: str) -> str:
+    def read(prompt: str, text: str = "") -> str:
         saved = termios.tcgetattr(fd)
         raw = termios.tcgetattr(fd)
         raw[3] &= ~(termios.ICANON | termios.ECHO)  # lflag; \r -> \n (ICRNL) stays on
@@ -118,7 +121,9 @@ def raw_line_reader(fd: int, out, encoding: str | None = None):
             # Raw before the prompt shows: a Ctrl+D typed in canonical mode is an end-of-
             # file mark, not a byte, and switching modes after it would lose it.
             set_modes(fd, raw)
-            _show(out, (PASTE_ON if paste_marks else "") + shown.draw())
+            drawn = [PASTE_ON if paste_marks else "", shown.draw()]
+            drawn += [shown.add(ch) for ch in text if _is_text(ch) or ch == "\n"]
+            _show(out, "".join(drawn))
             def read_text():
                 # Back to Python code every 0.2 s while waiting: the SIGCONT of `fg` can
                 # reach another thread (the stopped main thread is passed over), and its
@@ -141,7 +146,16 @@ def raw_line_reader(fd: int, out, encoding: str | None = None):
                 except (OSError, ValueError):  # the terminal went away
                     pass
     read.discard = pending.clear
+    read.waiting = lambda: bool(pending) or input_waiting(fd)
     return read
+
+
+def input_waiting(fd: int) -> bool:
+    """Whether the terminal has keys to read now (the rest of a paste, or typed ahead)."""
+    try:
+        return bool(select.select([fd], [], [], 0)[0])
+    except (OSError, ValueError):
+        return False
 
 
 def set_handler(signum, handler):

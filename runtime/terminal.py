@@ -13,20 +13,23 @@ import codecs
 import contextlib
 import os
 import queue
+import re
 import signal
 import sys
 import threading
 import time
+from collections import deque
 
 from runtime import cli
 from runtime.engine import ContextOverflowError, Engine, Request, chat_prompt_ids
-from runtime.line_input import set_handler, set_modes
+from runtime.line_input import input_waiting, set_handler, set_modes
 
 HELP = ("commands: /reset (forget the conversation), /system TEXT (set the system prompt "
         "and start over), /exit (quit), /help; \"\"\" starts and ends a message of several "
         "lines; // at the start sends a message that begins with /")
 QUIT_HINT = "(use Ctrl+D or /exit to quit)"
 MULTILINE = '"""'
+CTRL_D = "\x04"
 
 
 def _tokens(n: int) -> str:
@@ -307,7 +310,8 @@ def _keys_kept_as_bytes(stdin, on_terminal: bool):
     Now it is a byte (echoed as ^D) that the next prompt takes for the end of input.
     Echo stays on: readline shows nothing typed on a terminal without echo. Yields a
     function that leaves canonical mode again (after Ctrl+Z and `fg` the shell hands the
-    terminal back in its own modes); the modes come back however the chat ends."""
+    terminal back in its own modes), and what was typed while the model loaded (see
+    _typed_ahead); the modes come back however the chat ends."""
     saved = None
     if on_terminal and os.name == "posix":
         import termios
@@ -317,7 +321,7 @@ def _keys_kept_as_bytes(stdin, on_terminal: bool):
         except termios.error:
             pass
     if saved is None:
-        yield lambda: None
+        yield (lambda: None), ""
         return
 
     def hold():
@@ -330,14 +334,57 @@ def _keys_kept_as_bytes(stdin, on_terminal: bool):
                 set_modes(fd, attrs)
         except termios.error:  # the terminal went away
             pass
-    hold()
     try:
-        yield hold
+        typed = _typed_ahead(fd, saved, getattr(stdin, "encoding", None))
+        hold()
+        yield hold, typed
     finally:
         try:
             set_modes(fd, saved)
         except termios.error:
             pass
+
+
+def _typed_ahead(fd: int, saved: list, encoding: str | None) -> str:
+    """The whole lines typed while the model loaded, each Ctrl+D in them as CTRL_D; the
+    terminal is left out of canonical mode. Until the chat starts, the terminal is in its
+    own (canonical) mode, where a Ctrl+D is no byte but an end-of-file mark, which became
+    a NUL (ignored) when the chat left that mode: a Ctrl+D typed while the model loaded
+    was lost, and the chat waited at its first prompt. So the lines typed by then are read
+    in that mode first (a line still being typed stays in the terminal, and reaches the
+    prompt as it is); the terminal's Ctrl+D is off meanwhile, so that one typed during
+    these reads is kept as a byte. The modes are changed with TCSANOW, which, unlike
+    TCSAFLUSH, discards nothing typed."""
+    import termios
+    if not saved[3] & termios.ICANON or not _in_foreground(fd):
+        return ""
+    try:
+        no_eof_char = os.fpathconf(fd, "PC_VDISABLE")
+    except (OSError, ValueError):
+        no_eof_char = 0
+    quiet = termios.tcgetattr(fd)
+    quiet[6][termios.VEOF] = bytes([no_eof_char])
+    chunks: list[bytes] = []
+    try:
+        set_modes(fd, quiet)
+        while input_waiting(fd):
+            data = os.read(fd, 65536)  # in this mode: one line, or up to a Ctrl+D
+            if not data:
+                # A Ctrl+D on an empty line: the chat ends there, and the lines after it
+                # stay in the terminal, for the shell.
+                chunks.append(CTRL_D.encode())
+                break
+            chunks.append(data)
+            if not data.endswith(b"\n"):  # a Ctrl+D part way through a line
+                chunks.append(CTRL_D.encode())
+    except (OSError, termios.error):  # the terminal went away: the line reader finds out
+        pass
+    finally:
+        raw = list(saved)
+        raw[3] &= ~termios.ICANON
+        with contextlib.suppress(termios.error):
+            set_modes(fd, raw)
+    return b"".join(chunks).decode(encoding or "utf-8", "replace")
 
 
 def _in_foreground(fd: int) -> bool:
@@ -365,26 +412,29 @@ def _held_after_fg(hold):
         set_handler(signal.SIGCONT, signal.SIG_DFL if before is None else before)
 
 
-def _line_reader(stdin, stdout):
-    """A function(prompt) -> line, raising EOFError at the end of input.
+def _line_reader(stdin, stdout, typed_ahead: str = ""):
+    """A function(prompt, text="") -> line, raising EOFError at the end of input.
 
     On a terminal, GNU readline (behind input()) reads in raw mode: the terminal's own
     line editing (canonical mode) holds 4095 characters and silently drops the rest of a
     longer pasted message. readline also gives line editing and history. Without it (the
     one-file executable leaves it out, see runtime/line_input.py), a POSIX terminal is
     read by our own small line editor; elsewhere (Windows), or on a pipe, lines are read
-    as they come."""
+    as they come. The two terminal readers take `text` to start the line with (a line
+    given back to edit) and have `read.waiting()`; they take `typed_ahead` (see
+    _typed_ahead) before what the terminal holds."""
     if _on_terminal(stdin, stdout):
         try:
             import readline  # noqa: F401 - importing it is what makes input() use it
-            return input
+            return _readline_reader(stdin.fileno(), stdout, typed_ahead)
         except ImportError:
             pass
         if os.name == "posix":
             from runtime.line_input import raw_line_reader
-            return raw_line_reader(stdin.fileno(), stdout, getattr(stdin, "encoding", None))
+            return raw_line_reader(stdin.fileno(), stdout, getattr(stdin, "encoding", None),
+                                   typed_ahead)
 
-    def read(prompt):
+    def read(prompt, text=""):  # (text: no reader here can give a line back)
         stdout.write(prompt)
         stdout.flush()
         line = stdin.readline()
@@ -394,18 +444,63 @@ def _line_reader(stdin, stdout):
     return read
 
 
-def _read_message(read, out) -> str:
-    """One message: a line, or the lines between \"\"\" and \"\"\" (as Ollama does).
-    Raises EOFError and KeyboardInterrupt as `read` does, except that the end of input
-    inside \"\"\" ends the message there: Ctrl+D at "... " used to quit the chat, and the
-    lines typed and the conversation were lost (as is a file that ends inside one).
-    The next Ctrl+D, at the prompt, quits."""
-    line = read("> ")
+# Keys typed while the model loaded, as a terminal in canonical mode left them: escape
+# sequences (arrow keys) and control characters other than a tab, a line end or Ctrl+D
+# are no text (the own line editor drops them too).
+NOT_TYPED_TEXT = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|O.|.)?"  # ESC [ ... final, ESC O x, ESC x
+                            r"|[\x00-\x03\x05-\x08\x0b-\x1f\x7f-\x9f]")  # not \t \n ^D
+
+
+def _readline_reader(fd: int, out, typed_ahead: str):
+    """input(), which reads with GNU readline, and what readline cannot do by itself:
+    start a line with text (readline's startup hook inserts it), and first take the lines
+    typed while the model loaded, which were read before readline ever ran (see
+    _typed_ahead): shown after their prompt, as readline would, and kept in its history."""
+    import readline
+    ahead = deque(NOT_TYPED_TEXT.sub("", typed_ahead))
+
+    def read(prompt, text=""):
+        line = text
+        while ahead:
+            ch = ahead.popleft()
+            if ch == "\n":
+                out.write(f"{prompt}{line}\n")
+                out.flush()
+                if line:
+                    readline.add_history(line)
+                return line
+            if ch == CTRL_D:
+                if not line:  # on an empty line: the end, as readline takes it
+                    out.write(prompt)
+                    raise EOFError
+            else:
+                line += ch
+        if not line:
+            return input(prompt)
+        readline.set_startup_hook(lambda: readline.insert_text(line))
+        try:
+            return input(prompt)
+        finally:
+            readline.set_startup_hook(None)
+    read.discard = ahead.clear
+    read.waiting = lambda: bool(ahead) or input_waiting(fd)
+    return read
+
+
+def _read_message(read, out, text: str = "") -> tuple[str, bool]:
+    """One message: a line, or the lines between \"\"\" and \"\"\" (as Ollama does), and
+    whether it may be a /command (the lines between \"\"\" never are: a message that began
+    with a path, "/usr/bin/python is slow", was "unknown command" and lost, all its lines).
+    The line starts as `text` (a line given back). Raises EOFError and KeyboardInterrupt
+    as `read` does, except that the end of input inside \"\"\" ends the message there:
+    Ctrl+D at "... " used to quit the chat, and the lines typed and the conversation were
+    lost (as is a file that ends inside one). The next Ctrl+D, at the prompt, quits."""
+    line = read("> ", text) if text else read("> ")
     if not line.lstrip().startswith(MULTILINE):
-        return line.strip()
+        return line.strip(), True
     first = line.lstrip()[len(MULTILINE):]
     if first.rstrip().endswith(MULTILINE):            # """one line"""
-        return first.rstrip()[:-len(MULTILINE)].strip()
+        return first.rstrip()[:-len(MULTILINE)].strip(), False
     lines = [first]
     while True:
         try:
@@ -413,15 +508,16 @@ def _read_message(read, out) -> str:
         except EOFError:
             out.write("\n")  # the answer starts on a line of its own, not after "... "
             out.flush()
-            return "\n".join(lines).strip()
+            return "\n".join(lines).strip(), False
         if line.rstrip().endswith(MULTILINE):
             lines.append(line.rstrip()[:-len(MULTILINE)])
-            return "\n".join(lines).strip()
+            return "\n".join(lines).strip(), False
         lines.append(line)
 
 
-def _command(c: _Chat, line: str) -> bool | str:
-    """Obey a /command. Returns False to quit, True when done, or the text to send."""
+def _command(c: _Chat, line: str) -> bool | str | None:
+    """Obey a /command. Returns False to quit, True when done, the text to send, or None
+    for a command it does not know (said by _unknown_command)."""
     if line.startswith("//"):   # a message that begins with "/"
         return line[1:]
     # Any whitespace ends the command's name: "/system<Tab>Be brief." (pasted, or typed
@@ -441,8 +537,35 @@ def _command(c: _Chat, line: str) -> bool | str:
     elif cmd in ("/help", "/?"):
         c._say(HELP)
     else:
-        c._say(f"unknown command {cmd} (type /help; start a message with // to send it as text)")
+        return None
     return True
+
+
+def _unknown_command(c: _Chat, line: str, waiting) -> str:
+    """Say that a /command is unknown, and return the text the next prompt starts with.
+    The line is not lost ("/usr/bin/python is slow, why?" was a question, gone after
+    the notice): the prompt gives it back with // in front, so that Enter sends it as a
+    message, and it can be edited (Ctrl+U drops it), as a shell's Up would give it back.
+    When more was typed or pasted already (a paste's next lines, without the terminal's
+    paste marks), it comes back as it was, with that text after it: sending them as a
+    message is the user's call, at the next notice. waiting: None for a reader that
+    cannot give a line back (piped, Windows): there the notice says what to do."""
+    cmd = line.split(None, 1)[0]
+    if waiting is None:
+        c._say(f"unknown command {cmd} (type /help; start a message with // to send it as text)")
+        return ""
+    if waiting():
+        c._say(f"unknown command {cmd} (type /help); your line is back to edit, with what "
+               "followed it")
+        return line + "\n"
+    c._say(f"unknown command {cmd} (type /help); your line is back, // in front: "
+           "Enter sends it as a message")
+    return "/" + line
+
+
+def _as_typed(text: str) -> str:
+    """What to type to send `text` again: // for a message that begins with /."""
+    return "/" + text if text.startswith("/") else text
 
 
 PIPED_MAX_CHARS = 16 << 20  # a piped question: 16 Mi characters, ~100× the longest context
@@ -511,17 +634,22 @@ def chat(model, *, n_ctx: int, system: str | None = None, stdin=None, stdout=Non
     stdout.write(f"chatfile: chatting with {getattr(model, 'name', 'the model')}. {HELP}\n")
     stdout.flush()
     _exit_on_sigterm()
-    read = _line_reader(stdin, stdout)
-    with _keys_kept_as_bytes(stdin, _on_terminal(stdin, stdout)) as hold:
+    with _keys_kept_as_bytes(stdin, _on_terminal(stdin, stdout)) as (hold, typed_ahead):
+        read = _line_reader(stdin, stdout, typed_ahead)
         return _converse(c, read, stdout, hold)
 
 
 def _converse(c: _Chat, read, stdout, hold) -> int:
-    """The interactive chat's loop: read a message, obey it or answer it."""
+    """The interactive chat's loop: read a message, obey it or answer it. A message that
+    was not sent (an unknown /command, one too long for the context, a failed answer) is
+    given back at the next prompt, where the reader can (see _line_reader)."""
+    waiting = getattr(read, "waiting", None)
+    back = ""  # the text the next prompt starts with
     while True:
         hold()
+        text, back = back, ""
         try:
-            line = _read_message(read, stdout)
+            line, may_be_command = _read_message(read, stdout, text)
         except EOFError:       # Ctrl+D, or the end of piped input
             stdout.write("\n")
             stdout.flush()
@@ -535,19 +663,25 @@ def _converse(c: _Chat, read, stdout, hold) -> int:
             continue
         if not line:
             continue
-        if line.startswith("/"):
+        if may_be_command and line.startswith("/"):
             todo = _command(c, line)
             if todo is False:
                 return 0
+            if todo is None:
+                back = _unknown_command(c, line, waiting)
+                continue
             if todo is True:
                 continue
             line = todo
+        answer = None
         try:
             with _held_after_fg(hold):
-                c.ask(line)
+                answer = c.ask(line)
         except KeyboardInterrupt:  # a Ctrl+C that landed between two steps of ask
             c._say("")
             c.interrupted = True
         if c.interrupted:
             _let_interrupts_settle()
             getattr(read, "discard", lambda: None)()  # the rest of a paste goes too
+        elif answer is None and waiting is not None:  # not sent: the error said why
+            back = _as_typed(line) + ("\n" if waiting() else "")
