@@ -362,9 +362,11 @@ def _dispatch(args) -> int:
             print(f"chatfile: error: stdin is closed; run it in a terminal or pipe a "
                   f"question in, for example: {example}", file=sys.stderr)
             return 2
+        from runtime import file_lease
         from runtime.model import Model
         from runtime.sampling import SamplingParams
         from runtime.terminal import chat
+        file_lease.arm()  # a copy over the model file then stops the chat with a message
         if sys.stderr is not None and sys.stderr.isatty():  # the 2-4 s before the prompt
             print(f"chatfile: loading {os.path.basename(args.model)}...", file=sys.stderr,
                   flush=True)

@@ -14,7 +14,8 @@ dimension, so a ggml tensor with ne = [n_embd, n_vocab] is a NumPy array of shap
 
 The GGUF may start at byte `offset` of a bigger file (a bundle puts it in the middle of
 an executable), so every position below is relative to that offset. The file is
-memory-mapped once; tensor bytes are zero-copy views into that map. Every count, length
+memory-mapped once; tensor bytes are zero-copy views into that map (held under a read
+lease where the program asked for one: runtime/file_lease.py). Every count, length
 and extent is checked against the bytes actually present before anything is allocated,
 because a header that lies must cost an error message, not gigabytes.
 """
@@ -23,11 +24,13 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
+from runtime import file_lease
 from runtime.errors import GGUFError
 
 GGUF_MAGIC = b"GGUF"
@@ -231,26 +234,52 @@ def read(path: str | os.PathLike, offset: int = 0, size: int | None = None,
         fd = os.open(path, os.O_RDONLY)
     except OSError as e:
         raise GGUFError(f"cannot open {path}: {e.strerror}") from None
+    # The lease first (taken only when the program armed it, runtime/file_lease.py), then
+    # the size: from here on a copy over the file waits for us to stop instead of changing
+    # it under the map. vocab_only reads the header at once and needs none.
+    leased = not vocab_only and file_lease.hold(fd, path)
     try:
-        file_bytes = os.fstat(fd).st_size
-        if offset < 0 or offset > file_bytes:
-            raise GGUFError(f"GGUF offset {offset} is outside the {file_bytes}-byte file {path}")
-        end = file_bytes if size is None else offset + size
-        if end > file_bytes:
-            raise GGUFError(f"GGUF at offset {offset} with size {size} runs past the end of {path}")
-        if end - offset < 24:
-            raise GGUFError(f"{path} is too small to be a GGUF file ({end - offset} bytes)")
+        end = _extent(fd, path, offset, size)
         mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
-    finally:
+    except BaseException:
+        if leased:
+            file_lease.let_go(fd)
+        else:
+            os.close(fd)
+        raise
+    if leased:
+        # The lease lives while fd is open, so fd lives as long as the map, which is read
+        # at every step (the token embedding in every mode, all weights in quant mode).
+        unlease = weakref.finalize(mm, file_lease.let_go, fd)
+        unlease.atexit = False  # the process's end lets go of everything anyway
+    else:
         os.close(fd)
+        unlease = None
     try:
         return _parse(path, mm, offset, end)
     except GGUFError as e:
-        raise naming(path, e) from None
+        error = naming(path, e)
     except (OverflowError, MemoryError, struct.error) as e:  # defensive: should be unreachable
-        raise GGUFError(f"malformed GGUF header in {path}: {e}") from None
+        error = GGUFError(f"malformed GGUF header in {path}: {e}")
     # On errors the map is left to the garbage collector: views made while parsing may
-    # still hold it, and closing it under them raises BufferError.
+    # still hold it, and closing it under them raises BufferError. Its lease goes now:
+    # nothing will read the file again.
+    if unlease is not None:
+        unlease()
+    raise error from None
+
+
+def _extent(fd: int, path: str, offset: int, size: int | None) -> int:
+    """Where the GGUF at `offset` (of `size` bytes, or to the end) ends in the file."""
+    file_bytes = os.fstat(fd).st_size
+    if offset < 0 or offset > file_bytes:
+        raise GGUFError(f"GGUF offset {offset} is outside the {file_bytes}-byte file {path}")
+    end = file_bytes if size is None else offset + size
+    if end > file_bytes:
+        raise GGUFError(f"GGUF at offset {offset} with size {size} runs past the end of {path}")
+    if end - offset < 24:
+        raise GGUFError(f"{path} is too small to be a GGUF file ({end - offset} bytes)")
+    return end
 
 
 def _parse(path: str, mm: mmap.mmap, offset: int, end: int) -> GGUFFile:

@@ -37,7 +37,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 import bottle
 
-from runtime import tool_calls
+from runtime import file_lease, tool_calls
 from runtime.api import (MAX_N_PROBS, MISSING, ApiError, chat_ids, check_chat_fields, check_n,
                          context_overflow, error_body, get_bool, get_int, get_json_grammar,
                          get_max_tokens, get_messages, get_parallel_tool_calls, get_stop,
@@ -1466,7 +1466,6 @@ def serve(model_path, *, gguf_offset=0, gguf_size=None, host="127.0.0.1", port=8
             # Shortly after, so that the page gets its answer first.
             threading.Timer(QUIT_DELAY_S, srv.httpd.shutdown).start()
         srv.state.quit = on_quit
-    srv.start_loading(stop_on_error=not open_browser)
     print(f"chatfile: listening on {srv.url}", flush=True)
     if not _is_loopback(host):
         # The URL above is where this machine's browser goes; say what else can reach it.
@@ -1486,7 +1485,13 @@ def serve(model_path, *, gguf_offset=0, gguf_size=None, host="127.0.0.1", port=8
         # `kill`, `systemctl stop`, `docker stop`: stop as Ctrl+C does, and exit with 0
         # rather than die by the signal.
         signal.signal(signal.SIGTERM, signal.default_int_handler)
+        # A copy over the model file while it is mapped: stop as Ctrl+C does, with a line
+        # that says why, rather than die of SIGBUS. Armed before the loader maps the file;
+        # started here, at the `try`, so that the stop always goes through it.
+        file_lease.arm()
+    status = 0
     try:
+        srv.start_loading(stop_on_error=not open_browser)
         srv.serve_forever()
         if quit_from_page.is_set():
             srv.state.stopping = True
@@ -1494,6 +1499,9 @@ def serve(model_path, *, gguf_offset=0, gguf_size=None, host="127.0.0.1", port=8
     except KeyboardInterrupt:
         srv.state.stopping = True
         print("chatfile: stopped.", flush=True)
+    except file_lease.Overwritten:  # its handler has printed why
+        srv.state.stopping = True
+        status = file_lease.EXIT_STATUS
     finally:
         srv.close()
     if srv.state.error and srv.stop_on_load_error:
@@ -1504,8 +1512,8 @@ def serve(model_path, *, gguf_offset=0, gguf_size=None, host="127.0.0.1", port=8
         # while that thread may be writing to stdout, which aborts the process.
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(0)
-    return 0
+        os._exit(status)
+    return status
 
 
 def stop_generating(st: State, wait_s: float = STOP_WAIT_S) -> None:

@@ -1,0 +1,186 @@
+"""The read lease on the mapped model (runtime/file_lease.py), in this process.
+
+Without it, `cp other.gguf model.gguf` over the model of a running chatfile truncates the
+mapped file: the next read of the map (the token embedding at every token, in every mode)
+ends the process with SIGBUS, or answers from a mix of two models. With it, the copy
+waits while the program stops with one clear line. tests/e2e/test_file_lease_server.py
+drives the real server; here the pieces: who takes a lease, that the signal arrives
+(even when the map was opened by a thread that has ended), and when the lease goes.
+"""
+import gc
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from runtime import file_lease, gguf
+from tests.conftest import MODELS
+
+TINY = MODELS / "tiny-llama-q8_0.gguf"
+OTHER = MODELS / "tiny-llama-q4_0.gguf"  # a smaller file: reads past its end would SIGBUS
+WAIT_S = 30  # far below the kernel's 45 s lease-break-time, far above any real wait
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                reason="file leases (F_SETLEASE) exist on Linux only")
+
+
+@pytest.fixture
+def armed(monkeypatch):
+    """arm() for one test. The forced exit that backs the clean stop would end pytest."""
+    monkeypatch.setattr(file_lease, "_end_soon", lambda: None)
+    assert file_lease.arm()
+    yield
+    file_lease.disarm()
+
+
+@pytest.fixture
+def model(tmp_path):
+    path = tmp_path / "model.gguf"
+    shutil.copy(TINY, path)
+    return path
+
+
+class _Copy:
+    """`cp OTHER path`, started and waited for by another thread: the SIGIO handler raises
+    in the main thread wherever it is, and that must be a test's wait, not Popen's."""
+
+    def __init__(self, path):
+        self.result = None
+        self.thread = threading.Thread(target=self._run, args=(path,), daemon=True)
+        self.thread.start()
+
+    def _run(self, path):
+        self.result = subprocess.run(["cp", str(OTHER), str(path)], capture_output=True,
+                                     text=True)
+
+    def running(self) -> bool:
+        return self.thread.is_alive()
+
+    def wait(self, timeout_s: float) -> int:
+        self.thread.join(timeout_s)
+        assert self.result is not None, f"cp still waits after {timeout_s} s"
+        assert not self.result.stderr, self.result.stderr
+        return self.result.returncode
+
+
+def _copy_over(path) -> _Copy:
+    return _Copy(path)
+
+
+def _wait_for_overwritten() -> None:
+    """Sleep in the main thread until the SIGIO handler raises there."""
+    end = time.monotonic() + WAIT_S
+    while time.monotonic() < end:
+        time.sleep(0.02)
+
+
+def _leases() -> dict:
+    return dict(file_lease._leased)
+
+
+def test_a_copy_over_the_mapped_model_stops_the_program_with_one_line(armed, model, capfd):
+    g = gguf.read(model)
+    assert list(_leases().values()) == [str(model)]
+    cp = _copy_over(model)
+    with pytest.raises(file_lease.Overwritten) as e:
+        _wait_for_overwritten()
+    assert e.value.code == file_lease.EXIT_STATUS != 0
+    assert cp.running(), "the copy must wait while the program stops"
+    err = capfd.readouterr().err
+    assert err.strip() == file_lease.message(str(model))
+    assert "opened " + str(model) + " for writing" in err and "Traceback" not in err
+    del g, e
+    gc.collect()  # the map goes, and its lease with it: the copy proceeds
+    assert cp.wait(WAIT_S) == 0
+    assert model.read_bytes() == OTHER.read_bytes()
+
+
+def test_a_lease_taken_by_a_thread_that_has_ended_still_stops_the_program(armed, model):
+    """The server maps the model in its loader thread, which ends after the load. The
+    kernel signals the thread that took the lease: without F_SETOWN to the process the
+    signal was lost, and the copy waited 45 s and then truncated the map under us."""
+    opened = []
+    t = threading.Thread(target=lambda: opened.append(gguf.read(model)))
+    t.start()
+    t.join()
+    assert opened and _leases()
+    cp = _copy_over(model)
+    with pytest.raises(file_lease.Overwritten):
+        _wait_for_overwritten()
+    opened.clear()
+    gc.collect()
+    assert cp.wait(WAIT_S) == 0
+
+
+def test_without_arm_no_lease_is_taken(model):
+    """A library user's process (or a test) keeps SIGIO's default action and its files
+    free: nothing changes."""
+    assert _sigio_is_default()
+    g = gguf.read(model)
+    assert not _leases()
+    cp = _copy_over(model)
+    assert cp.wait(WAIT_S) == 0
+    del g
+
+
+def _sigio_is_default() -> bool:
+    return signal.getsignal(signal.SIGIO) is signal.SIG_DFL
+
+
+@pytest.mark.parametrize("why", ["vocab_only", "open for writing", "parse error"])
+def test_no_lease_where_nothing_will_read_the_map_or_a_writer_is_there(armed, model, why):
+    if why == "vocab_only":  # the header is read at once; tensor data never
+        g = gguf.read(model, vocab_only=True)
+    elif why == "open for writing":  # F_SETLEASE refuses (EAGAIN): nothing changes
+        with open(model, "r+b"):
+            g = gguf.read(model)
+    else:  # an error: the lease goes at once, not when the garbage collector runs
+        with open(model, "r+b") as f:
+            f.seek(4)
+            f.write(b"\x09\0\0\0")  # GGUF version 9
+        with pytest.raises(gguf.GGUFError, match="unsupported GGUF version 9"):
+            gguf.read(model)
+        g = None
+    assert not _leases()
+    assert _copy_over(model).wait(WAIT_S) == 0
+    del g
+
+
+def test_the_lease_goes_with_the_map(armed, model):
+    g = gguf.read(model)
+    embd = g.raw("token_embd.weight")  # a view keeps the map, and so the lease
+    del g
+    gc.collect()
+    assert _leases()
+    del embd
+    gc.collect()
+    assert not _leases()
+    assert _copy_over(model).wait(WAIT_S) == 0
+
+
+def test_arm_is_refused_off_the_main_thread():
+    got = []
+    t = threading.Thread(target=lambda: got.append(file_lease.arm()))
+    t.start()
+    t.join()
+    assert got == [False]
+    assert _sigio_is_default()
+
+
+def test_a_handler_of_the_program_s_own_is_left_alone(monkeypatch):
+    mine = lambda signum, frame: None  # noqa: E731
+    monkeypatch.setattr(signal, "getsignal", lambda s: mine if s == signal.SIGIO else signal.SIG_DFL)
+    assert not file_lease.arm()
+
+
+def test_a_sigio_of_something_else_is_ignored(armed, model):
+    """SIGIO also reports asynchronous I/O: only a lease being broken stops the program."""
+    g = gguf.read(model)
+    os.kill(os.getpid(), signal.SIGIO)  # the handler runs here, and must return quietly
+    assert _leases()
+    del g
