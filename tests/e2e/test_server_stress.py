@@ -352,3 +352,16 @@ def test_a_stream_nobody_reads_times_out_quietly(capfd, monkeypatch, tmp_path):
         srv.shutdown()
     err = capfd.readouterr().err
     assert "Traceback" not in err, err
+
+
+def test_a_socket_closed_under_a_read_ends_its_connection_quietly():
+    """A stop under heavy load closed a connection's socket while its thread was about
+    to read: `settimeout` raised "Bad file descriptor", which was not taken for the
+    connection's end, and socketserver printed a traceback on the console."""
+    from runtime.server import _client_gone
+    a, b = socket.socketpair()
+    a.close()
+    with pytest.raises(OSError) as e:
+        a.settimeout(1.0)
+    b.close()
+    assert _client_gone(e.value)
