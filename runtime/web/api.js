@@ -166,6 +166,21 @@
     return result;
   }
 
+  /* Whether the server is busy with a request that is not the caller's: its one worker
+   * is writing a reply while other requests wait in its queue (the caller's among them,
+   * when the caller has one waiting). A server that works on the caller's own request, a
+   * long prompt say, has none waiting. llama-server's /slots has no queue count: there
+   * a busy slot is all there is to go on. false when /slots cannot tell. */
+  async function serverBusy() {
+    var resp = await request("slots");
+    if (!resp.ok) return false;
+    var body = null;
+    try { body = await resp.json(); } catch (e) { return false; }
+    var slot = Array.isArray(body) ? body[0] : null;
+    if (!slot || typeof slot !== "object" || slot.is_processing !== true) return false;
+    return typeof slot.queued === "number" ? slot.queued > 0 : true;
+  }
+
   /* Stops the server (the page's Quit). */
   async function quit() {
     var resp = await request("quit", { method: "POST", body: {} });
@@ -179,6 +194,7 @@
     hasApiKey: function () { return !!apiKey; },
     health: health,
     props: function () { return getJson("props"); },
+    serverBusy: serverBusy,
     countTokens: countTokens,
     applyTemplate: applyTemplate,
     streamChat: streamChat,

@@ -34,8 +34,18 @@
   // the context. (It said MSG_CONTEXT_FULL, "edit your message", and Continue stayed, to
   // fail the same way at every press.)
   var MSG_NO_ROOM_TO_CONTINUE = "This reply cannot go on: with it, the chat fills the model's context. Send another message to go on (the oldest messages will be left out), or start a new chat.";
+  var MSG_ELSEWHERE_SEND = "The reply in this chat is being written in another tab: send your message once it is finished (it stays in the box), or in another chat.";
   var MSG_DROPPED = "Older messages were left out to fit the context: the model no longer sees the greyed-out ones above the line (a new chat starts afresh).";
-  var SAVE_EVERY_MS = 2000; // how often a reply is saved while it streams
+  var SAVE_EVERY_MS = 2000; // how often a reply is saved while it is written (see beat)
+  // A chat whose reply another tab writes carries that tab's mark, renewed at each of its
+  // saves (every SAVE_EVERY_MS, also while the reply waits for its first word). A mark
+  // older than this: the tab went without a word (crashed, frozen, its browser killed),
+  // and the reply is shown stopped, with Continue. (A tab that closes says so itself.)
+  var WRITER_GONE_MS = 8000;
+  // No first word after this long: the page asks the server (/slots) whether it is
+  // answering someone else meanwhile (another tab, another program), and says so.
+  var QUEUE_CHECK_MS = 1500;
+  var QUEUE_POLL_MS = 2000;  // and asks again, until the first word
   var MIN_REPLY_TOK = 64;    // room left for a reply to a message bigger than the reserve allows
   // The reply's reserve is at most this share of the context. Half (as it was) left a
   // 1024-token chat room for one long answer: the very next question was sent without
@@ -77,6 +87,8 @@
     timer: null,      // the next check, when one is planned
     checking: false,  // a check is under way
     goneDelayMs: GONE_POLL_FIRST_MS, // the wait before the next check while it is down
+    propsDelayMs: 0,  // it answers, but its /props failed: the wait before trying again
+    outageError: "",  // meanwhile: what the error line said of the outage (see serverBack)
     stopped: false,   // Quit: the page stopped it on purpose, no more checks
   };
 
@@ -271,14 +283,30 @@
     return Object.keys(state.runs).map(function (id) { return state.runs[id]; });
   }
 
+  /* Whether another tab is writing a reply in chat c: its mark is recent (see
+   * WRITER_GONE_MS). Its last message is then that reply so far, or the question it
+   * answers; this tab must not write it again (Continue, Regenerate) nor cut the chat
+   * under it (Edit, Send), and picks the whole reply up when that tab saves it. */
+  function writtenElsewhere(c) {
+    if (!c || runOf(c) || typeof c.writingAt !== "number") return false;
+    var ageMs = Date.now() - c.writingAt;
+    return ageMs < WRITER_GONE_MS && ageMs > -WRITER_GONE_MS; // (a mark from the future: a clock set back)
+  }
+
   /* fn(), with the replies being written as they would be if the tab closed now: marked
    * as stopped, one without a word yet left out, and a Continue without a word yet as
    * its reply was (a reply cut at max tokens was saved as stopped while its Continue
-   * waited for another chat's reply). For saves and exports. */
-  function asIfStopped(fn) {
+   * waited for another chat's reply). For saves and exports. Unless `leaving` (the tab
+   * closes: nobody writes them any more), their chats also carry this tab's mark, which
+   * tells the other tabs that the reply is being written here (see writtenElsewhere). */
+  function asIfStopped(fn, leaving) {
     var undo = [];
     allRuns().forEach(function (run) {
-      var m = run.msg, msgs = run.conv.messages;
+      var m = run.msg, msgs = run.conv.messages, c = run.conv;
+      if (!leaving) {
+        c.writingAt = Date.now();
+        undo.push(function () { delete c.writingAt; });
+      }
       if (!m) return;
       if (run.was && m.content.length === run.wasChars) {
         if (run.was.stopped) m.stopped = true;
@@ -296,6 +324,30 @@
   }
 
   function persist() { asIfStopped(save); }
+
+  /* While this tab writes replies, they are saved every SAVE_EVERY_MS: what has arrived
+   * survives a crash, and the mark that tells other tabs they are being written here is
+   * renewed (also while a reply waits for its first word, when no piece comes to save).
+   * performance.now(): the page's clock, which a test may stop. */
+  var savedRunsAt = 0, beatTimer = null;
+  function saveRunsIfDue() {
+    var now = performance.now();
+    if (now - savedRunsAt < SAVE_EVERY_MS) return;
+    savedRunsAt = now;
+    persist();
+  }
+
+  function beat() {
+    if (!allRuns().length) { clearInterval(beatTimer); beatTimer = null; return; }
+    saveRunsIfDue();
+  }
+
+  /* A reply starts: saved at once (its chat marked), then every SAVE_EVERY_MS. */
+  function startBeat() {
+    savedRunsAt = performance.now();
+    persist();
+    if (!beatTimer) beatTimer = setInterval(beat, SAVE_EVERY_MS / 2);
+  }
 
   function save() {
     // Saving merges with what is stored: chats another tab made since this one last
@@ -331,9 +383,16 @@
     if (mine) {
       var i = list.findIndex(function (c) { return c.id === mine.id; });
       var same = i >= 0 && JSON.stringify(list[i].messages) === JSON.stringify(mine.messages);
-      if (runOf(mine) || same) {
+      if (runOf(mine)) {
         keepMine(list, mine);
         redraw = false;
+      } else if (same) {
+        // The other tab's mark (a reply it writes here) is taken all the same: drawn
+        // again only if it came or went (a Continue there, before its first word).
+        var was = writtenElsewhere(mine);
+        if (list[i].writingAt) mine.writingAt = list[i].writingAt; else delete mine.writingAt;
+        keepMine(list, mine);
+        redraw = writtenElsewhere(mine) !== was;
       }
     }
     allRuns().forEach(function (run) { if (run.conv !== mine) keepMine(list, run.conv); });
@@ -343,7 +402,28 @@
       redraw = moved = true;
     }
     // The same chat, grown in the other tab: a reader scrolled up in it stays put.
-    if (redraw) renderAll(!moved); else { renderHeader(); renderSidebar(); }
+    if (redraw) renderAll(!moved); else { renderHeader(); renderSidebar(); planWriterCheck(); }
+  }
+
+  /* The open chat's reply is being written in another tab: once that tab's mark is too
+   * old (it went without a word), the reply is drawn again as a stopped one. */
+  var writerTimer = null;
+  function planWriterCheck() {
+    clearTimeout(writerTimer);
+    writerTimer = null;
+    var c = current();
+    if (!writtenElsewhere(c)) {
+      if (noticeText === MSG_ELSEWHERE_SEND) setNotice(""); // (the message can go now)
+      return;
+    }
+    var waitMs = Math.max(0, c.writingAt + WRITER_GONE_MS - Date.now()) + 50;
+    writerTimer = setTimeout(function () {
+      writerTimer = null;
+      if (c !== current()) return; // (another chat was drawn meanwhile, and planned its own)
+      if (writtenElsewhere(c)) { planWriterCheck(); return; } // (renewed meanwhile)
+      renderMessages(true);
+      updateButtons();
+    }, Math.min(waitMs, 2 * WRITER_GONE_MS));
   }
 
   function newConversation() {
@@ -464,9 +544,21 @@
 
   var ROLE_LABELS = { user: "You", assistant: "Assistant", system: "System" };
 
-  function renderBody(body, m) {
+  var MSG_COPY_LATER = "Copy works once the reply is complete";
+
+  /* partial: the reply is still being written (here or in another tab). Its code blocks'
+   * Copy waits, as the reply's own does: it would copy the code so far. */
+  function renderBody(body, m, partial) {
     if (m.role === "assistant") body.replaceChildren(Md.render(m.content));
     else body.textContent = m.content; // user and system text is shown exactly as typed
+    if (partial) holdCopies(body, true);
+  }
+
+  function holdCopies(body, hold) {
+    body.querySelectorAll("[data-testid=copy-code]").forEach(function (b) {
+      b.disabled = hold;
+      if (hold) b.title = MSG_COPY_LATER; else b.removeAttribute("title");
+    });
   }
 
   /* Whether the reply at `index` can be continued: the chat's last message, a reply to a
@@ -487,24 +579,52 @@
   };
 
   /* The line under a reply that waits for another chat's reply, which the server is
-   * writing first (it writes one at a time): it names that chat and can stop it. */
+   * writing first (it writes one at a time): it names that chat and can stop it. Or, when
+   * no reply of this tab is ahead but the server says it is busy (see watchQueue), that it
+   * answers another tab or program: nothing here can stop that one. */
   function fillWaitNote(note, run) {
-    var other = run.before[0].conv;
     var text = document.createElement("span");
+    if (!run.before.length) {
+      text.textContent = "Waiting for the server: it is answering another tab or program, and writes one reply at a time. This reply starts when that one is done.";
+      note.replaceChildren(text);
+      return;
+    }
+    var other = run.before[0].conv;
     text.textContent = "Waiting for the reply in \u201c" + other.title + "\u201d to finish: the model writes one reply at a time. ";
     note.replaceChildren(text, button("Stop that reply", "stop-other", "Stop the reply being written in " + other.title,
       function () { stop(other); $("input").focus(); }));
   }
 
+  function waiting(run) { return run.before.length > 0 || run.serverBusy === true; }
+
+  function newWaitNote(run) {
+    var note = document.createElement("div");
+    note.className = "msg-note";
+    note.setAttribute("data-testid", "wait-note");
+    note.setAttribute("role", "status");
+    fillWaitNote(note, run);
+    return note;
+  }
+
+  /* The wait note as the run now is: changed, added under the reply's text (when it is
+   * shown), or gone. */
   function updateWaitNote(run) {
-    if (!run.waitEl) return;
-    if (run.before.length) { fillWaitNote(run.waitEl, run); return; }
-    run.waitEl.remove();
+    if (waiting(run)) {
+      if (run.waitEl) fillWaitNote(run.waitEl, run);
+      else if (run.bodyEl && run.bodyEl.isConnected) {
+        run.waitEl = newWaitNote(run);
+        run.bodyEl.after(run.waitEl);
+      }
+      return;
+    }
+    if (run.waitEl) run.waitEl.remove();
     run.waitEl = null;
   }
 
   function messageEl(c, m, index) {
     var run = runOf(c), streaming = !!run && run.msg === m;
+    // (the reply another tab writes, or the question it answers)
+    var elsewhere = index === c.messages.length - 1 && writtenElsewhere(c);
     var wrap = document.createElement("article");
     wrap.className = "msg msg-" + m.role;
     wrap.setAttribute("data-testid", "message");
@@ -521,29 +641,35 @@
     body.className = "msg-body";
     body.dir = "auto"; // Arabic or Hebrew text reads right to left
     body.setAttribute("data-testid", "message-body");
-    renderBody(body, m);
+    renderBody(body, m, streaming || elsewhere);
     wrap.appendChild(body);
     if (streaming) {
       wrap.classList.add("streaming");
       run.bodyEl = body; // (the reply grows here, see queueStreamRender)
-      if (run.before.length) {
-        run.waitEl = document.createElement("div");
-        run.waitEl.className = "msg-note";
-        run.waitEl.setAttribute("data-testid", "wait-note");
-        run.waitEl.setAttribute("role", "status");
-        fillWaitNote(run.waitEl, run);
-        wrap.appendChild(run.waitEl);
-      }
+      run.waitEl = waiting(run) ? newWaitNote(run) : null;
+      if (run.waitEl) wrap.appendChild(run.waitEl);
+    }
+    if (elsewhere) {
+      // Saved as stopped there (so that it is, should that tab go), but it goes on.
+      wrap.classList.add("elsewhere");
+      var away = document.createElement("div");
+      away.className = "msg-note";
+      away.setAttribute("data-testid", "elsewhere-note");
+      away.setAttribute("role", "status");
+      away.textContent = m.role === "assistant"
+        ? "Being written in another tab\u2026 The whole reply shows here once it is finished."
+        : "A reply to this is being written in another tab\u2026 It shows here once it is finished.";
+      wrap.appendChild(away);
     }
 
-    if (m.stopped) {
+    if (m.stopped && !elsewhere) {
       var note = document.createElement("div");
       note.className = "msg-note";
       note.setAttribute("data-testid", "stopped-note");
       note.textContent = "(stopped)";
       wrap.appendChild(note);
     }
-    if (m.cut) {
+    if (m.cut && !elsewhere) {
       var cut = document.createElement("div");
       cut.className = "msg-note";
       cut.setAttribute("data-testid", "cut-note");
@@ -557,7 +683,7 @@
     if (m.role === "user") {
       actions.appendChild(button("Edit", "edit", "Edit this message and send it again", function () { startEdit(wrap, c, index); }));
       // A message left without a reply (error, context full): offer to try again.
-      if (isLast) actions.appendChild(button("Retry", "regenerate", "Send this message again", regenerateFromButton));
+      if (isLast && !elsewhere) actions.appendChild(button("Retry", "regenerate", "Send this message again", regenerateFromButton));
     }
     if (m.role === "assistant") {
       var copy = button("Copy", "copy-message", "Copy this reply", function () {
@@ -567,13 +693,14 @@
           setTimeout(function () { copy.textContent = "Copy"; }, COPIED_MS);
         });
       });
-      if (streaming) {
+      if (streaming || elsewhere) {
         // Not the text so far: Copy is for the whole reply, once it is there.
         copy.disabled = true;
-        copy.title = "Copy works once the reply is complete";
-        run.copyEl = copy;
+        copy.title = MSG_COPY_LATER;
+        if (streaming) run.copyEl = copy;
       }
       actions.appendChild(copy);
+      if (elsewhere) { wrap.appendChild(actions); return wrap; } // (nothing here may write it)
       if (canContinue(c, index)) {
         actions.appendChild(button("Continue", "continue", "Continue this reply where it ended", function () {
           continueReply(c, index);
@@ -638,13 +765,14 @@
     var box = $("messages"), c = current();
     var top = box.scrollTop, stay = keepScroll === true && !nearBottom(box);
     box.replaceChildren();
-    if (!c || c.messages.length === 0) { box.appendChild(welcomeEl()); return; }
+    if (!c || c.messages.length === 0) { box.appendChild(welcomeEl()); planWriterCheck(); return; }
     c.messages.forEach(function (m, i) {
       var prev = c.messages[i - 1];
       if (prev && prev.leftOut && !m.leftOut) box.appendChild(leftOutLine());
       box.appendChild(messageEl(c, m, i));
     });
     box.scrollTop = stay ? top : box.scrollHeight;
+    planWriterCheck();
   }
 
   function renderSidebar() {
@@ -685,7 +813,9 @@
     var busy = !!runOf(current());
     show($("send-btn"), !busy);
     show($("stop-btn"), busy);
-    document.querySelectorAll("[data-testid=regenerate],[data-testid=edit],[data-testid=continue]").forEach(function (b) { b.disabled = busy; });
+    // (a reply another tab writes: an Edit here would cut the chat under it)
+    var locked = busy || writtenElsewhere(current());
+    document.querySelectorAll("[data-testid=regenerate],[data-testid=edit],[data-testid=continue]").forEach(function (b) { b.disabled = locked; });
   }
 
   /* Whether the reader has text selected that touches `el`: redrawing `el` would drop
@@ -725,7 +855,7 @@
       // Whether to follow is decided before the new text lands: a frame may add more
       // than FOLLOW_PX of it (a code block, a table), and a reader at the end keeps up.
       var box = $("messages"), follow = nearBottom(box);
-      renderBody(bodyEl, run.msg);
+      renderBody(bodyEl, run.msg, runOf(run.conv) === run); // (a frame late: it may have ended)
       if (follow) box.scrollTop = box.scrollHeight;
     });
   }
@@ -733,7 +863,7 @@
   /* ---------- editing ---------- */
 
   function startEdit(wrap, c, index) {
-    if (runOf(c)) return;
+    if (runOf(c) || writtenElsewhere(c)) return;
     var body = wrap.querySelector(".msg-body");
     var ta = document.createElement("textarea");
     ta.className = "edit-input";
@@ -916,16 +1046,27 @@
     });
   }
 
-  /* Shows how much of the context the current chat fills (before the next reply). */
+  /* Shows how much of the context the current chat fills (before the next reply). Another
+   * chat's count is not left on show while this one's is measured (/apply-template and
+   * /tokenize: a moment, longer while the server is busy): it says "measuring" meanwhile. */
   var ctxSeq = 0;
+  var ctxShownFor = null; // the chat (id) whose count is shown; "" for none
   async function updateContextUse(exactTok) {
     var seq = ++ctxSeq;
-    if (!state.nCtx) { $("ctx").textContent = ""; return; }
-    var total = exactTok, c = current();
+    if (!state.nCtx) { $("ctx").textContent = ""; ctxShownFor = null; return; }
+    var total = exactTok, c = current(), shownFor = c ? c.id : "";
+    if (shownFor !== ctxShownFor) {
+      ctxShownFor = null;
+      $("ctx").textContent = "context: measuring\u2026";
+    }
     var u = state.usage;
     if (total == null && c && u && u.id === c.id && u.n === c.messages.length) total = u.tok;
     if (total == null) {
-      if (!c || !c.messages.length) { $("ctx").textContent = "context 0 / " + state.nCtx; return; }
+      if (!c || !c.messages.length) {
+        $("ctx").textContent = "context 0 / " + state.nCtx;
+        ctxShownFor = shownFor;
+        return;
+      }
       // What the model is sent: not the messages the last reply was sent without (they
       // are greyed on screen). Counting them showed "context 2743 / 1024" after a reload.
       var parts = withSystem(c, effectiveSettings());
@@ -943,6 +1084,7 @@
       why = " (full: the last message alone is too long)";
     }
     $("ctx").textContent = "context " + total + " / " + state.nCtx + why;
+    ctxShownFor = shownFor;
   }
 
   /* Whether the chat's latest user message, with the system message, is over the context. */
@@ -971,6 +1113,9 @@
   function send(text) {
     if (runOf(current())) return;
     if (!text.trim()) return;
+    // Sent now, the message would be answered after half a reply, and the other tab's
+    // save of the whole one would then drop it: it waits in the box.
+    if (writtenElsewhere(current())) { setNotice(MSG_ELSEWHERE_SEND); return; }
     var c = current() || newConversation();
     c.messages.push({ role: "user", content: text });
     if (c.title === "New chat") c.title = titleFrom(text);
@@ -984,7 +1129,7 @@
 
   function regenerate() {
     var c = current();
-    if (!c || runOf(c)) return;
+    if (!c || runOf(c) || writtenElsewhere(c)) return;
     var n = c.messages.length;
     while (n && c.messages[n - 1].role === "assistant") n--;
     if (!n || c.messages[n - 1].role !== "user") return; // nothing to answer (e.g. only a system message)
@@ -997,7 +1142,7 @@
   /* Continue: the reply goes on where it ended, in the same message (the server takes a
    * last assistant message as the start of its reply, as llama-server does). */
   function continueReply(c, index) {
-    if (runOf(c) || !canContinue(c, index)) return;
+    if (runOf(c) || writtenElsewhere(c) || !canContinue(c, index)) return;
     generate(c, c.messages[index]);
     $("input").focus(); // (the button is redrawn away, as Regenerate is)
   }
@@ -1052,7 +1197,8 @@
     setNotice("");
     $("tps").textContent = ""; // the last reply's speed is not this one's
     var run = { conv: c, msg: null, controller: new AbortController(), bodyEl: null, copyEl: null,
-                waitEl: null, renderQueued: false, before: allRuns(), was: null, wasChars: 0 };
+                waitEl: null, renderQueued: false, before: allRuns(), was: null, wasChars: 0,
+                serverBusy: false, queueTimer: null, started: false };
     state.runs[c.id] = run;
     updateButtons();
     renderSidebar();
@@ -1092,6 +1238,7 @@
         c.messages.push(msg);
       }
       run.msg = msg;
+      startBeat(); // (other tabs now show it as being written here)
       if (c === current()) renderAll(); else renderSidebar();
 
       var request = {
@@ -1104,7 +1251,7 @@
       };
       if (settings.seed !== "") request.seed = settings.seed;
 
-      var savedAt = performance.now();
+      watchQueue(run);
       var result = await withAuth(function () {
         return Api.streamChat(request, function (piece) {
           lastAt = performance.now();
@@ -1112,12 +1259,14 @@
           if (!firstAt) firstAt = lastAt;
           msg.content += piece;
           addedChars += piece.length;
-          if (run.before.length) { run.before = []; updateWaitNote(run); } // (its turn came)
-          queueStreamRender(run);
-          if (lastAt - savedAt > SAVE_EVERY_MS) {
-            savedAt = lastAt;
-            persist(); // (marked as stopped until it ends: see persist)
+          if (!run.started) { // its turn came
+            run.started = true;
+            run.before = [];
+            run.serverBusy = false;
+            updateWaitNote(run);
           }
+          queueStreamRender(run);
+          saveRunsIfDue(); // (marked as stopped until it ends: see persist)
         }, controller.signal);
       });
       var here = c === current();
@@ -1159,12 +1308,18 @@
         c.messages.splice(c.messages.indexOf(msg), 1);
       }
     } finally {
+      clearTimeout(run.queueTimer);
+      run.started = true; // (no more asking the server whether it waits)
       delete state.runs[c.id]; // (before the save: it is saved as it is now)
       allRuns().forEach(function (r) { // replies that waited for this one
         var k = r.before.indexOf(run);
-        if (k >= 0) { r.before.splice(k, 1); updateWaitNote(r); }
+        if (k < 0) return;
+        r.before.splice(k, 1);
+        r.serverBusy = false; // (its own turn may have come: the next look at /slots tells)
+        updateWaitNote(r);
       });
       if (run.copyEl) { run.copyEl.disabled = false; run.copyEl.removeAttribute("title"); }
+      if (run.bodyEl) holdCopies(run.bodyEl, false); // (its code blocks' too)
       c.updated = Date.now();
       persist();
       if (c === current()) {
@@ -1186,6 +1341,30 @@
         updateButtons();
       }
     }
+  }
+
+  /* A reply that has no first word after QUEUE_CHECK_MS may wait behind a reply the
+   * server writes for someone else: another tab, another program (this tab's own replies
+   * ahead of it are named by the wait note already). The server's /slots tells; the
+   * page asks every QUEUE_POLL_MS until the first word, and the note says so meanwhile.
+   * (A reply slow to start for its own sake, a long prompt, shows nothing: the server
+   * then works on it, and has no other request waiting.) */
+  function watchQueue(run) {
+    function ask() {
+      run.queueTimer = null;
+      if (run.started) return;
+      // (behind a reply of this tab's, the note names that one: nothing to ask)
+      if (run.before.length) { run.queueTimer = setTimeout(ask, QUEUE_POLL_MS); return; }
+      Api.serverBusy().catch(function () { return false; }).then(function (busy) {
+        if (run.started) return;
+        if (busy !== run.serverBusy) {
+          run.serverBusy = busy;
+          updateWaitNote(run);
+        }
+        run.queueTimer = setTimeout(ask, QUEUE_POLL_MS);
+      });
+    }
+    run.queueTimer = setTimeout(ask, QUEUE_CHECK_MS);
   }
 
   function showSpeed(result, firstAt, lastAt) {
@@ -1315,18 +1494,44 @@
       link.down = link.loading = false;
       return ALIVE_POLL_MS;
     }
-    if (link.down || link.loading || link.failed || restarted) await serverBack();
+    if (link.down || link.loading || link.failed || restarted || link.propsDelayMs) {
+      if (!(await serverBack())) return link.propsDelayMs;
+    }
     return ALIVE_POLL_MS;
   }
 
-  /* The server answers again (or is another one now): read it again, say so. */
+  /* The server answers again (or is another one now): read it again, say so. -> false
+   * when its /props could not be read: the page has not what it needs to chat (the
+   * model's context, its name), so it is not "running again" yet; the outage's state
+   * stays as it is, and the next check (1 s, then 2, 4... 10 s) tries again. */
   async function serverBack() {
     var wasOut = link.down || link.loading || link.failed;
     var before = state.props ? String(state.props.model_name || "") : "";
+    // (what the error line says of the outage, before this one tried and failed, if so)
+    var said = link.outageError || (errorKind === "gone" || errorKind === "failed" ? $("error").textContent : "");
+    var failed = await loadProps(true);
+    if (failed && !(failed instanceof Api.ApiError && failed.status === 401)) {
+      link.propsDelayMs = link.propsDelayMs ? Math.min(link.propsDelayMs * 2, GONE_POLL_MAX_MS) : RELOAD_POLL_MS;
+      if (!(failed instanceof Api.ServerGoneError)) {
+        // (kind "gone": it goes when the server is back, as the outage's error would)
+        link.outageError = said;
+        setError("The chatfile server answers again, but could not say how it is set up. " +
+          describeError(failed).replace(/([^.!?])$/, "$1.") + " This page asks again by itself.", "gone");
+        if (link.loading) setNotice(""); // (not loading any more)
+      }
+      return false;
+    }
+    link.outageError = "";
+    link.propsDelayMs = 0;
     link.down = link.loading = link.failed = false;
-    await loadProps(true);
+    if (failed) {
+      // A 401 the key dialog did not mend: the server is there, and says what it wants
+      // (asking again would open that dialog at every check).
+      setError(describeError(failed));
+      setNotice("");
+      return true;
+    }
     var name = state.props ? String(state.props.model_name || "") : "";
-    var said = errorKind === "gone" || errorKind === "failed" ? $("error").textContent : "";
     if (said) setError("");
     var news = [];
     if (wasOut) news.push(MSG_SERVER_BACK);
@@ -1341,6 +1546,7 @@
     renderHeader();
     if (!c || !c.messages.length) renderMessages(true);
     updateContextUse();
+    return true;
   }
 
   /* ---------- quitting ---------- */
@@ -1420,7 +1626,8 @@
     }
   }
 
-  /* Reads the server's properties; quiet: a failure keeps the last ones, unannounced. */
+  /* Reads the server's properties; quiet: a failure keeps the last ones, unannounced.
+   * -> null, or the error that kept them from being read. */
   async function loadProps(quiet) {
     try {
       var p = await withAuth(Api.props);
@@ -1431,10 +1638,13 @@
         state.tokenCache.clear();
         state.usage = null;
         state.modelKey = key;
+        ctxShownFor = null; // (the count shown is the old model's)
       }
       state.props = p;
       // It answers: a reply under way (a Retry) must not later be told the server is gone.
       link.down = link.loading = link.failed = false;
+      link.propsDelayMs = 0;
+      link.outageError = "";
       show($("quit-btn"), p.can_quit === true);
       state.nCtx = Number(p.n_ctx) || 0;
       var g = p.default_generation_settings || {};
@@ -1445,8 +1655,10 @@
       if (typeof p.system_prompt === "string") state.defaults.systemPrompt = p.system_prompt;
       $("model-name").textContent = p.model_name ? String(p.model_name) : "";
       document.title = p.title ? String(p.title) : (p.model_name ? p.model_name + " \u2014 chatfile" : "chatfile");
+      return null;
     } catch (e) {
       if (!quiet) setError(describeError(e));
+      return e;
     }
   }
 
@@ -1509,7 +1721,7 @@
     // Closing or reloading the tab mid-reply keeps all that has arrived, not only what
     // the last periodic save had.
     window.addEventListener("pagehide", function () {
-      if (allRuns().length) persist();
+      if (allRuns().length) asIfStopped(save, true); // (their chats' marks go: see writtenElsewhere)
     });
     $("scrim").addEventListener("click", function () { closeSidebar(true); });
     $("quit-btn").addEventListener("click", quitServer);

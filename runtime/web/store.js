@@ -87,13 +87,18 @@
   function cleanConversation(c) {
     if (!c || typeof c !== "object" || !Array.isArray(c.messages)) return null;
     var now = Date.now();
-    return {
+    var out = {
       id: typeof c.id === "string" && /^[a-z0-9]{1,40}$/.test(c.id) ? c.id : newId(),
       title: cleanTitle(c.title),
       created: asTime(c.created, now),
       updated: asTime(c.updated, now),
       messages: c.messages.map(cleanMessage).filter(Boolean),
     };
+    // A tab writing a reply in this chat renews this mark (ms since 1970) at every save;
+    // the other tabs show the reply as being written there (see app.js, writtenElsewhere).
+    var writingAt = asTime(c.writingAt, 0);
+    if (writingAt) out.writingAt = writingAt;
+    return out;
   }
 
   function loadConversations() {
@@ -116,9 +121,11 @@
   }
 
   /* A conversation read from a file: a new id (never overwrite an existing chat), and
-   * no mark of what the page's last request left out (the page's own, never a file's). */
+   * none of the page's own marks (what its last request left out, a reply being written),
+   * which are never a file's. */
   function imported(conv) {
     conv.id = newId();
+    delete conv.writingAt; // (no tab of this browser is writing in a chat read from a file)
     conv.messages.forEach(function (m) { delete m.leftOut; });
     return conv;
   }
