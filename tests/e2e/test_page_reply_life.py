@@ -47,19 +47,17 @@ def full_speed(cdp, bytes_s=-1):
 
 
 def start_slow_reply(pg, text):
-    """Sends `text` in the open chat and returns, once the reply's first words are shown,
-    the throttle (a CDP session) to lift with full_speed."""
+    """Sends `text` in the open chat with the network slowed to SLOW_BYTES_S, and returns
+    once the reply's first words are shown: a reply of many seconds (greedy "Hello there"
+    runs on to the end of the tiny model's context) -> the throttle (a CDP session) to
+    lift with full_speed. Slowed from the start: slowing it from a route handler of the
+    reply's own request let the reply come at full speed now and then, under load."""
     set_settings(pg, temperature=0, **{"max-tokens": 100000})
     cdp = pg.context.new_cdp_session(pg)
     cdp.send("Network.enable")
-
-    def slow_then_send(route):
-        full_speed(cdp, SLOW_BYTES_S)
-        route.continue_()
-    pg.route(CHAT_URL, slow_then_send)
+    full_speed(cdp, SLOW_BYTES_S)
     send(pg, text)
     pg.wait_for_function(f"() => ({LAST_REPLY_LEN})() > 0")
-    pg.unroute(CHAT_URL)
     return cdp
 
 

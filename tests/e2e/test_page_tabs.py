@@ -22,10 +22,10 @@ import urllib.parse
 from tests.e2e.conftest import TINY, http_request, require_chromium, with_context_length
 from tests.e2e.test_page import (  # noqa: F401 - `page` is a fixture
     TIMEOUT_MS, assistant_bodies, current_conv, open_page, page, record_chat_requests,
-    send, set_settings, stored, wait_idle)
+    send, set_settings, wait_idle)
 from tests.e2e.test_page_recovery import FAST_CLOCK, error_text
 from tests.e2e.test_page_reply_life import (
-    CHAT_URL, LAST_REPLY_LEN, SLOW_BYTES_S, full_speed, import_json)
+    CHAT_URL, LAST_REPLY_LEN, SLOW_BYTES_S, full_speed, import_json, start_slow_reply)
 
 sync_api = require_chromium()
 
@@ -47,21 +47,6 @@ def two_tabs(browser, url):
     return ctx, tabs
 
 
-def slow_reply(pg, text):
-    """Sends `text` in the open chat with the network slowed to SLOW_BYTES_S, and returns
-    once the reply's first words are shown: a reply of many seconds (greedy "Hello there"
-    runs on to the end of the tiny model's context). Slowed from the start, not from the
-    reply's own request as test_page_reply_life's helper does: that one now and then came
-    at full speed here. -> the throttle (a CDP session) to lift with full_speed."""
-    set_settings(pg, temperature=0, **{"max-tokens": 100000})
-    cdp = pg.context.new_cdp_session(pg)
-    cdp.send("Network.enable")
-    full_speed(cdp, SLOW_BYTES_S)
-    send(pg, text)
-    pg.wait_for_function(f"() => ({LAST_REPLY_LEN})() > 0")
-    return cdp
-
-
 SAVED_WITH_WORDS = """() => { const c = JSON.parse(localStorage.getItem('chatfile.conversations') || '[]');
     return c.length && c[0].messages.length === 2 && c[0].messages[1].content.length > 0; }"""
 
@@ -75,7 +60,7 @@ def last_reply(pg):
 
 def test_a_reply_being_written_in_another_tab_is_shown_as_such_and_its_end_arrives(browser, server_url):
     ctx, (a, b) = two_tabs(browser, server_url)
-    cdp = slow_reply(a, "Hello there")  # tab A writes a reply of many seconds
+    cdp = start_slow_reply(a, "Hello there")  # tab A writes a reply of many seconds
     b.wait_for_function("() => document.getElementById('conv-title').textContent === 'Hello there'")
     note = b.wait_for_selector(ELSEWHERE)
     assert "another tab" in note.text_content()
@@ -120,7 +105,7 @@ def test_a_reply_whose_tab_closed_is_stopped_and_can_be_continued(browser, serve
     has no mark; or, should the browser not have let it save as it went, once the mark
     of its last periodic save is old."""
     ctx, (a, b) = two_tabs(browser, server_url)
-    slow_reply(a, "Hello there")
+    start_slow_reply(a, "Hello there")
     b.wait_for_selector(ELSEWHERE)
     a.wait_for_function(SAVED_WITH_WORDS)  # (else there is no reply to continue yet)
     assert a.is_visible("[data-testid=stop]"), "A's reply had ended: the test proves nothing"
@@ -138,7 +123,7 @@ def test_a_reply_whose_tab_vanished_without_a_word_is_stopped_after_a_while(brow
     """A tab that could not say it went (frozen, crashed, its browser killed) stops
     renewing its mark: the other tab gives up waiting and offers Continue."""
     ctx, (a, b) = two_tabs(browser, server_url)
-    slow_reply(a, "Hello there")
+    start_slow_reply(a, "Hello there")
     b.wait_for_selector(ELSEWHERE)
     a.wait_for_function(SAVED_WITH_WORDS)  # (else there is no reply to continue yet)
     assert a.is_visible("[data-testid=stop]"), "A's reply had ended: the test proves nothing"
