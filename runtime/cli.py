@@ -363,22 +363,27 @@ def _dispatch(args) -> int:
                   f"question in, for example: {example}", file=sys.stderr)
             return 2
         from runtime import file_lease
-        from runtime.model import Model
-        from runtime.sampling import SamplingParams
-        from runtime.terminal import chat
-        file_lease.arm()  # a copy over the model file then stops the chat with a message
-        if sys.stderr is not None and sys.stderr.isatty():  # the 2-4 s before the prompt
-            print(f"chatfile: loading {os.path.basename(args.model)}...", file=sys.stderr,
-                  flush=True)
-        model = Model.load(args.model, offset=args.gguf_offset, size=args.gguf_size,
-                           mode=args.mode, chat_template=template)
-        # The server's defaults (SamplingParams'), so that a chat in the terminal and on
-        # the page sound alike; --temp 0 for the same answer every time.
-        params = SamplingParams(seed=args.seed) if args.temp is None else \
-            SamplingParams(temperature=args.temp, seed=args.seed)
-        return chat(model, n_ctx=args.ctx, system=args.system, params=params,
-                    max_tokens=args.max_tokens, piped_example=example) or 0
+        # A copy over the model file then stops the chat with a message.
+        with file_lease.armed():
+            return _terminal_chat(args, template, example)
     raise AssertionError(args.command)
+
+
+def _terminal_chat(args, template, example: str) -> int:
+    from runtime.model import Model
+    from runtime.sampling import SamplingParams
+    from runtime.terminal import chat
+    if sys.stderr is not None and sys.stderr.isatty():  # the 2-4 s before the prompt
+        print(f"chatfile: loading {os.path.basename(args.model)}...", file=sys.stderr,
+              flush=True)
+    model = Model.load(args.model, offset=args.gguf_offset, size=args.gguf_size,
+                       mode=args.mode, chat_template=template)
+    # The server's defaults (SamplingParams'), so that a chat in the terminal and on
+    # the page sound alike; --temp 0 for the same answer every time.
+    params = SamplingParams(seed=args.seed) if args.temp is None else \
+        SamplingParams(temperature=args.temp, seed=args.seed)
+    return chat(model, n_ctx=args.ctx, system=args.system, params=params,
+                max_tokens=args.max_tokens, piped_example=example) or 0
 
 
 if __name__ == "__main__":

@@ -17,13 +17,15 @@ process and the copy proceeds.
 
 SIGIO's default action ends the process, so the handler must be in place before any
 lease is taken, and Python installs handlers only from the main thread. So the
-program's main thread calls arm() before the model loads (the server's serve() does),
-and gguf.read() then takes leases from any thread (the server loads in a background
-one). Where no lease can be had (not Linux, not the file's owner, a filesystem without
-leases, a writer that already has the file open) or nothing armed, nothing changes.
+program's main thread arms before the model loads (the server's serve() and the
+terminal chat do, with armed()), and gguf.read() then takes leases from any thread (the
+server loads in a background one). Where no lease can be had (not Linux, not the file's
+owner, a filesystem without leases, a writer that already has the file open) or nothing
+armed, nothing changes.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -68,8 +70,27 @@ def arm() -> bool:
     return True
 
 
+@contextlib.contextmanager
+def armed():
+    """arm() for the run of a command (the server, a terminal chat), and disarm() after
+    it, unless it ends by Overwritten: that process is on its way out, and its leases
+    must hold the writer back until it is gone. Left armed, a process that goes on (a
+    test running a command in-process) took a lease at every later gguf.read, and a
+    write to one of those files, its own too, stopped it; and a copy during Python's
+    shutdown met the handler in an exit hook ("Exception ignored ... Overwritten")."""
+    ours = supported() and signal.getsignal(signal.SIGIO) is not _on_sigio and arm()
+    try:
+        yield
+    except Overwritten:
+        ours = False
+        raise
+    finally:
+        if ours:
+            disarm()
+
+
 def disarm() -> None:
-    """Give back every lease and SIGIO's default action (for tests). Main thread only."""
+    """Give back every lease and SIGIO's default action. Main thread only."""
     for fd in list(_leased):
         _unlease(fd)
     _stopping.clear()

@@ -104,8 +104,9 @@ def _remove_if_unused(path: Path) -> bool:
                 shutil.rmtree(child.path, ignore_errors=True)
             else:
                 _unlink(child.path)
-        if any(child.name != MARKER for child in os.scandir(path)):
-            return False
+        with os.scandir(path) as left:
+            if any(child.name != MARKER for child in left):
+                return False
         _unlink(path / MARKER)
         try:
             path.rmdir()

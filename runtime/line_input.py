@@ -37,6 +37,7 @@ PASTE_START, PASTE_END = CSI + "200~", CSI + "201~"
 TAB_STOP_COLS = 8     # where a terminal's tab stops are, and so where a typed tab shows to
 DEFAULT_COLS = 80     # for a terminal that does not tell its width (a pty nobody sized)
 IDLE_S = 0.2          # how often the wait for a key looks at the terminal's size
+PASTE_GAP_S = 0.05    # a paste's pieces come closer together than this
 
 
 def _width(ch: str) -> int:
@@ -93,8 +94,8 @@ def raw_line_reader(fd: int, out, encoding: str | None = None, typed_ahead: str 
     while the model loaded), taken before those still in the terminal. `read.discard()`
     drops the lines of a paste not read yet (after a Ctrl+C stopped an answer, the next
     lines of the paste must not go out one by one, as in canonical mode, where the
-    terminal's Ctrl+C flushes its queue); `read.waiting()` tells whether keys typed or
-    pasted are there to read already."""
+    terminal's Ctrl+C flushes its queue); `read.take_waiting()` takes the keys typed or
+    pasted and not read yet (see read_waiting), as they came."""
     import termios  # POSIX only; the caller checks
 
     pending: deque[str] = deque(typed_ahead)  # typed (pasted) past the line last returned
@@ -145,17 +146,38 @@ def raw_line_reader(fd: int, out, encoding: str | None = None, typed_ahead: str 
                     _show(out, PASTE_OFF)
                 except (OSError, ValueError):  # the terminal went away
                     pass
+    def take_waiting() -> str:
+        keys = "".join(pending)
+        pending.clear()
+        return keys + decoder.decode(read_waiting(fd))
     read.discard = pending.clear
-    read.waiting = lambda: bool(pending) or input_waiting(fd)
+    read.take_waiting = take_waiting
     return read
 
 
-def input_waiting(fd: int) -> bool:
-    """Whether the terminal has keys to read now (the rest of a paste, or typed ahead)."""
+def input_waiting(fd: int, within_s: float = 0.0) -> bool:
+    """Whether the terminal has keys to read now, or gets some within within_s (the rest
+    of a paste, or typed ahead)."""
     try:
-        return bool(select.select([fd], [], [], 0)[0])
+        return bool(select.select([fd], [], [], within_s)[0])
     except (OSError, ValueError):
         return False
+
+
+def read_waiting(fd: int) -> bytes:
+    """The bytes the terminal (out of canonical mode) holds, with those that follow
+    within PASTE_GAP_S of them: a long paste comes in pieces. Nothing waiting: b"" at
+    once."""
+    chunks: list[bytes] = []
+    while input_waiting(fd, PASTE_GAP_S if chunks else 0.0):
+        try:
+            data = os.read(fd, 65536)
+        except OSError:  # the terminal went away: the next read finds out
+            break
+        if not data:
+            break
+        chunks.append(data)
+    return b"".join(chunks)
 
 
 def set_handler(signum, handler):

@@ -1487,13 +1487,20 @@ def serve(model_path, *, gguf_offset=0, gguf_size=None, host="127.0.0.1", port=8
         # `kill`, `systemctl stop`, `docker stop`: stop as Ctrl+C does, and exit with 0
         # rather than die by the signal.
         signal.signal(signal.SIGTERM, signal.default_int_handler)
-        # A copy over the model file while it is mapped: stop as Ctrl+C does, with a line
-        # that says why, rather than die of SIGBUS. Armed before the loader maps the file;
-        # started here, at the `try`, so that the stop always goes through it.
-        file_lease.arm()
+    # A copy over the model file while it is mapped: stop as Ctrl+C does, with a line
+    # that says why, rather than die of SIGBUS. Armed before the loader maps the file;
+    # the loading starts inside, so that the stop always goes through the `try` there.
+    with file_lease.armed():
+        return _serve_until_stopped(srv, quit_from_page, stop_on_load_error=not open_browser)
+
+
+def _serve_until_stopped(srv: Server, quit_from_page: threading.Event,
+                         stop_on_load_error: bool) -> int:
+    """Load the model and serve until Ctrl+C, `kill`, Quit on the page, or a program
+    that opens the model file for writing; the exit status."""
     status = 0
     try:
-        srv.start_loading(stop_on_error=not open_browser)
+        srv.start_loading(stop_on_error=stop_on_load_error)
         srv.serve_forever()
         if quit_from_page.is_set():
             srv.state.stopping = True

@@ -22,7 +22,7 @@ from collections import deque
 
 from runtime import cli
 from runtime.engine import ContextOverflowError, Engine, Request, chat_prompt_ids
-from runtime.line_input import input_waiting, set_handler, set_modes
+from runtime.line_input import input_waiting, read_waiting, set_handler, set_modes
 
 HELP = ("commands: /reset (forget the conversation), /system TEXT (set the system prompt "
         "and start over), /exit (quit), /help; \"\"\" starts and ends a message of several "
@@ -30,6 +30,7 @@ HELP = ("commands: /reset (forget the conversation), /system TEXT (set the syste
 QUIT_HINT = "(use Ctrl+D or /exit to quit)"
 MULTILINE = '"""'
 CTRL_D = "\x04"
+EXIT_WAIT_S = 2.0  # an ending chat waits this long for the worker to stop (as the server)
 
 
 def _tokens(n: int) -> str:
@@ -192,15 +193,25 @@ class _Chat:
             self._wait_stopped(req)
             self._write(" [stopped]\n")
             return self._remember(user_text, "".join(parts))
+        except SystemExit:
+            # `kill` (see _exit_on_sigterm), or a program that opens the model file for
+            # writing (runtime/file_lease.py): the program ends, but not with the worker
+            # inside a matrix product, where OpenBLAS's exit handler can wait for it for
+            # good (see server.stop_generating).
+            if req is not None:
+                req.cancel.set()
+                self._wait_stopped(req, EXIT_WAIT_S)
+            raise
         self._write("\n")
         self._tell_why_cut(done)
         return self._remember(user_text, "".join(parts))
 
-    def _wait_stopped(self, req):
+    def _wait_stopped(self, req, wait_s: float = float("inf")):
         # The worker notices the cancel between prefill chunks or tokens, which can take a
         # while on a long prompt; a second Ctrl+C meanwhile (an impatient user, or the
         # copy a PyInstaller launcher forwards) must not end the program either.
-        while True:
+        end = time.monotonic() + wait_s
+        while time.monotonic() < end:
             try:
                 ev = req.events.get(timeout=0.1)
                 if ev.kind != "token":
@@ -421,12 +432,13 @@ def _line_reader(stdin, stdout, typed_ahead: str = ""):
     one-file executable leaves it out, see runtime/line_input.py), a POSIX terminal is
     read by our own small line editor; elsewhere (Windows), or on a pipe, lines are read
     as they come. The two terminal readers take `text` to start the line with (a line
-    given back to edit) and have `read.waiting()`; they take `typed_ahead` (see
-    _typed_ahead) before what the terminal holds."""
+    given back to edit) and have `read.take_waiting()` (see _waiting_text); they take
+    `typed_ahead` (see _typed_ahead) before what the terminal holds."""
     if _on_terminal(stdin, stdout):
         try:
             import readline  # noqa: F401 - importing it is what makes input() use it
-            return _readline_reader(stdin.fileno(), stdout, typed_ahead)
+            return _readline_reader(stdin.fileno(), stdout, typed_ahead,
+                                    getattr(stdin, "encoding", None))
         except ImportError:
             pass
         if os.name == "posix":
@@ -444,20 +456,21 @@ def _line_reader(stdin, stdout, typed_ahead: str = ""):
     return read
 
 
-# Keys typed while the model loaded, as a terminal in canonical mode left them: escape
-# sequences (arrow keys) and control characters other than a tab, a line end or Ctrl+D
-# are no text (the own line editor drops them too).
+# Keys read ahead of a prompt (typed while the model loaded, or waiting after a line given
+# back): escape sequences (arrow keys) and control characters other than a tab, a line
+# end or Ctrl+D are no text (the own line editor drops them too).
 NOT_TYPED_TEXT = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|O.|.)?"  # ESC [ ... final, ESC O x, ESC x
                             r"|[\x00-\x03\x05-\x08\x0b-\x1f\x7f-\x9f]")  # not \t \n ^D
 
 
-def _readline_reader(fd: int, out, typed_ahead: str):
+def _readline_reader(fd: int, out, typed_ahead: str, encoding: str | None = None):
     """input(), which reads with GNU readline, and what readline cannot do by itself:
     start a line with text (readline's startup hook inserts it), and first take the lines
     typed while the model loaded, which were read before readline ever ran (see
     _typed_ahead): shown after their prompt, as readline would, and kept in its history."""
     import readline
     ahead = deque(NOT_TYPED_TEXT.sub("", typed_ahead))
+    decoder = codecs.getincrementaldecoder(encoding or "utf-8")("replace")
 
     def read(prompt, text=""):
         line = text
@@ -482,8 +495,13 @@ def _readline_reader(fd: int, out, typed_ahead: str):
             return input(prompt)
         finally:
             readline.set_startup_hook(None)
+
+    def take_waiting() -> str:
+        keys = "".join(ahead)
+        ahead.clear()
+        return keys + decoder.decode(read_waiting(fd))
     read.discard = ahead.clear
-    read.waiting = lambda: bool(ahead) or input_waiting(fd)
+    read.take_waiting = take_waiting
     return read
 
 
@@ -541,26 +559,38 @@ def _command(c: _Chat, line: str) -> bool | str | None:
     return True
 
 
-def _unknown_command(c: _Chat, line: str, waiting) -> str:
+def _unknown_command(c: _Chat, line: str, read) -> str:
     """Say that a /command is unknown, and return the text the next prompt starts with.
     The line is not lost ("/usr/bin/python is slow, why?" was a question, gone after
     the notice): the prompt gives it back with // in front, so that Enter sends it as a
     message, and it can be edited (Ctrl+U drops it), as a shell's Up would give it back.
-    When more was typed or pasted already (a paste's next lines, without the terminal's
-    paste marks), it comes back as it was, with that text after it: sending them as a
-    message is the user's call, at the next notice. waiting: None for a reader that
-    cannot give a line back (piped, Windows): there the notice says what to do."""
+    The lines typed or pasted after it come back with it (see _waiting_text). A reader
+    that cannot give a line back (piped, Windows): the notice says what to do."""
     cmd = line.split(None, 1)[0]
-    if waiting is None:
+    if not hasattr(read, "take_waiting"):
         c._say(f"unknown command {cmd} (type /help; start a message with // to send it as text)")
         return ""
-    if waiting():
-        c._say(f"unknown command {cmd} (type /help); your line is back to edit, with what "
-               "followed it")
-        return line + "\n"
-    c._say(f"unknown command {cmd} (type /help); your line is back, // in front: "
-           "Enter sends it as a message")
-    return "/" + line
+    more = _waiting_text(read)
+    back = "your line is back with the lines after it" if more else "your line is back"
+    sends = "them as one message" if more else "it as a message"
+    c._say(f"unknown command {cmd} (type /help); {back}, // in front: Enter sends {sends}")
+    return "/" + line + more
+
+
+def _waiting_text(read) -> str:
+    """The lines typed or pasted after a line that is given back, which go back with it
+    ("" if none). A paste comes line by line where the terminal does not mark it (readline,
+    a dumb terminal), and those lines were judged one by one: a notice and the whole text
+    again for each line (a 30-line log pasted from /var/log: 30 notices, 465 lines shown),
+    and the last line's notice was the one to act on."""
+    try:
+        keys = read.take_waiting()
+    except KeyboardInterrupt:  # while the last pieces of a paste were awaited: they go
+        return ""
+    # Enter is a \r where readline had the terminal when the keys came (its mode leaves
+    # the \r as it is).
+    more = NOT_TYPED_TEXT.sub("", _universal_newlines(keys)).replace(CTRL_D, "").rstrip("\n")
+    return "\n" + more if more.strip() else ""
 
 
 def _as_typed(text: str) -> str:
@@ -643,7 +673,6 @@ def _converse(c: _Chat, read, stdout, hold) -> int:
     """The interactive chat's loop: read a message, obey it or answer it. A message that
     was not sent (an unknown /command, one too long for the context, a failed answer) is
     given back at the next prompt, where the reader can (see _line_reader)."""
-    waiting = getattr(read, "waiting", None)
     back = ""  # the text the next prompt starts with
     while True:
         hold()
@@ -668,7 +697,7 @@ def _converse(c: _Chat, read, stdout, hold) -> int:
             if todo is False:
                 return 0
             if todo is None:
-                back = _unknown_command(c, line, waiting)
+                back = _unknown_command(c, line, read)
                 continue
             if todo is True:
                 continue
@@ -683,5 +712,5 @@ def _converse(c: _Chat, read, stdout, hold) -> int:
         if c.interrupted:
             _let_interrupts_settle()
             getattr(read, "discard", lambda: None)()  # the rest of a paste goes too
-        elif answer is None and waiting is not None:  # not sent: the error said why
-            back = _as_typed(line) + ("\n" if waiting() else "")
+        elif answer is None and hasattr(read, "take_waiting"):  # not sent: the error said why
+            back = _as_typed(line) + _waiting_text(read)

@@ -127,7 +127,7 @@ def test_an_unknown_command_that_comes_back_can_be_edited(reader):
     c = _started(reader, "xterm")
     try:
         echo = c.write(b"/sytem Be brief.\r")
-        c.read_until(lambda b: (echo + b).rstrip().endswith(b"Be brief."), 30)
+        c.read_until(lambda b: (echo + b).rstrip().endswith(b"> //sytem Be brief."), 30)
         c.write(b"\x15/help\r")  # Ctrl+U: the line given back goes
         out = c.read_until(lambda b: b"commands: /reset" in b and is_prompt(b), 30)
         assert b"commands: /reset" in out, out
@@ -143,20 +143,25 @@ def test_an_unknown_command_that_comes_back_can_be_edited(reader):
 
 
 def test_an_unknown_command_in_a_paste_keeps_the_lines_after_it(reader):
-    """Several lines pasted at once into a terminal without paste marks (TERM=dumb) go
-    one by one: the line after an unknown command was sent alone, the command's line
-    lost. The line comes back with the rest of the paste after it; nothing is sent
-    before the user has seen the notice."""
+    """Several lines pasted at once into a terminal without paste marks (TERM=dumb, or
+    readline, which Python keeps from asking for them) go one by one: the line after an
+    unknown command was sent alone, the command's line lost. They come back together,
+    with one notice, and nothing is sent before the user has seen it. (Each line was
+    judged on its own: a notice and the whole text again per line.)"""
     c = _started(reader, "dumb")
     try:
-        out = c.write(b"/tmp is full\rwhat now?\r")
-        out += c.read_until(lambda b: (out + b).count(b"unknown command /tmp") == 2
-                            and (out + b).rstrip().endswith(b"what now?"), 30)
+        lines = ["/tmp is full", "what now?", "df says 100%", "/var too"]
+        out = c.write("\r".join(lines).encode() + b"\r")
+        out += c.read_until(lambda b: b"unknown command" in out + b
+                            and (out + b).rstrip().endswith(b"/var too"), 30)
         assert b"got " not in out, out
-        assert b"unknown command /tmp (type /help); your line is back to edit" in out, out
+        assert out.count(b"unknown command") == 1, out
+        assert (b"unknown command /tmp (type /help); your line is back with the lines after "
+                b"it, // in front: Enter sends them as one message") in out, out
         out = c.write(b"\r")
         out += c.read_until(lambda b: b"got " in out + b and is_prompt(out + b), 30)
-        assert _got("/tmp is full\nwhat now?") in out, out
+        assert _got("\n".join(lines)) in out, out
+        assert out.count(b"unknown command") == 0, out
         c.write(b"\x04")
         _ends(c)
     finally:

@@ -47,12 +47,17 @@ def model(tmp_path):
 
 class _Copy:
     """`cp OTHER path`, started and waited for by another thread: the SIGIO handler raises
-    in the main thread wherever it is, and that must be a test's wait, not Popen's."""
+    in the main thread wherever it is, and that must be a test's wait, not Popen's. Where
+    the handler is to raise, start() goes inside the test's pytest.raises: the copy can
+    open the file before start() has returned."""
 
     def __init__(self, path):
         self.result = None
         self.thread = threading.Thread(target=self._run, args=(path,), daemon=True)
+
+    def start(self) -> "_Copy":
         self.thread.start()
+        return self
 
     def _run(self, path):
         self.result = subprocess.run(["cp", str(OTHER), str(path)], capture_output=True,
@@ -69,7 +74,7 @@ class _Copy:
 
 
 def _copy_over(path) -> _Copy:
-    return _Copy(path)
+    return _Copy(path).start()
 
 
 def _wait_for_overwritten() -> None:
@@ -86,8 +91,9 @@ def _leases() -> dict:
 def test_a_copy_over_the_mapped_model_stops_the_program_with_one_line(armed, model, capfd):
     g = gguf.read(model)
     assert list(_leases().values()) == [str(model)]
-    cp = _copy_over(model)
+    cp = _Copy(model)
     with pytest.raises(file_lease.Overwritten) as e:
+        cp.start()
         _wait_for_overwritten()
     assert e.value.code == file_lease.EXIT_STATUS != 0
     assert cp.running(), "the copy must wait while the program stops"
@@ -109,8 +115,9 @@ def test_a_lease_taken_by_a_thread_that_has_ended_still_stops_the_program(armed,
     t.start()
     t.join()
     assert opened and _leases()
-    cp = _copy_over(model)
+    cp = _Copy(model)
     with pytest.raises(file_lease.Overwritten):
+        cp.start()
         _wait_for_overwritten()
     opened.clear()
     gc.collect()
@@ -182,5 +189,85 @@ def test_a_sigio_of_something_else_is_ignored(armed, model):
     """SIGIO also reports asynchronous I/O: only a lease being broken stops the program."""
     g = gguf.read(model)
     os.kill(os.getpid(), signal.SIGIO)  # the handler runs here, and must return quietly
+    assert _leases()
+    del g
+
+
+@pytest.fixture
+def disarmed_after():
+    """The process as it was, whatever a test left armed (a failing one too): an armed
+    pytest would take a lease at every later gguf.read."""
+    yield
+    file_lease.disarm()
+
+
+def test_a_command_run_in_process_leaves_no_lease_and_no_handler(model, monkeypatch, capsys,
+                                                                 disarmed_after):
+    """`chatfile chat` run by main() in a process that goes on (tests/runtime/test_cli.py
+    does): it armed and never disarmed, so the process took a lease at every later
+    gguf.read, on the test fixtures too, and a write to one of them, by anyone, stopped
+    it (pytest ended 10 s later); this file's first test failed after test_cli.py's."""
+    import io
+
+    from runtime.cli import main
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Once upon a time"))
+    assert main(["chat", str(model), "-n", "2", "--temp", "0"]) == 0
+    assert capsys.readouterr().out.strip()
+    assert _sigio_is_default() and not _leases()
+    assert _copy_over(model).wait(WAIT_S) == 0  # nothing in the way, nothing stops
+
+
+def test_a_server_run_in_process_leaves_no_lease_and_no_handler(model, disarmed_after):
+    """serve() in the main thread, stopped as by Ctrl+C: the leases and the handler go with
+    it, so that a copy during Python's shutdown meets neither (the handler raised in an
+    exit hook: "Exception ignored ... Overwritten")."""
+    import json
+    import urllib.request
+
+    from runtime import server
+    seen = {}
+
+    def stop_once_loaded(url):
+        def run():
+            end = time.monotonic() + WAIT_S
+            while time.monotonic() < end:
+                try:
+                    with urllib.request.urlopen(url + "health", timeout=5) as r:
+                        if json.load(r).get("status") == "ok":
+                            break
+                except OSError:
+                    pass
+                time.sleep(0.05)
+            seen["leases"] = _leases()
+            # serve() stops at SIGTERM as at Ctrl+C; a SIGINT would be lost on a pytest
+            # started in the background, where it is ignored.
+            os.kill(os.getpid(), signal.SIGTERM)
+        threading.Thread(target=run, daemon=True).start()
+    switch_s, on_sigterm = sys.getswitchinterval(), signal.getsignal(signal.SIGTERM)
+    try:
+        assert server.serve(model, port=0, open_browser=False, ready=stop_once_loaded) == 0
+    finally:  # serve() sets both for the process's life
+        sys.setswitchinterval(switch_s)
+        signal.signal(signal.SIGTERM, on_sigterm)
+    assert list(seen["leases"].values()) == [str(model)]  # it was armed while it served
+    assert _sigio_is_default() and not _leases()
+
+
+def test_armed_keeps_the_leases_when_the_program_stops_for_a_writer(model, disarmed_after):
+    """The process is on its way out: its leases must hold the writer back until it is
+    gone, or the copy would truncate the map under a reply still being written."""
+    with pytest.raises(file_lease.Overwritten):
+        with file_lease.armed():
+            g = gguf.read(model)
+            raise file_lease.Overwritten(file_lease.EXIT_STATUS)
+    assert list(_leases().values()) == [str(model)] and not _sigio_is_default()
+    del g
+
+
+def test_armed_inside_armed_leaves_the_outer_one_armed(armed, model):
+    with file_lease.armed():
+        pass
+    assert not _sigio_is_default()
+    g = gguf.read(model)
     assert _leases()
     del g

@@ -3,6 +3,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,21 @@ class _Holder:
                 pass
             self.launcher.kill()
         self.launcher.wait()
+        _wait_gone(self.python_pid)  # SIGKILL is delivered a moment later; its lock goes then
+
+
+def _wait_gone(pid: int, timeout_s: float = 30.0) -> None:
+    """Until pid has exited (gone, or a zombie nobody reaped: its lock is released)."""
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return
+        except (FileNotFoundError, ProcessLookupError):
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} still runs {timeout_s} s after SIGKILL")
 
 
 def _holder(d: Path) -> _Holder:
