@@ -146,13 +146,19 @@ def raw_line_reader(fd: int, out, encoding: str | None = None, typed_ahead: str 
                     _show(out, PASTE_OFF)
                 except (OSError, ValueError):  # the terminal went away
                     pass
+    read.discard = pending.clear
+    read.take_waiting = waiting_taker(fd, pending, decoder)
+    return read
+
+
+def waiting_taker(fd: int, pending: deque, decoder):
+    """A reader's take_waiting(): the keys it read ahead (`pending`) and those waiting in
+    the terminal `fd`, as text, taken (what was read ahead is cleared)."""
     def take_waiting() -> str:
         keys = "".join(pending)
         pending.clear()
         return keys + decoder.decode(read_waiting(fd))
-    read.discard = pending.clear
-    read.take_waiting = take_waiting
-    return read
+    return take_waiting
 
 
 def input_waiting(fd: int, within_s: float = 0.0) -> bool:

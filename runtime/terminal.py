@@ -22,7 +22,7 @@ from collections import deque
 
 from runtime import cli
 from runtime.engine import ContextOverflowError, Engine, Request, chat_prompt_ids
-from runtime.line_input import input_waiting, read_waiting, set_handler, set_modes
+from runtime.line_input import input_waiting, set_handler, set_modes, waiting_taker
 
 HELP = ("commands: /reset (forget the conversation), /system TEXT (set the system prompt "
         "and start over), /exit (quit), /help; \"\"\" starts and ends a message of several "
@@ -495,13 +495,8 @@ def _readline_reader(fd: int, out, typed_ahead: str, encoding: str | None = None
             return input(prompt)
         finally:
             readline.set_startup_hook(None)
-
-    def take_waiting() -> str:
-        keys = "".join(ahead)
-        ahead.clear()
-        return keys + decoder.decode(read_waiting(fd))
     read.discard = ahead.clear
-    read.take_waiting = take_waiting
+    read.take_waiting = waiting_taker(fd, ahead, decoder)
     return read
 
 

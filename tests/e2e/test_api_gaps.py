@@ -122,27 +122,33 @@ def test_a_request_head_too_slow_gets_a_408_a_browser_can_read(inproc):
     _cors_like_the_app(inproc, headers)
 
 
+def one_connection_too_many(srv, monkeypatch):
+    """GET /health (with a foreign Origin) from a connection beyond a cap of two, both
+    taken by requests whose bodies are still coming -> (status, headers, body)."""
+    monkeypatch.setattr(srv.httpd, "max_connections", 2)
+    wait_for(lambda: not srv.httpd.open_conns, BOUND_S,
+             "the connections of earlier tests are still open")
+    busy = []
+    try:
+        for _ in range(2):
+            busy.append(_connect(srv.port))
+            busy[-1].sendall(b"POST /tokenize HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                             b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{")
+        conns = lambda: list(srv.httpd.open_conns.values())  # noqa: E731
+        wait_for(lambda: len(conns()) == 2 and not any(c.reading_head for c in conns()),
+                 BOUND_S, "the two requests never reached their bodies")
+        return http_request("GET", srv.test_url + "/health", headers={"Origin": ORIGIN},
+                            timeout=BOUND_S)
+    finally:
+        for s in busy:
+            s.close()
+
+
 def test_one_connection_too_many_gets_a_503_a_browser_can_read(inproc, monkeypatch):
     """The 503 for a connection beyond the cap is written by the accepting thread: under
     --cors it had no Access-Control-Allow-Origin, so a page of another origin could not
     see "try again shortly"."""
-    monkeypatch.setattr(inproc.httpd, "max_connections", 2)
-    wait_for(lambda: not inproc.httpd.open_conns, BOUND_S,
-             "the connections of earlier tests are still open")
-    busy = []
-    try:
-        for _ in range(2):   # requests whose bodies are still coming
-            busy.append(_connect(inproc.port))
-            busy[-1].sendall(b"POST /tokenize HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                             b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{")
-        conns = lambda: list(inproc.httpd.open_conns.values())  # noqa: E731
-        wait_for(lambda: len(conns()) == 2 and not any(c.reading_head for c in conns()),
-                 BOUND_S, "the two requests never reached their bodies")
-        status, headers, data = http_request("GET", inproc.test_url + "/health",
-                                             headers={"Origin": ORIGIN}, timeout=BOUND_S)
-    finally:
-        for s in busy:
-            s.close()
+    status, headers, data = one_connection_too_many(inproc, monkeypatch)
     assert status == 503, data
     assert "too many open connections" in json.loads(data)["error"]["message"]
     assert headers.get("retry-after") == "1", headers

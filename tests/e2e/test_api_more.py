@@ -21,12 +21,12 @@ loads (so it answers 503 "loading" for good) in this process. Nothing asserts ti
 from __future__ import annotations
 
 import json
-import socket
 import threading
 
 import pytest
 
-from tests.e2e.conftest import TINY, http_request, post_json, sse_events, wait_for
+from tests.e2e.conftest import TINY, http_request, post_json, sse_events
+from tests.e2e.test_api_gaps import one_connection_too_many
 
 openai = pytest.importorskip("openai", reason="the openai client is not installed")
 
@@ -127,23 +127,7 @@ def test_a_503_while_loading_exposes_retry_after_under_cors(loading):
 def test_the_raw_503_of_one_connection_too_many_exposes_retry_after_under_cors(
         loading, monkeypatch):
     """Written by the accepting thread (_raw_error), not the app."""
-    monkeypatch.setattr(loading.httpd, "max_connections", 2)
-    wait_for(lambda: not loading.httpd.open_conns, BOUND_S,
-             "the connections of earlier tests are still open")
-    busy = []
-    try:
-        for _ in range(2):   # requests whose bodies are still coming
-            busy.append(socket.create_connection(("127.0.0.1", loading.port), timeout=BOUND_S))
-            busy[-1].sendall(b"POST /tokenize HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                             b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{")
-        conns = lambda: list(loading.httpd.open_conns.values())  # noqa: E731
-        wait_for(lambda: len(conns()) == 2 and not any(c.reading_head for c in conns()),
-                 BOUND_S, "the two requests never reached their bodies")
-        status, headers, data = http_request("GET", loading.test_url + "/health",
-                                             headers={"Origin": ORIGIN}, timeout=BOUND_S)
-    finally:
-        for s in busy:
-            s.close()
+    status, headers, data = one_connection_too_many(loading, monkeypatch)
     assert status == 503 and b"too many open connections" in data, data
     assert headers.get("retry-after") == "1", headers
     _expose_like_the_app(loading, headers)

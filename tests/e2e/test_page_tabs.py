@@ -15,14 +15,13 @@ test_page_recovery.py.
 from __future__ import annotations
 
 import json
-import socket
 import time
-import urllib.parse
 
-from tests.e2e.conftest import TINY, http_request, require_chromium, with_context_length
+from tests.e2e.conftest import TINY, require_chromium, with_context_length
 from tests.e2e.test_page import (  # noqa: F401 - `page` is a fixture
     TIMEOUT_MS, assistant_bodies, current_conv, open_page, page, record_chat_requests,
     send, set_settings, wait_idle)
+from tests.e2e.test_api_llama import _send_completion, _slots
 from tests.e2e.test_page_recovery import FAST_CLOCK, error_text
 from tests.e2e.test_page_reply_life import (
     CHAT_URL, LAST_REPLY_LEN, SLOW_BYTES_S, full_speed, import_json, start_slow_reply)
@@ -153,20 +152,14 @@ def test_a_reply_whose_tab_vanished_without_a_word_is_stopped_after_a_while(brow
 def _start_long_completion(url, n_predict=4000):
     """A streamed /completion from "another program" that runs for seconds (end of text
     banned), on a raw socket that the test closes to cancel it."""
-    u = urllib.parse.urlsplit(url)
-    body = json.dumps({"prompt": [1, 50, 60, 70], "n_predict": n_predict, "temperature": 1.0,
-                       "seed": 5, "stream": True, "cache_prompt": False,
-                       "logit_bias": [[2, False], [507, False], [508, False]]}).encode()
-    s = socket.create_connection((u.hostname, u.port), timeout=30)
-    s.sendall(b"POST /completion HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-              b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-    return s
+    return _send_completion(url, {
+        "prompt": [1, 50, 60, 70], "n_predict": n_predict, "temperature": 1.0, "seed": 5,
+        "stream": True, "cache_prompt": False,
+        "logit_bias": [[2, False], [507, False], [508, False]]})
 
 
 def _processing(url):
-    status, _, data = http_request("GET", url + "/slots")
-    assert status == 200, data
-    return json.loads(data)[0]["is_processing"]
+    return _slots(url)["is_processing"]
 
 
 def test_a_message_waiting_for_another_programs_reply_says_so(browser, server_factory, tmp_path):
