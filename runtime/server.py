@@ -677,6 +677,9 @@ def build_app(st: State) -> bottle.Bottle:
             # text instead of answering; the page says so.
             "chat_template_builtin": not model.chat_template,
             "title": st.title or st.model_id, "system_prompt": st.system or "",
+            # The largest request body taken (413 above it): the page checks a message
+            # against it before sending, and keeps one too big in its box.
+            "max_body_bytes": st.max_body_bytes,
             "default_generation_settings": {
                 "n_ctx": st.n_ctx, "model": st.model_id,
                 "params": {"temperature": d.temperature, "top_k": d.top_k, "top_p": d.top_p,

@@ -46,6 +46,13 @@
   // answering someone else meanwhile (another tab, another program), and says so.
   var QUEUE_CHECK_MS = 1500;
   var QUEUE_POLL_MS = 2000;  // and asks again, until the first word
+  // The largest request the server takes (runtime/server.py's max_body_bytes; a /props
+  // that says max_body_bytes is taken at its word). A message the requests that carry it
+  // (/tokenize, /apply-template, the reply's) would not hold is refused before it is
+  // added, and stays in the box: the server's 413 said "edit your message" with the
+  // message gone from the box into the chat.
+  var MAX_BODY_BYTES = 1 << 20;
+  var REQUEST_ROOM_BYTES = 4096; // a request beside its messages: the settings, the JSON
   var MIN_REPLY_TOK = 64;    // room left for a reply to a message bigger than the reserve allows
   // The reply's reserve is at most this share of the context. Half (as it was) left a
   // 1024-token chat room for one long answer: the very next question was sent without
@@ -67,7 +74,10 @@
     defaults: { systemPrompt: "", temperature: 0.8, topP: 0.95, maxTokens: 512, seed: "" },
     settings: {},
     convs: [],
-    forgotten: {}, // ids of chats deleted in this tab: a save must not bring them back
+    forgotten: {}, // ids of chats deleted (here or in another tab): a save must not bring them back
+    // Chat id -> the chat as text (see chatText) when this tab last read it from storage
+    // or saved it: a chat whose text is another now was changed here (see changedHere).
+    synced: {},
     currentId: null,
     tokenCache: new Map(), // message text -> token count (from /tokenize)
     modelKey: null, // which model (and template, context) the token counts are for
@@ -323,7 +333,13 @@
     try { return fn(); } finally { undo.forEach(function (f) { f(); }); }
   }
 
-  function persist() { asIfStopped(save); }
+  /* Saves the chats (see save). Chats another tab deleted meanwhile go (see dropDeleted). */
+  function persist() {
+    var gone = asIfStopped(save);
+    if (!gone.length) return;
+    // (after asIfStopped: the replies are drawn as they are, not as saved)
+    if (dropDeleted(gone)) renderAll(); else renderSidebar();
+  }
 
   /* While this tab writes replies, they are saved every SAVE_EVERY_MS: what has arrived
    * survives a crash, and the mark that tells other tabs they are being written here is
@@ -349,14 +365,70 @@
     if (!beatTimer) beatTimer = setInterval(beat, SAVE_EVERY_MS / 2);
   }
 
+  /* Chat c as text: its name (title, and the time it changed) and the rest (its
+   * messages, the mark of a reply being written in it). */
+  function chatText(c) {
+    var body = Object.assign({}, c);
+    delete body.title;
+    delete body.updated;
+    return { name: JSON.stringify([c.title, c.updated]), body: JSON.stringify(body) };
+  }
+
+  function sameText(x, y) { return x.name === y.name && x.body === y.body; }
+
+  /* What this tab changed in chat c since it last read it from storage or saved it: ""
+   * nothing, "title" only its name (a rename: the messages it holds may be older than
+   * those stored, a reply another tab writes), "all" more. */
+  function changedHere(c) {
+    var now = chatText(c), was = state.synced[c.id];
+    if (!was || now.body !== was.body) return "all";
+    return now.name !== was.name ? "title" : "";
+  }
+
+  /* -> the chats of this tab that another tab deleted meanwhile (see dropDeleted). */
   function save() {
-    // Saving merges with what is stored: chats another tab made since this one last
-    // read them are kept (and shown here from now on).
-    var saved = Store.saveConversations(state.convs, state.forgotten);
+    // Saving merges with what is stored, chat by chat: only the chats this tab changed
+    // are saved as it has them (another tab's newer save of the others stays), and chats
+    // another tab made since this one last read them are kept (and shown here from now on).
+    var before = state.convs;
+    var saved = Store.saveConversations(before, state.forgotten, changedHere);
     state.convs = saved.list;
+    if (saved.ok) {
+      saved.written.forEach(function (id) {
+        var c = state.convs.find(function (x) { return x.id === id; });
+        state.synced[id] = chatText(c);
+      });
+    }
     saveWarning = saved.ok ? "" : MSG_NOT_SAVED;
     setNotice(noticeText);
     Store.saveCurrentId(state.currentId);
+    return before.filter(function (c) { return saved.gone.indexOf(c.id) >= 0; });
+  }
+
+  /* Chats another tab deleted that this tab still had: the deletion wins (it is the last
+   * word of the user, who was asked). A reply being written in one stops, as it does when
+   * its chat is deleted here, and nothing more of it is saved; saved, it would bring the
+   * chat back. The open chat gone, another is shown; the notice says why.
+   * -> whether the open chat went. */
+  function dropDeleted(convs) {
+    var named = [], writing = false;
+    convs.forEach(function (c) {
+      state.forgotten[c.id] = true;
+      if (runOf(c)) writing = true;
+      if (runOf(c) || c.id === state.currentId) named.push("\u201c" + c.title + "\u201d");
+      stop(c);
+    });
+    state.convs = state.convs.filter(function (c) { return !state.forgotten[c.id]; });
+    var moved = !state.convs.some(function (c) { return c.id === state.currentId; });
+    if (moved) {
+      state.currentId = state.convs.length ? state.convs[0].id : null;
+      clearChatMessages();
+    }
+    if (named.length) {
+      setNotice(named.join(", ") + (named.length > 1 ? " were" : " was") + " deleted in another tab" +
+        (writing ? ": the reply being written here was stopped." : "."));
+    }
+    return moved;
   }
 
   /* Keeps this tab's object for chat `mine` in `list` (the other tab's copy of it
@@ -377,9 +449,17 @@
   function onOtherTabSaved(e) {
     if (e.key === Store.KEY_SETTINGS) { state.settings = Store.loadSettings(); updateContextUse(); return; }
     if (e.key !== Store.KEY_CONVS) return;
+    var stored = Store.loadConversations().filter(function (c) { return !state.forgotten[c.id]; });
+    var list = stored.slice();
+    // A chat this tab writes a reply in, or shows, deleted in another tab: not kept here.
+    var dead = {};
+    Store.loadDeleted().forEach(function (id) { dead[id] = true; });
+    var lost = state.convs.filter(function (c) {
+      return dead[c.id] && (runOf(c) || c.id === state.currentId);
+    });
+    var moved = lost.length > 0 && dropDeleted(lost);
     var mine = current();
-    var list = Store.loadConversations().filter(function (c) { return !state.forgotten[c.id]; });
-    var redraw = true, moved = false;
+    var redraw = true;
     if (mine) {
       var i = list.findIndex(function (c) { return c.id === mine.id; });
       var same = i >= 0 && JSON.stringify(list[i].messages) === JSON.stringify(mine.messages);
@@ -395,34 +475,53 @@
         redraw = writtenElsewhere(mine) !== was;
       }
     }
-    allRuns().forEach(function (run) { if (run.conv !== mine) keepMine(list, run.conv); });
+    allRuns().forEach(function (run) {
+      // (a reply stopped as its chat was deleted: it ends in a moment, unsaved)
+      if (run.conv !== mine && !state.forgotten[run.conv.id]) keepMine(list, run.conv);
+    });
     state.convs = list;
+    // What this tab now holds as stored: the other tab's chats, and its own where they
+    // are the same (a chat changed here still differs, and the next save writes it).
+    var byId = {};
+    stored.forEach(function (c) { byId[c.id] = c; });
+    list.forEach(function (c) {
+      var there = byId[c.id];
+      if (!there) return;
+      var text = chatText(c);
+      if (c === there || sameText(text, chatText(there))) state.synced[c.id] = text;
+    });
     if (!list.some(function (c) { return c.id === state.currentId; })) {
       state.currentId = list.length ? list[0].id : null;
       redraw = moved = true;
     }
     // The same chat, grown in the other tab: a reader scrolled up in it stays put.
-    if (redraw) renderAll(!moved); else { renderHeader(); renderSidebar(); planWriterCheck(); }
+    if (redraw || moved) renderAll(!moved); else { renderHeader(); renderSidebar(); }
   }
 
-  /* The open chat's reply is being written in another tab: once that tab's mark is too
-   * old (it went without a word), the reply is drawn again as a stopped one. */
+  /* Chats whose reply another tab writes: the list marks them, and the open one shows
+   * its reply as being written there. Once such a tab's mark is too old (it went without
+   * a word), the list's mark goes and the open chat's reply is drawn again as a stopped
+   * one. (A mark renewed, or gone with a save, comes with a storage event: see
+   * onOtherTabSaved.) */
   var writerTimer = null;
   function planWriterCheck() {
     clearTimeout(writerTimer);
     writerTimer = null;
-    var c = current();
-    if (!writtenElsewhere(c)) {
-      if (noticeText === MSG_ELSEWHERE_SEND) setNotice(""); // (the message can go now)
-      return;
-    }
-    var waitMs = Math.max(0, c.writingAt + WRITER_GONE_MS - Date.now()) + 50;
+    if (!writtenElsewhere(current()) && noticeText === MSG_ELSEWHERE_SEND) setNotice(""); // (the message can go now)
+    var endsAt = Infinity;
+    state.convs.forEach(function (c) {
+      if (writtenElsewhere(c)) endsAt = Math.min(endsAt, c.writingAt + WRITER_GONE_MS);
+    });
+    if (endsAt === Infinity) return;
+    var waitMs = Math.max(0, endsAt - Date.now()) + 50;
     writerTimer = setTimeout(function () {
       writerTimer = null;
-      if (c !== current()) return; // (another chat was drawn meanwhile, and planned its own)
-      if (writtenElsewhere(c)) { planWriterCheck(); return; } // (renewed meanwhile)
-      renderMessages(true);
-      updateButtons();
+      var shown = $("messages").querySelector("[data-testid=elsewhere-note]");
+      if (shown && !writtenElsewhere(current())) {
+        renderMessages(true);
+        updateButtons();
+      }
+      renderSidebar(); // (and plans the next check)
     }, Math.min(waitMs, 2 * WRITER_GONE_MS));
   }
 
@@ -467,7 +566,10 @@
   async function deleteCurrent() {
     var c = current();
     if (!c) return;
-    var ok = await ask("Delete \u201c" + c.title + "\u201d? This cannot be undone.", { confirmOnly: true, okLabel: "Delete", danger: true });
+    // (its reply, should another tab write one, stops there: see dropDeleted)
+    var ok = await ask("Delete \u201c" + c.title + "\u201d? " +
+      (writtenElsewhere(c) ? "The reply being written in it in another tab stops too. " : "") +
+      "This cannot be undone.", { confirmOnly: true, okLabel: "Delete", danger: true });
     if (!ok) return;
     stop(c); // (its reply has nowhere to go)
     state.forgotten[c.id] = true;
@@ -782,14 +884,22 @@
       var li = document.createElement("li");
       li.className = "conv-item";
       li.setAttribute("data-testid", "conv-item");
-      var busy = !!runOf(c);
-      var b = button(c.title, "conv-open", "Open chat: " + c.title + (busy ? " (a reply is being written)" : ""),
+      var busy = !!runOf(c), away = !busy && writtenElsewhere(c);
+      var b = button(c.title, "conv-open", "Open chat: " + c.title +
+        (busy ? " (a reply is being written)" : away ? " (a reply is being written in another tab)" : ""),
         function () { selectConversation(c.id); });
       if (busy) { li.classList.add("busy"); li.setAttribute("data-busy", "true"); b.title = "A reply is being written"; }
+      if (away) {
+        // (a dot of its own: this tab's Stop does not stop it)
+        li.classList.add("elsewhere");
+        li.setAttribute("data-elsewhere", "true");
+        b.title = "A reply is being written in another tab";
+      }
       if (c.id === state.currentId) { li.classList.add("active"); b.setAttribute("aria-current", "true"); }
       li.appendChild(b);
       list.appendChild(li);
     });
+    planWriterCheck(); // (a mark shown goes when its tab stops renewing it)
   }
 
   function renderHeader() {
@@ -875,6 +985,8 @@
     function submit() {
       var text = ta.value;
       if (!text.trim()) return;
+      var big = tooBigToSend(c, text);
+      if (big) { setError(big); return; } // (the edit box stays as it is)
       // Editing rewinds the chat: everything after this message is dropped.
       c.messages = c.messages.slice(0, index);
       c.messages.push({ role: "user", content: text });
@@ -1110,18 +1222,38 @@
     return cut.replace(/[\s,;:.\-]+$/, "") + "\u2026";
   }
 
+  function sizeText(bytes) {
+    return bytes >= 1 << 20 ? (bytes / (1 << 20)).toFixed(1) + " MB" : Math.ceil(bytes / 1024) + " KB";
+  }
+
+  /* Why `text` cannot be sent as a message of chat c (with its system message), or "":
+   * the server would refuse the requests that carry it as too large. */
+  function tooBigToSend(c, text) {
+    var p = state.props || {};
+    var limitBytes = Number(p.max_body_bytes) > 0 ? Number(p.max_body_bytes) : MAX_BODY_BYTES;
+    var msgs = withSystem(c || { messages: [] }, effectiveSettings()).pinned.concat([{ role: "user", content: text }]);
+    var bytes = new TextEncoder().encode(JSON.stringify({ messages: msgs })).length;
+    if (bytes + REQUEST_ROOM_BYTES <= limitBytes) return "";
+    return "This message is too long to send (" + sizeText(bytes) + "): the server takes at most " +
+      sizeText(limitBytes) + " at a time" +
+      (state.nCtx ? ", and the model reads at most " + state.nCtx + " tokens of a chat, a few characters each" : "") +
+      ". It stays in the box: keep the part that matters, and send that.";
+  }
+
   function send(text) {
     if (runOf(current())) return;
     if (!text.trim()) return;
     // Sent now, the message would be answered after half a reply, and the other tab's
     // save of the whole one would then drop it: it waits in the box.
     if (writtenElsewhere(current())) { setNotice(MSG_ELSEWHERE_SEND); return; }
+    var big = tooBigToSend(current(), text);
+    if (big) { setError(big); return; }
     var c = current() || newConversation();
     c.messages.push({ role: "user", content: text });
     if (c.title === "New chat") c.title = titleFrom(text);
     c.updated = Date.now();
     $("input").value = "";
-    autosize();
+    draftChanged();
     persist();
     renderAll();
     generate(c);
@@ -1416,6 +1548,23 @@
     ta.style.height = Math.min(ta.scrollHeight, 200) + "px";
   }
 
+  /* The message box's direction, as dir="auto" finds it (its first letter's), worked out
+   * here: with dir="auto", Chromium works the direction out again for each line of the
+   * box's text, and a pasted log of 1.5 MB froze the tab for seconds (a few ms now). */
+  var RE_LETTER = /\p{L}/u;
+  var RE_RTL_LETTER = /^[\u0590-\u08FF\uFB1D-\uFDFF\uFE70-\uFEFF\u{10800}-\u{10FFF}\u{1E800}-\u{1EFFF}]/u;
+  function textDirection(text) {
+    var first = RE_LETTER.exec(text);
+    return first && RE_RTL_LETTER.test(first[0]) ? "rtl" : "ltr";
+  }
+
+  /* The draft changed (typed, pasted, sent): the box's direction and height follow it. */
+  function draftChanged() {
+    var ta = $("input"), dir = textDirection(ta.value);
+    if (ta.dir !== dir) ta.dir = dir;
+    autosize();
+  }
+
   /* ---------- watching the server ---------- */
 
   /* A user may quit chatfile (or close its window) and start it again, maybe with
@@ -1673,7 +1822,7 @@
         send($("input").value);
       }
     });
-    $("input").addEventListener("input", autosize);
+    $("input").addEventListener("input", draftChanged);
     document.addEventListener("keydown", function (e) {
       if (e.key !== "Escape" || e.isComposing || e.defaultPrevented || document.querySelector("dialog[open]")) return;
       if (sidebarOpen()) closeSidebar(true); // (the phone's list first: it is in front)
@@ -1732,6 +1881,7 @@
     Api.setApiKey(Store.loadApiKey());
     state.settings = Store.loadSettings();
     state.convs = Store.loadConversations();
+    state.convs.forEach(function (c) { state.synced[c.id] = chatText(c); });
     var saved = Store.loadCurrentId();
     state.currentId = state.convs.some(function (c) { return c.id === saved; }) ? saved : (state.convs[0] ? state.convs[0].id : null);
     wireEvents();
@@ -1739,6 +1889,7 @@
     await loadProps();
     show($("loading"), false);
     show($("app"), true);
+    draftChanged(); // (a draft the browser kept across a reload: its direction)
     document.body.setAttribute("data-ready", "true");
     renderAll();
     $("input").focus();

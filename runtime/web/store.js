@@ -13,6 +13,10 @@
   var KEY_CURRENT = "chatfile.current";
   var KEY_SETTINGS = "chatfile.settings";
   var KEY_API = "chatfile.apiKey";
+  var KEY_DELETED = "chatfile.deleted";
+  // How many deleted chats' ids are kept: a tab holds a chat deleted elsewhere only
+  // while it writes a reply in it, or until the storage event of the deletion.
+  var DELETED_KEPT = 500;
   var ROLES = { system: true, user: true, assistant: true };
   // Why a reply ended early: at the max-tokens setting, or at the end of the context.
   var CUTS = { length: true, context: true };
@@ -107,17 +111,59 @@
     return list.map(cleanConversation).filter(Boolean);
   }
 
-  /* Saves this tab's list merged with what is stored: a chat another tab added stays
-   * (after this tab's own), unless `forgotten` (ids deleted here) names it. A chat both
-   * have is saved as this tab has it. -> {ok, list}: the list as saved. */
-  function saveConversations(list, forgotten) {
-    var mine = {};
-    list.forEach(function (c) { mine[c.id] = true; });
-    var others = loadConversations().filter(function (c) {
-      return !mine[c.id] && !(forgotten && forgotten[c.id]);
+  /* The ids of the chats deleted in any tab of this browser (the newest last): a tab
+   * still holding one (writing a reply in it) must not save it back. */
+  function loadDeleted() {
+    var ids = readJson(KEY_DELETED, []);
+    return Array.isArray(ids) ? ids.filter(function (id) { return typeof id === "string"; }) : [];
+  }
+
+  /* Saves this tab's chats merged with what is stored, chat by chat. A chat whose
+   * messages this tab changed since it last read or saved it (`changed(c)` is "all"), or
+   * that is not stored yet, is saved as this tab has it (with the stored title when that
+   * is newer: a rename made elsewhere); one it only renamed ("title") with the stored
+   * messages and its title; any other as stored: another tab may have saved a newer one
+   * whose `storage` event this tab has not had yet (writing this tab's copy lost that
+   * tab's final reply). A chat another tab added stays (after this tab's own). A chat
+   * deleted, here (`forgotten`) or in another tab (loadDeleted), goes, also from this tab.
+   * -> {ok, list, written, gone}: this tab's list as it now is (its own objects and the
+   * chats other tabs added), the ids of the chats whose change was saved, and those of
+   * its chats another tab deleted. */
+  function saveConversations(list, forgotten, changed) {
+    var deleted = loadDeleted(), dead = {};
+    deleted.forEach(function (id) { dead[id] = true; });
+    var fresh = Object.keys(forgotten || {}).filter(function (id) { return !dead[id]; });
+    if (fresh.length) {
+      deleted = deleted.concat(fresh).slice(-DELETED_KEPT);
+      fresh.forEach(function (id) { dead[id] = true; });
+      writeJson(KEY_DELETED, deleted); // (before the chats: a tab told of them finds it)
+    }
+    var stored = {}, mine = {};
+    loadConversations().forEach(function (c) { stored[c.id] = c; });
+    var shown = [], out = [], written = [], gone = [];
+    list.forEach(function (c) {
+      mine[c.id] = true;
+      if (dead[c.id]) { gone.push(c.id); return; }
+      var there = stored[c.id], what = there ? changed(c) : "all";
+      shown.push(c);
+      if (!what) { out.push(there); return; }
+      if (there && there.updated > c.updated) {
+        c.title = there.title;
+        c.updated = there.updated;
+      }
+      if (what === "title") {
+        there.title = c.title;
+        there.updated = c.updated;
+      }
+      out.push(what === "title" ? there : c);
+      written.push(c.id);
     });
-    var merged = list.concat(others);
-    return { ok: writeJson(KEY_CONVS, merged), list: merged };
+    Object.keys(stored).forEach(function (id) {
+      if (mine[id] || dead[id]) return;
+      shown.push(stored[id]);
+      out.push(stored[id]);
+    });
+    return { ok: writeJson(KEY_CONVS, out), list: shown, written: written, gone: gone };
   }
 
   /* A conversation read from a file: a new id (never overwrite an existing chat), and
@@ -225,6 +271,7 @@
     newId: newId,
     loadConversations: loadConversations,
     saveConversations: saveConversations,
+    loadDeleted: loadDeleted,
     loadCurrentId: function () { return readJson(KEY_CURRENT, null); },
     saveCurrentId: function (id) { writeJson(KEY_CURRENT, id); },
     loadSettings: loadSettings,

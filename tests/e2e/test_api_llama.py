@@ -311,6 +311,7 @@ def test_props_and_health(tiny_server, tiny_model):
     assert p["total_slots"] == 1 and p["model_name"] == tiny_model.name
     assert "<|im_start|>" in p["chat_template"]             # the ChatML fallback
     assert p["default_generation_settings"]["n_ctx"] == 256
+    assert p["max_body_bytes"] == 1 << 20  # the page's size check before sending
     status, _, data = http_request("GET", tiny_server.url + "/health")
     h = json.loads(data)
     assert status == 200 and h["status"] == "ok"
