@@ -47,14 +47,7 @@ def servers():
 
     def serve(cors: bool):
         if cors not in started:
-            srv = server.Server(TINY, port=0, cors=cors, log=lambda msg: None)
-            started[cors] = srv
-            srv.start_loading()
-            threading.Thread(target=srv.serve_forever, daemon=True).start()
-            wait_for(lambda: srv.state.engine is not None or srv.state.error, 60, "no model")
-            assert srv.state.error is None, srv.state.error
-            srv.test_url = f"http://127.0.0.1:{srv.port}"
-            srv.cors_on = cors
+            started[cors] = inproc_server(cors)
         return started[cors]
     try:
         yield serve
@@ -62,6 +55,23 @@ def servers():
         for srv in started.values():
             srv.shutdown()
         mp.undo()
+
+
+def inproc_server(cors: bool, load: bool = True):
+    """The tiny model served in this process (with or without --cors), its model loaded,
+    or never loading (every API request then gets the 503 "still loading"). Shut it down
+    with .shutdown()."""
+    from runtime import server
+    srv = server.Server(TINY, port=0, cors=cors, log=lambda msg: None)
+    if load:
+        srv.start_loading()
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    if load:
+        wait_for(lambda: srv.state.engine is not None or srv.state.error, 60, "no model")
+        assert srv.state.error is None, srv.state.error
+    srv.test_url = f"http://127.0.0.1:{srv.port}"
+    srv.cors_on = cors
+    return srv
 
 
 @pytest.fixture(params=[False, True], ids=["no-cors", "cors"])

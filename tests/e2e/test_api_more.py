@@ -21,12 +21,11 @@ loads (so it answers 503 "loading" for good) in this process. Nothing asserts ti
 from __future__ import annotations
 
 import json
-import threading
 
 import pytest
 
 from tests.e2e.conftest import TINY, http_request, post_json, sse_events
-from tests.e2e.test_api_gaps import one_connection_too_many
+from tests.e2e.test_api_gaps import inproc_server, one_connection_too_many
 
 openai = pytest.importorskip("openai", reason="the openai client is not installed")
 
@@ -80,16 +79,11 @@ def test_openai_client_raises_a_clear_error_for_embeddings_at_once(tiny_server):
 def loading_servers():
     """serve(cors): a server in this process whose model never loads, so that every API
     request gets the 503 "still loading" with Retry-After; one of each per module."""
-    from runtime import server
     started = {}
 
     def serve(cors: bool):
         if cors not in started:
-            srv = server.Server(TINY, port=0, cors=cors, log=lambda msg: None)
-            threading.Thread(target=srv.serve_forever, daemon=True).start()
-            srv.test_url = f"http://127.0.0.1:{srv.port}"
-            srv.cors_on = cors
-            started[cors] = srv
+            started[cors] = inproc_server(cors, load=False)
         return started[cors]
     try:
         yield serve
