@@ -20,11 +20,12 @@ loads (so it answers 503 "loading" for good) in this process. Nothing asserts ti
 """
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
 
-from tests.e2e.conftest import TINY, http_request, post_json, sse_events
+from tests.e2e.conftest import ROOT, TINY, http_request, post_json, sse_events
 from tests.e2e.test_api_gaps import inproc_server, one_connection_too_many
 
 openai = pytest.importorskip("openai", reason="the openai client is not installed")
@@ -187,21 +188,33 @@ def _offsets(url, prompt, stream: bool, **kw):
     return text, toks, offs
 
 
-@pytest.fixture(scope="module")
-def llama_cpp_model():
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python (the reference) "
-                                                        "is not installed")
-    return llama_cpp.Llama(str(TINY), logits_all=True, verbose=False, n_ctx=256, seed=1)
+# llama-cpp-python's answer to OFFSET_PROMPT, recorded by tests/fixtures/llama_cpp/
+# make_reference.py (llama-cpp-python is an optional extra that CI does not build).
+OFFSET_REFERENCE = ROOT / "tests" / "fixtures" / "llama_cpp" / "text_offset.json"
 
 
-def test_text_offset_counts_as_llama_cpp_python_does(tiny_server, llama_cpp_model):
+def test_the_recorded_llama_cpp_reference_is_what_llama_cpp_says_today():
+    """Where llama-cpp-python is installed, the recording is checked against it."""
+    ref = json.loads(OFFSET_REFERENCE.read_text())
+    assert ref["model"] == TINY.name and ref["prompt"] == OFFSET_PROMPT
+    assert hashlib.sha256(TINY.read_bytes()).hexdigest() == ref["model_sha256"]
+    try:
+        import llama_cpp
+    except ImportError:
+        return  # (the recording alone, as in CI; the test below uses it)
+    llm = llama_cpp.Llama(str(TINY), logits_all=True, verbose=False, n_ctx=256, seed=1)
+    live = llm.create_completion(OFFSET_PROMPT, max_tokens=ref["max_tokens"], temperature=0,
+                                 logprobs=1)["choices"][0]
+    assert (live["text"], live["logprobs"]["text_offset"]) == (ref["text"], ref["text_offset"])
+
+
+def test_text_offset_counts_as_llama_cpp_python_does(tiny_server):
     """Each token's place in the prompt's text followed by the completion; the offsets
     started at 0 instead of at the prompt's length, and at 0 again in every chunk."""
-    ref = llama_cpp_model.create_completion(OFFSET_PROMPT, max_tokens=8, temperature=0,
-                                            logprobs=1)["choices"][0]
+    ref = json.loads(OFFSET_REFERENCE.read_text())
     text, _, offs = _offsets(tiny_server.url, OFFSET_PROMPT, stream=False)
     assert text == ref["text"], "llama.cpp's greedy reply differs: no reference here"
-    assert offs == ref["logprobs"]["text_offset"], (offs, ref["logprobs"]["text_offset"])
+    assert offs == ref["text_offset"], (offs, ref["text_offset"])
     assert offs[0] == len(OFFSET_PROMPT)
     assert _offsets(tiny_server.url, OFFSET_PROMPT, stream=True)[::2] == (text, offs)
 
