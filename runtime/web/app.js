@@ -656,11 +656,14 @@
     if (partial) holdCopies(body, true);
   }
 
+  /* A Copy button held until its reply is complete, or let go. */
+  function holdCopy(b, hold) {
+    b.disabled = hold;
+    if (hold) b.title = MSG_COPY_LATER; else b.removeAttribute("title");
+  }
+
   function holdCopies(body, hold) {
-    body.querySelectorAll("[data-testid=copy-code]").forEach(function (b) {
-      b.disabled = hold;
-      if (hold) b.title = MSG_COPY_LATER; else b.removeAttribute("title");
-    });
+    body.querySelectorAll("[data-testid=copy-code]").forEach(function (b) { holdCopy(b, hold); });
   }
 
   /* Whether the reply at `index` can be continued: the chat's last message, a reply to a
@@ -797,8 +800,7 @@
       });
       if (streaming || elsewhere) {
         // Not the text so far: Copy is for the whole reply, once it is there.
-        copy.disabled = true;
-        copy.title = MSG_COPY_LATER;
+        holdCopy(copy, true);
         if (streaming) run.copyEl = copy;
       }
       actions.appendChild(copy);
@@ -1450,7 +1452,7 @@
         r.serverBusy = false; // (its own turn may have come: the next look at /slots tells)
         updateWaitNote(r);
       });
-      if (run.copyEl) { run.copyEl.disabled = false; run.copyEl.removeAttribute("title"); }
+      if (run.copyEl) holdCopy(run.copyEl, false);
       if (run.bodyEl) holdCopies(run.bodyEl, false); // (its code blocks' too)
       c.updated = Date.now();
       persist();
