@@ -21,6 +21,7 @@ took.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import select
@@ -43,18 +44,28 @@ def servers():
     mp = pytest.MonkeyPatch()
     mp.setattr(server._Handler, "head_timeout_s", 1)
     mp.setattr(server._Handler, "body_timeout_s", 30)
+    try:
+        with inproc_servers() as serve:
+            yield serve
+    finally:
+        mp.undo()
+
+
+@contextlib.contextmanager
+def inproc_servers(load: bool = True):
+    """serve(cors): inproc_server(cors, load), started once for each cors; all shut down
+    at the end."""
     started = {}
 
     def serve(cors: bool):
         if cors not in started:
-            started[cors] = inproc_server(cors)
+            started[cors] = inproc_server(cors, load)
         return started[cors]
     try:
         yield serve
     finally:
         for srv in started.values():
             srv.shutdown()
-        mp.undo()
 
 
 def inproc_server(cors: bool, load: bool = True):

@@ -26,7 +26,7 @@ import json
 import pytest
 
 from tests.e2e.conftest import ROOT, TINY, http_request, post_json, sse_events
-from tests.e2e.test_api_gaps import inproc_server, one_connection_too_many
+from tests.e2e.test_api_gaps import inproc_servers, one_connection_too_many
 
 openai = pytest.importorskip("openai", reason="the openai client is not installed")
 
@@ -80,17 +80,8 @@ def test_openai_client_raises_a_clear_error_for_embeddings_at_once(tiny_server):
 def loading_servers():
     """serve(cors): a server in this process whose model never loads, so that every API
     request gets the 503 "still loading" with Retry-After; one of each per module."""
-    started = {}
-
-    def serve(cors: bool):
-        if cors not in started:
-            started[cors] = inproc_server(cors, load=False)
-        return started[cors]
-    try:
+    with inproc_servers(load=False) as serve:
         yield serve
-    finally:
-        for srv in started.values():
-            srv.shutdown()
 
 
 @pytest.fixture(params=[False, True], ids=["no-cors", "cors"])
