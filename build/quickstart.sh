@@ -5,7 +5,8 @@
 #   NO_LAUNCH=1 sh build/quickstart.sh  # build only
 #
 # Idempotent: the venv, the model (~/.cache/chatfile/models) and the stub
-# (~/.cache/chatfile/stubs) are reused when present; the bundle is rewritten (seconds).
+# (~/.cache/chatfile/stubs; both under $CHATFILE_CACHE_DIR when set) are reused when
+# present; the bundle is rewritten (seconds).
 set -eu
 
 cd "$(dirname "$0")/.."

@@ -21,6 +21,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from bundler import cache
+
 
 class ModelFetchError(RuntimeError):
     pass
@@ -59,9 +61,8 @@ DEFAULT = QWEN
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("CHATFILE_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "chatfile")
-    return Path(base) / "models"
+    """The models' directory in chatfile's cache (see bundler/cache.py)."""
+    return cache.root() / "models"
 
 
 def model_path(model: WheelModel = DEFAULT, *, quiet: bool = False) -> Path:

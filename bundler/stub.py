@@ -23,6 +23,7 @@ import time
 import zipfile
 from pathlib import Path
 
+from bundler import cache
 from runtime.embedded import BundleError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,16 +42,8 @@ def chatfile_version() -> str:
 
 
 def cache_dir() -> Path:
-    """$CHATFILE_CACHE_DIR, else the platform's user cache directory, + chatfile/stubs."""
-    if os.environ.get("CHATFILE_CACHE_DIR"):
-        return Path(os.environ["CHATFILE_CACHE_DIR"]) / "stubs"
-    if sys.platform == "win32":
-        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
-    elif sys.platform == "darwin":
-        base = Path.home() / "Library" / "Caches"
-    else:
-        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "chatfile" / "stubs"
+    """The stubs' directory in chatfile's cache (see bundler/cache.py)."""
+    return cache.root() / "stubs"
 
 
 def sources_hash() -> str:

@@ -88,3 +88,18 @@ def test_the_stub_build_time_is_announced_honestly(tmp_path, monkeypatch, capsys
         assert f"this takes {took}..." in err and "stopped by the test" in err, err
     quickstart = (Path(__file__).resolve().parents[2] / "build" / "quickstart.sh").read_text()
     assert "about a minute" in quickstart and "1-2 min" not in quickstart
+
+
+def test_the_documented_cache_setting_moves_models_and_stubs_together(tmp_path, monkeypatch):
+    # README: stubs and fetched models are both under $CHATFILE_CACHE_DIR when set (the
+    # models' directory once followed an undocumented CHATFILE_CACHE instead, so a user who
+    # moved the cache off a small home disk still got 491 MB written there).
+    from bundler import models
+    monkeypatch.setenv("CHATFILE_CACHE_DIR", str(tmp_path))
+    assert models.cache_dir() == tmp_path / "models"
+    assert stub.cache_dir() == tmp_path / "stubs"
+    monkeypatch.delenv("CHATFILE_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    if os.name == "posix" and os.uname().sysname == "Linux":
+        assert models.cache_dir() == tmp_path / "xdg" / "chatfile" / "models"
+        assert stub.cache_dir() == tmp_path / "xdg" / "chatfile" / "stubs"
