@@ -7,6 +7,7 @@ OpenAI's shape, {"error": {"message", "type", "code"}}.
 """
 from __future__ import annotations
 
+import codecs
 import json
 import math
 import re
@@ -141,15 +142,26 @@ def _no_constants(name):
     raise ValueError(f"{name} is not valid JSON")
 
 
+MAX_NUMBER_DIGITS = 4300   # Python's own limit on converting an integer's digits
+
+
+def _int_of(digits: str) -> int:
+    if len(digits) > MAX_NUMBER_DIGITS:  # int() would say so in Python's words
+        raise ValueError(f"a number has more than {MAX_NUMBER_DIGITS} digits")
+    return int(digits)
+
+
 def parse_json(raw: bytes) -> dict:
     if not raw.strip():
         raise ApiError(400, "the request body is empty; send a JSON object")
     try:
-        text = raw.decode("utf-8")
+        # utf-8-sig: a file saved with a byte order mark (Windows editors, PowerShell's
+        # Out-File) and sent as it is (`curl -d @body.json`) is read, as llama-server reads it.
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise ApiError(400, f"the request body is not valid UTF-8 (byte {e.start})") from None
     try:
-        obj = json.loads(text, parse_constant=_no_constants)
+        obj = json.loads(text, parse_constant=_no_constants, parse_int=_int_of)
     except RecursionError:
         raise ApiError(400, "the JSON body is nested too deeply") from None
     except ValueError as e:
@@ -819,3 +831,42 @@ def piece(model, tok: int) -> tuple[str, list]:
 
 def logprob(p: float) -> float:
     return math.log(p) if p > 0 else -1e30
+
+
+def _continues_char(held: bytes, more: bytes) -> bool:
+    """Whether `more`'s first byte goes on with the unfinished UTF-8 character `held`."""
+    try:
+        (held + more[:1]).decode("utf-8")
+        return True
+    except UnicodeDecodeError as e:
+        return e.reason == "unexpected end of data"
+
+
+class TextOffsets:
+    """The legacy `text_offset` of each completion token, one token at a time: where its
+    text begins in the returned text, in characters, counted from `start`.
+
+    The text is what the engine's decoder (fed the same tokens) brings out. A token that
+    goes on with an unfinished character has that character's offset. Bytes that wait for
+    the rest of a character and then get none come out as one U+FFFD just before the
+    token that shows it (Python's decoder makes one U+FFFD of such bytes): that token's
+    text begins after it, so it gets the offset after it. Each offset depends only on the
+    tokens up to its own, so streamed and whole replies agree.
+    """
+
+    def __init__(self, model, start: int):
+        self._tok = model.tokenizer
+        self._text = self._tok.decoder(continuation=True)
+        self._bytes = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._n_out = start   # characters the decoder has brought out, from `start`
+        self._last = start
+
+    def push(self, token: int) -> int:
+        raw = self._tok.token_to_piece(token)
+        held = self._bytes.getstate()[0]   # an unfinished character's bytes
+        broken = bool(held) and bool(raw) and not _continues_char(held, raw)
+        # max: a vocabulary that cleans spaces may bring the U+FFFD out a token later.
+        self._last = max(self._last, self._n_out + broken)
+        self._bytes.decode(raw)
+        self._n_out += len(self._text.push(token))
+        return self._last

@@ -38,13 +38,13 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 import bottle
 
 from runtime import file_lease, tool_calls
-from runtime.api import (MAX_N_PROBS, MISSING, ApiError, chat_ids, check_chat_fields, check_n,
-                         context_overflow, error_body, get_bool, get_int, get_json_grammar,
-                         get_max_tokens, get_messages, get_parallel_tool_calls, get_stop,
-                         get_str, get_template_kwargs, get_tool_choice, get_tools, is_int,
-                         json_bytes, limit_is_set, logprob, output_constraint, parse_json,
-                         piece, prompt_ids, prompt_text, prompt_tools, read_body,
-                         reply_grammar, sampling_params, split_prefill, template_in_effect)
+from runtime.api import (MAX_N_PROBS, MISSING, ApiError, TextOffsets, chat_ids, check_chat_fields,
+                         check_n, context_overflow, error_body, get_bool, get_int, get_json_grammar,
+                         get_max_tokens, get_messages, get_parallel_tool_calls, get_stop, get_str,
+                         get_template_kwargs, get_tool_choice, get_tools, is_int, json_bytes,
+                         limit_is_set, logprob, output_constraint, parse_json, piece, prompt_ids,
+                         prompt_text, prompt_tools, read_body, reply_grammar, sampling_params,
+                         split_prefill, template_in_effect)
 from runtime.engine import ContextOverflowError, Engine, EngineBusy, Request
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
@@ -292,6 +292,9 @@ def build_app(st: State) -> bottle.Bottle:
         stream = get_bool(body, "stream", False)
         want_lp = get_bool(body, "logprobs", False)
         top_lp = get_int(body, "top_logprobs", 0, lo=0, hi=20)
+        if top_lp and not want_lp:
+            # The alternatives asked for would never come; OpenAI and llama-server refuse it.
+            raise ApiError(400, "'top_logprobs' needs 'logprobs': true")
         opts = body.get("stream_options")
         if opts is not None and not isinstance(opts, dict):
             raise ApiError(400, "'stream_options' must be an object")
@@ -427,11 +430,9 @@ def build_app(st: State) -> bottle.Bottle:
         # the engine's was fed, gives each token's place in the text even while the
         # engine holds text back (a stop string may begin there) or a character is
         # still incomplete.
-        offsets = model.tokenizer.decoder(continuation=True)
-        at = len(before)
+        offsets = TextOffsets(model, start=len(before))
 
         def logprobs_of(toks):
-            nonlocal at
             if not n_lp:
                 return None
             out = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
@@ -445,8 +446,7 @@ def build_app(st: State) -> bottle.Bottle:
                 for t, p in ev.probs or []:
                     tops.setdefault(piece(model, t)[0], logprob(p))
                 out["top_logprobs"].append(tops)
-                out["text_offset"].append(at)
-                at += len(offsets.push(ev.token))
+                out["text_offset"].append(offsets.push(ev.token))
             return out
 
         def usage(final):
