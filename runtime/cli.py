@@ -372,12 +372,13 @@ def _dispatch(args) -> int:
 def _terminal_chat(args, template, example: str) -> int:
     from runtime.model import Model
     from runtime.sampling import SamplingParams
-    from runtime.terminal import chat
+    from runtime.terminal import chat, pastes_marked_while_loading
     if sys.stderr is not None and sys.stderr.isatty():  # the 2-4 s before the prompt
         print(f"chatfile: loading {os.path.basename(args.model)}...", file=sys.stderr,
               flush=True)
-    model = Model.load(args.model, offset=args.gguf_offset, size=args.gguf_size,
-                       mode=args.mode, chat_template=template)
+    with pastes_marked_while_loading():  # a paste meanwhile is one message, not one per line
+        model = Model.load(args.model, offset=args.gguf_offset, size=args.gguf_size,
+                           mode=args.mode, chat_template=template)
     # The server's defaults (SamplingParams'), so that a chat in the terminal and on
     # the page sound alike; --temp 0 for the same answer every time.
     params = SamplingParams(seed=args.seed) if args.temp is None else \

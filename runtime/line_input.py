@@ -58,7 +58,7 @@ def _is_text(ch: str) -> bool:
     return ch == "\t" or (ch >= " " and unicodedata.category(ch) != "Cc")
 
 
-def _paste_marks_wanted() -> bool:
+def paste_marks_wanted() -> bool:
     # A terminal that says it is "dumb" (or says nothing) may show the codes as text.
     return os.environ.get("TERM", "dumb") not in ("", "dumb")
 
@@ -109,7 +109,7 @@ def raw_line_reader(fd: int, out, encoding: str | None = None, typed_ahead: str 
         raw[3] &= ~(termios.ICANON | termios.ECHO)  # lflag; \r -> \n (ICRNL) stays on
         raw[6][termios.VMIN], raw[6][termios.VTIME] = 1, 0  # wait for at least one byte
         shown = _Shown(prompt, lambda: _columns(fd), getattr(out, "encoding", None))
-        paste_marks = _paste_marks_wanted()
+        paste_marks = paste_marks_wanted()
 
         def back_from_stop(signum, frame):
             # The shell hands the terminal back after `fg` in its own (canonical) modes.
@@ -243,7 +243,7 @@ def _edit(read_text, shown: "_Shown", pending: deque[str], out) -> str:
                 elif ch == CTRL_U:
                     echo.append(shown.erase(len(shown.units)))
                 elif ch == CTRL_W:
-                    echo.append(shown.erase(_last_word_units(shown.units)))
+                    echo.append(shown.erase(last_word_units(shown.units)))
                 elif ch == CTRL_D:
                     if not shown.units:
                         raise EOFError
@@ -253,7 +253,7 @@ def _edit(read_text, shown: "_Shown", pending: deque[str], out) -> str:
             _show(out, "".join(echo))
 
 
-def _last_word_units(units: list[str]) -> int:
+def last_word_units(units: list[str]) -> int:
     """How many units at the end Ctrl+W erases: the spaces there, and the word before."""
     n = len(units)
     while n and units[n - 1][0].isspace():

@@ -22,7 +22,10 @@ from collections import deque
 
 from runtime import cli
 from runtime.engine import ContextOverflowError, Engine, Request, chat_prompt_ids
-from runtime.line_input import input_waiting, set_handler, set_modes, waiting_taker
+from runtime.line_input import (BACKSPACES, CTRL_U, CTRL_W, PASTE_END, PASTE_OFF, PASTE_ON,
+                                 PASTE_START, input_waiting, last_word_units,
+                                 paste_marks_wanted, read_waiting, set_handler, set_modes,
+                                 waiting_taker)
 
 HELP = ("commands: /reset (forget the conversation), /system TEXT (set the system prompt "
         "and start over), /exit (quit), /help; \"\"\" starts and ends a message of several "
@@ -356,6 +359,61 @@ def _keys_kept_as_bytes(stdin, on_terminal: bool):
             pass
 
 
+@contextlib.contextmanager
+def pastes_marked_while_loading(stdin=None, stdout=None):
+    """While the model loads (the seconds before the chat's first prompt), a paste is
+    marked (bracketed paste), so that its lines reach the chat as one message, as at the
+    prompt (see _typed_ahead, _ahead_keys): a question of 5 lines pasted then went out as
+    5 messages, and got 5 answers. The terminal's own line editing (canonical mode) echoes
+    the marks meanwhile, as "^[[200~" with ECHOCTL on: it is off for that time (the marks
+    written as they are are nothing a terminal shows). However the load ends (an error,
+    Ctrl+C, `kill`), paste mode is off and the modes are as they were afterwards.
+    Only on a terminal that is not "dumb", with the chat in the foreground."""
+    stdin = sys.stdin if stdin is None else stdin
+    stdout = sys.stdout if stdout is None else stdout
+    saved = _shell_modes(stdin, stdout) if paste_marks_wanted() else None
+    if saved is None:
+        yield
+        return
+    import termios
+    fd = stdin.fileno()
+    _exit_on_sigterm()  # so that `kill` during the load goes through the finally below
+    try:
+        quiet = list(saved)
+        quiet[3] &= ~getattr(termios, "ECHOCTL", 0)
+        with contextlib.suppress(termios.error):
+            set_modes(fd, quiet)
+        _write_to_terminal(stdout, PASTE_ON)
+        yield
+    finally:
+        _write_to_terminal(stdout, PASTE_OFF)
+        with contextlib.suppress(termios.error):
+            set_modes(fd, saved)
+
+
+def _shell_modes(stdin, stdout) -> list | None:
+    """The modes of the terminal the chat talks to, when it is in the shell's (canonical)
+    ones and ours to change (we are its foreground job); else None: out of canonical mode
+    some other program's editor has it."""
+    if os.name != "posix" or not _on_terminal(stdin, stdout):
+        return None
+    import termios
+    fd = stdin.fileno()
+    try:
+        modes = termios.tcgetattr(fd)
+    except termios.error:
+        return None
+    return modes if modes[3] & termios.ICANON and _in_foreground(fd) else None
+
+
+def _write_to_terminal(out, codes: str) -> None:
+    try:
+        out.write(codes)
+        out.flush()
+    except (OSError, ValueError):  # the terminal went away
+        pass
+
+
 def _typed_ahead(fd: int, saved: list, encoding: str | None) -> str:
     """The whole lines typed while the model loaded, each Ctrl+D in them as CTRL_D; the
     terminal is left out of canonical mode. Until the chat starts, the terminal is in its
@@ -365,7 +423,8 @@ def _typed_ahead(fd: int, saved: list, encoding: str | None) -> str:
     in that mode first (a line still being typed stays in the terminal, and reaches the
     prompt as it is); the terminal's Ctrl+D is off meanwhile, so that one typed during
     these reads is kept as a byte. The modes are changed with TCSANOW, which, unlike
-    TCSAFLUSH, discards nothing typed."""
+    TCSAFLUSH, discards nothing typed. A paste made meanwhile comes whole, with its marks
+    (see pastes_marked_while_loading)."""
     import termios
     if not saved[3] & termios.ICANON or not _in_foreground(fd):
         return ""
@@ -395,7 +454,32 @@ def _typed_ahead(fd: int, saved: list, encoding: str | None) -> str:
         raw[3] &= ~termios.ICANON
         with contextlib.suppress(termios.error):
             set_modes(fd, raw)
-    return b"".join(chunks).decode(encoding or "utf-8", "replace")
+    typed = b"".join(chunks)
+    if _in_paste(typed) and not typed.endswith(CTRL_D.encode()):
+        # A paste's last line, with its end mark, waits in the terminal for an Enter not
+        # typed yet (canonical mode gives whole lines only): read now, out of that mode,
+        # it keeps the paste whole (see pastes_marked_while_loading).
+        typed += read_waiting(fd)
+    if _in_paste(typed):
+        # The end mark is gone, all or part of it: a Backspace after the paste erased it
+        # in canonical mode, where it is part of the line. Without it the own line editor
+        # took every Enter after for a line end in the paste, and sent nothing.
+        typed = _without_end_mark_part(typed) + PASTE_END.encode()
+    return typed.decode(encoding or "utf-8", "replace")
+
+
+def _without_end_mark_part(typed: bytes) -> bytes:
+    """The keys without what a Backspace left of a paste's end mark at their end."""
+    end = PASTE_END.encode()
+    for n in range(len(end) - 1, 0, -1):
+        if typed.endswith(end[:n]):
+            return typed[:-n]
+    return typed
+
+
+def _in_paste(typed: bytes) -> bool:
+    """Whether the keys end inside a bracketed paste (its end mark still to come)."""
+    return typed.rfind(PASTE_START.encode()) > typed.rfind(PASTE_END.encode())
 
 
 def _in_foreground(fd: int) -> bool:
@@ -463,13 +547,35 @@ NOT_TYPED_TEXT = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|O.|.)?"  # ESC [ ... fina
                             r"|[\x00-\x03\x05-\x08\x0b-\x1f\x7f-\x9f]")  # not \t \n ^D
 
 
+PASTED = re.compile(re.escape(PASTE_START) + "(.*?)(?:" + re.escape(PASTE_END) + "|$)", re.S)
+
+
+def _ahead_keys(typed: str) -> deque:
+    """The keys typed ahead, as the readline reader takes them: one character each, but
+    the text of a bracketed paste as one item, whose line ends are text (the own line
+    editor reads the marks itself). As at the prompt, a paste that ends its last line
+    waits for Enter."""
+    keys: deque = deque()
+    at = 0
+    for pasted in PASTED.finditer(typed):
+        keys.extend(NOT_TYPED_TEXT.sub("", typed[at:pasted.start()]))
+        text = NOT_TYPED_TEXT.sub("", pasted.group(1)).replace(CTRL_D, "")
+        text = text.removesuffix("\n")
+        if text:
+            keys.append(text)
+        at = pasted.end()
+    keys.extend(NOT_TYPED_TEXT.sub("", typed[at:]))
+    return keys
+
+
 def _readline_reader(fd: int, out, typed_ahead: str, encoding: str | None = None):
     """input(), which reads with GNU readline, and what readline cannot do by itself:
     start a line with text (readline's startup hook inserts it), and first take the lines
     typed while the model loaded, which were read before readline ever ran (see
-    _typed_ahead): shown after their prompt, as readline would, and kept in its history."""
+    _typed_ahead): shown after their prompt, as readline would, and kept in its history;
+    a paste made then is one message (see _ahead_keys)."""
     import readline
-    ahead = deque(NOT_TYPED_TEXT.sub("", typed_ahead))
+    ahead = _ahead_keys(typed_ahead)
     decoder = codecs.getincrementaldecoder(encoding or "utf-8")("replace")
 
     def read(prompt, text=""):
@@ -584,8 +690,31 @@ def _waiting_text(read) -> str:
         return ""
     # Enter is a \r where readline had the terminal when the keys came (its mode leaves
     # the \r as it is).
-    more = NOT_TYPED_TEXT.sub("", _universal_newlines(keys)).replace(CTRL_D, "").rstrip("\n")
+    more = _as_edited(_universal_newlines(keys)).replace(CTRL_D, "").rstrip("\n")
     return "\n" + more if more.strip() else ""
+
+
+EDITING_KEYS = (*BACKSPACES, CTRL_U, CTRL_W)
+
+
+def _as_edited(keys: str) -> str:
+    """The text that keys typed make: Backspace, Ctrl+U and Ctrl+W applied to the line
+    they were typed on, as both line readers do (they were left out: "helo", two
+    Backspaces and "lp" came back as "helolp"); what is no text left out."""
+    lines: list[list[str]] = [[]]
+    for key in NOT_TYPED_TEXT.sub(lambda m: m[0] if m[0] in EDITING_KEYS else "", keys):
+        line = lines[-1]
+        if key == "\n":
+            lines.append([])
+        elif key in BACKSPACES:
+            del line[-1:]
+        elif key == CTRL_U:
+            line.clear()
+        elif key == CTRL_W:
+            del line[len(line) - last_word_units(line):]
+        else:
+            line.append(key)
+    return "\n".join("".join(line) for line in lines)
 
 
 def _as_typed(text: str) -> str:
