@@ -121,12 +121,11 @@ def _not_bakeable(flag: str) -> str | None:
     if flag in BUNDLE_OWN_FLAGS:
         return (f"{flag} is one of the bundle's own options, given when it is started; "
                 f"it cannot be baked in")
-    commands = runtime_cli.build_parser().commands
-    run_flags = {f for a in commands["run"]._actions for f in a.option_strings}
-    chat_only = {f for a in commands["chat"]._actions for f in a.option_strings} - run_flags
+    chat_only = runtime_cli.chat_only_flags()
     if flag in chat_only:
         return (f"{flag} is an option of the terminal chat alone, given when it is "
-                f"started (--cli {flag} N); baked-in args are those of `chatfile run`")
+                f"started (--cli {flag} {chat_only[flag]}); baked-in args are those of "
+                f"`chatfile run`")
     return None
 
 

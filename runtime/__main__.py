@@ -41,7 +41,8 @@ bundle options:
   --host HOST       address to listen on (default 127.0.0.1)
   --no-browser      do not open the browser
   --api-key KEY     require this key for API requests
-  --cli             chat in the terminal instead (reads stdin when piped)
+  --cli             chat in the terminal instead (reads stdin when piped;
+                    --cli -p TEXT answers TEXT and exits)
   -m, --model PATH  use another GGUF file instead of the embedded one
   --info            print the embedded model's metadata summary and sha256
   --verify          re-hash the embedded model against the sha256 in the bundle

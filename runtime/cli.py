@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, metavar="N",
                    help="sampling seed: the same answers again for the same seed and --temp "
                         "(default: a new seed each run)")
+    p.add_argument("-p", "--prompt", metavar="TEXT",
+                   help="answer TEXT once and exit, as a question piped in is answered "
+                        "(llama-cli's and llamafile's -p)")
 
     p = sub.add_parser("info", help="describe a GGUF model")
     _add_model_args(p, threads=False)
@@ -187,6 +190,14 @@ def _host_name_problem(name: str) -> str | None:
     return None
 
 
+def chat_only_flags(parser=None) -> dict[str, str]:
+    """The terminal chat's options that `run` does not take, each with its metavar."""
+    commands = (parser or build_parser()).commands
+    run_flags = {f for a in commands["run"]._actions for f in a.option_strings}
+    return {f: a.metavar or "N" for a in commands["chat"]._actions
+            for f in a.option_strings if f not in run_flags}
+
+
 def main(argv: list[str] | None = None, bundle: str | None = None) -> int:
     """`bundle`: the name of the bundle that runs this, whose user never typed a command."""
     tolerant_stdout()
@@ -202,6 +213,11 @@ def main(argv: list[str] | None = None, bundle: str | None = None) -> int:
             p.error = bundle_error
     args, unknown = parser.parse_known_args(argv)
     if unknown:
+        chat_only = chat_only_flags(parser)
+        asked = [a.partition("=")[0] for a in unknown if a.partition("=")[0] in chat_only]
+        if bundle and args.command == "run" and asked:  # `./my-chat -p Hi`, without --cli
+            parser.error(f"{asked[0]} is an option of the terminal chat: start it as "
+                         f"`{started_as(bundle)} --cli {asked[0]} {chat_only[asked[0]]}`")
         # argparse would blame the top-level `chatfile COMMAND` usage; name the command's.
         parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     problem = check_args(args)
@@ -308,14 +324,19 @@ def piped_example(bundle: str | None) -> str:
     """How to pipe a question in, as the user started us: a bundle's user never typed
     `chatfile chat`, and has no model.gguf."""
     if bundle:
-        typed = sys.argv[0] if sys.argv and os.path.basename(sys.argv[0]) == bundle else bundle
-        import shutil
-        # Started by its path (`dir/my chat`, which works from here) or through PATH: as
-        # typed; else it is in the current directory, where a shell needs the `./`.
-        if os.sep in typed or shutil.which(typed):
-            return f"echo 'Hello' | {shlex.quote(typed)} --cli"
-        return f"echo 'Hello' | ./{shlex.quote(typed)} --cli"
+        return f"echo 'Hello' | {started_as(bundle)} --cli"
     return "echo 'Hello' | chatfile chat model.gguf"
+
+
+def started_as(bundle: str) -> str:
+    """The bundle's command as a shell here runs it: started by its path (`dir/my chat`,
+    which works from here) or through PATH, as typed; else it is in the current
+    directory, where a shell needs the `./`."""
+    typed = sys.argv[0] if sys.argv and os.path.basename(sys.argv[0]) == bundle else bundle
+    import shutil
+    if os.sep in typed or shutil.which(typed):
+        return shlex.quote(typed)
+    return "./" + shlex.quote(typed)
 
 
 def _dispatch(args) -> int:
@@ -358,7 +379,7 @@ def _dispatch(args) -> int:
               temperature=args.temp, mode=args.mode)
     if args.command == "chat":
         example = piped_example(args.bundle)
-        if sys.stdin is None:  # started with stdin closed (`0<&-`): nothing to read from
+        if sys.stdin is None and args.prompt is None:  # started with stdin closed (`0<&-`): nothing to read from
             print(f"chatfile: error: stdin is closed; run it in a terminal or pipe a "
                   f"question in, for example: {example}", file=sys.stderr)
             return 2
@@ -384,7 +405,7 @@ def _terminal_chat(args, template, example: str) -> int:
     params = SamplingParams(seed=args.seed) if args.temp is None else \
         SamplingParams(temperature=args.temp, seed=args.seed)
     return chat(model, n_ctx=args.ctx, system=args.system, params=params,
-                max_tokens=args.max_tokens, piped_example=example) or 0
+                max_tokens=args.max_tokens, piped_example=example, prompt=args.prompt) or 0
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import io
 import os
 import queue
 import re
@@ -759,11 +760,14 @@ def _universal_newlines(text: str) -> str:
 
 def chat(model, *, n_ctx: int, system: str | None = None, stdin=None, stdout=None,
          params=None, max_tokens: int = -1, interactive: bool | None = None,
-         piped_example: str | None = None) -> int:
+         piped_example: str | None = None, prompt: str | None = None) -> int:
     """Run the chat; returns the process exit code. interactive=None: stdin.isatty().
-    piped_example: the command line an empty stdin is told to follow (a bundle's own)."""
+    piped_example: the command line an empty stdin is told to follow (a bundle's own).
+    prompt: the one question to answer (`-p TEXT`), as if piped in; stdin is not read."""
     stdin = sys.stdin if stdin is None else stdin
     stdout = sys.stdout if stdout is None else stdout
+    if prompt is not None:
+        stdin, interactive = io.StringIO(prompt), False
     if interactive is None:
         try:
             interactive = stdin.isatty()
@@ -774,14 +778,17 @@ def chat(model, *, n_ctx: int, system: str | None = None, stdin=None, stdout=Non
 
     if not interactive:
         question = _read_piped(stdin)
+        source = "stdin" if prompt is None else "--prompt"
         if len(question) > PIPED_MAX_CHARS:  # `yes | chatfile chat`: never ends by itself
-            sys.stderr.write(f"chatfile: error: stdin holds more than {PIPED_MAX_CHARS:,} "
-                             "characters, far more than a context holds; pipe in a question\n")
+            sys.stderr.write(f"chatfile: error: {source} holds more than {PIPED_MAX_CHARS:,} "
+                             "characters, far more than a context holds; give a question\n")
             return 2
         question = question.strip()
         if not question:
-            sys.stderr.write(f"chatfile: error: stdin is empty; pipe a question in, "
-                             f"for example: {piped_example or cli.piped_example(None)}\n")
+            example = "-p 'Hello'" if prompt is not None else \
+                piped_example or cli.piped_example(None)
+            sys.stderr.write(f"chatfile: error: {source} is empty; give a question, "
+                             f"for example: {example}\n")
             return 2
         return 0 if c.ask(question) is not None else 1
 

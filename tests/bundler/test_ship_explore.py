@@ -29,6 +29,8 @@ def _bundle(capsys, tmp_path, model, *args) -> tuple[int, str]:
                          "`chatfile run`"),
     ("-n 200", "-n is an option of the terminal chat alone"),
     ("--seed=3", "--seed is an option of the terminal chat alone"),
+    ("-p 'Hi there'", "-p is an option of the terminal chat alone, given when it is started "
+                      "(--cli -p TEXT)"),
 ])
 def test_args_a_bundle_takes_but_cannot_bake_in_say_why(capsys, tmp_path, baked, why):
     """They were "unrecognized arguments: --max-tokens 200; --args is split as a shell

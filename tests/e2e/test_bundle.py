@@ -216,6 +216,11 @@ def test_cli_with_piped_stdin(bundles, fmt, tmp_path):
                        text=True, env=_env(tmp_path), cwd=tmp_path, timeout=300)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip(), "no answer printed"
+    # -p passes through to the chat as llamafile's `--cli -p` does: the same answer.
+    p = subprocess.run([*_cmd(path), "--cli", "--ctx", "128", "--temp", "0", "-p", "Say hello."],
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                       env=_env(tmp_path), cwd=tmp_path, timeout=300)
+    assert p.returncode == 0 and p.stdout == r.stdout, (p.stdout, p.stderr)
 
 
 def _other_python() -> str | None:

@@ -43,6 +43,25 @@ def test_piped_question_prints_the_greedy_answer(tiny_model):
     assert p.stdout.decode("utf-8") == expected + "\n"
 
 
+def test_prompt_flag_answers_once_as_a_piped_question_does(tiny_model):
+    """`chatfile chat m.gguf -p TEXT`, as llama-cli and llamafile spell a one-shot
+    question: the piped question's answer, with stdin not read (here: closed)."""
+    question = "What is the capital of France?"
+    args = ["-m", "runtime.cli", "chat", str(TINY), "--max-tokens", str(MAX_TOK), "--temp", "0"]
+    piped = run(args, question + "\n")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONIOENCODING="utf-8")
+    p = subprocess.run(["sh", "-c", 'exec "$0" "$@" 0<&-', sys.executable, *args, "-p", question],
+                       capture_output=True, cwd=ROOT, env=env, timeout=60)
+    assert p.returncode == 0 and piped.returncode == 0, p.stderr.decode()
+    assert p.stdout == piped.stdout and p.stdout.strip(), (p.stdout, piped.stdout)
+
+
+def test_empty_prompt_flag_is_a_clear_error():
+    p = run(["-m", "runtime.cli", "chat", str(TINY), "-p", "  "], "a piped question\n")
+    assert p.returncode == 2 and b"Traceback" not in p.stderr, p.stderr
+    assert p.stderr.startswith(b"chatfile: error: --prompt is empty"), p.stderr
+
+
 def test_piped_empty_stdin_is_a_clear_error():
     if not (ROOT / "runtime" / "cli.py").exists():
         pytest.skip("runtime/cli.py is not written yet")

@@ -484,6 +484,17 @@ def test_a_bundles_piped_chat_example_names_the_bundle(monkeypatch, capsys, stdi
     assert "echo 'Hello' | chatfile chat model.gguf" in capsys.readouterr().err
 
 
+def test_a_bundle_run_with_a_chat_option_says_to_add_cli(capsys):
+    """`./my-chat -p Hi` (llamafile's one-shot question, without --cli) was "unrecognized
+    arguments: -p Hi"; -p belongs to the terminal chat, which --cli starts."""
+    from runtime.cli import main
+    with pytest.raises(SystemExit) as e:
+        main(["run", str(MODELS / "tiny-llama-q8_0.gguf"), "-p", "Hi there"], bundle="my chat")
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err
+    assert "-p is an option of the terminal chat: start it as `./'my chat' --cli -p TEXT`" in err
+
+
 def test_a_bundles_piped_chat_example_is_the_path_it_was_started_by(monkeypatch, tmp_path):
     """Started as `"with space/ünï 模型.pyz" --cli`, the example said `./'ünï 模型.pyz'`,
     which is not there from the current directory."""
