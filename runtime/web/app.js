@@ -41,7 +41,16 @@
   // saves (every SAVE_EVERY_MS, also while the reply waits for its first word). A mark
   // older than this: the tab went without a word (crashed, frozen, its browser killed),
   // and the reply is shown stopped, with Continue. (A tab that closes says so itself.)
+  // Where the browser has locks, they tell instead (see WRITING_LOCK).
   var WRITER_GONE_MS = 8000;
+  // Where the browser has navigator.locks (shared by the tabs of this origin), the tab
+  // that writes a reply in chat c also holds the lock WRITING_LOCK + c.id until it ends.
+  // A mark needs its tab's timers to stay fresh, and a hidden tab's are throttled to one
+  // a minute, or frozen, while its reply goes on; a lock stays held without them, and
+  // the browser lets it go when the tab closes or crashes. A page over plain http from
+  // another machine is not a secure context and has no navigator.locks: marks alone.
+  var WRITING_LOCK = "chatfile-writing:";
+  var locks = navigator.locks || null;
   // No first word after this long: the page asks the server (/slots) whether it is
   // answering someone else meanwhile (another tab, another program), and says so.
   var QUEUE_CHECK_MS = 1500;
@@ -86,6 +95,10 @@
     // chat while another chat is shown, and a chat can be answered while another one is:
     // the server answers one request at a time and keeps the others waiting in its queue.
     runs: {},
+    // Chat id -> true for the chats whose writing lock another tab holds (see
+    // lookAtWritingLocks). null until the browser first says, or without locks: the
+    // marks tell meanwhile.
+    heldElsewhere: null,
   };
 
   // What the page knows of the server since the chat opened (see watchServer).
@@ -293,12 +306,16 @@
     return Object.keys(state.runs).map(function (id) { return state.runs[id]; });
   }
 
-  /* Whether another tab is writing a reply in chat c: its mark is recent (see
-   * WRITER_GONE_MS). Its last message is then that reply so far, or the question it
-   * answers; this tab must not write it again (Continue, Regenerate) nor cut the chat
-   * under it (Edit, Send), and picks the whole reply up when that tab saves it. */
+  /* Whether another tab is writing a reply in chat c: it holds c's writing lock (see
+   * WRITING_LOCK), or, until the browser has said which locks are held or without locks,
+   * its mark is recent (see WRITER_GONE_MS). Its last message is then that reply so far,
+   * or the question it answers; this tab must not write it again (Continue, Regenerate)
+   * nor cut the chat under it (Edit, Send), and picks the whole reply up when that tab
+   * saves it. */
   function writtenElsewhere(c) {
-    if (!c || runOf(c) || typeof c.writingAt !== "number") return false;
+    if (!c || runOf(c)) return false;
+    if (state.heldElsewhere) return !!state.heldElsewhere[c.id];
+    if (typeof c.writingAt !== "number") return false;
     var ageMs = Date.now() - c.writingAt;
     return ageMs < WRITER_GONE_MS && ageMs > -WRITER_GONE_MS; // (a mark from the future: a clock set back)
   }
@@ -449,6 +466,7 @@
   function onOtherTabSaved(e) {
     if (e.key === Store.KEY_SETTINGS) { state.settings = Store.loadSettings(); updateContextUse(); return; }
     if (e.key !== Store.KEY_CONVS) return;
+    lookAtWritingLocks(); // (a reply that began there: its lock is held from now on)
     var stored = Store.loadConversations().filter(function (c) { return !state.forgotten[c.id]; });
     var list = stored.slice();
     // A chat this tab writes a reply in, or shows, deleted in another tab: not kept here.
@@ -508,6 +526,7 @@
     clearTimeout(writerTimer);
     writerTimer = null;
     if (!writtenElsewhere(current()) && noticeText === MSG_ELSEWHERE_SEND) setNotice(""); // (the message can go now)
+    if (state.heldElsewhere) return; // (the locks tell, with no timer: see watchRelease)
     var endsAt = Infinity;
     state.convs.forEach(function (c) {
       if (writtenElsewhere(c)) endsAt = Math.min(endsAt, c.writingAt + WRITER_GONE_MS);
@@ -523,6 +542,80 @@
       }
       renderSidebar(); // (and plans the next check)
     }, Math.min(waitMs, 2 * WRITER_GONE_MS));
+  }
+
+  /* Takes chat c's writing lock for `run` -> whether this tab may write there: not
+   * while another tab holds it. run.letGo() lets it go (the browser does if the tab
+   * closes). Without locks: true, the marks tell. */
+  function takeWritingLock(c, run) {
+    if (!locks) return Promise.resolve(true);
+    var name = WRITING_LOCK + c.id;
+    function ask(options) {
+      return new Promise(function (resolve) {
+        locks.request(name, options, function (lock) {
+          resolve(!!lock);
+          if (lock) return new Promise(function (letGo) { run.letGo = letGo; });
+        }).catch(function () { resolve(true); }); // (no lock to be had: the marks tell)
+      });
+    }
+    return ask({ ifAvailable: true }).then(function (got) {
+      if (got) return true;
+      // Not free: another tab writes there, or a tab that watched it being written
+      // holds it shared for a moment (see watchRelease), which is waited for.
+      return locks.query().then(function (now) {
+        var writer = now.held.some(function (l) { return l.name === name && l.mode === "exclusive"; });
+        return !writer && ask({});
+      });
+    }).catch(function () { return true; });
+  }
+
+  /* Asks the browser which writing locks are held: the chats that this tab does not
+   * write in are written in another tab (see writtenElsewhere), and for each this tab
+   * waits to see it let go. Asked at the start, when another tab saves (its reply may
+   * have just begun), and when this tab is shown or focused (it may have been frozen).
+   * -> a promise of the answer taken in. */
+  function lookAtWritingLocks() {
+    if (!locks) return Promise.resolve();
+    return locks.query().then(function (now) {
+      var held = Object.create(null);
+      now.held.forEach(function (l) {
+        var id = l.name.slice(WRITING_LOCK.length);
+        if (l.name.indexOf(WRITING_LOCK) === 0 && l.mode === "exclusive" &&
+            !Object.prototype.hasOwnProperty.call(state.runs, id)) held[id] = true;
+      });
+      setHeldElsewhere(held);
+      Object.keys(held).forEach(watchRelease);
+    }, function () { /* (the marks tell) */ });
+  }
+
+  /* Waits for chat `id`'s writing lock to be let go, with a shared request granted then
+   * (and let go at once): the chat is drawn again that moment, as the writing tab's last
+   * save left it (whole, or stopped with Continue if the tab closed or crashed). */
+  var watchedLocks = Object.create(null);
+  function watchRelease(id) {
+    if (watchedLocks[id]) return;
+    watchedLocks[id] = true;
+    locks.request(WRITING_LOCK + id, { mode: "shared" }, function () {
+      delete watchedLocks[id];
+      if (!state.heldElsewhere || !state.heldElsewhere[id]) return;
+      var held = Object.assign(Object.create(null), state.heldElsewhere);
+      delete held[id];
+      setHeldElsewhere(held);
+    }).catch(function () { delete watchedLocks[id]; });
+  }
+
+  /* The chats written in other tabs are now those of `held`: the list, and the open
+   * chat if it is one that came or went, are drawn again. */
+  function setHeldElsewhere(held) {
+    var before = state.convs.map(writtenElsewhere), c = current();
+    var was = writtenElsewhere(c);
+    state.heldElsewhere = held;
+    if (!state.convs.some(function (x, i) { return writtenElsewhere(x) !== before[i]; })) return;
+    if (writtenElsewhere(c) !== was) {
+      renderMessages(true);
+      updateButtons();
+    }
+    renderSidebar();
   }
 
   function newConversation() {
@@ -991,11 +1084,12 @@
       if (big) { setError(big); return; } // (the edit box stays as it is)
       // Editing rewinds the chat: everything after this message is dropped.
       c.messages = c.messages.slice(0, index);
-      c.messages.push({ role: "user", content: text });
+      var sent = { role: "user", content: text };
+      c.messages.push(sent);
       c.updated = Date.now();
       persist();
       renderAll();
-      generate(c);
+      generate(c, null, sent);
       $("input").focus(); // (the edit box is gone; as after Send)
     }
     function cancel() { // back to the message, where it was, and to its Edit button
@@ -1251,14 +1345,15 @@
     var big = tooBigToSend(current(), text);
     if (big) { setError(big); return; }
     var c = current() || newConversation();
-    c.messages.push({ role: "user", content: text });
+    var sent = { role: "user", content: text };
+    c.messages.push(sent);
     if (c.title === "New chat") c.title = titleFrom(text);
     c.updated = Date.now();
     $("input").value = "";
     draftChanged();
     persist();
     renderAll();
-    generate(c);
+    generate(c, null, sent);
   }
 
   function regenerate() {
@@ -1320,8 +1415,11 @@
   /* Writes a reply in chat c, or with `cont` (its last message, a reply) goes on with it.
    * The reply belongs to c: it keeps streaming there while other chats are shown, and
    * is saved there. Sent while another chat's reply is being written, the request waits
-   * in the server's queue (it answers one at a time), and the reply says so. */
-  async function generate(c, cont) {
+   * in the server's queue (it answers one at a time), and the reply says so. Another tab
+   * that began writing in c a moment ago (it took c's lock first, before this tab heard
+   * of it): nothing is written, and `sent` (the message just sent, if any) goes back to
+   * the box, as when Send finds the chat written elsewhere. */
+  async function generate(c, cont, sent) {
     if (runOf(c)) return;
     var settings = effectiveSettings();
     // The last reply's usage counted what this one replaces (Regenerate, an edit): the
@@ -1336,6 +1434,7 @@
     state.runs[c.id] = run;
     updateButtons();
     renderSidebar();
+    if (!(await takeWritingLock(c, run))) { writtenThere(c, sent); return; }
     var controller = run.controller;
     var msg = null, was = null, addedChars = 0;
     var firstAt = 0, lastAt = 0, pieces = 0;
@@ -1456,6 +1555,8 @@
       if (run.bodyEl) holdCopies(run.bodyEl, false); // (its code blocks' too)
       c.updated = Date.now();
       persist();
+      // (after the save: a tab that sees the lock let go finds the reply as it ended)
+      if (run.letGo) run.letGo();
       if (c === current()) {
         // (a reader who scrolled up to read is not moved, and one selecting text keeps it
         // until they let go: only then is the chat redrawn)
@@ -1475,6 +1576,24 @@
         updateButtons();
       }
     }
+  }
+
+  /* generate found chat c's lock held by another tab: this tab's run goes, the chat is
+   * drawn as written there, and `sent` goes back to the box. (A save of that tab's soon
+   * brings the chat as it has it.) */
+  function writtenThere(c, sent) {
+    delete state.runs[c.id];
+    var msgs = c.messages;
+    if (sent && msgs[msgs.length - 1] === sent) {
+      msgs.pop();
+      if (!$("input").value) { $("input").value = sent.content; draftChanged(); }
+    }
+    var held = Object.assign(Object.create(null), state.heldElsewhere);
+    held[c.id] = true;
+    state.heldElsewhere = held;
+    watchRelease(c.id);
+    if (sent && c === current()) setNotice(MSG_ELSEWHERE_SEND);
+    if (c === current()) renderAll(true); else { renderSidebar(); updateButtons(); }
   }
 
   /* A reply that has no first word after QUEUE_CHECK_MS may wait behind a reply the
@@ -1869,6 +1988,9 @@
       if (!e.matches) closeSidebar();
     });
     window.addEventListener("storage", onOtherTabSaved);
+    // (a tab frozen while hidden may have missed a lock let go or taken meanwhile)
+    document.addEventListener("visibilitychange", lookAtWritingLocks);
+    window.addEventListener("focus", lookAtWritingLocks);
     // Closing or reloading the tab mid-reply keeps all that has arrived, not only what
     // the last periodic save had.
     window.addEventListener("pagehide", function () {
@@ -1892,6 +2014,7 @@
     show($("loading"), false);
     show($("app"), true);
     draftChanged(); // (a draft the browser kept across a reload: its direction)
+    await lookAtWritingLocks(); // (a chat written elsewhere is drawn so from the start)
     document.body.setAttribute("data-ready", "true");
     renderAll();
     $("input").focus();
