@@ -20,10 +20,10 @@ test_page_tabs.py.
 from __future__ import annotations
 
 from tests.e2e.conftest import require_chromium
-from tests.e2e.test_page import (
-    assistant_bodies, current_conv, record_chat_requests, send, set_settings, wait_idle)
-from tests.e2e.test_page_reply_life import LAST_REPLY_LEN, full_speed, import_json, start_slow_reply
-from tests.e2e.test_page_tabs import ELSEWHERE, SAVED_WITH_WORDS, last_reply, two_tabs
+from tests.e2e.test_page import current_conv, record_chat_requests, send, set_settings, wait_idle
+from tests.e2e.test_page_reply_life import LAST_REPLY_LEN, import_json, start_slow_reply
+from tests.e2e.test_page_tabs import (ELSEWHERE, SAVED_WITH_WORDS, last_reply, two_tabs,
+                                      whole_reply_reaches_the_other_tab)
 
 sync_api = require_chromium()
 
@@ -110,14 +110,7 @@ def test_a_reply_whose_tab_is_frozen_is_still_shown_as_written_there(browser, se
 
     # A goes on: B shows the whole reply, written once.
     thaw(held, b)
-    full_speed(cdp)
-    wait_idle(a)
-    b.wait_for_selector(ELSEWHERE, state="detached")
-    final = last_reply(a)
-    assert final["role"] == "assistant" and final["content"] and not final.get("stopped"), final
-    b.wait_for_function(f"(n) => ({LAST_REPLY_LEN})() === n",
-                        arg=len(assistant_bodies(a).last.text_content()))
-    assert b.locator("[data-testid=stopped-note]").count() == 0
+    whole_reply_reaches_the_other_tab(a, b, cdp)
     assert bodies_b == []
     ctx.close()
     assert not a.errors and not b.errors, (a.errors, b.errors)

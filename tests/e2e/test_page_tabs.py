@@ -57,6 +57,20 @@ def last_reply(pg):
     return current_conv(pg)["messages"][-1]
 
 
+def whole_reply_reaches_the_other_tab(a, b, cdp) -> dict:
+    """Tab A's slow reply goes on at full speed to its end: B then shows the whole of it,
+    as an ordinary reply (not stopped). -> A's final reply, as saved."""
+    full_speed(cdp)
+    wait_idle(a)
+    b.wait_for_selector(ELSEWHERE, state="detached")
+    final = last_reply(a)
+    assert final["role"] == "assistant" and final["content"] and not final.get("stopped"), final
+    b.wait_for_function(f"(n) => ({LAST_REPLY_LEN})() === n",
+                        arg=len(assistant_bodies(a).last.text_content()))
+    assert b.locator("[data-testid=stopped-note]").count() == 0
+    return final
+
+
 # ---------------------------------------------------------------------------------------
 # 1. A reply being written in another tab.
 
@@ -80,14 +94,7 @@ def test_a_reply_being_written_in_another_tab_is_shown_as_such_and_its_end_arriv
     assert bodies_b == []
 
     # A ends its reply: B shows the whole of it, as an ordinary reply.
-    full_speed(cdp)
-    wait_idle(a)
-    b.wait_for_selector(ELSEWHERE, state="detached")
-    final = last_reply(a)
-    assert final["role"] == "assistant" and final["content"] and not final.get("stopped"), final
-    b.wait_for_function(f"(n) => ({LAST_REPLY_LEN})() === n",
-                        arg=len(assistant_bodies(a).last.text_content()))
-    assert b.locator("[data-testid=stopped-note]").count() == 0
+    final = whole_reply_reaches_the_other_tab(a, b, cdp)
     assert "another tab" not in b.text_content("[data-testid=notice]")
     assert b.locator("[data-testid=copy-message]").last.is_enabled()
     assert b.locator("[data-testid=regenerate]").last.is_enabled()
