@@ -69,7 +69,6 @@
   // runs into the end of the context (finish reason "length"), and the page says so.
   var RESERVE_CTX_SHARE = 4;
   var FOLLOW_PX = 120;       // this close to the bottom, the view follows a reply as it grows
-  var COPIED_MS = 1500;      // how long a message's Copy button says "Copied"
   var EXAMPLES = [
     "Explain what a GGUF file is in two sentences.",
     "Write a haiku about running a model on a laptop.",
@@ -127,7 +126,9 @@
   function setNotice(text) {
     noticeText = text || "";
     var all = [noticeText, saveWarning].filter(Boolean).join(" ");
-    $("notice").textContent = all;
+    // (only when it changes: a screen reader says again what is written again, and a
+    // reply's saves, every 2 s, wrote it again)
+    if ($("notice").textContent !== all) $("notice").textContent = all;
     show($("notice"), !!all);
   }
 
@@ -136,7 +137,8 @@
   var errorKind = "";
   function setError(text, kind) {
     errorKind = text ? kind || "" : "";
-    $("error").textContent = text || "";
+    // (as the notice: said once, not at each chat opened while the server is down)
+    if ($("error").textContent !== (text || "")) $("error").textContent = text || "";
     show($("error"), !!text);
   }
 
@@ -247,8 +249,29 @@
     $("set-max-tokens").value = s.maxTokens;
     $("set-seed").value = s.seed;
     show($("settings-error"), false);
+    markInvalid(null);
     closeSidebar();
     $("settings-dialog").showModal();
+  }
+
+  /* The settings field `id` is marked as wrong, described by the error (null: none). */
+  var NUMBER_FIELDS = ["set-temperature", "set-top-p", "set-max-tokens", "set-seed"];
+  function markInvalid(id) {
+    NUMBER_FIELDS.forEach(function (f) {
+      if (f === id) {
+        $(f).setAttribute("aria-invalid", "true");
+        $(f).setAttribute("aria-describedby", "settings-error");
+      } else {
+        $(f).removeAttribute("aria-invalid");
+        $(f).removeAttribute("aria-describedby");
+      }
+    });
+  }
+
+  function fieldError(id, text) {
+    var e = new Error(text);
+    e.field = id;
+    return e;
   }
 
   function readSettingsForm() {
@@ -256,7 +279,7 @@
       var raw = $(id).value.trim();
       var v = Number(raw);
       if (raw === "" || !isFinite(v) || v < lo || v > hi || (integer && Math.floor(v) !== v)) {
-        throw new Error($(id).parentNode.firstChild.textContent.trim() + " must be " +
+        throw fieldError(id, $(id).parentNode.firstChild.textContent.trim() + " must be " +
           (integer ? "a whole number" : "a number") + " from " + lo + " to " + hi + ".");
       }
       return v;
@@ -266,7 +289,7 @@
     if (seedRaw !== "") {
       seed = Number(seedRaw);
       // (whole numbers JavaScript holds exactly; the server takes these)
-      if (!Number.isSafeInteger(seed) || seed < 0) throw new Error("Seed must be a whole number from 0 to " + Number.MAX_SAFE_INTEGER + ", or blank for random.");
+      if (!Number.isSafeInteger(seed) || seed < 0) throw fieldError("set-seed", "Seed must be a whole number from 0 to " + Number.MAX_SAFE_INTEGER + ", or blank for random.");
     }
     return {
       systemPrompt: $("set-system").value,
@@ -283,6 +306,9 @@
     } catch (e) {
       $("settings-error").textContent = e.message;
       show($("settings-error"), true);
+      // The focus goes to the field to mend (it was on Save), which says what is wrong.
+      markInvalid(e.field);
+      $(e.field).focus();
       return;
     }
     Store.saveSettings(state.settings);
@@ -789,7 +815,7 @@
     }
     var other = run.before[0].conv;
     text.textContent = "Waiting for the reply in \u201c" + other.title + "\u201d to finish: the model writes one reply at a time. ";
-    note.replaceChildren(text, button("Stop that reply", "stop-other", "Stop the reply being written in " + other.title,
+    note.replaceChildren(text, button("Stop that reply", "stop-other", "Stop that reply (the one in " + other.title + ")",
       function () { stop(other); $("input").focus(); }));
   }
 
@@ -829,6 +855,8 @@
     wrap.setAttribute("data-role", m.role);
     wrap.setAttribute("data-index", String(index));
     if (m.leftOut) wrap.classList.add("left-out");
+    // (a screen reader waits for it; #announce says it once it is written)
+    if (streaming || (elsewhere && m.role === "assistant")) wrap.setAttribute("aria-busy", "true");
 
     var role = document.createElement("div");
     role.className = "msg-role";
@@ -881,15 +909,12 @@
     if (m.role === "user") {
       actions.appendChild(button("Edit", "edit", "Edit this message and send it again", function () { startEdit(wrap, c, index); }));
       // A message left without a reply (error, context full): offer to try again.
-      if (isLast && !elsewhere) actions.appendChild(button("Retry", "regenerate", "Send this message again", regenerateFromButton));
+      if (isLast && !elsewhere) actions.appendChild(button("Retry", "regenerate", "Retry: send this message again", regenerateFromButton));
     }
     if (m.role === "assistant") {
       var copy = button("Copy", "copy-message", "Copy this reply", function () {
         // The same sign as a code block's Copy: otherwise nothing shows that it worked.
-        Md.copyText(m.content).then(function () {
-          copy.textContent = "Copied";
-          setTimeout(function () { copy.textContent = "Copy"; }, COPIED_MS);
-        });
+        Md.copyText(m.content).then(function () { Md.showCopied(copy); });
       });
       if (streaming || elsewhere) {
         // Not the text so far: Copy is for the whole reply, once it is there.
@@ -956,24 +981,57 @@
     return box.scrollHeight - box.scrollTop - box.clientHeight < FOLLOW_PX;
   }
 
+  function focusables(root) {
+    return Array.prototype.slice.call(root.querySelectorAll("button, a[href], textarea, input"));
+  }
+
+  /* Where the focus is among the messages: {index, n}, the n-th control of message
+   * `index` (null: of the first screen); null outside them. Redrawn (a reply ended,
+   * another tab saved), the control a keyboard was on went, and the focus fell to the
+   * page. */
+  function focusInMessages() {
+    var f = document.activeElement, box = $("messages");
+    if (!f || f === box || !box.contains(f)) return null;
+    var msg = f.closest("[data-index]");
+    return { index: msg ? msg.getAttribute("data-index") : null, n: focusables(msg || box).indexOf(f) };
+  }
+
+  /* The focus back where `place` says (see focusInMessages), or on the messages. */
+  function refocusMessages(place) {
+    if (!place) return;
+    var box = $("messages");
+    var root = place.index == null ? box : box.querySelector('[data-index="' + place.index + '"]');
+    var to = root && focusables(root)[place.n];
+    (to && !to.disabled && to.checkVisibility() ? to : box).focus({ preventScroll: true });
+  }
+
   /* Draws the open chat, scrolled to its end; with keepScroll (the same chat redrawn: a
    * reply ended, another tab saved) a reader who scrolled up stays where they were. */
   function renderMessages(keepScroll) {
     var box = $("messages"), c = current();
     var top = box.scrollTop, stay = keepScroll === true && !nearBottom(box);
+    var place = focusInMessages();
     box.replaceChildren();
-    if (!c || c.messages.length === 0) { box.appendChild(welcomeEl()); planWriterCheck(); return; }
+    if (!c || c.messages.length === 0) {
+      box.appendChild(welcomeEl());
+      refocusMessages(place);
+      planWriterCheck();
+      return;
+    }
     c.messages.forEach(function (m, i) {
       var prev = c.messages[i - 1];
       if (prev && prev.leftOut && !m.leftOut) box.appendChild(leftOutLine());
       box.appendChild(messageEl(c, m, i));
     });
     box.scrollTop = stay ? top : box.scrollHeight;
+    refocusMessages(place);
     planWriterCheck();
   }
 
   function renderSidebar() {
     var list = $("conv-list");
+    // (the chat whose button has the focus: its new button takes it, see focusInMessages)
+    var focused = list.contains(document.activeElement) ? document.activeElement.getAttribute("data-id") : null;
     list.replaceChildren();
     newestFirst(state.convs).forEach(function (c) {
       var li = document.createElement("li");
@@ -991,8 +1049,10 @@
         b.title = "A reply is being written in another tab";
       }
       if (c.id === state.currentId) { li.classList.add("active"); b.setAttribute("aria-current", "true"); }
+      b.setAttribute("data-id", c.id);
       li.appendChild(b);
       list.appendChild(li);
+      if (c.id === focused) b.focus({ preventScroll: true });
     });
     planWriterCheck(); // (a mark shown goes when its tab stops renewing it)
   }
@@ -1015,9 +1075,11 @@
   /* Send or Stop, for the open chat: a reply being written in another chat has its own
    * Stop there (and under a reply that waits for it). */
   function updateButtons() {
-    var busy = !!runOf(current());
+    var busy = !!runOf(current()), f = document.activeElement;
     show($("send-btn"), !busy);
     show($("stop-btn"), busy);
+    // (Stop on its own, as its reply ends: the focus is not left on nothing)
+    if ((f === $("stop-btn") || f === $("send-btn")) && f.hidden) $("input").focus();
     // (a reply another tab writes: an Edit here would cut the chat under it)
     var locked = busy || writtenElsewhere(current());
     document.querySelectorAll("[data-testid=regenerate],[data-testid=edit],[data-testid=continue]").forEach(function (b) { b.disabled = locked; });
@@ -1436,7 +1498,7 @@
     renderSidebar();
     if (!(await takeWritingLock(c, run))) { writtenThere(c, sent); return; }
     var controller = run.controller;
-    var msg = null, was = null, addedChars = 0;
+    var msg = null, was = null, addedChars = 0, aborted = false;
     var firstAt = 0, lastAt = 0, pieces = 0;
     try {
       // /props again before every reply: the server may have been restarted on this port
@@ -1473,6 +1535,7 @@
       run.msg = msg;
       startBeat(); // (other tabs now show it as being written here)
       if (c === current()) renderAll(); else renderSidebar();
+      if (c === current()) Md.announce((cont ? "Continuing the reply" : "Writing a reply") + "\u2026 Escape stops it.");
 
       var request = {
         messages: plan.messages,
@@ -1519,7 +1582,7 @@
       }
       if (here) setNotice(notes.join(" "));
     } catch (e) {
-      var aborted = e && e.name === "AbortError";
+      aborted = !!e && e.name === "AbortError";
       if (!aborted) {
         var gone = e instanceof Api.ServerGoneError;
         replyError(c, describeError(e), gone ? "gone" : "");
@@ -1557,6 +1620,8 @@
       persist();
       // (after the save: a tab that sees the lock let go finds the reply as it ended)
       if (run.letGo) run.letGo();
+      if (run.bodyEl) run.bodyEl.parentNode.removeAttribute("aria-busy"); // (see messageEl)
+      sayReplyEnded(c, msg, addedChars, aborted);
       if (c === current()) {
         // (a reader who scrolled up to read is not moved, and one selecting text keeps it
         // until they let go: only then is the chat redrawn)
@@ -1575,6 +1640,34 @@
         renderSidebar();
         updateButtons();
       }
+    }
+  }
+
+  /* Markdown `text` as a screen reader should hear it: as the page shows it (no marks,
+   * no code block's "Copy"), a line between blocks. */
+  function spokenText(text) {
+    var d = document.createElement("div");
+    d.appendChild(Md.render(text));
+    d.querySelectorAll(".code-head").forEach(function (h) { h.remove(); });
+    d.querySelectorAll("p, li, pre, h1, h2, h3, h4, h5, h6, blockquote, tr").forEach(function (b) { b.append("\n"); });
+    d.querySelectorAll("td, th").forEach(function (b) { b.append(" "); });
+    return d.textContent.trim();
+  }
+
+  /* Tells a screen reader what the reply `msg` of chat c brought (addedChars of it were
+   * written now), once it ends: #messages is not a live region, which would say the
+   * reply again at every frame. In the open chat, the reply (a Continue: what it added);
+   * in another, that it is finished. An error says itself (#error is an alert). */
+  function sayReplyEnded(c, msg, addedChars, aborted) {
+    if (state.forgotten[c.id]) return; // (deleted: the reply went with it)
+    if (c !== current()) {
+      if (addedChars && !msg.stopped) Md.announce("The reply in \u201c" + c.title + "\u201d is finished.");
+      return;
+    }
+    if (addedChars) {
+      Md.announce("Assistant" + (msg.stopped ? " (stopped)" : "") + ": " + spokenText(msg.content.slice(-addedChars)));
+    } else if (aborted) {
+      Md.announce("Stopped.");
     }
   }
 

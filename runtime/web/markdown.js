@@ -6,12 +6,14 @@
  * Formatting (bold, code, links, ...) is recognised in the plain text and turned
  * into elements we create ourselves. Links are kept only for http, https and mailto.
  *
- * Exposes window.ChatMarkdown = { render(text) -> DocumentFragment, safeUrl(url) }.
+ * Exposes window.ChatMarkdown = { render(text) -> DocumentFragment, safeUrl(url), copyText,
+ * showCopied(button), announce(text) } (the last three: the page's Copy buttons and live region).
  */
 (function () {
   "use strict";
 
   var SAFE_PROTOCOLS = { "http:": true, "https:": true, "mailto:": true };
+  var COPIED_MS = 1500; // how long a Copy button says "Copied"
 
   /* Returns a normalised href when `raw` is an absolute http(s)/mailto URL, else null.
    * The prefix test runs on the raw text, before the URL parser strips tabs or
@@ -200,16 +202,28 @@
     codeEl.textContent = code;
     pre.appendChild(codeEl);
     copy.addEventListener("click", function () {
-      copyText(code).then(function () {
-        copy.textContent = "Copied";
-        setTimeout(function () { copy.textContent = "Copy"; }, 1500);
-      });
+      copyText(code).then(function () { showCopied(copy); });
     });
     head.appendChild(label);
     head.appendChild(copy);
     wrap.appendChild(head);
     wrap.appendChild(pre);
     return wrap;
+  }
+
+  /* A Copy button that worked says so for a moment, and a screen reader hears it (its
+   * name, "Copy code", stays: the change of its text alone was not said). */
+  function showCopied(button) {
+    button.textContent = "Copied";
+    announce("Copied");
+    setTimeout(function () { button.textContent = "Copy"; }, COPIED_MS);
+  }
+
+  /* Says `text` to screen readers through the page's live region (#announce in
+   * index.html); the same words again are said again. */
+  function announce(text) {
+    var live = document.getElementById("announce");
+    if (live) live.textContent = live.textContent === text ? text + "\u00a0" : text;
   }
 
   /* Clipboard API where allowed (localhost is a secure context), else a hidden textarea. */
@@ -513,5 +527,5 @@
     return frag;
   }
 
-  window.ChatMarkdown = { render: render, safeUrl: safeUrl, copyText: copyText };
+  window.ChatMarkdown = { render: render, safeUrl: safeUrl, copyText: copyText, showCopied: showCopied, announce: announce };
 })();
