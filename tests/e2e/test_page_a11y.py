@@ -262,31 +262,24 @@ def test_the_keyboard_keeps_its_place_when_a_reply_ends(page):
     held = hold_replies(page)
     where = "() => [document.activeElement.getAttribute('data-testid'), document.activeElement.textContent]"
 
-    press_on(page, "[data-testid=input]", "m")
-    page.keyboard.press("Enter")
-    wait_held(page, held, 1)
-    page.focus("[data-index='1'] [data-testid=copy-code]")
-    reply_with(held[0], sse("done"))
-    wait_idle(page)
+    def reply_ends_with_the_focus_on(key, n, selector):
+        """A message sent with the keyboard; the focus put on `selector` while its reply
+        is written; then the reply ends (it is the n-th held one)."""
+        press_on(page, "[data-testid=input]", key)
+        page.keyboard.press("Enter")
+        wait_held(page, held, n)
+        page.focus(selector)
+        reply_with(held[n - 1], sse("done"))
+        wait_idle(page)
+
+    reply_ends_with_the_focus_on("m", 1, "[data-index='1'] [data-testid=copy-code]")
     assert page.evaluate(where) == ["copy-code", "Copy"]
     assert page.evaluate("document.activeElement.closest('[data-index]').dataset.index") == "1"
     page.keyboard.press("Enter")
     page.wait_for_function("() => window.__said.includes('Copied')")
-
-    press_on(page, "[data-testid=input]", "n")
-    page.keyboard.press("Enter")
-    wait_held(page, held, 2)
-    page.focus("[data-testid=conv-open]:text-is('other')")
-    reply_with(held[1], sse("done"))
-    wait_idle(page)
+    reply_ends_with_the_focus_on("n", 2, "[data-testid=conv-open]:text-is('other')")
     assert page.evaluate(where) == ["conv-open", "other"]
-
-    press_on(page, "[data-testid=input]", "o")
-    page.keyboard.press("Enter")
-    wait_held(page, held, 3)
-    page.focus("[data-testid=stop]")
-    reply_with(held[2], sse("done"))
-    wait_idle(page)
+    reply_ends_with_the_focus_on("o", 3, "[data-testid=stop]")
     assert page.evaluate(ACTIVE) == "input"
 
     # Every stop of Tab, round the page, shows where it is.

@@ -22,7 +22,8 @@ from __future__ import annotations
 from tests.e2e.conftest import require_chromium
 from tests.e2e.test_page import current_conv, record_chat_requests, send, set_settings, wait_idle
 from tests.e2e.test_page_reply_life import LAST_REPLY_LEN, import_json, start_slow_reply
-from tests.e2e.test_page_tabs import (ELSEWHERE, SAVED_WITH_WORDS, last_reply, two_tabs,
+from tests.e2e.test_page_tabs import (ELSEWHERE, SAVED_WITH_WORDS, last_reply,
+                                      shown_stopped_with_continue, two_tabs,
                                       whole_reply_reaches_the_other_tab)
 
 sync_api = require_chromium()
@@ -129,11 +130,7 @@ def test_a_reply_whose_tab_closed_without_a_word_is_stopped_as_its_lock_goes(bro
     b.evaluate("() => { const now = Date.now(); Date.now = () => now; }")
     a.evaluate("() => { Storage.prototype.setItem = () => { throw new Error('crashed'); }; }")
     a.close()
-    b.wait_for_selector(ELSEWHERE, state="detached")
-    b.wait_for_selector("[data-testid=stopped-note]")
-    assert b.is_visible("[data-testid=continue]")
-    reply = last_reply(b)
-    assert reply["stopped"] is True and reply["content"], reply
+    shown_stopped_with_continue(b)
     assert "writingAt" in current_conv(b), "A's last save came: the test proves nothing"
     continue_once(b)
     ctx.close()

@@ -71,6 +71,17 @@ def whole_reply_reaches_the_other_tab(a, b, cdp) -> dict:
     return final
 
 
+def shown_stopped_with_continue(b) -> dict:
+    """The reply another tab wrote is no longer shown as written there: B shows it
+    stopped, with Continue. -> that reply, as B has it."""
+    b.wait_for_selector(ELSEWHERE, state="detached")
+    b.wait_for_selector("[data-testid=stopped-note]")
+    assert b.is_visible("[data-testid=continue]")
+    reply = last_reply(b)
+    assert reply["stopped"] is True and reply["content"], reply
+    return reply
+
+
 # ---------------------------------------------------------------------------------------
 # 1. A reply being written in another tab.
 
@@ -119,11 +130,7 @@ def test_a_reply_whose_tab_closed_is_stopped_and_can_be_continued(browser, serve
     a.wait_for_function(SAVED_WITH_WORDS)  # (else there is no reply to continue yet)
     assert a.is_visible("[data-testid=stop]"), "A's reply had ended: the test proves nothing"
     a.close()
-    b.wait_for_selector(ELSEWHERE, state="detached")
-    b.wait_for_selector("[data-testid=stopped-note]")
-    assert b.is_visible("[data-testid=continue]")
-    reply = last_reply(b)
-    assert reply["stopped"] is True and reply["content"], reply
+    shown_stopped_with_continue(b)
     ctx.close()
     assert not b.errors, b.errors
 
