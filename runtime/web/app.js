@@ -1002,7 +1002,9 @@
     var box = $("messages");
     var root = place.index == null ? box : box.querySelector('[data-index="' + place.index + '"]');
     var to = root && focusables(root)[place.n];
-    (to && !to.disabled && to.checkVisibility() ? to : box).focus({ preventScroll: true });
+    // (checkVisibility: not in Safari before 17.4, where a control drawn is taken as shown)
+    var shown = to && (typeof to.checkVisibility !== "function" || to.checkVisibility());
+    (shown && !to.disabled ? to : box).focus({ preventScroll: true });
   }
 
   /* Draws the open chat, scrolled to its end; with keepScroll (the same chat redrawn: a
