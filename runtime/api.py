@@ -19,6 +19,7 @@ from runtime.tool_calls import declared_names
 DRAIN_LIMIT_BYTES = 64 << 20   # read (and drop) at most this much of a refused body
 MAX_STOP_STRINGS = 16
 MAX_N_PROBS = 100
+MAX_PROMPTS = 128          # prompts in one /v1/completions request (OpenAI's batch)
 MAX_LOGIT_BIAS = 1024      # entries in 'logit_bias', and tokens they name once texts are tokenized
 LOGIT_BIAS_LIMIT = 100     # OpenAI's range, [-100, 100]; false bans the token
 INT32_MAX = 2**31 - 1
@@ -758,23 +759,46 @@ def _is_one_prompt(prompt: list) -> bool:
             and any(is_int(p) for p in prompt))
 
 
-def prompt_ids(model, prompt, key="prompt") -> list:
-    """llama-server's prompt: a string, token ids, or a list mixing both; or a list of
-    such prompts, which must hold one (several prompts would need several replies)."""
+def _split_prompts(prompt, key: str) -> list:
+    """llama-server's prompt forms as a list of prompts: a string, token ids, or a list
+    mixing both is one prompt; any other non-empty list holds several (each checked by
+    _one_prompt_ids)."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if not isinstance(prompt, list) or not prompt:
+        raise ApiError(400, f"'{key}' must be a non-empty string or list of token ids")
+    return [prompt] if _is_one_prompt(prompt) else prompt
+
+
+def _one_prompt_ids(model, prompt, key: str) -> list:
     if isinstance(prompt, str):
         return tokenize_prompt(model, prompt)
     if not isinstance(prompt, list) or not prompt:
-        raise ApiError(400, f"'{key}' must be a non-empty string or list of token ids")
-    if not _is_one_prompt(prompt):
-        if len(prompt) != 1:
-            raise ApiError(400, f"'{key}': only one prompt per request is supported, got "
-                                f"a list of {len(prompt)}")
-        prompt = prompt[0]  # a batch of one
-        if isinstance(prompt, str):
-            return tokenize_prompt(model, prompt)
-        if not isinstance(prompt, list) or not prompt:
-            raise ApiError(400, f"'{key}' must be a string, or a list of token ids and strings")
+        raise ApiError(400, f"'{key}' must be a string, or a list of token ids and strings")
     return _mixed_prompt_ids(model, prompt, key)
+
+
+def prompt_ids(model, prompt, key="prompt") -> list:
+    """llama-server's prompt: a string, token ids, or a list mixing both; or a list of
+    such prompts, which must hold one (several prompts would need several replies)."""
+    prompts = _split_prompts(prompt, key)
+    if len(prompts) != 1:
+        raise ApiError(400, f"'{key}': only one prompt per request is supported, got "
+                            f"a list of {len(prompts)}")
+    return _one_prompt_ids(model, prompts[0], key)
+
+
+def completion_prompts(model, prompt, key="prompt") -> list:
+    """/v1/completions' prompt: one prompt, as prompt_ids reads it, or a list of several
+    (OpenAI's batch), each answered in a choice of its own. -> [(ids, the prompt as
+    sent), ...], for prompt_text."""
+    prompts = _split_prompts(prompt, key)
+    if len(prompts) > MAX_PROMPTS:
+        raise ApiError(400, f"'{key}' holds {len(prompts)} prompts; at most {MAX_PROMPTS} "
+                            f"are taken in one request")
+    many = len(prompts) > 1
+    return [(_one_prompt_ids(model, p, f"{key}[{i}]" if many else key), p)
+            for i, p in enumerate(prompts)]
 
 
 def prompt_text(model, prompt, ids: list) -> str:
@@ -833,6 +857,36 @@ def logprob(p: float) -> float:
     return math.log(p) if p > 0 else -1e30
 
 
+def legacy_tops(model, probs) -> dict:
+    """The legacy `top_logprobs` entry of one token from its [(id, prob), ...], best
+    first. Keyed by text: tokens that read the same (byte tokens of an unfinished
+    character all read "\ufffd") keep the likeliest, which is listed first."""
+    tops = {}
+    for t, p in probs or []:
+        tops.setdefault(piece(model, t)[0], logprob(p))
+    return tops
+
+
+def prompt_logprobs(model, ids: list, probs: list, text: str) -> dict:
+    """echo's part of the legacy `logprobs`: every prompt token, its logprob and its
+    likeliest alternatives given the tokens before it (null for the first, which has
+    none, as in OpenAI's answer), and where its text begins in the prompt's `text`. The
+    offsets are those of the text the ids decode to, which is `text` for token ids and
+    for a string that decodes back to itself; they never pass the end of `text`.
+    probs: the engine's prompt_probs, one (prob, [(id, prob), ...]) per token after the
+    first."""
+    offsets = TextOffsets(model, start=0, continuation=False)
+    return {"tokens": [piece(model, t)[0] for t in ids],
+            "token_logprobs": [None] + [logprob(p) for p, _ in probs],
+            "top_logprobs": [None] + [legacy_tops(model, tops) for _, tops in probs],
+            "text_offset": [min(offsets.push(t), len(text)) for t in ids]}
+
+
+def joined_logprobs(first: dict, then: dict) -> dict:
+    """Two legacy `logprobs` objects one after the other (the prompt's, the reply's)."""
+    return {k: first[k] + then[k] for k in first}
+
+
 def _continues_char(held: bytes, more: bytes) -> bool:
     """Whether `more`'s first byte goes on with the unfinished UTF-8 character `held`."""
     try:
@@ -854,9 +908,12 @@ class TextOffsets:
     tokens up to its own, so streamed and whole replies agree.
     """
 
-    def __init__(self, model, start: int):
+    def __init__(self, model, start: int, continuation: bool = True):
+        """continuation: the tokens go on from text before them (a completion); False
+        for a text of its own (the prompt), whose first word drops a SentencePiece
+        vocabulary's space as detokenize does."""
         self._tok = model.tokenizer
-        self._text = self._tok.decoder(continuation=True)
+        self._text = self._tok.decoder(continuation=continuation)
         self._bytes = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._n_out = start   # characters the decoder has brought out, from `start`
         self._last = start

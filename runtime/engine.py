@@ -9,10 +9,12 @@ Prompt cache: the session keeps the tokens of the previous request (prompt + rep
 A new prompt rewinds the session to the longest common prefix and evaluates only the
 rest, so the second turn of a chat prefills just the new message.
 
-Every request gets its own event queue. The worker puts `Event`s on it: one per
-generated token (with the text that token released, possibly empty while a stop string
-is still undecided), then exactly one final event ("done" or "error"). The worker never
-dies on a request's error: the exception travels back to the request as an error event.
+Every request gets its own event queue. The worker puts `Event`s on it: for a request
+that asks for its prompt's logprobs, one "prompt" event once the prompt is evaluated; one
+per generated token (with the text that token released, possibly empty while a stop
+string is still undecided); then exactly one final event ("done" or "error"). The worker
+never dies on a request's error: the exception travels back to the request as an error
+event.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from runtime.sampling import NoTokenAllowed
+from runtime.sampling import NoTokenAllowed, Sampler, SamplingParams
 
 try:
     from runtime.model import ContextOverflowError
@@ -67,7 +69,7 @@ class Timings:
 
 @dataclass
 class Event:
-    """What the worker reports. kind: "token" | "done" | "error"."""
+    """What the worker reports. kind: "prompt" | "token" | "done" | "error"."""
     kind: str
     text: str = ""
     token: int | None = None
@@ -83,6 +85,9 @@ class Event:
     completion_tokens: int = 0
     timings: Timings | None = None
     error: BaseException | None = None
+    # prompt_logprobs ("prompt" and "done" events): for each prompt token after the first,
+    # (its probability, the n_probs likeliest [(id, prob), ...]) at the position before it.
+    prompt_probs: list | None = None
 
 
 @dataclass
@@ -92,6 +97,9 @@ class Request:
     max_tokens: int = -1               # -1: until end of generation or context full
     stop: list = field(default_factory=list)
     n_probs: int = 0
+    # The probability of each prompt token after the first (and the n_probs likeliest
+    # tokens there): /v1/completions' echo with logprobs. It evaluates the whole prompt.
+    prompt_logprobs: bool = False
     cache_prompt: bool = True
     # The reply goes on from the prompt's text (/completion, /infill): its first word keeps
     # its leading space (see tokenizer.StreamDecoder). A chat reply starts a message.
@@ -120,7 +128,7 @@ class Request:
             except queue.Empty:
                 continue
             yield ev
-            if ev.kind != "token":
+            if ev.kind in ("done", "error"):
                 return
 
 
@@ -186,8 +194,24 @@ def chat_prompt_ids(model, messages: list, tools: list | None = None,
 
 
 def _make_sampler(params):
-    from runtime.sampling import Sampler, SamplingParams
     return Sampler(params if params is not None else SamplingParams())
+
+
+def _prompt_probs_into(found: list, ids: list, n_probs: int):
+    """A Session.eval `rows` callback: for each position followed by another prompt
+    token, appends that token's probability and the n_probs likeliest (id, prob) to
+    `found`. They come from the function that reports a reply's logprobs, on the model's
+    own distribution: the request's logit_bias, penalties and constraint shape its reply,
+    not what the model thought of the prompt."""
+    raw = Sampler(SamplingParams())  # its defaults apply no bias and no penalty
+
+    def rows(logits, pos0: int) -> None:
+        for j, row in enumerate(logits):
+            nxt = pos0 + j + 1
+            if nxt < len(ids):
+                tops, p = raw.reported_probs(row, [], n_probs)
+                found.append((float(p[ids[nxt]]), tops))
+    return rows
 
 
 class Engine:
@@ -278,10 +302,20 @@ class Engine:
             finally:
                 self.busy.clear()
 
-    def _prefill(self, req: Request, t: Timings) -> np.ndarray:
+    def _prefill(self, req: Request, t: Timings) -> tuple[np.ndarray, list | None]:
+        """Evaluate the prompt: (the logits after it, its logprobs if the request asks)."""
         ids = list(req.prompt_ids)
         s = self.session
-        if req.cache_prompt:
+        found = rows = None
+        if req.prompt_logprobs:
+            # Every prompt position's logits are needed, and the cache keeps none: the
+            # prompt is evaluated whole, its cached part too, so that the answer is the
+            # same whatever the cache held.
+            s.rewind(0)
+            kept = 0
+            found = []
+            rows = _prompt_probs_into(found, ids, req.n_probs)
+        elif req.cache_prompt:
             kept = s.reuse_prefix(ids)
         else:
             s.rewind(0)
@@ -298,14 +332,17 @@ class Engine:
         for i in range(0, len(rest), chunk):
             if req.cancel.is_set():
                 raise Cancelled()
-            logits = s.eval(rest[i:i + chunk])
+            part = rest[i:i + chunk]
+            logits = s.eval(part) if rows is None else s.eval(part, rows=rows)
         t.prompt_ms = 1e3 * (time.perf_counter() - t0)
         t.prompt_n = len(rest)
-        return logits
+        if found is not None:
+            req.events.put(Event("prompt", prompt_probs=found))
+        return logits, found
 
     def _serve(self, req: Request):
         t = Timings()
-        logits = self._prefill(req, t)
+        logits, prompt_probs = self._prefill(req, t)
         sampler = self._make_sampler(req.params)
         if req.constraint is not None:
             sampler.constraint = req.constraint
@@ -323,7 +360,8 @@ class Engine:
             t.predicted_n = n_gen
             t.predicted_ms = 1e3 * (time.perf_counter() - t_gen)
             req.events.put(Event("done", finish_reason=reason, timings=t,
-                                 prompt_tokens=len(req.prompt_ids), completion_tokens=n_gen, **kw))
+                                 prompt_tokens=len(req.prompt_ids), completion_tokens=n_gen,
+                                 prompt_probs=prompt_probs, **kw))
 
         if max_tokens == 0:
             finish("length", stopped_limit=True)

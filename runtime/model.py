@@ -46,6 +46,10 @@ from runtime.gguf import GGUFError
 UBATCH_TOK = 256
 # Quantized-mode matmuls dequantize this many weight bytes (as float32) at a time.
 QUANT_CHUNK_BYTES = 8 << 20
+# Session.eval's `rows` (logits at every position, for prompt logprobs) runs the output
+# head over this many bytes of logits at a time: Qwen's 151,936-entry vocabulary makes
+# that 110 positions, where a whole 4096-token prompt would take 2.5 GB at once.
+LOGIT_ROWS_BYTES = 64 << 20
 # An int8-mode matmul of one token (decode) splits its rows over two threads, each
 # converting chunks of this many weights to float32 (1 MiB, which stays in L2 between the
 # conversion and the GEMV): the conversion is NumPy work on one core, and OpenBLAS's own
@@ -776,8 +780,14 @@ class Session:
             n += 1
         return self.rewind(n)
 
-    def eval(self, ids: Sequence[int], all_logits: bool = False) -> np.ndarray:
-        """Append ids; return logits [n_vocab] of the last one, or [len(ids), n_vocab]."""
+    def eval(self, ids: Sequence[int], all_logits: bool = False,
+             rows: Callable[[np.ndarray, int], None] | None = None) -> np.ndarray:
+        """Append ids; return logits [n_vocab] of the last one, or [len(ids), n_vocab].
+
+        rows(logits, pos): also called with the logits of every position, a few at a
+        time ([t, n_vocab] for positions pos..pos+t-1, at most LOGIT_ROWS_BYTES), for
+        callers that reduce them as they come (prompt logprobs). The return value is the
+        same as without it, bit for bit."""
         a = self.model.check_ids(ids)
         if a.size == 0:
             raise ValueError("eval needs at least one token")
@@ -788,13 +798,13 @@ class Session:
         for i in range(0, a.size, UBATCH_TOK):
             chunk = a[i:i + UBATCH_TOK]
             if not all_logits and i + UBATCH_TOK < a.size:  # its logits are never used
-                self._forward(chunk, head=False)
+                self._forward(chunk, head=False, rows=rows)
             else:
-                outs.append(self._forward(chunk, head=True, last_only=not all_logits))
+                outs.append(self._forward(chunk, head=True, last_only=not all_logits, rows=rows))
         return np.concatenate(outs) if all_logits else outs[-1][-1]
 
-    def _forward(self, ids: np.ndarray, head: bool, last_only: bool = False):
-        """The forward pass over new tokens `ids` at positions n_past.. ."""
+    def _forward(self, ids: np.ndarray, head: bool, last_only: bool = False, rows=None):
+        """The forward pass over new tokens `ids` at positions n_past.. (rows: see eval)."""
         c, m = self.cfg, self.model
         T, pos0 = ids.size, self.n_past
         S = pos0 + T
@@ -833,10 +843,19 @@ class Session:
                 f = rms_norm(f, L.post_ffn_norm, c.norm_eps)
             x += f if c.residual_scale == 1.0 else f * c.residual_scale
         self.tokens.extend(int(t) for t in ids)
+        if rows is not None:
+            step = max(1, LOGIT_ROWS_BYTES // (4 * m.n_vocab))
+            for r0 in range(0, T, step):
+                rows(self._head(x[r0:r0 + step]), pos0 + r0)
         if not head:
             return None
         if last_only:
             x = x[-1:]  # only the last position goes through the (large) output head
+        return self._head(x)
+
+    def _head(self, x: np.ndarray) -> np.ndarray:
+        """The output head: final hidden states [t, n_embd] -> logits [t, n_vocab]."""
+        c, m = self.cfg, self.model
         x = rms_norm(x, m.output_norm, c.norm_eps)
         logits = linear(x, m.output)  # [T, n_embd] -> [T, n_vocab]
         if c.logit_scale != 1.0:

@@ -11,6 +11,7 @@ shape {"error": {"message", "type", "code"}}; never an HTML page, never a traceb
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import gc
 import hmac
@@ -39,13 +40,14 @@ import bottle
 
 from runtime import file_lease, tool_calls
 from runtime.api import (MAX_N_PROBS, MISSING, ApiError, TextOffsets, chat_ids, check_chat_fields,
-                         check_n, context_overflow, error_body, get_bool, get_int, get_json_grammar,
-                         get_max_tokens, get_messages, get_parallel_tool_calls, get_stop, get_str,
-                         get_template_kwargs, get_tool_choice, get_tools, is_int, json_bytes,
-                         limit_is_set, logprob, output_constraint, parse_json, piece, prompt_ids,
-                         prompt_text, prompt_tools, read_body, reply_grammar, sampling_params,
-                         split_prefill, template_in_effect)
-from runtime.engine import ContextOverflowError, Engine, EngineBusy, Request
+                         check_n, completion_prompts, context_overflow, error_body, get_bool,
+                         get_int, get_json_grammar, get_max_tokens, get_messages,
+                         get_parallel_tool_calls, get_stop, get_str, get_template_kwargs,
+                         get_tool_choice, get_tools, is_int, joined_logprobs, json_bytes,
+                         legacy_tops, limit_is_set, logprob, output_constraint, parse_json, piece,
+                         prompt_ids, prompt_logprobs, prompt_text, prompt_tools, read_body,
+                         reply_grammar, sampling_params, split_prefill, template_in_effect)
+from runtime.engine import ContextOverflowError, Engine, EngineBusy, Request, Timings
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
 PORT_TRIES = 20            # a busy port: try the next ones
@@ -111,6 +113,15 @@ class State:
     model_id: str = ""
     created: int = field(default_factory=lambda: int(time.time()))
     log: Callable[[str], None] = print  # the console line for what the operator must see
+
+
+def _summed(timings) -> Timings:
+    """The timings of several requests (a list of prompts) added up."""
+    total = Timings()
+    for t in timings:
+        for f in dataclasses.fields(Timings):
+            setattr(total, f.name, getattr(total, f.name) + getattr(t, f.name))
+    return total
 
 
 # ---- the app --------------------------------------------------------------------------
@@ -218,6 +229,8 @@ def build_app(st: State) -> bottle.Bottle:
                     toks.append(ev)
             elif ev.kind == "error":
                 raise _worker_error(ev.error)
+            elif ev.kind == "prompt":  # the final event carries the prompt's logprobs too
+                continue
             elif ev.finish_reason == "cancelled":  # nobody is left to read a reply
                 raise ApiError(400, "the request was cancelled: the client closed the connection")
             else:
@@ -397,77 +410,88 @@ def build_app(st: State) -> bottle.Bottle:
         if get_str(body, "suffix", ""):
             raise ApiError(400, "'suffix' is not supported here; use /infill to fill in the middle")
         n_lp = get_int(body, "logprobs", 0, lo=0, hi=5)
-        if echo and n_lp:
-            # OpenAI's echo with logprobs lists the prompt's tokens too, each with its
-            # logprob: logits at every prompt position, which the engine does not keep
-            # (and cannot have for a prompt found in its cache).
-            raise ApiError(400, "'echo' together with 'logprobs' is not supported: this "
-                                "server does not compute the prompt's token logprobs")
         stream = get_bool(body, "stream", False)
         opts = body.get("stream_options")
         if opts is not None and not isinstance(opts, dict):
             raise ApiError(400, "'stream_options' must be an object")
         include_usage = get_bool(opts or {}, "include_usage", False)
-        ids = prompt_ids(model, body["prompt"])
-        # What echo returns, and where text_offset counts from.
-        before = prompt_text(model, body["prompt"], ids) if echo or n_lp else ""
-        req = Request(prompt_ids=ids,
-                      params=sampling_params(body, openai=True, default_temp=st.temperature,
-                                             model=model),
-                      max_tokens=get_max_tokens(body, st.n_ctx),
-                      stop=get_stop(body), n_probs=n_lp,
-                      cache_prompt=get_bool(body, "cache_prompt", True), continuation=True,
-                      constraint=output_constraint(model, get_json_grammar(body)))
-        if not limit_is_set(body):
-            req.max_tokens = min(16, st.n_ctx)  # OpenAI's documented default for completions
+        prompts = completion_prompts(model, body["prompt"])
+        if stream and len(prompts) > 1:
+            raise ApiError(400, f"'stream' with a list of {len(prompts)} prompts is not "
+                                f"supported: stream one prompt per request, or send the list "
+                                f"without 'stream'")
+        if len(prompts) > 1:  # every prompt is checked before the first one runs
+            for ids, _ in prompts:
+                if len(ids) >= st.n_ctx:
+                    raise context_overflow(len(ids), st.n_ctx,
+                                           getattr(model, "n_ctx_train", 0) or 0)
+        params = sampling_params(body, openai=True, default_temp=st.temperature, model=model)
+        # OpenAI's documented default for completions is 16 tokens
+        max_tokens = get_max_tokens(body, st.n_ctx) if limit_is_set(body) else min(16, st.n_ctx)
+        stop, cache_prompt = get_stop(body), get_bool(body, "cache_prompt", True)
+        grammar = get_json_grammar(body)
+
+        def request(ids):
+            # echo with logprobs: the prompt's tokens with their logprobs come first
+            return Request(prompt_ids=ids, params=params, max_tokens=max_tokens, stop=stop,
+                           n_probs=n_lp, prompt_logprobs=echo and n_lp > 0,
+                           cache_prompt=cache_prompt, continuation=True,
+                           constraint=output_constraint(model, grammar))  # one per request
+
         base = {"id": "cmpl-" + uuid.uuid4().hex[:24], "object": "text_completion",
                 "created": int(time.time()), "model": st.model_id, "system_fingerprint": "chatfile"}
-        submit(req)
 
-        # text_offset: where each token's text begins in the prompt's text followed by the
-        # completion, echo or not, as llama-cpp-python counts it after OpenAI's legacy API;
-        # streamed, it goes on from chunk to chunk. A decoder of our own, fed the tokens
-        # the engine's was fed, gives each token's place in the text even while the
-        # engine holds text back (a stop string may begin there) or a character is
-        # still incomplete.
-        offsets = TextOffsets(model, start=len(before))
-
-        def logprobs_of(toks):
+        def logprobs_of(toks, offsets):
+            # text_offset: where each token's text begins in the prompt's text followed by
+            # the completion, echo or not, as llama-cpp-python counts it after OpenAI's
+            # legacy API; streamed, it goes on from chunk to chunk. `offsets`, a decoder of
+            # our own fed the tokens the engine's was fed, gives each token's place in the
+            # text even while the engine holds text back (a stop string may begin there)
+            # or a character is still incomplete.
             if not n_lp:
                 return None
-            out = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
-            for ev in toks:
-                s = piece(model, ev.token)[0]
-                out["tokens"].append(s)
-                out["token_logprobs"].append(logprob(ev.prob or 0.0))
-                # Keyed by text: tokens that read the same (byte tokens of an unfinished
-                # character all read "\ufffd") keep the likeliest, which is listed first.
-                tops = {}
-                for t, p in ev.probs or []:
-                    tops.setdefault(piece(model, t)[0], logprob(p))
-                out["top_logprobs"].append(tops)
-                out["text_offset"].append(offsets.push(ev.token))
-            return out
+            return {"tokens": [piece(model, ev.token)[0] for ev in toks],
+                    "token_logprobs": [logprob(ev.prob or 0.0) for ev in toks],
+                    "top_logprobs": [legacy_tops(model, ev.probs) for ev in toks],
+                    "text_offset": [offsets.push(ev.token) for ev in toks]}
 
-        def usage(final):
-            return {"prompt_tokens": final.prompt_tokens, "completion_tokens": final.completion_tokens,
-                    "total_tokens": final.prompt_tokens + final.completion_tokens}
+        def usage(finals):
+            n_prompt = sum(f.prompt_tokens for f in finals)
+            n_reply = sum(f.completion_tokens for f in finals)
+            return {"prompt_tokens": n_prompt, "completion_tokens": n_reply,
+                    "total_tokens": n_prompt + n_reply}
 
         if not stream:
-            text, toks, final = collect(req)
-            return ok({**base, "choices": [{"index": 0, "text": (before if echo else "") + text,
-                                            "logprobs": logprobs_of(toks),
-                                            "finish_reason": final.finish_reason}],
-                       "usage": usage(final), "timings": final.timings.as_dict()})
+            choices, finals = [], []
+            for i, (ids, prompt) in enumerate(prompts):  # one after the other
+                before = prompt_text(model, prompt, ids) if echo or n_lp else ""
+                text, toks, final = collect(submit(request(ids)))
+                lp = logprobs_of(toks, TextOffsets(model, start=len(before)))
+                if lp is not None and echo:
+                    lp = joined_logprobs(prompt_logprobs(model, ids, final.prompt_probs, before), lp)
+                choices.append({"index": i, "text": (before if echo else "") + text,
+                                "logprobs": lp, "finish_reason": final.finish_reason})
+                finals.append(final)
+            return ok({**base, "choices": choices, "usage": usage(finals),
+                       "timings": _summed(f.timings for f in finals).as_dict()})
+
+        (ids, prompt), = prompts
+        before = prompt_text(model, prompt, ids) if echo or n_lp else ""
+        req = submit(request(ids))
+        offsets = TextOffsets(model, start=len(before))
 
         def chunks(req, events):
-            if echo:  # the prompt first, at once, as its own chunk
-                yield {**base, "choices": [{"index": 0, "text": before, "logprobs": None,
-                                            "finish_reason": None}]}
+            def prompt_chunk(lp=None):  # echo: the prompt first, as its own chunk
+                return {**base, "choices": [{"index": 0, "text": before, "logprobs": lp,
+                                             "finish_reason": None}]}
+            if echo and not req.prompt_logprobs:  # at once: nothing to wait for
+                yield prompt_chunk()
             for ev in events:
-                if ev.kind == "token":
+                if ev.kind == "prompt":  # its logprobs, once the prompt is evaluated
+                    yield prompt_chunk(prompt_logprobs(model, ids, ev.prompt_probs, before))
+                elif ev.kind == "token":
                     if ev.text or (n_lp and ev.token is not None):
-                        lp = logprobs_of([ev]) if ev.token is not None else None
+                        lp = logprobs_of([ev], offsets) if ev.token is not None else None
                         yield {**base, "choices": [{"index": 0, "text": ev.text, "logprobs": lp,
                                                     "finish_reason": None}]}
                 elif ev.kind == "error":
@@ -476,7 +500,7 @@ def build_app(st: State) -> bottle.Bottle:
                     yield {**base, "choices": [{"index": 0, "text": "", "logprobs": None,
                                                 "finish_reason": ev.finish_reason}]}
                     if include_usage:
-                        yield {**base, "choices": [], "usage": usage(ev)}
+                        yield {**base, "choices": [], "usage": usage([ev])}
                     yield b"data: [DONE]\n\n"
         return sse(chunks, req)
 

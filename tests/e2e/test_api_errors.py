@@ -82,9 +82,9 @@ def field_cases():
         c.append(("/v1/completions", {"prompt": p}, 400))
         c.append(("/completion", {"prompt": p}, 400))
     # Several prompts at once. (llama-server reads a list with a token id among strings as
-    # one prompt, and a list of strings or of lists as several.)
+    # one prompt, and a list of strings or of lists as several.) /v1/completions answers
+    # them as OpenAI's batch (tests/e2e/test_api_echo_logprobs.py).
     for p in [["a", "b"], [[1, 2], [3]], ["a", [1, 2]], [["a"], ["b"]]]:
-        c.append(("/v1/completions", {"prompt": p}, 400))
         c.append(("/completion", {"prompt": p}, 400))
     c.append(("/v1/completions", {}, 400))
     c.append(("/completion", {}, 400))

@@ -12,8 +12,8 @@
   in the prompt's text followed by the completion, as OpenAI's legacy API and
   llama-cpp-python (the reference here, run in this process) count it, streamed or not.
 - /v1/completions refused echo. It now returns the prompt's text before the completion
-  (streamed: the prompt is the first chunk); echo with logprobs (the prompt's token
-  logprobs, which the engine does not compute) is a 400 that says so.
+  (streamed: the prompt is the first chunk); echo with logprobs, the prompt's token
+  logprobs too, is checked in test_api_echo_logprobs.py.
 
 Servers: the session's tiny_server; --cors ones from server_factory; a server that never
 loads (so it answers 503 "loading" for good) in this process. Nothing asserts timings.
@@ -241,10 +241,3 @@ def test_echo_of_token_ids_is_their_text(tiny_server, tiny_model):
     assert status == 200, r
     assert r["choices"][0]["text"] == tiny_model.detokenize(ids) + plain["choices"][0]["text"]
 
-
-def test_echo_with_logprobs_is_refused_clearly(tiny_server):
-    client = _client(tiny_server.url, max_retries=0)
-    with pytest.raises(openai.BadRequestError, match="'echo' together with 'logprobs'"):
-        client.completions.create(model="x", prompt="Hi", echo=True, logprobs=1, max_tokens=2)
-    status, r = post_json(tiny_server.url + "/v1/completions", {"prompt": "Hi", "echo": "yes"})
-    assert status == 400 and "'echo'" in r["error"]["message"], r
