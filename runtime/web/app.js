@@ -120,6 +120,21 @@
 
   function show(elm, on) { elm.hidden = !on; }
 
+  /* Says `text` to screen readers by #announce (see Md.announce and placeAnnounce). What
+   * is said in one go (a reply that starts and waits, one that ends with a notice) is
+   * said as one: a live region given two texts at once says only the last. */
+  var toSay = [];
+  function say(text) {
+    if (!toSay.length) queueMicrotask(function () { Md.announce(toSay.join(" ")); toSay = []; });
+    toSay.push(text);
+  }
+
+  /* While a dialog is open the page behind it is inert, and the notice's and the error's
+   * live regions with it: #announce, in the dialog meanwhile, says them instead. */
+  function sayIfInDialog(text) {
+    if (text && document.querySelector("dialog[open]")) say(text);
+  }
+
   /* The notice line: what the page last said about the chat, followed by the warning
    * that saving fails while it does (the one must not hide the other). */
   var noticeText = "", saveWarning = "";
@@ -128,7 +143,7 @@
     var all = [noticeText, saveWarning].filter(Boolean).join(" ");
     // (only when it changes: a screen reader says again what is written again, and a
     // reply's saves, every 2 s, wrote it again)
-    if ($("notice").textContent !== all) $("notice").textContent = all;
+    if ($("notice").textContent !== all) { $("notice").textContent = all; sayIfInDialog(all); }
     show($("notice"), !!all);
   }
 
@@ -138,7 +153,7 @@
   function setError(text, kind) {
     errorKind = text ? kind || "" : "";
     // (as the notice: said once, not at each chat opened while the server is down)
-    if ($("error").textContent !== (text || "")) $("error").textContent = text || "";
+    if ($("error").textContent !== (text || "")) { $("error").textContent = text || ""; sayIfInDialog(text); }
     show($("error"), !!text);
   }
 
@@ -182,6 +197,17 @@
 
   /* ---------- dialogs ---------- */
 
+  /* A modal dialog makes the rest of the page inert, #announce with it: a reply that
+   * ended, or an error, would go unsaid. So #announce is in the open dialog meanwhile
+   * (emptied as it moves: what it said before is not said again), and back after. */
+  function placeAnnounce() {
+    var open = document.querySelectorAll("dialog[open]"), live = $("announce");
+    var home = open.length ? open[open.length - 1] : document.body;
+    if (live.parentNode === home) return;
+    live.textContent = "";
+    home.appendChild(live);
+  }
+
   /* A small modal: asks for text (or, with confirmOnly, just OK/Cancel).
    * Resolves to the string, true, or null when cancelled. */
   function ask(message, opts) {
@@ -212,6 +238,7 @@
       input.addEventListener("keydown", onKey);
       dlg.addEventListener("cancel", onCancel);
       dlg.showModal();
+      placeAnnounce();
       if (opts.confirmOnly) $("ask-ok").focus(); else { input.focus(); input.select(); }
     });
   }
@@ -252,6 +279,7 @@
     markInvalid(null);
     closeSidebar();
     $("settings-dialog").showModal();
+    placeAnnounce();
   }
 
   /* The settings field `id` is marked as wrong, described by the error (null: none). */
@@ -825,7 +853,6 @@
     var note = document.createElement("div");
     note.className = "msg-note";
     note.setAttribute("data-testid", "wait-note");
-    note.setAttribute("role", "status");
     fillWaitNote(note, run);
     return note;
   }
@@ -839,10 +866,25 @@
         run.waitEl = newWaitNote(run);
         run.bodyEl.after(run.waitEl);
       }
-      return;
+    } else {
+      if (run.waitEl) run.waitEl.remove();
+      run.waitEl = null;
     }
-    if (run.waitEl) run.waitEl.remove();
-    run.waitEl = null;
+    sayNewNote();
+  }
+
+  /* The note under the open chat's last message (its reply waits for another, or is
+   * written in another tab) is said by #announce as it comes into view, or says
+   * something new; not again as the chat is drawn again (at each save of the other
+   * tab's, every 2 s). A live region of its own, drawn with its text, might go unsaid. */
+  var noteSaid = ""; // the chat and the note last said; "" once none is shown
+  function sayNewNote() {
+    var c = current(), note = $("messages").querySelector("[data-testid=wait-note], [data-testid=elsewhere-note]");
+    var text = note ? note.firstChild.textContent.trim() : "";
+    // (the other tab's reply getting its first words changes the words, not the news)
+    var key = note ? c.id + "\n" + (note.getAttribute("data-testid") === "wait-note" ? text : "elsewhere") : "";
+    if (key && key !== noteSaid) say(text);
+    noteSaid = key;
   }
 
   function messageEl(c, m, index) {
@@ -858,7 +900,9 @@
     // (a screen reader waits for it; #announce says it once it is written)
     if (streaming || (elsewhere && m.role === "assistant")) wrap.setAttribute("aria-busy", "true");
 
-    var role = document.createElement("div");
+    // A heading: a screen reader goes from message to message by them (the chat's title
+    // is the h1).
+    var role = document.createElement("h2");
     role.className = "msg-role";
     role.textContent = ROLE_LABELS[m.role];
     wrap.appendChild(role);
@@ -881,7 +925,6 @@
       var away = document.createElement("div");
       away.className = "msg-note";
       away.setAttribute("data-testid", "elsewhere-note");
-      away.setAttribute("role", "status");
       away.textContent = m.role === "assistant"
         ? "Being written in another tab\u2026 The whole reply shows here once it is finished."
         : "A reply to this is being written in another tab\u2026 It shows here once it is finished.";
@@ -1018,6 +1061,7 @@
       box.appendChild(welcomeEl());
       refocusMessages(place);
       planWriterCheck();
+      sayNewNote();
       return;
     }
     c.messages.forEach(function (m, i) {
@@ -1028,6 +1072,7 @@
     box.scrollTop = stay ? top : box.scrollHeight;
     refocusMessages(place);
     planWriterCheck();
+    sayNewNote();
   }
 
   function renderSidebar() {
@@ -1536,8 +1581,9 @@
       }
       run.msg = msg;
       startBeat(); // (other tabs now show it as being written here)
+      // (said before the chat is drawn: a note that it waits comes after)
+      if (c === current()) say((cont ? "Continuing the reply" : "Writing a reply") + "\u2026 Escape stops it.");
       if (c === current()) renderAll(); else renderSidebar();
-      if (c === current()) Md.announce((cont ? "Continuing the reply" : "Writing a reply") + "\u2026 Escape stops it.");
 
       var request = {
         messages: plan.messages,
@@ -1663,13 +1709,13 @@
   function sayReplyEnded(c, msg, addedChars, aborted) {
     if (state.forgotten[c.id]) return; // (deleted: the reply went with it)
     if (c !== current()) {
-      if (addedChars && !msg.stopped) Md.announce("The reply in \u201c" + c.title + "\u201d is finished.");
+      if (addedChars && !msg.stopped) say("The reply in \u201c" + c.title + "\u201d is finished.");
       return;
     }
     if (addedChars) {
-      Md.announce("Assistant" + (msg.stopped ? " (stopped)" : "") + ": " + spokenText(msg.content.slice(-addedChars)));
+      say("Assistant" + (msg.stopped ? " (stopped)" : "") + ": " + spokenText(msg.content.slice(-addedChars)));
     } else if (aborted) {
-      Md.announce("Stopped.");
+      say("Stopped.");
     }
   }
 
@@ -1683,12 +1729,14 @@
       msgs.pop();
       if (!$("input").value) { $("input").value = sent.content; draftChanged(); }
     }
+    if (sent && c === current()) setNotice(MSG_ELSEWHERE_SEND);
     var held = Object.assign(Object.create(null), state.heldElsewhere);
     held[c.id] = true;
-    state.heldElsewhere = held;
+    // (c was not held elsewhere while this tab had a run there: it comes, and the list,
+    // and c if it is shown, are drawn again)
+    setHeldElsewhere(held);
     watchRelease(c.id);
-    if (sent && c === current()) setNotice(MSG_ELSEWHERE_SEND);
-    if (c === current()) renderAll(true); else { renderSidebar(); updateButtons(); }
+    if (c === current()) updateContextUse(); // (without the message that went back)
   }
 
   /* A reply that has no first word after QUEUE_CHECK_MS may wait behind a reply the
@@ -2066,6 +2114,7 @@
     $("settings-btn").addEventListener("click", openSettings);
     $("settings-save").addEventListener("click", saveSettingsFromForm);
     $("settings-cancel").addEventListener("click", function () { $("settings-dialog").close(); });
+    document.querySelectorAll("dialog").forEach(function (d) { d.addEventListener("close", placeAnnounce); });
     $("settings-reset").addEventListener("click", function () {
       var d = state.defaults;
       $("set-system").value = d.systemPrompt;

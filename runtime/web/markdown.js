@@ -493,6 +493,10 @@
       if ((m = RE_HEADING.exec(line))) {
         endPara();
         var h = el("h" + m[1].length);
+        // A reply sits under its author's h2 (the chat's title is the h1): its own "#"
+        // headings are told to screen readers as levels 3-6, so they stay inside the
+        // message. The element, and so its look, is the one the markdown asked for.
+        h.setAttribute("aria-level", String(Math.min(m[1].length + 2, 6)));
         renderInline(m[2], h, false);
         frag.appendChild(h);
         i += 1; continue;
