@@ -383,6 +383,10 @@ def _dispatch(args) -> int:
             print(f"chatfile: error: stdin is closed; run it in a terminal or pipe a "
                   f"question in, for example: {example}", file=sys.stderr)
             return 2
+        if args.prompt is not None and not args.prompt.strip():  # said before the load
+            from runtime.terminal import PROMPT_EXAMPLE, empty_question
+            sys.stderr.write(empty_question("--prompt", PROMPT_EXAMPLE))
+            return 2
         from runtime import file_lease
         # A copy over the model file then stops the chat with a message.
         with file_lease.armed():
@@ -394,12 +398,16 @@ def _terminal_chat(args, template, example: str) -> int:
     from runtime.model import Model
     from runtime.sampling import SamplingParams
     from runtime.terminal import chat, pastes_marked_while_loading
-    if sys.stderr is not None and sys.stderr.isatty():  # the 2-4 s before the prompt
+    watched = sys.stderr is not None and sys.stderr.isatty()  # piped runs keep stderr quiet
+    if watched:  # the 2-4 s before the prompt
         print(f"chatfile: loading {os.path.basename(args.model)}...", file=sys.stderr,
               flush=True)
     with pastes_marked_while_loading():  # a paste meanwhile is one message, not one per line
         model = Model.load(args.model, offset=args.gguf_offset, size=args.gguf_size,
                            mode=args.mode, chat_template=template)
+    if watched and not model.chat_template:  # its answers read like continued text: say why
+        from runtime.info import BASE_MODEL_NOTE
+        print(f"chatfile: {BASE_MODEL_NOTE}", file=sys.stderr, flush=True)
     # The server's defaults (SamplingParams'), so that a chat in the terminal and on
     # the page sound alike; --temp 0 for the same answer every time.
     params = SamplingParams(seed=args.seed) if args.temp is None else \

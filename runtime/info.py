@@ -7,7 +7,8 @@ from collections import Counter
 
 from runtime import archs, gguf
 
-# Said by `info`, the server's log and the page when a GGUF carries no chat template.
+# Said by `info`, the server's log, the terminal chat and the page when a GGUF carries no
+# chat template.
 BASE_MODEL_NOTE = ("this model has no chat template, so it is probably a base model: it "
                    "continues text rather than answering questions")
 

@@ -368,7 +368,8 @@ def pastes_marked_while_loading(stdin=None, stdout=None):
     5 messages, and got 5 answers. The terminal's own line editing (canonical mode) echoes
     the marks meanwhile, as "^[[200~" with ECHOCTL on: it is off for that time (the marks
     written as they are are nothing a terminal shows). However the load ends (an error,
-    Ctrl+C, `kill`), paste mode is off and the modes are as they were afterwards.
+    Ctrl+C, `kill`), paste mode is off and the modes are as they were afterwards; the
+    shell has them so while a Ctrl+Z stops the load too (see _given_back_while_stopped).
     Only on a terminal that is not "dumb", with the chat in the foreground."""
     stdin = sys.stdin if stdin is None else stdin
     stdout = sys.stdout if stdout is None else stdout
@@ -379,17 +380,69 @@ def pastes_marked_while_loading(stdin=None, stdout=None):
     import termios
     fd = stdin.fileno()
     _exit_on_sigterm()  # so that `kill` during the load goes through the finally below
-    try:
-        quiet = list(saved)
-        quiet[3] &= ~getattr(termios, "ECHOCTL", 0)
+    quiet = list(saved)
+    quiet[3] &= ~getattr(termios, "ECHOCTL", 0)
+
+    def ours():
         with contextlib.suppress(termios.error):
             set_modes(fd, quiet)
-        _write_to_terminal(stdout, PASTE_ON)
-        yield
-    finally:
-        _write_to_terminal(stdout, PASTE_OFF)
+        _write_codes(stdout, PASTE_ON)
+
+    def the_shells():
+        _write_codes(stdout, PASTE_OFF)
         with contextlib.suppress(termios.error):
             set_modes(fd, saved)
+    held = None
+    try:
+        with contextlib.suppress(OSError, ValueError):
+            stdout.flush()  # (the codes go straight to the terminal, after what is written)
+        ours()
+        with _given_back_while_stopped(fd, ours, the_shells) as held:
+            yield
+    finally:
+        if held is None or held():  # (given back and not taken: the shell's already)
+            the_shells()
+
+
+@contextlib.contextmanager
+def _given_back_while_stopped(fd: int, take, give):
+    """Ctrl+Z while we have changed the terminal: give() hands it to the shell as it was
+    before the process stops, take() changes it again once `fg` continues the process.
+    The chat stopped with paste mode on and ECHOCTL off (the load's), and the shell then
+    got every paste wrapped in "^[[200~ ... ^[[201~". After `bg` the terminal stays the
+    shell's: the `fg` of a running job sends no SIGCONT (bash), so the rest of the load
+    has no paste marks. Yields a function that says whether the terminal is ours (not
+    given back). Python runs the handler between two steps of the main thread's code, so
+    a stop waits for a long NumPy call to end."""
+    if not hasattr(signal, "SIGTSTP"):
+        yield lambda: True
+        return
+    given = [False]
+
+    def take_back(signum=None, frame=None):
+        if given[0] and _in_foreground(fd):  # (in the background: SIGTTOU would stop us)
+            given[0] = False
+            take()
+
+    def stop(signum, frame):
+        if not given[0] and _in_foreground(fd):
+            given[0] = True
+            give()
+        # Stopped as by the terminal's Ctrl+Z (which the handler took): the shell sees
+        # the job stopped. (In an orphaned process group the kernel discards it.)
+        signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+        try:
+            os.kill(os.getpid(), signal.SIGTSTP)  # returns once continued
+        finally:
+            signal.signal(signal.SIGTSTP, stop)
+        take_back()
+    before_stop = set_handler(signal.SIGTSTP, stop)
+    before_cont = set_handler(signal.SIGCONT, take_back)
+    try:
+        yield lambda: not given[0]
+    finally:
+        set_handler(signal.SIGTSTP, signal.SIG_DFL if before_stop is None else before_stop)
+        set_handler(signal.SIGCONT, signal.SIG_DFL if before_cont is None else before_cont)
 
 
 def _shell_modes(stdin, stdout) -> list | None:
@@ -407,10 +460,11 @@ def _shell_modes(stdin, stdout) -> list | None:
     return modes if modes[3] & termios.ICANON and _in_foreground(fd) else None
 
 
-def _write_to_terminal(out, codes: str) -> None:
+def _write_codes(out, codes: str) -> None:
+    """Terminal codes written straight to `out`'s file: a signal handler may write them
+    in the middle of a write to `out`, whose buffer refuses a reentrant one."""
     try:
-        out.write(codes)
-        out.flush()
+        os.write(out.fileno(), codes.encode())
     except (OSError, ValueError):  # the terminal went away
         pass
 
@@ -576,6 +630,7 @@ def _readline_reader(fd: int, out, typed_ahead: str, encoding: str | None = None
     _typed_ahead): shown after their prompt, as readline would, and kept in its history;
     a paste made then is one message (see _ahead_keys)."""
     import readline
+    _readline_marks_pastes(readline)
     ahead = _ahead_keys(typed_ahead)
     decoder = codecs.getincrementaldecoder(encoding or "utf-8")("replace")
 
@@ -605,6 +660,19 @@ def _readline_reader(fd: int, out, typed_ahead: str, encoding: str | None = None
     read.discard = ahead.clear
     read.take_waiting = waiting_taker(fd, ahead, decoder)
     return read
+
+
+def _readline_marks_pastes(readline) -> None:
+    """Bracketed paste on in GNU readline: it reads a marked paste as text, its line
+    ends too, so that a paste of several lines is one input() and one message. Python's
+    readline module turns it off when imported, over the user's inputrc, and again in
+    read_init_file() (bpo-42819: its interactive interpreter wants a paste line by line),
+    and the terminal was never told to mark a paste: its lines went out, and were
+    answered, one by one. Not with libedit (macOS's Python), whose init lines are another
+    language; nor on a "dumb" terminal (see paste_marks_wanted)."""
+    if not paste_marks_wanted() or "libedit" in (readline.__doc__ or ""):
+        return
+    readline.parse_and_bind("set enable-bracketed-paste on")
 
 
 def _read_message(read, out, text: str = "") -> tuple[str, bool]:
@@ -681,7 +749,7 @@ def _unknown_command(c: _Chat, line: str, read) -> str:
 
 def _waiting_text(read) -> str:
     """The lines typed or pasted after a line that is given back, which go back with it
-    ("" if none). A paste comes line by line where the terminal does not mark it (readline,
+    ("" if none). A paste comes line by line where the terminal does not mark it (libedit,
     a dumb terminal), and those lines were judged one by one: a notice and the whole text
     again for each line (a 30-line log pasted from /var/log: 30 notices, 465 lines shown),
     and the last line's notice was the one to act on."""
@@ -758,6 +826,14 @@ def _universal_newlines(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
+PROMPT_EXAMPLE = "-p 'Hello'"
+
+
+def empty_question(source: str, example: str) -> str:
+    """The error line for a piped question or a -p that holds nothing to ask."""
+    return f"chatfile: error: {source} is empty; give a question, for example: {example}\n"
+
+
 def chat(model, *, n_ctx: int, system: str | None = None, stdin=None, stdout=None,
          params=None, max_tokens: int = -1, interactive: bool | None = None,
          piped_example: str | None = None, prompt: str | None = None) -> int:
@@ -785,10 +861,9 @@ def chat(model, *, n_ctx: int, system: str | None = None, stdin=None, stdout=Non
             return 2
         question = question.strip()
         if not question:
-            example = "-p 'Hello'" if prompt is not None else \
+            example = PROMPT_EXAMPLE if prompt is not None else \
                 piped_example or cli.piped_example(None)
-            sys.stderr.write(f"chatfile: error: {source} is empty; give a question, "
-                             f"for example: {example}\n")
+            sys.stderr.write(empty_question(source, example))
             return 2
         return 0 if c.ask(question) is not None else 1
 

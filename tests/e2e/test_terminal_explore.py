@@ -142,15 +142,15 @@ def test_a_message_too_long_still_says_shorten_it():
 
 
 
-def test_the_model_load_is_announced_on_a_terminal():
-    """Nothing showed in the seconds a real model takes to load before the first prompt:
-    on a terminal, the chat now says what it is loading (piped runs keep stderr quiet)."""
+def terminal_start(*args):
+    """What `chatfile chat TINY *args` shows on a terminal up to its first prompt."""
     import pty
     import select
     master, slave = pty.openpty()
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONIOENCODING="utf-8", TERM="dumb")
-    proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "chat", str(TINY)], cwd=ROOT,
-                            stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True)
+    proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "chat", str(TINY), *args],
+                            cwd=ROOT, stdin=slave, stdout=slave, stderr=slave, env=env,
+                            start_new_session=True)
     os.close(slave)
     seen, end = b"", time.monotonic() + 120
     try:
@@ -164,7 +164,30 @@ def test_the_model_load_is_announced_on_a_terminal():
         proc.kill()
         proc.wait()
         os.close(master)
+    return seen
+
+
+def test_the_model_load_is_announced_on_a_terminal():
+    """Nothing showed in the seconds a real model takes to load before the first prompt:
+    on a terminal, the chat now says what it is loading (piped runs keep stderr quiet)."""
+    seen = terminal_start()
     assert f"chatfile: loading {TINY.name}...".encode() in seen, seen
     piped = subprocess.run([sys.executable, "-m", "runtime.cli", "chat", str(TINY), "-n", "4"],
-                           input=b"hi", capture_output=True, cwd=ROOT, env=env, timeout=120)
+                           input=b"hi", capture_output=True, cwd=ROOT,
+                           env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=120)
     assert b"loading" not in piped.stderr, piped.stderr
+
+
+def test_a_model_without_a_chat_template_is_named_a_base_model(tmp_path):
+    """A base model continues text instead of answering: the server's log and the page
+    said so, the terminal chat did not, and its answers just looked broken. On a terminal
+    it says so before the first prompt; a template given with --chat-template is a
+    template, and nothing is said."""
+    from runtime.info import BASE_MODEL_NOTE
+    seen = terminal_start()
+    assert f"chatfile: {BASE_MODEL_NOTE}".encode() in seen.replace(b"\r\n", b" ").replace(b"\n", b" "), seen
+    assert seen.index(b"base model") < seen.index(b"> "), seen
+    template = tmp_path / "t.jinja"
+    template.write_text("{% for m in messages %}{{ m['content'] }}\n{% endfor %}")
+    seen = terminal_start("--chat-template", str(template))
+    assert b"> " in seen and b"base model" not in seen, seen

@@ -67,13 +67,17 @@ def is_prompt(buf: bytes) -> bool:
 
 
 class Chat:
+    # A session of its own: killpg reaches the chat alone. Such a process group is an
+    # orphan to the kernel, which discards a SIGTSTP that would stop it.
+    POPEN_OPTIONS = {"start_new_session": True}
+
     def __init__(self, hook="", term="dumb"):
         env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONIOENCODING="utf-8", TERM=term)
         self.master, slave = pty.openpty()
         self.proc = subprocess.Popen(
             [sys.executable, "-c", SCRIPT.format(tiny=str(TINY), hook=hook)],
             stdin=slave, stdout=slave, stderr=slave, cwd=ROOT, env=env,
-            start_new_session=True)
+            **self.POPEN_OPTIONS)
         os.close(slave)
 
     def read_until(self, done, timeout_s=60) -> bytes:
