@@ -188,6 +188,13 @@ def run_bench(args) -> int:
             print(f"chatfile: error: {flag} needs the Python package {module}: "
                   "pip install 'chatfile[bench]'", file=sys.stderr)
             return 1
+    if getattr(args, "gguf_offset", 0) and args.against_llama_cpp:
+        # It was said after llama.cpp had failed on the bundle, as "is the optional extra
+        # installed?"; llama.cpp reads a GGUF file from its start only.
+        print(f"chatfile: error: --against-llama-cpp needs the GGUF file itself: llama.cpp "
+              f"cannot read the one inside a bundle. Write it out with `{args.model} "
+              f"--extract model.gguf` and bench that", file=sys.stderr)
+        return 1
     for out in (args.json, args.plot):
         if out and not os.path.isdir(os.path.dirname(os.path.abspath(out))):
             print(f"chatfile: error: cannot write {out}: its directory does not exist", file=sys.stderr)
@@ -221,8 +228,6 @@ def run_bench(args) -> int:
                   "pip install 'chatfile[bench]'):\n" + r.stderr[-1500:], file=sys.stderr)
             return 1
         ref = json.loads(r.stdout.strip().splitlines()[-1])
-    if getattr(args, "gguf_offset", 0) and args.against_llama_cpp:
-        print("note: llama.cpp cannot read a GGUF inside a bundle", file=sys.stderr)
     ours = bench_chatfile(args.model, args.prompt_tokens, args.gen_tokens, args.mode,
                           offset, size, spec_texts)
     print(format_table(ours, ref, threads))
@@ -233,16 +238,17 @@ def run_bench(args) -> int:
         except OSError as e:  # a full disk says only "No space left on device"
             raise OSError(f"cannot write {args.json}: {e.strerror or e}") from None
     if args.plot:
-        plot_prefill_curve(args, threads, args.plot)
+        plot_prefill_curve(args, threads, args.plot, offset, size)
     return 0
 
 
-def plot_prefill_curve(args, threads: int, out: str) -> None:
+def plot_prefill_curve(args, threads: int, out: str, offset: int = 0, size: int | None = None) -> None:
     import matplotlib  # run_bench checked that it is there
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     lengths = [32, 64, 128, 256, 512]
-    ours = [bench_chatfile(args.model, n, 1, args.mode)["prefill_tok_s"] for n in lengths]
+    ours = [bench_chatfile(args.model, n, 1, args.mode, offset, size)["prefill_tok_s"]
+            for n in lengths]
     plt.figure(figsize=(6, 4))
     plt.plot(lengths, ours, marker="o", label="chatfile")
     if args.against_llama_cpp:

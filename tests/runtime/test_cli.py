@@ -155,6 +155,57 @@ def test_bench_checks_its_optional_parts_before_measuring(tmp_path, monkeypatch,
     assert measured == []
 
 
+def _tiny_pyz_bundle(tmp_path):
+    """A .pyz bundle of the tiny model, spliced onto a stub that is just a zip."""
+    import zipfile
+
+    from bundler.splice import splice
+    stub = tmp_path / "stub.pyz"
+    with open(stub, "wb") as f:
+        f.write(b"#!/usr/bin/env python3\n")
+        with zipfile.ZipFile(f, "w") as z:
+            z.writestr("__main__.py", "print('stub')\n")
+    out = tmp_path / "tiny.pyz"
+    splice(stub, MODELS / "tiny-qwen2-q8_0.gguf", out, fmt="pyz", fsync=False)
+    return out
+
+
+def test_bench_of_a_bundle_against_llama_cpp_is_refused_before_measuring(tmp_path, monkeypatch,
+                                                                         capsys):
+    """llama.cpp reads a GGUF from its start: on a bundle it failed, and the benchmark said
+    "is the optional extra installed?" after loading and before its own note. Now it says
+    at once what to do. --plot measured the bundle as if it were a GGUF at offset 0."""
+    import importlib.util
+    import types
+
+    from runtime import bench
+    from runtime.cli import main
+    bundle = _tiny_pyz_bundle(tmp_path)
+    measured = []
+    monkeypatch.setattr(bench, "bench_chatfile",
+                        lambda path, n, g, mode, offset=0, size=None, *a: measured.append(offset)
+                        or {"prefill_tok_s": 1.0})
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name in ("llama_cpp", "matplotlib")
+                        else real_find_spec(name, *a))
+    assert main(["bench", str(bundle), "--against-llama-cpp"]) == 1
+    err = capsys.readouterr().err
+    assert "llama.cpp cannot read the one inside a bundle" in err and "--extract" in err, err
+    assert "optional extra" not in err and measured == []
+
+    pyplot = types.SimpleNamespace(**{f: lambda *a, **k: None for f in
+                                      ("figure", "plot", "xlabel", "ylabel", "legend", "title", "savefig")})
+    monkeypatch.setitem(sys.modules, "matplotlib", types.SimpleNamespace(use=lambda b: None, pyplot=pyplot))
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", pyplot)
+    monkeypatch.setattr(bench, "format_table", lambda *a: "")
+    from runtime.embedded import read_trailer
+    offset = read_trailer(str(bundle)).gguf_offset
+    assert main(["bench", str(bundle), "--prompt-tokens", "16", "--gen-tokens", "4",
+                 "--plot", str(tmp_path / "p.svg")]) == 0
+    assert measured and set(measured) == {offset}, (measured, offset)  # the plot's runs too
+
+
 def test_weights_that_do_not_fit_in_memory_are_a_clear_error(monkeypatch, capsys):
     import errno
     import mmap
