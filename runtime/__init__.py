@@ -1,9 +1,9 @@
 """chatfile's runtime: everything that ships inside a bundle.
 
     from runtime import Model
+    from runtime.engine import tokenize_prompt
     model = Model.load("model.gguf")                  # mmap, parse, dequantize once
-    ids = model.tokenize(model.chat_prompt([{"role": "user", "content": "Hi"}]),
-                         parse_special=True)
+    ids = tokenize_prompt(model, model.chat_prompt([{"role": "user", "content": "Hi"}]))
     print(model.detokenize(list(model.generate(ids, 64))))   # greedy, stops at end tokens
 
 Reading order: gguf.py (the file format) -> quants.py (blocks to float32) -> archs.py
