@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from runtime.sampling import NoTokenAllowed, Sampler, SamplingParams
+from runtime.sampling import NoTokenAllowed, Sampler, SamplingParams, reported_probs_rows
 
 try:
     from runtime.model import ContextOverflowError
@@ -200,17 +200,14 @@ def _make_sampler(params):
 def _prompt_probs_into(found: list, ids: list, n_probs: int):
     """A Session.eval `rows` callback: for each position followed by another prompt
     token, appends that token's probability and the n_probs likeliest (id, prob) to
-    `found`. They come from the function that reports a reply's logprobs, on the model's
-    own distribution: the request's logit_bias, penalties and constraint shape its reply,
-    not what the model thought of the prompt."""
-    raw = Sampler(SamplingParams())  # its defaults apply no bias and no penalty
-
+    `found`. They are what the reply's logprobs report (Sampler.reported_probs), on the
+    model's own distribution: the request's logit_bias, penalties and constraint shape
+    its reply, not what the model thought of the prompt. reported_probs_rows takes the
+    whole block of rows at once: reported_probs row by row cost 2-6 ms per position."""
     def rows(logits, pos0: int) -> None:
-        for j, row in enumerate(logits):
-            nxt = pos0 + j + 1
-            if nxt < len(ids):
-                tops, p = raw.reported_probs(row, [], n_probs)
-                found.append((float(p[ids[nxt]]), tops))
+        m = min(len(logits), len(ids) - 1 - pos0)  # the last position has no next token
+        if m > 0:
+            found.extend(reported_probs_rows(logits[:m], ids[pos0 + 1:pos0 + 1 + m], n_probs))
     return rows
 
 

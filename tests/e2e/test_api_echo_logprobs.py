@@ -16,9 +16,12 @@ import numpy as np
 import pytest
 
 from runtime import model as model_module
+from runtime import sampling
+from runtime.engine import Engine, Request
 from tests.e2e.conftest import TINY, http_request, post_json, sse_events
 from tests.e2e.test_api_more import _client
 from tests.e2e.test_api_semantics import bad_request
+from tests.runtime.test_prompt_logprobs import assert_same_as_reported
 
 openai = pytest.importorskip("openai", reason="the openai client is not installed")
 
@@ -126,6 +129,29 @@ def test_the_head_runs_over_a_few_positions_at_a_time_and_eval_is_unchanged(monk
     rows = np.concatenate([z for _, z in got])
     assert got[0][0] == 0 and rows.shape == (len(ids), m.n_vocab)
     assert np.abs(rows - m.logits(ids)).max() <= 0.01 * float(REF["f32ref_logits"].std())
+
+
+@pytest.mark.parametrize("block", [16, sampling.BEST_BLOCK])
+def test_each_block_of_rows_gives_what_reported_probs_gives_row_by_row(monkeypatch, tiny_model,
+                                                                       block):
+    """The engine reduces the prompt's logits a block of rows at a time (7 here, the last
+    position left out, as no token follows it): each position gets what reported_probs,
+    the reply's logprobs, gives for that row of the model's logits alone (the same ids
+    in the same order; tests/runtime/test_prompt_logprobs.py says how close the numbers
+    are, and tries ties). With blocks of 16 the fixture's 512-entry vocabulary is
+    searched from its blocks' maxima, as Qwen's is; with the default, whole."""
+    monkeypatch.setattr(sampling, "BEST_BLOCK", block)
+    monkeypatch.setattr(model_module, "LOGIT_ROWS_BYTES", 4 * tiny_model.n_vocab * 7)
+    ids = REF["tokens"].tolist()
+    got = []
+    tiny_model.session(len(ids)).eval(ids, rows=lambda z, pos: got.append(z.copy()))
+    rows = np.concatenate(got)[:-1]
+    assert_same_as_reported(rows, ids[1:], 5)
+    eng = Engine(tiny_model, len(ids) + 8)
+    req = eng.submit(Request(prompt_ids=ids, max_tokens=0, n_probs=5, prompt_logprobs=True))
+    final = list(req.iter_events(poll_s=0.05))[-1]
+    assert final.kind == "done", final.error
+    assert final.prompt_probs == sampling.reported_probs_rows(rows, ids[1:], 5)
 
 
 # ---- the cache, prompt forms, streaming, batches -------------------------------------------
