@@ -21,7 +21,7 @@ import threading
 import time
 from collections import deque
 
-from runtime import cli
+from runtime import cli, signal_wake
 from runtime.engine import ContextOverflowError, Engine, Request, chat_prompt_ids
 from runtime.line_input import (BACKSPACES, CTRL_U, CTRL_W, PASTE_END, PASTE_OFF, PASTE_ON,
                                  PASTE_START, input_waiting, last_word_units,
@@ -870,7 +870,11 @@ def chat(model, *, n_ctx: int, system: str | None = None, stdin=None, stdout=Non
     stdout.write(f"chatfile: chatting with {getattr(model, 'name', 'the model')}. {HELP}\n")
     stdout.flush()
     _exit_on_sigterm()
-    with _keys_kept_as_bytes(stdin, _on_terminal(stdin, stdout)) as (hold, typed_ahead):
+    on_terminal = _on_terminal(stdin, stdout)
+    # A `kill` or Ctrl+C that lands as readline sets up its prompt is heard at once, not
+    # at the next key (see runtime/signal_wake.py).
+    with _keys_kept_as_bytes(stdin, on_terminal) as (hold, typed_ahead), \
+            (signal_wake.heard() if on_terminal else contextlib.nullcontext()):
         read = _line_reader(stdin, stdout, typed_ahead)
         return _converse(c, read, stdout, hold)
 

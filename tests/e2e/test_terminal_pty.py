@@ -156,10 +156,6 @@ def test_a_long_pasted_line_arrives_whole(chat_factory):
 
 def test_ctrl_c_at_the_prompt_keeps_the_chat(chat_factory):
     c = chat_factory(ECHO)
-    # As a person would, not within microseconds of the prompt: a SIGINT between readline
-    # printing the prompt and waiting for a key is only seen at the next key (CPython's
-    # readline checks signals when its select() is interrupted).
-    time.sleep(0.2)
     c.ctrl_c()
     out = c.read_until(lambda b: b"Ctrl+D" in b and is_prompt(b), 30)
     assert b"(use Ctrl+D or /exit to quit)" in out, out
