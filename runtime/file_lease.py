@@ -41,13 +41,8 @@ EXIT_STATUS = 1
 # kernel's lease-break-time the copy would go ahead under us.
 MAX_STOP_S = 10.0
 
-# How often a thread looks at the held leases, for a break whose SIGIO went unheard (_watch).
-WATCH_S = 1.0
-
 _leased: dict[int, str] = {}  # our descriptor of each leased file -> its path as given
 _stopping = threading.Event()
-_disarmed = threading.Event()
-_watcher: threading.Thread | None = None
 
 
 class Overwritten(SystemExit):
@@ -72,7 +67,6 @@ def arm() -> bool:
     if handler is not signal.SIG_DFL:
         return False
     signal.signal(signal.SIGIO, _on_sigio)
-    _disarmed.clear()
     return True
 
 
@@ -97,11 +91,6 @@ def armed():
 
 def disarm() -> None:
     """Give back every lease and SIGIO's default action. Main thread only."""
-    global _watcher
-    _disarmed.set()
-    if _watcher is not None:
-        _watcher.join()
-        _watcher = None
     for fd in list(_leased):
         _unlease(fd)
     _stopping.clear()
@@ -127,29 +116,7 @@ def hold(fd: int, path: str) -> bool:
         fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
         return False
     _leased[fd] = path
-    _start_watching()
     return True
-
-
-def _start_watching() -> None:
-    global _watcher
-    if _watcher is None or not _watcher.is_alive():
-        _watcher = threading.Thread(target=_watch, name="chatfile-lease-watch", daemon=True)
-        _watcher.start()
-
-
-def _watch() -> None:
-    """Signal the main thread again while a lease is being broken and no handler ran.
-
-    CPython runs a Python signal handler when its main thread next runs Python code or
-    is woken from a wait by a signal. A SIGIO that lands just before the main thread
-    blocks, as readline draws the prompt and then waits for a key, is noted and wakes
-    nothing: the chat never heard of the copy, which went ahead 45 s later under it (1
-    in 5-10 copies made as the prompt appeared, on a loaded 2-core machine). A signal
-    sent to the main thread while it waits does wake it, and the handler runs."""
-    while not _disarmed.wait(WATCH_S):
-        if not _stopping.is_set() and _being_overwritten() is not None:
-            signal.pthread_kill(threading.main_thread().ident, signal.SIGIO)
 
 
 def let_go(fd: int) -> None:

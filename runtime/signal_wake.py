@@ -6,7 +6,8 @@ draws the prompt, reads the terminal's description and the inputrc, and then wai
 a key with no timeout: a signal that lands before that wait is noted, wakes nothing, and
 its handler runs only when a key is pressed. A `kill` of a terminal chat, or a Ctrl+C,
 sent as its first prompt appeared went unheard in 2-6 of 15 tries on a loaded 2-core
-machine (the own line editor, runtime/line_input.py, looks up every 0.2 s and is not
+machine, and so did the SIGIO of a copy over the model (runtime/file_lease.py) in 14 of
+60 (the own line editor, runtime/line_input.py, looks up every 0.2 s and is not
 affected).
 
 While heard() is on, CPython's C-level handler, which runs for every signal that has a

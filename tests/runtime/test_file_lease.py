@@ -124,29 +124,6 @@ def test_a_lease_taken_by_a_thread_that_has_ended_still_stops_the_program(armed,
     assert cp.wait(WAIT_S) == 0
 
 
-def test_a_break_whose_signal_went_unheard_is_signalled_again(armed, model):
-    """CPython runs a handler when its main thread next runs Python code or is woken by
-    a signal. A SIGIO that landed just before the main thread blocked (readline draws the
-    prompt, then waits for a key) woke nothing: a terminal chat never heard of the copy,
-    which went ahead under it after 45 s (1 in 5-10 copies made as the prompt appeared,
-    under load). Here the kernel's SIGIO meets a handler that only counts it, as if
-    unheard; the main thread must be signalled again while the break lasts."""
-    g = gguf.read(model)
-    heard = []
-    signal.signal(signal.SIGIO, lambda signum, frame: heard.append(signum))
-    try:
-        cp = _copy_over(model)
-        end = time.monotonic() + WAIT_S
-        while len(heard) < 2 and time.monotonic() < end:
-            time.sleep(0.02)
-        assert len(heard) >= 2, f"SIGIO heard {len(heard)} time(s) while the lease was broken"
-    finally:
-        signal.signal(signal.SIGIO, file_lease._on_sigio)
-    del g
-    gc.collect()
-    assert cp.wait(WAIT_S) == 0
-
-
 def test_without_arm_no_lease_is_taken(model):
     """A library user's process (or a test) keeps SIGIO's default action and its files
     free: nothing changes."""
