@@ -6,10 +6,13 @@
     ids = tokenize_prompt(model, model.chat_prompt([{"role": "user", "content": "Hi"}]))
     print(model.detokenize(list(model.generate(ids, 64))))   # greedy, stops at end tokens
 
-Reading order: gguf.py (the file format) -> quants.py (blocks to float32) -> archs.py
-(what differs between architectures: a table of switches) -> model.py (the one forward
-pass and the KV-cache session) -> engine.py and server.py (serving it). docs/architecture.md
-lists every module and the names the others rely on.
+Reading order, the model first: model.py's docstring (the data layout and the shape
+names, once), then `Session._forward` at its end (the one forward pass, a loop over the
+layers) and the functions it calls under "The forward pass and its pieces"; archs.py is
+the table of switches by which an architecture differs from llama. Underneath: gguf.py
+(the file format) and quants.py (ggml blocks to float32). Serving it: engine.py (one
+worker, the prompt cache) and server.py (the HTTP API). docs/architecture.md lists every
+module and the names the others rely on.
 """
 from runtime.errors import GGUFError
 

@@ -1,9 +1,11 @@
 """Architectures as switches on one llama-shaped forward pass.
 
-Every supported model is llama with a few differences. `ArchConfig` holds the numbers
-(sizes, rope) and the switches (biases, norms, softcaps, sliding windows, scales, fused
-tensors, experts), read from GGUF metadata with llama.cpp's key names. model.py has one
-forward pass that reads these switches; nothing else differs per architecture.
+Every supported model is llama with a few differences. `ARCHS` below is the table of
+what each architecture switches on; `ArchConfig` holds those switches together with the
+numbers read from GGUF metadata under llama.cpp's key names (sizes, rope, softcaps,
+sliding window, scales, experts). model.py has one forward pass that reads them. What a
+GGUF may or may not carry (q/k/v biases, Phi-3's fused tensors, rope factors) is found
+by tensor name at load instead, so it needs no switch.
 """
 from __future__ import annotations
 
@@ -22,8 +24,10 @@ class ArchDefaults:
     embed_scale_sqrt: bool = False  # multiply embeddings by sqrt(n_embd) (Gemma)
     swa_pattern: int = 0  # with n: layer il uses the sliding window iff il % n < n - 1
     rope_base_local: float | None = None  # rope base of sliding-window layers (Gemma 3)
-    fused_qkv: bool = False  # one attn_qkv tensor instead of attn_q/k/v (Phi-3)
-    fused_gate_up: bool = False  # ffn_up holds [gate; up] (Phi-3)
+    # Phi-3's fused tensors. Informational: model.py finds them by tensor name
+    # (attn_qkv.weight; ffn_up.weight without ffn_gate.weight) and reads neither switch.
+    fused_qkv: bool = False  # one attn_qkv tensor instead of attn_q/k/v
+    fused_gate_up: bool = False  # ffn_up holds [gate; up]
 
 
 # The table of differences. llama covers Mistral, Mixtral (experts come from metadata),
@@ -43,39 +47,41 @@ ARCHS: dict[str, ArchDefaults] = {
 
 @dataclass(frozen=True)
 class ArchConfig:
+    """One model's sizes and switches. Counts are n_*; contexts and windows are in
+    positions (tokens); 0 turns a softcap, the window or the experts off."""
     arch: str
     n_layer: int
     n_embd: int
     n_head: int
-    n_head_kv: int
+    n_head_kv: int  # n_head, or fewer: grouped-query attention
     head_dim: int  # of q and k
     head_dim_v: int
-    n_ff: int
+    n_ff: int  # FFN hidden size (of each expert, with experts)
     n_vocab: int
     n_ctx_train: int
-    norm_eps: float
+    norm_eps: float  # RMS norm's epsilon
     n_rot: int  # rotated dimensions of each head (a prefix of head_dim)
     rope_base: float
-    rope_base_local: float
+    rope_base_local: float  # of sliding-window layers; rope_base unless Gemma 3
     rope_freq_scale: float  # linear rope scaling: positions are multiplied by this
-    rope_style: str
+    rope_style: str  # see ArchDefaults
     rope_attn_factor: float  # multiplies cos and sin (LongRoPE's attention factor)
     rope_ctx_orig: int  # LongRoPE picks long factors above this context
     activation: str
     post_norms: bool
     qk_norm: bool
-    softcap_attn: float  # 0 = off
-    softcap_final: float
+    softcap_attn: float  # scores become tanh(s / c) · c (Gemma 2); 0 = off
+    softcap_final: float  # the same on the logits
     swa_window: int  # 0 = no sliding window anywhere
-    swa_pattern: int
-    embed_scale: float
-    residual_scale: float
-    attn_scale: float
+    swa_pattern: int  # which layers use the window: see ArchDefaults
+    embed_scale: float  # multiplies the embeddings: sqrt(n_embd) for Gemma, Granite's own
+    residual_scale: float  # multiplies attention's and the FFN's output before each add (Granite)
+    attn_scale: float  # multiplies q·k: 1/sqrt(head_dim) unless metadata or Gemma 27B differ
     logit_scale: float  # logits are divided by this (Granite)
     fused_qkv: bool
     fused_gate_up: bool
-    n_expert: int
-    n_expert_used: int
+    n_expert: int  # experts per layer (Mixtral); 0 = one dense FFN
+    n_expert_used: int  # experts each token is routed to (top k)
 
     def is_swa(self, layer: int) -> bool:
         if not self.swa_window or not self.swa_pattern:
@@ -83,7 +89,7 @@ class ArchConfig:
         return layer % self.swa_pattern < self.swa_pattern - 1
 
     @property
-    def kv_dim(self) -> int:
+    def kv_dim(self) -> int:  # k's width: n_kv in model.py's shape names
         return self.n_head_kv * self.head_dim
 
 

@@ -1,21 +1,39 @@
 """The model: weights, one forward pass, and a KV-cache session.
 
+Where to read: `Session._forward` (near the end) is the whole forward pass, one loop over
+the layers; the functions under "The forward pass and its pieces" are its steps. The
+weight classes and the loader before them only decide how matrices are held and loaded:
+the pass sees them through linear().
+
+Shape names in the comments: T new tokens in this pass (at most UBATCH_TOK), the first
+at position pos0; S = pos0 + T positions held after it. n_q = n_head·head_dim, n_kv =
+n_head_kv·head_dim and n_v = n_head_kv·head_dim_v are the widths of q, k and v (n_v =
+n_kv unless the GGUF gives v its own head size); hd and hd_v are head_dim and head_dim_v.
+
 Data layout, explained once:
 - ggml stores a weight matrix as [n_out, n_in] rows. A resident (float32) matrix is kept
   transposed, [n_in, n_out] row-major, and applied as `x @ W`: for the 2-16-token batches
   of speculative decoding OpenBLAS runs that layout ~1.5x faster than `x @ W.T` (it packs
   a transposed operand for every small GEMM). Dequantization writes the transposed layout
   directly, a chunk of rows at a time, so no second full-size copy is made; the strided
-  writes still cost Qwen 0.4-0.8 s more load (docs/performance.md).
-- q, k and v are fused into one [n_embd, n_q + 2·n_kv] matrix at load (and gate/up into
-  one [n_embd, 2·n_ff]), so a block makes four matmuls instead of seven.
-- Activations are float32 [n_tokens, n_embd]. Heads are split as [n_tokens, n_head, head_dim].
-- The KV cache is preallocated per layer, values as [n_head_kv, n_ctx, head_dim] and
+  writes still cost Qwen 0.4-0.8 s more load (docs/performance.md). Two exceptions keep
+  the GGUF's [n_out, n_in]: the token embedding (rows gathered by id, left in its GGUF
+  blocks) and the small MoE router.
+- q, k and v are fused into one [n_embd, n_q + n_kv + n_v] matrix at load (and gate/up
+  into one [n_embd, 2·n_ff]), so a block makes four matmuls instead of seven.
+- Activations are float32 [T, n_embd]. Heads are split as [T, n_head, head_dim].
+- The KV cache is preallocated per layer, values as [n_head_kv, n_ctx, head_dim_v] and
   keys transposed as [n_head_kv, head_dim, n_ctx], so that both attention matmuls take
   the first S positions of a head as a plain (not transposed) operand: OpenBLAS ran
-  q @ kT 2-4x faster that way for one token than q @ k.T. A
-  sliding-window layer keeps a ring of window + UBATCH_TOK positions instead (position p
-  in slot p % ring), since it never looks further back than its window.
+  q @ kT 2-4x faster that way for one token than q @ k.T.
+- A sliding-window layer (Gemma 2/3) keeps a ring of window + UBATCH_TOK positions
+  instead of n_ctx (when that is fewer), position p in slot p % ring: a micro-batch of up
+  to UBATCH_TOK tokens needs the window before its first token plus itself, and a rewind
+  of up to UBATCH_TOK tokens (speculation rewinds at most speculate.DRAFT_MAX_TOK) still
+  finds the window before the new end. A deeper rewind cannot resume (those positions are
+  overwritten): Session.rewind then keeps 0 tokens and the caller starts over, as
+  llama.cpp does with its sliding-window cache. Gemma-3's window of 512 in a 32k context:
+  768 positions instead of 32,768 in 5 of every 6 layers.
 - Query head h reads kv head h // (n_head / n_head_kv) (grouped-query attention).
 
 Weights are held in one of three memory modes:
@@ -26,6 +44,8 @@ Weights are held in one of three memory modes:
 - "int8", only when asked for, since its logits are approximate: requantized at load to
   int8 codes with a scale per row and per column (1 byte per weight, [n_out, n_in] rows);
   each matmul turns chunks of rows back into float32, on two threads for a single token.
+In every mode a layer's matrix goes through linear(): an np.ndarray in f32 mode, else a
+QuantMatrix, _StackedQuant or Int8Matrix with its own matmul().
 """
 from __future__ import annotations
 
@@ -147,7 +167,7 @@ class Int8Matrix:
 
 
 def linear(x: np.ndarray, w, bias: np.ndarray | None = None) -> np.ndarray:
-    # [T, n_in] -> [T, n_out]; a resident w is [n_in, n_out]
+    # [T, n_in] -> [T, n_out]; a resident w is [n_in, n_out], any other has its own matmul
     y = x @ w if isinstance(w, np.ndarray) else w.matmul(x)
     if bias is not None:
         y += bias
@@ -156,18 +176,20 @@ def linear(x: np.ndarray, w, bias: np.ndarray | None = None) -> np.ndarray:
 
 @dataclass
 class Layer:
-    attn_norm: np.ndarray
-    wqkv: object  # [n_embd, n_q + 2·n_kv]
-    bqkv: np.ndarray | None
+    """One block's weights. A matrix (`object`) is whatever the memory mode holds; its
+    shape below is as linear() applies it, [n_in, n_out]."""
+    attn_norm: np.ndarray  # [n_embd]
+    wqkv: object  # [n_embd, n_q + n_kv + n_v]
+    bqkv: np.ndarray | None  # [n_q + n_kv + n_v]; None when the GGUF has no biases
     wo: object  # [n_head·head_dim_v, n_embd]
-    ffn_norm: np.ndarray
+    ffn_norm: np.ndarray  # [n_embd]
     w_gate_up: object | None  # [n_embd, 2·n_ff]; None for experts
     w_down: object | None  # [n_ff, n_embd]
-    q_norm: np.ndarray | None = None
+    q_norm: np.ndarray | None = None  # [head_dim], with cfg.qk_norm
     k_norm: np.ndarray | None = None
-    post_attn_norm: np.ndarray | None = None
+    post_attn_norm: np.ndarray | None = None  # [n_embd], with cfg.post_norms
     post_ffn_norm: np.ndarray | None = None
-    router: np.ndarray | None = None  # [n_expert, n_embd]
+    router: np.ndarray | None = None  # [n_expert, n_embd] as stored (small): h @ router.T
     experts_gate_up: list | None = None  # per expert [n_embd, 2·n_ff]
     experts_down: list | None = None  # per expert [n_ff, n_embd]
 
@@ -365,23 +387,28 @@ def gelu(x: np.ndarray) -> np.ndarray:
 
 @dataclass
 class RopeTable:
-    cos: np.ndarray  # [n_ctx, n_rot/2]
-    sin: np.ndarray
+    cos: np.ndarray  # [n_ctx, n_rot/2]: row p holds position p's angles
+    sin: np.ndarray  # [n_ctx, n_rot/2]
 
 
 def rope_table(cfg: ArchConfig, base: float, n_ctx: int, freq_factors: np.ndarray | None,
                freq_scale: float) -> RopeTable:
+    """cos and sin of every position's angles, computed once per session in float64.
+    freq_factors (Llama 3's rope_freqs, LongRoPE's) divide the frequencies; freq_scale
+    (linear rope scaling) multiplies the positions."""
     half = cfg.n_rot // 2
-    inv_freq = base ** (-np.arange(half, dtype=np.float64) * 2.0 / cfg.n_rot)
+    inv_freq = base ** (-np.arange(half, dtype=np.float64) * 2.0 / cfg.n_rot)  # [n_rot/2]
     if freq_factors is not None:
         inv_freq = inv_freq / freq_factors.astype(np.float64)
+    # [n_ctx] x [n_rot/2] -> [n_ctx, n_rot/2]
     angles = np.outer(np.arange(n_ctx, dtype=np.float64) * freq_scale, inv_freq)
     m = cfg.rope_attn_factor
     return RopeTable((np.cos(angles) * m).astype(np.float32), (np.sin(angles) * m).astype(np.float32))
 
 
 def apply_rope(x: np.ndarray, table: RopeTable, pos0: int, style: str, n_rot: int) -> np.ndarray:
-    # x: [T, n_heads, head_dim]; rotates the first n_rot dims of each head in place
+    # x: [T, n_heads, head_dim] at positions pos0..; rotates the first n_rot dims of each
+    # head in place (and returns x)
     T = x.shape[0]
     cos = table.cos[pos0:pos0 + T, None, :]  # [T, 1, n_rot/2]
     sin = table.sin[pos0:pos0 + T, None, :]
@@ -410,36 +437,37 @@ def first_attended(pos0: int, window: int) -> int:
 
 def attention(q: np.ndarray, kT: np.ndarray, v: np.ndarray, pos0: int, k0: int,
               cfg: ArchConfig, window: int) -> np.ndarray:
-    """q: [T, n_head, hd] at positions pos0..; kT: [n_kv, hd, S - k0] and v:
-    [n_kv, S - k0, hd_v] for positions k0..S-1, where k0 = first_attended(pos0, window)."""
+    """q: [T, n_head, hd] at positions pos0..; kT: [n_head_kv, hd, S_att] and v:
+    [n_head_kv, S_att, hd_v] for the S_att = S - k0 positions k0..S-1, where
+    k0 = first_attended(pos0, window). Returns [T, n_head·hd_v]."""
     T, n_head, hd = q.shape
-    n_kv, S_att, hd_v = v.shape
-    g = n_head // n_kv
-    # [T, n_head, hd] -> [n_kv, g·T, hd]: query heads grouped under their kv head
-    qg = q.reshape(T, n_kv, g, hd).transpose(1, 2, 0, 3).reshape(n_kv, g * T, hd)
+    n_head_kv, S_att, hd_v = v.shape
+    g = n_head // n_head_kv  # query heads per kv head
+    # [T, n_head, hd] -> [n_head_kv, g·T, hd]: query heads grouped under their kv head
+    qg = q.reshape(T, n_head_kv, g, hd).transpose(1, 2, 0, 3).reshape(n_head_kv, g * T, hd)
     scale = np.float32(cfg.attn_scale)
     # A power-of-two scale (1/sqrt(64), 1/sqrt(256)) is exact on q too, and q has hd
     # columns where the scores have S: at 4k tokens of context that saved a pass over them.
     scale_q = math.frexp(scale)[0] == 0.5
     if scale_q:
         qg = qg * scale
-    scores = np.matmul(qg, kT)  # [n_kv, g·T, S_att]
+    scores = np.matmul(qg, kT)  # [n_head_kv, g·T, hd] @ [n_head_kv, hd, S_att]
     if not scale_q:
         scores *= scale
     if cfg.softcap_attn:
         scores = np.tanh(scores / cfg.softcap_attn) * cfg.softcap_attn
-    scores = scores.reshape(n_kv, g, T, S_att)
+    scores = scores.reshape(n_head_kv, g, T, S_att)
     if T > 1:  # one new token sees every position left after the window cut
         _mask(scores, pos0, k0, window)
     scores -= scores.max(axis=-1, keepdims=True)
     np.exp(scores, out=scores)
     # Softmax's division comes after the matmul with v: on [g·T, hd_v] instead of
     # [g·T, S_att] (the sums are at least 1: every query sees itself).
-    sums = scores.sum(axis=-1).reshape(n_kv, g * T, 1)
-    out = np.matmul(scores.reshape(n_kv, g * T, S_att), v)  # [n_kv, g·T, hd_v]
+    sums = scores.sum(axis=-1).reshape(n_head_kv, g * T, 1)
+    out = np.matmul(scores.reshape(n_head_kv, g * T, S_att), v)  # [n_head_kv, g·T, hd_v]
     out /= sums
     # -> [T, n_head·hd_v], heads back in their original order
-    return out.reshape(n_kv, g, T, hd_v).transpose(2, 0, 1, 3).reshape(T, n_head * hd_v)
+    return out.reshape(n_head_kv, g, T, hd_v).transpose(2, 0, 1, 3).reshape(T, n_head * hd_v)
 
 
 def _mask(scores: np.ndarray, pos0: int, k0: int, window: int) -> None:
@@ -551,9 +579,10 @@ class Model:
         # int8 is never picked here: its logits are approximate, and TOLERANCES.md wants
         # an approximate mode to be asked for (`--mode int8`, or `--args` in a bundle).
         n_params = sum(t.n_elements for t in self.gguf.tensors.values())
-        budget = ram_budget_bytes if ram_budget_bytes is not None else _ram_available_bytes() * 0.6
-        self.int8_fits = n_params <= budget  # for the server's hint when quant is slow
-        return "f32" if n_params * 4 <= budget else "quant"
+        budget_bytes = (ram_budget_bytes if ram_budget_bytes is not None
+                        else _ram_available_bytes() * 0.6)
+        self.int8_fits = n_params <= budget_bytes  # 1 byte a weight; for the server's hint
+        return "f32" if n_params * 4 <= budget_bytes else "quant"
 
     def _load_weights(self, progress) -> None:
         c, L = self.cfg, _WeightLoader(self.gguf, self.mode, progress)
@@ -563,8 +592,9 @@ class Model:
         if embd.shape[1] != c.n_embd:
             raise GGUFError(f"token_embd.weight has {embd.shape[1]} columns, expected {c.n_embd}")
         tied = not L.has("output.weight")
-        # The embedding is only gathered row by row, so it stays quantized unless the
-        # output head shares it (tied) and f32 mode wants it resident anyway.
+        # The embedding is only gathered a few rows at a time, so it always stays in its
+        # GGUF blocks (a view of the mapped file). A tied output head (no output.weight)
+        # is the same tensor, loaded again below as a matrix of the model's mode.
         self.embd = QuantMatrix(self.gguf.raw("token_embd.weight"), embd.ggml_type, embd.shape)
         self.layers = []
         for i in range(c.n_layer):
@@ -675,6 +705,8 @@ class Model:
                  top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
                  repeat_penalty: float = 1.0, seed: int | None = None,
                  n_ctx: int | None = None) -> Iterator[int]:
+        """Up to max_tokens ids after `ids`, from a fresh session (greedy at temperature
+        0). An end-of-generation id is yielded, then ends it."""
         from runtime.sampling import Sampler, SamplingParams
         ids = list(ids)
         sampler = Sampler(SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p,
@@ -721,16 +753,9 @@ class Model:
 
 
 class Session:
-    """One sequence with a preallocated KV cache. Tokens can be added and rewound.
-
-    Sliding-window layers keep a ring of `ring` = window + UBATCH_TOK positions (when that
-    is less than n_ctx): a micro-batch of up to UBATCH_TOK tokens needs the window before
-    its first token plus itself, and a rewind of up to UBATCH_TOK tokens (speculation
-    rewinds at most DRAFT_MAX_TOK) still finds the window before the new end. Gemma-3's
-    window of 512 in a 32k context: 768 positions instead of 32,768 in 5 of every 6
-    layers. A deeper rewind cannot resume (the positions are overwritten), so the session
-    starts over, as llama.cpp's does with its sliding-window cache. `swa_ring=False` keeps
-    every position in every layer, as the reference the tests compare against."""
+    """One sequence with a preallocated KV cache (its layout and the sliding-window rings:
+    the top of this file). eval() adds tokens, rewind() drops them. `swa_ring=False`
+    keeps every position in every layer, as the reference the tests compare against."""
 
     def __init__(self, model: Model, n_ctx: int, swa_ring: bool = True):
         c = model.cfg
@@ -742,7 +767,7 @@ class Session:
         self.ring = ring if ring < n_ctx else 0  # positions per sliding-window layer; 0: no ring
         self._ring_lo = 0  # the first position whose k/v every ring still holds
         n_pos = [self.ring if self.ring and c.is_swa(il) else n_ctx for il in range(c.n_layer)]
-        # keys transposed, [n_kv, hd, n_pos] (see the top of this file)
+        # per layer: keys transposed, [n_head_kv, hd, n_pos]; values [n_head_kv, n_pos, hd_v]
         self.k = [np.zeros((c.n_head_kv, c.head_dim, n), np.float32) for n in n_pos]
         self.v = [np.zeros((c.n_head_kv, n, c.head_dim_v), np.float32) for n in n_pos]
         factors = model.rope_freqs
@@ -804,49 +829,54 @@ class Session:
         return np.concatenate(outs) if all_logits else outs[-1][-1]
 
     def _forward(self, ids: np.ndarray, head: bool, last_only: bool = False, rows=None):
-        """The forward pass over new tokens `ids` at positions n_past.. (rows: see eval)."""
+        """The forward pass over new tokens `ids` at positions n_past..; returns their
+        logits [T, n_vocab] (the last one only with last_only; None when head=False: a
+        prefill micro-batch whose logits nobody reads). rows: see eval."""
         c, m = self.cfg, self.model
         T, pos0 = ids.size, self.n_past
-        S = pos0 + T
+        S = pos0 + T  # positions 0..S-1 are in the cache once this pass has stored k and v
         n_q, n_kv = c.n_head * c.head_dim, c.n_head_kv * c.head_dim
         if self.ring:  # set first: a pass that fails halfway has overwritten these slots too
             self._ring_lo = max(self._ring_lo, S - self.ring)
         x = _gather(m.embd, ids)  # [T] -> [T, n_embd]
         if c.embed_scale != 1.0:
-            x *= c.embed_scale  # [T, n_embd]
+            x *= c.embed_scale  # Gemma: sqrt(n_embd)
         for il, L in enumerate(m.layers):
             swa = c.is_swa(il)
-            h = rms_norm(x, L.attn_norm, c.norm_eps)
-            qkv = linear(h, L.wqkv, L.bqkv)  # [T, n_embd] -> [T, n_q + 2·n_kv]
+            h = rms_norm(x, L.attn_norm, c.norm_eps)  # [T, n_embd]
+            qkv = linear(h, L.wqkv, L.bqkv)  # [T, n_embd] -> [T, n_q + n_kv + n_v]
             # q's heads, then k's (views of qkv, changed in place): one rope call for both
             qk = qkv[:, :n_q + n_kv].reshape(T, c.n_head + c.n_head_kv, c.head_dim)
-            q, k = qk[:, :c.n_head], qk[:, c.n_head:]
-            v = qkv[:, n_q + n_kv:].reshape(T, c.n_head_kv, c.head_dim_v)
-            if c.qk_norm:
+            q, k = qk[:, :c.n_head], qk[:, c.n_head:]  # [T, n_head, hd], [T, n_head_kv, hd]
+            v = qkv[:, n_q + n_kv:].reshape(T, c.n_head_kv, c.head_dim_v)  # [T, n_head_kv, hd_v]
+            if c.qk_norm:  # each head over its hd dims
                 q[...] = rms_norm(q, L.q_norm, c.norm_eps)
                 k[...] = rms_norm(k, L.k_norm, c.norm_eps)
             rope = self.rope_local if swa else self.rope_global
             apply_rope(qk, rope, pos0, c.rope_style, c.n_rot)
-            _store(self.k[il], pos0, k.transpose(1, 2, 0), axis=2)  # [T, n_kv, hd] -> [n_kv, hd, T]
-            _store(self.v[il], pos0, v.transpose(1, 0, 2), axis=1)  # [T, n_kv, hd] -> [n_kv, T, hd]
+            # into the cache: k as [n_head_kv, hd, T] (transposed), v as [n_head_kv, T, hd_v]
+            _store(self.k[il], pos0, k.transpose(1, 2, 0), axis=2)
+            _store(self.v[il], pos0, v.transpose(1, 0, 2), axis=1)
             window = c.swa_window if swa else 0
             k0 = first_attended(pos0, window)
             att = attention(q, _span(self.k[il], k0, S, axis=2), _span(self.v[il], k0, S, axis=1),
                             pos0, k0, c, window)  # [T, n_head·hd_v]
-            o = linear(att, L.wo)  # [T, n_embd]
+            o = linear(att, L.wo)  # [T, n_head·hd_v] -> [T, n_embd]
             if c.post_norms:
                 o = rms_norm(o, L.post_attn_norm, c.norm_eps)
             x += o if c.residual_scale == 1.0 else o * c.residual_scale  # 1 except for Granite
             h = rms_norm(x, L.ffn_norm, c.norm_eps)
+            # [T, n_embd] -> [T, n_embd]: the dense FFN, or the routed experts' (Mixtral)
             f = moe(h, L, c) if c.n_expert else feed_forward(h, L.w_gate_up, L.w_down, c.activation)
             if c.post_norms:
                 f = rms_norm(f, L.post_ffn_norm, c.norm_eps)
             x += f if c.residual_scale == 1.0 else f * c.residual_scale
+        # Only a pass that finished counts its tokens.
         self.tokens.extend(int(t) for t in ids)
         if rows is not None:
-            step = max(1, LOGIT_ROWS_BYTES // (4 * m.n_vocab))
-            for r0 in range(0, T, step):
-                rows(self._head(x[r0:r0 + step]), pos0 + r0)
+            step_tok = max(1, LOGIT_ROWS_BYTES // (4 * m.n_vocab))
+            for r0 in range(0, T, step_tok):
+                rows(self._head(x[r0:r0 + step_tok]), pos0 + r0)
         if not head:
             return None
         if last_only:
@@ -857,8 +887,8 @@ class Session:
         """The output head: final hidden states [t, n_embd] -> logits [t, n_vocab]."""
         c, m = self.cfg, self.model
         x = rms_norm(x, m.output_norm, c.norm_eps)
-        logits = linear(x, m.output)  # [T, n_embd] -> [T, n_vocab]
-        if c.logit_scale != 1.0:
+        logits = linear(x, m.output)  # [t, n_embd] -> [t, n_vocab]
+        if c.logit_scale != 1.0:  # Granite
             logits /= c.logit_scale
         if c.softcap_final:
             logits = np.tanh(logits / c.softcap_final) * c.softcap_final
@@ -867,8 +897,8 @@ class Session:
 
 def _store(cache: np.ndarray, pos0: int, x: np.ndarray, axis: int) -> None:
     """Write x (T positions on `axis`) at positions pos0.. of a layer's cache (n_pos on
-    `axis`: 2 for keys [n_kv, hd, n_pos], 1 for values [n_kv, n_pos, hd]); position p lives
-    in slot p % n_pos (a ring wraps around, a full cache never does)."""
+    `axis`: 2 for keys [n_head_kv, hd, n_pos], 1 for values [n_head_kv, n_pos, hd_v]);
+    position p lives in slot p % n_pos (a ring wraps around, a full cache never does)."""
     n_pos, T = cache.shape[axis], x.shape[axis]
     a = pos0 % n_pos
     first = min(T, n_pos - a)

@@ -19,8 +19,9 @@ which ggml and gguf-py do last too. So the result equals gguf-py's reference
 dequantizer bit for bit, including inf/NaN from garbage scales.
 
 Rows are processed in chunks of CHUNK_ELEMENTS weights; temporaries live in per-thread
-scratch buffers (a few MiB per thread) reused from chunk to chunk. `threads=2` splits the
-chunks over a small pool (NumPy releases the GIL inside its loops).
+scratch buffers (a few MiB per thread) reused from chunk to chunk. `threads=n` splits the
+chunks over a shared pool of up to n threads (model.py's load passes every core it may
+use; NumPy releases the GIL inside its loops).
 """
 from __future__ import annotations
 
