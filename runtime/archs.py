@@ -24,10 +24,6 @@ class ArchDefaults:
     embed_scale_sqrt: bool = False  # multiply embeddings by sqrt(n_embd) (Gemma)
     swa_pattern: int = 0  # with n: layer il uses the sliding window iff il % n < n - 1
     rope_base_local: float | None = None  # rope base of sliding-window layers (Gemma 3)
-    # Phi-3's fused tensors. Informational: model.py finds them by tensor name
-    # (attn_qkv.weight; ffn_up.weight without ffn_gate.weight) and reads neither switch.
-    fused_qkv: bool = False  # one attn_qkv tensor instead of attn_q/k/v
-    fused_gate_up: bool = False  # ffn_up holds [gate; up]
 
 
 # The table of differences. llama covers Mistral, Mixtral (experts come from metadata),
@@ -37,7 +33,7 @@ ARCHS: dict[str, ArchDefaults] = {
     "granite": ArchDefaults(),
     "qwen2": ArchDefaults(rope_style="neox"),
     "qwen3": ArchDefaults(rope_style="neox", qk_norm=True),
-    "phi3": ArchDefaults(rope_style="neox", fused_qkv=True, fused_gate_up=True),
+    "phi3": ArchDefaults(rope_style="neox"),
     "gemma2": ArchDefaults(rope_style="neox", activation="gelu", post_norms=True,
                            embed_scale_sqrt=True, swa_pattern=2),
     "gemma3": ArchDefaults(rope_style="neox", activation="gelu", post_norms=True, qk_norm=True,
@@ -78,8 +74,6 @@ class ArchConfig:
     residual_scale: float  # multiplies attention's and the FFN's output before each add (Granite)
     attn_scale: float  # multiplies q·k: 1/sqrt(head_dim) unless metadata or Gemma 27B differ
     logit_scale: float  # logits are divided by this (Granite)
-    fused_qkv: bool
-    fused_gate_up: bool
     n_expert: int  # experts per layer (Mixtral); 0 = one dense FFN
     n_expert_used: int  # experts each token is routed to (top k)
 
@@ -87,10 +81,6 @@ class ArchConfig:
         if not self.swa_window or not self.swa_pattern:
             return False
         return layer % self.swa_pattern < self.swa_pattern - 1
-
-    @property
-    def kv_dim(self) -> int:  # k's width: n_kv in model.py's shape names
-        return self.n_head_kv * self.head_dim
 
 
 def supported() -> list[str]:
@@ -184,6 +174,5 @@ def config_from_metadata(md: dict, n_vocab: int) -> ArchConfig:
         swa_window=swa_window, swa_pattern=d.swa_pattern,
         embed_scale=embed_scale, residual_scale=float(get("residual_scale", 1.0, float)),
         attn_scale=attn_scale, logit_scale=float(get("logit_scale", 1.0, float)),
-        fused_qkv=d.fused_qkv, fused_gate_up=d.fused_gate_up,
         n_expert=n_expert, n_expert_used=n_expert_used,
     )
