@@ -106,7 +106,7 @@ def test_threads_also_bound_the_load_and_int8_threads():
     # --threads N reaches BLAS through the environment (cli.set_threads); our own thread
     # pools (dequantization at load, int8 decode) must follow it, not the core count.
     code = ("import sys; from runtime import cli; cli.set_threads(int(sys.argv[1]) or None); "
-            "from runtime import model; print(model.LOAD_THREADS)")
+            "from runtime import weights; print(weights.LOAD_THREADS)")
     env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
     for asked, expected in ((1, 1), (3, 3), (0, len(os.sched_getaffinity(0)))):
         r = subprocess.run([sys.executable, "-c", code, str(asked)], cwd=ROOT, env=env,
@@ -210,7 +210,7 @@ def test_weights_that_do_not_fit_in_memory_are_a_clear_error(monkeypatch, capsys
     import errno
     import mmap
 
-    from runtime import model
+    from runtime import weights
     from runtime.cli import main
 
     real_mmap = mmap.mmap
@@ -219,7 +219,7 @@ def test_weights_that_do_not_fit_in_memory_are_a_clear_error(monkeypatch, capsys
         if fileno == -1:
             raise OSError(errno.ENOMEM, "Cannot allocate memory")
         return real_mmap(fileno, *a, **k)
-    monkeypatch.setattr(model.mmap, "mmap", no_anonymous_memory)
+    monkeypatch.setattr(weights.mmap, "mmap", no_anonymous_memory)
     assert main(["chat", str(MODELS / "tiny-llama-q8_0.gguf"), "--mode", "f32"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("chatfile: error: cannot allocate") and "--mode quant" in err, err

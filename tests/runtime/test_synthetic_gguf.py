@@ -85,7 +85,7 @@ def test_the_server_says_why_auto_chose_the_slow_mode(tiny_path, monkeypatch):
     from runtime import model as model_mod, server
     n_params = sum(t.n_elements for t in gguf.read(tiny_path).tensors.values())
     for ram, hint in ((2 * n_params / 0.6, True), (0, False)):
-        monkeypatch.setattr(model_mod, "_ram_available_bytes", lambda: ram)
+        monkeypatch.setattr(model_mod, "ram_available_bytes", lambda: ram)
         st, lines = server.State(model_path=str(tiny_path), n_ctx=64), []
         server._load(st, tiny_path, 0, None, None, 64, "auto", lines.append)
         assert st.model.mode == "quant" and st.engine is not None
@@ -99,21 +99,21 @@ def test_the_server_says_why_auto_chose_the_slow_mode(tiny_path, monkeypatch):
 def test_int8_mode_runs_every_batch_path(tiny_path, monkeypatch):
     """One token splits its rows over two threads (or runs in one on a single core);
     batches run in wide chunks: all give the same numbers."""
-    from runtime import model as model_mod
+    from runtime import weights
     m = Model.load(tiny_path, mode="int8")
     ids = m.tokenize("def add(a, b):\n    return a + b\n")
     whole = m.logits(ids)  # one batch
     s = m.session(len(ids))
     s.eval(ids[:-2])
     # chunks of 3 rows, so that even the tiny model's matrices split
-    monkeypatch.setattr(model_mod, "INT8_CHUNK_WEIGHTS", 3 * gen.SHAPES["tiny"].n_embd)
-    monkeypatch.setattr(model_mod, "LOAD_THREADS", 2)  # split even on a one-core machine
+    monkeypatch.setattr(weights, "INT8_CHUNK_WEIGHTS", 3 * gen.SHAPES["tiny"].n_embd)
+    monkeypatch.setattr(weights, "LOAD_THREADS", 2)  # split even on a one-core machine
     pool, submitted = quants.thread_pool(2), []
     monkeypatch.setattr(quants, "thread_pool",
                         lambda n: submitted.append(n) or pool)
     steps = [s.eval([ids[-2]]), s.eval([ids[-1]])]  # single tokens, split
     assert len(submitted) >= 2 * len(m.layers)
-    monkeypatch.setattr(model_mod, "LOAD_THREADS", 1)
+    monkeypatch.setattr(weights, "LOAD_THREADS", 1)
     s.rewind(len(ids) - 2)
     one_thread = [s.eval([ids[-2]]), s.eval([ids[-1]])]
     tol = 1e-4 * float(whole.std())
@@ -151,7 +151,7 @@ def _vm_flags(addr: int) -> list[str]:
 @pytest.mark.parametrize("mode", ["f32", "int8"])
 def test_resident_weights_do_not_ask_for_huge_pages(tmp_path, mode):
     # In a VM whose host backs memory lazily, fresh huge pages made Qwen's load about
-    # twice as slow (runtime/model.py: _resident_array). "hg" is MADV_HUGEPAGE's flag.
+    # twice as slow (runtime/weights.py: resident_array). "hg" is MADV_HUGEPAGE's flag.
     if not Path("/proc/self/smaps").exists():
         pytest.skip("no /proc/self/smaps on this system to read mapping flags from")
     control = np.empty(8 << 20, dtype=np.uint8)
