@@ -148,6 +148,7 @@ def raw_line_reader(fd: int, out, encoding: str | None = None, typed_ahead: str 
                     pass
     read.discard = pending.clear
     read.take_waiting = waiting_taker(fd, pending, decoder)
+    read.marks_pastes = paste_marks_wanted()  # (while it reads: see terminal.py's stops)
     return read
 
 

@@ -325,8 +325,9 @@ def _keys_kept_as_bytes(stdin, on_terminal: bool):
     Now it is a byte (echoed as ^D) that the next prompt takes for the end of input.
     Echo stays on: readline shows nothing typed on a terminal without echo. Yields a
     function that leaves canonical mode again (after Ctrl+Z and `fg` the shell hands the
-    terminal back in its own modes), and what was typed while the model loaded (see
-    _typed_ahead); the modes come back however the chat ends."""
+    terminal back in its own modes), what was typed while the model loaded (see
+    _typed_ahead), and the shell's modes (None off a terminal); they come back however the
+    chat ends."""
     saved = None
     if on_terminal and os.name == "posix":
         import termios
@@ -336,7 +337,7 @@ def _keys_kept_as_bytes(stdin, on_terminal: bool):
         except termios.error:
             pass
     if saved is None:
-        yield (lambda: None), ""
+        yield (lambda: None), "", None
         return
 
     def hold():
@@ -352,7 +353,7 @@ def _keys_kept_as_bytes(stdin, on_terminal: bool):
     try:
         typed = _typed_ahead(fd, saved, getattr(stdin, "encoding", None))
         hold()
-        yield hold, typed
+        yield hold, typed, saved
     finally:
         try:
             set_modes(fd, saved)
@@ -410,39 +411,103 @@ def _given_back_while_stopped(fd: int, take, give):
     before the process stops, take() changes it again once `fg` continues the process.
     The chat stopped with paste mode on and ECHOCTL off (the load's), and the shell then
     got every paste wrapped in "^[[200~ ... ^[[201~". After `bg` the terminal stays the
-    shell's: the `fg` of a running job sends no SIGCONT (bash), so the rest of the load
-    has no paste marks. Yields a function that says whether the terminal is ours (not
-    given back). Python runs the handler between two steps of the main thread's code, so
-    a stop waits for a long NumPy call to end."""
+    shell's until the job has it again: bash's `fg` of a running job sends no SIGCONT, so
+    while it runs in the background a thread looks every FG_POLL_S whether it has (the
+    rest of the load had no paste marks). Yields a function that says whether the
+    terminal is ours (not given back). Python runs the handler between two steps of the
+    main thread's code, so a stop waits for a long NumPy call to end."""
     if not hasattr(signal, "SIGTSTP"):
         yield lambda: True
         return
     given = [False]
+    # Held from give() until the process is continued: the watcher must not take the
+    # terminal back between give() and the stop. (Reentrant: a handler can run inside
+    # another on the main thread.)
+    lock = threading.RLock()
+    done = threading.Event()
+    watchers: list[threading.Thread] = []
 
     def take_back(signum=None, frame=None):
-        if given[0] and _in_foreground(fd):  # (in the background: SIGTTOU would stop us)
-            given[0] = False
-            take()
+        with lock:
+            if given[0] and _in_foreground(fd):  # (in the background: SIGTTOU would stop us)
+                given[0] = False
+                take()
+
+    def watch_for_fg() -> None:
+        # Continued in the background (`bg`): only then does a thread look every FG_POLL_S
+        # for the `fg` that sends no signal, and it ends once the terminal is taken back.
+        while given[0] and not done.wait(FG_POLL_S):
+            take_back()
 
     def stop(signum, frame):
-        if not given[0] and _in_foreground(fd):
-            given[0] = True
-            give()
-        # Stopped as by the terminal's Ctrl+Z (which the handler took): the shell sees
-        # the job stopped. (In an orphaned process group the kernel discards it.)
-        signal.signal(signal.SIGTSTP, signal.SIG_DFL)
-        try:
-            os.kill(os.getpid(), signal.SIGTSTP)  # returns once continued
-        finally:
-            signal.signal(signal.SIGTSTP, stop)
-        take_back()
+        with lock:
+            if not given[0] and _in_foreground(fd):
+                given[0] = True
+                give()
+            # Stopped as by the terminal's Ctrl+Z (which the handler took): the shell sees
+            # the job stopped. (In an orphaned process group the kernel discards it.)
+            signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+            try:
+                os.kill(os.getpid(), signal.SIGTSTP)  # returns once continued
+            finally:
+                signal.signal(signal.SIGTSTP, stop)
+            take_back()
+            if given[0] and not any(w.is_alive() for w in watchers):
+                watchers[:] = [threading.Thread(target=watch_for_fg, name="chatfile-fg-watch",
+                                                daemon=True)]
+                watchers[0].start()
     before_stop = set_handler(signal.SIGTSTP, stop)
     before_cont = set_handler(signal.SIGCONT, take_back)
     try:
         yield lambda: not given[0]
     finally:
+        done.set()
+        for w in watchers:
+            w.join()
         set_handler(signal.SIGTSTP, signal.SIG_DFL if before_stop is None else before_stop)
         set_handler(signal.SIGCONT, signal.SIG_DFL if before_cont is None else before_cont)
+
+
+FG_POLL_S = 0.2  # how often a job given back after `bg` looks whether it is in front again
+
+
+def _given_back_at_stops(read, fd: int, shells_modes: list, out):
+    """`read`, which gives the shell its terminal while a Ctrl+Z stops it, as the load
+    does (see _given_back_while_stopped). Both line readers wait in raw mode with paste
+    mode on, and a stop left them so: GNU readline does not undo them (Python turns its
+    signal handling off), the own line editor did not either. bash resets the modes
+    itself, but dash and sh read their commands without echo or line editing then, and
+    got every paste wrapped in "^[[200~ ... ^[[201~". Now the shell has the modes it had
+    before the chat, and `fg` gives the prompt its own back, and paste mode (a paste of
+    several lines is one message still), and shows the line again."""
+    import termios
+    marks = getattr(read, "marks_pastes", False)
+    at_stop: list = []  # the reader's modes when it was stopped
+
+    def give():
+        with contextlib.suppress(termios.error):
+            at_stop[:] = [termios.tcgetattr(fd)]
+        if marks:
+            _write_codes(out, PASTE_OFF)
+        with contextlib.suppress(termios.error):
+            set_modes(fd, shells_modes)
+
+    def take():
+        with contextlib.suppress(termios.error):
+            if at_stop:
+                set_modes(fd, at_stop.pop())
+        if marks:
+            _write_codes(out, PASTE_ON)
+        # Not from the thread that notices `fg` after `bg`: the main thread may be in
+        # readline then; the next key shows the line.
+        if threading.current_thread() is threading.main_thread():
+            getattr(read, "after_fg", lambda: None)()
+
+    def read_given_back(prompt, text=""):
+        with _given_back_while_stopped(fd, take, give):
+            return read(prompt, text)
+    read_given_back.__dict__.update(read.__dict__)  # (discard, take_waiting)
+    return read_given_back
 
 
 def _shell_modes(stdin, stdout) -> list | None:
@@ -630,7 +695,7 @@ def _readline_reader(fd: int, out, typed_ahead: str, encoding: str | None = None
     _typed_ahead): shown after their prompt, as readline would, and kept in its history;
     a paste made then is one message (see _ahead_keys)."""
     import readline
-    _readline_marks_pastes(readline)
+    marks_pastes = _readline_marks_pastes(readline)
     ahead = _ahead_keys(typed_ahead)
     decoder = codecs.getincrementaldecoder(encoding or "utf-8")("replace")
 
@@ -659,20 +724,118 @@ def _readline_reader(fd: int, out, typed_ahead: str, encoding: str | None = None
             readline.set_startup_hook(None)
     read.discard = ahead.clear
     read.take_waiting = waiting_taker(fd, ahead, decoder)
+    read.marks_pastes = marks_pastes
+    read.after_fg = _readline_redraw(readline, out)
     return read
 
 
-def _readline_marks_pastes(readline) -> None:
+def _readline_redraw(readline, out):
+    """A function that shows readline's prompt and line again on a line of their own,
+    after `fg` (the shell wrote below them meanwhile), as the own line editor does: GNU
+    readline's rl_forced_update_display, which Python's module leaves out (looked up in
+    the libraries the module was loaded with). Does nothing where it is not found."""
+    try:
+        import ctypes
+        redraw = ctypes.CDLL(getattr(readline, "__file__", None)).rl_forced_update_display
+    except (ImportError, OSError, AttributeError):
+        return lambda: None
+
+    def after_fg():
+        _write_codes(out, "\r\n")  # (where the redraw takes the cursor to be)
+        redraw()
+    return after_fg
+
+
+def _readline_marks_pastes(readline) -> bool:
     """Bracketed paste on in GNU readline: it reads a marked paste as text, its line
     ends too, so that a paste of several lines is one input() and one message. Python's
     readline module turns it off when imported, over the user's inputrc, and again in
     read_init_file() (bpo-42819: its interactive interpreter wants a paste line by line),
     and the terminal was never told to mark a paste: its lines went out, and were
     answered, one by one. Not with libedit (macOS's Python), whose init lines are another
-    language; nor on a "dumb" terminal (see paste_marks_wanted)."""
+    language; nor on a "dumb" terminal (see paste_marks_wanted); nor where the user's
+    inputrc turns it off (see _inputrc_value): that choice was overridden. Returns whether
+    it is on."""
     if not paste_marks_wanted() or "libedit" in (readline.__doc__ or ""):
-        return
+        return False
+    said = _inputrc_value("enable-bracketed-paste")
+    # As GNU readline reads a boolean variable: "on" or "1" (or no value) is on, all else off.
+    if said is not None and said.lower() not in ("", "on", "1"):
+        return False
     readline.parse_and_bind("set enable-bracketed-paste on")
+    return True
+
+
+INPUTRC_MAX_BYTES = 1 << 20   # an inputrc is a few KiB; more is read no further
+INPUTRC_MAX_INCLUDES = 8      # $include depth (a file that includes itself ends there)
+READLINE_NAME = "python"      # the application name `$if` tests (Python's rl_readline_name)
+
+
+def _inputrc_value(name: str) -> str | None:
+    """The value the user's inputrc sets readline variable `name` to (its first word, ""
+    if none), the last it sets; None if it sets none. The file readline reads: $INPUTRC,
+    else ~/.inputrc, else /etc/inputrc. `$include` is followed; `$if` tests the
+    application, term= and mode= as readline does, and takes others (version) as true."""
+    path = os.environ.get("INPUTRC")
+    for candidate in [path] if path else ["~/.inputrc", "/etc/inputrc"]:
+        lines = _inputrc_lines(candidate)
+        if lines is not None:
+            return _inputrc_set(lines, name.lower(), {"mode": "emacs"}, 0)
+    return None
+
+
+def _inputrc_lines(path: str) -> list[str] | None:
+    try:
+        with open(os.path.expanduser(path), encoding="utf-8", errors="replace") as f:
+            return f.read(INPUTRC_MAX_BYTES).splitlines()
+    except (OSError, ValueError):
+        return None
+
+
+def _inputrc_set(lines: list[str], name: str, state: dict, depth: int) -> str | None:
+    value = None
+    ifs: list[tuple[bool, bool]] = []   # per open $if: (its lines read?, the test held?)
+    for line in lines:
+        words = line.split(None, 1)
+        if not words or words[0].startswith("#"):
+            continue
+        head, rest = words[0].lower(), (words[1] if len(words) > 1 else "").strip()
+        reading = all(on for on, _ in ifs)
+        if head == "$if":
+            held = _inputrc_if_holds(rest, state)
+            ifs.append((reading and held, held))
+        elif head == "$else" and ifs:
+            held = not ifs.pop()[1]
+            ifs.append((all(on for on, _ in ifs) and held, held))
+        elif head == "$endif" and ifs:
+            ifs.pop()
+        elif not reading:
+            continue
+        elif head == "$include" and depth < INPUTRC_MAX_INCLUDES:
+            included = _inputrc_lines(rest)
+            said = _inputrc_set(included, name, state, depth + 1) if included else None
+            value = value if said is None else said
+        elif head == "set":
+            var, val = (rest.split(None, 1) + ["", ""])[:2]
+            var, val = var.lower(), (val.split() or [""])[0]
+            if var == "editing-mode":
+                state["mode"] = val.lower()
+            if var == name:
+                value = val
+    return value
+
+
+def _inputrc_if_holds(test: str, state: dict) -> bool:
+    """An inputrc `$if`'s test, as GNU readline takes it."""
+    word = (test.split() or [""])[0].lower()
+    if word.startswith("term="):  # the terminal's name, or its part before the first "-"
+        term = os.environ.get("TERM", "").lower()
+        return word[5:] in (term, term.split("-", 1)[0])
+    if word.startswith("mode="):
+        return word[5:] == state["mode"]
+    if word == "version" or any(op in test for op in "=<>!"):  # not judged here
+        return True
+    return word == READLINE_NAME
 
 
 def _read_message(read, out, text: str = "") -> tuple[str, bool]:
@@ -873,9 +1036,11 @@ def chat(model, *, n_ctx: int, system: str | None = None, stdin=None, stdout=Non
     on_terminal = _on_terminal(stdin, stdout)
     # A `kill` or Ctrl+C that lands as readline sets up its prompt is heard at once, not
     # at the next key (see runtime/signal_wake.py).
-    with _keys_kept_as_bytes(stdin, on_terminal) as (hold, typed_ahead), \
+    with _keys_kept_as_bytes(stdin, on_terminal) as (hold, typed_ahead, shells_modes), \
             (signal_wake.heard() if on_terminal else contextlib.nullcontext()):
         read = _line_reader(stdin, stdout, typed_ahead)
+        if shells_modes is not None:
+            read = _given_back_at_stops(read, stdin.fileno(), shells_modes, stdout)
         return _converse(c, read, stdout, hold)
 
 

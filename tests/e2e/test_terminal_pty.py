@@ -184,8 +184,8 @@ def test_sigterm_at_the_prompt_gives_the_terminal_back(chat_factory):
 def test_fg_after_ctrl_z_gives_the_line_editing_back(chat_factory):
     """A shell hands the terminal back after `fg` in its own modes: the own line editor
     then read in canonical mode until the next prompt (keys echoed twice, Backspace
-    seen as a character). (Python's input() with readline has the same trouble, and it
-    is not ours to mend: readline's own signal handling is switched off by Python.)"""
+    seen as a character). (Python's input() with readline is given its modes back too:
+    see tests/e2e/test_terminal_stop_modes.py.)"""
     import termios
     c = chat_factory(ECHO)
     c.write(b"abc")
