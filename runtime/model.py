@@ -345,13 +345,13 @@ class Model:
         return "f32" if n_params * 4 <= budget_bytes else "quant"
 
     def _load_weights(self, progress) -> None:
-        c, L = self.cfg, WeightLoader(self.gguf, self.mode, progress)
+        c, load = self.cfg, WeightLoader(self.gguf, self.mode, progress)
         n_q, n_kv = c.n_head * c.head_dim, c.n_head_kv * c.head_dim
         n_v = c.n_head_kv * c.head_dim_v
-        embd = L.info("token_embd.weight")
+        embd = load.info("token_embd.weight")
         if embd.shape[1] != c.n_embd:
             raise GGUFError(f"token_embd.weight has {embd.shape[1]} columns, expected {c.n_embd}")
-        tied = not L.has("output.weight")
+        tied = not load.has("output.weight")
         # The embedding is only gathered a few rows at a time, so it always stays in its
         # GGUF blocks (a view of the mapped file). A tied output head (no output.weight)
         # is the same tensor, loaded again below as a matrix of the model's mode.
@@ -359,57 +359,58 @@ class Model:
         self.layers = []
         for i in range(c.n_layer):
             p = f"blk.{i}."
-            if L.has(p + "attn_qkv.weight"):
-                wqkv = L.matrix([p + "attn_qkv.weight"], c.n_embd, [n_q + n_kv + n_v])
+            if load.has(p + "attn_qkv.weight"):
+                wqkv = load.matrix([p + "attn_qkv.weight"], c.n_embd, [n_q + n_kv + n_v])
             else:
-                wqkv = L.matrix([p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight"],
+                wqkv = load.matrix([p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight"],
                                 c.n_embd, [n_q, n_kv, n_v])
-            biases = [L.optional(p + f"attn_{x}.bias", (n,)) for x, n in
+            biases = [load.optional(p + f"attn_{x}.bias", (n,)) for x, n in
                       (("q", n_q), ("k", n_kv), ("v", n_v))]
             bqkv = np.concatenate(biases) if all(b is not None for b in biases) else None
             layer = Layer(
-                attn_norm=L.f32(p + "attn_norm.weight", (c.n_embd,)),
+                attn_norm=load.f32(p + "attn_norm.weight", (c.n_embd,)),
                 wqkv=wqkv, bqkv=bqkv,
-                wo=L.matrix([p + "attn_output.weight"], c.n_head * c.head_dim_v, [c.n_embd]),
-                ffn_norm=L.f32(p + "ffn_norm.weight", (c.n_embd,)),
+                wo=load.matrix([p + "attn_output.weight"], c.n_head * c.head_dim_v, [c.n_embd]),
+                ffn_norm=load.f32(p + "ffn_norm.weight", (c.n_embd,)),
                 w_gate_up=None, w_down=None,
             )
             if c.qk_norm:
-                layer.q_norm = L.f32(p + "attn_q_norm.weight", (c.head_dim,))
-                layer.k_norm = L.f32(p + "attn_k_norm.weight", (c.head_dim,))
+                layer.q_norm = load.f32(p + "attn_q_norm.weight", (c.head_dim,))
+                layer.k_norm = load.f32(p + "attn_k_norm.weight", (c.head_dim,))
             if c.post_norms:
-                layer.post_attn_norm = L.f32(p + "post_attention_norm.weight", (c.n_embd,))
-                layer.post_ffn_norm = L.f32(p + "post_ffw_norm.weight", (c.n_embd,))
+                layer.post_attn_norm = load.f32(p + "post_attention_norm.weight", (c.n_embd,))
+                layer.post_ffn_norm = load.f32(p + "post_ffw_norm.weight", (c.n_embd,))
             if c.n_expert:
-                self._load_experts(L, p, layer)
+                self._load_experts(load, p, layer)
             else:
-                if L.has(p + "ffn_gate.weight"):
-                    layer.w_gate_up = L.matrix([p + "ffn_gate.weight", p + "ffn_up.weight"],
+                if load.has(p + "ffn_gate.weight"):
+                    layer.w_gate_up = load.matrix([p + "ffn_gate.weight", p + "ffn_up.weight"],
                                                c.n_embd, [c.n_ff, c.n_ff])
                 else:  # Phi-3: ffn_up already holds [gate; up]
-                    layer.w_gate_up = L.matrix([p + "ffn_up.weight"], c.n_embd, [2 * c.n_ff])
-                layer.w_down = L.matrix([p + "ffn_down.weight"], c.n_ff, [c.n_embd])
+                    layer.w_gate_up = load.matrix([p + "ffn_up.weight"], c.n_embd, [2 * c.n_ff])
+                layer.w_down = load.matrix([p + "ffn_down.weight"], c.n_ff, [c.n_embd])
             self.layers.append(layer)
-        self.output_norm = L.f32("output_norm.weight", (c.n_embd,))
+        self.output_norm = load.f32("output_norm.weight", (c.n_embd,))
         head = "token_embd.weight" if tied else "output.weight"
-        self.output = L.matrix([head], c.n_embd, [self.n_vocab])
-        self.rope_freqs = L.optional("rope_freqs.weight", (c.n_rot // 2,))
-        self.rope_long = L.optional("rope_factors_long.weight", (c.n_rot // 2,))
-        self.rope_short = L.optional("rope_factors_short.weight", (c.n_rot // 2,))
+        self.output = load.matrix([head], c.n_embd, [self.n_vocab])
+        self.rope_freqs = load.optional("rope_freqs.weight", (c.n_rot // 2,))
+        self.rope_long = load.optional("rope_factors_long.weight", (c.n_rot // 2,))
+        self.rope_short = load.optional("rope_factors_short.weight", (c.n_rot // 2,))
         if progress:
             progress(1.0)
 
-    def _load_experts(self, L: WeightLoader, p: str, layer: Layer) -> None:
+    def _load_experts(self, load: WeightLoader, p: str, layer: Layer) -> None:
         c = self.cfg
-        layer.router = L.f32(p + "ffn_gate_inp.weight", (c.n_expert, c.n_embd))
+        layer.router = load.f32(p + "ffn_gate_inp.weight", (c.n_expert, c.n_embd))
         for name in ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"):
-            if L.info(p + name + ".weight").shape[0] != c.n_expert:
+            if load.info(p + name + ".weight").shape[0] != c.n_expert:
                 raise GGUFError(f"tensor {p + name + '.weight'!r} does not hold {c.n_expert} experts")
         # Each expert's slices become a matrix of the model's mode, like any other.
         gate_up = [p + "ffn_gate_exps.weight", p + "ffn_up_exps.weight"]
-        layer.experts_gate_up = [L.matrix(gate_up, c.n_embd, [c.n_ff, c.n_ff], expert=e)
+        layer.experts_gate_up = [load.matrix(gate_up, c.n_embd, [c.n_ff, c.n_ff], expert=e)
                                  for e in range(c.n_expert)]
-        layer.experts_down = [L.matrix([p + "ffn_down_exps.weight"], c.n_ff, [c.n_embd], expert=e)
+        layer.experts_down = [load.matrix([p + "ffn_down_exps.weight"], c.n_ff, [c.n_embd],
+                                          expert=e)
                               for e in range(c.n_expert)]
 
     # -- text -------------------------------------------------------------------------

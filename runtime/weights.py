@@ -99,15 +99,16 @@ class Int8Matrix:
         n_out, n_in = self.shape
         xT = (x * self.col_factor).T
         outT = np.empty((n_out, x.shape[0]), dtype=np.float32)
-        step = max(1, INT8_CHUNK_WEIGHTS // n_in)
-        mid = (n_out // 2 + step - 1) // step * step
+        step_rows = max(1, INT8_CHUNK_WEIGHTS // n_in)
+        mid_row = (n_out // 2 + step_rows - 1) // step_rows * step_rows
         if x.shape[0] > 1:
             self._rows_into(xT, outT, 0, n_out, max(1, QUANT_CHUNK_BYTES // (4 * n_in)))
-        elif LOAD_THREADS < 2 or not 0 < mid < n_out:
-            self._rows_into(xT, outT, 0, n_out, step)
+        elif LOAD_THREADS < 2 or not 0 < mid_row < n_out:
+            self._rows_into(xT, outT, 0, n_out, step_rows)
         else:
-            other = quants.thread_pool(2).submit(self._rows_into, xT, outT, mid, n_out, step)
-            self._rows_into(xT, outT, 0, mid, step)
+            other = quants.thread_pool(2).submit(self._rows_into, xT, outT, mid_row, n_out,
+                                                 step_rows)
+            self._rows_into(xT, outT, 0, mid_row, step_rows)
             other.result()
         outT *= self.row_scale[:, None]
         return np.ascontiguousarray(outT.T)
