@@ -8,6 +8,7 @@ OpenAI's shape, {"error": {"message", "type", "code"}}.
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import json
 import math
 import re
@@ -20,6 +21,7 @@ DRAIN_LIMIT_BYTES = 64 << 20   # read (and drop) at most this much of a refused 
 MAX_STOP_STRINGS = 16
 MAX_N_PROBS = 100
 MAX_PROMPTS = 128          # prompts in one /v1/completions request (OpenAI's batch)
+MAX_CHOICES = 128          # choices in one response, prompts × n (OpenAI's cap on n)
 MAX_LOGIT_BIAS = 1024      # entries in 'logit_bias', and tokens they name once texts are tokenized
 LOGIT_BIAS_LIMIT = 100     # OpenAI's range, [-100, 100]; false bans the token
 INT32_MAX = 2**31 - 1
@@ -335,22 +337,14 @@ def _refuse_banning_all(bias: dict, n_vocab: int, message: str) -> None:
 # llama-server's samplers that ours does not have: (field, is the sampler off at this
 # value, what it is, its default). Clients send these at their defaults (llama-server's web
 # UI sends all of them), which switch the sampler off: those are accepted, anything else
-# is a 400.
+# is a 400. (Its other samplers are ours too: sampler_fields.)
 FOREIGN_SAMPLERS = (
-    ("mirostat", lambda v: v == 0, "Mirostat", "0"),
-    ("typical_p", lambda v: v >= 1, "locally typical sampling", "1.0"),
-    ("dynatemp_range", lambda v: v <= 0, "dynamic temperature", "0"),
     ("dry_multiplier", lambda v: v == 0, "the DRY repetition penalty", "0"),
-    ("xtc_probability", lambda v: v <= 0, "XTC", "0"),
-    ("top_n_sigma", lambda v: v <= 0, "top-n-sigma", "-1"),
     ("adaptive_target", lambda v: v < 0, "adaptive-p", "-1"),
-    # our filters always keep the best token, which is min_keep 1
-    ("min_keep", lambda v: v <= 1, "a min_keep above 1", "0"),
 )
 # Settings of those samplers, and llama-server fields with no effect here that clients
 # send on every request: checked for type, no more (docs/api.md says why each is inert).
-INERT_NUMBERS = ("dynatemp_exponent", "mirostat_tau", "mirostat_eta", "dry_base",
-                 "dry_allowed_length", "dry_penalty_last_n", "xtc_threshold", "adaptive_decay",
+INERT_NUMBERS = ("dry_base", "dry_allowed_length", "dry_penalty_last_n", "adaptive_decay",
                  "n_keep", "n_discard", "n_cache_reuse", "n_indent", "t_max_prompt_ms",
                  "t_max_predict_ms")
 INERT_BOOLS = ("return_tokens", "timings_per_token", "return_progress")
@@ -449,6 +443,43 @@ def eog_banned(bias: dict | None, model) -> dict:
     return out
 
 
+def _num_at_least(body, key, default, lo: float, what: str = ""):
+    v = get_num(body, key, default)
+    if v < lo:
+        raise ApiError(400, f"'{key}' must be {lo} or more{what}, got {v}")
+    return v
+
+
+def sampler_fields(body, d) -> dict:
+    """llama.cpp's samplers past top-k, top-p and min-p (runtime/sampling.py), each off at
+    llama-server's default (d's). A value llama-server reads as off is taken as off
+    (typical_p above 1; top_n_sigma, dynatemp_range, xtc_probability at or below 0);
+    one with no meaning is a 400."""
+    typical_p = get_num(body, "typical_p", d.typical_p)
+    if typical_p <= 0:
+        raise ApiError(400, f"'typical_p' must be above 0 (1: off), got {typical_p}")
+    mirostat = get_int(body, "mirostat", d.mirostat)
+    if mirostat not in (0, 1, 2):
+        raise ApiError(400, f"'mirostat' must be 0 (off), 1 or 2 (Mirostat v1, v2), "
+                            f"got {mirostat}")
+    xtc_probability = get_num(body, "xtc_probability", d.xtc_probability)
+    if xtc_probability > 1:
+        raise ApiError(400, f"'xtc_probability' must be at most 1 (0: off), "
+                            f"got {xtc_probability}")
+    return dict(
+        min_keep=get_int(body, "min_keep", d.min_keep, lo=0, hi=INT32_MAX),
+        typical_p=typical_p,
+        top_n_sigma=get_num(body, "top_n_sigma", d.top_n_sigma),
+        xtc_probability=xtc_probability,
+        xtc_threshold=get_num(body, "xtc_threshold", d.xtc_threshold, 0, 1),
+        dynatemp_range=get_num(body, "dynatemp_range", d.dynatemp_range),
+        dynatemp_exponent=_num_at_least(body, "dynatemp_exponent", d.dynatemp_exponent, 0),
+        mirostat=mirostat,
+        mirostat_tau=_num_at_least(body, "mirostat_tau", d.mirostat_tau, 0, " (bits)"),
+        mirostat_eta=_num_at_least(body, "mirostat_eta", d.mirostat_eta, 0),
+    )
+
+
 def sampling_params(body, *, openai: bool, default_temp: float | None = None, model=None):
     from runtime.sampling import SamplingParams
     check_llama_fields(body)
@@ -479,19 +510,53 @@ def sampling_params(body, *, openai: bool, default_temp: float | None = None, mo
         frequency_penalty=get_num(body, "frequency_penalty", d.frequency_penalty, -2, 2),
         seed=seed,
         logit_bias=bias,
+        **sampler_fields(body, d),
     )
 
 
-def check_n(body):
-    if get_int(body, "n", 1) != 1:
-        raise ApiError(400, "only n=1 is supported")
-    if get_int(body, "n_cmpl", 1) != 1:  # llama-server's name for n
-        raise ApiError(400, "'n_cmpl' must be 1: one completion per request is supported")
-    if get_int(body, "best_of", 1) != 1:
-        raise ApiError(400, "only best_of=1 is supported")
+def get_n(body, n_prompts: int = 1, stream: bool = False) -> int:
+    """Choices per prompt: OpenAI's 'n' or llama-server's 'n_cmpl', each its own
+    generation (choice_params gives each its seed). 'best_of' is taken when it asks for
+    nothing more: 1 (its default, which clients such as LangChain send whatever n is), or
+    n without streaming (every candidate is returned, so none is to be chosen); OpenAI
+    refuses it below n and with stream."""
+    n = get_int(body, "n", None, lo=1, hi=MAX_CHOICES)
+    n_cmpl = get_int(body, "n_cmpl", None, lo=1, hi=MAX_CHOICES)  # llama-server's name
+    if n is not None and n_cmpl is not None and n != n_cmpl:
+        raise ApiError(400, f"'n' ({n}) and 'n_cmpl' ({n_cmpl}) disagree; send one of them")
+    n = n or n_cmpl or 1
+    best_of = get_int(body, "best_of", 1, lo=1, hi=MAX_CHOICES)
+    if 1 < best_of < n:
+        raise ApiError(400, f"'best_of' ({best_of}) must be at least 'n' ({n})")
+    if best_of > n:
+        raise ApiError(400, f"'best_of' above 'n' is not supported: this server does not rank "
+                            f"candidates; ask for n={best_of} and choose among the choices")
+    if best_of > 1 and stream:
+        raise ApiError(400, "'best_of' cannot be combined with 'stream'")
+    if n * n_prompts > MAX_CHOICES:
+        raise ApiError(400, f"{n_prompts} prompts × n={n} asks for {n * n_prompts} choices; at "
+                            f"most {MAX_CHOICES} are made in one request")
     v = body.get("model")
     if v is not None and not isinstance(v, str):
         raise ApiError(400, "'model' must be a string")
+    return n
+
+
+def check_n(body):
+    """llama-server's own /completion and /infill: one completion per request."""
+    if get_n(body) != 1:
+        raise ApiError(400, "'n' / 'n_cmpl' above 1 is not supported on /completion and "
+                            "/infill: one completion per request (/v1/completions and "
+                            "/v1/chat/completions take n)")
+
+
+def choice_params(params, j: int):
+    """The sampling of choice j of a prompt (0 first): with a seed, seed + j (modulo
+    2**64), so that each choice is the reply a request of its own with that seed gets;
+    without one, each choice's Sampler draws its own random seed."""
+    if params.seed is None or j == 0:
+        return params
+    return dataclasses.replace(params, seed=(params.seed + j) % 2**64)
 
 
 # OpenAI's content parts that carry something other than text, and what each is.
@@ -790,8 +855,8 @@ def prompt_ids(model, prompt, key="prompt") -> list:
 
 def completion_prompts(model, prompt, key="prompt") -> list:
     """/v1/completions' prompt: one prompt, as prompt_ids reads it, or a list of several
-    (OpenAI's batch), each answered in a choice of its own. -> [(ids, the prompt as
-    sent), ...], for prompt_text."""
+    (OpenAI's batch), each answered in n choices of its own (see get_n for the cap on
+    prompts × n). -> [(ids, the prompt as sent), ...], for prompt_text."""
     prompts = _split_prompts(prompt, key)
     if len(prompts) > MAX_PROMPTS:
         raise ApiError(400, f"'{key}' holds {len(prompts)} prompts; at most {MAX_PROMPTS} "

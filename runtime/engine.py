@@ -15,6 +15,10 @@ per generated token (with the text that token released, possibly empty while a s
 string is still undecided); then exactly one final event ("done" or "error"). The worker
 never dies on a request's error: the exception travels back to the request as an error
 event.
+
+Several choices of one API request (OpenAI's `n`, a list of prompts) are one queue entry:
+a lead Request and its `followers`, served one after another on the slot before any other
+request, so that each choice after the first finds its prompt in the cache.
 """
 from __future__ import annotations
 
@@ -109,6 +113,14 @@ class Request:
     constraint: object = None
     cancel: threading.Event = field(default_factory=threading.Event)
     events: queue.Queue = field(default_factory=queue.Queue)
+    # Requests served right after this one, before anything else in the queue: the other
+    # choices of the same API request. The server gives them this one's `cancel`, so that
+    # a client that goes away stops them all. A follower's own followers are not served.
+    followers: list = field(default_factory=list)
+
+    def group(self) -> list:
+        """This request and its followers, in the order they are served."""
+        return [self, *self.followers]
 
     def iter_events(self, poll_s: float = 0.5, client_alive=None):
         """Yield events until the final one. Blocking; the server calls this.
@@ -227,9 +239,25 @@ class Engine:
 
     # ---- the request side -------------------------------------------------------------
     def submit(self, req: Request) -> Request:
-        """Queue a request. Raises ContextOverflowError (prompt too long), ValueError
-        (empty prompt or bad token ids) or EngineBusy (queue full), before any work."""
-        ids = req.prompt_ids
+        """Queue a request (with its followers, one queue entry). Raises
+        ContextOverflowError (prompt too long), ValueError (empty prompt or bad token ids)
+        or EngineBusy (queue full), before any work."""
+        for r in req.group():  # every choice is checked before the first one runs
+            self._check_prompt(r.prompt_ids)
+        try:
+            self._queue.put_nowait(req)
+        except queue.Full:
+            # Requests whose clients gave up wait in the queue, cancelled, until the worker
+            # reaches them, which may take as long as the reply it is making: without this,
+            # a few impatient clients that retry made every newcomer a 503 for minutes.
+            self._drop_cancelled()
+            try:
+                self._queue.put_nowait(req)
+            except queue.Full:
+                raise EngineBusy("the server is busy: too many requests are waiting") from None
+        return req
+
+    def _check_prompt(self, ids: list) -> None:
         if not ids:
             raise ValueError("the prompt is empty (no tokens)")
         n_vocab = getattr(self.model, "n_vocab", None)
@@ -246,18 +274,6 @@ class Engine:
             raise ContextOverflowError(
                 f"the prompt is {len(ids)} tokens, {what} the context size of {self.n_ctx} "
                 f"tokens, which leaves no room for a reply; shorten it{more}")
-        try:
-            self._queue.put_nowait(req)
-        except queue.Full:
-            # Requests whose clients gave up wait in the queue, cancelled, until the worker
-            # reaches them, which may take as long as the reply it is making: without this,
-            # a few impatient clients that retry made every newcomer a 503 for minutes.
-            self._drop_cancelled()
-            try:
-                self._queue.put_nowait(req)
-            except queue.Full:
-                raise EngineBusy("the server is busy: too many requests are waiting") from None
-        return req
 
     def _drop_cancelled(self) -> None:
         """Take the cancelled requests out of the queue and answer them as the worker
@@ -271,8 +287,9 @@ class Engine:
             q.queue.clear()
             q.queue.extend(live)
             q.not_full.notify(len(dead))
-        for r in dead:
-            r.events.put(Event("done", finish_reason="cancelled"))
+        for lead in dead:
+            for r in lead.group():
+                r.events.put(Event("done", finish_reason="cancelled"))
 
     def queued(self) -> int:
         return self._queue.qsize()
@@ -280,24 +297,35 @@ class Engine:
     # ---- the worker side --------------------------------------------------------------
     def _run(self):
         while True:
-            req = self._queue.get()
-            if req.cancel.is_set():
-                req.events.put(Event("done", finish_reason="cancelled"))
-                continue
+            lead = self._queue.get()
             self.busy.set()
+            failed = False
             try:
-                self._serve(req)
-            except Cancelled:
-                req.events.put(Event("done", finish_reason="cancelled"))
-            except BaseException as e:  # noqa: BLE001 - the worker must survive anything
-                # A failed eval may have left the cache half-written: start clean next time.
-                try:
-                    self.session.rewind(0)
-                except Exception:
-                    pass
-                req.events.put(Event("error", error=e))
+                for req in lead.group():
+                    # After a failed choice the request has its answer (an error): the
+                    # choices left would only be work that nobody reads.
+                    if failed or req.cancel.is_set():
+                        req.events.put(Event("done", finish_reason="cancelled"))
+                    else:
+                        failed = not self._serve_one(req)
             finally:
                 self.busy.clear()
+
+    def _serve_one(self, req: Request) -> bool:
+        """Serve one request, answering it whatever happens; False if it failed."""
+        try:
+            self._serve(req)
+        except Cancelled:
+            req.events.put(Event("done", finish_reason="cancelled"))
+        except BaseException as e:  # noqa: BLE001 - the worker must survive anything
+            # A failed eval may have left the cache half-written: start clean next time.
+            try:
+                self.session.rewind(0)
+            except Exception:
+                pass
+            req.events.put(Event("error", error=e))
+            return False
+        return True
 
     def _prefill(self, req: Request, t: Timings) -> tuple[np.ndarray, list | None]:
         """Evaluate the prompt: (the logits after it, its logprobs if the request asks)."""

@@ -1,8 +1,13 @@
 """Choosing the next token from logits, in llama.cpp's default order.
 
 logit bias -> penalties (repeat, frequency, presence over the last `repeat_last_n` tokens)
--> top-k -> top-p -> min-p -> temperature -> draw. Temperature <= 0 means greedy: the
-argmax of the biased, penalized logits, with no randomness at all.
+-> top-n-sigma -> top-k -> typical-p -> top-p -> min-p -> XTC -> temperature (or dynamic
+temperature) -> draw; Sampler._filtered holds that chain. With Mirostat on (1 or 2), as in
+llama-server: logit bias -> temperature -> Mirostat, which keeps its own state (mu) for one
+request, so one Sampler serves one request. Every sampler but the bias, the penalties,
+top-k, top-p, min-p and the temperature is off by default (llama-server's defaults).
+Temperature <= 0 means greedy: the argmax of the biased, penalized logits (only biased under
+Mirostat), with no randomness at all.
 
 A sampler may carry a constraint (runtime/json_constraint.py's TokenConstraint: the reply
 must be JSON, or a tool call). It is asked lazily, best token first, so that a step costs
@@ -13,6 +18,7 @@ them is allowed, draws from the best allowed tokens found further down.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +37,17 @@ class SamplingParams:
     seed: int | None = None
     # token id -> added to its logit; -inf bans the token. Applied before the penalties.
     logit_bias: dict | None = None
+    # llama.cpp's other samplers, with llama-server's defaults, which switch them off.
+    min_keep: int = 0               # typical-p, top-p, min-p and XTC keep at least this many
+    typical_p: float = 1.0          # >= 1: off
+    top_n_sigma: float = -1.0       # <= 0: off
+    xtc_probability: float = 0.0    # <= 0: off
+    xtc_threshold: float = 0.1      # > 0.5: off (two tokens cannot both be above it)
+    dynatemp_range: float = 0.0     # <= 0: off
+    dynatemp_exponent: float = 1.0
+    mirostat: int = 0               # 1 or 2: Mirostat v1 or v2 in place of the filters
+    mirostat_tau: float = 5.0       # the target surprise, in bits
+    mirostat_eta: float = 0.1       # mu's learning rate
 
     @property
     def greedy(self) -> bool:
@@ -54,6 +71,9 @@ BEST_BLOCK = 512
 # reported_probs_rows takes this many rows at a time: its float32 scratch (2.4 MB for
 # Qwen) stays in cache between its passes; 16 rows at a time measured 30% slower.
 REPORT_ROWS = 4
+# Mirostat v1 estimates the slope of the model's Zipf-like distribution from this many of
+# its best tokens (llama-server's m).
+MIROSTAT_M = 100
 
 
 class NoTokenAllowed(Exception):
@@ -86,6 +106,127 @@ def apply_penalties(logits: np.ndarray, history: list[int], p: SamplingParams) -
     sel = sel - counts * p.frequency_penalty - p.presence_penalty
     out[ids] = sel
     return out
+
+
+# ---- the filters: each keeps some of the candidates, given best first ------------------
+
+def _best_ids(z: np.ndarray, k: int) -> np.ndarray:
+    """The ids of the k highest entries of z [V] (all of them for k >= V), best first."""
+    if k < z.size:
+        ids = np.argpartition(-z, k - 1)[:k]
+    else:
+        ids = np.arange(z.size)
+    return ids[np.argsort(-z[ids], kind="stable")]
+
+
+def _softmax_sorted(z: np.ndarray) -> np.ndarray:
+    """float64 logits z [n], best first (z[0] finite) -> their softmax [n]."""
+    probs = np.exp(z - z[0])
+    probs /= probs.sum()
+    return probs
+
+
+def _entropy_nats(probs: np.ndarray) -> float:
+    """-sum p log p over a distribution [n]; tokens of probability 0 add nothing."""
+    pos = probs[probs > 0]
+    return float(-np.sum(pos * np.log(pos)))
+
+
+def top_n_sigma_masked(logits: np.ndarray, n: float) -> np.ndarray:
+    """Top-n-sigma, as llama.cpp: logits [V] -> [V], -inf for every token whose logit is
+    below max - n·std, the mean and (population) standard deviation taken over the finite
+    logits. It looks at logits, not probabilities, so the temperature does not move it.
+    n <= 0: the logits as they are."""
+    if n <= 0:
+        return logits
+    finite = logits[np.isfinite(logits)].astype(np.float64)
+    if finite.size <= 1:
+        return logits
+    out = logits.copy()
+    out[logits < finite.max() - n * finite.std()] = -np.inf
+    return out
+
+
+def typical_keep(z: np.ndarray, p: float, min_keep: int) -> np.ndarray:
+    """Locally typical sampling (Meister et al.), as llama.cpp: float64 logits z [n], best
+    first -> bool [n], the tokens kept. The tokens are ranked by how far their surprise
+    -log p (nats) is from the distribution's entropy, closest first (ties: likelier first),
+    and kept in that order until their mass exceeds p, and at least min_keep of them."""
+    log_total = z[0] + math.log(np.sum(np.exp(z - z[0])))
+    logp = z - log_total                    # -inf for a banned token: ranked last
+    probs = np.exp(logp)
+    order = np.argsort(np.abs(-logp - _entropy_nats(probs)), kind="stable")
+    mass = np.cumsum(probs[order])
+    n_keep = int(np.searchsorted(mass, p, side="right")) + 1   # the first to pass p, included
+    n_keep = min(max(n_keep, min_keep, 1), z.size)
+    keep = np.zeros(z.size, dtype=bool)
+    keep[order[:n_keep]] = True
+    return keep
+
+
+def top_p_count(probs: np.ndarray, p: float, min_keep: int) -> int:
+    """How many candidates (probs [n], best first) top-p keeps: the smallest prefix whose
+    mass reaches p, and at least min_keep. p >= 1: all."""
+    if p >= 1.0:
+        return probs.size
+    return min(probs.size, max(int(np.searchsorted(np.cumsum(probs), p) + 1), min_keep))
+
+
+def min_p_count(probs: np.ndarray, p: float, min_keep: int) -> int:
+    """How many candidates (probs [n], best first) min-p keeps: those at least p times as
+    likely as the best one, and at least min_keep (and 1). p <= 0: all."""
+    if p <= 0.0:
+        return probs.size
+    return min(probs.size, max(1, min_keep, int(np.sum(probs >= p * probs[0]))))
+
+
+def xtc_cut(probs: np.ndarray, threshold: float, min_keep: int) -> int:
+    """XTC ("exclude top choices"), as llama.cpp, once its coin has come up: how many of
+    the best candidates (probs [n], best first) it drops. When two or more tokens are at
+    least `threshold` likely, all of them but the least likely, unless fewer than min_keep
+    candidates would be left; otherwise none."""
+    cut = int(np.sum(probs >= threshold)) - 1
+    if cut <= 0 or probs.size - cut < min_keep:
+        return 0
+    return cut
+
+
+def dynamic_temperature(z: np.ndarray, temp: float, delta: float, exponent: float) -> float:
+    """Entropy-based dynamic temperature, as llama.cpp's temp-ext: the candidates' (float64
+    logits z [n], best first) entropy as a fraction of the largest possible, log n, raised
+    to `exponent`, places the temperature in [temp - delta, temp + delta] (not below 0):
+    a sure model is sampled colder, an unsure one hotter."""
+    if z.size <= 1:
+        return temp          # one candidate: any temperature gives it probability 1
+    lo, hi = max(0.0, temp - delta), temp + delta
+    spread = min(_entropy_nats(_softmax_sorted(z)) / math.log(z.size), 1.0)
+    return lo + (hi - lo) * spread ** exponent
+
+
+def mirostat_k(z: np.ndarray, mu: float, n_vocab: int) -> int:
+    """Mirostat v1's top-k (Basu et al., algorithm 1, as llama.cpp): z [m] the best
+    logits at the temperature, best first and finite; mu the surprise (bits) aimed at;
+    n_vocab is N. The Zipf exponent s is fitted to the ratios of successive probabilities,
+    then k = (e·2^mu / (1 - N^-e))^(1/s) with e = s - 1, truncated, at least 1."""
+    m = z.size
+    if m < 2:
+        return 1
+    rank = np.arange(1, m, dtype=np.float64)
+    t = np.log1p(1.0 / rank)                 # log((i + 1) / i)
+    b = z[:-1] - z[1:]                       # log(p_i / p_(i+1))
+    s = float(t @ b) / float(t @ t)
+    e = s - 1.0
+    log_n = math.log(n_vocab)
+    # e / (1 - N^-e), positive for any e > -1; its limit at e = 0 is 1 / log N
+    ratio = e / -math.expm1(-e * log_n) if abs(e) > 1e-12 else 1.0 / log_n
+    log_k = math.log(ratio) + mu * math.log(2.0)
+    if s <= 0:                               # all m equally likely: k is 1 or everything
+        return n_vocab if log_k > 0 else 1
+    log_k /= s
+    if log_k >= math.log(n_vocab):
+        return n_vocab
+    # a mu that a huge eta sent to inf - inf (NaN) keeps the best token alone, as v2 does
+    return max(int(math.exp(log_k)), 1) if log_k > 0 else 1
 
 
 def _block_maxima(z: np.ndarray) -> np.ndarray:
@@ -185,10 +326,16 @@ class Sampler:
         self.params = params
         self.rng = np.random.default_rng(params.seed)
         self.constraint = constraint   # .allows(tok), .candidates(); None: anything goes
+        # Mirostat's bound on a token's surprise (bits), moved after every token drawn: it
+        # starts at twice the target and lives as long as the sampler, one request.
+        self.mu = 2.0 * params.mirostat_tau
 
     def adjusted(self, logits: np.ndarray, history: list[int]) -> np.ndarray:
-        """The logits after the bias and the penalties: what every later filter sees."""
+        """The logits after the bias and the penalties: what every later filter sees.
+        Mirostat goes without the penalties, as llama-server's chain for it does."""
         logits = apply_logit_bias(np.asarray(logits), self.params.logit_bias)
+        if self.params.mirostat:
+            return logits
         return apply_penalties(logits, history, self.params)
 
     def probabilities(self, logits: np.ndarray, history: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -196,25 +343,63 @@ class Sampler:
         return self._filtered(self.adjusted(np.asarray(logits, dtype=np.float32), history))
 
     def _filtered(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The sampler chain, in llama.cpp's default sampler order (common/common.h's
+        `samplers`: penalties, DRY, top-n-sigma, top-k, typical-p, top-p, min-p, XTC,
+        temperature; the penalties are in `adjusted`, DRY is not implemented), or, with
+        Mirostat on, the temperature and Mirostat alone (llama-server's chain for it).
+        Each filter looks at the candidates the one before it left, at temperature 1;
+        off (its default), it keeps them all and costs nothing. Draws from self.rng when
+        XTC is on. -> (ids, probabilities), best first."""
         p = self.params
-        k = p.top_k if 0 < p.top_k < logits.size else logits.size
-        if k < logits.size:
-            ids = np.argpartition(-logits, k - 1)[:k]
-        else:
-            ids = np.arange(logits.size)
-        ids = ids[np.argsort(-logits[ids], kind="stable")]
+        if p.mirostat:
+            return self._mirostat_filtered(logits)
+        logits = top_n_sigma_masked(logits, p.top_n_sigma)
+        ids = _best_ids(logits, p.top_k if 0 < p.top_k < logits.size else logits.size)
         z = logits[ids].astype(np.float64)
-        probs = np.exp(z - z[0])
-        probs /= probs.sum()
-        keep = ids.size
-        if p.top_p < 1.0:  # smallest prefix whose mass reaches top_p
-            keep = min(keep, int(np.searchsorted(np.cumsum(probs), p.top_p) + 1))
-        if p.min_p > 0.0:
-            keep = min(keep, max(1, int(np.sum(probs[:keep] >= p.min_p * probs[0]))))
+        probs = _softmax_sorted(z)
+        if p.typical_p < 1.0:
+            typical = typical_keep(z, p.typical_p, p.min_keep)
+            ids, z = ids[typical], z[typical]
+            probs = _softmax_sorted(z)
+        keep = top_p_count(probs, p.top_p, p.min_keep)
+        # min-p compares with the best token: the normaliser of probs does not matter
+        keep = min_p_count(probs[:keep], p.min_p, p.min_keep)
         ids, z = ids[:keep], z[:keep]
-        t = max(p.temperature, 1e-6)
+        # XTC's coin is tossed only where it could act, as in llama.cpp
+        if p.xtc_probability > 0 and p.xtc_threshold <= 0.5 and ids.size >= 2 \
+                and self.rng.random() <= p.xtc_probability:
+            cut = xtc_cut(_softmax_sorted(z), p.xtc_threshold, p.min_keep)
+            ids, z = ids[cut:], z[cut:]
+        t = p.temperature
+        if p.dynatemp_range > 0:
+            t = dynamic_temperature(z, t, p.dynatemp_range, p.dynatemp_exponent)
+        t = max(t, 1e-6)
         probs = np.exp((z - z[0]) / t)
         return ids, probs / probs.sum()
+
+    def _mirostat_filtered(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Mirostat's candidates for the present mu, at the temperature (ids, probabilities,
+        best first). v1: the top k of mirostat_k. v2: the tokens whose surprise -log2 p is
+        at most mu, or the best one alone when none is."""
+        p = self.params
+        z = logits.astype(np.float64) / max(p.temperature, 1e-6)
+        n_finite = int(np.count_nonzero(np.isfinite(z)))   # banned tokens are never candidates
+        if p.mirostat == 1:
+            top = _best_ids(z, min(MIROSTAT_M, n_finite))
+            k = min(mirostat_k(z[top], self.mu, z.size), n_finite)
+            ids = top[:k] if k <= top.size else _best_ids(z, k)
+        else:
+            best = float(z.max())
+            log_total = best + math.log(np.sum(np.exp(z - best)))
+            ids = np.flatnonzero((log_total - z) / math.log(2.0) <= self.mu)
+            ids = ids[np.argsort(-z[ids], kind="stable")] if ids.size else np.argmax(z)[None]
+        return ids, _softmax_sorted(z[ids])
+
+    def _mirostat_update(self, prob: float) -> None:
+        """After a draw: mu moves by eta times how far the token's surprise (bits, in the
+        distribution it was drawn from) was from the target tau."""
+        p = self.params
+        self.mu -= p.mirostat_eta * (-math.log2(prob) - p.mirostat_tau)
 
     def sample(self, logits: np.ndarray, history: list[int]) -> int:
         if not self.params.greedy:
@@ -240,7 +425,10 @@ class Sampler:
                 masked = np.full_like(z, -np.inf)
                 masked[found] = z[found]
                 ids, probs = self._filtered(masked)
-        return int(ids[self.rng.choice(ids.size, p=probs)])
+        i = self.rng.choice(ids.size, p=probs)
+        if self.params.mirostat:
+            self._mirostat_update(float(probs[i]))
+        return int(ids[i])
 
     def reported_probs(self, logits: np.ndarray, history: list[int], n: int) -> tuple[list, np.ndarray]:
         """What logprobs / n_probs report for the token drawn from these logits: the n
@@ -248,7 +436,8 @@ class Sampler:
         p[tok] the chosen token's prob.
 
         The distribution is the one the token is drawn from, before the sampler's own
-        truncation: the model's softmax after logit_bias and the penalties, restricted to
+        truncation: the model's softmax after logit_bias and the penalties (Mirostat goes
+        without the penalties, so they are left out under it too), restricted to
         the tokens the constraint allows (JSON, tool calls) and renormalised over them.
         So the chosen token is always in it with a probability above 0, a token the
         constraint or a -inf bias forbids is never listed, and a token the constraint

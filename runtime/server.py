@@ -40,8 +40,9 @@ import bottle
 
 from runtime import file_lease, tool_calls
 from runtime.api import (MAX_N_PROBS, MISSING, ApiError, TextOffsets, chat_ids, check_chat_fields,
-                         check_n, completion_prompts, context_overflow, error_body, get_bool,
-                         get_int, get_json_grammar, get_max_tokens, get_messages,
+                         check_n, choice_params, completion_prompts, context_overflow,
+                         error_body, get_bool, get_int, get_json_grammar, get_max_tokens,
+                         get_messages, get_n,
                          get_parallel_tool_calls, get_stop, get_str, get_template_kwargs,
                          get_tool_choice, get_tools, is_int, joined_logprobs, json_bytes,
                          legacy_tops, limit_is_set, logprob, output_constraint, parse_json, piece,
@@ -116,7 +117,7 @@ class State:
 
 
 def _summed(timings) -> Timings:
-    """The timings of several requests (a list of prompts) added up."""
+    """The timings of several requests (the choices of one request) added up."""
     total = Timings()
     for t in timings:
         for f in dataclasses.fields(Timings):
@@ -203,26 +204,40 @@ def build_app(st: State) -> bottle.Bottle:
         try:
             return st.engine.submit(req)
         except ContextOverflowError:
-            raise context_overflow(len(req.prompt_ids), st.n_ctx,
+            n_prompt_tok = max(len(r.prompt_ids) for r in req.group())
+            raise context_overflow(n_prompt_tok, st.n_ctx,
                                    getattr(st.model, "n_ctx_train", 0) or 0) from None
         except EngineBusy:
             raise
         except ValueError as e:
             raise ApiError(400, str(e)) from None
 
-    def watched_events(req: Request):
-        """req's events, while checking that this request's client is still connected: one
-        that hangs up cancels the request, also during a long prefill, when no event comes.
-        Call it while the request is being handled (it looks up the request's socket)."""
+    def submit_choices(reqs: list) -> list:
+        """Queue the choices of one request (n of them, or n for each of a list of
+        prompts) as one entry of the engine's queue: served one after another before any
+        other request, so each finds its prompt in the cache. They share the first one's
+        cancel: a client that goes away stops them all."""
+        lead, *rest = reqs
+        for r in rest:
+            r.cancel = lead.cancel
+        lead.followers = rest
+        submit(lead)
+        return reqs
+
+    def watcher():
+        """A function giving a request's events while checking that this request's client
+        is still connected: one that hangs up cancels the request, also during a long
+        prefill, when no event comes. Call it while the request is being handled (it looks
+        up the request's socket); what it returns may be used later, in the reply's stream."""
         sock = bottle.request.environ.get("chatfile.socket")
         alive = (lambda: client_connected(sock)) if sock is not None else None
-        return req.iter_events(poll_s=CLIENT_POLL_S, client_alive=alive)
+        return lambda req: req.iter_events(poll_s=CLIENT_POLL_S, client_alive=alive)
 
-    def collect(req: Request):
+    def collect(req: Request, events_of=None):
         """Wait for a whole reply: (text, token events, final event). A client that hangs
         up meanwhile cancels the generation."""
         text, toks = [], []
-        for ev in watched_events(req):
+        for ev in (events_of or watcher())(req):
             if ev.kind == "token":
                 text.append(ev.text)
                 if ev.token is not None:
@@ -237,6 +252,15 @@ def build_app(st: State) -> bottle.Bottle:
                 return "".join(text), toks, ev
         raise ApiError(500, "the inference worker stopped unexpectedly")
 
+    def collect_choices(reqs: list) -> list:
+        """collect() of each choice in turn; one that fails stops the ones left."""
+        events_of = watcher()
+        try:
+            return [collect(r, events_of) for r in reqs]
+        except BaseException:
+            reqs[0].cancel.set()
+            raise
+
     def _worker_error(e):
         if isinstance(e, ContextOverflowError):
             return ApiError(400, str(e))
@@ -244,17 +268,17 @@ def build_app(st: State) -> bottle.Bottle:
         st.log(f"chatfile: error: {err}")  # a bug of ours: the operator should see it too
         return err
 
-    def sse(gen_fn, req: Request):
-        """Stream Server-Sent Events made by gen_fn(req, events); a client that goes away
-        cancels the request."""
-        events = watched_events(req)
+    def sse(gen_fn, reqs: list):
+        """Stream Server-Sent Events made by gen_fn(events_of), where events_of(req) gives
+        the events of one of `reqs` (see watcher); a client that goes away cancels them."""
+        events_of = watcher()
         bottle.response.content_type = "text/event-stream"
         bottle.response.set_header("Cache-Control", "no-cache")
         bottle.response.set_header("X-Accel-Buffering", "no")
 
         def stream():
             try:
-                for obj in gen_fn(req, events):
+                for obj in gen_fn(events_of):
                     yield obj if isinstance(obj, bytes) else b"data: " + json_bytes(obj) + b"\n\n"
             except ApiError as e:
                 yield b"data: " + json_bytes(error_body(e.status, e.message, e.type, e.fields)) + b"\n\n"
@@ -264,7 +288,8 @@ def build_app(st: State) -> bottle.Bottle:
                 msg = f"internal error: {type(e).__name__}: {e}"
                 yield b"data: " + json_bytes(error_body(500, msg)) + b"\n\n"
             finally:
-                req.cancel.set()   # normal end: harmless; disconnect: stops the worker
+                for r in reqs:  # normal end: harmless; disconnect: stops the worker
+                    r.cancel.set()
         return stream()
 
     # -- OpenAI: chat completions ----------------------------------------------------
@@ -298,11 +323,11 @@ def build_app(st: State) -> bottle.Bottle:
     @app.post("/chat/completions")
     @api
     def chat_completions(model, body):
-        check_n(body)
+        stream = get_bool(body, "stream", False)
+        n = get_n(body, stream=stream)
         check_chat_fields(body)
         parallel = get_parallel_tool_calls(body)
         messages = get_messages(body, st.system)
-        stream = get_bool(body, "stream", False)
         want_lp = get_bool(body, "logprobs", False)
         top_lp = get_int(body, "top_logprobs", 0, lo=0, hi=20)
         if top_lp and not want_lp:
@@ -329,45 +354,53 @@ def build_app(st: State) -> bottle.Bottle:
         # The template in effect tells parse which formats the prompt asked for. A reply
         # under the request's own JSON format is that JSON, never a {"response"} to unwrap.
         template = template_in_effect(model) if tools and json_start is None else None
-        req = Request(
-            prompt_ids=chat_ids(model, messages, tools,
-                                get_bool(body, "add_generation_prompt", True),
-                                get_template_kwargs(body))[1],
-            params=sampling_params(body, openai=True, default_temp=st.temperature, model=model),
-            max_tokens=get_max_tokens(body, st.n_ctx),
-            stop=get_stop(body), n_probs=max(top_lp, 1) if want_lp else 0,
-            cache_prompt=get_bool(body, "cache_prompt", True),
-            constraint=output_constraint(model, start))
+        prompt = chat_ids(model, messages, tools, get_bool(body, "add_generation_prompt", True),
+                          get_template_kwargs(body))[1]
+        params = sampling_params(body, openai=True, default_temp=st.temperature, model=model)
+        max_tokens, stop = get_max_tokens(body, st.n_ctx), get_stop(body)
+        cache_prompt = get_bool(body, "cache_prompt", True)
+
+        def request(j):  # choice j: its own seed (choice_params) and constraint (stateful)
+            return Request(prompt_ids=prompt, params=choice_params(params, j),
+                           max_tokens=max_tokens, stop=stop,
+                           n_probs=max(top_lp, 1) if want_lp else 0, cache_prompt=cache_prompt,
+                           constraint=output_constraint(model, start))
         cid, created = "chatcmpl-" + uuid.uuid4().hex[:24], int(time.time())
         base = {"id": cid, "created": created, "model": st.model_id, "system_fingerprint": "chatfile"}
-        submit(req)
+        reqs = submit_choices([request(j) for j in range(n)])
 
-        def usage(final):
-            return {"prompt_tokens": final.prompt_tokens, "completion_tokens": final.completion_tokens,
-                    "total_tokens": final.prompt_tokens + final.completion_tokens}
+        def usage(finals):  # the prompt is counted once, as OpenAI counts it
+            n_prompt = finals[0].prompt_tokens
+            n_reply = sum(f.completion_tokens for f in finals)
+            return {"prompt_tokens": n_prompt, "completion_tokens": n_reply,
+                    "total_tokens": n_prompt + n_reply}
 
         if not stream:
-            text, toks, final = collect(req)
-            choice = {"index": 0, "message": {"role": "assistant", "content": text},
-                      "logprobs": None, "finish_reason": final.finish_reason}
-            if want_lp:
-                choice["logprobs"] = {"content": [oai_logprobs(model, e, top_lp) for e in toks]}
-            if find_calls:
-                with_tool_calls(choice, text, tools, template, parallel)
-            return ok({**base, "object": "chat.completion", "choices": [choice],
-                       "usage": usage(final), "timings": final.timings.as_dict()})
+            choices, finals = [], []
+            for i, (text, toks, final) in enumerate(collect_choices(reqs)):
+                choice = {"index": i, "message": {"role": "assistant", "content": text},
+                          "logprobs": None, "finish_reason": final.finish_reason}
+                if want_lp:
+                    choice["logprobs"] = {"content": [oai_logprobs(model, e, top_lp) for e in toks]}
+                if find_calls:
+                    with_tool_calls(choice, text, tools, template, parallel)
+                choices.append(choice)
+                finals.append(final)
+            return ok({**base, "object": "chat.completion", "choices": choices,
+                       "usage": usage(finals),
+                       "timings": _summed(f.timings for f in finals).as_dict()})
 
         head = {**base, "object": "chat.completion.chunk"}
 
-        def chunk(delta, lp=None, finish_reason=None):
-            return {**head, "choices": [{"index": 0, "delta": delta, "logprobs": lp,
+        def chunk(index, delta, lp=None, finish_reason=None):
+            return {**head, "choices": [{"index": index, "delta": delta, "logprobs": lp,
                                          "finish_reason": finish_reason}]}
 
-        def chunks(req, events):
-            """The reply as it comes. When it may hold tool calls, the text from where a
-            call could begin waits for the end of the reply, and then goes out as
-            tool_calls deltas or, if it held no call, as content."""
-            yield chunk({"role": "assistant", "content": ""})
+        def choice_chunks(index, events):
+            """One choice as it comes; returns its final event. When it may hold tool
+            calls, the text from where a call could begin waits for the end of the reply,
+            and then goes out as tool_calls deltas or, if it held no call, as content."""
+            yield chunk(index, {"role": "assistant", "content": ""})
             reply, sent = "", 0   # the reply so far, and how much of it went out as content
             hold = tool_calls.CallHold(tools) if find_calls else None  # held_from, as it grows
             for ev in events:
@@ -380,30 +413,41 @@ def build_app(st: State) -> bottle.Bottle:
                         upto = max(sent, hold.push(ev.text))
                         out, sent = reply[sent:upto], upto
                     if out or lp:
-                        yield chunk({"content": out}, lp)
+                        yield chunk(index, {"content": out}, lp)
                 elif ev.kind == "error":
                     raise _worker_error(ev.error)
                 else:
                     content, calls = (reply_calls(reply[sent:], tools, template, parallel)
                                       if find_calls else ("", []))
                     if content:
-                        yield chunk({"content": content})
+                        yield chunk(index, {"content": content})
                     for i, call in enumerate(calls):
-                        yield chunk({"tool_calls": [{"index": i, **call}]})
-                    last = chunk({}, finish_reason="tool_calls" if calls else ev.finish_reason)
+                        yield chunk(index, {"tool_calls": [{"index": i, **call}]})
+                    last = chunk(index, {},
+                                 finish_reason="tool_calls" if calls else ev.finish_reason)
                     if ev.timings is not None:
-                        last["timings"] = ev.timings.as_dict()
+                        last["timings"] = ev.timings.as_dict()  # this choice's
                     yield last
-                    if include_usage:
-                        yield {**head, "choices": [], "usage": usage(ev)}
-                    yield b"data: [DONE]\n\n"
-        return sse(chunks, req)
+                    return ev
+            raise ApiError(500, "the inference worker stopped unexpectedly")
+
+        def chunks(events_of):
+            """The choices one after another, each ending with its finish_reason; then
+            the usage of them all (if asked for) and [DONE]."""
+            finals = []
+            for i, r in enumerate(reqs):
+                finals.append((yield from choice_chunks(i, events_of(r))))
+                if finals[-1].finish_reason == "cancelled":  # and so are the ones left
+                    break
+            if include_usage:
+                yield {**head, "choices": [], "usage": usage(finals)}
+            yield b"data: [DONE]\n\n"
+        return sse(chunks, reqs)
 
     # -- OpenAI: completions -----------------------------------------------------------
     @app.post("/v1/completions")
     @api
     def completions(model, body):
-        check_n(body)
         if "prompt" not in body:
             raise ApiError(400, "'prompt' is required")
         echo = get_bool(body, "echo", False)
@@ -416,10 +460,7 @@ def build_app(st: State) -> bottle.Bottle:
             raise ApiError(400, "'stream_options' must be an object")
         include_usage = get_bool(opts or {}, "include_usage", False)
         prompts = completion_prompts(model, body["prompt"])
-        if stream and len(prompts) > 1:
-            raise ApiError(400, f"'stream' with a list of {len(prompts)} prompts is not "
-                                f"supported: stream one prompt per request, or send the list "
-                                f"without 'stream'")
+        n = get_n(body, len(prompts), stream)
         if len(prompts) > 1:  # every prompt is checked before the first one runs
             for ids, _ in prompts:
                 if len(ids) >= st.n_ctx:
@@ -431,10 +472,12 @@ def build_app(st: State) -> bottle.Bottle:
         stop, cache_prompt = get_stop(body), get_bool(body, "cache_prompt", True)
         grammar = get_json_grammar(body)
 
-        def request(ids):
-            # echo with logprobs: the prompt's tokens with their logprobs come first
-            return Request(prompt_ids=ids, params=params, max_tokens=max_tokens, stop=stop,
-                           n_probs=n_lp, prompt_logprobs=echo and n_lp > 0,
+        def request(ids, j):  # choice j of the prompt `ids`
+            # echo with logprobs: the prompt's tokens with their logprobs come first; the
+            # prompt's first choice finds them, the others take the same and the cache.
+            return Request(prompt_ids=ids, params=choice_params(params, j),
+                           max_tokens=max_tokens, stop=stop, n_probs=n_lp,
+                           prompt_logprobs=echo and n_lp > 0 and j == 0,
                            cache_prompt=cache_prompt, continuation=True,
                            constraint=output_constraint(model, grammar))  # one per request
 
@@ -455,54 +498,73 @@ def build_app(st: State) -> bottle.Bottle:
                     "top_logprobs": [legacy_tops(model, ev.probs) for ev in toks],
                     "text_offset": [offsets.push(ev.token) for ev in toks]}
 
-        def usage(finals):
-            n_prompt = sum(f.prompt_tokens for f in finals)
+        def usage(finals):  # each prompt counted once, as OpenAI counts it
+            n_prompt = sum(f.prompt_tokens for f in finals[::n])
             n_reply = sum(f.completion_tokens for f in finals)
             return {"prompt_tokens": n_prompt, "completion_tokens": n_reply,
                     "total_tokens": n_prompt + n_reply}
 
+        # OpenAI's order: prompt-major, choice k is choice k % n of prompt k // n
+        reqs = submit_choices([request(ids, j) for ids, _ in prompts for j in range(n)])
+        befores = [prompt_text(model, prompt, ids) if echo or n_lp else ""
+                   for ids, prompt in prompts]
+
         if not stream:
             choices, finals = [], []
-            for i, (ids, prompt) in enumerate(prompts):  # one after the other
-                before = prompt_text(model, prompt, ids) if echo or n_lp else ""
-                text, toks, final = collect(submit(request(ids)))
+            for k, (text, toks, final) in enumerate(collect_choices(reqs)):
+                (ids, _), before = prompts[k // n], befores[k // n]
                 lp = logprobs_of(toks, TextOffsets(model, start=len(before)))
                 if lp is not None and echo:
-                    lp = joined_logprobs(prompt_logprobs(model, ids, final.prompt_probs, before), lp)
-                choices.append({"index": i, "text": (before if echo else "") + text,
+                    first = finals[k - k % n] if k % n else final  # the prompt's first choice
+                    lp = joined_logprobs(prompt_logprobs(model, ids, first.prompt_probs, before), lp)
+                choices.append({"index": k, "text": (before if echo else "") + text,
                                 "logprobs": lp, "finish_reason": final.finish_reason})
                 finals.append(final)
             return ok({**base, "choices": choices, "usage": usage(finals),
                        "timings": _summed(f.timings for f in finals).as_dict()})
 
-        (ids, prompt), = prompts
-        before = prompt_text(model, prompt, ids) if echo or n_lp else ""
-        req = submit(request(ids))
-        offsets = TextOffsets(model, start=len(before))
+        def choice_chunks(k, req, events, prompt_lps: dict):
+            """Choice k as it comes; returns its final event. prompt_lps: the legacy
+            logprobs of each prompt (by its place in the list), once its first choice has
+            them."""
+            p = k // n
+            (ids, _), before = prompts[p], befores[p]
+            offsets = TextOffsets(model, start=len(before))
 
-        def chunks(req, events):
             def prompt_chunk(lp=None):  # echo: the prompt first, as its own chunk
-                return {**base, "choices": [{"index": 0, "text": before, "logprobs": lp,
+                return {**base, "choices": [{"index": k, "text": before, "logprobs": lp,
                                              "finish_reason": None}]}
             if echo and not req.prompt_logprobs:  # at once: nothing to wait for
-                yield prompt_chunk()
+                yield prompt_chunk(prompt_lps.get(p))
             for ev in events:
                 if ev.kind == "prompt":  # its logprobs, once the prompt is evaluated
-                    yield prompt_chunk(prompt_logprobs(model, ids, ev.prompt_probs, before))
+                    prompt_lps[p] = prompt_logprobs(model, ids, ev.prompt_probs, before)
+                    yield prompt_chunk(prompt_lps[p])
                 elif ev.kind == "token":
                     if ev.text or (n_lp and ev.token is not None):
                         lp = logprobs_of([ev], offsets) if ev.token is not None else None
-                        yield {**base, "choices": [{"index": 0, "text": ev.text, "logprobs": lp,
+                        yield {**base, "choices": [{"index": k, "text": ev.text, "logprobs": lp,
                                                     "finish_reason": None}]}
                 elif ev.kind == "error":
                     raise _worker_error(ev.error)
                 else:
-                    yield {**base, "choices": [{"index": 0, "text": "", "logprobs": None,
+                    yield {**base, "choices": [{"index": k, "text": "", "logprobs": None,
                                                 "finish_reason": ev.finish_reason}]}
-                    if include_usage:
-                        yield {**base, "choices": [], "usage": usage([ev])}
-                    yield b"data: [DONE]\n\n"
-        return sse(chunks, req)
+                    return ev
+            raise ApiError(500, "the inference worker stopped unexpectedly")
+
+        def chunks(events_of):
+            """The choices one after another, each ending with its finish_reason; then
+            the usage of them all (if asked for) and [DONE]."""
+            finals, prompt_lps = [], {}
+            for k, r in enumerate(reqs):
+                finals.append((yield from choice_chunks(k, r, events_of(r), prompt_lps)))
+                if finals[-1].finish_reason == "cancelled":  # and so are the ones left
+                    break
+            if include_usage:
+                yield {**base, "choices": [], "usage": usage(finals)}
+            yield b"data: [DONE]\n\n"
+        return sse(chunks, reqs)
 
     def model_card(model) -> dict:
         return {"id": st.model_id, "object": "model", "created": st.created, "owned_by": "chatfile",
@@ -577,7 +639,7 @@ def build_app(st: State) -> bottle.Bottle:
                     raise _worker_error(ev.error)
                 else:
                     yield {"content": "", "tokens": [], **final_fields(req, ev)}
-        return sse(chunks, req)
+        return sse(lambda events_of: chunks(req, events_of(req)), [req])
 
     @app.post("/completion")
     @app.post("/completions")
@@ -708,7 +770,12 @@ def build_app(st: State) -> bottle.Bottle:
                 "n_ctx": st.n_ctx, "model": st.model_id,
                 "params": {"temperature": d.temperature, "top_k": d.top_k, "top_p": d.top_p,
                            "min_p": d.min_p, "repeat_penalty": d.repeat_penalty,
-                           "repeat_last_n": d.repeat_last_n, "n_predict": -1}},
+                           "repeat_last_n": d.repeat_last_n, "n_predict": -1,
+                           "min_keep": d.min_keep, "typical_p": d.typical_p,
+                           "top_n_sigma": d.top_n_sigma, "xtc_probability": d.xtc_probability,
+                           "xtc_threshold": d.xtc_threshold, "dynatemp_range": d.dynatemp_range,
+                           "dynatemp_exponent": d.dynatemp_exponent, "mirostat": d.mirostat,
+                           "mirostat_tau": d.mirostat_tau, "mirostat_eta": d.mirostat_eta}},
             "can_quit": st.quit is not None, "build_info": "chatfile"})
 
     @app.get("/slots")

@@ -63,7 +63,7 @@ def field_cases():
         "seed": ["x", 1.5, [], 2**70],
         "presence_penalty": ["x", 5, -3],
         "frequency_penalty": [-3, "y", 2.5],
-        "n": [2, "1", 0, -1, 1.5],
+        "n": [129, "1", 0, -1, 1.5],   # n goes up to 128 (tests/e2e/test_api_choices.py)
         "stream": ["yes", 1, 0, []],
         "stream_options": ["x", 1, {"include_usage": "yes"}],
         "logprobs": ["x", 1],
@@ -89,7 +89,7 @@ def field_cases():
     c.append(("/v1/completions", {}, 400))
     c.append(("/completion", {}, 400))
     for key, v in [("max_tokens", -2), ("max_tokens", "x"), ("echo", "yes"), ("logprobs", 6),
-                   ("logprobs", "x"), ("suffix", 1), ("best_of", 2), ("n", 3), ("temperature", 9),
+                   ("logprobs", "x"), ("suffix", 1), ("best_of", 2), ("n", 129), ("temperature", 9),
                    ("stop", 5), ("stream", "no"), ("stream_options", [])]:
         c.append(("/v1/completions", comp(**{key: v}), 400))
     for key, v in [("n_predict", -2), ("n_predict", "x"), ("n_predict", 1.5), ("n_probs", -1),
@@ -120,11 +120,11 @@ def field_cases():
 
 # llama-server's sampling fields that our sampler lacks, at a value that switches them on,
 # and llama-server's other fields at values we cannot honour: a 400, not a silent no-op.
-UNSUPPORTED = [("grammar", 'root ::= "yes" | "no"'), ("mirostat", 2), ("mirostat", 1),
-               ("typical_p", 0.9), ("dry_multiplier", 0.8), ("dry_multiplier", -1),
-               ("xtc_probability", 0.5), ("dynatemp_range", 0.5), ("top_n_sigma", 1.0),
-               ("adaptive_target", 0.5), ("min_keep", 5), ("post_sampling_probs", True),
-               ("n_cmpl", 2), ("id_slot", 3), ("lora", [{"id": 0, "scale": 1.0}])]
+# (mirostat, typical_p, XTC, dynatemp, top_n_sigma and min_keep are samplers of ours now,
+# their bad values 400s too: tests/e2e/test_api_samplers.py.)
+UNSUPPORTED = [("grammar", 'root ::= "yes" | "no"'), ("dry_multiplier", 0.8),
+               ("dry_multiplier", -1), ("adaptive_target", 0.5), ("post_sampling_probs", True),
+               ("id_slot", 3), ("lora", [{"id": 0, "scale": 1.0}])]
 # Wrong types for the fields we accept without effect (docs/api.md says why each is inert).
 INERT_WRONG = [("ignore_eos", "yes"), ("ignore_eos", 1), ("mirostat", "2"), ("typical_p", "x"),
                ("mirostat_tau", "x"), ("dry_sequence_breakers", "x"), ("dry_sequence_breakers", [1]),
@@ -139,7 +139,8 @@ def unsupported_field_cases():
     for route, base in bodies.items():
         for key, v in UNSUPPORTED + INERT_WRONG:
             c.append((route, {**base, key: v}, 400))
-    c.append(("/completion", {"prompt": "hi", "n": 2}, 400))   # llama-server's n_cmpl too
+    c.append(("/completion", {"prompt": "hi", "n": 2}, 400))   # one completion per request
+    c.append(("/completion", {"prompt": "hi", "n_cmpl": 2}, 400))
     c.append(("/v1/completions", {"prompt": "hi", "suffix": "}"}, 400))   # that is /infill
     c.append((CHAT, {"messages": OK_MSG, "n_predict": -2}, 400))
     tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}

@@ -341,12 +341,14 @@ def test_prompt_cache_prefills_only_new_tokens(tiny_server):
     assert a["timings"]["cache_n"] > 0 and a["content"] == b["content"]
 
 
-def _send_completion(url, req) -> socket.socket:
-    """POST /completion on a raw socket, so that a test can hang up whenever it likes."""
+def _send_completion(url, req, path="/completion") -> socket.socket:
+    """POST /completion (or `path`) on a raw socket, so that a test can hang up whenever
+    it likes."""
     u = urllib.parse.urlsplit(url)
     body = json.dumps(req).encode()
     s = socket.create_connection((u.hostname, u.port), timeout=30)
-    s.sendall(b"POST /completion HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    s.sendall(b"POST " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+              b"Content-Type: application/json\r\n"
               b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
     return s
 
@@ -520,7 +522,7 @@ def test_infill_builds_the_fim_prompt_in_process():
                                                     "temperature": 0, "n_predict": 4,
                                                     "ignore_eos": True})
     assert status == 200 and r["content"] == "yzgh" and r["stopped_limit"], r
-    for field, value in (("grammar", 'root ::= "a"'), ("mirostat", 2), ("typical_p", 0.5)):
+    for field, value in (("grammar", 'root ::= "a"'), ("dry_multiplier", 2), ("typical_p", 0)):
         status, r = _wsgi_call(app, "POST", "/infill", {"input_prefix": "P", field: value})
         assert status == 400 and f"'{field}'" in r["error"]["message"], r
 

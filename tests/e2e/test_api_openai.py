@@ -132,8 +132,8 @@ def test_errors_come_back_as_openai_errors(client):
         client.chat.completions.create(model="x", messages=[{"role": "wizard", "content": "hi"}])
     assert "role" in str(e.value)
     with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model="x", messages=MSGS, n=2)
-    assert "n=1" in str(e.value)
+        client.chat.completions.create(model="x", messages=MSGS, n=129)
+    assert "'n' must be between 1 and 128" in str(e.value)
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model="x", messages=[{"role": "user", "content": "word " * 400}])
     assert "context" in str(e.value)
@@ -209,7 +209,7 @@ def test_fields_we_cannot_honour_are_refused(client):
     for kw, named in ((dict(functions=[fn]), "'tools'"), (dict(function_call="auto"), "'tool_choice'"),
                       (dict(tools=[{"type": "nonfunction", "function": fn}]), "'tools[0]'"),
                       (dict(extra_body={"grammar": 'root ::= "a"'}), "'grammar'"),
-                      (dict(extra_body={"mirostat": 2}), "'mirostat'")):
+                      (dict(extra_body={"dry_multiplier": 0.8}), "'dry_multiplier'")):
         with pytest.raises(openai.BadRequestError) as e:
             client.chat.completions.create(model="x", messages=MSGS, max_tokens=1, **kw)
         assert named in str(e.value), kw
