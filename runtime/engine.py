@@ -210,17 +210,17 @@ def _make_sampler(params):
 
 
 def _prompt_probs_into(found: list, ids: list, n_probs: int):
-    """A Session.eval `rows` callback: for each position followed by another prompt
+    """A Session.eval `on_logits` callback: for each position followed by another prompt
     token, appends that token's probability and the n_probs likeliest (id, prob) to
     `found`. They are what the reply's logprobs report (Sampler.reported_probs), on the
     model's own distribution: the request's logit_bias, penalties and constraint shape
     its reply, not what the model thought of the prompt. reported_probs_rows takes the
     whole block of rows at once: reported_probs row by row cost 2-6 ms per position."""
-    def rows(logits, pos0: int) -> None:
+    def on_logits(logits, pos0: int) -> None:
         m = min(len(logits), len(ids) - 1 - pos0)  # the last position has no next token
         if m > 0:
             found.extend(reported_probs_rows(logits[:m], ids[pos0 + 1:pos0 + 1 + m], n_probs))
-    return rows
+    return on_logits
 
 
 class Engine:
@@ -331,7 +331,7 @@ class Engine:
         """Evaluate the prompt: (the logits after it, its logprobs if the request asks)."""
         ids = list(req.prompt_ids)
         s = self.session
-        found = rows = None
+        found = on_logits = None
         if req.prompt_logprobs:
             # Every prompt position's logits are needed, and the cache keeps none: the
             # prompt is evaluated whole, its cached part too, so that the answer is the
@@ -339,7 +339,7 @@ class Engine:
             s.rewind(0)
             kept = 0
             found = []
-            rows = _prompt_probs_into(found, ids, req.n_probs)
+            on_logits = _prompt_probs_into(found, ids, req.n_probs)
         elif req.cache_prompt:
             kept = s.reuse_prefix(ids)
         else:
@@ -358,7 +358,7 @@ class Engine:
             if req.cancel.is_set():
                 raise Cancelled()
             part = rest[i:i + chunk]
-            logits = s.eval(part) if rows is None else s.eval(part, rows=rows)
+            logits = s.eval(part) if on_logits is None else s.eval(part, on_logits=on_logits)
         t.prompt_ms = 1e3 * (time.perf_counter() - t0)
         t.prompt_n = len(rest)
         if found is not None:

@@ -59,7 +59,7 @@ from runtime.weights import (Int8Matrix, QuantMatrix, WeightLoader, gather,
 # Prefill runs in micro-batches of this many tokens: big enough for BLAS to run at full
 # speed, small enough that the [n_head, T, S] attention scores stay a few tens of MB.
 UBATCH_TOK = 256
-# Session.eval's `rows` (logits at every position, for prompt logprobs) runs the output
+# Session.eval's `on_logits` (logits at every position, for prompt logprobs) runs the output
 # head over this many bytes of logits at a time: Qwen's 151,936-entry vocabulary makes
 # that 110 positions, where a whole 4096-token prompt would take 2.5 GB at once.
 LOGIT_ROWS_BYTES = 64 << 20
@@ -567,10 +567,10 @@ class Session:
         return self.rewind(n)
 
     def eval(self, ids: Sequence[int], all_logits: bool = False,
-             rows: Callable[[np.ndarray, int], None] | None = None) -> np.ndarray:
+             on_logits: Callable[[np.ndarray, int], None] | None = None) -> np.ndarray:
         """Append ids; return logits [n_vocab] of the last one, or [len(ids), n_vocab].
 
-        rows(logits, pos): also called with the logits of every position, a few at a
+        on_logits(logits, pos): also called with the logits of every position, a few at a
         time ([t, n_vocab] for positions pos..pos+t-1, at most LOGIT_ROWS_BYTES), for
         callers that reduce them as they come (prompt logprobs). The return value is the
         same as without it, bit for bit."""
@@ -584,15 +584,16 @@ class Session:
         for i in range(0, a.size, UBATCH_TOK):
             chunk = a[i:i + UBATCH_TOK]
             if not all_logits and i + UBATCH_TOK < a.size:  # its logits are never used
-                self._forward(chunk, head=False, rows=rows)
+                self._forward(chunk, head=False, on_logits=on_logits)
             else:
-                outs.append(self._forward(chunk, head=True, last_only=not all_logits, rows=rows))
+                outs.append(self._forward(chunk, head=True, last_only=not all_logits,
+                                          on_logits=on_logits))
         return np.concatenate(outs) if all_logits else outs[-1][-1]
 
-    def _forward(self, ids: np.ndarray, head: bool, last_only: bool = False, rows=None):
+    def _forward(self, ids: np.ndarray, head: bool, last_only: bool = False, on_logits=None):
         """The forward pass over new tokens `ids` at positions n_past..; returns their
         logits [T, n_vocab] (the last one only with last_only; None when head=False: a
-        prefill micro-batch whose logits nobody reads). rows: see eval."""
+        prefill micro-batch whose logits nobody reads). on_logits: see eval."""
         c, m = self.cfg, self.model
         T, pos0 = ids.size, self.n_past
         S = pos0 + T  # positions 0..S-1 are in the cache once this pass has stored k and v
@@ -634,10 +635,10 @@ class Session:
             x += f if c.residual_scale == 1.0 else f * c.residual_scale
         # Only a pass that finished counts its tokens.
         self.tokens.extend(int(t) for t in ids)
-        if rows is not None:
+        if on_logits is not None:
             step_tok = max(1, LOGIT_ROWS_BYTES // (4 * m.n_vocab))
             for r0 in range(0, T, step_tok):
-                rows(self._head(x[r0:r0 + step_tok]), pos0 + r0)
+                on_logits(self._head(x[r0:r0 + step_tok]), pos0 + r0)
         if not head:
             return None
         if last_only:

@@ -122,7 +122,7 @@ def test_the_head_runs_over_a_few_positions_at_a_time_and_eval_is_unchanged(monk
     plain = m.session(len(ids)).eval(ids)
     monkeypatch.setattr(model_module, "LOGIT_ROWS_BYTES", 4 * m.n_vocab * 7)
     got = []
-    last = m.session(len(ids)).eval(ids, rows=lambda z, pos: got.append((pos, z.copy())))
+    last = m.session(len(ids)).eval(ids, on_logits=lambda z, pos: got.append((pos, z.copy())))
     assert np.array_equal(last, plain)
     assert max(z.shape[0] for _, z in got) == 7
     assert [pos for pos, _ in got] == sorted(pos for pos, _ in got)
@@ -144,7 +144,7 @@ def test_each_block_of_rows_gives_what_reported_probs_gives_row_by_row(monkeypat
     monkeypatch.setattr(model_module, "LOGIT_ROWS_BYTES", 4 * tiny_model.n_vocab * 7)
     ids = REF["tokens"].tolist()
     got = []
-    tiny_model.session(len(ids)).eval(ids, rows=lambda z, pos: got.append(z.copy()))
+    tiny_model.session(len(ids)).eval(ids, on_logits=lambda z, pos: got.append(z.copy()))
     rows = np.concatenate(got)[:-1]
     assert_same_as_reported(rows, ids[1:], 5)
     eng = Engine(tiny_model, len(ids) + 8)
