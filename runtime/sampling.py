@@ -74,6 +74,7 @@ REPORT_ROWS = 4
 # Mirostat v1 estimates the slope of the model's Zipf-like distribution from this many of
 # its best tokens (llama-server's m).
 MIROSTAT_M = 100
+FLOAT_MAX = float(np.finfo(np.float64).max)
 
 
 class NoTokenAllowed(Exception):
@@ -184,8 +185,10 @@ def xtc_cut(probs: np.ndarray, threshold: float, min_keep: int) -> int:
     """XTC ("exclude top choices"), as llama.cpp, once its coin has come up: how many of
     the best candidates (probs [n], best first) it drops. When two or more tokens are at
     least `threshold` likely, all of them but the least likely, unless fewer than min_keep
-    candidates would be left; otherwise none."""
-    cut = int(np.sum(probs >= threshold)) - 1
+    candidates would be left; otherwise none. Only tokens above probability 0 count: at
+    threshold 0 a banned (-inf) candidate is "at least 0 likely" too, and leaving it alone
+    would leave nothing that can be drawn."""
+    cut = int(np.sum((probs >= threshold) & (probs > 0))) - 1
     if cut <= 0 or probs.size - cut < min_keep:
         return 0
     return cut
@@ -198,9 +201,11 @@ def dynamic_temperature(z: np.ndarray, temp: float, delta: float, exponent: floa
     a sure model is sampled colder, an unsure one hotter."""
     if z.size <= 1:
         return temp          # one candidate: any temperature gives it probability 1
-    lo, hi = max(0.0, temp - delta), temp + delta
+    # hi is kept finite, as is the result: a huge temperature plus a huge range made inf,
+    # and inf·0 (a sure model) or a banned token's -inf / inf is NaN, a failed draw.
+    lo, hi = max(0.0, temp - delta), min(temp + delta, FLOAT_MAX)
     spread = min(_entropy_nats(_softmax_sorted(z)) / math.log(z.size), 1.0)
-    return lo + (hi - lo) * spread ** exponent
+    return min(lo + (hi - lo) * spread ** exponent, hi)
 
 
 def mirostat_k(z: np.ndarray, mu: float, n_vocab: int) -> int:
