@@ -114,9 +114,13 @@ def raw_line_reader(fd: int, out, encoding: str | None = None, typed_ahead: str 
         def back_from_stop(signum, frame):
             # The shell hands the terminal back after `fg` in its own (canonical) modes.
             # The line is shown again by the loop below: a handler that wrote now could
-            # land in the middle of an echo.
-            set_modes(fd, raw)
+            # land in the middle of an echo. Continued in the background (`bg`, or the
+            # SIGCONT that comes with `kill %1`), the terminal is the shell's: a change
+            # of its modes stopped the chat again (SIGTTOU), and a `kill` then left it
+            # "Stopped" instead of ending it (terminal.py takes it back at `fg`).
             shown.stopped = True
+            if in_foreground(fd):
+                set_modes(fd, raw)
         on_sigcont = set_handler(signal.SIGCONT, back_from_stop)
         try:
             # Raw before the prompt shows: a Ctrl+D typed in canonical mode is an end-of-
@@ -131,7 +135,10 @@ def raw_line_reader(fd: int, out, encoding: str | None = None, typed_ahead: str 
                 # handler runs only when this one does. A resized terminal, or `fg`, gets
                 # the line drawn again then, without waiting for a key.
                 while not select.select([fd], [], [], IDLE_S)[0]:
-                    _show(out, shown.refit())
+                    # (After `bg` the screen is the shell's: the line is drawn again
+                    # once an `fg`, which sends no signal then, gives the terminal back.)
+                    if in_foreground(fd):
+                        _show(out, shown.refit())
                 data = os.read(fd, 65536)
                 return decoder.decode(data) if data else None
             return _edit(read_text, shown, pending, out)
@@ -185,6 +192,15 @@ def read_waiting(fd: int) -> bytes:
             break
         chunks.append(data)
     return b"".join(chunks)
+
+
+def in_foreground(fd: int) -> bool:
+    """Whether this process's group has the terminal (a background job that changes its
+    modes is stopped by SIGTTOU)."""
+    try:
+        return os.tcgetpgrp(fd) == os.getpgrp()
+    except OSError:  # not our controlling terminal: no job control to mind
+        return True
 
 
 def set_handler(signum, handler):

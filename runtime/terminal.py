@@ -27,6 +27,7 @@ from runtime.line_input import (BACKSPACES, CTRL_U, CTRL_W, PASTE_END, PASTE_OFF
                                  PASTE_START, input_waiting, last_word_units,
                                  paste_marks_wanted, read_waiting, set_handler, set_modes,
                                  waiting_taker)
+from runtime.line_input import in_foreground as _in_foreground
 
 HELP = ("commands: /reset (forget the conversation), /system TEXT (set the system prompt "
         "and start over), /exit (quit), /help; \"\"\" starts and ends a message of several "
@@ -289,7 +290,19 @@ def _exit_on_sigterm() -> None:
     if killed by the signal), so that the terminal gets its line editing and echo back:
     both line readers keep it in raw mode while they wait at the prompt."""
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+        signal.signal(signal.SIGTERM, _leave)
+
+
+def _leave(signum, frame):
+    # In the background (Ctrl+Z, then `kill %1`; or after `bg`) the terminal is the
+    # shell's, its modes given back at the stop (see _given_back_while_stopped): putting
+    # modes back on the way out stopped the chat there (SIGTTOU), "Stopped" until an
+    # `fg`, instead of ending it. It ends as the signal ends a program.
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        if not _in_foreground(sys.stdin.fileno()):
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+    sys.exit(128 + signum)
 
 
 def _is_ctrl_c(e: BaseException) -> bool:
@@ -602,29 +615,34 @@ def _in_paste(typed: bytes) -> bool:
     return typed.rfind(PASTE_START.encode()) > typed.rfind(PASTE_END.encode())
 
 
-def _in_foreground(fd: int) -> bool:
-    """Whether this process's group has the terminal (a background job that changes its
-    modes is stopped by SIGTTOU)."""
-    try:
-        return os.tcgetpgrp(fd) == os.getpgrp()
-    except OSError:  # not our controlling terminal: no job control to mind
-        return True
-
-
 @contextlib.contextmanager
-def _held_after_fg(hold):
+def _held_after_fg(hold, shells=None):
     """While an answer is written: `fg` after a Ctrl+Z hands the terminal back in the
     shell's (canonical) modes, where a Ctrl+D typed during the rest of the answer was lost
     again; SIGCONT takes it out of that mode at once. (Each line reader sets its own modes
-    while it reads: this handler is only for the time between.)"""
+    while it reads: this handler is only for the time between.) The Ctrl+Z itself gives
+    the shell its modes first (shells: the terminal and them), as at the prompt (see
+    _given_back_at_stops): the chat stopped out of canonical mode, and dash then read its
+    commands without line editing (a Backspace went into the command as ^?)."""
     if not hasattr(signal, "SIGCONT"):
         yield
         return
-    before = set_handler(signal.SIGCONT, lambda signum, frame: hold())
-    try:
-        yield
-    finally:
-        set_handler(signal.SIGCONT, signal.SIG_DFL if before is None else before)
+    given_back = contextlib.nullcontext()
+    if shells is not None:
+        import termios
+        fd, shells_modes = shells
+
+        def give():
+            with contextlib.suppress(termios.error):
+                set_modes(fd, shells_modes)
+        given_back = _given_back_while_stopped(fd, hold, give)
+    # (Inside it: a stop that is not a Ctrl+Z, SIGSTOP, gets its SIGCONT handled too.)
+    with given_back:
+        before = set_handler(signal.SIGCONT, lambda signum, frame: hold())
+        try:
+            yield
+        finally:
+            set_handler(signal.SIGCONT, signal.SIG_DFL if before is None else before)
 
 
 def _line_reader(stdin, stdout, typed_ahead: str = ""):
@@ -768,6 +786,7 @@ def _readline_marks_pastes(readline) -> bool:
 
 INPUTRC_MAX_BYTES = 1 << 20   # an inputrc is a few KiB; more is read no further
 INPUTRC_MAX_INCLUDES = 8      # $include depth (a file that includes itself ends there)
+INPUTRC_MAX_FILES = 64        # $include lines followed in all
 READLINE_NAME = "python"      # the application name `$if` tests (Python's rl_readline_name)
 
 
@@ -811,7 +830,9 @@ def _inputrc_set(lines: list[str], name: str, state: dict, depth: int) -> str | 
             ifs.pop()
         elif not reading:
             continue
-        elif head == "$include" and depth < INPUTRC_MAX_INCLUDES:
+        elif head == "$include" and depth < INPUTRC_MAX_INCLUDES \
+                and state.setdefault("read", 0) < INPUTRC_MAX_FILES:
+            state["read"] += 1  # (a file that includes itself twice doubled at each depth)
             included = _inputrc_lines(rest)
             said = _inputrc_set(included, name, state, depth + 1) if included else None
             value = value if said is None else said
@@ -1039,15 +1060,18 @@ def chat(model, *, n_ctx: int, system: str | None = None, stdin=None, stdout=Non
     with _keys_kept_as_bytes(stdin, on_terminal) as (hold, typed_ahead, shells_modes), \
             (signal_wake.heard() if on_terminal else contextlib.nullcontext()):
         read = _line_reader(stdin, stdout, typed_ahead)
-        if shells_modes is not None:
-            read = _given_back_at_stops(read, stdin.fileno(), shells_modes, stdout)
-        return _converse(c, read, stdout, hold)
+        shells = None if shells_modes is None else (stdin.fileno(), shells_modes)
+        if shells is not None:
+            read = _given_back_at_stops(read, *shells, stdout)
+        return _converse(c, read, stdout, hold, shells)
 
 
-def _converse(c: _Chat, read, stdout, hold) -> int:
+def _converse(c: _Chat, read, stdout, hold, shells=None) -> int:
     """The interactive chat's loop: read a message, obey it or answer it. A message that
     was not sent (an unknown /command, one too long for the context, a failed answer) is
-    given back at the next prompt, where the reader can (see _line_reader)."""
+    given back at the next prompt, where the reader can (see _line_reader). shells: the
+    terminal and the shell's modes, given back at a Ctrl+Z during an answer (None off a
+    terminal)."""
     back = ""  # the text the next prompt starts with
     while True:
         hold()
@@ -1079,7 +1103,7 @@ def _converse(c: _Chat, read, stdout, hold) -> int:
             line = todo
         answer = None
         try:
-            with _held_after_fg(hold):
+            with _held_after_fg(hold, shells):
                 answer = c.ask(line)
         except KeyboardInterrupt:  # a Ctrl+C that landed between two steps of ask
             c._say("")

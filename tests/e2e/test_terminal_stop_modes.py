@@ -192,6 +192,25 @@ def test_an_inputrc_that_turns_bracketed_paste_off_is_obeyed(monkeypatch, tmp_pa
     assert bound == (["set enable-bracketed-paste on"] if on else [])
 
 
+def test_an_inputrc_that_includes_itself_many_times_is_read_a_bounded_number_of_times(
+        monkeypatch, tmp_path):
+    """Ten `$include` lines of itself were followed 10 deep: 10^8 reads, a chat that never
+    showed its prompt. The includes followed in all are capped."""
+    path = tmp_path / "inputrc"
+    path.write_text(f"$include {path}\n" * 10 + "set enable-bracketed-paste off\n")
+    monkeypatch.setenv("INPUTRC", str(path))
+    reads, real = [], terminal._inputrc_lines
+
+    def counted(p):
+        reads.append(p)
+        if len(reads) > 10 * terminal.INPUTRC_MAX_FILES:
+            raise AssertionError("the includes are not bounded")
+        return real(p)
+    monkeypatch.setattr(terminal, "_inputrc_lines", counted)
+    assert terminal._inputrc_value("enable-bracketed-paste") == "off"
+    assert len(reads) <= terminal.INPUTRC_MAX_FILES + 1
+
+
 def test_inputrc_files_are_looked_for_as_readline_does(monkeypatch, tmp_path):
     """$INPUTRC alone when set (readable or not), else ~/.inputrc, else /etc/inputrc."""
     monkeypatch.setenv("HOME", str(tmp_path))

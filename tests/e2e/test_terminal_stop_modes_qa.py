@@ -1,0 +1,97 @@
+"""Ctrl+Z and the shell where tests/e2e/test_terminal_stop_modes.py does not look: while
+an answer is written, and `kill` of a chat that a Ctrl+Z stopped. On a real pty (the
+harness of tests/e2e/test_terminal_pty.py), with readline and with the own line editor,
+under bash too; the model's turn is replaced by one that takes a while, or an echo."""
+import os
+import shutil
+import signal
+import sys
+import termios
+
+import pytest
+
+from tests.e2e.conftest import ROOT, TINY
+from tests.e2e.test_terminal_gaps import ANSWER_UNTIL, reader  # noqa: F401 - the fixture
+from tests.e2e.test_terminal_pty import ECHO, SCRIPT, Chat, is_prompt
+from tests.e2e.test_terminal_stop_modes import (SAYS_PID, ShellChat, _fresh_terminal_modes,
+                                                _shell_prompt)
+from tests.e2e.test_terminal_suspend_paste import _ctrl_z, _fg, stoppable  # noqa: F401
+
+pytestmark = pytest.mark.skipif(os.name != "posix", reason="needs a pty")
+
+
+def test_ctrl_z_while_an_answer_is_written_gives_the_shell_its_terminal(reader, tmp_path,
+                                                                         stoppable):
+    """The chat keeps the terminal out of canonical mode while it writes an answer (so
+    that a Ctrl+D then is a byte): a Ctrl+Z then stopped it so, and a shell that does not
+    reset the modes itself (dash, sh) read its commands without line editing (Backspace
+    went into the command as ^?). Now the shell has its modes; `fg` goes on with the
+    answer out of canonical mode, and a Ctrl+D typed then ends the chat after it."""
+    flag = tmp_path / "answered"
+    c = Chat(reader + ANSWER_UNTIL.format(flag=str(flag)), "xterm")
+    try:
+        assert is_prompt(c.read_until(is_prompt, 120))
+        out = c.write(b"Tell me a story\r")
+        out += c.read_until(lambda b: b"ANSWER BEGINS" in out + b, 30)
+        assert b"ANSWER BEGINS" in out, out
+        _ctrl_z(c)
+        assert termios.tcgetattr(c.master) == _fresh_terminal_modes()
+        _fg(c)
+        out += c.read_until(lambda b: not termios.tcgetattr(c.master)[3] & termios.ICANON
+                            or b"ANSWER ENDS" in b, 30)
+        assert not termios.tcgetattr(c.master)[3] & termios.ICANON
+        c.write(b"\x04")  # Ctrl+D, while the answer is still being written
+        flag.touch()
+        out += c.read_until(lambda b: c.proc.poll() is not None, 30)
+        assert b"ANSWER ENDS" in out and c.proc.wait(30) == 0, out
+    finally:
+        c.close()
+
+
+def _gone(pid: int) -> bool:
+    """Whether the process has ended and its parent (the shell) has reaped it."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize("how", ["stopped", "after bg"])
+def test_kill_of_a_chat_in_the_background_ends_it(reader, tmp_path, how):
+    """Ctrl+Z, then `kill %1` (or `bg`, then `kill PID`): the chat put its terminal modes
+    back on the way out, from the background, where that stops a process (SIGTTOU): it
+    stayed "Stopped", and ended only after an `fg`. The own line editor was stopped so at
+    `bg` already. The terminal is the shell's then, given back at the Ctrl+Z: the chat
+    ends as the signal ends a program."""
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("no bash here")
+    script = tmp_path / "chat.py"
+    script.write_text(SCRIPT.format(tiny=str(TINY), hook=reader + ECHO + SAYS_PID))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONIOENCODING="utf-8", TERM="xterm",
+               PS1="$ ")
+    c = ShellChat(bash, env, "--norc", "--noprofile", "--noediting")
+    try:
+        shells = termios.tcgetattr(c.master)
+        out = c.write(f"{sys.executable} {script}\r".encode())
+        out += c.read_until(lambda b: b"PID" in out + b and is_prompt(out + b), 120)
+        assert is_prompt(out), out
+        c.chat_pid = int(out.split(b"PID ", 1)[1].split()[0])
+        for keys, done in [(b"\x1a", b"Stopped")] + [(b"bg\r", b"&")] * (how == "after bg"):
+            at = len(out)
+            out += c.write(keys)
+            out += c.read_until(lambda b: done in out[at:] + b and _shell_prompt(b), 30)
+            assert done in out[at:], out[at:]
+        at = len(out)
+        if how == "stopped":
+            out += c.write(b"kill %1\r")  # (the shell sends SIGTERM, then SIGCONT)
+        else:  # (not typed: a chat running in the background could read the keys first)
+            os.kill(c.chat_pid, signal.SIGTERM)
+        out += c.read_until(lambda b: _gone(c.chat_pid), 30)
+        assert _gone(c.chat_pid), out[at:]
+        c.chat_pid = None
+        assert termios.tcgetattr(c.master) == shells
+        c.write(b"exit\r")
+    finally:
+        c.close()
