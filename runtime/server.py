@@ -292,6 +292,21 @@ def build_app(st: State) -> bottle.Bottle:
                     r.cancel.set()
         return stream()
 
+    def sse_choices(reqs: list, choice_chunks, usage_chunk):
+        """Stream the choices one after another: choice_chunks(k, req, events) yields
+        choice k's chunks and returns its final event; then usage_chunk(finals), unless it
+        is falsy (no usage asked for), and [DONE]."""
+        def chunks(events_of):
+            finals = []
+            for k, r in enumerate(reqs):
+                finals.append((yield from choice_chunks(k, r, events_of(r))))
+                if finals[-1].finish_reason == "cancelled":  # and so are the ones left
+                    break
+            if usage_chunk:
+                yield usage_chunk(finals)
+            yield b"data: [DONE]\n\n"
+        return sse(chunks, reqs)
+
     # -- OpenAI: chat completions ----------------------------------------------------
     def oai_logprobs(model, ev, n):
         tok_s, tok_b = piece(model, ev.token)
@@ -431,18 +446,9 @@ def build_app(st: State) -> bottle.Bottle:
                     return ev
             raise ApiError(500, "the inference worker stopped unexpectedly")
 
-        def chunks(events_of):
-            """The choices one after another, each ending with its finish_reason; then
-            the usage of them all (if asked for) and [DONE]."""
-            finals = []
-            for i, r in enumerate(reqs):
-                finals.append((yield from choice_chunks(i, events_of(r))))
-                if finals[-1].finish_reason == "cancelled":  # and so are the ones left
-                    break
-            if include_usage:
-                yield {**head, "choices": [], "usage": usage(finals)}
-            yield b"data: [DONE]\n\n"
-        return sse(chunks, reqs)
+        return sse_choices(reqs, lambda k, r, events: choice_chunks(k, events),
+                           include_usage and (lambda finals: {**head, "choices": [],
+                                                              "usage": usage(finals)}))
 
     # -- OpenAI: completions -----------------------------------------------------------
     @app.post("/v1/completions")
@@ -553,18 +559,10 @@ def build_app(st: State) -> bottle.Bottle:
                     return ev
             raise ApiError(500, "the inference worker stopped unexpectedly")
 
-        def chunks(events_of):
-            """The choices one after another, each ending with its finish_reason; then
-            the usage of them all (if asked for) and [DONE]."""
-            finals, prompt_lps = [], {}
-            for k, r in enumerate(reqs):
-                finals.append((yield from choice_chunks(k, r, events_of(r), prompt_lps)))
-                if finals[-1].finish_reason == "cancelled":  # and so are the ones left
-                    break
-            if include_usage:
-                yield {**base, "choices": [], "usage": usage(finals)}
-            yield b"data: [DONE]\n\n"
-        return sse(chunks, reqs)
+        prompt_lps: dict = {}
+        return sse_choices(reqs, lambda k, r, events: choice_chunks(k, r, events, prompt_lps),
+                           include_usage and (lambda finals: {**base, "choices": [],
+                                                              "usage": usage(finals)}))
 
     def model_card(model) -> dict:
         return {"id": st.model_id, "object": "model", "created": st.created, "owned_by": "chatfile",

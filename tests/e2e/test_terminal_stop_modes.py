@@ -116,18 +116,24 @@ def _shell_prompt(out: bytes) -> bool:
     return out.endswith(b"$ ")
 
 
-def test_ctrl_z_at_the_prompt_under_dash(reader, tmp_path):
-    """dash, as Debian's and Ubuntu's sh, resets no terminal modes when a job stops: it
-    read its commands in the chat's raw mode (no echo), and with paste mode on."""
-    dash = shutil.which("dash")
-    if dash is None:
-        pytest.skip("no dash here")
+def shell_and_script(name: str, tmp_path, hook: str, *options):
+    """An interactive shell `name` on a pty (a skip where it is missing) and a chat script
+    running the tiny model with `hook`, for the shell to start: (ShellChat, script)."""
+    shell = shutil.which(name)
+    if shell is None:
+        pytest.skip(f"no {name} here")
     script = tmp_path / "chat.py"
-    script.write_text(SCRIPT.format(tiny=str(TINY), hook=reader + ECHO + SAYS_PID))
+    script.write_text(SCRIPT.format(tiny=str(TINY), hook=hook))
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONIOENCODING="utf-8", TERM="xterm",
                PS1="$ ")
     env.pop("ENV", None)  # (no startup file)
-    c = ShellChat(dash, env)
+    return ShellChat(shell, env, *options), script
+
+
+def test_ctrl_z_at_the_prompt_under_dash(reader, tmp_path):
+    """dash, as Debian's and Ubuntu's sh, resets no terminal modes when a job stops: it
+    read its commands in the chat's raw mode (no echo), and with paste mode on."""
+    c, script = shell_and_script("dash", tmp_path, reader + ECHO + SAYS_PID)
     try:
         shells = termios.tcgetattr(c.master)
         out = c.write(f"{sys.executable} {script}\r".encode())
@@ -254,17 +260,11 @@ def test_bg_then_fg_while_the_model_loads_marks_pastes_again(reader, tmp_path):
     """bash's `fg` of a job running in the background (after `bg`) sends no SIGCONT: the
     rest of the load went without paste marks, and a paste then was one message a line.
     (bash without its line editor, whose own paste codes would hide the chat's.)"""
-    bash = shutil.which("bash")
-    if bash is None:
-        pytest.skip("no bash here")
     flag = tmp_path / "loaded"
     loading = textwrap.indent(LOADING.format(flag=str(flag)), "    ")
-    script = tmp_path / "chat.py"
     cli = CLI_LOADING.format(loading=loading, tiny=str(TINY))
-    script.write_text(SCRIPT.format(tiny=str(TINY), hook=reader + ECHO + SAYS_PID + cli))
-    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONIOENCODING="utf-8", TERM="xterm",
-               PS1="$ ")
-    c = ShellChat(bash, env, "--norc", "--noprofile", "--noediting")
+    c, script = shell_and_script("bash", tmp_path, reader + ECHO + SAYS_PID + cli,
+                                 "--norc", "--noprofile", "--noediting")
     try:
         out = c.write(f"{sys.executable} {script}\r".encode())
         out += c.read_until(lambda b: b"LOADING" in out + b, 120)

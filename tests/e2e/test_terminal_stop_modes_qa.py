@@ -3,18 +3,16 @@ an answer is written, and `kill` of a chat that a Ctrl+Z stopped. On a real pty 
 harness of tests/e2e/test_terminal_pty.py), with readline and with the own line editor,
 under bash too; the model's turn is replaced by one that takes a while, or an echo."""
 import os
-import shutil
 import signal
 import sys
 import termios
 
 import pytest
 
-from tests.e2e.conftest import ROOT, TINY
 from tests.e2e.test_terminal_gaps import ANSWER_UNTIL, reader  # noqa: F401 - the fixture
-from tests.e2e.test_terminal_pty import ECHO, SCRIPT, Chat, is_prompt
-from tests.e2e.test_terminal_stop_modes import (SAYS_PID, ShellChat, _fresh_terminal_modes,
-                                                _shell_prompt)
+from tests.e2e.test_terminal_pty import ECHO, Chat, is_prompt
+from tests.e2e.test_terminal_stop_modes import (SAYS_PID, _fresh_terminal_modes,
+                                                _shell_prompt, shell_and_script)
 from tests.e2e.test_terminal_suspend_paste import _ctrl_z, _fg, stoppable  # noqa: F401
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="needs a pty")
@@ -64,14 +62,8 @@ def test_kill_of_a_chat_in_the_background_ends_it(reader, tmp_path, how):
     stayed "Stopped", and ended only after an `fg`. The own line editor was stopped so at
     `bg` already. The terminal is the shell's then, given back at the Ctrl+Z: the chat
     ends as the signal ends a program."""
-    bash = shutil.which("bash")
-    if bash is None:
-        pytest.skip("no bash here")
-    script = tmp_path / "chat.py"
-    script.write_text(SCRIPT.format(tiny=str(TINY), hook=reader + ECHO + SAYS_PID))
-    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONIOENCODING="utf-8", TERM="xterm",
-               PS1="$ ")
-    c = ShellChat(bash, env, "--norc", "--noprofile", "--noediting")
+    c, script = shell_and_script("bash", tmp_path, reader + ECHO + SAYS_PID,
+                                 "--norc", "--noprofile", "--noediting")
     try:
         shells = termios.tcgetattr(c.master)
         out = c.write(f"{sys.executable} {script}\r".encode())
