@@ -543,10 +543,10 @@ def get_n(body, n_prompts: int = 1, stream: bool = False) -> int:
 
 
 def check_n(body):
-    """llama-server's own /completion and /infill: one completion per request."""
+    """/infill: one completion per request."""
     if get_n(body) != 1:
-        raise ApiError(400, "'n' / 'n_cmpl' above 1 is not supported on /completion and "
-                            "/infill: one completion per request (/v1/completions and "
+        raise ApiError(400, "'n' / 'n_cmpl' above 1 is not supported on /infill: one "
+                            "completion per request (/completion, /v1/completions and "
                             "/v1/chat/completions take n)")
 
 
@@ -836,6 +836,7 @@ def _split_prompts(prompt, key: str) -> list:
 
 
 def _one_prompt_ids(model, prompt, key: str) -> list:
+    """llama-server's one prompt: a string, token ids, or a list mixing both."""
     if isinstance(prompt, str):
         return tokenize_prompt(model, prompt)
     if not isinstance(prompt, list) or not prompt:
@@ -843,20 +844,11 @@ def _one_prompt_ids(model, prompt, key: str) -> list:
     return _mixed_prompt_ids(model, prompt, key)
 
 
-def prompt_ids(model, prompt, key="prompt") -> list:
-    """llama-server's prompt: a string, token ids, or a list mixing both; or a list of
-    such prompts, which must hold one (several prompts would need several replies)."""
-    prompts = _split_prompts(prompt, key)
-    if len(prompts) != 1:
-        raise ApiError(400, f"'{key}': only one prompt per request is supported, got "
-                            f"a list of {len(prompts)}")
-    return _one_prompt_ids(model, prompts[0], key)
-
-
 def completion_prompts(model, prompt, key="prompt") -> list:
-    """/v1/completions' prompt: one prompt, as prompt_ids reads it, or a list of several
-    (OpenAI's batch), each answered in n choices of its own (see get_n for the cap on
-    prompts × n). -> [(ids, the prompt as sent), ...], for prompt_text."""
+    """The prompt of /v1/completions and /completion: one prompt (a string, token ids, or
+    a list mixing both), or a list of several (OpenAI's batch), each answered in n
+    choices of its own (see get_n for the cap on prompts × n). -> [(ids, the prompt as
+    sent), ...], for prompt_text."""
     prompts = _split_prompts(prompt, key)
     if len(prompts) > MAX_PROMPTS:
         raise ApiError(400, f"'{key}' holds {len(prompts)} prompts; at most {MAX_PROMPTS} "
@@ -867,7 +859,7 @@ def completion_prompts(model, prompt, key="prompt") -> list:
 
 
 def prompt_text(model, prompt, ids: list) -> str:
-    """The text of a prompt that prompt_ids read as `ids`: what /v1/completions' echo
+    """The text of a prompt that completion_prompts read as `ids`: what /v1/completions' echo
     returns. A string (or a batch of one string) as sent, as OpenAI echoes it; token ids,
     or ids mixed with strings, as the text of the ids, which the completion continues
     (detokenizing the string instead could change it: a SentencePiece vocabulary drops

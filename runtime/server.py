@@ -46,7 +46,7 @@ from runtime.api import (MAX_N_PROBS, MISSING, ApiError, TextOffsets, chat_ids, 
                          get_parallel_tool_calls, get_stop, get_str, get_template_kwargs,
                          get_tool_choice, get_tools, is_int, joined_logprobs, json_bytes,
                          legacy_tops, limit_is_set, logprob, output_constraint, parse_json, piece,
-                         prompt_ids, prompt_logprobs, prompt_text, prompt_tools, read_body,
+                         prompt_logprobs, prompt_text, prompt_tools, read_body,
                          reply_grammar, sampling_params, split_prefill, template_in_effect)
 from runtime.engine import ContextOverflowError, Engine, EngineBusy, Request, Timings
 
@@ -292,10 +292,11 @@ def build_app(st: State) -> bottle.Bottle:
                     r.cancel.set()
         return stream()
 
-    def sse_choices(reqs: list, choice_chunks, usage_chunk):
+    def sse_choices(reqs: list, choice_chunks, usage_chunk, done: bool = True):
         """Stream the choices one after another: choice_chunks(k, req, events) yields
         choice k's chunks and returns its final event; then usage_chunk(finals), unless it
-        is falsy (no usage asked for), and [DONE]."""
+        is falsy (no usage asked for), and [DONE] (unless not `done`: llama-server's own
+        stream has none)."""
         def chunks(events_of):
             finals = []
             for k, r in enumerate(reqs):
@@ -304,7 +305,8 @@ def build_app(st: State) -> bottle.Bottle:
                     break
             if usage_chunk:
                 yield usage_chunk(finals)
-            yield b"data: [DONE]\n\n"
+            if done:
+                yield b"data: [DONE]\n\n"
         return sse(chunks, reqs)
 
     # -- OpenAI: chat completions ----------------------------------------------------
@@ -584,16 +586,18 @@ def build_app(st: State) -> bottle.Bottle:
         return ok(model_card(model))
 
     # -- llama-server: /completion and /infill ----------------------------------------
-    def llama_request(model, body, ids) -> tuple[Request, bool]:
-        check_n(body)  # llama-server reads n (and n_cmpl) here too
+    def llama_requests(model, body, prompts: list, n: int) -> list:
+        """The requests of llama-server's /completion or /infill: n completions of each of
+        `prompts` (lists of ids), prompt-major, as llama-server numbers its results; with
+        a seed, completion j of a prompt gets seed + j (choice_params)."""
         n_probs = get_int(body, "n_probs", 0, lo=0, hi=MAX_N_PROBS)
-        req = Request(prompt_ids=ids, params=sampling_params(body, openai=False, default_temp=st.temperature,
-                                                             model=model),
-                      max_tokens=get_max_tokens(body, st.n_ctx),
-                      stop=get_stop(body), n_probs=n_probs,
-                      cache_prompt=get_bool(body, "cache_prompt", True), continuation=True,
-                      constraint=output_constraint(model, get_json_grammar(body)))
-        return req, get_bool(body, "stream", False)
+        params = sampling_params(body, openai=False, default_temp=st.temperature, model=model)
+        max_tokens, stop = get_max_tokens(body, st.n_ctx), get_stop(body)
+        cache_prompt, grammar = get_bool(body, "cache_prompt", True), get_json_grammar(body)
+        return [Request(prompt_ids=ids, params=choice_params(params, j), max_tokens=max_tokens,
+                        stop=stop, n_probs=n_probs, cache_prompt=cache_prompt, continuation=True,
+                        constraint=output_constraint(model, grammar))  # stateful: one each
+                for ids in prompts for j in range(n)]
 
     def completion_probs(model, ev, n):
         s, b = piece(model, ev.token)
@@ -614,30 +618,42 @@ def build_app(st: State) -> bottle.Bottle:
                 "stopped_limit": final.stopped_limit, "stopping_word": final.stopping_word,
                 "truncated": False, "id_slot": 0, "timings": final.timings.as_dict()}
 
-    def llama_reply(model, req, stream):
-        submit(req)
-        if not stream:
-            text, toks, final = collect(req)
-            out = {"content": text, "tokens": [e.token for e in toks], **final_fields(req, final)}
-            if req.n_probs:
-                out["completion_probabilities"] = [completion_probs(model, e, req.n_probs) for e in toks]
-            return ok(out)
+    def llama_result(model, req, text, toks, final) -> dict:
+        out = {"content": text, "tokens": [e.token for e in toks], **final_fields(req, final)}
+        if req.n_probs:
+            out["completion_probabilities"] = [completion_probs(model, e, req.n_probs) for e in toks]
+        return out
 
-        def chunks(req, events):
+    def llama_reply(model, reqs: list, stream: bool):
+        """One request answers as one result object; several (a list of prompts, or
+        n_cmpl above 1) as llama-server answers them: an array of results, each with its
+        `index`, or streamed, each chunk with its result's `index`."""
+        several = len(reqs) > 1
+        submit_choices(reqs)
+        if not stream:
+            results = [llama_result(model, r, *c) for r, c in zip(reqs, collect_choices(reqs))]
+            return ok([{"index": k, **res} for k, res in enumerate(results)] if several
+                      else results[0])
+
+        def chunks(k, req, events):  # result k as it comes; returns its final event
+            index = {"index": k} if several else {}
             for ev in events:
                 if ev.kind == "token":
                     if not ev.text and ev.token is None:
                         continue
-                    c = {"content": ev.text, "tokens": [] if ev.token is None else [ev.token],
-                         "stop": False, "id_slot": 0}
+                    c = {**index, "content": ev.text,
+                         "tokens": [] if ev.token is None else [ev.token], "stop": False, "id_slot": 0}
                     if req.n_probs and ev.token is not None:
                         c["completion_probabilities"] = [completion_probs(model, ev, req.n_probs)]
                     yield c
                 elif ev.kind == "error":
                     raise _worker_error(ev.error)
                 else:
-                    yield {"content": "", "tokens": [], **final_fields(req, ev)}
-        return sse(lambda events_of: chunks(req, events_of(req)), [req])
+                    yield {**index, "content": "", "tokens": [], **final_fields(req, ev)}
+                    return ev
+            raise ApiError(500, "the inference worker stopped unexpectedly")
+        # llama-server ends its own stream with the last result's last chunk: no [DONE]
+        return sse_choices(reqs, chunks, None, done=False)
 
     @app.post("/completion")
     @app.post("/completions")
@@ -645,12 +661,15 @@ def build_app(st: State) -> bottle.Bottle:
     def completion(model, body):
         if "prompt" not in body:
             raise ApiError(400, "'prompt' is required")
-        req, stream = llama_request(model, body, prompt_ids(model, body["prompt"]))
-        return llama_reply(model, req, stream)
+        stream = get_bool(body, "stream", False)
+        prompts = completion_prompts(model, body["prompt"])
+        n = get_n(body, len(prompts), stream)  # llama-server's n_cmpl, or n
+        return llama_reply(model, llama_requests(model, body, [ids for ids, _ in prompts], n), stream)
 
     @app.post("/infill")
     @api
     def infill(model, body):
+        check_n(body)  # one completion per request here
         prefix = get_str(body, "input_prefix", "")
         suffix = get_str(body, "input_suffix", "")
         extra = body.get("input_extra")
@@ -673,8 +692,8 @@ def build_app(st: State) -> bottle.Bottle:
                                         n_ctx=st.n_ctx, n_predict=n_predict))
         except ValueError as e:
             raise ApiError(400, f"this model cannot fill in the middle: {e}") from None
-        req, stream = llama_request(model, body, ids)
-        return llama_reply(model, req, stream)
+        return llama_reply(model, llama_requests(model, body, [ids], 1),
+                           get_bool(body, "stream", False))
 
     # -- llama-server: tokens and templates --------------------------------------------
     @app.post("/tokenize")

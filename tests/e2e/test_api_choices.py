@@ -240,8 +240,8 @@ def test_too_many_choices_is_a_clear_400_and_the_server_keeps_working(client, ti
     assert status == 200 and len(r["choices"]) == 2
     status, r = post_json(url + CMPL, {"prompt": "a", "n": 2, "best_of": 1, "max_tokens": 2})
     assert status == 200 and len(r["choices"]) == 2  # LangChain sends best_of 1 whatever n is
-    # llama-server's own /completion makes one completion per request
-    bad_request(url, "/completion", {"prompt": "a", "n_cmpl": 2}, "/completion", "/v1/completions")
+    # /infill makes one completion per request (/completion takes n: test_api_llama_batch)
+    bad_request(url, "/infill", {"input_prefix": "a", "n_cmpl": 2}, "/infill", "/completion")
     r = client.chat.completions.create(model="x", messages=MSGS, max_tokens=2, n=2)
     assert len(r.choices) == 2
 

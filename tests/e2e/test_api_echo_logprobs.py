@@ -264,5 +264,6 @@ def test_bad_combinations_are_still_clear_400s(tiny_server, tiny_model):
     r = post_json(url + path, {"prompt": other, "max_tokens": 1})[1]
     assert r["timings"]["cache_n"] == len(tiny_model.tokenize(other, add_special=True)) - 1
     bad_request(url, path, {**ok, "suffix": "x"}, "'suffix'")
-    # llama-server's /completion still takes one prompt per request
-    bad_request(url, "/completion", {"prompt": ["a", "b"]}, "one prompt")
+    # llama-server's /completion takes a list too (test_api_llama_batch), checked alike
+    status, r = post_json(url + "/completion", {"prompt": ["a", "word " * 300]})
+    assert status == 400 and r["error"]["type"] == "exceed_context_size_error", r

@@ -82,9 +82,9 @@ def field_cases():
         c.append(("/v1/completions", {"prompt": p}, 400))
         c.append(("/completion", {"prompt": p}, 400))
     # Several prompts at once. (llama-server reads a list with a token id among strings as
-    # one prompt, and a list of strings or of lists as several.) /v1/completions answers
-    # them as OpenAI's batch (tests/e2e/test_api_echo_logprobs.py).
-    for p in [["a", "b"], [[1, 2], [3]], ["a", [1, 2]], [["a"], ["b"]]]:
+    # one prompt, and a list of strings or of lists as several.) Both routes answer them
+    # (tests/e2e/test_api_echo_logprobs.py, test_api_llama_batch.py): one bad one is a 400.
+    for p in [["a", []], [[1, 2], [-3]], ["a", [1.5]], [["a"], [None]]]:
         c.append(("/completion", {"prompt": p}, 400))
     c.append(("/v1/completions", {}, 400))
     c.append(("/completion", {}, 400))
@@ -139,8 +139,8 @@ def unsupported_field_cases():
     for route, base in bodies.items():
         for key, v in UNSUPPORTED + INERT_WRONG:
             c.append((route, {**base, key: v}, 400))
-    c.append(("/completion", {"prompt": "hi", "n": 2}, 400))   # one completion per request
-    c.append(("/completion", {"prompt": "hi", "n_cmpl": 2}, 400))
+    c.append(("/completion", {"prompt": "hi", "n": 129}, 400))   # above the cap
+    c.append(("/completion", {"prompt": "hi", "n": 2, "n_cmpl": 3}, 400))
     c.append(("/v1/completions", {"prompt": "hi", "suffix": "}"}, 400))   # that is /infill
     c.append((CHAT, {"messages": OK_MSG, "n_predict": -2}, 400))
     tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
