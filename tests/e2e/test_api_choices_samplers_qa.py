@@ -20,8 +20,10 @@ def test_xtc_at_threshold_zero_with_a_banned_token_answers_every_choice(tiny_ser
 
 
 def test_a_huge_temperature_and_dynatemp_range_on_completion_answers(tiny_server):
-    """/completion takes any temperature; 1e308 + a range of 1e308 overflowed to inf."""
+    """/completion takes any temperature; 1e308 + a range of 1e308 overflowed to inf.
+    (ignore_eos: at such a temperature the end token is as likely as any other.)"""
     status, r = post_json(tiny_server.url + "/completion",
-                          {"prompt": "Hi", "n_predict": 4, "temperature": 1e308,
-                           "dynatemp_range": 1e308, "logit_bias": [[5, False]], **ALL_IN})
+                          {"prompt": "Hi", "n_predict": 4, "temperature": 1e308, "seed": 1,
+                           "ignore_eos": True, "dynatemp_range": 1e308,
+                           "logit_bias": [[5, False]], **ALL_IN})
     assert status == 200 and r["tokens_predicted"] == 4, r
