@@ -469,11 +469,6 @@ def build_app(st: State) -> bottle.Bottle:
         include_usage = get_bool(opts or {}, "include_usage", False)
         prompts = completion_prompts(model, body["prompt"])
         n = get_n(body, len(prompts), stream)
-        if len(prompts) > 1:  # every prompt is checked before the first one runs
-            for ids, _ in prompts:
-                if len(ids) >= st.n_ctx:
-                    raise context_overflow(len(ids), st.n_ctx,
-                                           getattr(model, "n_ctx_train", 0) or 0)
         params = sampling_params(body, openai=True, default_temp=st.temperature, model=model)
         # OpenAI's documented default for completions is 16 tokens
         max_tokens = get_max_tokens(body, st.n_ctx) if limit_is_set(body) else min(16, st.n_ctx)
