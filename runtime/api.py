@@ -201,8 +201,7 @@ def get_int(body, key, default, lo=None, hi=None):
         v = int(v)
     if not is_int(v):
         raise ApiError(400, f"'{key}' must be an integer")
-    if (lo is not None and v < lo) or (hi is not None and v > hi):
-        raise ApiError(400, f"'{key}' must be between {lo} and {hi}, got {v}")
+    _check_range(key, v, lo, hi)
     return v
 
 
@@ -212,9 +211,16 @@ def get_num(body, key, default, lo=None, hi=None):
         return default
     if not is_num(v):
         raise ApiError(400, f"'{key}' must be a number")
-    if (lo is not None and v < lo) or (hi is not None and v > hi):
-        raise ApiError(400, f"'{key}' must be between {lo} and {hi}, got {v}")
+    _check_range(key, v, lo, hi)
     return float(v)
+
+
+def _check_range(key, v, lo, hi) -> None:
+    """A 400 when v is outside [lo, hi]; None is no bound on that side."""
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        bound = (f"between {lo} and {hi}" if lo is not None and hi is not None
+                 else f"{lo} or more" if lo is not None else f"{hi} or less")
+        raise ApiError(400, f"'{key}' must be {bound}, got {v}")
 
 
 def get_bool(body, key, default):
@@ -443,13 +449,6 @@ def eog_banned(bias: dict | None, model) -> dict:
     return out
 
 
-def _num_at_least(body, key, default, lo: float, what: str = ""):
-    v = get_num(body, key, default)
-    if v < lo:
-        raise ApiError(400, f"'{key}' must be {lo} or more{what}, got {v}")
-    return v
-
-
 def sampler_fields(body, d) -> dict:
     """llama.cpp's samplers past top-k, top-p and min-p (runtime/sampling.py), each off at
     llama-server's default (d's). A value llama-server reads as off is taken as off
@@ -473,10 +472,10 @@ def sampler_fields(body, d) -> dict:
         xtc_probability=xtc_probability,
         xtc_threshold=get_num(body, "xtc_threshold", d.xtc_threshold, 0, 1),
         dynatemp_range=get_num(body, "dynatemp_range", d.dynatemp_range),
-        dynatemp_exponent=_num_at_least(body, "dynatemp_exponent", d.dynatemp_exponent, 0),
+        dynatemp_exponent=get_num(body, "dynatemp_exponent", d.dynatemp_exponent, 0),
         mirostat=mirostat,
-        mirostat_tau=_num_at_least(body, "mirostat_tau", d.mirostat_tau, 0, " (bits)"),
-        mirostat_eta=_num_at_least(body, "mirostat_eta", d.mirostat_eta, 0),
+        mirostat_tau=get_num(body, "mirostat_tau", d.mirostat_tau, 0),  # bits
+        mirostat_eta=get_num(body, "mirostat_eta", d.mirostat_eta, 0),
     )
 
 
