@@ -1,10 +1,11 @@
 """Stop, rather than crash, when another program overwrites the model file under us.
 
-The GGUF is memory-mapped (runtime/gguf.py) and read long after the load: the token
-embedding is gathered from the map at every token in every mode, and quant mode reads
-every weight from it. `cp new.gguf model.gguf` truncates and rewrites that same file in
-place: a read past its new end kills the process with SIGBUS ("Bus error"), and a read
-of new bytes silently mixes two models. (A rename, as `mv` or rsync do it, leaves the
+The GGUF is memory-mapped (runtime/gguf.py). The load reads all of it, and quant mode
+reads every weight from the map at every step after it (f32 and int8 modes copy every
+weight, the token embedding too, and close the map after the load: Model._load).
+`cp new.gguf model.gguf` truncates and rewrites that same file in place: a read past its
+new end kills the process with SIGBUS ("Bus error"), and a read of new bytes silently
+mixes two models. (A rename, as `mv` or rsync do it, leaves the
 old file to the map; a running one-file executable cannot be opened for writing at all,
 "Text file busy".)
 

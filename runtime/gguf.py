@@ -90,6 +90,8 @@ class GGUFFile:
     def raw(self, name: str) -> np.ndarray:
         """The tensor's bytes as a zero-copy uint8 view into the memory map."""
         t = self.tensors[name]
+        if self._map is None:
+            raise ValueError(f"{self.path} was closed: tensor {name!r} cannot be read")
         return np.frombuffer(self._map, dtype=np.uint8, count=t.n_bytes, offset=t.data_offset)
 
     def release(self, name: str) -> None:
@@ -108,7 +110,8 @@ class GGUFFile:
                 pass
 
     def close(self) -> None:
-        # Views made by raw() keep the map alive; closing is best-effort.
+        """Let go of the map. It is unmapped, and its lease given back, once no view made
+        by raw() is left (at once when there is none); the header's data stays."""
         self._map = None
 
 
@@ -248,8 +251,8 @@ def read(path: str | os.PathLike, offset: int = 0, size: int | None = None,
             os.close(fd)
         raise
     if leased:
-        # The lease lives while fd is open, so fd lives as long as the map, which is read
-        # at every step (the token embedding in every mode, all weights in quant mode).
+        # The lease lives while fd is open, so fd lives as long as the map: through the
+        # load, and in quant mode at every step after it (Model._load closes the rest).
         unlease = weakref.finalize(mm, file_lease.let_go, fd)
         unlease.atexit = False  # the process's end lets go of everything anyway
     else:

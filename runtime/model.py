@@ -17,8 +17,9 @@ Data layout, explained once:
   a transposed operand for every small GEMM). Dequantization writes the transposed layout
   directly, a chunk of rows at a time, so no second full-size copy is made; the strided
   writes still cost Qwen 0.4-0.8 s more load (docs/performance.md). Two exceptions keep
-  the GGUF's [n_out, n_in]: the token embedding (rows gathered by id, left in its GGUF
-  blocks) and the small MoE router.
+  the GGUF's [n_out, n_in]: the token embedding (rows looked up by id, left in its GGUF
+  blocks; a tied float32 head is the embedding, and gives them as its columns) and the
+  small MoE router.
 - q, k and v are fused into one [n_embd, n_q + n_kv + n_v] matrix at load (and gate/up
   into one [n_embd, 2·n_ff]), so a block makes four matmuls instead of seven.
 - Activations are float32 [T, n_embd]. Heads are split as [T, n_head, head_dim].
@@ -53,7 +54,7 @@ import numpy as np
 from runtime import archs, gguf
 from runtime.archs import ArchConfig
 from runtime.gguf import GGUFError
-from runtime.weights import (Int8Matrix, QuantMatrix, WeightLoader, gather,
+from runtime.weights import (HeadColumns, Int8Matrix, QuantMatrix, WeightLoader,
                              ram_available_bytes)
 
 # Prefill runs in micro-batches of this many tokens: big enough for BLAS to run at full
@@ -333,6 +334,11 @@ class Model:
         m.n_ctx_train = m.cfg.n_ctx_train
         m.mode = mode if mode != "auto" else m._choose_mode(ram_budget_bytes)
         m._load_weights(progress)
+        if m.mode != "quant":
+            # Every weight is a copy now: the map, and the lease on the file with it
+            # (runtime/file_lease.py), can go. A copy over the file, or its deletion,
+            # then changes nothing for this model.
+            g.close()
         return m
 
     def _choose_mode(self, ram_budget_bytes: int | None) -> str:
@@ -352,10 +358,6 @@ class Model:
         if embd.shape[1] != c.n_embd:
             raise GGUFError(f"token_embd.weight has {embd.shape[1]} columns, expected {c.n_embd}")
         tied = not load.has("output.weight")
-        # The embedding is only gathered a few rows at a time, so it always stays in its
-        # GGUF blocks (a view of the mapped file). A tied output head (no output.weight)
-        # is the same tensor, loaded again below as a matrix of the model's mode.
-        self.embd = QuantMatrix(self.gguf.raw("token_embd.weight"), embd.ggml_type, embd.shape)
         self.layers = []
         for i in range(c.n_layer):
             p = f"blk.{i}."
@@ -393,6 +395,17 @@ class Model:
         self.output_norm = load.f32("output_norm.weight", (c.n_embd,))
         head = "token_embd.weight" if tied else "output.weight"
         self.output = load.matrix([head], c.n_embd, [self.n_vocab])
+        # The embedding is only looked up a few rows at a time, so it stays in its GGUF
+        # blocks: in quant mode a view of the mapped file, like every weight; otherwise in
+        # memory, so that nothing is read from the file after the load (Model._load lets
+        # go of it). A tied float32 head holds the embedding's rows already, as columns.
+        blocks = QuantMatrix(self.gguf.raw("token_embd.weight"), embd.ggml_type, embd.shape)
+        if self.mode == "quant":
+            self.embd = blocks
+        elif tied and self.mode == "f32":
+            self.embd = HeadColumns(self.output)
+        else:
+            self.embd = blocks.in_memory()
         self.rope_freqs = load.optional("rope_freqs.weight", (c.n_rot // 2,))
         self.rope_long = load.optional("rope_factors_long.weight", (c.n_rot // 2,))
         self.rope_short = load.optional("rope_factors_short.weight", (c.n_rot // 2,))
@@ -600,7 +613,7 @@ class Session:
         n_q, n_kv = c.n_head * c.head_dim, c.n_head_kv * c.head_dim
         if self.ring:  # set first: a pass that fails halfway has overwritten these slots too
             self._ring_lo = max(self._ring_lo, S - self.ring)
-        x = gather(m.embd, ids)  # [T] -> [T, n_embd]
+        x = m.embd.take(ids)  # [T] -> [T, n_embd]
         if c.embed_scale != 1.0:
             x *= c.embed_scale  # Gemma: sqrt(n_embd)
         for il, L in enumerate(m.layers):

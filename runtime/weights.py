@@ -66,6 +66,17 @@ class QuantMatrix:
         raw = self.raw[start * self.row_bytes: stop * self.row_bytes]
         return quants.dequantize(raw, self.ggml_type, (stop - start, self.shape[1]))
 
+    def take(self, ids: np.ndarray) -> np.ndarray:
+        """Rows `ids`, dequantized (the token embedding's lookup): [T] -> [T, n_in]."""
+        raw = self.raw.reshape(-1, self.row_bytes)[ids]  # [T, row_bytes] gathered blocks
+        return quants.dequantize(raw.reshape(-1), self.ggml_type, (ids.size, self.shape[1]))
+
+    def in_memory(self) -> "QuantMatrix":
+        """The same matrix with its blocks copied out of the mapped file into memory."""
+        raw = resident_array(self.raw.shape, np.uint8)
+        raw[:] = self.raw
+        return QuantMatrix(raw, self.ggml_type, self.shape)
+
     def matmul(self, x: np.ndarray) -> np.ndarray:
         # [T, n_in] -> [T, n_out], one chunk of dequantized rows at a time
         out = np.empty((x.shape[0], self.shape[0]), dtype=np.float32)
@@ -73,6 +84,22 @@ class QuantMatrix:
             r1 = min(r0 + self.rows_per_chunk, self.shape[0])
             np.matmul(x, self.rows(r0, r1).T, out=out[:, r0:r1])
         return out
+
+
+class HeadColumns:
+    """The token embedding of a float32-mode model whose output head is the embedding
+    itself (a tied head, no output.weight). The head, [n_embd, n_vocab], was dequantized
+    from the embedding's own blocks by the same kernels, so its columns are the
+    embedding's rows bit for bit, and the file need not stay mapped for them."""
+
+    def __init__(self, head: np.ndarray):
+        self.head = head  # [n_embd, n_vocab]
+        self.shape = head.shape[::-1]
+
+    def take(self, ids: np.ndarray) -> np.ndarray:
+        # [T] -> [T, n_embd]; C order, as the blocks' lookup gives it: the layers' matmuls
+        # then run the same BLAS kernels, so the logits are the same bit for bit.
+        return np.ascontiguousarray(self.head[:, ids].T)
 
 
 class Int8Matrix:
@@ -268,10 +295,3 @@ def check_supported(ggml_type: int, name: str) -> None:
         raise quants.UnsupportedTypeError(
             f"tensor {name!r} has type {gguf.type_name(ggml_type)}, which chatfile cannot "
             f"dequantize yet")
-
-
-def gather(embd: QuantMatrix, ids: np.ndarray) -> np.ndarray:
-    """Rows `ids` of a quantized [n_vocab, n_embd] matrix, dequantized: [T] -> [T, n_embd]."""
-    rb = embd.row_bytes
-    raw = embd.raw.reshape(-1, rb)[ids]  # [T, row_bytes] gathered blocks
-    return quants.dequantize(raw.reshape(-1), embd.ggml_type, (ids.size, embd.shape[1]))

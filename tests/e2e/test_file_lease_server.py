@@ -1,8 +1,8 @@
 """`cp` over the model of a running server: it stops with one clear line, and the copy
 goes through.
 
-The model is memory-mapped and read at every token: the token embedding in every mode,
-every weight in quant mode. `cp` truncates and rewrites the file in place, and the
+The model is memory-mapped and read during the load and, in quant mode, at every token
+(f32 and int8 modes let go of the file after the load). `cp` truncates and rewrites the file in place, and the
 server died of SIGBUS ("Bus error", status -7) at its next read past the new end, or
 answered from a mix of the two files. Now a read lease (runtime/file_lease.py) holds the
 copy back until the server has stopped.
@@ -17,7 +17,7 @@ import threading
 import pytest
 
 from runtime.file_lease import message
-from tests.e2e.conftest import (MODELS, TINY, bundle_cmd, bundle_env, http_request,
+from tests.e2e.conftest import (MODELS, TINY, bundle_cmd, bundle_env, post_json,
                                 session_bundle, start_server, wait_for)
 
 OTHER = MODELS / "tiny-llama-q4_0.gguf"  # smaller: a read past its end is a SIGBUS
@@ -67,27 +67,36 @@ def test_a_copy_over_the_model_stops_a_quant_server_in_the_middle_of_a_reply(tmp
         h.stop()
 
 
-def test_a_float32_server_stops_too_as_it_reads_the_embedding_from_the_map(tmp_path):
-    """f32 mode converts the weights at load, but the token embedding stays in the map
-    (read row by row at every token): a copy over the file of an idle f32 server made
-    its next answer come from the new file's bytes, or a SIGBUS."""
+def test_a_copy_over_the_model_of_a_float32_server_goes_through_and_it_answers_as_before(tmp_path):
+    """f32 mode copies every weight at load, the token embedding too, and lets go of the
+    file: a copy over it goes through at once, and the server answers from the weights it
+    holds. (The embedding stayed in the map: a copy stopped even an idle f32 server, and
+    before the lease its next answer came from the new file's bytes, or a SIGBUS.)"""
     h, path = _server(tmp_path, "f32")
     try:
-        status, _, _ = http_request("POST", h.url + "/completion",
-                                    {"prompt": "Hello", "n_predict": 4, "temperature": 0})
+        ask = {"prompt": "Hello", "n_predict": 8, "temperature": 0}
+        status, before = post_json(h.url + "/completion", ask)
         assert status == 200
-        _copy_over_and_expect_a_clean_stop(h.proc, h.lines, path)
+        cp = subprocess.run(["cp", str(OTHER), str(path)], capture_output=True, text=True,
+                            timeout=WAIT_S)
+        assert cp.returncode == 0, cp.stderr
+        assert path.read_bytes() == OTHER.read_bytes()
+        status, after = post_json(h.url + "/completion", ask)
+        assert status == 200 and after["content"] == before["content"], (before, after)
+        assert h.proc.poll() is None, h.output()
     finally:
         h.stop()
 
 
 @pytest.mark.slow
 def test_a_copy_over_a_running_pyz_bundle_stops_it(tmp_path, tmp_path_factory):
-    """A .pyz holds the model inside it and maps it the same way. (An executable cannot
+    """A .pyz holds the model inside it and maps it the same way (here in quant mode,
+    which reads it at every step). (An executable cannot
     be opened for writing while it runs: "Text file busy".)"""
     path = tmp_path / "chat.pyz"
     shutil.copy(session_bundle(tmp_path_factory, "pyz"), path)
-    proc = subprocess.Popen([*bundle_cmd(path, "pyz"), "--no-browser", "--port", "0"],
+    proc = subprocess.Popen([*bundle_cmd(path, "pyz"), "--no-browser", "--port", "0",
+                             "--mode", "quant"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=bundle_env(tmp_path_factory))
     lines = []

@@ -1,7 +1,7 @@
 """The read lease on the mapped model (runtime/file_lease.py), in this process.
 
 Without it, `cp other.gguf model.gguf` over the model of a running chatfile truncates the
-mapped file: the next read of the map (the token embedding at every token, in every mode)
+mapped file: the next read of the map (the load, and in quant mode every step after it)
 ends the process with SIGBUS, or answers from a mix of two models. With it, the copy
 waits while the program stops with one clear line. tests/e2e/test_file_lease_server.py
 drives the real server; here the pieces: who takes a lease, that the signal arrives
@@ -170,6 +170,30 @@ def test_the_lease_goes_with_the_map(armed, model):
     assert _copy_over(model).wait(WAIT_S) == 0
 
 
+@pytest.mark.parametrize("mode", ["f32", "int8"])
+def test_a_model_that_copied_its_weights_lets_go_of_the_file_after_the_load(armed, model, mode):
+    """f32 and int8 modes copy every weight at load, the token embedding too: the map,
+    and its lease, go at the end of the load. A copy over the file then goes through at
+    once, and the model answers as before (it kept the embedding in the map, so a copy
+    stopped even an idle float32 chat)."""
+    from runtime.model import Model
+    m = Model.load(model, mode=mode)
+    assert not _leases()
+    before = m.logits([1, 2, 3])
+    assert _copy_over(model).wait(WAIT_S) == 0
+    assert model.read_bytes() == OTHER.read_bytes()
+    assert (m.logits([1, 2, 3]) == before).all()
+
+
+def test_a_quant_model_keeps_its_lease_as_it_reads_the_file_at_every_step(armed, model):
+    from runtime.model import Model
+    m = Model.load(model, mode="quant")
+    assert list(_leases().values()) == [str(model)]
+    del m
+    gc.collect()
+    assert not _leases()
+
+
 def test_arm_is_refused_off_the_main_thread():
     got = []
     t = threading.Thread(target=lambda: got.append(file_lease.arm()))
@@ -245,7 +269,9 @@ def test_a_server_run_in_process_leaves_no_lease_and_no_handler(model, disarmed_
         threading.Thread(target=run, daemon=True).start()
     switch_s, on_sigterm = sys.getswitchinterval(), signal.getsignal(signal.SIGTERM)
     try:
-        assert server.serve(model, port=0, open_browser=False, ready=stop_once_loaded) == 0
+        # quant mode, which reads the file at every step: it holds the lease while it serves
+        assert server.serve(model, port=0, open_browser=False, ready=stop_once_loaded,
+                            mode="quant") == 0
     finally:  # serve() sets both for the process's life
         sys.setswitchinterval(switch_s)
         signal.signal(signal.SIGTERM, on_sigterm)
