@@ -340,30 +340,21 @@ def _refuse_banning_all(bias: dict, n_vocab: int, message: str) -> None:
         raise ApiError(400, message)
 
 
-# llama-server's samplers that ours does not have: (field, is the sampler off at this
-# value, what it is, its default). Clients send these at their defaults (llama-server's web
-# UI sends all of them), which switch the sampler off: those are accepted, anything else
-# is a 400. (Its other samplers are ours too: sampler_fields.)
-FOREIGN_SAMPLERS = (
-    ("dry_multiplier", lambda v: v == 0, "the DRY repetition penalty", "0"),
-    ("adaptive_target", lambda v: v < 0, "adaptive-p", "-1"),
-)
-# Settings of those samplers, and llama-server fields with no effect here that clients
-# send on every request: checked for type, no more (docs/api.md says why each is inert).
-INERT_NUMBERS = ("dry_base", "dry_allowed_length", "dry_penalty_last_n", "adaptive_decay",
-                 "n_keep", "n_discard", "n_cache_reuse", "n_indent", "t_max_prompt_ms",
+# llama-server fields with no effect here that clients send on every request: checked for
+# type, no more (docs/api.md says why each is inert). Every sampler of llama-server's is
+# ours too (sampler_fields).
+INERT_NUMBERS = ("n_keep", "n_discard", "n_cache_reuse", "n_indent", "t_max_prompt_ms",
                  "t_max_predict_ms")
 INERT_BOOLS = ("return_tokens", "timings_per_token", "return_progress")
-INERT_STRING_LISTS = ("dry_sequence_breakers", "response_fields")
+INERT_STRING_LISTS = ("response_fields",)
+# DRY's sequence breakers a request may send: each new one is looked for in every token's
+# text (15-30 ms for Qwen's 151,936 tokens; then cached). llama-server sets no limit.
+MAX_DRY_BREAKERS = 64
 
 
 def check_llama_fields(body) -> None:
     """llama-server's sampling and slot fields: a 400 for each one set to something we
     cannot do, rather than a reply that silently ignores it."""
-    for key, is_off, what, off in FOREIGN_SAMPLERS:
-        v = get_num(body, key, None)
-        if v is not None and not is_off(v):
-            raise ApiError(400, f"'{key}': {what} is not supported; send {off} or leave it out")
     if get_bool(body, "post_sampling_probs", False):
         raise ApiError(400, "'post_sampling_probs' is not supported: n_probs gives the "
                             "probabilities before sampling")
@@ -449,14 +440,15 @@ def eog_banned(bias: dict | None, model) -> dict:
     return out
 
 
-def sampler_fields(body, d) -> dict:
+def sampler_fields(body, d, model=None) -> dict:
     """llama.cpp's samplers past top-k, top-p and min-p (runtime/sampling.py), each off at
     llama-server's default (d's). A value llama-server reads as off is taken as off
-    (typical_p above 1; top_n_sigma, dynatemp_range, xtc_probability at or below 0);
-    one with no meaning is a 400."""
-    typical_p = get_num(body, "typical_p", d.typical_p)
-    if typical_p <= 0:
-        raise ApiError(400, f"'typical_p' must be above 0 (1: off), got {typical_p}")
+    (typical_p above 1; top_n_sigma, dynatemp_range, xtc_probability at or below 0;
+    adaptive_target below 0). Where llama-server takes any number and llama.cpp's sampler
+    does something with it, so do we, the same thing: typical_p 0 or below keeps the most
+    typical token (min_keep of them), a negative dynatemp_exponent heats a sure model,
+    a negative mirostat_tau or mirostat_eta is taken as it is. One with no meaning is a
+    400. model: its tokenizer turns DRY's sequence breakers into tokens."""
     mirostat = get_int(body, "mirostat", d.mirostat)
     if mirostat not in (0, 1, 2):
         raise ApiError(400, f"'mirostat' must be 0 (off), 1 or 2 (Mirostat v1, v2), "
@@ -467,16 +459,51 @@ def sampler_fields(body, d) -> dict:
                             f"got {xtc_probability}")
     return dict(
         min_keep=get_int(body, "min_keep", d.min_keep, lo=0, hi=INT32_MAX),
-        typical_p=typical_p,
+        typical_p=get_num(body, "typical_p", d.typical_p),
         top_n_sigma=get_num(body, "top_n_sigma", d.top_n_sigma),
         xtc_probability=xtc_probability,
         xtc_threshold=get_num(body, "xtc_threshold", d.xtc_threshold, 0, 1),
         dynatemp_range=get_num(body, "dynatemp_range", d.dynatemp_range),
-        dynatemp_exponent=get_num(body, "dynatemp_exponent", d.dynatemp_exponent, 0),
+        dynatemp_exponent=get_num(body, "dynatemp_exponent", d.dynatemp_exponent),
         mirostat=mirostat,
-        mirostat_tau=get_num(body, "mirostat_tau", d.mirostat_tau, 0),  # bits
-        mirostat_eta=get_num(body, "mirostat_eta", d.mirostat_eta, 0),
+        mirostat_tau=get_num(body, "mirostat_tau", d.mirostat_tau),  # bits
+        mirostat_eta=get_num(body, "mirostat_eta", d.mirostat_eta),
+        # adaptive-p: llama.cpp takes its decay in [0, 0.99] (runtime.sampling.adaptive_decay)
+        adaptive_target=get_num(body, "adaptive_target", d.adaptive_target),
+        adaptive_decay=get_num(body, "adaptive_decay", d.adaptive_decay),
+        **dry_fields(body, d, model),
     )
+
+
+def dry_fields(body, d, model) -> dict:
+    """llama-server's DRY settings, with its limits: dry_penalty_last_n -1 (the whole
+    history) or more, dry_base below 1 taken as its default 1.75, dry_sequence_breakers a
+    non-empty list of strings. The breakers become tokens only when DRY is on (a
+    multiplier of 0, the default, costs nothing), and only with a model to tokenize them
+    (tests call this without one: no breakers then)."""
+    from runtime.sampling import DRY_SEQUENCE_BREAKERS, dry_breakers_from_text
+    out = dict(
+        dry_multiplier=get_num(body, "dry_multiplier", d.dry_multiplier),
+        dry_base=get_num(body, "dry_base", d.dry_base),
+        dry_allowed_length=get_int(body, "dry_allowed_length", d.dry_allowed_length,
+                                   lo=-INT32_MAX - 1, hi=INT32_MAX),
+        dry_penalty_last_n=get_int(body, "dry_penalty_last_n", d.dry_penalty_last_n,
+                                   lo=-1, hi=INT32_MAX))
+    if out["dry_base"] < 1:
+        out["dry_base"] = d.dry_base
+    breakers = body.get("dry_sequence_breakers")
+    if breakers is None:
+        breakers = DRY_SEQUENCE_BREAKERS
+    elif not isinstance(breakers, list) or not breakers or \
+            not all(isinstance(b, str) for b in breakers):
+        raise ApiError(400, "'dry_sequence_breakers' must be a non-empty list of strings "
+                            "(llama-server's default: [\"\\n\", \":\", \"\\\"\", \"*\"])")
+    elif len(breakers) > MAX_DRY_BREAKERS:
+        raise ApiError(400, f"'dry_sequence_breakers' may have at most {MAX_DRY_BREAKERS} "
+                            f"strings, got {len(breakers)}")
+    if out["dry_multiplier"] != 0 and out["dry_penalty_last_n"] != 0 and model is not None:
+        out["dry_breakers"] = dry_breakers_from_text(model.tokenizer, breakers)
+    return out
 
 
 def sampling_params(body, *, openai: bool, default_temp: float | None = None, model=None):
@@ -509,44 +536,48 @@ def sampling_params(body, *, openai: bool, default_temp: float | None = None, mo
         frequency_penalty=get_num(body, "frequency_penalty", d.frequency_penalty, -2, 2),
         seed=seed,
         logit_bias=bias,
-        **sampler_fields(body, d),
+        **sampler_fields(body, d, model),
     )
 
 
-def get_n(body, n_prompts: int = 1, stream: bool = False) -> int:
+def get_n(body, n_prompts: int = 1, stream: bool = False, ranks: bool = False) -> int:
     """Choices per prompt: OpenAI's 'n' or llama-server's 'n_cmpl', each its own
-    generation (choice_params gives each its seed). 'best_of' is taken when it asks for
-    nothing more: 1 (its default, which clients such as LangChain send whatever n is), or
-    n without streaming (every candidate is returned, so none is to be chosen); OpenAI
-    refuses it below n and with stream."""
+    generation (choice_params gives each its seed). 'best_of' (get_best_of) above n asks
+    for candidates to be ranked, which only /v1/completions does (ranks=True: the caller
+    reads it with get_best_of); elsewhere it is taken when it asks for nothing more."""
     n = get_int(body, "n", None, lo=1, hi=MAX_CHOICES)
     n_cmpl = get_int(body, "n_cmpl", None, lo=1, hi=MAX_CHOICES)  # llama-server's name
     if n is not None and n_cmpl is not None and n != n_cmpl:
         raise ApiError(400, f"'n' ({n}) and 'n_cmpl' ({n_cmpl}) disagree; send one of them")
     n = n or n_cmpl or 1
-    best_of = get_int(body, "best_of", 1, lo=1, hi=MAX_CHOICES)
-    if 1 < best_of < n:
-        raise ApiError(400, f"'best_of' ({best_of}) must be at least 'n' ({n})")
-    if best_of > n:
-        raise ApiError(400, f"'best_of' above 'n' is not supported: this server does not rank "
-                            f"candidates; ask for n={best_of} and choose among the choices")
-    if best_of > 1 and stream:
-        raise ApiError(400, "'best_of' cannot be combined with 'stream'")
-    if n * n_prompts > MAX_CHOICES:
-        raise ApiError(400, f"{n_prompts} prompts × n={n} asks for {n * n_prompts} choices; at "
-                            f"most {MAX_CHOICES} are made in one request")
+    best_of = get_best_of(body, n, stream)
+    if best_of > n and not ranks:
+        raise ApiError(400, f"'best_of' above 'n' is only supported on /v1/completions (OpenAI's "
+                            f"legacy completions); ask for n={best_of} and choose among the "
+                            f"choices")
+    if best_of * n_prompts > MAX_CHOICES:  # (best_of is n unless ranked)
+        what = (f"n={n}", "choices") if best_of == n else (f"best_of={best_of}", "candidates")
+        raise ApiError(400, f"{n_prompts} prompts × {what[0]} asks for {best_of * n_prompts} "
+                            f"{what[1]}; at most {MAX_CHOICES} are made in one request")
     v = body.get("model")
     if v is not None and not isinstance(v, str):
         raise ApiError(400, "'model' must be a string")
     return n
 
 
-def check_n(body):
-    """/infill: one completion per request."""
-    if get_n(body) != 1:
-        raise ApiError(400, "'n' / 'n_cmpl' above 1 is not supported on /infill: one "
-                            "completion per request (/completion, /v1/completions and "
-                            "/v1/chat/completions take n)")
+def get_best_of(body, n: int, stream: bool = False) -> int:
+    """OpenAI's legacy 'best_of': candidates made for each prompt, of which the n with the
+    highest mean token logprob are returned. 1 (its default, which clients such as
+    LangChain send whatever n is) asks for nothing more: n. OpenAI refuses it below n and
+    with stream (the best are known only once every candidate is made)."""
+    best_of = get_int(body, "best_of", 1, lo=1, hi=MAX_CHOICES)
+    if best_of == 1:
+        return n
+    if best_of < n:
+        raise ApiError(400, f"'best_of' ({best_of}) must be at least 'n' ({n})")
+    if stream:
+        raise ApiError(400, "'best_of' cannot be combined with 'stream'")
+    return best_of
 
 
 def choice_params(params, j: int):

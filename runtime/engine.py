@@ -16,9 +16,10 @@ string is still undecided); then exactly one final event ("done" or "error"). Th
 never dies on a request's error: the exception travels back to the request as an error
 event.
 
-Several choices of one API request (OpenAI's `n`, a list of prompts) are one queue entry:
-a lead Request and its `followers`, served one after another on the slot before any other
-request, so that each choice after the first finds its prompt in the cache.
+Several choices of one API request (OpenAI's `n`, best_of's candidates, a list of
+prompts) are one queue entry: a lead Request and its `followers`, served one after another
+on the slot before any other request, so that each choice after the first finds its
+prompt in the cache.
 """
 from __future__ import annotations
 

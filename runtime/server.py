@@ -18,6 +18,7 @@ import hmac
 import io
 import ipaddress
 import json
+import math
 import os
 import re
 import select
@@ -40,9 +41,9 @@ import bottle
 
 from runtime import file_lease, tool_calls
 from runtime.api import (MAX_N_PROBS, MISSING, ApiError, TextOffsets, chat_ids, check_chat_fields,
-                         check_n, choice_params, completion_prompts, context_overflow,
-                         error_body, get_bool, get_int, get_json_grammar, get_max_tokens,
-                         get_messages, get_n,
+                         choice_params, completion_prompts, context_overflow,
+                         error_body, get_best_of, get_bool, get_int, get_json_grammar,
+                         get_max_tokens, get_messages, get_n,
                          get_parallel_tool_calls, get_stop, get_str, get_template_kwargs,
                          get_tool_choice, get_tools, is_int, joined_logprobs, json_bytes,
                          legacy_tops, limit_is_set, logprob, output_constraint, parse_json, piece,
@@ -123,6 +124,22 @@ def _summed(timings) -> Timings:
         for f in dataclasses.fields(Timings):
             setattr(total, f.name, getattr(total, f.name) + getattr(t, f.name))
     return total
+
+
+def mean_token_logprob(toks) -> float:
+    """best_of's score of a candidate: the mean logprob of its tokens, the numbers its
+    `logprobs` reports (each token event's prob: the engine's Sampler.reported_probs).
+    A candidate without a token (the end of generation came first) has none to average:
+    it ranks last."""
+    lps = [logprob(ev.prob or 0.0) for ev in toks]
+    return sum(lps) / len(lps) if lps else -math.inf
+
+
+def best_candidates(cands: list, n: int) -> list:
+    """The n of one prompt's candidates, (text, token events, final event) each, with the
+    highest mean token logprob, best first; a tie keeps the candidates' order (the
+    lower seed first). OpenAI's legacy best_of ranks by log probability per token."""
+    return sorted(cands, key=lambda c: -mean_token_logprob(c[1]))[:n]
 
 
 # ---- the app --------------------------------------------------------------------------
@@ -468,18 +485,22 @@ def build_app(st: State) -> bottle.Bottle:
             raise ApiError(400, "'stream_options' must be an object")
         include_usage = get_bool(opts or {}, "include_usage", False)
         prompts = completion_prompts(model, body["prompt"])
-        n = get_n(body, len(prompts), stream)
+        n = get_n(body, len(prompts), stream, ranks=True)
+        # best_of above n: that many candidates of each prompt, the n best returned (not
+        # streamed). Ranking needs every token's logprob: each candidate reports at least 1.
+        best_of = get_best_of(body, n, stream)
+        n_probs = max(n_lp, 1) if best_of > n else n_lp
         params = sampling_params(body, openai=True, default_temp=st.temperature, model=model)
         # OpenAI's documented default for completions is 16 tokens
         max_tokens = get_max_tokens(body, st.n_ctx) if limit_is_set(body) else min(16, st.n_ctx)
         stop, cache_prompt = get_stop(body), get_bool(body, "cache_prompt", True)
         grammar = get_json_grammar(body)
 
-        def request(ids, j):  # choice j of the prompt `ids`
+        def request(ids, j):  # choice (or candidate) j of the prompt `ids`
             # echo with logprobs: the prompt's tokens with their logprobs come first; the
             # prompt's first choice finds them, the others take the same and the cache.
             return Request(prompt_ids=ids, params=choice_params(params, j),
-                           max_tokens=max_tokens, stop=stop, n_probs=n_lp,
+                           max_tokens=max_tokens, stop=stop, n_probs=n_probs,
                            prompt_logprobs=echo and n_lp > 0 and j == 0,
                            cache_prompt=cache_prompt, continuation=True,
                            constraint=output_constraint(model, grammar))  # one per request
@@ -501,28 +522,34 @@ def build_app(st: State) -> bottle.Bottle:
                     "top_logprobs": [legacy_tops(model, ev.probs) for ev in toks],
                     "text_offset": [offsets.push(ev.token) for ev in toks]}
 
-        def usage(finals):  # each prompt counted once, as OpenAI counts it
-            n_prompt = sum(f.prompt_tokens for f in finals[::n])
+        def usage(finals):  # each prompt counted once, as OpenAI counts it; every
+            # candidate's tokens (OpenAI bills best_of's too)
+            n_prompt = sum(f.prompt_tokens for f in finals[::best_of])
             n_reply = sum(f.completion_tokens for f in finals)
             return {"prompt_tokens": n_prompt, "completion_tokens": n_reply,
                     "total_tokens": n_prompt + n_reply}
 
-        # OpenAI's order: prompt-major, choice k is choice k % n of prompt k // n
-        reqs = submit_choices([request(ids, j) for ids, _ in prompts for j in range(n)])
+        # OpenAI's order: prompt-major, choice k is choice k % n of prompt k // n (and
+        # candidate j of prompt p is reqs[p * best_of + j])
+        reqs = submit_choices([request(ids, j) for ids, _ in prompts for j in range(best_of)])
         befores = [prompt_text(model, prompt, ids) if echo or n_lp else ""
                    for ids, prompt in prompts]
 
         if not stream:
-            choices, finals = [], []
-            for k, (text, toks, final) in enumerate(collect_choices(reqs)):
-                (ids, _), before = prompts[k // n], befores[k // n]
-                lp = logprobs_of(toks, TextOffsets(model, start=len(before)))
-                if lp is not None and echo:
-                    first = finals[k - k % n] if k % n else final  # the prompt's first choice
-                    lp = joined_logprobs(prompt_logprobs(model, ids, first.prompt_probs, before), lp)
-                choices.append({"index": k, "text": (before if echo else "") + text,
-                                "logprobs": lp, "finish_reason": final.finish_reason})
-                finals.append(final)
+            results = collect_choices(reqs)
+            choices = []
+            for p, (ids, _) in enumerate(prompts):
+                cands = results[p * best_of:(p + 1) * best_of]
+                first = cands[0][2]  # the prompt's first candidate has its prompt logprobs
+                for text, toks, final in (best_candidates(cands, n) if best_of > n else cands):
+                    lp = logprobs_of(toks, TextOffsets(model, start=len(befores[p])))
+                    if lp is not None and echo:
+                        lp = joined_logprobs(prompt_logprobs(model, ids, first.prompt_probs,
+                                                             befores[p]), lp)
+                    choices.append({"index": len(choices),
+                                    "text": (befores[p] if echo else "") + text,
+                                    "logprobs": lp, "finish_reason": final.finish_reason})
+            finals = [final for _, _, final in results]
             return ok({**base, "choices": choices, "usage": usage(finals),
                        "timings": _summed(f.timings for f in finals).as_dict()})
 
@@ -620,31 +647,34 @@ def build_app(st: State) -> bottle.Bottle:
         return out
 
     def llama_reply(model, reqs: list, stream: bool):
-        """One request answers as one result object; several (a list of prompts, or
-        n_cmpl above 1) as llama-server answers them: an array of results, each with its
-        `index`, or streamed, each chunk with its result's `index`."""
-        several = len(reqs) > 1
+        """As llama-server answers /completion and /infill: one request as one result
+        object, several (a list of prompts, or n_cmpl above 1) as an array of results;
+        every result has its `index` (0 for a single one), and so has every streamed
+        chunk."""
         submit_choices(reqs)
         if not stream:
-            results = [llama_result(model, r, *c) for r, c in zip(reqs, collect_choices(reqs))]
-            return ok([{"index": k, **res} for k, res in enumerate(results)] if several
-                      else results[0])
+            results = [{"index": k, **llama_result(model, r, *c)}
+                       for k, (r, c) in enumerate(zip(reqs, collect_choices(reqs)))]
+            return ok(results if len(results) > 1 else results[0])
 
         def chunks(k, req, events):  # result k as it comes; returns its final event
-            index = {"index": k} if several else {}
+            n_predicted = 0  # llama-server's chunks count the tokens so far, as its last does
             for ev in events:
                 if ev.kind == "token":
                     if not ev.text and ev.token is None:
                         continue
-                    c = {**index, "content": ev.text,
-                         "tokens": [] if ev.token is None else [ev.token], "stop": False, "id_slot": 0}
+                    n_predicted += ev.token is not None
+                    c = {"index": k, "content": ev.text,
+                         "tokens": [] if ev.token is None else [ev.token], "stop": False,
+                         "id_slot": 0, "tokens_predicted": n_predicted,
+                         "tokens_evaluated": len(req.prompt_ids)}
                     if req.n_probs and ev.token is not None:
                         c["completion_probabilities"] = [completion_probs(model, ev, req.n_probs)]
                     yield c
                 elif ev.kind == "error":
                     raise _worker_error(ev.error)
                 else:
-                    yield {**index, "content": "", "tokens": [], **final_fields(req, ev)}
+                    yield {"index": k, "content": "", "tokens": [], **final_fields(req, ev)}
                     return ev
             raise ApiError(500, "the inference worker stopped unexpectedly")
         # llama-server ends its own stream with the last result's last chunk: no [DONE]
@@ -664,7 +694,8 @@ def build_app(st: State) -> bottle.Bottle:
     @app.post("/infill")
     @api
     def infill(model, body):
-        check_n(body)  # one completion per request here
+        stream = get_bool(body, "stream", False)
+        n = get_n(body, 1, stream)  # llama-server's n_cmpl, or n, as on /completion
         prefix = get_str(body, "input_prefix", "")
         suffix = get_str(body, "input_suffix", "")
         extra = body.get("input_extra")
@@ -687,8 +718,7 @@ def build_app(st: State) -> bottle.Bottle:
                                         n_ctx=st.n_ctx, n_predict=n_predict))
         except ValueError as e:
             raise ApiError(400, f"this model cannot fill in the middle: {e}") from None
-        return llama_reply(model, llama_requests(model, body, [ids], 1),
-                           get_bool(body, "stream", False))
+        return llama_reply(model, llama_requests(model, body, [ids], n), stream)
 
     # -- llama-server: tokens and templates --------------------------------------------
     @app.post("/tokenize")
@@ -764,7 +794,7 @@ def build_app(st: State) -> bottle.Bottle:
     @app.get("/props")
     @api
     def props(model, body):
-        from runtime.sampling import SamplingParams
+        from runtime.sampling import DRY_SEQUENCE_BREAKERS, SamplingParams
         d = SamplingParams()
         if st.temperature is not None:
             d.temperature = st.temperature
@@ -787,7 +817,13 @@ def build_app(st: State) -> bottle.Bottle:
                            "top_n_sigma": d.top_n_sigma, "xtc_probability": d.xtc_probability,
                            "xtc_threshold": d.xtc_threshold, "dynatemp_range": d.dynatemp_range,
                            "dynatemp_exponent": d.dynatemp_exponent, "mirostat": d.mirostat,
-                           "mirostat_tau": d.mirostat_tau, "mirostat_eta": d.mirostat_eta}},
+                           "mirostat_tau": d.mirostat_tau, "mirostat_eta": d.mirostat_eta,
+                           "dry_multiplier": d.dry_multiplier, "dry_base": d.dry_base,
+                           "dry_allowed_length": d.dry_allowed_length,
+                           "dry_penalty_last_n": d.dry_penalty_last_n,
+                           "dry_sequence_breakers": list(DRY_SEQUENCE_BREAKERS),
+                           "adaptive_target": d.adaptive_target,
+                           "adaptive_decay": d.adaptive_decay}},
             "can_quit": st.quit is not None, "build_info": "chatfile"})
 
     @app.get("/slots")

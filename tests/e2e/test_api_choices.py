@@ -231,17 +231,13 @@ def test_too_many_choices_is_a_clear_400_and_the_server_keeps_working(client, ti
     bad_request(url, CMPL, {"prompt": ["a", "b", "c"], "n": 50}, "150 choices", "at most 128")
     bad_request(url, CMPL, {"prompt": "a", "n": 0}, "'n'")
     bad_request(url, CHAT, {"messages": MSGS, "n": 2, "n_cmpl": 3}, "'n'", "'n_cmpl'")
-    # best_of: OpenAI ranks best_of candidates and returns n; we return every candidate,
-    # so only best_of == n (or 1) is taken, and never streamed (OpenAI refuses that too)
-    bad_request(url, CMPL, {"prompt": "a", "n": 2, "best_of": 3}, "'best_of'")
+    # best_of: best_of == n (or 1) returns every choice; above n: test_api_best_of
     bad_request(url, CMPL, {"prompt": "a", "n": 3, "best_of": 2}, "'best_of'", "at least")
     bad_request(url, CMPL, {"prompt": "a", "n": 2, "best_of": 2, "stream": True}, "'stream'")
     status, r = post_json(url + CMPL, {"prompt": "a", "n": 2, "best_of": 2, "max_tokens": 2})
     assert status == 200 and len(r["choices"]) == 2
     status, r = post_json(url + CMPL, {"prompt": "a", "n": 2, "best_of": 1, "max_tokens": 2})
     assert status == 200 and len(r["choices"]) == 2  # LangChain sends best_of 1 whatever n is
-    # /infill makes one completion per request (/completion takes n: test_api_llama_batch)
-    bad_request(url, "/infill", {"input_prefix": "a", "n_cmpl": 2}, "/infill", "/completion")
     r = client.chat.completions.create(model="x", messages=MSGS, max_tokens=2, n=2)
     assert len(r.choices) == 2
 

@@ -89,7 +89,7 @@ def field_cases():
     c.append(("/v1/completions", {}, 400))
     c.append(("/completion", {}, 400))
     for key, v in [("max_tokens", -2), ("max_tokens", "x"), ("echo", "yes"), ("logprobs", 6),
-                   ("logprobs", "x"), ("suffix", 1), ("best_of", 2), ("n", 129), ("temperature", 9),
+                   ("logprobs", "x"), ("suffix", 1), ("best_of", 0), ("n", 129), ("temperature", 9),
                    ("stop", 5), ("stream", "no"), ("stream_options", [])]:
         c.append(("/v1/completions", comp(**{key: v}), 400))
     for key, v in [("n_predict", -2), ("n_predict", "x"), ("n_predict", 1.5), ("n_probs", -1),
@@ -120,10 +120,9 @@ def field_cases():
 
 # llama-server's sampling fields that our sampler lacks, at a value that switches them on,
 # and llama-server's other fields at values we cannot honour: a 400, not a silent no-op.
-# (mirostat, typical_p, XTC, dynatemp, top_n_sigma and min_keep are samplers of ours now,
+# (mirostat, typical_p, XTC, dynatemp, top_n_sigma, min_keep, DRY and adaptive-p are ours now,
 # their bad values 400s too: tests/e2e/test_api_samplers.py.)
-UNSUPPORTED = [("grammar", 'root ::= "yes" | "no"'), ("dry_multiplier", 0.8),
-               ("dry_multiplier", -1), ("adaptive_target", 0.5), ("post_sampling_probs", True),
+UNSUPPORTED = [("grammar", 'root ::= "yes" | "no"'), ("post_sampling_probs", True),
                ("id_slot", 3), ("lora", [{"id": 0, "scale": 1.0}])]
 # Wrong types for the fields we accept without effect (docs/api.md says why each is inert).
 INERT_WRONG = [("ignore_eos", "yes"), ("ignore_eos", 1), ("mirostat", "2"), ("typical_p", "x"),

@@ -522,7 +522,8 @@ def test_infill_builds_the_fim_prompt_in_process():
                                                     "temperature": 0, "n_predict": 4,
                                                     "ignore_eos": True})
     assert status == 200 and r["content"] == "yzgh" and r["stopped_limit"], r
-    for field, value in (("grammar", 'root ::= "a"'), ("dry_multiplier", 2), ("typical_p", 0)):
+    for field, value in (("grammar", 'root ::= "a"'), ("dry_penalty_last_n", -2),
+                         ("dry_sequence_breakers", [])):
         status, r = _wsgi_call(app, "POST", "/infill", {"input_prefix": "P", field: value})
         assert status == 400 and f"'{field}'" in r["error"]["message"], r
 

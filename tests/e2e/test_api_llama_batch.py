@@ -83,9 +83,7 @@ def test_above_the_cap_is_a_clear_400_and_a_single_prompt_stays_one_object(tiny_
                 "150 choices", "at most 128")
     bad_request(url, "/completion", {"prompt": ["a"] * 129}, "129 prompts", "at most 128")
     bad_request(url, "/completion", {"prompt": ["a", 3.5]}, "'prompt[1]'")
-    for prompt in ("a", ["a"], [[1, 2]]):  # one prompt, n 1: one object, as before
+    # one prompt, n 1: one object, with index 0 (streamed too: test_api_infill_n)
+    for prompt in ("a", ["a"], [[1, 2]]):
         r = alone(url, {**GREEDY, "prompt": prompt, "n_cmpl": 1})
-        assert "index" not in r and r["stop"] is True
-    status, headers, data = http_request("POST", url + "/completion",
-                                         {**GREEDY, "prompt": "a", "stream": True})
-    assert status == 200 and all("index" not in e for e in sse_events(data))
+        assert r["index"] == 0 and r["stop"] is True

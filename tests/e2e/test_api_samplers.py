@@ -59,11 +59,11 @@ def test_the_fields_reach_the_sampler(client, tiny_server):
     assert chat(client, **hot).choices[0].message.content != greedy
 
 
-BAD = [({"typical_p": 0}, "'typical_p'"), ({"mirostat": 3}, "'mirostat'"),
-       ({"mirostat_tau": -1}, "'mirostat_tau'"), ({"mirostat_eta": -0.5}, "'mirostat_eta'"),
+BAD = [({"typical_p": "x"}, "'typical_p'"), ({"mirostat": 3}, "'mirostat'"),
+       ({"mirostat_tau": "5"}, "'mirostat_tau'"), ({"mirostat_eta": [0.5]}, "'mirostat_eta'"),
        ({"xtc_threshold": 2}, "'xtc_threshold'"), ({"xtc_probability": 1.5}, "'xtc_probability'"),
-       ({"min_keep": -2}, "'min_keep'"), ({"dynatemp_exponent": -1}, "'dynatemp_exponent'"),
-       ({"top_n_sigma": "1"}, "'top_n_sigma'"), ({"dry_multiplier": 0.8}, "'dry_multiplier'")]
+       ({"min_keep": -2}, "'min_keep'"), ({"dynatemp_exponent": "2"}, "'dynatemp_exponent'"),
+       ({"top_n_sigma": "1"}, "'top_n_sigma'"), ({"dry_penalty_last_n": -2}, "'dry_penalty_last_n'")]
 
 
 @pytest.mark.parametrize("fields, named", BAD, ids=[n for _, n in BAD])

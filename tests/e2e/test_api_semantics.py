@@ -182,7 +182,7 @@ def test_n_above_the_cap_is_a_clear_400(client, tiny_server):
     with pytest.raises(openai.BadRequestError, match="'n'"):
         client.chat.completions.create(model="x", messages=MSGS, n=129)
     bad_request(tiny_server.url, "/v1/completions", {"prompt": "a", "n": 129}, "'n'")
-    bad_request(tiny_server.url, "/v1/completions", {"prompt": "a", "best_of": 2}, "best_of")
+    bad_request(tiny_server.url, "/v1/completions", {"prompt": "a", "best_of": 129}, "best_of")
     r = client.chat.completions.create(model="x", messages=MSGS, n=1, max_tokens=2)
     assert len(r.choices) == 1
 
