@@ -481,7 +481,7 @@ def dry_fields(body, d, model) -> dict:
     non-empty list of strings. The breakers become tokens only when DRY is on (a
     multiplier of 0, the default, costs nothing), and only with a model to tokenize them
     (tests call this without one: no breakers then)."""
-    from runtime.sampling import DRY_SEQUENCE_BREAKERS, dry_breakers_from_text
+    from runtime.dry import DRY_SEQUENCE_BREAKERS, dry_breakers_from_text
     out = dict(
         dry_multiplier=get_num(body, "dry_multiplier", d.dry_multiplier),
         dry_base=get_num(body, "dry_base", d.dry_base),

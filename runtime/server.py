@@ -794,7 +794,8 @@ def build_app(st: State) -> bottle.Bottle:
     @app.get("/props")
     @api
     def props(model, body):
-        from runtime.sampling import DRY_SEQUENCE_BREAKERS, SamplingParams
+        from runtime.dry import DRY_SEQUENCE_BREAKERS
+        from runtime.sampling import SamplingParams
         d = SamplingParams()
         if st.temperature is not None:
             d.temperature = st.temperature

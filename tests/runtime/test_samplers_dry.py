@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 from runtime.api import ApiError, sampling_params
-from runtime.sampling import (DRY_SEQUENCE_BREAKERS, DryBreakers, Sampler, SamplingParams,
-                              apply_dry, dry_breakers_from_text, dry_penalties)
+from runtime.dry import (DRY_SEQUENCE_BREAKERS, DryBreakers, apply_dry, dry_breakers_from_text,
+                         dry_penalties)
+from runtime.sampling import Sampler, SamplingParams
 from tests.runtime.test_samplers_more import NO_FILTERS, draws, kept, kept_probs, logit_rows, softmax
 
 TINY = Path(__file__).resolve().parents[1] / "fixtures" / "models" / "tiny-llama-q8_0.gguf"

@@ -1,0 +1,289 @@
+"""DRY ("don't repeat yourself"), llama.cpp's repetition penalty (first koboldcpp's).
+
+Where the last tokens of the history already came earlier, the token that followed them
+there would make the repeat one longer: DRY pushes that token's logit down, the more the
+longer the repeat. A sequence breaker (a newline, ":", ...) ends every repeat: none is
+counted across it, and a token that is itself a breaker is never pushed down.
+
+runtime/sampling.py applies it (Sampler.adjusted) after the penalties and before every
+filter; SamplingParams holds its settings (dry_multiplier, dry_base, dry_allowed_length,
+dry_penalty_last_n, dry_breakers).
+"""
+from __future__ import annotations
+
+import math
+import weakref
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from runtime.sampling import SamplingParams
+
+# llama-server's default breakers (common_params_sampling::dry_sequence_breakers).
+DRY_SEQUENCE_BREAKERS = ("\n", ":", "\"", "*")
+DRY_MAX_BREAKER_BYTES = 40   # llama.cpp cuts a breaker to this many bytes
+DRY_MAX_TAIL_TOK = 20        # ... and a breaker's tail to this many tokens
+# log(FLT_MAX): llama.cpp caps the penalty's exponent at this / log(base), so that
+# base ** exponent stays a finite float32.
+DRY_FLOAT_MAX_LOG = 88.7228391
+F32_MAX = float(np.finfo(np.float32).max)
+DRY_CACHE_MAX = 256          # breaker strings whose tokens are kept, per tokenizer
+DRY_GALLOP_WORK = 8          # dry_match_lengths' comparisons per window token, at most
+
+
+@dataclass(frozen=True, eq=False)
+class DryBreakers:
+    """DRY's sequence breakers as tokens. A breaker is a head token and a tail, the tokens
+    that must follow it (none for most: a token whose text holds "\n" breaks by itself).
+    tails: {head id: (tail, ...)}, each tail a tuple of ids."""
+    tails: dict
+    is_head: np.ndarray = field(init=False, repr=False)    # bool [max id + 1]
+    is_single: np.ndarray = field(init=False, repr=False)  # ... heads with an empty tail
+
+    def __post_init__(self):
+        size = max(self.tails, default=-1) + 1
+        is_head, is_single = np.zeros(size, dtype=bool), np.zeros(size, dtype=bool)
+        for head, tails in self.tails.items():
+            is_head[head] = True
+            is_single[head] = () in tails
+        object.__setattr__(self, "is_head", is_head)
+        object.__setattr__(self, "is_single", is_single)
+
+    @classmethod
+    def from_token_sequences(cls, seqs) -> "DryBreakers":
+        """Breakers given as token sequences: the first token is the head, the rest its
+        tail (llama.cpp's llama_sampler_init_dry_testing)."""
+        tails: dict = {}
+        for seq in seqs:
+            seq = tuple(int(t) for t in seq)
+            if seq and seq[1:] not in tails.setdefault(seq[0], ()):
+                tails[seq[0]] += (seq[1:],)
+        return cls(tails)
+
+    def heads_at(self, ids: np.ndarray) -> np.ndarray:
+        return _flags(self.is_head, ids)
+
+    def singles_at(self, ids: np.ndarray) -> np.ndarray:
+        return _flags(self.is_single, ids)
+
+
+def _flags(table: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """table[ids] (bool), False for ids past its end."""
+    inside = ids < table.size
+    out = np.zeros(ids.size, dtype=bool)
+    out[inside] = table[ids[inside]]
+    return out
+
+
+# Per tokenizer: every token's text (as llama.cpp's detokenize of it alone gives it), and
+# the (head, tail) pairs of each breaker string seen, so that a request pays for neither
+# (the first request with DRY on pays 0.4 s for Qwen's texts, then 15-30 ms a new breaker).
+_TOKEN_TEXTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_BREAKER_PAIRS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_BREAKER_SETS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # ... and lists of them
+
+
+@dataclass(frozen=True, eq=False)
+class _VocabTexts:
+    texts: list           # bytes of each token
+    data: np.ndarray      # all of them end to end, uint8
+    owner: np.ndarray     # the token each byte of data belongs to
+
+    def holding(self, byte: int) -> list:
+        """The tokens whose text holds this byte, in id order."""
+        return np.unique(self.owner[self.data == byte]).tolist()
+
+
+def _vocab_texts(tok) -> _VocabTexts:
+    from runtime.tokenizer import clean_spaces
+    found = _TOKEN_TEXTS.get(tok)
+    if found is None:
+        texts = []
+        for t in range(tok.n_vocab):
+            piece = tok.token_to_piece(t, special=True)
+            if tok.add_space_prefix and piece[:1] == b" ":   # detokenize's first-token rule
+                piece = piece[1:]
+            texts.append(clean_spaces(piece) if tok.clean_spaces else piece)
+        data = np.frombuffer(b"".join(texts), dtype=np.uint8)
+        owner = np.repeat(np.arange(len(texts), dtype=np.int32), [len(x) for x in texts])
+        found = _TOKEN_TEXTS[tok] = _VocabTexts(texts, data, owner)
+    return found
+
+
+def _breaker_pairs(tok, breaker: bytes) -> list:
+    """The (head, tail) pairs of one breaker (bytes, at most DRY_MAX_BREAKER_BYTES), as
+    llama.cpp's get_overlapping_token_sequences finds them: every token whose text holds
+    the breaker is a head with an empty tail; a token whose text ends with the breaker's
+    first k bytes (k shorter than it) is a head whose tail is the tokenization of the
+    breaker's rest, cut to DRY_MAX_TAIL_TOK tokens."""
+    cache = _BREAKER_PAIRS.setdefault(tok, {})
+    if breaker in cache:
+        return cache[breaker]
+    if len(cache) >= DRY_CACHE_MAX:     # requests with ever new breakers: memory stays bounded
+        cache.clear()
+    vocab = _vocab_texts(tok)
+    first = breaker[:1]
+    pairs, tail_of = [], {}
+    for t in vocab.holding(breaker[0]):    # only these can hold or open the breaker
+        text = vocab.texts[t]
+        if breaker in text:
+            pairs.append((t, ()))
+            continue
+        pos, heads = text.find(first), set()
+        while pos >= 0:
+            k = len(text) - pos               # the text's last k bytes open the breaker
+            if breaker.startswith(text[pos:]):
+                if k not in tail_of:
+                    # a cut inside a character: its bytes become U+FFFD, as llama.cpp's
+                    # tokenizer reads invalid UTF-8
+                    rest = breaker[k:].decode("utf-8", errors="replace")
+                    ids = tok.tokenize(rest, add_special=False, parse_special=False)
+                    tail_of[k] = tuple(ids[:DRY_MAX_TAIL_TOK])
+                if tail_of[k] not in heads:
+                    heads.add(tail_of[k])
+                    pairs.append((t, tail_of[k]))
+            pos = text.find(first, pos + 1)
+    cache[breaker] = pairs
+    return pairs
+
+
+def dry_breakers_from_text(tok, breakers) -> DryBreakers:
+    """DRY's sequence breakers (strings) as tokens of tokenizer `tok`. Empty ones are
+    skipped, as llama.cpp skips them; each is cut to DRY_MAX_BREAKER_BYTES bytes."""
+    raws = tuple(b.encode("utf-8")[:DRY_MAX_BREAKER_BYTES] for b in breakers)
+    cache = _BREAKER_SETS.setdefault(tok, {})
+    if raws not in cache:
+        if len(cache) >= DRY_CACHE_MAX:
+            cache.clear()
+        seqs = [(head,) + tail for raw in raws if raw for head, tail in _breaker_pairs(tok, raw)]
+        cache[raws] = DryBreakers.from_token_sequences(seqs)
+    return cache[raws]
+
+
+def dry_repeat_limit(window: np.ndarray, breakers: DryBreakers | None) -> int:
+    """How many of the window's last tokens a repeat may span: those after the last
+    breaker, found as llama.cpp finds it: the latest head token whose whole tail follows it
+    (the longest such tail, when it has several). The window's length when none is there."""
+    n = window.size
+    if breakers is None or not breakers.tails:
+        return n
+    for pos in np.flatnonzero(breakers.heads_at(window))[::-1].tolist():
+        after = n - 1 - pos                     # tokens after the head
+        fits = [len(tail) for tail in breakers.tails[int(window[pos])]
+                if len(tail) <= after and tuple(window[pos + 1:pos + 1 + len(tail)].tolist()) == tail]
+        if fits:
+            return after - max(fits)
+    return n
+
+
+def dry_match_lengths(window: np.ndarray, limit: int) -> np.ndarray:
+    """For each position j < n - 1 of the window [n]: how many tokens ending at j are the
+    same as the window's last ones (the longest common suffix of window[:j + 1] and the
+    window), at most `limit`. -> int [n - 1].
+
+    Each round compares a block of `step` more tokens for every position still matching,
+    the block doubling each round: a handful of NumPy calls for ordinary text, even with
+    repeats thousands of tokens long. Text that repeats with a short period (one token
+    over and over) keeps most positions matching for long, and that costs n^2 / period:
+    past DRY_GALLOP_WORK comparisons per token it is left to the Z-algorithm, linear
+    but a Python loop (1.3 ms for 2,000 tokens, where the rounds take 0.1 ms)."""
+    n = window.size
+    out = np.zeros(max(n - 1, 0), dtype=np.int64)
+    if n < 2 or limit <= 0:
+        return out
+    active = np.flatnonzero(window[:-1] == window[-1])
+    out[active] = 1
+    done, step, work = 1, 1, 0
+    while active.size and done < limit:
+        step = min(step, limit - done)
+        work += active.size * step
+        if work > DRY_GALLOP_WORK * n:
+            return np.minimum(_suffix_match_lengths(window), limit)
+        back = np.arange(done, done + step)          # how far before each end, this block
+        here = active[:, None] - back                # may run off the window's start
+        same = (here >= 0) & (window[np.maximum(here, 0)] == window[n - 1 - back])
+        run = np.where(same.all(axis=1), step, np.argmin(same, axis=1))
+        out[active] += run
+        active = active[run == step]
+        done += step
+        step *= 2
+    return np.minimum(out, limit)
+
+
+def _suffix_match_lengths(window: np.ndarray) -> np.ndarray:
+    """dry_match_lengths without the limit, by the Z-algorithm over the reversed window:
+    z[k], how far the window read backwards from k tokens before its end agrees with it
+    read backwards from its end, reuses the rightmost match found so far (the box
+    [lo, hi)), so that every token is compared O(1) times."""
+    r = window[::-1].tolist()
+    n = len(r)
+    z = [0] * n
+    lo = hi = 0
+    for k in range(1, n):
+        zk = min(hi - k, z[k - lo]) if k < hi else 0
+        while k + zk < n and r[zk] == r[k + zk]:
+            zk += 1
+        z[k] = zk
+        if k + zk > hi:
+            lo, hi = k, k + zk
+    return np.array(z[:0:-1], dtype=np.int64)       # position j = n - 1 - k
+
+
+def dry_penalties(history, p: SamplingParams) -> tuple[np.ndarray, np.ndarray]:
+    """DRY, as llama.cpp's: (token ids, the amount each one's logit goes down).
+
+    The window is the last dry_penalty_last_n tokens of the history (the whole history
+    for -1). For each earlier position where the window's last m tokens also end, with m
+    at least dry_allowed_length and counted only after the last breaker, the token that
+    followed there is penalized dry_multiplier * dry_base ** (m - dry_allowed_length),
+    with its longest m, the exponent capped as llama.cpp caps it; tokens that are breakers
+    by themselves never are."""
+    none = np.zeros(0, dtype=np.int64), np.zeros(0)
+    if not p.dry_on:
+        return none
+    allowed = p.dry_allowed_length
+    n = len(history) if p.dry_penalty_last_n < 0 else min(len(history), p.dry_penalty_last_n)
+    if n <= allowed:
+        return none
+    window = np.asarray(history[len(history) - n:], dtype=np.int64)
+    limit = dry_repeat_limit(window, p.dry_breakers)
+    if limit < allowed:
+        return none
+    lengths = dry_match_lengths(window, limit)
+    hit = lengths >= allowed
+    ids, lengths = window[1:][hit], lengths[hit]
+    if p.dry_breakers is not None:
+        keep = ~p.dry_breakers.singles_at(ids)
+        ids, lengths = ids[keep], lengths[keep]
+    if not ids.size:
+        return none
+    order = np.lexsort((lengths, ids))          # by token, its longest repeat last
+    ids, lengths = ids[order], lengths[order]
+    last = np.append(ids[1:] != ids[:-1], True)
+    ids, lengths = ids[last], lengths[last]
+    exponent = (lengths - allowed).astype(np.float64)
+    if p.dry_base > 1.000001:
+        cap = int(DRY_FLOAT_MAX_LOG / math.log(p.dry_base))
+        if cap > 0:
+            exponent = np.minimum(exponent, cap)
+    with np.errstate(over="ignore"):
+        return ids, p.dry_multiplier * np.power(p.dry_base, exponent)
+
+
+def apply_dry(logits: np.ndarray, history, p: SamplingParams) -> np.ndarray:
+    """The logits [V] with DRY's penalties (dry_penalties) taken off. A penalized logit
+    stays a finite float32 (llama.cpp's may reach -inf, or +inf for a negative
+    multiplier): a token is never banned outright, and every logit left can be drawn."""
+    ids, penalty = dry_penalties(history, p)
+    inside = ids < logits.size
+    ids, penalty = ids[inside], penalty[inside]
+    if not ids.size:
+        return logits
+    out = logits.copy()
+    old = out[ids].astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        new = np.clip(old - penalty, -F32_MAX, F32_MAX)
+    out[ids] = np.where(np.isfinite(old), new, old)
+    return out
