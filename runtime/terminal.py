@@ -38,6 +38,19 @@ CTRL_D = "\x04"
 EXIT_WAIT_S = 2.0  # an ending chat waits this long for the worker to stop (as the server)
 
 
+def _exit_under(e: BaseException) -> SystemExit | None:
+    """e if it is a SystemExit, or the SystemExit that e was raised in the handling of;
+    else None. A `kill` that comes with a Ctrl+C can raise its SystemExit where the
+    Ctrl+C's KeyboardInterrupt left a queue's wait (in threading.Condition.wait's
+    `finally`, before it takes its lock back): the queue then failed with "RuntimeError:
+    release unlocked lock", a traceback and status 1 in place of the `kill`'s 143."""
+    while e is not None:
+        if isinstance(e, SystemExit):
+            return e
+        e = e.__context__
+    return None
+
+
 def _tokens(n: int) -> str:
     return f"{n} token" + ("" if n == 1 else "s")
 
@@ -161,6 +174,25 @@ class _Chat:
 
     def ask(self, user_text: str) -> str | None:
         """Stream the answer to stdout; return it (None on an error already reported)."""
+        under_way: list = []  # the request, once submitted
+        try:
+            return self._ask(user_text, under_way)
+        except (SystemExit, RuntimeError) as e:
+            # `kill` (see _exit_on_sigterm), or a program that opens the model file for
+            # writing (runtime/file_lease.py): the program ends, but not with the worker
+            # inside a matrix product, where OpenBLAS's exit handler can wait for it for
+            # good (see server.stop_generating). Out here, not beside _ask's Ctrl+C
+            # handling: a Ctrl+C and a `kill` at once raised the SystemExit inside that
+            # handling (before its cancel, or in its wait), and the chat ended mid-step.
+            leaving = _exit_under(e)
+            if leaving is None:
+                raise
+            if under_way:
+                under_way[0].cancel.set()
+                self._wait_stopped(under_way[0], EXIT_WAIT_S)
+            raise leaving from None
+
+    def _ask(self, user_text: str, under_way: list) -> str | None:
         from runtime.chat_template import TemplateError
         req, parts, done = None, [], None
         self.interrupted = False
@@ -171,6 +203,7 @@ class _Chat:
                     return None
                 req = self.engine.submit(Request(prompt_ids=ids, params=self.params,
                                                  max_tokens=self.max_tokens))
+                under_way.append(req)
             except TemplateError as e:
                 self._error(f"the chat template refused this conversation: {e}")
                 return None
@@ -198,15 +231,6 @@ class _Chat:
             self._wait_stopped(req)
             self._write(" [stopped]\n")
             return self._remember(user_text, "".join(parts))
-        except SystemExit:
-            # `kill` (see _exit_on_sigterm), or a program that opens the model file for
-            # writing (runtime/file_lease.py): the program ends, but not with the worker
-            # inside a matrix product, where OpenBLAS's exit handler can wait for it for
-            # good (see server.stop_generating).
-            if req is not None:
-                req.cancel.set()
-                self._wait_stopped(req, EXIT_WAIT_S)
-            raise
         self._write("\n")
         self._tell_why_cut(done)
         return self._remember(user_text, "".join(parts))
@@ -290,10 +314,20 @@ def _exit_on_sigterm() -> None:
     if killed by the signal), so that the terminal gets its line editing and echo back:
     both line readers keep it in raw mode while they wait at the prompt."""
     if threading.current_thread() is threading.main_thread():
+        _LEAVING[0] = 0
         signal.signal(signal.SIGTERM, _leave)
 
 
+_LEAVING = [0]  # the signal _leave was run for, noted before it does anything else
+
+
 def _leave(signum, frame):
+    # Noted first, with no call: input() runs the due handlers a second time with the
+    # KeyboardInterrupt of a Ctrl+C still set (a Ctrl+C and a `kill` at once), and there
+    # every call fails (a SystemError caused by the KeyboardInterrupt): the `kill` was
+    # taken for the Ctrl+C, and the chat went on. The prompt's loop leaves for it then
+    # (see _leave_if_killed). A subscript store calls nothing (as signal_wake's NUDGE).
+    _LEAVING[0] = signum
     # In the background (Ctrl+Z, then `kill %1`; or after `bg`) the terminal is the
     # shell's, its modes given back at the stop (see _given_back_while_stopped): putting
     # modes back on the way out stopped the chat there (SIGTTOU), "Stopped" until an
@@ -303,6 +337,12 @@ def _leave(signum, frame):
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
     sys.exit(128 + signum)
+
+
+def _leave_if_killed() -> None:
+    """Leave for a `kill` whose handler could not (see _leave), now that it can."""
+    if _LEAVING[0]:
+        _leave(_LEAVING[0], None)
 
 
 def _is_ctrl_c(e: BaseException) -> bool:
@@ -453,6 +493,17 @@ def _given_back_while_stopped(fd: int, take, give):
             take_back()
 
     def stop(signum, frame):
+        # A second Ctrl+Z while this one is handled (two within a moment) is part of this
+        # stop, as the kernel's own stop takes it. Python ran this handler again inside
+        # the first one (at its next step: `frame`, where the main thread was, is then in
+        # the first one, or below it), and the chat stopped twice, an `fg` waking it only
+        # to stop again: the first time with the prompt's raw mode left to the shell (the
+        # second one found the terminal given, in the middle of give()), and after the
+        # second `fg` the prompt stayed in the shell's modes (taken back already). (One
+        # in the moment between SIG_DFL and the kill below still stops it twice, as any
+        # program that stops itself so; one while `fg` is being taken back is dropped.)
+        if _running_in(frame, stop.__code__):
+            return
         with lock:
             if not given[0] and _in_foreground(fd):
                 given[0] = True
@@ -479,6 +530,15 @@ def _given_back_while_stopped(fd: int, take, give):
             w.join()
         set_handler(signal.SIGTSTP, signal.SIG_DFL if before_stop is None else before_stop)
         set_handler(signal.SIGCONT, signal.SIG_DFL if before_cont is None else before_cont)
+
+
+def _running_in(frame, code) -> bool:
+    """Whether `code` runs at `frame` or in one of its callers."""
+    while frame is not None:
+        if frame.f_code is code:
+            return True
+        frame = frame.f_back
+    return False
 
 
 FG_POLL_S = 0.2  # how often a job given back after `bg` looks whether it is in front again
@@ -716,8 +776,10 @@ def _readline_reader(fd: int, out, typed_ahead: str, encoding: str | None = None
     marks_pastes = _readline_marks_pastes(readline)
     ahead = _ahead_keys(typed_ahead)
     decoder = codecs.getincrementaldecoder(encoding or "utf-8")("replace")
+    resized = _readline_resized(readline)
 
     def read(prompt, text=""):
+        resized()  # (a stop during the answer, or `bg`, missed a resize too)
         line = text
         while ahead:
             ch = ahead.popleft()
@@ -743,22 +805,45 @@ def _readline_reader(fd: int, out, typed_ahead: str, encoding: str | None = None
     read.discard = ahead.clear
     read.take_waiting = waiting_taker(fd, ahead, decoder)
     read.marks_pastes = marks_pastes
-    read.after_fg = _readline_redraw(readline, out)
+    read.after_fg = _readline_redraw(readline, out, resized)
     return read
 
 
-def _readline_redraw(readline, out):
-    """A function that shows readline's prompt and line again on a line of their own,
-    after `fg` (the shell wrote below them meanwhile), as the own line editor does: GNU
-    readline's rl_forced_update_display, which Python's module leaves out (looked up in
-    the libraries the module was loaded with). Does nothing where it is not found."""
+def _readline_function(readline, name: str):
+    """GNU readline's C function `name`, which Python's module leaves out (looked up in
+    the libraries the module was loaded with), returning nothing; None where it is not
+    found (libedit)."""
     try:
         import ctypes
-        redraw = ctypes.CDLL(getattr(readline, "__file__", None)).rl_forced_update_display
+        function = getattr(ctypes.CDLL(getattr(readline, "__file__", None)), name)
     except (ImportError, OSError, AttributeError):
+        return None
+    function.restype = None
+    return function
+
+
+def _readline_resized(readline):
+    """A function that has readline read the terminal's size again. It learns it at its
+    first prompt, and from SIGWINCH, which the terminal sends to the job in front only: a
+    terminal resized while the chat was stopped (Ctrl+Z, or `bg`) told the shell, and
+    readline went on at the old width (a Backspace across a wrapped row stayed on the
+    row below, the rest of the row above left on the screen). rl_reset_screen_size, not
+    rl_resize_terminal, which also redraws the line where it was: after `fg` the line is
+    drawn again below what the shell wrote (see _readline_redraw)."""
+    return _readline_function(readline, "rl_reset_screen_size") or (lambda: None)
+
+
+def _readline_redraw(readline, out, resized):
+    """A function that shows readline's prompt and line again on a line of their own,
+    after `fg` (the shell wrote below them meanwhile), as the own line editor does, at the
+    terminal's width now (resized(): see _readline_resized): GNU readline's
+    rl_forced_update_display (see _readline_function). Does nothing where it is not found."""
+    redraw = _readline_function(readline, "rl_forced_update_display")
+    if redraw is None:
         return lambda: None
 
     def after_fg():
+        resized()
         _write_codes(out, "\r\n")  # (where the redraw takes the cursor to be)
         redraw()
     return after_fg
@@ -1085,6 +1170,7 @@ def _converse(c: _Chat, read, stdout, hold, shells=None) -> int:
         except (KeyboardInterrupt, SystemError) as e:
             if not _is_ctrl_c(e):
                 raise
+            _leave_if_killed()  # (a `kill` that came with the Ctrl+C ends the chat)
             # As Ollama: Ctrl+C at the prompt drops the line being typed, not the chat.
             c._say("\n" + QUIT_HINT)
             _let_interrupts_settle()
