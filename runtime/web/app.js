@@ -34,6 +34,7 @@
   // the context. (It said MSG_CONTEXT_FULL, "edit your message", and Continue stayed, to
   // fail the same way at every press.)
   var MSG_NO_ROOM_TO_CONTINUE = "This reply cannot go on: with it, the chat fills the model's context. Send another message to go on (the oldest messages will be left out), or start a new chat.";
+  var MSG_EDIT_WAITS = "A reply is being written in this chat: send your edit once it is finished (it stays in the edit box).";
   var MSG_ELSEWHERE_SEND = "The reply in this chat is being written in another tab: send your message once it is finished (it stays in the box), or in another chat.";
   var MSG_DROPPED = "Older messages were left out to fit the context: the model no longer sees the greyed-out ones above the line (a new chat starts afresh).";
   var SAVE_EVERY_MS = 2000; // how often a reply is saved while it is written (see beat)
@@ -368,8 +369,17 @@
    * saves it. */
   function writtenElsewhere(c) {
     if (!c || runOf(c)) return false;
-    if (state.heldElsewhere) return !!state.heldElsewhere[c.id];
+    if (state.heldElsewhere && state.heldElsewhere[c.id]) return true;
+    return markedElsewhere(c);
+  }
+
+  /* Whether chat c carries a recent mark that the locks do not speak for: that of a tab
+   * without locks (a page loaded before they came, or where they are missing), which
+   * holds no lock while it writes. The mark of a tab with locks says so (writingLocked):
+   * where this tab sees the locks, that tab's lock tells, not its mark (see WRITING_LOCK). */
+  function markedElsewhere(c) {
     if (typeof c.writingAt !== "number") return false;
+    if (state.heldElsewhere && c.writingLocked) return false;
     var ageMs = Date.now() - c.writingAt;
     return ageMs < WRITER_GONE_MS && ageMs > -WRITER_GONE_MS; // (a mark from the future: a clock set back)
   }
@@ -386,7 +396,8 @@
       var m = run.msg, msgs = run.conv.messages, c = run.conv;
       if (!leaving) {
         c.writingAt = Date.now();
-        undo.push(function () { delete c.writingAt; });
+        if (locks) c.writingLocked = true; // (its lock tells: see markedElsewhere)
+        undo.push(function () { delete c.writingAt; delete c.writingLocked; });
       }
       if (!m) return;
       if (run.was && m.content.length === run.wasChars) {
@@ -543,6 +554,7 @@
         // again only if it came or went (a Continue there, before its first word).
         var was = writtenElsewhere(mine);
         if (list[i].writingAt) mine.writingAt = list[i].writingAt; else delete mine.writingAt;
+        if (list[i].writingLocked) mine.writingLocked = true; else delete mine.writingLocked;
         keepMine(list, mine);
         redraw = writtenElsewhere(mine) !== was;
       }
@@ -551,11 +563,18 @@
       // (a reply stopped as its chat was deleted: it ends in a moment, unsaved)
       if (run.conv !== mine && !state.forgotten[run.conv.id]) keepMine(list, run.conv);
     });
+    var byId = {};
+    stored.forEach(function (c) { byId[c.id] = c; });
+    // A chat of this tab's that its saves could not store (the storage was full), with
+    // what was typed and answered in it: not another tab's to drop, the next save keeps
+    // it. (One stored before and gone since, unchanged here, was deleted there.)
+    state.convs.forEach(function (c) {
+      if (!byId[c.id] && !dead[c.id] && !state.forgotten[c.id] && changedHere(c) &&
+          list.indexOf(c) < 0) keepMine(list, c);
+    });
     state.convs = list;
     // What this tab now holds as stored: the other tab's chats, and its own where they
     // are the same (a chat changed here still differs, and the next save writes it).
-    var byId = {};
-    stored.forEach(function (c) { byId[c.id] = c; });
     list.forEach(function (c) {
       var there = byId[c.id];
       if (!there) return;
@@ -580,10 +599,10 @@
     clearTimeout(writerTimer);
     writerTimer = null;
     if (!writtenElsewhere(current()) && noticeText === MSG_ELSEWHERE_SEND) setNotice(""); // (the message can go now)
-    if (state.heldElsewhere) return; // (the locks tell, with no timer: see watchRelease)
+    // (a lock held elsewhere tells, with no timer: see watchRelease; a mark, by its age)
     var endsAt = Infinity;
     state.convs.forEach(function (c) {
-      if (writtenElsewhere(c)) endsAt = Math.min(endsAt, c.writingAt + WRITER_GONE_MS);
+      if (!runOf(c) && markedElsewhere(c)) endsAt = Math.min(endsAt, c.writingAt + WRITER_GONE_MS);
     });
     if (endsAt === Infinity) return;
     var waitMs = Math.max(0, endsAt - Date.now()) + 50;
@@ -1055,10 +1074,11 @@
   function renderMessages(keepScroll) {
     var box = $("messages"), c = current();
     var top = box.scrollTop, stay = keepScroll === true && !nearBottom(box);
-    var place = focusInMessages();
+    var place = focusInMessages(), kept = keptEdit(box, c);
     box.replaceChildren();
     if (!c || c.messages.length === 0) {
       box.appendChild(welcomeEl());
+      if (kept) keepEdit(box, c, kept);
       refocusMessages(place);
       planWriterCheck();
       sayNewNote();
@@ -1069,6 +1089,7 @@
       if (prev && prev.leftOut && !m.leftOut) box.appendChild(leftOutLine());
       box.appendChild(messageEl(c, m, i));
     });
+    if (kept) keepEdit(box, c, kept);
     box.scrollTop = stay ? top : box.scrollHeight;
     refocusMessages(place);
     planWriterCheck();
@@ -1176,21 +1197,27 @@
 
   /* ---------- editing ---------- */
 
-  function startEdit(wrap, c, index) {
-    if (runOf(c) || writtenElsewhere(c)) return;
+  /* kept: the edit box drawn again, as it was (see keptEdit), whatever the chat is doing. */
+  function startEdit(wrap, c, index, kept) {
+    if (!kept && (runOf(c) || writtenElsewhere(c))) return;
     var body = wrap.querySelector(".msg-body");
     var ta = document.createElement("textarea");
     ta.className = "edit-input";
     ta.setAttribute("data-testid", "edit-input");
     ta.setAttribute("aria-label", "Edit message");
-    ta.value = c.messages[index].content;
+    ta.setAttribute("data-conv", c.id); // (see keptEdit)
+    ta.value = kept ? kept.text : c.messages[index].content;
     var row = document.createElement("div");
     row.className = "edit-buttons";
     function submit() {
       var text = ta.value;
       if (!text.trim()) return;
+      // (an edit box kept while a reply began in this chat, here or in another tab: the
+      // edit would cut the chat under that reply)
+      if (runOf(c) || writtenElsewhere(c)) { setNotice(MSG_EDIT_WAITS); return; }
       var big = tooBigToSend(c, text);
       if (big) { setError(big); return; } // (the edit box stays as it is)
+      ta.removeAttribute("data-conv"); // (done with: not kept by the redraw, see keptEdit)
       // Editing rewinds the chat: everything after this message is dropped.
       c.messages = c.messages.slice(0, index);
       var sent = { role: "user", content: text };
@@ -1202,6 +1229,7 @@
       $("input").focus(); // (the edit box is gone; as after Send)
     }
     function cancel() { // back to the message, where it was, and to its Edit button
+      ta.removeAttribute("data-conv");
       renderMessages(true);
       var edit = $("messages").querySelector('[data-index="' + index + '"] [data-testid=edit]');
       if (edit) edit.focus();
@@ -1214,7 +1242,27 @@
     });
     body.replaceChildren(ta, row);
     wrap.querySelector(".msg-actions").hidden = true;
-    ta.focus();
+    if (kept) ta.setSelectionRange(kept.start, kept.end); // (focused again by refocusMessages)
+    else ta.focus();
+  }
+
+  /* The edit box open in chat c, or null: {index, text, start, end} (its message, what is
+   * typed in it, the selection). A redraw of the same chat (another tab saved it, a reply
+   * ended) draws it again with them (see keepEdit): it took away what was typed. */
+  function keptEdit(box, c) {
+    var ta = box.querySelector("[data-testid=edit-input]");
+    if (!ta || !c || ta.getAttribute("data-conv") !== c.id) return null;
+    return { index: Number(ta.closest("[data-index]").getAttribute("data-index")), text: ta.value,
+             start: ta.selectionStart, end: ta.selectionEnd };
+  }
+
+  /* The edit box `kept` drawn again in chat c; its message gone (the chat was cut in
+   * another tab), its text goes to the message box, if that is empty. */
+  function keepEdit(box, c, kept) {
+    var wrap = box.querySelector('[data-index="' + kept.index + '"]');
+    var m = c && c.messages[kept.index];
+    if (wrap && m && m.role === "user") { startEdit(wrap, c, kept.index, kept); return; }
+    if (!$("input").value) { $("input").value = kept.text; draftChanged(); }
   }
 
   /* ---------- context budget ---------- */

@@ -102,6 +102,8 @@
     // the other tabs show the reply as being written there (see app.js, writtenElsewhere).
     var writingAt = asTime(c.writingAt, 0);
     if (writingAt) out.writingAt = writingAt;
+    // (the writing tab holds a lock while it writes, which tells where locks are seen)
+    if (writingAt && c.writingLocked === true) out.writingLocked = true;
     return out;
   }
 
@@ -172,6 +174,7 @@
   function imported(conv) {
     conv.id = newId();
     delete conv.writingAt; // (no tab of this browser is writing in a chat read from a file)
+    delete conv.writingLocked;
     conv.messages.forEach(function (m) { delete m.leftOut; });
     return conv;
   }

@@ -71,6 +71,17 @@ def whole_reply_reaches_the_other_tab(a, b, cdp) -> dict:
     return final
 
 
+def held_while_written_elsewhere(pg, text) -> list:
+    """A message typed for a chat whose reply another tab writes waits in the box, and the
+    page says why; nothing is sent. -> the chat request bodies, recorded from here on."""
+    bodies = record_chat_requests(pg)
+    send(pg, text)
+    pg.wait_for_selector("[data-testid=notice]:has-text('another tab')")
+    assert pg.input_value("[data-testid=input]") == text
+    assert bodies == []
+    return bodies
+
+
 def shown_stopped_with_continue(b) -> dict:
     """The reply another tab wrote is no longer shown as written there: B shows it
     stopped, with Continue. -> that reply, as B has it."""
@@ -97,12 +108,7 @@ def test_a_reply_being_written_in_another_tab_is_shown_as_such_and_its_end_arriv
         assert b.locator(f"[data-testid={what}]").count() == 0, what
     assert b.locator("[data-testid=copy-message]").last.is_disabled()
     assert all(e.is_disabled() for e in b.locator("[data-testid=edit]").all())
-    # A message typed in B for this chat waits in the box, and B says why; nothing is sent.
-    bodies_b = record_chat_requests(b)
-    send(b, "a question from tab B")
-    b.wait_for_selector("[data-testid=notice]:has-text('another tab')")
-    assert b.input_value("[data-testid=input]") == "a question from tab B"
-    assert bodies_b == []
+    bodies_b = held_while_written_elsewhere(b, "a question from tab B")
 
     # A ends its reply: B shows the whole of it, as an ordinary reply.
     final = whole_reply_reaches_the_other_tab(a, b, cdp)
