@@ -30,26 +30,73 @@ DRY_MAX_TAIL_TOK = 20        # ... and a breaker's tail to this many tokens
 DRY_FLOAT_MAX_LOG = 88.7228391
 F32_MAX = float(np.finfo(np.float32).max)
 DRY_CACHE_MAX = 256          # breaker strings whose tokens are kept, per tokenizer
+# ... and (head, tail) pairs, in each of the two caches: 64 breakers starting with "e"
+# make 746,000 pairs for Qwen (one per token ending with "e", per breaker), 90 MB as
+# lists, and requests with ever new ones filled the caches with gigabytes.
+DRY_CACHE_PAIRS = 1_000_000
 DRY_GALLOP_WORK = 8          # dry_match_lengths' comparisons per window token, at most
+TRIE_STRIDE = 2**32          # DryBreakers' trie edges: node * this + token, tokens below it
 
 
 @dataclass(frozen=True, eq=False)
 class DryBreakers:
     """DRY's sequence breakers as tokens. A breaker is a head token and a tail, the tokens
     that must follow it (none for most: a token whose text holds "\n" breaks by itself).
-    tails: {head id: (tail, ...)}, each tail a tuple of ids."""
+    tails: {head id: (tail, ...)}, each tail a tuple of ids.
+
+    The distinct tails also make a trie (node 0 the root), and each (head, tail) pair a
+    key, head * nodes + the node where that tail ends, so that dry_repeat_limit reads
+    the tokens after every head of a window at once, one token a round: a head may have a
+    thousand tails (64 breakers of "=" signs, a token of 16 of them opening each at 16
+    places), and trying them one by one at each head cost seconds per token."""
     tails: dict
     is_head: np.ndarray = field(init=False, repr=False)    # bool [max id + 1]
     is_single: np.ndarray = field(init=False, repr=False)  # ... heads with an empty tail
+    edge_keys: np.ndarray = field(init=False, repr=False)  # sorted node * TRIE_STRIDE + token
+    edge_child: np.ndarray = field(init=False, repr=False)  # ... the node each one leads to
+    pair_keys: np.ndarray = field(init=False, repr=False)  # sorted head * nodes + tail's end
+    n_nodes: int = field(init=False, repr=False)
+    depth: int = field(init=False, repr=False)              # the longest tail's length
 
     def __post_init__(self):
         size = max(self.tails, default=-1) + 1
         is_head, is_single = np.zeros(size, dtype=bool), np.zeros(size, dtype=bool)
+        children: dict = {}               # (node, token) -> node
+        end_of: dict = {(): 0}            # tail -> the node where it ends
         for head, tails in self.tails.items():
             is_head[head] = True
             is_single[head] = () in tails
-        object.__setattr__(self, "is_head", is_head)
-        object.__setattr__(self, "is_single", is_single)
+            for tail in tails:
+                if tail not in end_of:
+                    node = 0
+                    for t in tail:
+                        node = children.setdefault((node, t), len(children) + 1)
+                    end_of[tail] = node
+        n_nodes = len(children) + 1
+        pairs = np.fromiter((head * n_nodes + end_of[tail] for head, tails in self.tails.items()
+                             for tail in tails if tail), dtype=np.int64)
+        edges = np.fromiter((node * TRIE_STRIDE + t for node, t in children), dtype=np.int64,
+                            count=len(children))
+        order = np.argsort(edges)
+        child = np.fromiter(children.values(), dtype=np.int64, count=len(children))
+        for name, value in (("is_head", is_head), ("is_single", is_single),
+                            ("edge_keys", edges[order]), ("edge_child", child[order]),
+                            ("pair_keys", np.sort(pairs)), ("n_nodes", n_nodes),
+                            ("depth", max(map(len, end_of)))):
+            object.__setattr__(self, name, value)
+
+    def child_nodes(self, nodes: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        """The trie's node after each of `nodes` reading the token beside it; -1 where the
+        node has no such child. (Only called with a tail somewhere: there are edges.)"""
+        keys = nodes * TRIE_STRIDE + tokens
+        at = np.minimum(np.searchsorted(self.edge_keys, keys), self.edge_keys.size - 1)
+        return np.where(self.edge_keys[at] == keys, self.edge_child[at], -1)
+
+    def tail_of_head(self, heads: np.ndarray, nodes: np.ndarray) -> np.ndarray:
+        """bool: does a tail of each head end at the node beside it?"""
+        keys = heads * self.n_nodes + nodes
+        at = np.minimum(np.searchsorted(self.pair_keys, keys), max(self.pair_keys.size - 1, 0))
+        return self.pair_keys[at] == keys if self.pair_keys.size else np.zeros(keys.size, bool)
 
     @classmethod
     def from_token_sequences(cls, seqs) -> "DryBreakers":
@@ -58,9 +105,9 @@ class DryBreakers:
         tails: dict = {}
         for seq in seqs:
             seq = tuple(int(t) for t in seq)
-            if seq and seq[1:] not in tails.setdefault(seq[0], ()):
-                tails[seq[0]] += (seq[1:],)
-        return cls(tails)
+            if seq:
+                tails.setdefault(seq[0], {})[seq[1:]] = None   # a set that keeps the order
+        return cls({head: tuple(found) for head, found in tails.items()})
 
     def heads_at(self, ids: np.ndarray) -> np.ndarray:
         return _flags(self.is_head, ids)
@@ -90,10 +137,26 @@ class _VocabTexts:
     texts: list           # bytes of each token
     data: np.ndarray      # all of them end to end, uint8
     owner: np.ndarray     # the token each byte of data belongs to
+    ends: np.ndarray      # where each token's text ends in data (int64, exclusive)
+    lengths: np.ndarray   # each token's text's length in bytes (int64)
+    by_last: list         # [256]: the tokens whose text ends with that byte, in id order
 
-    def holding(self, byte: int) -> list:
-        """The tokens whose text holds this byte, in id order."""
-        return np.unique(self.owner[self.data == byte]).tolist()
+    def holding(self, raw: bytes) -> np.ndarray:
+        """The tokens whose text holds these bytes (not across two texts), in id order."""
+        n = len(raw)
+        at = np.flatnonzero(self.data[:max(self.data.size - n + 1, 0)] == raw[0])
+        for i in range(1, n):
+            at = at[self.data[at + i] == raw[i]]
+        return np.unique(self.owner[at[self.owner[at] == self.owner[at + n - 1]]])
+
+    def ending_with(self, raw: bytes) -> np.ndarray:
+        """The tokens whose text ends with these bytes, in id order."""
+        n = len(raw)
+        ids = self.by_last[raw[-1]]
+        ids = ids[self.lengths[ids] >= n]
+        for i in range(n - 1):
+            ids = ids[self.data[self.ends[ids] - n + i] == raw[i]]
+        return ids
 
 
 def _vocab_texts(tok) -> _VocabTexts:
@@ -107,8 +170,12 @@ def _vocab_texts(tok) -> _VocabTexts:
                 piece = piece[1:]
             texts.append(clean_spaces(piece) if tok.clean_spaces else piece)
         data = np.frombuffer(b"".join(texts), dtype=np.uint8)
-        owner = np.repeat(np.arange(len(texts), dtype=np.int32), [len(x) for x in texts])
-        found = _TOKEN_TEXTS[tok] = _VocabTexts(texts, data, owner)
+        lengths = np.array([len(x) for x in texts], dtype=np.int64)
+        owner = np.repeat(np.arange(len(texts), dtype=np.int32), lengths)
+        ends = np.cumsum(lengths)
+        last = np.where(lengths > 0, data[np.maximum(ends - 1, 0)] if data.size else 0, -1)
+        by_last = [np.flatnonzero(last == b) for b in range(256)]
+        found = _TOKEN_TEXTS[tok] = _VocabTexts(texts, data, owner, ends, lengths, by_last)
     return found
 
 
@@ -117,36 +184,45 @@ def _breaker_pairs(tok, breaker: bytes) -> list:
     llama.cpp's get_overlapping_token_sequences finds them: every token whose text holds
     the breaker is a head with an empty tail; a token whose text ends with the breaker's
     first k bytes (k shorter than it) is a head whose tail is the tokenization of the
-    breaker's rest, cut to DRY_MAX_TAIL_TOK tokens."""
+    breaker's rest, cut to DRY_MAX_TAIL_TOK tokens. The texts are searched with NumPy,
+    the whole vocabulary at once: a loop over the tokens holding the breaker's first
+    byte took 0.3 s a breaker for Qwen's "e" (64 of them, 20 s a request)."""
     cache = _BREAKER_PAIRS.setdefault(tok, {})
     if breaker in cache:
-        return cache[breaker]
-    if len(cache) >= DRY_CACHE_MAX:     # requests with ever new breakers: memory stays bounded
-        cache.clear()
+        return cache[breaker][0]
     vocab = _vocab_texts(tok)
-    first = breaker[:1]
-    pairs, tail_of = [], {}
-    for t in vocab.holding(breaker[0]):    # only these can hold or open the breaker
-        text = vocab.texts[t]
-        if breaker in text:
-            pairs.append((t, ()))
-            continue
-        pos, heads = text.find(first), set()
-        while pos >= 0:
-            k = len(text) - pos               # the text's last k bytes open the breaker
-            if breaker.startswith(text[pos:]):
-                if k not in tail_of:
-                    # a cut inside a character: its bytes become U+FFFD, as llama.cpp's
-                    # tokenizer reads invalid UTF-8
-                    rest = breaker[k:].decode("utf-8", errors="replace")
-                    ids = tok.tokenize(rest, add_special=False, parse_special=False)
-                    tail_of[k] = tuple(ids[:DRY_MAX_TAIL_TOK])
-                if tail_of[k] not in heads:
-                    heads.add(tail_of[k])
-                    pairs.append((t, tail_of[k]))
-            pos = text.find(first, pos + 1)
-    cache[breaker] = pairs
+    holds = vocab.holding(breaker)
+    opens = {}                           # token -> the k of each breaker start it ends with
+    for k in range(len(breaker) - 1, 0, -1):    # longest first, as the text is read
+        for t in np.setdiff1d(vocab.ending_with(breaker[:k]), holds).tolist():
+            opens.setdefault(t, []).append(k)
+    tail_of = {}
+    pairs = [(t, ()) for t in holds.tolist()]
+    for t in sorted(opens):
+        heads = set()
+        for k in opens[t]:
+            if k not in tail_of:
+                # a cut inside a character: its bytes become U+FFFD, as llama.cpp's
+                # tokenizer reads invalid UTF-8
+                rest = breaker[k:].decode("utf-8", errors="replace")
+                ids = tok.tokenize(rest, add_special=False, parse_special=False)
+                tail_of[k] = tuple(ids[:DRY_MAX_TAIL_TOK])
+            if tail_of[k] not in heads:
+                heads.add(tail_of[k])
+                pairs.append((t, tail_of[k]))
+    pairs.sort(key=lambda pair: pair[0])   # in id order (stable: a token's tails as found)
+    _keep(cache, breaker, pairs, len(pairs))
     return pairs
+
+
+def _keep(cache: dict, key, value, n_pairs: int) -> None:
+    """cache[key] = (value, n_pairs), emptying the cache first when it would then hold
+    more than DRY_CACHE_MAX entries or DRY_CACHE_PAIRS pairs: requests with ever new
+    breakers keep its memory bounded."""
+    if len(cache) >= DRY_CACHE_MAX or \
+            sum(n for _, n in cache.values()) + n_pairs > DRY_CACHE_PAIRS:
+        cache.clear()
+    cache[key] = (value, n_pairs)
 
 
 def dry_breakers_from_text(tok, breakers) -> DryBreakers:
@@ -155,27 +231,43 @@ def dry_breakers_from_text(tok, breakers) -> DryBreakers:
     raws = tuple(b.encode("utf-8")[:DRY_MAX_BREAKER_BYTES] for b in breakers)
     cache = _BREAKER_SETS.setdefault(tok, {})
     if raws not in cache:
-        if len(cache) >= DRY_CACHE_MAX:
-            cache.clear()
-        seqs = [(head,) + tail for raw in raws if raw for head, tail in _breaker_pairs(tok, raw)]
-        cache[raws] = DryBreakers.from_token_sequences(seqs)
-    return cache[raws]
+        tails: dict = {}
+        for raw in raws:
+            for head, tail in _breaker_pairs(tok, raw) if raw else ():
+                tails.setdefault(head, {})[tail] = None   # a set that keeps the order
+        made = DryBreakers({head: tuple(seen) for head, seen in tails.items()})
+        _keep(cache, raws, made, made.pair_keys.size + len(tails))
+    return cache[raws][0]
 
 
 def dry_repeat_limit(window: np.ndarray, breakers: DryBreakers | None) -> int:
     """How many of the window's last tokens a repeat may span: those after the last
     breaker, found as llama.cpp finds it: the latest head token whose whole tail follows it
-    (the longest such tail, when it has several). The window's length when none is there."""
+    (the longest such tail, when it has several). The window's length when none is there.
+    Every head of the window goes down the breakers' trie together, one token a round."""
     n = window.size
     if breakers is None or not breakers.tails:
         return n
-    for pos in np.flatnonzero(breakers.heads_at(window))[::-1].tolist():
-        after = n - 1 - pos                     # tokens after the head
-        fits = [len(tail) for tail in breakers.tails[int(window[pos])]
-                if len(tail) <= after and tuple(window[pos + 1:pos + 1 + len(tail)].tolist()) == tail]
-        if fits:
-            return after - max(fits)
-    return n
+    pos = np.flatnonzero(breakers.heads_at(window))
+    if not pos.size:
+        return n
+    heads = window[pos]
+    best = np.where(breakers.singles_at(heads), 0, -1)   # the longest tail after each head
+    node = np.zeros(pos.size, dtype=np.int64)           # each head's place in the trie
+    live = np.arange(pos.size)
+    for d in range(1, breakers.depth + 1):
+        live = live[pos[live] + d < n]                  # a tail must lie within the window
+        if not live.size:
+            break
+        nxt = breakers.child_nodes(node[live], window[pos[live] + d])
+        live, nxt = live[nxt >= 0], nxt[nxt >= 0]       # heads whose tails go on
+        node[live] = nxt
+        best[live[breakers.tail_of_head(heads[live], nxt)]] = d
+    fits = np.flatnonzero(best >= 0)
+    if not fits.size:
+        return n
+    k = fits[-1]                                        # the latest head with a whole tail
+    return int(n - 1 - pos[k] - best[k])
 
 
 def dry_match_lengths(window: np.ndarray, limit: int) -> np.ndarray:
