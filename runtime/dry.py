@@ -29,8 +29,10 @@ DRY_MAX_TAIL_TOK = 20        # ... and a breaker's tail to this many tokens
 # base ** exponent stays a finite float32.
 DRY_FLOAT_MAX_LOG = 88.7228391
 F32_MAX = float(np.finfo(np.float32).max)
-DRY_CACHE_MAX = 256          # breaker strings whose tokens are kept, per tokenizer
-# ... and (head, tail) pairs, in each of the two caches: 64 breakers starting with "e"
+# Entries in each of the two breaker caches, per tokenizer (a breaker string, or a list
+# of them, whose tokens are kept) ...
+DRY_CACHE_MAX = 256
+# ... and (head, tail) pairs, in each of them: 64 breakers starting with "e"
 # make 746,000 pairs for Qwen (one per token ending with "e", per breaker), 90 MB as
 # lists, and requests with ever new ones filled the caches with gigabytes.
 DRY_CACHE_PAIRS = 1_000_000
@@ -102,18 +104,23 @@ class DryBreakers:
     def from_token_sequences(cls, seqs) -> "DryBreakers":
         """Breakers given as token sequences: the first token is the head, the rest its
         tail (llama.cpp's llama_sampler_init_dry_testing)."""
-        tails: dict = {}
-        for seq in seqs:
-            seq = tuple(int(t) for t in seq)
-            if seq:
-                tails.setdefault(seq[0], {})[seq[1:]] = None   # a set that keeps the order
-        return cls({head: tuple(found) for head, found in tails.items()})
+        seqs = [tuple(int(t) for t in seq) for seq in seqs]
+        return cls(_tails_by_head((seq[0], seq[1:]) for seq in seqs if seq))
 
     def heads_at(self, ids: np.ndarray) -> np.ndarray:
         return _flags(self.is_head, ids)
 
     def singles_at(self, ids: np.ndarray) -> np.ndarray:
         return _flags(self.is_single, ids)
+
+
+def _tails_by_head(pairs) -> dict:
+    """DryBreakers' `tails` from (head, tail) pairs: each head's tails in the order first
+    seen, each once (two breakers give one pair twice where a token's text holds both)."""
+    tails: dict = {}
+    for head, tail in pairs:
+        tails.setdefault(head, {})[tail] = None   # a dict as a set that keeps the order
+    return {head: tuple(found) for head, found in tails.items()}
 
 
 def _flags(table: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -134,6 +141,8 @@ _BREAKER_SETS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # ... a
 
 @dataclass(frozen=True, eq=False)
 class _VocabTexts:
+    """Every token's text, laid end to end, so that the tokens holding (or ending with)
+    a breaker are found in the whole vocabulary by a few NumPy comparisons."""
     texts: list           # bytes of each token
     data: np.ndarray      # all of them end to end, uint8
     owner: np.ndarray     # the token each byte of data belongs to
@@ -199,7 +208,7 @@ def _breaker_pairs(tok, breaker: bytes) -> list:
     tail_of = {}
     pairs = [(t, ()) for t in holds.tolist()]
     for t in sorted(opens):
-        heads = set()
+        seen = set()                     # t's tails so far: two cuts may give the same
         for k in opens[t]:
             if k not in tail_of:
                 # a cut inside a character: its bytes become U+FFFD, as llama.cpp's
@@ -207,8 +216,8 @@ def _breaker_pairs(tok, breaker: bytes) -> list:
                 rest = breaker[k:].decode("utf-8", errors="replace")
                 ids = tok.tokenize(rest, add_special=False, parse_special=False)
                 tail_of[k] = tuple(ids[:DRY_MAX_TAIL_TOK])
-            if tail_of[k] not in heads:
-                heads.add(tail_of[k])
+            if tail_of[k] not in seen:
+                seen.add(tail_of[k])
                 pairs.append((t, tail_of[k]))
     pairs.sort(key=lambda pair: pair[0])   # in id order (stable: a token's tails as found)
     _keep(cache, breaker, pairs, len(pairs))
@@ -231,12 +240,9 @@ def dry_breakers_from_text(tok, breakers) -> DryBreakers:
     raws = tuple(b.encode("utf-8")[:DRY_MAX_BREAKER_BYTES] for b in breakers)
     cache = _BREAKER_SETS.setdefault(tok, {})
     if raws not in cache:
-        tails: dict = {}
-        for raw in raws:
-            for head, tail in _breaker_pairs(tok, raw) if raw else ():
-                tails.setdefault(head, {})[tail] = None   # a set that keeps the order
-        made = DryBreakers({head: tuple(seen) for head, seen in tails.items()})
-        _keep(cache, raws, made, made.pair_keys.size + len(tails))
+        made = DryBreakers(_tails_by_head(pair for raw in raws if raw
+                                          for pair in _breaker_pairs(tok, raw)))
+        _keep(cache, raws, made, made.pair_keys.size + len(made.tails))
     return cache[raws][0]
 
 
@@ -356,6 +362,7 @@ def dry_penalties(history, p: SamplingParams) -> tuple[np.ndarray, np.ndarray]:
     last = np.append(ids[1:] != ids[:-1], True)
     ids, lengths = ids[last], lengths[last]
     exponent = (lengths - allowed).astype(np.float64)
+    # llama.cpp's test: a base at 1 (log 0) never overflows, and gets no cap
     if p.dry_base > 1.000001:
         cap = int(DRY_FLOAT_MAX_LOG / math.log(p.dry_base))
         if cap > 0:

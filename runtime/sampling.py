@@ -70,11 +70,14 @@ class SamplingParams:
 
     @property
     def dry_on(self) -> bool:
+        """llama.cpp skips DRY at multiplier 0, a base below 1 or a window of 0 tokens;
+        llama-server's chain for Mirostat has no DRY."""
         return (self.dry_multiplier != 0 and self.dry_base >= 1 and self.dry_penalty_last_n != 0
                 and not self.mirostat)
 
     @property
     def adaptive_on(self) -> bool:
+        """Off under Mirostat, as llama-server's chain for it has no adaptive-p."""
         return self.adaptive_target >= 0 and not self.mirostat
 
 
@@ -98,7 +101,7 @@ REPORT_ROWS = 4
 # Mirostat v1 estimates the slope of the model's Zipf-like distribution from this many of
 # its best tokens (llama-server's m).
 MIROSTAT_M = 100
-FLOAT_MAX = float(np.finfo(np.float64).max)
+F64_MAX = float(np.finfo(np.float64).max)
 
 
 class NoTokenAllowed(Exception):
@@ -228,7 +231,7 @@ def dynamic_temperature(z: np.ndarray, temp: float, delta: float, exponent: floa
         return temp          # one candidate: any temperature gives it probability 1
     # hi is kept finite, as is the result: a huge temperature plus a huge range made inf,
     # and inf·0 (a sure model) or a banned token's -inf / inf is NaN, a failed draw.
-    lo, hi = max(0.0, temp - delta), min(temp + delta, FLOAT_MAX)
+    lo, hi = max(0.0, temp - delta), min(temp + delta, F64_MAX)
     # max: a sure model's entropy, -(1 log 1), is -0.0, and -0.0 ** -x is -inf
     spread = max(0.0, min(_entropy_nats(_softmax_sorted(z)) / math.log(z.size), 1.0))
     # A negative exponent (llama.cpp takes any) sends the temperature above hi, and to
@@ -237,7 +240,7 @@ def dynamic_temperature(z: np.ndarray, temp: float, delta: float, exponent: floa
         scale = float(np.power(np.float64(spread), exponent))
     if hi <= lo:       # a negative temperature's range, or one lost to rounding
         return lo
-    return min(lo + (hi - lo) * scale, FLOAT_MAX)
+    return min(lo + (hi - lo) * scale, F64_MAX)
 
 
 def mirostat_k(z: np.ndarray, mu: float, n_vocab: int) -> int:
@@ -366,7 +369,7 @@ ADAPTIVE_SHARPNESS = 10.0
 ADAPTIVE_MAX_DECAY = 0.99
 
 
-def adaptive_decay(decay: float) -> float:
+def clamped_adaptive_decay(decay: float) -> float:
     """adaptive-p's decay, taken in [0, 0.99] as llama.cpp takes it."""
     return min(max(decay, 0.0), ADAPTIVE_MAX_DECAY)
 
@@ -395,7 +398,7 @@ class Sampler:
         # adaptive-p's moving average of the drawn tokens' probabilities (before its own
         # reshaping): their decayed sum and the sum of the decays, started where the
         # average is the target (llama.cpp's llama_sampler_init_adaptive_p)
-        decay = adaptive_decay(params.adaptive_decay)
+        decay = clamped_adaptive_decay(params.adaptive_decay)
         self.adaptive_sum = params.adaptive_target / (1.0 - decay)
         self.adaptive_weight = 1.0 / (1.0 - decay)
 
@@ -519,6 +522,8 @@ class Sampler:
         if not p.adaptive_on:
             return probs
         target = min(p.adaptive_target, 1.0)
+        # aim as far past the target as the recent draws fell short of it (or the other
+        # way), so that their average comes back to it
         if self.adaptive_weight != 0:
             target = 2.0 * target - self.adaptive_sum / self.adaptive_weight
         return adaptive_p_probs(probs, min(max(target, 0.0), 1.0), np.isfinite(z[ids]))
@@ -526,7 +531,7 @@ class Sampler:
     def _adaptive_update(self, prob: float) -> None:
         """After a draw: the drawn token's probability before the reshaping joins the
         average, the older ones decaying."""
-        decay = adaptive_decay(self.params.adaptive_decay)
+        decay = clamped_adaptive_decay(self.params.adaptive_decay)
         self.adaptive_sum = prob + decay * self.adaptive_sum
         self.adaptive_weight = 1.0 + decay * self.adaptive_weight
 
@@ -536,15 +541,15 @@ class Sampler:
         p[tok] the chosen token's prob.
 
         The distribution is the one the token is drawn from, before the sampler's own
-        truncation: the model's softmax after logit_bias and the penalties (Mirostat goes
-        without the penalties, so they are left out under it too), restricted to
-        the tokens the constraint allows (JSON, tool calls) and renormalised over them.
+        truncation: the model's softmax after logit_bias, the penalties and DRY (Mirostat
+        goes without the penalties and DRY, so they are left out under it too), restricted
+        to the tokens the constraint allows (JSON, tool calls) and renormalised over them.
         So the chosen token is always in it with a probability above 0, a token the
         constraint or a -inf bias forbids is never listed, and a token the constraint
         forces has probability 1 (OpenAI's structured outputs report the same). top-k,
-        top-p, min-p and the temperature are left out, as OpenAI's logprobs and
+        top-p, min-p, the temperature and adaptive-p are left out, as OpenAI's logprobs and
         llama-server's n_probs (without post_sampling_probs) leave them out: a greedy
-        reply still tells how sure the model was. Without a bias, penalties or a
+        reply still tells how sure the model was. Without a bias, penalties, DRY or a
         constraint this is the plain softmax of the logits, as llama-server reports.
 
         p[tok] is meaningful only for a token the constraint allows. Its normaliser

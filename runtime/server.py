@@ -522,8 +522,9 @@ def build_app(st: State) -> bottle.Bottle:
                     "top_logprobs": [legacy_tops(model, ev.probs) for ev in toks],
                     "text_offset": [offsets.push(ev.token) for ev in toks]}
 
-        def usage(finals):  # each prompt counted once, as OpenAI counts it; every
-            # candidate's tokens (OpenAI bills best_of's too)
+        def usage(finals):
+            # each prompt counted once, as OpenAI counts it, and every candidate's tokens
+            # (OpenAI bills best_of's too)
             n_prompt = sum(f.prompt_tokens for f in finals[::best_of])
             n_reply = sum(f.completion_tokens for f in finals)
             return {"prompt_tokens": n_prompt, "completion_tokens": n_reply,
@@ -557,7 +558,7 @@ def build_app(st: State) -> bottle.Bottle:
             """Choice k as it comes; returns its final event. prompt_lps: the legacy
             logprobs of each prompt (by its place in the list), once its first choice has
             them."""
-            p = k // n
+            p = k // n  # (streamed, best_of is n: get_best_of refuses more with stream)
             (ids, _), before = prompts[p], befores[p]
             offsets = TextOffsets(model, start=len(before))
 

@@ -174,7 +174,7 @@ class _Chat:
 
     def ask(self, user_text: str) -> str | None:
         """Stream the answer to stdout; return it (None on an error already reported)."""
-        under_way: list = []  # the request, once submitted
+        under_way: list = []  # the request, once _ask has submitted it: seen here too
         try:
             return self._ask(user_text, under_way)
         except (SystemExit, RuntimeError) as e:
@@ -184,6 +184,7 @@ class _Chat:
             # good (see server.stop_generating). Out here, not beside _ask's Ctrl+C
             # handling: a Ctrl+C and a `kill` at once raised the SystemExit inside that
             # handling (before its cancel, or in its wait), and the chat ended mid-step.
+            # (A RuntimeError may be that SystemExit's aftermath: see _exit_under.)
             leaving = _exit_under(e)
             if leaving is None:
                 raise
@@ -309,16 +310,16 @@ def _let_interrupts_settle(seconds: float = 0.3) -> None:
             pass
 
 
+_LEAVING = [0]  # the signal _leave was run for, noted before it does anything else
+
+
 def _exit_on_sigterm() -> None:
     """`kill` of a chat in a terminal leaves through the `finally` blocks (status 143, as
     if killed by the signal), so that the terminal gets its line editing and echo back:
     both line readers keep it in raw mode while they wait at the prompt."""
     if threading.current_thread() is threading.main_thread():
-        _LEAVING[0] = 0
+        _LEAVING[0] = 0  # a note left by an earlier chat in this process is not ours
         signal.signal(signal.SIGTERM, _leave)
-
-
-_LEAVING = [0]  # the signal _leave was run for, noted before it does anything else
 
 
 def _leave(signum, frame):
@@ -810,9 +811,9 @@ def _readline_reader(fd: int, out, typed_ahead: str, encoding: str | None = None
 
 
 def _readline_function(readline, name: str):
-    """GNU readline's C function `name`, which Python's module leaves out (looked up in
-    the libraries the module was loaded with), returning nothing; None where it is not
-    found (libedit)."""
+    """GNU readline's C function `name` (called for its effect: no result is read), which
+    Python's module leaves out, looked up in the libraries the module was loaded with;
+    None where it is not found (libedit)."""
     try:
         import ctypes
         function = getattr(ctypes.CDLL(getattr(readline, "__file__", None)), name)

@@ -10,9 +10,10 @@ Three memory modes (model.py's Model.load picks one):
   int8 codes with a scale per row and per column (Int8Matrix, 1 byte per weight,
   [n_out, n_in] rows); each matmul turns chunks of rows back into float32, on two threads
   for a single token.
-Every class here has a matmul(x): [T, n_in] -> [T, n_out], which is all the forward pass
-sees of it. WeightLoader turns tensor names into one of them, fusing several tensors
-(q/k/v, gate/up) into one matrix.
+Every weight class here has a matmul(x): [T, n_in] -> [T, n_out], which is all the
+forward pass sees of it. The token embedding is only looked up, take(ids): [T] -> [T, n_embd]
+(a QuantMatrix, or HeadColumns for a tied float32 head). WeightLoader turns tensor names
+into one of them, fusing several tensors (q/k/v, gate/up) into one matrix.
 """
 from __future__ import annotations
 
@@ -72,7 +73,8 @@ class QuantMatrix:
         return quants.dequantize(raw.reshape(-1), self.ggml_type, (ids.size, self.shape[1]))
 
     def in_memory(self) -> "QuantMatrix":
-        """The same matrix with its blocks copied out of the mapped file into memory."""
+        """The same matrix with its blocks copied out of the mapped file into memory, so
+        that the file need not stay mapped (nor leased) for it after the load."""
         raw = resident_array(self.raw.shape, np.uint8)
         raw[:] = self.raw
         return QuantMatrix(raw, self.ggml_type, self.shape)
@@ -94,7 +96,7 @@ class HeadColumns:
 
     def __init__(self, head: np.ndarray):
         self.head = head  # [n_embd, n_vocab]
-        self.shape = head.shape[::-1]
+        self.shape = head.shape[::-1]  # the embedding's, [n_vocab, n_embd]
 
     def take(self, ids: np.ndarray) -> np.ndarray:
         # [T] -> [T, n_embd]; C order, as the blocks' lookup gives it: the layers' matmuls
