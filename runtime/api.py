@@ -440,7 +440,7 @@ def eog_banned(bias: dict | None, model) -> dict:
     return out
 
 
-def sampler_fields(body, d, model=None) -> dict:
+def sampler_fields(body, d) -> dict:
     """llama.cpp's samplers past top-k, top-p and min-p (runtime/sampling.py), each off at
     llama-server's default (d's). A value llama-server reads as off is taken as off
     (typical_p above 1; top_n_sigma, dynatemp_range, xtc_probability at or below 0;
@@ -448,7 +448,7 @@ def sampler_fields(body, d, model=None) -> dict:
     does something with it, so do we, the same thing: typical_p 0 or below keeps the most
     typical token (min_keep of them), a negative dynatemp_exponent heats a sure model,
     a negative mirostat_tau or mirostat_eta is taken as it is. One with no meaning is a
-    400. model: its tokenizer turns DRY's sequence breakers into tokens."""
+    400. (DRY's fields: dry_fields.)"""
     mirostat = get_int(body, "mirostat", d.mirostat)
     if mirostat not in (0, 1, 2):
         raise ApiError(400, f"'mirostat' must be 0 (off), 1 or 2 (Mirostat v1, v2), "
@@ -468,20 +468,18 @@ def sampler_fields(body, d, model=None) -> dict:
         mirostat=mirostat,
         mirostat_tau=get_num(body, "mirostat_tau", d.mirostat_tau),  # bits
         mirostat_eta=get_num(body, "mirostat_eta", d.mirostat_eta),
-        # adaptive-p: llama.cpp takes its decay in [0, 0.99] (runtime.sampling.adaptive_decay)
+        # adaptive-p: llama.cpp takes its decay in [0, 0.99] (sampling.clamped_adaptive_decay)
         adaptive_target=get_num(body, "adaptive_target", d.adaptive_target),
         adaptive_decay=get_num(body, "adaptive_decay", d.adaptive_decay),
-        **dry_fields(body, d, model),
     )
 
 
-def dry_fields(body, d, model) -> dict:
+def dry_fields(body, d) -> tuple[dict, list]:
     """llama-server's DRY settings, with its limits: dry_penalty_last_n -1 (the whole
     history) or more, dry_base below 1 taken as its default 1.75, dry_sequence_breakers a
-    non-empty list of strings. The breakers become tokens only when DRY is on (a
-    multiplier of 0, the default, costs nothing), and only with a model to tokenize them
-    (tests call this without one: no breakers then)."""
-    from runtime.dry import DRY_SEQUENCE_BREAKERS, dry_breakers_from_text
+    non-empty list of strings. -> (SamplingParams' fields, the breakers as strings:
+    sampling_params turns them into tokens when DRY is on)."""
+    from runtime.dry import DRY_SEQUENCE_BREAKERS
     out = dict(
         dry_multiplier=get_num(body, "dry_multiplier", d.dry_multiplier),
         dry_base=get_num(body, "dry_base", d.dry_base),
@@ -501,12 +499,11 @@ def dry_fields(body, d, model) -> dict:
     elif len(breakers) > MAX_DRY_BREAKERS:
         raise ApiError(400, f"'dry_sequence_breakers' may have at most {MAX_DRY_BREAKERS} "
                             f"strings, got {len(breakers)}")
-    if out["dry_multiplier"] != 0 and out["dry_penalty_last_n"] != 0 and model is not None:
-        out["dry_breakers"] = dry_breakers_from_text(model.tokenizer, breakers)
-    return out
+    return out, breakers
 
 
 def sampling_params(body, *, openai: bool, default_temp: float | None = None, model=None):
+    from runtime.dry import dry_breakers_from_text
     from runtime.sampling import SamplingParams
     check_llama_fields(body)
     d = SamplingParams()
@@ -524,7 +521,8 @@ def sampling_params(body, *, openai: bool, default_temp: float | None = None, mo
     bias = get_logit_bias(body, model) if model is not None else None
     if get_bool(body, "ignore_eos", False) and model is not None:
         bias = eog_banned(bias, model)
-    return SamplingParams(
+    dry, breakers = dry_fields(body, d)
+    params = SamplingParams(
         temperature=get_num(body, "temperature", d.temperature, *((0, 2) if openai else (None, None))),
         top_k=get_int(body, "top_k", d.top_k, lo=-1, hi=INT32_MAX),
         top_p=get_num(body, "top_p", d.top_p, 0, 1),
@@ -536,33 +534,45 @@ def sampling_params(body, *, openai: bool, default_temp: float | None = None, mo
         frequency_penalty=get_num(body, "frequency_penalty", d.frequency_penalty, -2, 2),
         seed=seed,
         logit_bias=bias,
-        **sampler_fields(body, d, model),
+        **sampler_fields(body, d),
+        **dry,
     )
+    # The breakers' tokens cost a search of the vocabulary (then cached): only when DRY is
+    # on (params.dry_on), and with a model to tokenize them (tests call this without one).
+    if params.dry_on and model is not None:
+        params.dry_breakers = dry_breakers_from_text(model.tokenizer, breakers)
+    return params
 
 
-def get_n(body, n_prompts: int = 1, stream: bool = False, ranks: bool = False) -> int:
-    """Choices per prompt: OpenAI's 'n' or llama-server's 'n_cmpl', each its own
-    generation (choice_params gives each its seed). 'best_of' (get_best_of) above n asks
-    for candidates to be ranked, which only /v1/completions does (ranks=True: the caller
-    reads it with get_best_of); elsewhere it is taken when it asks for nothing more."""
+def get_n(body, n_prompts: int = 1, stream: bool = False) -> int:
+    """Choices per prompt, on a route that ranks no candidates (all but /v1/completions):
+    get_choices' n, with 'best_of' taken only when it asks for nothing more."""
+    n, best_of = get_choices(body, n_prompts, stream)
+    if best_of > n:
+        raise ApiError(400, f"'best_of' above 'n' is only supported on /v1/completions (OpenAI's "
+                            f"legacy completions); ask for n={best_of} and choose among the "
+                            f"choices")
+    return n
+
+
+def get_choices(body, n_prompts: int = 1, stream: bool = False) -> tuple[int, int]:
+    """(n, best_of): choices per prompt, OpenAI's 'n' or llama-server's 'n_cmpl', each its
+    own generation (choice_params gives each its seed), and the candidates made for each
+    prompt (get_best_of), n unless more are to be ranked; prompts × best_of is capped."""
     n = get_int(body, "n", None, lo=1, hi=MAX_CHOICES)
     n_cmpl = get_int(body, "n_cmpl", None, lo=1, hi=MAX_CHOICES)  # llama-server's name
     if n is not None and n_cmpl is not None and n != n_cmpl:
         raise ApiError(400, f"'n' ({n}) and 'n_cmpl' ({n_cmpl}) disagree; send one of them")
     n = n or n_cmpl or 1
     best_of = get_best_of(body, n, stream)
-    if best_of > n and not ranks:
-        raise ApiError(400, f"'best_of' above 'n' is only supported on /v1/completions (OpenAI's "
-                            f"legacy completions); ask for n={best_of} and choose among the "
-                            f"choices")
-    if best_of * n_prompts > MAX_CHOICES:  # (best_of is n unless ranked)
+    if best_of * n_prompts > MAX_CHOICES:
         what = (f"n={n}", "choices") if best_of == n else (f"best_of={best_of}", "candidates")
         raise ApiError(400, f"{n_prompts} prompts × {what[0]} asks for {best_of * n_prompts} "
                             f"{what[1]}; at most {MAX_CHOICES} are made in one request")
     v = body.get("model")
     if v is not None and not isinstance(v, str):
         raise ApiError(400, "'model' must be a string")
-    return n
+    return n, best_of
 
 
 def get_best_of(body, n: int, stream: bool = False) -> int:

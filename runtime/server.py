@@ -42,7 +42,7 @@ import bottle
 from runtime import file_lease, tool_calls
 from runtime.api import (MAX_N_PROBS, MISSING, ApiError, TextOffsets, chat_ids, check_chat_fields,
                          choice_params, completion_prompts, context_overflow,
-                         error_body, get_best_of, get_bool, get_int, get_json_grammar,
+                         error_body, get_bool, get_choices, get_int, get_json_grammar,
                          get_max_tokens, get_messages, get_n,
                          get_parallel_tool_calls, get_stop, get_str, get_template_kwargs,
                          get_tool_choice, get_tools, is_int, joined_logprobs, json_bytes,
@@ -485,10 +485,9 @@ def build_app(st: State) -> bottle.Bottle:
             raise ApiError(400, "'stream_options' must be an object")
         include_usage = get_bool(opts or {}, "include_usage", False)
         prompts = completion_prompts(model, body["prompt"])
-        n = get_n(body, len(prompts), stream, ranks=True)
         # best_of above n: that many candidates of each prompt, the n best returned (not
         # streamed). Ranking needs every token's logprob: each candidate reports at least 1.
-        best_of = get_best_of(body, n, stream)
+        n, best_of = get_choices(body, len(prompts), stream)
         n_probs = max(n_lp, 1) if best_of > n else n_lp
         params = sampling_params(body, openai=True, default_temp=st.temperature, model=model)
         # OpenAI's documented default for completions is 16 tokens
