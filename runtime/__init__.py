@@ -2,7 +2,7 @@
 
     from runtime import Model
     from runtime.engine import tokenize_prompt
-    model = Model.load("model.gguf")                  # mmap, parse, dequantize once
+    model = Model.load("model.gguf")          # mmap, parse, dequantize once if it fits
     ids = tokenize_prompt(model, model.chat_prompt([{"role": "user", "content": "Hi"}]))
     print(model.detokenize(list(model.generate(ids, 64))))   # greedy, stops at end tokens
 
@@ -10,9 +10,10 @@ Reading order, the model first: model.py's docstring (the data layout and the sh
 names, once), then `Session._forward` at its end (the one forward pass, a loop over the
 layers) and the functions it calls under "The forward pass and its pieces"; archs.py is
 the table of switches by which an architecture differs from llama. Underneath: gguf.py
-(the file format) and quants.py (ggml blocks to float32). Serving it: engine.py (one
-worker, the prompt cache) and server.py (the HTTP API). docs/architecture.md lists every
-module and the names the others rely on.
+(the file format), quants.py (ggml blocks to float32) and weights.py (how a matrix is
+held: float32, int8 or the GGUF's own blocks; the loader that fuses q/k/v). Serving it:
+engine.py (one worker, the prompt cache) and server.py (the HTTP API).
+docs/architecture.md lists every module and the names the others rely on.
 """
 from runtime.errors import GGUFError
 

@@ -17,12 +17,15 @@ from runtime.gguf import GGUFError
 
 @dataclass(frozen=True)
 class ArchDefaults:
+    """One row of ARCHS: the switches an architecture sets. The defaults are llama's."""
     rope_style: str = "norm"  # "norm": rotate pairs (2i, 2i+1); "neox": pairs (i, i + n_rot/2)
     activation: str = "silu"  # FFN gate activation: "silu" or "gelu" (tanh approximation)
     post_norms: bool = False  # norm the attention and FFN outputs before the residual add
     qk_norm: bool = False  # RMS-norm each head of q and k before rope
     embed_scale_sqrt: bool = False  # multiply embeddings by sqrt(n_embd) (Gemma)
-    swa_pattern: int = 0  # with n: layer il uses the sliding window iff il % n < n - 1
+    # with n: layer il uses the sliding window iff il % n < n - 1 (2: every other layer,
+    # 6: five layers of six); the window's size comes from metadata
+    swa_pattern: int = 0
     rope_base_local: float | None = None  # rope base of sliding-window layers (Gemma 3)
 
 
@@ -51,7 +54,7 @@ class ArchConfig:
     n_head: int
     n_head_kv: int  # n_head, or fewer: grouped-query attention
     head_dim: int  # of q and k
-    head_dim_v: int
+    head_dim_v: int  # of v; head_dim unless the GGUF gives v its own
     n_ff: int  # FFN hidden size (of each expert, with experts)
     n_vocab: int
     n_ctx_train: int
@@ -88,6 +91,9 @@ def supported() -> list[str]:
 
 
 def config_from_metadata(md: dict, n_vocab: int) -> ArchConfig:
+    """The ArchConfig of a GGUF: its architecture's row of ARCHS plus the numbers under
+    "{arch}.*" keys. An unknown architecture, or a required key missing, mistyped or out
+    of range, is a GGUFError that names it."""
     arch = md.get("general.architecture")
     if not isinstance(arch, str):
         raise GGUFError("general.architecture is missing: is this a model file?")
