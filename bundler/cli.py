@@ -76,6 +76,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _full_flags(baked: list[str]) -> list[str]:
+    """The args with each abbreviated `chatfile run` option written in full (`--no-brow`
+    -> `--no-browser`), as argparse reads them. A bundle's start looks for some flags by
+    their full names (`--cli` drops the server's; the hidden ones are refused): baked
+    `--no-brow` made every `--cli` start fail with "unrecognized arguments", and a baked
+    `--gguf-o 0` slipped past that refusal and broke every start. Ambiguous or unknown
+    ones are left for the parser to refuse."""
+    from runtime import cli as runtime_cli
+    run = runtime_cli.build_parser().commands["run"]
+    longs = [f for a in run._actions for f in a.option_strings if f.startswith("--")]
+    out = list(baked)
+    for i, arg in enumerate(baked):
+        if arg == "--":  # what follows is no option
+            break
+        name, eq, value = arg.partition("=")
+        if not name.startswith("--") or len(name) < 3 or name in longs:
+            continue
+        matches = [f for f in longs if f.startswith(name)]
+        if len(matches) == 1:
+            out[i] = matches[0] + eq + value
+    return out
+
+
 def _check_baked_args(baked: list[str]) -> str | None:
     """What is wrong with args to bake into a bundle, or None. They are parsed the way
     every start of the bundle will parse them (`chatfile run MODEL *baked`), so that a
@@ -162,6 +185,24 @@ STDOUT_REFUSED = ("chatfile: error: -o -: the output cannot go to stdout; give a
                   "(-o ./- for a file named \"-\")")
 
 
+def _is_utf8(text: str) -> bool:
+    """False for a command-line value with bytes that are not UTF-8: Python decodes them
+    to lone surrogates (surrogateescape), which no UTF-8 file can hold."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _is_gguf(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"GGUF"
+    except OSError:  # missing (the usual case), or not to be read: nothing to protect here
+        return False
+
+
 def _special_file(path: str) -> bool:
     """A path that exists but is neither a regular file nor a directory: a FIFO (reading
     one blocks forever) or a device (an output renamed into place would replace it: `-o
@@ -173,11 +214,18 @@ def cmd_bundle(a) -> int:
     from bundler import splice, stub
     from runtime import cli as runtime_cli
 
+    for flag, text in (("--args", a.args), ("--title", a.title)):
+        if not _is_utf8(text or ""):  # the trailer is UTF-8 JSON: it was a traceback
+            print(f"chatfile: error: {flag} {text!r} holds bytes that are not UTF-8 text "
+                  f"(typed in a terminal of another encoding?); give it as UTF-8",
+                  file=sys.stderr)
+            return 2
     try:
         baked = shlex.split(a.args)
     except ValueError as e:
         print(f"chatfile: error: cannot parse --args {a.args!r}: {e}", file=sys.stderr)
         return 2
+    baked = _full_flags(baked)
     problem = _check_baked_args(baked)
     if problem:
         print(f"chatfile: error: --args {a.args!r}: {problem}", file=sys.stderr)
@@ -284,6 +332,10 @@ def cmd_stub(a) -> int:
     if carries_model:  # a bundle: the bare stub would replace the user's model in it
         print(f"chatfile: error: {a.output} is a bundle that carries a model; give the stub "
               f"another name with -o", file=sys.stderr)
+        return 1
+    if a.output and _is_gguf(a.output):  # `-o model.gguf` replaced the user's model
+        print(f"chatfile: error: {a.output} is a GGUF model; give the stub another name "
+              f"with -o", file=sys.stderr)
         return 1
     out = a.output or str(stub.cached_stub_path(a.format))
     print(f"building the {a.format} stub -> {out}", file=sys.stderr)

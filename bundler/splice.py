@@ -36,7 +36,8 @@ from dataclasses import dataclass
 
 from bundler import macho
 from runtime.embedded import (GGUF_ALIGN_BYTES, HEAD_BYTES, BundleError, Trailer,
-                              encode_head, encode_trailer, lock_while_writing, read_trailer)
+                              encode_head, encode_trailer, lock_while_writing, part_prefix,
+                              read_trailer)
 
 PYI_COOKIE_MAGIC = b"MEI\014\013\012\013\016"
 PYI_COOKIE_FORMAT = "!8sIIII64s"  # magic, package length, TOC offset, TOC length, pyvers, pylib
@@ -310,13 +311,18 @@ def splice(stub_path, gguf_path, out_path, *, fmt: str = "exe", args=(), title: 
         raise BundleError(f"unknown format {fmt!r} (expected exe or pyz)")
     gguf_size = _check_gguf(gguf_path)
     check_output(out_path, force, gguf_path, stub_path)
-    try:
-        if read_trailer(stub_path) is not None:
-            raise BundleError(f"{stub_path} already carries a model; use a bare stub")
+    try:  # opened first: read_trailer's "cannot read nope" did not say nope is the stub
         with open(stub_path, "rb") as f:
+            if read_trailer(stub_path) is not None:  # (before reading a bundle's GiBs)
+                raise BundleError(f"{stub_path} already carries a model; use a bare stub")
             stub = f.read()
     except OSError as e:
         raise BundleError(f"cannot read stub {stub_path}: {e.strerror or e}") from None
+    if fmt == "exe" and stub.startswith(b"#!") and \
+            stub.rfind(ZIP_EOCD_MAGIC, max(0, len(stub) - 65535 - ZIP_EOCD_BYTES)) >= 0:
+        # (else told it is no PyInstaller executable, and to build one)
+        raise BundleError(f"the stub {stub_path} is a .pyz stub; add --format pyz to bundle "
+                          "into it")
 
     # The trailer's length does not depend on the digest (always 64 hex digits), so the
     # whole layout is known before the GGUF is read.
@@ -353,7 +359,7 @@ def splice(stub_path, gguf_path, out_path, *, fmt: str = "exe", args=(), title: 
         raise BundleError(f"not enough free disk space in {out_dir}: the bundle needs "
                           f"{_mib(bundle_bytes + DISK_MARGIN_BYTES)}, {_mib(free_bytes)} free")
 
-    prefix = f".{os.path.basename(out_path)}."
+    prefix = part_prefix(out_path, MKSTEMP_RANDOM_BYTES + len(PART_SUFFIX))
     _remove_stale_parts(out_dir, prefix)
     try:
         fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=prefix, suffix=PART_SUFFIX)
@@ -453,6 +459,7 @@ def _codesign(tmp: str, out_path: str, trailer: Trailer, fsync: bool):
 
 
 PART_SUFFIX = ".part"
+MKSTEMP_RANDOM_BYTES = 8  # the characters tempfile.mkstemp puts between prefix and suffix
 
 
 def _remove_stale_parts(out_dir: str, prefix: str) -> None:

@@ -83,7 +83,11 @@ def get_stub(fmt: str, log=None) -> Path:
         except OSError:
             pass
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
+    problem = unwritable_dir(path.parent)
+    if problem:  # said now, not after a build of a minute
+        raise BundleError(f"cannot keep the stub in chatfile's cache: {problem}; set "
+                          "CHATFILE_CACHE_DIR to a directory you can write, or give a stub "
+                          "with --stub FILE")
     build_stub(fmt, path, log=log)
     prune_cache(fmt, path)
     return path
@@ -122,7 +126,9 @@ def build_stub(fmt: str, out: str | os.PathLike, log=None) -> float:
         raise BundleError(f"unknown stub format {fmt!r} (expected exe or pyz)")
     if out.is_dir():
         raise BundleError(f"{out} is a directory; give the stub's file name with -o")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    problem = unwritable_dir(out.parent)
+    if problem:  # before the build, not after it
+        raise BundleError(f"cannot write the stub {out}: {problem}")
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="chatfile-stub-") as work:
         built = (_build_exe if fmt == "exe" else _build_pyz)(Path(work), log)
@@ -131,10 +137,25 @@ def build_stub(fmt: str, out: str | os.PathLike, log=None) -> float:
             shutil.copyfile(built, tmp)
             os.chmod(tmp, 0o755)
             os.replace(tmp, out)
-        except BaseException:
+        except BaseException as e:
             tmp.unlink(missing_ok=True)
+            if isinstance(e, OSError):  # (a full disk): name the stub, not our temp file
+                raise BundleError(f"cannot write the stub {out}: {e.strerror or e}") from None
             raise
     return time.perf_counter() - t0
+
+
+def unwritable_dir(path: Path) -> str | None:
+    """Why the directory `path` (created if missing) cannot take a new file, or None.
+    Raw, the OS said "[Errno 30] Read-only file system: '/home/me/.cache'" (a HOME that
+    cannot be written), without the setting that avoids it."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        return f"cannot create {path}: {e.strerror or e}"
+    if not os.access(path, os.W_OK):  # (also says so for a read-only file system)
+        return f"{path} is not writable"
+    return None
 
 
 def _run(cmd: list[str], what: str, log, env=None) -> None:

@@ -296,7 +296,8 @@ def extract(path: str | os.PathLike, trailer: Trailer, out_path: str | os.PathLi
     if os.path.lexists(out_path):  # never overwrite, least of all the bundle itself
         raise BundleError(f"{out_path} already exists; remove it or extract to another name")
     directory = os.path.dirname(os.path.abspath(out_path))
-    tmp = os.path.join(directory, f".{os.path.basename(out_path)}.{os.getpid()}.part")
+    pid_part_bytes = 12  # up to 7 digits of a pid, then ".part"
+    tmp = os.path.join(directory, f"{part_prefix(out_path, pid_part_bytes)}{os.getpid()}.part")
     h = hashlib.sha256()
     try:
         dst = open(tmp, "wb")
@@ -335,6 +336,21 @@ def extract(path: str | os.PathLike, trailer: Trailer, out_path: str | os.PathLi
         if lock is not None:
             os.close(lock)
     return h.hexdigest()
+
+
+# The longest file name (in bytes) of the usual file systems (ext4, btrfs, xfs, tmpfs,
+# NTFS and APFS count 255 characters or bytes).
+NAME_MAX_BYTES = 255
+
+
+def part_prefix(out_path: str, suffix_bytes: int) -> str:
+    """".NAME." for the temporary file written before it is renamed to out_path, NAME
+    shortened so that the prefix and `suffix_bytes` more stay within NAME_MAX_BYTES: a
+    legal name of 250 bytes was refused with "File name too long" (the temporary one's)."""
+    name = os.path.basename(out_path)
+    while name and len(os.fsencode(f".{name}.")) + suffix_bytes > NAME_MAX_BYTES:
+        name = name[:-1]
+    return f".{name}."
 
 
 def lock_while_writing(tmp: str) -> int | None:
