@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from runtime.token_bytes import TokenBytes, pack, table_of
+
 if TYPE_CHECKING:
     from runtime.sampling import SamplingParams
 
@@ -133,7 +135,9 @@ def _flags(table: np.ndarray, ids: np.ndarray) -> np.ndarray:
 
 # Per tokenizer: every token's text (as llama.cpp's detokenize of it alone gives it), and
 # the (head, tail) pairs of each breaker string seen, so that a request pays for neither
-# (the first request with DRY on pays 0.4 s for Qwen's texts, then 15-30 ms a new breaker).
+# (the first request with DRY on pays 0.1-0.2 s for Qwen's texts, most of it the
+# tokenizer's shared table, which the JSON constraint then reuses; then 15-30 ms a new
+# breaker).
 _TOKEN_TEXTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _BREAKER_PAIRS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _BREAKER_SETS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # ... and lists of them
@@ -143,7 +147,7 @@ _BREAKER_SETS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # ... a
 class _VocabTexts:
     """Every token's text, laid end to end, so that the tokens holding (or ending with)
     a breaker are found in the whole vocabulary by a few NumPy comparisons."""
-    texts: list           # bytes of each token
+    texts: TokenBytes     # each token's text (its bytes are data)
     data: np.ndarray      # all of them end to end, uint8
     owner: np.ndarray     # the token each byte of data belongs to
     ends: np.ndarray      # where each token's text ends in data (int64, exclusive)
@@ -169,23 +173,70 @@ class _VocabTexts:
 
 
 def _vocab_texts(tok) -> _VocabTexts:
-    from runtime.tokenizer import clean_spaces
     found = _TOKEN_TEXTS.get(tok)
     if found is None:
-        texts = []
-        for t in range(tok.n_vocab):
-            piece = tok.token_to_piece(t, special=True)
-            if tok.add_space_prefix and piece[:1] == b" ":   # detokenize's first-token rule
-                piece = piece[1:]
-            texts.append(clean_spaces(piece) if tok.clean_spaces else piece)
-        data = np.frombuffer(b"".join(texts), dtype=np.uint8)
-        lengths = np.array([len(x) for x in texts], dtype=np.int64)
+        texts = _dry_texts(tok)
+        data, ends, lengths = texts.data, texts.starts[1:], texts.lengths
         owner = np.repeat(np.arange(len(texts), dtype=np.int32), lengths)
-        ends = np.cumsum(lengths)
         last = np.where(lengths > 0, data[np.maximum(ends - 1, 0)] if data.size else 0, -1)
         by_last = [np.flatnonzero(last == b) for b in range(256)]
         found = _TOKEN_TEXTS[tok] = _VocabTexts(texts, data, owner, ends, lengths, by_last)
     return found
+
+
+def _dry_texts(tok) -> TokenBytes:
+    """Every token's text as llama.cpp's detokenize of that token alone gives it, special
+    tokens written out: the tokenizer's shared table (runtime/token_bytes.py), less the
+    leading space add_space_prefix drops and the spaces clean_spaces tidies away."""
+    table = table_of(tok, tok.n_vocab)
+    data, lengths = table.data, table.lengths
+    if tok.add_space_prefix:
+        data, lengths = _without_first_space(data, lengths)
+    if tok.clean_spaces:
+        data, lengths = _spaces_cleaned(data, lengths)
+    starts = np.zeros(lengths.size + 1, dtype=np.int64)
+    np.cumsum(lengths, out=starts[1:])
+    return TokenBytes(data, starts, table.special, table.hidden)
+
+
+def _without_first_space(data: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Texts (end to end, and their lengths) with one leading space each taken off:
+    detokenize's rule for a first token, which a token alone is."""
+    if not data.size:
+        return data, lengths
+    starts = np.cumsum(lengths) - lengths
+    spaced = (lengths > 0) & (data[np.minimum(starts, data.size - 1)] == 0x20)
+    keep = np.ones(data.size, dtype=bool)
+    keep[starts[spaced]] = False
+    return data[keep], lengths - spaced
+
+
+def _spaces_cleaned(data: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Texts with runtime.tokenizer.clean_spaces applied to each. Its every pattern starts
+    with a space before one of ?!.,' so only the few tokens holding such a pair are read
+    one by one (109 of Qwen's; all of them took 0.3-0.5 s)."""
+    from runtime.tokenizer import clean_spaces
+    ends = np.cumsum(lengths)
+    at = np.flatnonzero((data[:-1] == 0x20) & np.isin(data[1:], np.frombuffer(b"?!.,'", np.uint8)))
+    owner = np.searchsorted(ends, at, side="right")     # the token of each pair's space
+    candidates = np.unique(owner[at + 1 < ends[owner]]).tolist()   # pair inside the token
+    changed, texts = [], []
+    for t in candidates:
+        raw = data[ends[t] - lengths[t]:ends[t]].tobytes()
+        text = clean_spaces(raw)
+        if text != raw:
+            changed.append(t)
+            texts.append(text)
+    if not changed:
+        return data, lengths
+    ids = np.array(changed, dtype=np.int64)
+    is_changed = np.zeros(lengths.size, dtype=bool)
+    is_changed[ids] = True
+    new_lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+    data, starts = pack(lengths.size, [
+        (np.flatnonzero(~is_changed), data[~np.repeat(is_changed, lengths)], lengths[~is_changed]),
+        (ids, b"".join(texts), new_lengths)])
+    return data, np.diff(starts)
 
 
 def _breaker_pairs(tok, breaker: bytes) -> list:

@@ -46,6 +46,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from runtime.token_bytes import table_of
+
 TYPES = ("object", "array", "string", "number", "integer", "boolean", "null")
 ALL_TYPES = frozenset(TYPES)
 # Read and ignored: they describe a schema, they do not constrain the value.
@@ -922,17 +924,21 @@ class Vocab:
         return piece, special
 
     def heads(self) -> tuple[np.ndarray, np.ndarray]:
-        """Every token's first two bytes. Built on first use, once per tokenizer (Qwen's
-        151,936 tokens: 0.2-0.6 s), for the search past the model's top tokens."""
+        """Every token's first two bytes, for the search past the model's top tokens.
+        Read once per tokenizer from its shared table of every token's bytes
+        (runtime/token_bytes.py: 0.06-0.1 s for Qwen's 151,936 tokens, nothing when DRY
+        built it first), where a control token has none, as token_to_piece gives it."""
         if self._head is None:
             first = np.full(self.n_vocab, -1, dtype=np.int16)
             second = np.full(self.n_vocab, 256, dtype=np.int16)
-            for tok in range(self.n_vocab):
-                piece = self._lookup(tok)[0]      # not kept: that would be 15 MB for Qwen
-                if piece:
-                    first[tok] = piece[0]
-                    if len(piece) > 1:
-                        second[tok] = piece[1]
+            table = table_of(self.tokenizer, self.n_vocab)
+            n = min(len(table), self.n_vocab)     # rows past the vocabulary: no bytes
+            starts, lengths = table.starts[:n], table.lengths[:n]
+            lengths = np.where(table.hidden[:n], 0, lengths)
+            has = np.flatnonzero(lengths > 0)
+            first[has] = table.data[starts[has]]
+            two = np.flatnonzero(lengths > 1)
+            second[two] = table.data[starts[two] + 1]
             self._head = first, second
         return self._head
 

@@ -36,6 +36,7 @@ import numpy as np
 import regex
 
 from runtime import pretokenize
+from runtime.token_bytes import TokenBytes, pack
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +173,10 @@ _CHAR_TO_BYTE = {c: b for b, c in _BYTE_TO_CHAR.items()}
 _BYTE_ENCODE_TABLE = {b: c for b, c in _BYTE_TO_CHAR.items()}
 # byte-level characters -> latin-1 characters, so .encode("latin-1") gives the raw bytes
 _BYTE_DECODE_TABLE = {ord(c): b for c, b in _CHAR_TO_BYTE.items()}
+# ... as an array by code point: what text.translate(that).encode("latin-1") makes of
+# each character (latin-1 ones the table leaves are themselves; -1: encode would fail)
+_BYTE_OF_CHAR = np.array([_BYTE_DECODE_TABLE.get(c, c if c < 256 else -1)
+                          for c in range(max(_BYTE_DECODE_TABLE) + 1)], dtype=np.int16)
 
 
 def _bpe_decode_text(text: str) -> bytes:
@@ -689,6 +694,51 @@ class Tokenizer:
     def token_to_piece(self, token_id, special: bool = False) -> bytes:
         """The bytes one token stands for (control/unknown tokens: b"" unless special)."""
         return self._piece(token_id, special)
+
+    def token_bytes(self) -> TokenBytes:
+        """Every token's token_to_piece(t, special=True), end to end, built anew: use
+        runtime.token_bytes.table_of(tokenizer), which keeps it. The ordinary tokens (all
+        but a few thousand) are rendered together, from one join of every token's text:
+        a bytes object per token took 0.2 s for Qwen's vocabulary."""
+        attrs = np.fromiter(self._attrs, dtype=np.int64, count=self.n_vocab)
+        special = (attrs & _SPECIAL_ATTRS) != 0
+        hidden = (attrs & (ATTR_UNKNOWN | ATTR_CONTROL)) != 0
+        ordinary = ((attrs & ATTR_NORMAL) != 0) & ~special      # _render's text branch
+        rendered = self._render_ordinary(ordinary)
+        if rendered is None:          # a text only _render reads right: one at a time
+            ordinary[:] = False
+            rendered = np.zeros(0, dtype=np.uint8), np.zeros(0, dtype=np.int64)
+        rest = np.flatnonzero(~ordinary)
+        pieces = [self._render(t) for t in rest.tolist()]
+        rest_lengths = np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces))
+        data, starts = pack(self.n_vocab, [(np.flatnonzero(ordinary), *rendered),
+                                           (rest, b"".join(pieces), rest_lengths)])
+        return TokenBytes(data, starts, special, hidden)
+
+    def _render_ordinary(self, ordinary: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """_render of the tokens `ordinary` (bool [n]; normal ones), all at once: their
+        bytes end to end (uint8) and each one's length; None when a text is no byte-level
+        text (_bpe_decode_text's [UNK_BYTE_...] case) or no valid Unicode."""
+        chars = np.fromiter(map(len, self._texts), dtype=np.int64, count=self.n_vocab)
+        joined = "".join(self._texts)
+        keep = np.repeat(ordinary, chars)           # per character: is its token ordinary
+        try:
+            if self.vocab_type == "spm" or self.escape_whitespaces:
+                u8 = np.frombuffer(joined.replace(_SPACE, " ").encode("utf-8"), dtype=np.uint8)
+                char_starts = np.append(np.flatnonzero((u8 & 0xC0) != 0x80), u8.size)
+                widths = np.diff(char_starts)       # each character's bytes
+                token_ends = char_starts[np.cumsum(chars)]
+                return u8[np.repeat(keep, widths)], np.diff(token_ends, prepend=0)[ordinary]
+            codes = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)[keep]
+        except UnicodeEncodeError:
+            return None
+        # byte-level BPE: one character per byte, as _bpe_decode_text reads it
+        if codes.size and codes.max() >= _BYTE_OF_CHAR.size:
+            return None
+        raw = _BYTE_OF_CHAR[codes]
+        if (raw < 0).any():
+            return None
+        return raw.astype(np.uint8), chars[ordinary]
 
     def detokenize(self, ids, remove_special: bool = False, unparse_special: bool = False) -> str:
         ids = [self._check_id(t) for t in ids]
