@@ -369,9 +369,25 @@ def check_llama_fields(body) -> None:
         get_bool(body, key, False)
     for key in INERT_STRING_LISTS:
         _string_list(body, key)
-    samplers = body.get("samplers")  # a list of names, or llama-server's letters "edkypmxt"
-    if samplers is not None and not isinstance(samplers, str):
-        _string_list(body, "samplers")
+
+
+def get_samplers(body, default: tuple) -> tuple:
+    """llama-server's 'samplers': the chain's order, a list of names ("top_k", "min-p",
+    "temp", ... any case) or a string of its letters ("edskypmxt"). A name or letter
+    llama-server does not know is skipped, as it skips it; a sampler named twice runs
+    twice; one not named does not run (an empty list: the plain draw at temperature 1,
+    after the logit bias). Absent: `default`."""
+    from runtime.sampling import samplers_from_letters, samplers_from_names
+    v = body.get("samplers")
+    if v is None:
+        return default
+    if isinstance(v, str):
+        return samplers_from_letters(v)
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise ApiError(400, "'samplers' must be a list of sampler names "
+                            "([\"top_k\", \"min_p\", \"temperature\"]) or a string of their "
+                            "letters (\"kmt\")")
+    return samplers_from_names(v)
 
 
 def check_chat_fields(body) -> None:
@@ -534,6 +550,7 @@ def sampling_params(body, *, openai: bool, default_temp: float | None = None, mo
         frequency_penalty=get_num(body, "frequency_penalty", d.frequency_penalty, -2, 2),
         seed=seed,
         logit_bias=bias,
+        samplers=get_samplers(body, d.samplers),
         **sampler_fields(body, d),
         **dry,
     )

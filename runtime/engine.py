@@ -77,6 +77,8 @@ class Event:
     """What the worker reports. kind: "prompt" | "token" | "done" | "error"."""
     kind: str
     text: str = ""
+    # "token": the token; "done": the end-of-generation token that ended the reply, when
+    # the request asked for n_probs (with its probs and prob), else None.
     token: int | None = None
     # n_probs: [(id, prob), ...] best first, for the distribution this token came from.
     probs: list | None = None
@@ -103,7 +105,8 @@ class Request:
     stop: list = field(default_factory=list)
     n_probs: int = 0
     # The probability of each prompt token after the first (and the n_probs likeliest
-    # tokens there): /v1/completions' echo with logprobs. It evaluates the whole prompt.
+    # tokens there): /v1/completions' echo with logprobs. It evaluates the prompt past the
+    # prefix whose logprobs the session kept (Session.reuse_prompt_probs).
     prompt_logprobs: bool = False
     cache_prompt: bool = True
     # The reply goes on from the prompt's text (/completion, /infill): its first word keeps
@@ -334,12 +337,17 @@ class Engine:
         s = self.session
         found = on_logits = None
         if req.prompt_logprobs:
-            # Every prompt position's logits are needed, and the cache keeps none: the
-            # prompt is evaluated whole, its cached part too, so that the answer is the
-            # same whatever the cache held.
-            s.rewind(0)
-            kept = 0
-            found = []
+            # Every prompt position's logprobs are needed. The cache keeps no logits, but
+            # the session keeps what earlier prompts' logprobs reported at each position
+            # it holds: a prompt that shares a prefix with them (the answers of one
+            # multiple-choice question, after the same context) evaluates only the rest.
+            # Without cache_prompt, or where it shares none, the whole prompt.
+            if req.cache_prompt:
+                found = s.reuse_prompt_probs(ids, req.n_probs)
+            else:
+                s.rewind(0)
+                found = []
+            kept = len(found)  # found goes on from there (on_logits appends to it)
             on_logits = _prompt_probs_into(found, ids, req.n_probs)
         elif req.cache_prompt:
             kept = s.reuse_prefix(ids)
@@ -363,6 +371,7 @@ class Engine:
         t.prompt_ms = 1e3 * (time.perf_counter() - t0)
         t.prompt_n = len(rest)
         if found is not None:
+            s.keep_prompt_probs(found, req.n_probs)
             req.events.put(Event("prompt", prompt_probs=found))
         return logits, found
 
@@ -422,7 +431,14 @@ class Engine:
                     req.constraint.accept(tok)
                 if tok in self.eog_ids:
                     self._flush_tail(req, decoder, held, stops)
-                    finish("stop", stopped_eos=True)
+                    # The end token has no text, but it was generated and counted: its
+                    # distribution goes on the final event, for the legacy logprobs
+                    # that list one entry per generated token (OpenAI lists its
+                    # "<|endoftext|>"; lm-eval drops the last entry as the reply's).
+                    end = {}
+                    if dist is not None:
+                        end = {"token": tok, "probs": dist[0], "prob": float(dist[1][tok])}
+                    finish("stop", stopped_eos=True, **end)
                     return
                 held += decoder.push(tok)
                 probs = prob = None

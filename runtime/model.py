@@ -9,17 +9,19 @@ Shape names in the comments: T new tokens in this pass (at most UBATCH_TOK), the
 at position pos0; S = pos0 + T positions held after it. n_q = n_head·head_dim, n_kv =
 n_head_kv·head_dim and n_v = n_head_kv·head_dim_v are the widths of q, k and v (n_v =
 n_kv unless the GGUF gives v its own head size); hd and hd_v are head_dim and head_dim_v.
+The other sizes (n_embd, n_head, n_head_kv, n_ff, n_vocab, n_rot) are ArchConfig's fields
+(archs.py), read from the GGUF's metadata.
 
 Data layout, explained once:
 - ggml stores a weight matrix as [n_out, n_in] rows. A resident (float32) matrix is kept
   transposed, [n_in, n_out] row-major, and applied as `x @ W`: for the 2-16-token batches
-  of speculative decoding OpenBLAS runs that layout ~1.5x faster than `x @ W.T` (it packs
-  a transposed operand for every small GEMM). Dequantization writes the transposed layout
-  directly, a chunk of rows at a time, so no second full-size copy is made; the strided
-  writes still cost Qwen 0.4-0.8 s more load (docs/performance.md). Two exceptions keep
-  the GGUF's [n_out, n_in]: the token embedding (rows looked up by id, left in its GGUF
-  blocks; a tied float32 head is the embedding, and gives them as its columns) and the
-  small MoE router.
+  of speculative decoding (speculate.py) OpenBLAS runs that layout ~1.5x faster than
+  `x @ W.T` (it packs a transposed operand for every small GEMM). Dequantization writes
+  the transposed layout directly, a chunk of rows at a time, so no second full-size copy
+  is made; the strided writes still cost Qwen 0.4-0.8 s more load (docs/performance.md).
+  Two exceptions keep the GGUF's [n_out, n_in]: the token embedding (rows looked up by id, left in its GGUF
+  blocks; a tied head, one the GGUF does not store apart because it is the embedding,
+  gives them as its columns when it is float32) and the small MoE router.
 - q, k and v are fused into one [n_embd, n_q + n_kv + n_v] matrix at load (and gate/up
   into one [n_embd, 2·n_ff]), so a block makes four matmuls instead of seven.
 - Activations are float32 [T, n_embd]. Heads are split as [T, n_head, head_dim].
@@ -169,7 +171,8 @@ def rope_table(cfg: ArchConfig, base: float, n_ctx: int, freq_factors: np.ndarra
 
 def apply_rope(x: np.ndarray, table: RopeTable, pos0: int, style: str, n_rot: int) -> np.ndarray:
     # x: [T, n_heads, head_dim] at positions pos0..; rotates the first n_rot dims of each
-    # head in place (and returns x)
+    # head in place (and returns x). Any number of heads: the forward pass passes q's and
+    # k's together, [T, n_head + n_head_kv, hd].
     T = x.shape[0]
     cos = table.cos[pos0:pos0 + T, None, :]  # [T, 1, n_rot/2]
     sin = table.sin[pos0:pos0 + T, None, :]
@@ -212,12 +215,13 @@ def attention(q: np.ndarray, kT: np.ndarray, v: np.ndarray, pos0: int, k0: int,
     scale_q = math.frexp(scale)[0] == 0.5
     if scale_q:
         qg = qg * scale
-    scores = np.matmul(qg, kT)  # [n_head_kv, g·T, hd] @ [n_head_kv, hd, S_att]
+    # [n_head_kv, g·T, hd] @ [n_head_kv, hd, S_att] -> [n_head_kv, g·T, S_att]
+    scores = np.matmul(qg, kT)
     if not scale_q:
         scores *= scale
-    if cfg.softcap_attn:
+    if cfg.softcap_attn:  # Gemma 2
         scores = np.tanh(scores / cfg.softcap_attn) * cfg.softcap_attn
-    scores = scores.reshape(n_head_kv, g, T, S_att)
+    scores = scores.reshape(n_head_kv, g, T, S_att)  # a [T, S_att] block per query head
     if T > 1:  # one new token sees every position left after the window cut
         _mask(scores, pos0, k0, window)
     scores -= scores.max(axis=-1, keepdims=True)
@@ -251,6 +255,7 @@ def _mask(scores: np.ndarray, pos0: int, k0: int, window: int) -> None:
 
 
 def feed_forward(h: np.ndarray, w_gate_up, w_down, activation: str) -> np.ndarray:
+    # The gated FFN, down(act(gate(h)) · up(h)) (SwiGLU, or GeGLU for Gemma):
     # [T, n_embd] -> [T, 2·n_ff] -> [T, n_ff] -> [T, n_embd]
     gu = linear(h, w_gate_up)
     n_ff = gu.shape[1] // 2
@@ -262,13 +267,14 @@ def feed_forward(h: np.ndarray, w_gate_up, w_down, activation: str) -> np.ndarra
 
 def moe(h: np.ndarray, layer: Layer, cfg: ArchConfig) -> np.ndarray:
     """Mixtral routing: softmax over experts, keep the top k, renormalize their weights."""
-    logits = h @ layer.router.T  # [T, n_expert]
+    logits = h @ layer.router.T  # [T, n_embd] @ [n_embd, n_expert] -> [T, n_expert]
     p = np.exp(logits - logits.max(axis=-1, keepdims=True))
     p /= p.sum(axis=-1, keepdims=True)
-    top = np.argsort(-p, axis=-1, kind="stable")[:, : cfg.n_expert_used]  # [T, k]
-    w = np.take_along_axis(p, top, axis=-1)
+    # k = n_expert_used; a stable sort breaks ties by expert number
+    top = np.argsort(-p, axis=-1, kind="stable")[:, : cfg.n_expert_used]  # [T, k] expert ids
+    w = np.take_along_axis(p, top, axis=-1)  # [T, k], their probabilities
     w /= w.sum(axis=-1, keepdims=True)
-    out = np.zeros_like(h)
+    out = np.zeros_like(h)  # [T, n_embd]
     for e in np.unique(top):  # each expert once, over the tokens routed to it
         rows, slot = np.nonzero(top == e)
         y = feed_forward(h[rows], layer.experts_gate_up[e], layer.experts_down[e], cfg.activation)
@@ -537,6 +543,13 @@ class Session:
             raise ValueError(f"n_ctx must be positive, got {n_ctx}")
         self.model, self.cfg, self.n_ctx = model, c, n_ctx
         self.tokens: list[int] = []
+        # The prompt logprobs (echo with logprobs) of the tokens held, so that a prompt
+        # sharing a prefix with them evaluates only the rest: entry i is (the probability
+        # of tokens[i + 1], the prompt_probs_n likeliest [(id, prob), ...]) at position i,
+        # for the first len(prompt_probs) positions, at most len(tokens) - 1 of them. The
+        # small tuples only: a logits row of Qwen is 600 KB. rewind() drops what it cuts.
+        self.prompt_probs: list = []
+        self.prompt_probs_n = 0
         ring = c.swa_window + UBATCH_TOK if swa_ring and c.swa_window else 0
         self.ring = ring if ring < n_ctx else 0  # positions per sliding-window layer; 0: no ring
         self._ring_lo = 0  # the first position whose k/v every ring still holds
@@ -566,6 +579,8 @@ class Session:
         if n == 0:
             self._ring_lo = 0
         del self.tokens[n:]
+        # entry n - 1 was about tokens[n], which is gone (its successor may differ)
+        del self.prompt_probs[max(n - 1, 0):]
         return n
 
     def reuse_prefix(self, ids: Sequence[int]) -> int:
@@ -578,6 +593,29 @@ class Session:
         while n < limit and self.tokens[n] == ids[n]:
             n += 1
         return self.rewind(n)
+
+    def reuse_prompt_probs(self, ids: Sequence[int], n_probs: int) -> list:
+        """For a prompt whose logprobs are wanted at every position: rewind to the longest
+        prefix of `ids` whose entries are stored (see prompt_probs), computed for n_probs
+        alternatives or more, and return them, their lists cut to n_probs. The session
+        then holds as many tokens as entries are returned: the rest of `ids` is left to
+        evaluate, at least one token. With fewer alternatives stored, nothing is reused."""
+        stored = len(self.prompt_probs) if self.prompt_probs_n >= n_probs else 0
+        # Position i's entry is reusable while tokens[:i + 2] is a prefix of ids.
+        limit = min(len(self.tokens), len(ids), stored + 1)
+        same = 0
+        while same < limit and self.tokens[same] == ids[same]:
+            same += 1
+        n = max(same - 1, 0)
+        # read before rewinding: rewind(n) drops entry n - 1 (its token n is evaluated again)
+        reused = [(p, tops[:n_probs]) for p, tops in self.prompt_probs[:n]]
+        return reused[:self.rewind(n)]  # a sliding-window ring may keep nothing
+
+    def keep_prompt_probs(self, entries: list, n_probs: int) -> None:
+        """Remember a prompt's logprobs (entries for positions 0.., computed for n_probs
+        alternatives) for the next prompt that shares a prefix with the tokens held."""
+        self.prompt_probs = list(entries[:max(len(self.tokens) - 1, 0)])
+        self.prompt_probs_n = n_probs
 
     def eval(self, ids: Sequence[int], all_logits: bool = False,
              on_logits: Callable[[np.ndarray, int], None] | None = None) -> np.ndarray:

@@ -2,7 +2,9 @@
 
 logit bias -> penalties (repeat, frequency, presence over the last `repeat_last_n` tokens)
 -> DRY -> top-n-sigma -> top-k -> typical-p -> top-p -> min-p -> XTC -> temperature (or
-dynamic temperature) -> draw, or adaptive-p's draw; Sampler._filtered holds that chain. With
+dynamic temperature) -> draw, or adaptive-p's draw. That order is data: SamplingParams.samplers
+(llama-server's `samplers` field) names the steps, SAMPLER_STEPS maps each name to a small
+function from the candidates to the ones it keeps, and Sampler._filtered runs them. With
 Mirostat on (1 or 2), as in llama-server: logit bias -> temperature -> Mirostat, which keeps
 its own state (mu) for one request, so one Sampler serves one request (adaptive-p's moving
 average lives as long too). Every sampler but the bias, the penalties, top-k, top-p, min-p
@@ -26,6 +28,40 @@ from dataclasses import dataclass
 import numpy as np
 
 from runtime.dry import DryBreakers, apply_dry
+
+
+# llama.cpp's default sampler order (common/common.h; llama-server's "edskypmxt"), and then
+# adaptive-p: llama-server runs it only when a request's `samplers` names it, and here, so
+# that adaptive_target alone switches it on, the default names it (it is off below 0).
+DEFAULT_SAMPLERS = ("penalties", "dry", "top_n_sigma", "top_k", "typ_p", "top_p", "min_p",
+                    "xtc", "temperature", "adaptive_p")
+# llama-server's one-letter codes (common_sampler_type_to_chr)
+SAMPLER_LETTERS = {"e": "penalties", "d": "dry", "s": "top_n_sigma", "k": "top_k",
+                   "y": "typ_p", "p": "top_p", "m": "min_p", "x": "xtc", "t": "temperature",
+                   "i": "infill", "a": "adaptive_p"}
+# The names llama-server takes (common_sampler_types_from_names, since llama.cpp's PR 23744:
+# any case, each canonical name also with '-' for '_' and with no '_', and three more).
+SAMPLER_ALIASES = {**{n: n for n in SAMPLER_LETTERS.values()},
+                   **{n.replace("_", "-"): n for n in SAMPLER_LETTERS.values()},
+                   **{n.replace("_", ""): n for n in SAMPLER_LETTERS.values()},
+                   "nucleus": "top_p", "temp": "temperature", "typ": "typ_p"}
+
+
+ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def samplers_from_names(names: list) -> tuple:
+    """llama-server's `samplers` as a list of names -> the chain; a name it does not know
+    is left out (llama-server logs it and goes on)."""
+    # ASCII only, as C's tolower: "top_\u212a" (a Kelvin sign) is not top_k there
+    found = (SAMPLER_ALIASES.get(n.translate(ASCII_LOWER)) for n in names)
+    return tuple(n for n in found if n is not None)
+
+
+def samplers_from_letters(letters: str) -> tuple:
+    """llama-server's `samplers` as a string of one-letter codes ("edskypmxt") -> the
+    chain; a letter it does not know (they are case-sensitive) is left out."""
+    return tuple(SAMPLER_LETTERS[c] for c in letters if c in SAMPLER_LETTERS)
 
 
 @dataclass
@@ -61,24 +97,31 @@ class SamplingParams:
     dry_breakers: DryBreakers | None = None
     adaptive_target: float = -1.0   # adaptive-p (adaptive_p_probs): < 0: off
     adaptive_decay: float = 0.9     # its moving average's decay, taken in [0, 0.99]
+    # The chain: llama.cpp's sampler names (SAMPLER_STEPS), run in this order, each as
+    # often as it is named; llama-server's `samplers` field. Ignored under Mirostat.
+    samplers: tuple = DEFAULT_SAMPLERS
 
     @property
     def greedy(self) -> bool:
         """The argmax, no draw at all. llama.cpp's temp-ext samples at temperature 0
-        when a dynamic range is set (Mirostat's chain has a plain temperature)."""
-        return self.temperature <= 0 and (self.mirostat != 0 or self.dynatemp_range <= 0)
+        when a dynamic range is set (Mirostat's chain has a plain temperature), and a
+        chain without a temperature step samples at temperature 1 (llama-server's)."""
+        if self.temperature > 0:
+            return False
+        return self.mirostat != 0 or (self.dynatemp_range <= 0 and "temperature" in self.samplers)
 
     @property
     def dry_on(self) -> bool:
-        """llama.cpp skips DRY at multiplier 0, a base below 1 or a window of 0 tokens;
-        llama-server's chain for Mirostat has no DRY."""
+        """llama.cpp skips DRY at multiplier 0, a base below 1 or a window of 0 tokens, and
+        when the chain does not name it; llama-server's chain for Mirostat has no DRY."""
         return (self.dry_multiplier != 0 and self.dry_base >= 1 and self.dry_penalty_last_n != 0
-                and not self.mirostat)
+                and not self.mirostat and "dry" in self.samplers)
 
     @property
     def adaptive_on(self) -> bool:
-        """Off under Mirostat, as llama-server's chain for it has no adaptive-p."""
-        return self.adaptive_target >= 0 and not self.mirostat
+        """On when the chain names it (anywhere: it is the draw, so it comes last, as in
+        llama.cpp); off under Mirostat, as llama-server's chain for it has no adaptive-p."""
+        return self.adaptive_target >= 0 and not self.mirostat and "adaptive_p" in self.samplers
 
 
 CHUNK_SMALL = 64      # constrained search: the model's best tokens, checked first
@@ -387,6 +430,154 @@ def adaptive_p_probs(probs: np.ndarray, target: float, finite: np.ndarray) -> np
     return w / w.sum()
 
 
+# ---- the chain: one step per sampler name, each from the candidates to the kept ones ---
+
+@dataclass
+class Candidates:
+    """The tokens still in the running. ids [n], best first, and z their logits (float64);
+    or, while no step has had to sort them, ids None and z the whole vocabulary's logits
+    [V], in token order. t: the temperature z is still to be divided by (the temperature
+    step multiplies it): 1 before it, so that the default chain's arithmetic is the one
+    it always was. probs: when not None, a softmax whose first len(ids) entries are the
+    candidates' (top-p's, kept for min-p, which compares with the best token only)."""
+    ids: np.ndarray | None
+    z: np.ndarray
+    t: float = 1.0
+    probs: np.ndarray | None = None
+
+
+def _sorted(c: Candidates, k: int | None = None) -> Candidates:
+    """c best first (the best k of them, when the vocabulary is not sorted yet)."""
+    if c.ids is not None:
+        return c
+    ids = _best_ids(c.z, k or c.z.size)
+    return Candidates(ids, c.z[ids].astype(np.float64), c.t)
+
+
+def _kept(c: Candidates, keep) -> Candidates:
+    """The candidates at keep (a slice or a mask, order kept)."""
+    return Candidates(c.ids[keep], c.z[keep], c.t)
+
+
+def _scaled(c: Candidates) -> np.ndarray:
+    """The logits at the temperature so far (best first)."""
+    return c.z if c.t == 1 else c.z / c.t
+
+
+def _softmax_now(c: Candidates) -> np.ndarray:
+    probs = np.exp((c.z - c.z[0]) / c.t)
+    return probs / probs.sum()
+
+
+def _modified(c: Candidates, modify) -> Candidates:
+    """A step that changes logits (the penalties, DRY), as llama.cpp runs it wherever it
+    is named: on the whole vocabulary before anything is cut, else on the candidates (at
+    the temperature so far), which are then sorted again."""
+    if c.ids is None:
+        return Candidates(None, modify(c.z), c.t)
+    full = np.full(int(c.ids.max()) + 1, -np.inf)    # every history token past it is no candidate
+    full[c.ids] = _scaled(c)
+    z = modify(full)[c.ids]
+    order = np.argsort(-z, kind="stable")
+    return Candidates(c.ids[order], z[order])
+
+
+def _step_penalties(s, c: Candidates, history) -> Candidates:
+    p = s.params
+    if (p.repeat_penalty == 1.0 and not p.presence_penalty and not p.frequency_penalty) \
+            or not history or p.repeat_last_n == 0:
+        return c
+    return _modified(c, lambda z: apply_penalties(z, history, p))
+
+
+def _step_dry(s, c: Candidates, history) -> Candidates:
+    return _modified(c, lambda z: apply_dry(z, history, s.params)) if s.params.dry_on else c
+
+
+def _step_top_n_sigma(s, c: Candidates, history) -> Candidates:
+    n = s.params.top_n_sigma
+    if n <= 0 or c.ids is None:   # the whole vocabulary: masked, not cut (as it always was)
+        return Candidates(c.ids, top_n_sigma_masked(c.z, n), c.t)
+    z = top_n_sigma_masked(c.z, n)   # on logits, not probabilities: the temperature does not move it
+    return _kept(c, np.isfinite(z))
+
+
+def _step_top_k(s, c: Candidates, history) -> Candidates:
+    k = s.params.top_k
+    if c.ids is None:
+        return _sorted(c, k if 0 < k < c.z.size else c.z.size)
+    return _kept(c, slice(0, k)) if 0 < k < c.ids.size else c
+
+
+def _step_typical(s, c: Candidates, history) -> Candidates:
+    p = s.params
+    if p.typical_p >= 1.0:
+        return c
+    c = _sorted(c)
+    return _kept(c, typical_keep(_scaled(c), p.typical_p, p.min_keep))
+
+
+def _step_top_p(s, c: Candidates, history) -> Candidates:
+    p = s.params
+    if p.top_p >= 1.0:
+        return c
+    c = _sorted(c)
+    probs = _softmax_now(c)
+    keep = top_p_count(probs, p.top_p, p.min_keep)
+    return Candidates(c.ids[:keep], c.z[:keep], c.t, probs)
+
+
+def _step_min_p(s, c: Candidates, history) -> Candidates:
+    p = s.params
+    if p.min_p <= 0.0:
+        return c
+    c = _sorted(c)
+    # min-p compares with the best token: top-p's softmax, over more tokens, does as well
+    probs = c.probs[:c.ids.size] if c.probs is not None else _softmax_now(c)
+    return _kept(c, slice(0, min_p_count(probs, p.min_p, p.min_keep)))
+
+
+def _step_xtc(s, c: Candidates, history) -> Candidates:
+    p = s.params
+    if p.xtc_probability <= 0 or p.xtc_threshold > 0.5:
+        return c
+    c = _sorted(c)
+    # XTC's coin is tossed only where it could act, as in llama.cpp
+    if c.ids.size < 2 or s.rng.random() > p.xtc_probability:
+        return c
+    return _kept(c, slice(xtc_cut(_softmax_now(c), p.xtc_threshold, p.min_keep), None))
+
+
+def _step_temperature(s, c: Candidates, history) -> Candidates:
+    p = s.params
+    c = _sorted(c)
+    t = p.temperature
+    if p.dynatemp_range > 0:
+        t = dynamic_temperature(_scaled(c), t, p.dynatemp_range, p.dynatemp_exponent)
+    if t <= 0:   # llama.cpp's temperature 0: the best candidate alone
+        return _kept(c, slice(0, 1))
+    return Candidates(c.ids, c.z, c.t * t)
+
+
+# llama.cpp's sampler names -> their steps. "infill" (llama.cpp's fill-in-the-middle
+# sampler, which merges tokens that start alike) is taken and does nothing here, and
+# "adaptive_p" is the draw (Sampler._adaptive), not a step: both are left out of the chain.
+SAMPLER_STEPS = {"penalties": _step_penalties, "dry": _step_dry,
+                 "top_n_sigma": _step_top_n_sigma, "top_k": _step_top_k,
+                 "typ_p": _step_typical, "top_p": _step_top_p, "min_p": _step_min_p,
+                 "xtc": _step_xtc, "temperature": _step_temperature}
+# Steps that change logits rather than cut: leading the chain, they belong to
+# Sampler.adjusted, whose logits greedy decoding, n_probs and a constraint look at.
+LOGIT_STEPS = ("penalties", "dry")
+
+
+def _leading_logit_steps(order: tuple) -> int:
+    n = 0
+    while n < len(order) and order[n] in LOGIT_STEPS:
+        n += 1
+    return n
+
+
 class Sampler:
     def __init__(self, params: SamplingParams, constraint=None):
         self.params = params
@@ -401,61 +592,51 @@ class Sampler:
         decay = clamped_adaptive_decay(params.adaptive_decay)
         self.adaptive_sum = params.adaptive_target / (1.0 - decay)
         self.adaptive_weight = 1.0 / (1.0 - decay)
+        # params.samplers as steps: those that change logits before anything is cut run
+        # on the whole vocabulary in `adjusted`, the rest in `_filtered`. Greedy decoding
+        # takes the best token after every logit step before the temperature, whatever
+        # the filters say. Mirostat has a chain of its own.
+        order = () if params.mirostat else tuple(n for n in params.samplers if n in SAMPLER_STEPS)
+        n_logit = _leading_logit_steps(order)
+        if params.greedy and not params.mirostat:
+            n_logit = order.index("temperature")
+        self._logit_steps = tuple(n for n in order[:n_logit] if n in LOGIT_STEPS)
+        self._chain = tuple(n for n in order[:n_logit] if n not in LOGIT_STEPS) + order[n_logit:]
 
     def adjusted(self, logits: np.ndarray, history: list[int]) -> np.ndarray:
-        """The logits after the bias, the penalties and DRY: what every later filter sees.
-        Mirostat goes without the penalties and DRY, as llama-server's chain for it does."""
-        logits = apply_logit_bias(np.asarray(logits), self.params.logit_bias)
-        if self.params.mirostat:
-            return logits
-        logits = apply_penalties(logits, history, self.params)
-        if self.params.dry_on:
-            logits = apply_dry(logits, history, self.params)
-        return logits
+        """The logits after the bias and the penalties and DRY that lead the chain (in
+        llama.cpp's default order, both): what every later step sees. Mirostat goes
+        without the penalties and DRY, as llama-server's chain for it does."""
+        c = Candidates(None, apply_logit_bias(np.asarray(logits), self.params.logit_bias))
+        for name in self._logit_steps:
+            c = SAMPLER_STEPS[name](self, c, history)
+        return c.z
 
     def probabilities(self, logits: np.ndarray, history: list[int]) -> tuple[np.ndarray, np.ndarray]:
         """Candidate ids and the probabilities they are drawn with, after every filter
         (and adaptive-p's reshaping, for its present average), best first."""
         z = self.adjusted(np.asarray(logits, dtype=np.float32), history)
-        ids, probs = self._filtered(z)
+        ids, probs = self._filtered(z, history)
         return ids, self._adaptive(ids, probs, z)
 
-    def _filtered(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The sampler chain, in llama.cpp's default sampler order (common/common.h's
-        `samplers`: penalties, DRY, top-n-sigma, top-k, typical-p, top-p, min-p, XTC,
-        temperature; the penalties and DRY are in `adjusted`, adaptive-p's reshaping, which
-        llama.cpp puts last, in `_adaptive`), or, with Mirostat on, the temperature and
+    def _filtered(self, logits: np.ndarray, history: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """The sampler chain: params.samplers' steps (SAMPLER_STEPS) in their order, by
+        default llama.cpp's (common/common.h's `samplers`: penalties, DRY, top-n-sigma,
+        top-k, typical-p, top-p, min-p, XTC, temperature), but for the logit steps that
+        lead it, which are in `adjusted`; adaptive-p's reshaping, which llama.cpp puts
+        last whatever the order, is in `_adaptive`. With Mirostat on: the temperature and
         Mirostat alone (llama-server's chain for it).
-        Each filter looks at the candidates the one before it left, at temperature 1;
-        off (its default), it keeps them all and costs nothing. Draws from self.rng when
-        XTC is on. -> (ids, probabilities), best first."""
-        p = self.params
-        if p.mirostat:
+        Each step looks at the candidates the one before it left, at the temperature so
+        far (1 before the temperature step); off (its default), it keeps them all and
+        costs nothing. Draws from self.rng when XTC is on. -> (ids, probabilities), best
+        first."""
+        if self.params.mirostat:
             return self._mirostat_filtered(logits)
-        logits = top_n_sigma_masked(logits, p.top_n_sigma)
-        ids = _best_ids(logits, p.top_k if 0 < p.top_k < logits.size else logits.size)
-        z = logits[ids].astype(np.float64)
-        probs = _softmax_sorted(z)
-        if p.typical_p < 1.0:
-            typical = typical_keep(z, p.typical_p, p.min_keep)
-            ids, z = ids[typical], z[typical]
-            probs = _softmax_sorted(z)
-        keep = top_p_count(probs, p.top_p, p.min_keep)
-        # min-p compares with the best token: the normaliser of probs does not matter
-        keep = min_p_count(probs[:keep], p.min_p, p.min_keep)
-        ids, z = ids[:keep], z[:keep]
-        # XTC's coin is tossed only where it could act, as in llama.cpp
-        if p.xtc_probability > 0 and p.xtc_threshold <= 0.5 and ids.size >= 2 \
-                and self.rng.random() <= p.xtc_probability:
-            cut = xtc_cut(_softmax_sorted(z), p.xtc_threshold, p.min_keep)
-            ids, z = ids[cut:], z[cut:]
-        t = p.temperature
-        if p.dynatemp_range > 0:
-            t = dynamic_temperature(z, t, p.dynatemp_range, p.dynatemp_exponent)
-        if t <= 0:   # llama.cpp's temperature 0: the best candidate alone
-            return ids[:1], np.ones(1)
-        probs = np.exp((z - z[0]) / t)
-        return ids, probs / probs.sum()
+        c = Candidates(None, logits)
+        for name in self._chain:
+            c = SAMPLER_STEPS[name](self, c, history)
+        c = _sorted(c)
+        return c.ids, _softmax_now(c)
 
     def _mirostat_filtered(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Mirostat's candidates for the present mu, at the temperature (ids, probabilities,
@@ -492,7 +673,7 @@ class Sampler:
             if tok is None:
                 raise NoTokenAllowed()
             return tok
-        ids, probs = self._filtered(z)
+        ids, probs = self._filtered(z, history)
         if self.constraint is not None:
             ok = np.fromiter((self.constraint.allows(t) for t in ids), dtype=bool, count=ids.size)
             ok &= probs > 0
@@ -505,7 +686,7 @@ class Sampler:
                 masked = np.full_like(z, -np.inf)
                 masked[found] = z[found]
                 z = masked
-                ids, probs = self._filtered(z)
+                ids, probs = self._filtered(z, history)
         drawn_from = self._adaptive(ids, probs, z)
         i = self.rng.choice(ids.size, p=drawn_from)
         if self.params.mirostat:

@@ -129,8 +129,8 @@ def _summed(timings) -> Timings:
 def mean_token_logprob(toks) -> float:
     """best_of's score of a candidate: the mean logprob of its tokens, the numbers its
     `logprobs` reports (each token event's prob: the engine's Sampler.reported_probs).
-    A candidate without a token (the end of generation came first) has none to average:
-    it ranks last."""
+    The end-of-generation token that ended a candidate counts, as its `logprobs` lists
+    it; a candidate without a token (a constraint that allowed none) ranks last."""
     lps = [logprob(ev.prob or 0.0) for ev in toks]
     return sum(lps) / len(lps) if lps else -math.inf
 
@@ -536,7 +536,11 @@ def build_app(st: State) -> bottle.Bottle:
                    for ids, prompt in prompts]
 
         if not stream:
-            results = collect_choices(reqs)
+            # An end-of-generation token that ended a reply is one of its tokens (its
+            # logprob listed, its text empty), as OpenAI lists "<|endoftext|>": without it
+            # lm-eval's [ctxlen:-1] would drop the last prompt token's logprob instead.
+            results = [(text, toks + ([final] if final.token is not None else []), final)
+                       for text, toks, final in collect_choices(reqs)]
             choices = []
             for p, (ids, _) in enumerate(prompts):
                 cands = results[p * best_of:(p + 1) * best_of]
@@ -578,6 +582,10 @@ def build_app(st: State) -> bottle.Bottle:
                 elif ev.kind == "error":
                     raise _worker_error(ev.error)
                 else:
+                    if n_lp and ev.token is not None:  # the end token, as the whole answer has it
+                        yield {**base, "choices": [{"index": k, "text": "",
+                                                    "logprobs": logprobs_of([ev], offsets),
+                                                    "finish_reason": None}]}
                     yield {**base, "choices": [{"index": k, "text": "", "logprobs": None,
                                                 "finish_reason": ev.finish_reason}]}
                     return ev
@@ -824,7 +832,9 @@ def build_app(st: State) -> bottle.Bottle:
                            "dry_penalty_last_n": d.dry_penalty_last_n,
                            "dry_sequence_breakers": list(DRY_SEQUENCE_BREAKERS),
                            "adaptive_target": d.adaptive_target,
-                           "adaptive_decay": d.adaptive_decay}},
+                           "adaptive_decay": d.adaptive_decay,
+                           # the chain's order, by llama.cpp's names, as llama-server lists it
+                           "samplers": list(d.samplers)}},
             "can_quit": st.quit is not None, "build_info": "chatfile"})
 
     @app.get("/slots")

@@ -70,6 +70,19 @@ def assert_matches(lp: dict, model, ids, rows: np.ndarray, n_top: int) -> None:
             assert abs(v - best) <= LP_TOL, (i, text, v, best)
 
 
+def assert_same_within_tolerance(got: dict, want: dict) -> None:
+    """Two legacy logprobs objects: the same tokens and alternatives, logprobs within the
+    precise bound."""
+    for key in ("tokens", "text_offset"):
+        assert got[key] == want[key]
+    assert got["token_logprobs"][0] is None and want["token_logprobs"][0] is None
+    diff = np.abs(np.array(got["token_logprobs"][1:]) - np.array(want["token_logprobs"][1:]))
+    assert diff.max() <= LP_TOL, diff.max()
+    for a, b in zip(got["top_logprobs"][1:], want["top_logprobs"][1:]):
+        assert a.keys() == b.keys()
+        assert max(abs(a[k] - b[k]) for k in a) <= LP_TOL
+
+
 def assert_offsets_point_at_tokens(text: str, tokens: list, offsets: list) -> None:
     """Each token made of whole characters stands at its offset in the text (a first
     word's SentencePiece space may be dropped at the text's start), and offsets never go
@@ -157,18 +170,25 @@ def test_each_block_of_rows_gives_what_reported_probs_gives_row_by_row(monkeypat
 # ---- the cache, prompt forms, streaming, batches -------------------------------------------
 
 def test_the_same_answer_whatever_the_cache_held(tiny_server, tiny_model):
-    """The cache keeps no logits, so the whole prompt is evaluated again: the answer is the
-    same after a prefix of it, after itself, and after something else."""
+    """The session keeps the prompt logprobs of the tokens it holds (no logits): after a
+    prefix of the prompt, only what the prefix's request kept is reused; after itself,
+    all of it; the answer is the same within the precise bound (batches of other lengths
+    round differently; tests/e2e/test_api_echo_reuse.py has more)."""
     url = tiny_server.url
     ids = tiny_model.tokenize(PROMPT, add_special=True)
-    post_json(url + "/v1/completions", {"prompt": "Something else entirely", "max_tokens": 2})
+    post_json(url + "/v1/completions", {"prompt": "Something else entirely", "max_tokens": 2,
+                                        "cache_prompt": False})
     first = echo_lp(url, PROMPT, max_tokens=2)
+    assert first["timings"]["cache_n"] == 0 and first["timings"]["prompt_n"] == len(ids)
     post_json(url + "/v1/completions", {"prompt": ids[:len(ids) // 2], "max_tokens": 2})
     after_prefix = echo_lp(url, PROMPT, max_tokens=2)
     again = echo_lp(url, PROMPT, max_tokens=2)
+    assert 0 < after_prefix["timings"]["cache_n"] < len(ids) // 2
+    assert again["timings"]["cache_n"] == len(ids) - 1
     for r in (after_prefix, again):
-        assert r["choices"] == first["choices"]
-        assert r["timings"]["cache_n"] == 0 and r["timings"]["prompt_n"] == len(ids)
+        assert r["timings"]["cache_n"] + r["timings"]["prompt_n"] == len(ids)
+        assert r["choices"][0]["text"] == first["choices"][0]["text"]
+        assert_same_within_tolerance(r["choices"][0]["logprobs"], first["choices"][0]["logprobs"])
     lp = first["choices"][0]["logprobs"]
     assert len(lp["tokens"]) == len(ids) + 2  # the prompt's, then the completion's
     assert_matches(lp, tiny_model, ids, token_by_token(tiny_model, ids), 3)
@@ -204,10 +224,13 @@ def test_token_ids_and_mixed_prompts(tiny_server, tiny_model, bos):
 
 def test_streamed_the_prompt_chunk_carries_the_prompts_logprobs(tiny_server):
     url = tiny_server.url
-    whole = echo_lp(url, PROMPT, max_tokens=4)["choices"][0]
+    # both evaluated whole: the same batches, the same numbers to the last digit (the
+    # second would otherwise find the first's prompt logprobs and evaluate one token)
+    whole = echo_lp(url, PROMPT, max_tokens=4, cache_prompt=False)["choices"][0]
     status, _, data = http_request("POST", url + "/v1/completions",
                                    {"prompt": PROMPT, "echo": True, "logprobs": 3,
-                                    "max_tokens": 4, "temperature": 0, "stream": True})
+                                    "max_tokens": 4, "temperature": 0, "stream": True,
+                                    "cache_prompt": False})
     assert status == 200
     chunks = [e["choices"][0] for e in sse_events(data) if e != "[DONE]" and e["choices"]]
     assert chunks[0]["text"] == PROMPT and chunks[0]["logprobs"]["token_logprobs"][0] is None
@@ -224,11 +247,13 @@ def test_streamed_the_prompt_chunk_carries_the_prompts_logprobs(tiny_server):
 
 def test_a_list_of_prompts_gets_a_choice_each(tiny_server, tiny_model):
     """As lm-evaluation-harness sends a batch: token-id lists, echo, logprobs 1, one
-    completion token; each choice is what that prompt alone gets."""
+    completion token; each choice is what that prompt alone gets (each evaluated whole,
+    to the last digit: test_api_echo_reuse.py has the same with the cache)."""
     url = tiny_server.url
     texts = [PROMPT, "cat sat", "Once upon a time"]
     batch = [tiny_model.tokenize(t, add_special=True) for t in texts]
-    body = {"echo": True, "logprobs": 1, "max_tokens": 1, "temperature": 0, "seed": 1234}
+    body = {"echo": True, "logprobs": 1, "max_tokens": 1, "temperature": 0, "seed": 1234,
+            "cache_prompt": False}
     status, r = post_json(url + "/v1/completions", {**body, "prompt": batch})
     assert status == 200, r
     assert [c["index"] for c in r["choices"]] == [0, 1, 2]
@@ -236,8 +261,8 @@ def test_a_list_of_prompts_gets_a_choice_each(tiny_server, tiny_model):
     for i, (ids, c) in enumerate(zip(batch, r["choices"])):
         _, alone = post_json(url + "/v1/completions", {**body, "prompt": ids})
         assert c == {**alone["choices"][0], "index": i}
-        if c["finish_reason"] == "length":  # lm-eval's [ctxlen:-1] drops the one reply token
-            assert len(c["logprobs"]["token_logprobs"]) == len(ids) + 1
+        # lm-eval's [ctxlen:-1] drops the one reply token, an end token too
+        assert len(c["logprobs"]["token_logprobs"]) == len(ids) + 1
         assert_matches(c["logprobs"], tiny_model, ids, token_by_token(tiny_model, ids), 1)
     # with the openai client, and without echo: the plain completions of each
     client = _client(url, max_retries=0)
