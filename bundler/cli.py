@@ -76,29 +76,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _full_flags(baked: list[str]) -> list[str]:
-    """The args with each abbreviated `chatfile run` option written in full (`--no-brow`
-    -> `--no-browser`), as argparse reads them. A bundle's start looks for some flags by
-    their full names (`--cli` drops the server's; the hidden ones are refused): baked
-    `--no-brow` made every `--cli` start fail with "unrecognized arguments", and a baked
-    `--gguf-o 0` slipped past that refusal and broke every start. Ambiguous or unknown
-    ones are left for the parser to refuse."""
-    from runtime import cli as runtime_cli
-    run = runtime_cli.build_parser().commands["run"]
-    longs = [f for a in run._actions for f in a.option_strings if f.startswith("--")]
-    out = list(baked)
-    for i, arg in enumerate(baked):
-        if arg == "--":  # what follows is no option
-            break
-        name, eq, value = arg.partition("=")
-        if not name.startswith("--") or len(name) < 3 or name in longs:
-            continue
-        matches = [f for f in longs if f.startswith(name)]
-        if len(matches) == 1:
-            out[i] = matches[0] + eq + value
-    return out
-
-
 def _check_baked_args(baked: list[str]) -> str | None:
     """What is wrong with args to bake into a bundle, or None. They are parsed the way
     every start of the bundle will parse them (`chatfile run MODEL *baked`), so that a
@@ -173,8 +150,7 @@ def _embed_template(baked: list[str]) -> tuple[list[str], str | None]:
         else:
             out.append(baked[i])
         i += 1
-    # (An abbreviation such as --chat-t never gets here: it could also be the hidden
-    # --chat-template-text, so _check_baked_args has already refused it as ambiguous.)
+    # (An abbreviation such as --chat-t arrives in full: runtime.cli.full_flags.)
     return out, path
 
 
@@ -210,10 +186,33 @@ def _special_file(path: str) -> bool:
     return os.path.exists(path) and not (os.path.isfile(path) or os.path.isdir(path))
 
 
+def _cwd_gone(paths: list[str]) -> str | None:
+    """What to say when one of `paths` is relative and the current directory was deleted
+    (or moved away) while the shell was in it, or None. Python's own message named
+    neither: "[Errno 2] No such file or directory"."""
+    relative = [p for p in paths if p and not os.path.isabs(p)]
+    if not relative:  # absolute paths alone work all the same
+        return None
+    try:
+        os.getcwd()
+        return None
+    except FileNotFoundError:
+        pass
+    pwd = os.environ.get("PWD", "")  # the shell's name for it (Python keeps no other)
+    where = f" {pwd}" if os.path.isabs(pwd) and not os.path.isdir(pwd) else ""
+    return (f"the current directory{where} no longer exists (deleted or moved away?), so "
+            f"{relative[0]} cannot be found or written there; cd to a directory that "
+            f"exists, or give absolute paths")
+
+
 def cmd_bundle(a) -> int:
     from bundler import splice, stub
     from runtime import cli as runtime_cli
 
+    gone = _cwd_gone([a.model, a.stub, a.output or _default_output(a.model, a.format)])
+    if gone:
+        print(f"chatfile: error: {gone}", file=sys.stderr)
+        return 1
     for flag, text in (("--args", a.args), ("--title", a.title)):
         if not _is_utf8(text or ""):  # the trailer is UTF-8 JSON: it was a traceback
             print(f"chatfile: error: {flag} {text!r} holds bytes that are not UTF-8 text "
@@ -225,7 +224,11 @@ def cmd_bundle(a) -> int:
     except ValueError as e:
         print(f"chatfile: error: cannot parse --args {a.args!r}: {e}", file=sys.stderr)
         return 2
-    baked = _full_flags(baked)
+    try:  # in full: a bundle's start looks for some flags by their full names
+        baked = runtime_cli.full_flags(baked)
+    except ValueError as e:
+        print(f"chatfile: error: --args {a.args!r}: {e}", file=sys.stderr)
+        return 2
     problem = _check_baked_args(baked)
     if problem:
         print(f"chatfile: error: --args {a.args!r}: {problem}", file=sys.stderr)
@@ -280,6 +283,7 @@ def cmd_bundle(a) -> int:
     else:
         cached = stub.cached_stub_path(a.format)
         if not cached.is_file():
+            stub.check_cache_writable(cached)  # else "building..." came before the refusal
             # Measured on 2 cores: PyInstaller 35-45 s, shiv about 6 s.
             took = "about a minute" if a.format == "exe" else "a few seconds"
             print(f"building the {a.format} runtime stub once (cached in {cached.parent}); "
@@ -324,6 +328,10 @@ def cmd_stub(a) -> int:
     if a.output and _special_file(a.output):
         print(f"chatfile: error: {a.output} is not a regular file (a device or a pipe); give "
               f"the stub's file name with -o", file=sys.stderr)
+        return 1
+    gone = _cwd_gone([a.output])
+    if gone:
+        print(f"chatfile: error: {gone}", file=sys.stderr)
         return 1
     try:
         carries_model = bool(a.output and os.path.isfile(a.output) and read_trailer(a.output))

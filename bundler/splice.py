@@ -35,13 +35,12 @@ import time
 from dataclasses import dataclass
 
 from bundler import macho
-from runtime.embedded import (GGUF_ALIGN_BYTES, HEAD_BYTES, BundleError, Trailer,
-                              encode_head, encode_trailer, lock_while_writing, part_prefix,
-                              read_trailer)
+from runtime.embedded import (GGUF_ALIGN_BYTES, HEAD_BYTES, PYI_COOKIE_BYTES,
+                              PYI_COOKIE_FORMAT, PYI_COOKIE_MAGIC, BundleError, Trailer,
+                              bare_stub_format, encode_head, encode_trailer,
+                              lock_while_writing, part_prefix, read_trailer,
+                              stub_without_model)
 
-PYI_COOKIE_MAGIC = b"MEI\014\013\012\013\016"
-PYI_COOKIE_FORMAT = "!8sIIII64s"  # magic, package length, TOC offset, TOC length, pyvers, pylib
-PYI_COOKIE_BYTES = struct.calcsize(PYI_COOKIE_FORMAT)
 ZIP_EOCD_MAGIC = b"PK\005\006"
 ZIP_EOCD_BYTES = 22
 ZIP64_LOCATOR_MAGIC = b"PK\006\007"
@@ -222,6 +221,9 @@ def _check_gguf(path: str) -> int:
             run = shlex.quote(path if os.path.dirname(path) else os.path.join(".", path))
             raise BundleError(f"{path} is a chatfile bundle, not a GGUF file; take its model "
                               f"out with `{run} --extract model.gguf` and bundle that")
+        stub_format = bare_stub_format(path)
+        if stub_format:  # `chatfile bundle stub`: the stub given as the model
+            raise BundleError(stub_without_model(path, stub_format))
         raise BundleError(f"{path} is not a GGUF file (magic {magic!r}, expected b'GGUF')")
     return size
 

@@ -83,11 +83,7 @@ def get_stub(fmt: str, log=None) -> Path:
         except OSError:
             pass
         return path
-    problem = unwritable_dir(path.parent)
-    if problem:  # said now, not after a build of a minute
-        raise BundleError(f"cannot keep the stub in chatfile's cache: {problem}; set "
-                          "CHATFILE_CACHE_DIR to a directory you can write, or give a stub "
-                          "with --stub FILE")
+    check_cache_writable(path)  # said now, not after a build of a minute
     build_stub(fmt, path, log=log)
     prune_cache(fmt, path)
     return path
@@ -143,6 +139,16 @@ def build_stub(fmt: str, out: str | os.PathLike, log=None) -> float:
                 raise BundleError(f"cannot write the stub {out}: {e.strerror or e}") from None
             raise
     return time.perf_counter() - t0
+
+
+def check_cache_writable(stub_path: Path) -> None:
+    """Raise BundleError if the cache cannot take the stub `stub_path`: before a build
+    of a minute, and before `chatfile bundle` announces one."""
+    problem = unwritable_dir(stub_path.parent)
+    if problem:
+        raise BundleError(f"cannot keep the stub in chatfile's cache: {problem}; set "
+                          "CHATFILE_CACHE_DIR to a directory you can write, or give a stub "
+                          "with --stub FILE")
 
 
 def unwritable_dir(path: Path) -> str | None:

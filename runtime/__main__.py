@@ -21,8 +21,8 @@ import time
 import zipfile
 from pathlib import Path
 
-from runtime.cli import (build_parser, describe_args, hidden_flag, is_baked_template,
-                         stdout_is_open, tolerant_stdout)
+from runtime.cli import (HIDDEN_FLAGS, build_parser, describe_args, full_flags, hidden_flag,
+                         is_baked_template, stdout_is_open, tolerant_stdout)
 from runtime.embedded import (BundleError, Trailer, extract, interrupt_on_termination,
                               read_trailer, verify)
 from runtime.leftovers import clear_for_executable
@@ -112,6 +112,32 @@ def _split_own_flags(argv: list[str]) -> tuple[dict, list[str]]:
             rest.append(a)
         i += 1
     return own, rest
+
+
+def _baked_args(trailer: Trailer | None) -> list[str]:
+    """The trailer's args in full, without hidden options. A bundle made before chatfile
+    bundle wrote them in full may carry `--no-brow --po 9000` (every `--cli` start failed
+    with "unrecognized arguments") or `--gguf-o 0` (which pointed every start at the
+    bundle's first byte instead of its GGUF): the first are expanded, the second ignored."""
+    if trailer is None:
+        return []
+    try:
+        baked = full_flags(list(trailer.args))
+    except ValueError:  # (never bundled: the parser refused it); left for it to say
+        return list(trailer.args)
+    kept, dropped, i = [], [], 0
+    while i < len(baked):
+        name, eq, _ = baked[i].partition("=")
+        if name in HIDDEN_FLAGS and not is_baked_template(baked[i]):
+            dropped.append(name)
+            i += 1 if eq else 2  # with its value
+            continue
+        kept.append(baked[i])
+        i += 1
+    if dropped:
+        print(f"chatfile: note: the args baked into this bundle (by an older chatfile) set "
+              f"{', '.join(dropped)}, which the bundle sets itself; ignored", file=sys.stderr)
+    return kept
 
 
 def _drop_server_flags(args: list[str]) -> list[str]:
@@ -225,10 +251,16 @@ def main(argv: list[str] | None = None) -> int:
     if own["licenses"]:  # even from a damaged bundle, and without loading NumPy
         from runtime.licenses import print_notices
         return print_notices()
+    try:  # in full, as hidden_flag looks for them; read by the command they go to
+        typed, user_args = user_args, full_flags(user_args, ("chat",) if own["cli"] else ("run",))
+    except ValueError as e:
+        print(f"chatfile: error: {e} (`{prog} --help` lists the options)", file=sys.stderr)
+        return 2
     hidden = hidden_flag(user_args)
-    if hidden:
-        print(f"chatfile: error: {hidden} is not an option (the bundle sets it itself)",
-              file=sys.stderr)
+    if hidden:  # named as typed: `--gguf-o` is not told the hidden option's whole name
+        name = next(t for t, a in zip(typed, user_args) if a.partition("=")[0] == hidden)
+        print(f"chatfile: error: {name.partition('=')[0]} is not an option (the bundle sets "
+              f"it itself)", file=sys.stderr)
         return 2
     path = bundle_path()
     try:
@@ -241,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"chatfile: note: {path} has {n} byte{'s' * (n != 1)} more at its end than it "
               "was made with (added by a download or an editor?); they are ignored",
               file=sys.stderr)
-    baked = list(trailer.args) if trailer else []
+    baked = _baked_args(trailer)
 
     if own["help"]:
         print(HELP.format(prog=prog, passed=_passed_through(),

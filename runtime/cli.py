@@ -135,6 +135,41 @@ def hidden_flag(argv: list[str]) -> str | None:
     return next((a.partition("=")[0] for a in argv if a.partition("=")[0] in HIDDEN_FLAGS), None)
 
 
+def full_flags(args: list[str], commands=("run",), parser=None) -> list[str]:
+    """The args with each abbreviated long option of `commands` written in full
+    (`--no-brow` -> `--no-browser`), one for one, as argparse reads them. Some flags are
+    looked for by their full names (a bundle's --cli drops the server's, the hidden ones
+    are refused): a baked `--no-brow` made every `--cli` start fail with "unrecognized
+    arguments", and a baked `--gguf-o 0` broke every start. `chatfile bundle` writes baked
+    args in full with this, and a bundle's start does it again for bundles made before.
+    A public option wins over a hidden one (`--chat-t`: --chat-template). Raises
+    ValueError for an abbreviation of several, naming only the public ones: argparse's
+    "ambiguous option" listed the hidden --gguf-offset and --gguf-size to a bundle's user.
+    Unknown ones are left for the parser to refuse."""
+    parser = parser or build_parser()
+    public, hidden = {}, {}  # dicts: argparse's order, no repeats
+    for command in commands:
+        for action in parser.commands[command]._actions:
+            names = hidden if action.help == argparse.SUPPRESS else public
+            names.update(dict.fromkeys(f for f in action.option_strings if f.startswith("--")))
+    out = list(args)
+    for i, arg in enumerate(args):
+        if arg == "--":  # what follows is no option
+            break
+        name, eq, value = arg.partition("=")
+        if not name.startswith("--") or len(name) < 3 or name in public or name in hidden:
+            continue
+        matches = [f for f in public if f.startswith(name)]
+        if len(matches) > 1:
+            raise ValueError(f"ambiguous option: {name} could match {', '.join(matches)}")
+        matches = matches or [f for f in hidden if f.startswith(name)]
+        if len(matches) > 1:  # hidden ones alone: as if unknown, and not named
+            raise ValueError(f"unrecognized arguments: {arg}")
+        if matches:
+            out[i] = matches[0] + eq + value
+    return out
+
+
 def check_args(args) -> str | None:
     """What is wrong with parsed arguments that argparse's types cannot catch, or None.
     (Also used by `chatfile bundle` on the arguments it bakes into a bundle.)"""
@@ -211,6 +246,12 @@ def main(argv: list[str] | None = None, bundle: str | None = None) -> int:
             sys.exit(2)
         for p in (parser, *parser.commands.values()):
             p.error = bundle_error
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in parser.commands:  # abbreviations resolved as argparse would,
+        try:  # but without naming the hidden options in its "ambiguous option"
+            argv[1:] = full_flags(argv[1:], (argv[0],), parser)
+        except ValueError as e:
+            parser.commands[argv[0]].error(str(e))
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         chat_only = chat_only_flags(parser)
@@ -244,10 +285,14 @@ def _use_embedded_model(args) -> None:
     with open(args.model, "rb") as f:
         if f.read(4) == b"GGUF":
             return
-    from runtime.embedded import read_trailer
+    from runtime.embedded import bare_stub_format, read_trailer, stub_without_model
     trailer = read_trailer(args.model)  # None: not a bundle, and the GGUF reader will say so
     if trailer is not None:
         args.gguf_offset, args.gguf_size = trailer.gguf_offset, trailer.gguf_size
+        return
+    stub_format = bare_stub_format(args.model)
+    if stub_format:  # else "not a GGUF file: magic is b'\\x7fELF'"
+        raise ValueError(stub_without_model(args.model, stub_format))
 
 
 def _check_template_file(args, template: str) -> None:

@@ -28,8 +28,10 @@ import errno
 import hashlib
 import json
 import os
+import shlex
 import signal
 import struct
+import zipfile
 import zlib
 from dataclasses import dataclass, field
 
@@ -57,6 +59,18 @@ _MACHO_HEADER_BYTES = 32
 _LC_CODE_SIGNATURE = 0x1D
 # Load commands of a PyInstaller bootloader take a few KiB; read no more than this.
 _MACHO_MAX_CMDS_BYTES = 64 * 1024
+
+
+# PyInstaller's archive cookie (bundler/splice.py cuts a stub there), and where to look for
+# it in a bare stub: near its end (on Linux, ELF section headers follow the archive).
+PYI_COOKIE_MAGIC = b"MEI\014\013\012\013\016"
+PYI_COOKIE_FORMAT = "!8sIIII64s"  # magic, package length, TOC offset, TOC length, pyvers, pylib
+PYI_COOKIE_BYTES = struct.calcsize(PYI_COOKIE_FORMAT)
+_STUB_COOKIE_SEARCH_BYTES = 1024 * 1024
+# A name that only chatfile's runtime puts in a stub: in the exe's archive table of contents
+# (build/chatfile.spec's datas) and in the .pyz's zip (shiv's site-packages).
+_EXE_STUB_MARK = b"runtime/web/"
+_PYZ_STUB_MARK = "site-packages/runtime/__main__.py"
 
 
 class BundleError(ValueError):
@@ -351,6 +365,40 @@ def part_prefix(out_path: str, suffix_bytes: int) -> str:
     while name and len(os.fsencode(f".{name}.")) + suffix_bytes > NAME_MAX_BYTES:
         name = name[:-1]
     return f".{name}."
+
+
+def bare_stub_format(path: str | os.PathLike) -> str | None:
+    """"exe" or "pyz" when `path` is a chatfile runtime stub that carries no model (call
+    read_trailer first: a bundle is one too), else None. `chatfile info stub` said only
+    "not a GGUF file: magic is b'\\x7fELF'"."""
+    try:
+        with open(path, "rb") as f:
+            start = f.read(2)
+            end = data_end(f, os.fstat(f.fileno()).st_size)  # (before a macOS signature)
+            f.seek(max(0, end - _STUB_COOKIE_SEARCH_BYTES))
+            tail_at = f.tell()
+            tail = f.read(end - tail_at)
+            cookie = tail.rfind(PYI_COOKIE_MAGIC)
+            if 0 <= cookie <= len(tail) - PYI_COOKIE_BYTES:
+                _, pkg_bytes, toc_at, toc_bytes, _, _ = struct.unpack_from(
+                    PYI_COOKIE_FORMAT, tail, cookie)
+                f.seek(max(0, tail_at + cookie + PYI_COOKIE_BYTES - pkg_bytes + toc_at))
+                if _EXE_STUB_MARK in f.read(min(toc_bytes, _STUB_COOKIE_SEARCH_BYTES)):
+                    return "exe"
+        if start == b"#!" and zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                return "pyz" if _PYZ_STUB_MARK in z.namelist() else None
+    except (OSError, zipfile.BadZipFile, struct.error):
+        pass
+    return None
+
+
+def stub_without_model(path: str, fmt: str) -> str:
+    """What to say of a bare stub given where a model was expected."""
+    how = f"chatfile bundle MODEL --stub {shlex.quote(path)}" + \
+        (" --format pyz" if fmt == "pyz" else "")
+    return (f"{path} is not a GGUF file: it is a chatfile runtime stub ({fmt}) without a "
+            f"model; bundle a GGUF into it with `{how}`")
 
 
 def lock_while_writing(tmp: str) -> int | None:
