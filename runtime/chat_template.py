@@ -19,7 +19,8 @@ sandbox alone lets ``'x' * 10**10`` or a loop nest of 10**10 iterations run:
   methods, big integers; and a budget on all output produced, including output captured
   by ``{% set %}`` blocks and macros;
 * a cap on call depth, so recursive macros fail cleanly long before Python's own limit;
-* on compiling: a size cap, a block-nesting cap, and a budget of work (profiler events).
+* on compiling: a size cap, caps on block nesting and on the number of tags, and a budget
+  of work (profiler events).
 
 Every failure surfaces as ``TemplateError``.
 """

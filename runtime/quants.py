@@ -33,7 +33,7 @@ from typing import Callable
 import numpy as np
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType as T
 
-from runtime.gguf import GGUFError
+from runtime.gguf import GGUFError, type_name
 
 # ggml's non-linear 4-bit grid (ggml-common.h kvalues_iq4nl), shared by IQ4_NL and IQ4_XS.
 IQ4NL_KVALUES = np.array(
@@ -77,13 +77,6 @@ def scratch(key: str, shape, dtype=np.uint8) -> np.ndarray:
 
 class UnsupportedTypeError(GGUFError):
     """The tensor's ggml type has no dequantizer here."""
-
-
-def _type_name(ggml_type: int) -> str:
-    try:
-        return T(ggml_type).name
-    except ValueError:
-        return f"unknown type {ggml_type}"
 
 
 def _gather(raw: np.ndarray, nb: int, stride: int, offset: int, n_bytes: int,
@@ -455,9 +448,9 @@ SUPPORTED_TYPES = frozenset(int(t) for t in _KERNELS)
 def _check_type(ggml_type: int, name: str | None) -> tuple[int, int]:
     if ggml_type not in SUPPORTED_TYPES:
         where = f" (tensor {name!r})" if name else ""
-        supported = ", ".join(sorted(_type_name(t) for t in SUPPORTED_TYPES))
+        supported = ", ".join(sorted(type_name(t) for t in SUPPORTED_TYPES))
         raise UnsupportedTypeError(
-            f"cannot dequantize ggml type {_type_name(ggml_type)} ({ggml_type}){where}; "
+            f"cannot dequantize ggml type {type_name(ggml_type)} ({ggml_type}){where}; "
             f"supported: {supported}")
     return GGML_QUANT_SIZES[T(ggml_type)]
 
@@ -466,7 +459,7 @@ def quantized_row_bytes(ggml_type: int, n_cols: int) -> int:
     """Bytes one row of `n_cols` weights takes in `ggml_type`."""
     block_size, type_size = _check_type(ggml_type, None)
     if n_cols % block_size:
-        raise GGUFError(f"a {_type_name(ggml_type)} row of {n_cols} weights is not a whole "
+        raise GGUFError(f"a {type_name(ggml_type)} row of {n_cols} weights is not a whole "
                         f"number of {block_size}-weight blocks")
     return n_cols // block_size * type_size
 
@@ -498,7 +491,7 @@ def dequantize_into(raw: np.ndarray, ggml_type: int, out: np.ndarray, *,
                         f"C-contiguous or 2-D")
     n_cols = out.shape[-1] if out.ndim else 1
     if n_cols % block_size:
-        raise GGUFError(f"{_type_name(ggml_type)} tensor{where}: row length {n_cols} is not a "
+        raise GGUFError(f"{type_name(ggml_type)} tensor{where}: row length {n_cols} is not a "
                         f"multiple of the block size {block_size}")
     if isinstance(raw, (bytes, bytearray, memoryview)):
         raw = np.frombuffer(raw, dtype=np.uint8)
@@ -511,7 +504,7 @@ def dequantize_into(raw: np.ndarray, ggml_type: int, out: np.ndarray, *,
     n_blocks = out.size // block_size
     if raw.size != n_blocks * type_size:
         raise GGUFError(
-            f"{_type_name(ggml_type)} tensor{where} of shape {tuple(out.shape)} needs "
+            f"{type_name(ggml_type)} tensor{where} of shape {tuple(out.shape)} needs "
             f"{n_blocks * type_size} bytes ({n_blocks} blocks of {type_size}), got {raw.size}")
     if n_blocks == 0:
         return out

@@ -10,8 +10,8 @@ every round costs exactly one forward pass.
 
 The output is the greedy output: every kept token is the argmax the model gives after
 exactly the tokens before it. (Batched and single-token matmuls round differently, so at
-a near-tie the two can differ; see TOLERANCES.md.) Only greedy sampling is sped up;
-with temperature > 0 tokens are drawn one at a time as usual.
+a near-tie the two can differ; see tests/fixtures/TOLERANCES.md.) Only greedy sampling is
+sped up; with temperature > 0 tokens are drawn one at a time as usual.
 """
 from __future__ import annotations
 

@@ -26,9 +26,10 @@ never fail the request. The {"response": ...} answer is unwrapped only when the 
 says which template wrote the prompt and it is one that gets the generic format (for
 another model such a reply may be the JSON the user asked for).
 
-The streaming side (`held_from`, and `CallHold`, the same answer for a reply that grows
-piece by piece) tells the server how much of the reply so far could be the start of a
-call, so that it holds that text back instead of streaming it as content.
+The streaming side (`CallHold`, fed the reply piece by piece as it grows; `held_from`
+gives the same answer for a whole reply at once) tells the server how much of the reply
+so far could be the start of a call, so that it holds that text back instead of
+streaming it as content.
 """
 from __future__ import annotations
 

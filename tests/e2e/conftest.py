@@ -1,9 +1,8 @@
 """End-to-end fixtures: the real server in a subprocess, on a free port.
 
 `start_server(model_path, *extra_args) -> ServerHandle` starts
-`python3 -m runtime.cli run MODEL --no-browser --port 0 EXTRA...` (or, while runtime/cli.py
-does not exist, `python3 -m runtime.server`, which takes the same options), reads the URL
-it prints, waits for /health to say ok, and returns. `handle.stop()` ends it.
+`python3 -m runtime.cli run MODEL --no-browser --port 0 EXTRA...`, reads the URL it
+prints, waits for /health to say ok, and returns. `handle.stop()` ends it.
 
 Fixtures: `tiny_server` (session-wide, tests/fixtures/models/tiny-llama-q8_0.gguf) and
 `server_factory` (start extra servers that are stopped after the test). Plain helpers
@@ -56,12 +55,9 @@ class ServerHandle:
 
 
 def server_command(model_path, *extra_args, browser: bool = False) -> list:
-    if (ROOT / "runtime" / "cli.py").exists():
-        base = [sys.executable, "-m", "runtime.cli", "run"]
-    else:  # the lead's CLI is not there yet: the server's own entry takes the same options
-        base = [sys.executable, "-m", "runtime.server"]
     flags = [] if browser else ["--no-browser"]
-    return base + [str(model_path), *flags, "--port", "0", *map(str, extra_args)]
+    return [sys.executable, "-m", "runtime.cli", "run", str(model_path), *flags, "--port", "0",
+            *map(str, extra_args)]
 
 
 def start_server(model_path=TINY, *extra_args, wait_healthy: bool = True,
