@@ -649,6 +649,11 @@ def build_app(st: State) -> bottle.Bottle:
                 "truncated": False, "id_slot": 0, "timings": final.timings.as_dict()}
 
     def llama_result(model, req, text, toks, final) -> dict:
+        # With n_probs, the end-of-generation token that ended the reply is listed after
+        # the others (its id, probabilities, empty text), as llama-server lists every
+        # generated token: tokens_predicted counts it, and so the lists agree with it.
+        if final.token is not None:
+            toks = toks + [final]
         out = {"content": text, "tokens": [e.token for e in toks], **final_fields(req, final)}
         if req.n_probs:
             out["completion_probabilities"] = [completion_probs(model, e, req.n_probs) for e in toks]
@@ -667,21 +672,27 @@ def build_app(st: State) -> bottle.Bottle:
 
         def chunks(k, req, events):  # result k as it comes; returns its final event
             n_predicted = 0  # llama-server's chunks count the tokens so far, as its last does
+
+            def token_chunk(ev):
+                c = {"index": k, "content": ev.text,
+                     "tokens": [] if ev.token is None else [ev.token], "stop": False,
+                     "id_slot": 0, "tokens_predicted": n_predicted,
+                     "tokens_evaluated": len(req.prompt_ids)}
+                if req.n_probs and ev.token is not None:
+                    c["completion_probabilities"] = [completion_probs(model, ev, req.n_probs)]
+                return c
             for ev in events:
                 if ev.kind == "token":
                     if not ev.text and ev.token is None:
                         continue
                     n_predicted += ev.token is not None
-                    c = {"index": k, "content": ev.text,
-                         "tokens": [] if ev.token is None else [ev.token], "stop": False,
-                         "id_slot": 0, "tokens_predicted": n_predicted,
-                         "tokens_evaluated": len(req.prompt_ids)}
-                    if req.n_probs and ev.token is not None:
-                        c["completion_probabilities"] = [completion_probs(model, ev, req.n_probs)]
-                    yield c
+                    yield token_chunk(ev)
                 elif ev.kind == "error":
                     raise _worker_error(ev.error)
                 else:
+                    if ev.token is not None:  # the end token (text ""): its own chunk, as
+                        n_predicted += 1      # llama-server sends it, before the last
+                        yield token_chunk(ev)
                     yield {"index": k, "content": "", "tokens": [], **final_fields(req, ev)}
                     return ev
             raise ApiError(500, "the inference worker stopped unexpectedly")
