@@ -15,6 +15,7 @@ import re
 
 from runtime import json_constraint
 from runtime.engine import chat_prompt_ids, tokenize_prompt
+from runtime.reasoning import FORMATS as REASONING_FORMATS
 from runtime.tool_calls import declared_names
 
 DRAIN_LIMIT_BYTES = 64 << 20   # read (and drop) at most this much of a refused body
@@ -410,6 +411,20 @@ def check_chat_fields(body) -> None:
                                 f"no setting for how much it reasons or writes")
 
 
+def get_reasoning_format(body) -> str:
+    """llama-server's 'reasoning_format' (the chat route only): "auto" (the default) and
+    "deepseek" return a thinking model's `<think>` text as reasoning_content, "none"
+    leaves it in content (runtime/reasoning.py). llama-server's "deepseek-legacy" (the
+    tags kept in content too) is not done: a 400, as any other name."""
+    v = body.get("reasoning_format")
+    if v is None:
+        return "auto"
+    if not isinstance(v, str) or v not in REASONING_FORMATS:
+        raise ApiError(400, f"'reasoning_format' must be one of "
+                            f"{', '.join(map(repr, REASONING_FORMATS))}, got {str(v)[:40]!r}")
+    return v
+
+
 # What the server itself gives a chat template (and chat_template.render's own keywords):
 # chat_template_kwargs may not set them.
 TEMPLATE_OWN_NAMES = frozenset({"messages", "tools", "add_generation_prompt", "bos_token",
@@ -520,7 +535,7 @@ def dry_fields(body, d) -> tuple[dict, list]:
 
 def sampling_params(body, *, openai: bool, default_temp: float | None = None, model=None):
     from runtime.dry import dry_breakers_from_text
-    from runtime.sampling import SamplingParams
+    from runtime.sampling import SamplingParams, infill_vocab
     check_llama_fields(body)
     d = SamplingParams()
     if default_temp is not None:
@@ -558,6 +573,10 @@ def sampling_params(body, *, openai: bool, default_temp: float | None = None, mo
     # on (params.dry_on), and with a model to tokenize them (tests call this without one).
     if params.dry_on and model is not None:
         params.dry_breakers = dry_breakers_from_text(model.tokenizer, breakers)
+    # The infill step reads the tokens' texts (a table built once per tokenizer): only
+    # when the chain names it (Mirostat's chain has none).
+    if "infill" in params.samplers and not params.mirostat and model is not None:
+        params.infill_vocab = infill_vocab(model.tokenizer)
     return params
 
 

@@ -21,6 +21,7 @@ them is allowed, draws from the best allowed tokens found further down.
 """
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from runtime.dry import DryBreakers, apply_dry
+from runtime.token_bytes import TokenBytes, table_of
 
 
 # llama.cpp's default sampler order (common/common.h; llama-server's "edskypmxt"), and then
@@ -97,6 +99,9 @@ class SamplingParams:
     dry_breakers: DryBreakers | None = None
     adaptive_target: float = -1.0   # adaptive-p (adaptive_p_probs): < 0: off
     adaptive_decay: float = 0.9     # its moving average's decay, taken in [0, 0.99]
+    # the tokens' texts and end tokens the infill step reads (infill_vocab); None: that
+    # step does nothing (set by runtime/api.py when the chain names it)
+    infill_vocab: InfillVocab | None = None
     # The chain: llama.cpp's sampler names (SAMPLER_STEPS), run in this order, each as
     # often as it is named; llama-server's `samplers` field. Ignored under Mirostat.
     samplers: tuple = DEFAULT_SAMPLERS
@@ -430,6 +435,91 @@ def adaptive_p_probs(probs: np.ndarray, target: float, finite: np.ndarray) -> np
     return w / w.sum()
 
 
+# llama.cpp's infill sampler: a text token is kept when its probability, with those of the
+# tokens merged into it, is at least this (then at least 1 / (the kept text tokens + 1))
+INFILL_KEEP_P = 0.2
+# ... and it keeps only the end tokens when they are likelier than the text tokens' mass
+# over INFILL_EOG_RATIO times the number of candidates
+INFILL_EOG_RATIO = 3.0
+
+
+@dataclass(frozen=True, eq=False)
+class InfillVocab:
+    """What the infill step reads of the tokenizer: every token's text (table: its
+    table_of, shared with DRY and the JSON constraint), the end-of-generation tokens
+    (eog, sorted) and the one it ends a reply with when it keeps no text (end_id:
+    llama.cpp's EOT, else EOS; None: neither)."""
+    table: TokenBytes
+    eog: np.ndarray
+    end_id: int | None
+
+    def piece(self, t: int) -> bytes:
+        """Token t's text as llama.cpp's token_to_piece without special tokens gives it:
+        nothing for a control token (nor for an id past the tokenizer's vocabulary)."""
+        if not 0 <= t < len(self.table) or self.table.hidden[t]:
+            return b""
+        return self.table[t]
+
+    def is_eog(self, ids: np.ndarray) -> np.ndarray:
+        return np.isin(ids, self.eog)
+
+
+def infill_vocab(tok) -> InfillVocab:
+    """The infill step's view of tokenizer tok (anything table_of reads, with eog_ids and
+    eot_id / eos_id)."""
+    eog = np.array(sorted(getattr(tok, "eog_ids", ()) or ()), dtype=np.int64)
+    end = getattr(tok, "eot_id", None)
+    if end is None:
+        end = getattr(tok, "eos_id", None)
+    return InfillVocab(table_of(tok), eog, end)
+
+
+def infill_merged(pieces: list, probs: np.ndarray, live: np.ndarray) -> np.ndarray:
+    """llama.cpp's infill merge: candidates best first, with texts pieces [n] (bytes),
+    probabilities probs [n] and live [n] False for a banned (-inf) token, which takes no
+    part -> their probabilities after merging [n], 0 for each token merged into another.
+    In candidate order, a live token with a text meets each live token whose text starts
+    with it, in candidate order too: the less likely of the two (the other one on a tie)
+    goes into the likelier, and when that is the first one, it meets no more.
+
+    The texts a text starts are a run of them sorted as bytes, found by bisection: a step
+    costs the pairs that share a start, not llama.cpp's n^2 comparisons."""
+    p = probs.astype(np.float64).tolist()
+    alive = np.asarray(live, dtype=bool).tolist()
+    by_text = sorted(range(len(pieces)), key=pieces.__getitem__)
+    texts = [pieces[i] for i in by_text]
+    for i0, a in enumerate(pieces):
+        if not alive[i0] or not a:
+            continue
+        lo = bisect.bisect_left(texts, a)
+        hi = lo
+        while hi < len(texts) and texts[hi].startswith(a):
+            hi += 1
+        for i1 in sorted(by_text[lo:hi]):
+            if i1 == i0 or not alive[i1]:
+                continue
+            if p[i1] > p[i0]:            # i0 goes into the likelier i1, and is done
+                p[i1] += p[i0]
+                p[i0], alive[i0] = 0.0, False
+                break
+            p[i0] += p[i1]
+            p[i1], alive[i1] = 0.0, False
+    return np.array(p)
+
+
+def infill_keep(merged: np.ndarray, eog: np.ndarray) -> np.ndarray | None:
+    """Which candidates llama.cpp's infill sampler keeps after the merge (merged [n], eog
+    [n] True for an end token): every end token, and the text tokens at least
+    INFILL_KEEP_P likely, then, renormalised over those, the text tokens at least
+    1 / (their number + 1) likely. None: no text token is left (the reply should end)."""
+    keep = eog | (merged >= INFILL_KEEP_P)
+    n_text = int(np.count_nonzero(keep & ~eog))
+    if n_text == 0:
+        return None
+    p = merged / merged[keep].sum()
+    return keep & (eog | (p >= 1.0 / (n_text + 1)))
+
+
 # ---- the chain: one step per sampler name, each from the candidates to the kept ones ---
 
 @dataclass
@@ -559,13 +649,50 @@ def _step_temperature(s, c: Candidates, history) -> Candidates:
     return Candidates(c.ids, c.z, c.t * t)
 
 
-# llama.cpp's sampler names -> their steps. "infill" (llama.cpp's fill-in-the-middle
-# sampler, which merges tokens that start alike) is taken and does nothing here, and
-# "adaptive_p" is the draw (Sampler._adaptive), not a step: both are left out of the chain.
+def _step_infill(s, c: Candidates, history) -> Candidates:
+    """llama.cpp's infill sampler (llama_sampler_infill, for fill-in-the-middle: stop, or
+    go on with text the model is sure of). On the candidates' probabilities at the
+    temperature so far: when the end tokens are likely enough (INFILL_EOG_RATIO), they
+    alone; else tokens whose text starts another's are merged (infill_merged) and those
+    infill_keep keeps go on, drawn as before by their own logits (llama.cpp's draw takes
+    the softmax of the logits again); when no text token is kept, the end token alone.
+    Without params.infill_vocab it does nothing."""
+    v = s.params.infill_vocab
+    if v is None:
+        return c
+    c = _sorted(c)
+    probs = _softmax_now(c)
+    eog = v.is_eog(c.ids)
+    if INFILL_EOG_RATIO * probs[eog].sum() * c.ids.size > probs[~eog].sum():
+        return _kept(c, eog & (probs > 0))
+    merged = infill_merged([v.piece(t) for t in c.ids.tolist()], probs, np.isfinite(c.z))
+    keep = infill_keep(merged, eog)
+    if keep is None:
+        end = _infill_end(s, v)
+        if end is not None:
+            return Candidates(np.array([end]), np.array([1.0]), c.t)
+        keep = ~eog    # the end token is banned: the text tokens as the merge left them
+    keep &= merged > 0   # a token merged into another is no candidate any more
+    return _kept(c, keep) if keep.any() else c
+
+
+def _infill_end(s, v: InfillVocab) -> int | None:
+    """The token the infill step ends a reply with: llama.cpp's EOT (else EOS), unless the
+    bias bans it (ignore_eos) or the constraint does not allow it. None: no such token."""
+    end = v.end_id
+    if end is None or (s.params.logit_bias or {}).get(end, 0.0) == -np.inf:
+        return None
+    if s.constraint is not None and not s.constraint.allows(end):
+        return None
+    return end
+
+
+# llama.cpp's sampler names -> their steps. "adaptive_p" is the draw (Sampler._adaptive),
+# not a step: it is left out of the chain.
 SAMPLER_STEPS = {"penalties": _step_penalties, "dry": _step_dry,
                  "top_n_sigma": _step_top_n_sigma, "top_k": _step_top_k,
                  "typ_p": _step_typical, "top_p": _step_top_p, "min_p": _step_min_p,
-                 "xtc": _step_xtc, "temperature": _step_temperature}
+                 "xtc": _step_xtc, "temperature": _step_temperature, "infill": _step_infill}
 # Steps that change logits rather than cut: leading the chain, they belong to
 # Sampler.adjusted, whose logits greedy decoding, n_probs and a constraint look at.
 LOGIT_STEPS = ("penalties", "dry")

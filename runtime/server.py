@@ -39,12 +39,13 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 import bottle
 
-from runtime import file_lease, tool_calls
+from runtime import file_lease, reasoning, tool_calls
 from runtime.api import (MAX_N_PROBS, MISSING, ApiError, TextOffsets, chat_ids, check_chat_fields,
                          choice_params, completion_prompts, context_overflow,
                          error_body, get_bool, get_choices, get_int, get_json_grammar,
                          get_max_tokens, get_messages, get_n,
-                         get_parallel_tool_calls, get_stop, get_str, get_template_kwargs,
+                         get_parallel_tool_calls, get_reasoning_format, get_stop, get_str,
+                         get_template_kwargs,
                          get_tool_choice, get_tools, is_int, joined_logprobs, json_bytes,
                          legacy_tops, limit_is_set, logprob, output_constraint, parse_json, piece,
                          prompt_logprobs, prompt_text, prompt_tools, read_body,
@@ -361,7 +362,8 @@ def build_app(st: State) -> bottle.Bottle:
         n = get_n(body, stream=stream)
         check_chat_fields(body)
         parallel = get_parallel_tool_calls(body)
-        messages = get_messages(body, st.system)
+        think = get_reasoning_format(body) != "none"
+        messages = reasoning.with_prefill_reasoning(get_messages(body, st.system))
         want_lp = get_bool(body, "logprobs", False)
         top_lp = get_int(body, "top_logprobs", 0, lo=0, hi=20)
         if top_lp and not want_lp:
@@ -388,8 +390,15 @@ def build_app(st: State) -> bottle.Bottle:
         # The template in effect tells parse which formats the prompt asked for. A reply
         # under the request's own JSON format is that JSON, never a {"response"} to unwrap.
         template = template_in_effect(model) if tools and json_start is None else None
-        prompt = chat_ids(model, messages, tools, get_bool(body, "add_generation_prompt", True),
-                          get_template_kwargs(body))[1]
+        prompt_str, prompt = chat_ids(model, messages, tools,
+                                      get_bool(body, "add_generation_prompt", True),
+                                      get_template_kwargs(body))
+        prefill = split_prefill(messages)[1]
+        # Each choice's reply is split into reasoning and content as it comes (reasoning.py);
+        # tool calls are looked for in the content only.
+        new_split = (lambda: reasoning.ReasoningSplit(
+            reasoning.opens_thinking(prompt_str, prefill),
+            not reasoning.continues_reasoning(prefill))) if think else None
         params = sampling_params(body, openai=True, default_temp=st.temperature, model=model)
         max_tokens, stop = get_max_tokens(body, st.n_ctx), get_stop(body)
         cache_prompt = get_bool(body, "cache_prompt", True)
@@ -412,12 +421,19 @@ def build_app(st: State) -> bottle.Bottle:
         if not stream:
             choices, finals = [], []
             for i, (text, toks, final) in enumerate(collect_choices(reqs)):
+                thought = ""
+                if new_split:
+                    split = new_split()
+                    (r1, c1), (r2, c2) = split.push(text), split.finish()
+                    thought, text = r1 + r2, c1 + c2
                 choice = {"index": i, "message": {"role": "assistant", "content": text},
                           "logprobs": None, "finish_reason": final.finish_reason}
                 if want_lp:
                     choice["logprobs"] = {"content": [oai_logprobs(model, e, top_lp) for e in toks]}
                 if find_calls:
                     with_tool_calls(choice, text, tools, template, parallel)
+                if thought:  # llama-server's field, only when there was reasoning
+                    choice["message"]["reasoning_content"] = thought
                 choices.append(choice)
                 finals.append(final)
             return ok({**base, "object": "chat.completion", "choices": choices,
@@ -437,22 +453,30 @@ def build_app(st: State) -> bottle.Bottle:
             yield chunk(index, {"role": "assistant", "content": ""})
             reply, sent = "", 0   # the reply so far, and how much of it went out as content
             hold = tool_calls.CallHold(tools) if find_calls else None  # held_from, as it grows
+            split = new_split() if new_split else None
             for ev in events:
                 if ev.kind == "token":
                     lp = ({"content": [oai_logprobs(model, ev, top_lp)]}
                           if want_lp and ev.token is not None else None)
-                    out = ev.text
+                    thought, out = split.push(ev.text) if split else ("", ev.text)
                     if find_calls:
-                        reply += ev.text
-                        upto = max(sent, hold.push(ev.text))
+                        reply += out
+                        upto = max(sent, hold.push(out))
                         out, sent = reply[sent:upto], upto
-                    if out or lp:
-                        yield chunk(index, {"content": out}, lp)
+                    delta = {"reasoning_content": thought} if thought else {}
+                    if out or (lp and not thought):
+                        delta["content"] = out
+                    if delta:
+                        yield chunk(index, delta, lp)
                 elif ev.kind == "error":
                     raise _worker_error(ev.error)
                 else:
+                    thought, tail = split.finish() if split else ("", "")
+                    if thought:
+                        yield chunk(index, {"reasoning_content": thought})
+                    reply += tail
                     content, calls = (reply_calls(reply[sent:], tools, template, parallel)
-                                      if find_calls else ("", []))
+                                      if find_calls else (tail, []))
                     if content:
                         yield chunk(index, {"content": content})
                     for i, call in enumerate(calls):

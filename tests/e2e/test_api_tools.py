@@ -112,11 +112,12 @@ def parrot():
     yield from serve_parrot()
 
 
-def serve_parrot():
-    """Yields (url, model) while the real server app serves a ParrotModel on a real socket."""
+def serve_parrot(model=None):
+    """Yields (url, model) while the real server app serves `model` (a ParrotModel unless
+    given) on a real socket."""
     from runtime import server
     from runtime.engine import Engine
-    model = ParrotModel()
+    model = model or ParrotModel()
     st = server.State(model_path="parrot.gguf", n_ctx=N_CTX, model=model, model_id="parrot")
     st.engine = Engine(model, N_CTX)
     httpd, port = server.bind("127.0.0.1", 0)

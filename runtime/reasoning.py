@@ -1,0 +1,162 @@
+"""A thinking model's reasoning, split from its answer, as llama-server splits it.
+
+Qwen3, QwQ and the DeepSeek-R1 distills write their reasoning between `<think>` and
+`</think>`, then the answer. Some templates open `<think>` in the prompt itself, so the
+reply starts inside it and only `</think>` comes ("forced open"). llama-server's
+`reasoning_format` (default "auto", read as "deepseek") returns the reasoning as
+`reasoning_content` and the rest as `content`; "none" leaves the reply as written.
+
+What llama.cpp's common_chat_msg_parser::try_parse_reasoning does, and so this:
+
+- A reply that starts (after whitespace) with `<think>` is reasoning until `</think>`;
+  the whitespace before the tag stays content. Forced open, the reply is reasoning from
+  its first non-whitespace character. Anything else is content, as written.
+- Each block of reasoning is stripped of whitespace at both ends; an empty one adds
+  nothing. The whitespace after `</think>` is dropped, and a `<think>` right after it
+  opens another block (the blocks' texts are joined as they are).
+- A reply that never closes `</think>` (cut by max_tokens mid-thought) is reasoning to
+  its end, with no content. A piece of a tag at the very end (`</thi`) is dropped.
+- Streamed, a piece of a tag is held until the next text shows what it is, and so is
+  whitespace at the end of the reasoning so far (it is dropped if the block ends there),
+  so the streamed pieces join into exactly the whole reply's two parts.
+
+One difference: a reply that is only the beginning of `<think>` (`<thi`, whitespace
+around it) is that text as content; llama.cpp drops it.
+"""
+
+OPEN, CLOSE = "<think>", "</think>"
+FORMATS = ("none", "deepseek", "auto")   # what a request's reasoning_format may say
+
+_START, _REASONING, _AFTER, _CONTENT = range(4)
+
+
+def _partial_tail(text: str, tag: str) -> int:
+    """The length of the longest end of `text` that is a proper beginning of `tag`."""
+    for n in range(min(len(text), len(tag) - 1), 0, -1):
+        if tag.startswith(text[-n:]):
+            return n
+    return 0
+
+
+class ReasoningSplit:
+    """push() each piece of a reply as it comes, and finish() at its end; each gives
+    (reasoning, content): the new text of each part. Every piece is read once, plus at
+    most a tag's length held back, so a long reply costs what its length does.
+
+    forced_open: the prompt opened `<think>` (see opens_thinking). strip_start=False: the
+    reasoning goes on from a prefill's, so its first whitespace is kept."""
+
+    def __init__(self, forced_open: bool = False, strip_start: bool = True):
+        self.forced_open = forced_open
+        self.state = _START
+        self.held = ""          # text not yet given out: whitespace, a piece of a tag
+        self.lead = strip_start  # at the start of a block of reasoning (strip it)
+        self.ws = ""            # whitespace at the end of the reasoning so far
+
+    def push(self, piece: str) -> tuple[str, str]:
+        self.held += piece
+        reasoning, content = [], []
+        while self.held:
+            before = (self.state, self.held)
+            self._step(reasoning, content)
+            if (self.state, self.held) == before:
+                break  # waiting for more text
+        return "".join(reasoning), "".join(content)
+
+    def finish(self) -> tuple[str, str]:
+        held, self.held = self.held, ""
+        if self.state == _START:
+            if self.forced_open:
+                return self._reasoning(held), ""
+            return "", held
+        if self.state == _AFTER and held.strip():
+            return "", held.lstrip()  # the beginning of a `<think>` and nothing after it
+        return "", ""  # a piece of `</think>`, or whitespace: dropped
+
+    def _step(self, reasoning: list, content: list) -> None:
+        text = self.held
+        if self.state == _CONTENT:
+            content.append(text)
+            self.held = ""
+        elif self.state in (_START, _AFTER):
+            rest = text.lstrip()
+            if not rest or (OPEN.startswith(rest) and rest != OPEN):
+                return  # whitespace or a piece of `<think>`: wait
+            if rest.startswith(OPEN):
+                if self.state == _START and len(rest) < len(text):
+                    content.append(text[:len(text) - len(rest)])  # llama.cpp keeps it
+                self.state, self.held, self.lead = _REASONING, rest[len(OPEN):], True
+            elif self.state == _START and self.forced_open:
+                self.state, self.held = _REASONING, rest if self.lead else text
+            else:
+                self.state, self.held = _CONTENT, rest if self.state == _AFTER else text
+        else:  # _REASONING
+            end = text.find(CLOSE)
+            if end >= 0:
+                reasoning.append(self._reasoning(text[:end]))
+                self.ws = ""  # the block ends: its last whitespace is stripped
+                self.state, self.held = _AFTER, text[end + len(CLOSE):]
+                return
+            keep = _partial_tail(text, CLOSE)
+            reasoning.append(self._reasoning(text[:len(text) - keep]))
+            self.held = text[len(text) - keep:]
+
+    def _reasoning(self, text: str) -> str:
+        """Gives out reasoning text: none of a block's first whitespace, and its last
+        whitespace only once more text follows it."""
+        if self.lead:
+            text = text.lstrip()
+            if not text:
+                return ""
+            self.lead = False
+        body = text.rstrip()
+        if not body:
+            self.ws += text
+            return ""
+        out = self.ws + body
+        self.ws = text[len(body):]
+        return out
+
+
+def split(text: str, forced_open: bool = False, strip_start: bool = True) -> tuple[str, str]:
+    """(reasoning, content) of a whole reply."""
+    s = ReasoningSplit(forced_open, strip_start)
+    r1, c1 = s.push(text)
+    r2, c2 = s.finish()
+    return r1 + r2, c1 + c2
+
+
+def opens_thinking(prompt: str, prefill: str | None = None) -> bool:
+    """Whether the reply starts inside a thought: the prompt ends with `<think>` (and
+    whitespace), as Qwen3-Thinking's and DeepSeek-R1's templates end it (llama-server's
+    thinking_forced_open), or the prefill it continues opened one and did not close it."""
+    if prefill:
+        return prefill.rfind(OPEN) > prefill.rfind(CLOSE)
+    return prompt.rstrip().endswith(OPEN)
+
+
+def continues_reasoning(prefill: str | None) -> bool:
+    """Whether the reply goes on from reasoning the prefill had begun: then its first
+    whitespace is part of that reasoning, not the start of a block."""
+    return bool(prefill) and opens_thinking("", prefill) and bool(
+        prefill[prefill.rfind(OPEN) + len(OPEN):].strip())
+
+
+def with_prefill_reasoning(messages: list) -> list:
+    """A prefill (a last assistant message, which the reply continues) that carries
+    `reasoning_content`, as the page's Continue sends a reply that had reasoning: its
+    text becomes `<think>\\nREASONING\\n</think>\\n\\nCONTENT`, as the model wrote it, so
+    the model continues the answer after its reasoning, or, when there is no answer yet
+    (a reply cut mid-thought), the reasoning itself. Other messages keep the field for
+    the template (Qwen3's renders it)."""
+    last = messages[-1] if messages else None
+    thought = last.get("reasoning_content") if isinstance(last, dict) else None
+    if (len(messages) < 2 or last.get("role") != "assistant" or last.get("tool_calls")
+            or not isinstance(thought, str) or not thought.strip()):
+        return messages
+    content = last.get("content") or ""
+    text = OPEN + "\n" + thought.strip()
+    if isinstance(content, str) and content:
+        text += "\n" + CLOSE + "\n\n" + content
+    out = {k: v for k, v in last.items() if k != "reasoning_content"}
+    return [*messages[:-1], {**out, "content": text}]
