@@ -130,6 +130,13 @@
       if (chunk.timings) result.timings = chunk.timings;
       var choice = chunk.choices && chunk.choices[0];
       if (!choice) return;
+      // A thinking model's reasoning (llama-server's reasoning_content) comes first:
+      // onDelta(piece, true).
+      var thought = choice.delta && choice.delta.reasoning_content;
+      if (typeof thought === "string" && thought) {
+        result.chunks += 1;
+        onDelta(thought, true);
+      }
       var piece = choice.delta && choice.delta.content;
       if (typeof piece === "string" && piece) {
         result.chunks += 1;

@@ -112,7 +112,8 @@
     goneDelayMs: GONE_POLL_FIRST_MS, // the wait before the next check while it is down
     propsDelayMs: 0,  // it answers, but its /props failed: the wait before trying again
     outageError: "",  // meanwhile: what the error line said of the outage (see serverBack)
-    stopped: false,   // Quit: the page stopped it on purpose, no more checks
+    stopped: false,   // Quit: the page stops it on purpose, no checks meanwhile
+    quit: "",         // after this tab's Quit: "stopping" until a check finds it gone, "gone"
   };
 
   function $(id) { return document.getElementById(id); }
@@ -384,6 +385,11 @@
     return ageMs < WRITER_GONE_MS && ageMs > -WRITER_GONE_MS; // (a mark from the future: a clock set back)
   }
 
+  /* How much a reply holds: its answer and its reasoning (a Continue may add to either). */
+  function replyChars(m) {
+    return m.content.length + (m.reasoning || "").length;
+  }
+
   /* fn(), with the replies being written as they would be if the tab closed now: marked
    * as stopped, one without a word yet left out, and a Continue without a word yet as
    * its reply was (a reply cut at max tokens was saved as stopped while its Continue
@@ -400,11 +406,11 @@
         undo.push(function () { delete c.writingAt; delete c.writingLocked; });
       }
       if (!m) return;
-      if (run.was && m.content.length === run.wasChars) {
+      if (run.was && replyChars(m) === run.wasChars) {
         if (run.was.stopped) m.stopped = true;
         if (run.was.cut) m.cut = run.was.cut;
         undo.push(function () { delete m.stopped; delete m.cut; });
-      } else if (!m.content && msgs[msgs.length - 1] === m) {
+      } else if (!m.content && !m.reasoning && msgs[msgs.length - 1] === m) {
         msgs.pop();
         undo.push(function () { msgs.push(m); });
       } else if (!m.stopped) {
@@ -541,6 +547,15 @@
       return dead[c.id] && (runOf(c) || c.id === state.currentId);
     });
     var moved = lost.length > 0 && dropDeleted(lost);
+    var byId = {};
+    stored.forEach(function (c) { byId[c.id] = c; });
+    // This tab's save written over by an older copy (another tab saved at the same
+    // instant, see Store.saveConversations): this tab's copy stays, and is saved again.
+    var behind = state.convs.filter(function (c) { return writtenOver(c, byId[c.id], dead); });
+    behind.forEach(function (c) {
+      keepMine(list, c);
+      delete state.synced[c.id]; // (changed, for the save below: see changedHere)
+    });
     var mine = current();
     var redraw = true;
     if (mine) {
@@ -555,6 +570,7 @@
         var was = writtenElsewhere(mine);
         if (list[i].writingAt) mine.writingAt = list[i].writingAt; else delete mine.writingAt;
         if (list[i].writingLocked) mine.writingLocked = true; else delete mine.writingLocked;
+        if (list[i].rev) mine.rev = list[i].rev; // (the same chat, as stored)
         keepMine(list, mine);
         redraw = writtenElsewhere(mine) !== was;
       }
@@ -563,8 +579,6 @@
       // (a reply stopped as its chat was deleted: it ends in a moment, unsaved)
       if (run.conv !== mine && !state.forgotten[run.conv.id]) keepMine(list, run.conv);
     });
-    var byId = {};
-    stored.forEach(function (c) { byId[c.id] = c; });
     // A chat of this tab's that its saves could not store (the storage was full), with
     // what was typed and answered in it: not another tab's to drop, the next save keeps
     // it. (One stored before and gone since, unchanged here, was deleted there.)
@@ -587,6 +601,17 @@
     }
     // The same chat, grown in the other tab: a reader scrolled up in it stays put.
     if (redraw || moved) renderAll(!moved); else { renderHeader(); renderSidebar(); }
+    if (behind.length) persist();
+  }
+
+  /* Whether this tab's chat c, as stored now (`there`, or none), is an older copy
+   * written over this tab's last save of it: a lower count of saves (see Store's
+   * `rev`), or gone without being deleted (`dead`: deleted in any tab). A copy without
+   * a count tells nothing: a tab of the page from before counts was left open, and
+   * drops them from every chat it saves (its changes would be taken for old ones). */
+  function writtenOver(c, there, dead) {
+    if (!state.synced[c.id] || dead[c.id] || state.forgotten[c.id]) return false;
+    return there ? !!there.rev && there.rev < (c.rev || 0) : true;
   }
 
   /* Chats whose reply another tab writes: the list marks them, and the open one shows
@@ -817,9 +842,36 @@
   /* partial: the reply is still being written (here or in another tab). Its code blocks'
    * Copy waits, as the reply's own does: it would copy the code so far. */
   function renderBody(body, m, partial) {
-    if (m.role === "assistant") body.replaceChildren(Md.render(m.content));
+    if (m.role === "assistant" && m.reasoning) body.replaceChildren(thinkingEl(m, partial), Md.render(m.content));
+    else if (m.role === "assistant") body.replaceChildren(Md.render(m.content));
     else body.textContent = m.content; // user and system text is shown exactly as typed
     if (partial) holdCopies(body, true);
+  }
+
+  /* Whether a reply's "Thinking" section is open, where the reader opened or closed it
+   * (it is drawn again at every frame of a reply; not saved). */
+  var thinkingOpen = new WeakMap();
+
+  /* A thinking model's reasoning (the server's reasoning_content) above its answer: open
+   * while the reasoning streams, closed once the answer starts, as the reader leaves it
+   * after that. Its text is a Text node: nothing of it is read as HTML or Markdown. */
+  function thinkingEl(m, partial) {
+    var d = document.createElement("details");
+    d.className = "thinking";
+    d.setAttribute("data-testid", "thinking");
+    var auto = !!partial && !m.content;
+    d.open = thinkingOpen.has(m) ? thinkingOpen.get(m) : auto;
+    var sum = document.createElement("summary");
+    sum.textContent = auto ? "Thinking\u2026" : "Thinking";
+    var text = document.createElement("div");
+    text.className = "thinking-text";
+    text.textContent = m.reasoning;
+    d.append(sum, text);
+    d.addEventListener("toggle", function () {
+      // (setting `open` above fires it too, a moment later: only a change is the reader's)
+      if (d.open !== (thinkingOpen.has(m) ? thinkingOpen.get(m) : !!partial && !m.content)) thinkingOpen.set(m, d.open);
+    });
+    return d;
   }
 
   /* A Copy button held until its reply is complete, or let go. */
@@ -839,7 +891,7 @@
    * A reply that ran into the end of the context is not offered it: there is no room. */
   function canContinue(c, index) {
     var m = c.messages[index], prev = c.messages[index - 1];
-    return index === c.messages.length - 1 && m.role === "assistant" && !!m.content &&
+    return index === c.messages.length - 1 && m.role === "assistant" && !!(m.content || m.reasoning) &&
       !!prev && prev.role === "user" && m.cut !== "context" &&
       (m.cut === "length" || m.stopped === true);
   }
@@ -1074,11 +1126,11 @@
   function renderMessages(keepScroll) {
     var box = $("messages"), c = current();
     var top = box.scrollTop, stay = keepScroll === true && !nearBottom(box);
-    var place = focusInMessages(), kept = keptEdit(box, c);
+    var place = focusInMessages(), kept = keptEdits(box, c);
     box.replaceChildren();
     if (!c || c.messages.length === 0) {
       box.appendChild(welcomeEl());
-      if (kept) keepEdit(box, c, kept);
+      kept.forEach(function (k) { keepEdit(box, c, k); });
       refocusMessages(place);
       planWriterCheck();
       sayNewNote();
@@ -1089,7 +1141,7 @@
       if (prev && prev.leftOut && !m.leftOut) box.appendChild(leftOutLine());
       box.appendChild(messageEl(c, m, i));
     });
-    if (kept) keepEdit(box, c, kept);
+    kept.forEach(function (k) { keepEdit(box, c, k); });
     box.scrollTop = stay ? top : box.scrollHeight;
     refocusMessages(place);
     planWriterCheck();
@@ -1197,7 +1249,7 @@
 
   /* ---------- editing ---------- */
 
-  /* kept: the edit box drawn again, as it was (see keptEdit), whatever the chat is doing. */
+  /* kept: the edit box drawn again, as it was (see keptEdits), whatever the chat is doing. */
   function startEdit(wrap, c, index, kept) {
     if (!kept && (runOf(c) || writtenElsewhere(c))) return;
     var body = wrap.querySelector(".msg-body");
@@ -1205,7 +1257,7 @@
     ta.className = "edit-input";
     ta.setAttribute("data-testid", "edit-input");
     ta.setAttribute("aria-label", "Edit message");
-    ta.setAttribute("data-conv", c.id); // (see keptEdit)
+    ta.setAttribute("data-conv", c.id); // (see keptEdits)
     ta.value = kept ? kept.text : c.messages[index].content;
     var row = document.createElement("div");
     row.className = "edit-buttons";
@@ -1217,7 +1269,7 @@
       if (runOf(c) || writtenElsewhere(c)) { setNotice(MSG_EDIT_WAITS); return; }
       var big = tooBigToSend(c, text);
       if (big) { setError(big); return; } // (the edit box stays as it is)
-      ta.removeAttribute("data-conv"); // (done with: not kept by the redraw, see keptEdit)
+      ta.removeAttribute("data-conv"); // (done with: not kept by the redraw, see keptEdits)
       // Editing rewinds the chat: everything after this message is dropped.
       c.messages = c.messages.slice(0, index);
       var sent = { role: "user", content: text };
@@ -1246,14 +1298,18 @@
     else ta.focus();
   }
 
-  /* The edit box open in chat c, or null: {index, text, start, end} (its message, what is
+  /* The edit boxes open in chat c: [{index, text, start, end}] (its message, what is
    * typed in it, the selection). A redraw of the same chat (another tab saved it, a reply
-   * ended) draws it again with them (see keepEdit): it took away what was typed. */
-  function keptEdit(box, c) {
-    var ta = box.querySelector("[data-testid=edit-input]");
-    if (!ta || !c || ta.getAttribute("data-conv") !== c.id) return null;
-    return { index: Number(ta.closest("[data-index]").getAttribute("data-index")), text: ta.value,
-             start: ta.selectionStart, end: ta.selectionEnd };
+   * ended) draws them again with them (see keepEdit): it took away what was typed. (It
+   * kept only the first box: a second one open in the chat went, with its text.) */
+  function keptEdits(box, c) {
+    if (!c) return [];
+    return Array.prototype.filter.call(box.querySelectorAll("[data-testid=edit-input]"), function (ta) {
+      return ta.getAttribute("data-conv") === c.id;
+    }).map(function (ta) {
+      return { index: Number(ta.closest("[data-index]").getAttribute("data-index")), text: ta.value,
+               start: ta.selectionStart, end: ta.selectionEnd };
+    });
   }
 
   /* The edit box `kept` drawn again in chat c; its message gone (the chat was cut in
@@ -1276,6 +1332,8 @@
       var prev = out[out.length - 1];
       if (prev && prev.role === m.role && m.role !== "system") prev.content += "\n\n" + m.content;
       else out.push({ role: m.role, content: m.content });
+      // (templates such as Qwen3's show it where they want it; a Continue goes on from it)
+      if (m.reasoning && out[out.length - 1].role === "assistant") out[out.length - 1].reasoning_content = m.reasoning;
     });
     return out;
   }
@@ -1593,7 +1651,7 @@
     renderSidebar();
     if (!(await takeWritingLock(c, run))) { writtenThere(c, sent); return; }
     var controller = run.controller;
-    var msg = null, was = null, addedChars = 0, aborted = false;
+    var msg = null, was = null, addedChars = 0, addedThought = 0, aborted = false;
     var firstAt = 0, lastAt = 0, pieces = 0;
     try {
       // /props again before every reply: the server may have been restarted on this port
@@ -1620,7 +1678,7 @@
         // Its marks go while it goes on; they come back if it gets no further.
         msg = cont;
         was = run.was = { stopped: msg.stopped, cut: msg.cut };
-        run.wasChars = msg.content.length; // (see asIfStopped)
+        run.wasChars = replyChars(msg); // (see asIfStopped)
         delete msg.stopped;
         delete msg.cut;
       } else {
@@ -1645,12 +1703,17 @@
 
       watchQueue(run);
       var result = await withAuth(function () {
-        return Api.streamChat(request, function (piece) {
+        return Api.streamChat(request, function (piece, thought) {
           lastAt = performance.now();
           pieces += 1;
           if (!firstAt) firstAt = lastAt;
-          msg.content += piece;
-          addedChars += piece.length;
+          if (thought) {
+            msg.reasoning = (msg.reasoning || "") + piece;
+            addedThought += piece.length;
+          } else {
+            msg.content += piece;
+            addedChars += piece.length;
+          }
           if (!run.started) { // its turn came
             run.started = true;
             run.before = [];
@@ -1684,11 +1747,11 @@
         replyError(c, describeError(e), gone ? "gone" : "");
         if (gone) serverSeemsGone();
       }
-      if (was && !addedChars) {
+      if (was && !addedChars && !addedThought) {
         // A Continue that got no further: the reply is as it was, marks and all.
         if (was.stopped) msg.stopped = true;
         if (was.cut) msg.cut = was.cut;
-      } else if (msg && msg.content) {
+      } else if (msg && (msg.content || msg.reasoning)) {
         // A reply stopped (or cut off by an error) half way is kept, marked as stopped.
         // Stopped, it shows its speed so far, measured on the pieces it got (not under
         // another chat: the status line is that chat's).
@@ -1920,6 +1983,7 @@
   /* The server did not answer. The first time, say so; then ask again, less and less
    * often. -> the wait before the next check. */
   function serverGone() {
+    if (link.quit) link.quit = "gone";
     if (!link.down) {
       link.down = true;
       link.goneDelayMs = GONE_POLL_FIRST_MS;
@@ -1941,6 +2005,9 @@
 
   /* /health answered h. -> the wait before the next check. */
   async function serverAnswered(h) {
+    // (the server told to quit may answer for a moment more)
+    if (link.quit === "stopping") return GONE_POLL_FIRST_MS;
+    if (link.quit) backAfterQuit();
     var restarted = h.instance && link.instance && h.instance !== link.instance;
     if (h.instance) link.instance = h.instance;
     if (h.status === "loading") {
@@ -2033,9 +2100,30 @@
     }
     show($("app"), false);
     show($("loading"), true);
-    $("loading-text").textContent = "chatfile has stopped. You can close this tab.";
+    $("loading-text").textContent = "chatfile has stopped. You can close this tab; started again, " +
+      "chatfile comes back here by itself, with what you were typing.";
     $("load-progress").hidden = true;
     show($("loading-quit"), false);
+    // Watched as a server gone (every 1, 2, 4, 8, then 10 s, while the tab is shown):
+    // the user may start it again, and this tab is then the chat as it was (it said
+    // "stopped" for good, and only a reload, which loses the draft, brought it back).
+    var started = document.body.getAttribute("data-ready") === "true";
+    link.stopped = false;
+    link.quit = "stopping";
+    link.down = true;
+    link.goneDelayMs = GONE_POLL_FIRST_MS;
+    if (started) planCheck(GONE_POLL_FIRST_MS); else watchServer();
+  }
+
+  /* A server answers after a Quit from this tab: it was started again. The chat comes
+   * back as it was (the draft, the edit boxes); a tab whose chat never opened (its model
+   * had failed to load) starts afresh. */
+  function backAfterQuit() {
+    link.quit = "";
+    if (document.body.getAttribute("data-ready") !== "true") { location.reload(); return; }
+    show($("loading"), false);
+    show($("app"), true);
+    $("input").focus();
   }
 
   /* ---------- start-up ---------- */

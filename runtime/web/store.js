@@ -70,6 +70,10 @@
     // (a reply's mark: under a question it would say the question was cut)
     if (role === "assistant" && typeof m.cut === "string" &&
         Object.prototype.hasOwnProperty.call(CUTS, m.cut)) out.cut = m.cut;
+    // A thinking model's reasoning (shown above the reply; sent back as reasoning_content),
+    // as text, as the content is.
+    var reasoning = role === "assistant" ? asText(m.reasoning) : "";
+    if (reasoning) out.reasoning = reasoning;
     if (m.leftOut === true) out.leftOut = true; // (not sent with the last reply: see app.js)
     return out;
   }
@@ -104,6 +108,10 @@
     if (writingAt) out.writingAt = writingAt;
     // (the writing tab holds a lock while it writes, which tells where locks are seen)
     if (writingAt && c.writingLocked === true) out.writingLocked = true;
+    // How many times the chat was saved changed (see saveConversations): a stored copy
+    // with a lower count than a tab's own is an older one, written over it.
+    var rev = asTime(c.rev, 0);
+    if (rev) out.rev = rev;
     return out;
   }
 
@@ -130,7 +138,14 @@
    * deleted, here (`forgotten`) or in another tab (loadDeleted), goes, also from this tab.
    * -> {ok, list, written, gone}: this tab's list as it now is (its own objects and the
    * chats other tabs added), the ids of the chats whose change was saved, and those of
-   * its chats another tab deleted. */
+   * its chats another tab deleted.
+   * This is not atomic across tabs: in Chromium each tab's process reads a copy of the
+   * storage that another tab's write reaches a moment later, so two tabs saving at one
+   * instant each write the other's chat as they last knew it, and the later write wins
+   * (a Web Lock around the save does not help: the copy may still be behind when the
+   * lock is granted). Each chat saved changed counts up its `rev`, so that the tab whose
+   * change was written over sees it (a stored `rev` below its own) and saves it again
+   * (see app.js, onOtherTabSaved). */
   function saveConversations(list, forgotten, changed) {
     var deleted = loadDeleted(), dead = {};
     deleted.forEach(function (id) { dead[id] = true; });
@@ -153,9 +168,11 @@
         c.title = there.title;
         c.updated = there.updated;
       }
+      c.rev = Math.max(there && there.rev || 0, c.rev || 0) + 1;
       if (what === "title") {
         there.title = c.title;
         there.updated = c.updated;
+        there.rev = c.rev;
       }
       out.push(what === "title" ? there : c);
       written.push(c.id);
@@ -175,6 +192,7 @@
     conv.id = newId();
     delete conv.writingAt; // (no tab of this browser is writing in a chat read from a file)
     delete conv.writingLocked;
+    delete conv.rev; // (a count of saves in another browser)
     conv.messages.forEach(function (m) { delete m.leftOut; });
     return conv;
   }
@@ -208,6 +226,7 @@
    * that an imported reply can still be continued). */
   function exportMessage(m) {
     var out = { role: m.role, content: m.content };
+    if (m.reasoning) out.reasoning = m.reasoning;
     if (m.stopped) out.stopped = true;
     if (m.cut) out.cut = m.cut;
     return out;
@@ -258,7 +277,14 @@
     var parts = ["# " + conv.title, ""];
     conv.messages.forEach(function (m) {
       // (a question with an open fence too: it is Markdown here, whoever wrote it)
-      parts.push("**" + ROLE_NAMES[m.role] + ":**", "", closeOpenFence(m.content), "");
+      parts.push("**" + ROLE_NAMES[m.role] + ":**", "");
+      // The reasoning as a quote above the reply, which it is not part of.
+      if (m.reasoning) {
+        parts.push("> *Thinking:*", ">", closeOpenFence(m.reasoning).split("\n").map(function (line) {
+          return line ? "> " + line : ">";
+        }).join("\n"), "");
+      }
+      parts.push(closeOpenFence(m.content), "");
     });
     return parts.join("\n");
   }
