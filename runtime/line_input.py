@@ -24,6 +24,7 @@ import os
 import select
 import signal
 import threading
+import time
 import unicodedata
 from collections import deque
 
@@ -134,11 +135,20 @@ def raw_line_reader(fd: int, out, encoding: str | None = None, typed_ahead: str 
                 # reach another thread (the stopped main thread is passed over), and its
                 # handler runs only when this one does. A resized terminal, or `fg`, gets
                 # the line drawn again then, without waiting for a key.
-                while not select.select([fd], [], [], IDLE_S)[0]:
+                while True:
+                    woken = select.select([fd], [], [], IDLE_S)[0]
                     # (After `bg` the screen is the shell's: the line is drawn again
                     # once an `fg`, which sends no signal then, gives the terminal back.)
                     if in_foreground(fd):
+                        if woken:
+                            break
                         _show(out, shown.refit())
+                    elif woken:
+                        # Keys typed at the shell wake us too: a read from the
+                        # background would stop us (SIGTTIN) inside it, and after `fg`
+                        # the line was shown again only at the next key. They are the
+                        # shell's: left to it.
+                        time.sleep(IDLE_S)
                 data = os.read(fd, 65536)
                 return decoder.decode(data) if data else None
             return _edit(read_text, shown, pending, out)

@@ -460,7 +460,7 @@ def pastes_marked_while_loading(stdin=None, stdout=None):
 
 
 @contextlib.contextmanager
-def _given_back_while_stopped(fd: int, take, give):
+def _given_back_while_stopped(fd: int, take, give, redraw=None):
     """Ctrl+Z while we have changed the terminal: give() hands it to the shell as it was
     before the process stops, take() changes it again once `fg` continues the process.
     The chat stopped with paste mode on and ECHOCTL off (the load's), and the shell then
@@ -469,7 +469,8 @@ def _given_back_while_stopped(fd: int, take, give):
     while it runs in the background a thread looks every FG_POLL_S whether it has (the
     rest of the load had no paste marks). Yields a function that says whether the
     terminal is ours (not given back). Python runs the handler between two steps of the
-    main thread's code, so a stop waits for a long NumPy call to end."""
+    main thread's code, so a stop waits for a long NumPy call to end. redraw: run on the
+    main thread once the terminal is taken back (GNU readline's line is drawn again)."""
     if not hasattr(signal, "SIGTSTP"):
         yield lambda: True
         return
@@ -481,11 +482,26 @@ def _given_back_while_stopped(fd: int, take, give):
     done = threading.Event()
     watchers: list[threading.Thread] = []
 
+    redraw_due = [False]
+
     def take_back(signum=None, frame=None):
         with lock:
             if given[0] and _in_foreground(fd):  # (in the background: SIGTTOU would stop us)
                 given[0] = False
                 take()
+                redraw_due[0] = redraw is not None
+        if not redraw_due[0]:
+            return
+        if threading.current_thread() is threading.main_thread():
+            redraw_due[0] = False
+            redraw()
+        else:
+            # The watcher noticed the `fg` that sends no signal (after `bg`): readline,
+            # which waits in C code for a key, went on at the width the terminal had
+            # before `bg`, its line not shown again (a Backspace across a wrapped row
+            # left the row above as it was). The signal interrupts that wait, and its
+            # handler (this function, on the main thread) draws the line at the width now.
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGCONT)
 
     def watch_for_fg() -> None:
         # Continued in the background (`bg`): only then does a thread look every FG_POLL_S
@@ -502,7 +518,12 @@ def _given_back_while_stopped(fd: int, take, give):
         # second one found the terminal given, in the middle of give()), and after the
         # second `fg` the prompt stayed in the shell's modes (taken back already). (One
         # in the moment between SIG_DFL and the kill below still stops it twice, as any
-        # program that stops itself so; one while `fg` is being taken back is dropped.)
+        # program that stops itself so, vim too; one while `fg` is being taken back is
+        # dropped. Blocking SIGTSTP here would not close that moment: the kernel gives a
+        # signal sent to the process that this thread blocks to another thread (the
+        # engine's, OpenBLAS's), and the process stops all the same. SIGSTOP would, but
+        # the shell then says "Stopped (signal)", and it stops a process group that no
+        # shell will continue, whose SIGTSTP the kernel discards.)
         if _running_in(frame, stop.__code__):
             return
         with lock:
@@ -572,13 +593,10 @@ def _given_back_at_stops(read, fd: int, shells_modes: list, out):
                 set_modes(fd, at_stop.pop())
         if marks:
             _write_codes(out, PASTE_ON)
-        # Not from the thread that notices `fg` after `bg`: the main thread may be in
-        # readline then; the next key shows the line.
-        if threading.current_thread() is threading.main_thread():
-            getattr(read, "after_fg", lambda: None)()
 
     def read_given_back(prompt, text=""):
-        with _given_back_while_stopped(fd, take, give):
+        # (The own line editor draws its line again itself.)
+        with _given_back_while_stopped(fd, take, give, getattr(read, "after_fg", None)):
             return read(prompt, text)
     read_given_back.__dict__.update(read.__dict__)  # (discard, take_waiting)
     return read_given_back
