@@ -6,6 +6,7 @@ textarea to the SSE stream and back into localStorage. Screenshots go to test-ar
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -33,14 +34,27 @@ sync_api = require_chromium()
 @pytest.fixture
 def page(browser, server_url):
     """A fresh browser context (empty localStorage) with the page loaded and ready."""
+    with page_at(browser, server_url) as pg:
+        yield pg
+
+
+@contextlib.contextmanager
+def page_at(browser, url, *, alerts_fail=False):
+    """The page at url, loaded and ready, in a fresh browser context (empty localStorage),
+    closed afterwards; a JavaScript error on it (and with alerts_fail, a dialog: an
+    alert() that model text ran) fails the test."""
     ctx = browser.new_context(viewport={"width": 1280, "height": 800}, accept_downloads=True)
     pg = ctx.new_page()
     pg.set_default_timeout(TIMEOUT_MS)
     errors = []
     pg.on("pageerror", lambda e: errors.append(str(e)))
-    open_page(pg, server_url)
-    yield pg
-    ctx.close()
+    if alerts_fail:
+        pg.on("dialog", lambda d: errors.append("dialog: " + d.message))
+    try:
+        open_page(pg, url)
+        yield pg
+    finally:
+        ctx.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from tests.e2e.conftest import require_chromium
 from tests.e2e.test_api_reasoning import QWEN3, serve_thinking
-from tests.e2e.test_page import (TIMEOUT_MS, current_conv, open_page, send, set_settings,
+from tests.e2e.test_page import (current_conv, open_page, page_at, send, set_settings,
                                  wait_idle)
 
 require_chromium()
@@ -30,18 +30,12 @@ def thinking():
 
 @pytest.fixture
 def page(browser, thinking):
-    ctx = browser.new_context(viewport={"width": 1280, "height": 800}, accept_downloads=True)
-    pg = ctx.new_page()
-    pg.set_default_timeout(TIMEOUT_MS)
-    errors = []
-    pg.on("pageerror", lambda e: errors.append(str(e)))
-    pg.on("dialog", lambda d: errors.append("dialog: " + d.message))  # (an alert() ran)
-    open_page(pg, thinking[0] + "/")
-    yield pg
-    thinking[1].gate_at = None
-    thinking[1].gate.set()
-    ctx.close()
-    assert not errors, f"JavaScript errors on the page: {errors}"
+    with page_at(browser, thinking[0] + "/", alerts_fail=True) as pg:
+        try:
+            yield pg
+        finally:
+            thinking[1].gate_at = None
+            thinking[1].gate.set()
 
 
 def test_reasoning_shows_open_while_it_streams_then_folds_under_the_answer(page, thinking):

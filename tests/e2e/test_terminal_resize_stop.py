@@ -70,13 +70,24 @@ def test_backspace_across_a_wrapped_row_after_a_resize(reader, stoppable, tmp_pa
         assert is_prompt(out), out
         out += c.write(b"abcdefghijklmnopqrstuvwxyz")  # with "> ", 28 columns: two rows
         out += c.read_until(lambda b: b"z" in out + b, 30)
-        out += c.write(b"\x7f" * 10 + b"!\r")
-        out += c.read_until(lambda b: _got("abcdefghijklmnop!") in out + b
-                            and is_prompt(out + b), 30)
+        out = backspace_across_the_wrap(c, out)
         c.write(b"\x04")
         out += _ends(c)
     finally:
         c.close()
+    assert_edited_across_the_wrap(screen, out)
+
+
+def backspace_across_the_wrap(c, out: bytes) -> bytes:
+    """Ten Backspaces from the end of "abcdefghijklmnopqrstuvwxyz", wrapped into a second
+    row on a narrow terminal, then "!" and Enter: -> out and the chat's echo of it."""
+    out += c.write(b"\x7f" * 10 + b"!\r")
+    return out + c.read_until(lambda b: _got("abcdefghijklmnop!") in out + b
+                              and is_prompt(out + b), 30)
+
+
+def assert_edited_across_the_wrap(screen, out: bytes) -> None:
+    """The screen shows the line as edited (no row left as it was) and the echo of it."""
     screen.write(out.decode())
     rows = screen.show()
     assert "> abcdefghijklmnop!" in rows, rows

@@ -14,6 +14,8 @@ from tests.e2e.conftest import ROOT, TINY
 from tests.e2e.test_terminal_gaps import reader  # noqa: F401 - the fixture
 from tests.e2e.test_terminal_pty import ECHO, NO_READLINE, SCRIPT, Chat, _got, is_prompt
 from tests.e2e.test_terminal_stop_modes import _in_raw_mode
+from tests.e2e.test_terminal_resize_stop import (assert_edited_across_the_wrap,
+                                                 backspace_across_the_wrap)
 from tests.e2e.test_terminal_suspend_paste import _paste_mode_on
 from tests.runtime.test_line_input import Screen, _set_size
 
@@ -168,17 +170,11 @@ def test_a_resize_while_in_the_background_is_seen_after_fg(reader, tmp_path):
         assert b"> abcdefghij" in out[at:] and _in_raw_mode(c), out[at:]
         out += c.write(b"klmnopqrstuvwxyz")  # with "> ", 28 columns: two rows
         out += c.read_until(lambda b: b"z" in out[at:] + b, 30)
-        out += c.write(b"\x7f" * 10 + b"!\r")
-        out += c.read_until(lambda b: _got("abcdefghijklmnop!") in out + b
-                            and is_prompt(out + b), 30)
+        out = backspace_across_the_wrap(c, out)
         out = _chat_ends(c, out)
     finally:
         c.close()
-    screen.write(out.decode())
-    rows = screen.show()
-    assert "> abcdefghijklmnop!" in rows, rows
-    at = rows.index("> abcdefghijklmnop!")
-    assert rows[at + 1].startswith("got 17 characters"), rows
+    assert_edited_across_the_wrap(screen, out)
 
 
 # Run in the own line editor's chat: each time its wait for a key is woken while it runs
