@@ -383,12 +383,27 @@ def get_samplers(body, default: tuple) -> tuple:
     if v is None:
         return default
     if isinstance(v, str):
-        return samplers_from_letters(v)
+        return capped_chain(samplers_from_letters(v))
     if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
         raise ApiError(400, "'samplers' must be a list of sampler names "
                             "([\"top_k\", \"min_p\", \"temperature\"]) or a string of their "
                             "letters (\"kmt\")")
-    return samplers_from_names(v)
+    return capped_chain(samplers_from_names(v))
+
+
+# The most steps a request's chain may have (llama-server sets none). Each step runs for
+# every token and may cost a pass over the vocabulary (the penalties, DRY): a body of
+# 60,000 "dry" made every token of the tiny test model cost 5 s, uncancellable, and
+# Qwen's vocabulary is 300 times larger. llama.cpp's own names are 11.
+SAMPLERS_MAX_STEPS = 64
+
+
+def capped_chain(chain: tuple) -> tuple:
+    if len(chain) > SAMPLERS_MAX_STEPS:
+        raise ApiError(400, f"'samplers' names {len(chain)} samplers; at most "
+                            f"{SAMPLERS_MAX_STEPS} may run (each of llama.cpp's 11 can be named "
+                            f"more than once)")
+    return chain
 
 
 def check_chat_fields(body) -> None:
@@ -453,6 +468,41 @@ def get_template_kwargs(body) -> dict:
 def get_parallel_tool_calls(body) -> bool:
     """OpenAI's 'parallel_tool_calls' (true by default): false allows one call per reply."""
     return get_bool(body, "parallel_tool_calls", True)
+
+
+# A prediction's characters read per token of context: a reply fits in the context, so a
+# prediction past that is never repeated; cutting it there bounds its tokenizing by the
+# context, as a prompt's (one token rarely spells more than 16 characters).
+PREDICTION_CHARS_PER_CTX_TOK = 16
+
+
+def get_prediction(body) -> str | None:
+    """OpenAI's Predicted Outputs: {"type": "content", "content": TEXT or a list of text
+    parts}, the text the reply is expected to largely repeat. Only a speed hint (greedy
+    speculation drafts from it), so its text alone is returned; None when absent."""
+    pred = body.get("prediction")
+    if pred is None:
+        return None
+    if not isinstance(pred, dict) or pred.get("type") != "content":
+        raise ApiError(400, "'prediction' must be an object {\"type\": \"content\", "
+                            "\"content\": TEXT}")
+    content = pred.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text"
+                                         and isinstance(p.get("text"), str) for p in content):
+        return "".join(p["text"] for p in content)
+    raise ApiError(400, "'prediction.content' must be a string or a list of "
+                        "{\"type\": \"text\", \"text\": TEXT} parts")
+
+
+def prediction_ids(model, text: str | None, n_ctx: int) -> list | None:
+    """A prediction's token ids, at most n_ctx of them (from its first n_ctx × 16
+    characters, see PREDICTION_CHARS_PER_CTX_TOK); None for none or an empty one."""
+    if not text:
+        return None
+    text = text[:n_ctx * PREDICTION_CHARS_PER_CTX_TOK]
+    return model.tokenize(text, add_special=False)[:n_ctx] or None
 
 
 def _string_list(body, key) -> None:

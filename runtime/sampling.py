@@ -113,7 +113,20 @@ class SamplingParams:
         chain without a temperature step samples at temperature 1 (llama-server's)."""
         if self.temperature > 0:
             return False
-        return self.mirostat != 0 or (self.dynatemp_range <= 0 and "temperature" in self.samplers)
+        if self.mirostat != 0:
+            return True
+        if self.dynatemp_range > 0 or "temperature" not in self.samplers:
+            return False
+        # The argmax of the logits after the penalties and DRY that lead the chain is the
+        # chain's answer only when no step before the temperature changes logits after a
+        # cut (the penalties after top_k see its survivors alone) or replaces the
+        # candidates (infill may end the reply): else the chain runs, its temperature
+        # step keeping the best candidate left.
+        before = tuple(n for n in self.samplers[:self.samplers.index("temperature")]
+                       if n in SAMPLER_STEPS)
+        after_cut = before[_leading_logit_steps(before):]
+        return not (("penalties" in after_cut and penalties_on(self)) or
+                    ("dry" in after_cut and self.dry_on) or "infill" in after_cut)
 
     @property
     def dry_on(self) -> bool:
@@ -167,9 +180,14 @@ def apply_logit_bias(logits: np.ndarray, bias: dict | None) -> np.ndarray:
     return out
 
 
+def penalties_on(p: SamplingParams) -> bool:
+    """Whether the penalties step can change a logit (it needs a history too)."""
+    return not (p.repeat_penalty == 1.0 and not p.presence_penalty and not p.frequency_penalty) \
+        and p.repeat_last_n != 0
+
+
 def apply_penalties(logits: np.ndarray, history: list[int], p: SamplingParams) -> np.ndarray:
-    if (p.repeat_penalty == 1.0 and not p.presence_penalty and not p.frequency_penalty) \
-            or not history or p.repeat_last_n == 0:
+    if not penalties_on(p) or not history:
         return logits
     recent = history if p.repeat_last_n < 0 else history[-p.repeat_last_n:]
     ids, counts = np.unique(np.asarray(recent, dtype=np.int64), return_counts=True)
@@ -574,8 +592,7 @@ def _modified(c: Candidates, modify) -> Candidates:
 
 def _step_penalties(s, c: Candidates, history) -> Candidates:
     p = s.params
-    if (p.repeat_penalty == 1.0 and not p.presence_penalty and not p.frequency_penalty) \
-            or not history or p.repeat_last_n == 0:
+    if not penalties_on(p) or not history:
         return c
     return _modified(c, lambda z: apply_penalties(z, history, p))
 
