@@ -570,7 +570,10 @@
         var was = writtenElsewhere(mine);
         if (list[i].writingAt) mine.writingAt = list[i].writingAt; else delete mine.writingAt;
         if (list[i].writingLocked) mine.writingLocked = true; else delete mine.writingLocked;
-        if (list[i].rev) mine.rev = list[i].rev; // (the same chat, as stored)
+        // (the same chat, as stored; also without a count, as a tab of the page from
+        // before counts saves it: kept here, this tab's would be taken for newer than the
+        // next save of another tab's, which counts from none, and written back over it)
+        if (list[i].rev) mine.rev = list[i].rev; else delete mine.rev;
         keepMine(list, mine);
         redraw = writtenElsewhere(mine) !== was;
       }
@@ -842,36 +845,54 @@
   /* partial: the reply is still being written (here or in another tab). Its code blocks'
    * Copy waits, as the reply's own does: it would copy the code so far. */
   function renderBody(body, m, partial) {
-    if (m.role === "assistant" && m.reasoning) body.replaceChildren(thinkingEl(m, partial), Md.render(m.content));
-    else if (m.role === "assistant") body.replaceChildren(Md.render(m.content));
+    if (m.role === "assistant" && m.reasoning) {
+      // The Thinking section drawn last time stays, updated (a redraw at every frame of
+      // the reply took the keyboard's focus off its summary, to the page)
+      var d = body.firstChild && body.firstChild.thinkingOf === m ? body.firstChild : thinkingEl(m);
+      updateThinking(d, partial);
+      if (d.parentNode !== body) body.replaceChildren(d);
+      while (d.nextSibling) d.nextSibling.remove();
+      body.appendChild(Md.render(m.content));
+    } else if (m.role === "assistant") body.replaceChildren(Md.render(m.content));
     else body.textContent = m.content; // user and system text is shown exactly as typed
     if (partial) holdCopies(body, true);
   }
 
   /* Whether a reply's "Thinking" section is open, where the reader opened or closed it
-   * (it is drawn again at every frame of a reply; not saved). */
+   * (it is drawn again with its chat; not saved). */
   var thinkingOpen = new WeakMap();
 
-  /* A thinking model's reasoning (the server's reasoning_content) above its answer: open
-   * while the reasoning streams, closed once the answer starts, as the reader leaves it
-   * after that. Its text is a Text node: nothing of it is read as HTML or Markdown. */
-  function thinkingEl(m, partial) {
+  /* A thinking model's reasoning (the server's reasoning_content) above its answer (of
+   * message m): open while there is no answer (the reasoning streams, or the reply ended
+   * in it), closed once the answer starts, as the reader leaves it after that. Its text is
+   * a Text node: nothing of it is read as HTML or Markdown. See updateThinking. */
+  function thinkingEl(m) {
     var d = document.createElement("details");
     d.className = "thinking";
     d.setAttribute("data-testid", "thinking");
-    var auto = !!partial && !m.content;
-    d.open = thinkingOpen.has(m) ? thinkingOpen.get(m) : auto;
+    d.thinkingOf = m;
     var sum = document.createElement("summary");
-    sum.textContent = auto ? "Thinking\u2026" : "Thinking";
     var text = document.createElement("div");
     text.className = "thinking-text";
-    text.textContent = m.reasoning;
     d.append(sum, text);
     d.addEventListener("toggle", function () {
-      // (setting `open` above fires it too, a moment later: only a change is the reader's)
-      if (d.open !== (thinkingOpen.has(m) ? thinkingOpen.get(m) : !!partial && !m.content)) thinkingOpen.set(m, d.open);
+      // (setting `open` fires it too, a moment later: only a change is the reader's)
+      if (d.open !== d.drawnOpen) thinkingOpen.set(m, d.open);
     });
     return d;
+  }
+
+  /* Thinking section d as its message is now (partial: still being written). */
+  function updateThinking(d, partial) {
+    var m = d.thinkingOf;
+    // (opened or closed by the reader since it was drawn: its toggle event may come later)
+    if (d.drawnOpen !== undefined && d.open !== d.drawnOpen) thinkingOpen.set(m, d.open);
+    var open = thinkingOpen.has(m) ? thinkingOpen.get(m) : !m.content;
+    d.drawnOpen = open;
+    if (d.open !== open) d.open = open;
+    var label = partial && !m.content ? "Thinking\u2026" : "Thinking";
+    if (d.firstChild.textContent !== label) d.firstChild.textContent = label;
+    if (d.lastChild.textContent !== m.reasoning) d.lastChild.textContent = m.reasoning;
   }
 
   /* A Copy button held until its reply is complete, or let go. */
@@ -1096,7 +1117,8 @@
   }
 
   function focusables(root) {
-    return Array.prototype.slice.call(root.querySelectorAll("button, a[href], textarea, input"));
+    // (a Thinking section's summary too: a redraw put the focus on the page)
+    return Array.prototype.slice.call(root.querySelectorAll("button, a[href], textarea, input, summary"));
   }
 
   /* Where the focus is among the messages: {index, n}, the n-th control of message
@@ -1332,9 +1354,15 @@
       var prev = out[out.length - 1];
       if (prev && prev.role === m.role && m.role !== "system") prev.content += "\n\n" + m.content;
       else out.push({ role: m.role, content: m.content });
-      // (templates such as Qwen3's show it where they want it; a Continue goes on from it)
       if (m.reasoning && out[out.length - 1].role === "assistant") out[out.length - 1].reasoning_content = m.reasoning;
     });
+    // Reasoning goes back only after the last question: a Continue's reply, which goes
+    // on from it. Thinking models' templates (Qwen3, QwQ, DeepSeek-R1, GLM) show no
+    // reasoning of the turns before it, and sent with every past turn it made a long chat
+    // too big for the server to take (a 413 at every message, as the context cut counts
+    // what the template shows).
+    var lastUser = out.map(function (m) { return m.role; }).lastIndexOf("user");
+    if (lastUser > 0) out.slice(0, lastUser).forEach(function (m) { delete m.reasoning_content; });
     return out;
   }
 
@@ -1780,7 +1808,7 @@
       // (after the save: a tab that sees the lock let go finds the reply as it ended)
       if (run.letGo) run.letGo();
       if (run.bodyEl) run.bodyEl.parentNode.removeAttribute("aria-busy"); // (see messageEl)
-      sayReplyEnded(c, msg, addedChars, aborted);
+      sayReplyEnded(c, msg, addedChars, aborted, addedThought);
       if (c === current()) {
         // (a reader who scrolled up to read is not moved, and one selecting text keeps it
         // until they let go: only then is the chat redrawn)
@@ -1817,14 +1845,18 @@
    * written now), once it ends: #messages is not a live region, which would say the
    * reply again at every frame. In the open chat, the reply (a Continue: what it added);
    * in another, that it is finished. An error says itself (#error is an alert). */
-  function sayReplyEnded(c, msg, addedChars, aborted) {
+  function sayReplyEnded(c, msg, addedChars, aborted, addedThought) {
     if (state.forgotten[c.id]) return; // (deleted: the reply went with it)
     if (c !== current()) {
-      if (addedChars && !msg.stopped) say("The reply in \u201c" + c.title + "\u201d is finished.");
+      if ((addedChars || addedThought) && !msg.stopped) say("The reply in \u201c" + c.title + "\u201d is finished.");
       return;
     }
     if (addedChars) {
       say("Assistant" + (msg.stopped ? " (stopped)" : "") + ": " + spokenText(msg.content.slice(-addedChars)));
+    } else if (addedThought && !aborted) {
+      // A reply that ended in its reasoning (max tokens, the server gone): nothing was
+      // said after "Writing a reply…" (the notice says why it ended, and about Continue)
+      say("Assistant" + (msg.stopped ? " (stopped)" : "") + ": no answer yet, only its thinking (the Thinking section).");
     } else if (aborted) {
       say("Stopped.");
     }
