@@ -47,6 +47,16 @@ def _add_session_args(p: argparse.ArgumentParser, temp_help: str) -> None:
                    help="weights resident as float32, as int8 (approximate logits, a quarter of the memory), "
                         "or kept quantized (auto: float32 if it fits in 60%% of free RAM, else quantized)")
     p.add_argument("--title", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--reasoning-budget", type=int, default=-1, metavar="N",
+                   help="a thinking model's thinking: -1 unlimited (the default), 0 none "
+                        "(its template gets enable_thinking false), as llama-server's")
+
+
+def reasoning_kwargs(args) -> dict:
+    """The chat template's variables for --reasoning-budget: 0 turns thinking off as
+    llama-server does, with enable_thinking false (Qwen3's template then writes an empty
+    `<think></think>`, DeepSeek-R1-Distill's does not open one); -1 adds nothing."""
+    return {"enable_thinking": False} if getattr(args, "reasoning_budget", -1) == 0 else {}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -184,6 +194,9 @@ def check_args(args) -> str | None:
             return f"--{flag.replace('_', '-')} must be positive"
     if (getattr(args, "seed", None) or 0) < 0:
         return "--seed must be 0 or more"
+    if getattr(args, "reasoning_budget", -1) not in (-1, 0):
+        return ("--reasoning-budget must be -1 (unlimited thinking) or 0 (no thinking); "
+                "a budget of N tokens is not supported")
     max_tokens = getattr(args, "max_tokens", 1)
     if max_tokens == 0 or max_tokens < -1:
         return "--max-tokens must be positive (or -1 for no limit)"
@@ -421,7 +434,8 @@ def _dispatch(args) -> int:
               threads=args.threads, chat_template=template, system=args.system,
               title=args.title, cors=args.cors, allow_hosts=args.allow_host,
               open_browser=not args.no_browser,
-              temperature=args.temp, mode=args.mode)
+              temperature=args.temp, mode=args.mode,
+              template_kwargs=reasoning_kwargs(args))
     if args.command == "chat":
         example = piped_example(args.bundle)
         if sys.stdin is None and args.prompt is None:  # started with stdin closed (`0<&-`): nothing to read from
@@ -458,7 +472,8 @@ def _terminal_chat(args, template, example: str) -> int:
     params = SamplingParams(seed=args.seed) if args.temp is None else \
         SamplingParams(temperature=args.temp, seed=args.seed)
     return chat(model, n_ctx=args.ctx, system=args.system, params=params,
-                max_tokens=args.max_tokens, piped_example=example, prompt=args.prompt) or 0
+                max_tokens=args.max_tokens, piped_example=example, prompt=args.prompt,
+                template_kwargs=reasoning_kwargs(args)) or 0
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from runtime.sampling import NoTokenAllowed, Sampler, SamplingParams, reported_probs_rows
+from runtime.speculate import PredictionDrafts
 
 try:
     from runtime.model import ContextOverflowError
@@ -95,6 +96,11 @@ class Event:
     # prompt_logprobs ("prompt" and "done" events): for each prompt token after the first,
     # (its probability, the n_probs likeliest [(id, prob), ...]) at the position before it.
     prompt_probs: list | None = None
+    # "done" of a request with a prediction, when its greedy reply was speculated: the
+    # tokens drafted from the prediction that are in the reply, and those that are not
+    # (rejected by the model, or past the reply's end).
+    accepted_prediction_tokens: int = 0
+    rejected_prediction_tokens: int = 0
 
 
 @dataclass
@@ -115,6 +121,9 @@ class Request:
     # runtime.json_constraint.TokenConstraint: the reply must be JSON or a tool call.
     # Stateful, so one per request.
     constraint: object = None
+    # Token ids of the text the reply is expected to largely repeat (OpenAI's Predicted
+    # Outputs): one more source of drafts for greedy speculation; ignored otherwise.
+    prediction: list | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
     events: queue.Queue = field(default_factory=queue.Queue)
     # Requests served right after this one, before anything else in the queue: the other
@@ -167,7 +176,7 @@ def _end_token_possible(params, eog_ids) -> bool:
 
 
 def _next_tokens(session, logits: np.ndarray, sampler, history: list, room_tok: int,
-                 speculate: bool = False) -> tuple[list, np.ndarray | None]:
+                 speculate: bool = False, prediction=None) -> tuple[list, np.ndarray | None]:
     """Choose the next token(s) after `logits` and evaluate them.
 
     Returns (tokens, the logits after the last of them); the session holds all of them.
@@ -178,7 +187,7 @@ def _next_tokens(session, logits: np.ndarray, sampler, history: list, room_tok: 
     """
     if speculate and getattr(sampler.params, "greedy", False):
         from runtime.speculate import greedy_tokens
-        return greedy_tokens(session, logits, sampler, history, room_tok)
+        return greedy_tokens(session, logits, sampler, history, room_tok, prediction=prediction)
     tok = sampler.sample(logits, history)
     if room_tok < 1:
         return [tok], None
@@ -389,11 +398,22 @@ class Engine:
         max_tokens = req.max_tokens if req.max_tokens is not None and req.max_tokens >= 0 else None
         held = ""          # text not yet released: it might begin a stop string
         n_gen = 0
+        # n_probs wants a distribution for every token, and a constraint's state moves
+        # with each accepted token: no speculation then.
+        speculate = self.speculate and not req.n_probs and req.constraint is None
+        # A prediction only drafts for greedy speculation: a sampled reply ignores it.
+        pred = (PredictionDrafts(req.prediction)
+                if speculate and req.prediction and getattr(sampler.params, "greedy", False)
+                else None)
+        n_pred_kept = 0    # tokens drafted from the prediction that are in the reply
         t_gen = time.perf_counter()
 
         def finish(reason, **kw):
             t.predicted_n = n_gen
             t.predicted_ms = 1e3 * (time.perf_counter() - t_gen)
+            if pred is not None:
+                kw.update(accepted_prediction_tokens=n_pred_kept,
+                          rejected_prediction_tokens=pred.drafted_tok - n_pred_kept)
             req.events.put(Event("done", finish_reason=reason, timings=t,
                                  prompt_tokens=len(req.prompt_ids), completion_tokens=n_gen,
                                  prompt_probs=prompt_probs, **kw))
@@ -412,20 +432,19 @@ class Engine:
             # included, so that the chosen token and the list agree with what was
             # sampled (Sampler.reported_probs says why and what is left out).
             dist = sampler.reported_probs(logits, history, req.n_probs) if req.n_probs > 0 else None
-            # n_probs wants a distribution for every token, and a constraint's state moves
-            # with each accepted token: no speculation then.
             try:
                 toks, logits = _next_tokens(self.session, logits, sampler, history, room_tok,
-                                            self.speculate and not req.n_probs
-                                            and req.constraint is None)
+                                            speculate, pred)
             except NoTokenAllowed:
                 # The constraint allows nothing more: the value is done and end-of-generation
                 # is banned (ignore_eos), or no token it allows has a finite logit.
                 self._flush_tail(req, decoder, held, stops)
                 finish("stop", stopped_eos=True)
                 return
-            for tok in toks:
+            for i, tok in enumerate(toks):
                 n_gen += 1
+                if pred is not None and 1 <= i <= pred.kept_tok:  # toks[0] is the model's own
+                    n_pred_kept += 1
                 history.append(tok)
                 if req.constraint is not None:
                     req.constraint.accept(tok)

@@ -41,15 +41,14 @@ import bottle
 
 from runtime import file_lease, reasoning, tool_calls
 from runtime.api import (MAX_N_PROBS, MISSING, ApiError, TextOffsets, chat_ids, check_chat_fields,
-                         choice_params, completion_prompts, context_overflow,
-                         error_body, get_bool, get_choices, get_int, get_json_grammar,
-                         get_max_tokens, get_messages, get_n,
-                         get_parallel_tool_calls, get_reasoning_format, get_stop, get_str,
-                         get_template_kwargs,
-                         get_tool_choice, get_tools, is_int, joined_logprobs, json_bytes,
-                         legacy_tops, limit_is_set, logprob, output_constraint, parse_json, piece,
-                         prompt_logprobs, prompt_text, prompt_tools, read_body,
-                         reply_grammar, sampling_params, split_prefill, template_in_effect)
+                         choice_params, completion_prompts, context_overflow, error_body, get_bool,
+                         get_choices, get_int, get_json_grammar, get_max_tokens, get_messages,
+                         get_n, get_parallel_tool_calls, get_prediction, get_reasoning_format,
+                         get_stop, get_str, get_template_kwargs, get_tool_choice, get_tools,
+                         is_int, joined_logprobs, json_bytes, legacy_tops, limit_is_set, logprob,
+                         output_constraint, parse_json, piece, prediction_ids, prompt_logprobs,
+                         prompt_text, prompt_tools, read_body, reply_grammar, sampling_params,
+                         split_prefill, template_in_effect)
 from runtime.engine import ContextOverflowError, Engine, EngineBusy, Request, Timings
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
@@ -103,6 +102,7 @@ class State:
     cors: bool = False
     max_body_bytes: int = 1 << 20
     temperature: float | None = None   # the default for requests that don't say
+    template_kwargs: dict = field(default_factory=dict)  # chat_template_kwargs' defaults
     model: object = None
     engine: Engine | None = None
     progress: float = 0.0
@@ -116,6 +116,16 @@ class State:
     model_id: str = ""
     created: int = field(default_factory=lambda: int(time.time()))
     log: Callable[[str], None] = print  # the console line for what the operator must see
+
+
+def _prediction_usage(usage: dict, finals, predicted: bool) -> dict:
+    """OpenAI's usage with a prediction: how many tokens drafted from it are in the
+    replies (accepted) and how many are not (rejected), summed over the choices."""
+    if predicted:
+        usage["completion_tokens_details"] = {
+            "accepted_prediction_tokens": sum(f.accepted_prediction_tokens for f in finals),
+            "rejected_prediction_tokens": sum(f.rejected_prediction_tokens for f in finals)}
+    return usage
 
 
 def _summed(timings) -> Timings:
@@ -392,7 +402,7 @@ def build_app(st: State) -> bottle.Bottle:
         template = template_in_effect(model) if tools and json_start is None else None
         prompt_str, prompt = chat_ids(model, messages, tools,
                                       get_bool(body, "add_generation_prompt", True),
-                                      get_template_kwargs(body))
+                                      {**st.template_kwargs, **get_template_kwargs(body)})
         prefill = split_prefill(messages)[1]
         # Each choice's reply is split into reasoning and content as it comes (reasoning.py);
         # tool calls are looked for in the content only.
@@ -402,12 +412,14 @@ def build_app(st: State) -> bottle.Bottle:
         params = sampling_params(body, openai=True, default_temp=st.temperature, model=model)
         max_tokens, stop = get_max_tokens(body, st.n_ctx), get_stop(body)
         cache_prompt = get_bool(body, "cache_prompt", True)
+        predicted = get_prediction(body)
+        pred_ids = prediction_ids(model, predicted, st.n_ctx)
 
         def request(j):  # choice j: its own seed (choice_params) and constraint (stateful)
             return Request(prompt_ids=prompt, params=choice_params(params, j),
                            max_tokens=max_tokens, stop=stop,
                            n_probs=max(top_lp, 1) if want_lp else 0, cache_prompt=cache_prompt,
-                           constraint=output_constraint(model, start))
+                           constraint=output_constraint(model, start), prediction=pred_ids)
         cid, created = "chatcmpl-" + uuid.uuid4().hex[:24], int(time.time())
         base = {"id": cid, "created": created, "model": st.model_id, "system_fingerprint": "chatfile"}
         reqs = submit_choices([request(j) for j in range(n)])
@@ -415,8 +427,9 @@ def build_app(st: State) -> bottle.Bottle:
         def usage(finals):  # the prompt is counted once, as OpenAI counts it
             n_prompt = finals[0].prompt_tokens
             n_reply = sum(f.completion_tokens for f in finals)
-            return {"prompt_tokens": n_prompt, "completion_tokens": n_reply,
-                    "total_tokens": n_prompt + n_reply}
+            return _prediction_usage({"prompt_tokens": n_prompt, "completion_tokens": n_reply,
+                                      "total_tokens": n_prompt + n_reply}, finals,
+                                     predicted is not None)
 
         if not stream:
             choices, finals = [], []
@@ -518,6 +531,8 @@ def build_app(st: State) -> bottle.Bottle:
         max_tokens = get_max_tokens(body, st.n_ctx) if limit_is_set(body) else min(16, st.n_ctx)
         stop, cache_prompt = get_stop(body), get_bool(body, "cache_prompt", True)
         grammar = get_json_grammar(body)
+        predicted = get_prediction(body)
+        pred_ids = prediction_ids(model, predicted, st.n_ctx)
 
         def request(ids, j):  # choice (or candidate) j of the prompt `ids`
             # echo with logprobs: the prompt's tokens with their logprobs come first; the
@@ -526,7 +541,8 @@ def build_app(st: State) -> bottle.Bottle:
                            max_tokens=max_tokens, stop=stop, n_probs=n_probs,
                            prompt_logprobs=echo and n_lp > 0 and j == 0,
                            cache_prompt=cache_prompt, continuation=True,
-                           constraint=output_constraint(model, grammar))  # one per request
+                           constraint=output_constraint(model, grammar),  # one per request
+                           prediction=pred_ids)
 
         base = {"id": "cmpl-" + uuid.uuid4().hex[:24], "object": "text_completion",
                 "created": int(time.time()), "model": st.model_id, "system_fingerprint": "chatfile"}
@@ -550,8 +566,9 @@ def build_app(st: State) -> bottle.Bottle:
             # (OpenAI bills best_of's too)
             n_prompt = sum(f.prompt_tokens for f in finals[::best_of])
             n_reply = sum(f.completion_tokens for f in finals)
-            return {"prompt_tokens": n_prompt, "completion_tokens": n_reply,
-                    "total_tokens": n_prompt + n_reply}
+            return _prediction_usage({"prompt_tokens": n_prompt, "completion_tokens": n_reply,
+                                      "total_tokens": n_prompt + n_reply}, finals,
+                                     predicted is not None)
 
         # OpenAI's order: prompt-major, choice k is choice k % n of prompt k // n (and
         # candidate j of prompt p is reqs[p * best_of + j])
@@ -805,7 +822,7 @@ def build_app(st: State) -> bottle.Bottle:
         tools = prompt_tools(model, tools, get_tool_choice(body, tools))  # as the chat route
         text, _ = chat_ids(model, get_messages(body, st.system), tools,
                            get_bool(body, "add_generation_prompt", True),
-                           get_template_kwargs(body))
+                           {**st.template_kwargs, **get_template_kwargs(body)})
         return ok({"prompt": text})
 
     # -- llama-server's routes for what this server does not do ------------------------
@@ -1616,16 +1633,19 @@ class Server:
 def serve(model_path, *, gguf_offset=0, gguf_size=None, host="127.0.0.1", port=8080,
           api_key=None, n_ctx=4096, threads=None, chat_template=None, system=None, title=None,
           cors=False, open_browser=True, max_body_bytes=1 << 20, ready=None, temperature=None,
-          mode="auto", allow_hosts=()) -> int:
+          mode="auto", allow_hosts=(), template_kwargs=None) -> int:
     """Serve until Ctrl+C. `ready(url)` is called once the socket is listening.
 
     chat_template: the template's text (runtime.cli reads the file). threads: the BLAS
     thread count must be set before NumPy loads, which runtime.cli does; kept here for
-    callers that pass it. temperature: the default for requests that don't set one."""
+    callers that pass it. temperature: the default for requests that don't set one.
+    template_kwargs: chat_template_kwargs for requests that don't set them (a request's own
+    win, name by name), as llama-server's --reasoning-budget 0 sets enable_thinking."""
     instance = instance_id(model_path, gguf_offset, size=gguf_size, host=host,
                            api_key=bool(api_key), n_ctx=n_ctx, chat_template=chat_template,
                            system=system, title=title, cors=cors, temperature=temperature,
-                           mode=mode)
+                           mode=mode,
+                           **({"template_kwargs": template_kwargs} if template_kwargs else {}))
     if open_browser and port:
         # Started again (a second double-click): show the running chat, rather than load
         # the model a second time beside it on the next port.
@@ -1649,6 +1669,7 @@ def serve(model_path, *, gguf_offset=0, gguf_size=None, host="127.0.0.1", port=8
     sys.setswitchinterval(GIL_SWITCH_S)
     srv.state.instance = instance
     srv.state.allow_hosts = tuple(h.lower().removesuffix(".") for h in allow_hosts)
+    srv.state.template_kwargs = dict(template_kwargs or {})
     quit_from_page = threading.Event()
     if open_browser:
         def on_quit():

@@ -44,20 +44,99 @@ def draft(history: list[int], k: int = DRAFT_MAX_TOK) -> list[int]:
     return []
 
 
+# A draft from a prediction the reply has followed so far is likelier to be kept than
+# one from the prompt: after a wholly kept one the next may be twice as long, up to this.
+PREDICTION_DRAFT_MAX_TOK = 32
+
+
+class PredictionDrafts:
+    """Drafts from a request's predicted output (OpenAI's Predicted Outputs): the text the
+    reply is expected to largely repeat, such as the file being edited, tokenized once.
+
+    `pos_tok` is where in the prediction the reply is expected to go on: when the model's
+    own next token is the prediction's token there (and the token before matched too), the
+    draft is simply what follows, so a reply that follows the prediction is drafted in
+    long runs. Elsewhere (the reply left the prediction: an inserted line, a changed
+    name) the last few tokens are looked for in the prediction, the first occurrence at
+    or after `pos_tok` preferred (the reply goes through the prediction in order), and
+    what followed there is the draft. Every draft is verified as any other, so the reply
+    is the greedy one whatever the prediction says.
+    """
+
+    def __init__(self, tokens: list[int]):
+        self.tokens = np.asarray(tokens, dtype=np.int64)
+        self.pos_tok = 0
+        self.k_tok = DRAFT_MAX_TOK
+        self.drafted_tok = 0   # tokens drafted from the prediction, over the whole reply
+        self.kept_tok = 0      # how many of the last round's tokens were kept drafts from it
+        self._start = 0        # where the last draft began in the prediction
+
+    def draft(self, h: np.ndarray, k: int) -> list[int]:
+        """Up to k tokens of the prediction to follow h (the tokens so far)."""
+        pred, pos = self.tokens, self.pos_tok
+        k = min(k, self.k_tok)
+        if k <= 0 or pred.size == 0:
+            return []
+        if (pos < pred.size and h[-1] == pred[pos]
+                and (pos == 0 or (h.size >= 2 and h[-2] == pred[pos - 1]))):
+            start = pos + 1  # still on the prediction: go on where the reply is
+        else:
+            start = self._find(h)
+        if start is None or start >= pred.size:
+            return []
+        self._start = start
+        return pred[start:start + k].tolist()
+
+    def _find(self, h: np.ndarray) -> int | None:
+        """Where in the prediction the tokens after h's suffix begin, or None."""
+        pred = self.tokens
+        for n in range(min(NGRAM_MAX, h.size), NGRAM_MIN - 1, -1):
+            suffix = h[-n:]
+            # Matches that leave a token after them to draft; narrowed token by token, so
+            # a token found thousands of times in a long prediction costs no Python loop.
+            starts = np.flatnonzero(pred[: pred.size - n] == suffix[0])
+            for i in range(1, n):
+                starts = starts[pred[starts + i] == suffix[i]]
+            if starts.size:
+                found = starts + n
+                ahead = found[found >= self.pos_tok]
+                return int(ahead[0] if ahead.size else found[-1])
+        return None
+
+    def verified(self, n_drafted: int, n_kept: int) -> None:
+        """The last draft came from here: n_kept of its n_drafted tokens were kept."""
+        self.drafted_tok += n_drafted
+        self.kept_tok = n_kept
+        self.pos_tok = self._start + n_kept  # the model's own next token goes here
+        self.k_tok = (min(2 * self.k_tok, PREDICTION_DRAFT_MAX_TOK) if n_kept == n_drafted
+                      else DRAFT_MAX_TOK)
+
+
 def greedy_tokens(session, logits: np.ndarray, sampler, history: list[int],
-                  room_tok: int, k: int = DRAFT_MAX_TOK) -> tuple[list[int], np.ndarray | None]:
+                  room_tok: int, k: int = DRAFT_MAX_TOK,
+                  prediction: PredictionDrafts | None = None) -> tuple[list[int], np.ndarray | None]:
     """The next greedy tokens after `logits`, evaluated: (tokens, logits after the last).
 
     `history` is every token so far (prompt and output), which the session already holds.
     `room_tok` is how many tokens the session may still evaluate; with none, the one
     token is returned unevaluated and the logits are None. One batched forward pass evaluates the
     model's own next token together with a draft of the tokens after it; the draft is
-    kept up to its first token the model would not have chosen itself.
+    kept up to its first token the model would not have chosen itself. With a
+    `prediction`, the draft comes from it when it has one (its `kept_tok` then says how
+    many of the returned tokens after the first were drafted from it), else from history.
     """
     first = sampler.sample(logits, history)
+    if prediction is not None:
+        prediction.kept_tok = 0
     if room_tok < 1:
         return [first], None
-    d = draft(history + [first], min(k, room_tok - 1))
+    d = []
+    if prediction is not None:
+        d = prediction.draft(np.asarray(history + [first], dtype=np.int64),
+                             min(PREDICTION_DRAFT_MAX_TOK, room_tok - 1))
+    from_prediction = bool(d)
+    if not d:
+        d = draft(history + [first], min(k, room_tok - 1))
     n_before = len(session.tokens)
     rows = session.eval([first] + d, all_logits=True)  # [1 + len(d), n_vocab]
     out = [first]
@@ -65,5 +144,7 @@ def greedy_tokens(session, logits: np.ndarray, sampler, history: list[int],
         if sampler.sample(rows[i], history + out) != tok:
             break  # rows[i] already holds the model's own choice for the next round
         out.append(tok)
+    if from_prediction:
+        prediction.verified(len(d), len(out) - 1)
     session.rewind(n_before + len(out))  # drop evaluated draft tokens past the accepted ones
     return out, rows[len(out) - 1]

@@ -21,7 +21,7 @@ import threading
 import time
 from collections import deque
 
-from runtime import cli, signal_wake
+from runtime import cli, reasoning, signal_wake
 from runtime.engine import ContextOverflowError, Engine, Request, chat_prompt_ids
 from runtime.line_input import (BACKSPACES, CTRL_U, CTRL_W, PASTE_END, PASTE_OFF, PASTE_ON,
                                  PASTE_START, input_waiting, last_word_units,
@@ -56,10 +56,13 @@ def _tokens(n: int) -> str:
 
 
 class _Chat:
-    def __init__(self, model, engine, system, params, max_tokens, out, interactive=True):
+    def __init__(self, model, engine, system, params, max_tokens, out, interactive=True,
+                 template_kwargs=None):
         self.model, self.engine, self.params = model, engine, params
         self.system, self.max_tokens, self.out = system, max_tokens, out
         self.interactive = interactive
+        self.template_kwargs = template_kwargs or None  # --reasoning-budget 0's
+        self.prompt_text = ""        # the last prompt sent, as rendered
         self.history: list[dict] = []
         self.told_left_out = False   # the "older messages were left out" notice, once
         self.interrupted = False     # the last answer was stopped by Ctrl+C
@@ -88,6 +91,7 @@ class _Chat:
         renders: dict = {}   # pairs left out -> prompt ids, so no prompt is made twice
         ids = self._prompt_without(user_text, 0, renders)
         if len(ids) <= budget_tok:   # the common case: one render, nothing left out
+            self.prompt_text = renders["text", 0]
             return ids
         # Leave out whole user/assistant pairs from the oldest, so the kept history starts
         # on a user turn. Not just the fewest that fit, but enough that a quarter of the
@@ -105,14 +109,18 @@ class _Chat:
             found = self._message_alone(user_text, renders)
             if found is None:
                 return None
+        self.prompt_text = renders["text", found[0]]
         self._leave_out(found[0])
         return found[1]
 
     def _prompt_without(self, user_text: str, n_pairs: int, renders: dict) -> list:
-        """The prompt ids with the oldest n_pairs pairs left out (rendered once)."""
+        """The prompt ids with the oldest n_pairs pairs left out (rendered once; its
+        text kept as renders["text", n_pairs])."""
         if n_pairs not in renders:
             kept = self.history[2 * n_pairs:]
-            renders[n_pairs] = chat_prompt_ids(self.model, self.messages(user_text, kept))[1]
+            renders["text", n_pairs], renders[n_pairs] = chat_prompt_ids(
+                self.model, self.messages(user_text, kept),
+                template_kwargs=self.template_kwargs)
         return renders[n_pairs]
 
     def _fewest_pairs_to_fit(self, user_text: str, limit_tok: int, renders: dict):
@@ -149,7 +157,8 @@ class _Chat:
         n_ctx = self.engine.n_ctx
 
         def bare_tok(text):  # the prompt's tokens without the system prompt
-            return len(chat_prompt_ids(self.model, [{"role": "user", "content": text}])[1])
+            return len(chat_prompt_ids(self.model, [{"role": "user", "content": text}],
+                                       template_kwargs=self.template_kwargs)[1])
         if self.system and bare_tok(user_text) + room_tok <= n_ctx:
             how = "/system" if self.interactive else "--system"
             return (f"the system prompt is too long for the context of {_tokens(n_ctx)} "
@@ -194,6 +203,17 @@ class _Chat:
             raise leaving from None
 
     def _ask(self, user_text: str, under_way: list) -> str | None:
+        # A thinking model's `<think>` text is split from the answer as it comes
+        # (runtime/reasoning.py, as the server splits it), shown apart (_Thought), and kept
+        # as the reply's reasoning_content, which the template renders as the model expects.
+        split, thought = reasoning.ReasoningSplit(), self._thought()
+        try:
+            return self._answer(user_text, under_way, split, thought)
+        finally:  # a `kill` or an error mid-thought: the terminal's style is reset
+            with contextlib.suppress(OSError, ValueError, RuntimeError):
+                thought.end(answer_follows=False)
+
+    def _answer(self, user_text: str, under_way: list, split, thought) -> str | None:
         from runtime.chat_template import TemplateError
         req, parts, done = None, [], None
         self.interrupted = False
@@ -212,16 +232,18 @@ class _Chat:
                 self._error(f"the message is too long for the context of "
                             f"{_tokens(self.engine.n_ctx)} (--ctx); shorten it")
                 return None
+            split.forced_open = reasoning.opens_thinking(self.prompt_text)
             for ev in req.iter_events():
                 if ev.kind == "token":
-                    parts.append(ev.text)
-                    self._write(ev.text)
+                    self._show(split.push(ev.text), thought, parts)
                 elif ev.kind == "error":
+                    thought.end(answer_follows=False)
                     self._write("\n")
                     self._error(str(ev.error))
                     return None
                 else:
                     done = ev
+            self._show(split.finish(), thought, parts)
         except KeyboardInterrupt:
             # Ctrl+C during an answer stops the answer, not the program.
             self.interrupted = True
@@ -230,11 +252,37 @@ class _Chat:
                 return None
             req.cancel.set()
             self._wait_stopped(req)
+            thought.end(answer_follows=False)
             self._write(" [stopped]\n")
-            return self._remember(user_text, "".join(parts))
+            return self._remember(user_text, "".join(parts), thought.text)
+        thought.end(answer_follows=False)  # a reply that ended (or was cut) mid-thought
         self._write("\n")
         self._tell_why_cut(done)
-        return self._remember(user_text, "".join(parts))
+        return self._remember(user_text, "".join(parts), thought.text)
+
+    def _show(self, pieces: tuple, thought, parts: list) -> None:
+        """Shows a (reasoning, content) pair of new text; the answer's first text ends
+        the reasoning shown before it."""
+        thinking, content = pieces
+        thought.add(thinking)
+        if content:
+            thought.end(answer_follows=True)
+            parts.append(content)
+            self._write(content)
+
+    def _thought(self) -> "_Thought":
+        """Where a reply's reasoning is shown: with the conversation on a terminal; on
+        stderr when piped or -p, so that stdout is the answer only."""
+        if self.interactive:
+            return _Thought(self._write, _shows_styles(self.out), apart=False)
+        err = sys.stderr
+        if err is None:  # started with stderr closed: the reasoning is not shown
+            return _Thought(lambda text: None, False, apart=True)
+
+        def write(text):
+            err.write(text)
+            err.flush()
+        return _Thought(write, _shows_styles(err), apart=True)
 
     def _wait_stopped(self, req, wait_s: float = float("inf")):
         # The worker notices the cancel between prefill chunks or tokens, which can take a
@@ -264,9 +312,11 @@ class _Chat:
         else:
             self._note("[stopped: the context is full]")
 
-    def _remember(self, user_text, answer):
-        self.history += [{"role": "user", "content": user_text},
-                         {"role": "assistant", "content": answer}]
+    def _remember(self, user_text, answer, thought=""):
+        reply = {"role": "assistant", "content": answer}
+        if thought:  # as the server's reply carries it, and the page sends it back
+            reply["reasoning_content"] = thought
+        self.history += [{"role": "user", "content": user_text}, reply]
         return answer
 
     def _write(self, text):
@@ -292,6 +342,55 @@ class _Chat:
     def _error(self, msg):
         # stderr, so that `chatfile chat m.gguf < q.txt > answer.txt` keeps answers only
         print(f"chatfile: error: {msg}", file=sys.stderr, flush=True)
+
+
+DIM, NORMAL = "\x1b[2m", "\x1b[0m"  # SGR 2 (faint) and SGR 0 (every style off)
+THINKING, DONE_THINKING = "Thinking...", "...done thinking."  # as `ollama run` marks it
+
+
+def _shows_styles(stream) -> bool:
+    """Whether text written to `stream` may carry the terminal's styles: it is a terminal,
+    and TERM names one that has them (unset or "dumb": none, as git decides on colours)."""
+    if os.environ.get("TERM", "dumb") == "dumb":
+        return False
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+class _Thought:
+    """A reply's reasoning, shown as it comes: a "Thinking..." line, the reasoning, and
+    "...done thinking." and a blank line once the answer begins, all faint on a terminal
+    with styles. `write` writes to the answer's stream, or to stderr (apart=True); a
+    reasoning cut short (max tokens, Ctrl+C, an error) only gets its style reset, plus a
+    line end when apart (the answer's stream ends its own line)."""
+
+    def __init__(self, write, styled: bool, apart: bool):
+        self.write, self.styled, self.apart = write, styled, apart
+        self.pieces: list[str] = []
+        self.open = False  # shown, and not ended yet
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+    def add(self, piece: str) -> None:
+        if not piece:
+            return
+        if not self.pieces:
+            self.open = True  # first: a Ctrl+C within the write still gets the style reset
+            self.write((DIM if self.styled else "") + THINKING + "\n")
+        self.pieces.append(piece)
+        self.write(piece)
+
+    def end(self, answer_follows: bool) -> None:
+        if not self.open:
+            return
+        done = ("" if self.text.endswith("\n") else "\n") + DONE_THINKING
+        self.write((done if answer_follows else "") + (NORMAL if self.styled else "")
+                   + ("\n\n" if answer_follows else "\n" if self.apart else ""))
+        self.open = False  # last: a Ctrl+C within the write leaves it for the next end()
 
 
 def _let_interrupts_settle(seconds: float = 0.3) -> None:
@@ -1124,10 +1223,12 @@ def empty_question(source: str, example: str) -> str:
 
 def chat(model, *, n_ctx: int, system: str | None = None, stdin=None, stdout=None,
          params=None, max_tokens: int = -1, interactive: bool | None = None,
-         piped_example: str | None = None, prompt: str | None = None) -> int:
+         piped_example: str | None = None, prompt: str | None = None,
+         template_kwargs: dict | None = None) -> int:
     """Run the chat; returns the process exit code. interactive=None: stdin.isatty().
     piped_example: the command line an empty stdin is told to follow (a bundle's own).
-    prompt: the one question to answer (`-p TEXT`), as if piped in; stdin is not read."""
+    prompt: the one question to answer (`-p TEXT`), as if piped in; stdin is not read.
+    template_kwargs: more variables for the chat template (--reasoning-budget 0's)."""
     stdin = sys.stdin if stdin is None else stdin
     stdout = sys.stdout if stdout is None else stdout
     if prompt is not None:
@@ -1138,7 +1239,7 @@ def chat(model, *, n_ctx: int, system: str | None = None, stdin=None, stdout=Non
         except (AttributeError, ValueError):
             interactive = False
     engine = Engine(model, model.context_size(n_ctx))
-    c = _Chat(model, engine, system, params, max_tokens, stdout, interactive)
+    c = _Chat(model, engine, system, params, max_tokens, stdout, interactive, template_kwargs)
 
     if not interactive:
         question = _read_piped(stdin)
