@@ -43,6 +43,7 @@ from runtime.embedded import (GGUF_ALIGN_BYTES, HEAD_BYTES, PYI_COOKIE_BYTES,
 
 ZIP_EOCD_MAGIC = b"PK\005\006"
 ZIP_EOCD_BYTES = 22
+ZIP_COMMENT_MAX_BYTES = 65535  # a 16-bit length: the EOCD is at most this far before the end
 ZIP64_LOCATOR_MAGIC = b"PK\006\007"
 # PE images (and the Windows loader's file mapping of them) are limited to 4 GiB.
 PE_MAX_BYTES = 4 * 1024**3 - 1
@@ -173,9 +174,14 @@ def _check_pe(data: bytearray, cut: int) -> None:
                           "stub and sign the finished bundle instead")
 
 
+def _zip_eocd_at(stub: bytes) -> int:
+    """Where the zip's end-of-central-directory record starts in `stub`, or -1."""
+    return stub.rfind(ZIP_EOCD_MAGIC, max(0, len(stub) - ZIP_COMMENT_MAX_BYTES - ZIP_EOCD_BYTES))
+
+
 def plan_pyz(stub: bytes, trailer_bytes: int) -> Layout:
     """Cut a shebang + zip stub before the zip; make the trailer the zip comment."""
-    eocd = stub.rfind(ZIP_EOCD_MAGIC, max(0, len(stub) - 65535 - ZIP_EOCD_BYTES))
+    eocd = _zip_eocd_at(stub)
     if eocd < 0:
         raise BundleError("the stub is not a zip application (no end-of-central-directory "
                           "record); build one with `chatfile stub --format pyz`")
@@ -320,8 +326,7 @@ def splice(stub_path, gguf_path, out_path, *, fmt: str = "exe", args=(), title: 
             stub = f.read()
     except OSError as e:
         raise BundleError(f"cannot read stub {stub_path}: {e.strerror or e}") from None
-    if fmt == "exe" and stub.startswith(b"#!") and \
-            stub.rfind(ZIP_EOCD_MAGIC, max(0, len(stub) - 65535 - ZIP_EOCD_BYTES)) >= 0:
+    if fmt == "exe" and stub.startswith(b"#!") and _zip_eocd_at(stub) >= 0:
         # (else told it is no PyInstaller executable, and to build one)
         raise BundleError(f"the stub {stub_path} is a .pyz stub; add --format pyz to bundle "
                           "into it")

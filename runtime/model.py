@@ -19,9 +19,9 @@ Data layout, explained once:
   `x @ W.T` (it packs a transposed operand for every small GEMM). Dequantization writes
   the transposed layout directly, a chunk of rows at a time, so no second full-size copy
   is made; the strided writes still cost Qwen 0.4-0.8 s more load (docs/performance.md).
-  Two exceptions keep the GGUF's [n_out, n_in]: the token embedding (rows looked up by id, left in its GGUF
-  blocks; a tied head, one the GGUF does not store apart because it is the embedding,
-  gives them as its columns when it is float32) and the small MoE router.
+  Two exceptions keep the GGUF's [n_out, n_in]: the token embedding (rows looked up by
+  id, left in its GGUF blocks; a tied head, one the GGUF does not store apart because it
+  is the embedding, gives them as its columns when it is float32) and the small MoE router.
 - q, k and v are fused into one [n_embd, n_q + n_kv + n_v] matrix at load (and gate/up
   into one [n_embd, 2·n_ff]), so a block makes four matmuls instead of seven.
 - Activations are float32 [T, n_embd]. Heads are split as [T, n_head, head_dim].

@@ -1,17 +1,22 @@
-"""Choosing the next token from logits, in llama.cpp's default order.
+"""Choosing the next token from logits, through llama.cpp's sampler chain.
 
-logit bias -> penalties (repeat, frequency, presence over the last `repeat_last_n` tokens)
--> DRY -> top-n-sigma -> top-k -> typical-p -> top-p -> min-p -> XTC -> temperature (or
-dynamic temperature) -> draw, or adaptive-p's draw. That order is data: SamplingParams.samplers
-(llama-server's `samplers` field) names the steps, SAMPLER_STEPS maps each name to a small
-function from the candidates to the ones it keeps, and Sampler._filtered runs them. With
-Mirostat on (1 or 2), as in llama-server: logit bias -> temperature -> Mirostat, which keeps
-its own state (mu) for one request, so one Sampler serves one request (adaptive-p's moving
-average lives as long too). Every sampler but the bias, the penalties, top-k, top-p, min-p
-and the temperature is off by default (llama-server's defaults). Temperature <= 0 means
-greedy: the argmax of the biased, penalized logits (only biased under Mirostat), with no
-randomness at all; but with a dynamic temperature range (and no Mirostat), as in llama.cpp's
-temp-ext, it is sampled at a temperature between 0 and the range.
+By default, llama.cpp's order: logit bias -> penalties (repeat, frequency, presence over
+the last `repeat_last_n` tokens) -> DRY -> top-n-sigma -> top-k -> typical-p -> top-p ->
+min-p -> XTC -> temperature (or dynamic temperature) -> draw, or adaptive-p's draw. That
+order is data: SamplingParams.samplers (llama-server's `samplers` field, read by
+samplers_from_names / samplers_from_letters) names the steps, and may add llama.cpp's
+infill step; SAMPLER_STEPS maps each name to a small function (_step_*) from the
+Candidates to the ones it keeps. Sampler.adjusted runs the logit steps (penalties, DRY)
+that lead the chain on the whole vocabulary, Sampler._filtered the rest. With Mirostat on
+(1 or 2), as in llama-server: logit bias -> temperature -> Mirostat, which keeps its own
+state (mu) for one request, so one Sampler serves one request (adaptive-p's moving average
+lives as long too). Every sampler but the bias, the penalties, top-k, top-p, min-p and the
+temperature is off by default (llama-server's defaults). Temperature <= 0 means greedy: the
+argmax of the biased, penalized logits (only biased under Mirostat), with no randomness at
+all; but with a dynamic temperature range (and no Mirostat), as in llama.cpp's temp-ext,
+it is sampled at a temperature between 0 and the range, a chain without a temperature step
+samples at temperature 1, and one with a penalty, DRY or infill step after a cut runs up
+to its temperature step, which keeps the best candidate left (SamplingParams.greedy).
 
 A sampler may carry a constraint (runtime/json_constraint.py's TokenConstraint: the reply
 must be JSON, or a tool call). It is asked lazily, best token first, so that a step costs
@@ -587,7 +592,7 @@ def _modified(c: Candidates, modify) -> Candidates:
     full[c.ids] = _scaled(c)
     z = modify(full)[c.ids]
     order = np.argsort(-z, kind="stable")
-    return Candidates(c.ids[order], z[order])
+    return Candidates(c.ids[order], z[order])   # z is scaled already: t is 1 again
 
 
 def _step_penalties(s, c: Candidates, history) -> Candidates:
@@ -605,7 +610,8 @@ def _step_top_n_sigma(s, c: Candidates, history) -> Candidates:
     n = s.params.top_n_sigma
     if n <= 0 or c.ids is None:   # the whole vocabulary: masked, not cut (as it always was)
         return Candidates(c.ids, top_n_sigma_masked(c.z, n), c.t)
-    z = top_n_sigma_masked(c.z, n)   # on logits, not probabilities: the temperature does not move it
+    # on logits, not probabilities: the temperature does not move it
+    z = top_n_sigma_masked(c.z, n)
     return _kept(c, np.isfinite(z))
 
 

@@ -137,6 +137,14 @@ def _summed(timings) -> Timings:
     return total
 
 
+def with_end_token(toks: list, final) -> list:
+    """A reply's token events, and after them the final event when it carries the
+    end-of-generation token that ended the reply (the engine puts it there when the
+    request asked for probabilities): a generated, counted token with an empty text, which
+    OpenAI's logprobs ("<|endoftext|>") and llama-server's lists show as any other."""
+    return toks + ([final] if final.token is not None else [])
+
+
 def mean_token_logprob(toks) -> float:
     """best_of's score of a candidate: the mean logprob of its tokens, the numbers its
     `logprobs` reports (each token event's prob: the engine's Sampler.reported_probs).
@@ -577,10 +585,9 @@ def build_app(st: State) -> bottle.Bottle:
                    for ids, prompt in prompts]
 
         if not stream:
-            # An end-of-generation token that ended a reply is one of its tokens (its
-            # logprob listed, its text empty), as OpenAI lists "<|endoftext|>": without it
-            # lm-eval's [ctxlen:-1] would drop the last prompt token's logprob instead.
-            results = [(text, toks + ([final] if final.token is not None else []), final)
+            # The end token is listed: without it lm-eval's [ctxlen:-1] would drop the
+            # last prompt token's logprob instead.
+            results = [(text, with_end_token(toks, final), final)
                        for text, toks, final in collect_choices(reqs)]
             choices = []
             for p, (ids, _) in enumerate(prompts):
@@ -690,11 +697,9 @@ def build_app(st: State) -> bottle.Bottle:
                 "truncated": False, "id_slot": 0, "timings": final.timings.as_dict()}
 
     def llama_result(model, req, text, toks, final) -> dict:
-        # With n_probs, the end-of-generation token that ended the reply is listed after
-        # the others (its id, probabilities, empty text), as llama-server lists every
-        # generated token: tokens_predicted counts it, and so the lists agree with it.
-        if final.token is not None:
-            toks = toks + [final]
+        # With n_probs, the end token is listed too: tokens_predicted counts it, and so
+        # the lists agree with it.
+        toks = with_end_token(toks, final)
         out = {"content": text, "tokens": [e.token for e in toks], **final_fields(req, final)}
         if req.n_probs:
             out["completion_probabilities"] = [completion_probs(model, e, req.n_probs) for e in toks]

@@ -12,6 +12,10 @@ The output is the greedy output: every kept token is the argmax the model gives 
 exactly the tokens before it. (Batched and single-token matmuls round differently, so at
 a near-tie the two can differ; see tests/fixtures/TOLERANCES.md.) Only greedy sampling is
 sped up; with temperature > 0 tokens are drawn one at a time as usual.
+
+A request may also bring a prediction (OpenAI's Predicted Outputs: the text the reply is
+expected to largely repeat). PredictionDrafts then drafts from it first, in runs that grow
+while the reply follows it (up to PREDICTION_DRAFT_MAX_TOK); draft() is the fallback.
 """
 from __future__ import annotations
 
@@ -66,7 +70,7 @@ class PredictionDrafts:
     def __init__(self, tokens: list[int]):
         self.tokens = np.asarray(tokens, dtype=np.int64)
         self.pos_tok = 0
-        self.k_tok = DRAFT_MAX_TOK
+        self.k_tok = DRAFT_MAX_TOK   # the next draft's length at most (see verified)
         self.drafted_tok = 0   # tokens drafted from the prediction, over the whole reply
         self.kept_tok = 0      # how many of the last round's tokens were kept drafts from it
         self._start = 0        # where the last draft began in the prediction
@@ -112,9 +116,9 @@ class PredictionDrafts:
                       else DRAFT_MAX_TOK)
 
 
-def greedy_tokens(session, logits: np.ndarray, sampler, history: list[int],
-                  room_tok: int, k: int = DRAFT_MAX_TOK,
-                  prediction: PredictionDrafts | None = None) -> tuple[list[int], np.ndarray | None]:
+def greedy_tokens(session, logits: np.ndarray, sampler, history: list[int], room_tok: int,
+                  k: int = DRAFT_MAX_TOK, prediction: PredictionDrafts | None = None
+                  ) -> tuple[list[int], np.ndarray | None]:
     """The next greedy tokens after `logits`, evaluated: (tokens, logits after the last).
 
     `history` is every token so far (prompt and output), which the session already holds.

@@ -1,12 +1,15 @@
-"""Every token's bytes, one table per tokenizer, shared by DRY and the JSON constraint.
+"""Every token's bytes, one table per tokenizer, shared by DRY, the JSON constraint and
+the infill sampler.
 
 DRY (runtime/dry.py) searches the whole vocabulary for the tokens holding a sequence
 breaker; the JSON constraint (runtime/json_constraint.py) needs every token's first two
-bytes for its search past the model's top tokens. Both read `table_of(tokenizer)`: built
-on first use, once per tokenizer even when request threads ask at the same moment, and
-kept while the tokenizer lives. Each applies its own rule for special tokens on top:
-DRY reads them as llama.cpp's detokenize with `special` on renders them, the constraint
-sees nothing of a control token (`hidden`) and lets an added one spell only a literal.
+bytes for its search past the model's top tokens; the infill step (runtime/sampling.py's
+InfillVocab) compares the candidates' texts. All read `table_of(tokenizer)`: built on
+first use, once per tokenizer even when request threads ask at the same moment, and kept
+while the tokenizer lives. Each applies its own rule for special tokens on top: DRY reads
+them as llama.cpp's detokenize with `special` on renders them, the constraint and the
+infill step see nothing of a control token (`hidden`), and the constraint lets an added
+one spell only a literal.
 """
 from __future__ import annotations
 
