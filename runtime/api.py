@@ -372,6 +372,13 @@ def check_llama_fields(body) -> None:
         _string_list(body, key)
 
 
+# The most steps a request's chain may have (llama-server sets none). Each step runs for
+# every token and may cost a pass over the vocabulary (the penalties, DRY): a body of
+# 60,000 "dry" made every token of the tiny test model cost 5 s, uncancellable, and
+# Qwen's vocabulary is 300 times larger. llama.cpp's own names are 11.
+SAMPLERS_MAX_STEPS = 64
+
+
 def get_samplers(body, default: tuple) -> tuple:
     """llama-server's 'samplers': the chain's order, a list of names ("top_k", "min-p",
     "temp", ... any case) or a string of its letters ("edskypmxt"). A name or letter
@@ -391,14 +398,8 @@ def get_samplers(body, default: tuple) -> tuple:
     return capped_chain(samplers_from_names(v))
 
 
-# The most steps a request's chain may have (llama-server sets none). Each step runs for
-# every token and may cost a pass over the vocabulary (the penalties, DRY): a body of
-# 60,000 "dry" made every token of the tiny test model cost 5 s, uncancellable, and
-# Qwen's vocabulary is 300 times larger. llama.cpp's own names are 11.
-SAMPLERS_MAX_STEPS = 64
-
-
 def capped_chain(chain: tuple) -> tuple:
+    """The chain, or a 400 when it has more than SAMPLERS_MAX_STEPS steps."""
     if len(chain) > SAMPLERS_MAX_STEPS:
         raise ApiError(400, f"'samplers' names {len(chain)} samplers; at most "
                             f"{SAMPLERS_MAX_STEPS} may run (each of llama.cpp's 11 can be named "
@@ -476,10 +477,12 @@ def get_parallel_tool_calls(body) -> bool:
 PREDICTION_CHARS_PER_CTX_TOK = 16
 
 
-def get_prediction(body) -> str | None:
+def get_prediction(body, model, n_ctx: int) -> list | None:
     """OpenAI's Predicted Outputs: {"type": "content", "content": TEXT or a list of text
     parts}, the text the reply is expected to largely repeat. Only a speed hint (greedy
-    speculation drafts from it), so its text alone is returned; None when absent."""
+    speculation drafts from it) -> its token ids, at most n_ctx of them, from its first
+    n_ctx × 16 characters (PREDICTION_CHARS_PER_CTX_TOK: a reply never repeats more);
+    [] for an empty one (sent: usage reports its counts); None when absent."""
     pred = body.get("prediction")
     if pred is None:
         return None
@@ -487,22 +490,14 @@ def get_prediction(body) -> str | None:
         raise ApiError(400, "'prediction' must be an object {\"type\": \"content\", "
                             "\"content\": TEXT}")
     content = pred.get("content")
-    if isinstance(content, str):
-        return content
     if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text"
                                          and isinstance(p.get("text"), str) for p in content):
-        return "".join(p["text"] for p in content)
-    raise ApiError(400, "'prediction.content' must be a string or a list of "
-                        "{\"type\": \"text\", \"text\": TEXT} parts")
-
-
-def prediction_ids(model, text: str | None, n_ctx: int) -> list | None:
-    """A prediction's token ids, at most n_ctx of them (from its first n_ctx × 16
-    characters, see PREDICTION_CHARS_PER_CTX_TOK); None for none or an empty one."""
-    if not text:
-        return None
-    text = text[:n_ctx * PREDICTION_CHARS_PER_CTX_TOK]
-    return model.tokenize(text, add_special=False)[:n_ctx] or None
+        content = "".join(p["text"] for p in content)
+    if not isinstance(content, str):
+        raise ApiError(400, "'prediction.content' must be a string or a list of "
+                            "{\"type\": \"text\", \"text\": TEXT} parts")
+    text = content[:n_ctx * PREDICTION_CHARS_PER_CTX_TOK]
+    return model.tokenize(text, add_special=False)[:n_ctx] if text else []
 
 
 def _string_list(body, key) -> None:

@@ -46,7 +46,7 @@ from runtime.api import (MAX_N_PROBS, MISSING, ApiError, TextOffsets, chat_ids, 
                          get_n, get_parallel_tool_calls, get_prediction, get_reasoning_format,
                          get_stop, get_str, get_template_kwargs, get_tool_choice, get_tools,
                          is_int, joined_logprobs, json_bytes, legacy_tops, limit_is_set, logprob,
-                         output_constraint, parse_json, piece, prediction_ids, prompt_logprobs,
+                         output_constraint, parse_json, piece, prompt_logprobs,
                          prompt_text, prompt_tools, read_body, reply_grammar, sampling_params,
                          split_prefill, template_in_effect)
 from runtime.engine import ContextOverflowError, Engine, EngineBusy, Request, Timings
@@ -118,9 +118,13 @@ class State:
     log: Callable[[str], None] = print  # the console line for what the operator must see
 
 
-def _prediction_usage(usage: dict, finals, predicted: bool) -> dict:
-    """OpenAI's usage with a prediction: how many tokens drafted from it are in the
-    replies (accepted) and how many are not (rejected), summed over the choices."""
+def _usage(n_prompt: int, finals, predicted: bool) -> dict:
+    """OpenAI's usage of the replies whose final events are `finals`, with n_prompt prompt
+    tokens; with a prediction, how many tokens drafted from it are in the replies
+    (accepted) and how many are not (rejected), summed over the choices."""
+    n_reply = sum(f.completion_tokens for f in finals)
+    usage = {"prompt_tokens": n_prompt, "completion_tokens": n_reply,
+             "total_tokens": n_prompt + n_reply}
     if predicted:
         usage["completion_tokens_details"] = {
             "accepted_prediction_tokens": sum(f.accepted_prediction_tokens for f in finals),
@@ -420,24 +424,19 @@ def build_app(st: State) -> bottle.Bottle:
         params = sampling_params(body, openai=True, default_temp=st.temperature, model=model)
         max_tokens, stop = get_max_tokens(body, st.n_ctx), get_stop(body)
         cache_prompt = get_bool(body, "cache_prompt", True)
-        predicted = get_prediction(body)
-        pred_ids = prediction_ids(model, predicted, st.n_ctx)
+        pred_ids = get_prediction(body, model, st.n_ctx)
 
         def request(j):  # choice j: its own seed (choice_params) and constraint (stateful)
             return Request(prompt_ids=prompt, params=choice_params(params, j),
                            max_tokens=max_tokens, stop=stop,
                            n_probs=max(top_lp, 1) if want_lp else 0, cache_prompt=cache_prompt,
-                           constraint=output_constraint(model, start), prediction=pred_ids)
+                           constraint=output_constraint(model, start), prediction=pred_ids or None)
         cid, created = "chatcmpl-" + uuid.uuid4().hex[:24], int(time.time())
         base = {"id": cid, "created": created, "model": st.model_id, "system_fingerprint": "chatfile"}
         reqs = submit_choices([request(j) for j in range(n)])
 
         def usage(finals):  # the prompt is counted once, as OpenAI counts it
-            n_prompt = finals[0].prompt_tokens
-            n_reply = sum(f.completion_tokens for f in finals)
-            return _prediction_usage({"prompt_tokens": n_prompt, "completion_tokens": n_reply,
-                                      "total_tokens": n_prompt + n_reply}, finals,
-                                     predicted is not None)
+            return _usage(finals[0].prompt_tokens, finals, pred_ids is not None)
 
         if not stream:
             choices, finals = [], []
@@ -539,8 +538,7 @@ def build_app(st: State) -> bottle.Bottle:
         max_tokens = get_max_tokens(body, st.n_ctx) if limit_is_set(body) else min(16, st.n_ctx)
         stop, cache_prompt = get_stop(body), get_bool(body, "cache_prompt", True)
         grammar = get_json_grammar(body)
-        predicted = get_prediction(body)
-        pred_ids = prediction_ids(model, predicted, st.n_ctx)
+        pred_ids = get_prediction(body, model, st.n_ctx)
 
         def request(ids, j):  # choice (or candidate) j of the prompt `ids`
             # echo with logprobs: the prompt's tokens with their logprobs come first; the
@@ -550,7 +548,7 @@ def build_app(st: State) -> bottle.Bottle:
                            prompt_logprobs=echo and n_lp > 0 and j == 0,
                            cache_prompt=cache_prompt, continuation=True,
                            constraint=output_constraint(model, grammar),  # one per request
-                           prediction=pred_ids)
+                           prediction=pred_ids or None)
 
         base = {"id": "cmpl-" + uuid.uuid4().hex[:24], "object": "text_completion",
                 "created": int(time.time()), "model": st.model_id, "system_fingerprint": "chatfile"}
@@ -572,11 +570,8 @@ def build_app(st: State) -> bottle.Bottle:
         def usage(finals):
             # each prompt counted once, as OpenAI counts it, and every candidate's tokens
             # (OpenAI bills best_of's too)
-            n_prompt = sum(f.prompt_tokens for f in finals[::best_of])
-            n_reply = sum(f.completion_tokens for f in finals)
-            return _prediction_usage({"prompt_tokens": n_prompt, "completion_tokens": n_reply,
-                                      "total_tokens": n_prompt + n_reply}, finals,
-                                     predicted is not None)
+            return _usage(sum(f.prompt_tokens for f in finals[::best_of]), finals,
+                          pred_ids is not None)
 
         # OpenAI's order: prompt-major, choice k is choice k % n of prompt k // n (and
         # candidate j of prompt p is reqs[p * best_of + j])
