@@ -66,6 +66,7 @@ class _Chat:
         self.history: list[dict] = []
         self.told_left_out = False   # the "older messages were left out" notice, once
         self.interrupted = False     # the last answer was stopped by Ctrl+C
+        self.thought = None          # the reply's reasoning being shown, for a Ctrl+Z
 
     def reset(self):
         self.history.clear()
@@ -207,11 +208,24 @@ class _Chat:
         # (runtime/reasoning.py, as the server splits it), shown apart (_Thought), and kept
         # as the reply's reasoning_content, which the template renders as the model expects.
         split, thought = reasoning.ReasoningSplit(), self._thought()
+        self.thought = thought
         try:
             return self._answer(user_text, under_way, split, thought)
         finally:  # a `kill` or an error mid-thought: the terminal's style is reset
             with contextlib.suppress(OSError, ValueError, RuntimeError):
                 thought.end(answer_follows=False)
+            self.thought = None
+
+    def style_off(self) -> None:
+        """A Ctrl+Z mid-thought: the shell gets its text in the usual style (see
+        _held_after_fg)."""
+        if self.thought is not None:
+            self.thought.style_off()
+
+    def style_back(self) -> None:
+        """`fg` mid-thought: the rest of the reasoning is faint again."""
+        if self.thought is not None:
+            self.thought.style_back()
 
     def _answer(self, user_text: str, under_way: list, split, thought) -> str | None:
         from runtime.chat_template import TemplateError
@@ -274,7 +288,7 @@ class _Chat:
         """Where a reply's reasoning is shown: with the conversation on a terminal; on
         stderr when piped or -p, so that stdout is the answer only."""
         if self.interactive:
-            return _Thought(self._write, _shows_styles(self.out), apart=False)
+            return _Thought(self._write, _shows_styles(self.out), apart=False, stream=self.out)
         err = sys.stderr
         if err is None:  # started with stderr closed: the reasoning is not shown
             return _Thought(lambda text: None, False, apart=True)
@@ -282,7 +296,7 @@ class _Chat:
         def write(text):
             err.write(text)
             err.flush()
-        return _Thought(write, _shows_styles(err), apart=True)
+        return _Thought(write, _shows_styles(err), apart=True, stream=err)
 
     def _wait_stopped(self, req, wait_s: float = float("inf")):
         # The worker notices the cancel between prefill chunks or tokens, which can take a
@@ -350,8 +364,9 @@ THINKING, DONE_THINKING = "Thinking...", "...done thinking."  # as `ollama run` 
 
 def _shows_styles(stream) -> bool:
     """Whether text written to `stream` may carry the terminal's styles: it is a terminal,
-    and TERM names one that has them (unset or "dumb": none, as git decides on colours)."""
-    if os.environ.get("TERM", "dumb") == "dumb":
+    TERM names one that has them (unset or "dumb": none, as git decides on colours), and
+    NO_COLOR is unset or empty (https://no-color.org: present and not empty, no styles)."""
+    if os.environ.get("NO_COLOR") or os.environ.get("TERM", "dumb") == "dumb":
         return False
     try:
         return stream.isatty()
@@ -364,12 +379,14 @@ class _Thought:
     "...done thinking." and a blank line once the answer begins, all faint on a terminal
     with styles. `write` writes to the answer's stream, or to stderr (apart=True); a
     reasoning cut short (max tokens, Ctrl+C, an error) only gets its style reset, plus a
-    line end when apart (the answer's stream ends its own line)."""
+    line end when apart (the answer's stream ends its own line). stream: the file `write`
+    writes to, where a Ctrl+Z's handler turns the style off and `fg` back on."""
 
-    def __init__(self, write, styled: bool, apart: bool):
-        self.write, self.styled, self.apart = write, styled, apart
+    def __init__(self, write, styled: bool, apart: bool, stream=None):
+        self.write, self.styled, self.apart, self.stream = write, styled, apart, stream
         self.pieces: list[str] = []
         self.open = False  # shown, and not ended yet
+        self.faint = False  # the reasoning still to come is faint (so after an `fg` too)
 
     @property
     def text(self) -> str:
@@ -380,6 +397,7 @@ class _Thought:
             return
         if not self.pieces:
             self.open = True  # first: a Ctrl+C within the write still gets the style reset
+            self.faint = self.styled
             self.write((DIM if self.styled else "") + THINKING + "\n")
         self.pieces.append(piece)
         self.write(piece)
@@ -388,9 +406,25 @@ class _Thought:
         if not self.open:
             return
         done = ("" if self.text.endswith("\n") else "\n") + DONE_THINKING
+        self.faint = False  # first: an `fg` from now on must not turn it on again
         self.write((done if answer_follows else "") + (NORMAL if self.styled else "")
                    + ("\n\n" if answer_follows else "\n" if self.apart else ""))
         self.open = False  # last: a Ctrl+C within the write leaves it for the next end()
+
+    def style_off(self) -> None:
+        """Run by a Ctrl+Z's handler: the style off before the shell has the terminal (it
+        stayed faint until `fg`). The text written before it goes first; codes are written
+        straight to the file, as the handler may run inside a write to the stream."""
+        if self.open and self.styled and self.stream is not None:
+            with contextlib.suppress(OSError, ValueError, RuntimeError):
+                self.stream.flush()  # (RuntimeError: inside that write; it comes after)
+            _write_codes(self.stream, NORMAL)
+
+    def style_back(self) -> None:
+        """Run once `fg` gives the terminal back: the reasoning still being written is
+        faint again."""
+        if self.faint and self.stream is not None:
+            _write_codes(self.stream, DIM)
 
 
 def _let_interrupts_settle(seconds: float = 0.3) -> None:
@@ -794,14 +828,16 @@ def _in_paste(typed: bytes) -> bool:
 
 
 @contextlib.contextmanager
-def _held_after_fg(hold, shells=None):
+def _held_after_fg(hold, shells=None, style_off=lambda: None, style_back=lambda: None):
     """While an answer is written: `fg` after a Ctrl+Z hands the terminal back in the
     shell's (canonical) modes, where a Ctrl+D typed during the rest of the answer was lost
     again; SIGCONT takes it out of that mode at once. (Each line reader sets its own modes
     while it reads: this handler is only for the time between.) The Ctrl+Z itself gives
     the shell its modes first (shells: the terminal and them), as at the prompt (see
     _given_back_at_stops): the chat stopped out of canonical mode, and dash then read its
-    commands without line editing (a Backspace went into the command as ^?)."""
+    commands without line editing (a Backspace went into the command as ^?). It turns a
+    faint reasoning's style off too (style_off; style_back after `fg`): the shell's text
+    was faint until `fg`."""
     if not hasattr(signal, "SIGCONT"):
         yield
         return
@@ -811,9 +847,14 @@ def _held_after_fg(hold, shells=None):
         fd, shells_modes = shells
 
         def give():
+            style_off()
             with contextlib.suppress(termios.error):
                 set_modes(fd, shells_modes)
-        given_back = _given_back_while_stopped(fd, hold, give)
+
+        def take():
+            hold()
+            style_back()
+        given_back = _given_back_while_stopped(fd, take, give)
     # (Inside it: a stop that is not a Ctrl+Z, SIGSTOP, gets its SIGCONT handled too.)
     with given_back:
         before = set_handler(signal.SIGCONT, lambda signum, frame: hold())
@@ -1254,7 +1295,8 @@ def chat(model, *, n_ctx: int, system: str | None = None, stdin=None, stdout=Non
                 piped_example or cli.piped_example(None)
             sys.stderr.write(empty_question(source, example))
             return 2
-        return 0 if c.ask(question) is not None else 1
+        with _style_off_at_stops(c):
+            return 0 if c.ask(question) is not None else 1
 
     stdout.write(f"chatfile: chatting with {getattr(model, 'name', 'the model')}. {HELP}\n")
     stdout.flush()
@@ -1269,6 +1311,15 @@ def chat(model, *, n_ctx: int, system: str | None = None, stdin=None, stdout=Non
         if shells is not None:
             read = _given_back_at_stops(read, *shells, stdout)
         return _converse(c, read, stdout, hold, shells)
+
+
+def _style_off_at_stops(c: _Chat):
+    """Piped or -p, the reasoning faint on a terminal's stderr: a Ctrl+Z turns the style
+    off for the shell and `fg` on again, as in the interactive chat (see _held_after_fg)."""
+    err = sys.stderr
+    if err is None or not _shows_styles(err):
+        return contextlib.nullcontext()
+    return _given_back_while_stopped(err.fileno(), c.style_back, c.style_off)
 
 
 def _converse(c: _Chat, read, stdout, hold, shells=None) -> int:
@@ -1309,7 +1360,7 @@ def _converse(c: _Chat, read, stdout, hold, shells=None) -> int:
             line = todo
         answer = None
         try:
-            with _held_after_fg(hold, shells):
+            with _held_after_fg(hold, shells, c.style_off, c.style_back):
                 answer = c.ask(line)
         except KeyboardInterrupt:  # a Ctrl+C that landed between two steps of ask
             c._say("")

@@ -55,9 +55,15 @@ def test_reasoning_is_shown_faint_under_thinking_then_the_answer(chat_factory):
     assert c.proc.wait(30) == 0
 
 
+NO_COLOR = "os.environ['NO_COLOR'] = '1'\n"
+
+
 @one_reader
-def test_a_terminal_without_styles_gets_the_marks_without_escapes(chat_factory):
-    c = chat_factory(PARROT)  # TERM=dumb
+@pytest.mark.parametrize("setup", ["", STYLED + NO_COLOR], ids=["TERM=dumb", "NO_COLOR"])
+def test_a_terminal_without_styles_gets_the_marks_without_escapes(chat_factory, setup):
+    """TERM=dumb, or a terminal with styles and NO_COLOR set (no-color.org): the same
+    marks, without escape codes."""
+    c = chat_factory(setup + PARROT)
     c.write(ASKED.encode() + b"\r")
     out = c.read_until(_answered)
     shown = b"Thinking...\r\nThe user wants a city.\r\n...done thinking.\r\n\r\nParis.\r\n"
