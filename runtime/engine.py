@@ -434,7 +434,7 @@ class Engine:
             dist = sampler.reported_probs(logits, history, req.n_probs) if req.n_probs > 0 else None
             try:
                 toks, logits = _next_tokens(self.session, logits, sampler, history, room_tok,
-                                            speculate, pred)
+                                            speculate, prediction=pred)
             except NoTokenAllowed:
                 # The constraint allows nothing more: the value is done and end-of-generation
                 # is banned (ignore_eos), or no token it allows has a finite logit.

@@ -281,7 +281,7 @@ def test_requests_are_served_one_at_a_time():
 def test_speculative_next_tokens_contract(monkeypatch):
     """A speculator may return several tokens, evaluated, with the logits after them.
     The output must be the same as without it."""
-    def spec(session, logits, sampler, history, room_tok, speculate=False):
+    def spec(session, logits, sampler, history, room_tok, speculate=False, prediction=None):
         t0 = sampler.sample(logits, history)
         if room_tok < 2 or t0 >= 25:
             return [t0], session.eval([t0]) if room_tok >= 1 else None
