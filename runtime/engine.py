@@ -401,10 +401,9 @@ class Engine:
         # n_probs wants a distribution for every token, and a constraint's state moves
         # with each accepted token: no speculation then.
         speculate = self.speculate and not req.n_probs and req.constraint is None
-        # A prediction only drafts for greedy speculation: a sampled reply ignores it.
-        pred = (PredictionDrafts(req.prediction)
-                if speculate and req.prediction and getattr(sampler.params, "greedy", False)
-                else None)
+        # A prediction drafts where speculation runs (_next_tokens: greedy replies only; a
+        # sampled one ignores it, and its counts stay 0).
+        pred = PredictionDrafts(req.prediction) if speculate and req.prediction else None
         n_pred_kept = 0    # tokens drafted from the prediction that are in the reply
         t_gen = time.perf_counter()
 

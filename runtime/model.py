@@ -588,11 +588,14 @@ class Session:
 
         At least one token of `ids` is left to evaluate, so that there are logits to sample.
         """
-        n = 0
-        limit = min(len(self.tokens), len(ids) - 1)
+        return self.rewind(self._common_prefix(ids, len(ids) - 1))
+
+    def _common_prefix(self, ids: Sequence[int], limit: int) -> int:
+        """How many leading tokens `ids` shares with the tokens held, at most limit."""
+        n, limit = 0, min(len(self.tokens), limit)
         while n < limit and self.tokens[n] == ids[n]:
             n += 1
-        return self.rewind(n)
+        return n
 
     def reuse_prompt_probs(self, ids: Sequence[int], n_probs: int) -> list:
         """For a prompt whose logprobs are wanted at every position: rewind to the longest
@@ -602,11 +605,7 @@ class Session:
         evaluate, at least one token. With fewer alternatives stored, nothing is reused."""
         stored = len(self.prompt_probs) if self.prompt_probs_n >= n_probs else 0
         # Position i's entry is reusable while tokens[:i + 2] is a prefix of ids.
-        limit = min(len(self.tokens), len(ids), stored + 1)
-        same = 0
-        while same < limit and self.tokens[same] == ids[same]:
-            same += 1
-        n = max(same - 1, 0)
+        n = max(self._common_prefix(ids, min(len(ids), stored + 1)) - 1, 0)
         # read before rewinding: rewind(n) drops entry n - 1 (its token n is evaluated again)
         reused = [(p, tops[:n_probs]) for p, tops in self.prompt_probs[:n]]
         return reused[:self.rewind(n)]  # a sliding-window ring may keep nothing

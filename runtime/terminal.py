@@ -89,10 +89,10 @@ class _Chat:
         fits with room for the reply; None (reported) when the message alone does not."""
         n_ctx = self.engine.n_ctx
         budget_tok = n_ctx - self._reply_reserve()
-        renders: dict = {}   # pairs left out -> prompt ids, so no prompt is made twice
+        renders: dict = {}   # pairs left out -> (prompt text, ids): no prompt made twice
         ids = self._prompt_without(user_text, 0, renders)
         if len(ids) <= budget_tok:   # the common case: one render, nothing left out
-            self.prompt_text = renders["text", 0]
+            self.prompt_text = renders[0][0]
             return ids
         # Leave out whole user/assistant pairs from the oldest, so the kept history starts
         # on a user turn. Not just the fewest that fit, but enough that a quarter of the
@@ -110,19 +110,19 @@ class _Chat:
             found = self._message_alone(user_text, renders)
             if found is None:
                 return None
-        self.prompt_text = renders["text", found[0]]
+        self.prompt_text = renders[found[0]][0]
         self._leave_out(found[0])
         return found[1]
 
     def _prompt_without(self, user_text: str, n_pairs: int, renders: dict) -> list:
-        """The prompt ids with the oldest n_pairs pairs left out (rendered once; its
-        text kept as renders["text", n_pairs])."""
+        """The prompt ids with the oldest n_pairs pairs left out (rendered once, and kept
+        with its text in renders[n_pairs])."""
         if n_pairs not in renders:
             kept = self.history[2 * n_pairs:]
-            renders["text", n_pairs], renders[n_pairs] = chat_prompt_ids(
+            renders[n_pairs] = chat_prompt_ids(
                 self.model, self.messages(user_text, kept),
                 template_kwargs=self.template_kwargs)
-        return renders[n_pairs]
+        return renders[n_pairs][1]
 
     def _fewest_pairs_to_fit(self, user_text: str, limit_tok: int, renders: dict):
         """(pairs, ids): the fewest oldest pairs (at least one) whose leaving out makes the
