@@ -30,6 +30,17 @@ NGRAM_MIN = 3
 DRAFT_MAX_TOK = 8  # a batch of 9 costs about 2.4 single steps here; longer drafts measured no better
 
 
+def match_ends(seq: np.ndarray, suffix: np.ndarray) -> np.ndarray:
+    """Where the tokens after each occurrence of `suffix` in `seq` begin, in order, for
+    the occurrences that leave a token after them (so never the suffix at seq's end).
+    Narrowed token by token, so a token found thousands of times costs no Python loop."""
+    n = suffix.size
+    starts = np.flatnonzero(seq[: max(seq.size - n, 0)] == suffix[0])
+    for i in range(1, n):
+        starts = starts[seq[starts + i] == suffix[i]]
+    return starts + n
+
+
 def draft(history: list[int], k: int = DRAFT_MAX_TOK) -> list[int]:
     """Up to k tokens that followed the latest earlier occurrence of history's suffix."""
     n_hist = len(history)
@@ -37,14 +48,9 @@ def draft(history: list[int], k: int = DRAFT_MAX_TOK) -> list[int]:
         return []
     h = np.asarray(history, dtype=np.int64)
     for n in range(min(NGRAM_MAX, n_hist - 1), NGRAM_MIN - 1, -1):
-        suffix = h[-n:]
-        # Candidate starts: where the suffix's first token occurs, excluding the suffix itself.
-        starts = np.flatnonzero(h[: n_hist - n] == suffix[0])
-        for s in starts[::-1]:  # latest occurrence first: the most relevant context
-            if s + n < n_hist and np.array_equal(h[s:s + n], suffix):
-                follow = h[s + n: s + n + k]
-                if follow.size:
-                    return follow.tolist()
+        found = match_ends(h, h[-n:])
+        if found.size:  # the latest occurrence: the most relevant context
+            return h[found[-1]: found[-1] + k].tolist()
     return []
 
 
@@ -93,16 +99,9 @@ class PredictionDrafts:
 
     def _find(self, h: np.ndarray) -> int | None:
         """Where in the prediction the tokens after h's suffix begin, or None."""
-        pred = self.tokens
         for n in range(min(NGRAM_MAX, h.size), NGRAM_MIN - 1, -1):
-            suffix = h[-n:]
-            # Matches that leave a token after them to draft; narrowed token by token, so
-            # a token found thousands of times in a long prediction costs no Python loop.
-            starts = np.flatnonzero(pred[: pred.size - n] == suffix[0])
-            for i in range(1, n):
-                starts = starts[pred[starts + i] == suffix[i]]
-            if starts.size:
-                found = starts + n
+            found = match_ends(self.tokens, h[-n:])
+            if found.size:
                 ahead = found[found >= self.pos_tok]
                 return int(ahead[0] if ahead.size else found[-1])
         return None

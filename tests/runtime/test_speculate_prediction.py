@@ -51,6 +51,12 @@ def test_after_a_change_the_reply_is_found_again_further_on():
     assert speculate.PredictionDrafts([]).draft(np.array([1, 2, 3]), 4) == []
 
 
+def test_a_prediction_shorter_than_the_suffix_drafts_nothing():
+    """A 2-token prediction whose tokens begin the reply's last 3: the search for the
+    3-token suffix read past the prediction's end (an IndexError, the request an error)."""
+    assert speculate.PredictionDrafts([5, 7]).draft(np.array([1, 5, 7, 8]), 8) == []
+
+
 def _greedy_with_prediction(m, ids, n, prediction):
     """Speculative greedy decoding drafting from `prediction`: (tokens, passes, drafts)."""
     s = m.session(len(ids) + n + 40)
