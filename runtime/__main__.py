@@ -125,34 +125,34 @@ def _baked_args(trailer: Trailer | None) -> list[str]:
         baked = full_flags(list(trailer.args))
     except ValueError:  # (never bundled: the parser refused it); left for it to say
         return list(trailer.args)
-    kept, dropped, i = [], [], 0
-    while i < len(baked):
-        name, eq, _ = baked[i].partition("=")
-        if name in HIDDEN_FLAGS and not is_baked_template(baked[i]):
-            dropped.append(name)
-            i += 1 if eq else 2  # with its value
-            continue
-        kept.append(baked[i])
-        i += 1
+    kept, dropped = _without_flags(baked, lambda name, arg: name in HIDDEN_FLAGS
+                                   and not is_baked_template(arg))
     if dropped:
         print(f"chatfile: note: the args baked into this bundle (by an older chatfile) set "
               f"{', '.join(dropped)}, which the bundle sets itself; ignored", file=sys.stderr)
     return kept
 
 
-def _drop_server_flags(args: list[str]) -> list[str]:
-    out, i = [], 0
+def _without_flags(args: list[str], drop) -> tuple[list[str], list[str]]:
+    """(args without each flag that drop(name, arg) picks, nor its value: the next arg
+    unless written --flag=value; the names of those dropped)."""
+    kept, dropped, i = [], [], 0
     while i < len(args):
-        name = args[i].partition("=")[0]
-        if name in _SERVER_FLAGS:
-            pass
-        elif name in _SERVER_FLAGS_WITH_VALUE:
-            if "=" not in args[i]:
-                i += 1  # skip the value too
+        name, eq, _ = args[i].partition("=")
+        if drop(name, args[i]):
+            dropped.append(name)
+            i += 1 if eq else 2  # with its value
         else:
-            out.append(args[i])
-        i += 1
-    return out
+            kept.append(args[i])
+            i += 1
+    return kept, dropped
+
+
+def _drop_server_flags(args: list[str]) -> list[str]:
+    """args without the server's options, for a chat in the terminal. Those without a
+    value take no next arg, so they can be dropped after the ones with a value."""
+    kept, _ = _without_flags(args, lambda name, arg: name in _SERVER_FLAGS_WITH_VALUE)
+    return [a for a in kept if a.partition("=")[0] not in _SERVER_FLAGS]
 
 
 def _progress(label: str):

@@ -146,29 +146,28 @@ _BREAKER_SETS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # ... a
 @dataclass(frozen=True, eq=False)
 class _VocabTexts:
     """Every token's text, laid end to end, so that the tokens holding (or ending with)
-    a breaker are found in the whole vocabulary by a few NumPy comparisons."""
-    texts: TokenBytes     # each token's text (its bytes are data)
-    data: np.ndarray      # all of them end to end, uint8
-    owner: np.ndarray     # the token each byte of data belongs to
-    ends: np.ndarray      # where each token's text ends in data (int64, exclusive)
-    lengths: np.ndarray   # each token's text's length in bytes (int64)
+    a breaker are found in the whole vocabulary by a few NumPy comparisons. The texts'
+    bytes and bounds are read from `texts` alone; the two indexes beside it are what the
+    search adds to them."""
+    texts: TokenBytes     # each token's text, from the tokenizer's shared table (_dry_texts)
+    owner: np.ndarray     # the token each byte of texts.data belongs to
     by_last: list         # [256]: the tokens whose text ends with that byte, in id order
 
     def holding(self, raw: bytes) -> np.ndarray:
         """The tokens whose text holds these bytes (not across two texts), in id order."""
-        n = len(raw)
-        at = np.flatnonzero(self.data[:max(self.data.size - n + 1, 0)] == raw[0])
+        n, data = len(raw), self.texts.data
+        at = np.flatnonzero(data[:max(data.size - n + 1, 0)] == raw[0])
         for i in range(1, n):
-            at = at[self.data[at + i] == raw[i]]
+            at = at[data[at + i] == raw[i]]
         return np.unique(self.owner[at[self.owner[at] == self.owner[at + n - 1]]])
 
     def ending_with(self, raw: bytes) -> np.ndarray:
         """The tokens whose text ends with these bytes, in id order."""
-        n = len(raw)
+        n, data, starts = len(raw), self.texts.data, self.texts.starts
         ids = self.by_last[raw[-1]]
-        ids = ids[self.lengths[ids] >= n]
+        ids = ids[starts[ids + 1] - starts[ids] >= n]
         for i in range(n - 1):
-            ids = ids[self.data[self.ends[ids] - n + i] == raw[i]]
+            ids = ids[data[starts[ids + 1] - n + i] == raw[i]]
         return ids
 
 
@@ -180,7 +179,7 @@ def _vocab_texts(tok) -> _VocabTexts:
         owner = np.repeat(np.arange(len(texts), dtype=np.int32), lengths)
         last = np.where(lengths > 0, data[np.maximum(ends - 1, 0)] if data.size else 0, -1)
         by_last = [np.flatnonzero(last == b) for b in range(256)]
-        found = _TOKEN_TEXTS[tok] = _VocabTexts(texts, data, owner, ends, lengths, by_last)
+        found = _TOKEN_TEXTS[tok] = _VocabTexts(texts, owner, by_last)
     return found
 
 

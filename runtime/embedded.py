@@ -373,24 +373,37 @@ def bare_stub_format(path: str | os.PathLike) -> str | None:
     "not a GGUF file: magic is b'\\x7fELF'"."""
     try:
         with open(path, "rb") as f:
-            start = f.read(2)
-            end = data_end(f, os.fstat(f.fileno()).st_size)  # (before a macOS signature)
-            f.seek(max(0, end - _STUB_COOKIE_SEARCH_BYTES))
-            tail_at = f.tell()
-            tail = f.read(end - tail_at)
-            cookie = tail.rfind(PYI_COOKIE_MAGIC)
-            if 0 <= cookie <= len(tail) - PYI_COOKIE_BYTES:
-                _, pkg_bytes, toc_at, toc_bytes, _, _ = struct.unpack_from(
-                    PYI_COOKIE_FORMAT, tail, cookie)
-                f.seek(max(0, tail_at + cookie + PYI_COOKIE_BYTES - pkg_bytes + toc_at))
-                if _EXE_STUB_MARK in f.read(min(toc_bytes, _STUB_COOKIE_SEARCH_BYTES)):
-                    return "exe"
-        if start == b"#!" and zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as z:
-                return "pyz" if _PYZ_STUB_MARK in z.namelist() else None
+            if _is_exe_stub(f):
+                return "exe"
+            if _is_pyz_stub(f):
+                return "pyz"
     except (OSError, zipfile.BadZipFile, struct.error):
         pass
     return None
+
+
+def _is_exe_stub(f) -> bool:
+    """Is open file f a PyInstaller executable whose archive holds the runtime's page?
+    Its cookie is searched for near the end of its data, and its table of contents read."""
+    end = data_end(f, os.fstat(f.fileno()).st_size)  # (before a macOS signature)
+    f.seek(max(0, end - _STUB_COOKIE_SEARCH_BYTES))
+    tail_at = f.tell()
+    tail = f.read(end - tail_at)
+    cookie = tail.rfind(PYI_COOKIE_MAGIC)
+    if not 0 <= cookie <= len(tail) - PYI_COOKIE_BYTES:
+        return False
+    _, pkg_bytes, toc_at, toc_bytes, _, _ = struct.unpack_from(PYI_COOKIE_FORMAT, tail, cookie)
+    f.seek(max(0, tail_at + cookie + PYI_COOKIE_BYTES - pkg_bytes + toc_at))
+    return _EXE_STUB_MARK in f.read(min(toc_bytes, _STUB_COOKIE_SEARCH_BYTES))
+
+
+def _is_pyz_stub(f) -> bool:
+    """Is open file f a zipapp (a "#!" line, then the zip) holding the runtime's __main__?"""
+    f.seek(0)
+    if f.read(2) != b"#!" or not zipfile.is_zipfile(f):
+        return False
+    with zipfile.ZipFile(f) as z:
+        return _PYZ_STUB_MARK in z.namelist()
 
 
 def stub_without_model(path: str, fmt: str) -> str:

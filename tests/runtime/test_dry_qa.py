@@ -20,6 +20,7 @@ import pytest
 
 from runtime import dry
 from runtime.dry import DryBreakers, dry_breakers_from_text, dry_repeat_limit
+from runtime.token_bytes import TokenBytes
 from tests.runtime.test_samplers_dry import (as_sequences, breaker_reference, dry_reference,
                                              got_penalties, tiny_tok)  # noqa: F401 (fixture)
 
@@ -62,12 +63,13 @@ def test_many_tails_and_nested_breakers_give_the_references_penalties(seed):
             assert np.allclose([got[t] for t in ref], list(ref.values()), rtol=1e-12)
 
 
-class CountingList(list):
+class CountingTexts(TokenBytes):
+    """DRY's texts, counting the ones read one by one (its arrays are read as they are)."""
     reads = 0
 
-    def __getitem__(self, i):
-        CountingList.reads += 1
-        return super().__getitem__(i)
+    def __getitem__(self, t):
+        CountingTexts.reads += 1
+        return super().__getitem__(t)
 
 
 BREAKERS = [("e",), ("Once upon", "once"), ("é" * 19 + "xé",), ("=" * 33 + "X", "\n\n")]
@@ -76,13 +78,14 @@ BREAKERS = [("e",), ("Once upon", "once"), ("é" * 19 + "xé",), ("=" * 33 + "X"
 @pytest.mark.parametrize("texts", BREAKERS)
 def test_breakers_are_found_without_reading_the_texts_one_by_one(tiny_tok, texts):
     vocab = dry._vocab_texts(tiny_tok)
-    dry._TOKEN_TEXTS[tiny_tok] = dataclasses.replace(vocab, texts=CountingList(vocab.texts))
+    counting = CountingTexts(**vars(vocab.texts))
+    dry._TOKEN_TEXTS[tiny_tok] = dataclasses.replace(vocab, texts=counting)
     dry._BREAKER_PAIRS.pop(tiny_tok, None)
     dry._BREAKER_SETS.pop(tiny_tok, None)
     try:
-        CountingList.reads = 0
+        CountingTexts.reads = 0
         got = as_sequences(dry_breakers_from_text(tiny_tok, list(texts)))
-        assert CountingList.reads == 0
+        assert CountingTexts.reads == 0
     finally:
         dry._TOKEN_TEXTS[tiny_tok] = vocab
     assert got == set().union(*(breaker_reference(tiny_tok, t) for t in texts))
