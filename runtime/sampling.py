@@ -15,8 +15,9 @@ temperature is off by default (llama-server's defaults). Temperature <= 0 means 
 argmax of the biased, penalized logits (only biased under Mirostat), with no randomness at
 all; but with a dynamic temperature range (and no Mirostat), as in llama.cpp's temp-ext,
 it is sampled at a temperature between 0 and the range, a chain without a temperature step
-samples at temperature 1, and one with a penalty, DRY or infill step after a cut runs up
-to its temperature step, which keeps the best candidate left (SamplingParams.greedy).
+samples at temperature 1, and one with a penalty, DRY or infill step after a cut, or
+typical-p or XTC, before its temperature step runs up to that step, which keeps the best
+candidate left (SamplingParams.greedy; XTC's coin makes that random, as in llama.cpp).
 
 A sampler may carry a constraint (runtime/json_constraint.py's TokenConstraint: the reply
 must be JSON, or a tool call). It is asked lazily, best token first, so that a step costs
@@ -40,6 +41,8 @@ from runtime.token_bytes import TokenBytes, table_of
 # llama.cpp's default sampler order (common/common.h; llama-server's "edskypmxt"), and then
 # adaptive-p: llama-server runs it only when a request's `samplers` names it, and here, so
 # that adaptive_target alone switches it on, the default names it (it is off below 0).
+# That is llama-server started with `--samplers` naming adaptive_p last: its /props then
+# lists it too, and below 0 (its default) llama.cpp's adaptive-p is the plain draw.
 DEFAULT_SAMPLERS = ("penalties", "dry", "top_n_sigma", "top_k", "typ_p", "top_p", "min_p",
                     "xtc", "temperature", "adaptive_p")
 # llama-server's one-letter codes (common_sampler_type_to_chr)
@@ -122,16 +125,31 @@ class SamplingParams:
             return True
         if self.dynatemp_range > 0 or "temperature" not in self.samplers:
             return False
-        # The argmax of the logits after the penalties and DRY that lead the chain is the
-        # chain's answer only when no step before the temperature changes logits after a
-        # cut (the penalties after top_k see its survivors alone) or replaces the
-        # candidates (infill may end the reply): else the chain runs, its temperature
-        # step keeping the best candidate left.
+        # llama.cpp's temperature 0 keeps the best candidate the steps before it left
+        # (llama_sampler_temp_impl), and whatever comes after sees that one alone. That is
+        # the argmax of the logits after the bias and the penalties and DRY leading the
+        # chain when every other step before the temperature keeps the best token:
+        # top-n-sigma (the best is never below best - n·std), top-k, top-p and min-p (each
+        # keeps a best-first prefix of one or more) do, so the default chain takes the
+        # plain argmax. Not so: the penalties or DRY after a cut (they see its survivors
+        # alone), infill (it may end the reply), typical-p (it keeps the tokens nearest
+        # the entropy, maybe not the best) and XTC (once its coin comes up, it drops the
+        # likeliest tokens). With one of those on there, the chain runs and its
+        # temperature step keeps the best candidate left; XTC's coin makes that random,
+        # as in llama.cpp, drawn from the sampler's seeded rng.
         before = tuple(n for n in self.samplers[:self.samplers.index("temperature")]
                        if n in SAMPLER_STEPS)
         after_cut = before[_leading_logit_steps(before):]
         return not (("penalties" in after_cut and penalties_on(self)) or
-                    ("dry" in after_cut and self.dry_on) or "infill" in after_cut)
+                    ("dry" in after_cut and self.dry_on) or "infill" in after_cut or
+                    (self.typical_p < 1.0 and "typ_p" in before) or
+                    (self.xtc_on and "xtc" in before))
+
+    @property
+    def xtc_on(self) -> bool:
+        """llama.cpp's XTC is off at probability 0 or below and above threshold 0.5 (no two
+        tokens can both be above it)."""
+        return self.xtc_probability > 0 and self.xtc_threshold <= 0.5
 
     @property
     def dry_on(self) -> bool:
@@ -652,7 +670,7 @@ def _step_min_p(s, c: Candidates, history) -> Candidates:
 
 def _step_xtc(s, c: Candidates, history) -> Candidates:
     p = s.params
-    if p.xtc_probability <= 0 or p.xtc_threshold > 0.5:
+    if not p.xtc_on:
         return c
     c = _sorted(c)
     # XTC's coin is tossed only where it could act, as in llama.cpp
@@ -744,8 +762,9 @@ class Sampler:
         self.adaptive_weight = 1.0 / (1.0 - decay)
         # params.samplers as steps: those that change logits before anything is cut run
         # on the whole vocabulary in `adjusted`, the rest in `_filtered`. Greedy decoding
-        # takes the best token after every logit step before the temperature, whatever
-        # the filters say. Mirostat has a chain of its own.
+        # takes the best token after every logit step before the temperature, where the
+        # filters there keep it (SamplingParams.greedy; else the chain runs, as when
+        # sampling). Mirostat has a chain of its own.
         order = () if params.mirostat else tuple(n for n in params.samplers if n in SAMPLER_STEPS)
         n_logit = _leading_logit_steps(order)
         if params.greedy and not params.mirostat:

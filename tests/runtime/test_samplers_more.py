@@ -419,11 +419,14 @@ def test_with_the_new_samplers_off_the_same_tokens_come_as_before(case):
 
 def test_greedy_ignores_the_sampling_filters():
     """temperature 0 is the argmax of the biased, penalized logits, whatever the filters
-    (Mirostat aside, which goes without the penalties). A dynamic temperature range is no
-    filter: with it, llama.cpp samples at temperature 0 (tests/runtime/test_samplers_dry.py)."""
+    that keep the best token (Mirostat aside, which goes without the penalties); typical-p
+    and XTC, which may drop it, in tests/runtime/test_sampling_greedy_s18.py. A dynamic
+    temperature range is no filter: with it, llama.cpp samples at temperature 0
+    (tests/runtime/test_samplers_dry.py)."""
     rows = logit_rows(31, 20, 400)
     ref = draws(SamplingParams(temperature=0), rows)
-    greedy = ALL_ON | dict(temperature=0, repeat_penalty=1.0, dynatemp_range=0.0)
+    greedy = ALL_ON | dict(temperature=0, repeat_penalty=1.0, dynatemp_range=0.0,
+                           typical_p=1.0, xtc_probability=0.0)
     assert draws(SamplingParams(**greedy), rows) == ref
 
 
