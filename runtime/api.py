@@ -500,6 +500,26 @@ def get_prediction(body, model, n_ctx: int) -> list | None:
     return model.tokenize(text, add_special=False)[:n_ctx] if text else []
 
 
+def refuse_with_prediction(body, n: int, logprobs: bool, params, tools) -> None:
+    """The fields OpenAI refuses together with a `prediction` (its Predicted Outputs
+    guide, "Limitations"): n above 1, logprobs (and top_logprobs), a presence_penalty
+    or frequency_penalty above 0, and tools. Here too, so that a request that works
+    here works there, and no one reads a prediction that did nothing as a speed-up (a
+    reply with logprobs is never speculated). max_completion_tokens, which the guide
+    also lists, is kept: clients send it on every request, and a limit is honoured."""
+    if body.get("prediction") is None:
+        return
+    refused = [("'n' above 1", n > 1),
+               ("'logprobs'", logprobs),  # (top_logprobs needs it: a 400 of its own)
+               ("a 'presence_penalty' above 0", params.presence_penalty > 0),
+               ("a 'frequency_penalty' above 0", params.frequency_penalty > 0),
+               ("'tools'", bool(tools))]
+    for what, found in refused:
+        if found:
+            raise ApiError(400, f"'prediction' cannot be combined with {what} "
+                                f"(as in OpenAI's API); send one or the other")
+
+
 def _string_list(body, key) -> None:
     v = body.get(key)
     if v is not None and (not isinstance(v, list) or not all(isinstance(x, str) for x in v)):

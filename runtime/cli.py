@@ -47,15 +47,40 @@ def _add_session_args(p: argparse.ArgumentParser, temp_help: str) -> None:
                    help="weights resident as float32, as int8 (approximate logits, a quarter of the memory), "
                         "or kept quantized (auto: float32 if it fits in 60%% of free RAM, else quantized)")
     p.add_argument("--title", default=None, help=argparse.SUPPRESS)
+    add_reasoning_budget_args(p)
+
+
+# llama.cpp's --reasoning-budget is an int32 (and so is a request's reasoning_budget_tokens)
+REASONING_BUDGET_MAX_TOK = 2**31 - 1
+
+
+def add_reasoning_budget_args(p: argparse.ArgumentParser) -> None:
+    """--reasoning-budget and --reasoning-budget-message, as llama-server takes them (also
+    `python -m runtime.server`'s)."""
     p.add_argument("--reasoning-budget", type=int, default=-1, metavar="N",
                    help="a thinking model's thinking: -1 unlimited (the default), 0 none "
-                        "(its template gets enable_thinking false), as llama-server's")
+                        "(its template gets enable_thinking false, and a thought it opens "
+                        "anyway is closed at once), N: a thought is closed after N tokens, "
+                        "as llama-server's")
+    p.add_argument("--reasoning-budget-message", default="", metavar="MESSAGE",
+                   help="text written before the end of a thought that the budget closes "
+                        "(such as ' Time to answer.'), as llama-server's")
+
+
+def reasoning_budget_problem(n: int) -> str | None:
+    """What is wrong with a --reasoning-budget, or None."""
+    if not -1 <= n <= REASONING_BUDGET_MAX_TOK:
+        return (f"--reasoning-budget must be -1 (unlimited thinking), 0 (no thinking) or "
+                f"a number of tokens up to {REASONING_BUDGET_MAX_TOK}")
+    return None
 
 
 def reasoning_kwargs(args) -> dict:
     """The chat template's variables for --reasoning-budget: 0 turns thinking off as
-    llama-server does, with enable_thinking false (Qwen3's template then writes an empty
-    `<think></think>`, DeepSeek-R1-Distill's does not open one); -1 adds nothing."""
+    llama-server did before its budgets counted tokens, with enable_thinking false
+    (Qwen3's template then writes an empty `<think></think>`, DeepSeek-R1-Distill's does
+    not open one); the budget itself closes a thought that a template opens anyway. Other
+    values add nothing."""
     return {"enable_thinking": False} if getattr(args, "reasoning_budget", -1) == 0 else {}
 
 
@@ -194,9 +219,9 @@ def check_args(args) -> str | None:
             return f"--{flag.replace('_', '-')} must be positive"
     if (getattr(args, "seed", None) or 0) < 0:
         return "--seed must be 0 or more"
-    if getattr(args, "reasoning_budget", -1) not in (-1, 0):
-        return ("--reasoning-budget must be -1 (unlimited thinking) or 0 (no thinking); "
-                "a budget of N tokens is not supported")
+    problem = reasoning_budget_problem(getattr(args, "reasoning_budget", -1))
+    if problem:
+        return problem
     max_tokens = getattr(args, "max_tokens", 1)
     if max_tokens == 0 or max_tokens < -1:
         return "--max-tokens must be positive (or -1 for no limit)"
@@ -435,7 +460,8 @@ def _dispatch(args) -> int:
               title=args.title, cors=args.cors, allow_hosts=args.allow_host,
               open_browser=not args.no_browser,
               temperature=args.temp, mode=args.mode,
-              template_kwargs=reasoning_kwargs(args))
+              template_kwargs=reasoning_kwargs(args), reasoning_budget=args.reasoning_budget,
+              reasoning_budget_message=args.reasoning_budget_message)
     if args.command == "chat":
         example = piped_example(args.bundle)
         if sys.stdin is None and args.prompt is None:  # started with stdin closed (`0<&-`): nothing to read from
@@ -473,7 +499,8 @@ def _terminal_chat(args, template, example: str) -> int:
         SamplingParams(temperature=args.temp, seed=args.seed)
     return chat(model, n_ctx=args.ctx, system=args.system, params=params,
                 max_tokens=args.max_tokens, piped_example=example, prompt=args.prompt,
-                template_kwargs=reasoning_kwargs(args)) or 0
+                template_kwargs=reasoning_kwargs(args), reasoning_budget=args.reasoning_budget,
+                reasoning_budget_message=args.reasoning_budget_message) or 0
 
 
 if __name__ == "__main__":

@@ -78,8 +78,8 @@ class Event:
     """What the worker reports. kind: "prompt" | "token" | "done" | "error"."""
     kind: str
     text: str = ""
-    # "token": the token; "done": the end-of-generation token that ended the reply, when
-    # the request asked for n_probs (with its probs and prob), else None.
+    # "token": the token; "done": the end-of-generation token that ended the reply (with
+    # its probs and prob when the request asked for n_probs), else None.
     token: int | None = None
     # n_probs: [(id, prob), ...] best first, for the distribution this token came from.
     probs: list | None = None
@@ -124,6 +124,9 @@ class Request:
     # Token ids of the text the reply is expected to largely repeat (OpenAI's Predicted
     # Outputs): one more source of drafts for greedy speculation; ignored otherwise.
     prediction: list | None = None
+    # runtime.reasoning.ReasoningBudget: the tokens that close a thought once its budget
+    # is spent. Stateful, so one per request.
+    reasoning_budget: object = None
     cancel: threading.Event = field(default_factory=threading.Event)
     events: queue.Queue = field(default_factory=queue.Queue)
     # Requests served right after this one, before anything else in the queue: the other
@@ -405,6 +408,7 @@ class Engine:
         # sampled one ignores it, and its counts stay 0).
         pred = PredictionDrafts(req.prediction) if speculate and req.prediction else None
         n_pred_kept = 0    # tokens drafted from the prediction that are in the reply
+        budget = req.reasoning_budget
         t_gen = time.perf_counter()
 
         def finish(reason, **kw):
@@ -431,9 +435,14 @@ class Engine:
             # included, so that the chosen token and the list agree with what was
             # sampled (Sampler.reported_probs says why and what is left out).
             dist = sampler.reported_probs(logits, history, req.n_probs) if req.n_probs > 0 else None
+            forced = budget.forced() if budget is not None else None
             try:
-                toks, logits = _next_tokens(self.session, logits, sampler, history, room_tok,
-                                            speculate, prediction=pred)
+                if forced is not None:  # a spent reasoning budget's: whatever the logits say
+                    toks, logits = [forced], (self.session.eval([forced]) if room_tok >= 1
+                                              else None)
+                else:
+                    toks, logits = _next_tokens(self.session, logits, sampler, history,
+                                                room_tok, speculate, prediction=pred)
             except NoTokenAllowed:
                 # The constraint allows nothing more: the value is done and end-of-generation
                 # is banned (ignore_eos), or no token it allows has a finite logit.
@@ -447,15 +456,18 @@ class Engine:
                 history.append(tok)
                 if req.constraint is not None:
                     req.constraint.accept(tok)
+                if budget is not None:
+                    budget.accept(tok)
                 if tok in self.eog_ids:
                     self._flush_tail(req, decoder, held, stops)
-                    # The end token has no text, but it was generated and counted: its
-                    # distribution goes on the final event, for the legacy logprobs
-                    # that list one entry per generated token (OpenAI lists its
-                    # "<|endoftext|>"; lm-eval drops the last entry as the reply's).
-                    end = {}
+                    # The end token has no text, but it was generated and counted: it
+                    # goes on the final event (llama-server's `tokens` list it), with its
+                    # distribution for the legacy logprobs that list one entry per
+                    # generated token (OpenAI lists its "<|endoftext|>"; lm-eval drops
+                    # the last entry as the reply's).
+                    end = {"token": tok}
                     if dist is not None:
-                        end = {"token": tok, "probs": dist[0], "prob": float(dist[1][tok])}
+                        end.update(probs=dist[0], prob=float(dist[1][tok]))
                     finish("stop", stopped_eos=True, **end)
                     return
                 held += decoder.push(tok)
@@ -480,6 +492,13 @@ class Engine:
                     self._flush_tail(req, decoder, held, stops)
                     finish("length", stopped_limit=True)
                     return
+                if (budget is not None and i + 1 < len(toks)
+                        and budget.forced() not in (None, toks[i + 1])):
+                    # The budget ran out inside a speculated run: the drafted tokens after
+                    # this one are not the forced ones, so they leave the cache. (The
+                    # logits after this token are not needed: the next one is forced.)
+                    self.session.rewind(len(history))
+                    break
             if logits is None:  # the context is full: the last token could not be evaluated
                 self._flush_tail(req, decoder, held, stops)
                 finish("length", stopped_limit=True)

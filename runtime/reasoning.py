@@ -24,6 +24,8 @@ One difference: a reply that is only the beginning of `<think>` (`<thi`, whitesp
 around it) is that text as content; llama.cpp drops it.
 """
 
+import codecs
+
 OPEN, CLOSE = "<think>", "</think>"
 FORMATS = ("none", "deepseek", "auto")   # what a request's reasoning_format may say
 
@@ -124,6 +126,72 @@ def split(text: str, forced_open: bool = False, strip_start: bool = True) -> tup
     r1, c1 = s.push(text)
     r2, c2 = s.finish()
     return r1 + r2, c1 + c2
+
+
+class ReasoningBudget:
+    """llama-server's reasoning budget (--reasoning-budget N, a request's
+    reasoning_budget_tokens): once N tokens of a thought have been generated, the thought
+    is closed: the tokens of `forced_ids` (the budget message, then `</think>`) are the
+    next ones, one a step, whatever the model would have chosen. The engine asks
+    forced() before each token and tells accept() each token of the reply, forced or
+    not, so a forced token is generated, counted and streamed as any other.
+
+    What is a thought is what ReasoningSplit says is reasoning, so the budget counts the
+    tokens the reply's reasoning_content is made of: a `<think>` at the reply's start (or
+    right after a thought, which then gets a budget of its own, as llama.cpp re-arms on a
+    new start tag) or a prompt that opened one (forced_open). The token that opens a
+    thought is not counted, nor the one that ends it; at 0 tokens left the end is forced
+    as soon as the text so far is whole UTF-8 (llama.cpp's WAITING_UTF8), so a character
+    is never cut in two. `piece(tok)` gives a token's bytes."""
+
+    def __init__(self, budget_tok: int, forced_ids: list, piece, forced_open: bool = False,
+                 strip_start: bool = True):
+        self.budget_tok = budget_tok
+        self.left_tok = budget_tok
+        self.forced_ids = list(forced_ids)
+        self.piece = piece
+        self.split = ReasoningSplit(forced_open, strip_start)
+        self.utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.force_at = None   # while forcing: the index in forced_ids of the next token
+        self._maybe_force()    # a budget of 0 in a prompt-opened thought: from the start
+
+    def forced(self) -> int | None:
+        """The token that must come next, or None: the model chooses."""
+        return None if self.force_at is None else self.forced_ids[self.force_at]
+
+    def in_thought(self) -> bool:
+        s = self.split
+        return s.state == _REASONING or (s.state == _START and s.forced_open)
+
+    def accept(self, tok: int) -> None:
+        was = self.in_thought()
+        self.split.push(self.utf8.decode(self.piece(tok)))
+        if self.force_at is not None:
+            self.force_at += 1
+            if self.force_at == len(self.forced_ids):
+                self.force_at = None  # the split has seen `</think>`: the thought is over
+            return
+        if self.in_thought():
+            self.left_tok = self.left_tok - 1 if was else self.budget_tok
+            self._maybe_force()
+
+    def _maybe_force(self) -> None:
+        if (self.in_thought() and self.left_tok <= 0 and self.forced_ids
+                and not self.utf8.getstate()[0]):
+            self.force_at = 0
+
+
+def budget_for(model, budget_tok: int, message: str = "", forced_open: bool = False,
+               strip_start: bool = True) -> ReasoningBudget | None:
+    """The ReasoningBudget of one reply, or None for -1 (no limit). What it forces is the
+    message and `</think>` as the model's tokenizer reads them (special tokens included,
+    as llama.cpp tokenizes them), so the reply holds them as if the model wrote them."""
+    if budget_tok < 0:
+        return None
+    forced = model.tokenize(message + CLOSE, add_special=False, parse_special=True)
+    return ReasoningBudget(budget_tok, forced,
+                           lambda t: model.tokenizer.token_to_piece(t, special=True),
+                           forced_open, strip_start)
 
 
 def opens_thinking(prompt: str, prefill: str | None = None) -> bool:

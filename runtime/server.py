@@ -47,8 +47,10 @@ from runtime.api import (MAX_N_PROBS, MISSING, ApiError, TextOffsets, chat_ids, 
                          get_stop, get_str, get_template_kwargs, get_tool_choice, get_tools,
                          is_int, joined_logprobs, json_bytes, legacy_tops, limit_is_set, logprob,
                          output_constraint, parse_json, piece, prompt_logprobs,
-                         prompt_text, prompt_tools, read_body, reply_grammar, sampling_params,
+                         prompt_text, prompt_tools, read_body, refuse_with_prediction,
+                         reply_grammar, sampling_params,
                          split_prefill, template_in_effect)
+from runtime.api import INT32_MAX
 from runtime.engine import ContextOverflowError, Engine, EngineBusy, Request, Timings
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
@@ -103,6 +105,8 @@ class State:
     max_body_bytes: int = 1 << 20
     temperature: float | None = None   # the default for requests that don't say
     template_kwargs: dict = field(default_factory=dict)  # chat_template_kwargs' defaults
+    reasoning_budget: int = -1        # --reasoning-budget: chat requests that don't say
+    reasoning_budget_message: str = ""  # --reasoning-budget-message
     model: object = None
     engine: Engine | None = None
     progress: float = 0.0
@@ -116,6 +120,18 @@ class State:
     model_id: str = ""
     created: int = field(default_factory=lambda: int(time.time()))
     log: Callable[[str], None] = print  # the console line for what the operator must see
+
+
+def get_reasoning_budget(body, default_tok: int = -1, default_message: str = "") -> tuple:
+    """A request's reasoning budget, as llama-server reads it: (tokens, message).
+    reasoning_budget_tokens, or thinking_budget_tokens (the name llama-server read first):
+    -1 (or absent) is the server's --reasoning-budget, 0 closes a thought at once, N
+    closes it after N tokens; reasoning_budget_message is written before `</think>`."""
+    n = -1
+    for key in ("thinking_budget_tokens", "reasoning_budget_tokens"):  # the last one wins
+        n = get_int(body, key, n, lo=-1, hi=INT32_MAX)
+    message = get_str(body, "reasoning_budget_message", default_message)
+    return (default_tok if n == -1 else n), message
 
 
 def _usage(n_prompt: int, finals, predicted: bool) -> dict:
@@ -143,10 +159,76 @@ def _summed(timings) -> Timings:
 
 def with_end_token(toks: list, final) -> list:
     """A reply's token events, and after them the final event when it carries the
-    end-of-generation token that ended the reply (the engine puts it there when the
-    request asked for probabilities): a generated, counted token with an empty text, which
-    OpenAI's logprobs ("<|endoftext|>") and llama-server's lists show as any other."""
+    end-of-generation token that ended the reply (the engine always puts it there; its
+    probabilities too when the request asked for them): a generated, counted token with
+    an empty text, which OpenAI's logprobs ("<|endoftext|>") and llama-server's lists
+    (`tokens`, with or without n_probs) show as any other."""
     return toks + ([final] if final.token is not None else [])
+
+
+class ContentTokens:
+    """A reply's reasoning.ReasoningSplit that also says which of its tokens are the
+    content's, so that chat logprobs list the tokens of message.content (and of the
+    content deltas) only, as OpenAI's `logprobs.content` is defined; the reasoning's have
+    no place in it (llama-server lists every token there, reasoning and `<think>` tags
+    included, in a list that then matches no text). push(text, token event) and finish()
+    give (reasoning, content, the content's token events decided by now).
+
+    A token is decided by the split's state after its text: inside reasoning (or the one
+    that closes it), reasoning's; in content, content's. Tokens of the text the split
+    holds before a reply's start is known (whitespace, a piece of `<think>`) or after a
+    `</think>` wait: at the reply's start they are content when content follows (and,
+    without a forced-open thought, whitespace before `<think>`, which stays content);
+    after `</think>` only those with more than whitespace, which is dropped there."""
+
+    def __init__(self, split: reasoning.ReasoningSplit):
+        self.split = split
+        self.waiting = []       # (token event, its text): held with the split's text
+        self.waited_in = None   # the state they wait in: the reply's start or after a thought
+
+    def push(self, text: str, ev=None) -> tuple[str, str, list]:
+        before = self.split.state
+        thought, out = self.split.push(text)
+        now = self.split.state
+        mine = [] if ev is None else [ev]
+        if now == reasoning._CONTENT:
+            return thought, out, self._settle(True) + mine
+        if reasoning._REASONING in (before, now) or before != now or thought:
+            return thought, out, self._settle(False)  # this token is the reasoning's
+        self.waiting += [(e, text) for e in mine]  # not known yet
+        self.waited_in = now
+        return thought, out, []
+
+    def finish(self) -> tuple[str, str, list]:
+        thought, out = self.split.finish()
+        return thought, out, self._settle(bool(out))
+
+    def _settle(self, to_content: bool) -> list:
+        """The waiting tokens that are content, now that the split has left the state
+        they waited in (for content if to_content, else for reasoning or the end)."""
+        waiting, self.waiting = self.waiting, []
+        if self.waited_in == reasoning._AFTER:  # whitespace after `</think>` is dropped
+            return [e for e, t in waiting if t.strip()] if to_content else []
+        if to_content:
+            return [e for e, _ in waiting]
+        if self.split.forced_open:
+            return []  # the thought's leading whitespace, stripped
+        return [e for e, t in waiting if not t.strip()]  # whitespace before `<think>`
+
+
+def split_reply(split: reasoning.ReasoningSplit, text: str, toks: list) -> tuple[str, str, list]:
+    """(reasoning, content, the content's token events) of a whole reply: its text and
+    its token events (collect's). The engine's text after the last token's (the tail it
+    held for a stop string) is pushed last, as it came."""
+    parts, n_chars = [], 0
+    cut = ContentTokens(split)
+    for ev in toks:
+        n_chars += len(ev.text)
+        parts.append(cut.push(ev.text, ev))
+    parts.append(cut.push(text[n_chars:]))
+    parts.append(cut.finish())
+    return ("".join(p[0] for p in parts), "".join(p[1] for p in parts),
+            [e for p in parts for e in p[2]])
 
 
 def mean_token_logprob(toks) -> float:
@@ -425,12 +507,21 @@ def build_app(st: State) -> bottle.Bottle:
         max_tokens, stop = get_max_tokens(body, st.n_ctx), get_stop(body)
         cache_prompt = get_bool(body, "cache_prompt", True)
         pred_ids = get_prediction(body, model, st.n_ctx)
+        refuse_with_prediction(body, n, want_lp, params, body.get("tools"))
+        budget_tok, budget_message = get_reasoning_budget(body, st.reasoning_budget,
+                                                          st.reasoning_budget_message)
+        if start is not None:  # a constrained reply is its JSON from its first token: no
+            budget_tok = -1    # thought of its own, and a forced `</think>` would break it
 
-        def request(j):  # choice j: its own seed (choice_params) and constraint (stateful)
+        def request(j):  # choice j: its own seed (choice_params), constraint and budget
             return Request(prompt_ids=prompt, params=choice_params(params, j),
                            max_tokens=max_tokens, stop=stop,
                            n_probs=max(top_lp, 1) if want_lp else 0, cache_prompt=cache_prompt,
-                           constraint=output_constraint(model, start), prediction=pred_ids or None)
+                           constraint=output_constraint(model, start), prediction=pred_ids or None,
+                           reasoning_budget=reasoning.budget_for(
+                               model, budget_tok, budget_message,
+                               reasoning.opens_thinking(prompt_str, prefill),
+                               not reasoning.continues_reasoning(prefill)))
         cid, created = "chatcmpl-" + uuid.uuid4().hex[:24], int(time.time())
         base = {"id": cid, "created": created, "model": st.model_id, "system_fingerprint": "chatfile"}
         reqs = submit_choices([request(j) for j in range(n)])
@@ -442,10 +533,8 @@ def build_app(st: State) -> bottle.Bottle:
             choices, finals = [], []
             for i, (text, toks, final) in enumerate(collect_choices(reqs)):
                 thought = ""
-                if new_split:
-                    split = new_split()
-                    (r1, c1), (r2, c2) = split.push(text), split.finish()
-                    thought, text = r1 + r2, c1 + c2
+                if new_split:  # token by token: which tokens are the content's
+                    thought, text, toks = split_reply(new_split(), text, toks)
                 choice = {"index": i, "message": {"role": "assistant", "content": text},
                           "logprobs": None, "finish_reason": final.finish_reason}
                 if want_lp:
@@ -473,32 +562,38 @@ def build_app(st: State) -> bottle.Bottle:
             yield chunk(index, {"role": "assistant", "content": ""})
             reply, sent = "", 0   # the reply so far, and how much of it went out as content
             hold = tool_calls.CallHold(tools) if find_calls else None  # held_from, as it grows
-            split = new_split() if new_split else None
+            # The logprobs go with the content's tokens only (ContentTokens), once known.
+            split = ContentTokens(new_split()) if new_split else None
+
+            def content_lp(toks):
+                return ({"content": [oai_logprobs(model, e, top_lp) for e in toks]}
+                        if want_lp and toks else None)
             for ev in events:
                 if ev.kind == "token":
-                    lp = ({"content": [oai_logprobs(model, ev, top_lp)]}
-                          if want_lp and ev.token is not None else None)
-                    thought, out = split.push(ev.text) if split else ("", ev.text)
+                    tok = ev if ev.token is not None else None  # None: the held tail's text
+                    thought, out, toks = (split.push(ev.text, tok) if split else
+                                          ("", ev.text, [tok] if tok else []))
+                    lp = content_lp(toks)
                     if find_calls:
                         reply += out
                         upto = max(sent, hold.push(out))
                         out, sent = reply[sent:upto], upto
                     delta = {"reasoning_content": thought} if thought else {}
-                    if out or (lp and not thought):
+                    if out or lp:
                         delta["content"] = out
                     if delta:
                         yield chunk(index, delta, lp)
                 elif ev.kind == "error":
                     raise _worker_error(ev.error)
                 else:
-                    thought, tail = split.finish() if split else ("", "")
+                    thought, tail, toks = split.finish() if split else ("", "", [])
                     if thought:
                         yield chunk(index, {"reasoning_content": thought})
                     reply += tail
                     content, calls = (reply_calls(reply[sent:], tools, template, parallel)
                                       if find_calls else (tail, []))
-                    if content:
-                        yield chunk(index, {"content": content})
+                    if content or content_lp(toks):
+                        yield chunk(index, {"content": content}, content_lp(toks))
                     for i, call in enumerate(calls):
                         yield chunk(index, {"tool_calls": [{"index": i, **call}]})
                     last = chunk(index, {},
@@ -539,6 +634,7 @@ def build_app(st: State) -> bottle.Bottle:
         stop, cache_prompt = get_stop(body), get_bool(body, "cache_prompt", True)
         grammar = get_json_grammar(body)
         pred_ids = get_prediction(body, model, st.n_ctx)
+        refuse_with_prediction(body, n, n_lp > 0, params, None)  # as on chat completions
 
         def request(ids, j):  # choice (or candidate) j of the prompt `ids`
             # echo with logprobs: the prompt's tokens with their logprobs come first; the
@@ -667,9 +763,19 @@ def build_app(st: State) -> bottle.Bottle:
         params = sampling_params(body, openai=False, default_temp=st.temperature, model=model)
         max_tokens, stop = get_max_tokens(body, st.n_ctx), get_stop(body)
         cache_prompt, grammar = get_bool(body, "cache_prompt", True), get_json_grammar(body)
+        # The request's own budget only, as llama-server's /completion: the server's
+        # --reasoning-budget is for chats. A prompt that ends with `<think>` opened a thought.
+        budget_tok, budget_message = get_reasoning_budget(body)
+        if grammar is not None:
+            budget_tok = -1  # as for a chat: the JSON starts at the reply's first token
         return [Request(prompt_ids=ids, params=choice_params(params, j), max_tokens=max_tokens,
                         stop=stop, n_probs=n_probs, cache_prompt=cache_prompt, continuation=True,
-                        constraint=output_constraint(model, grammar))  # stateful: one each
+                        constraint=output_constraint(model, grammar),  # stateful: one each
+                        reasoning_budget=reasoning.budget_for(
+                            model, budget_tok, budget_message, budget_tok >= 0
+                            and reasoning.opens_thinking(b"".join(
+                                model.tokenizer.token_to_piece(t, special=True)
+                                for t in ids[-32:]).decode(errors="replace"))))
                 for ids in prompts for j in range(n)]
 
     def completion_probs(model, ev, n):
@@ -692,8 +798,8 @@ def build_app(st: State) -> bottle.Bottle:
                 "truncated": False, "id_slot": 0, "timings": final.timings.as_dict()}
 
     def llama_result(model, req, text, toks, final) -> dict:
-        # With n_probs, the end token is listed too: tokens_predicted counts it, and so
-        # the lists agree with it.
+        # The end token is listed too, as llama-server lists it (with or without
+        # n_probs): tokens_predicted counts it, and so the lists agree with it.
         toks = with_end_token(toks, final)
         out = {"content": text, "tokens": [e.token for e in toks], **final_fields(req, final)}
         if req.n_probs:
@@ -1633,19 +1739,26 @@ class Server:
 def serve(model_path, *, gguf_offset=0, gguf_size=None, host="127.0.0.1", port=8080,
           api_key=None, n_ctx=4096, threads=None, chat_template=None, system=None, title=None,
           cors=False, open_browser=True, max_body_bytes=1 << 20, ready=None, temperature=None,
-          mode="auto", allow_hosts=(), template_kwargs=None) -> int:
+          mode="auto", allow_hosts=(), template_kwargs=None, reasoning_budget=-1,
+          reasoning_budget_message="") -> int:
     """Serve until Ctrl+C. `ready(url)` is called once the socket is listening.
 
     chat_template: the template's text (runtime.cli reads the file). threads: the BLAS
     thread count must be set before NumPy loads, which runtime.cli does; kept here for
     callers that pass it. temperature: the default for requests that don't set one.
     template_kwargs: chat_template_kwargs for requests that don't set them (a request's own
-    win, name by name), as llama-server's --reasoning-budget 0 sets enable_thinking."""
+    win, name by name), as llama-server's --reasoning-budget 0 sets enable_thinking.
+    reasoning_budget, reasoning_budget_message: the default budget of chat requests (see
+    get_reasoning_budget)."""
+    budget = {k: v for k, v in (("reasoning_budget", reasoning_budget),  # when not the
+                                ("reasoning_budget_message", reasoning_budget_message))
+              if v not in (-1, "")}  # defaults: the ids of chats started before stay
     instance = instance_id(model_path, gguf_offset, size=gguf_size, host=host,
                            api_key=bool(api_key), n_ctx=n_ctx, chat_template=chat_template,
                            system=system, title=title, cors=cors, temperature=temperature,
                            mode=mode,
-                           **({"template_kwargs": template_kwargs} if template_kwargs else {}))
+                           **({"template_kwargs": template_kwargs} if template_kwargs else {}),
+                           **budget)
     if open_browser and port:
         # Started again (a second double-click): show the running chat, rather than load
         # the model a second time beside it on the next port.
@@ -1670,6 +1783,8 @@ def serve(model_path, *, gguf_offset=0, gguf_size=None, host="127.0.0.1", port=8
     srv.state.instance = instance
     srv.state.allow_hosts = tuple(h.lower().removesuffix(".") for h in allow_hosts)
     srv.state.template_kwargs = dict(template_kwargs or {})
+    srv.state.reasoning_budget = reasoning_budget
+    srv.state.reasoning_budget_message = reasoning_budget_message
     quit_from_page = threading.Event()
     if open_browser:
         def on_quit():
@@ -1788,7 +1903,12 @@ def main(argv=None) -> int:
     ap.add_argument("--no-browser", action="store_true")
     ap.add_argument("--gguf-offset", type=int, default=0)
     ap.add_argument("--gguf-size", type=int)
+    from runtime.cli import add_reasoning_budget_args, reasoning_budget_problem, reasoning_kwargs
+    add_reasoning_budget_args(ap)
     a = ap.parse_args(argv)
+    problem = reasoning_budget_problem(a.reasoning_budget)
+    if problem:
+        ap.error(problem)  # exit status 2, as argparse's own errors
     template = None
     if a.chat_template:
         from runtime.chat_template import TemplateError, load_template_file
@@ -1800,7 +1920,9 @@ def main(argv=None) -> int:
     return serve(a.model, gguf_offset=a.gguf_offset, gguf_size=a.gguf_size, host=a.host,
                  port=a.port, api_key=a.api_key, n_ctx=a.ctx, chat_template=template,
                  system=a.system, title=a.title, cors=a.cors, open_browser=not a.no_browser,
-                 temperature=a.temp)
+                 temperature=a.temp, reasoning_budget=a.reasoning_budget,
+                 reasoning_budget_message=a.reasoning_budget_message,
+                 template_kwargs=reasoning_kwargs(a))
 
 
 if __name__ == "__main__":

@@ -57,8 +57,9 @@ def _tokens(n: int) -> str:
 
 class _Chat:
     def __init__(self, model, engine, system, params, max_tokens, out, interactive=True,
-                 template_kwargs=None):
+                 template_kwargs=None, reasoning_budget=(-1, "")):
         self.model, self.engine, self.params = model, engine, params
+        self.reasoning_budget = reasoning_budget  # (tokens, message): see reasoning.budget_for
         self.system, self.max_tokens, self.out = system, max_tokens, out
         self.interactive = interactive
         self.template_kwargs = template_kwargs or None  # --reasoning-budget 0's
@@ -236,8 +237,12 @@ class _Chat:
                 ids = self._fitted_prompt(user_text)
                 if ids is None:
                     return None
+                split.forced_open = reasoning.opens_thinking(self.prompt_text)
+                budget = reasoning.budget_for(self.model, *self.reasoning_budget,
+                                              forced_open=split.forced_open)
                 req = self.engine.submit(Request(prompt_ids=ids, params=self.params,
-                                                 max_tokens=self.max_tokens))
+                                                 max_tokens=self.max_tokens,
+                                                 reasoning_budget=budget))
                 under_way.append(req)
             except TemplateError as e:
                 self._error(f"the chat template refused this conversation: {e}")
@@ -246,7 +251,6 @@ class _Chat:
                 self._error(f"the message is too long for the context of "
                             f"{_tokens(self.engine.n_ctx)} (--ctx); shorten it")
                 return None
-            split.forced_open = reasoning.opens_thinking(self.prompt_text)
             for ev in req.iter_events():
                 if ev.kind == "token":
                     self._show(split.push(ev.text), thought, parts)
@@ -1265,11 +1269,13 @@ def empty_question(source: str, example: str) -> str:
 def chat(model, *, n_ctx: int, system: str | None = None, stdin=None, stdout=None,
          params=None, max_tokens: int = -1, interactive: bool | None = None,
          piped_example: str | None = None, prompt: str | None = None,
-         template_kwargs: dict | None = None) -> int:
+         template_kwargs: dict | None = None, reasoning_budget: int = -1,
+         reasoning_budget_message: str = "") -> int:
     """Run the chat; returns the process exit code. interactive=None: stdin.isatty().
     piped_example: the command line an empty stdin is told to follow (a bundle's own).
     prompt: the one question to answer (`-p TEXT`), as if piped in; stdin is not read.
-    template_kwargs: more variables for the chat template (--reasoning-budget 0's)."""
+    template_kwargs: more variables for the chat template (--reasoning-budget 0's).
+    reasoning_budget, reasoning_budget_message: --reasoning-budget's (-1: no limit)."""
     stdin = sys.stdin if stdin is None else stdin
     stdout = sys.stdout if stdout is None else stdout
     if prompt is not None:
@@ -1280,7 +1286,8 @@ def chat(model, *, n_ctx: int, system: str | None = None, stdin=None, stdout=Non
         except (AttributeError, ValueError):
             interactive = False
     engine = Engine(model, model.context_size(n_ctx))
-    c = _Chat(model, engine, system, params, max_tokens, stdout, interactive, template_kwargs)
+    c = _Chat(model, engine, system, params, max_tokens, stdout, interactive, template_kwargs,
+              (reasoning_budget, reasoning_budget_message))
 
     if not interactive:
         question = _read_piped(stdin)
