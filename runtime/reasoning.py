@@ -128,6 +128,71 @@ def split(text: str, forced_open: bool = False, strip_start: bool = True) -> tup
     return r1 + r2, c1 + c2
 
 
+class ContentTokens:
+    """A reply's ReasoningSplit that also says which of its tokens are the
+    content's, so that chat logprobs list the tokens of message.content (and of the
+    content deltas) only, as OpenAI's `logprobs.content` is defined; the reasoning's have
+    no place in it (llama-server lists every token there, reasoning and `<think>` tags
+    included, in a list that then matches no text). push(text, token event) and finish()
+    give (reasoning, content, the content's token events decided by now).
+
+    A token is decided by the split's state after its text: inside reasoning (or the one
+    that closes it), reasoning's; in content, content's. Tokens of the text the split
+    holds before a reply's start is known (whitespace, a piece of `<think>`) or after a
+    `</think>` wait: at the reply's start they are content when content follows (and,
+    without a forced-open thought, whitespace before `<think>`, which stays content);
+    after `</think>` only those with more than whitespace, which is dropped there."""
+
+    def __init__(self, split: ReasoningSplit):
+        self.split = split
+        self.waiting = []       # (token event, its text): held with the split's text
+        self.waited_in = None   # the state they wait in: the reply's start or after a thought
+
+    def push(self, text: str, ev=None) -> tuple[str, str, list]:
+        before = self.split.state
+        thought, out = self.split.push(text)
+        now = self.split.state
+        mine = [] if ev is None else [ev]
+        if now == _CONTENT:
+            return thought, out, self._settle(True) + mine
+        if _REASONING in (before, now) or before != now or thought:
+            return thought, out, self._settle(False)  # this token is the reasoning's
+        self.waiting += [(e, text) for e in mine]  # not known yet
+        self.waited_in = now
+        return thought, out, []
+
+    def finish(self) -> tuple[str, str, list]:
+        thought, out = self.split.finish()
+        return thought, out, self._settle(bool(out))
+
+    def _settle(self, to_content: bool) -> list:
+        """The waiting tokens that are content, now that the split has left the state
+        they waited in (for content if to_content, else for reasoning or the end)."""
+        waiting, self.waiting = self.waiting, []
+        if self.waited_in == _AFTER:  # whitespace after `</think>` is dropped
+            return [e for e, t in waiting if t.strip()] if to_content else []
+        if to_content:
+            return [e for e, _ in waiting]
+        if self.split.forced_open:
+            return []  # the thought's leading whitespace, stripped
+        return [e for e, t in waiting if not t.strip()]  # whitespace before `<think>`
+
+
+def split_reply(split: ReasoningSplit, text: str, toks: list) -> tuple[str, str, list]:
+    """(reasoning, content, the content's token events) of a whole reply: its text and
+    its token events (the server's collect). The engine's text after the last token's
+    (the tail it held for a stop string) is pushed last, as it came."""
+    parts, n_chars = [], 0
+    cut = ContentTokens(split)
+    for ev in toks:
+        n_chars += len(ev.text)
+        parts.append(cut.push(ev.text, ev))
+    parts.append(cut.push(text[n_chars:]))
+    parts.append(cut.finish())
+    return ("".join(p[0] for p in parts), "".join(p[1] for p in parts),
+            [e for p in parts for e in p[2]])
+
+
 class ReasoningBudget:
     """llama-server's reasoning budget (--reasoning-budget N, a request's
     reasoning_budget_tokens): once N tokens of a thought have been generated, the thought
