@@ -459,7 +459,19 @@
     var body = Object.assign({}, c);
     delete body.title;
     delete body.updated;
-    return { name: JSON.stringify([c.title, c.updated]), body: JSON.stringify(body) };
+    return { name: JSON.stringify([c.title, c.updated]), body: sameOrderJson(body) };
+  }
+
+  /* JSON of v with every object's keys in one order: a chat read from storage and this
+   * tab's copy of it hold their keys in different orders (a mark or a count added here
+   * goes last), and must still compare equal when they say the same. */
+  function sameOrderJson(v) {
+    return JSON.stringify(v, function (key, value) {
+      if (!value || typeof value !== "object" || Array.isArray(value)) return value;
+      var out = {};
+      Object.keys(value).sort().forEach(function (k) { out[k] = value[k]; });
+      return out;
+    });
   }
 
   function sameText(x, y) { return x.name === y.name && x.body === y.body; }
@@ -560,7 +572,7 @@
     var redraw = true;
     if (mine) {
       var i = list.findIndex(function (c) { return c.id === mine.id; });
-      var same = i >= 0 && JSON.stringify(list[i].messages) === JSON.stringify(mine.messages);
+      var same = i >= 0 && sameOrderJson(list[i].messages) === sameOrderJson(mine.messages);
       if (runOf(mine)) {
         keepMine(list, mine);
         redraw = false;
@@ -609,12 +621,50 @@
 
   /* Whether this tab's chat c, as stored now (`there`, or none), is an older copy
    * written over this tab's last save of it: a lower count of saves (see Store's
-   * `rev`), or gone without being deleted (`dead`: deleted in any tab). A copy without
-   * a count tells nothing: a tab of the page from before counts was left open, and
-   * drops them from every chat it saves (its changes would be taken for old ones). */
+   * `rev`), or gone without being deleted (`dead`: deleted in any tab). Or the same
+   * count with older messages: a rename in another tab whose copy was one save behind
+   * counts that copy's saves up to this tab's and keeps its messages (see Store's
+   * "title"), where a tab that had this save would count past it. A copy without a
+   * count tells nothing: a tab of the page from before counts was left open, and drops
+   * them from every chat it saves (its changes would be taken for old ones). */
   function writtenOver(c, there, dead) {
     if (!state.synced[c.id] || dead[c.id] || state.forgotten[c.id]) return false;
-    return there ? !!there.rev && there.rev < (c.rev || 0) : true;
+    if (!there) return true;
+    if (!there.rev) return false;
+    return there.rev < (c.rev || 0) || there.rev === c.rev && olderMessages(there.messages, c.messages);
+  }
+
+  /* Whether messages `old` are an earlier state of `mine`: fewer, or the last one a
+   * reply that has grown since (as saved while it was written, or marked stopped).
+   * Never both ways round, so two tabs cannot each take the other's for the older and
+   * save again and again. */
+  function olderMessages(old, mine) {
+    var n = old.length;
+    if (n > mine.length) return false;
+    if (!n) return mine.length > 0;
+    for (var i = 0; i < n - 1; i++) {
+      if (sameOrderJson(old[i]) !== sameOrderJson(mine[i])) return false;
+    }
+    var a = old[n - 1], b = mine[n - 1];
+    if (sameOrderJson(a) === sameOrderJson(b)) return n < mine.length;
+    if (n < mine.length || a.role !== "assistant" || b.role !== "assistant") return false;
+    var thought = grown(a.reasoning || "", b.reasoning || ""), said = grown(a.content, b.content);
+    if (thought < 0 || said < 0) return false;
+    // The same text, saved less finished: the writing tab's last save while it wrote
+    // (marked stopped) held all of the reply, and its final save only took the mark off.
+    return thought + said > 0 || unfinished(a) > unfinished(b);
+  }
+
+  /* How unfinished reply m reads: 2 marked stopped (as it is saved while it is written),
+   * 1 cut (as saved while a Continue of it waits for its first word), 0 neither. */
+  function unfinished(m) {
+    return m.stopped ? 2 : m.cut ? 1 : 0;
+  }
+
+  /* 1 if text y is x with more after it, 0 if the same, -1 otherwise. */
+  function grown(x, y) {
+    if (x === y) return 0;
+    return y.length > x.length && y.startsWith(x) ? 1 : -1;
   }
 
   /* Chats whose reply another tab writes: the list marks them, and the open one shows
@@ -1349,20 +1399,20 @@
    * left unanswered by an error or an early Stop, then the next one) go as one message:
    * many chat templates (Gemma, Mistral) refuse roles that do not alternate. */
   function plain(msgs) {
-    var out = [];
-    msgs.forEach(function (m) {
-      var prev = out[out.length - 1];
-      if (prev && prev.role === m.role && m.role !== "system") prev.content += "\n\n" + m.content;
-      else out.push({ role: m.role, content: m.content });
-      if (m.reasoning && out[out.length - 1].role === "assistant") out[out.length - 1].reasoning_content = m.reasoning;
-    });
     // Reasoning goes back only after the last question: a Continue's reply, which goes
     // on from it. Thinking models' templates (Qwen3, QwQ, DeepSeek-R1, GLM) show no
     // reasoning of the turns before it, and sent with every past turn it made a long chat
     // too big for the server to take (a 413 at every message, as the context cut counts
-    // what the template shows).
-    var lastUser = out.map(function (m) { return m.role; }).lastIndexOf("user");
-    if (lastUser > 0) out.slice(0, lastUser).forEach(function (m) { delete m.reasoning_content; });
+    // what the template shows). (A reply after the last question merges only with
+    // replies after it.)
+    var lastUser = msgs.map(function (m) { return m.role; }).lastIndexOf("user");
+    var out = [];
+    msgs.forEach(function (m, i) {
+      var prev = out[out.length - 1];
+      if (prev && prev.role === m.role && m.role !== "system") prev.content += "\n\n" + m.content;
+      else out.push({ role: m.role, content: m.content });
+      if (m.reasoning && m.role === "assistant" && i > lastUser) out[out.length - 1].reasoning_content = m.reasoning;
+    });
     return out;
   }
 
@@ -1510,8 +1560,11 @@
       ctxShownFor = null;
       $("ctx").textContent = "context: measuring\u2026";
     }
-    var u = state.usage;
-    if (total == null && c && u && u.id === c.id && u.n === c.messages.length) total = u.tok;
+    var u = state.usage, last = c && c.messages[c.messages.length - 1];
+    // (the server's count holds the reply's reasoning, which the next question does not
+    // send: measured instead, as below)
+    if (total == null && c && u && u.id === c.id && u.n === c.messages.length &&
+        !(last && last.reasoning)) total = u.tok;
     if (total == null) {
       if (!c || !c.messages.length) {
         $("ctx").textContent = "context 0 / " + state.nCtx;
@@ -1522,7 +1575,11 @@
       // are greyed on screen). Counting them showed "context 2743 / 1024" after a reload.
       var parts = withSystem(c, effectiveSettings());
       var sent = parts.rest.filter(function (m) { return !m.leftOut; });
-      var size = await promptSize(plain(parts.pinned.concat(sent)));
+      // Nor any reasoning: the next question sends none before it (see plain), and a
+      // long thought counted here said the chat was fuller than it was.
+      var msgs = plain(parts.pinned.concat(sent));
+      msgs.forEach(function (m) { delete m.reasoning_content; });
+      var size = await promptSize(msgs);
       total = size.exact ? size.n : "~" + size.n;
       if (seq !== ctxSeq) return; // a newer update started meanwhile
     }

@@ -21,6 +21,8 @@
   // Why a reply ended early: at the max-tokens setting, or at the end of the context.
   var CUTS = { length: true, context: true };
   var TITLE_MAX_CHARS = 80;
+  // A stored chat's marks beside its messages (see cleanConversation).
+  var SAVED_MARKS = ["writingAt", "writingLocked"];
 
   function readJson(key, fallback) {
     try {
@@ -168,11 +170,22 @@
         c.title = there.title;
         c.updated = there.updated;
       }
+      // (a stored copy saved more times than this tab's: another tab's save, not heard of yet)
+      var newerThere = !!there && (there.rev || 0) > (c.rev || 0);
       c.rev = Math.max(there && there.rev || 0, c.rev || 0) + 1;
       if (what === "title") {
         there.title = c.title;
         there.updated = c.updated;
         there.rev = c.rev;
+        // This tab's copy is then what it saved: with the count of this save, its older
+        // messages would be taken for the newer ones, and saved over the stored, when an
+        // older copy comes next. (A stored copy counted below this tab's is an older one
+        // written over its save: this tab's messages stay, to be saved again when it
+        // hears of it, see app.js, writtenOver.)
+        if (newerThere) {
+          c.messages = there.messages;
+          SAVED_MARKS.forEach(function (k) { if (k in there) c[k] = there[k]; else delete c[k]; });
+        }
       }
       out.push(what === "title" ? there : c);
       written.push(c.id);
