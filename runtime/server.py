@@ -861,7 +861,9 @@ def build_app(st: State) -> bottle.Bottle:
     def apply_template(model, body):
         tools = get_tools(body)
         tools = prompt_tools(model, tools, get_tool_choice(body, tools))  # as the chat route
-        text, _ = chat_ids(model, get_messages(body, st.system), tools,
+        # (a prefill's reasoning_content written out as the chat route writes it)
+        messages = reasoning.with_prefill_reasoning(get_messages(body, st.system))
+        text, _ = chat_ids(model, messages, tools,
                            get_bool(body, "add_generation_prompt", True),
                            {**st.template_kwargs, **get_template_kwargs(body)})
         return ok({"prompt": text})

@@ -258,3 +258,18 @@ def test_reasoning_sent_back_reaches_the_template_and_a_continue_goes_on_from_it
         *ask(prefill + "ital is Paris."),
         {"role": "assistant", "content": "The cap", "reasoning_content": "First, the city"}]})
     assert (r, t, finish) == ("", "ital is Paris.", "stop")
+
+
+def test_apply_template_writes_a_prefills_reasoning_as_the_chat_route_does(qwen3):
+    """The page measures a chat with /apply-template: a Continue's reply with reasoning
+    must measure as the chat route renders it (the reasoning was dropped there)."""
+    url, model = qwen3
+    msgs = [*ask("Capital?"),
+            {"role": "assistant", "content": "The cap", "reasoning_content": "First, the city"}]
+    status, r = post_json(url + "/apply-template", {"messages": msgs})
+    assert status == 200, r
+    whole(url, {"messages": msgs, "max_tokens": 1})
+    # The chat route's prompt, then the prefill it continues (the parrot's marker between).
+    prefill = "<think>\nFirst, the city\n</think>\n\nThe cap"
+    assert r["prompt"].endswith(prefill), r["prompt"]
+    assert r["prompt"][:-len(prefill)].rstrip("\x1f").endswith(model.prompts[-1].rstrip("\x1f"))
