@@ -139,9 +139,12 @@ class ContentTokens:
     A token is decided by the split's state after its text: inside reasoning (or the one
     that closes it), reasoning's; in content, content's. Tokens of the text the split
     holds before a reply's start is known (whitespace, a piece of `<think>`) or after a
-    `</think>` wait: at the reply's start they are content when content follows (and,
-    without a forced-open thought, whitespace before `<think>`, which stays content);
-    after `</think>` only those with more than whitespace, which is dropped there."""
+    `</think>` wait: at the reply's start they are content when content follows (and
+    whitespace before a `<think>` the model writes, which stays content, even in a
+    thought the prompt opened);
+    after `</think>` only those with more than whitespace, which is dropped there (a
+    token whose text comes out with a later one's, as a character's first bytes do,
+    goes with that one: _text_groups)."""
 
     def __init__(self, split: ReasoningSplit):
         self.split = split
@@ -156,7 +159,8 @@ class ContentTokens:
         if now == _CONTENT:
             return thought, out, self._settle(True) + mine
         if _REASONING in (before, now) or before != now or thought:
-            return thought, out, self._settle(False)  # this token is the reasoning's
+            # this token is the reasoning's; `out` is whitespace kept before a `<think>`
+            return thought, out, self._settle(False, bool(out))
         self.waiting += [(e, text) for e in mine]  # not known yet
         self.waited_in = now
         return thought, out, []
@@ -165,17 +169,38 @@ class ContentTokens:
         thought, out = self.split.finish()
         return thought, out, self._settle(bool(out))
 
-    def _settle(self, to_content: bool) -> list:
+    def _settle(self, to_content: bool, ws_kept: bool = False) -> list:
         """The waiting tokens that are content, now that the split has left the state
-        they waited in (for content if to_content, else for reasoning or the end)."""
+        they waited in (for content if to_content, else for reasoning or the end; ws_kept:
+        the split gave the whitespace before a `<think>` as content)."""
         waiting, self.waiting = self.waiting, []
         if self.waited_in == _AFTER:  # whitespace after `</think>` is dropped
-            return [e for e, t in waiting if t.strip()] if to_content else []
+            return [e for group, t in _text_groups(waiting) if t is None or t.strip()
+                    for e in group] if to_content else []
         if to_content:
             return [e for e, _ in waiting]
-        if self.split.forced_open:
-            return []  # the thought's leading whitespace, stripped
-        return [e for e, t in waiting if not t.strip()]  # whitespace before `<think>`
+        if not ws_kept:
+            return []  # a forced-open thought's leading whitespace, stripped
+        # whitespace before a `<think>` the model wrote, which stays content (forced
+        # open or not: the split keeps it either way)
+        return [e for group, t in _text_groups(waiting) if t is not None and not t.strip()
+                for e in group]
+
+
+def _text_groups(waiting: list):
+    """(token events, the text they came out with) of ContentTokens' waiting (event,
+    text) pairs. A token whose text is empty (a piece of a character, or text the engine
+    held for a stop string) came out with a later token's: it goes with the first later
+    one that has text, and is judged by that text. The last group's text is None when
+    its tokens' text came out with the token being pushed."""
+    group = []
+    for e, t in waiting:
+        group.append(e)
+        if t:
+            yield group, t
+            group = []
+    if group:
+        yield group, None
 
 
 def split_reply(split: ReasoningSplit, text: str, toks: list) -> tuple[str, str, list]:
