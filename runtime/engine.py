@@ -20,6 +20,11 @@ Several choices of one API request (OpenAI's `n`, best_of's candidates, a list o
 prompts) are one queue entry: a lead Request and its `followers`, served one after another
 on the slot before any other request, so that each choice after the first finds its
 prompt in the cache.
+
+A request's reasoning budget (runtime/reasoning.py's ReasoningBudget) may name the next
+token: once a thought has used its tokens, the budget message and `</think>` are
+evaluated in place of sampled tokens, one a step, and are generated, streamed and
+counted as any other (a speculated run is cut where the forcing starts).
 """
 from __future__ import annotations
 

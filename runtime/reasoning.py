@@ -22,6 +22,13 @@ What llama.cpp's common_chat_msg_parser::try_parse_reasoning does, and so this:
 
 One difference: a reply that is only the beginning of `<think>` (`<thi`, whitespace
 around it) is that text as content; llama.cpp drops it.
+
+Beside the split: ContentTokens and split_reply say which of a reply's tokens are its
+content's (chat logprobs list those only, as OpenAI's `logprobs.content` is defined);
+ReasoningBudget and budget_for are llama-server's reasoning budget (--reasoning-budget,
+a request's reasoning_budget_tokens), which the engine asks for the tokens that close a
+thought; opens_thinking, continues_reasoning and with_prefill_reasoning read and write
+the prompt's and a prefill's side of a thought.
 """
 
 import codecs
