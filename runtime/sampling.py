@@ -260,7 +260,8 @@ def top_n_sigma_masked(logits: np.ndarray, n: float) -> np.ndarray:
     if finite.size <= 1:
         return logits
     out = logits.copy()
-    out[logits < finite.max() - n * finite.std()] = -np.inf
+    with np.errstate(over="ignore"):  # n near float64's largest: an infinite band keeps all
+        out[logits < finite.max() - n * finite.std()] = -np.inf
     return out
 
 
@@ -679,13 +680,21 @@ def _step_xtc(s, c: Candidates, history) -> Candidates:
     return _kept(c, slice(xtc_cut(_softmax_now(c), p.xtc_threshold, p.min_keep), None))
 
 
+# The least temperature (all the temperature steps so far multiplied) that is not 0:
+# float32's least normal number. llama.cpp holds the temperature in a float32, where a
+# JSON 1e-310 is 0 (greedy); here the logits divided by so little overflow float64, and
+# the penalties or DRY after the temperature then made NaN probabilities (a 500).
+TEMPERATURE_MIN = float(np.finfo(np.float32).tiny)
+
+
 def _step_temperature(s, c: Candidates, history) -> Candidates:
     p = s.params
     c = _sorted(c)
     t = p.temperature
     if p.dynatemp_range > 0:
         t = dynamic_temperature(_scaled(c), t, p.dynatemp_range, p.dynatemp_exponent)
-    if t <= 0:   # llama.cpp's temperature 0: the best candidate alone
+    # llama.cpp's temperature 0 (or one too small to divide by): the best candidate alone
+    if t <= 0 or c.t * t < TEMPERATURE_MIN:
         return _kept(c, slice(0, 1))
     return Candidates(c.ids, c.z, c.t * t)
 
