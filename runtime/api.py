@@ -509,7 +509,8 @@ def refuse_with_prediction(body, n: int, logprobs: bool, params, tools) -> None:
     also lists, is kept: clients send it on every request, and a limit is honoured."""
     if body.get("prediction") is None:
         return
-    refused = [("'n' above 1", n > 1),
+    n_field = "'n_cmpl'" if "n" not in body and "n_cmpl" in body else "'n'"  # (the one sent)
+    refused = [(f"{n_field} above 1", n > 1),
                ("'logprobs'", logprobs),  # (top_logprobs needs it: a 400 of its own)
                ("a 'presence_penalty' above 0", params.presence_penalty > 0),
                ("a 'frequency_penalty' above 0", params.frequency_penalty > 0),

@@ -132,10 +132,16 @@ def test_those_fields_at_their_defaults_are_taken_with_a_prediction(tiny_server,
 
 
 @pytest.mark.parametrize("extra, name", [({"n": 2}, "'n'"), ({"logprobs": 1}, "'logprobs'"),
-                                         ({"presence_penalty": 1}, "'presence_penalty'")])
+                                         ({"presence_penalty": 1}, "'presence_penalty'"),
+                                         ({"n_cmpl": 2}, "'n_cmpl' above 1")])
 def test_completions_refuse_the_same_with_a_prediction(tiny_server, extra, name):
     body = {"prompt": "Hi", "max_tokens": 2, "prediction": PREDICTION, **extra}
     bad_request(tiny_server.url, "/v1/completions", body, "'prediction'", name)
+
+
+def test_the_refusal_names_llama_servers_n_cmpl_when_that_was_sent(tiny_server):
+    body = {"messages": MSGS, "max_tokens": 2, "prediction": PREDICTION, "n_cmpl": 2}
+    bad_request(tiny_server.url, "/v1/chat/completions", body, "'prediction'", "'n_cmpl' above 1")
 
 
 # ---- 3. a thinking model's logprobs list the content's tokens ----------------------------
