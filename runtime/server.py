@@ -570,6 +570,7 @@ def build_app(st: State) -> bottle.Bottle:
         grammar = get_json_grammar(body)
         pred_ids = get_prediction(body, model, st.n_ctx)
         refuse_with_prediction(body, n, n_lp > 0, params, None)  # as on chat completions
+        budget = completion_budget(model, body, grammar)
 
         def request(ids, j):  # choice (or candidate) j of the prompt `ids`
             # echo with logprobs: the prompt's tokens with their logprobs come first; the
@@ -579,7 +580,7 @@ def build_app(st: State) -> bottle.Bottle:
                            prompt_logprobs=echo and n_lp > 0 and j == 0,
                            cache_prompt=cache_prompt, continuation=True,
                            constraint=output_constraint(model, grammar),  # one per request
-                           prediction=pred_ids or None)
+                           prediction=pred_ids or None, reasoning_budget=budget(ids))
 
         base = {"id": "cmpl-" + uuid.uuid4().hex[:24], "object": "text_completion",
                 "created": int(time.time()), "model": st.model_id, "system_fingerprint": "chatfile"}
@@ -698,20 +699,29 @@ def build_app(st: State) -> bottle.Bottle:
         params = sampling_params(body, openai=False, default_temp=st.temperature, model=model)
         max_tokens, stop = get_max_tokens(body, st.n_ctx), get_stop(body)
         cache_prompt, grammar = get_bool(body, "cache_prompt", True), get_json_grammar(body)
-        # The request's own budget only, as llama-server's /completion: the server's
-        # --reasoning-budget is for chats. A prompt that ends with `<think>` opened a thought.
-        budget_tok, budget_message = get_reasoning_budget(body)
-        if grammar is not None:
-            budget_tok = -1  # as for a chat: the JSON starts at the reply's first token
+        budget = completion_budget(model, body, grammar)
         return [Request(prompt_ids=ids, params=choice_params(params, j), max_tokens=max_tokens,
                         stop=stop, n_probs=n_probs, cache_prompt=cache_prompt, continuation=True,
                         constraint=output_constraint(model, grammar),  # stateful: one each
-                        reasoning_budget=reasoning.budget_for(
-                            model, budget_tok, budget_message, budget_tok >= 0
-                            and reasoning.opens_thinking(b"".join(
-                                model.tokenizer.token_to_piece(t, special=True)
-                                for t in ids[-32:]).decode(errors="replace"))))
+                        reasoning_budget=budget(ids))
                 for ids in prompts for j in range(n)]
+
+    def completion_budget(model, body, grammar):
+        """ids -> the reasoning budget of one reply to the prompt `ids` (stateful: one
+        each), for llama-server's completion routes (/completion, /infill and
+        /v1/completions read the same fields): the request's own budget only, the
+        server's --reasoning-budget being for chats. A prompt that ends with `<think>`
+        opened a thought."""
+        budget_tok, budget_message = get_reasoning_budget(body)
+        if grammar is not None:
+            budget_tok = -1  # as for a chat: the JSON starts at the reply's first token
+
+        def budget(ids):
+            return reasoning.budget_for(
+                model, budget_tok, budget_message, budget_tok >= 0 and reasoning.opens_thinking(
+                    b"".join(model.tokenizer.token_to_piece(t, special=True)
+                             for t in ids[-32:]).decode(errors="replace")))
+        return budget
 
     def completion_probs(model, ev, n):
         s, b = piece(model, ev.token)

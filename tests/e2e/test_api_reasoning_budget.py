@@ -126,7 +126,8 @@ def test_bad_values_are_refused_with_400(qwen3, field, value):
 
 
 def test_completion_takes_the_budget_of_the_request(qwen3):
-    """/completion: a prompt that ends with `<think>` opened a thought."""
+    """/completion and /v1/completions (llama-server reads the same fields on both): a
+    prompt that ends with `<think>` opened a thought."""
     url = qwen3[0]
     # the parrot's script between REPLY_START and REPLY_END, its reply after PROMPT_END
     prompt = "\x02" + "x y z w v u t s." + "\x03<think>\n\x1f"
@@ -134,6 +135,14 @@ def test_completion_takes_the_budget_of_the_request(qwen3):
                                                 "reasoning_budget_tokens": 2})
     assert status == 200, r
     assert r["content"] == "x " + CLOSE + "x y z w v u t s."[2 + len(CLOSE):]
+    status, v1 = post_json(url + "/v1/completions", {"prompt": prompt, "temperature": 0,
+                                                     "max_tokens": 64,
+                                                     "reasoning_budget_tokens": 2})
+    assert status == 200, v1
+    assert v1["choices"][0]["text"] == r["content"]
+    status, bad = post_json(url + "/v1/completions", {"prompt": prompt,
+                                                      "reasoning_budget_tokens": -2})
+    assert status == 400 and "'reasoning_budget_tokens'" in bad["error"]["message"], bad
 
 
 # ---- speculation ----------------------------------------------------------------------------
