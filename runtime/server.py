@@ -39,7 +39,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 import bottle
 
-from runtime import file_lease, reasoning, tool_calls
+from runtime import file_lease, messages_api, reasoning, tool_calls
 from runtime.api import (MAX_N_PROBS, MISSING, ApiError, TextOffsets, chat_ids, check_chat_fields,
                          choice_params, completion_prompts, context_overflow, error_body, get_bool,
                          get_choices, get_int, get_json_grammar, get_max_tokens, get_messages,
@@ -73,7 +73,7 @@ CLIENT_POLL_S = 0.05       # how often a request checks that its client is still
 API_POST = ("/v1/chat/completions", "/v1/completions", "/completion", "/completions",
             "/tokenize", "/detokenize", "/apply-template", "/infill", "/chat/completions",
             "/v1/embeddings", "/embeddings", "/embedding", "/v1/rerank", "/rerank",
-            "/v1/reranking", "/reranking")
+            "/v1/reranking", "/reranking", *messages_api.PATHS)
 API_GET = ("/v1/models", "/models", "/props", "/health", "/v1/health", "/slots")
 # What HTTP asks of these answers: the auth scheme a 401 wants, and when to try a 503 again.
 STATUS_HEADERS = {401: {"WWW-Authenticate": "Bearer"}, 503: {"Retry-After": "1"}}
@@ -134,6 +134,17 @@ def get_reasoning_budget(body, default_tok: int = -1, default_message: str = "")
     return (default_tok if n == -1 else n), message
 
 
+@dataclass
+class ChatReply:
+    """What the chat route made of a request: its requests (the choices), their final
+    events (for a stream: each appended once its last chunk is taken), and the reply,
+    either `whole` (the response object) or `chunks` (gen_fn(events_of) for sse())."""
+    reqs: list
+    finals: list
+    whole: dict | None = None
+    chunks: Callable | None = None
+
+
 def _usage(n_prompt: int, finals, predicted: bool) -> dict:
     """OpenAI's usage of the replies whose final events are `finals`, with n_prompt prompt
     tokens; with a prediction, how many tokens drafted from it are in the replies
@@ -192,7 +203,7 @@ class _App(bottle.Bottle):
                405: f"method {bottle.request.method} is not allowed on {bottle.request.path}",
                500: "internal server error"}.get(status, str(res.body or res.status_line))
         bottle.response.content_type = "application/json"
-        return json_bytes(error_body(status, msg))
+        return json_bytes(shaped_error(bottle.request.path, status, msg))
 
 
 def build_app(st: State) -> bottle.Bottle:
@@ -200,8 +211,8 @@ def build_app(st: State) -> bottle.Bottle:
     app.config["catchall"] = True
 
     def fail(status, message, type_=None, headers=None, fields=None):
-        r = bottle.HTTPResponse(json_bytes(error_body(status, message, type_, fields)),
-                                status=status, headers=headers or {})
+        body = shaped_error(bottle.request.path, status, message, type_, fields)
+        r = bottle.HTTPResponse(json_bytes(body), status=status, headers=headers or {})
         r.content_type = "application/json"
         return r
 
@@ -325,9 +336,13 @@ def build_app(st: State) -> bottle.Bottle:
         st.log(f"chatfile: error: {err}")  # a bug of ours: the operator should see it too
         return err
 
-    def sse(gen_fn, reqs: list):
+    def openai_error_event(e: ApiError) -> bytes:
+        return b"data: " + json_bytes(error_body(e.status, e.message, e.type, e.fields)) + b"\n\n"
+
+    def sse(gen_fn, reqs: list, error_event=openai_error_event):
         """Stream Server-Sent Events made by gen_fn(events_of), where events_of(req) gives
-        the events of one of `reqs` (see watcher); a client that goes away cancels them."""
+        the events of one of `reqs` (see watcher); a client that goes away cancels them.
+        error_event(ApiError) -> bytes: an error once the headers are sent, in-band."""
         events_of = watcher()
         bottle.response.content_type = "text/event-stream"
         bottle.response.set_header("Cache-Control", "no-cache")
@@ -338,33 +353,38 @@ def build_app(st: State) -> bottle.Bottle:
                 for obj in gen_fn(events_of):
                     yield obj if isinstance(obj, bytes) else b"data: " + json_bytes(obj) + b"\n\n"
             except ApiError as e:
-                yield b"data: " + json_bytes(error_body(e.status, e.message, e.type, e.fields)) + b"\n\n"
+                yield error_event(e)
             except (OSError, GeneratorExit):
                 raise
             except Exception as e:  # noqa: BLE001 - headers are sent: report in-band
-                msg = f"internal error: {type(e).__name__}: {e}"
-                yield b"data: " + json_bytes(error_body(500, msg)) + b"\n\n"
+                yield error_event(ApiError(500, f"internal error: {type(e).__name__}: {e}"))
             finally:
                 for r in reqs:  # normal end: harmless; disconnect: stops the worker
                     r.cancel.set()
         return stream()
 
     def sse_choices(reqs: list, choice_chunks, usage_chunk, done: bool = True):
-        """Stream the choices one after another: choice_chunks(k, req, events) yields
-        choice k's chunks and returns its final event; then usage_chunk(finals), unless it
-        is falsy (no usage asked for), and [DONE] (unless not `done`: llama-server's own
-        stream has none)."""
+        """Stream the choices one after another (see choices_stream)."""
+        return sse(choices_stream(reqs, choice_chunks, usage_chunk, done), reqs)
+
+    def choices_stream(reqs: list, choice_chunks, usage_chunk, done: bool = True,
+                       finals=None):
+        """The chunks of the choices one after another, as gen_fn(events_of) for sse():
+        choice_chunks(k, req, events) yields choice k's chunks and returns its final
+        event; then usage_chunk(finals), unless it is falsy (no usage asked for), and
+        [DONE] (unless not `done`: llama-server's own stream has none). `finals`, a list
+        when given, gets each choice's final event once its last chunk is taken."""
         def chunks(events_of):
-            finals = []
+            got = [] if finals is None else finals
             for k, r in enumerate(reqs):
-                finals.append((yield from choice_chunks(k, r, events_of(r))))
-                if finals[-1].finish_reason == "cancelled":  # and so are the ones left
+                got.append((yield from choice_chunks(k, r, events_of(r))))
+                if got[-1].finish_reason == "cancelled":  # and so are the ones left
                     break
             if usage_chunk:
-                yield usage_chunk(finals)
+                yield usage_chunk(got)
             if done:
                 yield b"data: [DONE]\n\n"
-        return sse(chunks, reqs)
+        return chunks
 
     # -- OpenAI: chat completions ----------------------------------------------------
     def oai_logprobs(model, ev, n):
@@ -397,12 +417,29 @@ def build_app(st: State) -> bottle.Bottle:
     @app.post("/chat/completions")
     @api
     def chat_completions(model, body):
+        reply = chat_reply(model, body)
+        return ok(reply.whole) if reply.chunks is None else sse(reply.chunks, reply.reqs)
+
+    def chat_prompt(model, body) -> tuple:
+        """A chat request's prompt: (messages, the tools it shows, tool_choice, its text,
+        its ids). /v1/messages/count_tokens counts these ids."""
+        messages = reasoning.with_prefill_reasoning(get_messages(body, st.system))
+        tools = get_tools(body)
+        tool_choice = get_tool_choice(body, tools)
+        tools = prompt_tools(model, tools, tool_choice)
+        prompt_str, prompt = chat_ids(model, messages, tools,
+                                      get_bool(body, "add_generation_prompt", True),
+                                      {**st.template_kwargs, **get_template_kwargs(body)})
+        return messages, tools, tool_choice, prompt_str, prompt
+
+    def chat_reply(model, body) -> ChatReply:
+        """The chat route's work, for it and for /v1/messages (runtime/messages_api.py
+        translates to it and from it)."""
         stream = get_bool(body, "stream", False)
         n = get_n(body, stream=stream)
         check_chat_fields(body)
         parallel = get_parallel_tool_calls(body)
         think = get_reasoning_format(body) != "none"
-        messages = reasoning.with_prefill_reasoning(get_messages(body, st.system))
         want_lp = get_bool(body, "logprobs", False)
         top_lp = get_int(body, "top_logprobs", 0, lo=0, hi=20)
         if top_lp and not want_lp:
@@ -412,12 +449,10 @@ def build_app(st: State) -> bottle.Bottle:
         if opts is not None and not isinstance(opts, dict):
             raise ApiError(400, "'stream_options' must be an object")
         include_usage = get_bool(opts or {}, "include_usage", False)
-        tools = get_tools(body)
+        messages, tools, tool_choice, prompt_str, prompt = chat_prompt(model, body)
         # The reply is searched for tool calls only when the request offers tools and
         # allows calling them; every other request takes the path it always took.
-        tool_choice = get_tool_choice(body, tools)
         find_calls = tools is not None and tool_choice != "none"
-        tools = prompt_tools(model, tools, tool_choice)
         json_start = get_json_grammar(body)
         start = reply_grammar(model, tools, tool_choice, json_start)
         if start is not None and split_prefill(messages)[1] is not None:
@@ -429,9 +464,6 @@ def build_app(st: State) -> bottle.Bottle:
         # The template in effect tells parse which formats the prompt asked for. A reply
         # under the request's own JSON format is that JSON, never a {"response"} to unwrap.
         template = template_in_effect(model) if tools and json_start is None else None
-        prompt_str, prompt = chat_ids(model, messages, tools,
-                                      get_bool(body, "add_generation_prompt", True),
-                                      {**st.template_kwargs, **get_template_kwargs(body)})
         prefill = split_prefill(messages)[1]
         # Each choice's reply is split into reasoning and content as it comes (reasoning.py);
         # tool calls are looked for in the content only.
@@ -480,9 +512,9 @@ def build_app(st: State) -> bottle.Bottle:
                     choice["message"]["reasoning_content"] = thought
                 choices.append(choice)
                 finals.append(final)
-            return ok({**base, "object": "chat.completion", "choices": choices,
-                       "usage": usage(finals),
-                       "timings": _summed(f.timings for f in finals).as_dict()})
+            return ChatReply(reqs, finals, whole={
+                **base, "object": "chat.completion", "choices": choices,
+                "usage": usage(finals), "timings": _summed(f.timings for f in finals).as_dict()})
 
         head = {**base, "object": "chat.completion.chunk"}
 
@@ -539,9 +571,31 @@ def build_app(st: State) -> bottle.Bottle:
                     return ev
             raise ApiError(500, "the inference worker stopped unexpectedly")
 
-        return sse_choices(reqs, lambda k, r, events: choice_chunks(k, events),
-                           include_usage and (lambda finals: {**head, "choices": [],
-                                                              "usage": usage(finals)}))
+        finals = []
+        return ChatReply(reqs, finals, chunks=choices_stream(
+            reqs, lambda k, r, events: choice_chunks(k, events),
+            include_usage and (lambda got: {**head, "choices": [], "usage": usage(got)}),
+            finals=finals))
+
+    # -- Anthropic: messages, through the chat route (runtime/messages_api.py) ----------
+    @app.post("/v1/messages")
+    @api
+    def messages(model, body):
+        reply = chat_reply(model, messages_api.chat_body(body))
+        msg_id = messages_api.message_id()
+        if reply.chunks is None:
+            return ok(messages_api.whole_message(reply.whole, reply.finals[0], msg_id,
+                                                 st.model_id))
+        n_input_tok = len(reply.reqs[0].prompt_ids)
+        return sse(lambda events_of: messages_api.stream_events(
+            reply.chunks(events_of), n_input_tok, msg_id, st.model_id, reply.finals),
+            reply.reqs, error_event=messages_api.error_event)
+
+    @app.post("/v1/messages/count_tokens")
+    @api
+    def count_tokens(model, body):
+        prompt_ids = chat_prompt(model, messages_api.chat_body(body, count_tokens=True))[-1]
+        return ok({"input_tokens": len(prompt_ids)})
 
     # -- OpenAI: completions -----------------------------------------------------------
     @app.post("/v1/completions")
@@ -1049,9 +1103,17 @@ def cors_headers(environ=None) -> list:
     return out
 
 
+def shaped_error(path: str, status: int, message: str, type_=None, fields=None) -> dict:
+    """An error body in the shape of the route's API: Anthropic's on its Messages routes
+    (their clients read no other), OpenAI's everywhere else."""
+    if messages_api.is_messages_path(path):
+        return messages_api.error_body(status, message)
+    return error_body(status, message, type_, fields)
+
+
 def wrap_app(app, st: State):
-    def respond(start_response, status, obj):
-        data = json_bytes(obj)
+    def respond(environ, start_response, status, message, type_=None):
+        data = json_bytes(shaped_error(environ.get("PATH_INFO", ""), status, message, type_))
         headers = [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
         if st.cors:
             headers += cors_headers()
@@ -1062,19 +1124,19 @@ def wrap_app(app, st: State):
         try:
             body = read_body(environ, st.max_body_bytes)
         except ApiError as e:
-            return respond(start_response, e.status, error_body(e.status, e.message, e.type))
+            return respond(environ, start_response, e.status, e.message, e.type)
         except TimeoutError as e:  # slower than _RequestReader's deadline
-            return respond(start_response, 408, error_body(408, str(e)))
+            return respond(environ, start_response, 408, str(e))
         except (OSError, ValueError):
-            return respond(start_response, 400, error_body(400, "could not read the request body"))
+            return respond(environ, start_response, 400, "could not read the request body")
         try:  # WSGI hands the path over as latin-1; Bottle would drop the bytes that are
             # not UTF-8 (so /%ff was the page) instead of refusing them
             environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8")
         except UnicodeError:
-            return respond(start_response, 400, error_body(400, "the URL's path is not UTF-8"))
+            return respond(environ, start_response, 400, "the URL's path is not UTF-8")
         refusal = _foreign_request(environ, st)
         if refusal is not None:
-            return respond(start_response, 403, error_body(403, refusal))
+            return respond(environ, start_response, 403, refusal)
         environ["chatfile.body"] = body
         environ["wsgi.input"] = io.BytesIO(body)
         environ["CONTENT_LENGTH"] = str(len(body))
@@ -1086,7 +1148,7 @@ def wrap_app(app, st: State):
         try:
             return app(environ, start)
         except Exception:  # noqa: BLE001 - Bottle already catches; this is the last net
-            return respond(start_response, 500, error_body(500, "internal server error"))
+            return respond(environ, start_response, 500, "internal server error")
     return wsgi
 
 

@@ -1,0 +1,410 @@
+"""Anthropic's Messages API (`POST /v1/messages`, `/v1/messages/count_tokens`) over the
+chat route, as llama-server serves it: a request is translated into a chat completions
+body, the chat route's own machinery (templates, tool calls, the reasoning split and
+budget) makes the reply, and the reply is translated back into Anthropic's message, or
+its stream of events.
+
+Plain functions, no server state: `chat_body` (Anthropic request -> chat body), and back
+`whole_message` (the chat response object -> a message) and `stream_events` (the chat
+route's chunks -> Anthropic's Server-Sent Events). Errors on these routes have
+Anthropic's shape: `error_body`, `error_event`.
+"""
+from __future__ import annotations
+
+import json
+import re
+import uuid
+
+from runtime.api import ApiError, json_bytes
+
+PATHS = ("/v1/messages", "/v1/messages/count_tokens")
+ROLES = ("user", "assistant")
+# Anthropic's error types by HTTP status; any other 4xx is an invalid_request_error, any
+# other 5xx an api_error (https://docs.anthropic.com/en/api/errors).
+ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
+               403: "permission_error", 404: "not_found_error", 413: "request_too_large",
+               429: "rate_limit_error", 500: "api_error", 503: "overloaded_error"}
+# The sampling fields passed on as they are; the chat route checks them.
+SAMPLING_KEYS = ("temperature", "top_p", "top_k", "chat_template_kwargs")
+# Content blocks that carry something the model cannot read.
+MEDIA_BLOCKS = {"image": "image", "document": "document", "search_result": "search result",
+                "container_upload": "file"}
+# Tool types of Anthropic's own server-side tools (web search, bash, ...): not ours to run.
+CLIENT_TOOL_TYPES = (None, "custom")
+# Claude Code starts its system prompt with a line such as "x-anthropic-billing-header:
+# cc_version=...; cch=a5145;": a stamp that changes with every request, so the prompt
+# cache would be lost from the first line on. The stamp means nothing to a local model.
+BILLING_STAMP_RE = re.compile(r"\A(x-anthropic-billing-header:[^\n]*?\bcch=)[0-9A-Za-z]+;")
+
+
+def is_messages_path(path: str) -> bool:
+    return path.rstrip("/") in PATHS
+
+
+def error_body(status: int, message: str) -> dict:
+    kind = ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    return {"type": "error", "error": {"type": kind, "message": message}}
+
+
+def event(name: str, data: dict) -> bytes:
+    """One Server-Sent Event as Anthropic sends it: its type on the `event:` line too."""
+    return b"event: " + name.encode() + b"\ndata: " + json_bytes(data) + b"\n\n"
+
+
+def error_event(e: ApiError) -> bytes:
+    """An error once the stream's headers are sent (Anthropic's `error` event)."""
+    return event("error", error_body(e.status, e.message))
+
+
+# ---- the request ---------------------------------------------------------------------
+
+def chat_body(body: dict, count_tokens: bool = False) -> dict:
+    """The chat completions body of a Messages request; ApiError(400) naming the field
+    for what it cannot be. count_tokens: /v1/messages/count_tokens, whose body has no
+    max_tokens."""
+    out = {"messages": system_messages(body.get("system")) + chat_messages(body.get("messages"))}
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise ApiError(400, "'model' must be a string")
+    if not count_tokens:
+        out["max_tokens"] = max_tokens_of(body)
+        stream = body.get("stream", False)
+        if not isinstance(stream, bool):
+            raise ApiError(400, "'stream' must be a boolean")
+        out["stream"] = stream
+        stops = body.get("stop_sequences")
+        if stops is not None:
+            if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+                raise ApiError(400, "'stop_sequences' must be a list of strings")
+            out["stop"] = stops
+        for key in SAMPLING_KEYS:
+            if body.get(key) is not None:
+                out[key] = body[key]
+        out.update(thinking_fields(body.get("thinking")))
+    metadata = body.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise ApiError(400, "'metadata' must be an object")
+    out.update(tool_fields(body.get("tools"), body.get("tool_choice")))
+    return out
+
+
+def max_tokens_of(body: dict) -> int:
+    # Anthropic requires it; llama-server takes 4096 when it is missing.
+    n = body.get("max_tokens")
+    if n is None:
+        raise ApiError(400, "'max_tokens' is required")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ApiError(400, "'max_tokens' must be an integer, 1 or more")
+    return n
+
+
+def system_messages(system) -> list:
+    """`system`: a string or a list of text blocks, as one system message."""
+    if system is None or system == "" or system == []:
+        return []
+    if isinstance(system, str):
+        return [{"role": "system", "content": unstamped(system)}]
+    if not isinstance(system, list):
+        raise ApiError(400, "'system' must be a string or a list of text blocks")
+    for i, b in enumerate(system):
+        if not isinstance(b, dict) or b.get("type") != "text" or not isinstance(b.get("text"), str):
+            raise ApiError(400, f"'system[{i}]' must be a text block {{\"type\": \"text\", "
+                                f"\"text\": ...}}")
+    return [{"role": "system", "content": [{"type": "text", "text": unstamped(b["text"])}
+                                           for b in system]}]
+
+
+def unstamped(text: str) -> str:
+    """A system text with Claude Code's per-request stamp made constant (as llama-server
+    does), so that one request's prompt is a prefix of the next one's."""
+    return BILLING_STAMP_RE.sub(r"\g<1>00000;", text, count=1)
+
+
+def chat_messages(messages) -> list:
+    """Anthropic's user and assistant turns as chat messages: an assistant's tool_use
+    blocks become its tool_calls and its thinking its reasoning_content; a user's
+    tool_result blocks become tool messages, before the user's own text."""
+    if messages is None:
+        raise ApiError(400, "'messages' is required")
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(400, "'messages' must be a non-empty list")
+    out = []
+    for i, m in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise ApiError(400, f"{where} must be an object")
+        role = m.get("role")
+        if role not in ROLES:
+            raise ApiError(400, f"{where}: 'role' must be \"user\" or \"assistant\", "
+                                f"got {str(role)[:40]!r}")
+        content = m.get("content")
+        if isinstance(content, str):
+            out.append({"role": role, "content": content})
+        elif isinstance(content, list):
+            out += turn_messages(role, content, where)
+        else:
+            raise ApiError(400, f"{where}: 'content' must be a string or a list of content blocks")
+    return out
+
+
+def turn_messages(role: str, blocks: list, where: str) -> list:
+    """The chat messages of one turn given as content blocks."""
+    texts, calls, thoughts, results = [], [], [], []
+    for j, b in enumerate(blocks):
+        at = f"{where}.content[{j}]"
+        kind = b.get("type") if isinstance(b, dict) else None
+        if kind in MEDIA_BLOCKS:
+            raise ApiError(400, f"{at}: {MEDIA_BLOCKS[kind]} input is not supported: this "
+                                f"server's model reads text only")
+        if kind == "text":
+            texts.append({"type": "text", "text": text_of(b, "text", at)})
+        elif kind == "thinking" and role == "assistant":
+            thoughts.append(text_of(b, "thinking", at))
+        elif kind == "redacted_thinking" and role == "assistant":
+            continue  # encrypted by Anthropic's models: nothing a local model can read
+        elif kind == "tool_use" and role == "assistant":
+            calls.append(tool_call(b, at))
+        elif kind == "tool_result" and role == "user":
+            results.append({"role": "tool", "tool_call_id": text_of(b, "tool_use_id", at),
+                            "content": result_text(b.get("content"), at)})
+        else:
+            raise ApiError(400, f"{at}: a {role} message cannot have a block of type "
+                                f"{str(kind)[:40]!r}")
+    msgs = list(results)
+    if texts or calls or thoughts or not results:
+        msg = {"role": role, "content": texts}
+        if calls:
+            msg["tool_calls"] = calls
+        if thoughts:
+            msg["reasoning_content"] = "".join(thoughts)
+        msgs.append(msg)
+    return msgs
+
+
+def text_of(block: dict, key: str, at: str) -> str:
+    v = block.get(key)
+    if not isinstance(v, str):
+        raise ApiError(400, f"{at}: '{key}' must be a string")
+    return v
+
+
+def tool_call(block: dict, at: str) -> dict:
+    """A tool_use block as an OpenAI tool call (arguments: the input as JSON text)."""
+    args = block.get("input", {})
+    if not isinstance(args, dict):
+        raise ApiError(400, f"{at}: 'input' must be an object")
+    return {"id": text_of(block, "id", at), "type": "function",
+            "function": {"name": text_of(block, "name", at),
+                         "arguments": json.dumps(args, ensure_ascii=False)}}
+
+
+def result_text(content, at: str) -> str:
+    """A tool_result's content: a string, or text blocks (joined by newlines, as the chat
+    route joins text parts)."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    if not isinstance(content, list):
+        raise ApiError(400, f"{at}: 'content' must be a string or a list of text blocks")
+    parts = []
+    for k, c in enumerate(content):
+        kind = c.get("type") if isinstance(c, dict) else None
+        if kind in MEDIA_BLOCKS:
+            raise ApiError(400, f"{at}.content[{k}]: {MEDIA_BLOCKS[kind]} input is not "
+                                f"supported: this server's model reads text only")
+        if kind != "text":
+            raise ApiError(400, f"{at}.content[{k}]: only text blocks are supported, got "
+                                f"{str(kind)[:40]!r}")
+        parts.append(text_of(c, "text", f"{at}.content[{k}]"))
+    return "\n".join(parts)
+
+
+def tool_fields(tools, choice) -> dict:
+    """`tools` and `tool_choice` as the chat route's: {name, description, input_schema}
+    -> a function; auto / any / tool NAME / none -> "auto" / "required" / that function
+    / "none"; disable_parallel_tool_use -> parallel_tool_calls false."""
+    out = {}
+    if tools is not None:
+        if not isinstance(tools, list):
+            raise ApiError(400, "'tools' must be a list of tools")
+        fns = []
+        for i, t in enumerate(tools):
+            if not isinstance(t, dict):
+                raise ApiError(400, f"'tools[{i}]' must be an object")
+            if t.get("type") not in CLIENT_TOOL_TYPES:
+                raise ApiError(400, f"'tools[{i}]': Anthropic's server tool "
+                                    f"{str(t.get('type'))[:40]!r} is not supported; give "
+                                    f"tools with a name, description and input_schema")
+            name, schema = t.get("name"), t.get("input_schema", {"type": "object"})
+            if not isinstance(name, str) or not name:
+                raise ApiError(400, f"'tools[{i}]': 'name' must be a non-empty string")
+            if not isinstance(schema, dict):
+                raise ApiError(400, f"'tools[{i}]': 'input_schema' must be an object")
+            fn = {"name": name, "parameters": schema}
+            if t.get("description") is not None:
+                fn["description"] = t["description"]
+            fns.append({"type": "function", "function": fn})
+        out["tools"] = fns
+    if choice is None:
+        return out
+    kind = choice.get("type") if isinstance(choice, dict) else None
+    if kind == "tool":
+        if not isinstance(choice.get("name"), str):
+            raise ApiError(400, "'tool_choice': {\"type\": \"tool\"} needs a 'name' string")
+        out["tool_choice"] = {"type": "function", "function": {"name": choice["name"]}}
+    elif kind in ("auto", "any", "none"):
+        out["tool_choice"] = {"auto": "auto", "any": "required", "none": "none"}[kind]
+    else:
+        raise ApiError(400, "'tool_choice' must be {\"type\": \"auto\"}, {\"type\": \"any\"}, "
+                            "{\"type\": \"tool\", \"name\": ...} or {\"type\": \"none\"}")
+    parallel_off = choice.get("disable_parallel_tool_use", False)
+    if not isinstance(parallel_off, bool):
+        raise ApiError(400, "'tool_choice.disable_parallel_tool_use' must be a boolean")
+    if parallel_off:
+        out["parallel_tool_calls"] = False
+    return out
+
+
+def thinking_fields(thinking) -> dict:
+    """`thinking` as the chat route's reasoning budget: enabled with budget_tokens N
+    closes a thought after N tokens (llama-server's thinking_budget_tokens); disabled
+    closes it at once; absent (or adaptive) leaves the server's --reasoning-budget."""
+    if thinking is None:
+        return {}
+    kind = thinking.get("type") if isinstance(thinking, dict) else None
+    if kind == "enabled":
+        n = thinking.get("budget_tokens")
+        if n is None:
+            return {}
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ApiError(400, "'thinking.budget_tokens' must be an integer, 0 or more")
+        return {"thinking_budget_tokens": n}
+    if kind == "disabled":
+        return {"thinking_budget_tokens": 0}
+    if kind == "adaptive":
+        return {}
+    raise ApiError(400, "'thinking' must be {\"type\": \"enabled\", \"budget_tokens\": N} "
+                        "or {\"type\": \"disabled\"}")
+
+
+# ---- the reply -----------------------------------------------------------------------
+
+def message_id() -> str:
+    return "msg_" + uuid.uuid4().hex[:24]
+
+
+def stop_reason(finish_reason: str, final) -> tuple:
+    """(stop_reason, stop_sequence) of a reply from the chat route's finish_reason and
+    the engine's final event."""
+    if finish_reason == "tool_calls":
+        return "tool_use", None
+    if finish_reason == "length":
+        return "max_tokens", None
+    if final is not None and final.stopped_word:
+        return "stop_sequence", final.stopping_word
+    return "end_turn", None
+
+
+def tool_use(call: dict) -> dict:
+    """An OpenAI tool call as a tool_use block (its arguments, JSON text, as `input`)."""
+    fn = call["function"]
+    try:
+        args = json.loads(fn.get("arguments") or "{}")
+    except ValueError:
+        args = {}
+    return {"type": "tool_use", "id": call["id"], "name": fn["name"],
+            "input": args if isinstance(args, dict) else {}}
+
+
+def whole_message(reply: dict, final, msg_id: str, model_id: str) -> dict:
+    """The chat route's response object (one choice) as Anthropic's message: a thinking
+    block (an empty signature: a local model signs nothing), a text block, tool_use
+    blocks, each only when there is one."""
+    choice = reply["choices"][0]
+    msg = choice["message"]
+    content = []
+    if msg.get("reasoning_content"):
+        content.append({"type": "thinking", "thinking": msg["reasoning_content"], "signature": ""})
+    if msg.get("content"):
+        content.append({"type": "text", "text": msg["content"]})
+    content += [tool_use(c) for c in msg.get("tool_calls") or []]
+    reason, sequence = stop_reason(choice["finish_reason"], final)
+    return {"id": msg_id, "type": "message", "role": "assistant", "model": model_id,
+            "content": content, "stop_reason": reason, "stop_sequence": sequence,
+            "usage": {"input_tokens": reply["usage"]["prompt_tokens"],
+                      "output_tokens": reply["usage"]["completion_tokens"]}}
+
+
+def stream_events(chunks, n_input_tok: int, msg_id: str, model_id: str, finals: list):
+    """Anthropic's events of a streamed reply, from the chat route's chunks (dicts, then
+    the `[DONE]` bytes): message_start and a ping, then each block's content_block_start,
+    its deltas and content_block_stop (thinking, text, then the tool calls), then
+    message_delta with stop_reason and usage, and message_stop. `finals` holds the
+    engine's final event once the chunks are all taken."""
+    yield event("message_start", {"type": "message_start", "message": {
+        "id": msg_id, "type": "message", "role": "assistant", "model": model_id,
+        "content": [], "stop_reason": None, "stop_sequence": None,
+        "usage": {"input_tokens": n_input_tok, "output_tokens": 0}}})
+    yield event("ping", {"type": "ping"})
+    blocks = Blocks()
+    finish_reason = "stop"
+    for chunk in chunks:
+        if isinstance(chunk, bytes):  # [DONE]: Anthropic's stream has message_stop instead
+            continue
+        for choice in chunk.get("choices", []):
+            delta = choice.get("delta", {})
+            if delta.get("reasoning_content"):
+                yield from blocks.add("thinking", delta["reasoning_content"])
+            if delta.get("content"):
+                yield from blocks.add("text", delta["content"])
+            for call in delta.get("tool_calls", []):
+                yield from blocks.tool(call)
+            finish_reason = choice.get("finish_reason") or finish_reason
+    yield from blocks.close()
+    final = finals[0] if finals else None
+    reason, sequence = stop_reason(finish_reason, final)
+    yield event("message_delta", {
+        "type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": sequence},
+        "usage": {"output_tokens": final.completion_tokens if final else 0}})
+    yield event("message_stop", {"type": "message_stop"})
+
+
+class Blocks:
+    """The content blocks of a stream: the open one's type, and the next one's index."""
+
+    def __init__(self):
+        self.open, self.index = None, 0
+
+    def add(self, kind: str, text: str):
+        """Text for a thinking or text block: the open one, or a new one."""
+        if self.open != kind:
+            yield from self.close()
+            yield self._start({"type": kind, kind: ""})
+            self.open = kind
+        delta_type = "thinking_delta" if kind == "thinking" else "text_delta"
+        yield self._delta({"type": delta_type, kind: text})
+
+    def tool(self, call: dict):
+        """A whole tool call (the chat route sends each one complete) as its own block."""
+        yield from self.close()
+        yield self._start({"type": "tool_use", "id": call["id"],
+                           "name": call["function"]["name"], "input": {}})
+        self.open = "tool_use"
+        yield self._delta({"type": "input_json_delta",
+                           "partial_json": call["function"].get("arguments") or "{}"})
+        yield from self.close()
+
+    def close(self):
+        if self.open is None:
+            return
+        if self.open == "thinking":  # Anthropic signs a thought before it ends; we cannot
+            yield self._delta({"type": "signature_delta", "signature": ""})
+        yield event("content_block_stop", {"type": "content_block_stop", "index": self.index})
+        self.open, self.index = None, self.index + 1
+
+    def _start(self, block: dict) -> bytes:
+        return event("content_block_start", {"type": "content_block_start",
+                                              "index": self.index, "content_block": block})
+
+    def _delta(self, delta: dict) -> bytes:
+        return event("content_block_delta", {"type": "content_block_delta",
+                                              "index": self.index, "delta": delta})
