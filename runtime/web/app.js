@@ -371,6 +371,7 @@
   function writtenElsewhere(c) {
     if (!c || runOf(c)) return false;
     if (state.heldElsewhere && state.heldElsewhere[c.id]) return true;
+    if (lastSaveDue[c.id] && typeof c.writingAt === "number") return true; // (see awaitLastSave)
     return markedElsewhere(c);
   }
 
@@ -741,7 +742,8 @@
 
   /* Waits for chat `id`'s writing lock to be let go, with a shared request granted then
    * (and let go at once): the chat is drawn again that moment, as the writing tab's last
-   * save left it (whole, or stopped with Continue if the tab closed or crashed). */
+   * save left it (whole, or stopped with Continue if the tab closed or crashed), once
+   * that save has come (see awaitLastSave). */
   var watchedLocks = Object.create(null);
   function watchRelease(id) {
     if (watchedLocks[id]) return;
@@ -755,12 +757,39 @@
     }).catch(function () { delete watchedLocks[id]; });
   }
 
+  /* The writing tab saves its final reply (without its mark), then lets its lock go;
+   * but this tab may hear of the lock before the storage event of that save (Chromium
+   * does not order the two). Meanwhile the chat, as stored here, is that tab's save
+   * before, marked stopped: drawn so, a Send, Continue or Regenerate here saved it over
+   * the final reply. So a chat whose copy here still carries the mark stays written
+   * elsewhere (see writtenElsewhere) until the save without it comes (onOtherTabSaved),
+   * or for LAST_SAVE_WAIT_MS at most: a tab that crashed sends none, and its reply is
+   * then drawn stopped, with Continue. (A timer, not the clock: see WRITER_GONE_MS.) */
+  var LAST_SAVE_WAIT_MS = 3000;
+  var lastSaveDue = Object.create(null); // chat id -> its timer, while that save is due
+  function awaitLastSave(id) {
+    var c = state.convs.find(function (x) { return x.id === id; });
+    if (!c || typeof c.writingAt !== "number") return;
+    clearTimeout(lastSaveDue[id]);
+    lastSaveDue[id] = setTimeout(function () {
+      whenElsewhereChanges(function () { delete lastSaveDue[id]; });
+    }, LAST_SAVE_WAIT_MS);
+  }
+
   /* The chats written in other tabs are now those of `held`: the list, and the open
    * chat if it is one that came or went, are drawn again. */
   function setHeldElsewhere(held) {
+    // (a lock let go, heard of by watchRelease or by lookAtWritingLocks, either first)
+    Object.keys(state.heldElsewhere || {}).forEach(function (id) { if (!held[id]) awaitLastSave(id); });
+    whenElsewhereChanges(function () { state.heldElsewhere = held; });
+  }
+
+  /* change(), then the list, and the open chat if it is one whose being written
+   * elsewhere came or went, are drawn again (when any chat's did). */
+  function whenElsewhereChanges(change) {
     var before = state.convs.map(writtenElsewhere), c = current();
     var was = writtenElsewhere(c);
-    state.heldElsewhere = held;
+    change();
     if (!state.convs.some(function (x, i) { return writtenElsewhere(x) !== before[i]; })) return;
     if (writtenElsewhere(c) !== was) {
       renderMessages(true);
