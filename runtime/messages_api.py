@@ -25,7 +25,7 @@ ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
                403: "permission_error", 404: "not_found_error", 413: "request_too_large",
                429: "rate_limit_error", 500: "api_error", 503: "overloaded_error"}
 # The sampling fields passed on as they are; the chat route checks them.
-SAMPLING_KEYS = ("temperature", "top_p", "top_k", "chat_template_kwargs")
+SAMPLING_KEYS = ("temperature", "top_p", "top_k")
 # Content blocks that carry something the model cannot read.
 MEDIA_BLOCKS = {"image": "image", "document": "document", "search_result": "search result",
                 "container_upload": "file"}
@@ -81,6 +81,8 @@ def chat_body(body: dict, count_tokens: bool = False) -> dict:
             if body.get(key) is not None:
                 out[key] = body[key]
         out.update(thinking_fields(body.get("thinking")))
+    if body.get("chat_template_kwargs") is not None:  # it changes the prompt: counted too
+        out["chat_template_kwargs"] = body["chat_template_kwargs"]
     metadata = body.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
         raise ApiError(400, "'metadata' must be an object")
