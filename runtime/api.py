@@ -706,7 +706,9 @@ MEDIA_PARTS = {"image_url": "image", "input_image": "image", "image": "image",
                "input_audio": "audio", "audio": "audio", "file": "file", "input_file": "file"}
 
 
-def _content_text(content, where: str) -> str:
+def content_text(content, where: str, media: dict = MEDIA_PARTS) -> str:
+    """A message's content as text: a string, or text parts joined by newlines; the
+    parts `media` names (type -> what it holds) refused as input we cannot read."""
     if isinstance(content, str):
         return content
     if content is None:
@@ -717,8 +719,8 @@ def _content_text(content, where: str) -> str:
             if not isinstance(p, dict):
                 raise ApiError(400, f"{where}: each content part must be an object")
             kind = p.get("type")
-            if kind in MEDIA_PARTS:
-                raise ApiError(400, f"{where}: {MEDIA_PARTS[kind]} input is not supported: "
+            if kind in media:
+                raise ApiError(400, f"{where}: {media[kind]} input is not supported: "
                                     f"this server's model reads text only")
             if kind != "text":
                 raise ApiError(400, f"{where}: only text content parts are supported, "
@@ -730,17 +732,22 @@ def _content_text(content, where: str) -> str:
     raise ApiError(400, f"{where}: 'content' must be a string or a list of text parts")
 
 
-def get_messages(body, system: str | None) -> list:
-    msgs = body.get("messages", MISSING)
+def each_message(msgs) -> list:
+    """A request's `messages` as (where, message) pairs: a non-empty list of objects
+    (OpenAI's and Anthropic's alike), else ApiError(400) saying which."""
     if msgs is MISSING or msgs is None:
         raise ApiError(400, "'messages' is required")
     if not isinstance(msgs, list) or not msgs:
         raise ApiError(400, "'messages' must be a non-empty list")
-    out = []
     for i, m in enumerate(msgs):
-        where = f"messages[{i}]"
         if not isinstance(m, dict):
-            raise ApiError(400, f"{where} must be an object")
+            raise ApiError(400, f"messages[{i}] must be an object")
+    return [(f"messages[{i}]", m) for i, m in enumerate(msgs)]
+
+
+def get_messages(body, system: str | None) -> list:
+    out = []
+    for where, m in each_message(body.get("messages", MISSING)):
         role = m.get("role")
         if not isinstance(role, str):
             raise ApiError(400, f"{where}: 'role' is required and must be a string")
@@ -751,7 +758,7 @@ def get_messages(body, system: str | None) -> list:
         msg = dict(m)
         if role == "developer":  # OpenAI's newer name for it; chat templates know "system"
             msg["role"] = "system"
-        msg["content"] = _content_text(m.get("content"), where)
+        msg["content"] = content_text(m.get("content"), where)
         if "name" in msg and not isinstance(msg["name"], str):
             raise ApiError(400, f"{where}: 'name' must be a string")
         if isinstance(msg.get("tool_calls"), list):

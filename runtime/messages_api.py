@@ -15,7 +15,7 @@ import json
 import re
 import uuid
 
-from runtime.api import ApiError, json_bytes
+from runtime.api import ApiError, content_text, each_message, json_bytes
 
 PATHS = ("/v1/messages", "/v1/messages/count_tokens")
 ROLES = ("user", "assistant")
@@ -126,15 +126,8 @@ def chat_messages(messages) -> list:
     """Anthropic's user and assistant turns as chat messages: an assistant's tool_use
     blocks become its tool_calls and its thinking its reasoning_content; a user's
     tool_result blocks become tool messages, before the user's own text."""
-    if messages is None:
-        raise ApiError(400, "'messages' is required")
-    if not isinstance(messages, list) or not messages:
-        raise ApiError(400, "'messages' must be a non-empty list")
     out = []
-    for i, m in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(m, dict):
-            raise ApiError(400, f"{where} must be an object")
+    for where, m in each_message(messages):
         role = m.get("role")
         if role not in ROLES:
             raise ApiError(400, f"{where}: 'role' must be \"user\" or \"assistant\", "
@@ -203,21 +196,7 @@ def tool_call(block: dict, at: str) -> dict:
 def result_text(content, at: str) -> str:
     """A tool_result's content: a string, or text blocks (joined by newlines, as the chat
     route joins text parts)."""
-    if content is None or isinstance(content, str):
-        return content or ""
-    if not isinstance(content, list):
-        raise ApiError(400, f"{at}: 'content' must be a string or a list of text blocks")
-    parts = []
-    for k, c in enumerate(content):
-        kind = c.get("type") if isinstance(c, dict) else None
-        if kind in MEDIA_BLOCKS:
-            raise ApiError(400, f"{at}.content[{k}]: {MEDIA_BLOCKS[kind]} input is not "
-                                f"supported: this server's model reads text only")
-        if kind != "text":
-            raise ApiError(400, f"{at}.content[{k}]: only text blocks are supported, got "
-                                f"{str(kind)[:40]!r}")
-        parts.append(text_of(c, "text", f"{at}.content[{k}]"))
-    return "\n".join(parts)
+    return content_text(content, at, MEDIA_BLOCKS)
 
 
 def tool_fields(tools, choice) -> dict:
