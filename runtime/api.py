@@ -739,10 +739,12 @@ def each_message(msgs) -> list:
         raise ApiError(400, "'messages' is required")
     if not isinstance(msgs, list) or not msgs:
         raise ApiError(400, "'messages' must be a non-empty list")
+    out = []
     for i, m in enumerate(msgs):
         if not isinstance(m, dict):
             raise ApiError(400, f"messages[{i}] must be an object")
-    return [(f"messages[{i}]", m) for i, m in enumerate(msgs)]
+        out.append((f"messages[{i}]", m))
+    return out
 
 
 def get_messages(body, system: str | None) -> list:

@@ -422,7 +422,7 @@ def build_app(st: State) -> bottle.Bottle:
 
     def chat_prompt(model, body) -> tuple:
         """A chat request's prompt: (messages, the tools it shows, tool_choice, its text,
-        its ids). /v1/messages/count_tokens counts these ids."""
+        its ids). /apply-template gives its text; /v1/messages/count_tokens counts its ids."""
         messages = reasoning.with_prefill_reasoning(get_messages(body, st.system))
         tools = get_tools(body)
         tool_choice = get_tool_choice(body, tools)
@@ -923,13 +923,7 @@ def build_app(st: State) -> bottle.Bottle:
     @app.post("/apply-template")
     @api
     def apply_template(model, body):
-        tools = get_tools(body)
-        tools = prompt_tools(model, tools, get_tool_choice(body, tools))  # as the chat route
-        # (a prefill's reasoning_content written out as the chat route writes it)
-        messages = reasoning.with_prefill_reasoning(get_messages(body, st.system))
-        text, _ = chat_ids(model, messages, tools,
-                           get_bool(body, "add_generation_prompt", True),
-                           {**st.template_kwargs, **get_template_kwargs(body)})
+        text = chat_prompt(model, body)[3]  # the chat route's prompt, prefill and tools too
         return ok({"prompt": text})
 
     # -- llama-server's routes for what this server does not do ------------------------
