@@ -136,22 +136,21 @@ def split(text: str, forced_open: bool = False, strip_start: bool = True) -> tup
 
 
 class ContentTokens:
-    """A reply's ReasoningSplit that also says which of its tokens are the
-    content's, so that chat logprobs list the tokens of message.content (and of the
-    content deltas) only, as OpenAI's `logprobs.content` is defined; the reasoning's have
-    no place in it (llama-server lists every token there, reasoning and `<think>` tags
-    included, in a list that then matches no text). push(text, token event) and finish()
-    give (reasoning, content, the content's token events decided by now).
+    """A reply's ReasoningSplit that also says which of its tokens are the content's,
+    so that chat logprobs list the tokens of message.content (and of the content deltas)
+    only, as OpenAI's `logprobs.content` is defined; the reasoning's have no place in it
+    (llama-server lists every token there, reasoning and `<think>` tags included, in a
+    list that then matches no text). push(text, token event) and finish() give
+    (reasoning, content, the content's token events decided by now).
 
     A token is decided by the split's state after its text: inside reasoning (or the one
     that closes it), reasoning's; in content, content's. Tokens of the text the split
     holds before a reply's start is known (whitespace, a piece of `<think>`) or after a
     `</think>` wait: at the reply's start they are content when content follows (and
     whitespace before a `<think>` the model writes, which stays content, even in a
-    thought the prompt opened);
-    after `</think>` only those with more than whitespace, which is dropped there (a
-    token whose text comes out with a later one's, as a character's first bytes do,
-    goes with that one: _text_groups)."""
+    thought the prompt opened); after `</think>` only those with more than whitespace,
+    which is dropped there (a token whose text comes out with a later one's, as a
+    character's first bytes do, goes with that one: _text_groups)."""
 
     def __init__(self, split: ReasoningSplit):
         self.split = split
