@@ -363,7 +363,7 @@ def _listen_problem(host: str, port: int) -> str | None:
     import errno
     import socket
 
-    from runtime.server import PORT_TRIES, bind_error
+    from runtime.connections import PORT_TRIES, bind_error
     remedy = ("use --host 127.0.0.1 (this machine only) or --host 0.0.0.0 (every network "
               "interface)")
     e = bind_error(host, port)

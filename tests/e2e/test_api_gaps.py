@@ -15,7 +15,7 @@
   a greedy token's own logprob was then missing from its top list.
 
 Servers run in this process where a deadline or the connection cap must be shortened
-(runtime.server._Handler's class attributes, the server's max_connections), else the
+(runtime.connections.Handler's class attributes, the server's max_connections), else the
 session's tiny_server. Raw sockets to 127.0.0.1 only; nothing asserts how long anything
 took.
 """
@@ -40,10 +40,10 @@ ORIGIN = "http://app.example"
 def servers():
     """serve(cors): the tiny model served in this process, with or without --cors, with a
     1 s deadline for the request head (30 s for the body); one of each per module."""
-    from runtime import server
+    from runtime import connections
     mp = pytest.MonkeyPatch()
-    mp.setattr(server._Handler, "head_timeout_s", 1)
-    mp.setattr(server._Handler, "body_timeout_s", 30)
+    mp.setattr(connections.Handler, "head_timeout_s", 1)
+    mp.setattr(connections.Handler, "body_timeout_s", 30)
     try:
         with inproc_servers() as serve:
             yield serve

@@ -590,15 +590,15 @@ def test_cors_only_when_enabled():
 
 
 def test_busy_port_moves_to_the_next_free_one():
-    from runtime import server
+    from runtime import connections
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
         busy = s.getsockname()[1]
-        srv, port = server.bind("127.0.0.1", busy)
+        srv, port = connections.bind("127.0.0.1", busy)
         srv.server_close()
-        assert server._why_not("127.0.0.1", busy) == "busy"
-    assert port != busy and busy < port <= busy + server.PORT_TRIES
+        assert connections.why_not("127.0.0.1", busy) == "busy"
+    assert port != busy and busy < port <= busy + connections.PORT_TRIES
 
 
 def test_a_port_reserved_for_administrators_is_not_called_busy():
@@ -612,7 +612,7 @@ def test_a_port_reserved_for_administrators_is_not_called_busy():
     start = Path("/proc/sys/net/ipv4/ip_unprivileged_port_start")
     if start.exists() and int(start.read_text()) <= 1010:
         pytest.skip("this kernel lets anyone bind port 1010")
-    code = "from runtime import server; print(server._why_not('127.0.0.1', 1010))"
+    code = "from runtime import connections; print(connections.why_not('127.0.0.1', 1010))"
     r = subprocess.run(["setpriv", "--bounding-set=-net_bind_service",
                         "--inh-caps=-net_bind_service", sys.executable, "-c", code],
                        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
@@ -624,8 +624,8 @@ def test_a_burst_of_connections_waits_for_a_busy_accept_loop():
     """While a reply generates, the accept loop can fall behind a burst of clients. With
     socketserver's backlog of 5 the kernel dropped the rest (clients saw resets or
     time-outs); each must instead wait its turn. Here nothing accepts at all."""
-    from runtime import server
-    srv, port = server.bind("127.0.0.1", 0)
+    from runtime import connections
+    srv, port = connections.bind("127.0.0.1", 0)
     clients = []
     try:
         for _ in range(40):
@@ -639,15 +639,15 @@ def test_a_burst_of_connections_waits_for_a_busy_accept_loop():
 
 
 def test_no_free_port_or_an_impossible_one_is_a_clear_error():
-    from runtime import server
+    from runtime import connections
     with socket.socket() as s:  # the last port: nothing above it to try
         s.bind(("127.0.0.1", 65535))
         s.listen()
         with pytest.raises(OSError, match=r"cannot listen on 127.0.0.1 ports 65535\.\.65535"):
-            server.bind("127.0.0.1", 65535)
+            connections.bind("127.0.0.1", 65535)
     for port in (65536, 99999, -1):
         with pytest.raises(OSError, match="is not between 0 and 65535"):
-            server.bind("127.0.0.1", port)
+            connections.bind("127.0.0.1", port)
 
 
 def test_an_ipv6_address_is_served(server_factory):

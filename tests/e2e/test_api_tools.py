@@ -115,12 +115,12 @@ def parrot():
 def serve_parrot(model=None):
     """Yields (url, model) while the real server app serves `model` (a ParrotModel unless
     given) on a real socket."""
-    from runtime import server
+    from runtime import connections, server
     from runtime.engine import Engine
     model = model or ParrotModel()
     st = server.State(model_path="parrot.gguf", n_ctx=N_CTX, model=model, model_id="parrot")
     st.engine = Engine(model, N_CTX)
-    httpd, port = server.bind("127.0.0.1", 0)
+    httpd, port = connections.bind("127.0.0.1", 0)
     httpd.set_app(server.wrap_app(server.build_app(st), st))
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()

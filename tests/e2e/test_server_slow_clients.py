@@ -8,7 +8,7 @@ reply's writes must be taken in time, and the open connections are capped (the o
 idle one makes room, else a 503).
 
 Most tests run the server in this process, so that its deadlines can be shortened from
-30 s to 1 s (runtime.server._Handler's class attributes); one starts it as a subprocess
+30 s to 1 s (runtime.connections.Handler's class attributes); one starts it as a subprocess
 under a low file limit. Raw sockets to 127.0.0.1 only; every wait has a generous bound,
 and nothing asserts how long anything took.
 """
@@ -35,12 +35,12 @@ def quick(tmp_path_factory):
     """The tiny model (with a 4096-token context, for long replies) served in this process
     with 1 s deadlines for the request head and body. The write timeout keeps its default
     unless a test shortens it."""
-    from runtime import server
+    from runtime import connections, server
     mp = pytest.MonkeyPatch()
     # raising=False: the same test runs against a server without these deadlines (and
     # then fails on what it sees, not on a missing attribute).
-    mp.setattr(server._Handler, "head_timeout_s", 1, raising=False)
-    mp.setattr(server._Handler, "body_timeout_s", 1, raising=False)
+    mp.setattr(connections.Handler, "head_timeout_s", 1, raising=False)
+    mp.setattr(connections.Handler, "body_timeout_s", 1, raising=False)
     model = with_context_length(TINY, tmp_path_factory.mktemp("ctx") / "tiny-4k.gguf", "llama", 4096)
     srv = server.Server(model, port=0, log=lambda msg: None)
     srv.start_loading()
@@ -205,8 +205,8 @@ def test_a_long_reply_outlasts_the_deadlines(quick, monkeypatch):
     """The deadlines are on what the client sends and reads, never on generation time: a
     reply streamed (and one waited for whole) over several seconds, with every deadline
     at 1 s, arrives complete."""
-    from runtime import server
-    monkeypatch.setattr(server._Handler, "timeout", 1)
+    from runtime import connections
+    monkeypatch.setattr(connections.Handler, "timeout", 1)
     wait_for(lambda: _worker_idle(quick), BOUND_S, "the worker stays busy")
     _slow_engine(monkeypatch, quick, 0.02)   # 120 tokens: 2.4 s at least
     body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 120,
@@ -228,8 +228,8 @@ def test_a_stream_nobody_reads_is_abandoned_and_its_generation_cancelled(quick, 
     socket's buffers are full, a write that the client does not take within the write
     timeout (60 s; 1 s here) abandons the stream and cancels the generation, and the
     next request is served."""
-    from runtime import server
-    monkeypatch.setattr(server._Handler, "timeout", 1)
+    from runtime import connections
+    monkeypatch.setattr(connections.Handler, "timeout", 1)
     wait_for(lambda: _worker_idle(quick), BOUND_S, "the worker stays busy")
     _slow_engine(monkeypatch, quick, 0.01)   # 3000 tokens: 30 s at least
     sock = _connect(quick.test_url, rcvbuf=4096)
@@ -254,8 +254,8 @@ def test_at_the_cap_the_oldest_idle_connection_makes_room(quick, monkeypatch):
     """With the open connections at the cap, a new one is still served: the oldest
     connection that has not sent its whole request head is closed to make room, so idle
     connections cannot keep the page out."""
-    from runtime import server
-    monkeypatch.setattr(server._Handler, "head_timeout_s", 30, raising=False)
+    from runtime import connections
+    monkeypatch.setattr(connections.Handler, "head_timeout_s", 30, raising=False)
     monkeypatch.setattr(quick.httpd, "max_connections", 4, raising=False)
     wait_for(lambda: not getattr(quick.httpd, "open_conns", {}), BOUND_S,
               "the connections of earlier tests are still open")
@@ -277,8 +277,8 @@ def test_beyond_the_cap_with_every_connection_busy_a_503(quick, monkeypatch):
     """When every open connection has sent its request (here: bodies that are still
     coming), a connection beyond the cap gets a clear 503 with Retry-After, and new ones
     are served again once some of them are gone."""
-    from runtime import server
-    monkeypatch.setattr(server._Handler, "body_timeout_s", 30, raising=False)
+    from runtime import connections
+    monkeypatch.setattr(connections.Handler, "body_timeout_s", 30, raising=False)
     monkeypatch.setattr(quick.httpd, "max_connections", 3, raising=False)
     conns = lambda: getattr(quick.httpd, "open_conns", {}).values()  # noqa: E731
     # The earlier tests' connections count until their threads end, and at the cap they
@@ -386,11 +386,11 @@ def test_a_request_that_came_in_time_is_read_after_the_deadline():
     import io
     import socket
 
-    from runtime import server
+    from runtime import connections
     a, b = socket.socketpair()
     with a, b:
         b.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        reader = io.BufferedReader(server._RequestReader(a, server._Conn(), head_s=0.0))
+        reader = io.BufferedReader(connections._RequestReader(a, connections._Conn(), head_s=0.0))
         assert reader.readline() == b"GET /health HTTP/1.1\r\n"
         assert reader.readline() == b"Host: localhost\r\n"
         assert reader.readline() == b"\r\n"

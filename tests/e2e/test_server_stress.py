@@ -14,7 +14,6 @@ import random
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.parse
@@ -324,8 +323,8 @@ def test_a_stream_nobody_reads_times_out_quietly(capfd, monkeypatch, tmp_path):
     socket's timeout the write fails with TimeoutError, which wsgiref printed with a
     traceback (it knows only resets and broken pipes as a client's doing). In-process, to
     shorten the timeout from 120 s to 1 s."""
-    from runtime import server
-    monkeypatch.setattr(server._Handler, "timeout", 1)
+    from runtime import connections, server
+    monkeypatch.setattr(connections.Handler, "timeout", 1)
     model = with_context_length(TINY, tmp_path / "tiny-4k.gguf", "llama", 4096)
     srv = server.Server(model, port=0, log=lambda msg: None)
     srv.start_loading()
@@ -358,10 +357,10 @@ def test_a_socket_closed_under_a_read_ends_its_connection_quietly():
     """A stop under heavy load closed a connection's socket while its thread was about
     to read: `settimeout` raised "Bad file descriptor", which was not taken for the
     connection's end, and socketserver printed a traceback on the console."""
-    from runtime.server import _client_gone
+    from runtime.connections import client_gone
     a, b = socket.socketpair()
     a.close()
     with pytest.raises(OSError) as e:
         a.settimeout(1.0)
     b.close()
-    assert _client_gone(e.value)
+    assert client_gone(e.value)
