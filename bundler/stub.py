@@ -4,6 +4,11 @@ exe: PyInstaller onefile from build/chatfile.spec (runtime/ + its dependencies o
 pyz: shiv, from a site-packages assembled OFFLINE out of the distributions installed in
      this Python (build/shiv.json names them) plus runtime/ from this checkout.
 
+In a source checkout the build settings are read from build/ and the runtime from
+runtime/ beside bundler/. An installed chatfile (a wheel: pip or pipx) has no checkout
+around it: its wheel carries copies of the build settings in bundler/_build/
+(pyproject.toml's force-include), and the runtime is the installed `runtime` package.
+
 The cache key includes a hash of every file under runtime/ and of the build settings, so
 editing the runtime rebuilds the stub, and bundling afterwards is just a byte splice.
 """
@@ -23,13 +28,18 @@ import time
 import zipfile
 from pathlib import Path
 
+import runtime
 from bundler import cache
 from runtime.embedded import BundleError
 
 ROOT = Path(__file__).resolve().parent.parent
-BUILD_DIR = ROOT / "build"
-RUNTIME_DIR = ROOT / "runtime"
+# A checkout first (its build/ is what a developer edits), the installed package otherwise.
+CHECKOUT = (ROOT / "build" / "chatfile.spec").is_file() and (ROOT / "runtime").is_dir()
+BUILD_DIR = ROOT / "build" if CHECKOUT else Path(__file__).resolve().parent / "_build"
+RUNTIME_DIR = ROOT / "runtime" if CHECKOUT else Path(runtime.__file__).resolve().parent
+SOURCE_ROOT = RUNTIME_DIR.parent  # on PyInstaller's path: where `runtime` is imported from
 SPEC = BUILD_DIR / "chatfile.spec"
+ENTRY = BUILD_DIR / "entry.py"
 SHIV_SETTINGS = BUILD_DIR / "shiv.json"
 PYZ_MAIN = BUILD_DIR / "pyz_main.py"  # the .pyz's __main__.py: where shiv unpacks
 
@@ -47,13 +57,16 @@ def cache_dir() -> Path:
 
 
 def sources_hash() -> str:
-    """sha256 over runtime/ sources and the build settings (paths and contents)."""
+    """sha256 over runtime/ sources and the build settings (paths and contents). Each file
+    is named as in a checkout ("runtime/...", "build/..."), wherever it lies: the same
+    sources give the same key in a checkout and in an installed chatfile."""
     h = hashlib.sha256()
-    files = [p for p in sorted(RUNTIME_DIR.rglob("*"))
+    files = [(f"runtime/{p.relative_to(RUNTIME_DIR).as_posix()}", p)
+             for p in sorted(RUNTIME_DIR.rglob("*"))
              if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"]
-    files += [p for p in (SPEC, SHIV_SETTINGS, PYZ_MAIN, BUILD_DIR / "entry.py") if p.is_file()]
-    for p in files:
-        h.update(str(p.relative_to(ROOT)).encode() + b"\0")
+    files += [(f"build/{p.name}", p) for p in (SPEC, SHIV_SETTINGS, PYZ_MAIN, ENTRY) if p.is_file()]
+    for name, p in files:
+        h.update(name.encode() + b"\0")
         h.update(p.read_bytes())
         h.update(b"\0")
     return h.hexdigest()[:16]
@@ -122,6 +135,7 @@ def build_stub(fmt: str, out: str | os.PathLike, log=None) -> float:
         raise BundleError(f"unknown stub format {fmt!r} (expected exe or pyz)")
     if out.is_dir():
         raise BundleError(f"{out} is a directory; give the stub's file name with -o")
+    check_build_files(fmt)
     problem = unwritable_dir(out.parent)
     if problem:  # before the build, not after it
         raise BundleError(f"cannot write the stub {out}: {problem}")
@@ -139,6 +153,20 @@ def build_stub(fmt: str, out: str | os.PathLike, log=None) -> float:
                 raise BundleError(f"cannot write the stub {out}: {e.strerror or e}") from None
             raise
     return time.perf_counter() - t0
+
+
+def check_build_files(fmt: str) -> None:
+    """Raise BundleError if a build setting the `fmt` stub's build reads is missing (an
+    installed chatfile whose wheel was built without them): said plainly, not as the
+    OSError of a file opened halfway through the build."""
+    needed = (SPEC, ENTRY, SHIV_SETTINGS) if fmt == "exe" else (SHIV_SETTINGS, PYZ_MAIN)
+    missing = [p for p in needed if not p.is_file()]
+    if missing:
+        where = "this checkout" if CHECKOUT else "this installed chatfile"
+        raise BundleError(f"{missing[0]} is missing from {where}: building a {fmt} stub "
+                          "needs chatfile's build settings (build/ in a source checkout, "
+                          "bundler/_build/ in an installed wheel); reinstall chatfile, or "
+                          "give a stub with --stub FILE")
 
 
 def check_cache_writable(stub_path: Path) -> None:
@@ -168,20 +196,20 @@ def _run(cmd: list[str], what: str, log, env=None) -> None:
     if log:
         log(f"{what}: {' '.join(cmd)}")
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          env=env, cwd=str(ROOT))
+                          env=env, cwd=str(SOURCE_ROOT))
     if proc.returncode:
         tail = "\n".join(proc.stdout.splitlines()[-25:])
         raise BundleError(f"{what} failed (exit {proc.returncode}):\n{tail}")
 
 
 def _build_exe(work: Path, log) -> Path:
-    if not SPEC.is_file():
-        raise BundleError(f"{SPEC} is missing: building stubs needs a source checkout of chatfile")
     try:
         import PyInstaller  # noqa: F401
     except ImportError:
         raise BundleError("PyInstaller is not installed: pip install 'chatfile[build]'") from None
-    env = dict(os.environ, CHATFILE_STUB_NAME="chatfile-stub")
+    # The spec finds runtime/ (its page files) through CHATFILE_SOURCE_ROOT: beside the
+    # spec in a checkout, but not in an installed chatfile's bundler/_build/.
+    env = dict(os.environ, CHATFILE_STUB_NAME="chatfile-stub", CHATFILE_SOURCE_ROOT=str(SOURCE_ROOT))
     _run([sys.executable, "-m", "PyInstaller", "--noconfirm", "--log-level", "WARN",
           "--distpath", str(work / "dist"), "--workpath", str(work / "build"), str(SPEC)],
          "PyInstaller", log, env=env)
