@@ -56,6 +56,11 @@ ANNOTATIONS = frozenset({"title", "description", "$schema", "$id", "$comment", "
 SUPPORTED = frozenset({"type", "enum", "const", "properties", "required",
                        "additionalProperties", "items", "minItems", "maxItems", "minLength",
                        "maxLength", "anyOf", "oneOf", "$ref", "$defs", "definitions", "format"})
+# A number's bounds: read and not enforced, as llama.cpp reads a number's. Pydantic writes
+# them for every Field(ge=, gt=, le=, lt=, multiple_of=), so openai's .parse() and
+# LangChain's with_structured_output sent them, and a 400 made such models unusable.
+UNCHECKED_BOUNDS = frozenset({"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
+                              "multipleOf"})
 
 MAX_SCHEMA_DEPTH = 32       # nesting of the schema document itself
 MAX_SCHEMA_NODES = 2000     # compiled nodes, $refs counted once
@@ -212,12 +217,16 @@ class _Compiler:
         if not isinstance(s, dict):
             raise SchemaError("a JSON schema must be an object or a boolean")
         for k in s:
-            if k not in SUPPORTED and k not in ANNOTATIONS:
+            if k in UNCHECKED_BOUNDS and (isinstance(s[k], bool)
+                                          or not isinstance(s[k], (int, float))):
+                raise SchemaError(f"'{k}' must be a number")
+            if k not in SUPPORTED and k not in ANNOTATIONS and k not in UNCHECKED_BOUNDS:
                 raise SchemaError(f"unsupported JSON schema keyword {str(k)[:60]!r}")
         for k in ("$defs", "definitions"):
             if k in s and not isinstance(s[k], dict):
                 raise SchemaError(f"'{k}' must be an object")
-        asserting = [k for k in s if k not in ANNOTATIONS and k not in ("$defs", "definitions")]
+        asserting = [k for k in s if k not in ANNOTATIONS and k not in UNCHECKED_BOUNDS
+                     and k not in ("$defs", "definitions")]
         for k in ("$ref", "anyOf", "oneOf"):
             if k in s and len(asserting) > 1:
                 other = next(o for o in asserting if o != k)

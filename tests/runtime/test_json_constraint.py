@@ -286,7 +286,7 @@ def test_annotations_are_ignored():
     ({"type": "object", "patternProperties": {}}, "unsupported JSON schema keyword 'patternProperties'"),
     ({"type": "string", "pattern": "^a"}, "unsupported JSON schema keyword 'pattern'"),
     ({"allOf": [{"type": "string"}]}, "unsupported JSON schema keyword 'allOf'"),
-    ({"type": "integer", "minimum": 0}, "unsupported JSON schema keyword 'minimum'"),
+    ({"type": "integer", "minimum": "0"}, "'minimum' must be a number"),
     ({"properties": {"a": {"not": {}}}}, "unsupported JSON schema keyword 'not'"),
     ({"type": "strings"}, "unknown JSON schema type 'strings'"),
     ({"type": []}, "'type' must be"),
