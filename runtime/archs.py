@@ -81,6 +81,7 @@ class ArchConfig:
     n_expert_used: int  # experts each token is routed to (top k)
 
     def is_swa(self, layer: int) -> bool:
+        """Does this layer attend through the sliding window (swa_pattern's rule)?"""
         if not self.swa_window or not self.swa_pattern:
             return False
         return layer % self.swa_pattern < self.swa_pattern - 1
@@ -100,7 +101,7 @@ def config_from_metadata(md: dict, n_vocab: int) -> ArchConfig:
     if arch not in ARCHS:
         raise GGUFError(
             f"unsupported architecture {arch!r}; supported: {', '.join(supported())}")
-    d = ARCHS[arch]
+    row = ARCHS[arch]  # this architecture's switches
 
     def get(key, default=None, kind=int):
         """A metadata value of this arch; kind=int refuses floats, kind=float takes both."""
@@ -157,7 +158,8 @@ def config_from_metadata(md: dict, n_vocab: int) -> ArchConfig:
         if arch == "gemma2" and n_layer == 46 or arch == "gemma3" and n_layer == 62:
             attn_scale = 1.0 / math.sqrt(n_embd / n_head)
 
-    embed_scale = math.sqrt(n_embd) if d.embed_scale_sqrt else float(get("embedding_scale", 1.0, float))
+    embed_scale = (math.sqrt(n_embd) if row.embed_scale_sqrt
+                   else float(get("embedding_scale", 1.0, float)))  # Gemma's, else Granite's
     n_expert = get("expert_count", 0)
     n_expert_used = get("expert_used_count", 0)
     if n_expert and not 0 < n_expert_used <= n_expert:
@@ -170,14 +172,14 @@ def config_from_metadata(md: dict, n_vocab: int) -> ArchConfig:
         n_vocab=n_vocab, n_ctx_train=n_ctx_train,
         norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-5, float)),
         n_rot=n_rot, rope_base=rope_base,
-        rope_base_local=d.rope_base_local or rope_base,
-        rope_freq_scale=freq_scale, rope_style=d.rope_style,
+        rope_base_local=row.rope_base_local or rope_base,
+        rope_freq_scale=freq_scale, rope_style=row.rope_style,
         rope_attn_factor=float(get("rope.scaling.attn_factor", 1.0, float)),
         rope_ctx_orig=get("rope.scaling.original_context_length", 0),
-        activation=d.activation, post_norms=d.post_norms, qk_norm=d.qk_norm,
+        activation=row.activation, post_norms=row.post_norms, qk_norm=row.qk_norm,
         softcap_attn=float(get("attn_logit_softcapping", 0.0, float)),
         softcap_final=float(get("final_logit_softcapping", 0.0, float)),
-        swa_window=swa_window, swa_pattern=d.swa_pattern,
+        swa_window=swa_window, swa_pattern=row.swa_pattern,
         embed_scale=embed_scale, residual_scale=float(get("residual_scale", 1.0, float)),
         attn_scale=attn_scale, logit_scale=float(get("logit_scale", 1.0, float)),
         n_expert=n_expert, n_expert_used=n_expert_used,

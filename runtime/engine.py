@@ -35,14 +35,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from runtime.model import UBATCH_TOK, ContextOverflowError
 from runtime.sampling import NoTokenAllowed, Sampler, SamplingParams, reported_probs_rows
-from runtime.speculate import PredictionDrafts
-
-try:
-    from runtime.model import ContextOverflowError
-except ImportError:  # model.py not written yet: the same contract, a ValueError.
-    class ContextOverflowError(ValueError):
-        pass
+from runtime.speculate import PredictionDrafts, greedy_tokens
 
 
 class EngineBusy(RuntimeError):
@@ -194,7 +189,6 @@ def _next_tokens(session, logits: np.ndarray, sampler, history: list, room_tok: 
     a time.
     """
     if speculate and getattr(sampler.params, "greedy", False):
-        from runtime.speculate import greedy_tokens
         return greedy_tokens(session, logits, sampler, history, room_tok, prediction=prediction)
     tok = sampler.sample(logits, history)
     if room_tok < 1:
@@ -377,13 +371,14 @@ class Engine:
         t.cached_n = kept
         rest = ids[kept:]
         t0 = time.perf_counter()
-        # Evaluate in chunks so a cancel during a long prefill is noticed.
-        chunk = 256
+        # Evaluate in chunks so a cancel during a long prefill is noticed: one micro-batch
+        # of the forward pass each, the unit Session.eval computes in anyway.
+        chunk_tok = UBATCH_TOK
         logits = None
-        for i in range(0, len(rest), chunk):
+        for i in range(0, len(rest), chunk_tok):
             if req.cancel.is_set():
                 raise Cancelled()
-            part = rest[i:i + chunk]
+            part = rest[i:i + chunk_tok]
             logits = s.eval(part) if on_logits is None else s.eval(part, on_logits=on_logits)
         t.prompt_ms = 1e3 * (time.perf_counter() - t0)
         t.prompt_n = len(rest)

@@ -1,9 +1,10 @@
 """The model: weights, one forward pass, and a KV-cache session.
 
-Where to read: `Session._forward` (near the end) is the whole forward pass, one loop over
-the layers; the functions under "The forward pass and its pieces" are its steps. The
-weight classes and the loader before them only decide how matrices are held and loaded:
-the pass sees them through linear().
+Where to read: `Session._forward` (at the end) is the whole forward pass, one loop over
+the layers; the functions under "The forward pass and its pieces" are its steps (the KV
+cache's writes and reads, _store and _span, among them). Model, between the two, loads
+the weights and wraps the tokenizer; how a matrix is held is runtime/weights.py's
+business, and the pass sees every matrix through linear().
 
 Shape names in the comments: T new tokens in this pass (at most UBATCH_TOK), the first
 at position pos0; S = pos0 + T positions held after it. n_q = n_head·head_dim, n_kv =
@@ -32,11 +33,12 @@ Data layout, explained once:
 - A sliding-window layer (Gemma 2/3) keeps a ring of window + UBATCH_TOK positions
   instead of n_ctx (when that is fewer), position p in slot p % ring: a micro-batch of up
   to UBATCH_TOK tokens needs the window before its first token plus itself, and a rewind
-  of up to UBATCH_TOK tokens (speculation rewinds at most speculate.DRAFT_MAX_TOK) still
-  finds the window before the new end. A deeper rewind cannot resume (those positions are
-  overwritten): Session.rewind then keeps 0 tokens and the caller starts over, as
-  llama.cpp does with its sliding-window cache. Gemma-3's window of 512 in a 32k context:
-  768 positions instead of 32,768 in 5 of every 6 layers.
+  of up to UBATCH_TOK tokens (speculation rewinds at most one rejected draft, up to
+  speculate.PREDICTION_DRAFT_MAX_TOK) still finds the window before the new end. A deeper
+  rewind cannot resume (those positions are overwritten): Session.rewind then keeps 0
+  tokens and the caller starts over, as llama.cpp does with its sliding-window cache.
+  Gemma-3's window of 512 in a 32k context: 768 positions instead of 32,768 in 5 of
+  every 6 layers.
 - Query head h reads kv head h // (n_head / n_head_kv) (grouped-query attention).
 
 Weights are held in one of three memory modes, "f32" (resident float32, the default
@@ -98,9 +100,9 @@ class Layer:
     w_gate_up: object | None  # [n_embd, 2·n_ff]; None for experts
     w_down: object | None  # [n_ff, n_embd]
     q_norm: np.ndarray | None = None  # [head_dim], with cfg.qk_norm
-    k_norm: np.ndarray | None = None
+    k_norm: np.ndarray | None = None  # [head_dim]
     post_attn_norm: np.ndarray | None = None  # [n_embd], with cfg.post_norms
-    post_ffn_norm: np.ndarray | None = None
+    post_ffn_norm: np.ndarray | None = None  # [n_embd]
     router: np.ndarray | None = None  # [n_expert, n_embd] as stored (small): h @ router.T
     experts_gate_up: list | None = None  # per expert [n_embd, 2·n_ff]
     experts_down: list | None = None  # per expert [n_ff, n_embd]
@@ -192,6 +194,30 @@ def apply_rope(x: np.ndarray, table: RopeTable, pos0: int, style: str, n_rot: in
     return x
 
 
+def _store(cache: np.ndarray, pos0: int, x: np.ndarray, axis: int) -> None:
+    """Write x (T positions on `axis`) at positions pos0.. of a layer's cache (n_pos on
+    `axis`: 2 for keys [n_head_kv, hd, n_pos], 1 for values [n_head_kv, n_pos, hd_v]);
+    position p lives in slot p % n_pos (a ring wraps around, a full cache never does)."""
+    n_pos, T = cache.shape[axis], x.shape[axis]
+    a = pos0 % n_pos
+    first = min(T, n_pos - a)  # how many fit before the ring's end; the rest wrap to slot 0
+    at = (slice(None),) * axis  # every index of the axes before the positions
+    cache[at + (slice(a, a + first),)] = x[at + (slice(0, first),)]
+    cache[at + (slice(0, T - first),)] = x[at + (slice(first, T),)]
+
+
+def _span(cache: np.ndarray, k0: int, S: int, axis: int) -> np.ndarray:
+    """Positions k0..S-1 of a layer's cache (see _store), in order, S - k0 of them on
+    `axis`. A view, unless the span wraps around a ring, which costs a copy of at most
+    the ring."""
+    n_pos = cache.shape[axis]
+    a, b = k0 % n_pos, (S - 1) % n_pos + 1
+    at = (slice(None),) * axis
+    if k0 // n_pos == (S - 1) // n_pos:  # first and last position in the same lap
+        return cache[at + (slice(a, b),)]
+    return np.concatenate((cache[at + (slice(a, n_pos),)], cache[at + (slice(0, b),)]), axis=axis)
+
+
 def first_attended(pos0: int, window: int) -> int:
     """The earliest position any query at pos0 or later attends to. A sliding-window layer
     never looks further back than the window from its first new position: the cache
@@ -276,7 +302,9 @@ def moe(h: np.ndarray, layer: Layer, cfg: ArchConfig) -> np.ndarray:
     w /= w.sum(axis=-1, keepdims=True)
     out = np.zeros_like(h)  # [T, n_embd]
     for e in np.unique(top):  # each expert once, over the tokens routed to it
+        # the T_e tokens routed to e, and which of their k choices e was: [T_e], [T_e]
         rows, slot = np.nonzero(top == e)
+        # [T_e, n_embd] -> [T_e, n_embd], weighted by each token's renormalized probability
         y = feed_forward(h[rows], layer.experts_gate_up[e], layer.experts_down[e], cfg.activation)
         out[rows] += y * w[rows, slot][:, None]
     return out
@@ -513,9 +541,9 @@ class Model:
                 return w.raw.nbytes
             if isinstance(w, Int8Matrix):
                 return w.codes.nbytes + w.row_scale.nbytes + w.col_factor.nbytes
-            if isinstance(w, list):
+            if isinstance(w, list):  # a layer's experts
                 return sum(nbytes(x) for x in w)
-            return sum(nbytes(p) for p in w.parts)
+            return sum(nbytes(p) for p in w.parts)  # a StackedQuant (quant mode's fused parts)
         total = nbytes(self.output)
         for L in self.layers:
             experts = nbytes(L.experts_gate_up) + nbytes(L.experts_down)
@@ -525,6 +553,7 @@ class Model:
         return total
 
     def check_ids(self, ids: Sequence[int]) -> np.ndarray:
+        """ids as a flat int64 array; a ValueError names the first outside the vocabulary."""
         a = np.asarray(ids, dtype=np.int64).reshape(-1)
         if a.size and (a.min() < 0 or a.max() >= self.n_vocab):
             bad = int(a[(a < 0) | (a >= self.n_vocab)][0])
@@ -650,7 +679,7 @@ class Session:
         n_q, n_kv = c.n_head * c.head_dim, c.n_head_kv * c.head_dim
         if self.ring:  # set first: a pass that fails halfway has overwritten these slots too
             self._ring_lo = max(self._ring_lo, S - self.ring)
-        x = m.embd.take(ids)  # [T] -> [T, n_embd]
+        x = m.embd.take(ids)  # [T] -> [T, n_embd]: the residual stream every block adds to
         if c.embed_scale != 1.0:
             x *= c.embed_scale  # Gemma: sqrt(n_embd)
         for il, L in enumerate(m.layers):
@@ -686,7 +715,7 @@ class Session:
         # Only a pass that finished counts its tokens.
         self.tokens.extend(int(t) for t in ids)
         if on_logits is not None:
-            step_tok = max(1, LOGIT_ROWS_BYTES // (4 * m.n_vocab))
+            step_tok = max(1, LOGIT_ROWS_BYTES // (4 * m.n_vocab))  # 4 bytes a float32 logit
             for r0 in range(0, T, step_tok):
                 on_logits(self._head(x[r0:r0 + step_tok]), pos0 + r0)
         if not head:
@@ -696,7 +725,8 @@ class Session:
         return self._head(x)
 
     def _head(self, x: np.ndarray) -> np.ndarray:
-        """The output head: final hidden states [t, n_embd] -> logits [t, n_vocab]."""
+        """The output head: final hidden states [t, n_embd] -> logits [t, n_vocab], for t
+        of the pass's T positions (all, the last, or on_logits' slice)."""
         c, m = self.cfg, self.model
         x = rms_norm(x, m.output_norm, c.norm_eps)
         logits = linear(x, m.output)  # [t, n_embd] -> [t, n_vocab]
@@ -705,27 +735,3 @@ class Session:
         if c.softcap_final:
             logits = np.tanh(logits / c.softcap_final) * c.softcap_final
         return logits.astype(np.float32, copy=False)
-
-
-def _store(cache: np.ndarray, pos0: int, x: np.ndarray, axis: int) -> None:
-    """Write x (T positions on `axis`) at positions pos0.. of a layer's cache (n_pos on
-    `axis`: 2 for keys [n_head_kv, hd, n_pos], 1 for values [n_head_kv, n_pos, hd_v]);
-    position p lives in slot p % n_pos (a ring wraps around, a full cache never does)."""
-    n_pos, T = cache.shape[axis], x.shape[axis]
-    a = pos0 % n_pos
-    first = min(T, n_pos - a)
-    at = (slice(None),) * axis  # every index of the axes before the positions
-    cache[at + (slice(a, a + first),)] = x[at + (slice(0, first),)]
-    cache[at + (slice(0, T - first),)] = x[at + (slice(first, T),)]
-
-
-def _span(cache: np.ndarray, k0: int, S: int, axis: int) -> np.ndarray:
-    """Positions k0..S-1 of a layer's cache (see _store), in order, S - k0 of them on
-    `axis`. A view, unless the span wraps around a ring, which costs a copy of at most
-    the ring."""
-    n_pos = cache.shape[axis]
-    a, b = k0 % n_pos, (S - 1) % n_pos + 1
-    at = (slice(None),) * axis
-    if k0 // n_pos == (S - 1) // n_pos:
-        return cache[at + (slice(a, b),)]
-    return np.concatenate((cache[at + (slice(a, n_pos),)], cache[at + (slice(0, b),)]), axis=axis)

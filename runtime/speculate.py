@@ -79,7 +79,7 @@ class PredictionDrafts:
         self.k_tok = DRAFT_MAX_TOK   # the next draft's length at most (see verified)
         self.drafted_tok = 0   # tokens drafted from the prediction, over the whole reply
         self.kept_tok = 0      # how many of the last round's tokens were kept drafts from it
-        self._start = 0        # where the last draft began in the prediction
+        self._start_tok = 0    # where the last draft began in the prediction
 
     def draft(self, h: np.ndarray, k: int) -> list[int]:
         """Up to k tokens of the prediction to follow h (the tokens so far)."""
@@ -94,7 +94,7 @@ class PredictionDrafts:
             start = self._find(h)
         if start is None or start >= pred.size:
             return []
-        self._start = start
+        self._start_tok = start
         return pred[start:start + k].tolist()
 
     def _find(self, h: np.ndarray) -> int | None:
@@ -110,7 +110,7 @@ class PredictionDrafts:
         """The last draft came from here: n_kept of its n_drafted tokens were kept."""
         self.drafted_tok += n_drafted
         self.kept_tok = n_kept
-        self.pos_tok = self._start + n_kept  # the model's own next token goes here
+        self.pos_tok = self._start_tok + n_kept  # the model's own next token goes here
         self.k_tok = (min(2 * self.k_tok, PREDICTION_DRAFT_MAX_TOK) if n_kept == n_drafted
                       else DRAFT_MAX_TOK)
 
@@ -122,9 +122,9 @@ def greedy_tokens(session, logits: np.ndarray, sampler, history: list[int], room
 
     `history` is every token so far (prompt and output), which the session already holds.
     `room_tok` is how many tokens the session may still evaluate; with none, the one
-    token is returned unevaluated and the logits are None. One batched forward pass evaluates the
-    model's own next token together with a draft of the tokens after it; the draft is
-    kept up to its first token the model would not have chosen itself. With a
+    token is returned unevaluated and the logits are None. One batched forward pass
+    evaluates the model's own next token together with a draft of the tokens after it;
+    the draft is kept up to its first token the model would not have chosen itself. With a
     `prediction`, the draft comes from it when it has one (its `kept_tok` then says how
     many of the returned tokens after the first were drafted from it), else from history.
     """
@@ -133,21 +133,22 @@ def greedy_tokens(session, logits: np.ndarray, sampler, history: list[int], room
         prediction.kept_tok = 0
     if room_tok < 1:
         return [first], None
-    d = []
+    drafted = []  # the tokens guessed to follow `first`; room_tok - 1 at most: first takes one
     if prediction is not None:
-        d = prediction.draft(np.asarray(history + [first], dtype=np.int64),
-                             min(PREDICTION_DRAFT_MAX_TOK, room_tok - 1))
-    from_prediction = bool(d)
-    if not d:
-        d = draft(history + [first], min(k, room_tok - 1))
+        drafted = prediction.draft(np.asarray(history + [first], dtype=np.int64),
+                                   min(PREDICTION_DRAFT_MAX_TOK, room_tok - 1))
+    from_prediction = bool(drafted)
+    if not drafted:
+        drafted = draft(history + [first], min(k, room_tok - 1))
     n_before = len(session.tokens)
-    rows = session.eval([first] + d, all_logits=True)  # [1 + len(d), n_vocab]
+    # rows[i]: the logits after first + drafted[:i], [1 + len(drafted), n_vocab]
+    rows = session.eval([first] + drafted, all_logits=True)
     out = [first]
-    for i, tok in enumerate(d):
+    for i, tok in enumerate(drafted):
         if sampler.sample(rows[i], history + out) != tok:
             break  # rows[i] already holds the model's own choice for the next round
         out.append(tok)
     if from_prediction:
-        prediction.verified(len(d), len(out) - 1)
+        prediction.verified(len(drafted), len(out) - 1)
     session.rewind(n_before + len(out))  # drop evaluated draft tokens past the accepted ones
     return out, rows[len(out) - 1]

@@ -10,8 +10,9 @@ Three memory modes (model.py's Model.load picks one):
   int8 codes with a scale per row and per column (Int8Matrix, 1 byte per weight,
   [n_out, n_in] rows); each matmul turns chunks of rows back into float32, on two threads
   for a single token.
-Every weight class here has a matmul(x): [T, n_in] -> [T, n_out], which is all the
-forward pass sees of it. The token embedding is only looked up, take(ids): [T] -> [T, n_embd]
+A layer's matrix that is not a float32 array (QuantMatrix, StackedQuant for fused ones in
+quant mode, Int8Matrix) has a matmul(x): [T, n_in] -> [T, n_out], which is all the forward
+pass sees of it. The token embedding is only looked up, take(ids): [T] -> [T, n_embd]
 (a QuantMatrix, or HeadColumns for a tied float32 head). WeightLoader turns tensor names
 into one of them, fusing several tensors (q/k/v, gate/up) into one matrix.
 """
@@ -88,6 +89,19 @@ class QuantMatrix:
         return out
 
 
+class StackedQuant:
+    """Several QuantMatrix objects used as one matrix stacked by rows (fused q/k/v or
+    gate/up in quant mode: each part keeps its own GGUF blocks and ggml type)."""
+
+    def __init__(self, parts: list[QuantMatrix]):
+        self.parts = parts
+        self.shape = (sum(p.shape[0] for p in parts), parts[0].shape[1])
+
+    def matmul(self, x: np.ndarray) -> np.ndarray:
+        # [T, n_in] -> [T, sum of the parts' n_out]
+        return np.concatenate([p.matmul(x) for p in self.parts], axis=1)
+
+
 class HeadColumns:
     """The token embedding of a float32-mode model whose output head is the embedding
     itself (a tied head, no output.weight). The head, [n_embd, n_vocab], was dequantized
@@ -114,9 +128,11 @@ class Int8Matrix:
         self.codes, self.row_scale, self.col_factor = codes, row_scale, col_factor
         self.shape = codes.shape
 
-    def _rows_into(self, xT: np.ndarray, outT: np.ndarray, r0: int, r1: int, step: int) -> None:
-        for a in range(r0, r1, step):
-            b = min(a + step, r1)
+    def _rows_into(self, xT: np.ndarray, outT: np.ndarray, r0: int, r1: int,
+                   step_rows: int) -> None:
+        # outT[r0:r1] = rows r0..r1-1 of the matrix @ xT, step_rows rows at a time
+        for a in range(r0, r1, step_rows):
+            b = min(a + step_rows, r1)
             rows = quants.scratch("Int8Matrix.rows", (b - a, self.shape[1]), np.float32)
             np.copyto(rows, self.codes[a:b], casting="unsafe")
             # [b-a, n_in] @ [n_in, T]: the chunk as BLAS's left operand; as a transposed
@@ -129,12 +145,13 @@ class Int8Matrix:
         xT = (x * self.col_factor).T
         outT = np.empty((n_out, x.shape[0]), dtype=np.float32)
         step_rows = max(1, INT8_CHUNK_WEIGHTS // n_in)
+        # where the second thread takes over: half way, rounded up to a whole chunk
         mid_row = (n_out // 2 + step_rows - 1) // step_rows * step_rows
-        if x.shape[0] > 1:
+        if x.shape[0] > 1:  # a batch: one thread, big chunks (INT8_CHUNK_WEIGHTS says why)
             self._rows_into(xT, outT, 0, n_out, max(1, QUANT_CHUNK_BYTES // (4 * n_in)))
-        elif LOAD_THREADS < 2 or not 0 < mid_row < n_out:
+        elif LOAD_THREADS < 2 or not 0 < mid_row < n_out:  # one core, or a single chunk
             self._rows_into(xT, outT, 0, n_out, step_rows)
-        else:
+        else:  # one token: rows from mid_row on in the pool's thread, the rest here
             other = quants.thread_pool(2).submit(self._rows_into, xT, outT, mid_row, n_out,
                                                  step_rows)
             self._rows_into(xT, outT, 0, mid_row, step_rows)
@@ -144,6 +161,7 @@ class Int8Matrix:
 
 
 def ram_available_bytes() -> int:
+    """MemAvailable from /proc/meminfo; where there is none (not Linux), 8 GiB is assumed."""
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -241,6 +259,7 @@ class WeightLoader:
                 quants.dequantize_into(raw, ggml_type, w[:, r0:r0 + r].T, name=name,
                                        threads=LOAD_THREADS)
                 r0 += r
+        # An expert tensor holds every expert: its pages go only after the last one's slice.
         last_use = expert is None or expert == self.info(names[0]).shape[0] - 1
         for name, (raw, _) in zip(names, parts):
             if self.mode != "quant" and last_use:
@@ -251,12 +270,14 @@ class WeightLoader:
     def _int8(self, parts: list, names: Sequence[str], n_in: int, rows: Sequence[int]) -> Int8Matrix:
         # Two passes over the GGUF blocks: the column factors need every row's maxima
         # before the first row can be coded.
-        step = max(1, 2 * quants.CHUNK_ELEMENTS // n_in)  # rows per chunk
+        step_rows = max(1, 2 * quants.CHUNK_ELEMENTS // n_in)
         firsts = [sum(rows[:k]) for k in range(len(rows))]  # each part's first fused row
-        chunks = [(k, firsts[k], a) for k, r in enumerate(rows) for a in range(0, r, step)]
+        # (part k, its first row in the fused matrix, the chunk's first row within part k)
+        chunks = [(k, firsts[k], a) for k, r in enumerate(rows) for a in range(0, r, step_rows)]
 
         def dequantized(k: int, a: int) -> np.ndarray:
-            (raw, ggml_type), b = parts[k], min(a + step, rows[k])
+            # rows a..b-1 of part k as float32, [b - a, n_in], in this thread's scratch
+            (raw, ggml_type), b = parts[k], min(a + step_rows, rows[k])
             row_bytes = quants.quantized_row_bytes(ggml_type, n_in)
             w = quants.scratch("int8.load", (b - a, n_in), np.float32)
             return quants.dequantize_into(raw[a * row_bytes:b * row_bytes], ggml_type, w,
@@ -279,17 +300,6 @@ class WeightLoader:
             quants.quantize_int8(w, col_factor, codes[s], row_scale[s])
         list(pool.map(code, chunks))
         return Int8Matrix(codes, row_scale, col_factor)
-
-
-class StackedQuant:
-    """Several QuantMatrix objects used as one matrix stacked by rows (fused q/k/v)."""
-
-    def __init__(self, parts: list[QuantMatrix]):
-        self.parts = parts
-        self.shape = (sum(p.shape[0] for p in parts), parts[0].shape[1])
-
-    def matmul(self, x: np.ndarray) -> np.ndarray:
-        return np.concatenate([p.matmul(x) for p in self.parts], axis=1)
 
 
 def check_supported(ggml_type: int, name: str) -> None:
