@@ -12,13 +12,18 @@ Anthropic's shape: `error_body`, `error_event`.
 from __future__ import annotations
 
 import json
+import queue
 import re
+import threading
 import uuid
 
 from runtime.api import ApiError, content_text, each_message, json_bytes
 
 PATHS = ("/v1/messages", "/v1/messages/count_tokens")
-ROLES = ("user", "assistant")
+# Claude Code 2.1 (its beta "mid-conversation-system-2026-04-07") puts system turns among
+# the messages, such as its list of agent types after the user's first turn; llama-server
+# passes them to the chat template as they are, as the chat route does.
+ROLES = ("user", "assistant", "system")
 # Anthropic's error types by HTTP status; any other 4xx is an invalid_request_error, any
 # other 5xx an api_error (https://docs.anthropic.com/en/api/errors).
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
@@ -35,14 +40,28 @@ CLIENT_TOOL_TYPES = (None, "custom")
 # cc_version=...; cch=a5145;": a stamp that changes with every request, so the prompt
 # cache would be lost from the first line on. The stamp means nothing to a local model.
 BILLING_STAMP_RE = re.compile(r"\A(x-anthropic-billing-header:[^\n]*?\bcch=)[0-9A-Za-z]+;")
+# A stream sends an empty delta when nothing else went out for this long. Claude Code
+# (2.1) drops a stream that sent no event for 300 s and asks again, unstreamed, with a
+# 300 s timeout: on a CPU the prefill of its prompt (some 19,000 tokens) is silent for
+# longer, so it never got a reply. A ping does not do: its client drops pings before
+# its watchdog sees them.
+KEEPALIVE_EVERY_S = 15.0
 
 
 def is_messages_path(path: str) -> bool:
     return path.rstrip("/") in PATHS
 
 
-def error_body(status: int, message: str) -> dict:
+def error_body(status: int, message: str, fields=None) -> dict:
+    """Anthropic's error body. `fields` of a prompt too long for the context
+    (n_prompt_tokens, n_ctx) put Anthropic's words first: Claude Code knows such an error
+    only by "prompt is too long: N tokens > M" (it then says "Prompt is too long" and can
+    compact the conversation); any other 400 it shows as a bare API error."""
     kind = ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    fields = fields or {}
+    if "n_prompt_tokens" in fields and "n_ctx" in fields:
+        message = (f"prompt is too long: {fields['n_prompt_tokens']} tokens > "
+                   f"{fields['n_ctx']} maximum; {message}")
     return {"type": "error", "error": {"type": kind, "message": message}}
 
 
@@ -123,15 +142,15 @@ def unstamped(text: str) -> str:
 
 
 def chat_messages(messages) -> list:
-    """Anthropic's user and assistant turns as chat messages: an assistant's tool_use
-    blocks become its tool_calls and its thinking its reasoning_content; a user's
-    tool_result blocks become tool messages, before the user's own text."""
+    """Anthropic's user, assistant (and system) turns as chat messages: an assistant's
+    tool_use blocks become its tool_calls and its thinking its reasoning_content; a
+    user's tool_result blocks become tool messages, before the user's own text."""
     out = []
     for where, m in each_message(messages):
         role = m.get("role")
         if role not in ROLES:
-            raise ApiError(400, f"{where}: 'role' must be \"user\" or \"assistant\", "
-                                f"got {str(role)[:40]!r}")
+            raise ApiError(400, f"{where}: 'role' must be \"user\", \"assistant\" or "
+                                f"\"system\", got {str(role)[:40]!r}")
         content = m.get("content")
         if isinstance(content, str):
             out.append({"role": role, "content": content})
@@ -315,12 +334,15 @@ def whole_message(reply: dict, final, msg_id: str, model_id: str) -> dict:
                       "output_tokens": reply["usage"]["completion_tokens"]}}
 
 
-def stream_events(chunks, n_input_tok: int, msg_id: str, model_id: str, finals: list):
+def stream_events(chunks, n_input_tok: int, msg_id: str, model_id: str, finals: list,
+                  keepalive_every_s: float = KEEPALIVE_EVERY_S):
     """Anthropic's events of a streamed reply, from the chat route's chunks (dicts, then
     the `[DONE]` bytes): message_start and a ping, then each block's content_block_start,
     its deltas and content_block_stop (thinking, text, then the tool calls), then
-    message_delta with stop_reason and usage, and message_stop. `finals` holds the
-    engine's final event once the chunks are all taken."""
+    message_delta with stop_reason and usage, and message_stop. Whenever no chunk came
+    for keepalive_every_s (a long prefill, or a held tool call), an empty delta (see
+    Blocks.keepalive). `finals` holds the engine's final event once the chunks are all
+    taken."""
     yield event("message_start", {"type": "message_start", "message": {
         "id": msg_id, "type": "message", "role": "assistant", "model": model_id,
         "content": [], "stop_reason": None, "stop_sequence": None,
@@ -328,7 +350,10 @@ def stream_events(chunks, n_input_tok: int, msg_id: str, model_id: str, finals: 
     yield event("ping", {"type": "ping"})
     blocks = Blocks()
     finish_reason = "stop"
-    for chunk in chunks:
+    for chunk in with_pauses(chunks, keepalive_every_s):
+        if chunk is None:  # nothing for a while: an event for the client's idle watchdog
+            yield from blocks.keepalive()
+            continue
         if isinstance(chunk, bytes):  # [DONE]: Anthropic's stream has message_stop instead
             continue
         for choice in chunk.get("choices", []):
@@ -349,6 +374,34 @@ def stream_events(chunks, n_input_tok: int, msg_id: str, model_id: str, finals: 
     yield event("message_stop", {"type": "message_stop"})
 
 
+def with_pauses(items, every_s: float):
+    """The items of an iterator, taken in a thread, with a None whenever none came for
+    every_s. An exception it raises is raised here. A client that goes away stops the
+    thread too: the server cancels the request, and the engine ends its events."""
+    q, end = queue.Queue(), object()
+
+    def pump():
+        try:
+            for item in items:
+                q.put((item, None))
+        except BaseException as e:  # noqa: BLE001 - handed to the reading side
+            q.put((end, e))
+        else:
+            q.put((end, None))
+    threading.Thread(target=pump, name="messages-stream", daemon=True).start()
+    while True:
+        try:
+            item, error = q.get(timeout=every_s)
+        except queue.Empty:
+            yield None
+            continue
+        if item is end:
+            if error is not None:
+                raise error
+            return
+        yield item
+
+
 class Blocks:
     """The content blocks of a stream: the open one's type, and the next one's index."""
 
@@ -363,6 +416,11 @@ class Blocks:
             self.open = kind
         delta_type = "thinking_delta" if kind == "thinking" else "text_delta"
         yield self._delta({"type": delta_type, kind: text})
+
+    def keepalive(self):
+        """An empty delta, on the open thinking or text block, else on a new text block
+        (which the reply's text, if it begins with text, goes on filling)."""
+        yield from self.add(self.open if self.open in ("thinking", "text") else "text", "")
 
     def tool(self, call: dict):
         """A whole tool call (the chat route sends each one complete) as its own block."""

@@ -1079,7 +1079,7 @@ def shaped_error(path: str, status: int, message: str, type_=None, fields=None) 
     """An error body in the shape of the route's API: Anthropic's on its Messages routes
     (their clients read no other), OpenAI's everywhere else."""
     if messages_api.is_messages_path(path):
-        return messages_api.error_body(status, message)
+        return messages_api.error_body(status, message, fields)
     return error_body(status, message, type_, fields)
 
 

@@ -245,7 +245,7 @@ def test_count_tokens_equals_the_replys_input_tokens(parrot):
 @pytest.mark.parametrize("body, words", [
     ({"messages": ask("hi")}, "'max_tokens' is required"),
     ({"max_tokens": 0, "messages": ask("hi")}, "'max_tokens'"),
-    ({"max_tokens": 9, "messages": [{"role": "system", "content": "x"}]}, "messages[0]: 'role'"),
+    ({"max_tokens": 9, "messages": [{"role": "tool", "content": "x"}]}, "messages[0]: 'role'"),
     ({"max_tokens": 9, "messages": [{"role": "user", "content": [
         {"type": "image", "source": {"type": "base64", "media_type": "image/png",
                                      "data": "AA=="}}]}]}, "image input is not supported"),
