@@ -11,7 +11,9 @@ import codecs
 import dataclasses
 import json
 import math
+import queue
 import re
+import threading
 
 from runtime import json_constraint
 from runtime.engine import chat_prompt_ids, tokenize_prompt
@@ -704,6 +706,58 @@ def choice_params(params, j: int):
 # OpenAI's content parts that carry something other than text, and what each is.
 MEDIA_PARTS = {"image_url": "image", "input_image": "image", "image": "image",
                "input_audio": "audio", "audio": "audio", "file": "file", "input_file": "file"}
+
+
+def stream_pieces(chunks, pause_s: float | None = None):
+    """The chat route's streamed chunks (dicts, then the [DONE] bytes) read back, for the
+    routes that translate them (messages_api, responses_api): ("reasoning", text),
+    ("content", text) and ("tool_call", call) in order, ("pause", None) whenever no
+    chunk came for pause_s (when given: with_pauses), and last ("finish", finish_reason)."""
+    finish_reason = "stop"
+    for chunk in chunks if pause_s is None else with_pauses(chunks, pause_s):
+        if chunk is None:
+            yield "pause", None
+            continue
+        if isinstance(chunk, bytes):  # [DONE]: the other APIs end their streams their way
+            continue
+        for choice in chunk.get("choices", []):
+            delta = choice.get("delta", {})
+            if delta.get("reasoning_content"):
+                yield "reasoning", delta["reasoning_content"]
+            if delta.get("content"):
+                yield "content", delta["content"]
+            for call in delta.get("tool_calls", []):
+                yield "tool_call", call
+            finish_reason = choice.get("finish_reason") or finish_reason
+    yield "finish", finish_reason
+
+
+def with_pauses(items, every_s: float):
+    """The items of an iterator, taken in a thread, with a None whenever none came for
+    every_s. An exception it raises is raised here. A client that goes away stops the
+    thread too: the server cancels the request, and the engine ends its events."""
+    q, end = queue.Queue(), object()
+
+    def pump():
+        try:
+            for item in items:
+                q.put((item, None))
+        except BaseException as e:  # noqa: BLE001 - handed to the reading side
+            q.put((end, e))
+        else:
+            q.put((end, None))
+    threading.Thread(target=pump, name="stream-pump", daemon=True).start()
+    while True:
+        try:
+            item, error = q.get(timeout=every_s)
+        except queue.Empty:
+            yield None
+            continue
+        if item is end:
+            if error is not None:
+                raise error
+            return
+        yield item
 
 
 def content_text(content, where: str, media: dict = MEDIA_PARTS) -> str:

@@ -12,12 +12,10 @@ Anthropic's shape: `error_body`, `error_event`.
 from __future__ import annotations
 
 import json
-import queue
 import re
-import threading
 import uuid
 
-from runtime.api import ApiError, content_text, each_message, json_bytes
+from runtime.api import ApiError, content_text, each_message, json_bytes, stream_pieces
 
 PATHS = ("/v1/messages", "/v1/messages/count_tokens")
 # Claude Code 2.1 (its beta "mid-conversation-system-2026-04-07") puts system turns among
@@ -350,21 +348,15 @@ def stream_events(chunks, n_input_tok: int, msg_id: str, model_id: str, finals: 
     yield event("ping", {"type": "ping"})
     blocks = Blocks()
     finish_reason = "stop"
-    for chunk in with_pauses(chunks, keepalive_every_s):
-        if chunk is None:  # nothing for a while: an event for the client's idle watchdog
+    for kind, value in stream_pieces(chunks, keepalive_every_s):
+        if kind == "pause":  # nothing for a while: an event for the client's idle watchdog
             yield from blocks.keepalive()
-            continue
-        if isinstance(chunk, bytes):  # [DONE]: Anthropic's stream has message_stop instead
-            continue
-        for choice in chunk.get("choices", []):
-            delta = choice.get("delta", {})
-            if delta.get("reasoning_content"):
-                yield from blocks.add("thinking", delta["reasoning_content"])
-            if delta.get("content"):
-                yield from blocks.add("text", delta["content"])
-            for call in delta.get("tool_calls", []):
-                yield from blocks.tool(call)
-            finish_reason = choice.get("finish_reason") or finish_reason
+        elif kind in ("reasoning", "content"):
+            yield from blocks.add("thinking" if kind == "reasoning" else "text", value)
+        elif kind == "tool_call":
+            yield from blocks.tool(value)
+        else:
+            finish_reason = value
     yield from blocks.close()
     final = finals[0] if finals else None
     reason, sequence = stop_reason(finish_reason, final)
@@ -372,34 +364,6 @@ def stream_events(chunks, n_input_tok: int, msg_id: str, model_id: str, finals: 
         "type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": sequence},
         "usage": {"output_tokens": final.completion_tokens if final else 0}})
     yield event("message_stop", {"type": "message_stop"})
-
-
-def with_pauses(items, every_s: float):
-    """The items of an iterator, taken in a thread, with a None whenever none came for
-    every_s. An exception it raises is raised here. A client that goes away stops the
-    thread too: the server cancels the request, and the engine ends its events."""
-    q, end = queue.Queue(), object()
-
-    def pump():
-        try:
-            for item in items:
-                q.put((item, None))
-        except BaseException as e:  # noqa: BLE001 - handed to the reading side
-            q.put((end, e))
-        else:
-            q.put((end, None))
-    threading.Thread(target=pump, name="messages-stream", daemon=True).start()
-    while True:
-        try:
-            item, error = q.get(timeout=every_s)
-        except queue.Empty:
-            yield None
-            continue
-        if item is end:
-            if error is not None:
-                raise error
-            return
-        yield item
 
 
 class Blocks:

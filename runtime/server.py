@@ -35,7 +35,7 @@ from pathlib import Path
 
 import bottle
 
-from runtime import file_lease, messages_api, reasoning, tool_calls
+from runtime import file_lease, messages_api, reasoning, responses_api, tool_calls
 from runtime.api import (MAX_N_PROBS, MISSING, ApiError, TextOffsets, chat_ids, check_chat_fields,
                          choice_params, completion_prompts, context_overflow, error_body, get_bool,
                          get_choices, get_int, get_json_grammar, get_max_tokens, get_messages,
@@ -61,7 +61,7 @@ CLIENT_POLL_S = 0.05       # how often a request checks that its client is still
 API_POST = ("/v1/chat/completions", "/v1/completions", "/completion", "/completions",
             "/tokenize", "/detokenize", "/apply-template", "/infill", "/chat/completions",
             "/v1/embeddings", "/embeddings", "/embedding", "/v1/rerank", "/rerank",
-            "/v1/reranking", "/reranking", *messages_api.PATHS)
+            "/v1/reranking", "/reranking", *messages_api.PATHS, *responses_api.PATHS)
 API_GET = ("/v1/models", "/models", "/props", "/health", "/v1/health", "/slots")
 # A preflight's Access-Control-Request-Headers that may be allowed back as they are: a list
 # of header names (RFC 9110 tokens), of a sane length.
@@ -411,8 +411,8 @@ def build_app(st: State) -> bottle.Bottle:
         return messages, tools, tool_choice, prompt_str, prompt
 
     def chat_reply(model, body) -> ChatReply:
-        """The chat route's work, for it and for /v1/messages (runtime/messages_api.py
-        translates to it and from it)."""
+        """The chat route's work, for it, /v1/messages and /v1/responses
+        (runtime/messages_api.py and runtime/responses_api.py translate to it and from it)."""
         stream = get_bool(body, "stream", False)
         n = get_n(body, stream=stream)
         check_chat_fields(body)
@@ -574,6 +574,19 @@ def build_app(st: State) -> bottle.Bottle:
     def count_tokens(model, body):
         prompt_ids = chat_prompt(model, messages_api.chat_body(body, count_tokens=True))[-1]
         return ok({"input_tokens": len(prompt_ids)})
+
+    # -- OpenAI: responses, through the chat route (runtime/responses_api.py) ----------
+    @app.post("/v1/responses")
+    @app.post("/responses")
+    @api
+    def responses(model, body):
+        reply = chat_reply(model, responses_api.chat_body(body))
+        resp = responses_api.head(body, st.model_id)
+        if reply.chunks is None:
+            return ok(responses_api.whole_response(reply.whole, reply.finals, resp))
+        events = responses_api.Events(resp)
+        return sse(lambda events_of: events.stream(reply.chunks(events_of), reply.finals),
+                   reply.reqs, error_event=events.error)
 
     # -- OpenAI: completions -----------------------------------------------------------
     @app.post("/v1/completions")
