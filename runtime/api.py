@@ -801,6 +801,17 @@ def each_message(msgs) -> list:
     return out
 
 
+def each_tool(tools) -> list:
+    """A request's `tools` as (i, tool) pairs: a list of objects (OpenAI's and
+    Anthropic's alike), else ApiError(400) saying which; each API reads its own fields."""
+    if not isinstance(tools, list):
+        raise ApiError(400, "'tools' must be a list of tools")
+    for i, t in enumerate(tools):
+        if not isinstance(t, dict):
+            raise ApiError(400, f"'tools[{i}]' must be an object")
+    return list(enumerate(tools))
+
+
 def get_messages(body, system: str | None) -> list:
     out = []
     for where, m in each_message(body.get("messages", MISSING)):

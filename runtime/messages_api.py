@@ -15,7 +15,7 @@ import json
 import re
 import uuid
 
-from runtime.api import ApiError, content_text, each_message, json_bytes, stream_pieces
+from runtime.api import ApiError, content_text, each_message, each_tool, json_bytes, stream_pieces
 
 PATHS = ("/v1/messages", "/v1/messages/count_tokens")
 # Claude Code 2.1 (its beta "mid-conversation-system-2026-04-07") puts system turns among
@@ -222,12 +222,8 @@ def tool_fields(tools, choice) -> dict:
     / "none"; disable_parallel_tool_use -> parallel_tool_calls false."""
     out = {}
     if tools is not None:
-        if not isinstance(tools, list):
-            raise ApiError(400, "'tools' must be a list of tools")
         fns = []
-        for i, t in enumerate(tools):
-            if not isinstance(t, dict):
-                raise ApiError(400, f"'tools[{i}]' must be an object")
+        for i, t in each_tool(tools):
             if t.get("type") not in CLIENT_TOOL_TYPES:
                 raise ApiError(400, f"'tools[{i}]': Anthropic's server tool "
                                     f"{str(t.get('type'))[:40]!r} is not supported; give "

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 import uuid
 
-from runtime.api import ApiError, json_bytes, stream_pieces
+from runtime.api import ApiError, each_tool, json_bytes, stream_pieces
 
 PATHS = ("/v1/responses", "/responses")
 ROLES = ("user", "assistant", "system", "developer")
@@ -228,12 +228,8 @@ def tool_fields(tools, choice) -> dict:
     ...) refused: nothing here runs them."""
     out = {}
     if tools is not None:
-        if not isinstance(tools, list):
-            raise ApiError(400, "'tools' must be a list of tools")
         fns = []
-        for i, t in enumerate(tools):
-            if not isinstance(t, dict):
-                raise ApiError(400, f"'tools[{i}]' must be an object")
+        for i, t in each_tool(tools):
             if t.get("type") != "function":
                 raise ApiError(400, f"'tools[{i}]': the built-in tool {str(t.get('type'))[:40]!r} "
                                     f"is not supported: this server runs no tools; give "
