@@ -36,11 +36,19 @@ json-schema-to-grammar constrains; pydantic writes them for date, time, datetime
 fields) is read by a scanner of its own (`_fmt_byte`): only text of that format, byte by
 byte, and never a prefix that no valid value continues, so a reply cannot dead-end in it.
 Other formats (email, uri, ...) are read as plain strings, as llama.cpp does.
+
+An integer with bounds (minimum, maximum, exclusiveMinimum, exclusiveMaximum) is read by a
+scanner of its own too (`_int_step`), as llama.cpp's grammar holds an integer to its range:
+a digit is taken only when some integer in the range still starts with the digits so far,
+so every integer in range can be written, none outside it, and no prefix dead-ends. A
+number's bounds and multipleOf are read and not enforced, as llama.cpp reads them (enum and
+const values are held to the bounds: that check is exact).
 """
 from __future__ import annotations
 
 import calendar
 import json
+import math
 import weakref
 from dataclasses import dataclass, field
 
@@ -56,9 +64,10 @@ ANNOTATIONS = frozenset({"title", "description", "$schema", "$id", "$comment", "
 SUPPORTED = frozenset({"type", "enum", "const", "properties", "required",
                        "additionalProperties", "items", "minItems", "maxItems", "minLength",
                        "maxLength", "anyOf", "oneOf", "$ref", "$defs", "definitions", "format"})
-# A number's bounds: read and not enforced, as llama.cpp reads a number's. Pydantic writes
-# them for every Field(ge=, gt=, le=, lt=, multiple_of=), so openai's .parse() and
-# LangChain's with_structured_output sent them, and a 400 made such models unusable.
+# Bounds. Pydantic writes them for every Field(ge=, gt=, le=, lt=, multiple_of=), so
+# openai's .parse() and LangChain's with_structured_output send them, and a 400 made such
+# models unusable. An integer is held to its range (Node.int_range); a number's range and
+# multipleOf are read and not enforced, as llama.cpp reads them.
 UNCHECKED_BOUNDS = frozenset({"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
                               "multipleOf"})
 
@@ -105,6 +114,9 @@ class Node:
     max_len: int | None = None
     fmt: tuple | None = None         # a checked format's layouts (FORMATS); None: any string
     fmt_mask: int = 0                # which of them fit minLength/maxLength (bit i: layout i)
+    # an integer's range: (lowest, highest, most bytes written); None bound: unbounded.
+    # None: no bounds (or not an integer-only type: a number's bounds are not enforced)
+    int_range: tuple | None = None
 
 
 @dataclass(eq=False)
@@ -218,7 +230,8 @@ class _Compiler:
             raise SchemaError("a JSON schema must be an object or a boolean")
         for k in s:
             if k in UNCHECKED_BOUNDS and (isinstance(s[k], bool)
-                                          or not isinstance(s[k], (int, float))):
+                                          or not isinstance(s[k], (int, float))
+                                          or (isinstance(s[k], float) and not math.isfinite(s[k]))):
                 raise SchemaError(f"'{k}' must be a number")
             if k not in SUPPORTED and k not in ANNOTATIONS and k not in UNCHECKED_BOUNDS:
                 raise SchemaError(f"unsupported JSON schema keyword {str(k)[:60]!r}")
@@ -255,6 +268,7 @@ class _Compiler:
             n.types = frozenset(names)
             if "integer" in n.types and "number" in n.types:
                 n.types = n.types - {"integer"}   # number already allows integers
+            self._int_range(s, n)
         if "enum" in s or "const" in s:
             if "enum" in s and "const" in s:
                 raise SchemaError("use either 'enum' or 'const', not both")
@@ -264,10 +278,13 @@ class _Compiler:
             if len(values) > MAX_ENUM_VALUES:
                 raise SchemaError(f"'enum' may list at most {MAX_ENUM_VALUES} values")
             allowed = n.types | ({"integer"} if "number" in n.types else set())
-            texts = [json.dumps(v, ensure_ascii=False).encode("utf-8") for v in values
-                     if _type_of(v) in allowed]
-            if not texts:
+            values = [v for v in values if _type_of(v) in allowed]
+            if not values:
                 raise SchemaError("no 'enum' or 'const' value has the schema's 'type'")
+            values = [v for v in values if _within_bounds(s, v)]
+            if not values:
+                raise SchemaError("no 'enum' or 'const' number fits the schema's bounds")
+            texts = [json.dumps(v, ensure_ascii=False).encode("utf-8") for v in values]
             n.literals = tuple(dict.fromkeys(texts))
         props = s.get("properties", {})
         if not isinstance(props, dict):
@@ -308,6 +325,27 @@ class _Compiler:
         return n
 
     @staticmethod
+    def _int_range(s: dict, n: Node) -> None:
+        """Hold an integer-only type to its bounds (a number's are not enforced). A range
+        with no integer in it drops "integer" from the types, and is a SchemaError when
+        no other type is left."""
+        if "integer" not in n.types or "number" in n.types:
+            return
+        lo, hi = _integer_bounds(s)
+        if lo is None and hi is None:
+            return
+        if lo is not None and hi is not None and lo > hi:
+            if n.types == {"integer"}:
+                keys = [k for k in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum")
+                        if k in s]
+                raise SchemaError(f"no integer fits {' and '.join(map(repr, keys))}")
+            n.types = n.types - {"integer"}
+            return
+        # Room for the bounds themselves, so that a far-off range is not cut off by the cap.
+        widest = max(len(str(x)) for x in (lo, hi) if x is not None)
+        n.int_range = (lo, hi, max(MAX_NUMBER_BYTES, widest))
+
+    @staticmethod
     def _format(s: dict, n: Node) -> None:
         """A format we check (FORMATS) holds every string of n to it; any other is read as
         a plain string, as llama.cpp does (a JSON Schema validator need not check formats)."""
@@ -342,6 +380,32 @@ class _Compiler:
         if out[1] is not None and out[1] < out[0]:
             raise SchemaError(f"'{hi_key}' is less than '{lo_key}': no value fits")
         return tuple(out)
+
+
+def _integer_bounds(s: dict) -> tuple:
+    """The lowest and highest integer s's bounds allow (None: unbounded). Bounds may be
+    floats (1.5, 1e3) or negative; math.floor and math.ceil are exact on any float."""
+    lows, highs = [], []
+    if "minimum" in s:
+        lows.append(math.ceil(s["minimum"]))
+    if "exclusiveMinimum" in s:
+        lows.append(math.floor(s["exclusiveMinimum"]) + 1)
+    if "maximum" in s:
+        highs.append(math.floor(s["maximum"]))
+    if "exclusiveMaximum" in s:
+        highs.append(math.ceil(s["exclusiveMaximum"]) - 1)
+    return max(lows, default=None), min(highs, default=None)
+
+
+def _within_bounds(s: dict, v) -> bool:
+    """Does an enum/const value fit s's bounds? (only numbers are bounded; Python compares
+    ints and floats exactly)"""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return True
+    return not (("minimum" in s and v < s["minimum"])
+                or ("exclusiveMinimum" in s and v <= s["exclusiveMinimum"])
+                or ("maximum" in s and v > s["maximum"])
+                or ("exclusiveMaximum" in s and v >= s["exclusiveMaximum"]))
 
 
 def _check_refs(refs) -> None:
@@ -505,7 +569,7 @@ def _string_fits(n: Node, s: str) -> bool:
 
 # Frame tags. A frame is a tuple whose first item is its tag; a stack is (frame, below).
 (VALUE, OBJ_FIRST, OBJ_KEY, KEY_FREE, KEY_LIT, OBJ_COLON, OBJ_NEXT, ARR_FIRST, ARR_NEXT,
- STR, NUM, LIT, RAW, END, FMT) = range(15)
+ STR, NUM, LIT, RAW, END, FMT, IRANGE) = range(16)
 # Number phases; a number may end in the ENDABLE ones.
 MINUS, ZERO, INT, DOT, FRAC, EXP_MARK, EXP_SIGN, EXP = range(8)
 ENDABLE = frozenset({ZERO, INT, FRAC, EXP})
@@ -630,7 +694,11 @@ def _start_value(node, depth, b, below, out):
         elif "string" in types:
             out.append((((STR, node, STR0), below), 0))
     elif b == 0x2D or b in DIGITS:
-        if "number" in types or "integer" in types:
+        if node.int_range is not None:
+            got = _int_step(node.int_range, False, 0, 0, b)
+            if got is not None:
+                out.append((((IRANGE, node.int_range) + got, below), 0))
+        elif "number" in types or "integer" in types:
             phase = MINUS if b == 0x2D else ZERO if b == 0x30 else INT
             out.append((((NUM, "number" not in types, phase, 1), below), 0))
     elif b == 0x74 and "boolean" in types:
@@ -639,6 +707,56 @@ def _start_value(node, depth, b, below, out):
         _lit((b"false",), 1, below, out)
     elif b == 0x6E and "null" in types:
         _lit((b"null",), 1, below, out)
+
+
+def _int_viable(rng, neg: bool, mag: int, n_digits: int) -> bool:
+    """Can an integer written so far as "-" (neg), then the n_digits digits of mag, still
+    be completed to one in rng's lo..hi within its byte cap? The magnitudes that start
+    with those digits are, for k more digits, mag * 10**k .. mag * 10**k + 10**k - 1."""
+    lo, hi, cap = rng
+    if neg:     # -m with lo <= -m <= hi: m in max(1, -hi) .. -lo
+        m_lo, m_hi = (1 if hi is None else max(1, -hi)), (None if lo is None else -lo)
+    else:
+        m_lo, m_hi = (0 if lo is None else max(0, lo)), hi
+    if m_hi is not None and m_hi < m_lo:
+        return False
+    room = cap - neg - n_digits         # digits that may still come
+    if n_digits == 0:                   # just "-": any magnitude 1 .. 10**room - 1
+        return room >= 1 and m_lo < 10 ** room
+    if mag == 0:                        # "0": nothing may follow it
+        return m_lo == 0
+    # With fewer than len(m_lo) - 1 - n_digits more digits, every continuation is below
+    # 10 ** (len(m_lo) - 1) <= m_lo: start past them (a bound of 1e300 would loop 300 times).
+    for k in range(max(0, len(str(m_lo)) - 1 - n_digits), room + 1):
+        first = mag * 10 ** k
+        if m_hi is not None and first > m_hi:
+            return False
+        if first + 10 ** k - 1 >= m_lo:
+            return True
+    return False
+
+
+def _int_step(rng, neg: bool, mag: int, n_digits: int, b: int):
+    """One byte of an integer held to a range -> (neg, mag, n_digits) after it, or None.
+    The one spelling JSON gives each integer: no leading zero, no "-0" (0 is "0")."""
+    if b == 0x2D:
+        if neg or n_digits:
+            return None
+        neg = True
+    elif b in DIGITS:
+        if (n_digits == 1 and mag == 0) or (neg and n_digits == 0 and b == 0x30):
+            return None
+        mag, n_digits = mag * 10 + b - 0x30, n_digits + 1
+    else:
+        return None
+    return (neg, mag, n_digits) if _int_viable(rng, neg, mag, n_digits) else None
+
+
+def _int_whole(frame) -> bool:
+    """Is the integer of an IRANGE frame whole and in its range?"""
+    _, (lo, hi, _), neg, mag, n_digits = frame
+    v = -mag if neg else mag
+    return n_digits > 0 and (lo is None or v >= lo) and (hi is None or v <= hi)
 
 
 def _lit(cands, pos, below, out):
@@ -770,6 +888,15 @@ def _step(stack, ws, b, raw_only, out):
                 return
             stack = below     # the number ended just before b: b belongs to what follows
             continue
+        if tag == IRANGE:
+            got = _int_step(frame[1], frame[2], frame[3], frame[4], b)
+            if got is not None:
+                out.append((((IRANGE, frame[1]) + got, below), 0))
+                return
+            if not _int_whole(frame):
+                return
+            stack = below     # the integer ended just before b: b belongs to what follows
+            continue
         if tag == LIT:
             cands, pos = frame[1], frame[2]
             nc = tuple(c for c in cands if len(c) > pos and c[pos] == b)
@@ -862,7 +989,7 @@ def can_end(state: tuple) -> bool:
             tag = frame[0]
             if tag == END:
                 return True
-            if (tag == NUM and frame[2] in ENDABLE) or \
+            if (tag == NUM and frame[2] in ENDABLE) or (tag == IRANGE and _int_whole(frame)) or \
                     (tag == LIT and any(len(c) == frame[2] for c in frame[1])):
                 stack = below
                 continue

@@ -34,8 +34,8 @@ PARSE_BODY = {"model": "Qwen2.5 Coder 0.5B Instruct AWQ", "stream": False,
 
 
 def test_a_pydantic_models_number_bounds_are_taken(tiny_server):
-    """Bounds are read and not enforced (as llama.cpp reads a number's): the reply is the
-    schema's object, with the numbers the model wrote."""
+    """The bounds are taken (an integer's held to its range, a number's read and not
+    enforced, as llama.cpp does): the reply is the schema's object."""
     status, r = post_json(tiny_server.url + "/v1/chat/completions", PARSE_BODY)
     assert status == 200, r
     choice = r["choices"][0]
