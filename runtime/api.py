@@ -773,7 +773,7 @@ def content_text(content, where: str, media: dict = MEDIA_PARTS) -> str:
             if not isinstance(p, dict):
                 raise ApiError(400, f"{where}: each content part must be an object")
             kind = p.get("type")
-            if kind in media:
+            if isinstance(kind, str) and kind in media:  # (a list as a type: unhashable)
                 raise ApiError(400, f"{where}: {media[kind]} input is not supported: "
                                     f"this server's model reads text only")
             if kind != "text":

@@ -165,7 +165,7 @@ def turn_messages(role: str, blocks: list, where: str) -> list:
     for j, b in enumerate(blocks):
         at = f"{where}.content[{j}]"
         kind = b.get("type") if isinstance(b, dict) else None
-        if kind in MEDIA_BLOCKS:
+        if isinstance(kind, str) and kind in MEDIA_BLOCKS:  # (a list as a type: unhashable)
             raise ApiError(400, f"{at}: {MEDIA_BLOCKS[kind]} input is not supported: this "
                                 f"server's model reads text only")
         if kind == "text":

@@ -61,8 +61,9 @@ def chat_body(body: dict) -> dict:
                + input_messages(body.get("input"))}
     n = body.get("max_output_tokens")
     if n is not None:
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ApiError(400, "'max_output_tokens' must be an integer, 1 or more")
+        # (the chat route's own bound, checked here to name the field the client sent)
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 2**31 - 1:
+            raise ApiError(400, "'max_output_tokens' must be an integer from 1 to 2147483647")
         out["max_tokens"] = n
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
@@ -172,7 +173,7 @@ def parts_text(content, at: str, key: str) -> str:
     texts = []
     for j, p in enumerate(content):
         kind = p.get("type") if isinstance(p, dict) else None
-        if kind in MEDIA_PARTS:
+        if isinstance(kind, str) and kind in MEDIA_PARTS:  # (a list as a type: unhashable)
             raise ApiError(400, f"{at}.{key}[{j}]: {MEDIA_PARTS[kind]} input is not "
                                 f"supported: this server's model reads text only")
         if kind == "refusal" and isinstance(p.get("refusal"), str):
