@@ -12,8 +12,8 @@ import pytest
 from pydantic import BaseModel
 
 from tests.e2e.conftest import http_request, post_json
-from tests.e2e.test_api_messages import ask, events_of
-from tests.e2e.test_api_reasoning import QWEN3, serve_thinking
+from tests.e2e.test_api_messages import (ask, events_of,  # noqa: F401 - the fixtures
+                                     parrot, qwen3)
 from tests.e2e.test_api_tools import BARE, HERMES, TWO, ParrotModel, ParrotSession, serve_parrot
 
 openai = pytest.importorskip("openai", reason="the openai client is not installed")
@@ -23,16 +23,6 @@ TOOLS = [{"type": "function", "name": "get_weather", "description": "The weather
                          "required": ["city"]}},
          {"type": "function", "name": "get_time", "parameters": {"type": "object"}}]
 THOUGHT = "<think>\nThe user wants a city. Paris.\n</think>\n\nParis."
-
-
-@pytest.fixture(scope="module")
-def parrot():
-    yield from serve_parrot()
-
-
-@pytest.fixture(scope="module")
-def qwen3():
-    yield from serve_thinking(QWEN3)
 
 
 def client_of(url):
