@@ -57,13 +57,19 @@ def events_of(data: bytes) -> list:
     return out
 
 
+def greedy_chat(url: str, msgs: list, max_tokens: int) -> dict:
+    """The chat route's greedy answer: what the translated APIs must give back."""
+    status, chat = post_json(url + "/v1/chat/completions",
+                             {"messages": msgs, "max_tokens": max_tokens, "temperature": 0})
+    assert status == 200, chat
+    return chat
+
+
 # ---- text, whole and streamed -------------------------------------------------------------
 
 def test_the_reply_is_the_chat_routes_whole_and_streamed(tiny_server):
     url, msgs = tiny_server.url, ask("Tell me about cats.")
-    status, chat = post_json(url + "/v1/chat/completions",
-                             {"messages": msgs, "max_tokens": 10, "temperature": 0})
-    assert status == 200, chat
+    chat = greedy_chat(url, msgs, 10)
     want = chat["choices"][0]["message"]["content"]
     client = client_of(url)
     # The client (2.x) has no sampling parameters any more; the server still reads them.

@@ -12,7 +12,7 @@ import pytest
 from pydantic import BaseModel
 
 from tests.e2e.conftest import http_request, post_json
-from tests.e2e.test_api_messages import (ask, events_of,  # noqa: F401 - the fixtures
+from tests.e2e.test_api_messages import (ask, events_of, greedy_chat,  # noqa: F401 - fixtures
                                      parrot, qwen3)
 from tests.e2e.test_api_tools import BARE, HERMES, TWO, ParrotModel, ParrotSession, serve_parrot
 
@@ -56,9 +56,7 @@ def stream_of(url, body) -> list:
 
 def test_the_reply_is_the_chat_routes_whole_and_streamed(tiny_server):
     url, msgs = tiny_server.url, ask("Tell me about cats.")
-    status, chat = post_json(url + "/v1/chat/completions",
-                             {"messages": msgs, "max_tokens": 10, "temperature": 0})
-    assert status == 200, chat
+    chat = greedy_chat(url, msgs, 10)
     want = chat["choices"][0]["message"]["content"]
     client = client_of(url)
     kw = dict(model="any", input="Tell me about cats.", max_output_tokens=10, temperature=0)
