@@ -68,8 +68,8 @@ SUPPORTED = frozenset({"type", "enum", "const", "properties", "required",
 # openai's .parse() and LangChain's with_structured_output send them, and a 400 made such
 # models unusable. An integer is held to its range (Node.int_range); a number's range and
 # multipleOf are read and not enforced, as llama.cpp reads them.
-UNCHECKED_BOUNDS = frozenset({"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
-                              "multipleOf"})
+BOUNDS = frozenset({"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
+                    "multipleOf"})
 
 MAX_SCHEMA_DEPTH = 32       # nesting of the schema document itself
 MAX_SCHEMA_NODES = 2000     # compiled nodes, $refs counted once
@@ -229,16 +229,15 @@ class _Compiler:
         if not isinstance(s, dict):
             raise SchemaError("a JSON schema must be an object or a boolean")
         for k in s:
-            if k in UNCHECKED_BOUNDS and (isinstance(s[k], bool)
-                                          or not isinstance(s[k], (int, float))
-                                          or (isinstance(s[k], float) and not math.isfinite(s[k]))):
+            if k in BOUNDS and (isinstance(s[k], bool) or not isinstance(s[k], (int, float))
+                                or (isinstance(s[k], float) and not math.isfinite(s[k]))):
                 raise SchemaError(f"'{k}' must be a number")
-            if k not in SUPPORTED and k not in ANNOTATIONS and k not in UNCHECKED_BOUNDS:
+            if k not in SUPPORTED and k not in ANNOTATIONS and k not in BOUNDS:
                 raise SchemaError(f"unsupported JSON schema keyword {str(k)[:60]!r}")
         for k in ("$defs", "definitions"):
             if k in s and not isinstance(s[k], dict):
                 raise SchemaError(f"'{k}' must be an object")
-        asserting = [k for k in s if k not in ANNOTATIONS and k not in UNCHECKED_BOUNDS
+        asserting = [k for k in s if k not in ANNOTATIONS and k not in BOUNDS
                      and k not in ("$defs", "definitions")]
         for k in ("$ref", "anyOf", "oneOf"):
             if k in s and len(asserting) > 1:
