@@ -378,19 +378,26 @@ class Blocks:
         yield self._delta({"type": delta_type, kind: text})
 
     def keepalive(self):
-        """An empty delta, on the open thinking or text block, else on a new text block
-        (which the reply's text, if it begins with text, goes on filling)."""
-        yield from self.add(self.open if self.open in ("thinking", "text") else "text", "")
+        """An empty delta on the open block (an input_json_delta on a tool_use block, as
+        Anthropic's own streams send), else on a new text block, which the reply's text,
+        if it begins with text, goes on filling. Only before the first block is none
+        open: Claude Code's watchdog counts every event but a ping, and the others would
+        end the message (message_stop) or count its usage again (message_delta)."""
+        if self.open == "tool_use":
+            yield self._delta({"type": "input_json_delta", "partial_json": ""})
+        else:
+            yield from self.add(self.open if self.open in ("thinking", "text") else "text", "")
 
     def tool(self, call: dict):
-        """A whole tool call (the chat route sends each one complete) as its own block."""
+        """A whole tool call (the chat route sends each one complete) as its own block,
+        left open until the next piece comes (the next call or the end: the chat route
+        sends them together), so that a keepalive meanwhile has a block to go on."""
         yield from self.close()
         yield self._start({"type": "tool_use", "id": call["id"],
                            "name": call["function"]["name"], "input": {}})
         self.open = "tool_use"
         yield self._delta({"type": "input_json_delta",
                            "partial_json": call["function"].get("arguments") or "{}"})
-        yield from self.close()
 
     def close(self):
         if self.open is None:

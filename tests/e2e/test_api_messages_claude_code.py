@@ -7,13 +7,15 @@ long prefill is silent, or its watchdog drops the stream after 300 s and asks ag
 """
 import json
 import re
+import sys
 import threading
 
 import pytest
 
 from runtime import messages_api
 from tests.e2e.conftest import http_request, post_json
-from tests.e2e.test_api_messages import events_of, parrot  # noqa: F401 - the fixture
+from tests.e2e.test_api_messages import (  # noqa: F401 - parrot: the fixture
+    anthropic, blocks, events_of, parrot)
 
 # Claude Code's own headers (x-stainless-* trimmed to two) and query string.
 HEADERS = {"anthropic-version": "2023-06-01", "Authorization": "Bearer x", "x-app": "cli",
@@ -118,22 +120,27 @@ def test_a_prompt_too_long_is_said_in_anthropics_words(parrot, stream):  # noqa:
     assert "--ctx" in r["error"]["message"] or "shorten it" in r["error"]["message"]
 
 
-def keepalive_stream(first_chunk: dict, n_keepalives: int) -> list:
-    """The (name, data) events of stream_events over chat chunks whose first one (then
-    the end) is held back until n_keepalives empty deltas went out."""
+def keepalive_stream(held_chunk: dict, n_keepalives: int, sent_chunks=(),
+                     raw_events: list | None = None) -> list:
+    """The (name, data) events of stream_events over chat chunks: sent_chunks at once,
+    then held_chunk (then the end) held back until n_keepalives empty deltas went out.
+    raw_events, when given, gets the events' bytes."""
     enough = threading.Event()
 
     def chunks():
+        yield from sent_chunks
         enough.wait(timeout=60)
-        yield first_chunk
+        yield held_chunk
         yield {"choices": [{"delta": {}, "finish_reason": "stop"}]}
         yield b"data: [DONE]\n\n"
     evs, n_empty = [], 0
     for raw in messages_api.stream_events(chunks(), 5, "msg_1", "m", [],
                                           keepalive_every_s=0.05):
         evs += events_of(raw)
+        if raw_events is not None:
+            raw_events.append(raw)
         delta = evs[-1][1].get("delta", {})
-        n_empty += delta.get("text") == "" or delta.get("thinking") == ""
+        n_empty += "" in (delta.get("text"), delta.get("thinking"), delta.get("partial_json"))
         if n_empty == n_keepalives:
             enough.set()
     return evs
@@ -167,6 +174,71 @@ def test_a_reply_that_is_a_call_or_a_thought_after_the_keepalive():
     starts = [(d["index"], d["content_block"]["type"]) for n, d in evs
               if n == "content_block_start"]
     assert starts == [(0, "text"), (1, "thinking")]
+
+
+CALL_LS = {"index": 0, "id": "call_1", "type": "function",
+           "function": {"name": "Bash", "arguments": '{"command": "ls"}'}}
+CALL_PWD = {"index": 1, "id": "call_2", "type": "function",
+            "function": {"name": "Bash", "arguments": '{"command": "pwd"}'}}
+
+
+def delta_chunk(**delta) -> dict:
+    return {"choices": [{"delta": delta}]}
+
+
+# (what went out, what is held back meanwhile) -> the blocks, and the empty delta between
+KEEPALIVES_IN_A_BLOCK = [
+    (delta_chunk(tool_calls=[CALL_LS]), delta_chunk(tool_calls=[CALL_PWD]),
+     ["tool_use", "tool_use"], {"type": "input_json_delta", "partial_json": ""}),
+    (delta_chunk(reasoning_content="Hm"), delta_chunk(content="Hi"),
+     ["thinking", "text"], {"type": "thinking_delta", "thinking": ""}),
+    (delta_chunk(content="Hi"), delta_chunk(tool_calls=[CALL_LS]),
+     ["text", "tool_use"], {"type": "text_delta", "text": ""})]
+
+
+@pytest.mark.parametrize("sent, held, kinds, empty", KEEPALIVES_IN_A_BLOCK)
+def test_a_keepalive_goes_on_the_open_block_never_a_new_one(sent, held, kinds, empty):
+    """A keepalive after a tool call opened a new text block: the message became
+    [tool_use, text "", tool_use]. The call's block now stays open until the next piece,
+    and the keepalive is an empty input_json_delta on it (as Anthropic's own streams
+    send); on an open thought or text, an empty delta of its kind."""
+    evs = keepalive_stream(held, 2, sent_chunks=[sent])
+    starts = [(d["index"], d["content_block"]["type"]) for n, d in evs
+              if n == "content_block_start"]
+    assert starts == list(enumerate(kinds)), starts
+    first = [d["delta"] for n, d in evs if n == "content_block_delta" and d["index"] == 0]
+    assert first[-2:] == [empty, empty] or first[-3:-1] == [empty, empty], first
+    # every delta and stop goes to a block that is open
+    open_index = None
+    for name, d in evs:
+        if name == "content_block_start":
+            assert open_index is None
+            open_index = d["index"]
+        elif name == "content_block_delta":
+            assert d["index"] == open_index
+        elif name == "content_block_stop":
+            assert d["index"] == open_index
+            open_index = None
+
+
+def test_the_anthropic_client_reads_a_keepalive_between_calls():
+    """The anthropic client's own stream reader, over those bytes: two calls, with their
+    whole input, and nothing else."""
+    raw = []
+    keepalive_stream(delta_chunk(tool_calls=[CALL_PWD]), 2,
+                     sent_chunks=[delta_chunk(tool_calls=[CALL_LS])], raw_events=raw)
+    # The client's HTTP library (httpx, or its fork in newer clients), for a transport
+    # that answers with these bytes.
+    httpx = sys.modules[anthropic.DefaultHttpxClient.__mro__[1].__module__.split(".")[0]]
+    transport = httpx.MockTransport(lambda request: httpx.Response(
+        200, headers={"content-type": "text/event-stream"}, content=b"".join(raw)))
+    client = anthropic.Anthropic(base_url="http://test", api_key="x", max_retries=0,
+                                 http_client=httpx.Client(transport=transport))
+    with client.messages.stream(model="m", max_tokens=50, messages=[
+            {"role": "user", "content": "Hi"}]) as stream:
+        message = stream.get_final_message()
+    assert [(b["type"], b.get("id"), b.get("input")) for b in blocks(message)] == [
+        ("tool_use", "call_1", {"command": "ls"}), ("tool_use", "call_2", {"command": "pwd"})]
 
 
 def test_an_error_in_the_chunks_still_reaches_the_stream():
