@@ -509,10 +509,13 @@
   /* Chats another tab deleted that this tab still had: the deletion wins (it is the last
    * word of the user, who was asked). A reply being written in one stops, as it does when
    * its chat is deleted here, and nothing more of it is saved; saved, it would bring the
-   * chat back. The open chat gone, another is shown; the notice says why.
+   * chat back. The open chat gone, no chat is shown (as after New chat), not the first
+   * other one: the message box keeps what was typed (and an open edit box's text goes
+   * there, if it is empty), and Send would have sent it into an unrelated chat. Sent
+   * now, it starts a new chat. The notice says why, and where the draft is.
    * -> whether the open chat went. */
   function dropDeleted(convs) {
-    var named = [], writing = false;
+    var named = [], writing = false, edits = keptEdits($("messages"), current());
     convs.forEach(function (c) {
       state.forgotten[c.id] = true;
       if (runOf(c)) writing = true;
@@ -522,12 +525,15 @@
     state.convs = state.convs.filter(function (c) { return !state.forgotten[c.id]; });
     var moved = !state.convs.some(function (c) { return c.id === state.currentId; });
     if (moved) {
-      state.currentId = state.convs.length ? state.convs[0].id : null;
+      state.currentId = null;
       clearChatMessages();
+      var edited = edits.filter(function (e) { return e.text.trim(); })[0];
+      if (edited && !$("input").value.trim()) { $("input").value = edited.text; draftChanged(); }
     }
     if (named.length) {
       setNotice(named.join(", ") + (named.length > 1 ? " were" : " was") + " deleted in another tab" +
-        (writing ? ": the reply being written here was stopped." : "."));
+        (writing ? ": the reply being written here was stopped." : ".") +
+        (moved && $("input").value.trim() ? " What you typed is still in the box: Send starts a new chat with it." : ""));
     }
     return moved;
   }
@@ -611,13 +617,18 @@
       var text = chatText(c);
       if (c === there || sameText(text, chatText(there))) state.synced[c.id] = text;
     });
-    if (!list.some(function (c) { return c.id === state.currentId; })) {
+    // (the open chat deleted there: none is shown, see dropDeleted)
+    if (!moved && !list.some(function (c) { return c.id === state.currentId; })) {
       state.currentId = list.length ? list[0].id : null;
       redraw = moved = true;
     }
     // The same chat, grown in the other tab: a reader scrolled up in it stays put.
     if (redraw || moved) renderAll(!moved); else { renderHeader(); renderSidebar(); }
-    if (behind.length) persist();
+    // A chat deleted (here or heard of) written back by a tab whose copy of the storage
+    // was behind the deletion, its tombstone maybe with it (two tabs deleting at one
+    // instant): no tab shows it (Store.loadConversations), and this save writes both
+    // again. Once both are written, it is not stored again: no tab saves back and forth.
+    if (behind.length || Store.storedAgain(state.forgotten).length) persist();
   }
 
   /* Whether this tab's chat c, as stored now (`there`, or none), is an older copy
@@ -706,7 +717,9 @@
       return new Promise(function (resolve) {
         locks.request(name, options, function (lock) {
           resolve(!!lock);
-          if (lock) return new Promise(function (letGo) { run.letGo = letGo; });
+          if (!lock) return;
+          var aliveGoes = holdAlive(c.id);
+          return new Promise(function (letGo) { run.letGo = function () { letGo(); aliveGoes(); }; });
         }).catch(function () { resolve(true); }); // (no lock to be had: the marks tell)
       });
     }
@@ -719,6 +732,22 @@
         return !writer && ask({});
       });
     }).catch(function () { return true; });
+  }
+
+  /* Takes chat `id`'s alive lock (shared), which this tab holds while it writes there
+   * and LAST_SAVE_WAIT_MS after it lets the writing lock go (the function returned says
+   * when it does): a tab that sees the writing lock go while the alive lock is still
+   * held knows that the writing tab lives and its final save is on its way (see
+   * awaitLastSave). Both gone at once, the browser let them go with the tab (closed,
+   * crashed, killed): no save is coming, and waiting for one only showed a reply as
+   * being written for 3 s more. */
+  function holdAlive(id) {
+    var release = null, due = false;
+    function later() { setTimeout(release, LAST_SAVE_WAIT_MS); }
+    locks.request(ALIVE_LOCK + id, { mode: "shared" }, function () {
+      return new Promise(function (done) { release = done; if (due) later(); });
+    }).catch(function () { /* (no lock: the other tabs wait the whole time) */ });
+    return function () { due = true; if (release) later(); };
   }
 
   /* Asks the browser which writing locks are held: the chats that this tab does not
@@ -764,16 +793,30 @@
    * the final reply. So a chat whose copy here still carries the mark stays written
    * elsewhere (see writtenElsewhere) until the save without it comes (onOtherTabSaved),
    * or for LAST_SAVE_WAIT_MS at most: a tab that crashed sends none, and its reply is
-   * then drawn stopped, with Continue. (A timer, not the clock: see WRITER_GONE_MS.) */
+   * then drawn stopped, with Continue. (A timer, not the clock: see WRITER_GONE_MS.)
+   * Not even that long when the writing tab's alive lock went too (see holdAlive): that
+   * tab is gone, and the reply is drawn stopped at once. (Still held, or the browser
+   * slower to say, the wait is as before. A tab that closed may have saved a little
+   * more on its way out: that save, heard of a moment later, is drawn then.) */
   var LAST_SAVE_WAIT_MS = 3000;
+  var ALIVE_LOCK = "chatfile-alive:";
   var lastSaveDue = Object.create(null); // chat id -> its timer, while that save is due
   function awaitLastSave(id) {
     var c = state.convs.find(function (x) { return x.id === id; });
     if (!c || typeof c.writingAt !== "number") return;
     clearTimeout(lastSaveDue[id]);
-    lastSaveDue[id] = setTimeout(function () {
+    var timer = lastSaveDue[id] = setTimeout(waited, LAST_SAVE_WAIT_MS);
+    function waited() {
+      if (lastSaveDue[id] !== timer) return; // (another wait began since)
+      clearTimeout(timer);
       whenElsewhereChanges(function () { delete lastSaveDue[id]; });
-    }, LAST_SAVE_WAIT_MS);
+    }
+    if (locks) {
+      locks.query().then(function (now) {
+        var alive = now.held.some(function (l) { return l.name === ALIVE_LOCK + id; });
+        if (!alive) waited();
+      }, function () { /* (the wait tells) */ });
+    }
   }
 
   /* The chats written in other tabs are now those of `held`: the list, and the open

@@ -14,8 +14,11 @@
   var KEY_SETTINGS = "chatfile.settings";
   var KEY_API = "chatfile.apiKey";
   var KEY_DELETED = "chatfile.deleted";
-  // How many deleted chats' ids are kept: a tab holds a chat deleted elsewhere only
-  // while it writes a reply in it, or until the storage event of the deletion.
+  // How many deleted chats' ids are kept (the last ones deleted; no time limit). A
+  // tombstone is needed only while some tab still holds the chat without having heard
+  // of its deletion: a tab hears of it within milliseconds (the storage event), and at
+  // the latest at its own next save or read, which take the tombstones first. 500 more
+  // deletions before then would be needed to lose one; 500 ids are about 8 KB.
   var DELETED_KEPT = 500;
   var ROLES = { system: true, user: true, assistant: true };
   // Why a reply ended early: at the max-tokens setting, or at the end of the context.
@@ -117,10 +120,25 @@
     return out;
   }
 
+  /* The chats stored, without those deleted (loadDeleted). A save of another tab whose
+   * copy of the storage was behind a deletion (see saveConversations) may have written a
+   * deleted chat back: every reader leaves it out, and the next save drops it. */
   function loadConversations() {
+    var dead = {};
+    loadDeleted().forEach(function (id) { dead[id] = true; });
+    return storedConversations().filter(function (c) { return !dead[c.id]; });
+  }
+
+  /* The chats stored, deleted or not. */
+  function storedConversations() {
     var list = readJson(KEY_CONVS, []);
     if (!Array.isArray(list)) return [];
     return list.map(cleanConversation).filter(Boolean);
+  }
+
+  /* The ids of `ids` (an object: id -> true) whose chats are stored all the same. */
+  function storedAgain(ids) {
+    return storedConversations().filter(function (c) { return ids[c.id]; }).map(function (c) { return c.id; });
   }
 
   /* The ids of the chats deleted in any tab of this browser (the newest last): a tab
@@ -314,6 +332,7 @@
     loadConversations: loadConversations,
     saveConversations: saveConversations,
     loadDeleted: loadDeleted,
+    storedAgain: storedAgain,
     loadCurrentId: function () { return readJson(KEY_CURRENT, null); },
     saveCurrentId: function (id) { writeJson(KEY_CURRENT, id); },
     loadSettings: loadSettings,
