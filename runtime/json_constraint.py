@@ -37,6 +37,16 @@ fields) is read by a scanner of its own (`_fmt_byte`): only text of that format,
 byte, and never a prefix that no valid value continues, so a reply cannot dead-end in it.
 Other formats (email, uri, ...) are read as plain strings, as llama.cpp does.
 
+A string with `pattern` (pydantic writes it for Field(pattern=...)) is held to it exactly
+(`_pat_byte`; the pattern's automaton is runtime/string_pattern.py's `Pattern`). It is
+matched as JSON Schema says, anywhere in the string (an unanchored side may hold
+anything), against the decoded characters: the string scanner's bytes are turned back
+into code points (UTF-8, \\n, \\u00e9), so the model may spell a character any way JSON
+allows. No prefix dead-ends: a byte that starts a character (a UTF-8 lead, a backslash,
+a \\u digit) is taken only when some code point it can still become leads on, and with
+minLength/maxLength the pattern's states must also have a path to a match of a length
+that fits.
+
 An integer with bounds (minimum, maximum, exclusiveMinimum, exclusiveMaximum) is read by a
 scanner of its own too (`_int_step`), as llama.cpp's grammar holds an integer to its range:
 a digit is taken only when some integer in the range still starts with the digits so far,
@@ -54,6 +64,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from runtime.string_pattern import MAX_CP, Pattern, PatternError
 from runtime.token_bytes import table_of
 
 TYPES = ("object", "array", "string", "number", "integer", "boolean", "null")
@@ -63,7 +74,8 @@ ANNOTATIONS = frozenset({"title", "description", "$schema", "$id", "$comment", "
                          "examples", "deprecated", "readOnly", "writeOnly"})
 SUPPORTED = frozenset({"type", "enum", "const", "properties", "required",
                        "additionalProperties", "items", "minItems", "maxItems", "minLength",
-                       "maxLength", "anyOf", "oneOf", "$ref", "$defs", "definitions", "format"})
+                       "maxLength", "anyOf", "oneOf", "$ref", "$defs", "definitions", "format",
+                       "pattern"})
 # Bounds. Pydantic writes them for every Field(ge=, gt=, le=, lt=, multiple_of=), so
 # openai's .parse() and LangChain's with_structured_output send them, and a 400 made such
 # models unusable. An integer is held to its range (Node.int_range); a number's range and
@@ -114,6 +126,7 @@ class Node:
     max_len: int | None = None
     fmt: tuple | None = None         # a checked format's layouts (FORMATS); None: any string
     fmt_mask: int = 0                # which of them fit minLength/maxLength (bit i: layout i)
+    pattern: object = None           # a Pattern the string's characters must match; None: any
     # an integer's range: (lowest, highest, most bytes written); None bound: unbounded.
     # None: no bounds (or not an integer-only type: a number's bounds are not enforced)
     int_range: tuple | None = None
@@ -313,13 +326,14 @@ class _Compiler:
         n.min_items, n.max_items = self._bounds(s, "minItems", "maxItems")
         n.min_len, n.max_len = self._bounds(s, "minLength", "maxLength")
         self._format(s, n)
+        self._pattern(s, n)
         if n.literals is not None:
             # enum/const strings are written as they are: keep those the string keywords allow
             texts = tuple(t for t in n.literals
                           if t[:1] != b'"' or _string_fits(n, json.loads(t)))
             if not texts:
                 raise SchemaError("no 'enum' or 'const' string fits the schema's 'format', "
-                                  "'minLength' and 'maxLength'")
+                                  "'pattern', 'minLength' and 'maxLength'")
             n.literals = texts
         return n
 
@@ -365,6 +379,24 @@ class _Compiler:
         if not mask:
             raise SchemaError(f"no string of format {name!r} fits 'minLength' and 'maxLength'")
         n.fmt, n.fmt_mask = layouts, mask
+
+    @staticmethod
+    def _pattern(s: dict, n: Node) -> None:
+        """Hold every string of n to its pattern, together with minLength/maxLength."""
+        source = s.get("pattern")
+        if source is None:
+            return
+        if not isinstance(source, str):
+            raise SchemaError("'pattern' must be a string")
+        if n.fmt is not None:
+            # Two scanners of one string would need a product of their states: not worth it
+            # for a combination pydantic does not write.
+            raise SchemaError(f"'pattern' next to 'format' {s['format']!r} is not supported; "
+                              "use one of them")
+        try:
+            n.pattern = Pattern(source, n.min_len, n.max_len)
+        except PatternError as e:
+            raise SchemaError(str(e)) from None
 
     @staticmethod
     def _bounds(s, lo_key, hi_key):
@@ -558,17 +590,70 @@ def _fmt_matches(layouts, mask: int, text: str) -> bool:
 
 
 def _string_fits(n: Node, s: str) -> bool:
-    """Does the string s fit n's minLength, maxLength and format? (for enum and const)"""
+    """Does the string s fit n's minLength, maxLength, format and pattern? (for enum and
+    const)"""
     if len(s) < n.min_len or (n.max_len is not None and len(s) > n.max_len):
         return False
+    if n.pattern is not None and not n.pattern.matches(s):
+        return False
     return n.fmt is None or _fmt_matches(n.fmt, n.fmt_mask, s)
+
+
+# The string scanner (_str_byte) checks a string's bytes; _pat_byte also rebuilds each
+# character's code point from them (UTF-8 or an escape) and steps the pattern with it. A
+# byte that starts a character is taken only if some code point it can still become
+# leads on, so no byte dead-ends, not even the first byte of an escape or of a UTF-8
+# sequence.
+_ESCAPED_CP = {0x22: 0x22, 0x5C: 0x5C, 0x2F: 0x2F, 0x62: 0x08, 0x66: 0x0C, 0x6E: 0x0A,
+               0x72: 0x0D, 0x74: 0x09}
+_UTF8_LOW = {1: 0x80, 2: 0x800, 3: 0x10000}     # the least code point of a 2, 3, 4-byte form
+
+
+def _pat_byte(node, ps, b):
+    """One byte of a string held to node.pattern (ps: (the string scanner's state, the
+    code point so far, the pattern's state)). Returns the new ps, True for the closing
+    quote, or None."""
+    ss, cp, at = ps
+    pat = node.pattern
+    r = _str_byte(ss, b, node.max_len)
+    if r is None:
+        return None
+    if r is True:
+        return True if pat.accept in at and ss[5] >= node.min_len else None
+    if ss[2]:                           # a UTF-8 continuation byte: 6 more bits
+        cp = cp << 6 | (b & 0x3F)
+    elif ss[0] == 0:                    # a character's first byte: ASCII, or a lead's bits
+        cp = b if b < 0x80 else b & (0x7F >> (r[2] + 1))
+    elif ss[0] == 1:                    # after "\": the escaped character ("u": 0 so far)
+        cp = _ESCAPED_CP.get(b, 0)
+    else:                               # a \uXXXX digit
+        cp = ss[1] * 16 + HEX[b]
+    if r[0] == 0 and r[2] == 0:         # the character is whole
+        nxt = pat.step(at, cp)
+        return (r, 0, nxt) if nxt is not None and pat.ok(nxt, r[5]) else None
+    lo, hi = _cp_left(r, cp)
+    n_chars = r[5] if r[0] == 0 else r[5] + 1   # UTF-8 counts the character at its lead
+    return (r, cp, at) if pat.can_take(at, lo, hi, n_chars) else None
+
+
+def _cp_left(r, cp: int) -> tuple:
+    """The code points a partly written character (scanner state r, bits so far cp) can
+    still become: lo, hi."""
+    esc, need = r[0], r[2]
+    if need:                            # inside a UTF-8 sequence
+        lo = cp << 6 * need
+        return max(lo, _UTF8_LOW[need]), min(lo + (1 << 6 * need) - 1, MAX_CP)
+    if esc == 1:                        # after "\": an escape writes up to U+FFFF
+        return 0, 0xFFFF
+    left_bits = 4 * (6 - esc)           # \u and esc - 2 digits: 6 - esc digits to come
+    return cp << left_bits, (cp << left_bits) + (1 << left_bits) - 1
 
 
 # ---- grammars: where a reply starts ------------------------------------------------------
 
 # Frame tags. A frame is a tuple whose first item is its tag; a stack is (frame, below).
 (VALUE, OBJ_FIRST, OBJ_KEY, KEY_FREE, KEY_LIT, OBJ_COLON, OBJ_NEXT, ARR_FIRST, ARR_NEXT,
- STR, NUM, LIT, RAW, END, FMT, IRANGE) = range(16)
+ STR, NUM, LIT, RAW, END, FMT, IRANGE, PAT) = range(17)
 # Number phases; a number may end in the ENDABLE ones.
 MINUS, ZERO, INT, DOT, FRAC, EXP_MARK, EXP_SIGN, EXP = range(8)
 ENDABLE = frozenset({ZERO, INT, FRAC, EXP})
@@ -688,7 +773,9 @@ def _start_value(node, depth, b, below, out):
         if "array" in types and depth < MAX_DEPTH:
             out.append((((ARR_FIRST, node, depth + 1), below), 0))
     elif b == 0x22:  # "
-        if "string" in types and node.fmt is not None:
+        if "string" in types and node.pattern is not None:
+            out.append((((PAT, node, (STR0, 0, node.pattern.start)), below), 0))
+        elif "string" in types and node.fmt is not None:
             out.append((((FMT, node, (node.fmt_mask, 0, 0, ())), below), 0))
         elif "string" in types:
             out.append((((STR, node, STR0), below), 0))
@@ -849,6 +936,13 @@ def _step(stack, ws, b, raw_only, out):
                     out.append((below, 0))
             elif r is not None:
                 out.append((((STR, frame[1], r), below), 0))
+            return
+        if tag == PAT:
+            r = _pat_byte(frame[1], frame[2], b)
+            if r is True:
+                out.append((below, 0))
+            elif r is not None:
+                out.append((((PAT, frame[1], r), below), 0))
             return
         if tag == FMT:
             node, fs = frame[1], frame[2]
