@@ -8,16 +8,20 @@ whole conversation (`previous_response_id` and `conversation` are refused).
 Plain functions, no server state: `chat_body` (Responses request -> chat body), `head`
 (what the response object repeats of its request), and back `whole_response` (the chat
 response object -> a response) and `Events.stream` (the chat route's chunks -> the
-Server-Sent Events). Errors keep OpenAI's shape, as on the chat route.
+Server-Sent Events). Errors keep OpenAI's shape, as on the chat route, and name the
+Responses fields (`in_clients_words`). Around it: `count_object` (POST
+/v1/responses/input_tokens) and `not_stored` (GET/DELETE /v1/responses/{id}).
 """
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 
 from runtime.api import ApiError, each_tool, json_bytes, stream_pieces
 
 PATHS = ("/v1/responses", "/responses")
+COUNT_PATHS = ("/v1/responses/input_tokens", "/responses/input_tokens")
 ROLES = ("user", "assistant", "system", "developer")
 # The sampling fields passed on as they are; the chat route checks them. (top_k is
 # llama-server's, sent by clients that know it.)
@@ -38,12 +42,45 @@ STATEFUL = {"previous_response_id": "no response is stored: send the whole conve
             "prompt": "no prompt template is stored: send 'instructions' and 'input'"}
 
 
+# The chat route's names of the fields it checks, and the Responses fields they came from.
+CHAT_FIELDS = (("'messages'", "'input'"),
+               ("'response_format.json_schema.", "'text.format."),
+               ("'response_format", "'text.format"))
+
+
 def event(data: dict) -> bytes:
     """One Server-Sent Event as OpenAI sends it: its type on the `event:` line too."""
     return b"event: " + data["type"].encode() + b"\ndata: " + json_bytes(data) + b"\n\n"
 
 
 # ---- the request ---------------------------------------------------------------------
+
+@contextlib.contextmanager
+def in_clients_words():
+    """The chat route's 400s said with the fields the client sent: its checks name its
+    own ('messages', 'response_format'), which a Responses request has not."""
+    try:
+        yield
+    except ApiError as e:
+        message = e.message
+        for chat, ours in CHAT_FIELDS:
+            message = message.replace(chat, ours)
+        if message == e.message:
+            raise
+        raise ApiError(e.status, message, e.type, e.headers, e.fields) from None
+
+
+def not_stored(response_id: str) -> ApiError:
+    """GET/DELETE /v1/responses/{id} (and GET .../input_items): nothing is stored, so
+    there is no response to give or delete; a 404, as OpenAI's for an unknown id."""
+    return ApiError(404, f"no response {response_id[:80]!r} is stored: this server "
+                         f"stores none (its replies say \"store\": false)")
+
+
+def count_object(n_input_tok: int) -> dict:
+    """POST /v1/responses/input_tokens: the prompt's size, as OpenAI gives it."""
+    return {"object": "response.input_tokens", "input_tokens": n_input_tok}
+
 
 def chat_body(body: dict) -> dict:
     """The chat completions body of a Responses request; ApiError(400) naming the field
@@ -108,10 +145,12 @@ def input_messages(items) -> list:
         if kind == "message":
             message(out, item, at)
         elif kind == "function_call":
+            name = string(item, "name", at)
+            if item.get("namespace") is not None:  # the name the model was shown
+                name = flat_name(string(item, "namespace", at), name)
             assistant_turn(out).setdefault("tool_calls", []).append({
                 "id": string(item, "call_id", at), "type": "function",
-                "function": {"name": string(item, "name", at),
-                             "arguments": string(item, "arguments", at)}})
+                "function": {"name": name, "arguments": string(item, "arguments", at)}})
         elif kind == "function_call_output":
             out.append({"role": "tool", "tool_call_id": string(item, "call_id", at),
                         "content": parts_text(item.get("output"), at, "output")})
@@ -224,28 +263,22 @@ def text_format(text) -> dict:
 
 
 def tool_fields(tools, choice) -> dict:
-    """`tools` (functions: {type, name, description, parameters, strict}) and
-    `tool_choice` as the chat route's; OpenAI's built-in tools (web search, file search,
-    ...) refused: nothing here runs them."""
+    """`tools` (functions: {type, name, description, parameters, strict}, and namespaces
+    of functions) and `tool_choice` as the chat route's; OpenAI's built-in tools (web
+    search, file search, ...) refused: nothing here runs them."""
     out = {}
     if tools is not None:
         fns = []
         for i, t in each_tool(tools):
+            if t.get("type") == "namespace":
+                fns += namespace_functions(t, f"tools[{i}]")
+                continue
             if t.get("type") != "function":
                 raise ApiError(400, f"'tools[{i}]': the built-in tool {str(t.get('type'))[:40]!r} "
                                     f"is not supported: this server runs no tools; give "
                                     f"functions {{\"type\": \"function\", \"name\": ..., "
                                     f"\"parameters\": {{...}}}}")
-            if not isinstance(t.get("name"), str) or not t["name"]:
-                raise ApiError(400, f"'tools[{i}]': 'name' must be a non-empty string")
-            params = t.get("parameters") or {"type": "object"}
-            if not isinstance(params, dict):
-                raise ApiError(400, f"'tools[{i}]': 'parameters' must be an object")
-            fn = {"name": t["name"], "parameters": params}
-            for key in ("description", "strict"):
-                if t.get(key) is not None:
-                    fn[key] = t[key]
-            fns.append({"type": "function", "function": fn})
+            fns.append(function_tool(t, f"tools[{i}]"))
         out["tools"] = fns
     if choice is None or choice in ("auto", "none", "required"):
         if choice is not None:
@@ -258,6 +291,56 @@ def tool_fields(tools, choice) -> dict:
         return out
     raise ApiError(400, "'tool_choice' must be \"auto\", \"none\", \"required\" or "
                         "{\"type\": \"function\", \"name\": ...}")
+
+
+def function_tool(t: dict, at: str, namespace: str | None = None) -> dict:
+    """A function tool as the chat route's (one in a namespace under its flat_name)."""
+    if not isinstance(t.get("name"), str) or not t["name"]:
+        raise ApiError(400, f"'{at}': 'name' must be a non-empty string")
+    params = t.get("parameters") or {"type": "object"}
+    if not isinstance(params, dict):
+        raise ApiError(400, f"'{at}': 'parameters' must be an object")
+    name = t["name"] if namespace is None else flat_name(namespace, t["name"])
+    fn = {"name": name, "parameters": params}
+    for key in ("description", "strict"):
+        if t.get(key) is not None:
+            fn[key] = t[key]
+    return {"type": "function", "function": fn}
+
+
+def namespace_functions(t: dict, at: str) -> list:
+    """A namespace (functions grouped under a name, as Codex CLI sends its sub-agent
+    tools): each function as a chat function named flat_name(namespace, name)."""
+    ns = t.get("name")
+    if not isinstance(ns, str) or not ns:
+        raise ApiError(400, f"'{at}': 'name' must be a non-empty string")
+    inner = t.get("tools")
+    if not isinstance(inner, list) or not all(isinstance(f, dict) for f in inner):
+        raise ApiError(400, f"'{at}': 'tools' must be a list of functions")
+    fns = []
+    for j, f in enumerate(inner):
+        if f.get("type") != "function":
+            raise ApiError(400, f"'{at}.tools[{j}]': tools of type {str(f.get('type'))[:40]!r} "
+                                f"are not supported in a namespace; give functions")
+        fns.append(function_tool(f, f"{at}.tools[{j}]", ns))
+    return fns
+
+
+def flat_name(namespace: str, name: str) -> str:
+    """A namespaced function's name as the model sees it, one word: the namespace and
+    the name joined by "__", as Codex CLI joins them where a namespace cannot be said."""
+    return namespace.rstrip("_") + "__" + name.lstrip("_")
+
+
+def namespaced(tools) -> dict:
+    """{flat name: (namespace, name)} of the request's namespaced functions: a call the
+    model makes to one is given back as OpenAI gives it, with its `namespace`."""
+    out = {}
+    for t in tools if isinstance(tools, list) else []:
+        if isinstance(t, dict) and t.get("type") == "namespace":
+            for f in t.get("tools") or []:
+                out[flat_name(t["name"], f["name"])] = (t["name"], f["name"])
+    return out
 
 
 # ---- the reply -----------------------------------------------------------------------
@@ -320,11 +403,14 @@ def output_text(text: str) -> dict:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
 
-def call_item(call: dict, status: str = "completed") -> dict:
-    """A chat tool call as a function_call item (its id, the chat route's, is call_id)."""
+def call_item(call: dict, names: dict, status: str = "completed") -> dict:
+    """A chat tool call as a function_call item (its id, the chat route's, is call_id);
+    a call to a namespaced function (`names`: see namespaced) names its namespace."""
     fn = call["function"]
-    return {"type": "function_call", "id": new_id("fc"), "call_id": call["id"],
-            "name": fn["name"], "arguments": fn.get("arguments") or "{}", "status": status}
+    named = ({"namespace": names[fn["name"]][0], "name": names[fn["name"]][1]}
+             if fn["name"] in names else {"name": fn["name"]})
+    return {"type": "function_call", "id": new_id("fc"), "call_id": call["id"], **named,
+            "arguments": fn.get("arguments") or "{}", "status": status}
 
 
 def whole_response(reply: dict, finals: list, resp: dict) -> dict:
@@ -340,7 +426,8 @@ def whole_response(reply: dict, finals: list, resp: dict) -> dict:
     calls = msg.get("tool_calls") or []
     if msg.get("content") or not calls:
         output.append(message_item(new_id("msg"), msg.get("content") or "", status))
-    output += [call_item(c) for c in calls]
+    names = namespaced(resp["tools"])
+    output += [call_item(c, names) for c in calls]
     return ended(resp, choice["finish_reason"], output, finals)
 
 
@@ -352,6 +439,7 @@ class Events:
         self.resp, self.seq = resp, 0
         self.output = []          # the items done
         self.open = None          # the item being written: (kind, item id, text so far)
+        self.names = namespaced(resp["tools"])  # see call_item
 
     def error(self, e: ApiError) -> bytes:
         """An error once the stream's headers are sent: OpenAI's `error` event, then
@@ -439,7 +527,7 @@ class Events:
     def _call(self, call: dict):
         """A whole tool call (the chat route sends each one complete) as its item."""
         yield from self._close("completed")
-        item = call_item(call)
+        item = call_item(call, self.names)
         where = {"item_id": item["id"], "output_index": len(self.output)}
         yield self._event("response.output_item.added", output_index=len(self.output),
                           item={**item, "arguments": "", "status": "in_progress"})

@@ -61,7 +61,8 @@ CLIENT_POLL_S = 0.05       # how often a request checks that its client is still
 API_POST = ("/v1/chat/completions", "/v1/completions", "/completion", "/completions",
             "/tokenize", "/detokenize", "/apply-template", "/infill", "/chat/completions",
             "/v1/embeddings", "/embeddings", "/embedding", "/v1/rerank", "/rerank",
-            "/v1/reranking", "/reranking", *messages_api.PATHS, *responses_api.PATHS)
+            "/v1/reranking", "/reranking", *messages_api.PATHS, *responses_api.PATHS,
+            *responses_api.COUNT_PATHS)
 API_GET = ("/v1/models", "/models", "/props", "/health", "/v1/health", "/slots")
 # A preflight's Access-Control-Request-Headers that may be allowed back as they are: a list
 # of header names (RFC 9110 tokens), of a sane length.
@@ -580,13 +581,29 @@ def build_app(st: State) -> bottle.Bottle:
     @app.post("/responses")
     @api
     def responses(model, body):
-        reply = chat_reply(model, responses_api.chat_body(body))
+        with responses_api.in_clients_words():
+            reply = chat_reply(model, responses_api.chat_body(body))
         resp = responses_api.head(body, st.model_id)
         if reply.chunks is None:
             return ok(responses_api.whole_response(reply.whole, reply.finals, resp))
         events = responses_api.Events(resp)
         return sse(lambda events_of: events.stream(reply.chunks(events_of), reply.finals),
                    reply.reqs, error_event=events.error)
+
+    @app.post("/v1/responses/input_tokens")
+    @app.post("/responses/input_tokens")
+    @api
+    def responses_input_tokens(model, body):
+        with responses_api.in_clients_words():
+            prompt_ids = chat_prompt(model, responses_api.chat_body(body))[-1]
+        return ok(responses_api.count_object(len(prompt_ids)))
+
+    # (any id but input_tokens, whose GET is the 405 of a POST route)
+    @app.route("/v1/responses/<response_id:re:(?!input_tokens$).+>", method=["GET", "DELETE"])
+    @app.route("/responses/<response_id:re:(?!input_tokens$).+>", method=["GET", "DELETE"])
+    @api
+    def stored_response(model, body, response_id):
+        raise responses_api.not_stored(response_id.split("/")[0])
 
     # -- OpenAI: completions -----------------------------------------------------------
     @app.post("/v1/completions")
