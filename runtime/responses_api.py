@@ -264,8 +264,10 @@ def text_format(text) -> dict:
 
 def tool_fields(tools, choice) -> dict:
     """`tools` (functions: {type, name, description, parameters, strict}, and namespaces
-    of functions) and `tool_choice` as the chat route's; OpenAI's built-in tools (web
-    search, file search, ...) refused: nothing here runs them."""
+    of functions) and `tool_choice` as the chat route's. OpenAI's built-in tools (web
+    search, file search, ...) are left out: nothing here runs them, so the model is not
+    offered them, as llama-server and vLLM leave them out. Codex CLI offers web_search
+    on every request by default, and a 400 there made every request fail."""
     out = {}
     if tools is not None:
         fns = []
@@ -273,13 +275,13 @@ def tool_fields(tools, choice) -> dict:
             if t.get("type") == "namespace":
                 fns += namespace_functions(t, f"tools[{i}]")
                 continue
-            if t.get("type") != "function":
-                raise ApiError(400, f"'tools[{i}]': the built-in tool {str(t.get('type'))[:40]!r} "
-                                    f"is not supported: this server runs no tools; give "
-                                    f"functions {{\"type\": \"function\", \"name\": ..., "
-                                    f"\"parameters\": {{...}}}}")
-            fns.append(function_tool(t, f"tools[{i}]"))
-        out["tools"] = fns
+            if t.get("type") == "function":
+                fns.append(function_tool(t, f"tools[{i}]"))
+            elif not isinstance(t.get("type"), str):
+                raise ApiError(400, f"'tools[{i}]': 'type' must be \"function\" (or a "
+                                    f"built-in tool's name, which is left out)")
+        if fns or not tools:    # (only built-in tools: as if none were given)
+            out["tools"] = fns
     if choice is None or choice in ("auto", "none", "required"):
         if choice is not None:
             out["tool_choice"] = choice

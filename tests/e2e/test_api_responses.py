@@ -245,7 +245,7 @@ def test_reasoning_comes_back_as_a_reasoning_item_and_goes_back_in(qwen3):
     ({"input": [{"role": "tool", "content": "x"}]}, "input[0]: 'role'"),
     ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "'item_reference'"),
     ({"input": [{"type": "function_call", "name": "f", "arguments": "{}"}]}, "'call_id'"),
-    ({"input": "hi", "tools": [{"type": "web_search"}]}, "built-in tool 'web_search'"),
+    ({"input": "hi", "tools": [{"name": "f"}]}, "'tools[0]': 'type'"),
     ({"input": "hi", "tool_choice": {"type": "file_search"}}, "'tool_choice'"),
     ({"input": "hi", "text": {"format": {"type": "yaml"}}}, "'text.format'"),
     ({"input": "hi", "max_output_tokens": 0}, "'max_output_tokens'"),

@@ -36,7 +36,7 @@ def codex_body(text: str) -> dict:
                       msg("developer", "<permissions>never ask</permissions>", "<skills/>"),
                       msg("user", "<environment_context>/tmp</environment_context>"),
                       msg("user", text)],
-            "tools": [TOOLS[0], AGENTS], "parallel_tool_calls": True,
+            "tools": [TOOLS[0], AGENTS, {"type": "web_search"}], "parallel_tool_calls": True,
             "reasoning": {"summary": "auto"}, "store": False,
             "include": ["reasoning.encrypted_content"], "prompt_cache_key": "01a2305e",
             "client_metadata": {"session_id": "01a2305e", "x-codex-turn-metadata": "{}"}}
@@ -46,6 +46,21 @@ def test_codex_first_request_is_answered_as_a_stream(parrot):
     evs = stream_of(parrot[0], codex_body("Say hello."))
     assert evs[-1][0] == "response.completed", evs[-1]
     assert evs[-1][1]["response"]["output"][0]["content"][0]["text"] == "Say hello."
+
+
+def test_built_in_tools_are_left_out_not_refused(parrot):
+    """Codex offers the built-in web_search on every request by default: nothing here
+    runs it, so the model is not offered it (as llama-server and vLLM leave it out),
+    and the functions beside it are offered as ever."""
+    url, model = parrot
+    evs = stream_of(url, codex_body("Say hello."))
+    assert evs[-1][0] == "response.completed", evs[-1]
+    assert '"name": "get_weather"' in model.prompts[-1]
+    assert "web_search" not in model.prompts[-1]
+    r = client_of(url).responses.create(model="x", input="Hi.", tools=[
+        {"type": "web_search"}, {"type": "file_search", "vector_store_ids": ["vs_1"]}])
+    assert r.output_text == "Hi." and "get_weather" not in model.prompts[-1]
+    assert "search" not in model.prompts[-1]
 
 
 def test_namespaced_functions_are_offered_flat_and_called_with_their_namespace(parrot):
