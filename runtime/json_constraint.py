@@ -86,6 +86,7 @@ BOUNDS = frozenset({"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"
 MAX_SCHEMA_DEPTH = 32       # nesting of the schema document itself
 MAX_SCHEMA_NODES = 2000     # compiled nodes, $refs counted once
 MAX_ENUM_VALUES = 1024
+MAX_SCHEMA_PATTERN_WORK = 1_000_000     # Pattern.work summed over a schema: about 0.3 s
 MAX_DEPTH = 32              # nesting of the generated value
 # Whitespace between JSON tokens: one space or tab, or one newline and up to MAX_INDENT
 # spaces or tabs. Enough to pretty-print; not enough for a model to pad a reply with
@@ -214,6 +215,8 @@ class _Compiler:
         self.strict = strict
         self.refs: dict[str, Ref] = {}
         self.n_nodes = 0
+        self.patterns: dict = {}        # (pattern, minLength, maxLength) -> its Pattern
+        self.pattern_work = 0           # their Pattern.work, summed: MAX_SCHEMA_PATTERN_WORK
 
     def ref(self, pointer) -> Ref:
         if not isinstance(pointer, str) or not pointer.startswith("#"):
@@ -380,8 +383,7 @@ class _Compiler:
             raise SchemaError(f"no string of format {name!r} fits 'minLength' and 'maxLength'")
         n.fmt, n.fmt_mask = layouts, mask
 
-    @staticmethod
-    def _pattern(s: dict, n: Node) -> None:
+    def _pattern(self, s: dict, n: Node) -> None:
         """Hold every string of n to its pattern, together with minLength/maxLength."""
         source = s.get("pattern")
         if source is None:
@@ -393,10 +395,20 @@ class _Compiler:
             # for a combination pydantic does not write.
             raise SchemaError(f"'pattern' next to 'format' {s['format']!r} is not supported; "
                               "use one of them")
+        key = (source, n.min_len, n.max_len)
+        if key in self.patterns:
+            n.pattern = self.patterns[key]
+            return
         try:
-            n.pattern = Pattern(source, n.min_len, n.max_len)
+            n.pattern = self.patterns[key] = Pattern(source, n.min_len, n.max_len)
         except PatternError as e:
             raise SchemaError(str(e)) from None
+        # Each pattern is bounded; so is their number only by MAX_SCHEMA_NODES, and 100
+        # patterns near their bound took 10 s to compile.
+        self.pattern_work += n.pattern.work
+        if self.pattern_work > MAX_SCHEMA_PATTERN_WORK:
+            raise SchemaError("the schema's 'pattern's are too complex together (their "
+                              f"automata cost more than {MAX_SCHEMA_PATTERN_WORK:,} steps to build)")
 
     @staticmethod
     def _bounds(s, lo_key, hi_key):
