@@ -209,14 +209,23 @@ def _type_of(v) -> str:
     raise SchemaError("'enum' and 'const' values must be strings, numbers, booleans or null")
 
 
+@dataclass
+class Patterns:
+    """The patterns compiled for one request, and what building them cost: each
+    (pattern, minLength, maxLength) is compiled once, and MAX_SCHEMA_PATTERN_WORK bounds
+    them all together. One request may compile several schemas (each tool's parameters:
+    40 tools with heavy patterns took 12 s with a budget per schema), so they share one."""
+    compiled: dict = field(default_factory=dict)
+    work: int = 0                   # Pattern.work, summed
+
+
 class _Compiler:
-    def __init__(self, root, strict: bool):
+    def __init__(self, root, strict: bool, patterns: Patterns | None = None):
         self.root = root
         self.strict = strict
         self.refs: dict[str, Ref] = {}
         self.n_nodes = 0
-        self.patterns: dict = {}        # (pattern, minLength, maxLength) -> its Pattern
-        self.pattern_work = 0           # their Pattern.work, summed: MAX_SCHEMA_PATTERN_WORK
+        self.patterns = patterns or Patterns()
 
     def ref(self, pointer) -> Ref:
         if not isinstance(pointer, str) or not pointer.startswith("#"):
@@ -395,18 +404,21 @@ class _Compiler:
             # for a combination pydantic does not write.
             raise SchemaError(f"'pattern' next to 'format' {s['format']!r} is not supported; "
                               "use one of them")
+        done = self.patterns
         key = (source, n.min_len, n.max_len)
-        if key in self.patterns:
-            n.pattern = self.patterns[key]
+        if key in done.compiled:
+            n.pattern = done.compiled[key]
             return
-        try:
-            n.pattern = self.patterns[key] = Pattern(source, n.min_len, n.max_len)
-        except PatternError as e:
-            raise SchemaError(str(e)) from None
         # Each pattern is bounded; so is their number only by MAX_SCHEMA_NODES, and 100
-        # patterns near their bound took 10 s to compile.
-        self.pattern_work += n.pattern.work
-        if self.pattern_work > MAX_SCHEMA_PATTERN_WORK:
+        # patterns near their bound took 10 s to compile. (Checked before compiling too:
+        # a schema after the budget is spent costs nothing more.)
+        if done.work <= MAX_SCHEMA_PATTERN_WORK:
+            try:
+                n.pattern = done.compiled[key] = Pattern(source, n.min_len, n.max_len)
+            except PatternError as e:
+                raise SchemaError(str(e)) from None
+            done.work += n.pattern.work
+        if done.work > MAX_SCHEMA_PATTERN_WORK:
             raise SchemaError("the schema's 'pattern's are too complex together (their "
                               f"automata cost more than {MAX_SCHEMA_PATTERN_WORK:,} steps to build)")
 
@@ -466,10 +478,11 @@ def _check_refs(refs) -> None:
         walk(r, frozenset())
 
 
-def compile_schema(schema, *, strict: bool = False):
+def compile_schema(schema, *, strict: bool = False, patterns: Patterns | None = None):
     """A JSON schema -> the grammar node for its values. strict: properties that are not
-    listed are not allowed unless additionalProperties says otherwise (OpenAI's strict)."""
-    c = _Compiler(schema, strict)
+    listed are not allowed unless additionalProperties says otherwise (OpenAI's strict).
+    patterns: the request's, when it compiles several schemas (see Patterns)."""
+    c = _Compiler(schema, strict, patterns)
     try:
         node = c.node(schema, 0)
         _check_refs(c.refs.values())

@@ -91,19 +91,20 @@ def _specs(tools: list | None) -> list:
     return out
 
 
-def _arguments_node(spec: dict):
+def _arguments_node(spec: dict, patterns):
     """A tool's `parameters` as a grammar node; any object when the schema uses something
     the constraint does not support (a call with unchecked arguments beats a refused
     request, and the client validates them anyway).
 
     Compiled as strict: arguments the tool does not list are allowed only if its schema
     says so (additionalProperties). A function's parameters are its signature, and small
-    models, once allowed, add made-up ones ("country", "date") until max_tokens."""
+    models, once allowed, add made-up ones ("country", "date") until max_tokens.
+    `patterns`: the request's (jc.Patterns), which all its tools' schemas share."""
     params = spec.get("parameters")
     if params is None:
         return jc.any_object()
     try:
-        node = jc.only_objects(jc.compile_schema(params, strict=True))
+        node = jc.only_objects(jc.compile_schema(params, strict=True, patterns=patterns))
     except jc.SchemaError:
         node = None
     return node or jc.any_object()
@@ -122,14 +123,14 @@ def call_grammar(tools: list, names: set | None, template: str, answer: bool = F
     `answer` (tool_choice "auto" there), {"response": TEXT} is allowed as well, as
     llama.cpp's generic grammar does: the model either calls or answers, in the JSON
     its prompt asked for (parse reads both back)."""
-    calls, seen = [], set()
+    calls, seen, patterns = [], set(), jc.Patterns()
     for spec in _specs(tools):
         name = spec["name"]
         if (names is not None and name not in names) or name in seen:
             continue
         seen.add(name)
         calls.append(jc.object_node({"name": jc.const_node(name),
-                                     "arguments": _arguments_node(spec)}))
+                                     "arguments": _arguments_node(spec, patterns)}))
     if not calls:
         raise ValueError("no tool to call")
     node = calls[0] if len(calls) == 1 else jc.Choice(tuple(calls))

@@ -81,3 +81,23 @@ def test_a_pattern_repeated_in_a_schema_is_compiled_once():
     same = {"type": "string", "pattern": "(a?){300}$"}
     node = jc.compile_schema({"type": "object", "properties": {f"p{i}": same for i in range(50)}})
     assert len({id(n.pattern) for n in node.props.values()}) == 1
+
+
+def test_a_requests_tools_share_one_pattern_budget(monkeypatch):
+    """Each tool's parameters is a schema of its own: with a budget per schema, 40 tools
+    of heavy patterns took 12 s to compile. Past the request's budget, a tool's patterns
+    are not compiled at all (its arguments go unchecked, as for any schema refused)."""
+    from runtime import tool_calls
+    built = []
+
+    def counted(*args):
+        built.append(Pattern(*args))
+        return built[-1]
+    monkeypatch.setattr(jc, "Pattern", counted)
+    tools = [{"type": "function", "function": {"name": f"t{i}", "parameters": {
+        "type": "object", "properties": {"s": {"type": "string", "pattern": f"(a?){{{300 - i}}}$"}}}}}
+        for i in range(40)]
+    assert tool_calls.call_grammar(tools, None, "") is not None
+    most = max(p.work for p in built)
+    assert sum(p.work for p in built) <= jc.MAX_SCHEMA_PATTERN_WORK + most
+    assert len(built) < 40
