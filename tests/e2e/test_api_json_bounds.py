@@ -1,14 +1,17 @@
 """An integer's minimum/maximum held through the server, on the tiny fixture model (random
 weights: an integer in range is the constraint's doing), as llama.cpp's
-json-schema-to-grammar holds them. runtime/json_constraint.py's scanner is tested byte by
-byte in tests/runtime/test_json_constraint_bounds.py.
+json-schema-to-grammar holds them; and a number's, through the real `openai` client's
+`.parse` with pydantic `float` fields (Field(ge=0, le=1) writes minimum/maximum: a reply
+out of range failed `.parse`). runtime/json_constraint.py's scanners are tested byte by
+byte in tests/runtime/test_json_constraint_bounds.py and test_json_number_bounds.py.
 """
 import json
 
 import pytest
+from pydantic import BaseModel, Field
 
 from tests.e2e.conftest import post_json
-from tests.e2e.test_api_constrained import check
+from tests.e2e.test_api_constrained import MSGS, check, client  # noqa: F401 - a fixture
 
 STARS = {"type": "object", "additionalProperties": False, "required": ["stars", "delta"],
          "properties": {"stars": {"type": "integer", "minimum": 1, "maximum": 5},
@@ -45,3 +48,26 @@ def test_a_range_with_no_integer_is_a_400(tiny_server):
     status, r = chat(tiny_server.url, {"type": "integer", "minimum": 3, "maximum": 2})
     assert status == 400, r
     assert "no integer fits 'minimum' and 'maximum'" in r["error"]["message"]
+
+
+class Rating(BaseModel):
+    score: float = Field(ge=0, le=1)
+    shift: float = Field(gt=-1.5, lt=2.25)
+
+
+@pytest.mark.parametrize("sampling", [{"temperature": 0}, {"temperature": 1.0, "seed": 1},
+                                      {"temperature": 1.5, "seed": 2}])
+def test_the_openai_clients_parse_returns_floats_in_range(client, sampling):  # noqa: F811
+    r = client.chat.completions.parse(model="x", messages=MSGS, max_tokens=80,
+                                      response_format=Rating, **sampling)
+    choice = r.choices[0]
+    assert choice.finish_reason == "stop", choice.message.content
+    rating = choice.message.parsed          # pydantic has checked the bounds too
+    assert isinstance(rating, Rating), choice.message.content
+    assert 0 <= rating.score <= 1 and -1.5 < rating.shift < 2.25, rating
+
+
+def test_a_range_with_no_number_is_a_400(tiny_server):
+    status, r = chat(tiny_server.url, {"type": "number", "minimum": 1, "exclusiveMaximum": 1})
+    assert status == 400, r
+    assert "no number fits 'minimum' and 'exclusiveMaximum'" in r["error"]["message"]

@@ -108,13 +108,22 @@ def test_enum_values_are_held_to_the_bounds():
     assert run("0.5", schema({"enum": [0.5, 2.5], "exclusiveMinimum": 1})) is None
 
 
-def test_a_numbers_bounds_and_multiple_of_are_not_enforced():
-    # as llama.cpp: a number's range is not held (its digits, fraction and exponent would
-    # need a scanner of their own), nor multipleOf
-    assert run("7.5", schema({"type": "number", "minimum": 1, "maximum": 5})) is True
-    assert run("9", schema({"type": ["number", "integer"], "maximum": 5})) is True
-    assert run("3", schema({"type": "integer", "multipleOf": 2})) is True
-    assert run("3", schema({"type": "integer", "multipleOf": 2, "minimum": 3})) is True
+def test_a_numbers_multiple_of_and_an_integers_fractional_one_are_not_enforced():
+    # as llama.cpp reads them (a number's range is held: tests/runtime/test_json_number_bounds.py)
+    assert run("7.5", schema({"type": "number", "multipleOf": 2})) is True
+    assert run("3", schema({"type": "integer", "multipleOf": 2.5})) is True
+
+
+def test_a_whole_multiple_of_is_held_with_the_range():
+    node = schema({"type": "integer", "multipleOf": 5, "minimum": -12})
+    for text in ["-10", "-5", "0", "5", "10", "1000"]:
+        assert run(text, node) is True, text
+    for text in ["3", "-15", "7", "-1"]:
+        assert run(text, node) is not True, text
+    assert run("-1", node) is False             # -10 continues it
+    assert run("-2", node) is None              # nothing from -20 up to -29 fits
+    assert run("4", schema({"type": "integer", "multipleOf": 2.0})) is True
+    assert run("3", schema({"type": "integer", "multipleOf": 2})) is False      # 30 ...
 
 
 @pytest.mark.parametrize("bad, message", [
