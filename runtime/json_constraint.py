@@ -47,20 +47,16 @@ a \\u digit) is taken only when some code point it can still become leads on, an
 minLength/maxLength the pattern's states must also have a path to a match of a length
 that fits.
 
-An integer with bounds (minimum, maximum, exclusiveMinimum, exclusiveMaximum) is read by a
-scanner of its own too (`_int_step`), as llama.cpp's grammar holds an integer to its range:
-a digit is taken only when some integer in the range still starts with the digits so far,
-so every integer in range can be written, none outside it, and no prefix dead-ends; a
-whole multipleOf (5, 2.0) is held with the range (a digit is also taken only when a
-multiple in range starts so). A number's bounds (pydantic writes them for float fields)
-are held by `_num_step`, exactly: a bounded number is spelt -?(0|[1-9][0-9]*)(\\.[0-9]+)?,
-with no exponent and no negative zero, and a byte is taken only when some number in range
-within the byte cap starts with the text so far (Fraction and integer arithmetic, never
-floats). A bound is the decimal its JSON text wrote (minimum 0.1 refuses 0.0999 and allows
-0.1); an exclusive bound also refuses what the client reads as the bound itself
-(0.99999999999999999 is the double 1.0: refused by exclusiveMaximum 1). A number's
-multipleOf, and a fractional one on an integer, are read and not enforced, as llama.cpp
-reads them (enum and const values are held to the bounds: that check is exact).
+A number with bounds (minimum, maximum, exclusiveMinimum, exclusiveMaximum; pydantic
+writes them for every Field(ge=, gt=, le=, lt=)) is read by a scanner of its own too
+(runtime/number_range.py), as llama.cpp's grammar holds an integer to its range: a byte is
+taken only when some value in the range still starts with the text so far, so every value
+in range can be written, none outside it, and no prefix dead-ends. An integer's whole
+multipleOf (5, 2.0) is held with its range. A bounded number is spelt without an exponent
+and checked exactly (a bound is the decimal its JSON text wrote: minimum 0.1 refuses
+0.0999). A number's multipleOf, and a fractional one on an integer, are read and not
+enforced, as llama.cpp reads them (enum and const values are held to the bounds: that
+check is exact).
 """
 from __future__ import annotations
 
@@ -69,10 +65,12 @@ import json
 import math
 import weakref
 from dataclasses import dataclass, field
-from fractions import Fraction
 
 import numpy as np
 
+from runtime.number_range import (BOUND_KEYS, DIGITS, int_step, int_whole, integer_bounds,
+                                  integer_step, num_step, num_whole, number_range_of,
+                                  within_bounds)
 from runtime.string_pattern import MAX_CP, Pattern, PatternError
 from runtime.token_bytes import table_of
 
@@ -318,7 +316,7 @@ class _Compiler:
             values = [v for v in values if _type_of(v) in allowed]
             if not values:
                 raise SchemaError("no 'enum' or 'const' value has the schema's 'type'")
-            values = [v for v in values if _within_bounds(s, v)]
+            values = [v for v in values if within_bounds(s, v)]
             if not values:
                 raise SchemaError("no 'enum' or 'const' number fits the schema's bounds")
             texts = [json.dumps(v, ensure_ascii=False).encode("utf-8") for v in values]
@@ -372,8 +370,8 @@ class _Compiler:
             return
         if "integer" not in n.types:
             return
-        lo, hi = _integer_bounds(s)
-        step = _integer_step(s)
+        lo, hi = integer_bounds(s)
+        step = integer_step(s)
         if lo is None and hi is None and step == 1:
             return
         # the least and the greatest multiple in range (None: that side is unbounded)
@@ -453,234 +451,28 @@ class _Compiler:
         return tuple(out)
 
 
-def _integer_bounds(s: dict) -> tuple:
-    """The lowest and highest integer s's bounds allow (None: unbounded). Bounds may be
-    floats (1.5, 1e3) or negative; math.floor and math.ceil are exact on any float."""
-    lows, highs = [], []
-    if "minimum" in s:
-        lows.append(math.ceil(s["minimum"]))
-    if "exclusiveMinimum" in s:
-        lows.append(math.floor(s["exclusiveMinimum"]) + 1)
-    if "maximum" in s:
-        highs.append(math.floor(s["maximum"]))
-    if "exclusiveMaximum" in s:
-        highs.append(math.ceil(s["exclusiveMaximum"]) - 1)
-    return max(lows, default=None), min(highs, default=None)
-
-
-def _integer_step(s: dict) -> int:
-    """The multipleOf an integer is held to: a whole one (3, 5.0). A fractional one (2.5)
-    is read and not enforced (1): integers need no fractions, and validators that divide
-    floats disagree about them (3 / 0.1 is not 30 in a double)."""
-    q = s.get("multipleOf", 1)
-    if isinstance(q, float) and q.is_integer():
-        q = int(q)
-    return q if isinstance(q, int) and q >= 1 else 1
-
-
 def _no_value(s: dict, n: Node, what: str, types: tuple) -> None:
     """The bounds hold no value of `what`: drop those types, or refuse the schema when no
     other type is left."""
     if n.types <= set(types):
         keys = [k for k in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum")
                 if k in s]
-        if what == "integer" and _integer_step(s) > 1:
+        if what == "integer" and integer_step(s) > 1:
             keys.append("multipleOf")
         raise SchemaError(f"no {what} fits {' and '.join(map(repr, keys))}")
     n.types = n.types - set(types)
 
 
-# ---- a number's bounds ------------------------------------------------------------------
-# A bounded number is spelt -?(0|[1-9][0-9]*)(\.[0-9]+)? : no exponent (a range check over
-# an exponent's digits would need a scanner of its own) and no negative zero ("-0",
-# "-0.0"; "-0.5" is fine). Decisions are exact: a bound is the decimal its JSON text wrote
-# (0.1, not the double 0.1000000000000000055...), and a prefix is taken only when some
-# number in range, within the byte cap, starts with it.
-
-def _decimal(x) -> Fraction:
-    """A bound as the decimal json.dumps wrote for it (repr: the shortest spelling that
-    reads back as the same double)."""
-    return Fraction(repr(x)) if isinstance(x, float) else Fraction(x)
-
-
-def _tighter(a, b, low: bool):
-    """The stricter of two bounds (value, inclusive); None: none."""
-    if a is None or b is None:
-        return a or b
-    if a[0] != b[0]:
-        return a if (a[0] > b[0]) == low else b
-    return a[0], a[1] and b[1]
-
-
-def _double_side(x, low: bool):
-    """The numbers whose double is above x's double (low), or below it: exactly those
-    beyond the point halfway to the next double, a Fraction, so the check stays exact.
-    Without it, 0.99999999999999999 would pass exclusiveMaximum 1 here and fail in the
-    client (pydantic, a JSON Schema validator), which reads it as the double 1.0. A tie
-    rounds to the even double: float(Fraction) rounds correctly, so it says which side
-    the halfway point falls on. None: no double beyond x (or x is past the doubles)."""
-    try:
-        d = float(x)
-    except OverflowError:
-        return None
-    nxt = math.nextafter(d, math.inf if low else -math.inf)
-    if math.isinf(nxt) or math.isinf(d):
-        return None
-    half = (Fraction(d) + Fraction(nxt)) / 2
-    return half, (float(half) > d) if low else (float(half) < d)
-
-
-def _number_bounds(s: dict):
-    """A number's lower and upper bounds, each (Fraction, inclusive) or None."""
-    low = high = None
-    if "minimum" in s:
-        low = (_decimal(s["minimum"]), True)
-    if "exclusiveMinimum" in s:
-        low = _tighter(low, (_decimal(s["exclusiveMinimum"]), False), True)
-        low = _tighter(low, _double_side(s["exclusiveMinimum"], True), True)
-    if "maximum" in s:
-        high = (_decimal(s["maximum"]), True)
-    if "exclusiveMaximum" in s:
-        high = _tighter(high, (_decimal(s["exclusiveMaximum"]), False), False)
-        high = _tighter(high, _double_side(s["exclusiveMaximum"], False), False)
-    return low, high
-
-
-def _side(a, b):
-    """Magnitudes from a to b (each (Fraction, inclusive); b None: unbounded) as the
-    integers _grid_hit reads."""
-    return (a[0].numerator, a[0].denominator, a[1],
-            None if b is None else b[0].numerator, None if b is None else b[0].denominator,
-            b is not None and b[1])
-
-
-def _num_sides(low, high) -> tuple:
-    """The range as magnitudes: (non-negative side, negative side), each a _side or
-    None when no number of that sign fits. A negative number is never zero (no "-0")."""
-    zero = Fraction(0)
-    if high is not None and (high[0] < 0 or (high[0] == 0 and not high[1])):
-        pos = None
-    else:
-        pos = _side((zero, True) if low is None or low[0] < 0 else low, high)
-    if low is not None and low[0] >= 0:
-        neg = None
-    else:
-        a = (zero, False) if high is None or high[0] >= 0 else (-high[0], high[1])
-        neg = _side(a, None if low is None else (-low[0], low[1]))
-    return pos, neg
-
-
-def _plain_bytes(x) -> int:
-    """The length of x written without an exponent."""
-    v = _decimal(x)
-    whole = len(str(abs(v.numerator) // v.denominator)) + (v < 0)
-    den, places = v.denominator, 0
-    while den > 1:                       # a decimal's denominator is 2**i * 5**j
-        den //= 10 if den % 10 == 0 else 5 if den % 5 == 0 else 2
-        places += 1
-    return whole + (places + 1 if places else 0)
-
-
 def _num_range(s: dict, n: Node) -> None:
     """Hold a number to its bounds (Node.num_range). A range with no number in it (within
     the byte cap) drops "number" and "integer" from the types."""
-    if not any(k in s for k in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum")):
+    if not any(k in s for k in BOUND_KEYS):
         return
-    # Room for the bounds and one more digit, so that every bound, and a number between
-    # two close ones, can be written however far off or fine they are.
-    widest = max(_plain_bytes(s[k]) + 2 for k in ("minimum", "exclusiveMinimum", "maximum",
-                                                   "exclusiveMaximum") if k in s)
-    rng = _num_sides(*_number_bounds(s)) + (max(MAX_NUMBER_BYTES, widest),)
-    if _num_step(rng, False, 0, 0, -1, 0x2D) is None and not any(
-            _num_step(rng, False, 0, 0, -1, d) for d in DIGITS):
+    rng = number_range_of(s, MAX_NUMBER_BYTES)
+    if rng is None:
         _no_value(s, n, "number", ("number", "integer"))
         return
     n.num_range = rng
-
-
-def _grid_hit(side, e: int, lo_n: int, hi_n: int) -> bool:
-    """Is some N in lo_n..hi_n with N / 10**e in side's magnitudes?"""
-    a_num, a_den, a_incl, b_num, b_den, b_incl = side
-    scale = 10 ** e
-    q, r = divmod(a_num * scale, a_den)
-    lo_n = max(lo_n, q + (1 if r or not a_incl else 0))
-    if b_num is not None:
-        q, r = divmod(b_num * scale, b_den)
-        hi_n = min(hi_n, q - (0 if r or b_incl else 1))
-    return lo_n <= hi_n
-
-
-def _num_viable(rng, neg: bool, p: int, n_int: int, n_frac: int) -> bool:
-    """Can a number written so far as "-" (neg), then digits p (n_int before the point,
-    n_frac after it; -1: no point yet) still end in range within the byte cap? A number
-    with more fraction digits can write every value one with fewer can (trailing zeros),
-    so for each length of the integer part only the longest fraction is looked at: the
-    values N / 10**f for N from p * 10**j to (p + 1) * 10**j - 1."""
-    side = rng[1] if neg else rng[0]
-    if side is None:
-        return False
-    room = rng[2] - neg - n_int - (n_frac + 1 if n_frac >= 0 else 0)   # bytes left
-    if n_int == 0:                      # just "-": some first digit leads on
-        return any(_num_viable(rng, neg, d, 1, -1) for d in range(10))
-    if n_frac >= 0:                     # after the point: the digits left, all of them
-        if room < (1 if n_frac == 0 else 0):
-            return False
-        return _grid_hit(side, n_frac + room, p * 10 ** room, (p + 1) * 10 ** room - 1)
-    a_num, a_den, _, b_num, b_den, b_incl = side
-    # k more digits before the point: magnitudes below 10**(n_int + k), so start at the
-    # k that can reach a (a bound of 1e300 would otherwise loop 300 times).
-    start = 0 if p == 0 else max(0, len(str(a_num // a_den)) - 1 - n_int)
-    for k in range(start, 1 if p == 0 else room + 1):
-        least = p * 10 ** k
-        if b_num is not None and (least * b_den > b_num or (least * b_den == b_num and not b_incl)):
-            return False
-        f = room - k - 1 if room - k >= 2 else 0      # the point and f digits, if room
-        scale = 10 ** (k + f)
-        if _grid_hit(side, f, p * scale, (p + 1) * scale - 1):
-            return True
-    return False
-
-
-def _num_step(rng, neg: bool, p: int, n_int: int, n_frac: int, b: int):
-    """One byte of a number held to a range -> (neg, p, n_int, n_frac) after it, or None."""
-    if b == 0x2D:
-        if neg or n_int:
-            return None
-        neg = True
-    elif b in DIGITS:
-        if n_frac >= 0:
-            n_frac += 1
-        elif n_int == 1 and p == 0:     # no leading zero
-            return None
-        else:
-            n_int += 1
-        p = p * 10 + b - 0x30
-    elif b == 0x2E:
-        if n_int == 0 or n_frac >= 0:
-            return None
-        n_frac = 0
-    else:
-        return None
-    return (neg, p, n_int, n_frac) if _num_viable(rng, neg, p, n_int, n_frac) else None
-
-
-def _num_whole(frame) -> bool:
-    """Is the number of an NRANGE frame whole and in its range?"""
-    _, rng, neg, p, n_int, n_frac = frame
-    side = rng[1] if neg else rng[0]
-    return (n_int > 0 and n_frac != 0 and side is not None
-            and _grid_hit(side, max(n_frac, 0), p, p))
-
-
-def _within_bounds(s: dict, v) -> bool:
-    """Does an enum/const value fit s's bounds? (only numbers are bounded; Python compares
-    ints and floats exactly)"""
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return True
-    return not (("minimum" in s and v < s["minimum"])
-                or ("exclusiveMinimum" in s and v <= s["exclusiveMinimum"])
-                or ("maximum" in s and v > s["maximum"])
-                or ("exclusiveMaximum" in s and v >= s["exclusiveMaximum"]))
 
 
 def _check_refs(refs) -> None:
@@ -903,7 +695,6 @@ def _cp_left(r, cp: int) -> tuple:
 MINUS, ZERO, INT, DOT, FRAC, EXP_MARK, EXP_SIGN, EXP = range(8)
 ENDABLE = frozenset({ZERO, INT, FRAC, EXP})
 WS = frozenset(b" \t\n\r")   # \r is JSON whitespace but never written here: see _ws
-DIGITS = frozenset(b"0123456789")
 HEX = {c: int(chr(c), 16) for c in b"0123456789abcdefABCDEF"}
 ESCAPES = frozenset(b'"\\/bfnrt')
 STR0 = (0, 0, 0, 0, 0, 0)   # string scanner: (escape, hex value, utf8 bytes needed, lo, hi, chars)
@@ -1026,11 +817,11 @@ def _start_value(node, depth, b, below, out):
             out.append((((STR, node, STR0), below), 0))
     elif b == 0x2D or b in DIGITS:
         if node.int_range is not None:
-            got = _int_step(node.int_range, False, 0, 0, b)
+            got = int_step(node.int_range, False, 0, 0, b)
             if got is not None:
                 out.append((((IRANGE, node.int_range) + got, below), 0))
         elif node.num_range is not None:
-            got = _num_step(node.num_range, False, 0, 0, -1, b)
+            got = num_step(node.num_range, False, 0, 0, -1, b)
             if got is not None:
                 out.append((((NRANGE, node.num_range) + got, below), 0))
         elif "number" in types or "integer" in types:
@@ -1042,60 +833,6 @@ def _start_value(node, depth, b, below, out):
         _lit((b"false",), 1, below, out)
     elif b == 0x6E and "null" in types:
         _lit((b"null",), 1, below, out)
-
-
-def _int_viable(rng, neg: bool, mag: int, n_digits: int) -> bool:
-    """Can an integer written so far as "-" (neg), then the n_digits digits of mag, still
-    be completed to one in rng's lo..hi within its byte cap? The magnitudes that start
-    with those digits are, for k more digits, mag * 10**k .. mag * 10**k + 10**k - 1, and
-    one of them must be a multiple of step (-m is one when m is)."""
-    lo, hi, cap, step = rng
-    if neg:     # -m with lo <= -m <= hi: m in max(1, -hi) .. -lo
-        m_lo, m_hi = (1 if hi is None else max(1, -hi)), (None if lo is None else -lo)
-    else:
-        m_lo, m_hi = (0 if lo is None else max(0, lo)), hi
-    if m_hi is not None and m_hi < m_lo:
-        return False
-    room = cap - neg - n_digits         # digits that may still come
-    if n_digits == 0:                   # just "-": any magnitude 1 .. 10**room - 1
-        least = -(-m_lo // step) * step
-        return room >= 1 and least < 10 ** room and (m_hi is None or least <= m_hi)
-    if mag == 0:                        # "0": nothing may follow it
-        return m_lo == 0
-    # With fewer than len(m_lo) - 1 - n_digits more digits, every continuation is below
-    # 10 ** (len(m_lo) - 1) <= m_lo: start past them (a bound of 1e300 would loop 300 times).
-    for k in range(max(0, len(str(m_lo)) - 1 - n_digits), room + 1):
-        first = mag * 10 ** k
-        if m_hi is not None and first > m_hi:
-            return False
-        last = first + 10 ** k - 1 if m_hi is None else min(first + 10 ** k - 1, m_hi)
-        if -(-max(first, m_lo) // step) * step <= last:     # a multiple in between
-            return True
-    return False
-
-
-def _int_step(rng, neg: bool, mag: int, n_digits: int, b: int):
-    """One byte of an integer held to a range -> (neg, mag, n_digits) after it, or None.
-    The one spelling JSON gives each integer: no leading zero, no "-0" (0 is "0")."""
-    if b == 0x2D:
-        if neg or n_digits:
-            return None
-        neg = True
-    elif b in DIGITS:
-        if (n_digits == 1 and mag == 0) or (neg and n_digits == 0 and b == 0x30):
-            return None
-        mag, n_digits = mag * 10 + b - 0x30, n_digits + 1
-    else:
-        return None
-    return (neg, mag, n_digits) if _int_viable(rng, neg, mag, n_digits) else None
-
-
-def _int_whole(frame) -> bool:
-    """Is the integer of an IRANGE frame whole and in its range?"""
-    _, (lo, hi, _, step), neg, mag, n_digits = frame
-    v = -mag if neg else mag
-    return (n_digits > 0 and (lo is None or v >= lo) and (hi is None or v <= hi)
-            and v % step == 0)
 
 
 def _lit(cands, pos, below, out):
@@ -1235,20 +972,20 @@ def _step(stack, ws, b, raw_only, out):
             stack = below     # the number ended just before b: b belongs to what follows
             continue
         if tag == IRANGE:
-            got = _int_step(frame[1], frame[2], frame[3], frame[4], b)
+            got = int_step(frame[1], frame[2], frame[3], frame[4], b)
             if got is not None:
                 out.append((((IRANGE, frame[1]) + got, below), 0))
                 return
-            if not _int_whole(frame):
+            if not int_whole(frame):
                 return
             stack = below     # the integer ended just before b: b belongs to what follows
             continue
         if tag == NRANGE:
-            got = _num_step(frame[1], frame[2], frame[3], frame[4], frame[5], b)
+            got = num_step(frame[1], frame[2], frame[3], frame[4], frame[5], b)
             if got is not None:
                 out.append((((NRANGE, frame[1]) + got, below), 0))
                 return
-            if not _num_whole(frame):
+            if not num_whole(frame):
                 return
             stack = below     # the number ended just before b: b belongs to what follows
             continue
@@ -1344,8 +1081,8 @@ def can_end(state: tuple) -> bool:
             tag = frame[0]
             if tag == END:
                 return True
-            if (tag == NUM and frame[2] in ENDABLE) or (tag == IRANGE and _int_whole(frame)) or \
-                    (tag == NRANGE and _num_whole(frame)) or \
+            if (tag == NUM and frame[2] in ENDABLE) or (tag == IRANGE and int_whole(frame)) or \
+                    (tag == NRANGE and num_whole(frame)) or \
                     (tag == LIT and any(len(c) == frame[2] for c in frame[1])):
                 stack = below
                 continue

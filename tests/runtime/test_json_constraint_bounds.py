@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from runtime import json_constraint as jc
+from runtime import number_range
 from tests.runtime.test_json_constraint import generate, refused_at, run, schema, tiny_model
 
 hypothesis = pytest.importorskip("hypothesis")
@@ -189,7 +190,7 @@ def test_random_walks_never_dead_end_and_end_in_range(lo, hi, xlo, xhi, seed):
                    ("exclusiveMaximum", xhi)):
         if v is not None:
             s[key] = v
-    low, high = jc._integer_bounds(s)
+    low, high = number_range.integer_bounds(s)
     hypothesis.assume(len(s) > 1 and (low is None or high is None or low <= high))
     node = schema(s)
     cap = node.int_range[2]
