@@ -691,6 +691,8 @@ def _cp_left(r, cp: int) -> tuple:
 # Frame tags. A frame is a tuple whose first item is its tag; a stack is (frame, below).
 (VALUE, OBJ_FIRST, OBJ_KEY, KEY_FREE, KEY_LIT, OBJ_COLON, OBJ_NEXT, ARR_FIRST, ARR_NEXT,
  STR, NUM, LIT, RAW, END, FMT, IRANGE, PAT, NRANGE) = range(18)
+# A bounded integer's and number's scanners: (step, whole), from runtime/number_range.py.
+RANGED = {IRANGE: (int_step, int_whole), NRANGE: (num_step, num_whole)}
 # Number phases; a number may end in the ENDABLE ones.
 MINUS, ZERO, INT, DOT, FRAC, EXP_MARK, EXP_SIGN, EXP = range(8)
 ENDABLE = frozenset({ZERO, INT, FRAC, EXP})
@@ -971,21 +973,13 @@ def _step(stack, ws, b, raw_only, out):
                 return
             stack = below     # the number ended just before b: b belongs to what follows
             continue
-        if tag == IRANGE:
-            got = int_step(frame[1], frame[2], frame[3], frame[4], b)
+        if tag in RANGED:     # (tag, rng, *its state): see runtime/number_range.py
+            step, whole = RANGED[tag]
+            got = step(frame[1], *frame[2:], b)
             if got is not None:
-                out.append((((IRANGE, frame[1]) + got, below), 0))
+                out.append((((tag, frame[1]) + got, below), 0))
                 return
-            if not int_whole(frame):
-                return
-            stack = below     # the integer ended just before b: b belongs to what follows
-            continue
-        if tag == NRANGE:
-            got = num_step(frame[1], frame[2], frame[3], frame[4], frame[5], b)
-            if got is not None:
-                out.append((((NRANGE, frame[1]) + got, below), 0))
-                return
-            if not num_whole(frame):
+            if not whole(frame):
                 return
             stack = below     # the number ended just before b: b belongs to what follows
             continue
@@ -1081,8 +1075,7 @@ def can_end(state: tuple) -> bool:
             tag = frame[0]
             if tag == END:
                 return True
-            if (tag == NUM and frame[2] in ENDABLE) or (tag == IRANGE and int_whole(frame)) or \
-                    (tag == NRANGE and num_whole(frame)) or \
+            if (tag == NUM and frame[2] in ENDABLE) or (tag in RANGED and RANGED[tag][1](frame)) or \
                     (tag == LIT and any(len(c) == frame[2] for c in frame[1])):
                 stack = below
                 continue

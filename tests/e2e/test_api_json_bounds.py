@@ -55,15 +55,23 @@ class Rating(BaseModel):
     shift: float = Field(gt=-1.5, lt=2.25)
 
 
-@pytest.mark.parametrize("sampling", [{"temperature": 0}, {"temperature": 1.0, "seed": 1},
-                                      {"temperature": 1.5, "seed": 2}])
-def test_the_openai_clients_parse_returns_floats_in_range(client, sampling):  # noqa: F811
+SAMPLINGS = [{"temperature": 0}, {"temperature": 1.0, "seed": 1}, {"temperature": 1.5, "seed": 2}]
+
+
+def parsed(client, model_class, sampling: dict):
+    """The openai client's .parse() of a short reply as model_class (pydantic has checked
+    it: bounds, patterns), which must have ended by itself."""
     r = client.chat.completions.parse(model="x", messages=MSGS, max_tokens=80,
-                                      response_format=Rating, **sampling)
+                                      response_format=model_class, **sampling)
     choice = r.choices[0]
     assert choice.finish_reason == "stop", choice.message.content
-    rating = choice.message.parsed          # pydantic has checked the bounds too
-    assert isinstance(rating, Rating), choice.message.content
+    assert isinstance(choice.message.parsed, model_class), choice.message.content
+    return choice.message.parsed
+
+
+@pytest.mark.parametrize("sampling", SAMPLINGS)
+def test_the_openai_clients_parse_returns_floats_in_range(client, sampling):  # noqa: F811
+    rating = parsed(client, Rating, sampling)
     assert 0 <= rating.score <= 1 and -1.5 < rating.shift < 2.25, rating
 
 

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from tests.e2e.conftest import post_json
 from tests.e2e.test_api_constrained import MSGS, client  # noqa: F401 - a fixture
-from tests.e2e.test_api_json_bounds import chat
+from tests.e2e.test_api_json_bounds import SAMPLINGS, chat, parsed
 
 openai = pytest.importorskip("openai", reason="the openai client is not installed")
 
@@ -24,15 +24,9 @@ class Ticket(BaseModel):
     note: str = Field(pattern="ok", max_length=6)       # unanchored: it contains "ok"
 
 
-@pytest.mark.parametrize("sampling", [{"temperature": 0}, {"temperature": 1.0, "seed": 1},
-                                      {"temperature": 1.5, "seed": 2}])
+@pytest.mark.parametrize("sampling", SAMPLINGS)
 def test_the_openai_clients_parse_returns_fields_that_match(client, sampling):  # noqa: F811
-    r = client.chat.completions.parse(model="x", messages=MSGS, max_tokens=80,
-                                      response_format=Ticket, **sampling)
-    choice = r.choices[0]
-    assert choice.finish_reason == "stop", choice.message.content
-    ticket = choice.message.parsed          # pydantic has checked the patterns too
-    assert isinstance(ticket, Ticket), choice.message.content
+    ticket = parsed(client, Ticket, sampling)
     assert re.fullmatch(r"[A-Z]{3}-\d{4}", ticket.code), ticket
     assert "ok" in ticket.note and len(ticket.note) <= 6, ticket
 

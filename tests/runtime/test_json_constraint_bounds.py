@@ -137,6 +137,10 @@ def test_a_whole_multiple_of_is_held_with_the_range():
     ({"type": "integer", "enum": [7], "maximum": 5}, "no 'enum' or 'const' number fits"),
 ])
 def test_a_range_with_no_integer_is_refused(bad, message):
+    assert_refused(bad, message)
+
+
+def assert_refused(bad: dict, message: str) -> None:
     with pytest.raises(jc.SchemaError) as e:
         jc.compile_schema(bad)
     assert message in str(e.value)

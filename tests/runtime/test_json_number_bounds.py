@@ -19,6 +19,7 @@ import pytest
 
 from runtime import json_constraint as jc
 from tests.runtime.test_json_constraint import generate, refused_at, run, schema, tiny_model
+from tests.runtime.test_json_constraint_bounds import assert_refused
 
 hypothesis = pytest.importorskip("hypothesis")
 st = hypothesis.strategies
@@ -130,9 +131,7 @@ def test_bounds_hold_with_no_type_in_type_lists_anyof_and_objects():
     (number(exclusiveMinimum=0.1, exclusiveMaximum=0.10000000000000002), "no number fits"),
 ])
 def test_a_range_with_no_number_is_refused(bad, message):
-    with pytest.raises(jc.SchemaError) as e:
-        jc.compile_schema(bad)
-    assert message in str(e.value)
+    assert_refused(bad, message)
 
 
 def test_an_empty_number_range_leaves_the_other_types():
