@@ -102,6 +102,8 @@ MAX_DEPTH = 32              # nesting of the generated value
 MAX_INDENT = 20
 _WS_DONE = 1 << 10          # the run was one space or tab: nothing more
 MAX_NUMBER_BYTES = 32
+MAX_BOUND_DIGITS = 1000     # a bound or multipleOf is below 10**this in magnitude
+MAX_BOUND = 10 ** MAX_BOUND_DIGITS
 MAX_KEY_BYTES = 256         # a free (not listed) property name
 MAX_ALTS = 64               # alternatives followed at once (anyOf inside anyOf ...)
 
@@ -268,6 +270,10 @@ class _Compiler:
             if k in BOUNDS and (isinstance(s[k], bool) or not isinstance(s[k], (int, float))
                                 or (isinstance(s[k], float) and not math.isfinite(s[k]))):
                 raise SchemaError(f"'{k}' must be a number")
+            if k in BOUNDS and abs(s[k]) >= MAX_BOUND:
+                # Python's int() and str() refuse integers of more than 4,300 digits
+                # (a bound past them was a 500), and so does the client's JSON parser.
+                raise SchemaError(f"'{k}' must be below 1e{MAX_BOUND_DIGITS} in magnitude")
             if k not in SUPPORTED and k not in ANNOTATIONS and k not in BOUNDS:
                 raise SchemaError(f"unsupported JSON schema keyword {str(k)[:60]!r}")
         for k in ("$defs", "definitions"):

@@ -84,14 +84,18 @@ def _double_side(x, low: bool):
     Without it, 0.99999999999999999 would pass exclusiveMaximum 1 here and fail in the
     client (pydantic, a JSON Schema validator), which reads it as the double 1.0. A tie
     rounds to the even double: float(Fraction) rounds correctly, so it says which side
-    the halfway point falls on. None: no double beyond x (or x is past the doubles)."""
+    the halfway point falls on. None: x is past the doubles. Beyond the greatest double
+    the next is 2**1024 (infinity): a number from halfway to it on reads as infinity, and
+    one short of it as the greatest double, which an exclusive bound at it refuses."""
     try:
         d = float(x)
     except OverflowError:
         return None
-    nxt = math.nextafter(d, math.inf if low else -math.inf)
-    if math.isinf(nxt) or math.isinf(d):
+    if math.isinf(d):
         return None
+    nxt = math.nextafter(d, math.inf if low else -math.inf)
+    if math.isinf(nxt):     # the tie rounds to infinity (the greatest double is odd)
+        return (Fraction(d) + (2 ** 1024 if low else -2 ** 1024)) / 2, True
     half = (Fraction(d) + Fraction(nxt)) / 2
     return half, (float(half) > d) if low else (float(half) < d)
 
@@ -250,9 +254,11 @@ def _int_viable(rng, neg: bool, mag: int, n_digits: int) -> bool:
         return room >= 1 and least < 10 ** room and (m_hi is None or least <= m_hi)
     if mag == 0:                        # "0": nothing may follow it
         return m_lo == 0
-    # With fewer than len(m_lo) - 1 - n_digits more digits, every continuation is below
-    # 10 ** (len(m_lo) - 1) <= m_lo: start past them (a bound of 1e300 would loop 300 times).
-    for k in range(max(0, len(str(m_lo)) - 1 - n_digits), room + 1):
+    # With fewer than len(least) - 1 - n_digits more digits, every continuation is below
+    # 10 ** (len(least) - 1) <= least, the least magnitude in range (it is not 0): start
+    # past them (a bound or a multipleOf of 1e300 would loop 300 times).
+    least = -(-max(m_lo, 1) // step) * step
+    for k in range(max(0, len(str(least)) - 1 - n_digits), room + 1):
         first = mag * 10 ** k
         if m_hi is not None and first > m_hi:
             return False
