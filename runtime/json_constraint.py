@@ -274,6 +274,8 @@ class _Compiler:
                 # Python's int() and str() refuse integers of more than 4,300 digits
                 # (a bound past them was a 500), and so does the client's JSON parser.
                 raise SchemaError(f"'{k}' must be below 1e{MAX_BOUND_DIGITS} in magnitude")
+            if k == "multipleOf" and s[k] <= 0:     # JSON Schema: "strictly greater than 0"
+                raise SchemaError("'multipleOf' must be greater than 0")
             if k not in SUPPORTED and k not in ANNOTATIONS and k not in BOUNDS:
                 raise SchemaError(f"unsupported JSON schema keyword {str(k)[:60]!r}")
         for k in ("$defs", "definitions"):
@@ -387,7 +389,8 @@ class _Compiler:
             _no_value(s, n, "integer", ("integer",))
             return
         # Room for the bounds themselves, so that a far-off range is not cut off by the cap.
-        widest = max((len(str(x)) for x in (lo, hi, first, last) if x is not None), default=0)
+        # (and for the step's own multiples when a side is unbounded: -step, step)
+        widest = max(len(str(x)) for x in (lo, hi, first, last, -step) if x is not None)
         n.int_range = (lo, hi, max(MAX_NUMBER_BYTES, widest), step)
 
     @staticmethod

@@ -103,3 +103,18 @@ def test_a_bound_just_under_a_thousand_digits_is_held():
     node = schema({"type": "integer", "minimum": 10 ** 999 - 1})
     assert run(str(10 ** 999 - 1), node) is True
     assert run(str(10 ** 999 - 2), node) is not True
+
+
+@pytest.mark.parametrize("step", [0, -5, -0.5, 0.0])
+def test_a_multiple_of_zero_or_below_is_refused(step):
+    """JSON Schema: multipleOf is strictly greater than 0; one below was ignored."""
+    with pytest.raises(jc.SchemaError, match="'multipleOf' must be greater than 0"):
+        jc.compile_schema({"type": "integer", "multipleOf": step})
+
+
+def test_a_huge_multiple_of_on_an_unbounded_integer_can_be_written():
+    """The byte cap (32) left only 0 writable for a step of 41 digits."""
+    node = schema({"type": "integer", "multipleOf": 10 ** 40})
+    for v in (0, 10 ** 40, -(10 ** 40), 3 * 10 ** 40):
+        assert run(str(v), node) is True, v
+    assert run(str(10 ** 39), node) is False     # a prefix of 10**40, not whole
