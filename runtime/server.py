@@ -46,7 +46,7 @@ from runtime.api import (MAX_N_PROBS, MISSING, ApiError, TextOffsets, chat_ids, 
                          prompt_text, prompt_tools, read_body, refuse_with_prediction,
                          reply_grammar, sampling_params,
                          split_prefill, template_in_effect)
-from runtime.api import INT32_MAX
+from runtime.api import INT32_MAX, with_pauses
 from runtime.connections import (ANY_ADDRESS, CORS_HEADERS, PORT_TRIES, STATUS_HEADERS, bind,
                                  client_connected, is_loopback, status_phrase, why_not)
 from runtime.engine import ContextOverflowError, Engine, EngineBusy, Request, Timings
@@ -56,6 +56,13 @@ QUIT_DELAY_S = 0.3         # the page's Quit: time for its answer to go out firs
 GIL_SWITCH_S = 0.001       # see serve()
 STOP_WAIT_S = 2.0          # see stop_generating()
 CLIENT_POLL_S = 0.05       # how often a request checks that its client is still there
+# A streamed OpenAI reply sends an SSE comment line when nothing else went out for this
+# long. OpenCode (1.18, through the Vercel AI SDK) drops a stream that sent no byte for
+# 300 s and asks again: on a CPU the prefill of its prompt (some 7,000 tokens) is silent
+# for longer, and so is a tool call, held back until it is whole. SSE clients skip
+# comments (the openai client, the AI SDK's parser, the chat page).
+SSE_KEEPALIVE_S = 15.0
+SSE_KEEPALIVE = b": keep-alive\n\n"
 
 # Paths of the API: a wrong method on them is 405, anything else unknown is 404.
 API_POST = ("/v1/chat/completions", "/v1/completions", "/completion", "/completions",
@@ -318,10 +325,11 @@ def build_app(st: State) -> bottle.Bottle:
     def openai_error_event(e: ApiError) -> bytes:
         return b"data: " + json_bytes(error_body(e.status, e.message, e.type, e.fields)) + b"\n\n"
 
-    def sse(gen_fn, reqs: list, error_event=openai_error_event):
+    def sse(gen_fn, reqs: list, error_event=openai_error_event, keepalive: bool = False):
         """Stream Server-Sent Events made by gen_fn(events_of), where events_of(req) gives
         the events of one of `reqs` (see watcher); a client that goes away cancels them.
-        error_event(ApiError) -> bytes: an error once the headers are sent, in-band."""
+        error_event(ApiError) -> bytes: an error once the headers are sent, in-band.
+        keepalive: an SSE comment whenever nothing went out for SSE_KEEPALIVE_S."""
         events_of = watcher()
         bottle.response.content_type = "text/event-stream"
         bottle.response.set_header("Cache-Control", "no-cache")
@@ -329,7 +337,11 @@ def build_app(st: State) -> bottle.Bottle:
 
         def stream():
             try:
-                for obj in gen_fn(events_of):
+                items = gen_fn(events_of)
+                for obj in with_pauses(items, SSE_KEEPALIVE_S) if keepalive else items:
+                    if obj is None:  # a pause: a comment, for the client's idle watchdog
+                        yield SSE_KEEPALIVE
+                        continue
                     yield obj if isinstance(obj, bytes) else b"data: " + json_bytes(obj) + b"\n\n"
             except ApiError as e:
                 yield error_event(e)
@@ -397,7 +409,8 @@ def build_app(st: State) -> bottle.Bottle:
     @api
     def chat_completions(model, body):
         reply = chat_reply(model, body)
-        return ok(reply.whole) if reply.chunks is None else sse(reply.chunks, reply.reqs)
+        return (ok(reply.whole) if reply.chunks is None
+                else sse(reply.chunks, reply.reqs, keepalive=True))
 
     def chat_prompt(model, body) -> tuple:
         """A chat request's prompt: (messages, the tools it shows, tool_choice, its text,
