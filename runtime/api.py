@@ -732,6 +732,14 @@ def stream_pieces(chunks, pause_s: float | None = None):
     yield "finish", finish_reason
 
 
+# How long a stream may stay silent before it sends something that changes nothing (each
+# API its own way: an SSE comment, an empty delta, response.in_progress). Agents drop a
+# stream that sent nothing for 300 s and ask again (Claude Code, Codex CLI, OpenCode), and
+# on a CPU the prefill of their first prompt (6,000-19,000 tokens) is silent for longer,
+# and so is a tool call held back until it is whole.
+KEEPALIVE_EVERY_S = 15.0
+
+
 def with_pauses(items, every_s: float):
     """The items of an iterator, taken in a thread, with a None whenever none came for
     every_s. An exception it raises is raised here. A client that goes away stops the

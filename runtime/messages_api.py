@@ -15,7 +15,8 @@ import json
 import re
 import uuid
 
-from runtime.api import ApiError, content_text, each_message, each_tool, json_bytes, stream_pieces
+from runtime.api import (KEEPALIVE_EVERY_S, ApiError, content_text, each_message, each_tool,
+                         json_bytes, stream_pieces)
 
 PATHS = ("/v1/messages", "/v1/messages/count_tokens")
 # Claude Code 2.1 (its beta "mid-conversation-system-2026-04-07") puts system turns among
@@ -38,12 +39,10 @@ CLIENT_TOOL_TYPES = (None, "custom")
 # cc_version=...; cch=a5145;": a stamp that changes with every request, so the prompt
 # cache would be lost from the first line on. The stamp means nothing to a local model.
 BILLING_STAMP_RE = re.compile(r"\A(x-anthropic-billing-header:[^\n]*?\bcch=)[0-9A-Za-z]+;")
-# A stream sends an empty delta when nothing else went out for this long. Claude Code
-# (2.1) drops a stream that sent no event for 300 s and asks again, unstreamed, with a
-# 300 s timeout: on a CPU the prefill of its prompt (some 19,000 tokens) is silent for
-# longer, so it never got a reply. A ping does not do: its client drops pings before
-# its watchdog sees them.
-KEEPALIVE_EVERY_S = 15.0
+# A silent stream (api.KEEPALIVE_EVERY_S) sends an empty delta. Claude Code (2.1) drops a
+# stream that sent no event for 300 s and asks again, unstreamed: on a CPU the prefill of
+# its prompt (some 19,000 tokens) is silent for longer, so it never got a reply. A ping
+# does not do: its client drops pings before its watchdog sees them.
 
 
 def is_messages_path(path: str) -> bool:

@@ -18,7 +18,7 @@ import contextlib
 import time
 import uuid
 
-from runtime.api import ApiError, each_tool, json_bytes, stream_pieces
+from runtime.api import KEEPALIVE_EVERY_S, ApiError, each_tool, json_bytes, stream_pieces
 
 PATHS = ("/v1/responses", "/responses")
 COUNT_PATHS = ("/v1/responses/input_tokens", "/responses/input_tokens")
@@ -29,11 +29,9 @@ SAMPLING_KEYS = ("temperature", "top_p", "top_k")
 # Content parts that carry something the model cannot read.
 MEDIA_PARTS = {"input_image": "image", "input_file": "file", "input_audio": "audio"}
 TEXT_PARTS = ("input_text", "output_text", "text")
-# A stream that has sent nothing for this long sends response.in_progress again: on a CPU
-# an agent's first prompt (thousands of tokens of tools) takes minutes to read, and
-# clients drop a stream silent for that long (Codex CLI after 300 s, by default). An SSE
-# comment would not do: clients' SSE readers drop comments before any timer sees them.
-KEEPALIVE_EVERY_S = 15.0
+# A silent stream (api.KEEPALIVE_EVERY_S) sends response.in_progress again, for Codex
+# CLI's idle timeout (300 s by default). An SSE comment would not do for it: clients' SSE
+# readers drop comments before any timer sees them.
 # Fields that need state this server does not keep, or work it does not do.
 STATEFUL = {"previous_response_id": "no response is stored: send the whole conversation "
                                     "in 'input'",

@@ -46,7 +46,7 @@ from runtime.api import (MAX_N_PROBS, MISSING, ApiError, TextOffsets, chat_ids, 
                          prompt_text, prompt_tools, read_body, refuse_with_prediction,
                          reply_grammar, sampling_params,
                          split_prefill, template_in_effect)
-from runtime.api import INT32_MAX, with_pauses
+from runtime.api import INT32_MAX, KEEPALIVE_EVERY_S, with_pauses
 from runtime.connections import (ANY_ADDRESS, CORS_HEADERS, PORT_TRIES, STATUS_HEADERS, bind,
                                  client_connected, is_loopback, status_phrase, why_not)
 from runtime.engine import ContextOverflowError, Engine, EngineBusy, Request, Timings
@@ -56,12 +56,9 @@ QUIT_DELAY_S = 0.3         # the page's Quit: time for its answer to go out firs
 GIL_SWITCH_S = 0.001       # see serve()
 STOP_WAIT_S = 2.0          # see stop_generating()
 CLIENT_POLL_S = 0.05       # how often a request checks that its client is still there
-# A streamed OpenAI reply sends an SSE comment line when nothing else went out for this
-# long. OpenCode (1.18, through the Vercel AI SDK) drops a stream that sent no byte for
-# 300 s and asks again: on a CPU the prefill of its prompt (some 7,000 tokens) is silent
-# for longer, and so is a tool call, held back until it is whole. SSE clients skip
-# comments (the openai client, the AI SDK's parser, the chat page).
-SSE_KEEPALIVE_S = 15.0
+# A silent streamed OpenAI reply (KEEPALIVE_EVERY_S) sends an SSE comment line, which SSE
+# clients skip (the openai client, the AI SDK's parser, the chat page): OpenCode (1.18,
+# through the Vercel AI SDK) drops a stream that sent no byte for 300 s.
 SSE_KEEPALIVE = b": keep-alive\n\n"
 
 # Paths of the API: a wrong method on them is 405, anything else unknown is 404.
@@ -329,7 +326,7 @@ def build_app(st: State) -> bottle.Bottle:
         """Stream Server-Sent Events made by gen_fn(events_of), where events_of(req) gives
         the events of one of `reqs` (see watcher); a client that goes away cancels them.
         error_event(ApiError) -> bytes: an error once the headers are sent, in-band.
-        keepalive: an SSE comment whenever nothing went out for SSE_KEEPALIVE_S."""
+        keepalive: an SSE comment whenever nothing went out for KEEPALIVE_EVERY_S."""
         events_of = watcher()
         bottle.response.content_type = "text/event-stream"
         bottle.response.set_header("Cache-Control", "no-cache")
@@ -338,7 +335,7 @@ def build_app(st: State) -> bottle.Bottle:
         def stream():
             try:
                 items = gen_fn(events_of)
-                for obj in with_pauses(items, SSE_KEEPALIVE_S) if keepalive else items:
+                for obj in with_pauses(items, KEEPALIVE_EVERY_S) if keepalive else items:
                     if obj is None:  # a pause: a comment, for the client's idle watchdog
                         yield SSE_KEEPALIVE
                         continue

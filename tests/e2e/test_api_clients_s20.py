@@ -90,7 +90,7 @@ class HeldParrot(ParrotModel):
 def serve_held(monkeypatch, held_call: bool):
     """(url, model) of a HeldParrot; keep-alives every 50 ms. The model is let go at the
     end whatever happened, so nothing hangs."""
-    monkeypatch.setattr(server, "SSE_KEEPALIVE_S", 0.05, raising=False)
+    monkeypatch.setattr(server, "KEEPALIVE_EVERY_S", 0.05)
     model = HeldParrot(held_call)
     for url, _ in serve_parrot(model):
         try:
