@@ -141,8 +141,11 @@ def assistant_bodies(pg):
 def test_stream_shows_the_servers_greedy_reply(page, server_url):
     assert page.text_content("[data-testid=model-name]").strip(), "the model's name is shown"
     assert page.locator("[data-testid=example]").count() >= 3, "the first screen offers examples"
-    # 200 tokens: enough that even a fast machine streams them over several frames.
+    # 200 tokens, about 40 KB of SSE: the tiny model writes them in ~150 ms, which one late
+    # frame of a busy headless browser can draw at once. Throttled to 20 KB/s they arrive
+    # over about two seconds, so a page that draws as the stream comes must show steps.
     set_settings(page, temperature=0, **{"max-tokens": 200})
+    slow_network(page, downloadThroughput=20000)
     bodies = record_chat_requests(page)
     # Record the reply's length at every DOM change: a streamed reply grows in steps.
     page.evaluate("""() => {
