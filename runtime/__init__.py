@@ -1,7 +1,7 @@
 """chatfile's runtime: everything that ships inside a bundle.
 
     from runtime import Model
-    from runtime.engine import tokenize_prompt
+    from runtime.engine import tokenize_prompt    # the template's special tokens, one BOS
     model = Model.load("model.gguf")          # mmap, parse, dequantize once if it fits
     ids = tokenize_prompt(model, model.chat_prompt([{"role": "user", "content": "Hi"}]))
     print(model.detokenize(list(model.generate(ids, 64))))   # greedy, stops at end tokens

@@ -57,10 +57,10 @@ class ArchConfig:
     head_dim_v: int  # of v; head_dim unless the GGUF gives v its own
     n_ff: int  # FFN hidden size (of each expert, with experts)
     n_vocab: int
-    n_ctx_train: int
+    n_ctx_train: int  # the context the model was trained for
     norm_eps: float  # RMS norm's epsilon
     n_rot: int  # rotated dimensions of each head (a prefix of head_dim)
-    rope_base: float
+    rope_base: float  # rope's frequency base θ: pair i turns by pos · θ^(-2i/n_rot)
     rope_base_local: float  # of sliding-window layers; rope_base unless Gemma 3
     rope_freq_scale: float  # linear rope scaling: positions are multiplied by this
     rope_style: str  # see ArchDefaults
@@ -71,7 +71,7 @@ class ArchConfig:
     qk_norm: bool
     softcap_attn: float  # scores become tanh(s / c) · c (Gemma 2); 0 = off
     softcap_final: float  # the same on the logits
-    swa_window: int  # 0 = no sliding window anywhere
+    swa_window: int  # sliding-window attention (SWA) span in positions; 0 = none anywhere
     swa_pattern: int  # which layers use the window: see ArchDefaults
     embed_scale: float  # multiplies the embeddings: sqrt(n_embd) for Gemma, Granite's own
     residual_scale: float  # multiplies attention's and the FFN's output before each add (Granite)

@@ -28,13 +28,15 @@ import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
+# `gguf` is gguf-py, llama.cpp's own Python package: only its constants (type ids, block
+# sizes) are used; the parsing is this module's.
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
 from runtime import file_lease
 from runtime.errors import GGUFError
 
 GGUF_MAGIC = b"GGUF"
-DEFAULT_ALIGNMENT = 32
+DEFAULT_ALIGNMENT = 32  # bytes, when general.alignment does not say
 MAX_DIMS = 4
 MAX_KEY_BYTES = 65536
 # A scalar's encoded size decides how much room an array of it needs; a string needs at
@@ -301,11 +303,13 @@ def _parse(path: str, mm: mmap.mmap, offset: int, end: int) -> GGUFFile:
     n_kv = cur.u64("key/value count")
     # Each key/value needs at least 8 (key length) + 4 (type) + 1 bytes; each tensor info
     # at least 8 + 4 + 8 + 4 + 8. A count that cannot fit is a lie; refuse before looping.
-    remaining = end - cur.pos
-    if n_kv * 13 > remaining:
-        raise GGUFError(f"key/value count {n_kv} cannot fit in the {remaining} bytes that remain")
-    if n_tensors * 32 > remaining:
-        raise GGUFError(f"tensor count {n_tensors} cannot fit in the {remaining} bytes that remain")
+    remaining_bytes = end - cur.pos
+    if n_kv * 13 > remaining_bytes:
+        raise GGUFError(
+            f"key/value count {n_kv} cannot fit in the {remaining_bytes} bytes that remain")
+    if n_tensors * 32 > remaining_bytes:
+        raise GGUFError(
+            f"tensor count {n_tensors} cannot fit in the {remaining_bytes} bytes that remain")
 
     metadata: dict = {}
     for i in range(n_kv):

@@ -6,6 +6,12 @@ cache's writes and reads, _store and _span, among them). Model, between the two,
 the weights and wraps the tokenizer; how a matrix is held is runtime/weights.py's
 business, and the pass sees every matrix through linear().
 
+Words used once and then freely: a GGUF is llama.cpp's model file (runtime/gguf.py) and
+ggml its tensor library, whose block formats the GGUF's weights are in (runtime/quants.py);
+rope is rotary position embedding (q and k rotated by an angle per position); prefill is
+the prompt's pass, many tokens at once, and decode a pass of one new token; MoE (mixture
+of experts) replaces a layer's FFN by several, of which a router picks a few per token.
+
 Shape names in the comments: T new tokens in this pass (at most UBATCH_TOK), the first
 at position pos0; S = pos0 + T positions held after it. n_q = n_head·head_dim, n_kv =
 n_head_kv·head_dim and n_v = n_head_kv·head_dim_v are the widths of q, k and v (n_v =
@@ -14,10 +20,11 @@ The other sizes (n_embd, n_head, n_head_kv, n_ff, n_vocab, n_rot) are ArchConfig
 (archs.py), read from the GGUF's metadata.
 
 Data layout, explained once:
-- ggml stores a weight matrix as [n_out, n_in] rows. A resident (float32) matrix is kept
-  transposed, [n_in, n_out] row-major, and applied as `x @ W`: for the 2-16-token batches
-  of speculative decoding (speculate.py) OpenBLAS runs that layout ~1.5x faster than
-  `x @ W.T` (it packs a transposed operand for every small GEMM). Dequantization writes
+- ggml stores a weight matrix as [n_out, n_in] rows (in NumPy order: gguf.py reverses
+  ggml's ne). A resident (float32) matrix is kept transposed, [n_in, n_out] row-major,
+  and applied as `x @ W`: for the 2-16-token batches of speculative decoding
+  (speculate.py) OpenBLAS runs that layout ~1.5x faster than `x @ W.T` (it packs a
+  transposed operand for every small GEMM, a matrix-matrix product). Dequantization writes
   the transposed layout directly, a chunk of rows at a time, so no second full-size copy
   is made; the strided writes still cost Qwen 0.4-0.8 s more load (docs/performance.md).
   Two exceptions keep the GGUF's [n_out, n_in]: the token embedding (rows looked up by
@@ -62,7 +69,8 @@ from runtime.weights import (HeadColumns, Int8Matrix, QuantMatrix, WeightLoader,
                              ram_available_bytes)
 
 # Prefill runs in micro-batches of this many tokens: big enough for BLAS to run at full
-# speed, small enough that the [n_head, T, S] attention scores stay a few tens of MB.
+# speed, small enough that the [n_head, T, S] attention scores stay a few tens of MB at a
+# 4k context (Qwen's 14 heads x 256 x 4096 float32: 59 MB).
 UBATCH_TOK = 256
 # Session.eval's `on_logits` (logits at every position, for prompt logprobs) runs the output
 # head over this many bytes of logits at a time: Qwen's 151,936-entry vocabulary makes
@@ -158,9 +166,10 @@ class RopeTable:
 
 def rope_table(cfg: ArchConfig, base: float, n_ctx: int, freq_factors: np.ndarray | None,
                freq_scale: float) -> RopeTable:
-    """cos and sin of every position's angles, computed once per session in float64.
-    freq_factors (Llama 3's rope_freqs, LongRoPE's) divide the frequencies; freq_scale
-    (linear rope scaling) multiplies the positions."""
+    """cos and sin of every position's angles, computed once per session in float64 and
+    kept as float32, both times cfg.rope_attn_factor. freq_factors (Llama 3's rope_freqs,
+    LongRoPE's) divide the frequencies; freq_scale (linear rope scaling) multiplies the
+    positions."""
     half = cfg.n_rot // 2
     inv_freq = base ** (-np.arange(half, dtype=np.float64) * 2.0 / cfg.n_rot)  # [n_rot/2]
     if freq_factors is not None:
@@ -182,6 +191,7 @@ def apply_rope(x: np.ndarray, table: RopeTable, pos0: int, style: str, n_rot: in
         a, b = x[..., : n_rot // 2], x[..., n_rot // 2: n_rot]
     else:  # pairs (2i, 2i+1)
         a, b = x[..., 0:n_rot:2], x[..., 1:n_rot:2]
+    # a, b: [T, n_heads, n_rot/2] views of x, the two halves of each rotated pair
     # a' = a·cos - b·sin, b' = a·sin + b·cos, written over a and b (views of x): only a
     # needs a copy, since b is last read by its own update
     a0 = a.copy()
@@ -254,7 +264,7 @@ def attention(q: np.ndarray, kT: np.ndarray, v: np.ndarray, pos0: int, k0: int,
     np.exp(scores, out=scores)
     # Softmax's division comes after the matmul with v: on [g·T, hd_v] instead of
     # [g·T, S_att] (the sums are at least 1: every query sees itself).
-    sums = scores.sum(axis=-1).reshape(n_head_kv, g * T, 1)
+    sums = scores.sum(axis=-1).reshape(n_head_kv, g * T, 1)  # [n_head_kv, g·T, 1]
     out = np.matmul(scores.reshape(n_head_kv, g * T, S_att), v)  # [n_head_kv, g·T, hd_v]
     out /= sums
     # -> [T, n_head·hd_v], heads back in their original order
@@ -285,7 +295,7 @@ def feed_forward(h: np.ndarray, w_gate_up, w_down, activation: str) -> np.ndarra
     # [T, n_embd] -> [T, 2·n_ff] -> [T, n_ff] -> [T, n_embd]
     gu = linear(h, w_gate_up)
     n_ff = gu.shape[1] // 2
-    gate, up = gu[:, :n_ff], gu[:, n_ff:]
+    gate, up = gu[:, :n_ff], gu[:, n_ff:]  # [T, n_ff] each
     a = silu(gate) if activation == "silu" else gelu(gate)
     a *= up
     return linear(a, w_down)
@@ -294,7 +304,7 @@ def feed_forward(h: np.ndarray, w_gate_up, w_down, activation: str) -> np.ndarra
 def moe(h: np.ndarray, layer: Layer, cfg: ArchConfig) -> np.ndarray:
     """Mixtral routing: softmax over experts, keep the top k, renormalize their weights."""
     logits = h @ layer.router.T  # [T, n_embd] @ [n_embd, n_expert] -> [T, n_expert]
-    p = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    p = np.exp(logits - logits.max(axis=-1, keepdims=True))  # [T, n_expert]
     p /= p.sum(axis=-1, keepdims=True)
     # k = n_expert_used; a stable sort breaks ties by expert number
     top = np.argsort(-p, axis=-1, kind="stable")[:, : cfg.n_expert_used]  # [T, k] expert ids
@@ -326,7 +336,8 @@ class Model:
     def load(cls, path, offset: int = 0, vocab_only: bool = False, *, size: int | None = None,
              progress: Callable[[float], None] | None = None, mode: str = "auto",
              ram_budget_bytes: int | None = None, chat_template: str | None = None) -> "Model":
-        """Open the GGUF at byte `offset` of `path`. mode: "f32", "int8", "quant" or
+        """Open the GGUF at byte `offset` of `path`, `size` bytes long (by default to the
+        file's end; a bundle has more after it). mode: "f32", "int8", "quant" or
         "auto" (f32 if it fits `ram_budget_bytes`, by default 60% of free RAM, else quant;
         int8 is approximate and only used when asked for)."""
         if mode not in MODES:
@@ -376,8 +387,9 @@ class Model:
         return m
 
     def _choose_mode(self, ram_budget_bytes: int | None) -> str:
-        # int8 is never picked here: its logits are approximate, and TOLERANCES.md wants
-        # an approximate mode to be asked for (`--mode int8`, or `--args` in a bundle).
+        # int8 is never picked here: its logits are approximate, and
+        # tests/fixtures/TOLERANCES.md wants an approximate mode to be asked for
+        # (`--mode int8`, or `--args` in a bundle).
         n_params = sum(t.n_elements for t in self.gguf.tensors.values())
         budget_bytes = (ram_budget_bytes if ram_budget_bytes is not None
                         else ram_available_bytes() * 0.6)
@@ -671,8 +683,8 @@ class Session:
 
     def _forward(self, ids: np.ndarray, head: bool, last_only: bool = False, on_logits=None):
         """The forward pass over new tokens `ids` at positions n_past..; returns their
-        logits [T, n_vocab] (the last one only with last_only; None when head=False: a
-        prefill micro-batch whose logits nobody reads). on_logits: see eval."""
+        logits [T, n_vocab] ([1, n_vocab], the last one's, with last_only; None when
+        head=False: a prefill micro-batch whose logits nobody reads). on_logits: see eval."""
         c, m = self.cfg, self.model
         T, pos0 = ids.size, self.n_past
         S = pos0 + T  # positions 0..S-1 are in the cache once this pass has stored k and v
@@ -690,11 +702,11 @@ class Session:
             qk = qkv[:, :n_q + n_kv].reshape(T, c.n_head + c.n_head_kv, c.head_dim)
             q, k = qk[:, :c.n_head], qk[:, c.n_head:]  # [T, n_head, hd], [T, n_head_kv, hd]
             v = qkv[:, n_q + n_kv:].reshape(T, c.n_head_kv, c.head_dim_v)  # [T, n_head_kv, hd_v]
-            if c.qk_norm:  # each head over its hd dims
-                q[...] = rms_norm(q, L.q_norm, c.norm_eps)
-                k[...] = rms_norm(k, L.k_norm, c.norm_eps)
+            if c.qk_norm:  # each head over its hd dims, written back into qkv
+                q[...] = rms_norm(q, L.q_norm, c.norm_eps)  # [T, n_head, hd]
+                k[...] = rms_norm(k, L.k_norm, c.norm_eps)  # [T, n_head_kv, hd]
             rope = self.rope_local if swa else self.rope_global
-            apply_rope(qk, rope, pos0, c.rope_style, c.n_rot)
+            apply_rope(qk, rope, pos0, c.rope_style, c.n_rot)  # in place: q and k roped
             # into the cache: k as [n_head_kv, hd, T] (transposed), v as [n_head_kv, T, hd_v]
             _store(self.k[il], pos0, k.transpose(1, 2, 0), axis=2)
             _store(self.v[il], pos0, v.transpose(1, 0, 2), axis=1)
@@ -703,14 +715,14 @@ class Session:
             att = attention(q, _span(self.k[il], k0, S, axis=2), _span(self.v[il], k0, S, axis=1),
                             pos0, k0, c, window)  # [T, n_head·hd_v]
             o = linear(att, L.wo)  # [T, n_head·hd_v] -> [T, n_embd]
-            if c.post_norms:
-                o = rms_norm(o, L.post_attn_norm, c.norm_eps)
+            if c.post_norms:  # Gemma
+                o = rms_norm(o, L.post_attn_norm, c.norm_eps)  # [T, n_embd]
             x += o if c.residual_scale == 1.0 else o * c.residual_scale  # 1 except for Granite
-            h = rms_norm(x, L.ffn_norm, c.norm_eps)
+            h = rms_norm(x, L.ffn_norm, c.norm_eps)  # [T, n_embd]
             # [T, n_embd] -> [T, n_embd]: the dense FFN, or the routed experts' (Mixtral)
             f = moe(h, L, c) if c.n_expert else feed_forward(h, L.w_gate_up, L.w_down, c.activation)
             if c.post_norms:
-                f = rms_norm(f, L.post_ffn_norm, c.norm_eps)
+                f = rms_norm(f, L.post_ffn_norm, c.norm_eps)  # [T, n_embd]
             x += f if c.residual_scale == 1.0 else f * c.residual_scale
         # Only a pass that finished counts its tokens.
         self.tokens.extend(int(t) for t in ids)
@@ -728,7 +740,7 @@ class Session:
         """The output head: final hidden states [t, n_embd] -> logits [t, n_vocab], for t
         of the pass's T positions (all, the last, or on_logits' slice)."""
         c, m = self.cfg, self.model
-        x = rms_norm(x, m.output_norm, c.norm_eps)
+        x = rms_norm(x, m.output_norm, c.norm_eps)  # [t, n_embd]
         logits = linear(x, m.output)  # [t, n_embd] -> [t, n_vocab]
         if c.logit_scale != 1.0:  # Granite
             logits /= c.logit_scale

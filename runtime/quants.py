@@ -1,8 +1,10 @@
 """Vectorized dequantization of GGML block types into float32.
 
 A quantized row is a run of fixed-size blocks; each block packs `block_size` weights in
-`type_size` bytes (gguf.constants.GGML_QUANT_SIZES). The layouts below are ggml's
-(ggml-common.h). Every kernel works on a whole chunk of blocks at once:
+`type_size` bytes (gguf.constants.GGML_QUANT_SIZES: `gguf` there is gguf-py, llama.cpp's
+Python package, not runtime/gguf.py). The layouts below are ggml's (ggml-common.h); the
+_K types ("K-quants") group 256 weights into a super-block of sub-blocks with their own
+scales. Every kernel works on a whole chunk of blocks at once:
 
 * Fields are cut out of the packed blocks with strided views (np.ndarray over the raw
   buffer with the block size as stride), never with a Python loop over blocks.
@@ -20,8 +22,8 @@ dequantizer bit for bit, including inf/NaN from garbage scales.
 
 Rows are processed in chunks of CHUNK_ELEMENTS weights; temporaries live in per-thread
 scratch buffers (a few MiB per thread) reused from chunk to chunk. `threads=n` splits the
-chunks over a shared pool of up to n threads (model.py's load passes every core it may
-use; NumPy releases the GIL inside its loops).
+chunks over a shared pool of up to n threads (weights.py's WeightLoader passes
+LOAD_THREADS, every core it may use; NumPy releases the GIL inside its loops).
 """
 from __future__ import annotations
 
@@ -66,13 +68,13 @@ def scratch(key: str, shape, dtype=np.uint8) -> np.ndarray:
     """A scratch array of `shape`, reused across calls with the same key (in one thread);
     its contents are garbage. Keys must differ between arrays alive at the same time."""
     dtype = np.dtype(dtype)
-    n = dtype.itemsize
+    n_bytes = dtype.itemsize
     for s in shape:
-        n *= s
+        n_bytes *= s
     b = _ARENA.bufs.get(key)
-    if b is None or b.size < n:
-        b = _ARENA.bufs[key] = np.empty(n, dtype=np.uint8)
-    return b[:n].view(dtype).reshape(shape)
+    if b is None or b.size < n_bytes:
+        b = _ARENA.bufs[key] = np.empty(n_bytes, dtype=np.uint8)
+    return b[:n_bytes].view(dtype).reshape(shape)
 
 
 class UnsupportedTypeError(GGUFError):
@@ -594,7 +596,7 @@ _POOLS_LOCK = threading.Lock()
 
 
 def thread_pool(threads: int) -> ThreadPoolExecutor:
-    """A shared pool of `threads` workers (capped by the core count): NumPy's kernels
+    """A shared pool of `threads` workers (capped by the core count, and at 8): NumPy's kernels
     release the GIL, so chunks of one array operation run in parallel."""
     threads = min(threads, os.cpu_count() or 1, 8)
     with _POOLS_LOCK:  # two first callers at once must not make two pools

@@ -31,9 +31,10 @@ from runtime.gguf import GGUFError
 QUANT_CHUNK_BYTES = 8 << 20
 # An int8-mode matmul of one token (decode) splits its rows over two threads, each
 # converting chunks of this many weights to float32 (1 MiB, which stays in L2 between the
-# conversion and the GEMV): the conversion is NumPy work on one core, and OpenBLAS's own
-# threads gain little on a GEMV. Batches (2+ tokens) measured no faster split, so they run
-# on one thread in QUANT_CHUNK_BYTES chunks and leave the cores to OpenBLAS's GEMM.
+# conversion and the GEMV, BLAS's matrix-vector product): the conversion is NumPy work on
+# one core, and OpenBLAS's own threads gain little on a GEMV. Batches (2+ tokens)
+# measured no faster split, so they run on one thread in QUANT_CHUNK_BYTES chunks and
+# leave the cores to OpenBLAS's GEMM.
 INT8_CHUNK_WEIGHTS = 1 << 18
 
 
@@ -193,7 +194,10 @@ def resident_array(shape: tuple, dtype) -> np.ndarray:
 
 
 class WeightLoader:
-    """Turns tensor names into float32 arrays, or Int8Matrix or QuantMatrix objects, by mode."""
+    """Turns tensor names into what the forward pass holds: f32() and optional() give
+    float32 arrays (norms, biases, the router) in every mode; matrix() gives a float32
+    [n_in, n_out] array, an Int8Matrix, or a QuantMatrix (a StackedQuant when fused), by
+    mode."""
 
     def __init__(self, g: gguf.GGUFFile, mode: str, progress: Callable[[float], None] | None):
         self.g, self.mode, self.progress = g, mode, progress
@@ -238,8 +242,8 @@ class WeightLoader:
         if len(t.shape) != 3 or t.shape[1:] != (r, n_in) or not 0 <= expert < t.shape[0]:
             raise GGUFError(f"tensor {name!r} has shape {t.shape}, expected "
                             f"(n_expert > {expert}, {r}, {n_in})")
-        n = t.n_bytes // t.shape[0]
-        return self.g.raw(name)[expert * n:(expert + 1) * n], t.ggml_type
+        expert_bytes = t.n_bytes // t.shape[0]
+        return self.g.raw(name)[expert * expert_bytes:(expert + 1) * expert_bytes], t.ggml_type
 
     def matrix(self, names: Sequence[str], n_in: int, rows: Sequence[int],
                expert: int | None = None):
