@@ -51,12 +51,14 @@ A number with bounds (minimum, maximum, exclusiveMinimum, exclusiveMaximum; pyda
 writes them for every Field(ge=, gt=, le=, lt=)) is read by a scanner of its own too
 (runtime/number_range.py), as llama.cpp's grammar holds an integer to its range: a byte is
 taken only when some value in the range still starts with the text so far, so every value
-in range can be written, none outside it, and no prefix dead-ends. An integer's whole
-multipleOf (5, 2.0) is held with its range. A bounded number is spelt without an exponent
-and checked exactly (a bound is the decimal its JSON text wrote: minimum 0.1 refuses
-0.0999). A number's multipleOf, and a fractional one on an integer, are read and not
-enforced, as llama.cpp reads them (enum and const values are held to the bounds: that
-check is exact).
+in range can be written, none outside it, and no prefix dead-ends. A multipleOf is held
+with the range, exactly (x / m whole, both the decimals written: an integer's 2.5 is 5, a
+number's 0.1 takes 0.3), a number's also near 0, where pydantic's float check accepts
+every multiple (see number_range._step_limit). A bounded number is spelt without an
+exponent and checked exactly (a bound is the decimal its JSON text wrote: minimum 0.1
+refuses 0.0999). Enum and const values are held to the bounds and multipleOf as the
+scanner holds the number written out (number_range.within_bounds). Bounds beside
+anyOf/oneOf hold each branch (_Compiler.branches_with_bounds); beside $ref they are a 400.
 """
 from __future__ import annotations
 
@@ -68,9 +70,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from runtime.number_range import (BOUND_KEYS, DIGITS, int_step, int_whole, integer_bounds,
-                                  integer_step, num_step, num_whole, number_range_of,
-                                  within_bounds)
+from runtime.number_range import (BOUND_KEYS, DIGITS, decimal_of, int_step, int_whole,
+                                  integer_bounds, integer_step, num_step, num_whole,
+                                  number_range_of, within_bounds)
 from runtime.string_pattern import MAX_CP, Pattern, PatternError
 from runtime.token_bytes import table_of
 
@@ -85,9 +87,8 @@ SUPPORTED = frozenset({"type", "enum", "const", "properties", "required",
                        "pattern"})
 # Bounds. Pydantic writes them for every Field(ge=, gt=, le=, lt=, multiple_of=), so
 # openai's .parse() and LangChain's with_structured_output send them, and a 400 made such
-# models unusable. An integer is held to its range and to a whole multipleOf
-# (Node.int_range), a number to its range (Node.num_range); a number's multipleOf (and a
-# fractional one on an integer) is read and not enforced, as llama.cpp reads them.
+# models unusable. An integer is held to its range and multipleOf (Node.int_range), a
+# number to its range and multipleOf (Node.num_range).
 BOUNDS = frozenset({"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
                     "multipleOf"})
 
@@ -110,6 +111,15 @@ MAX_ALTS = 64               # alternatives followed at once (anyOf inside anyOf 
 
 class SchemaError(ValueError):
     """The schema uses something we do not support, or allows no value at all."""
+
+
+class NoValue(SchemaError):
+    """Schema s's bounds (or multipleOf) leave it no value: a branch that bounds written
+    beside anyOf/oneOf leave empty is dropped (see _Compiler.branches_with_bounds)."""
+
+    def __init__(self, message: str, s: dict):
+        super().__init__(message)
+        self.schema = s
 
 
 # ---- compiled schema ----------------------------------------------------------------------
@@ -288,6 +298,9 @@ class _Compiler:
                 other = next(o for o in asserting if o != k)
                 raise SchemaError(f"'{k}' next to {other!r} is not supported; "
                                   f"put {other!r} inside the referenced or listed schemas")
+        held = {k: s[k] for k in s if k in BOUNDS}
+        if held and any(k in s for k in ("$ref", "anyOf", "oneOf")):
+            return self.branches_with_bounds(s, held, depth)
         if "$ref" in s:
             return self.ref(s["$ref"])
         for k in ("anyOf", "oneOf"):
@@ -297,6 +310,34 @@ class _Compiler:
                     raise SchemaError(f"'{k}' must be a non-empty list of schemas")
                 return Choice(tuple(self.node(o, depth + 1) for o in opts))
         return self._plain(s, depth)
+
+    def branches_with_bounds(self, s: dict, held: dict, depth: int) -> Choice:
+        """Bounds (minimum ... multipleOf) written beside anyOf/oneOf: a value matches a
+        branch and the bounds, which is matching one of the branches with the bounds
+        added (they constrain numbers only, so a string branch keeps its strings). Each
+        branch gets them; one they leave with no value is dropped, and when all are, the
+        schema is refused. Beside a $ref, or with a $ref branch, it is a 400: the target
+        is one compiled node, shared by every reference to it."""
+        first = next(iter(held))
+        if "$ref" in s:
+            raise SchemaError(f"{first!r} next to '$ref' is not supported; "
+                              f"put {first!r} inside the referenced schema")
+        key = "anyOf" if "anyOf" in s else "oneOf"
+        opts = s[key]
+        if not isinstance(opts, list) or not opts:
+            raise SchemaError(f"'{key}' must be a non-empty list of schemas")
+        kept, empty = [], None
+        for o in opts:
+            merged = _merge_bounds(o, held, first, key)
+            try:
+                kept.append(self.node(merged, depth + 1))
+            except NoValue as e:
+                if e.schema is not merged:      # an empty schema inside the branch
+                    raise
+                empty = e
+        if not kept:
+            raise NoValue(str(empty), s)
+        return Choice(tuple(kept))
 
     def _plain(self, s: dict, depth: int) -> Node:
         n = Node()
@@ -324,9 +365,11 @@ class _Compiler:
             values = [v for v in values if _type_of(v) in allowed]
             if not values:
                 raise SchemaError("no 'enum' or 'const' value has the schema's 'type'")
-            values = [v for v in values if within_bounds(s, v)]
+            integer_only = "number" not in n.types
+            values = [v for v in values if within_bounds(s, v, integer_only)]
             if not values:
-                raise SchemaError("no 'enum' or 'const' number fits the schema's bounds")
+                raise NoValue("no 'enum' or 'const' number fits the schema's bounds "
+                              "and 'multipleOf'", s)
             texts = [json.dumps(v, ensure_ascii=False).encode("utf-8") for v in values]
             n.literals = tuple(dict.fromkeys(texts))
         props = s.get("properties", {})
@@ -466,22 +509,55 @@ def _no_value(s: dict, n: Node, what: str, types: tuple) -> None:
     if n.types <= set(types):
         keys = [k for k in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum")
                 if k in s]
-        if what == "integer" and integer_step(s) > 1:
+        if "multipleOf" in s and (what == "number" or integer_step(s) > 1):
             keys.append("multipleOf")
-        raise SchemaError(f"no {what} fits {' and '.join(map(repr, keys))}")
+        note = ""
+        if what == "number" and "multipleOf" in s:
+            note = (" (a number held to a 'multipleOf' is also held near 0, where "
+                    "pydantic's float check accepts every multiple: within 1e6 for a step "
+                    "such as 0.1, 2**52 for 0.5)")
+        raise NoValue(f"no {what} fits {' and '.join(map(repr, keys))}{note}", s)
     n.types = n.types - set(types)
 
 
 def _num_range(s: dict, n: Node) -> None:
-    """Hold a number to its bounds (Node.num_range). A range with no number in it (within
-    the byte cap) drops "number" and "integer" from the types."""
-    if not any(k in s for k in BOUND_KEYS):
+    """Hold a number to its bounds and multipleOf (Node.num_range). A range with no number
+    in it (within the byte cap) drops "number" and "integer" from the types."""
+    if not any(k in s for k in BOUND_KEYS + ("multipleOf",)):
         return
     rng = number_range_of(s, MAX_NUMBER_BYTES)
     if rng is None:
         _no_value(s, n, "number", ("number", "integer"))
         return
     n.num_range = rng
+
+
+def _merge_bounds(o, held: dict, first: str, key: str):
+    """Branch o of an anyOf/oneOf with the bounds written beside it added: of a bound it
+    has too, the stricter (compared as the decimals written; for an exclusive one the
+    stricter decimal has the stricter double too), and the same multipleOf or a 400."""
+    if o is True:
+        return dict(held)
+    if not isinstance(o, dict):
+        return o                        # false, or not a schema: node() says which
+    if "$ref" in o:
+        raise SchemaError(f"{first!r} next to '{key}' with a '$ref' branch is not supported; "
+                          f"put {first!r} inside the referenced schema")
+    out = dict(o)
+    for k, v in held.items():
+        mine = out.get(k)
+        if mine is None or isinstance(mine, bool) or not isinstance(mine, (int, float)) \
+                or not math.isfinite(mine):
+            out.setdefault(k, v)        # a bad value of the branch's own: node() says so
+        elif k == "multipleOf":
+            if decimal_of(mine) != decimal_of(v):
+                raise SchemaError(f"'multipleOf' next to '{key}' and a different one in "
+                                  "its branch is not supported; write one in each branch")
+        elif k in ("minimum", "exclusiveMinimum"):
+            out[k] = max(mine, v, key=decimal_of)
+        else:
+            out[k] = min(mine, v, key=decimal_of)
+    return out
 
 
 def _check_refs(refs) -> None:

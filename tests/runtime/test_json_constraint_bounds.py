@@ -1,8 +1,7 @@
 """An integer's bounds (minimum, maximum, exclusiveMinimum, exclusiveMaximum) held by the
 JSON constraint (runtime/json_constraint.py), byte by byte: every integer in range can be
 written, none outside it, and no prefix is taken that no in-range integer continues (a
-dead end would leave the sampler nothing to choose). A number's bounds and multipleOf are
-read and not enforced, as llama.cpp reads them.
+dead end would leave the sampler nothing to choose).
 
 The oracle here is brute force: the canonical JSON spellings (str(int)) of the integers in
 range, against the recognizer's scanner.
@@ -109,10 +108,12 @@ def test_enum_values_are_held_to_the_bounds():
     assert run("0.5", schema({"enum": [0.5, 2.5], "exclusiveMinimum": 1})) is None
 
 
-def test_a_numbers_multiple_of_and_an_integers_fractional_one_are_not_enforced():
-    # as llama.cpp reads them (a number's range is held: tests/runtime/test_json_number_bounds.py)
-    assert run("7.5", schema({"type": "number", "multipleOf": 2})) is True
-    assert run("3", schema({"type": "integer", "multipleOf": 2.5})) is True
+def test_a_numbers_multiple_of_and_an_integers_fractional_one_are_enforced():
+    # more in tests/runtime/test_json_multipleof.py
+    assert run("7.5", schema({"type": "number", "multipleOf": 2})) is None
+    assert run("8.0", schema({"type": "number", "multipleOf": 2})) is True
+    assert run("3", schema({"type": "integer", "multipleOf": 2.5})) is False    # 30 ...
+    assert run("5", schema({"type": "integer", "multipleOf": 2.5})) is True
 
 
 def test_a_whole_multiple_of_is_held_with_the_range():
