@@ -22,6 +22,8 @@ from runtime.api import KEEPALIVE_EVERY_S, ApiError, each_tool, json_bytes, stre
 
 PATHS = ("/v1/responses", "/responses")
 COUNT_PATHS = ("/v1/responses/input_tokens", "/responses/input_tokens")
+# OpenAI's compaction of a conversation into an opaque item: not done here (see not_compacted).
+COMPACT_PATHS = ("/v1/responses/compact", "/responses/compact")
 ROLES = ("user", "assistant", "system", "developer")
 # The sampling fields passed on as they are; the chat route checks them. (top_k is
 # llama-server's, sent by clients that know it.)
@@ -69,10 +71,20 @@ def in_clients_words():
 
 
 def not_stored(response_id: str) -> ApiError:
-    """GET/DELETE /v1/responses/{id} (and GET .../input_items): nothing is stored, so
-    there is no response to give or delete; a 404, as OpenAI's for an unknown id."""
+    """GET/DELETE /v1/responses/{id}, and everything under it (POST .../cancel, GET
+    .../input_items): nothing is stored, so there is no response to give, delete or
+    cancel; a 404, as OpenAI's for an unknown id."""
     return ApiError(404, f"no response {response_id[:80]!r} is stored: this server "
                          f"stores none (its replies say \"store\": false)")
+
+
+def not_compacted() -> str:
+    """Why POST /v1/responses/compact is a 501 (the server's not_supported): OpenAI's
+    compaction gives an item only its own server can read back, and this one stores
+    nothing. A client that compacts with an ordinary request (a summary asked of the
+    model) is served as usual."""
+    return ("this server does not compact conversations: it stores no responses (its "
+            "replies say \"store\": false); send the whole conversation in 'input'")
 
 
 def count_object(n_input_tok: int) -> dict:
@@ -367,24 +379,26 @@ def head(body: dict, model_id: str) -> dict:
             "user": body.get("user"), "metadata": body.get("metadata") or {}}
 
 
-def usage(finals: list) -> dict:
-    """The usage of a reply from the engine's final event. Reasoning tokens are not
-    counted apart (0); the prompt tokens found in the cache are cached_tokens."""
+def usage(finals: list, reasoning_tok=()) -> dict:
+    """The usage of a reply from the engine's final event; reasoning_tok: the chat
+    route's count of its reasoning tokens (ChatReply.reasoning_tok), among the output
+    tokens. The prompt tokens found in the cache are cached_tokens."""
     final = finals[0]
     cached = final.timings.cached_n if final.timings is not None else 0
     return {"input_tokens": final.prompt_tokens,
             "input_tokens_details": {"cached_tokens": cached},
             "output_tokens": final.completion_tokens,
-            "output_tokens_details": {"reasoning_tokens": 0},
+            "output_tokens_details": {"reasoning_tokens": reasoning_tok[0] if reasoning_tok else 0},
             "total_tokens": final.prompt_tokens + final.completion_tokens}
 
 
-def ended(resp: dict, finish_reason: str, output: list, finals: list) -> dict:
+def ended(resp: dict, finish_reason: str, output: list, finals: list,
+          reasoning_tok=()) -> dict:
     """The finished response: "incomplete" when the reply ran out of max_output_tokens."""
     short = finish_reason == "length"
     return {**resp, "status": "incomplete" if short else "completed",
             "incomplete_details": {"reason": "max_output_tokens"} if short else None,
-            "output": output, "usage": usage(finals)}
+            "output": output, "usage": usage(finals, reasoning_tok)}
 
 
 def reasoning_item(item_id: str, text: str) -> dict:
@@ -413,7 +427,7 @@ def call_item(call: dict, names: dict, status: str = "completed") -> dict:
             "arguments": fn.get("arguments") or "{}", "status": status}
 
 
-def whole_response(reply: dict, finals: list, resp: dict) -> dict:
+def whole_response(reply: dict, finals: list, resp: dict, reasoning_tok=()) -> dict:
     """The chat route's response object (one choice) as a response: a reasoning item, a
     message, function_call items, each only when there is one (a message, empty, when
     there is nothing else)."""
@@ -428,7 +442,7 @@ def whole_response(reply: dict, finals: list, resp: dict) -> dict:
         output.append(message_item(new_id("msg"), msg.get("content") or "", status))
     names = namespaced(resp["tools"])
     output += [call_item(c, names) for c in calls]
-    return ended(resp, choice["finish_reason"], output, finals)
+    return ended(resp, choice["finish_reason"], output, finals, reasoning_tok)
 
 
 class Events:
@@ -451,12 +465,14 @@ class Events:
         return (self._event("error", code=e.type or code, message=e.message, param=None)
                 + self._event("response.failed", response=failed))
 
-    def stream(self, chunks, finals: list, keepalive_every_s: float = KEEPALIVE_EVERY_S):
+    def stream(self, chunks, finals: list, keepalive_every_s: float = KEEPALIVE_EVERY_S,
+               reasoning_tok=()):
         """response.created and response.in_progress; each item's events (a reasoning
         item, a message, function calls) as its text comes, and response.in_progress
         again whenever nothing went out for keepalive_every_s; then response.completed,
         or response.incomplete when the reply ran out of max_output_tokens. `finals`
-        holds the engine's final event once the chunks are all taken."""
+        holds the engine's final event once the chunks are all taken, and
+        `reasoning_tok` the reply's reasoning tokens then (see usage)."""
         yield self._event("response.created", response=self.resp)
         yield self._event("response.in_progress", response=self.resp)
         finish_reason = "stop"
@@ -472,7 +488,7 @@ class Events:
         if not self.output and self.open is None:  # nothing written: an empty message
             yield from self._text("message", "")
         yield from self._close("incomplete" if finish_reason == "length" else "completed")
-        resp = ended(self.resp, finish_reason, self.output, finals)
+        resp = ended(self.resp, finish_reason, self.output, finals, reasoning_tok)
         yield self._event("response.incomplete" if resp["status"] == "incomplete"
                           else "response.completed", response=resp)
 

@@ -56,9 +56,9 @@ QUIT_DELAY_S = 0.3         # the page's Quit: time for its answer to go out firs
 GIL_SWITCH_S = 0.001       # see serve()
 STOP_WAIT_S = 2.0          # see stop_generating()
 CLIENT_POLL_S = 0.05       # how often a request checks that its client is still there
-# A silent streamed OpenAI reply (KEEPALIVE_EVERY_S) sends an SSE comment line, which SSE
-# clients skip (the openai client, the AI SDK's parser, the chat page): OpenCode (1.18,
-# through the Vercel AI SDK) drops a stream that sent no byte for 300 s.
+# A silent streamed chat or completion reply (KEEPALIVE_EVERY_S) sends an SSE comment line,
+# which SSE clients skip (the openai client, the AI SDK's parser, the chat page): OpenCode
+# (1.18, through the Vercel AI SDK) drops a stream that sent no byte for 300 s.
 SSE_KEEPALIVE = b": keep-alive\n\n"
 
 # Paths of the API: a wrong method on them is 405, anything else unknown is 404.
@@ -66,7 +66,7 @@ API_POST = ("/v1/chat/completions", "/v1/completions", "/completion", "/completi
             "/tokenize", "/detokenize", "/apply-template", "/infill", "/chat/completions",
             "/v1/embeddings", "/embeddings", "/embedding", "/v1/rerank", "/rerank",
             "/v1/reranking", "/reranking", *messages_api.PATHS, *responses_api.PATHS,
-            *responses_api.COUNT_PATHS)
+            *responses_api.COUNT_PATHS, *responses_api.COMPACT_PATHS)
 API_GET = ("/v1/models", "/models", "/props", "/health", "/v1/health", "/slots")
 # A preflight's Access-Control-Request-Headers that may be allowed back as they are: a list
 # of header names (RFC 9110 tokens), of a sane length.
@@ -121,24 +121,35 @@ def get_reasoning_budget(body, default_tok: int = -1, default_message: str = "")
 class ChatReply:
     """What the chat route made of a request: its requests (the choices), their final
     events (for a stream: each appended once its last chunk is taken), and the reply,
-    either `whole` (the response object) or `chunks` (gen_fn(events_of) for sse())."""
+    either `whole` (the response object) or `chunks` (gen_fn(events_of) for sse()).
+    reasoning_tok: each choice's reasoning tokens, filled as `finals` is: the generated
+    tokens that are not the content's (reasoning.ContentTokens says which are): the
+    thought, its tags and the whitespace after it, as OpenAI counts reasoning apart."""
     reqs: list
     finals: list
     whole: dict | None = None
     chunks: Callable | None = None
+    reasoning_tok: list = field(default_factory=list)
 
 
-def _usage(n_prompt: int, finals, predicted: bool) -> dict:
+def _usage(n_prompt: int, finals, predicted: bool, reasoning_tok=None) -> dict:
     """OpenAI's usage of the replies whose final events are `finals`, with n_prompt prompt
     tokens; with a prediction, how many tokens drafted from it are in the replies
-    (accepted) and how many are not (rejected), summed over the choices."""
+    (accepted) and how many are not (rejected), summed over the choices; with
+    reasoning_tok (the chat route's: each choice's), the reasoning tokens among the
+    completion tokens, summed too."""
     n_reply = sum(f.completion_tokens for f in finals)
     usage = {"prompt_tokens": n_prompt, "completion_tokens": n_reply,
              "total_tokens": n_prompt + n_reply}
+    details = {}
+    if reasoning_tok is not None:
+        details["reasoning_tokens"] = sum(reasoning_tok)
     if predicted:
-        usage["completion_tokens_details"] = {
-            "accepted_prediction_tokens": sum(f.accepted_prediction_tokens for f in finals),
-            "rejected_prediction_tokens": sum(f.rejected_prediction_tokens for f in finals)}
+        details.update(
+            accepted_prediction_tokens=sum(f.accepted_prediction_tokens for f in finals),
+            rejected_prediction_tokens=sum(f.rejected_prediction_tokens for f in finals))
+    if details:
+        usage["completion_tokens_details"] = details
     return usage
 
 
@@ -352,8 +363,10 @@ def build_app(st: State) -> bottle.Bottle:
         return stream()
 
     def sse_choices(reqs: list, choice_chunks, usage_chunk, done: bool = True):
-        """Stream the choices one after another (see choices_stream)."""
-        return sse(choices_stream(reqs, choice_chunks, usage_chunk, done), reqs)
+        """Stream the choices one after another (see choices_stream), with the chat
+        route's keep-alive comments: /v1/completions, /completion and /infill are as
+        silent as it during a long prefill, and SSE readers skip comments too."""
+        return sse(choices_stream(reqs, choice_chunks, usage_chunk, done), reqs, keepalive=True)
 
     def choices_stream(reqs: list, choice_chunks, usage_chunk, done: bool = True,
                        finals=None):
@@ -482,15 +495,18 @@ def build_app(st: State) -> bottle.Bottle:
         base = {"id": cid, "created": created, "model": st.model_id, "system_fingerprint": "chatfile"}
         reqs = submit_choices([request(j) for j in range(n)])
 
+        thought_tok = []  # each choice's reasoning tokens (ChatReply.reasoning_tok)
+
         def usage(finals):  # the prompt is counted once, as OpenAI counts it
-            return _usage(finals[0].prompt_tokens, finals, pred_ids is not None)
+            return _usage(finals[0].prompt_tokens, finals, pred_ids is not None, thought_tok)
 
         if not stream:
             choices, finals = [], []
             for i, (text, toks, final) in enumerate(collect_choices(reqs)):
-                thought = ""
+                thought, n_tok = "", len(toks)
                 if new_split:  # token by token: which tokens are the content's
                     thought, text, toks = reasoning.split_reply(new_split(), text, toks)
+                thought_tok.append(n_tok - len(toks))
                 choice = {"index": i, "message": {"role": "assistant", "content": text},
                           "logprobs": None, "finish_reason": final.finish_reason}
                 if want_lp:
@@ -503,7 +519,8 @@ def build_app(st: State) -> bottle.Bottle:
                 finals.append(final)
             return ChatReply(reqs, finals, whole={
                 **base, "object": "chat.completion", "choices": choices,
-                "usage": usage(finals), "timings": _summed(f.timings for f in finals).as_dict()})
+                "usage": usage(finals), "timings": _summed(f.timings for f in finals).as_dict()},
+                reasoning_tok=thought_tok)
 
         head = {**base, "object": "chat.completion.chunk"}
 
@@ -517,6 +534,7 @@ def build_app(st: State) -> bottle.Bottle:
             and then goes out as tool_calls deltas or, if it held no call, as content."""
             yield chunk(index, {"role": "assistant", "content": ""})
             reply, sent = "", 0   # the reply so far, and how much of it went out as content
+            n_tok = n_content_tok = 0  # the reply's tokens, and its content's
             hold = tool_calls.CallHold(tools) if find_calls else None  # held_from, as it grows
             # The logprobs go with the content's tokens only (ContentTokens), once known.
             split = reasoning.ContentTokens(new_split()) if new_split else None
@@ -529,6 +547,7 @@ def build_app(st: State) -> bottle.Bottle:
                     tok = ev if ev.token is not None else None  # None: the held tail's text
                     thought, out, toks = (split.push(ev.text, tok) if split else
                                           ("", ev.text, [tok] if tok else []))
+                    n_tok, n_content_tok = n_tok + (tok is not None), n_content_tok + len(toks)
                     lp = content_lp(toks)
                     if find_calls:
                         reply += out
@@ -543,6 +562,7 @@ def build_app(st: State) -> bottle.Bottle:
                     raise _worker_error(ev.error)
                 else:
                     thought, tail, toks = split.finish() if split else ("", "", [])
+                    thought_tok.append(n_tok - n_content_tok - len(toks))
                     if thought:
                         yield chunk(index, {"reasoning_content": thought})
                     reply += tail
@@ -564,7 +584,7 @@ def build_app(st: State) -> bottle.Bottle:
         return ChatReply(reqs, finals, chunks=choices_stream(
             reqs, lambda k, r, events: choice_chunks(k, events),
             include_usage and (lambda got: {**head, "choices": [], "usage": usage(got)}),
-            finals=finals))
+            finals=finals), reasoning_tok=thought_tok)
 
     # -- Anthropic: messages, through the chat route (runtime/messages_api.py) ----------
     @app.post("/v1/messages")
@@ -595,9 +615,11 @@ def build_app(st: State) -> bottle.Bottle:
             reply = chat_reply(model, responses_api.chat_body(body))
         resp = responses_api.head(body, st.model_id)
         if reply.chunks is None:
-            return ok(responses_api.whole_response(reply.whole, reply.finals, resp))
+            return ok(responses_api.whole_response(reply.whole, reply.finals, resp,
+                                                   reply.reasoning_tok))
         events = responses_api.Events(resp)
-        return sse(lambda events_of: events.stream(reply.chunks(events_of), reply.finals),
+        return sse(lambda events_of: events.stream(reply.chunks(events_of), reply.finals,
+                                                   reasoning_tok=reply.reasoning_tok),
                    reply.reqs, error_event=events.error)
 
     @app.post("/v1/responses/input_tokens")
@@ -608,12 +630,23 @@ def build_app(st: State) -> bottle.Bottle:
             prompt_ids = chat_prompt(model, responses_api.chat_body(body))[-1]
         return ok(responses_api.count_object(len(prompt_ids)))
 
-    # (any id but input_tokens, whose GET is the 405 of a POST route)
-    @app.route("/v1/responses/<response_id:re:(?!input_tokens$).+>", method=["GET", "DELETE"])
-    @app.route("/responses/<response_id:re:(?!input_tokens$).+>", method=["GET", "DELETE"])
-    @api
-    def stored_response(model, body, response_id):
-        raise responses_api.not_stored(response_id.split("/")[0])
+    @app.post("/v1/responses/compact")
+    @app.post("/responses/compact")
+    def compact_responses():
+        return not_supported(why=responses_api.not_compacted())
+
+    # Any id but input_tokens and compact (whose GETs are the 405 of POST routes), and
+    # anything under it (POST .../cancel): the body and the model are not needed to say so.
+    @app.route("/v1/responses/<response_id:re:(?!(?:input_tokens|compact)$).+>",
+               method=["GET", "POST", "DELETE"])
+    @app.route("/responses/<response_id:re:(?!(?:input_tokens|compact)$).+>",
+               method=["GET", "POST", "DELETE"])
+    def stored_response(response_id):
+        try:
+            check_auth()
+            raise responses_api.not_stored(response_id.split("/")[0])
+        except ApiError as e:
+            return fail_with(e)
 
     # -- OpenAI: completions -----------------------------------------------------------
     @app.post("/v1/completions")
@@ -945,16 +978,16 @@ def build_app(st: State) -> bottle.Bottle:
         return ok({"prompt": text})
 
     # -- llama-server's routes for what this server does not do ------------------------
-    def not_supported(doing: str):
+    def not_supported(doing: str = "", why: str = ""):
         """501, as llama-server answers these without --embeddings or --reranking: a
         client sees at once that the server lacks the feature, where a 404 looked like
         a wrong URL. X-Should-Retry: false keeps the OpenAI clients from retrying it
-        (they retry any 5xx); asking again cannot help."""
+        (they retry any 5xx); asking again cannot help. `why`: the whole message."""
         try:
             check_auth()
         except ApiError as e:
             return fail_with(e)
-        return fail(501, f"this server does not {doing}: it only generates text",
+        return fail(501, why or f"this server does not {doing}: it only generates text",
                     "not_supported_error", headers={"X-Should-Retry": "false"})
 
     @app.post("/v1/embeddings")
