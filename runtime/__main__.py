@@ -66,7 +66,7 @@ def _passed_through() -> str:
              if a.option_strings and a.help != argparse.SUPPRESS
              and not listed & set(a.option_strings)]
     return textwrap.fill(f"Any other `chatfile run` option ({', '.join(flags)}) is passed "
-                         "through.", width=88)
+                         "through.", width=88, break_on_hyphens=False)  # never "--cache-" / "ram"
 
 
 # Flags that only make sense for the server; dropped when --cli turns a run into a chat.

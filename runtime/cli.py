@@ -67,6 +67,21 @@ def add_reasoning_budget_args(p: argparse.ArgumentParser) -> None:
                         "(such as ' Time to answer.'), as llama-server's")
 
 
+def add_cache_ram_arg(p: argparse.ArgumentParser) -> None:
+    """--cache-ram, as llama-server's (also `python -m runtime.server`'s)."""
+    p.add_argument("--cache-ram", type=int, default=None, metavar="MIB",
+                   help="host memory for the prompts of other conversations, so that one "
+                        "that comes back is not read again (default: 1024, or a quarter of "
+                        "the RAM available after loading if less; 0: off; -1: no limit)")
+
+
+def cache_ram_problem(mib: int | None) -> str | None:
+    """What is wrong with a --cache-ram, or None."""
+    if mib is not None and mib < -1:
+        return "--cache-ram must be 0 or more MiB (0: off, -1: no limit)"
+    return None
+
+
 def reasoning_budget_problem(n: int) -> str | None:
     """What is wrong with a --reasoning-budget, or None."""
     if not -1 <= n <= REASONING_BUDGET_MAX_TOK:
@@ -103,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                    help="also answer requests for this host name (a reverse proxy's or a "
                         "tunnel's); bound to 127.0.0.1, only localhost names are answered")
+    add_cache_ram_arg(p)
 
     p = sub.add_parser("chat", help="chat in the terminal (or answer piped stdin and exit)")
     _add_model_args(p)
@@ -217,6 +233,9 @@ def check_args(args) -> str | None:
     for flag in ("prompt_tokens", "gen_tokens"):
         if getattr(args, flag, 1) <= 0:
             return f"--{flag.replace('_', '-')} must be positive"
+    problem = cache_ram_problem(getattr(args, "cache_ram", None))
+    if problem:
+        return problem
     if (getattr(args, "seed", None) or 0) < 0:
         return "--seed must be 0 or more"
     problem = reasoning_budget_problem(getattr(args, "reasoning_budget", -1))
@@ -461,7 +480,8 @@ def _dispatch(args) -> int:
               open_browser=not args.no_browser,
               temperature=args.temp, mode=args.mode,
               template_kwargs=reasoning_kwargs(args), reasoning_budget=args.reasoning_budget,
-              reasoning_budget_message=args.reasoning_budget_message)
+              reasoning_budget_message=args.reasoning_budget_message,
+              cache_ram_mib=args.cache_ram)
     if args.command == "chat":
         example = piped_example(args.bundle)
         if sys.stdin is None and args.prompt is None:  # started with stdin closed (`0<&-`): nothing to read from

@@ -7,7 +7,9 @@ is refused at once, so the server can answer 503 instead of piling up work).
 
 Prompt cache: the session keeps the tokens of the previous request (prompt + reply).
 A new prompt rewinds the session to the longest common prefix and evaluates only the
-rest, so the second turn of a chat prefills just the new message.
+rest, so the second turn of a chat prefills just the new message. With --cache-ram, what
+a rewind would drop is saved in host memory first, and restored for a later prompt that
+shares more with it (runtime/prompt_cache.py): conversations that take turns keep theirs.
 
 Every request gets its own event queue. The worker puts `Event`s on it: for a request
 that asks for its prompt's logprobs, one "prompt" event once the prompt is evaluated; one
@@ -36,6 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from runtime.model import UBATCH_TOK, ContextOverflowError
+from runtime.prompt_cache import PromptCache
 from runtime.sampling import NoTokenAllowed, Sampler, SamplingParams, reported_probs_rows
 from runtime.speculate import PredictionDrafts, greedy_tokens
 
@@ -240,11 +243,13 @@ def _prompt_probs_into(found: list, ids: list, n_probs: int):
 
 class Engine:
     def __init__(self, model, n_ctx: int, *, max_queue: int = 16, sampler_factory=None,
-                 speculate: bool = True):
+                 speculate: bool = True, cache_ram_bytes: int = 0):
         self.model = model
         self.speculate = speculate  # prompt-lookup speculation for greedy requests
         self.n_ctx = int(n_ctx)
         self.session = model.session(self.n_ctx)
+        # Snapshots of what rewinds drop, in host memory (0: none; < 0: no byte limit).
+        self.prompt_cache = PromptCache(self.session, cache_ram_bytes) if cache_ram_bytes else None
         self.eog_ids = frozenset(getattr(model, "eog_ids", ()) or ())
         self._make_sampler = sampler_factory or _make_sampler
         self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
@@ -335,9 +340,13 @@ class Engine:
         except BaseException as e:  # noqa: BLE001 - the worker must survive anything
             # A failed eval may have left the cache half-written: start clean next time.
             try:
+                self.session.on_rewind = None  # and nothing of it is saved: not trusted
                 self.session.rewind(0)
             except Exception:
                 pass
+            finally:
+                if self.prompt_cache is not None:
+                    self.session.on_rewind = self.prompt_cache.on_rewind
             req.events.put(Event("error", error=e))
             return False
         return True
@@ -347,6 +356,8 @@ class Engine:
         ids = list(req.prompt_ids)
         s = self.session
         found = on_logits = None
+        if self.prompt_cache is not None and req.cache_prompt and not req.prompt_logprobs:
+            self.prompt_cache.restore_best(s, ids)  # a saved state that shares more, if any
         if req.prompt_logprobs:
             # Every prompt position's logprobs are needed. The cache keeps no logits, but
             # the session keeps what earlier prompts' logprobs reported at each position

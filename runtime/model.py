@@ -591,6 +591,9 @@ class Session:
         # small tuples only: a logits row of Qwen is 600 KB. rewind() drops what it cuts.
         self.prompt_probs: list = []
         self.prompt_probs_n = 0
+        # on_rewind(session, n): called before rewind() drops tokens n.., while the session
+        # still holds them (runtime/prompt_cache.py saves them there); None: nothing is.
+        self.on_rewind: Callable[["Session", int], None] | None = None
         ring = c.swa_window + UBATCH_TOK if swa_ring and c.swa_window else 0
         self.ring = ring if ring < n_ctx else 0  # positions per sliding-window layer; 0: no ring
         self._ring_lo = 0  # the first position whose k/v every ring still holds
@@ -617,6 +620,8 @@ class Session:
             raise ValueError(f"cannot rewind to {n}: the session holds {len(self.tokens)} tokens")
         if self.ring and self._ring_lo > first_attended(n, self.cfg.swa_window):
             n = 0
+        if self.on_rewind is not None and n < len(self.tokens):
+            self.on_rewind(self, n)
         if n == 0:
             self._ring_lo = 0
         del self.tokens[n:]

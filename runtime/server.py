@@ -50,6 +50,7 @@ from runtime.api import INT32_MAX, KEEPALIVE_EVERY_S, with_pauses
 from runtime.connections import (ANY_ADDRESS, CORS_HEADERS, PORT_TRIES, STATUS_HEADERS, bind,
                                  client_connected, is_loopback, status_phrase, why_not)
 from runtime.engine import ContextOverflowError, Engine, EngineBusy, Request, Timings
+from runtime.prompt_cache import cache_ram_bytes
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
 QUIT_DELAY_S = 0.3         # the page's Quit: time for its answer to go out first
@@ -90,6 +91,7 @@ class State:
     template_kwargs: dict = field(default_factory=dict)  # chat_template_kwargs' defaults
     reasoning_budget: int = -1        # --reasoning-budget: chat requests that don't say
     reasoning_budget_message: str = ""  # --reasoning-budget-message
+    cache_ram_mib: int | None = None  # --cache-ram; None: prompt_cache's default
     model: object = None
     engine: Engine | None = None
     progress: float = 0.0
@@ -1046,8 +1048,11 @@ def build_app(st: State) -> bottle.Bottle:
     def slots(model, body):
         """llama-server's slot view: is the one worker busy, how full is its cache."""
         eng = st.engine
-        return ok([{"id": 0, "n_ctx": st.n_ctx, "is_processing": eng.busy.is_set(),
-                    "n_past": len(eng.session.tokens), "queued": eng.queued()}])
+        slot = {"id": 0, "n_ctx": st.n_ctx, "is_processing": eng.busy.is_set(),
+                "n_past": len(eng.session.tokens), "queued": eng.queued()}
+        if eng.prompt_cache is not None:  # --cache-ram: the other conversations' prompts
+            slot["prompt_cache"] = eng.prompt_cache.stats()
+        return ok([slot])
 
     # -- health, the page, and everything else ----------------------------------------
     @app.get("/health")
@@ -1335,7 +1340,7 @@ def _load(st: State, path, offset, size, chat_template, n_ctx, mode, say):
         # whoever waits for that may then read this line.
         log(f"chatfile: model {st.model_id} loaded ({model.arch}, context {n} tokens, "
             f"{model.mode} weights{why})")
-        st.engine = Engine(model, n)
+        st.engine = Engine(model, n, cache_ram_bytes=cache_ram_bytes(st.cache_ram_mib))
         st.progress = 1.0
     except Exception as e:  # noqa: BLE001 - any load failure is reported, not raised
         st.error = f"{type(e).__name__}: {e}" if not str(e) else str(e)
@@ -1407,7 +1412,7 @@ def serve(model_path, *, gguf_offset=0, gguf_size=None, host="127.0.0.1", port=8
           api_key=None, n_ctx=4096, threads=None, chat_template=None, system=None, title=None,
           cors=False, open_browser=True, max_body_bytes=1 << 20, ready=None, temperature=None,
           mode="auto", allow_hosts=(), template_kwargs=None, reasoning_budget=-1,
-          reasoning_budget_message="") -> int:
+          reasoning_budget_message="", cache_ram_mib=None) -> int:
     """Serve until Ctrl+C. `ready(url)` is called once the socket is listening.
 
     chat_template: the template's text (runtime.cli reads the file). threads: the BLAS
@@ -1452,6 +1457,7 @@ def serve(model_path, *, gguf_offset=0, gguf_size=None, host="127.0.0.1", port=8
     srv.state.template_kwargs = dict(template_kwargs or {})
     srv.state.reasoning_budget = reasoning_budget
     srv.state.reasoning_budget_message = reasoning_budget_message
+    srv.state.cache_ram_mib = cache_ram_mib
     quit_from_page = threading.Event()
     if open_browser:
         def on_quit():
@@ -1570,10 +1576,12 @@ def main(argv=None) -> int:
     ap.add_argument("--no-browser", action="store_true")
     ap.add_argument("--gguf-offset", type=int, default=0)
     ap.add_argument("--gguf-size", type=int)
-    from runtime.cli import add_reasoning_budget_args, reasoning_budget_problem, reasoning_kwargs
+    from runtime.cli import (add_cache_ram_arg, add_reasoning_budget_args, cache_ram_problem,
+                             reasoning_budget_problem, reasoning_kwargs)
     add_reasoning_budget_args(ap)
+    add_cache_ram_arg(ap)
     a = ap.parse_args(argv)
-    problem = reasoning_budget_problem(a.reasoning_budget)
+    problem = reasoning_budget_problem(a.reasoning_budget) or cache_ram_problem(a.cache_ram)
     if problem:
         ap.error(problem)  # exit status 2, as argparse's own errors
     template = None
@@ -1589,7 +1597,7 @@ def main(argv=None) -> int:
                  system=a.system, title=a.title, cors=a.cors, open_browser=not a.no_browser,
                  temperature=a.temp, reasoning_budget=a.reasoning_budget,
                  reasoning_budget_message=a.reasoning_budget_message,
-                 template_kwargs=reasoning_kwargs(a))
+                 template_kwargs=reasoning_kwargs(a), cache_ram_mib=a.cache_ram)
 
 
 if __name__ == "__main__":

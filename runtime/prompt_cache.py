@@ -1,0 +1,219 @@
+"""A prompt cache in host memory for the engine's one session, as llama-server's --cache-ram.
+
+The session reuses the longest common prefix of a new prompt with the tokens it holds
+(Session.reuse_prefix), so two conversations that take turns would each re-read their
+whole prompt: a chat page switching tabs, or an agent's side request (a title, a
+sub-agent) between the turns of a long conversation. Here, before a rewind drops
+MIN_SAVE_TOK tokens or more, the session's state for the tokens it holds is copied into
+a Snapshot; a later prompt that shares a longer prefix with a snapshot than with the live
+session has it copied back first (PromptCache.restore_best), and then goes on as usual.
+
+A snapshot holds only the used part of each layer's cache: positions 0..n-1 of a full
+layer, and of a sliding-window ring the positions it still holds (Session._ring_lo
+onwards), each written back into the slot it came from. The restored session is the
+saved one, slot for slot, so its logits are the same bit for bit.
+
+Snapshots live in an LRU under a byte budget. One whose tokens are a prefix of another's
+(that holds as much: ring and prompt logprobs) is redundant, and only the longer is kept.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+
+from runtime.model import _span, _store, first_attended
+from runtime.weights import ram_available_bytes
+
+# Rewinds that drop fewer tokens are not saved: speculation drops its rejected drafts (at
+# most 32 tokens, speculate.PREDICTION_DRAFT_MAX_TOK) on every step, and re-reading 63
+# tokens costs under a second even at ~87 tok/s (Qwen 0.5B at 13k tokens of context).
+MIN_SAVE_TOK = 64
+
+# --cache-ram's default: 1 GiB, or a quarter of the RAM available once the model is
+# loaded if that is less. The cache is float32 (twice llama.cpp's f16, whose server
+# defaults to 8 GiB): 1 GiB holds ~43k tokens of Qwen 0.5B (24 KiB a token), three
+# 13k-token agent conversations; a quarter leaves the rest to the OS and the other
+# programs, so that the cache never pushes the machine into swap.
+CACHE_RAM_DEFAULT_MIB = 1024
+CACHE_RAM_AVAILABLE_FRACTION = 0.25
+# A prompt logprob entry: a float and n_probs (id, prob) tuples; a rough size for the budget.
+PROB_ENTRY_BYTES, PROB_ALT_BYTES = 100, 120
+
+
+def default_cache_ram_bytes() -> int:
+    return int(min(CACHE_RAM_DEFAULT_MIB << 20,
+                   CACHE_RAM_AVAILABLE_FRACTION * ram_available_bytes()))
+
+
+def cache_ram_bytes(mib: int | None) -> int:
+    """--cache-ram MIB in bytes: None the default, 0 off, -1 no limit (llama-server's -1)."""
+    if mib is None:
+        return default_cache_ram_bytes()
+    return -1 if mib < 0 else int(mib) << 20
+
+
+@dataclass
+class Snapshot:
+    tokens: np.ndarray      # int64 [n]: the tokens held
+    ring_lo: int            # Session._ring_lo: the first position the rings hold
+    k: list                 # per layer, keys [n_head_kv, hd, n - lo] of positions lo..n-1
+    v: list                 # per layer, values [n_head_kv, n - lo, hd_v]
+    prompt_probs: list      # Session.prompt_probs and prompt_probs_n
+    prompt_probs_n: int
+    nbytes: int
+
+    def covers(self, other: "Snapshot") -> bool:
+        """Does this one hold all that `other` holds (other is redundant)?"""
+        n = other.tokens.size
+        return (self.tokens.size >= n and self.ring_lo <= other.ring_lo
+                and np.array_equal(self.tokens[:n], other.tokens)
+                and (not other.prompt_probs
+                     or (self.prompt_probs_n >= other.prompt_probs_n
+                         and len(self.prompt_probs) >= len(other.prompt_probs))))
+
+
+def _first_pos(session, ring_lo: int, il: int) -> int:
+    """The first position layer il holds: a ring's ring_lo, 0 for a full layer."""
+    return ring_lo if session.ring and session.cfg.is_swa(il) else 0
+
+
+def _positions(cache: np.ndarray, lo: int, n: int, axis: int) -> np.ndarray:
+    """A copy of positions lo..n-1 of a layer's cache (see model._store)."""
+    if lo >= n:
+        shape = list(cache.shape)
+        shape[axis] = 0
+        return np.empty(shape, cache.dtype)
+    span = _span(cache, lo, n, axis)
+    return span if span.base is None else span.copy()  # a wrapped ring's is a copy already
+
+
+def take_snapshot(session) -> Snapshot:
+    """A copy of the session's state for the tokens it holds (at least one)."""
+    n = len(session.tokens)
+    ks, vs = [], []
+    for il in range(len(session.k)):
+        lo = _first_pos(session, session._ring_lo, il)
+        ks.append(_positions(session.k[il], lo, n, axis=2))
+        vs.append(_positions(session.v[il], lo, n, axis=1))
+    probs = list(session.prompt_probs)
+    nbytes = (sum(a.nbytes for a in ks) + sum(a.nbytes for a in vs) + 8 * n
+              + len(probs) * (PROB_ENTRY_BYTES + PROB_ALT_BYTES * session.prompt_probs_n))
+    return Snapshot(np.asarray(session.tokens, np.int64), session._ring_lo, ks, vs,
+                    probs, session.prompt_probs_n, nbytes)
+
+
+def restore_snapshot(session, snap: Snapshot) -> None:
+    """Make the session hold what it held when `snap` was taken: each position back in
+    its slot (the rings' too), so that what follows computes exactly as it would have."""
+    for il in range(len(session.k)):
+        lo = _first_pos(session, snap.ring_lo, il)
+        _store(session.k[il], lo, snap.k[il], axis=2)
+        _store(session.v[il], lo, snap.v[il], axis=1)
+    # last: a restore that fails halfway leaves the session holding what it held (nothing)
+    session._ring_lo = snap.ring_lo
+    session.prompt_probs = list(snap.prompt_probs)
+    session.prompt_probs_n = snap.prompt_probs_n
+    session.tokens = snap.tokens.tolist()
+
+
+def _common_prefix(a: np.ndarray, b: np.ndarray) -> int:
+    m = min(a.size, b.size)
+    diff = np.flatnonzero(a[:m] != b[:m])
+    return int(diff[0]) if diff.size else m
+
+
+def usable_prefix(session, ring_lo: int, n: int) -> int:
+    """How many of n common tokens a state with this ring_lo can keep (Session.rewind's
+    rule: none once a ring has overwritten the window before position n)."""
+    if session.ring and ring_lo > first_attended(n, session.cfg.swa_window):
+        return 0
+    return n
+
+
+class PromptCache:
+    """The snapshots of one session, least recently used first. limit_bytes < 0: no limit.
+    The engine's worker changes it; /slots reads stats() from other threads."""
+
+    def __init__(self, session, limit_bytes: int):
+        self.limit_bytes = limit_bytes
+        self._snaps: OrderedDict[int, Snapshot] = OrderedDict()  # id(snapshot) -> it
+        self._lock = threading.Lock()
+        self.saves = self.restores = 0
+        self.save_ms = self.restore_ms = 0.0  # the last ones, for the measurements
+        session.on_rewind = self.on_rewind
+
+    def on_rewind(self, session, n_kept: int) -> None:
+        """Session.rewind's hook, before it drops tokens n_kept..: save what it held when
+        that is MIN_SAVE_TOK tokens or more."""
+        if len(session.tokens) - n_kept >= MIN_SAVE_TOK:
+            self.save(session)
+
+    def save(self, session) -> bool:
+        """Keep a snapshot of the session, unless one holds it already or it is larger
+        than the budget; evicts the least recently used to make room. True if kept."""
+        if not session.tokens:
+            return False
+        t0 = time.perf_counter()
+        held = np.asarray(session.tokens, np.int64)
+        probe = Snapshot(held, session._ring_lo, [], [], session.prompt_probs,
+                         session.prompt_probs_n, 0)
+        with self._lock:
+            for key, s in self._snaps.items():
+                if s.covers(probe):
+                    self._snaps.move_to_end(key)
+                    return False
+        try:
+            snap = take_snapshot(session)
+        except MemoryError:  # a cache is an optimisation: the rewind goes on without it
+            return False
+        if 0 <= self.limit_bytes < snap.nbytes:
+            return False
+        with self._lock:
+            for key in [k for k, s in self._snaps.items() if snap.covers(s)]:
+                del self._snaps[key]
+            while self._snaps and 0 <= self.limit_bytes < self._used_bytes() + snap.nbytes:
+                self._snaps.popitem(last=False)
+            self._snaps[id(snap)] = snap
+            self.saves += 1
+        self.save_ms = 1e3 * (time.perf_counter() - t0)
+        return True
+
+    def restore_best(self, session, ids) -> int:
+        """Before a prompt is evaluated: if a snapshot shares a longer (usable) prefix with
+        `ids` than the session does, save the session if worth it and restore that
+        snapshot. Returns the prefix the session can now keep. As Session.reuse_prefix,
+        the last token of ids is always left to evaluate."""
+        want = np.asarray(ids[:max(len(ids) - 1, 0)], np.int64)
+        live = usable_prefix(session, session._ring_lo,
+                             _common_prefix(np.asarray(session.tokens, np.int64), want))
+        best, best_n = None, live
+        with self._lock:
+            for key, s in self._snaps.items():
+                n = usable_prefix(session, s.ring_lo, _common_prefix(s.tokens, want))
+                if n > best_n:
+                    best, best_n = key, n
+            snap = self._snaps.get(best)
+            if snap is not None:
+                self._snaps.move_to_end(best)
+        if snap is None:
+            return live
+        session.rewind(0)  # the live state goes into the cache (on_rewind), if worth it
+        t0 = time.perf_counter()
+        restore_snapshot(session, snap)
+        self.restores += 1
+        self.restore_ms = 1e3 * (time.perf_counter() - t0)
+        return best_n
+
+    def _used_bytes(self) -> int:
+        return sum(s.nbytes for s in self._snaps.values())
+
+    def stats(self) -> dict:
+        """For /slots: what the cache holds."""
+        with self._lock:
+            snaps = list(self._snaps.values())
+        return {"prompts": len(snaps), "tokens": sum(s.tokens.size for s in snaps),
+                "bytes": sum(s.nbytes for s in snaps), "limit_bytes": self.limit_bytes}
