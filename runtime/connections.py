@@ -54,19 +54,30 @@ def status_phrase(status: int) -> str:
         return "Error"
 
 
+# poll() events of a client that has gone: closed its end (POLLRDHUP: Linux only; macOS
+# has none, and falls back on the peek), reset, or a socket already closed here.
+_POLL_GONE = (getattr(select, "POLLRDHUP", 0) | getattr(select, "POLLHUP", 0)
+              | getattr(select, "POLLERR", 0) | getattr(select, "POLLNVAL", 0))
+
+
 def client_connected(sock) -> bool:
     """False once the client has closed its end of the connection. Peeks; never reads.
 
     A client that sent its whole request has nothing more to say over HTTP/1.0, so a
-    readable socket means end-of-file (or a reset).
+    readable socket means end-of-file (or a reset). Unless it said more (a pipelined
+    request, a stray CRLF after the body): the peek then finds those bytes, not the
+    end, and a client that hung up after them held the worker until its reply's last
+    token. Linux's POLLRDHUP says the client closed whatever it left unread.
     """
     try:
         if hasattr(select, "poll"):
             # Not select(): it refuses file descriptors from 1024 up, and a server with
             # that many connections open took every new request's client for gone.
             p = select.poll()
-            p.register(sock, select.POLLIN)
+            p.register(sock, select.POLLIN | _POLL_GONE)
             readable = p.poll(0)
+            if readable and readable[0][1] & _POLL_GONE:
+                return False
         else:  # Windows has no poll(), and its select() does not limit descriptor numbers
             readable, _, _ = select.select([sock], [], [], 0)
         return not readable or sock.recv(1, socket.MSG_PEEK) != b""
