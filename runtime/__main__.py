@@ -403,6 +403,25 @@ def _restore_library_path() -> None:
         os.environ.pop("LD_LIBRARY_PATH", None)
 
 
+def _keep_reading_the_started_file() -> None:
+    """Point PyInstaller's module reader at the file this process started from, not at its
+    name. The reader opens the executable by name at each import it has not done yet (the
+    first chat imports more), so a bundle rebuilt under the same name (`chatfile bundle
+    -o my-chat --force`) or replaced while it ran fed the running one another file's bytes:
+    each chat then failed with "internal server error". An open descriptor keeps the
+    started file, even renamed, replaced or deleted; /proc/self/fd reopens it (Linux)."""
+    importer = sys.modules.get("pyimod02_importers")
+    archive = getattr(importer, "pyz_archive", None)
+    name = getattr(archive, "_filename", None)
+    if not isinstance(name, str) or not os.path.isdir("/proc/self/fd"):
+        return
+    try:
+        fd = os.open(name, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return  # the reader keeps reading by name, as before
+    archive._filename = f"/proc/self/fd/{fd}"
+
+
 def _entry() -> None:
     """Console entry: exit with main's code; keep a double-clicked window open on error."""
     tolerant_stdout()
@@ -410,6 +429,7 @@ def _entry() -> None:
     if forwarded:
         _one_interrupt_per_keypress()
     if getattr(sys, "frozen", False):
+        _keep_reading_the_started_file()
         _restore_library_path()
     try:
         if getattr(sys, "frozen", False):

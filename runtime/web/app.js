@@ -28,6 +28,10 @@
   var MSG_SERVER_GONE_AT_START = "The chatfile server is not running. Start it again (for example `chatfile run`): this page connects by itself once it runs.";
   var MSG_SERVER_DOWN = "The chatfile server is not running. Start it again (for example `chatfile run`): this page reconnects by itself, and keeps your chats and what you are typing.";
   var MSG_SERVER_BACK = "chatfile is running again.";
+  // How the four messages above say to start it again: a double-clicked bundle's user
+  // never typed `chatfile run`, and is told to open that file again instead (see
+  // nameHowToStartAgain, which sets this from the file /props names).
+  var startAgainHow = "(for example `chatfile run`)";
   var MSG_NOT_SAVED = "This browser could not save the chats (its storage is full or turned off): new messages are not being kept.";
   var MSG_CONTEXT_FULL = "The conversation no longer fits in the model's context. Start a new chat, or edit your message to make it shorter.";
   // A Continue for which fitContext finds no room: the reply and its question alone fill
@@ -2336,6 +2340,22 @@
     }
   }
 
+  /* The server runs a bundle (a file not named .gguf: the one the user opened) or a
+   * model file (`chatfile run model.gguf`): the messages for a stopped server say how to
+   * start that one again, in its own words. */
+  function nameHowToStartAgain(modelPath) {
+    var name = String(modelPath || "").split(/[\\/]/).pop();
+    var how = !name || /\.gguf$/i.test(name) ? "(for example `chatfile run`)"
+      : "(open \u201c" + name + "\u201d again)";
+    // (a function, so that a "$&" in the file's name is not read as a pattern)
+    function swap(msg) { return msg.replace(startAgainHow, function () { return how; }); }
+    MSG_SERVER_GONE = swap(MSG_SERVER_GONE);
+    MSG_SERVER_GONE_MIDWAY = swap(MSG_SERVER_GONE_MIDWAY);
+    MSG_SERVER_GONE_AT_START = swap(MSG_SERVER_GONE_AT_START);
+    MSG_SERVER_DOWN = swap(MSG_SERVER_DOWN);
+    startAgainHow = how;
+  }
+
   /* Reads the server's properties; quiet: a failure keeps the last ones, unannounced.
    * -> null, or the error that kept them from being read. */
   async function loadProps(quiet) {
@@ -2351,6 +2371,7 @@
         ctxShownFor = null; // (the count shown is the old model's)
       }
       state.props = p;
+      nameHowToStartAgain(p.model_path);
       // It answers: a reply under way (a Retry) must not later be told the server is gone.
       link.down = link.loading = link.failed = false;
       link.propsDelayMs = 0;
