@@ -441,6 +441,14 @@ def started_as(bundle: str) -> str:
     return "./" + shlex.quote(typed)
 
 
+def terminal_chat_command(args) -> str:
+    """The command that chats with this model in the terminal instead of the page: a
+    bundle's `--cli` (its user never typed `chatfile run`), else `chatfile chat MODEL`."""
+    if args.bundle:
+        return f"{started_as(args.bundle)} --cli"
+    return f"chatfile chat {shlex.quote(args.model)}"
+
+
 def _dispatch(args) -> int:
     if not os.path.isfile(args.model):
         # Fail before starting a server that could only report the same thing.
@@ -481,7 +489,7 @@ def _dispatch(args) -> int:
               temperature=args.temp, mode=args.mode,
               template_kwargs=reasoning_kwargs(args), reasoning_budget=args.reasoning_budget,
               reasoning_budget_message=args.reasoning_budget_message,
-              cache_ram_mib=args.cache_ram)
+              cache_ram_mib=args.cache_ram, terminal_chat=terminal_chat_command(args))
     if args.command == "chat":
         example = piped_example(args.bundle)
         if sys.stdin is None and args.prompt is None:  # started with stdin closed (`0<&-`): nothing to read from

@@ -1412,7 +1412,7 @@ def serve(model_path, *, gguf_offset=0, gguf_size=None, host="127.0.0.1", port=8
           api_key=None, n_ctx=4096, threads=None, chat_template=None, system=None, title=None,
           cors=False, open_browser=True, max_body_bytes=1 << 20, ready=None, temperature=None,
           mode="auto", allow_hosts=(), template_kwargs=None, reasoning_budget=-1,
-          reasoning_budget_message="", cache_ram_mib=None) -> int:
+          reasoning_budget_message="", cache_ram_mib=None, terminal_chat=None) -> int:
     """Serve until Ctrl+C. `ready(url)` is called once the socket is listening.
 
     chat_template: the template's text (runtime.cli reads the file). threads: the BLAS
@@ -1438,7 +1438,7 @@ def serve(model_path, *, gguf_offset=0, gguf_size=None, host="127.0.0.1", port=8
         if url is not None:
             print(f"chatfile: this chat is already running at {url}; opening it there "
                   f"(--port with another number starts a second one).", flush=True)
-            _open_browser(url)
+            _open_browser(url, terminal_chat)
             return 0
     try:
         srv = Server(model_path, gguf_offset=gguf_offset, gguf_size=gguf_size, host=host,
@@ -1479,7 +1479,8 @@ def serve(model_path, *, gguf_offset=0, gguf_size=None, host="127.0.0.1", port=8
     if ready is not None:
         ready(srv.url)
     if open_browser:
-        threading.Thread(target=_open_browser, args=(srv.url,), daemon=True).start()
+        threading.Thread(target=_open_browser, args=(srv.url, terminal_chat),
+                         daemon=True).start()
     if threading.current_thread() is threading.main_thread():
         # `kill`, `systemctl stop`, `docker stop`: stop as Ctrl+C does, and exit with 0
         # rather than die by the signal.
@@ -1542,11 +1543,12 @@ def stop_generating(st: State, wait_s: float = STOP_WAIT_S) -> None:
         time.sleep(0.01)
 
 
-def _open_browser(url) -> None:
+def _open_browser(url, terminal_chat: str | None = None) -> None:
     """The page in the desktop's browser. Without a display (over SSH, on a server) there
     is none: Python's webbrowser would start a text browser (w3m, lynx) in this terminal
     and take its keyboard. When no browser opens, the user is told where the chat is:
-    "listening on" alone does not say to go there."""
+    "listening on" alone does not say to go there; and, with terminal_chat (the command
+    that chats in this terminal instead: a bundle's `--cli`), that there is another way."""
     opened = False
     if os.name != "posix" or sys.platform == "darwin" or (
             os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
@@ -1555,8 +1557,10 @@ def _open_browser(url) -> None:
         except Exception:  # noqa: BLE001 - no browser is fine: the URL is printed
             pass
     if not opened:
-        print(f"chatfile: no web browser could be opened here: open {url} in one to chat.",
-              flush=True)
+        other = (f" Or stop this (Ctrl+C) and run `{terminal_chat}` to chat in this terminal."
+                 if terminal_chat else "")
+        print(f"chatfile: no web browser could be opened here: open {url} in one to chat."
+              f"{other}", flush=True)
 
 
 def main(argv=None) -> int:

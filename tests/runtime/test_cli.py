@@ -339,6 +339,30 @@ def test_the_browser_is_opened_only_where_there_is_a_display(monkeypatch, capsys
         assert (f"open {url} in one" in said) == told, (env, found, said)
 
 
+def test_without_a_browser_the_terminal_chat_is_named_as_the_user_would_type_it(
+        monkeypatch, capsys, tmp_path):
+    """Over SSH a double-clicked bundle's user was told to open a URL in a browser they
+    do not have, and never that the same file chats in the terminal with --cli."""
+    from runtime import server
+    from runtime.cli import build_parser, terminal_chat_command
+    for k in ("DISPLAY", "WAYLAND_DISPLAY"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setattr(server.sys, "platform", "linux")
+    bundle = tmp_path / "my chat"
+    monkeypatch.setattr(sys, "argv", [str(bundle)])
+    args = build_parser().parse_args(["run", str(bundle)])
+    args.bundle = "my chat"
+    command = terminal_chat_command(args)
+    assert command == f"'{bundle}' --cli"
+    server._open_browser("http://127.0.0.1:1/", command)
+    said = capsys.readouterr().out
+    assert "open http://127.0.0.1:1/ in one" in said and f"run `{command}`" in said
+    args.bundle = None
+    assert terminal_chat_command(args) == f"chatfile chat '{bundle}'"
+    server._open_browser("http://127.0.0.1:1/")
+    assert "--cli" not in capsys.readouterr().out
+
+
 def test_a_template_file_that_fails_or_is_empty_is_named(tmp_path, bad_template_files):
     """`run`/`chat --chat-template FILE`: a template that cannot render a first message
     is refused at the start, naming the file (the server used to start, and every message
