@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import session_stub
+from tests.e2e.conftest import session_stub, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "tests" / "fixtures" / "models" / "tiny-llama-q8_0.gguf"
@@ -136,12 +136,7 @@ def _serve_and_ask(cmd, tmp_path, cwd=None):
             reply = json.load(r)["choices"][0]["message"]["content"]
         return reply, startup_s
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, 10)
         log.close()
 
 

@@ -19,7 +19,7 @@ import threading
 
 import pytest
 
-from tests.e2e.conftest import (bundle_cmd, bundle_env, post_json, require_chromium,
+from tests.e2e.conftest import (bundle_cmd, bundle_env, post_json, require_chromium, stop_process,
                                 session_bundle, wait_for)
 from tests.e2e.test_page import page_at
 
@@ -47,13 +47,7 @@ def _start_bundle(path, tmp_path_factory):
 
 
 def _stop(proc):
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    stop_process(proc, 30)
 
 
 def test_a_bundle_replaced_under_its_name_while_it_runs_still_answers(tmp_path, tmp_path_factory):

@@ -104,6 +104,17 @@ def test_a_multiple_of_that_leaves_no_value_is_a_400_naming_it(bad, message):
     assert e.value.status == 400 and "'multipleOf'" in str(e.value)
 
 
+def stepped_number(lo, xlo, hi, xhi, m):
+    """(the schema, its compiled node) of a number with these bounds and multipleOf m;
+    node None when no number fits them, which must be the refusal's reason."""
+    s = {**bounds_of(lo, xlo, hi, xhi), "multipleOf": m}
+    try:
+        return s, schema(number(**s))
+    except jc.SchemaError as e:
+        assert "no number fits" in str(e)
+        return s, None
+
+
 # decimals of few digits: m = k / 10**j, the oracle's brute force stays small and exact
 small_step = st.builds(lambda k, j: k / 10 ** j if j else k, st.integers(1, 40), st.integers(0, 2))
 
@@ -112,11 +123,8 @@ small_step = st.builds(lambda k, j: k / 10 ** j if j else k, st.integers(1, 40),
                   st.text(alphabet="-0123456789.", min_size=1, max_size=6))
 @hypothesis.settings(max_examples=400, deadline=None)
 def test_a_text_is_whole_exactly_when_a_multiple_in_range(lo, xlo, hi, xhi, m, text):
-    s = {**bounds_of(lo, xlo, hi, xhi), "multipleOf": m}
-    try:
-        node = schema(number(**s))
-    except jc.SchemaError as e:
-        assert "no number fits" in str(e)
+    s, node = stepped_number(lo, xlo, hi, xhi, m)
+    if node is None:
         return
     got = run(text, node)
     fits = in_range(text, s) and is_multiple(text, m)     # under 1e6: within the limit
@@ -141,11 +149,8 @@ wide_bound = st.none() | st.floats(-1e7, 1e7, allow_nan=False) | st.integers(-10
 def test_random_walks_never_dead_end_and_pydantic_takes_them(lo, xlo, hi, xhi, m, seed):
     """Every reply, however long (to the 32-byte cap), is an exact multiple in range, and
     pydantic's float field with the same constraints accepts it."""
-    s = {**bounds_of(lo, xlo, hi, xhi), "multipleOf": m}
-    try:
-        node = schema(number(**s))
-    except jc.SchemaError as e:
-        assert "no number fits" in str(e)
+    s, node = stepped_number(lo, xlo, hi, xhi, m)
+    if node is None:
         return
     rng = np.random.default_rng(seed)
     for _ in range(5):
