@@ -347,6 +347,7 @@ class Engine:
             finally:
                 if self.prompt_cache is not None:
                     self.session.on_rewind = self.prompt_cache.on_rewind
+                    self.prompt_cache.drop_borrowed()  # they borrow the untrusted state
             req.events.put(Event("error", error=e))
             return False
         return True

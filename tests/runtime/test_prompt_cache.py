@@ -97,13 +97,20 @@ def test_small_rewinds_are_not_saved_and_prefixes_are_redundant():
     assert cache.stats()["prompts"] == 1 and cache.stats()["tokens"] == 220
 
 
-def test_the_least_recently_used_go_first_under_the_byte_budget():
+def conversations(n_tok: int, seeds) -> tuple:
+    """(tiny llama, an empty session of 256 positions, a conversation of n_tok tokens per
+    seed, the bytes of one conversation's snapshot)."""
     m = load("tiny-llama-q8_0.gguf")
     s = m.session(256)
-    convs = [_ids(m, 100, seed) for seed in (7, 8, 9)]
+    convs = [_ids(m, n_tok, seed) for seed in seeds]
     s.eval(convs[0])
     one_bytes = take_snapshot(s).nbytes
     s.rewind(0)
+    return m, s, convs, one_bytes
+
+
+def test_the_least_recently_used_go_first_under_the_byte_budget():
+    m, s, convs, one_bytes = conversations(100, (7, 8, 9))
     cache = PromptCache(s, 2 * one_bytes)  # room for two
     for conv in convs[:2]:
         s.eval(conv)
