@@ -7,6 +7,8 @@ sub-agent) between the turns of a long conversation. Here, before a rewind drops
 MIN_SAVE_TOK tokens or more, the session's state for the tokens it holds is copied into
 a Snapshot; a later prompt that shares a longer prefix with a snapshot than with the live
 session has it copied back first (PromptCache.restore_best), and then goes on as usual.
+What the session still shares with the snapshot bit for bit (a system prompt both went
+on from, Snapshot.live_n) stays in place: only the rest is written back.
 
 A snapshot holds only the used part of each layer's cache: positions 0..n-1 of a full
 layer, and of a sliding-window ring the positions it still holds (Session._ring_lo
@@ -74,6 +76,11 @@ class Snapshot:
     # session's (it kept them when the rewind dropped the rest), copied in (materialize)
     # before the session drops them. A regenerate copies the reply, not the prompt again.
     base_n: int = 0
+    # The live session's full layers still hold positions 0..live_n-1 as they were when
+    # this was taken, bit for bit: it has not rewound below live_n since (PromptCache
+    # lowers it on every rewind), and evals write only past the tokens held. A restore
+    # keeps those in place and writes back only the rest. At least base_n.
+    live_n: int = 0
 
     def covers(self, other: "Snapshot") -> bool:
         """Does this one hold all that `other` holds (other is redundant)?"""
@@ -83,11 +90,6 @@ class Snapshot:
                 and (not other.prompt_probs
                      or (self.prompt_probs_n >= other.prompt_probs_n
                          and len(self.prompt_probs) >= len(other.prompt_probs))))
-
-
-def _first_pos(session, ring_lo: int, il: int) -> int:
-    """The first position layer il holds: a ring's ring_lo, 0 for a full layer."""
-    return ring_lo if session.ring and session.cfg.is_swa(il) else 0
 
 
 def _positions(cache: np.ndarray, lo: int, n: int, axis: int) -> np.ndarray:
@@ -131,7 +133,7 @@ def take_snapshot(session, base_n: int = 0) -> Snapshot:
         vs.append(_positions(session.v[il], lo, n, axis=1))
     return Snapshot(np.asarray(session.tokens, np.int64), session._ring_lo, ks, vs,
                     list(session.prompt_probs), session.prompt_probs_n,
-                    snapshot_bytes(session, base_n), base_n)
+                    snapshot_bytes(session, base_n), base_n, live_n=base_n)
 
 
 def materialize(session, snap: Snapshot) -> None:
@@ -153,19 +155,30 @@ def _prefix_bytes(session, n: int) -> int:
                    for il in range(len(session.k)) if not _is_ring(session, il))
 
 
-def restore_snapshot(session, snap: Snapshot) -> None:
+def restore_snapshot(session, snap: Snapshot, kept_n: int = 0) -> int:
     """Make the session hold what it held when `snap` was taken: each position back in
-    its slot (the rings' too), so that what follows computes exactly as it would have."""
-    assert snap.base_n == 0, "materialize() a snapshot before restoring it"
+    its slot (the rings' too), so that what follows computes exactly as it would have.
+    The session's first kept_n positions must be the snapshot's already (Snapshot.live_n;
+    it holds kept_n tokens): full layers keep them in place and get positions kept_n..
+    only; rings get all the snapshot holds, since the session overwrote their slots as it
+    went on. Returns the bytes written."""
+    assert snap.base_n <= kept_n <= min(len(session.tokens), snap.tokens.size), \
+        "materialize() a snapshot before restoring it below what it borrows"
+    written_bytes = 0
     for il in range(len(session.k)):
-        lo = _first_pos(session, snap.ring_lo, il)
-        _store(session.k[il], lo, snap.k[il], axis=2)
-        _store(session.v[il], lo, snap.v[il], axis=1)
-    # last: a restore that fails halfway leaves the session holding what it held (nothing)
+        lo = _copy_from(session, snap.ring_lo, kept_n, il)
+        skip = lo - _copy_from(session, snap.ring_lo, snap.base_n, il)  # what snap.k[il] starts at
+        k, v = snap.k[il][:, :, skip:], snap.v[il][:, skip:]
+        _store(session.k[il], lo, k, axis=2)
+        _store(session.v[il], lo, v, axis=1)
+        written_bytes += k.nbytes + v.nbytes
+    # last: a restore that fails halfway leaves the session holding its kept_n tokens (a
+    # ring's slots past them overwritten: the engine's error path rewinds to 0)
     session._ring_lo = snap.ring_lo
     session.prompt_probs = list(snap.prompt_probs)
     session.prompt_probs_n = snap.prompt_probs_n
     session.tokens = snap.tokens.tolist()
+    return written_bytes
 
 
 def _common_prefix(a: np.ndarray, b: np.ndarray) -> int:
@@ -192,6 +205,7 @@ class PromptCache:
         self._lock = threading.Lock()
         self.saves = self.restores = 0
         self.copied_bytes = 0  # by saves and materialize, for the measurements
+        self.restored_bytes = 0  # written back into the session by restores
         self.save_ms = self.restore_ms = 0.0  # the last ones, for the measurements
         session.on_rewind = self.on_rewind
 
@@ -200,6 +214,9 @@ class PromptCache:
         borrow positions it drops copy them in first; then what it held is saved when
         that is MIN_SAVE_TOK tokens or more, borrowing the n_kept it keeps."""
         self._materialize_below(session, n_kept)
+        with self._lock:
+            for s in self._snaps.values():  # what follows overwrites positions n_kept..
+                s.live_n = min(s.live_n, n_kept)
         if len(session.tokens) - n_kept >= MIN_SAVE_TOK:
             self.save(session, base_n=n_kept)
 
@@ -241,6 +258,8 @@ class PromptCache:
         with self._lock:
             for key in [k for k, s in self._snaps.items() if s.base_n]:
                 del self._snaps[key]
+            for s in self._snaps.values():  # the engine rewinds it to 0 without on_rewind
+                s.live_n = 0
 
     def save(self, session, base_n: int = 0) -> bool:
         """Keep a snapshot of the session (borrowing its first base_n positions), unless
@@ -282,12 +301,15 @@ class PromptCache:
 
     def restore_best(self, session, ids) -> int:
         """Before a prompt is evaluated: if a snapshot shares a longer (usable) prefix with
-        `ids` than the session does, save the session if worth it and restore that
-        snapshot. Returns the prefix the session can now keep. As Session.reuse_prefix,
-        the last token of ids is always left to evaluate."""
+        `ids` than the session does, restore that snapshot. Returns the prefix the session
+        can now keep. As Session.reuse_prefix, the last token of ids is always left to
+        evaluate. The prefix the session shares with the snapshot, bit for bit (an
+        agent's system prompt, before its conversation and its side requests), stays in
+        place: the session rewinds only to there (on_rewind saves what it drops, if worth
+        it) and gets the snapshot's positions from there."""
         want = np.asarray(ids[:max(len(ids) - 1, 0)], np.int64)
-        live = usable_prefix(session, session._ring_lo,
-                             _common_prefix(np.asarray(session.tokens, np.int64), want))
+        held = np.asarray(session.tokens, np.int64)
+        live = usable_prefix(session, session._ring_lo, _common_prefix(held, want))
         best, best_n = None, live
         with self._lock:
             for key, s in self._snaps.items():
@@ -299,13 +321,16 @@ class PromptCache:
                 self._snaps.move_to_end(best)
         if snap is None:
             return live
-        if snap.base_n:  # it borrows the live session's prefix: copied in while there
+        keep = usable_prefix(session, session._ring_lo,
+                             min(_common_prefix(held, snap.tokens), snap.live_n))
+        if snap.base_n > keep:  # it borrows positions the rewind drops: copied in first
             grow = _prefix_bytes(session, snap.base_n)
             materialize(session, snap)
             self.copied_bytes += grow
-        session.rewind(0)  # the live state goes into the cache (on_rewind), if worth it
+        keep = session.rewind(keep)  # the live state's tail goes into the cache, if worth it
         t0 = time.perf_counter()
-        restore_snapshot(session, snap)
+        self.restored_bytes += restore_snapshot(session, snap, keep)
+        snap.live_n = snap.tokens.size  # the session is the snapshot now
         self.restores += 1
         self.restore_ms = 1e3 * (time.perf_counter() - t0)
         return best_n
