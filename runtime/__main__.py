@@ -70,7 +70,8 @@ def _passed_through() -> str:
 
 
 # Flags that only make sense for the server; dropped when --cli turns a run into a chat.
-_SERVER_FLAGS_WITH_VALUE = {"--host", "--port", "--api-key", "--allow-host"}
+_SERVER_FLAGS_WITH_VALUE = {"--host", "--port", "--api-key", "--allow-host", "--cache-ram",
+                            "--slot-save-path"}
 _SERVER_FLAGS = {"--no-browser", "--cors"}
 
 

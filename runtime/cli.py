@@ -82,6 +82,21 @@ def cache_ram_problem(mib: int | None) -> str | None:
     return None
 
 
+def add_slot_save_path_arg(p: argparse.ArgumentParser) -> None:
+    """--slot-save-path, as llama-server's (also `python -m runtime.server`'s)."""
+    p.add_argument("--slot-save-path", default=None, metavar="DIR",
+                   help="a directory for POST /slots/0?action=save|restore: the server's "
+                        "prompt state written to a file there and read back (default: off)")
+
+
+def slot_save_path_problem(path: str | None) -> str | None:
+    """What is wrong with a --slot-save-path, or None. Checked when the server starts
+    (not when a bundle bakes it in: the directory is the running machine's)."""
+    if path is not None and not os.path.isdir(path):
+        return f"--slot-save-path: not a directory: {path}"
+    return None
+
+
 def reasoning_budget_problem(n: int) -> str | None:
     """What is wrong with a --reasoning-budget, or None."""
     if not -1 <= n <= REASONING_BUDGET_MAX_TOK:
@@ -119,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also answer requests for this host name (a reverse proxy's or a "
                         "tunnel's); bound to 127.0.0.1, only localhost names are answered")
     add_cache_ram_arg(p)
+    add_slot_save_path_arg(p)
 
     p = sub.add_parser("chat", help="chat in the terminal (or answer piped stdin and exit)")
     _add_model_args(p)
@@ -477,7 +493,8 @@ def _dispatch(args) -> int:
         from runtime.server import serve
         if args.host.startswith("[") and args.host.endswith("]"):
             args.host = args.host[1:-1]  # [::1] as in a URL: the address inside
-        problem = _listen_problem(args.host, args.port)
+        problem = (_listen_problem(args.host, args.port)
+                   or slot_save_path_problem(args.slot_save_path))
         if problem:
             print(f"chatfile: error: {problem}", file=sys.stderr)
             return 1
@@ -489,7 +506,8 @@ def _dispatch(args) -> int:
               temperature=args.temp, mode=args.mode,
               template_kwargs=reasoning_kwargs(args), reasoning_budget=args.reasoning_budget,
               reasoning_budget_message=args.reasoning_budget_message,
-              cache_ram_mib=args.cache_ram, terminal_chat=terminal_chat_command(args))
+              cache_ram_mib=args.cache_ram, terminal_chat=terminal_chat_command(args),
+              slot_save_path=args.slot_save_path)
     if args.command == "chat":
         example = piped_example(args.bundle)
         if sys.stdin is None and args.prompt is None:  # started with stdin closed (`0<&-`): nothing to read from

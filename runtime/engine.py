@@ -34,6 +34,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -136,6 +137,11 @@ class Request:
     # choices of the same API request. The server gives them this one's `cancel`, so that
     # a client that goes away stops them all. A follower's own followers are not served.
     followers: list = field(default_factory=list)
+    # Not a generation: session_job(session) runs on the worker between requests, so that
+    # nothing evaluates meanwhile (a slot's save, restore or erase: runtime/slot_files.py),
+    # then "done". It reports its own errors: one it raises resets the session as a
+    # failed eval does.
+    session_job: Callable | None = None
 
     def group(self) -> list:
         """This request and its followers, in the order they are served."""
@@ -263,7 +269,8 @@ class Engine:
         ContextOverflowError (prompt too long), ValueError (empty prompt or bad token ids)
         or EngineBusy (queue full), before any work."""
         for r in req.group():  # every choice is checked before the first one runs
-            self._check_prompt(r.prompt_ids)
+            if r.session_job is None:
+                self._check_prompt(r.prompt_ids)
         try:
             self._queue.put_nowait(req)
         except queue.Full:
@@ -400,6 +407,10 @@ class Engine:
         return logits, found
 
     def _serve(self, req: Request):
+        if req.session_job is not None:
+            req.session_job(self.session)
+            req.events.put(Event("done"))
+            return
         t = Timings()
         logits, prompt_probs = self._prefill(req, t)
         sampler = self._make_sampler(req.params)

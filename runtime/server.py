@@ -51,6 +51,7 @@ from runtime.connections import (ANY_ADDRESS, CORS_HEADERS, PORT_TRIES, STATUS_H
                                  client_connected, is_loopback, status_phrase, why_not)
 from runtime.engine import ContextOverflowError, Engine, EngineBusy, Request, Timings
 from runtime.prompt_cache import cache_ram_bytes
+from runtime import slot_files
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
 QUIT_DELAY_S = 0.3         # the page's Quit: time for its answer to go out first
@@ -92,6 +93,7 @@ class State:
     reasoning_budget: int = -1        # --reasoning-budget: chat requests that don't say
     reasoning_budget_message: str = ""  # --reasoning-budget-message
     cache_ram_mib: int | None = None  # --cache-ram; None: prompt_cache's default
+    slot_save_path: str | None = None  # --slot-save-path (absolute); None: no slot files
     model: object = None
     engine: Engine | None = None
     progress: float = 0.0
@@ -1054,6 +1056,80 @@ def build_app(st: State) -> bottle.Bottle:
             slot["prompt_cache"] = eng.prompt_cache.stats()
         return ok([slot])
 
+    # -- llama-server's slot files (--slot-save-path; runtime/slot_files.py) -----------
+    @app.post("/slots/<id_slot>")
+    def slot_action(id_slot):
+        """Save the slot's state to a file, restore it from one, or erase it. The work
+        runs on the engine's worker between requests: one that waits while a reply is
+        being generated, as llama-server defers it."""
+        try:
+            check_auth()
+            if not st.slot_save_path:  # llama-server's words and status
+                raise ApiError(501, "This server does not support slots action. Start it "
+                               "with `--slot-save-path`", headers={"X-Should-Retry": "false"})
+            need_model()
+            try:
+                if int(id_slot) != 0:
+                    raise ValueError
+            except ValueError:
+                raise ApiError(400, f"Invalid slot ID {id_slot!r}: this server has one "
+                                    f"slot, 0") from None
+            action = bottle.request.query.get("action", "")
+            if action == "erase":  # no body needed
+                return slot_erase()
+            if action not in ("save", "restore"):
+                raise ApiError(400, "Invalid action: use ?action=save, restore or erase")
+            body = parse_json(bottle.request.environ.get("chatfile.body", b""))
+            name = slot_files.check_filename(body.get("filename"))
+            path = os.path.join(st.slot_save_path, name)
+            return slot_save(name, path) if action == "save" else slot_restore(name, path)
+        except slot_files.SlotFileError as e:
+            return fail(400, str(e))
+        except ApiError as e:
+            return fail_with(e)
+        except EngineBusy as e:
+            return fail(503, str(e), "unavailable_error", headers=STATUS_HEADERS[503])
+
+    def on_worker(job):
+        """Run job(session) on the engine's worker, between requests; wait for it."""
+        collect(submit(Request(prompt_ids=[], session_job=job)))
+
+    def slot_save(name, path):
+        out = {}
+
+        def job(session):
+            t0 = time.perf_counter()
+            try:
+                out["n_written"] = slot_files.save(session, path)
+            except OSError as e:  # a full disk, a directory gone: the session is fine
+                out["error"] = e
+            out["n_saved"] = len(session.tokens)
+            out["ms"] = 1e3 * (time.perf_counter() - t0)
+        on_worker(job)
+        if "error" in out:
+            raise ApiError(500, f"could not write {name}: {out['error'].strerror or out['error']}")
+        return ok({"id_slot": 0, "filename": name, "n_saved": out["n_saved"],
+                   "n_written": out["n_written"], "timings": {"save_ms": round(out["ms"], 3)}})
+
+    def slot_restore(name, path):
+        t0 = time.perf_counter()
+        try:  # read and checked here, in full: the session is touched only if it is fine
+            snap, n_read = slot_files.read(path, st.engine.session)
+        except FileNotFoundError:
+            raise ApiError(400, f"no file {name} in the --slot-save-path directory") from None
+        except OSError as e:
+            raise ApiError(400, f"could not read {name}: {e.strerror or e}") from None
+        out = {}
+        on_worker(lambda session: out.update(n=slot_files.restore(session, snap)))
+        return ok({"id_slot": 0, "filename": name, "n_restored": out["n"], "n_read": n_read,
+                   "timings": {"restore_ms": round(1e3 * (time.perf_counter() - t0), 3)}})
+
+    def slot_erase():
+        out = {}
+        on_worker(lambda session: out.update(
+            n=slot_files.erase(session, st.engine.prompt_cache)))
+        return ok({"id_slot": 0, "n_erased": out["n"]})
+
     # -- health, the page, and everything else ----------------------------------------
     @app.get("/health")
     @app.get("/v1/health")
@@ -1412,7 +1488,8 @@ def serve(model_path, *, gguf_offset=0, gguf_size=None, host="127.0.0.1", port=8
           api_key=None, n_ctx=4096, threads=None, chat_template=None, system=None, title=None,
           cors=False, open_browser=True, max_body_bytes=1 << 20, ready=None, temperature=None,
           mode="auto", allow_hosts=(), template_kwargs=None, reasoning_budget=-1,
-          reasoning_budget_message="", cache_ram_mib=None, terminal_chat=None) -> int:
+          reasoning_budget_message="", cache_ram_mib=None, terminal_chat=None,
+          slot_save_path=None) -> int:
     """Serve until Ctrl+C. `ready(url)` is called once the socket is listening.
 
     chat_template: the template's text (runtime.cli reads the file). threads: the BLAS
@@ -1458,6 +1535,7 @@ def serve(model_path, *, gguf_offset=0, gguf_size=None, host="127.0.0.1", port=8
     srv.state.reasoning_budget = reasoning_budget
     srv.state.reasoning_budget_message = reasoning_budget_message
     srv.state.cache_ram_mib = cache_ram_mib
+    srv.state.slot_save_path = os.path.abspath(slot_save_path) if slot_save_path else None
     quit_from_page = threading.Event()
     if open_browser:
         def on_quit():
@@ -1580,12 +1658,15 @@ def main(argv=None) -> int:
     ap.add_argument("--no-browser", action="store_true")
     ap.add_argument("--gguf-offset", type=int, default=0)
     ap.add_argument("--gguf-size", type=int)
-    from runtime.cli import (add_cache_ram_arg, add_reasoning_budget_args, cache_ram_problem,
-                             reasoning_budget_problem, reasoning_kwargs)
+    from runtime.cli import (add_cache_ram_arg, add_reasoning_budget_args,
+                             add_slot_save_path_arg, cache_ram_problem, reasoning_budget_problem,
+                             reasoning_kwargs, slot_save_path_problem)
     add_reasoning_budget_args(ap)
     add_cache_ram_arg(ap)
+    add_slot_save_path_arg(ap)
     a = ap.parse_args(argv)
-    problem = reasoning_budget_problem(a.reasoning_budget) or cache_ram_problem(a.cache_ram)
+    problem = (reasoning_budget_problem(a.reasoning_budget) or cache_ram_problem(a.cache_ram)
+               or slot_save_path_problem(a.slot_save_path))
     if problem:
         ap.error(problem)  # exit status 2, as argparse's own errors
     template = None
@@ -1601,7 +1682,8 @@ def main(argv=None) -> int:
                  system=a.system, title=a.title, cors=a.cors, open_browser=not a.no_browser,
                  temperature=a.temp, reasoning_budget=a.reasoning_budget,
                  reasoning_budget_message=a.reasoning_budget_message,
-                 template_kwargs=reasoning_kwargs(a), cache_ram_mib=a.cache_ram)
+                 template_kwargs=reasoning_kwargs(a), cache_ram_mib=a.cache_ram,
+                 slot_save_path=a.slot_save_path)
 
 
 if __name__ == "__main__":
