@@ -620,6 +620,8 @@ def _given_back_while_stopped(fd: int, take, give, redraw=None):
     watchers: list[threading.Thread] = []
 
     redraw_due = [False]
+    taking = [False]  # the terminal being taken back after a stop
+    again = [False]   # a Ctrl+Z came meanwhile: stop again
 
     def take_back(signum=None, frame=None):
         with lock:
@@ -655,26 +657,49 @@ def _given_back_while_stopped(fd: int, take, give, redraw=None):
         # second one found the terminal given, in the middle of give()), and after the
         # second `fg` the prompt stayed in the shell's modes (taken back already). (One
         # in the moment between SIG_DFL and the kill below still stops it twice, as any
-        # program that stops itself so, vim too; one while `fg` is being taken back is
-        # dropped. Blocking SIGTSTP here would not close that moment: the kernel gives a
+        # program that stops itself so, vim too, with the terminal the shell's. Blocking
+        # SIGTSTP here would not close that moment: the kernel gives a
         # signal sent to the process that this thread blocks to another thread (the
         # engine's, OpenBLAS's), and the process stops all the same. SIGSTOP would, but
         # the shell then says "Stopped (signal)", and it stops a process group that no
         # shell will continue, whose SIGTSTP the kernel discards.)
         if _running_in(frame, stop.__code__):
+            # ... but one while `fg` is being taken back is a Ctrl+Z typed after the `fg`:
+            # it was dropped, and the chat went on in front. It stops the chat again once
+            # the terminal is taken back.
+            again[0] = again[0] or taking[0]
             return
+        again[0] = True
+        while again[0]:
+            again[0] = False
+            stop_once()
+
+    def stop_once():
         with lock:
             if not given[0] and _in_foreground(fd):
                 given[0] = True
                 give()
             # Stopped as by the terminal's Ctrl+Z (which the handler took): the shell sees
             # the job stopped. (In an orphaned process group the kernel discards it.)
+            # The SIGCONT of `fg` is only noted until this handler is back: Python runs
+            # its handler as soon as the kill returns, which took the terminal (raw mode,
+            # paste mode) while a Ctrl+Z was still the kernel's, and a Ctrl+Z then
+            # stopped the chat with them left to the shell.
+            continued: list = []
+            on_cont = signal.signal(signal.SIGCONT, lambda signum, frame: continued.append(frame))
             signal.signal(signal.SIGTSTP, signal.SIG_DFL)
             try:
                 os.kill(os.getpid(), signal.SIGTSTP)  # returns once continued
             finally:
                 signal.signal(signal.SIGTSTP, stop)
-            take_back()
+                signal.signal(signal.SIGCONT, on_cont)
+            taking[0] = True
+            try:
+                take_back()
+                if continued and callable(on_cont) and on_cont is not take_back:
+                    on_cont(signal.SIGCONT, continued[0])  # (the line reader's: see above)
+            finally:
+                taking[0] = False
             if given[0] and not any(w.is_alive() for w in watchers):
                 watchers[:] = [threading.Thread(target=watch_for_fg, name="chatfile-fg-watch",
                                                 daemon=True)]

@@ -26,10 +26,10 @@ from tests.e2e.test_page import page_at
 pytestmark = pytest.mark.slow
 
 
-def _start_bundle(path, tmp_path_factory):
-    """The executable bundle at `path` serving on a free port: (process, its output lines,
+def _start_bundle(path, tmp_path_factory, fmt="exe", *extra_args):
+    """The `fmt` bundle at `path` serving on a free port: (process, its output lines,
     its URL), once its model is loaded."""
-    proc = subprocess.Popen([*bundle_cmd(path, "exe"), "--no-browser", "--port", "0"],
+    proc = subprocess.Popen([*bundle_cmd(path, fmt), "--no-browser", "--port", "0", *extra_args],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=bundle_env(tmp_path_factory))
     lines: list[str] = []
@@ -51,13 +51,18 @@ def _stop(proc):
 
 
 def test_a_bundle_replaced_under_its_name_while_it_runs_still_answers(tmp_path, tmp_path_factory):
-    path = tmp_path / "my-chat"
-    shutil.copy(session_bundle(tmp_path_factory, "exe"), path)
-    proc, lines, url = _start_bundle(path, tmp_path_factory)
+    answers_when_replaced_under_its_name(tmp_path / "my-chat", tmp_path_factory, "exe")
+
+
+def answers_when_replaced_under_its_name(path, tmp_path_factory, fmt, *extra_args):
+    """The `fmt` bundle copied to `path` and started answers chats after a new file was
+    renamed over its name, and after that name was deleted."""
+    shutil.copy(session_bundle(tmp_path_factory, fmt), path)
+    proc, lines, url = _start_bundle(path, tmp_path_factory, fmt, *extra_args)
     try:
         # As `chatfile bundle --force` writes: a new file renamed over the name. Its bytes
         # are another stub's (a rebuilt runtime): here zeros, which no module reads as.
-        new = tmp_path / "my-chat.new"
+        new = path.with_name(path.name + ".new")
         new.write_bytes(bytes(path.stat().st_size))
         os.replace(new, path)
         status, r = post_json(url + "/v1/chat/completions",
