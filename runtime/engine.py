@@ -334,6 +334,8 @@ class Engine:
                     if failed or req.cancel.is_set():
                         req.events.put(Event("done", finish_reason="cancelled"))
                     else:
+                        if self.prompt_cache is not None:  # one reply kept of n choices
+                            self.prompt_cache.request_started(follower=req is not lead)
                         failed = not self._serve_one(req)
             finally:
                 self.busy.clear()

@@ -19,14 +19,24 @@ A rewind that keeps a prefix (a regenerate, the next of n choices, an edited las
 message) copies only what it drops: the snapshot borrows the kept prefix from the live
 session and copies it in only when the session leaves it (Snapshot.base_n). Copying the
 whole state there cost 137 ms and 188 MiB a regenerate at 8k tokens of Qwen 0.5B.
+Copied in once for all that borrow it: a Segment, shared and never changed, which a
+snapshot references (Snapshot.prefix) and holds only its own positions past it.
+Regenerates' replies, and conversations after one system prompt, are kept each at the
+cost of its own tokens; a segment still equal to the live session's
+positions (PromptCache._live) is what a later save or segment goes on from.
 
-Snapshots live in an LRU under a byte budget, room made before the copy. One whose tokens are a prefix of another's
-(that holds as much: ring and prompt logprobs) is redundant, and only the longer is kept.
+Snapshots live in an LRU under a byte budget, room made before the copy; a segment's
+bytes count once, whoever references it, and it is freed with the last of them. One
+whose tokens are a prefix of another's (that holds as much: ring and prompt logprobs) is
+redundant, and only the longer is kept. Of the replies one request's n choices leave,
+only the latest is kept (PromptCache.request_started), so that they do not push the
+other conversations out.
 """
 from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -63,6 +73,42 @@ def cache_ram_bytes(mib: int | None) -> int:
     return -1 if mib < 0 else int(mib) << 20
 
 
+class Segment:
+    """Positions lo..n-1 of the full layers (None for a ring's), copied once from the live
+    session for all the snapshots that went on from its positions 0..n-1; `parent` holds
+    positions 0..lo-1 (None: lo is 0). Never changed after it is made."""
+    __slots__ = ("parent", "lo", "n", "k", "v", "nbytes", "__weakref__")
+
+    def __init__(self, parent, n: int, k: list, v: list, nbytes: int):
+        self.parent, self.lo, self.n = parent, parent.n if parent is not None else 0, n
+        self.k, self.v, self.nbytes = k, v, nbytes
+
+    def chain(self) -> list:
+        """This segment and its ancestors, position 0's first."""
+        seg, out = self, []
+        while seg is not None:
+            out.append(seg)
+            seg = seg.parent
+        return out[::-1]
+
+
+def _segments_bytes(segments) -> int:
+    """The bytes of these segments and their ancestors, each counted once."""
+    seen = {}
+    for seg in segments:
+        while seg is not None and id(seg) not in seen:
+            seen[id(seg)] = seg
+            seg = seg.parent
+    return sum(seg.nbytes for seg in seen.values())
+
+
+def _used_bytes(snaps, segments=()) -> int:
+    """What the snapshots hold: their own bytes, and each segment they reference once."""
+    return (sum(s.nbytes for s in snaps)
+            + _segments_bytes([s.prefix for s in snaps if s.prefix is not None]
+                              + [g for g in segments if g is not None]))
+
+
 @dataclass
 class Snapshot:
     tokens: np.ndarray      # int64 [n]: the tokens held
@@ -71,7 +117,7 @@ class Snapshot:
     v: list                 # per layer, values [n_head_kv, n - lo, hd_v]
     prompt_probs: list      # Session.prompt_probs and prompt_probs_n
     prompt_probs_n: int
-    nbytes: int
+    nbytes: int             # its own: the segments it references are counted apart
     # > 0: full layers hold positions base_n.. only; 0..base_n-1 are still the live
     # session's (it kept them when the rewind dropped the rest), copied in (materialize)
     # before the session drops them. A regenerate copies the reply, not the prompt again.
@@ -81,6 +127,16 @@ class Snapshot:
     # lowers it on every rewind), and evals write only past the tokens held. A restore
     # keeps those in place and writes back only the rest. At least base_n.
     live_n: int = 0
+    # Not None: full layers hold positions prefix.n.. only; 0..prefix.n-1 are the shared
+    # segment's (base_n is 0 then).
+    prefix: Segment | None = None
+    # Not 0: the reply of one of the n choices of that request (PromptCache.request_started).
+    choice_of: int = 0
+
+    @property
+    def own_n(self) -> int:
+        """The first position of a full layer that k and v hold."""
+        return self.prefix.n if self.prefix is not None else self.base_n
 
     def covers(self, other: "Snapshot") -> bool:
         """Does this one hold all that `other` holds (other is redundant)?"""
@@ -122,31 +178,47 @@ def snapshot_bytes(session, base_n: int = 0) -> int:
             * (PROB_ENTRY_BYTES + PROB_ALT_BYTES * session.prompt_probs_n))
 
 
-def take_snapshot(session, base_n: int = 0) -> Snapshot:
+def take_snapshot(session, base_n: int = 0, prefix: Segment | None = None) -> Snapshot:
     """A copy of the session's state for the tokens it holds (at least one); with base_n,
-    its full layers' positions from base_n only (see Snapshot.base_n)."""
+    its full layers' positions from base_n only (see Snapshot.base_n); with a prefix (a
+    segment equal to the session's first prefix.n positions, prefix.n >= base_n), from
+    there, and nothing borrowed."""
     n = len(session.tokens)
+    own_n = prefix.n if prefix is not None else base_n
     ks, vs = [], []
     for il in range(len(session.k)):
-        lo = _copy_from(session, session._ring_lo, base_n, il)
+        lo = _copy_from(session, session._ring_lo, own_n, il)
         ks.append(_positions(session.k[il], lo, n, axis=2))
         vs.append(_positions(session.v[il], lo, n, axis=1))
     return Snapshot(np.asarray(session.tokens, np.int64), session._ring_lo, ks, vs,
                     list(session.prompt_probs), session.prompt_probs_n,
-                    snapshot_bytes(session, base_n), base_n, live_n=base_n)
+                    snapshot_bytes(session, own_n), 0 if prefix is not None else base_n,
+                    live_n=base_n, prefix=prefix)
 
 
-def materialize(session, snap: Snapshot) -> None:
-    """Copy in the full layers' positions 0..base_n-1 from the session, which still holds
-    them (PromptCache calls this before a rewind drops them): the snapshot then stands
-    alone."""
-    n = snap.base_n
+def take_segment(session, n: int, parent: Segment | None = None) -> Segment:
+    """The full layers' positions parent.n..n-1 (0..n-1 without a parent) copied from the
+    session, which holds them and whose first parent.n positions are the parent's."""
+    lo = parent.n if parent is not None else 0
+    ks, vs = [], []
     for il in range(len(session.k)):
-        if n and not _is_ring(session, il):  # concatenate: a new array, no view of the live one
-            snap.k[il] = np.concatenate((session.k[il][:, :, :n], snap.k[il]), axis=2)
-            snap.v[il] = np.concatenate((session.v[il][:, :n], snap.v[il]), axis=1)
-    snap.nbytes += _prefix_bytes(session, n)
+        k = v = None
+        if not _is_ring(session, il):
+            k = _positions(session.k[il], lo, n, axis=2)
+            v = _positions(session.v[il], lo, n, axis=1)
+            k.flags.writeable = v.flags.writeable = False  # shared: nobody may change it
+        ks.append(k)
+        vs.append(v)
+    return Segment(parent, n, ks, vs, _prefix_bytes(session, n) - _prefix_bytes(session, lo))
+
+
+def materialize(session, snap: Snapshot, parent: Segment | None = None) -> Segment:
+    """Make a snapshot that borrows positions 0..base_n-1 from the session (which still
+    holds them) stand alone: they are copied into a segment it references (going on from
+    `parent`, a segment the session's first positions still equal)."""
+    snap.prefix = take_segment(session, snap.base_n, parent)
     snap.base_n = 0
+    return snap.prefix
 
 
 def _prefix_bytes(session, n: int) -> int:
@@ -165,13 +237,19 @@ def restore_snapshot(session, snap: Snapshot, kept_n: int = 0) -> int:
     assert snap.base_n <= kept_n <= min(len(session.tokens), snap.tokens.size), \
         "materialize() a snapshot before restoring it below what it borrows"
     written_bytes = 0
+    chain = snap.prefix.chain() if snap.prefix is not None else []
     for il in range(len(session.k)):
         lo = _copy_from(session, snap.ring_lo, kept_n, il)
-        skip = lo - _copy_from(session, snap.ring_lo, snap.base_n, il)  # what snap.k[il] starts at
-        k, v = snap.k[il][:, :, skip:], snap.v[il][:, skip:]
-        _store(session.k[il], lo, k, axis=2)
-        _store(session.v[il], lo, v, axis=1)
-        written_bytes += k.nbytes + v.nbytes
+        # the pieces of a full layer: the shared segments', then its own (a ring's: its own)
+        pieces = [(seg.lo, seg.k[il], seg.v[il]) for seg in chain if seg.k[il] is not None]
+        pieces.append((_copy_from(session, snap.ring_lo, snap.own_n, il), snap.k[il], snap.v[il]))
+        for start, k, v in pieces:
+            skip = max(lo - start, 0)
+            if skip >= k.shape[2]:
+                continue
+            _store(session.k[il], start + skip, k[:, :, skip:], axis=2)
+            _store(session.v[il], start + skip, v[:, skip:], axis=1)
+            written_bytes += k[:, :, skip:].nbytes + v[:, skip:].nbytes
     # last: a restore that fails halfway leaves the session holding its kept_n tokens (a
     # ring's slots past them overwritten: the engine's error path rewinds to 0)
     session._ring_lo = snap.ring_lo
@@ -207,7 +285,38 @@ class PromptCache:
         self.copied_bytes = 0  # by saves and materialize, for the measurements
         self.restored_bytes = 0  # written back into the session by restores
         self.save_ms = self.restore_ms = 0.0  # the last ones, for the measurements
+        # A segment whose positions the live session's full layers still hold, bit for
+        # bit (a weak reference: it lives as long as snapshots reference it).
+        self._live = None
+        self._request = self._choice_of = 0  # see request_started
         session.on_rewind = self.on_rewind
+
+    def request_started(self, follower: bool = False) -> None:
+        """The engine begins to serve a request; a follower is the next of the n choices
+        of the one before it, and what its rewind saves is that choice's reply. Of one
+        request's replies only the latest is kept (they share its prompt and would push
+        the other conversations out); those of separate requests (regenerates) all are."""
+        if not follower:
+            self._request += 1
+        self._choice_of = self._request if follower else 0
+
+    def _live_segment(self, most_n: int | None = None) -> Segment | None:
+        """The longest segment (of at most most_n positions) the live session still holds."""
+        seg = self._live() if self._live is not None else None
+        while seg is not None and most_n is not None and seg.n > most_n:
+            seg = seg.parent
+        return seg
+
+    def _set_live(self, seg: Segment | None) -> None:
+        self._live = weakref.ref(seg) if seg is not None else None
+
+    def _shared_live(self, seg: Segment | None) -> int:
+        """How many first positions of `seg`'s the live session holds, bit for bit."""
+        live = self._live_segment()
+        ancestors = {id(g): g for g in (live.chain() if live is not None else [])}
+        while seg is not None and id(seg) not in ancestors:
+            seg = seg.parent
+        return seg.n if seg is not None else 0
 
     def on_rewind(self, session, n_kept: int) -> None:
         """Session.rewind's hook, before it drops tokens n_kept..: the snapshots that
@@ -219,38 +328,54 @@ class PromptCache:
                 s.live_n = min(s.live_n, n_kept)
         if len(session.tokens) - n_kept >= MIN_SAVE_TOK:
             self.save(session, base_n=n_kept)
+        self._set_live(self._live_segment(n_kept))
 
     def _materialize_below(self, session, n_kept: int) -> None:
-        """Snapshots borrowing more than n_kept positions copy them in from the session."""
+        """Snapshots borrowing more than n_kept positions get them from the session: one
+        segment for all that borrow the same prefix, going on from the longest segment
+        the session still holds (made just before, for a shorter prefix, or restored)."""
         with self._lock:
             borrowed = [(k, s) for k, s in self._snaps.items() if s.base_n > n_kept]
-        for key, s in reversed(borrowed):  # the most recently used first
-            grow = _prefix_bytes(session, s.base_n)
-            if not self._make_room(s.nbytes + grow, but=key):
-                with self._lock:
-                    self._snaps.pop(key, None)
+        for base_n in sorted({s.base_n for _, s in borrowed}):
+            keys = [k for k, s in reversed(borrowed) if s.base_n == base_n]  # most recent first
+            parent = self._live_segment(base_n)
+            reuse = parent is not None and parent.n == base_n
+            grow = 0 if reuse else _prefix_bytes(session, base_n) - _prefix_bytes(
+                session, parent.n if parent is not None else 0)
+            while keys and not self._make_room(grow, keep=keys, segments=[parent]):
+                with self._lock:  # even alone they would not fit: the least recent go
+                    self._snaps.pop(keys.pop(), None)
+            if not keys:
                 continue
             try:
-                materialize(session, s)
-            except MemoryError:
+                seg = parent if reuse else take_segment(session, base_n, parent)
+            except MemoryError:  # a cache is an optimisation: the rewind goes on without them
                 with self._lock:
-                    self._snaps.pop(key, None)
+                    for key in keys:
+                        self._snaps.pop(key, None)
+                continue
+            with self._lock:
+                for key in keys:
+                    s = self._snaps.get(key)
+                    if s is not None:
+                        s.prefix, s.base_n = seg, 0
+            self._set_live(seg)
             self.copied_bytes += grow
 
-    def _make_room(self, nbytes: int, but=None) -> bool:
-        """Evict the least recently used (not `but`) until nbytes more fit the budget
-        (nbytes counting `but`'s own, if it is kept). False if they never would."""
+    def _make_room(self, nbytes: int, keep=(), segments=()) -> bool:
+        """Evict the least recently used (not those in `keep`) until what the cache holds,
+        nbytes more and `segments` (to be referenced) fit the budget. False, and nothing
+        evicted, if they never would."""
         if self.limit_bytes < 0:
             return True
         with self._lock:
-            others = [k for k in self._snaps if k != but]
-            used = sum(self._snaps[k].nbytes for k in others)
-            if nbytes > self.limit_bytes:
+            kept = [self._snaps[k] for k in keep if k in self._snaps]
+            if _used_bytes(kept, segments) + nbytes > self.limit_bytes:
                 return False
-            for key in others:
-                if used + nbytes <= self.limit_bytes:
+            for key in [k for k in self._snaps if k not in keep]:
+                if _used_bytes(self._snaps.values(), segments) + nbytes <= self.limit_bytes:
                     break
-                used -= self._snaps.pop(key).nbytes
+                del self._snaps[key]
         return True
 
     def drop_borrowed(self) -> None:
@@ -260,11 +385,13 @@ class PromptCache:
                 del self._snaps[key]
             for s in self._snaps.values():  # the engine rewinds it to 0 without on_rewind
                 s.live_n = 0
+            self._live = None
 
     def save(self, session, base_n: int = 0) -> bool:
-        """Keep a snapshot of the session (borrowing its first base_n positions), unless
-        one holds it already or it is larger than the budget; evicts the least recently
-        used to make room first, so the budget holds at the peak too. True if kept."""
+        """Keep a snapshot of the session (borrowing its first base_n positions, or
+        referencing a segment the session still holds, if one holds as many), unless one
+        holds it already or it is larger than the budget; evicts the least recently used
+        to make room first, so the budget holds at the peak too. True if kept."""
         if not session.tokens:
             return False
         t0 = time.perf_counter()
@@ -276,22 +403,24 @@ class PromptCache:
                 if s.covers(probe):
                     self._snaps.move_to_end(key)
                     return False
-        need_bytes = snapshot_bytes(session, base_n)
-        if 0 <= self.limit_bytes < need_bytes:
+        prefix = self._live_segment()
+        if prefix is None or prefix.n < base_n:
+            prefix = None  # borrowing costs nothing now, and may never be copied
+        need_bytes = snapshot_bytes(session, prefix.n if prefix is not None else base_n)
+        if 0 <= self.limit_bytes < need_bytes + _segments_bytes([prefix] if prefix else []):
             return False
         with self._lock:
-            # Those it holds in full go first, and free their room. So does one that
-            # borrows the same prefix: the reply a regenerate (or the next of n choices)
-            # dropped before this one, which the client left: one of them is kept, not
-            # one per reply, so that they do not push the other conversations out.
-            for key in [k for k, s in self._snaps.items()
-                        if probe.covers(s) or (base_n and s.base_n == base_n)]:
+            # Those it holds in full go first, and free their room. So does the reply an
+            # earlier choice of the same request left (see request_started).
+            for key in [k for k, s in self._snaps.items() if probe.covers(s)
+                        or (self._choice_of and s.choice_of == self._choice_of)]:
                 del self._snaps[key]
-        self._make_room(need_bytes)
+        self._make_room(need_bytes, segments=[prefix])
         try:
-            snap = take_snapshot(session, base_n)
+            snap = take_snapshot(session, base_n, prefix)
         except MemoryError:  # a cache is an optimisation: the rewind goes on without it
             return False
+        snap.choice_of = self._choice_of
         with self._lock:
             self._snaps[id(snap)] = snap
             self.saves += 1
@@ -321,16 +450,21 @@ class PromptCache:
                 self._snaps.move_to_end(best)
         if snap is None:
             return live
+        same_n = max(snap.live_n, self._shared_live(snap.prefix))
         keep = usable_prefix(session, session._ring_lo,
-                             min(_common_prefix(held, snap.tokens), snap.live_n))
+                             min(_common_prefix(held, snap.tokens), same_n))
         if snap.base_n > keep:  # it borrows positions the rewind drops: copied in first
-            grow = _prefix_bytes(session, snap.base_n)
-            materialize(session, snap)
-            self.copied_bytes += grow
+            self._materialize_below(session, keep)
+            if snap.base_n:  # it did not fit the cache (it goes on without it)
+                parent = self._live_segment(snap.base_n)
+                self.copied_bytes += materialize(session, snap, parent).nbytes
         keep = session.rewind(keep)  # the live state's tail goes into the cache, if worth it
         t0 = time.perf_counter()
         self.restored_bytes += restore_snapshot(session, snap, keep)
         snap.live_n = snap.tokens.size  # the session is the snapshot now
+        live = self._live_segment()  # at most keep positions now: the longer is kept
+        if snap.prefix is not None and (live is None or live.n < snap.prefix.n):
+            self._set_live(snap.prefix)
         self.restores += 1
         self.restore_ms = 1e3 * (time.perf_counter() - t0)
         return best_n
@@ -339,5 +473,6 @@ class PromptCache:
         """For /slots: what the cache holds."""
         with self._lock:
             snaps = list(self._snaps.values())
+            used_bytes = _used_bytes(snaps)
         return {"prompts": len(snaps), "tokens": sum(s.tokens.size for s in snaps),
-                "bytes": sum(s.nbytes for s in snaps), "limit_bytes": self.limit_bytes}
+                "bytes": used_bytes, "limit_bytes": self.limit_bytes}

@@ -20,12 +20,19 @@ SWITCH_CASES = [("tiny-llama-q8_0.gguf", 256, 100, 70),
 
 
 def _full_layer_writes(monkeypatch, n_ctx):
-    """(first position, positions) of each write a restore makes into a full layer."""
-    writes = []
+    """(first position, positions) of each write a restore makes into a full layer (a
+    shared prefix segment's and the snapshot's own positions: one span)."""
+    writes, last = [], {}  # id(layer cache) -> the index of its last write
     real_store = prompt_cache._store
 
     def store(cache, pos0, x, axis):
-        if cache.shape[axis] == n_ctx:  # a ring has fewer slots
+        if not writes:  # a test cleared them
+            last.clear()
+        i = last.get(id(cache))
+        if cache.shape[axis] == n_ctx and i is not None and sum(writes[i]) == pos0:
+            writes[i] = (writes[i][0], writes[i][1] + x.shape[axis])  # it goes on
+        elif cache.shape[axis] == n_ctx:  # a ring has fewer slots
+            last[id(cache)] = len(writes)
             writes.append((pos0, x.shape[axis]))
         real_store(cache, pos0, x, axis)
     monkeypatch.setattr(prompt_cache, "_store", store)
