@@ -49,6 +49,10 @@ from runtime.weights import ram_available_bytes
 # most 32 tokens, speculate.PREDICTION_DRAFT_MAX_TOK) on every step, and re-reading 63
 # tokens costs under a second even at ~87 tok/s (Qwen 0.5B at 13k tokens of context).
 MIN_SAVE_TOK = 64
+# At most this many saved states, whatever the bytes: every prompt is compared with each
+# of them, and a state that comes back is one of the last few conversations. A small
+# model's states are small (a tiny one's, a few kB: 1 GiB would hold thousands).
+MAX_SNAPSHOTS = 32
 
 # --cache-ram's default: 1 GiB, or a quarter of the RAM available once the model is
 # loaded if that is less. The cache is float32 (twice llama.cpp's f16, whose server
@@ -416,6 +420,9 @@ class PromptCache:
                         or (self._choice_of and s.choice_of == self._choice_of)]:
                 del self._snaps[key]
         self._make_room(need_bytes, segments=[prefix])
+        with self._lock:
+            while len(self._snaps) >= MAX_SNAPSHOTS:
+                self._snaps.popitem(last=False)  # the least recently used
         try:
             snap = take_snapshot(session, base_n, prefix)
         except MemoryError:  # a cache is an optimisation: the rewind goes on without it

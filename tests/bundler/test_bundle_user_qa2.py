@@ -89,8 +89,12 @@ def test_abbreviations_never_name_the_hidden_options(capsys, tmp_path, pyz_stub,
     err = capsys.readouterr().err
     assert "unrecognized arguments: --gguf" in err and "--gguf-size" not in err, err
     code, err = _bundle(capsys, "--stub", pyz_stub, "-o", tmp_path / "new.pyz", "--args=--c 1")
+    # every `run` option that --c starts, in the parser's order, and none of the hidden
+    run_options = [o for a in runtime_cli.build_parser().commands["run"]._actions
+                   for o in a.option_strings if o.startswith("--c") and o not in hidden]
+    assert run_options[:3] == ["--ctx", "--chat-template", "--cors"], run_options
     assert code == 2 and err == ("chatfile: error: --args '--c 1': ambiguous option: --c "
-                                 "could match --ctx, --chat-template, --cors\n"), err
+                                 f"could match {', '.join(run_options)}\n"), err
 
 
 def test_a_deleted_current_directory_is_named(capsys, tmp_path, pyz_stub, monkeypatch):

@@ -10,6 +10,7 @@ import pytest
 
 from runtime import engine as engine_mod
 from runtime import model as model_mod
+from runtime import prompt_cache as prompt_cache_mod
 from runtime.engine import Engine, Request
 from runtime.sampling import SamplingParams
 from runtime.prompt_cache import (MIN_SAVE_TOK, PromptCache, cache_ram_bytes,
@@ -222,3 +223,18 @@ def test_the_cache_ram_option():
     assert "--cache-ram must be 0 or more" in check_args(parse(["run", "m.gguf", "--cache-ram", "-2"]))
     assert 0 < cache_ram_bytes(None) <= 1024 << 20  # min(1 GiB, a quarter of what is free)
     assert (cache_ram_bytes(0), cache_ram_bytes(-1), cache_ram_bytes(8)) == (0, -1, 8 << 20)
+
+
+def test_at_most_max_snapshots_are_kept_the_latest_ones(monkeypatch):
+    """Every prompt is compared with each saved state: a tiny model's states are a few kB,
+    and 1 GiB would hold thousands, so their number is capped too (the least recent go)."""
+    monkeypatch.setattr(prompt_cache_mod, "MAX_SNAPSHOTS", 4)
+    m, s, convs, one_bytes = conversations(70, range(60, 67))
+    cache = PromptCache(s, 100 * one_bytes)   # bytes are no limit here
+    for conv in convs:
+        s.eval(conv)
+        s.rewind(0)
+    assert cache.stats()["prompts"] == 4
+    assert cache.restore_best(s, convs[0] + [1]) < len(convs[0])   # among the first: gone
+    s.rewind(0)
+    assert cache.restore_best(s, convs[-1] + [1]) == len(convs[-1])
