@@ -39,14 +39,19 @@ def _full_layer_writes(monkeypatch, n_ctx):
     return writes
 
 
+def _switch_case(name, n_ctx, shared_tok, own_tok, seed):
+    """(model, an empty session, its unbounded cache, (a shared prefix, two conversations
+    after it, 5 more tokens)) for the switch tests, token ids drawn from seed on."""
+    m = load(name)
+    s = m.session(n_ctx)
+    return m, s, PromptCache(s, -1), (_ids(m, shared_tok, seed), _ids(m, own_tok, seed + 1),
+                                      _ids(m, own_tok, seed + 2), _ids(m, 5, seed + 3))
+
+
 @pytest.mark.parametrize("name,n_ctx,shared_tok,own_tok", SWITCH_CASES)
 def test_a_switch_writes_back_only_past_the_shared_prefix_bit_for_bit(
         monkeypatch, name, n_ctx, shared_tok, own_tok):
-    m = load(name)
-    s = m.session(n_ctx)
-    cache = PromptCache(s, -1)
-    shared, a, b, more = (_ids(m, shared_tok, 60), _ids(m, own_tok, 61),
-                          _ids(m, own_tok, 62), _ids(m, 5, 63))
+    m, s, cache, (shared, a, b, more) = _switch_case(name, n_ctx, shared_tok, own_tok, 60)
     s.eval(shared + a)
     assert s.reuse_prefix(shared + b + [1]) == shared_tok  # the side request: a saved
     s.eval(b)
@@ -77,11 +82,7 @@ def test_a_prefix_evaluated_again_is_written_back_too(monkeypatch, name, n_ctx, 
     """The same tokens are not the same bits: evaluated again in other micro-batches, the
     prefix rounds differently (by ~2e-6), so a snapshot taken before the session left
     it does not keep the session's."""
-    m = load(name)
-    s = m.session(n_ctx)
-    cache = PromptCache(s, -1)
-    shared, a, b, more = (_ids(m, shared_tok, 64), _ids(m, own_tok, 65),
-                          _ids(m, own_tok, 66), _ids(m, 5, 67))
+    m, s, cache, (shared, a, b, more) = _switch_case(name, n_ctx, shared_tok, own_tok, 64)
     s.eval(shared + a)
     s.rewind(0)  # another conversation came first: a is saved whole
     s.eval(shared[:37])
