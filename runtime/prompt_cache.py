@@ -53,6 +53,11 @@ MIN_SAVE_TOK = 64
 # of them, and a state that comes back is one of the last few conversations. A small
 # model's states are small (a tiny one's, a few kB: 1 GiB would hold thousands).
 MAX_SNAPSHOTS = 32
+# A saved state is restored only when it gives this many more tokens than the live session
+# keeps: a restore writes back the state's tokens past what the two share (thousands, for
+# a long conversation), and every prompt of a chat template shares its first tokens with
+# most states. Fewer than 16 tokens are read again in about 0.1 s.
+MIN_RESTORE_GAIN_TOK = 16
 
 # --cache-ram's default: 1 GiB, or a quarter of the RAM available once the model is
 # loaded if that is less. The cache is float32 (twice llama.cpp's f16, whose server
@@ -450,7 +455,7 @@ class PromptCache:
         with self._lock:
             for key, s in self._snaps.items():
                 n = usable_prefix(session, s.ring_lo, _common_prefix(s.tokens, want))
-                if n > best_n:
+                if n > best_n and n >= live + MIN_RESTORE_GAIN_TOK:
                     best, best_n = key, n
             snap = self._snaps.get(best)
             if snap is not None:

@@ -13,8 +13,8 @@ from runtime import model as model_mod
 from runtime import prompt_cache as prompt_cache_mod
 from runtime.engine import Engine, Request
 from runtime.sampling import SamplingParams
-from runtime.prompt_cache import (MIN_SAVE_TOK, PromptCache, cache_ram_bytes,
-                                  restore_snapshot, take_snapshot)
+from runtime.prompt_cache import (MIN_RESTORE_GAIN_TOK, MIN_SAVE_TOK, PromptCache,
+                                  cache_ram_bytes, restore_snapshot, take_snapshot)
 from tests.runtime.test_parity import load
 
 # The Gemma fixtures have sliding-window layers; with 720 positions of context their
@@ -238,3 +238,16 @@ def test_at_most_max_snapshots_are_kept_the_latest_ones(monkeypatch):
     assert cache.restore_best(s, convs[0] + [1]) < len(convs[0])   # among the first: gone
     s.rewind(0)
     assert cache.restore_best(s, convs[-1] + [1]) == len(convs[-1])
+
+
+def test_a_state_that_gives_only_a_few_more_tokens_is_not_restored():
+    """Every prompt of a chat template shares its first tokens with most saved states: a
+    state restored for a gain of a token or two wrote back all its own tokens for it."""
+    m, s, convs, one_bytes = conversations(100, (70, 71))
+    cache = PromptCache(s, 10 * one_bytes)
+    s.eval(convs[0])
+    s.rewind(0)                                  # convs[0] saved
+    few = convs[0][:MIN_RESTORE_GAIN_TOK - 1] + convs[1]
+    assert cache.restore_best(s, few) == 0 and cache.restores == 0
+    enough = convs[0][:MIN_RESTORE_GAIN_TOK] + convs[1]
+    assert cache.restore_best(s, enough) == MIN_RESTORE_GAIN_TOK and cache.restores == 1
