@@ -39,7 +39,7 @@ from typing import Callable
 import numpy as np
 
 from runtime.model import UBATCH_TOK, ContextOverflowError
-from runtime.prompt_cache import PromptCache
+from runtime.prompt_cache import PromptCache, forget
 from runtime.sampling import NoTokenAllowed, Sampler, SamplingParams, reported_probs_rows
 from runtime.speculate import PredictionDrafts, greedy_tokens
 
@@ -348,15 +348,11 @@ class Engine:
             req.events.put(Event("done", finish_reason="cancelled"))
         except BaseException as e:  # noqa: BLE001 - the worker must survive anything
             # A failed eval may have left the cache half-written: start clean next time.
+            # Nothing of it is saved in the prompt cache: it is not trusted.
             try:
-                self.session.on_rewind = None  # and nothing of it is saved: not trusted
-                self.session.rewind(0)
+                forget(self.session, self.prompt_cache)
             except Exception:
                 pass
-            finally:
-                if self.prompt_cache is not None:
-                    self.session.on_rewind = self.prompt_cache.on_rewind
-                    self.prompt_cache.drop_borrowed()  # they borrow the untrusted state
             req.events.put(Event("error", error=e))
             return False
         return True

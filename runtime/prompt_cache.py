@@ -268,6 +268,18 @@ def restore_snapshot(session, snap: Snapshot, kept_n: int = 0) -> int:
     return written_bytes
 
 
+def forget(session, cache=None) -> None:
+    """Rewind the session to nothing without saving what it held (a state not trusted
+    after a failed eval, or erased), and drop the saved states that borrow from it."""
+    hook, session.on_rewind = session.on_rewind, None
+    try:
+        session.rewind(0)
+    finally:
+        session.on_rewind = hook
+        if cache is not None:
+            cache.drop_borrowed()
+
+
 def _common_prefix(a: np.ndarray, b: np.ndarray) -> int:
     m = min(a.size, b.size)
     diff = np.flatnonzero(a[:m] != b[:m])
@@ -388,11 +400,12 @@ class PromptCache:
         return True
 
     def drop_borrowed(self) -> None:
-        """The session's state is not trusted (a failed eval): drop what borrows from it."""
+        """The session was rewound to nothing without on_rewind (forget): drop what
+        borrows from what it held, and nothing is shared with it any more."""
         with self._lock:
             for key in [k for k, s in self._snaps.items() if s.base_n]:
                 del self._snaps[key]
-            for s in self._snaps.values():  # the engine rewinds it to 0 without on_rewind
+            for s in self._snaps.values():
                 s.live_n = 0
             self._live = None
 

@@ -31,7 +31,7 @@ import tempfile
 import numpy as np
 
 from runtime.model import UBATCH_TOK, first_attended
-from runtime.prompt_cache import Snapshot, _positions, restore_snapshot
+from runtime.prompt_cache import Snapshot, _positions, forget, restore_snapshot
 
 MAGIC = b"CHATFILE-SLOT\x00\x00\x01"  # 16 bytes; the last two: the format's version
 HEADER_MAX_BYTES = 1 << 16  # a header is a few hundred bytes: more is a damaged file
@@ -256,11 +256,5 @@ def erase(session, prompt_cache=None) -> int:
     an erase); returns how many tokens it held. Snapshots that borrow the session's
     prefix (a regenerate's earlier reply) are of the erased conversation: they go too."""
     n = len(session.tokens)
-    if prompt_cache is not None:
-        prompt_cache.drop_borrowed()
-    hook, session.on_rewind = session.on_rewind, None
-    try:
-        session.rewind(0)
-    finally:
-        session.on_rewind = hook
+    forget(session, prompt_cache)
     return n

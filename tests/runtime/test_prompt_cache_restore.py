@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from runtime import prompt_cache
-from runtime.prompt_cache import PromptCache
+from runtime.prompt_cache import PromptCache, forget
 from tests.runtime.test_parity import load
 from tests.runtime.test_prompt_cache import RING_N_CTX, _ids
 from tests.runtime.test_prompt_cache_review import _bytes_per_tok, _uncached_logits
@@ -106,10 +106,7 @@ def test_after_a_failed_eval_nothing_is_shared(monkeypatch):
     s.reuse_prefix(shared + b + [1])  # a saved, borrowing the prefix
     s.eval(b)
     s.rewind(50)  # a copies in what it borrowed; it still shares 50 with the session
-    s.on_rewind = None  # as Engine._serve_one after a failed eval
-    s.rewind(0)
-    s.on_rewind = cache.on_rewind
-    cache.drop_borrowed()
+    forget(s, cache)  # as Engine._serve_one after a failed eval
     s.eval(shared[:37])  # the prefix again, other bits
     s.eval(shared[37:] + b)
     writes = _full_layer_writes(monkeypatch, 256)
