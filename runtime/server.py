@@ -1091,21 +1091,23 @@ def build_app(st: State) -> bottle.Bottle:
             return fail(503, str(e), "unavailable_error", headers=STATUS_HEADERS[503])
 
     def on_worker(job):
-        """Run job(session) on the engine's worker, between requests; wait for it."""
-        collect(submit(Request(prompt_ids=[], session_job=job)))
+        """Run job(session) on the engine's worker, between requests; wait for it and
+        return what it returned."""
+        out = []
+        collect(submit(Request(prompt_ids=[], session_job=lambda s: out.append(job(s)))))
+        return out[0]
 
     def slot_save(name, path):
-        out = {}
-
         def job(session):
+            out = {"n_saved": len(session.tokens)}
             t0 = time.perf_counter()
             try:
                 out["n_written"] = slot_files.save(session, path)
             except OSError as e:  # a full disk, a directory gone: the session is fine
                 out["error"] = e
-            out["n_saved"] = len(session.tokens)
             out["ms"] = 1e3 * (time.perf_counter() - t0)
-        on_worker(job)
+            return out
+        out = on_worker(job)
         if "error" in out:
             raise ApiError(500, f"could not write {name}: {out['error'].strerror or out['error']}")
         return ok({"id_slot": 0, "filename": name, "n_saved": out["n_saved"],
@@ -1119,16 +1121,13 @@ def build_app(st: State) -> bottle.Bottle:
             raise ApiError(400, f"no file {name} in the --slot-save-path directory") from None
         except OSError as e:
             raise ApiError(400, f"could not read {name}: {e.strerror or e}") from None
-        out = {}
-        on_worker(lambda session: out.update(n=slot_files.restore(session, snap)))
-        return ok({"id_slot": 0, "filename": name, "n_restored": out["n"], "n_read": n_read,
+        n_restored = on_worker(lambda session: slot_files.restore(session, snap))
+        return ok({"id_slot": 0, "filename": name, "n_restored": n_restored, "n_read": n_read,
                    "timings": {"restore_ms": round(1e3 * (time.perf_counter() - t0), 3)}})
 
     def slot_erase():
-        out = {}
-        on_worker(lambda session: out.update(
-            n=slot_files.erase(session, st.engine.prompt_cache)))
-        return ok({"id_slot": 0, "n_erased": out["n"]})
+        n_erased = on_worker(lambda session: slot_files.erase(session, st.engine.prompt_cache))
+        return ok({"id_slot": 0, "n_erased": n_erased})
 
     # -- health, the page, and everything else ----------------------------------------
     @app.get("/health")
