@@ -76,6 +76,12 @@ UBATCH_TOK = 256
 # head over this many bytes of logits at a time: Qwen's 151,936-entry vocabulary makes
 # that 110 positions, where a whole 4096-token prompt would take 2.5 GB at once.
 LOGIT_ROWS_BYTES = 64 << 20
+# attention() scores a micro-batch's queries in blocks whose [n_head, block, S] scores
+# stay about this size: at long contexts softmax's passes over the scores (max, exp, sum)
+# then run on a block the allocator reuses and the caches hold, not one of 100+ MB.
+# Qwen's 256-query micro-batch over 4k / 8k / 16k keys: 53 / 96-101 / 228 ms whole,
+# 36 / 68 / 150 ms in blocks (docs/performance.md, "What was tried").
+SCORES_BLOCK_BYTES = 16 << 20
 # Model.load's memory modes (runtime/weights.py).
 MODES = ("auto", "f32", "int8", "quant")
 
@@ -242,6 +248,12 @@ def attention(q: np.ndarray, kT: np.ndarray, v: np.ndarray, pos0: int, k0: int,
     k0 = first_attended(pos0, window). Returns [T, n_head·hd_v]."""
     T, n_head, hd = q.shape
     n_head_kv, S_att, hd_v = v.shape
+    block_tok = max(16, SCORES_BLOCK_BYTES // (4 * n_head * S_att))
+    if T > block_tok:  # in blocks of queries, each over the keys it can see (causal)
+        return np.concatenate([
+            attention(q[t0:t0 + block_tok], kT[..., :S_att - T + t0 + block_tok],
+                      v[:, :S_att - T + t0 + block_tok], pos0 + t0, k0, cfg, window)
+            for t0 in range(0, T, block_tok)])
     g = n_head // n_head_kv  # query heads per kv head
     # [T, n_head, hd] -> [n_head_kv, g·T, hd]: query heads grouped under their kv head
     qg = q.reshape(T, n_head_kv, g, hd).transpose(1, 2, 0, 3).reshape(n_head_kv, g * T, hd)
