@@ -345,7 +345,8 @@ def _refuse_banning_all(bias: dict, n_vocab: int, message: str) -> None:
 
 # llama-server fields with no effect here that clients send on every request: checked for
 # type, no more (docs/api.md says why each is inert). Every sampler of llama-server's is
-# ours too (sampler_fields).
+# ours too (sampler_fields). return_progress is read by the routes that stream progress
+# (a streamed chat, /completion, /infill); elsewhere it is inert too.
 INERT_NUMBERS = ("n_keep", "n_discard", "n_cache_reuse", "n_indent", "t_max_prompt_ms",
                  "t_max_predict_ms")
 INERT_BOOLS = ("return_tokens", "timings_per_token", "return_progress")

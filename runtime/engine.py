@@ -79,7 +79,7 @@ class Timings:
 
 @dataclass
 class Event:
-    """What the worker reports. kind: "prompt" | "token" | "done" | "error"."""
+    """What the worker reports. kind: "progress" | "prompt" | "token" | "done" | "error"."""
     kind: str
     text: str = ""
     # "token": the token; "done": the end-of-generation token that ended the reply (with
@@ -105,6 +105,10 @@ class Event:
     # (rejected by the model, or past the reply's end).
     accepted_prediction_tokens: int = 0
     rejected_prediction_tokens: int = 0
+    # "progress" (a request with return_progress), after each micro-batch of the prompt:
+    # llama-server's prompt_progress, {"total", "cache", "processed", "time_ms"} (the
+    # prompt's tokens, those found in the cache, those held so far, cached ones included).
+    progress: dict | None = None
 
 
 @dataclass
@@ -131,6 +135,9 @@ class Request:
     # runtime.reasoning.ReasoningBudget: the tokens that close a thought once its budget
     # is spent. Stateful, so one per request.
     reasoning_budget: object = None
+    # A "progress" event after each micro-batch of the prompt (llama-server's
+    # return_progress): a long prompt is read for minutes on a CPU.
+    return_progress: bool = False
     cancel: threading.Event = field(default_factory=threading.Event)
     events: queue.Queue = field(default_factory=queue.Queue)
     # Requests served right after this one, before anything else in the queue: the other
@@ -397,6 +404,10 @@ class Engine:
                 raise Cancelled()
             part = rest[i:i + chunk_tok]
             logits = s.eval(part) if on_logits is None else s.eval(part, on_logits=on_logits)
+            if req.return_progress:
+                req.events.put(Event("progress", progress={
+                    "total": len(ids), "cache": kept, "processed": kept + i + len(part),
+                    "time_ms": int(1e3 * (time.perf_counter() - t0))}))
         t.prompt_ms = 1e3 * (time.perf_counter() - t0)
         t.prompt_n = len(rest)
         if found is not None:

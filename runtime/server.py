@@ -310,7 +310,7 @@ def build_app(st: State) -> bottle.Bottle:
                     toks.append(ev)
             elif ev.kind == "error":
                 raise _worker_error(ev.error)
-            elif ev.kind == "prompt":  # the final event carries the prompt's logprobs too
+            elif ev.kind in ("prompt", "progress"):  # (the final event has the logprobs too)
                 continue
             elif ev.finish_reason == "cancelled":  # nobody is left to read a reply
                 raise ApiError(400, "the request was cancelled: the client closed the connection")
@@ -479,6 +479,7 @@ def build_app(st: State) -> bottle.Bottle:
         params = sampling_params(body, openai=True, default_temp=st.temperature, model=model)
         max_tokens, stop = get_max_tokens(body, st.n_ctx), get_stop(body)
         cache_prompt = get_bool(body, "cache_prompt", True)
+        progress = stream and get_bool(body, "return_progress", False)  # (llama-server: streamed only)
         pred_ids = get_prediction(body, model, st.n_ctx)
         refuse_with_prediction(body, n, want_lp, params, body.get("tools"))
         budget_tok, budget_message = get_reasoning_budget(body, st.reasoning_budget,
@@ -491,7 +492,7 @@ def build_app(st: State) -> bottle.Bottle:
                            max_tokens=max_tokens, stop=stop,
                            n_probs=max(top_lp, 1) if want_lp else 0, cache_prompt=cache_prompt,
                            constraint=output_constraint(model, start), prediction=pred_ids or None,
-                           reasoning_budget=reasoning.budget_for(
+                           return_progress=progress, reasoning_budget=reasoning.budget_for(
                                model, budget_tok, budget_message,
                                reasoning.opens_thinking(prompt_str, prefill),
                                not reasoning.continues_reasoning(prefill)))
@@ -547,7 +548,9 @@ def build_app(st: State) -> bottle.Bottle:
                 return ({"content": [oai_logprobs(model, e, top_lp) for e in toks]}
                         if want_lp and toks else None)
             for ev in events:
-                if ev.kind == "token":
+                if ev.kind == "progress":  # llama-server's chunk: an empty delta and the progress
+                    yield {**chunk(index, {}), "prompt_progress": ev.progress}
+                elif ev.kind == "token":
                     tok = ev if ev.token is not None else None  # None: the held tail's text
                     thought, out, toks = (split.push(ev.text, tok) if split else
                                           ("", ev.text, [tok] if tok else []))
@@ -800,10 +803,11 @@ def build_app(st: State) -> bottle.Bottle:
         return ok(model_card(model))
 
     # -- llama-server: /completion and /infill ----------------------------------------
-    def llama_requests(model, body, prompts: list, n: int) -> list:
+    def llama_requests(model, body, prompts: list, n: int, stream: bool) -> list:
         """The requests of llama-server's /completion or /infill: n completions of each of
         `prompts` (lists of ids), prompt-major, as llama-server numbers its results; with
         a seed, completion j of a prompt gets seed + j (choice_params)."""
+        progress = stream and get_bool(body, "return_progress", False)
         n_probs = get_int(body, "n_probs", 0, lo=0, hi=MAX_N_PROBS)
         params = sampling_params(body, openai=False, default_temp=st.temperature, model=model)
         max_tokens, stop = get_max_tokens(body, st.n_ctx), get_stop(body)
@@ -812,7 +816,7 @@ def build_app(st: State) -> bottle.Bottle:
         return [Request(prompt_ids=ids, params=choice_params(params, j), max_tokens=max_tokens,
                         stop=stop, n_probs=n_probs, cache_prompt=cache_prompt, continuation=True,
                         constraint=output_constraint(model, grammar),  # stateful: one each
-                        reasoning_budget=budget(ids))
+                        reasoning_budget=budget(ids), return_progress=progress)
                 for ids in prompts for j in range(n)]
 
     def completion_budget(model, body, grammar):
@@ -883,7 +887,11 @@ def build_app(st: State) -> bottle.Bottle:
                     c["completion_probabilities"] = [completion_probs(model, ev, req.n_probs)]
                 return c
             for ev in events:
-                if ev.kind == "token":
+                if ev.kind == "progress":
+                    yield {"index": k, "content": "", "tokens": [], "stop": False, "id_slot": 0,
+                           "tokens_predicted": 0, "tokens_evaluated": len(req.prompt_ids),
+                           "prompt_progress": ev.progress}
+                elif ev.kind == "token":
                     if not ev.text and ev.token is None:
                         continue
                     n_predicted += ev.token is not None
@@ -909,7 +917,8 @@ def build_app(st: State) -> bottle.Bottle:
         stream = get_bool(body, "stream", False)
         prompts = completion_prompts(model, body["prompt"])
         n = get_n(body, len(prompts), stream)  # llama-server's n_cmpl, or n
-        return llama_reply(model, llama_requests(model, body, [ids for ids, _ in prompts], n), stream)
+        return llama_reply(model, llama_requests(model, body, [ids for ids, _ in prompts], n, stream),
+                           stream)
 
     @app.post("/infill")
     @api
@@ -938,7 +947,7 @@ def build_app(st: State) -> bottle.Bottle:
                                         n_ctx=st.n_ctx, n_predict=n_predict))
         except ValueError as e:
             raise ApiError(400, f"this model cannot fill in the middle: {e}") from None
-        return llama_reply(model, llama_requests(model, body, [ids], n), stream)
+        return llama_reply(model, llama_requests(model, body, [ids], n, stream), stream)
 
     # -- llama-server: tokens and templates --------------------------------------------
     @app.post("/tokenize")
