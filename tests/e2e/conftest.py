@@ -321,6 +321,12 @@ def with_context_length(src, dst, arch, n_ctx):
     return dst
 
 
+def tiny_4k(directory: Path) -> Path:
+    """The tiny llama with a 4,096-token context (with_context_length), written into
+    `directory`: room for long prompts (tools, several micro-batches)."""
+    return with_context_length(TINY, directory / "tiny-4k.gguf", "llama", 4096)
+
+
 class Tmpfs:
     """A small tmpfs mounted for one test (root only); unmounted, lazily if busy, after."""
 

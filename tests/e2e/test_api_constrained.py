@@ -13,8 +13,7 @@ import math
 import numpy as np
 import pytest
 
-from tests.e2e.conftest import (TINY, http_request, post_json, sse_events, start_server,
-                                with_context_length)
+from tests.e2e.conftest import http_request, post_json, sse_events, start_server, tiny_4k
 
 openai = pytest.importorskip("openai", reason="the openai client is not installed")
 
@@ -162,8 +161,7 @@ def tool_client(tmp_path_factory):
     """tiny-llama has no chat template: its built-in one cannot show tools, so they go into
     the system text (docs/api.md), longer than the tiny model's trained 256 tokens. A copy
     that says 4096 holds them (its weights are random: later positions are no worse)."""
-    model = with_context_length(TINY, tmp_path_factory.mktemp("tools") / "tiny-4k.gguf",
-                                "llama", 4096)
+    model = tiny_4k(tmp_path_factory.mktemp("tools"))
     h = start_server(model)
     yield openai.OpenAI(base_url=h.url + "/v1", api_key="x", max_retries=0, timeout=60)
     h.stop()

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from runtime.model import UBATCH_TOK
-from tests.e2e.conftest import TINY, http_request, post_json, sse_events, with_context_length
+from tests.e2e.conftest import http_request, post_json, sse_events, start_server, tiny_4k
 
 openai = pytest.importorskip("openai", reason="the openai client is not installed")
 
@@ -17,9 +17,7 @@ WORDS = " ".join(f"w{i % 97}" for i in range(400))  # several micro-batches of t
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from tests.e2e.conftest import start_server
-    model = with_context_length(TINY, tmp_path_factory.mktemp("progress") / "tiny-4k.gguf",
-                                "llama", 4096)
+    model = tiny_4k(tmp_path_factory.mktemp("progress"))
     h = start_server(model)
     yield h
     h.stop()
@@ -95,7 +93,6 @@ def test_the_openai_client_reads_a_stream_with_progress(server):
 @pytest.fixture(scope="module")
 def qwen_server(qwen_gguf_path):
     """The tiny models have no fill-in-the-middle tokens: /infill runs on the real Qwen."""
-    from tests.e2e.conftest import start_server
     h = start_server(qwen_gguf_path, "--ctx", "2048")
     yield h
     h.stop()

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import FIXTURES
-from tests.e2e.conftest import (MODELS, TINY, http_request, post_json, sse_events, start_server,
-                                with_context_length)
+from tests.e2e.conftest import (MODELS, http_request, post_json, sse_events, start_server,
+                                tiny_4k, with_context_length)
 from tests.runtime.test_engine import FakeSession
 
 openai = pytest.importorskip("openai", reason="the openai client is not installed")
@@ -300,7 +300,7 @@ def test_streamed_logprobs_with_tools_cover_every_token(parrot):
 def test_tools_on_a_real_model_stream_and_answer_alike(server_factory, tmp_path):
     # A real tokenizer and random text: nothing held back may be lost or doubled.
     # (tiny-llama has no template: its built-in one gets the tools in the system text.)
-    h = server_factory(with_context_length(TINY, tmp_path / "tiny-4k.gguf", "llama", 4096))
+    h = server_factory(tiny_4k(tmp_path))
     body = {"messages": ask("What is the weather in Paris?"), "tools": TOOLS,
             "temperature": 0, "max_tokens": 24}
     status, r = post_json(h.url + "/v1/chat/completions", body)

@@ -24,8 +24,8 @@ import time
 
 import pytest
 
-from tests.e2e.conftest import (TINY, http_request, post_json, read_to_close, sse_events,
-                                wait_for, with_context_length)
+from tests.e2e.conftest import (TINY, http_request, post_json, read_to_close, sse_events, tiny_4k,
+                                wait_for)
 
 BOUND_S = 20   # "soon": every deadline in play here is 1 s
 
@@ -41,7 +41,7 @@ def quick(tmp_path_factory):
     # then fails on what it sees, not on a missing attribute).
     mp.setattr(connections.Handler, "head_timeout_s", 1, raising=False)
     mp.setattr(connections.Handler, "body_timeout_s", 1, raising=False)
-    model = with_context_length(TINY, tmp_path_factory.mktemp("ctx") / "tiny-4k.gguf", "llama", 4096)
+    model = tiny_4k(tmp_path_factory.mktemp("ctx"))
     srv = server.Server(model, port=0, log=lambda msg: None)
     srv.start_loading()
     threading.Thread(target=srv.serve_forever, daemon=True).start()
@@ -355,7 +355,7 @@ def test_stopping_the_server_cancels_the_replies_under_way(tmp_path, monkeypatch
     good in OpenBLAS's exit handler (test_server_stress's stopping test saw it). Stopping
     now cancels every reply, queued ones too, and waits for the worker to go idle."""
     from runtime import server
-    model = with_context_length(TINY, tmp_path / "tiny-4k.gguf", "llama", 4096)
+    model = tiny_4k(tmp_path)
     srv = server.Server(model, port=0, log=lambda msg: None)
     srv.start_loading()
     threading.Thread(target=srv.serve_forever, daemon=True).start()

@@ -20,8 +20,7 @@ import urllib.parse
 
 import pytest
 
-from tests.e2e.conftest import (TINY, http_request, post_json, start_server, wait_for,
-                                with_context_length)
+from tests.e2e.conftest import TINY, http_request, post_json, start_server, tiny_4k, wait_for
 
 QUEUE = 16   # runtime.engine.Engine's max_queue, as the server makes it
 
@@ -30,7 +29,7 @@ QUEUE = 16   # runtime.engine.Engine's max_queue, as the server makes it
 def long_server(tmp_path_factory):
     """The tiny model with a 4096-token context: a reply of 4000 tokens takes seconds,
     long enough to queue other requests behind it."""
-    model = with_context_length(TINY, tmp_path_factory.mktemp("ctx") / "tiny-4k.gguf", "llama", 4096)
+    model = tiny_4k(tmp_path_factory.mktemp("ctx"))
     h = start_server(model)
     yield h
     h.stop()
@@ -269,7 +268,7 @@ def _streaming_clients(url: str, n: int) -> list:
 def test_stopping_while_replies_stream_is_prompt_and_quiet(tmp_path, sig):
     if not hasattr(signal, sig) or os.name == "nt":
         pytest.skip(f"no {sig} to send here")
-    model = with_context_length(TINY, tmp_path / "tiny-4k.gguf", "llama", 4096)
+    model = tiny_4k(tmp_path)
     h = start_server(model)
     socks = []
     try:
@@ -325,7 +324,7 @@ def test_a_stream_nobody_reads_times_out_quietly(capfd, monkeypatch, tmp_path):
     shorten the timeout from 120 s to 1 s."""
     from runtime import connections, server
     monkeypatch.setattr(connections.Handler, "timeout", 1)
-    model = with_context_length(TINY, tmp_path / "tiny-4k.gguf", "llama", 4096)
+    model = tiny_4k(tmp_path)
     srv = server.Server(model, port=0, log=lambda msg: None)
     srv.start_loading()
     t = threading.Thread(target=srv.serve_forever, daemon=True)
