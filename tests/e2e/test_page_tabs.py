@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 
-from tests.e2e.conftest import TINY, require_chromium, with_context_length
+from tests.e2e.conftest import require_chromium, tiny_4k
 from tests.e2e.test_page import (  # noqa: F401 - `page` is a fixture
     TIMEOUT_MS, assistant_bodies, current_conv, open_page, page, record_chat_requests,
     send, set_settings, wait_idle)
@@ -158,7 +158,7 @@ def _processing(url):
 
 
 def test_a_message_waiting_for_another_programs_reply_says_so(browser, server_factory, tmp_path):
-    model = with_context_length(TINY, tmp_path / "tiny-4k.gguf", "llama", 4096)
+    model = tiny_4k(tmp_path)
     srv = server_factory(model)
     ctx = browser.new_context()
     pg = ctx.new_page()
