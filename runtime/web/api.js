@@ -108,8 +108,11 @@
 
   /* Streams a chat completion. Calls onDelta(text) for each piece of content and
    * resolves to {finishReason, usage, timings, chunks}. Rejects with ApiError,
-   * ServerGoneError or (on Stop) an AbortError. */
-  async function streamChat(body, onDelta, signal) {
+   * ServerGoneError or (on Stop) an AbortError. With onProgress, a request with
+   * return_progress has it called with each chunk's prompt_progress ({total, cache,
+   * processed, time_ms}: how much of the prompt the server has read), which is no
+   * content (not counted in chunks). */
+  async function streamChat(body, onDelta, signal, onProgress) {
     var resp = await request("v1/chat/completions", { method: "POST", body: body, signal: signal });
     if (!resp.ok) throw await errorFrom(resp);
     var reader = resp.body.getReader();
@@ -128,6 +131,8 @@
       }
       if (chunk.usage) result.usage = chunk.usage;
       if (chunk.timings) result.timings = chunk.timings;
+      var progress = chunk.prompt_progress;
+      if (progress && typeof progress === "object" && onProgress) onProgress(progress);
       var choice = chunk.choices && chunk.choices[0];
       if (!choice) return;
       // A thinking model's reasoning (llama-server's reasoning_content) comes first:

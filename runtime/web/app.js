@@ -1091,6 +1091,60 @@
     sayNewNote();
   }
 
+  /* The line under a reply whose prompt the server is still reading (a long text pasted:
+   * a CPU reads it for seconds, even minutes, before the first word), from the server's
+   * prompt_progress (see Api.streamChat): how far it got, and at the rate so far how long
+   * it has left. The percentage counts what had to be read, not what the server's cache
+   * held already. run.progress is the last report, so that a redraw keeps the note. */
+  function reading(run) {
+    var p = run.progress;
+    return !!p && !run.written && p.processed < p.total;
+  }
+
+  function groupDigits(n) { return Math.round(n).toLocaleString("en-US"); }
+
+  function readingText(p) {
+    var cached = Math.min(Math.max(p.cache, 0), p.total);
+    var toRead = p.total - cached, done = Math.max(p.processed - cached, 0);
+    var pct = toRead > 0 ? Math.min(99, Math.floor(100 * done / toRead)) : 0;
+    var text = "Reading the conversation\u2026 " + pct + "% (" + groupDigits(done) + " of " + groupDigits(toRead) +
+      (cached > 0 ? " new tokens, " + groupDigits(cached) + " already read before" : " tokens") + ")";
+    if (done > 0 && p.time_ms > 0) {
+      var left = (p.total - p.processed) / (done / p.time_ms) / 1000;
+      text += ", about " + (left < 60 ? Math.max(1, Math.round(left)) + " s" :
+        left < 3600 ? Math.round(left / 60) + " min" : (left / 3600).toFixed(1) + " h") + " left";
+    }
+    return text;
+  }
+
+  function newProgressNote(run) {
+    var note = document.createElement("div");
+    note.className = "msg-note";
+    note.setAttribute("data-testid", "read-progress");
+    note.textContent = readingText(run.progress);
+    return note;
+  }
+
+  /* The reading note as the run now is: changed, added under the reply's text (when it is
+   * shown), or gone. Said by #announce only as it first comes, in the open chat: not at
+   * each report. */
+  function updateProgressNote(run) {
+    if (reading(run) && runOf(run.conv) === run) {
+      if (run.progressEl) run.progressEl.textContent = readingText(run.progress);
+      else if (run.bodyEl && run.bodyEl.isConnected) {
+        run.progressEl = newProgressNote(run);
+        (run.waitEl && run.waitEl.isConnected ? run.waitEl : run.bodyEl).after(run.progressEl);
+      }
+      if (run.progressEl && run.progressEl.isConnected && !run.progressSaid) {
+        run.progressSaid = true;
+        if (run.conv === current()) say(run.progressEl.textContent);
+      }
+    } else {
+      if (run.progressEl) run.progressEl.remove();
+      run.progressEl = null;
+    }
+  }
+
   /* The note under the open chat's last message (its reply waits for another, or is
    * written in another tab) is said by #announce as it comes into view, or says
    * something new; not again as the chat is drawn again (at each save of the other
@@ -1136,6 +1190,8 @@
       run.bodyEl = body; // (the reply grows here, see queueStreamRender)
       run.waitEl = waiting(run) ? newWaitNote(run) : null;
       if (run.waitEl) wrap.appendChild(run.waitEl);
+      run.progressEl = reading(run) ? newProgressNote(run) : null;
+      if (run.progressEl) wrap.appendChild(run.progressEl);
     }
     if (elsewhere) {
       // Saved as stopped there (so that it is, should that tab go), but it goes on.
@@ -1806,7 +1862,8 @@
     $("tps").textContent = ""; // the last reply's speed is not this one's
     var run = { conv: c, msg: null, controller: new AbortController(), bodyEl: null, copyEl: null,
                 waitEl: null, renderQueued: false, before: allRuns(), was: null, wasChars: 0,
-                serverBusy: false, queueTimer: null, started: false };
+                serverBusy: false, queueTimer: null, started: false,
+                progress: null, progressEl: null, progressSaid: false, written: false };
     state.runs[c.id] = run;
     updateButtons();
     renderSidebar();
@@ -1859,6 +1916,7 @@
         top_p: settings.topP,
         max_tokens: settings.maxTokens,
         stream_options: { include_usage: true },
+        return_progress: true, // (the prompt_progress chunks: see updateProgressNote)
       };
       if (settings.seed !== "") request.seed = settings.seed;
 
@@ -1875,15 +1933,22 @@
             msg.content += piece;
             addedChars += piece.length;
           }
-          if (!run.started) { // its turn came
-            run.started = true;
-            run.before = [];
-            run.serverBusy = false;
-            updateWaitNote(run);
+          if (!run.started) turnCame(run);
+          if (!run.written) { // (the reading note goes with the first word)
+            run.written = true;
+            updateProgressNote(run);
           }
           queueStreamRender(run);
           saveRunsIfDue(); // (marked as stopped until it ends: see persist)
-        }, controller.signal);
+        }, controller.signal, function (progress) {
+          // The server reads this reply's prompt: nothing waits ahead of it any more.
+          var p = { total: Number(progress.total), cache: Number(progress.cache) || 0,
+                    processed: Number(progress.processed), time_ms: Number(progress.time_ms) || 0 };
+          if (!isFinite(p.total) || !isFinite(p.processed) || run.written) return;
+          if (!run.started) turnCame(run);
+          run.progress = p;
+          updateProgressNote(run);
+        });
       });
       var here = c === current();
       if (here) showSpeed(result, firstAt, lastAt);
@@ -1927,6 +1992,7 @@
       clearTimeout(run.queueTimer);
       run.started = true; // (no more asking the server whether it waits)
       delete state.runs[c.id]; // (before the save: it is saved as it is now)
+      updateProgressNote(run); // (gone: the reply ended, was stopped or failed)
       allRuns().forEach(function (r) { // replies that waited for this one
         var k = r.before.indexOf(run);
         if (k < 0) return;
@@ -2018,9 +2084,10 @@
   /* A reply that has no first word after QUEUE_CHECK_MS may wait behind a reply the
    * server writes for someone else: another tab, another program (this tab's own replies
    * ahead of it are named by the wait note already). The server's /slots tells; the
-   * page asks every QUEUE_POLL_MS until the first word, and the note says so meanwhile.
-   * (A reply slow to start for its own sake, a long prompt, shows nothing: the server
-   * then works on it, and has no other request waiting.) */
+   * page asks every QUEUE_POLL_MS until the first word (or the first report of its
+   * prompt's reading), and the note says so meanwhile. (A reply slow to start for its
+   * own sake, a long prompt, shows no wait note: the server then works on it, has no
+   * other request waiting, and reports how far it read, see updateProgressNote.) */
   function watchQueue(run) {
     function ask() {
       run.queueTimer = null;
@@ -2037,6 +2104,15 @@
       });
     }
     run.queueTimer = setTimeout(ask, QUEUE_CHECK_MS);
+  }
+
+  /* The run's turn came: its first word, or the server's first report of reading its
+   * prompt (it reads one request at a time). It waits for nothing any more. */
+  function turnCame(run) {
+    run.started = true;
+    run.before = [];
+    run.serverBusy = false;
+    updateWaitNote(run);
   }
 
   function showSpeed(result, firstAt, lastAt) {
