@@ -12,7 +12,6 @@ test_page_a11y.py's.
 """
 from __future__ import annotations
 
-import json
 import re
 
 from tests.e2e.conftest import require_chromium
@@ -186,15 +185,21 @@ def push(pg, payload):
     pg.evaluate("p => window.__push(p)", payload)
 
 
+def send_and_report(pg, text, report):
+    """Send `text`, feed the reply's stream one progress report, and wait for the note."""
+    send(pg, text)
+    pg.wait_for_function("() => !!window.__push")
+    push(pg, report)
+    note = pg.locator(f"{REPLY} {NOTE}")
+    note.wait_for()
+    return note
+
+
 def test_the_note_counts_what_was_not_cached_and_outlives_a_redraw(page):
     page.evaluate(FED_STREAM)
     page.evaluate(RECORD_SAID)
-    send(page, "A long text")
-    page.wait_for_function("() => !!window.__push")
     # 1,000 of 1,509 tokens were in the cache: half of the other 509 is read
-    push(page, progress(1509, 1000, 1256, 1000))
-    note = page.locator(f"{REPLY} {NOTE}")
-    note.wait_for()
+    note = send_and_report(page, "A long text", progress(1509, 1000, 1256, 1000))
     assert note.inner_text() == ("Reading the conversation\u2026 50% (256 of 509 new tokens, "
                                  "1,000 already read before), about 1 s left")
     assert "msg-note" in note.get_attribute("class")
@@ -218,12 +223,8 @@ def test_the_note_counts_what_was_not_cached_and_outlives_a_redraw(page):
 
 def test_the_note_goes_with_the_first_word_or_a_stop(page):
     page.evaluate(FED_STREAM)
-    send(page, "A long text")
-    page.wait_for_function("() => !!window.__push")
-    push(page, progress(3000, 0, 256, 2000))
-    note = page.locator(f"{REPLY} {NOTE}")
-    note.wait_for()
-    # no estimate before a rate is known, then one
+    note = send_and_report(page, "A long text", progress(3000, 0, 256, 2000))
+    # an estimate once a rate is known (none before: below)
     assert note.inner_text() == "Reading the conversation\u2026 8% (256 of 3,000 tokens), about 21 s left"
     push(page, content("Hello"))
     page.wait_for_selector(NOTE, state="detached")
@@ -234,10 +235,7 @@ def test_the_note_goes_with_the_first_word_or_a_stop(page):
     wait_idle(page)
 
     page.evaluate("window.__push = null")
-    send(page, "Another long text")
-    page.wait_for_function("() => !!window.__push")
-    push(page, progress(3000, 0, 0, 0))  # (none read yet: no rate, no estimate)
-    note.wait_for()
+    note = send_and_report(page, "Another long text", progress(3000, 0, 0, 0))  # no rate yet
     assert note.inner_text() == "Reading the conversation\u2026 0% (0 of 3,000 tokens)"
     page.click("[data-testid=stop]")
     wait_idle(page)
