@@ -1091,6 +1091,10 @@
     sayNewNote();
   }
 
+  /* A read with less than this left when it is first reported shows no note: it would
+   * flash and go (a prompt of 300 tokens is read in about a second). */
+  var READ_NOTE_MIN_S = 1.5;
+
   /* The line under a reply whose prompt the server is still reading (a long text pasted:
    * a CPU reads it for seconds, even minutes, before the first word), from the server's
    * prompt_progress (see Api.streamChat): how far it got, and at the rate so far how long
@@ -1098,19 +1102,35 @@
    * held already. run.progress is the last report, so that a redraw keeps the note. */
   function reading(run) {
     var p = run.progress;
-    return !!p && !run.written && p.processed < p.total;
+    if (!p || run.written || p.processed >= p.total) return false;
+    if (!run.progressShown) {
+      var left = secondsLeft(p);
+      if (left !== null && left < READ_NOTE_MIN_S) return false;
+      run.progressShown = true; // (shown once: it stays until the first word)
+    }
+    return true;
   }
 
   function groupDigits(n) { return Math.round(n).toLocaleString("en-US"); }
 
-  function readingText(p) {
+  function readParts(p) { // (the prompt's part found in the cache, what is left to read, what of it is read)
     var cached = Math.min(Math.max(p.cache, 0), p.total);
-    var toRead = p.total - cached, done = Math.max(p.processed - cached, 0);
+    return { cached: cached, toRead: p.total - cached, done: Math.max(p.processed - cached, 0) };
+  }
+
+  /* At the rate so far, the seconds left to read; null before there is a rate. */
+  function secondsLeft(p) {
+    var done = readParts(p).done;
+    return done > 0 && p.time_ms > 0 ? (p.total - p.processed) / (done / p.time_ms) / 1000 : null;
+  }
+
+  function readingText(p) {
+    var r = readParts(p), cached = r.cached, toRead = r.toRead, done = r.done;
     var pct = toRead > 0 ? Math.min(99, Math.floor(100 * done / toRead)) : 0;
     var text = "Reading the conversation\u2026 " + pct + "% (" + groupDigits(done) + " of " + groupDigits(toRead) +
       (cached > 0 ? " new tokens, " + groupDigits(cached) + " already read before" : " tokens") + ")";
-    if (done > 0 && p.time_ms > 0) {
-      var left = (p.total - p.processed) / (done / p.time_ms) / 1000;
+    var left = secondsLeft(p);
+    if (left !== null) {
       text += ", about " + (left < 60 ? Math.max(1, Math.round(left)) + " s" :
         left < 3600 ? Math.round(left / 60) + " min" : (left / 3600).toFixed(1) + " h") + " left";
     }
@@ -1863,7 +1883,8 @@
     var run = { conv: c, msg: null, controller: new AbortController(), bodyEl: null, copyEl: null,
                 waitEl: null, renderQueued: false, before: allRuns(), was: null, wasChars: 0,
                 serverBusy: false, queueTimer: null, started: false,
-                progress: null, progressEl: null, progressSaid: false, written: false };
+                progress: null, progressEl: null, progressShown: false, progressSaid: false,
+                written: false };
     state.runs[c.id] = run;
     updateButtons();
     renderSidebar();

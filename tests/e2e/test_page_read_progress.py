@@ -199,9 +199,9 @@ def test_the_note_counts_what_was_not_cached_and_outlives_a_redraw(page):
     page.evaluate(FED_STREAM)
     page.evaluate(RECORD_SAID)
     # 1,000 of 1,509 tokens were in the cache: half of the other 509 is read
-    note = send_and_report(page, "A long text", progress(1509, 1000, 1256, 1000))
+    note = send_and_report(page, "A long text", progress(1509, 1000, 1256, 2000))
     assert note.inner_text() == ("Reading the conversation\u2026 50% (256 of 509 new tokens, "
-                                 "1,000 already read before), about 1 s left")
+                                 "1,000 already read before), about 2 s left")
     assert "msg-note" in note.get_attribute("class")
     push(page, progress(1509, 1000, 1384, 4000))
     page.wait_for_function(f"() => document.querySelector('{NOTE}').textContent.includes('75%')")
@@ -240,3 +240,30 @@ def test_the_note_goes_with_the_first_word_or_a_stop(page):
     page.click("[data-testid=stop]")
     wait_idle(page)
     assert page.locator(NOTE).count() == 0
+
+
+NOTE_SEEN = """() => {
+    window.__noteSeen = false;
+    new MutationObserver(() => {
+        if (document.querySelector('[data-testid=read-progress]')) window.__noteSeen = true;
+    }).observe(document.body, {childList: true, subtree: true});
+}"""
+
+
+def test_a_read_about_to_end_shows_no_note(page):
+    """A report that leaves under READ_NOTE_MIN_S to read (at the rate so far) shows no
+    note: it would flash and go. A longer one in the same chat does show it."""
+    page.evaluate(FED_STREAM)
+    page.evaluate(NOTE_SEEN)
+    send(page, "A short text")
+    page.wait_for_function("() => !!window.__push")
+    push(page, progress(300, 0, 256, 1000))  # 44 tokens left at 256 a second
+    push(page, content("Hi", "stop"))
+    page.evaluate("window.__end()")
+    wait_idle(page)
+    assert assistant_bodies(page).last.inner_text() == "Hi"
+    assert page.evaluate("window.__noteSeen") is False
+
+    page.evaluate("window.__push = null")
+    send_and_report(page, "A long text", progress(3000, 0, 256, 1000))  # 11 s left
+    assert page.evaluate("window.__noteSeen") is True
