@@ -68,6 +68,10 @@ class _Chat:
         self.told_left_out = False   # the "older messages were left out" notice, once
         self.interrupted = False     # the last answer was stopped by Ctrl+C
         self.thought = None          # the reply's reasoning being shown, for a Ctrl+Z
+        # A long prompt's read is shown as it goes (see _Reading): only when the chat is
+        # the terminal's (stdin and stdout), where the reply starts at a line's start.
+        self.shows_reading = False
+        self.reading = None          # the reply's _Reading, for a Ctrl+Z
 
     def reset(self):
         self.history.clear()
@@ -210,16 +214,28 @@ class _Chat:
         # as the reply's reasoning_content, which the template renders as the model expects.
         split, thought = reasoning.ReasoningSplit(), self._thought()
         self.thought = thought
+        self.reading = _Reading(self._write, self.out) \
+            if self.interactive and self.shows_reading else None
         try:
             return self._answer(user_text, under_way, split, thought)
         finally:  # a `kill` or an error mid-thought: the terminal's style is reset
             with contextlib.suppress(OSError, ValueError, RuntimeError):
+                self._reading_ends()
+            with contextlib.suppress(OSError, ValueError, RuntimeError):
                 thought.end(answer_follows=False)
             self.thought = None
+            self.reading = None
+
+    def _reading_ends(self) -> None:
+        """The reply's text begins, or the reply ends: the read's status line goes."""
+        if self.reading is not None:
+            self.reading.end()
 
     def style_off(self) -> None:
         """A Ctrl+Z mid-thought: the shell gets its text in the usual style (see
         _held_after_fg)."""
+        if self.reading is not None:  # (erased: the next report draws it again)
+            self.reading.hide()
         if self.thought is not None:
             self.thought.style_off()
 
@@ -242,7 +258,8 @@ class _Chat:
                                               forced_open=split.forced_open)
                 req = self.engine.submit(Request(prompt_ids=ids, params=self.params,
                                                  max_tokens=self.max_tokens,
-                                                 reasoning_budget=budget))
+                                                 reasoning_budget=budget,
+                                                 return_progress=self.reading is not None))
                 under_way.append(req)
             except TemplateError as e:
                 self._error(f"the chat template refused this conversation: {e}")
@@ -254,17 +271,22 @@ class _Chat:
             for ev in req.iter_events():
                 if ev.kind == "token":
                     self._show(split.push(ev.text), thought, parts)
+                elif ev.kind == "progress":
+                    if self.reading is not None:
+                        self.reading.report(ev.progress or {})
                 elif ev.kind == "error":
+                    self._reading_ends()
                     thought.end(answer_follows=False)
                     self._write("\n")
                     self._error(str(ev.error))
                     return None
-                else:
+                elif ev.kind == "done":
                     done = ev
             self._show(split.finish(), thought, parts)
         except KeyboardInterrupt:
             # Ctrl+C during an answer stops the answer, not the program.
             self.interrupted = True
+            self._reading_ends()
             if req is None:
                 self._write("\n")
                 return None
@@ -273,6 +295,7 @@ class _Chat:
             thought.end(answer_follows=False)
             self._write(" [stopped]\n")
             return self._remember(user_text, "".join(parts), thought.text)
+        self._reading_ends()  # (a reply without text)
         thought.end(answer_follows=False)  # a reply that ended (or was cut) mid-thought
         self._write("\n")
         self._tell_why_cut(done)
@@ -282,6 +305,8 @@ class _Chat:
         """Shows a (reasoning, content) pair of new text; the answer's first text ends
         the reasoning shown before it."""
         thinking, content = pieces
+        if thinking or content:
+            self._reading_ends()
         thought.add(thinking)
         if content:
             thought.end(answer_follows=True)
@@ -310,7 +335,7 @@ class _Chat:
         while time.monotonic() < end:
             try:
                 ev = req.events.get(timeout=0.1)
-                if ev.kind != "token":
+                if ev.kind in ("done", "error"):  # (not "token", "progress": more to come)
                     return
             except queue.Empty:
                 # A Ctrl+C can land just after an event left the queue and lose it: the
@@ -429,6 +454,126 @@ class _Thought:
         faint again."""
         if self.faint and self.stream is not None:
             _write_codes(self.stream, DIM)
+
+
+# A read with less than this left when it is first reported shows no status: it would
+# flash and go (as the chat page's READ_NOTE_MIN_S, runtime/web/app.js).
+READ_NOTE_MIN_S = 1.5
+ERASE_LINE = "\r\x1b[K"  # to the line's start, and erase it (CSI K)
+
+
+def _read_parts(p: dict) -> tuple[int, int, int]:
+    """(the prompt's tokens found in the cache, those left to read, those of them read)."""
+    total = int(p["total"])
+    cached = min(max(int(p.get("cache") or 0), 0), total)
+    return cached, total - cached, max(int(p["processed"]) - cached, 0)
+
+
+def _seconds_left(p: dict) -> float | None:
+    """At the rate so far, the seconds left to read; None before there is a rate."""
+    done, ms = _read_parts(p)[2], float(p.get("time_ms") or 0)
+    return (int(p["total"]) - int(p["processed"])) / (done / ms) / 1e3 \
+        if done > 0 and ms > 0 else None
+
+
+def _reading_text(p: dict) -> str:
+    """"(reading the conversation: 45%, 1,024 of 2,370 tokens, about 15 s left)", as the
+    page's readingText: the percentage counts what had to be read, not what the cache
+    held already."""
+    cached, to_read, done = _read_parts(p)
+    pct = min(99, 100 * done // to_read) if to_read > 0 else 0
+    text = (f"(reading the conversation: {pct}%, {done:,} of {to_read:,} "
+            f"{'new ' if cached else ''}tokens")
+    left = _seconds_left(p)
+    if left is not None:
+        text += ", about " + (f"{max(1, int(left + 0.5))} s" if left < 60 else
+                              f"{int(left / 60 + 0.5)} min" if left < 3600 else
+                              f"{left / 3600:.1f} h") + " left"
+    return text + ")"
+
+
+class _Reading:
+    """A long prompt's read, shown on the line the reply starts on (the line reader's
+    Enter left the cursor at its start): a status line, faint on a terminal with styles,
+    each report written over the last ("\\r"), erased before the reply's first text (and
+    when the reply ends without any, is stopped or fails). As the page's note: shown only
+    when the first report leaves READ_NOTE_MIN_S or more to read, and gone once all of it
+    is read. Until the reply's first text the cursor is on that line, so erasing it is
+    always safe then. A Ctrl+Z erases it before the shell has the terminal (hide, see
+    _held_after_fg); the next report after `fg` draws it again. Nothing is drawn while
+    the chat is in the background (after `bg`: the shell's line would be overwritten)."""
+
+    def __init__(self, write, out):
+        self.write, self.out = write, out
+        self.styled = _shows_styles(out)
+        # CSI K where TERM names a terminal with cursor control; a "dumb" one (\\r only)
+        # gets the status overwritten with spaces.
+        self.codes = os.environ.get("TERM", "dumb") != "dumb"
+        self.wanted = None   # decided by the first report that leaves something to read
+        self.drawn = False   # on the screen (written, and not erased since)
+        self.width = 0       # the characters the status took when last drawn
+        self.over = False    # the reply's text began, or the reply ended: no more status
+
+    def report(self, progress: dict) -> None:
+        if self.over:
+            return
+        try:
+            read_all = int(progress["processed"]) >= int(progress["total"])
+            if not read_all and self.wanted is None:
+                left = _seconds_left(progress)
+                self.wanted = left is None or left >= READ_NOTE_MIN_S
+            text = _reading_text(progress)
+        except (KeyError, TypeError, ValueError, ZeroDivisionError):  # (not a report)
+            return
+        if read_all:  # the reply's first token is next
+            self.end()
+            return
+        if not self.wanted or not self._in_front():
+            return
+        columns = self._columns()
+        if columns > 1:  # never wrapped: "\\r" goes back to its start
+            text = text[:columns - 1]
+        rest = "\x1b[K" if self.codes else " " * max(self.width - len(text), 0)
+        self.drawn = True  # first: a Ctrl+Z within the write erases it (see hide)
+        self.write("\r" + (DIM if self.styled else "") + text + (NORMAL if self.styled else "")
+                   + rest)
+        self.drawn, self.width = True, len(text)
+
+    def end(self) -> None:
+        self.over = True
+        if self.drawn and self._in_front():
+            self.drawn = False
+            self.write(self._erasing())
+
+    def hide(self) -> None:
+        """Run by a Ctrl+Z's handler: the status erased before the shell has the terminal.
+        The codes are written straight to the file (the handler may run inside a write to
+        the stream), after the text written before them."""
+        if self.drawn:
+            self.drawn = False
+            with contextlib.suppress(OSError, ValueError, RuntimeError):
+                self.out.flush()  # (RuntimeError: inside that write; it comes after)
+            _write_codes(self.out, self._erasing())
+
+    def _erasing(self) -> str:
+        return ERASE_LINE if self.codes else "\r" + " " * self.width + "\r"
+
+    def _fd(self) -> int | None:
+        try:
+            return self.out.fileno()
+        except (AttributeError, OSError, ValueError):
+            return None
+
+    def _in_front(self) -> bool:
+        fd = self._fd()
+        return fd is None or _in_foreground(fd)
+
+    def _columns(self) -> int:
+        fd = self._fd()
+        try:
+            return os.get_terminal_size(fd).columns if fd is not None else 0
+        except (OSError, ValueError):
+            return 0
 
 
 def _let_interrupts_settle(seconds: float = 0.3) -> None:
@@ -1334,6 +1479,7 @@ def chat(model, *, n_ctx: int, system: str | None = None, stdin=None, stdout=Non
     stdout.flush()
     _exit_on_sigterm()
     on_terminal = _on_terminal(stdin, stdout)
+    c.shows_reading = on_terminal
     # A `kill` or Ctrl+C that lands as readline sets up its prompt is heard at once, not
     # at the next key (see runtime/signal_wake.py).
     with _keys_kept_as_bytes(stdin, on_terminal) as (hold, typed_ahead, shells_modes), \
