@@ -506,9 +506,9 @@ class _Reading:
     def __init__(self, write, out):
         self.write, self.out = write, out
         self.styled = _shows_styles(out)
-        # CSI K where TERM names a terminal with cursor control; a "dumb" one (\\r only)
-        # gets the status overwritten with spaces.
-        self.codes = os.environ.get("TERM", "dumb") != "dumb"
+        # CSI K where TERM names a terminal that takes codes (the paste marks' test); a
+        # "dumb" one, or none named (\\r only), gets the status overwritten with spaces.
+        self.codes = paste_marks_wanted()
         self.wanted = None   # decided by the first report that leaves something to read
         self.drawn = False   # on the screen (written, and not erased since)
         self.width = 0       # the characters the status took when last drawn
