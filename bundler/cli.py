@@ -333,6 +333,11 @@ def cmd_stub(a) -> int:
     if gone:
         print(f"chatfile: error: {gone}", file=sys.stderr)
         return 1
+    if a.output and (os.path.isdir(a.output) or a.output.endswith(os.sep)):  # before "building
+        # the stub" is announced; (a missing directory's name made a file without the /)
+        print(f"chatfile: error: {a.output} is a directory; give the stub's file name with -o",
+              file=sys.stderr)
+        return 1
     try:
         carries_model = bool(a.output and os.path.isfile(a.output) and read_trailer(a.output))
     except BundleError:  # damaged: nothing worth keeping
@@ -376,7 +381,8 @@ def _args_value_needs_equals(argv: list[str]) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     from runtime import cli as runtime_cli
-    if argv and not argv[0].startswith("-") and argv[0] not in OWN_COMMANDS:
+    runtime_commands = runtime_cli.build_parser().commands
+    if argv and argv[0] in runtime_commands:
         return runtime_cli.main(argv) or 0  # run, chat, info, bench
     runtime_cli.tolerant_stdout()  # a model's or title's emoji on a Latin-1 terminal
     problem = _args_value_needs_equals(argv)
@@ -384,6 +390,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"chatfile: error: {problem}", file=sys.stderr)
         return 2
     parser = build_parser()
+    if argv and not argv[0].startswith("-") and argv[0] not in OWN_COMMANDS:
+        # (runtime.cli's parser would list its own commands alone, without bundle and stub)
+        choices = ", ".join(repr(c) for c in (*runtime_commands, *OWN_COMMANDS))
+        parser.error(f"argument COMMAND: invalid choice: {argv[0]!r} (choose from {choices})")
     a = parser.parse_args(argv)
     if a.command is None:
         parser.print_help()

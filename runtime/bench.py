@@ -195,12 +195,10 @@ def run_bench(args) -> int:
               f"cannot read the one inside a bundle. Write it out with `{args.model} "
               f"--extract model.gguf` and bench that", file=sys.stderr)
         return 1
-    for out in (args.json, args.plot):
-        if out and not os.path.isdir(os.path.dirname(os.path.abspath(out))):
-            print(f"chatfile: error: cannot write {out}: its directory does not exist", file=sys.stderr)
-            return 1
-        if out and os.path.isdir(out):
-            print(f"chatfile: error: cannot write {out}: it is a directory", file=sys.stderr)
+    for out, is_plot in ((args.json, False), (args.plot and plot_file(args.plot), True)):
+        problem = out and (output_problem(out, args.model) or is_plot and plot_format_problem(out))
+        if problem:
+            print(f"chatfile: error: cannot write {out}: {problem}", file=sys.stderr)
             return 1
     offset, size = getattr(args, "gguf_offset", 0), getattr(args, "gguf_size", None)
     from runtime.model import Model
@@ -233,13 +231,97 @@ def run_bench(args) -> int:
     print(format_table(ours, ref, threads))
     if args.json:
         try:
-            Path(args.json).write_text(json.dumps({"threads": threads, "chatfile": ours,
-                                                   "llama.cpp": ref}, indent=2))
+            _write_atomically(args.json, json.dumps({"threads": threads, "chatfile": ours,
+                                                     "llama.cpp": ref}, indent=2))
         except OSError as e:  # a full disk says only "No space left on device"
             raise OSError(f"cannot write {args.json}: {e.strerror or e}") from None
     if args.plot:
         plot_prefill_curve(args, threads, args.plot, offset, size)
     return 0
+
+
+def plot_file(out: str) -> str:
+    """The file that `--plot out` writes: matplotlib adds its default format's extension
+    (.png) to a name without one. (A directory's name stays, to be refused as one.)"""
+    if os.path.splitext(out)[1] or os.path.isdir(out) or out.endswith(os.sep):
+        return out
+    import matplotlib  # run_bench checked that it is there
+    return f"{out}.{matplotlib.rcParams['savefig.format']}"
+
+
+def plot_format_problem(out: str) -> str | None:
+    """Why matplotlib cannot write a plot named `out`, or None. It said so only after the
+    measurements (minutes on a real model): "Format 'txt' is not supported"."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:  # cannot tell here; savefig will say
+        return None
+    ext = os.path.splitext(out)[1][1:].lower()
+    formats = Figure().canvas.get_supported_filetypes()
+    if ext in formats:
+        return None
+    return (f"a plot cannot be written as .{ext}; give a name that ends in "
+            f"{', '.join('.' + f for f in sorted(formats))}")
+
+
+def _holds_a_model(path: str) -> bool:
+    """Is the file at `path` a GGUF model or a chatfile bundle (damaged ones included)?"""
+    from runtime.embedded import BundleError, read_trailer
+    try:
+        with open(path, "rb") as f:
+            if f.read(4) == b"GGUF":
+                return True
+        return read_trailer(path) is not None
+    except BundleError:
+        return True
+    except OSError:
+        return False
+
+
+def output_problem(out: str, model: str) -> str | None:
+    """Why --json or --plot cannot write the file `out`, or None: said before minutes of
+    measuring, not after them. The results never replace a model: `chatfile bench
+    model.gguf --json model.gguf` (a slip of the shell's completion) wrote them over it."""
+    where = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(where):
+        return "its directory does not exist"
+    if os.path.isdir(out):
+        return "it is a directory"
+    if out.endswith(tuple(sep for sep in (os.sep, os.altsep) if sep)):  # a missing one's:
+        # a file was written under its name without the "/"
+        return "it names a directory, which does not exist; give a file name"
+    if os.path.isfile(out):  # (not /dev/stdout: reading it would wait for the keyboard)
+        if os.path.samefile(out, model):
+            return "it is the model being measured; give the results another file name"
+        if _holds_a_model(out):
+            return "it is a GGUF model or a chatfile bundle; give the results another file name"
+        if not os.access(out, os.W_OK):
+            return "it is not writable"
+    if not os.access(where, os.W_OK):  # (also for a read-only file system)
+        return f"its directory {where} is not writable"
+    return None
+
+
+def _write_atomically(path: str, text: str) -> None:
+    """Write `path` through a temporary file beside it, renamed into place: a full disk
+    leaves the previous file (or none), never a cut-off one. What is no regular file
+    (/dev/stdout, a FIFO) is written as such: a rename would replace it."""
+    if os.path.exists(path) and not os.path.isfile(path):
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        return
+    target = os.path.realpath(path)  # (a symbolic link's file, not the link)
+    tmp = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.{os.getpid()}.part")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def plot_prefill_curve(args, threads: int, out: str, offset: int = 0, size: int | None = None) -> None:
