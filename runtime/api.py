@@ -289,9 +289,10 @@ def _bias_value(v, where: str) -> float:
 
 
 def get_logit_bias(body, model) -> dict | None:
-    """'logit_bias': OpenAI's {"token id": bias}, or llama-server's [[token id or text,
-    bias], ...] where a text's bias goes to every token of its tokenization. Biases of the
-    same token add up. -> {token id: bias}, -inf for false."""
+    """'logit_bias': OpenAI's {"token id": bias} (llama-server's {"text": bias} too), or
+    llama-server's [[token id or text, bias], ...]; a text's bias goes to every token of
+    its tokenization. Biases of the same token add up. -> {token id: bias}, -inf for
+    false."""
     v = body.get("logit_bias")
     if v is None:
         return None
@@ -310,9 +311,12 @@ def get_logit_bias(body, model) -> dict | None:
         if isinstance(v, dict):
             key, bias = entry
             where = f" for {key[:40]!r}"
-            if not re.fullmatch(r"-?[0-9]{1,12}", key.strip()):
-                raise ApiError(400, f"'logit_bias' keys must be token ids, got {key[:40]!r}")
-            ids = [int(key)]
+            if re.fullmatch(r"-?[0-9]{1,12}", key.strip()):
+                ids = [int(key)]
+            else:  # a text, as llama-server reads such a key: {"<string or token id>": bias}
+                ids = model.tokenize(key, add_special=False, parse_special=False)
+                if not ids:
+                    raise ApiError(400, f"'logit_bias'{where}: the text has no tokens")
         else:
             where = f"[{i}]"
             if not isinstance(entry, list) or len(entry) != 2:

@@ -853,7 +853,11 @@ def build_app(st: State) -> bottle.Bottle:
                                             else "limit" if final.stopped_limit else "none"),
                 "stopped_eos": final.stopped_eos, "stopped_word": final.stopped_word,
                 "stopped_limit": final.stopped_limit, "stopping_word": final.stopping_word,
-                "truncated": False, "id_slot": 0, "timings": final.timings.as_dict()}
+                # llama-server's: the reply ended where the context does (prompt and reply
+                # fill it), so it may have been cut short; n_predict's own limit is not
+                "truncated": final.stopped_limit and (
+                    final.prompt_tokens + final.completion_tokens >= st.n_ctx),
+                "id_slot": 0, "timings": final.timings.as_dict()}
 
     def llama_result(model, req, text, toks, final) -> dict:
         # The end token is listed too, as llama-server lists it (with or without
