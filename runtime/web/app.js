@@ -1621,14 +1621,19 @@
 
   /* The messages to send, oldest turns dropped to fit. See docs/page.md. cont: the last
    * message is a reply to continue, sent with the question it answers.
-   * -> {messages, dropped, fits} */
+   * -> {messages, dropped, fits} (dropped: how many of the chat's messages, after a
+   * pinned system message, are left out) */
   async function fitContext(c, settings, cont) {
     var parts = withSystem(c, settings);
-    var pinned = plain(parts.pinned), history = plain(parts.rest);
-    // The user message we are answering (and the reply that goes on): always sent.
+    var pinned = plain(parts.pinned), history = parts.rest.slice();
+    // The user message we are answering (and the reply that goes on): always sent. The
+    // history is cut message by message, and merged (see plain) only as it is sent: a
+    // question before it that got no reply (one too long for the context, say) is an
+    // older message, left out first. (Cut as one question with it, it made every later
+    // message in the chat fail too.)
     var tail = [history.pop()];
     if (cont) tail.unshift(history.pop());
-    function build(keepFrom) { return pinned.concat(history.slice(keepFrom), tail); }
+    function build(keepFrom) { return pinned.concat(plain(history.slice(keepFrom).concat(tail))); }
 
     if (!state.nCtx) return { messages: build(0), dropped: 0, fits: true };
     // Reserve room for the reply; capped at a quarter of the context so a large
@@ -1636,15 +1641,15 @@
     var reserveTok = Math.min(settings.maxTokens, Math.floor(state.nCtx / RESERVE_CTX_SHARE));
     var budget = state.nCtx - reserveTok;
 
-    var all = build(0);
-    var counts = await Promise.all(all.map(function (m) { return tokenCount(m.content); }));
+    var all = build(0), each = pinned.concat(history, tail);
+    var counts = await Promise.all(each.map(function (m) { return tokenCount(m.content); }));
     var exact = await promptTokens(all);
     if (exact != null && exact <= budget) return { messages: all, dropped: 0, fits: true };
 
     // Per-message template cost: measured from the exact count when we have it.
     var textTok = counts.reduce(function (x, y) { return x + y; }, 0);
     var perMsg = exact != null
-      ? Math.max(0, Math.ceil((exact - textTok) / all.length))
+      ? Math.max(0, Math.ceil((exact - textTok) / each.length))
       : PER_MESSAGE_OVERHEAD_TOK;
     var base = exact != null ? 0 : PROMPT_OVERHEAD_TOK;
     var histCounts = counts.slice(pinned.length, pinned.length + history.length);
@@ -1683,19 +1688,12 @@
 
   /* Marks the messages the next reply will not see, left out to fit the context: the
    * chat shows them greyed out above a line, and a user who wonders why the model forgot
-   * something can see what it still has. `dropped`: how many of the merged history
-   * messages (see plain) fitContext left out. A pinned system message is always sent. */
+   * something can see what it still has. `dropped`: how many of the chat's messages
+   * fitContext left out, after a pinned system message, which is always sent. */
   function markLeftOut(c, dropped) {
     var first = c.messages.length && c.messages[0].role === "system" ? 1 : 0;
-    var end = first;
-    for (var n = 0; n < dropped && end < c.messages.length; n++) {
-      var role = c.messages[end].role;
-      end += 1;
-      if (role === "system") continue; // (plain() never merges system messages)
-      while (end < c.messages.length && c.messages[end].role === role) end += 1;
-    }
     c.messages.forEach(function (m, i) {
-      if (i >= first && i < end) m.leftOut = true; else delete m.leftOut;
+      if (i >= first && i < first + dropped) m.leftOut = true; else delete m.leftOut;
     });
   }
 
@@ -1763,7 +1761,7 @@
   function titleFrom(text) {
     var line = Store.cleanTitle(text.trim().split("\n")[0]);
     if (line.length <= TITLE_FROM_MESSAGE_CHARS) return line;
-    var cut = line.slice(0, TITLE_FROM_MESSAGE_CHARS);
+    var cut = Store.cutText(line, TITLE_FROM_MESSAGE_CHARS); // (an emoji stays whole)
     var space = cut.lastIndexOf(" ");
     // (a word longer than half the title, a URL say, is cut where it is)
     if (space > TITLE_FROM_MESSAGE_CHARS / 2) cut = cut.slice(0, space);
@@ -1991,7 +1989,11 @@
       aborted = !!e && e.name === "AbortError";
       if (!aborted) {
         var gone = e instanceof Api.ServerGoneError;
-        replyError(c, describeError(e), gone ? "gone" : "");
+        // Gone before the reply's first word (a long prompt's read, say): no reply is kept
+        // (below), so the question has Retry, not the Regenerate "in the middle of this
+        // reply" named, and no reply is there to be in the middle of.
+        var text = gone && !cont && !addedChars && !addedThought ? MSG_SERVER_GONE : describeError(e);
+        replyError(c, text, gone ? "gone" : "");
         if (gone) serverSeemsGone();
       }
       if (was && !addedChars && !addedThought) {

@@ -92,9 +92,25 @@
     return isFinite(n) && n > 0 ? n : fallback;
   }
 
+  /* s cut to at most n characters (UTF-16 units) without cutting a character in two: an
+   * emoji is two units (a title cut between them ended in "\ufffd"), a family or a flag
+   * several characters joined (a cut left a part of it). */
+  function cutText(s, n) {
+    if (s.length <= n) return s;
+    var out = "";
+    if (typeof Intl === "object" && Intl.Segmenter) {
+      var it = new Intl.Segmenter("en", { granularity: "grapheme" }).segment(s)[Symbol.iterator]();
+      for (var g = it.next(); !g.done && out.length + g.value.segment.length <= n; g = it.next()) out += g.value.segment;
+    }
+    if (out) return out;
+    // (no Intl.Segmenter, or one character longer than n: at least no half of an emoji)
+    out = s.slice(0, n);
+    return /[\ud800-\udbff]$/.test(out) ? out.slice(0, -1) : out;
+  }
+
   function cleanTitle(t) {
     var s = asText(t).replace(/\s+/g, " ").trim();
-    return s.slice(0, TITLE_MAX_CHARS) || "New chat";
+    return cutText(s, TITLE_MAX_CHARS) || "New chat";
   }
 
   function cleanConversation(c) {
@@ -344,5 +360,6 @@
     exportAll: exportAll,
     exportMarkdown: exportMarkdown,
     cleanTitle: cleanTitle,
+    cutText: cutText,
   };
 })();
