@@ -25,6 +25,8 @@
   // once it runs again, Retry (or a new message) works in the page as it is.
   var MSG_SERVER_GONE = "The chatfile server is not running. Start it again (for example `chatfile run`), then press Retry or send your message again.";
   var MSG_SERVER_GONE_MIDWAY = "The chatfile server stopped in the middle of this reply. Start it again (for example `chatfile run`), then press Regenerate or send a new message.";
+  // A Continue cut off: Regenerate would throw away the reply it was going on with.
+  var MSG_SERVER_GONE_CONTINUING = "The chatfile server stopped before this reply was finished. Start it again (for example `chatfile run`), then press Continue or send a new message.";
   var MSG_SERVER_GONE_AT_START = "The chatfile server is not running. Start it again (for example `chatfile run`): this page connects by itself once it runs.";
   var MSG_SERVER_DOWN = "The chatfile server is not running. Start it again (for example `chatfile run`): this page reconnects by itself, and keeps your chats and what you are typing.";
   var MSG_SERVER_BACK = "chatfile is running again.";
@@ -1991,8 +1993,11 @@
         var gone = e instanceof Api.ServerGoneError;
         // Gone before the reply's first word (a long prompt's read, say): no reply is kept
         // (below), so the question has Retry, not the Regenerate "in the middle of this
-        // reply" named, and no reply is there to be in the middle of.
-        var text = gone && !cont && !addedChars && !addedThought ? MSG_SERVER_GONE : describeError(e);
+        // reply" named, and no reply is there to be in the middle of. Gone during a
+        // Continue: the reply stays, and Continue goes on with it where Regenerate would
+        // throw it away.
+        var text = !gone ? describeError(e) : cont ? MSG_SERVER_GONE_CONTINUING
+          : !addedChars && !addedThought ? MSG_SERVER_GONE : describeError(e);
         replyError(c, text, gone ? "gone" : "");
         if (gone) serverSeemsGone();
       }
@@ -2331,6 +2336,7 @@
     // The error that goes named the button that now works: the notice names it instead.
     if (said === MSG_SERVER_GONE) news.push("Press Retry to send your message again.");
     if (said === MSG_SERVER_GONE_MIDWAY) news.push("Press Regenerate for a whole reply.");
+    if (said === MSG_SERVER_GONE_CONTINUING) news.push("Press Continue to go on with the reply.");
     var c = current();
     if (news.length) setNotice(news.join(" "));
     // Only what depends on the server is drawn again: a chat being read, edited or
@@ -2450,6 +2456,7 @@
     function swap(msg) { return msg.replace(startAgainHow, function () { return how; }); }
     MSG_SERVER_GONE = swap(MSG_SERVER_GONE);
     MSG_SERVER_GONE_MIDWAY = swap(MSG_SERVER_GONE_MIDWAY);
+    MSG_SERVER_GONE_CONTINUING = swap(MSG_SERVER_GONE_CONTINUING);
     MSG_SERVER_GONE_AT_START = swap(MSG_SERVER_GONE_AT_START);
     MSG_SERVER_DOWN = swap(MSG_SERVER_DOWN);
     startAgainHow = how;

@@ -185,3 +185,41 @@ def test_escape_during_a_long_read_keeps_the_question_and_retry_reads_it_again(p
     msgs = current_conv(page)["messages"]
     assert [(m["role"], m["content"]) for m in msgs] == [
         ("user", "A long text to read"), ("assistant", "A summary.")]
+
+
+def test_a_server_gone_during_a_continue_says_to_press_continue(browser, server_factory):
+    """The server stopped while a Continue went on with a reply cut at the max-tokens
+    limit. The page said "… press Regenerate", and once the server was back "Press
+    Regenerate for a whole reply": that would throw away the reply the user was having
+    continued. It names Continue, which is there and keeps the reply."""
+    srv = server_factory(MODEL, "--port", PORT)
+    ctx, pg = new_page(browser, srv.url + "/", fast_clock=True)
+    pg.evaluate(FED_STREAM)
+    pg.evaluate("window.__push = null")
+    send(pg, "Tell me a story")
+    pg.wait_for_function("() => !!window.__push")
+    push(pg, content("Once upon a time", finish="length"))
+    pg.evaluate("window.__end()")
+    wait_idle(pg)
+    for more in ("", " there was"):  # cut off before anything new, and after a few words
+        pg.evaluate("window.__push = null")
+        pg.click("[data-testid=continue]")
+        pg.wait_for_function("() => !!window.__push")
+        if more:
+            push(pg, content(more))
+            pg.wait_for_function("t => document.body.innerText.includes(t)", arg="Once upon a time" + more)
+        srv.stop()
+        pg.evaluate("window.__cut()")
+        wait_idle(pg)
+        error = error_text(pg)
+        assert "Continue" in error and "Regenerate" not in error, error
+        # nothing lost: the reply is kept as far as it got, and Continue is there
+        replies = [m["content"] for m in current_conv(pg)["messages"] if m["role"] == "assistant"]
+        assert replies == ["Once upon a time" + more], replies
+        assert pg.locator("[data-testid=continue]").is_enabled()
+
+        srv = server_factory(MODEL, "--port", srv.port)
+        pg.wait_for_function("() => document.getElementById('notice').textContent.includes('running again')")
+        notice = pg.text_content("[data-testid=notice]")
+        assert "Press Continue" in notice and "Regenerate" not in notice, notice
+    ctx.close()
