@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from runtime.whole_file import replacing
+
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
@@ -310,18 +312,8 @@ def _write_atomically(path: str, text: str) -> None:
         with open(path, "w", encoding="utf-8") as f:
             f.write(text)
         return
-    target = os.path.realpath(path)  # (a symbolic link's file, not the link)
-    tmp = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.{os.getpid()}.part")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with replacing(os.path.realpath(path), "w") as f:  # (a symbolic link's file, not the link)
+        f.write(text)
 
 
 def plot_prefill_curve(args, threads: int, out: str, offset: int = 0, size: int | None = None) -> None:

@@ -26,12 +26,12 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 
 import numpy as np
 
 from runtime.model import UBATCH_TOK, first_attended
 from runtime.prompt_cache import Snapshot, _positions, forget, restore_snapshot
+from runtime.whole_file import replacing
 
 MAGIC = b"CHATFILE-SLOT\x00\x00\x01"  # 16 bytes; the last two: the format's version
 HEADER_MAX_BYTES = 1 << 16  # a header is a few hundred bytes: more is a damaged file
@@ -112,35 +112,24 @@ def save(session, path) -> int:
         "arch": session.cfg.arch, "n_tokens": n, "ring_lo": lo,
         "long_rope": _long_rope(session), "n_ctx": session.n_ctx,
     }).encode()
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
-                               dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            digest = hashlib.blake2b(digest_size=DIGEST_BYTES)
+    with replacing(path, private=True) as f:
+        digest = hashlib.blake2b(digest_size=DIGEST_BYTES)
 
-            def put(data) -> None:
-                digest.update(data)
-                f.write(data)
-            put(MAGIC + struct.pack("<I", len(header)) + header)
-            put(np.asarray(session.tokens, "<i8").tobytes())
-            for il in range(len(session.k)):
-                first = _held_from(session.cfg, lo, il)
-                for cache, axis in ((session.k[il], 2), (session.v[il], 1)):
-                    # a layer at a time: no copy of the whole state (94 MiB at 4k of Qwen)
-                    put(np.ascontiguousarray(_positions(cache, first, n, axis), "<f4").data)
-            f.write(digest.digest())
-            f.flush()
-            os.fsync(f.fileno())  # the data on disk before the name points at it
-            size = f.tell()
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(directory)
+        def put(data) -> None:
+            digest.update(data)
+            f.write(data)
+        put(MAGIC + struct.pack("<I", len(header)) + header)
+        put(np.asarray(session.tokens, "<i8").tobytes())
+        for il in range(len(session.k)):
+            first = _held_from(session.cfg, lo, il)
+            for cache, axis in ((session.k[il], 2), (session.v[il], 1)):
+                # a layer at a time: no copy of the whole state (94 MiB at 4k of Qwen)
+                put(np.ascontiguousarray(_positions(cache, first, n, axis), "<f4").data)
+        f.write(digest.digest())
+        f.flush()
+        os.fsync(f.fileno())  # the data on disk before the name points at it
+        size = f.tell()
+    _fsync_dir(os.path.dirname(os.path.abspath(path)))
     return size
 
 

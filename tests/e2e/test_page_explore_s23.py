@@ -12,7 +12,7 @@ from tests.e2e.conftest import require_chromium
 from tests.e2e.test_page import (  # noqa: F401 - `page` is a fixture
     MODEL, canned_sse, current_conv, page, record_chat_requests, send,
     set_settings, stored, wait_idle)
-from tests.e2e.test_page_read_progress import NOTE, content, progress, push
+from tests.e2e.test_page_read_progress import FED_STREAM, NOTE, content, progress, push
 from tests.e2e.test_page_recovery import error_text, new_page
 
 sync_api = require_chromium()
@@ -20,25 +20,6 @@ sync_api = require_chromium()
 # Servers these tests stop and start again on the same port: their own, so that a
 # restart finds it free (a busy one makes the server move to the next).
 PORT = 19250
-
-# As test_page_read_progress.FED_STREAM, with the stream's end as a server that died
-# leaves it (window.__cut: closed, with no [DONE] and no finish_reason) and the page's
-# own fetch back (window.__unfeed).
-FED_STREAM = """() => {
-    const realFetch = window.fetch;
-    window.__unfeed = () => { window.fetch = realFetch; };
-    window.fetch = async (path, init) => {
-        if (!String(path).endsWith('chat/completions')) return realFetch(path, init);
-        let ctl;
-        const stream = new ReadableStream({start(c) { ctl = c; }});
-        const enc = new TextEncoder();
-        window.__push = (p) => ctl.enqueue(enc.encode('data: ' + JSON.stringify(p) + '\\n\\n'));
-        window.__end = () => { ctl.enqueue(enc.encode('data: [DONE]\\n\\n')); ctl.close(); };
-        window.__cut = () => ctl.close();
-        init.signal.addEventListener('abort', () => ctl.error(new DOMException('aborted', 'AbortError')));
-        return new Response(stream, {status: 200, headers: {'Content-Type': 'text/event-stream'}});
-    };
-}"""
 
 
 def reading(pg, text, report):

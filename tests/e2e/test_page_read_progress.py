@@ -154,9 +154,12 @@ def test_progress_chunks_are_reported_and_not_counted_as_content(page):
 
 
 # The chat requests get a stream the test writes: window.__push(payload) sends one SSE
-# event, window.__end() ends the stream.
+# event, window.__end() ends the stream, window.__cut() closes it as a server that died
+# leaves it (no [DONE], no finish_reason); window.__unfeed() gives the page its own fetch
+# back.
 FED_STREAM = """() => {
     const realFetch = window.fetch;
+    window.__unfeed = () => { window.fetch = realFetch; };
     window.fetch = async (path, init) => {
         if (!String(path).endsWith('chat/completions')) return realFetch(path, init);
         let ctl;
@@ -164,6 +167,7 @@ FED_STREAM = """() => {
         const enc = new TextEncoder();
         window.__push = (p) => ctl.enqueue(enc.encode('data: ' + JSON.stringify(p) + '\\n\\n'));
         window.__end = () => { ctl.enqueue(enc.encode('data: [DONE]\\n\\n')); ctl.close(); };
+        window.__cut = () => ctl.close();
         // (Stop: as a real response's body, it fails with an AbortError)
         init.signal.addEventListener('abort', () => ctl.error(new DOMException('aborted', 'AbortError')));
         return new Response(stream, {status: 200, headers: {'Content-Type': 'text/event-stream'}});
