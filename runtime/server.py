@@ -1527,7 +1527,7 @@ def serve(model_path, *, gguf_offset=0, gguf_size=None, host="127.0.0.1", port=8
         if url is not None:
             print(f"chatfile: this chat is already running at {url}; opening it there "
                   f"(--port with another number starts a second one).", flush=True)
-            _open_browser(url, terminal_chat)
+            _open_browser(url, terminal_chat, stays=False)
             return 0
     try:
         srv = Server(model_path, gguf_offset=gguf_offset, gguf_size=gguf_size, host=host,
@@ -1633,12 +1633,14 @@ def stop_generating(st: State, wait_s: float = STOP_WAIT_S) -> None:
         time.sleep(0.01)
 
 
-def _open_browser(url, terminal_chat: str | None = None) -> None:
+def _open_browser(url, terminal_chat: str | None = None, stays: bool = True) -> None:
     """The page in the desktop's browser. Without a display (over SSH, on a server) there
     is none: Python's webbrowser would start a text browser (w3m, lynx) in this terminal
     and take its keyboard. When no browser opens, the user is told where the chat is:
     "listening on" alone does not say to go there; and, with terminal_chat (the command
-    that chats in this terminal instead: a bundle's `--cli`), that there is another way."""
+    that chats in this terminal instead: a bundle's `--cli`), that there is another way.
+    stays=False: this process ends at once (the chat was already running), so it is not
+    to be stopped first."""
     opened = False
     if os.name != "posix" or sys.platform == "darwin" or (
             os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
@@ -1647,7 +1649,8 @@ def _open_browser(url, terminal_chat: str | None = None) -> None:
         except Exception:  # noqa: BLE001 - no browser is fine: the URL is printed
             pass
     if not opened:
-        other = (f" Or stop this (Ctrl+C) and run `{terminal_chat}` to chat in this terminal."
+        stop = "stop this (Ctrl+C) and " if stays else ""
+        other = (f" Or {stop}run `{terminal_chat}` to chat in this terminal."
                  if terminal_chat else "")
         print(f"chatfile: no web browser could be opened here: open {url} in one to chat."
               f"{other}", flush=True)

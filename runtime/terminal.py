@@ -477,7 +477,7 @@ def _seconds_left(p: dict) -> float | None:
 
 
 def _reading_text(p: dict) -> str:
-    """"(reading the conversation: 45%, 1,024 of 2,370 tokens, about 15 s left)", as the
+    """"(reading the conversation: 43%, 1,024 of 2,370 tokens, about 15 s left)", as the
     page's readingText: the percentage counts what had to be read, not what the cache
     held already."""
     cached, to_read, done = _read_parts(p)
