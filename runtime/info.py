@@ -13,6 +13,13 @@ BASE_MODEL_NOTE = ("this model has no chat template, so it is probably a base mo
                    "continues text rather than answering questions")
 
 
+def shown_name(value) -> str:
+    """A name from a GGUF's metadata (general.name) fit to print: a file's control
+    characters (ESC starts the sequences that clear a terminal, retitle its window or set
+    its clipboard; a newline fakes a log line; U+202E reverses the text) become spaces."""
+    return "".join(ch if ch.isprintable() else " " for ch in str(value or "")).strip()
+
+
 def describe(path, offset: int = 0, size: int | None = None) -> dict:
     g = gguf.read(path, offset=offset, size=size, vocab_only=True)
     md = g.metadata
@@ -24,7 +31,7 @@ def describe(path, offset: int = 0, size: int | None = None) -> dict:
         types[t.type_name] += 1
         type_bytes[t.type_name] += t.n_bytes
     return {
-        "name": md.get("general.name") or os.path.basename(os.fspath(path)),
+        "name": shown_name(md.get("general.name")) or os.path.basename(os.fspath(path)),
         "arch": arch,
         "arch_supported": arch in archs.ARCHS,
         "parameters": n_params,

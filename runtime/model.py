@@ -65,6 +65,7 @@ import numpy as np
 from runtime import archs, gguf
 from runtime.archs import ArchConfig
 from runtime.gguf import GGUFError
+from runtime.info import shown_name
 from runtime.weights import (HeadColumns, Int8Matrix, QuantMatrix, WeightLoader,
                              ram_available_bytes)
 
@@ -367,7 +368,8 @@ class Model:
         m = cls()
         m.gguf, m.path, m.metadata = g, os.fspath(path), g.metadata
         m.arch = g.metadata.get("general.architecture", "unknown")
-        m.name = str(g.metadata.get("general.name") or os.path.basename(m.path))
+        # (printed by the server's log, the terminal chat: no escape sequences from the file)
+        m.name = shown_name(g.metadata.get("general.name")) or os.path.basename(m.path)
         try:
             m.tokenizer = Tokenizer.from_metadata(g.metadata)
         except (ValueError, TypeError, KeyError, IndexError) as e:

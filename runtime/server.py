@@ -258,6 +258,9 @@ def build_app(st: State) -> bottle.Bottle:
                 return fail(400, str(e), "invalid_request_error")
             except EngineBusy as e:
                 return fail(503, str(e), "unavailable_error", headers=STATUS_HEADERS[503])
+            except RecursionError:  # JSON that parses (up to ~990 levels) but nests too
+                # deep for the code that walks it (tools shown in the generic format: 500)
+                return fail(400, "the request is nested too deeply", "invalid_request_error")
         wrapper.__name__ = fn.__name__
         return wrapper
 
@@ -1179,17 +1182,23 @@ def build_app(st: State) -> bottle.Bottle:
         r.set_header("Cache-Control", "no-store")
         return r
 
-    def static(rel: str):
+    def web_file(rel: str):
+        """The page's file at `rel`, or None: never a path outside runtime/web/."""
         root = WEB_DIR.resolve()
         parts = rel.replace("\\", "/").split("/")
         if "\x00" in rel or any(p in ("..", ".") for p in parts) or rel.startswith("/"):
-            return fail(404, f"not found: /{rel}")
+            return None
         path = (root / rel).resolve()
         try:
             path.relative_to(root)
         except ValueError:
-            return fail(404, f"not found: /{rel}")
-        if not path.is_file():
+            return None
+        return path if path.is_file() else None
+
+    def static(rel: str):
+        root = WEB_DIR.resolve()
+        path = web_file(rel)
+        if path is None:
             if rel == "index.html":
                 return fail(404, "the chat page is not installed in this build")
             return fail(404, f"not found: /{rel}")
@@ -1218,7 +1227,9 @@ def build_app(st: State) -> bottle.Bottle:
         if path in API_POST:
             return fail(405, f"method {bottle.request.method} is not allowed on {path}",
                         headers={"Allow": "POST"})
-        if path in API_GET or path == "/" or (WEB_DIR / rel).is_file():
+        # (not (WEB_DIR / rel).is_file(): 405 or 404 told anyone, before the API key,
+        # whether /../../home/USER/.ssh/id_rsa exists)
+        if path in API_GET or path == "/" or web_file(rel) is not None:
             return fail(405, f"method {bottle.request.method} is not allowed on {path}",
                         headers={"Allow": "GET, HEAD"})
         return fail(404, f"not found: {path}")

@@ -19,7 +19,10 @@ def replacing(path: str, mode: str = "wb", *, private: bool = False):
     temporary file is removed and the error goes on. `private`: readable by the owner
     only (0600), else as the umask says."""
     directory, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{name}.{secrets.token_hex(4)}.tmp")
+    # The name cut to 200 bytes: a temporary name is 14 bytes longer, and a name of 242
+    # to 255 bytes (the most a file system takes) failed with "File name too long".
+    short = name.encode("utf-8", "surrogateescape")[:200].decode("utf-8", "ignore")
+    tmp = os.path.join(directory, f".{short}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o666)
     try:
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
