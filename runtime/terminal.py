@@ -1110,9 +1110,23 @@ def _readline_reader(fd: int, out, typed_ahead: str, encoding: str | None = None
     ahead = _ahead_keys(typed_ahead)
     decoder = codecs.getincrementaldecoder(encoding or "utf-8")("replace")
     resized = _readline_resized(readline)
+    # GNU readline 8.1 and later end the line themselves at an end of input while paste
+    # mode is on (rl_deprep_terminal writes a "\n" then): the chat's own line end after
+    # it left an empty row before the shell's prompt (and before the answer of a """
+    # message ended by Ctrl+D).
+    ends_line = marks_pastes and getattr(readline, "_READLINE_RUNTIME_VERSION", 0) >= 0x0801
+    ended = [False]  # the last end of input was readline's, and it ended the line
+
+    def read_input(prompt):
+        try:
+            return input(prompt)
+        except EOFError:
+            ended[0] = ends_line
+            raise
 
     def read(prompt, text=""):
         resized()  # (a stop during the answer, or `bg`, missed a resize too)
+        ended[0] = False
         line = text
         while ahead:
             ch = ahead.popleft()
@@ -1129,13 +1143,14 @@ def _readline_reader(fd: int, out, typed_ahead: str, encoding: str | None = None
             else:
                 line += ch
         if not line:
-            return input(prompt)
+            return read_input(prompt)
         readline.set_startup_hook(lambda: readline.insert_text(line))
         try:
-            return input(prompt)
+            return read_input(prompt)
         finally:
             readline.set_startup_hook(None)
     read.discard = ahead.clear
+    read.ended_line = lambda: ended[0]
     read.take_waiting = waiting_taker(fd, ahead, decoder)
     read.marks_pastes = marks_pastes
     read.after_fg = _readline_redraw(readline, out, resized)
@@ -1296,13 +1311,20 @@ def _read_message(read, out, text: str = "") -> tuple[str, bool]:
         try:
             line = read("... ")
         except EOFError:
-            out.write("\n")  # the answer starts on a line of its own, not after "... "
-            out.flush()
+            _end_line_at_eof(read, out)  # the answer starts on a line of its own
             return "\n".join(lines).strip(), False
         if line.rstrip().endswith(MULTILINE):
             lines.append(line.rstrip()[:-len(MULTILINE)])
             return "\n".join(lines).strip(), False
         lines.append(line)
+
+
+def _end_line_at_eof(read, out) -> None:
+    """At an end of input (Ctrl+D), the cursor to the next row's start, not after the
+    prompt, unless the reader took it there already (see _readline_reader)."""
+    if not getattr(read, "ended_line", lambda: False)():
+        out.write("\n")
+        out.flush()
 
 
 def _command(c: _Chat, line: str) -> bool | str | None:
@@ -1513,8 +1535,7 @@ def _converse(c: _Chat, read, stdout, hold, shells=None) -> int:
         try:
             line, may_be_command = _read_message(read, stdout, text)
         except EOFError:       # Ctrl+D, or the end of piped input
-            stdout.write("\n")
-            stdout.flush()
+            _end_line_at_eof(read, stdout)
             return 0
         except (KeyboardInterrupt, SystemError) as e:
             if not _is_ctrl_c(e):
