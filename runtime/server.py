@@ -1114,6 +1114,10 @@ def build_app(st: State) -> bottle.Bottle:
         return out[0]
 
     def slot_save(name, path):
+        if os.path.isdir(path):  # the client's mistake, not the server's (it was a 500)
+            raise ApiError(400, f"{name} is a directory in the --slot-save-path directory: "
+                                "give another file name")
+
         def job(session):
             out = {"n_saved": len(session.tokens)}
             t0 = time.perf_counter()

@@ -133,3 +133,17 @@ def test_a_model_name_with_escape_sequences_is_not_printed_raw(tmp_path, server_
     out = subprocess.run([sys.executable, "-m", "runtime.cli", "info", str(path)], cwd=ROOT,
                          capture_output=True, text=True, timeout=60).stdout
     assert out.startswith("name:") and "\x1b" not in out and "\x07" not in out, repr(out[:80])
+
+
+def test_a_slot_save_over_a_directory_is_the_client_s_mistake(keyed_server):
+    """A save named after a directory in --slot-save-path was a 500 ("Is a directory"),
+    as a full disk is: it is a 400 that says to give another name, and the directory
+    and the session stay as they were."""
+    url, slot_dir = keyed_server.url, keyed_server.slot_dir
+    (slot_dir / "chats").mkdir()
+    status, r = post_json(url + "/slots/0?action=save", {"filename": "chats"}, AUTH)
+    assert status == 400 and "is a directory" in r["error"]["message"], r
+    assert (slot_dir / "chats").is_dir() and not any((slot_dir / "chats").iterdir())
+    assert not [p for p in slot_dir.iterdir() if p.name.startswith(".")]
+    status, r = post_json(url + "/slots/0?action=save", {"filename": "chats.bin"}, AUTH)
+    assert status == 200, r
