@@ -4,16 +4,22 @@ The one-file executable leaves readline out: it is GPL-3, and the executable is 
 be handed to others under chatfile's own licence. Python's input() without readline
 reads in the terminal's canonical mode, which holds 4095 characters of a line and
 silently drops the rest of a longer pasted message. So, on a POSIX terminal, we switch
-off canonical mode and echo for the time of one read, and do the little line editing a
-chat prompt needs ourselves: Backspace, Ctrl+U (erase the line), Ctrl+W (erase a word),
-Ctrl+D on an empty line (end of input). Escape sequences (arrow keys, Home, F-keys) are
-swallowed instead of typed. Ctrl+C and Ctrl+Z stay the terminal's (ISIG is left on);
-after a Ctrl+Z, `fg` gets the raw mode and the line back.
+off canonical mode and echo for the time of one read, and do the line editing a chat
+prompt needs ourselves, with readline's keys (as in a shell or llama.cpp's CLI): the
+cursor moves with Left/Right or Ctrl+B/Ctrl+F, Home/End or Ctrl+A/Ctrl+E; typed and pasted
+text goes in at the cursor; Backspace erases before it, Delete (and Ctrl+D) at it, Ctrl+U
+from the line's start to it, Ctrl+W the word before it, Ctrl+K from it to the end; Ctrl+L
+clears the screen and shows the line again; Enter sends the whole line, wherever the
+cursor is; Ctrl+D on an empty line is the end of input. Other escape sequences (Up,
+F-keys) are swallowed instead of typed. Ctrl+C and Ctrl+Z stay the terminal's (ISIG is
+left on); after a Ctrl+Z, `fg` gets the raw mode and the line back.
 
 The screen is kept matching the line: the editor knows the row and column where each
 character ends (wide East Asian characters and most emoji take two columns, combining
-marks none, a tab the spaces to the next tab stop), so an erase can go back up across
-the rows a long line wrapped into, and a resized terminal gets the line drawn again.
+marks none, a tab the spaces to the next tab stop), so the cursor can go up and down
+across the rows a long line wrapped into, a change in the middle of the line is shown by
+clearing from there and writing the rest again, and a resized terminal gets the line
+drawn again.
 Bracketed paste is on while a line is read: the lines of a paste stay one message.
 """
 from __future__ import annotations
@@ -30,7 +36,17 @@ from collections import deque
 
 BACKSPACES = ("\x7f", "\x08")
 CTRL_D, CTRL_U, CTRL_W, ESC = "\x04", "\x15", "\x17", "\x1b"
+CTRL_A, CTRL_B, CTRL_E, CTRL_F, CTRL_K, CTRL_L = "\x01", "\x02", "\x05", "\x06", "\x0b", "\x0c"
 CSI = ESC + "["
+SS3 = ESC + "O"
+# The cursor keys' sequences, in both forms a terminal sends (CSI; SS3 in its "application
+# cursor keys" mode), and Home/End as the VT220 (1~ 4~), rxvt (7~ 8~) and xterm (H F) send
+# them. Ctrl+Left and the like (CSI 1;5D) are not in here: swallowed.
+KEYS = {CSI + "D": "left", SS3 + "D": "left", CSI + "C": "right", SS3 + "C": "right",
+        CSI + "H": "home", SS3 + "H": "home", CSI + "1~": "home", CSI + "7~": "home",
+        CSI + "F": "end", SS3 + "F": "end", CSI + "4~": "end", CSI + "8~": "end",
+        CSI + "3~": "delete"}
+CLEAR_SCREEN = CSI + "H" + CSI + "2J"  # what Ctrl+L writes (readline's clear_screen)
 # Bracketed paste: the terminal marks pasted text, so that the lines of a paste stay one
 # message (as with readline) instead of going out, and being answered, one by one.
 PASTE_ON, PASTE_OFF = CSI + "?2004h", CSI + "?2004l"
@@ -128,7 +144,7 @@ def raw_line_reader(fd: int, out, encoding: str | None = None, typed_ahead: str 
             # file mark, not a byte, and switching modes after it would lose it.
             set_modes(fd, raw)
             drawn = [PASTE_ON if paste_marks else "", shown.draw()]
-            drawn += [shown.add(ch) for ch in text if _is_text(ch) or ch == "\n"]
+            drawn.append(shown.add("".join(ch for ch in text if _is_text(ch) or ch == "\n")))
             _show(out, "".join(drawn))
             def read_text():
                 # Back to Python code every 0.2 s while waiting: the SIGCONT of `fg` can
@@ -154,6 +170,12 @@ def raw_line_reader(fd: int, out, encoding: str | None = None, typed_ahead: str 
             return _edit(read_text, shown, pending, out)
         except KeyboardInterrupt:
             pending.clear()
+            # The cursor to the line's end first, as readline does: what the chat writes
+            # next (its reminder of how to quit) must not land on the line's later rows.
+            try:
+                _show(out, shown.go(len(shown.units)))
+            except (OSError, ValueError):  # the terminal went away
+                pass
             raise
         finally:
             set_handler(signal.SIGCONT, on_sigcont)
@@ -251,33 +273,64 @@ def _edit(read_text, shown: "_Shown", pending: deque[str], out) -> str:
                             pasting = True
                         elif escape == PASTE_END:
                             pasting = False
-                            if shown.units and shown.units[-1] == "\n":
+                            if shown.at and shown.units[shown.at - 1] == "\n":
                                 # A paste that ends its last line waits for Enter, as
                                 # readline's does: the message can still be added to.
-                                echo.append(shown.erase(1))
+                                echo.append(shown.erase(shown.at - 1, shown.at))
+                        elif escape in KEYS and not pasting:
+                            echo.append(_key(shown, KEYS[escape]))
                         escape = ""
                     continue
-                if ch == "\n" and pasting:  # a line of a paste: the message goes on
-                    echo.append(shown.add("\n"))
-                    continue
-                if ch == "\n":
-                    echo.append(shown.finish())
+                if ch == "\n" and not pasting:
+                    echo.append(shown.go(len(shown.units)) + shown.finish())
                     return shown.text()
-                if ch == ESC:
+                if _is_text(ch) or ch == "\n":  # (a line of a paste: the message goes on)
+                    # The text typed or pasted in a row goes in at once: the rest of the
+                    # line after the cursor is written again once, not once per character.
+                    run = [ch]
+                    while pending and (_is_text(pending[0]) or pasting and pending[0] == "\n"):
+                        run.append(pending.popleft())
+                    echo.append(shown.add("".join(run)))
+                elif ch == ESC:
                     escape = ch
-                elif ch in BACKSPACES:
-                    echo.append(shown.erase(1))
-                elif ch == CTRL_U:
-                    echo.append(shown.erase(len(shown.units)))
-                elif ch == CTRL_W:
-                    echo.append(shown.erase(last_word_units(shown.units)))
-                elif ch == CTRL_D:
-                    if not shown.units:
-                        raise EOFError
-                elif _is_text(ch):
-                    echo.append(shown.add(ch))
+                elif pasting:
+                    # Pasted text is text, as with readline: a form feed (^L) or vertical
+                    # tab (^K) in pasted code is dropped, not a key that clears the screen
+                    # or erases the rest of the line.
+                    pass
+                elif ch == CTRL_D and not shown.units:
+                    raise EOFError
+                else:
+                    echo.append(_key(shown, ch))
         finally:
             _show(out, "".join(echo))
+
+
+def _key(shown: "_Shown", key: str) -> str:
+    """What an editing key (a control character, or a name from KEYS) does to the line:
+    what to write for it. Other keys do nothing."""
+    at = shown.at
+    if key in ("left", CTRL_B):
+        return shown.go(at - 1)
+    if key in ("right", CTRL_F):
+        return shown.go(at + 1)
+    if key in ("home", CTRL_A):
+        return shown.go(0)
+    if key in ("end", CTRL_E):
+        return shown.go(len(shown.units))
+    if key in BACKSPACES:
+        return shown.erase(at - 1, at)
+    if key in ("delete", CTRL_D):  # (Ctrl+D on an empty line is the end of input)
+        return shown.erase(at, at + 1)
+    if key == CTRL_U:
+        return shown.erase(0, at)
+    if key == CTRL_W:
+        return shown.erase(at - last_word_units(shown.units[:at]), at)
+    if key == CTRL_K:
+        return shown.erase(at, len(shown.units))
+    if key == CTRL_L:
+        return CLEAR_SCREEN + shown.draw()
+    return ""
 
 
 def last_word_units(units: list[str]) -> int:
@@ -296,6 +349,16 @@ def _up_and_clear(rows_up: int, col: int) -> str:
             + CSI + "J")
 
 
+def _move(start: tuple[int, int], to: tuple[int, int]) -> str:
+    """The cursor from (row, column) `start` to `to`, rows that exist (CSI B does not
+    scroll a new one in)."""
+    if start == to:
+        return ""
+    rows = to[0] - start[0]
+    return ((f"{CSI}{-rows}A" if rows < 0 else f"{CSI}{rows}B" if rows else "")
+            + "\r" + (f"{CSI}{to[1]}C" if to[1] else ""))
+
+
 class _Shown:
     """The prompt and the line as the terminal shows them, and what to write to keep the
     screen matching the line (each method returns it).
@@ -304,7 +367,12 @@ class _Shown:
     accent, a variation selector), which show in one cell and go with one Backspace.
     ends[0] is where the prompt ends, ends[i + 1] where units[i] does, as (row, column)
     counted from the prompt's first cell at the width the line was drawn at. The cursor
-    always stands at ends[-1]. A row filled to its last column is followed by " \r":
+    stands before units[at], at ends[at] (after the line, ends[-1], unless moved). A change
+    there (a key typed, erased) is shown by clearing the screen from the first unit it
+    changes, writing the units from there to the end again, and going back to ends[at]:
+    a tab or a wide character after it may now sit elsewhere, and a terminal has no
+    insert mode that knows about wrapped rows. A row filled to its last column is
+    followed by " \r":
     terminals keep the cursor on the last column until the next character (and a
     Backspace or a move from there lands one column short), the space makes the wrap
     happen, so the cursor is truly where ends[-1] says, on a row that exists (a CSI B
@@ -316,6 +384,7 @@ class _Shown:
         self.encoding = encoding or "utf-8"
         self.units: list[str] = []
         self.ends = [(0, 0)]
+        self.at = 0              # the cursor's place: before units[at]
         self.width_cols = columns()
         self.stopped = False     # set after Ctrl+Z and `fg`: show it all again
 
@@ -323,16 +392,18 @@ class _Shown:
         return "".join(self.units)
 
     def draw(self) -> str:
-        """Prompt and line, from the first column of the row the cursor is on."""
+        """Prompt and line, from the first column of the row the cursor is on; the cursor
+        then goes back to its place in the line."""
         self.width_cols = self.columns()
         shown, self.ends[0] = self._place(self.prompt, (0, 0))
-        return shown + self._place_units(0)
+        return shown + self._place_units(0) + _move(self.ends[-1], self.ends[self.at])
 
     def finish(self) -> str:
         """What Enter writes: the cursor goes to the start of the next row. After a row
         filled to its end the cursor already stands on a new empty row, and a newline
         there would leave it empty above the answer: the last character is written again
-        instead, which leaves the cursor on the full row, and the newline goes from there."""
+        instead, which leaves the cursor on the full row, and the newline goes from there.
+        The cursor must be at the line's end (go() there first)."""
         k = len(self.units) - 1
         if k < 0 or self.ends[-1][1] or self.ends[-1][0] == self.ends[k][0]:
             return "\n"
@@ -351,46 +422,71 @@ class _Shown:
         # is then its row at the new width or at the old one, and nothing tells which. Go
         # up the rows both have: never into the conversation above, at the price of a
         # stale copy of the line's first rows in the other case.
-        rows_old = self.ends[-1][0]
+        rows_old = self.ends[self.at][0]
         shown = self.draw()
-        return self._home(min(rows_old, self.ends[-1][0])) + shown
+        return self._home(min(rows_old, self.ends[self.at][0])) + shown
 
-    def add(self, ch: str) -> str:
-        if _width(ch) == 0 and self.units:
-            # Written again with its character, so the terminal puts it in that cell, also
-            # when the character ended a row and the cursor went on to the next one.
-            k = len(self.units) - 1
-            self.units[k] += ch
-            if not _width(self.units[0][0]) and k == 0:
-                # Marks typed first sit on the prompt's last cell, which a redraw of the
-                # line alone would leave them on: the prompt goes too.
-                return self._home(self.ends[-1][0]) + self.draw()
-            return self._back_to(k) + self._place_units(k)
-        self.units.append(ch)
-        return self._place_units(len(self.units) - 1)
+    def add(self, chars: str) -> str:
+        """Put `chars` (typed or pasted) in at the cursor, which goes after them."""
+        k = at = self.at  # k: the first unit changed
+        for ch in chars:
+            if _width(ch) == 0 and at:
+                # Written again with its character, so the terminal puts it in that cell,
+                # also when the character ended a row and the cursor went on to the next.
+                self.units[at - 1] += ch
+                k = min(k, at - 1)
+            elif at < len(self.units) and not _width(self.units[at][0]) and ch != "\n":
+                # Before marks typed first (a unit may begin with one only at the line's
+                # start): they belong to this character now, as they show on it.
+                self.units[at] = ch + self.units[at]
+                at += 1
+            else:
+                self.units.insert(at, ch)
+                at += 1
+        return self._redraw(k, at)
 
-    def erase(self, n: int) -> str:
-        """Erase the last n units."""
-        keep = len(self.units) - min(n, len(self.units))
-        if keep == len(self.units):
+    def erase(self, start: int, stop: int) -> str:
+        """Erase units[start:stop] (start at most the cursor's place); the cursor goes to
+        where they were."""
+        start, stop = max(start, 0), min(stop, len(self.units))
+        if start >= stop:
             return ""
-        if not keep:
-            # From the prompt on: a zero-width character typed first sits on its last cell.
-            home = self._home(self.ends[-1][0])
-            del self.units[:]
+        del self.units[start:stop]
+        return self._redraw(start, start)
+
+    def go(self, k: int) -> str:
+        """The cursor to its place before units[k] (the line's start or end at most)."""
+        k = max(0, min(k, len(self.units)))
+        move = _move(self.ends[self.at], self.ends[k])
+        self.at = k
+        return move
+
+    def _redraw(self, k: int, at: int) -> str:
+        """What to write once units[k:] changed (units[:k] did not, nor ends[:k + 1]), with
+        the cursor still at ends[self.at] (k at most self.at) and to go before units[at]."""
+        if k == self.at == len(self.ends) - 1:  # (ends: still the line's before the change)
+            # Typed at the line's end, the usual case: nothing after it to clear.
+            self.at = at
+            return self._place_units(k)
+        if not k:
+            # From the prompt on: marks typed first sit on the prompt's last cell, which a
+            # redraw of the line alone would leave them on.
+            home = self._home(self.ends[self.at][0])
+            self.at = at
             return home + self.draw()
-        back = self._back_to(keep)
-        del self.units[keep:], self.ends[keep + 1:]
-        return back
+        back = self._back_to(k)
+        self.at = at
+        return back + self._place_units(k) + _move(self.ends[-1], self.ends[at])
 
     def _home(self, rows_up: int) -> str:
         """Up `rows_up` rows to the first column, and clear from there down."""
         return _up_and_clear(rows_up, 0)
 
     def _back_to(self, k: int) -> str:
-        """From the cursor back to where units[k] begins, clearing all after it."""
+        """From the cursor back to where units[k] begins (k at most self.at), clearing
+        all after it."""
         row, col = self.ends[k]
-        return _up_and_clear(self.ends[-1][0] - row, col)
+        return _up_and_clear(self.ends[self.at][0] - row, col)
 
     def _place_units(self, k: int) -> str:
         """Show units[k:] from ends[k] (where the cursor is), noting where each ends."""

@@ -443,7 +443,7 @@ def test_a_tab_is_kept_and_shown_as_spaces_to_the_next_tab_stop(typed):
 
 def test_control_characters_are_not_shown(typed):
     """A C1 control character (U+009B is an 8-bit CSI to some terminals) was echoed as is."""
-    line, shown = type_and_look(typed, "a\x01b\u009bc\x7f\x7fd", cols=20)
+    line, shown = type_and_look(typed, "a\x07b\u009bc\x7f\x7fd", cols=20)
     assert line == "ad"
     assert shown == ["> ad" + CURSOR]
 
