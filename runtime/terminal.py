@@ -68,6 +68,7 @@ class _Chat:
         self.told_left_out = False   # the "older messages were left out" notice, once
         self.interrupted = False     # the last answer was stopped by Ctrl+C
         self.thought = None          # the reply's reasoning being shown, for a Ctrl+Z
+        self.inert = _Inert(False)   # the reply's text as shown (its controls, on a tty)
         # A long prompt's read is shown as it goes (see _Reading): only when the chat is
         # the terminal's (stdin and stdout), where the reply starts at a line's start.
         self.shows_reading = False
@@ -213,7 +214,7 @@ class _Chat:
         # (runtime/reasoning.py, as the server splits it), shown apart (_Thought), and kept
         # as the reply's reasoning_content, which the template renders as the model expects.
         split, thought = reasoning.ReasoningSplit(), self._thought()
-        self.thought = thought
+        self.thought, self.inert = thought, _Inert(_is_terminal(self.out))
         self.reading = _Reading(self._write, self.out) \
             if self.interactive and self.shows_reading else None
         try:
@@ -311,13 +312,14 @@ class _Chat:
         if content:
             thought.end(answer_follows=True)
             parts.append(content)
-            self._write(content)
+            self._write(self.inert(content))
 
     def _thought(self) -> "_Thought":
         """Where a reply's reasoning is shown: with the conversation on a terminal; on
         stderr when piped or -p, so that stdout is the answer only."""
         if self.interactive:
-            return _Thought(self._write, _shows_styles(self.out), apart=False, stream=self.out)
+            return _Thought(self._write, _shows_styles(self.out), apart=False, stream=self.out,
+                            inert=_is_terminal(self.out))
         err = sys.stderr
         if err is None:  # started with stderr closed: the reasoning is not shown
             return _Thought(lambda text: None, False, apart=True)
@@ -325,7 +327,8 @@ class _Chat:
         def write(text):
             err.write(text)
             err.flush()
-        return _Thought(write, _shows_styles(err), apart=True, stream=err)
+        return _Thought(write, _shows_styles(err), apart=True, stream=err,
+                        inert=_is_terminal(err))
 
     def _wait_stopped(self, req, wait_s: float = float("inf")):
         # The worker notices the cancel between prefill chunks or tokens, which can take a
@@ -393,14 +396,54 @@ THINKING, DONE_THINKING = "Thinking...", "...done thinking."  # as `ollama run` 
 
 def _shows_styles(stream) -> bool:
     """Whether text written to `stream` may carry the terminal's styles: it is a terminal,
-    TERM names one that has them (unset or "dumb": none, as git decides on colours), and
-    NO_COLOR is unset or empty (https://no-color.org: present and not empty, no styles)."""
-    if os.environ.get("NO_COLOR") or os.environ.get("TERM", "dumb") == "dumb":
+    TERM names one that has them (unset, empty or "dumb": none, as git decides on colours,
+    and as the paste marks and the reading status decide), and NO_COLOR is unset or empty
+    (https://no-color.org: present and not empty, no styles)."""
+    if os.environ.get("NO_COLOR") or not paste_marks_wanted():
         return False
+    return _is_terminal(stream)
+
+
+def _is_terminal(stream) -> bool:
     try:
         return stream.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+# The C0 and C1 control characters but the line's end and the tab. In a reply they would
+# be obeyed by the terminal: ESC (and CSI, U+009B, alone) starts the sequences that clear
+# the screen, retitle the window or set the clipboard (OSC 52), and a prompt-injected
+# paste can have the model write them; a backspace or a carriage return writes over text
+# shown. (info.shown_name makes a name's unprintable characters spaces; a reply keeps its
+# format characters, an emoji's zero-width joiner, and shows its controls.)
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _caret(m) -> str:
+    """A control character as `cat -v` shows it: ^[ for ESC, ^G for BEL, ^? for DEL
+    (caret notation); a C1 one, which has none, as U+FFFD."""
+    ch = m[0]
+    return "^" + chr(ord(ch) ^ 0x40) if ch < "\x80" else "\ufffd"
+
+
+class _Inert:
+    """The model's text as it streams to a terminal (on=True), its controls shown instead
+    of obeyed (see _CONTROLS); elsewhere (a file, a pipe) as it is, byte for byte. Piece
+    by piece: a sequence split between pieces is taken character by character all the
+    same. A \\r\\n stays a line's end (it shows as \\n does): a \\r that ends a piece
+    waits for the next one, and one that ends the text is left out (it moved the cursor
+    only)."""
+
+    def __init__(self, on: bool):
+        self.on, self.cr = on, False
+
+    def __call__(self, text: str) -> str:
+        if not self.on or not text:
+            return text
+        text = ("\r" if self.cr else "") + text
+        self.cr = text.endswith("\r")
+        return _CONTROLS.sub(_caret, (text[:-1] if self.cr else text).replace("\r\n", "\n"))
 
 
 class _Thought:
@@ -409,10 +452,12 @@ class _Thought:
     with styles. `write` writes to the answer's stream, or to stderr (apart=True); a
     reasoning cut short (max tokens, Ctrl+C, an error) only gets its style reset, plus a
     line end when apart (the answer's stream ends its own line). stream: the file `write`
-    writes to, where a Ctrl+Z's handler turns the style off and `fg` back on."""
+    writes to, where a Ctrl+Z's handler turns the style off and `fg` back on. inert: it
+    is a terminal, where the reasoning's controls are shown, not obeyed (see _Inert)."""
 
-    def __init__(self, write, styled: bool, apart: bool, stream=None):
+    def __init__(self, write, styled: bool, apart: bool, stream=None, inert: bool = False):
         self.write, self.styled, self.apart, self.stream = write, styled, apart, stream
+        self.shown = _Inert(inert)
         self.pieces: list[str] = []
         self.open = False  # shown, and not ended yet
         self.faint = False  # the reasoning still to come is faint (so after an `fg` too)
@@ -429,7 +474,7 @@ class _Thought:
             self.faint = self.styled
             self.write((DIM if self.styled else "") + THINKING + "\n")
         self.pieces.append(piece)
-        self.write(piece)
+        self.write(self.shown(piece))
 
     def end(self, answer_follows: bool) -> None:
         if not self.open:
@@ -476,20 +521,28 @@ def _seconds_left(p: dict) -> float | None:
         if done > 0 and ms > 0 else None
 
 
-def _reading_text(p: dict) -> str:
+def _reading_text(p: dict, columns: int = 0) -> str:
     """"(reading the conversation: 43%, 1,024 of 2,370 tokens, about 15 s left)", as the
     page's readingText: the percentage counts what had to be read, not what the cache
-    held already."""
+    held already. With `columns` (> 1), a row of that many that must not wrap: the first
+    of the shorter forms that fits ("(reading the conversation: 43%, about 15 s left)",
+    "(reading the conversation: 43%)", "(reading: 43%)"), cut only when none does: the
+    long one cut to 19 characters, "(reading the conver", never showed how far it got."""
     cached, to_read, done = _read_parts(p)
     pct = min(99, 100 * done // to_read) if to_read > 0 else 0
-    text = (f"(reading the conversation: {pct}%, {done:,} of {to_read:,} "
-            f"{'new ' if cached else ''}tokens")
     left = _seconds_left(p)
-    if left is not None:
-        text += ", about " + (f"{max(1, int(left + 0.5))} s" if left < 60 else
-                              f"{int(left / 60 + 0.5)} min" if left < 3600 else
-                              f"{left / 3600:.1f} h") + " left"
-    return text + ")"
+    left = "" if left is None else ", about " + (
+        f"{max(1, int(left + 0.5))} s" if left < 60 else
+        f"{int(left / 60 + 0.5)} min" if left < 3600 else f"{left / 3600:.1f} h") + " left"
+    text = (f"(reading the conversation: {pct}%, {done:,} of {to_read:,} "
+            f"{'new ' if cached else ''}tokens{left})")
+    if columns <= 1:  # (no width known)
+        return text
+    # Never wrapped: "\\r" goes back to the row's start, and CSI K erases that row only.
+    forms = [text, f"(reading the conversation: {pct}%{left})",
+             f"(reading the conversation: {pct}%)", f"(reading: {pct}%)"]
+    fits = [form for form in forms if len(form) <= columns - 1]
+    return fits[0] if fits else forms[-1][:columns - 1]
 
 
 class _Reading:
@@ -522,7 +575,7 @@ class _Reading:
             if not read_all and self.wanted is None:
                 left = _seconds_left(progress)
                 self.wanted = left is None or left >= READ_NOTE_MIN_S
-            text = _reading_text(progress)
+            text = _reading_text(progress, self._columns())
         except (KeyError, TypeError, ValueError, ZeroDivisionError):  # (not a report)
             return
         if read_all:  # the reply's first token is next
@@ -530,9 +583,6 @@ class _Reading:
             return
         if not self.wanted or not self._in_front():
             return
-        columns = self._columns()
-        if columns > 1:  # never wrapped: "\\r" goes back to its start
-            text = text[:columns - 1]
         rest = "\x1b[K" if self.codes else " " * max(self.width - len(text), 0)
         self.drawn = True  # first: a Ctrl+Z within the write erases it (see hide)
         self.write("\r" + (DIM if self.styled else "") + text + (NORMAL if self.styled else "")
