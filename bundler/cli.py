@@ -381,17 +381,19 @@ def _args_value_needs_equals(argv: list[str]) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     from runtime import cli as runtime_cli
-    runtime_commands = runtime_cli.build_parser().commands
-    if argv and argv[0] in runtime_commands:
-        return runtime_cli.main(argv) or 0  # run, chat, info, bench
+    # Not bundle, stub or an option: one of runtime.cli's commands (run, chat, info,
+    # bench), or none of ours. (Its parser is not built for bundle and stub.)
+    elsewhere = bool(argv) and not argv[0].startswith("-") and argv[0] not in OWN_COMMANDS
+    runtime_commands = runtime_cli.build_parser().commands if elsewhere else {}
+    if elsewhere and argv[0] in runtime_commands:
+        return runtime_cli.main(argv) or 0
     runtime_cli.tolerant_stdout()  # a model's or title's emoji on a Latin-1 terminal
     problem = _args_value_needs_equals(argv)
     if problem:
         print(f"chatfile: error: {problem}", file=sys.stderr)
         return 2
     parser = build_parser()
-    if argv and not argv[0].startswith("-") and argv[0] not in OWN_COMMANDS:
-        # (runtime.cli's parser would list its own commands alone, without bundle and stub)
+    if elsewhere:  # none of ours (runtime.cli's parser would list its own commands alone)
         choices = ", ".join(repr(c) for c in (*runtime_commands, *OWN_COMMANDS))
         parser.error(f"argument COMMAND: invalid choice: {argv[0]!r} (choose from {choices})")
     a = parser.parse_args(argv)
