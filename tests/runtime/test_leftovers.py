@@ -57,15 +57,20 @@ class _Holder:
         _wait_gone(self.python_pid)  # SIGKILL is delivered a moment later; its lock goes then
 
 
+def process_ended(pid: int) -> bool:
+    """Whether pid has exited: gone, or a zombie its parent has not reaped yet (Linux)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
 def _wait_gone(pid: int, timeout_s: float = 30.0) -> None:
     """Until pid has exited (gone, or a zombie nobody reaped: its lock is released)."""
     end = time.monotonic() + timeout_s
     while time.monotonic() < end:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                    return
-        except (FileNotFoundError, ProcessLookupError):
+        if process_ended(pid):
             return
         time.sleep(0.01)
     raise AssertionError(f"process {pid} still runs {timeout_s} s after SIGKILL")
