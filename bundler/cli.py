@@ -317,7 +317,7 @@ def _needs_glibc() -> str:
 
 
 def cmd_stub(a) -> int:
-    from bundler import stub
+    from bundler import splice, stub
 
     if a.output == "":  # it would read as not given
         print("chatfile: error: -o needs a file name, not an empty one", file=sys.stderr)
@@ -350,6 +350,8 @@ def cmd_stub(a) -> int:
         print(f"chatfile: error: {a.output} is a GGUF model; give the stub another name "
               f"with -o", file=sys.stderr)
         return 1
+    if a.output:  # as `bundle -o` does (the cache's own directory is made when missing)
+        splice.check_output_dir(a.output)  # a BundleError: main says it, exit status 1
     out = a.output or str(stub.cached_stub_path(a.format))
     print(f"building the {a.format} stub -> {out}", file=sys.stderr)
     seconds = stub.build_stub(a.format, out, log=lambda m: print(m, file=sys.stderr))

@@ -283,8 +283,8 @@ def check_model(path: str, chat_template: str | None = None,
 
 def check_output(out_path: str, force: bool, *inputs: str) -> None:
     """Refuses an output name that cannot or must not be written, before any work: a
-    directory, one of the inputs itself (--force would destroy the model), or an
-    existing file without --force."""
+    directory, one of the inputs itself (--force would destroy the model), an existing
+    file without --force, or a directory that cannot take it (check_output_dir)."""
     if out_path.endswith(tuple(s for s in (os.sep, os.altsep) if s)) or os.path.isdir(out_path):
         raise BundleError(f"{out_path} is a directory; give the bundle's file name with -o")
     for path in inputs:
@@ -297,6 +297,13 @@ def check_output(out_path: str, force: bool, *inputs: str) -> None:
                               f"under another name")
     if os.path.lexists(out_path) and not force:
         raise BundleError(f"{out_path} already exists; use --force to overwrite it")
+    check_output_dir(out_path)
+
+
+def check_output_dir(out_path: str) -> None:
+    """Refuses an output whose directory cannot take it: a file, one not writable, or one
+    that does not exist. A missing one is not created: a typo in -o would leave a tree
+    of new folders (`chatfile stub` made them, `chatfile bundle` refused; both refuse)."""
     out_dir = os.path.dirname(os.path.abspath(out_path))
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):  # -o model.gguf/x.pyz
         raise BundleError(f"cannot write {out_path}: {out_dir} is a file, not a directory")

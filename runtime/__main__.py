@@ -22,7 +22,7 @@ import zipfile
 from pathlib import Path
 
 from runtime.cli import (HIDDEN_FLAGS, build_parser, describe_args, full_flags, hidden_flag,
-                         is_baked_template, stdout_is_open, tolerant_stdout)
+                         is_baked_template, started_as, stdout_is_open, tolerant_stdout)
 from runtime.embedded import (BundleError, Trailer, extract, interrupt_on_termination,
                               read_trailer, verify)
 from runtime.leftovers import clear_for_executable
@@ -255,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     try:  # in full, as hidden_flag looks for them; read by the command they go to
         typed, user_args = user_args, full_flags(user_args, ("chat",) if own["cli"] else ("run",))
     except ValueError as e:
-        print(f"chatfile: error: {e} (`{prog} --help` lists the options)", file=sys.stderr)
+        print(f"chatfile: error: {e} (`{started_as(prog)} --help` lists the options)",
+              file=sys.stderr)
         return 2
     hidden = hidden_flag(user_args)
     if hidden:  # named as typed: `--gguf-o` is not told the hidden option's whole name

@@ -313,9 +313,9 @@ def main(argv: list[str] | None = None, bundle: str | None = None) -> int:
     if bundle:
         # Its user never typed `chatfile run MODEL`: errors name the bundle and its --help,
         # not that usage line.
-        def bundle_error(message):
-            print(f"chatfile: error: {message} (`{bundle} --help` lists the options)",
-                  file=sys.stderr)
+        def bundle_error(message):  # named as it was started: a command that runs here
+            print(f"chatfile: error: {message} (`{started_as(bundle)} --help` lists the "
+                  f"options)", file=sys.stderr)
             sys.exit(2)
         for p in (parser, *parser.commands.values()):
             p.error = bundle_error
@@ -449,12 +449,29 @@ def piped_example(bundle: str | None) -> str:
 def started_as(bundle: str) -> str:
     """The bundle's command as a shell here runs it: started by its path (`dir/my chat`,
     which works from here) or through PATH, as typed; else it is in the current
-    directory, where a shell needs the `./`."""
+    directory, where a shell needs the `./`. A .pyz that is not executable (a download
+    loses the bit) was started by Python, and only runs that way: `python3 my-chat.pyz`."""
     typed = sys.argv[0] if sys.argv and os.path.basename(sys.argv[0]) == bundle else bundle
     import shutil
+    if (not getattr(sys, "frozen", False) and os.path.isfile(typed)
+            and not os.access(typed, os.X_OK)):
+        return f"{_python_command()} {shlex.quote(typed)}"
     if os.sep in typed or shutil.which(typed):
         return shlex.quote(typed)
     return "./" + shlex.quote(typed)
+
+
+def _python_command() -> str:
+    """This Python as a shell here finds it: `python3` when that is this one, else its
+    path (a venv's, or a `python3.11` picked because python3 is another version)."""
+    import shutil
+    found = shutil.which("python3")
+    try:
+        if found and os.path.samefile(found, sys.executable):
+            return "python3"
+    except OSError:
+        pass
+    return shlex.quote(sys.executable or "python3")
 
 
 def terminal_chat_command(args) -> str:

@@ -1114,9 +1114,8 @@ def build_app(st: State) -> bottle.Bottle:
         return out[0]
 
     def slot_save(name, path):
-        if os.path.isdir(path):  # the client's mistake, not the server's (it was a 500)
-            raise ApiError(400, f"{name} is a directory in the --slot-save-path directory: "
-                                "give another file name")
+        # A directory, a named pipe, a device: the client's mistake (a directory was a 500)
+        slot_files.check_save_target(name, path)
 
         def job(session):
             out = {"n_saved": len(session.tokens)}

@@ -22,9 +22,11 @@ failed save (a full disk) leaves no half-written file under the name.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import os
+import stat
 import struct
 
 import numpy as np
@@ -99,6 +101,66 @@ def _payload_bytes(cfg, n: int, ring_lo: int) -> int:
                        for il in range(cfg.n_layer))
 
 
+# ---- what a name in the directory is ------------------------------------------------
+
+def _not_regular(mode: int) -> str | None:
+    """What a file that is not a regular one is, in words; None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    return ("a directory" if stat.S_ISDIR(mode) else "a named pipe (FIFO)" if stat.S_ISFIFO(mode)
+            else "a socket" if stat.S_ISSOCK(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+
+
+def check_save_target(name: str, path: str) -> None:
+    """SlotFileError if `path` exists (through a symbolic link too) and is not a regular
+    file. The save's rename would replace a named pipe, a socket or a device node by the
+    file (never blocking nor writing through it, but someone else's); over a directory
+    it failed as a 500, as a full disk does: each is the client's choice of name."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:  # not there (the usual case), or a dangling link: the rename replaces it
+        return
+    what = _not_regular(mode)
+    if what:
+        raise SlotFileError(f"{name} is {what} in the --slot-save-path directory: give "
+                            f"another file name")
+
+
+def _open_regular(path: str, name: str):
+    """`path` opened for reading, or SlotFileError if it is not a regular file. Opened
+    without blocking, then checked on the descriptor (no race with a rename between a
+    check and the open): a plain open() of a named pipe waits for a writer forever, and
+    the request's thread with it."""
+    nonblock = getattr(os, "O_NONBLOCK", 0)  # (Windows has no FIFOs to wait on)
+    flags = os.O_RDONLY | nonblock | sum(getattr(os, f, 0) for f in (
+        "O_CLOEXEC", "O_NOCTTY", "O_BINARY"))  # (a terminal device never becomes ours)
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        if e.errno != errno.ENXIO:  # ENXIO: a Unix socket's name, which no open() takes
+            raise
+        try:
+            what = _not_regular(os.stat(path).st_mode)
+        except OSError:
+            what = None
+        if not what:
+            raise
+        raise SlotFileError(f"{name} is {what} in the --slot-save-path directory, not a "
+                            f"slot file") from None
+    try:
+        what = _not_regular(os.fstat(fd).st_mode)
+        if what:
+            raise SlotFileError(f"{name} is {what} in the --slot-save-path directory, not a "
+                                f"slot file")
+        if nonblock:
+            os.set_blocking(fd, True)  # (no effect on a regular file's reads; as open() would)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 # ---- save ---------------------------------------------------------------------------
 
 def save(session, path) -> int:
@@ -152,10 +214,11 @@ def _fsync_dir(directory: str) -> None:
 def read(path, session) -> tuple[Snapshot, int]:
     """Read and check a file for `session` without touching it: (the state to restore,
     and the bytes read). SlotFileError for a file that is not a slot file of this
-    model, is damaged, or does not fit this session; OSError when it cannot be read."""
+    model, is damaged, or does not fit this session, and for a name that is no regular
+    file (a named pipe is refused at once, not waited on); OSError when it cannot be read."""
     name = os.path.basename(path)
     head = len(MAGIC) + 4
-    with open(path, "rb") as f:
+    with _open_regular(path, name) as f:
         start = f.read(head + HEADER_MAX_BYTES)
         if not start.startswith(MAGIC[:-2]):
             raise SlotFileError(f"{name} is not a chatfile slot file")

@@ -600,19 +600,20 @@ def test_a_pyz_runs_when_home_cannot_be_written(bundles, tmp_path):
 
 def test_an_unknown_option_of_a_bundle_names_the_bundle(bundles, tmp_path):
     """Someone running `tiny.pyz --bogus` never typed `chatfile run MODEL`: the error must
-    not show that usage line."""
+    not show that usage line. It names the bundle as started, by its path here (a command
+    that runs; tests/e2e/test_edges_s24.py has the other ways of starting it)."""
     path = _bundle(bundles, "pyz")
     r = subprocess.run([*_cmd(path), "--no-browser", "--bogus"], capture_output=True,
                        text=True, env=_env(tmp_path), timeout=120)
     assert r.returncode == 2
     assert r.stderr == ("chatfile: error: unrecognized arguments: --bogus "
-                        "(`tiny.pyz --help` lists the options)\n"), r.stderr
+                        f"(`{path} --help` lists the options)\n"), r.stderr
     # A bad value of a known option too, and --extract's mistakes.
     r = subprocess.run([*_cmd(path), "--port", "abc"], capture_output=True, text=True,
                        env=_env(tmp_path), timeout=120)
     assert r.returncode == 2 and "usage:" not in r.stderr and r.stderr == (
         "chatfile: error: argument --port: invalid int value: 'abc' "
-        "(`tiny.pyz --help` lists the options)\n"), r.stderr
+        f"(`{path} --help` lists the options)\n"), r.stderr
     r = subprocess.run([*_cmd(path), "--version"], capture_output=True, text=True,
                        env=_env(tmp_path), timeout=120)
     assert r.returncode == 0 and r.stdout.startswith("chatfile "), r.stderr
