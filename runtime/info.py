@@ -31,7 +31,8 @@ def describe(path, offset: int = 0, size: int | None = None) -> dict:
         types[t.type_name] += 1
         type_bytes[t.type_name] += t.n_bytes
     return {
-        "name": shown_name(md.get("general.name")) or os.path.basename(os.fspath(path)),
+        "name": (shown_name(md.get("general.name"))
+                 or shown_name(os.path.basename(os.fspath(path)))),
         "arch": arch,
         "arch_supported": arch in archs.ARCHS,
         "parameters": n_params,

@@ -368,8 +368,10 @@ class Model:
         m = cls()
         m.gguf, m.path, m.metadata = g, os.fspath(path), g.metadata
         m.arch = g.metadata.get("general.architecture", "unknown")
-        # (printed by the server's log, the terminal chat: no escape sequences from the file)
-        m.name = shown_name(g.metadata.get("general.name")) or os.path.basename(m.path)
+        # (printed by the server's log, the terminal chat: no escape sequences from the
+        # file, nor from its name, which is anyone's who named the download)
+        m.name = (shown_name(g.metadata.get("general.name"))
+                  or shown_name(os.path.basename(m.path)))
         try:
             m.tokenizer = Tokenizer.from_metadata(g.metadata)
         except (ValueError, TypeError, KeyError, IndexError) as e:

@@ -263,7 +263,9 @@ class _Chat:
                                                  return_progress=self.reading is not None))
                 under_way.append(req)
             except TemplateError as e:
-                self._error(f"the chat template refused this conversation: {e}")
+                # (its raise_exception text is the GGUF's: shown inert as a reply is)
+                why = _Inert(_is_terminal(sys.stderr))(str(e))
+                self._error(f"the chat template refused this conversation: {why}")
                 return None
             except ContextOverflowError:
                 self._error(f"the message is too long for the context of "
@@ -416,14 +418,29 @@ def _is_terminal(stream) -> bool:
 # the screen, retitle the window or set the clipboard (OSC 52), and a prompt-injected
 # paste can have the model write them; a backspace or a carriage return writes over text
 # shown. (info.shown_name makes a name's unprintable characters spaces; a reply keeps its
-# format characters, an emoji's zero-width joiner, and shows its controls.)
-_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# format characters, an emoji's zero-width joiner and variation selectors, and shows its
+# controls, the bidirectional ones with them.)
+# The Unicode bidirectional controls that reorder a run of text: the embeddings and
+# overrides (U+202A-U+202E) and the isolates (U+2066-U+2069). A terminal that implements
+# bidi (GNOME's VTE, Konsole, mlterm) obeys them, so a reply that repeats a hostile paste
+# shows its text in another order than its characters' ("Trojan Source", CVE-2021-42574):
+# a command the model suggests looks unlike the one a copy of it runs. The marks (LRM,
+# RLM, ALM) stay: they only set the direction of a neutral character next to them, and
+# Hebrew and Arabic text uses them (the nine here are those compilers warn of).
+_BIDI = "\u202a-\u202e\u2066-\u2069"
+_CONTROLS = re.compile(f"[\x00-\x08\x0b-\x1f\x7f-\x9f{_BIDI}]")
 
 
 def _caret(m) -> str:
     """A control character as `cat -v` shows it: ^[ for ESC, ^G for BEL, ^? for DEL
-    (caret notation); a C1 one, which has none, as U+FFFD."""
+    (caret notation); a C1 one, which has none, as U+FFFD; a bidirectional control in
+    the form `less` shows a character it will not print in (LESSUTFBINFMT's default),
+    <U+202E>: plain ASCII, so nothing in it is obeyed, and it says which character was
+    there (U+FFFD would not). Each is replaced whole, with no state kept between pieces:
+    one that streams in a piece of its own (pieces are whole characters) shows the same."""
     ch = m[0]
+    if ch >= "\xa0":
+        return f"<U+{ord(ch):04X}>"
     return "^" + chr(ord(ch) ^ 0x40) if ch < "\x80" else "\ufffd"
 
 
