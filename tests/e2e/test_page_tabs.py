@@ -49,6 +49,34 @@ def two_tabs(browser, url, init_script=None):
     return ctx, tabs
 
 
+# The page's reply streams pass through a stream of the test's, which stops handing on
+# their pieces once `window.__holdReply` is set: the reply can no longer end there.
+# Without it, a tab closed on a loaded machine now and then got the rest of its reply
+# (the tiny server had long sent all of it) while it closed: its last save before the
+# close held 44 characters, its final save the whole reply, not stopped, as it should.
+HOLD_REPLY = """(() => {
+    const realFetch = window.fetch;
+    window.__holdReply = false;
+    const held = () => new Promise(() => {});
+    window.fetch = async (path, init) => {
+        const resp = await realFetch(path, init);
+        if (!String(path).includes('chat/completions') || !resp.body) return resp;
+        const reader = resp.body.getReader();
+        const body = new ReadableStream({
+            async pull(ctrl) {
+                if (window.__holdReply) return held();
+                const {done, value} = await reader.read();
+                if (window.__holdReply) return held();
+                if (done) ctrl.close(); else ctrl.enqueue(value);
+            },
+            cancel(reason) { return reader.cancel(reason); },
+        });
+        return new Response(body, {status: resp.status, statusText: resp.statusText,
+                                   headers: resp.headers});
+    };
+})()"""
+
+
 SAVED_WITH_WORDS = """() => { const c = JSON.parse(localStorage.getItem('chatfile.conversations') || '[]');
     return c.length && c[0].messages.length === 2 && c[0].messages[1].content.length > 0; }"""
 
@@ -130,10 +158,11 @@ def test_a_reply_whose_tab_closed_is_stopped_and_can_be_continued(browser, serve
     """A tab closed mid-reply leaves it stopped: at once, as its last save (on pagehide)
     has no mark; or, should the browser not have let it save as it went, once the mark
     of its last periodic save is old."""
-    ctx, (a, b) = two_tabs(browser, server_url)
+    ctx, (a, b) = two_tabs(browser, server_url, HOLD_REPLY)
     start_slow_reply(a, "Hello there")
     b.wait_for_selector(ELSEWHERE)
     a.wait_for_function(SAVED_WITH_WORDS)  # (else there is no reply to continue yet)
+    a.evaluate("() => { window.__holdReply = true; }")  # (so that it cannot end as A closes)
     assert a.is_visible("[data-testid=stop]"), "A's reply had ended: the test proves nothing"
     a.close()
     shown_stopped_with_continue(b)

@@ -35,7 +35,7 @@ def _loading_chat(reader, term, tmp_path, hook=ECHO):
 
 def _ends(c: Chat) -> bytes:
     """What the chat writes until it ends; asserts it ended by itself, with status 0."""
-    out = c.read_until(lambda b: c.proc.poll() is not None, 30)
+    out = c.read_until_ended(30)
     try:
         code = c.proc.wait(30)
     except subprocess.TimeoutExpired:

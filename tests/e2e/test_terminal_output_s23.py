@@ -123,9 +123,7 @@ def _asked_with_p(tty_for: str, tmp_path) -> tuple[bytes, bytes]:
                     break
                 if not chunk:
                     break
-                shown += chunk
-            elif proc.poll() is not None:
-                break
+                shown += chunk  # (until the chat's end closes the pty: its last words too)
         assert proc.wait(30) == 0, shown + written.read_bytes()
     finally:
         if proc is not None and proc.poll() is None:

@@ -90,6 +90,13 @@ class Chat:
                 buf += chunk
         return buf
 
+    def read_until_ended(self, timeout_s=30) -> bytes:
+        """All the chat writes until it ends, its last words too: read until the pty's
+        other side has closed. (A read_until that stops once the process has ended lost
+        what it wrote just before, when the test was not run between its last read and
+        that check, seen on a loaded 2-core machine: the line end after the last prompt.)"""
+        return self.read_until(lambda b: False, timeout_s)
+
     def _read(self) -> bytes:
         try:
             return os.read(self.master, 65536)

@@ -24,7 +24,7 @@ def _ctrl_c_and_kill(c: Chat) -> tuple[int | None, bytes]:
     on) and what it wrote meanwhile."""
     os.kill(c.proc.pid, signal.SIGINT)
     os.kill(c.proc.pid, signal.SIGTERM)
-    out = c.read_until(lambda b: c.proc.poll() is not None, 30)
+    out = c.read_until_ended(30)
     try:
         return c.proc.wait(30), out
     except subprocess.TimeoutExpired:

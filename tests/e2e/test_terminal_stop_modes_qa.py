@@ -41,7 +41,7 @@ def test_ctrl_z_while_an_answer_is_written_gives_the_shell_its_terminal(reader, 
         assert not termios.tcgetattr(c.master)[3] & termios.ICANON
         c.write(b"\x04")  # Ctrl+D, while the answer is still being written
         flag.touch()
-        out += c.read_until(lambda b: c.proc.poll() is not None, 30)
+        out += c.read_until_ended(30)
         assert b"ANSWER ENDS" in out and c.proc.wait(30) == 0, out
     finally:
         c.close()

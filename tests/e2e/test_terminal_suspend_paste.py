@@ -14,7 +14,8 @@ from tests.e2e.test_terminal_gaps import reader  # noqa: F401 - the fixture
 from tests.e2e.test_terminal_keep import _ends
 from tests.e2e.test_terminal_load_paste import (LINES, PASTE, PASTE_OFF, PASTE_ON,
                                                 _cli_loading, _echoctl_back,
-                                                _paste_at_the_prompt, _paste_mode_left_off)
+                                                _paste_at_the_prompt, _paste_mode_left_off,
+                                                _pasted_while_loading)
 from tests.e2e.test_terminal_pty import ECHO, Chat, _got, is_prompt
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="needs a pty")
@@ -70,7 +71,7 @@ def test_ctrl_z_while_the_model_loads_gives_the_shell_a_normal_terminal(reader, 
         out += c.read_until(lambda b: _paste_mode_on(out + b), 30)
         assert _paste_mode_on(out) and not _echoctl_back(c), out
         at = len(out)
-        out += c.write(PASTE)
+        out += _pasted_while_loading(c, PASTE)
         loaded.touch()
         out += c.read_until(lambda b: _paste_at_the_prompt(out[at:] + b), 60)
         out += c.write(b"\r")
@@ -123,7 +124,7 @@ def test_a_paste_at_the_readline_prompt_is_one_message(with_readline, end):
             out += _ends(c)
         else:
             c.proc.send_signal(signal.SIGTERM)
-            out += c.read_until(lambda b: c.proc.poll() is not None, 30)
+            out += c.read_until_ended(30)
             assert c.proc.wait(30) == 128 + signal.SIGTERM, out
         assert _paste_mode_left_off(out), out
     finally:
