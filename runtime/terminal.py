@@ -263,9 +263,7 @@ class _Chat:
                                                  return_progress=self.reading is not None))
                 under_way.append(req)
             except TemplateError as e:
-                # (its raise_exception text is the GGUF's: shown inert as a reply is)
-                why = _Inert(_is_terminal(sys.stderr))(str(e))
-                self._error(f"the chat template refused this conversation: {why}")
+                self._error(f"the chat template refused this conversation: {e}")
                 return None
             except ContextOverflowError:
                 self._error(f"the message is too long for the context of "
@@ -388,8 +386,11 @@ class _Chat:
             print(msg, file=sys.stderr, flush=True)
 
     def _error(self, msg):
-        # stderr, so that `chatfile chat m.gguf < q.txt > answer.txt` keeps answers only
-        print(f"chatfile: error: {msg}", file=sys.stderr, flush=True)
+        # stderr, so that `chatfile chat m.gguf < q.txt > answer.txt` keeps answers only.
+        # Shown inert as a reply is: an error can quote the GGUF (a chat template's
+        # raise_exception text) or what the model or the user wrote.
+        print(f"chatfile: error: {_Inert(_is_terminal(sys.stderr))(msg)}", file=sys.stderr,
+              flush=True)
 
 
 DIM, NORMAL = "\x1b[2m", "\x1b[0m"  # SGR 2 (faint) and SGR 0 (every style off)
